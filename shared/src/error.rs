@@ -1,0 +1,223 @@
+//! The JSON error body both services return: `{"error": {"code": "...", "message": "..."}}`.
+//!
+//! Codes are stable identifiers clients may match on; messages are for people and may change.
+//! A message never contains a secret, a connection string or a backend's raw error text.
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::ValidationError;
+
+/// Every error a client can receive, with its HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400: the path id is not a valid user id.
+    InvalidId,
+    /// 400: a query parameter is unknown or malformed.
+    InvalidQuery,
+    /// 400: the body is not well-formed JSON of the expected shape.
+    MalformedBody,
+    /// 401: missing or wrong bearer token.
+    Unauthorized,
+    /// 404: no such user, or no such route.
+    NotFound,
+    /// 405: the route exists but not for this method.
+    MethodNotAllowed,
+    /// 409: the write conflicts with another row (duplicate username or email).
+    Conflict,
+    /// 413: the body is larger than the limit.
+    PayloadTooLarge,
+    /// 415: the body is not `application/json`.
+    UnsupportedMediaType,
+    /// 422: a field fails validation; the message names it.
+    ValidationFailed,
+    /// 503: a backend needed to answer is down or too slow; retry after `Retry-After` seconds.
+    Unavailable,
+    /// 500: a bug. Never caused by input.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidId | ErrorCode::InvalidQuery | ErrorCode::MalformedBody => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::Conflict => 409,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::ValidationFailed => 422,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidId => "invalid_id",
+            ErrorCode::InvalidQuery => "invalid_query",
+            ErrorCode::MalformedBody => "malformed_body",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::ValidationFailed => "validation_failed",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// An error as the API reports it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// For 503: seconds the client should wait before retrying (`Retry-After`).
+    pub retry_after_secs: Option<u32>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn invalid_id(e: ValidationError) -> Self {
+        Self::new(
+            ErrorCode::InvalidId,
+            format!("invalid user id: {}", e.message),
+        )
+    }
+
+    pub fn invalid_query(e: ValidationError) -> Self {
+        Self::new(ErrorCode::InvalidQuery, e.to_string())
+    }
+
+    pub fn validation(e: ValidationError) -> Self {
+        Self::new(ErrorCode::ValidationFailed, e.to_string())
+    }
+
+    pub fn user_not_found(id: impl std::fmt::Display) -> Self {
+        Self::new(ErrorCode::NotFound, format!("no user with id {id}"))
+    }
+
+    pub fn route_not_found() -> Self {
+        Self::new(ErrorCode::NotFound, "no such route")
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            ErrorCode::MethodNotAllowed,
+            "method not allowed on this route",
+        )
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(ErrorCode::Unauthorized, "missing or invalid bearer token")
+    }
+
+    /// 503 naming the backend in plain words (`"PostgreSQL"`), never its address.
+    pub fn unavailable(what: &str, retry_after_secs: u32) -> Self {
+        Self {
+            code: ErrorCode::Unavailable,
+            message: format!("{what} is unavailable, retry later"),
+            retry_after_secs: Some(retry_after_secs),
+        }
+    }
+
+    pub fn internal() -> Self {
+        Self::new(ErrorCode::Internal, "internal error")
+    }
+
+    pub fn status(&self) -> u16 {
+        self.code.status()
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message.clone(),
+            },
+        }
+    }
+
+    /// The serialised body, ready to send.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&self.body()).expect("error bodies serialise")
+    }
+}
+
+/// `{"error": {...}}`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_the_documented_shape() {
+        let e = ApiError::user_not_found(9);
+        let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"error": {"code": "not_found", "message": "no user with id 9"}})
+        );
+        assert_eq!(e.status(), 404);
+    }
+
+    #[test]
+    fn codes_serialise_as_their_stable_names() {
+        for code in [
+            ErrorCode::InvalidId,
+            ErrorCode::InvalidQuery,
+            ErrorCode::MalformedBody,
+            ErrorCode::Unauthorized,
+            ErrorCode::NotFound,
+            ErrorCode::MethodNotAllowed,
+            ErrorCode::Conflict,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::UnsupportedMediaType,
+            ErrorCode::ValidationFailed,
+            ErrorCode::Unavailable,
+            ErrorCode::Internal,
+        ] {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+            assert!((400..=503).contains(&code.status()));
+        }
+    }
+
+    #[test]
+    fn validation_errors_name_the_field() {
+        let e = ApiError::validation(ValidationError::new("email", "must contain '@'"));
+        assert_eq!(e.status(), 422);
+        assert!(e.message.starts_with("email:"));
+    }
+
+    #[test]
+    fn unavailable_carries_retry_after() {
+        let e = ApiError::unavailable("PostgreSQL", 2);
+        assert_eq!(e.status(), 503);
+        assert_eq!(e.retry_after_secs, Some(2));
+    }
+}

@@ -1,0 +1,23 @@
+//! The contract between the aside edge (a Spin component) and the origin (a native service).
+//!
+//! Everything here is pure: no I/O, no clock, no randomness, so it compiles for `wasm32-wasip2` and for
+//! the host and both sides reject bad input with the same rules and the same messages.
+//!
+//! * [`domain`]: parse-don't-validate newtypes for every profile field and the [`UserProfile`] itself.
+//! * [`fields`]: the `?fields=` projection.
+//! * [`cache`]: Redis key names and the profile <-> hash mapping.
+//! * [`error`]: the JSON error body and its codes.
+//! * [`headers`]: header names and values both sides emit (`x-cache`, `server-timing`).
+
+pub mod cache;
+pub mod domain;
+pub mod error;
+pub mod fields;
+pub mod headers;
+
+pub use cache::{CachedProfile, HashError};
+pub use domain::{
+    BirthDate, Department, Email, FullName, Gender, UserId, UserProfile, Username, ValidationError,
+};
+pub use error::{ApiError, ErrorBody, ErrorCode};
+pub use fields::{Field, FieldSelection};
