@@ -1,0 +1,44 @@
+//! Bearer-token check for the API routes (the edge, and direct callers, present the same token).
+
+use std::sync::Arc;
+
+use aside_shared::ApiError;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq as _;
+
+use super::{AppState, Error};
+
+/// Lets the request through when no token is configured, or when `Authorization: Bearer <t>` matches
+/// one of the configured tokens (several during a rotation). Every comparison is constant-time and all
+/// tokens are compared, so timing tells nothing about which token or how much of it matched.
+pub async fn require_token(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if state.tokens.is_empty() {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let mut matched = subtle::Choice::from(0);
+    for token in &state.tokens {
+        matched |= token.expose().as_bytes().ct_eq(presented.as_bytes());
+    }
+    if bool::from(matched) && !presented.is_empty() {
+        next.run(request).await
+    } else {
+        let mut response = Error(ApiError::unauthorized()).into_response();
+        response.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+        response
+    }
+}

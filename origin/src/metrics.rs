@@ -1,0 +1,78 @@
+//! Prometheus metrics, recorded through the `metrics` facade and rendered at `GET /metrics`.
+//!
+//! Names follow Prometheus conventions: `aside_origin_` prefix, `_total` for counters, base units
+//! (seconds) for durations.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder (once) and returns the handle `/metrics` renders.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ])
+                .expect("static buckets are valid")
+                .install_recorder()
+                .unwrap_or_else(|_| {
+                    // Another recorder is installed (only possible in tests): keep a detached one.
+                    PrometheusBuilder::new().build_recorder().handle()
+                });
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        "aside_origin_db_queries_total",
+        "PostgreSQL queries issued, by query"
+    );
+    metrics::describe_counter!(
+        "aside_origin_cache_requests_total",
+        "Profile reads by cache result (hit, miss, error)"
+    );
+    metrics::describe_counter!(
+        "aside_origin_cache_fills_total",
+        "Redis fills by outcome (ok, error, skipped)"
+    );
+    metrics::describe_counter!(
+        "aside_origin_coalesced_requests_total",
+        "Reads that waited for another request's PostgreSQL query instead of issuing their own"
+    );
+    metrics::describe_counter!(
+        "aside_origin_redis_errors_total",
+        "Redis commands that failed or timed out"
+    );
+    metrics::describe_histogram!(
+        "aside_origin_http_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "HTTP request latency by route, method and status"
+    );
+}
+
+pub fn db_query(query: &'static str) {
+    metrics::counter!("aside_origin_db_queries_total", "query" => query).increment(1);
+}
+
+pub fn cache_result(result: &'static str) {
+    metrics::counter!("aside_origin_cache_requests_total", "result" => result).increment(1);
+}
+
+pub fn cache_fill(outcome: &'static str) {
+    metrics::counter!("aside_origin_cache_fills_total", "outcome" => outcome).increment(1);
+}
+
+pub fn coalesced() {
+    metrics::counter!("aside_origin_coalesced_requests_total").increment(1);
+}
+
+pub fn redis_error(op: &'static str) {
+    metrics::counter!("aside_origin_redis_errors_total", "op" => op).increment(1);
+}
