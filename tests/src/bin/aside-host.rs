@@ -1,0 +1,127 @@
+//! `aside-host`: runs a Spin application (spin.toml) like `spin up`, on the bundled
+//! Wasmtime 44 host. Variables come from `--variable name=value`, then `SPIN_VARIABLE_<NAME>`,
+//! then the manifest defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aside_tests::host::{
+    DEFAULT_MAX_INSTANCE_CONCURRENT_REUSE_COUNT, DEFAULT_MAX_INSTANCE_REUSE_COUNT, Host, HostConfig,
+};
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "aside-host",
+    version,
+    about = "Run a Spin 4 HTTP application on Wasmtime 44"
+)]
+struct Args {
+    /// The application manifest.
+    #[arg(short = 'f', long = "from", default_value = "spin.toml")]
+    from: PathBuf,
+
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+
+    /// Requests one instance serves before it is dropped.
+    #[arg(long, default_value_t = DEFAULT_MAX_INSTANCE_REUSE_COUNT)]
+    max_instance_reuse_count: usize,
+
+    /// Requests one instance may serve concurrently.
+    #[arg(long, default_value_t = DEFAULT_MAX_INSTANCE_CONCURRENT_REUSE_COUNT)]
+    max_instance_concurrent_reuse_count: usize,
+
+    /// How long an idle instance is kept: `1s`, `500ms`, `2m`, or plain milliseconds.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    idle_instance_timeout: Duration,
+
+    /// Set an application variable (`name=value`); may be repeated.
+    #[arg(long = "variable", value_name = "NAME=VALUE", value_parser = parse_variable)]
+    variables: Vec<(String, String)>,
+
+    /// Directory for compiled components (default: <manifest dir>/target/aside-host-cache).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (use e.g. 1s, 500ms, 2m)"))?;
+    match unit.trim() {
+        "" | "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "us" => Ok(Duration::from_micros(n)),
+        other => Err(format!("unknown duration unit {other:?} (use ms, s or m)")),
+    }
+}
+
+fn parse_variable(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| "expected NAME=VALUE".to_string())?;
+    Ok((k.trim().to_string(), v.to_string()))
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let mut config = HostConfig::new(&args.from);
+    config.listen = args.listen;
+    config.max_instance_reuse_count = args.max_instance_reuse_count;
+    config.max_instance_concurrent_reuse_count = args.max_instance_concurrent_reuse_count;
+    config.idle_instance_timeout = args.idle_instance_timeout;
+    config.cache_dir = args.cache_dir;
+    config.variables = args.variables.into_iter().collect();
+
+    let host = Host::start(config).await?;
+    println!("Serving {}", host.url());
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    host.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("750").unwrap(), Duration::from_millis(750));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("1h").is_err());
+    }
+}

@@ -1,0 +1,280 @@
+//! `spin:redis/redis@3.0.0` (on the `redis` crate's multiplexed tokio connection) and
+//! `spin:variables/variables@3.0.0`, with the WIT copied from spin-sdk 6.0.0 into `wit/`.
+//!
+//! The functions are WIT `async func`s, so they are generated with access to the store through an
+//! `Accessor`: the connection lives in the instance's resource table (a reused instance keeps its
+//! connection) and is cloned out (a `MultiplexedConnection` clone is a cheap handle to the same
+//! connection) so that the command runs without holding the store.
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncCommands as _, Value};
+use wasmtime::component::{Accessor, HasData, Linker, Resource};
+
+use super::allowed::redact_url;
+use super::manifest::validate_name;
+use super::state::InstanceState;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "src/host/wit",
+        world: "aside:host/spin-imports",
+        imports: { default: async | store | trappable },
+        with: {
+            "spin:redis/redis.connection": super::RedisConnection,
+        },
+        trappable_error_type: {
+            "spin:redis/redis.error" => super::RedisError,
+            "spin:variables/variables.error" => super::VariablesError,
+        },
+    });
+}
+
+use bindings::spin::redis::redis as r;
+use bindings::spin::variables::variables as v;
+
+pub(crate) type RedisError = r::Error;
+pub(crate) type VariablesError = v::Error;
+
+/// A guest-opened Redis connection (a handle to a multiplexed connection).
+pub struct RedisConnection {
+    conn: MultiplexedConnection,
+}
+
+/// The `HasData` marker for the Spin interfaces.
+pub(crate) struct Spin;
+
+impl HasData for Spin {
+    type Data<'a> = &'a mut InstanceState;
+}
+
+/// Adds `spin:redis` and `spin:variables` to `linker`.
+pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
+    r::add_to_linker::<_, Spin>(linker, |s| s)?;
+    v::add_to_linker::<_, Spin>(linker, |s| s)?;
+    Ok(())
+}
+
+fn other(e: impl std::fmt::Display) -> r::Error {
+    r::Error::Other(e.to_string())
+}
+
+fn conn<T>(
+    accessor: &Accessor<T, Spin>,
+    self_: &Resource<RedisConnection>,
+) -> Result<MultiplexedConnection, r::Error> {
+    accessor.with(|mut access| {
+        let state: &mut InstanceState = access.get();
+        state
+            .table
+            .get(self_)
+            .map(|c| c.conn.clone())
+            .map_err(|_| r::Error::Other("unknown redis connection".into()))
+    })
+}
+
+impl r::Host for InstanceState {
+    fn convert_error(&mut self, err: r::Error) -> wasmtime::Result<r::Error> {
+        Ok(err)
+    }
+}
+
+impl r::HostConnection for InstanceState {}
+
+impl r::HostConnectionWithStore for Spin {
+    async fn open<T>(
+        accessor: &Accessor<T, Self>,
+        address: String,
+    ) -> Result<Resource<RedisConnection>, r::Error> {
+        let component = accessor.with(|mut access| access.get().component.clone());
+        if !component.allowed_hosts.allows(&address, "redis") {
+            tracing::warn!(
+                component = %component.id,
+                address = %redact_url(&address, "redis"),
+                "redis open refused: destination is not in allowed_outbound_hosts"
+            );
+            return Err(r::Error::InvalidAddress);
+        }
+        let client = redis::Client::open(address.as_str()).map_err(|_| r::Error::InvalidAddress)?;
+        let conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(other)?;
+        accessor.with(|mut access| {
+            access
+                .get()
+                .table
+                .push(RedisConnection { conn })
+                .map_err(|_| r::Error::TooManyConnections)
+        })
+    }
+
+    async fn publish<T>(
+        accessor: &Accessor<T, Self>,
+        self_: Resource<RedisConnection>,
+        channel: String,
+        payload: Vec<u8>,
+    ) -> Result<(), r::Error> {
+        let mut c = conn(accessor, &self_)?;
+        let () = c.publish(&channel, &payload).await.map_err(other)?;
+        Ok(())
+    }
+
+    async fn get<T>(
+        accessor: &Accessor<T, Self>,
+        self_: Resource<RedisConnection>,
+        key: String,
+    ) -> Result<Option<Vec<u8>>, r::Error> {
+        let mut c = conn(accessor, &self_)?;
+        c.get(&key).await.map_err(other)
+    }
+
+    async fn set<T>(
+        accessor: &Accessor<T, Self>,
+        self_: Resource<RedisConnection>,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<(), r::Error> {
+        let mut c = conn(accessor, &self_)?;
+        let () = c.set(&key, &value).await.map_err(other)?;
+        Ok(())
+    }
+
+    async fn incr<T>(
+        accessor: &Accessor<T, Self>,
+        self_: Resource<RedisConnection>,
+        key: String,
+    ) -> Result<i64, r::Error> {
+        let mut c = conn(accessor, &self_)?;
+        c.incr(&key, 1).await.map_err(type_or_other)
+    }
+
+    async fn del<T>(
+        accessor: &Accessor<T, Self>,
+        self_: Resource<RedisConnection>,
+        keys: Vec<String>,
+    ) -> Result<u32, r::Error> {
+        let mut c = conn(accessor, &self_)?;
+        c.del(&keys).await.map_err(other)
+    }
+
+    async fn sadd<T>(
+        accessor: &Accessor<T, Self>,
+        self_: Resource<RedisConnection>,
+        key: String,
+        values: Vec<String>,
+    ) -> Result<u32, r::Error> {
+        let mut c = conn(accessor, &self_)?;
+        c.sadd(&key, &values).await.map_err(type_or_other)
+    }
+
+    async fn smembers<T>(
+        accessor: &Accessor<T, Self>,
+        self_: Resource<RedisConnection>,
+        key: String,
+    ) -> Result<Vec<String>, r::Error> {
+        let mut c = conn(accessor, &self_)?;
+        c.smembers(&key).await.map_err(type_or_other)
+    }
+
+    async fn srem<T>(
+        accessor: &Accessor<T, Self>,
+        self_: Resource<RedisConnection>,
+        key: String,
+        values: Vec<String>,
+    ) -> Result<u32, r::Error> {
+        let mut c = conn(accessor, &self_)?;
+        c.srem(&key, &values).await.map_err(type_or_other)
+    }
+
+    async fn execute<T>(
+        accessor: &Accessor<T, Self>,
+        self_: Resource<RedisConnection>,
+        command: String,
+        arguments: Vec<r::RedisParameter>,
+    ) -> Result<Vec<r::RedisResult>, r::Error> {
+        let mut c = conn(accessor, &self_)?;
+        let mut cmd = redis::cmd(&command);
+        for a in arguments {
+            match a {
+                r::RedisParameter::Int64(i) => cmd.arg(i),
+                r::RedisParameter::Binary(b) => cmd.arg(b),
+            };
+        }
+        let value: Value = cmd.query_async(&mut c).await.map_err(other)?;
+        let mut out = Vec::new();
+        flatten(&value, &mut out)?;
+        Ok(out)
+    }
+
+    async fn drop<T>(
+        accessor: &Accessor<T, Self>,
+        rep: Resource<RedisConnection>,
+    ) -> wasmtime::Result<()> {
+        accessor.with(|mut access| access.get().table.delete(rep))?;
+        Ok(())
+    }
+}
+
+fn type_or_other(e: redis::RedisError) -> r::Error {
+    if e.kind() == redis::ErrorKind::UnexpectedReturnType
+        || e.code() == Some("WRONGTYPE")
+        || e.to_string().contains("not an integer")
+    {
+        r::Error::TypeError
+    } else {
+        other(e)
+    }
+}
+
+/// Maps a reply the way Spin does: arrays and sets are flattened, OK becomes status "OK",
+/// doubles and big numbers become their text, booleans 0/1; maps, verbatim strings, attributes and
+/// pushes are refused with a type error.
+fn flatten(value: &Value, out: &mut Vec<r::RedisResult>) -> Result<(), r::Error> {
+    match value {
+        Value::Nil => out.push(r::RedisResult::Nil),
+        Value::Int(i) => out.push(r::RedisResult::Int64(*i)),
+        Value::BulkString(b) => out.push(r::RedisResult::Binary(b.clone())),
+        Value::SimpleString(s) => out.push(r::RedisResult::Status(s.clone())),
+        Value::Okay => out.push(r::RedisResult::Status("OK".into())),
+        Value::Array(items) | Value::Set(items) => {
+            for item in items {
+                flatten(item, out)?;
+            }
+        }
+        Value::Double(d) => out.push(r::RedisResult::Binary(d.to_string().into_bytes())),
+        Value::Boolean(b) => out.push(r::RedisResult::Int64(i64::from(*b))),
+        Value::BigNumber(n) => out.push(r::RedisResult::Binary(n.clone())),
+        Value::ServerError(e) => return Err(r::Error::Other(format!("{e:?}"))),
+        Value::Map(_) => return Err(other("Redis Map type is not supported")),
+        Value::Attribute { .. } => return Err(other("Redis Attribute type is not supported")),
+        Value::VerbatimString { .. } => {
+            return Err(other("Redis string with format attribute is not supported"));
+        }
+        Value::Push { .. } => return Err(other("Redis Pub/Sub types are not supported")),
+        _ => return Err(other("unsupported Redis reply type")),
+    }
+    Ok(())
+}
+
+impl v::Host for InstanceState {
+    fn convert_error(&mut self, err: v::Error) -> wasmtime::Result<v::Error> {
+        Ok(err)
+    }
+}
+
+impl v::HostWithStore for Spin {
+    async fn get<T>(accessor: &Accessor<T, Self>, name: String) -> Result<String, v::Error> {
+        if let Err(e) = validate_name(&name) {
+            return Err(v::Error::InvalidName(format!("{name:?}: {e}")));
+        }
+        accessor.with(|mut access| {
+            access
+                .get()
+                .component
+                .variables
+                .get(&name)
+                .map(|v| v.value.clone())
+                .ok_or_else(|| v::Error::Undefined(format!("no variable for {name:?}")))
+        })
+    }
+}
