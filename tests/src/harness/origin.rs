@@ -1,0 +1,126 @@
+//! The `aside-origin` binary as a child process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use super::process::{ManagedChild, StopSignal, log_to, spawn_managed};
+use super::{bin_dir, free_port, port_open, temp_dir, wait_until};
+
+/// How to start an origin.
+#[derive(Debug, Clone)]
+pub struct OriginOptions {
+    pub database_url: String,
+    pub redis_url: String,
+    /// Bearer tokens the origin accepts (empty: open).
+    pub tokens: Vec<String>,
+    /// Extra `ASIDE_*` environment variables (timeouts, TTL, ...).
+    pub env: Vec<(String, String)>,
+}
+
+impl OriginOptions {
+    pub fn new(database_url: impl Into<String>, redis_url: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            redis_url: redis_url.into(),
+            tokens: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn env(mut self, key: &str, value: impl ToString) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+}
+
+pub struct Origin {
+    pub addr: SocketAddr,
+    pub log_dir: PathBuf,
+    options: OriginOptions,
+    child: Option<ManagedChild>,
+}
+
+/// Path of the `aside-origin` binary built beside the tests (`cargo xtask test` builds it first).
+pub fn origin_binary() -> PathBuf {
+    let path = bin_dir().join("aside-origin");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first with `cargo build -p aside-origin` (`cargo xtask test` does)",
+        path.display()
+    );
+    path
+}
+
+/// Runs `aside-origin <args>` to completion with the given database URL; returns its output.
+pub fn run_origin_command(database_url: &str, args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new(origin_binary())
+        .args(args)
+        .env("ASIDE_DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn")
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "aside-origin {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+impl Origin {
+    pub async fn start(options: OriginOptions) -> anyhow::Result<Self> {
+        let mut origin = Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            log_dir: temp_dir("aside-origin"),
+            options,
+            child: None,
+        };
+        origin.launch().await?;
+        Ok(origin)
+    }
+
+    async fn launch(&mut self) -> anyhow::Result<()> {
+        let mut command = Command::new(origin_binary());
+        command
+            .arg("serve")
+            .env("ASIDE_LISTEN", self.addr.to_string())
+            .env("ASIDE_DATABASE_URL", &self.options.database_url)
+            .env("ASIDE_REDIS_URL", &self.options.redis_url)
+            .env("ASIDE_ORIGIN_TOKENS", self.options.tokens.join(","))
+            .env("RUST_LOG", "info");
+        for (k, v) in &self.options.env {
+            command.env(k, v);
+        }
+        log_to(&mut command, &self.log_dir, "origin");
+        self.child = Some(spawn_managed(command, StopSignal::Kill)?);
+        let port = self.addr.port();
+        if !wait_until(Duration::from_secs(20), || port_open(port)).await {
+            anyhow::bail!("aside-origin did not start:\n{}", self.log());
+        }
+        Ok(())
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Everything the origin wrote to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_dir.join("origin.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill_hard();
+        }
+    }
+
+    /// Starts it again with the same options and address.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.launch().await
+    }
+}

@@ -1,0 +1,196 @@
+//! A real PostgreSQL 15 cluster: `initdb` into a temporary folder, password (scram-sha-256)
+//! authentication on TCP, started as the `postgres` system user when the tests run as root (PostgreSQL
+//! refuses to run as root).
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::process::{ManagedChild, StopSignal, log_to, spawn_managed};
+use super::{free_port, generate_secret, temp_dir, wait_until};
+
+/// Where Debian puts the PostgreSQL server binaries; `ASIDE_PG_BIN` overrides.
+pub fn pg_bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("ASIDE_PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    for version in ["17", "16", "15"] {
+        let dir = PathBuf::from(format!("/usr/lib/postgresql/{version}/bin"));
+        if dir.join("postgres").exists() {
+            return dir;
+        }
+    }
+    PathBuf::from("/usr/lib/postgresql/15/bin")
+}
+
+pub struct PostgresServer {
+    pub port: u16,
+    pub dir: PathBuf,
+    /// The superuser (`aside_admin`) password.
+    password: String,
+    child: Option<ManagedChild>,
+}
+
+const SUPERUSER: &str = "aside_admin";
+
+impl PostgresServer {
+    pub async fn start() -> anyhow::Result<Self> {
+        let dir = temp_dir("aside-pg");
+        Self::init_and_start(&dir, free_port()).await
+    }
+
+    pub async fn init_and_start(dir: &Path, port: u16) -> anyhow::Result<Self> {
+        let password = generate_secret();
+        let data = dir.join("data");
+        let pwfile = dir.join("pwfile");
+        std::fs::write(&pwfile, &password)?;
+        let owner = run_as();
+        if let Some((uid, gid)) = owner {
+            chown(dir, uid, gid)?;
+            chown(&pwfile, uid, gid)?;
+        }
+        let mut initdb = Command::new(pg_bin_dir().join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", SUPERUSER, "-E", "UTF8", "--no-locale", "--no-sync"])
+            .args(["--auth-host=scram-sha-256", "--auth-local=scram-sha-256"])
+            .arg(format!("--pwfile={}", pwfile.display()));
+        as_owner(&mut initdb, owner);
+        log_to(&mut initdb, dir, "initdb");
+        let status = initdb.status().map_err(|e| {
+            anyhow::anyhow!("cannot run initdb from {}: {e}", pg_bin_dir().display())
+        })?;
+        anyhow::ensure!(
+            status.success(),
+            "initdb failed; see {}",
+            dir.join("initdb.log").display()
+        );
+        std::fs::remove_file(&pwfile)?;
+        let mut server = Self {
+            port,
+            dir: dir.to_path_buf(),
+            password,
+            child: None,
+        };
+        server.launch().await?;
+        Ok(server)
+    }
+
+    async fn launch(&mut self) -> anyhow::Result<()> {
+        let mut command = Command::new(pg_bin_dir().join("postgres"));
+        command
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-p", &self.port.to_string()])
+            .arg("-k")
+            .arg(&self.dir)
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .args(["-c", "max_connections=300"])
+            .args(["-c", "shared_buffers=128MB"])
+            // Test clusters are thrown away: no fsync (the OS keeps what was written, which is all a
+            // killed postmaster needs). synchronous_commit stays on: tests kill PostgreSQL and expect
+            // every acknowledged commit to be there after the restart.
+            .args(["-c", "fsync=off"])
+            .args(["-c", "full_page_writes=off"]);
+        as_owner(&mut command, run_as());
+        log_to(&mut command, &self.dir, "postgres");
+        self.child = Some(spawn_managed(command, StopSignal::Quit)?);
+        let url = self.url("postgres");
+        let ready = wait_until(Duration::from_secs(30), || {
+            let url = url.clone();
+            async move {
+                tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .is_ok()
+            }
+        })
+        .await;
+        anyhow::ensure!(
+            ready,
+            "PostgreSQL did not start on port {}; see {}",
+            self.port,
+            self.dir.join("postgres.log").display()
+        );
+        Ok(())
+    }
+
+    /// Superuser URL for `database`.
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://{SUPERUSER}:{}@127.0.0.1:{}/{database}",
+            self.password, self.port
+        )
+    }
+
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// A superuser connection to `database`.
+    pub async fn connect(&self, database: &str) -> anyhow::Result<tokio_postgres::Client> {
+        let (client, connection) =
+            tokio_postgres::connect(&self.url(database), tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
+    /// Creates an empty database and returns its URL.
+    pub async fn create_database(&self, name: &str) -> anyhow::Result<String> {
+        let admin = self.connect("postgres").await?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await?;
+        Ok(self.url(name))
+    }
+
+    /// Immediate shutdown (SIGQUIT): connections drop at once, like a crash.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.stop();
+        }
+    }
+
+    /// Starts it again on the same port and data folder.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.launch().await
+    }
+
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the postmaster.
+    pub fn pause(&self, paused: bool) {
+        if let Some(child) = &self.child {
+            child.signal(if paused { libc::SIGSTOP } else { libc::SIGCONT });
+        }
+    }
+}
+
+/// `Some((uid, gid))` of the `postgres` user when we are root (PostgreSQL refuses to run as root).
+fn run_as() -> Option<(u32, u32)> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let name = CString::new("postgres").expect("no NUL");
+    // SAFETY: getpwnam returns a pointer to static storage or NULL; we copy the ids out at once.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(
+        !pw.is_null(),
+        "running as root needs a `postgres` system user to run PostgreSQL (install postgresql)"
+    );
+    // SAFETY: pw is non-null and points to a valid passwd struct.
+    unsafe { Some(((*pw).pw_uid, (*pw).pw_gid)) }
+}
+
+fn as_owner(command: &mut Command, owner: Option<(u32, u32)>) {
+    if let Some((uid, gid)) = owner {
+        std::os::unix::process::CommandExt::uid(command, uid);
+        std::os::unix::process::CommandExt::gid(command, gid);
+    }
+}
+
+fn chown(path: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+    Ok(())
+}

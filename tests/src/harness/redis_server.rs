@@ -1,0 +1,214 @@
+//! A real `redis-server` running the project's `deploy/redis.conf` and ACL template, with generated
+//! passwords, on a free port.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use super::process::{ManagedChild, StopSignal, log_to, spawn_managed};
+use super::{free_port, generate_secret, port_open, temp_dir, wait_until, workspace_root};
+
+/// Set once a redis-server refused `activedefrag yes` (see [`RedisServer::launch`]).
+static NO_ACTIVE_DEFRAG: AtomicBool = AtomicBool::new(false);
+
+/// The ACL users of `deploy/users.acl.template`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisUser {
+    Origin,
+    Edge,
+    Admin,
+}
+
+impl RedisUser {
+    pub fn name(self) -> &'static str {
+        match self {
+            RedisUser::Origin => "origin",
+            RedisUser::Edge => "edge",
+            RedisUser::Admin => "admin",
+        }
+    }
+}
+
+pub struct RedisServer {
+    pub port: u16,
+    pub dir: PathBuf,
+    origin_password: String,
+    edge_password: String,
+    admin_password: String,
+    child: Option<ManagedChild>,
+}
+
+impl RedisServer {
+    /// Starts a server in a new temporary folder.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_in(&temp_dir("aside-redis"), free_port()).await
+    }
+
+    /// Starts a server whose data (AOF, ACL file) lives in `dir`, listening on `port`.
+    pub async fn start_in(dir: &Path, port: u16) -> anyhow::Result<Self> {
+        let mut server = Self {
+            port,
+            dir: dir.to_path_buf(),
+            origin_password: generate_secret(),
+            edge_password: generate_secret(),
+            admin_password: generate_secret(),
+            child: None,
+        };
+        server.write_acl_file()?;
+        server.launch().await?;
+        Ok(server)
+    }
+
+    /// Renders the ACL template with this server's passwords into its folder (mode 0600).
+    fn write_acl_file(&self) -> anyhow::Result<()> {
+        let template = std::fs::read_to_string(workspace_root().join("deploy/users.acl.template"))?;
+        let acl = render_acl(
+            &template,
+            &self.origin_password,
+            &self.edge_password,
+            &self.admin_password,
+        );
+        let path = self.dir.join("users.acl");
+        std::fs::write(&path, acl)?;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        Ok(())
+    }
+
+    async fn launch(&mut self) -> anyhow::Result<()> {
+        if let Err(e) = self.launch_once().await {
+            // Debian's and Ubuntu's redis-server are built against the system jemalloc, which cannot
+            // defragment: the production setting `activedefrag yes` then refuses to start. Run with
+            // defragmentation off on such builds rather than not at all.
+            let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
+            if log.contains("Active defragmentation cannot be enabled") {
+                NO_ACTIVE_DEFRAG.store(true, Ordering::Relaxed);
+                return self.launch_once().await;
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn launch_once(&mut self) -> anyhow::Result<()> {
+        let config = render_config(
+            &std::fs::read_to_string(workspace_root().join("deploy/redis.conf"))?,
+            NO_ACTIVE_DEFRAG.load(Ordering::Relaxed),
+        );
+        std::fs::write(self.dir.join("redis.conf"), config)?;
+        let mut command = Command::new("redis-server");
+        command
+            .arg(self.dir.join("redis.conf"))
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--aclfile")
+            .arg(self.dir.join("users.acl"))
+            .args(["--maxmemory", "256mb"])
+            // One logical database per test (see Stack).
+            .args(["--databases", "1000"])
+            .args(["--daemonize", "no"]);
+        log_to(&mut command, &self.dir, "redis");
+        let child = spawn_managed(command, StopSignal::Kill).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot start redis-server (is the redis-server package installed?): {e}"
+            )
+        })?;
+        self.child = Some(child);
+        let port = self.port;
+        let child = self.child.as_mut().expect("just set");
+        let mut exited = false;
+        let up = wait_until(Duration::from_secs(20), || {
+            exited = exited || child.has_exited();
+            let done = exited;
+            async move { done || port_open(port).await }
+        })
+        .await;
+        if !up || exited {
+            self.child = None;
+            let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            anyhow::bail!(
+                "redis-server did not start on port {port}:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        Ok(())
+    }
+
+    /// `redis://user:password@127.0.0.1:port/db`
+    pub fn url(&self, user: RedisUser, db: u32) -> String {
+        let password = match user {
+            RedisUser::Origin => &self.origin_password,
+            RedisUser::Edge => &self.edge_password,
+            RedisUser::Admin => &self.admin_password,
+        };
+        format!(
+            "redis://{}:{password}@127.0.0.1:{}/{db}",
+            user.name(),
+            self.port
+        )
+    }
+
+    pub fn password(&self, user: RedisUser) -> &str {
+        match user {
+            RedisUser::Origin => &self.origin_password,
+            RedisUser::Edge => &self.edge_password,
+            RedisUser::Admin => &self.admin_password,
+        }
+    }
+
+    /// An admin connection to logical database `db`, for a test to inspect or arrange data.
+    pub async fn admin(&self, db: u32) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+        let client = redis::Client::open(self.url(RedisUser::Admin, db))?;
+        Ok(client.get_multiplexed_async_connection().await?)
+    }
+
+    /// SIGKILL: no goodbye, no final AOF flush beyond what `appendfsync everysec` already did.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill_hard();
+        }
+    }
+
+    /// Starts it again on the same port with the same folder (so the AOF is replayed).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.launch().await
+    }
+
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the server: a Redis that accepts TCP but never answers.
+    pub fn pause(&self, paused: bool) {
+        if let Some(child) = &self.child {
+            child.signal(if paused { libc::SIGSTOP } else { libc::SIGCONT });
+        }
+    }
+}
+
+/// The project's `deploy/redis.conf`, with `activedefrag` switched off when this redis-server build
+/// cannot defragment (it refuses the whole file otherwise, and a command-line override comes too late).
+pub fn render_config(deploy_conf: &str, no_active_defrag: bool) -> String {
+    if !no_active_defrag {
+        return deploy_conf.to_string();
+    }
+    deploy_conf
+        .lines()
+        .map(|line| {
+            if line.trim_start().starts_with("activedefrag ") {
+                "activedefrag no"
+            } else {
+                line
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Replaces the `<..._password>` placeholders of the ACL template.
+pub fn render_acl(template: &str, origin: &str, edge: &str, admin: &str) -> String {
+    template
+        .replace("<origin_password>", origin)
+        .replace("<edge_password>", edge)
+        .replace("<admin_password>", admin)
+}

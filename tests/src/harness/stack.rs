@@ -1,0 +1,88 @@
+//! The servers a test needs, shared by the test binary or dedicated to one test.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tokio::sync::OnceCell;
+
+use super::origin::{Origin, OriginOptions, run_origin_command};
+use super::postgres::PostgresServer;
+use super::redis_server::{RedisServer, RedisUser};
+
+/// A Redis and a PostgreSQL server.
+pub struct Stack {
+    pub redis: RedisServer,
+    pub postgres: PostgresServer,
+}
+
+static SHARED: OnceCell<Stack> = OnceCell::const_new();
+static NEXT_ENV: AtomicU32 = AtomicU32::new(1);
+
+impl Stack {
+    /// The servers shared by every test of this test binary, started on first use.
+    pub async fn shared() -> &'static Stack {
+        SHARED
+            .get_or_init(|| async {
+                Stack::dedicated()
+                    .await
+                    .expect("start the shared Redis and PostgreSQL")
+            })
+            .await
+    }
+
+    /// Servers for one test alone (for tests that stop, restart or freeze them).
+    pub async fn dedicated() -> anyhow::Result<Stack> {
+        let (redis, postgres) = tokio::join!(RedisServer::start(), PostgresServer::start());
+        Ok(Stack {
+            redis: redis?,
+            postgres: postgres?,
+        })
+    }
+
+    /// A fresh, migrated database and an empty Redis logical database, for one test.
+    pub async fn env(&self) -> anyhow::Result<TestEnv> {
+        let n = NEXT_ENV.fetch_add(1, Ordering::SeqCst);
+        let name = format!("aside_test_{n}");
+        let database_url = self.postgres.create_database(&name).await?;
+        let url = database_url.clone();
+        tokio::task::spawn_blocking(move || run_origin_command(&url, &["migrate"])).await??;
+        Ok(TestEnv {
+            database: name,
+            database_url,
+            redis_db: n,
+        })
+    }
+}
+
+/// One test's slice of a [`Stack`].
+#[derive(Debug, Clone)]
+pub struct TestEnv {
+    pub database: String,
+    pub database_url: String,
+    pub redis_db: u32,
+}
+
+impl TestEnv {
+    /// Seeds `count` profiles with a fixed generator seed.
+    pub async fn seed(&self, count: u64) -> anyhow::Result<()> {
+        let url = self.database_url.clone();
+        let count = count.to_string();
+        tokio::task::spawn_blocking(move || {
+            run_origin_command(&url, &["seed", "--count", &count, "--seed", "7"])
+        })
+        .await??;
+        Ok(())
+    }
+
+    /// Origin options for this env: its database, its Redis db as the `origin` ACL user.
+    pub fn origin_options(&self, stack: &Stack) -> OriginOptions {
+        OriginOptions::new(
+            self.database_url.clone(),
+            stack.redis.url(RedisUser::Origin, self.redis_db),
+        )
+    }
+
+    /// Starts an origin for this env.
+    pub async fn origin(&self, stack: &Stack) -> anyhow::Result<Origin> {
+        Origin::start(self.origin_options(stack)).await
+    }
+}
