@@ -1,0 +1,445 @@
+//! The edge's settings, read from Spin variables once per instance.
+//!
+//! Spin is the only configuration source (see `spin.toml`): the variable names are [`VARIABLES`]. Parsing
+//! is separate from reading ([`Config::from_lookup`] takes any lookup function) so it is tested natively.
+//! A missing or malformed value is a [`ConfigError`] that names the variable and what was expected, never
+//! the value itself: two of the variables are secrets.
+
+use std::fmt;
+use std::time::Duration;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+/// Every Spin variable the edge reads, as declared under `[component.aside-edge.variables]`.
+pub const VARIABLES: [&str; 11] = [
+    "redis_address",
+    "redis_user",
+    "redis_password",
+    "origin_url",
+    "origin_token",
+    "l1_max_entries",
+    "l1_max_bytes",
+    "l1_ttl_ms",
+    "redis_timeout_ms",
+    "redis_backoff_ms",
+    "origin_timeout_ms",
+];
+
+/// Characters escaped in the user and password of the Redis URL: everything but RFC 3986 "unreserved".
+const USERINFO: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Tier-1 bounds. A zero in any of them turns tier 1 off (nothing is stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct L1Limits {
+    pub max_entries: usize,
+    /// Approximate: see `l1::ProfileEntry::weight`.
+    pub max_bytes: usize,
+    /// How long an entry may be served after it was filled: the staleness bound of the edge.
+    pub ttl: Duration,
+}
+
+/// The parsed settings. `Debug` hides the secrets.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `redis://user:password@host:port`, user and password percent-encoded. Secret.
+    pub redis_url: String,
+    /// The raw password, kept only to scrub it from error text before logging.
+    redis_password: String,
+    /// `scheme://authority` of the origin, without a trailing slash.
+    pub origin_url: String,
+    /// The bearer token the origin expects from the edge. Secret.
+    pub origin_token: String,
+    pub l1: L1Limits,
+    pub redis_timeout: Duration,
+    pub redis_backoff: Duration,
+    pub origin_timeout: Duration,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("redis_url", &"<secret>")
+            .field("origin_url", &self.origin_url)
+            .field("origin_token", &"<secret>")
+            .field("l1", &self.l1)
+            .field("redis_timeout", &self.redis_timeout)
+            .field("redis_backoff", &self.redis_backoff)
+            .field("origin_timeout", &self.origin_timeout)
+            .finish()
+    }
+}
+
+/// Why the configuration cannot be used. The message names the variable, never its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The variable has no value (no default in `spin.toml` and none given).
+    Missing(&'static str),
+    /// The value does not parse; `expected` says what would.
+    Malformed {
+        name: &'static str,
+        expected: &'static str,
+    },
+    /// The variables provider failed (e.g. a vault is unreachable). Not cached: the next request retries.
+    Provider(&'static str),
+}
+
+impl ConfigError {
+    /// Whether a later read may succeed without changing the configuration.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ConfigError::Provider(_))
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Missing(name) => write!(f, "configuration variable `{name}` is not set"),
+            ConfigError::Malformed { name, expected } => {
+                write!(
+                    f,
+                    "configuration variable `{name}` is malformed: expected {expected}"
+                )
+            }
+            ConfigError::Provider(name) => {
+                write!(f, "configuration variable `{name}` could not be read")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// What a variable lookup can answer: a value, "not set", or a provider failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Value(String),
+    Missing,
+    ProviderFailed,
+}
+
+impl Config {
+    /// Parses every variable through `lookup` (called once per name in [`VARIABLES`]).
+    pub fn from_lookup(
+        mut lookup: impl FnMut(&'static str) -> Lookup,
+    ) -> Result<Self, ConfigError> {
+        let mut get = |name: &'static str| match lookup(name) {
+            Lookup::Value(v) => Ok((name, v)),
+            Lookup::Missing => Err(ConfigError::Missing(name)),
+            Lookup::ProviderFailed => Err(ConfigError::Provider(name)),
+        };
+
+        let redis_address = parse_redis_address(get("redis_address")?)?;
+        let redis_user = parse_non_empty(get("redis_user")?)?;
+        let redis_password = parse_non_empty(get("redis_password")?)?;
+        let origin_url = parse_origin_url(get("origin_url")?)?;
+        let origin_token = parse_token(get("origin_token")?)?;
+        let l1 = L1Limits {
+            max_entries: parse_number(get("l1_max_entries")?, 0, 10_000_000, COUNT)? as usize,
+            max_bytes: parse_number(get("l1_max_bytes")?, 0, 1 << 30, BYTES)? as usize,
+            ttl: millis(parse_number(get("l1_ttl_ms")?, 0, 86_400_000, MS_DAY)?),
+        };
+        let redis_timeout = millis(parse_number(
+            get("redis_timeout_ms")?,
+            1,
+            60_000,
+            MS_MINUTE,
+        )?);
+        let redis_backoff = millis(parse_number(
+            get("redis_backoff_ms")?,
+            0,
+            3_600_000,
+            MS_HOUR,
+        )?);
+        let origin_timeout = millis(parse_number(
+            get("origin_timeout_ms")?,
+            1,
+            300_000,
+            MS_5MIN,
+        )?);
+
+        let redis_url = format!(
+            "redis://{}:{}@{redis_address}",
+            utf8_percent_encode(&redis_user, USERINFO),
+            utf8_percent_encode(&redis_password, USERINFO),
+        );
+        Ok(Config {
+            redis_url,
+            redis_password,
+            origin_url,
+            origin_token,
+            l1,
+            redis_timeout,
+            redis_backoff,
+            origin_timeout,
+        })
+    }
+
+    /// `text` with the Redis password (raw and encoded) and the origin token replaced, so an error
+    /// message from a backend can be logged.
+    pub fn scrub(&self, text: &str) -> String {
+        let encoded = utf8_percent_encode(&self.redis_password, USERINFO).to_string();
+        let mut out = text.to_string();
+        for secret in [&self.redis_password, &encoded, &self.origin_token] {
+            if !secret.is_empty() {
+                out = out.replace(secret.as_str(), "<secret>");
+            }
+        }
+        out
+    }
+}
+
+const COUNT: &str = "a whole number from 0 to 10000000";
+const BYTES: &str = "a whole number of bytes from 0 to 1073741824";
+const MS_DAY: &str = "a whole number of milliseconds from 0 to 86400000";
+const MS_MINUTE: &str = "a whole number of milliseconds from 1 to 60000";
+const MS_HOUR: &str = "a whole number of milliseconds from 0 to 3600000";
+const MS_5MIN: &str = "a whole number of milliseconds from 1 to 300000";
+
+fn millis(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+fn malformed(name: &'static str, expected: &'static str) -> ConfigError {
+    ConfigError::Malformed { name, expected }
+}
+
+fn parse_number(
+    (name, value): (&'static str, String),
+    min: u64,
+    max: u64,
+    expected: &'static str,
+) -> Result<u64, ConfigError> {
+    let value = value.trim();
+    let digits =
+        !value.is_empty() && value.len() <= 19 && value.bytes().all(|b| b.is_ascii_digit());
+    digits
+        .then(|| value.parse::<u64>().ok())
+        .flatten()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or(malformed(name, expected))
+}
+
+fn parse_non_empty((name, value): (&'static str, String)) -> Result<String, ConfigError> {
+    if value.is_empty() || value.chars().any(char::is_control) {
+        return Err(malformed(
+            name,
+            "a non-empty value without control characters",
+        ));
+    }
+    Ok(value)
+}
+
+/// `host:port` (IPv6 hosts in brackets): it goes verbatim into the Redis URL and must match the
+/// `allowed_outbound_hosts` entry `redis://{{ redis_address }}`.
+fn parse_redis_address((name, value): (&'static str, String)) -> Result<String, ConfigError> {
+    let value = value.trim();
+    let expected = "host:port";
+    let (host, port) = value.rsplit_once(':').ok_or(malformed(name, expected))?;
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b));
+    let port_ok =
+        port.parse::<u16>().is_ok_and(|p| p != 0) && port.bytes().all(|b| b.is_ascii_digit());
+    if host_ok && port_ok {
+        Ok(value.to_string())
+    } else {
+        Err(malformed(name, expected))
+    }
+}
+
+/// `http://host:port` or `https://host`, nothing after the authority but an optional `/`.
+fn parse_origin_url((name, value): (&'static str, String)) -> Result<String, ConfigError> {
+    let expected = "an http:// or https:// URL without path, query or credentials";
+    let value = value.trim();
+    let rest = value
+        .strip_prefix("http://")
+        .or_else(|| value.strip_prefix("https://"))
+        .ok_or(malformed(name, expected))?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    let authority_ok = !authority.is_empty()
+        && authority
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b));
+    if !authority_ok {
+        return Err(malformed(name, expected));
+    }
+    Ok(value[..value.len() - (rest.len() - authority.len())].to_string())
+}
+
+/// A bearer token: visible ASCII only, so it is a valid header value.
+fn parse_token((name, value): (&'static str, String)) -> Result<String, ConfigError> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(malformed(
+            name,
+            "a non-empty token of visible ASCII characters",
+        ));
+    }
+    Ok(value)
+}
+
+/// Reads every variable from Spin and parses them.
+pub async fn load() -> Result<Config, ConfigError> {
+    use spin_sdk::variables::{Error, get};
+
+    let mut values = Vec::with_capacity(VARIABLES.len());
+    for name in VARIABLES {
+        let value = match get(name).await {
+            Ok(v) => Lookup::Value(v),
+            Err(Error::Undefined(_)) | Err(Error::InvalidName(_)) => Lookup::Missing,
+            Err(Error::Provider(_)) | Err(Error::Other(_)) => Lookup::ProviderFailed,
+        };
+        values.push((name, value));
+    }
+    Config::from_lookup(|name| {
+        values
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(Lookup::Missing, |(_, v)| v.clone())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults(name: &str) -> Option<&'static str> {
+        Some(match name {
+            "redis_address" => "127.0.0.1:6379",
+            "redis_user" => "edge",
+            "redis_password" => "p@ss:w/rd",
+            "origin_url" => "http://127.0.0.1:8080",
+            "origin_token" => "tok3n-value",
+            "l1_max_entries" => "10000",
+            "l1_max_bytes" => "8388608",
+            "l1_ttl_ms" => "2000",
+            "redis_timeout_ms" => "250",
+            "redis_backoff_ms" => "2000",
+            "origin_timeout_ms" => "2000",
+            _ => return None,
+        })
+    }
+
+    fn with(overrides: &[(&str, Option<&str>)]) -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| {
+            let value = overrides
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(defaults(name), |(_, v)| *v);
+            value.map_or(Lookup::Missing, |v| Lookup::Value(v.to_string()))
+        })
+    }
+
+    #[test]
+    fn the_spin_toml_defaults_parse() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.redis_url, "redis://edge:p%40ss%3Aw%2Frd@127.0.0.1:6379");
+        assert_eq!(c.origin_url, "http://127.0.0.1:8080");
+        assert_eq!(
+            c.l1,
+            L1Limits {
+                max_entries: 10_000,
+                max_bytes: 8_388_608,
+                ttl: Duration::from_millis(2000)
+            }
+        );
+        assert_eq!(c.redis_timeout, Duration::from_millis(250));
+        assert_eq!(c.redis_backoff, Duration::from_millis(2000));
+        assert_eq!(c.origin_timeout, Duration::from_millis(2000));
+    }
+
+    #[test]
+    fn every_variable_is_read_exactly_once() {
+        let mut seen = Vec::new();
+        Config::from_lookup(|name| {
+            seen.push(name);
+            Lookup::Value(defaults(name).unwrap().to_string())
+        })
+        .unwrap();
+        assert_eq!(seen, VARIABLES);
+    }
+
+    #[test]
+    fn a_malformed_value_names_the_variable_but_not_the_value() {
+        for (name, bad) in [
+            ("l1_ttl_ms", "2s"),
+            ("l1_ttl_ms", "-1"),
+            ("l1_max_entries", "1e4"),
+            ("l1_max_bytes", "99999999999999999999999"),
+            ("redis_timeout_ms", "0"),
+            ("origin_timeout_ms", ""),
+            ("redis_backoff_ms", "3600001"),
+            ("redis_address", "localhost"),
+            ("redis_address", "redis:port"),
+            ("redis_address", "a/b:6379"),
+            ("origin_url", "ftp://origin"),
+            ("origin_url", "http://origin/api"),
+            ("origin_url", "http://user:secret@origin"),
+            ("origin_url", "http://origin?x=1"),
+            ("origin_token", "has space"),
+            ("redis_password", ""),
+            ("redis_user", ""),
+        ] {
+            let err = with(&[(name, Some(bad))]).expect_err(bad);
+            assert!(
+                matches!(err, ConfigError::Malformed { name: n, .. } if n == name),
+                "{err:?}"
+            );
+            let message = err.to_string();
+            assert!(message.contains(&format!("`{name}`")), "{message}");
+            // (A one-character value such as "0" may occur in the explanation itself.)
+            if bad.len() > 1 {
+                assert!(!message.contains(bad), "{message} leaks {bad}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_variable_is_reported_by_name() {
+        let err = with(&[("origin_token", None)]).unwrap_err();
+        assert_eq!(err, ConfigError::Missing("origin_token"));
+        assert_eq!(
+            err.to_string(),
+            "configuration variable `origin_token` is not set"
+        );
+        assert!(!err.is_transient());
+    }
+
+    #[test]
+    fn a_provider_failure_is_transient() {
+        let err = Config::from_lookup(|_| Lookup::ProviderFailed).unwrap_err();
+        assert!(err.is_transient());
+    }
+
+    #[test]
+    fn origin_url_loses_its_trailing_slash_and_keeps_https_and_ports() {
+        let c = with(&[("origin_url", Some("https://origin.internal:8443/"))]).unwrap();
+        assert_eq!(c.origin_url, "https://origin.internal:8443");
+        let c = with(&[("origin_url", Some("http://[::1]:8080"))]).unwrap();
+        assert_eq!(c.origin_url, "http://[::1]:8080");
+    }
+
+    #[test]
+    fn zero_turns_tier_one_off_and_numbers_may_be_padded() {
+        let c = with(&[("l1_ttl_ms", Some(" 0 ")), ("l1_max_entries", Some("0"))]).unwrap();
+        assert_eq!(c.l1.ttl, Duration::ZERO);
+        assert_eq!(c.l1.max_entries, 0);
+    }
+
+    #[test]
+    fn debug_and_scrub_hide_the_secrets() {
+        let c = with(&[]).unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("p@ss") && !debug.contains("p%40ss") && !debug.contains("tok3n"));
+        let scrubbed =
+            c.scrub("failed: redis://edge:p%40ss%3Aw%2Frd@x and p@ss:w/rd and tok3n-value");
+        assert_eq!(
+            scrubbed,
+            "failed: redis://edge:<secret>@x and <secret> and <secret>"
+        );
+    }
+}

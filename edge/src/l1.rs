@@ -1,0 +1,410 @@
+//! Tier 1: the profiles this instance answered recently, in its own memory.
+//!
+//! Spin 4 reuses an instance for many requests, so memory that outlives one request is a real cache.
+//! It is bounded three ways: entry count, approximate bytes, and a time-to-live that is the edge's
+//! staleness bound (the edge is never told about writes made through other instances or the origin).
+//!
+//! [`TtlLru`] is generic and takes "now" as an argument (a monotonic clock reading in nanoseconds), so
+//! its behaviour is tested natively without a clock.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::rc::Rc;
+
+use aside_shared::{UserId, UserProfile};
+use bytes::Bytes;
+
+use crate::config::L1Limits;
+
+/// A point on the instance's monotonic clock, in nanoseconds.
+pub type Nanos = u64;
+
+const NIL: usize = usize::MAX;
+
+struct Slot<K, V> {
+    key: K,
+    value: V,
+    weight: usize,
+    expires_at: Nanos,
+    /// Towards the most recently used end.
+    newer: usize,
+    /// Towards the least recently used end.
+    older: usize,
+}
+
+/// A least-recently-used map with a per-entry deadline and a total weight bound.
+///
+/// Entries live in a slab (`slots`) linked into a recency list, so `get` and `insert` are O(1). An expired
+/// entry is dropped when it is read, or when it reaches the least recently used end during an insert.
+pub struct TtlLru<K, V> {
+    index: HashMap<K, usize>,
+    slots: Vec<Option<Slot<K, V>>>,
+    free: Vec<usize>,
+    newest: usize,
+    oldest: usize,
+    weight: usize,
+    max_entries: usize,
+    max_weight: usize,
+    ttl: Nanos,
+}
+
+impl<K: Hash + Eq + Clone, V> TtlLru<K, V> {
+    /// A zero in any limit makes a cache that stores nothing.
+    pub fn new(limits: L1Limits) -> Self {
+        Self {
+            index: HashMap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            newest: NIL,
+            oldest: NIL,
+            weight: 0,
+            max_entries: limits.max_entries,
+            max_weight: limits.max_bytes,
+            ttl: u64::try_from(limits.ttl.as_nanos()).unwrap_or(u64::MAX),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// The sum of the weights of the stored entries.
+    pub fn weight(&self) -> usize {
+        self.weight
+    }
+
+    /// The live entry for `key`, which becomes the most recently used. An expired entry is removed.
+    pub fn get(&mut self, key: &K, now: Nanos) -> Option<&V> {
+        let i = *self.index.get(key)?;
+        if self.slot(i).expires_at <= now {
+            self.remove_at(i);
+            return None;
+        }
+        self.unlink(i);
+        self.push_newest(i);
+        Some(&self.slot(i).value)
+    }
+
+    /// Stores `value` (replacing any entry for `key`) as the most recently used, live until `now + ttl`,
+    /// then evicts from the least recently used end until the count and weight bounds hold. A value
+    /// heavier than the whole budget is not stored (and any older entry for `key` is dropped).
+    pub fn insert(&mut self, key: K, value: V, weight: usize, now: Nanos) {
+        if let Some(i) = self.index.get(&key).copied() {
+            self.remove_at(i);
+        }
+        if self.max_entries == 0
+            || self.max_weight == 0
+            || self.ttl == 0
+            || weight > self.max_weight
+        {
+            return;
+        }
+        // Expired entries at the cold end go first, whatever the bounds.
+        while self.oldest != NIL && self.slot(self.oldest).expires_at <= now {
+            self.remove_at(self.oldest);
+        }
+        while self.index.len() >= self.max_entries || self.weight + weight > self.max_weight {
+            self.remove_at(self.oldest);
+        }
+        let slot = Slot {
+            key: key.clone(),
+            value,
+            weight,
+            expires_at: now.saturating_add(self.ttl),
+            newer: NIL,
+            older: NIL,
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some(slot);
+                i
+            }
+            None => {
+                self.slots.push(Some(slot));
+                self.slots.len() - 1
+            }
+        };
+        self.index.insert(key, i);
+        self.weight += weight;
+        self.push_newest(i);
+    }
+
+    /// Drops the entry for `key`, if any.
+    pub fn remove(&mut self, key: &K) {
+        if let Some(i) = self.index.get(key).copied() {
+            self.remove_at(i);
+        }
+    }
+
+    fn slot(&self, i: usize) -> &Slot<K, V> {
+        self.slots[i].as_ref().expect("indexed slots are occupied")
+    }
+
+    fn slot_mut(&mut self, i: usize) -> &mut Slot<K, V> {
+        self.slots[i].as_mut().expect("indexed slots are occupied")
+    }
+
+    fn remove_at(&mut self, i: usize) {
+        self.unlink(i);
+        let slot = self.slots[i].take().expect("indexed slots are occupied");
+        self.index.remove(&slot.key);
+        self.weight -= slot.weight;
+        self.free.push(i);
+    }
+
+    fn unlink(&mut self, i: usize) {
+        let (newer, older) = {
+            let s = self.slot(i);
+            (s.newer, s.older)
+        };
+        match newer {
+            NIL => self.newest = older,
+            n => self.slot_mut(n).older = older,
+        }
+        match older {
+            NIL => self.oldest = newer,
+            o => self.slot_mut(o).newer = newer,
+        }
+    }
+
+    fn push_newest(&mut self, i: usize) {
+        let previous = self.newest;
+        {
+            let s = self.slot_mut(i);
+            s.newer = NIL;
+            s.older = previous;
+        }
+        match previous {
+            NIL => self.oldest = i,
+            p => self.slot_mut(p).newer = i,
+        }
+        self.newest = i;
+    }
+}
+
+/// What tier 1 keeps per user: the profile (to answer `?fields` by projection) and its serialised JSON
+/// (to answer a full read without serialising again). Clones are cheap.
+#[derive(Debug, Clone)]
+pub struct ProfileEntry {
+    pub profile: Rc<UserProfile>,
+    pub json: Bytes,
+}
+
+impl ProfileEntry {
+    /// Bookkeeping per entry on top of the strings: slot, index entry, `Rc` and `Bytes` headers.
+    const OVERHEAD: usize = 192;
+
+    pub fn new(profile: UserProfile) -> Self {
+        let json = serde_json::to_vec(&profile).expect("profiles serialise");
+        Self {
+            profile: Rc::new(profile),
+            json: Bytes::from(json),
+        }
+    }
+
+    /// Approximate memory held: the JSON, about as much again for the parsed strings, and the overhead.
+    pub fn weight(&self) -> usize {
+        2 * self.json.len() + Self::OVERHEAD
+    }
+}
+
+/// Tier 1 as the edge uses it.
+pub type ProfileCache = TtlLru<UserId, ProfileEntry>;
+
+impl ProfileCache {
+    /// Stores a full profile under its own id.
+    pub fn fill(&mut self, entry: ProfileEntry, now: Nanos) {
+        let weight = entry.weight();
+        self.insert(entry.profile.id, entry, weight, now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const MS: Nanos = 1_000_000;
+
+    fn lru(max_entries: usize, max_bytes: usize, ttl_ms: u64) -> TtlLru<u32, &'static str> {
+        TtlLru::new(L1Limits {
+            max_entries,
+            max_bytes,
+            ttl: Duration::from_millis(ttl_ms),
+        })
+    }
+
+    fn keys(c: &mut TtlLru<u32, &'static str>, now: Nanos) -> Vec<u32> {
+        let mut present: Vec<u32> = (0..20).filter(|k| c.index.contains_key(k)).collect();
+        present.retain(|k| c.get(k, now).is_some());
+        present
+    }
+
+    #[test]
+    fn evicts_the_least_recently_used_when_the_count_is_reached() {
+        let mut c = lru(3, 1000, 1000);
+        for k in 1..=3 {
+            c.insert(k, "v", 1, 0);
+        }
+        c.insert(4, "v", 1, 0);
+        assert_eq!(c.len(), 3);
+        assert_eq!(keys(&mut c, 0), vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn a_read_makes_an_entry_the_most_recent() {
+        let mut c = lru(3, 1000, 1000);
+        for k in 1..=3 {
+            c.insert(k, "v", 1, 0);
+        }
+        assert!(c.get(&1, 0).is_some());
+        c.insert(4, "v", 1, 0);
+        assert!(c.get(&2, 0).is_none(), "2 was the least recently used");
+        assert!(c.get(&1, 0).is_some());
+    }
+
+    #[test]
+    fn evicts_by_weight_until_the_new_entry_fits() {
+        let mut c = lru(100, 10, 1000);
+        c.insert(1, "a", 4, 0);
+        c.insert(2, "b", 4, 0);
+        assert_eq!(c.weight(), 8);
+        c.insert(3, "c", 5, 0);
+        assert_eq!(keys(&mut c, 0), vec![2, 3]);
+        assert_eq!(c.weight(), 9);
+        c.insert(4, "d", 10, 0);
+        assert_eq!(keys(&mut c, 0), vec![4]);
+        assert_eq!(c.weight(), 10);
+    }
+
+    #[test]
+    fn an_entry_heavier_than_the_budget_is_not_stored_and_drops_the_old_copy() {
+        let mut c = lru(100, 10, 1000);
+        c.insert(1, "small", 2, 0);
+        c.insert(2, "other", 2, 0);
+        c.insert(1, "huge", 11, 0);
+        assert!(c.get(&1, 0).is_none());
+        assert_eq!(c.get(&2, 0), Some(&"other"));
+        assert_eq!(c.weight(), 2);
+    }
+
+    #[test]
+    fn entries_expire_after_the_ttl() {
+        let mut c = lru(10, 100, 2000);
+        c.insert(1, "v", 1, 5 * MS);
+        assert_eq!(c.get(&1, 5 * MS + 1999 * MS), Some(&"v"));
+        assert_eq!(c.get(&1, 5 * MS + 2000 * MS), None);
+        assert!(c.is_empty());
+        assert_eq!(c.weight(), 0);
+    }
+
+    #[test]
+    fn reading_does_not_extend_the_ttl() {
+        let mut c = lru(10, 100, 100);
+        c.insert(1, "v", 1, 0);
+        assert!(c.get(&1, 90 * MS).is_some());
+        assert!(c.get(&1, 100 * MS).is_none());
+    }
+
+    #[test]
+    fn replacing_updates_value_weight_and_deadline() {
+        let mut c = lru(2, 100, 100);
+        c.insert(1, "old", 10, 0);
+        c.insert(2, "two", 1, 0);
+        c.insert(1, "new", 3, 50 * MS);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.weight(), 4);
+        assert_eq!(c.get(&1, 120 * MS), Some(&"new"));
+        assert_eq!(c.get(&2, 120 * MS), None);
+        // The replacement is the most recent: a third key evicts 2, not 1.
+        let mut c = lru(2, 100, 100);
+        c.insert(1, "old", 1, 0);
+        c.insert(2, "two", 1, 0);
+        c.insert(1, "new", 1, 0);
+        c.insert(3, "three", 1, 0);
+        assert_eq!(keys(&mut c, 0), vec![1, 3]);
+    }
+
+    #[test]
+    fn expired_cold_entries_are_dropped_before_any_live_one() {
+        let mut c = lru(2, 100, 100);
+        c.insert(1, "a", 1, 0);
+        c.insert(2, "b", 1, 60 * MS);
+        assert!(c.get(&2, 90 * MS).is_some());
+        // At 120 ms, 1 has expired and is the coldest: it goes, and 2 (live) is kept although the
+        // count bound alone would have evicted it had 1 been read more recently.
+        c.insert(3, "c", 1, 120 * MS);
+        assert!(!c.index.contains_key(&1));
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.get(&2, 120 * MS), Some(&"b"));
+        assert_eq!(c.get(&3, 120 * MS), Some(&"c"));
+    }
+
+    #[test]
+    fn zero_limits_store_nothing() {
+        for (n, b, t) in [(0, 100, 100), (10, 0, 100), (10, 100, 0)] {
+            let mut c = lru(n, b, t);
+            c.insert(1, "v", 0, 0);
+            assert!(c.get(&1, 0).is_none());
+        }
+    }
+
+    #[test]
+    fn slots_are_reused_and_the_list_stays_consistent_under_churn() {
+        let mut c = lru(5, 1000, 1000);
+        for round in 0..200u32 {
+            let k = (round * 7) % 11;
+            if round % 3 == 0 {
+                c.remove(&k);
+            } else {
+                c.insert(k, "v", (k as usize) + 1, 0);
+            }
+            let _ = c.get(&((round * 5) % 11), 0);
+            assert!(c.len() <= 5);
+            let expected: usize = c.index.values().map(|&i| c.slot(i).weight).sum();
+            assert_eq!(c.weight(), expected);
+            // Walk the list both ways: it holds exactly the indexed entries.
+            let mut forward = 0;
+            let mut i = c.newest;
+            while i != NIL {
+                forward += 1;
+                i = c.slot(i).older;
+            }
+            let mut backward = 0;
+            let mut i = c.oldest;
+            while i != NIL {
+                backward += 1;
+                i = c.slot(i).newer;
+            }
+            assert_eq!((forward, backward), (c.len(), c.len()));
+        }
+        assert!(c.slots.len() <= 6, "slots are recycled: {}", c.slots.len());
+    }
+
+    #[test]
+    fn profile_entries_are_keyed_by_their_id() {
+        let profile: UserProfile = serde_json::from_str(
+            r#"{"id":7,"full_name":"Ana Silva","gender":"F","birth_date":"1980-01-02",
+                "department":"Sales","email":"ana.silva@fake-devops-db.internal","username":"ana.silva"}"#,
+        )
+        .unwrap();
+        let mut c = ProfileCache::new(L1Limits {
+            max_entries: 10,
+            max_bytes: 10_000,
+            ttl: Duration::from_secs(2),
+        });
+        let entry = ProfileEntry::new(profile.clone());
+        assert!(entry.weight() > entry.json.len());
+        c.fill(entry, 0);
+        let id = UserId::parse("7").unwrap();
+        let hit = c.get(&id, 0).unwrap();
+        assert_eq!(*hit.profile, profile);
+        let back: UserProfile = serde_json::from_slice(&hit.json).unwrap();
+        assert_eq!(back, profile);
+    }
+}

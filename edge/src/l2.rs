@@ -1,0 +1,306 @@
+//! Tier 2: read-only profile lookups in Redis through Spin's Redis binding (`spin:redis/redis@3.0.0`).
+//!
+//! The edge's Redis user may only read (`HGETALL`, `HMGET`, ...), so both reads go through
+//! `Connection::execute`. One connection per instance is opened on first use and kept: Spin reuses
+//! instances, so this saves a connect and an `AUTH` per request. A failure of any kind (cannot connect,
+//! command error, slower than `redis_timeout_ms`) drops the connection and starts the back-off
+//! ([`crate::backoff`]): the caller goes to the origin, and so do the next requests until a probe succeeds.
+//! A hash that is missing or does not parse is a plain miss: it says nothing about Redis's health.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use aside_shared::cache::{hmget_fields, profile_key, projection_from_hmget};
+use aside_shared::{CachedProfile, FieldSelection, UserId};
+use spin_sdk::redis::{Connection, Error, RedisParameter, RedisResult};
+
+use crate::backoff::{Backoff, Permit};
+use crate::clock;
+use crate::config::Config;
+use crate::flight::SingleFlight;
+
+/// The outcome of one tier-2 read.
+#[derive(Debug)]
+pub enum Read<T> {
+    Hit(T),
+    /// Not cached, or cached in a shape the edge cannot use.
+    Miss,
+    /// Redis was not asked (back-off).
+    Skipped,
+    /// Redis failed or was too slow; the back-off has started.
+    Failed,
+}
+
+impl<T> Read<T> {
+    /// Whether Redis was visited (for `server-timing`).
+    pub fn visited(&self) -> bool {
+        !matches!(self, Read::Skipped)
+    }
+}
+
+/// The instance's Redis client state.
+pub struct Redis {
+    config: Rc<Config>,
+    connection: RefCell<Option<Rc<Connection>>>,
+    /// Concurrent requests that find no connection open one together.
+    opening: Rc<SingleFlight<(), Option<Rc<Connection>>>>,
+    backoff: RefCell<Backoff>,
+}
+
+/// Why a command did not produce a usable reply.
+enum Failure {
+    Connect,
+    Command(String),
+    TimedOut,
+}
+
+impl Redis {
+    pub fn new(config: Rc<Config>) -> Self {
+        let backoff = Backoff::new(config.redis_backoff);
+        Self {
+            config,
+            connection: RefCell::new(None),
+            opening: Rc::default(),
+            backoff: RefCell::new(backoff),
+        }
+    }
+
+    /// `HGETALL user:profile:{id}`, parsed into the full profile.
+    pub async fn read_profile(&self, id: UserId) -> Read<CachedProfile> {
+        let key = profile_key(id).into_bytes();
+        match self
+            .execute("HGETALL", vec![RedisParameter::Binary(key)])
+            .await
+        {
+            Read::Hit(reply) => match hash_entries(reply) {
+                Some(entries) => {
+                    CachedProfile::from_hash(id, entries).map_or(Read::Miss, Read::Hit)
+                }
+                None => Read::Miss,
+            },
+            Read::Miss => Read::Miss,
+            Read::Skipped => Read::Skipped,
+            Read::Failed => Read::Failed,
+        }
+    }
+
+    /// `HMGET user:profile:{id} <fields> _version`, as the `?fields` JSON answer.
+    pub async fn read_fields(
+        &self,
+        id: UserId,
+        selection: &FieldSelection,
+    ) -> Read<serde_json::Value> {
+        let mut arguments = vec![RedisParameter::Binary(profile_key(id).into_bytes())];
+        arguments.extend(
+            hmget_fields(selection)
+                .into_iter()
+                .map(|f| RedisParameter::Binary(f.as_bytes().to_vec())),
+        );
+        match self.execute("HMGET", arguments).await {
+            Read::Hit(reply) => projection_from_hmget(id, selection, &hmget_values(reply))
+                .map_or(Read::Miss, Read::Hit),
+            Read::Miss => Read::Miss,
+            Read::Skipped => Read::Skipped,
+            Read::Failed => Read::Failed,
+        }
+    }
+
+    /// Runs one command under the back-off and the timeout. `Miss` here means "Redis answered with a
+    /// data error" (a key of the wrong type): reachable, but nothing to use.
+    async fn execute(
+        &self,
+        command: &str,
+        arguments: Vec<RedisParameter>,
+    ) -> Read<Vec<RedisResult>> {
+        let permit = self.backoff.borrow_mut().permit(clock::now());
+        if permit == Permit::Skip {
+            return Read::Skipped;
+        }
+        let attempt = clock::within(self.config.redis_timeout, async {
+            let connection = self.connection().await.ok_or(Failure::Connect)?;
+            match connection.execute(command, arguments).await {
+                Ok(reply) => Ok(Some(reply)),
+                Err(e) if is_data_error(&e) => Ok(None),
+                Err(e) => Err(Failure::Command(describe(&e))),
+            }
+        })
+        .await
+        .unwrap_or(Err(Failure::TimedOut));
+
+        let ok = attempt.is_ok();
+        self.backoff.borrow_mut().record(permit, ok, clock::now());
+        match attempt {
+            Ok(Some(reply)) => Read::Hit(reply),
+            Ok(None) => Read::Miss,
+            Err(failure) => {
+                // Whatever state the connection is in, it is not trusted again.
+                self.connection.borrow_mut().take();
+                let why = match failure {
+                    Failure::Connect => "cannot connect".to_string(),
+                    Failure::Command(e) => format!("{command} failed: {}", self.config.scrub(&e)),
+                    Failure::TimedOut => format!(
+                        "{command} took longer than {} ms",
+                        self.config.redis_timeout.as_millis()
+                    ),
+                };
+                eprintln!(
+                    "aside-edge: redis {why}; going to the origin and skipping Redis for {} ms",
+                    self.config.redis_backoff.as_millis()
+                );
+                Read::Failed
+            }
+        }
+    }
+
+    /// The open connection, opening one if there is none.
+    async fn connection(&self) -> Option<Rc<Connection>> {
+        if let Some(open) = self.connection.borrow().as_ref() {
+            return Some(Rc::clone(open));
+        }
+        let (connection, _) = self
+            .opening
+            .run((), || async {
+                match Connection::open(&self.config.redis_url).await {
+                    Ok(c) => {
+                        let c = Rc::new(c);
+                        *self.connection.borrow_mut() = Some(Rc::clone(&c));
+                        Some(c)
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "aside-edge: redis connection failed: {}",
+                            self.config.scrub(&describe(&e))
+                        );
+                        None
+                    }
+                }
+            })
+            .await;
+        connection
+    }
+}
+
+/// `HGETALL`'s reply as field/value pairs. Spin flattens the reply into one list (field, value, field,
+/// value, ...); anything else (odd length, a non-string element) is `None`, a miss.
+fn hash_entries(reply: Vec<RedisResult>) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    if !reply.len().is_multiple_of(2) {
+        return None;
+    }
+    let mut items = reply.into_iter().map(bytes_of);
+    let mut entries = Vec::with_capacity(items.len() / 2);
+    while let (Some(field), Some(value)) = (items.next(), items.next()) {
+        entries.push((field?, value?));
+    }
+    Some(entries)
+}
+
+/// `HMGET`'s reply as one optional value per field asked for. A host that drops nils shortens the list,
+/// which `projection_from_hmget` refuses (a miss), as it does a nil.
+fn hmget_values(reply: Vec<RedisResult>) -> Vec<Option<Vec<u8>>> {
+    reply.into_iter().map(bytes_of).collect()
+}
+
+fn bytes_of(result: RedisResult) -> Option<Vec<u8>> {
+    match result {
+        RedisResult::Binary(b) => Some(b),
+        RedisResult::Status(s) => Some(s.into_bytes()),
+        RedisResult::Int64(n) => Some(n.to_string().into_bytes()),
+        RedisResult::Nil => None,
+    }
+}
+
+/// A reply about the key's data rather than about Redis: `WRONGTYPE` (a key that is not a hash).
+fn is_data_error(e: &Error) -> bool {
+    match e {
+        Error::TypeError => true,
+        Error::Other(message) => message.contains("WRONGTYPE"),
+        _ => false,
+    }
+}
+
+fn describe(e: &Error) -> String {
+    match e {
+        Error::InvalidAddress => "invalid address".to_string(),
+        Error::TooManyConnections => "too many connections".to_string(),
+        Error::TypeError => "type error".to_string(),
+        Error::Other(message) => message.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aside_shared::HashError;
+
+    use super::*;
+
+    fn bin(s: &str) -> RedisResult {
+        RedisResult::Binary(s.as_bytes().to_vec())
+    }
+
+    fn hash_reply() -> Vec<RedisResult> {
+        [
+            ("full_name", "Ana Silva"),
+            ("gender", "F"),
+            ("birth_date", "1980-01-02"),
+            ("department", "Sales"),
+            ("email", "ana.silva@fake-devops-db.internal"),
+            ("username", "ana.silva"),
+            ("_version", "4"),
+            ("_filled_at", "1700000000000"),
+        ]
+        .into_iter()
+        .flat_map(|(k, v)| [bin(k), bin(v)])
+        .collect()
+    }
+
+    #[test]
+    fn a_flat_hgetall_reply_parses_into_a_profile() {
+        let id = UserId::parse("3").unwrap();
+        let entries = hash_entries(hash_reply()).unwrap();
+        let cached = CachedProfile::from_hash(id, entries).unwrap();
+        assert_eq!(cached.version, 4);
+        assert_eq!(cached.profile.username.as_str(), "ana.silva");
+    }
+
+    #[test]
+    fn an_empty_or_odd_hgetall_reply_is_a_miss() {
+        let id = UserId::parse("3").unwrap();
+        let empty = hash_entries(vec![]).unwrap();
+        assert_eq!(CachedProfile::from_hash(id, empty), Err(HashError::Empty));
+        let mut odd = hash_reply();
+        odd.pop();
+        assert!(hash_entries(odd).is_none());
+        let mut nil = hash_reply();
+        nil[3] = RedisResult::Nil;
+        assert!(hash_entries(nil).is_none());
+    }
+
+    #[test]
+    fn hmget_nils_become_none_and_make_the_projection_a_miss() {
+        let id = UserId::parse("3").unwrap();
+        let selection = FieldSelection::parse("email").unwrap();
+        let ok = hmget_values(vec![bin("ana.silva@fake-devops-db.internal"), bin("4")]);
+        assert_eq!(
+            projection_from_hmget(id, &selection, &ok).unwrap(),
+            serde_json::json!({"id": 3, "email": "ana.silva@fake-devops-db.internal"})
+        );
+        let missing = hmget_values(vec![RedisResult::Nil, RedisResult::Nil]);
+        assert_eq!(missing, vec![None, None]);
+        assert!(projection_from_hmget(id, &selection, &missing).is_err());
+        // A host that drops nils instead of passing them: wrong arity, also a miss.
+        assert!(projection_from_hmget(id, &selection, &hmget_values(vec![bin("4")])).is_err());
+    }
+
+    #[test]
+    fn only_wrong_type_replies_are_data_errors() {
+        assert!(is_data_error(&Error::TypeError));
+        assert!(is_data_error(&Error::Other(
+            "WRONGTYPE: Operation against a key holding the wrong kind of value".into()
+        )));
+        assert!(!is_data_error(&Error::Other(
+            "NOPERM this user has no permissions".into()
+        )));
+        assert!(!is_data_error(&Error::Other("connection refused".into())));
+        assert!(!is_data_error(&Error::InvalidAddress));
+    }
+}

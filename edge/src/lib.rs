@@ -1,0 +1,29 @@
+//! The aside edge: a Spin 4 HTTP component (WASIp3, `spin-sdk` 6) in front of the origin.
+//!
+//! `GET /users/{id}` is answered from tier 1 (this instance's memory), then tier 2 (Redis, read-only),
+//! then the origin; everything else is passed to the origin unchanged. Every answer says where it came
+//! from (`x-cache`) and what each tier cost (`server-timing`).
+//!
+//! * [`handler`]: the entry point, instance state, answers.
+//! * [`routes`]: which requests the edge answers and which it forwards.
+//! * [`read`]: the tiered read path.
+//! * [`l1`]: tier 1, an LRU bounded by count, bytes and TTL.
+//! * [`l2`]: tier 2, Redis reads through Spin's Redis binding.
+//! * [`forward`]: the origin client.
+//! * [`flight`], [`backoff`], [`clock`]: single-flight, the Redis back-off, timeouts.
+//! * [`config`]: Spin variables to a typed configuration.
+//!
+//! The pure modules (`config`, `l1`, `flight`, `backoff`, `routes`, parts of `l2` and `forward`) are
+//! unit-tested natively with `cargo test -p aside-edge --lib`; the entry point is exported only when
+//! building for `wasm32`.
+
+pub mod backoff;
+pub mod clock;
+pub mod config;
+pub mod flight;
+pub mod forward;
+pub mod handler;
+pub mod l1;
+pub mod l2;
+pub mod read;
+pub mod routes;

@@ -1,0 +1,171 @@
+//! Which requests the edge answers itself and which it passes to the origin.
+//!
+//! The edge serves only `GET /users/{id}` (from its tiers) and `GET /healthz`; everything else, including
+//! writes, `/readyz`, `/metrics` and unknown paths, goes to the origin unchanged, so the API has one
+//! implementation of everything but the read path. A malformed id or query on the read path is refused
+//! here, before any tier is touched, with the same error body the origin would send.
+
+use aside_shared::{ApiError, FieldSelection, UserId};
+use spin_sdk::http::Method;
+
+const USERS_PREFIX: &str = "/users/";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /healthz`: the edge is alive.
+    Health,
+    /// `GET /users/{id}` with an optional `?fields=` projection.
+    ReadProfile {
+        id: UserId,
+        selection: Option<FieldSelection>,
+    },
+    /// Anything else: pass to the origin.
+    Forward,
+    /// A read the edge refuses (400) without touching any tier.
+    Refuse(ApiError),
+}
+
+pub fn route(method: &Method, path: &str, query: Option<&str>) -> Route {
+    if *method != Method::GET {
+        return Route::Forward;
+    }
+    if path == "/healthz" {
+        return Route::Health;
+    }
+    let Some(raw_id) = path.strip_prefix(USERS_PREFIX) else {
+        return Route::Forward;
+    };
+    // `/users/` and `/users/1/more` are not this route; the origin answers them (404).
+    if raw_id.is_empty() || raw_id.contains('/') {
+        return Route::Forward;
+    }
+    let id = match UserId::parse(raw_id) {
+        Ok(id) => id,
+        Err(e) => return Route::Refuse(ApiError::invalid_id(e)),
+    };
+    match FieldSelection::from_query(query) {
+        Ok(selection) => Route::ReadProfile { id, selection },
+        Err(e) => Route::Refuse(ApiError::invalid_query(e)),
+    }
+}
+
+/// The id of a `/users/{id}` path, for any method: a forwarded write to it makes this instance drop its
+/// tier-1 copy.
+pub fn user_id_of(path: &str) -> Option<UserId> {
+    path.strip_prefix(USERS_PREFIX)
+        .and_then(|raw| UserId::parse(raw).ok())
+}
+
+/// The canonical query for a projection, as the edge asks the origin for it: `fields=a,b` in the
+/// selection's order (so every spelling of one selection is one request), `fields=id` for an empty one.
+pub fn fields_query(selection: &FieldSelection) -> String {
+    if selection.is_empty() {
+        return "fields=id".to_string();
+    }
+    let names: Vec<&str> = selection.fields().iter().map(|f| f.name()).collect();
+    format!("fields={}", names.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use aside_shared::{ErrorCode, Field};
+
+    use super::*;
+
+    #[test]
+    fn get_user_is_served_by_the_edge() {
+        assert_eq!(
+            route(&Method::GET, "/users/42", None),
+            Route::ReadProfile {
+                id: UserId::parse("42").unwrap(),
+                selection: None
+            }
+        );
+        let Route::ReadProfile {
+            selection: Some(s), ..
+        } = route(&Method::GET, "/users/42", Some("fields=email,gender"))
+        else {
+            panic!("expected a projection");
+        };
+        assert_eq!(s.fields(), &[Field::Gender, Field::Email]);
+    }
+
+    #[test]
+    fn healthz_is_answered_by_the_edge() {
+        assert_eq!(route(&Method::GET, "/healthz", None), Route::Health);
+        assert_eq!(route(&Method::POST, "/healthz", None), Route::Forward);
+    }
+
+    #[test]
+    fn writes_and_other_paths_are_forwarded() {
+        for (method, path) in [
+            (Method::POST, "/users"),
+            (Method::PUT, "/users/1"),
+            (Method::PATCH, "/users/1"),
+            (Method::DELETE, "/users/1"),
+            (Method::DELETE, "/users/abc"),
+            (Method::HEAD, "/users/1"),
+            (Method::GET, "/readyz"),
+            (Method::GET, "/metrics"),
+            (Method::GET, "/users"),
+            (Method::GET, "/users/"),
+            (Method::GET, "/users/1/friends"),
+            (Method::GET, "/nope"),
+        ] {
+            assert_eq!(
+                route(&method, path, None),
+                Route::Forward,
+                "{method} {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_id_is_refused_with_the_origin_s_error() {
+        for raw in ["abc", "0", "-1", "01", "2147483648", "1%20", "1e3"] {
+            let Route::Refuse(e) = route(&Method::GET, &format!("/users/{raw}"), None) else {
+                panic!("{raw} should be refused");
+            };
+            assert_eq!(e.code, ErrorCode::InvalidId);
+            assert_eq!(e.status(), 400);
+        }
+    }
+
+    #[test]
+    fn a_bad_query_is_refused() {
+        for query in [
+            "field=email",
+            "fields=password",
+            "fields=",
+            "fields=a&fields=b",
+        ] {
+            let Route::Refuse(e) = route(&Method::GET, "/users/1", Some(query)) else {
+                panic!("{query} should be refused");
+            };
+            assert_eq!(e.code, ErrorCode::InvalidQuery, "{query}");
+        }
+        // An empty query is no query.
+        assert!(matches!(
+            route(&Method::GET, "/users/1", Some("")),
+            Route::ReadProfile {
+                selection: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn user_ids_are_found_in_write_paths() {
+        assert_eq!(user_id_of("/users/9"), UserId::parse("9").ok());
+        assert_eq!(user_id_of("/users/x"), None);
+        assert_eq!(user_id_of("/users"), None);
+    }
+
+    #[test]
+    fn projections_are_asked_for_canonically() {
+        let s = FieldSelection::parse("email,gender,email").unwrap();
+        assert_eq!(fields_query(&s), "fields=gender,email");
+        let only_id = FieldSelection::parse("id").unwrap();
+        assert_eq!(fields_query(&only_id), "fields=id");
+    }
+}
