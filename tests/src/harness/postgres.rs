@@ -2,7 +2,6 @@
 //! authentication on TCP, started as the `postgres` system user when the tests run as root (PostgreSQL
 //! refuses to run as root).
 
-use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -10,18 +9,9 @@ use std::time::Duration;
 use super::process::{ManagedChild, StopSignal, log_to, spawn_managed};
 use super::{free_port, generate_secret, temp_dir, wait_until};
 
-/// Where Debian puts the PostgreSQL server binaries; `ASIDE_PG_BIN` overrides.
+/// The PostgreSQL server binaries (see [`xtask::local::pg_bin_dir`]).
 pub fn pg_bin_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("ASIDE_PG_BIN") {
-        return PathBuf::from(dir);
-    }
-    for version in ["17", "16", "15"] {
-        let dir = PathBuf::from(format!("/usr/lib/postgresql/{version}/bin"));
-        if dir.join("postgres").exists() {
-            return dir;
-        }
-    }
-    PathBuf::from("/usr/lib/postgresql/15/bin")
+    xtask::local::pg_bin_dir().unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
 }
 
 pub struct PostgresServer {
@@ -50,13 +40,8 @@ impl PostgresServer {
             chown(dir, uid, gid)?;
             chown(&pwfile, uid, gid)?;
         }
-        let mut initdb = Command::new(pg_bin_dir().join("initdb"));
-        initdb
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", SUPERUSER, "-E", "UTF8", "--no-locale", "--no-sync"])
-            .args(["--auth-host=scram-sha-256", "--auth-local=scram-sha-256"])
-            .arg(format!("--pwfile={}", pwfile.display()));
+        let mut initdb = xtask::local::initdb_command(&pg_bin_dir(), &data, SUPERUSER, &pwfile);
+        initdb.arg("--no-sync");
         as_owner(&mut initdb, owner);
         log_to(&mut initdb, dir, "initdb");
         let status = initdb.status().map_err(|e| {
@@ -166,28 +151,12 @@ impl PostgresServer {
     }
 }
 
-/// `Some((uid, gid))` of the `postgres` user when we are root (PostgreSQL refuses to run as root).
 fn run_as() -> Option<(u32, u32)> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return None;
-    }
-    let name = CString::new("postgres").expect("no NUL");
-    // SAFETY: getpwnam returns a pointer to static storage or NULL; we copy the ids out at once.
-    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    assert!(
-        !pw.is_null(),
-        "running as root needs a `postgres` system user to run PostgreSQL (install postgresql)"
-    );
-    // SAFETY: pw is non-null and points to a valid passwd struct.
-    unsafe { Some(((*pw).pw_uid, (*pw).pw_gid)) }
+    xtask::local::postgres_owner()
 }
 
 fn as_owner(command: &mut Command, owner: Option<(u32, u32)>) {
-    if let Some((uid, gid)) = owner {
-        std::os::unix::process::CommandExt::uid(command, uid);
-        std::os::unix::process::CommandExt::gid(command, gid);
-    }
+    xtask::local::run_as(command, owner);
 }
 
 fn chown(path: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {

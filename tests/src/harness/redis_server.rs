@@ -63,11 +63,13 @@ impl RedisServer {
     /// Renders the ACL template with this server's passwords into its folder (mode 0600).
     fn write_acl_file(&self) -> anyhow::Result<()> {
         let template = std::fs::read_to_string(workspace_root().join("deploy/users.acl.template"))?;
-        let acl = render_acl(
+        let acl = xtask::local::render_acl(
             &template,
-            &self.origin_password,
-            &self.edge_password,
-            &self.admin_password,
+            &xtask::local::RedisPasswords {
+                origin: &self.origin_password,
+                edge: &self.edge_password,
+                admin: &self.admin_password,
+            },
         );
         let path = self.dir.join("users.acl");
         std::fs::write(&path, acl)?;
@@ -81,7 +83,7 @@ impl RedisServer {
             // defragment: the production setting `activedefrag yes` then refuses to start. Run with
             // defragmentation off on such builds rather than not at all.
             let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
-            if log.contains("Active defragmentation cannot be enabled") {
+            if log.contains(xtask::local::NO_ACTIVE_DEFRAG_MESSAGE) {
                 NO_ACTIVE_DEFRAG.store(true, Ordering::Relaxed);
                 return self.launch_once().await;
             }
@@ -91,7 +93,7 @@ impl RedisServer {
     }
 
     async fn launch_once(&mut self) -> anyhow::Result<()> {
-        let config = render_config(
+        let config = xtask::local::render_redis_config(
             &std::fs::read_to_string(workspace_root().join("deploy/redis.conf"))?,
             NO_ACTIVE_DEFRAG.load(Ordering::Relaxed),
         );
@@ -184,31 +186,4 @@ impl RedisServer {
             child.signal(if paused { libc::SIGSTOP } else { libc::SIGCONT });
         }
     }
-}
-
-/// The project's `deploy/redis.conf`, with `activedefrag` switched off when this redis-server build
-/// cannot defragment (it refuses the whole file otherwise, and a command-line override comes too late).
-pub fn render_config(deploy_conf: &str, no_active_defrag: bool) -> String {
-    if !no_active_defrag {
-        return deploy_conf.to_string();
-    }
-    deploy_conf
-        .lines()
-        .map(|line| {
-            if line.trim_start().starts_with("activedefrag ") {
-                "activedefrag no"
-            } else {
-                line
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Replaces the `<..._password>` placeholders of the ACL template.
-pub fn render_acl(template: &str, origin: &str, edge: &str, admin: &str) -> String {
-    template
-        .replace("<origin_password>", origin)
-        .replace("<edge_password>", edge)
-        .replace("<admin_password>", admin)
 }

@@ -1,0 +1,65 @@
+//! `cargo xtask <command>`: the project's two commands (and their helpers).
+//!
+//! * `cargo xtask up`: the whole stack locally (Redis, PostgreSQL, origin, edge), stopped with Ctrl-C.
+//! * `cargo xtask test`: the whole test suite against real servers the tests start themselves.
+
+mod test;
+mod up;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "aside project commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what is missing, start Redis, PostgreSQL, the origin and the edge, print the URLs; Ctrl-C
+    /// stops everything.
+    Up(up::UpArgs),
+    /// Install what is missing, build the edge component and run every test.
+    Test(test::TestArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Up(args) => up::run(args),
+        Command::Test(args) => test::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask lives in `<root>/xtask`).
+fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent")
+        .to_path_buf()
+}
+
+/// Runs a command in the workspace root, failing with its command line if it fails.
+fn run_cmd(command: &mut std::process::Command) -> anyhow::Result<()> {
+    let shown = format!("{command:?}");
+    let status = command
+        .current_dir(workspace_root())
+        .status()
+        .map_err(|e| anyhow::anyhow!("cannot run {shown}: {e}"))?;
+    anyhow::ensure!(status.success(), "{shown} failed ({status})");
+    Ok(())
+}
+
+fn cargo() -> std::process::Command {
+    std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}

@@ -1,0 +1,35 @@
+//! `cargo xtask test`: everything `.ci/run` runs.
+
+use clap::Args;
+
+use crate::{cargo, run_cmd};
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
+    #[arg(trailing_var_arg = true)]
+    pub cargo_test_args: Vec<String>,
+}
+
+/// Test hooks (delays, counters) are compiled into the origin only for tests; release and production
+/// builds never have them.
+const TEST_FEATURES: &str = "aside-origin/test-hooks";
+
+pub fn run(args: TestArgs) -> anyhow::Result<()> {
+    xtask::prereq::ensure_all()?;
+    // The edge component the host runs in the tests, and the origin binary the harness starts.
+    run_cmd(cargo().args([
+        "build",
+        "-p",
+        "aside-edge",
+        "--target",
+        xtask::prereq::WASM_TARGET,
+        "--release",
+    ]))?;
+    run_cmd(cargo().args(["build", "-p", "aside-origin", "--features", TEST_FEATURES]))?;
+    run_cmd(
+        cargo()
+            .args(["test", "--workspace", "--features", TEST_FEATURES])
+            .args(&args.cargo_test_args),
+    )
+}
