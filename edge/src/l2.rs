@@ -10,7 +10,9 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use aside_shared::cache::{hmget_fields, profile_key, projection_from_hmget};
+use aside_shared::cache::{
+    CacheEntry, Projection, hmget_fields, profile_key, projection_from_hmget,
+};
 use aside_shared::{CachedProfile, FieldSelection, UserId};
 use spin_sdk::redis::{Connection, Error, RedisParameter, RedisResult};
 
@@ -25,6 +27,8 @@ pub enum Read<T> {
     Hit(T),
     /// Not cached, or cached in a shape the edge cannot use.
     Miss,
+    /// Redis says the id has no profile: a "missing" marker or a tombstone (answered 404).
+    Absent,
     /// Redis was not asked (back-off).
     Skipped,
     /// Redis failed or was too slow; the back-off has started.
@@ -72,13 +76,13 @@ impl Redis {
             .execute("HGETALL", vec![RedisParameter::Binary(key)])
             .await
         {
-            Read::Hit(reply) => match hash_entries(reply) {
-                Some(entries) => {
-                    CachedProfile::from_hash(id, entries).map_or(Read::Miss, Read::Hit)
-                }
-                None => Read::Miss,
+            Read::Hit(reply) => match hash_entries(reply).map(|e| CacheEntry::from_hash(id, e)) {
+                Some(Ok(CacheEntry::Present(cached))) => Read::Hit(cached),
+                Some(Ok(CacheEntry::Missing(_) | CacheEntry::Deleted(_))) => Read::Absent,
+                Some(Err(_)) | None => Read::Miss,
             },
             Read::Miss => Read::Miss,
+            Read::Absent => Read::Absent,
             Read::Skipped => Read::Skipped,
             Read::Failed => Read::Failed,
         }
@@ -97,9 +101,13 @@ impl Redis {
                 .map(|f| RedisParameter::Binary(f.as_bytes().to_vec())),
         );
         match self.execute("HMGET", arguments).await {
-            Read::Hit(reply) => projection_from_hmget(id, selection, &hmget_values(reply))
-                .map_or(Read::Miss, Read::Hit),
+            Read::Hit(reply) => match projection_from_hmget(id, selection, &hmget_values(reply)) {
+                Ok(Projection::Present(json)) => Read::Hit(json),
+                Ok(Projection::Absent) => Read::Absent,
+                Err(_) => Read::Miss,
+            },
             Read::Miss => Read::Miss,
+            Read::Absent => Read::Absent,
             Read::Skipped => Read::Skipped,
             Read::Failed => Read::Failed,
         }
@@ -263,6 +271,23 @@ mod tests {
     }
 
     #[test]
+    fn a_marker_or_a_tombstone_parses_as_absent() {
+        let id = UserId::parse("3").unwrap();
+        for state in ["missing", "deleted"] {
+            let reply = vec![
+                bin("_state"),
+                bin(state),
+                bin("_version"),
+                bin("2"),
+                bin("_filled_at"),
+                bin("1700000000000"),
+            ];
+            let entry = CacheEntry::from_hash(id, hash_entries(reply).unwrap()).unwrap();
+            assert!(entry.is_absent(), "{state}");
+        }
+    }
+
+    #[test]
     fn an_empty_or_odd_hgetall_reply_is_a_miss() {
         let id = UserId::parse("3").unwrap();
         let empty = hash_entries(vec![]).unwrap();
@@ -279,13 +304,24 @@ mod tests {
     fn hmget_nils_become_none_and_make_the_projection_a_miss() {
         let id = UserId::parse("3").unwrap();
         let selection = FieldSelection::parse("email").unwrap();
-        let ok = hmget_values(vec![bin("ana.silva@fake-devops-db.internal"), bin("4")]);
+        let ok = hmget_values(vec![
+            bin("ana.silva@fake-devops-db.internal"),
+            bin("4"),
+            RedisResult::Nil,
+        ]);
         assert_eq!(
             projection_from_hmget(id, &selection, &ok).unwrap(),
-            serde_json::json!({"id": 3, "email": "ana.silva@fake-devops-db.internal"})
+            Projection::Present(
+                serde_json::json!({"id": 3, "email": "ana.silva@fake-devops-db.internal"})
+            )
         );
-        let missing = hmget_values(vec![RedisResult::Nil, RedisResult::Nil]);
-        assert_eq!(missing, vec![None, None]);
+        let marker = hmget_values(vec![RedisResult::Nil, bin("0"), bin("missing")]);
+        assert_eq!(
+            projection_from_hmget(id, &selection, &marker).unwrap(),
+            Projection::Absent
+        );
+        let missing = hmget_values(vec![RedisResult::Nil, RedisResult::Nil, RedisResult::Nil]);
+        assert_eq!(missing, vec![None, None, None]);
         assert!(projection_from_hmget(id, &selection, &missing).is_err());
         // A host that drops nils instead of passing them: wrong arity, also a miss.
         assert!(projection_from_hmget(id, &selection, &hmget_values(vec![bin("4")])).is_err());

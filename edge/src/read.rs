@@ -37,6 +37,8 @@ enum Answer {
     Origin(OriginAnswer),
     /// The origin could not be reached in time.
     Unavailable,
+    /// Redis holds a "missing" marker or a tombstone for the id: 404 without asking the origin.
+    NotFound,
 }
 
 /// What a lookup is for: requests with equal keys share one.
@@ -87,6 +89,9 @@ pub async fn serve(edge: &Rc<Edge>, id: UserId, selection: Option<FieldSelection
         Answer::Unavailable => {
             Reply::error(&origin_unavailable(), CacheStatus::Miss).timing(timing)
         }
+        Answer::NotFound => {
+            Reply::error(&ApiError::user_not_found(id), CacheStatus::L2).timing(timing)
+        }
     }
 }
 
@@ -115,6 +120,9 @@ async fn fetch(edge: Rc<Edge>, id: UserId, selection: Option<FieldSelection>) ->
         None => {
             let read = edge.redis.read_profile(id).await;
             let l2_ms = read.visited().then(|| clock::millis_since(started));
+            if let Read::Absent = read {
+                return not_found(l2_ms);
+            }
             if let Read::Hit(cached) = read {
                 let entry = ProfileEntry::new(cached.profile);
                 edge.l1.borrow_mut().fill(entry.clone(), clock::now());
@@ -129,6 +137,9 @@ async fn fetch(edge: Rc<Edge>, id: UserId, selection: Option<FieldSelection>) ->
         Some(s) => {
             let read = edge.redis.read_fields(id, s).await;
             let l2_ms = read.visited().then(|| clock::millis_since(started));
+            if let Read::Absent = read {
+                return not_found(l2_ms);
+            }
             if let Read::Hit(projection) = read {
                 return Rc::new(Fetched {
                     l2_ms,
@@ -139,6 +150,14 @@ async fn fetch(edge: Rc<Edge>, id: UserId, selection: Option<FieldSelection>) ->
             from_origin(&edge, id, Some(s), l2_ms).await
         }
     }
+}
+
+fn not_found(l2_ms: Option<f64>) -> Rc<Fetched> {
+    Rc::new(Fetched {
+        l2_ms,
+        origin_ms: None,
+        answer: Answer::NotFound,
+    })
 }
 
 async fn from_origin(
@@ -155,13 +174,15 @@ async fn from_origin(
     let result = forward::send(&edge.config, Method::GET, &path, None, Bytes::new()).await;
     let origin_ms = Some(clock::millis_since(started));
     let answer = match result {
-        Ok(answer) => {
+        Ok(mut answer) => {
             if selection.is_none() && answer.status == http::StatusCode::OK {
                 match serde_json::from_slice::<UserProfile>(&answer.body) {
                     Ok(profile) if profile.id == id => {
-                        edge.l1
-                            .borrow_mut()
-                            .fill(ProfileEntry::new(profile), clock::now());
+                        let entry = ProfileEntry::new(profile);
+                        // The bytes tiers 1 and 2 will answer with, whatever key order the origin
+                        // wrote: one profile has one body at the edge.
+                        answer.body = entry.json.clone();
+                        edge.l1.borrow_mut().fill(entry, clock::now());
                     }
                     _ => eprintln!(
                         "aside-edge: origin answer for user {id} is not a profile; not cached"

@@ -119,21 +119,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let redis_url = args.redis.url()?;
     let tokens = args.tokens()?;
     let pool = crate::db::pool(&db_url, &args.database)?;
-    let cache = crate::cache::ProfileCache::new(
+    let cache = Arc::new(crate::cache::ProfileCache::new(
         &redis_url,
         &args.redis,
-        Duration::from_secs(args.cache_ttl_secs),
-        args.cache_ttl_jitter_percent,
-    )?;
+        args.ttls()?,
+    )?);
+    #[cfg(feature = "test-hooks")]
+    crate::test_hooks::announce();
     if tokens.is_empty() {
         tracing::warn!("no origin token configured: /users is open to any caller");
     }
-    let state = Arc::new(crate::http::AppState::new(
-        pool,
-        cache,
-        tokens,
-        crate::metrics::install(),
+    let metrics = crate::metrics::install();
+    let change_capture = tokio::spawn(crate::changes::run(
+        db_url.clone(),
+        Arc::clone(&cache),
+        args.changes.clone(),
     ));
+    let state = Arc::new(crate::http::AppState::new(pool, cache, tokens, metrics));
     let limits = crate::http::Limits {
         request_timeout: Duration::from_millis(args.request_timeout_ms),
         max_body_bytes: args.max_body_bytes,
@@ -150,9 +152,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "aside-origin serving"
     );
     println!("aside-origin listening on http://{local}");
-    axum::serve(listener, app)
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
-        .await?;
+        .await;
+    // Whatever change capture was doing is safe to cut short: it resumes from the stored watermark.
+    change_capture.abort();
+    served?;
     tracing::info!("aside-origin stopped");
     Ok(())
 }

@@ -168,6 +168,18 @@ pub struct ServeArgs {
     #[arg(long, env = "ASIDE_CACHE_TTL_JITTER_PERCENT", default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=50))]
     pub cache_ttl_jitter_percent: u8,
 
+    /// Lifetime of a "missing" marker (a cached 404 for an id with no row), in seconds.
+    #[arg(long, env = "ASIDE_MISSING_TTL_SECS", default_value_t = aside_shared::cache::DEFAULT_MISSING_TTL_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub missing_ttl_secs: u64,
+
+    /// Lifetime of the tombstone a delete leaves in Redis, in seconds. It must outlast any read-path fill
+    /// still in flight when the row is deleted (a fill is bounded by the request timeout).
+    #[arg(long, env = "ASIDE_TOMBSTONE_TTL_SECS", default_value_t = aside_shared::cache::DEFAULT_TOMBSTONE_TTL_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tombstone_ttl_secs: u64,
+
+    #[command(flatten)]
+    pub changes: ChangeCaptureArgs,
+
     /// Bearer token(s) required on /users routes, comma-separated (two during a rotation). Without one
     /// the API is open: fine on loopback for development, never in production.
     #[arg(
@@ -195,7 +207,59 @@ pub struct ServeArgs {
     pub log_format: crate::telemetry::LogFormat,
 }
 
+/// Change capture: applying the `devops_api.user_changes` outbox to Redis.
+#[derive(Debug, Clone, Args)]
+pub struct ChangeCaptureArgs {
+    /// Safety re-scan of the outbox when no notification came, in ms (notifications wake the origin at
+    /// once; the re-scan catches up after Redis or the listening connection was away).
+    #[arg(long, env = "ASIDE_CHANGE_RESCAN_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub change_rescan_ms: u64,
+
+    /// How often an origin that is not applying changes tries to take over from the one that is, in ms.
+    #[arg(long, env = "ASIDE_CHANGE_TAKEOVER_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub change_takeover_ms: u64,
+
+    /// Applied outbox rows older than this are deleted, in seconds. At least the tombstone TTL: a row
+    /// re-created with a deleted row's id continues that row's versions from the outbox.
+    #[arg(long, env = "ASIDE_CHANGE_RETENTION_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub change_retention_secs: u64,
+
+    /// Outbox rows read per batch.
+    #[arg(long, env = "ASIDE_CHANGE_BATCH", default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub change_batch: i64,
+}
+
+impl ChangeCaptureArgs {
+    pub fn rescan(&self) -> Duration {
+        Duration::from_millis(self.change_rescan_ms)
+    }
+
+    pub fn takeover(&self) -> Duration {
+        Duration::from_millis(self.change_takeover_ms)
+    }
+
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.change_retention_secs)
+    }
+}
+
 impl ServeArgs {
+    /// How long each kind of cache entry lives.
+    pub fn ttls(&self) -> anyhow::Result<crate::cache::Ttls> {
+        anyhow::ensure!(
+            self.changes.change_retention_secs >= self.tombstone_ttl_secs,
+            "ASIDE_CHANGE_RETENTION_SECS ({}) must be at least ASIDE_TOMBSTONE_TTL_SECS ({})",
+            self.changes.change_retention_secs,
+            self.tombstone_ttl_secs
+        );
+        Ok(crate::cache::Ttls {
+            profile: Duration::from_secs(self.cache_ttl_secs),
+            jitter_percent: self.cache_ttl_jitter_percent,
+            missing: Duration::from_secs(self.missing_ttl_secs),
+            tombstone: Duration::from_secs(self.tombstone_ttl_secs),
+        })
+    }
+
     /// The accepted bearer tokens (empty: no authentication).
     pub fn tokens(&self) -> anyhow::Result<Vec<Secret>> {
         let mut tokens: Vec<Secret> = self

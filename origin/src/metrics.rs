@@ -39,8 +39,25 @@ fn describe() {
         "Profile reads by cache result (hit, miss, error)"
     );
     metrics::describe_counter!(
-        "aside_origin_cache_fills_total",
-        "Redis fills by outcome (ok, error, skipped)"
+        "aside_origin_cache_stores_total",
+        "Compare-and-set writes to Redis by outcome (written, kept_newer, error)"
+    );
+    metrics::describe_counter!(
+        "aside_origin_writes_total",
+        "API writes by operation (create, replace, update, delete) and outcome"
+    );
+    metrics::describe_counter!(
+        "aside_origin_changes_applied_total",
+        "Outbox changes applied to Redis by change capture"
+    );
+    metrics::describe_histogram!(
+        "aside_origin_change_apply_lag_seconds",
+        metrics::Unit::Seconds,
+        "Time from a change's commit-time stamp in the outbox to its application to Redis"
+    );
+    metrics::describe_gauge!(
+        "aside_origin_change_capture_leader",
+        "1 while this origin holds the change-capture lock and applies changes, else 0"
     );
     metrics::describe_counter!(
         "aside_origin_coalesced_requests_total",
@@ -65,8 +82,21 @@ pub fn cache_result(result: &'static str) {
     metrics::counter!("aside_origin_cache_requests_total", "result" => result).increment(1);
 }
 
-pub fn cache_fill(outcome: &'static str) {
-    metrics::counter!("aside_origin_cache_fills_total", "outcome" => outcome).increment(1);
+pub fn cache_store(outcome: &'static str) {
+    metrics::counter!("aside_origin_cache_stores_total", "outcome" => outcome).increment(1);
+}
+
+pub fn write(op: &'static str, outcome: &'static str) {
+    metrics::counter!("aside_origin_writes_total", "op" => op, "outcome" => outcome).increment(1);
+}
+
+pub fn changes_applied(count: usize, lag_seconds: f64) {
+    metrics::counter!("aside_origin_changes_applied_total").increment(count as u64);
+    metrics::histogram!("aside_origin_change_apply_lag_seconds").record(lag_seconds.max(0.0));
+}
+
+pub fn change_capture_leader(leader: bool) {
+    metrics::gauge!("aside_origin_change_capture_leader").set(if leader { 1.0 } else { 0.0 });
 }
 
 pub fn coalesced() {

@@ -4,7 +4,12 @@
 //! fields (named as in the JSON API) plus `_`-prefixed metadata. Hashes keep small profiles in the compact
 //! listpack encoding and let a reader fetch only some fields with `HMGET`.
 //!
-//! A hash read back from Redis is input like any other: [`CachedProfile::from_hash`] parses every field
+//! The same key can also say that there is *no* profile ([`CacheEntry`]): a hash with `_state` set to
+//! `missing` (a lookup found no row: a short-lived negative-cache marker) or `deleted` (the row was
+//! deleted: a short-lived tombstone), and no profile fields. Every entry carries `_version`, so that the
+//! origin's compare-and-set can order any two entries (see [`CacheEntry::rank`]).
+//!
+//! A hash read back from Redis is input like any other: [`CacheEntry::from_hash`] parses every field
 //! with the domain parsers, and anything missing or malformed is a [`HashError`], which callers treat as a
 //! cache miss (never as a server error).
 
@@ -19,8 +24,23 @@ pub const PROFILE_KEY_PREFIX: &str = "user:profile:";
 pub const VERSION_FIELD: &str = "_version";
 /// Hash field: when the hash was filled, in milliseconds since the Unix epoch.
 pub const FILLED_AT_FIELD: &str = "_filled_at";
+/// Hash field: present only on entries that say there is no profile: [`STATE_MISSING`] or
+/// [`STATE_DELETED`].
+pub const STATE_FIELD: &str = "_state";
+/// `_state` of a negative-cache marker: a lookup found no row with this id.
+pub const STATE_MISSING: &str = "missing";
+/// `_state` of a tombstone: the row was deleted at `_version`.
+pub const STATE_DELETED: &str = "deleted";
+/// The version a "missing" marker carries: below every row's (rows start at 1), so the write-through of
+/// a newly created row always replaces the marker.
+pub const MISSING_VERSION: i64 = 0;
 /// Default lifetime of a cached profile, in seconds (before jitter).
 pub const DEFAULT_TTL_SECS: u64 = 7200;
+/// Default lifetime of a "missing" marker, in seconds.
+pub const DEFAULT_MISSING_TTL_SECS: u64 = 30;
+/// Default lifetime of a tombstone, in seconds. Must outlast the slowest fill that may still be in flight
+/// when the row is deleted (fills are bounded by the request timeout, 2 s by default).
+pub const DEFAULT_TOMBSTONE_TTL_SECS: u64 = 60;
 
 /// The Redis key of a profile: `user:profile:{id}`.
 pub fn profile_key(id: UserId) -> String {
@@ -60,6 +80,116 @@ impl From<ValidationError> for HashError {
         HashError::Invalid {
             field: e.field,
             message: e.message,
+        }
+    }
+}
+
+/// The metadata of an entry that says there is no profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Absence {
+    /// [`MISSING_VERSION`] for a marker; the deleted row's last version for a tombstone.
+    pub version: i64,
+    /// Fill time, milliseconds since the Unix epoch.
+    pub filled_at_ms: i64,
+}
+
+/// What the cache says about one id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheEntry {
+    /// The profile, at a row version.
+    Present(CachedProfile),
+    /// Negative cache: a lookup found no row (short TTL).
+    Missing(Absence),
+    /// Tombstone: the row was deleted at this version (short TTL).
+    Deleted(Absence),
+}
+
+impl CacheEntry {
+    /// Which of two entries with the same version is newer: a row's copy beats a "missing" marker, and
+    /// the deletion of a row at version `v` beats that row's copy at `v`. The origin's compare-and-set
+    /// keeps the entry with the larger `(version, rank)`.
+    pub fn rank(&self) -> u8 {
+        match self {
+            CacheEntry::Missing(_) => 0,
+            CacheEntry::Present(_) => 1,
+            CacheEntry::Deleted(_) => 2,
+        }
+    }
+
+    pub fn version(&self) -> i64 {
+        match self {
+            CacheEntry::Present(p) => p.version,
+            CacheEntry::Missing(a) | CacheEntry::Deleted(a) => a.version,
+        }
+    }
+
+    /// True for a marker or a tombstone: the cache says the id has no profile (an API 404).
+    pub fn is_absent(&self) -> bool {
+        !matches!(self, CacheEntry::Present(_))
+    }
+
+    /// A "missing" marker filled now.
+    pub fn missing(filled_at_ms: i64) -> Self {
+        CacheEntry::Missing(Absence {
+            version: MISSING_VERSION,
+            filled_at_ms,
+        })
+    }
+
+    /// A tombstone for a row deleted at `version`.
+    pub fn deleted(version: i64, filled_at_ms: i64) -> Self {
+        CacheEntry::Deleted(Absence {
+            version,
+            filled_at_ms,
+        })
+    }
+
+    /// The `HSET` field/value pairs (the whole hash: writers replace it, never merge).
+    pub fn to_hash_fields(&self) -> Vec<(&'static str, String)> {
+        let (state, absence) = match self {
+            CacheEntry::Present(p) => return p.to_hash_fields(),
+            CacheEntry::Missing(a) => (STATE_MISSING, a),
+            CacheEntry::Deleted(a) => (STATE_DELETED, a),
+        };
+        vec![
+            (STATE_FIELD, state.to_string()),
+            (VERSION_FIELD, absence.version.to_string()),
+            (FILLED_AT_FIELD, absence.filled_at_ms.to_string()),
+        ]
+    }
+
+    /// Parses the field/value pairs of `HGETALL`. A hash with `_state` is a marker or a tombstone
+    /// (whatever else it holds); any other hash must be a complete profile.
+    pub fn from_hash<K, V>(
+        id: UserId,
+        entries: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Self, HashError>
+    where
+        K: AsRef<[u8]>,
+        V: AsRef<[u8]>,
+    {
+        let entries: Vec<(K, V)> = entries.into_iter().collect();
+        let field = |name: &'static str| {
+            entries
+                .iter()
+                .find(|(k, _)| k.as_ref() == name.as_bytes())
+                .map(|(_, v)| std::str::from_utf8(v.as_ref()).map_err(|_| HashError::NotUtf8(name)))
+                .transpose()
+        };
+        let Some(state) = field(STATE_FIELD)? else {
+            return CachedProfile::from_hash(id, entries).map(CacheEntry::Present);
+        };
+        let absence = Absence {
+            version: parse_metadata(VERSION_FIELD, field(VERSION_FIELD)?)?,
+            filled_at_ms: parse_metadata(FILLED_AT_FIELD, field(FILLED_AT_FIELD)?)?,
+        };
+        match state {
+            STATE_MISSING => Ok(CacheEntry::Missing(absence)),
+            STATE_DELETED => Ok(CacheEntry::Deleted(absence)),
+            _ => Err(HashError::Invalid {
+                field: STATE_FIELD,
+                message: format!("must be {STATE_MISSING:?} or {STATE_DELETED:?}"),
+            }),
         }
     }
 }
@@ -132,43 +262,63 @@ impl CachedProfile {
 }
 
 /// The hash fields an `HMGET` for `selection` asks for: the selected fields, then [`VERSION_FIELD`]
-/// (asked for so that a hash without it, i.e. not written by aside, is a miss).
+/// (asked for so that a hash without it, i.e. not written by aside, is a miss), then [`STATE_FIELD`]
+/// (so that a marker or a tombstone is told apart from a profile, even for `?fields=id`).
 pub fn hmget_fields(selection: &FieldSelection) -> Vec<&'static str> {
     let mut names: Vec<&'static str> = selection.fields().iter().map(|f| f.name()).collect();
     names.push(VERSION_FIELD);
+    names.push(STATE_FIELD);
     names
 }
 
-/// Builds the `?fields=` JSON answer from the values of `HMGET key <hmget_fields(selection)>`, in the
-/// same order. Any nil or invalid value makes the whole answer a miss.
+/// What an `HMGET` of [`hmget_fields`] says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Projection {
+    /// The `?fields=` JSON answer.
+    Present(serde_json::Value),
+    /// A marker or a tombstone: the id has no profile (an API 404).
+    Absent,
+}
+
+/// Builds the `?fields=` answer from the values of `HMGET key <hmget_fields(selection)>`, in the same
+/// order. Any nil or invalid value of a profile makes the whole answer a miss.
 pub fn projection_from_hmget<V: AsRef<[u8]>>(
     id: UserId,
     selection: &FieldSelection,
     values: &[Option<V>],
-) -> Result<serde_json::Value, HashError> {
-    let expected = selection.fields().len() + 1;
+) -> Result<Projection, HashError> {
+    let expected = selection.fields().len() + 2;
     if values.len() != expected {
         return Err(HashError::WrongArity {
             expected,
             got: values.len(),
         });
     }
+    let text = |name: &'static str, value: &Option<V>| -> Result<String, HashError> {
+        let raw = value.as_ref().ok_or(HashError::MissingField(name))?;
+        let text = std::str::from_utf8(raw.as_ref()).map_err(|_| HashError::NotUtf8(name))?;
+        Ok(text.to_string())
+    };
+    let version = text(VERSION_FIELD, &values[expected - 2])?;
+    parse_metadata(VERSION_FIELD, Some(&version))?;
+    if values[expected - 1].is_some() {
+        let state = text(STATE_FIELD, &values[expected - 1])?;
+        return match state.as_str() {
+            STATE_MISSING | STATE_DELETED => Ok(Projection::Absent),
+            _ => Err(HashError::Invalid {
+                field: STATE_FIELD,
+                message: format!("must be {STATE_MISSING:?} or {STATE_DELETED:?}"),
+            }),
+        };
+    }
     let mut object = serde_json::Map::new();
     object.insert("id".into(), serde_json::Value::from(id.get()));
     for (field, value) in selection.fields().iter().zip(values) {
-        let name = field.name();
-        let raw = value.as_ref().ok_or(HashError::MissingField(name))?;
-        let text = std::str::from_utf8(raw.as_ref()).map_err(|_| HashError::NotUtf8(name))?;
-        validate_field(*field, text)?;
-        object.insert(name.into(), serde_json::Value::from(text));
+        let value = text(field.name(), value)?;
+        validate_field(*field, &value)?;
+        object.insert(field.name().into(), serde_json::Value::from(value));
     }
-    let version = values[expected - 1]
-        .as_ref()
-        .ok_or(HashError::MissingField(VERSION_FIELD))?;
-    let version =
-        std::str::from_utf8(version.as_ref()).map_err(|_| HashError::NotUtf8(VERSION_FIELD))?;
-    parse_metadata(VERSION_FIELD, Some(version))?;
-    Ok(serde_json::Value::Object(object))
+    Ok(Projection::Present(serde_json::Value::Object(object)))
 }
 
 fn validate_field(field: Field, text: &str) -> Result<(), ValidationError> {
@@ -306,16 +456,22 @@ mod tests {
     fn hmget_projection_validates_every_value() {
         let c = cached();
         let sel = FieldSelection::parse("email,gender").unwrap();
-        assert_eq!(hmget_fields(&sel), vec!["gender", "email", "_version"]);
+        assert_eq!(
+            hmget_fields(&sel),
+            vec!["gender", "email", "_version", "_state"]
+        );
         let values = vec![
             Some(b"M".to_vec()),
             Some(b"joao.goncalves@fake-devops-db.internal".to_vec()),
             Some(b"3".to_vec()),
+            None,
         ];
         let v = projection_from_hmget(c.profile.id, &sel, &values).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"id": 12, "gender": "M", "email": "joao.goncalves@fake-devops-db.internal"})
+            Projection::Present(
+                serde_json::json!({"id": 12, "gender": "M", "email": "joao.goncalves@fake-devops-db.internal"})
+            )
         );
 
         let mut nil = values.clone();
@@ -324,9 +480,64 @@ mod tests {
         let mut invalid = values.clone();
         invalid[1] = Some(b"not an email".to_vec());
         assert!(projection_from_hmget(c.profile.id, &sel, &invalid).is_err());
-        assert!(projection_from_hmget(c.profile.id, &sel, &values[..2]).is_err());
+        assert!(projection_from_hmget(c.profile.id, &sel, &values[..3]).is_err());
         let mut no_version = values.clone();
         no_version[2] = None;
         assert!(projection_from_hmget(c.profile.id, &sel, &no_version).is_err());
+        let mut odd_state = values.clone();
+        odd_state[3] = Some(b"gone".to_vec());
+        assert!(projection_from_hmget(c.profile.id, &sel, &odd_state).is_err());
+    }
+
+    #[test]
+    fn markers_and_tombstones_round_trip_and_project_as_absent() {
+        let id = cached().profile.id;
+        for entry in [CacheEntry::missing(5), CacheEntry::deleted(7, 6)] {
+            let pairs = as_bytes(&entry.to_hash_fields());
+            assert_eq!(CacheEntry::from_hash(id, pairs.clone()).unwrap(), entry);
+            assert!(entry.is_absent());
+            // Even `?fields=id` (only `_version` and `_state` asked for) is told it is absent.
+            let only_id = FieldSelection::parse("id").unwrap();
+            let values: Vec<Option<Vec<u8>>> = hmget_fields(&only_id)
+                .iter()
+                .map(|f| {
+                    pairs
+                        .iter()
+                        .find(|(k, _)| k == f.as_bytes())
+                        .map(|(_, v)| v.clone())
+                })
+                .collect();
+            assert_eq!(
+                projection_from_hmget(id, &only_id, &values).unwrap(),
+                Projection::Absent
+            );
+        }
+        let present = CacheEntry::Present(cached());
+        assert_eq!(
+            CacheEntry::from_hash(id, as_bytes(&present.to_hash_fields())).unwrap(),
+            present
+        );
+        assert_eq!(
+            CacheEntry::from_hash(id, Vec::<(Vec<u8>, Vec<u8>)>::new()),
+            Err(HashError::Empty)
+        );
+        let bad_state = vec![
+            (b"_state".to_vec(), b"gone".to_vec()),
+            (b"_version".to_vec(), b"1".to_vec()),
+            (b"_filled_at".to_vec(), b"1".to_vec()),
+        ];
+        assert!(CacheEntry::from_hash(id, bad_state).is_err());
+        let no_version = vec![(b"_state".to_vec(), b"missing".to_vec())];
+        assert!(CacheEntry::from_hash(id, no_version).is_err());
+    }
+
+    #[test]
+    fn ranks_order_entries_of_the_same_version() {
+        let present = CacheEntry::Present(cached());
+        let deleted = CacheEntry::deleted(present.version(), 0);
+        let missing = CacheEntry::missing(0);
+        assert!(missing.rank() < present.rank() && present.rank() < deleted.rank());
+        assert_eq!(missing.version(), MISSING_VERSION);
+        const { assert!(MISSING_VERSION < 1, "below every row version") };
     }
 }

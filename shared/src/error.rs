@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::ValidationError;
+use crate::input::FieldErrors;
 
 /// Every error a client can receive, with its HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +104,41 @@ impl ApiError {
 
     pub fn validation(e: ValidationError) -> Self {
         Self::new(ErrorCode::ValidationFailed, e.to_string())
+    }
+
+    /// 422 for a write body: every failing field, the first one leading the message.
+    pub fn validation_failed(errors: &FieldErrors) -> Self {
+        Self::new(ErrorCode::ValidationFailed, errors.to_string())
+    }
+
+    /// 400: the body is not a JSON object of the expected shape.
+    pub fn malformed_body(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::MalformedBody, message)
+    }
+
+    /// 415: writes take `application/json` only.
+    pub fn unsupported_media_type() -> Self {
+        Self::new(
+            ErrorCode::UnsupportedMediaType,
+            "the body must be JSON: send content-type: application/json",
+        )
+    }
+
+    /// 413, naming the limit.
+    pub fn payload_too_large(limit_bytes: usize) -> Self {
+        Self::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the body is larger than {limit_bytes} bytes"),
+        )
+    }
+
+    /// 409: another user already has this `field` (`username` or `email`). The message names the field,
+    /// never the other user.
+    pub fn conflict(field: &str) -> Self {
+        Self::new(
+            ErrorCode::Conflict,
+            format!("{field}: another user already has this {field}"),
+        )
     }
 
     pub fn user_not_found(id: impl std::fmt::Display) -> Self {

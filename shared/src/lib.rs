@@ -7,6 +7,7 @@
 //! * [`fields`]: the `?fields=` projection.
 //! * [`cache`]: Redis key names and the profile <-> hash mapping.
 //! * [`error`]: the JSON error body and its codes.
+//! * [`input`]: write bodies (`ProfileInput`, `ProfilePatch`), parsed with the same rules on both sides.
 //! * [`headers`]: header names and values both sides emit (`x-cache`, `server-timing`).
 
 pub mod cache;
@@ -14,10 +15,12 @@ pub mod domain;
 pub mod error;
 pub mod fields;
 pub mod headers;
+pub mod input;
 
-pub use cache::{CachedProfile, HashError};
+pub use cache::{CacheEntry, CachedProfile, HashError};
 pub use domain::{
     BirthDate, Department, Email, FullName, Gender, UserId, UserProfile, Username, ValidationError,
 };
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use fields::{Field, FieldSelection};
+pub use input::{BodyError, FieldErrors, ProfileInput, ProfilePatch};

@@ -50,8 +50,8 @@ pub fn generate_secret() -> String {
 
 /// Writes a file readable by its owner only (secrets, ACL files).
 pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
     use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let _ = std::fs::remove_file(path);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -131,7 +131,10 @@ mod tests {
         assert!(!acl.contains('<'), "{acl}");
         assert!(acl.contains("user origin on >o1 "));
         assert!(acl.contains("user edge on >e1 "));
-        assert!(!acl.lines().any(|l| l.starts_with('#')), "ACL files cannot hold comments");
+        assert!(
+            !acl.lines().any(|l| l.starts_with('#')),
+            "ACL files cannot hold comments"
+        );
     }
 
     #[test]

@@ -19,7 +19,11 @@ pub fn wasm_target_installed() -> bool {
     Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == WASM_TARGET))
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == WASM_TARGET)
+        })
         .unwrap_or(false)
 }
 
@@ -68,7 +72,11 @@ pub fn ensure_all() -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let packages: Vec<&str> = missing.iter().flat_map(|p| p.apt_packages).copied().collect();
+    let packages: Vec<&str> = missing
+        .iter()
+        .flat_map(|p| p.apt_packages)
+        .copied()
+        .collect();
     let names: Vec<&str> = missing.iter().map(|p| p.name).collect();
     let has_apt = Command::new("apt-get").arg("--version").output().is_ok();
     if !is_root() || !has_apt {
@@ -97,7 +105,11 @@ pub fn ensure_all() -> anyhow::Result<()> {
     }
     for p in missing {
         if !(p.present)() {
-            bail!("{} is still missing after installing {:?}", p.name, p.apt_packages);
+            bail!(
+                "{} is still missing after installing {:?}",
+                p.name,
+                p.apt_packages
+            );
         }
     }
     Ok(())

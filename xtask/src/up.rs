@@ -216,19 +216,26 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             .args(["--listen", &format!("127.0.0.1:{}", args.edge_port)]);
         c
     };
-    edge.env("SPIN_VARIABLE_REDIS_ADDRESS", format!("127.0.0.1:{}", args.redis_port))
-        .env("SPIN_VARIABLE_REDIS_PASSWORD", &secrets.redis_edge)
-        .env(
-            "SPIN_VARIABLE_ORIGIN_URL",
-            format!("http://127.0.0.1:{}", args.origin_port),
-        )
-        .env("SPIN_VARIABLE_ORIGIN_TOKEN", &secrets.origin_token);
+    edge.env(
+        "SPIN_VARIABLE_REDIS_ADDRESS",
+        format!("127.0.0.1:{}", args.redis_port),
+    )
+    .env("SPIN_VARIABLE_REDIS_PASSWORD", &secrets.redis_edge)
+    .env(
+        "SPIN_VARIABLE_ORIGIN_URL",
+        format!("http://127.0.0.1:{}", args.origin_port),
+    )
+    .env("SPIN_VARIABLE_ORIGIN_TOKEN", &secrets.origin_token);
     spawn(&mut services, "edge", edge, &logs, libc::SIGTERM)?;
     wait_for_port(&mut services, args.edge_port, &logs)?;
 
     let edge_url = format!("http://127.0.0.1:{}", args.edge_port);
     let origin_url = format!("http://127.0.0.1:{}", args.origin_port);
-    let runtime = if spin_cli { "spin up" } else { "the bundled Spin-compatible host" };
+    let runtime = if spin_cli {
+        "spin up"
+    } else {
+        "the bundled Spin-compatible host"
+    };
     println!(
         "\n\
 aside is up. Edge ({runtime}): {edge_url}\n\
@@ -271,7 +278,10 @@ Press Ctrl-C to stop everything.",
                     .find_map(|s| (!matches!(s.child.try_wait(), Ok(None))).then_some(s.name))
                 {
                     drop(services);
-                    bail!("{name} exited unexpectedly; see {}/{name}.log", logs.display());
+                    bail!(
+                        "{name} exited unexpectedly; see {}/{name}.log",
+                        logs.display()
+                    );
                 }
             }
         }
@@ -327,7 +337,10 @@ fn start_redis(
             );
             continue;
         }
-        bail!("redis-server did not start; see {}/redis.log", logs.display());
+        bail!(
+            "redis-server did not start; see {}/redis.log",
+            logs.display()
+        );
     }
     unreachable!("the loop returns or bails")
 }
@@ -352,7 +365,10 @@ fn start_postgres(
     };
     let data = dir.join("data");
     if !data.join("PG_VERSION").exists() {
-        eprintln!("xtask: creating the PostgreSQL cluster in {}", data.display());
+        eprintln!(
+            "xtask: creating the PostgreSQL cluster in {}",
+            data.display()
+        );
         std::fs::create_dir_all(&dir)?;
         let pwfile = dir.join("pwfile");
         local::write_private(&pwfile, &secrets.postgres)?;
@@ -453,7 +469,10 @@ fn wait_for_port(services: &mut Services, port: u16, logs: &Path) -> anyhow::Res
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    bail!("{name} did not open port {port}; see {}/{name}.log", logs.display())
+    bail!(
+        "{name} did not open port {port}; see {}/{name}.log",
+        logs.display()
+    )
 }
 
 /// Is a Spin 4 CLI on PATH?

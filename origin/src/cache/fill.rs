@@ -1,47 +1,146 @@
-//! Filling the cache after a PostgreSQL read.
+//! Writing cache entries: read-path fills, write-through after an API write, and change capture all
+//! go through one compare-and-set, so a slow writer can never put an older entry over a newer one.
+//!
+//! The compare-and-set is a Lua script (`store_if_newer.lua`) run with `EVALSHA`; `redis::Script`
+//! loads it with `SCRIPT LOAD` the first time and again after a `NOSCRIPT` (a restarted Redis). One call
+//! writes any number of entries, so change capture writes a bulk update in a few round trips.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use aside_shared::cache::{CachedProfile, profile_key};
+use aside_shared::UserId;
+use aside_shared::cache::{CacheEntry, profile_key};
 
 use super::{CacheError, ProfileCache};
 
+static STORE_IF_NEWER: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("store_if_newer.lua")));
+
+/// The most entries written by one script call: keeps each call well within the command timeout and
+/// Redis's other clients from waiting behind a long script.
+pub const MAX_ENTRIES_PER_CALL: usize = 200;
+
+/// What became of one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    Written,
+    /// The cache held a newer entry, which was kept.
+    KeptNewer,
+    /// [`Condition::OnlyIfCached`] and the key did not exist.
+    NotCached,
+}
+
+/// When an entry may be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// Unless the cache holds a newer entry.
+    Always,
+    /// Only over an existing key (unless that one is newer).
+    OnlyIfCached,
+}
+
+/// One entry to store.
+#[derive(Debug, Clone)]
+pub struct StoreRequest {
+    pub id: UserId,
+    pub entry: CacheEntry,
+    pub condition: Condition,
+}
+
 impl ProfileCache {
-    /// The TTL for one fill: the configured TTL spread by ±jitter %, so keys filled together (after a
+    /// The TTL for one profile: the configured TTL spread by ±jitter %, so keys filled together (after a
     /// restart, a deploy) do not all expire in the same second.
     pub fn ttl_with_jitter(&self) -> Duration {
         jittered(
-            self.ttl,
-            self.jitter_percent,
+            self.ttls.profile,
+            self.ttls.jitter_percent,
             rand::random_range(-1.0..=1.0),
         )
     }
 
-    /// Replaces the hash and sets its expiry in one atomic round trip (`MULTI DEL HSET PEXPIRE EXEC`):
-    /// a reader never sees a hash without a TTL or half of an old and half of a new profile.
-    pub async fn fill(&self, cached: &CachedProfile) -> Result<(), CacheError> {
-        let key = profile_key(cached.profile.id);
-        let fields = cached.to_hash_fields();
-        let ttl_ms = self.ttl_with_jitter().as_millis() as u64;
-        let result = self
-            .call("fill", |mut c| async move {
-                redis::pipe()
-                    .atomic()
-                    .del(&key)
-                    .ignore()
-                    // HSET with many pairs (HMSET is deprecated, and not granted to the ACL user).
-                    .cmd("HSET")
-                    .arg(&key)
-                    .arg(&fields)
-                    .ignore()
-                    .pexpire(&key, ttl_ms as i64)
-                    .ignore()
-                    .query_async::<()>(&mut c)
-                    .await
-            })
-            .await;
-        crate::metrics::cache_fill(if result.is_ok() { "ok" } else { "error" });
-        result
+    /// The TTL an entry is stored with: a profile's (jittered), a marker's or a tombstone's.
+    fn ttl_of(&self, entry: &CacheEntry) -> Duration {
+        match entry {
+            CacheEntry::Present(_) => self.ttl_with_jitter(),
+            CacheEntry::Missing(_) => self.ttls.missing,
+            CacheEntry::Deleted(_) => self.ttls.tombstone,
+        }
+    }
+
+    /// Writes `entry` for `id` unless the cache holds a newer entry (see `store_if_newer.lua`). The hash
+    /// is replaced whole, with its TTL, in one atomic step.
+    pub async fn store_if_newer(
+        &self,
+        id: UserId,
+        entry: &CacheEntry,
+    ) -> Result<Stored, CacheError> {
+        let request = StoreRequest {
+            id,
+            entry: entry.clone(),
+            condition: Condition::Always,
+        };
+        let stored = self.store_all_if_newer(&[request]).await?;
+        Ok(stored[0])
+    }
+
+    /// [`Self::store_if_newer`] for many entries, each with its [`Condition`], in calls of at most [`MAX_ENTRIES_PER_CALL`].
+    /// Returns one outcome per entry, in order.
+    pub async fn store_all_if_newer(
+        &self,
+        requests: &[StoreRequest],
+    ) -> Result<Vec<Stored>, CacheError> {
+        let mut outcomes = Vec::with_capacity(requests.len());
+        for chunk in requests.chunks(MAX_ENTRIES_PER_CALL) {
+            let mut invocation = STORE_IF_NEWER.prepare_invoke();
+            for StoreRequest {
+                id,
+                entry,
+                condition,
+            } in chunk
+            {
+                let fields = entry.to_hash_fields();
+                invocation
+                    .key(profile_key(*id))
+                    .arg(entry.version())
+                    .arg(entry.rank())
+                    .arg(self.ttl_of(entry).as_millis().max(1) as u64)
+                    .arg(u8::from(*condition == Condition::OnlyIfCached))
+                    .arg(fields.len());
+                for (name, value) in fields {
+                    invocation.arg(name).arg(value);
+                }
+            }
+            let result = self
+                .call("store_if_newer", |mut c| async move {
+                    invocation.invoke_async::<Vec<i64>>(&mut c).await
+                })
+                .await;
+            let written = match result {
+                Ok(written) if written.len() == chunk.len() => written,
+                Ok(_) => {
+                    crate::metrics::cache_store("error");
+                    return Err(CacheError::UnexpectedReply);
+                }
+                Err(e) => {
+                    crate::metrics::cache_store("error");
+                    return Err(e);
+                }
+            };
+            for w in written {
+                let stored = match w {
+                    1 => Stored::Written,
+                    2 => Stored::NotCached,
+                    _ => Stored::KeptNewer,
+                };
+                crate::metrics::cache_store(match stored {
+                    Stored::Written => "written",
+                    Stored::KeptNewer => "kept_newer",
+                    Stored::NotCached => "not_cached",
+                });
+                outcomes.push(stored);
+            }
+        }
+        Ok(outcomes)
     }
 }
 
@@ -71,5 +170,11 @@ mod tests {
             Duration::from_secs(1),
             "never 0"
         );
+    }
+
+    #[test]
+    fn the_script_is_loaded_by_hash() {
+        // EVALSHA needs the SHA1 of the exact text; a stable, non-empty hash proves it is computed.
+        assert_eq!(STORE_IF_NEWER.get_hash().len(), 40);
     }
 }

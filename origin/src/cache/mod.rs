@@ -1,7 +1,9 @@
 //! The Redis side of the origin: one [`ProfileCache`] per process.
 //!
-//! * [`read`]: `HGETALL` / `HMGET` of a profile hash, parsed with the shared crate.
-//! * [`fill`]: writing a profile hash with its TTL in one round trip.
+//! * [`read`]: `HGETALL` / `HMGET` of a profile hash, parsed with the shared crate into a profile, a
+//!   "missing" marker or a tombstone.
+//! * [`fill`]: every write (read-path fill, write-through, change capture) as one compare-and-set Lua
+//!   script that never replaces a newer version with an older one.
 //! * [`breaker`]: after a Redis failure, Redis is skipped for a back-off so requests go straight to
 //!   PostgreSQL instead of each paying a timeout.
 //!
@@ -29,6 +31,21 @@ pub enum CacheError {
     Timeout,
     #[error("Redis error: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("Redis gave a reply of an unexpected shape")]
+    UnexpectedReply,
+}
+
+/// How long each kind of entry lives.
+#[derive(Debug, Clone, Copy)]
+pub struct Ttls {
+    /// A profile, before jitter.
+    pub profile: Duration,
+    /// Random spread of a profile's TTL, in percent.
+    pub jitter_percent: u8,
+    /// A "missing" marker (negative cache).
+    pub missing: Duration,
+    /// A tombstone left by a delete.
+    pub tombstone: Duration,
 }
 
 /// The outcome of a cache read.
@@ -56,19 +73,13 @@ pub struct ProfileCache {
     conn: ConnectionManager,
     breaker: Breaker,
     command_timeout: Duration,
-    ttl: Duration,
-    jitter_percent: u8,
+    ttls: Ttls,
 }
 
 impl ProfileCache {
     /// Prepares the connection without opening it: the origin starts, and serves from PostgreSQL, while
     /// Redis is down; the connection is made on first use and re-made after failures.
-    pub fn new(
-        url: &Secret,
-        args: &RedisArgs,
-        ttl: Duration,
-        jitter_percent: u8,
-    ) -> anyhow::Result<Self> {
+    pub fn new(url: &Secret, args: &RedisArgs, ttls: Ttls) -> anyhow::Result<Self> {
         let client = redis::Client::open(url.expose())
             .map_err(|_| anyhow::anyhow!("the Redis URL is not valid"))?;
         let command_timeout = Duration::from_millis(args.redis_command_timeout_ms);
@@ -84,8 +95,7 @@ impl ProfileCache {
             conn,
             breaker: Breaker::new(Duration::from_millis(args.redis_backoff_ms)),
             command_timeout,
-            ttl,
-            jitter_percent,
+            ttls,
         })
     }
 

@@ -1,13 +1,16 @@
 //! Reading profile hashes.
 
-use aside_shared::cache::{CachedProfile, hmget_fields, profile_key, projection_from_hmget};
+use aside_shared::cache::{
+    CacheEntry, Projection, hmget_fields, profile_key, projection_from_hmget,
+};
 use aside_shared::{FieldSelection, UserId};
 
 use super::{Lookup, ProfileCache};
 
 impl ProfileCache {
-    /// `HGETALL user:profile:{id}`. A malformed hash is logged and counted as a miss.
-    pub async fn get(&self, id: UserId) -> Lookup<CachedProfile> {
+    /// `HGETALL user:profile:{id}`: a profile, a "missing" marker or a tombstone. A malformed hash is
+    /// logged and counted as a miss.
+    pub async fn get(&self, id: UserId) -> Lookup<CacheEntry> {
         let key = profile_key(id);
         let result = self
             .call("hgetall", |mut c| async move {
@@ -20,8 +23,8 @@ impl ProfileCache {
         match result {
             Err(e) => Lookup::Unavailable(e),
             Ok(pairs) if pairs.is_empty() => Lookup::Miss,
-            Ok(pairs) => match CachedProfile::from_hash(id, pairs) {
-                Ok(cached) => Lookup::Hit(cached),
+            Ok(pairs) => match CacheEntry::from_hash(id, pairs) {
+                Ok(entry) => Lookup::Hit(entry),
                 Err(e) => {
                     tracing::warn!(%id, error = %e, "malformed profile hash; treating as a miss");
                     Lookup::Miss
@@ -30,12 +33,9 @@ impl ProfileCache {
         }
     }
 
-    /// `HMGET user:profile:{id} <fields> _version`, projected to the API's JSON.
-    pub async fn get_fields(
-        &self,
-        id: UserId,
-        selection: &FieldSelection,
-    ) -> Lookup<serde_json::Value> {
+    /// `HMGET user:profile:{id} <fields> _version _state`, projected to the API's JSON, or `Absent`
+    /// for a marker or a tombstone.
+    pub async fn get_fields(&self, id: UserId, selection: &FieldSelection) -> Lookup<Projection> {
         let key = profile_key(id);
         let fields = hmget_fields(selection);
         let result = self
@@ -51,7 +51,7 @@ impl ProfileCache {
             Err(e) => Lookup::Unavailable(e),
             Ok(values) if values.iter().all(Option::is_none) => Lookup::Miss,
             Ok(values) => match projection_from_hmget(id, selection, &values) {
-                Ok(v) => Lookup::Hit(v),
+                Ok(projection) => Lookup::Hit(projection),
                 Err(e) => {
                     tracing::warn!(%id, error = %e, "malformed profile hash; treating as a miss");
                     Lookup::Miss

@@ -15,11 +15,18 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first. Append only.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "users",
-    sql: include_str!("../../migrations/0001_users.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "users",
+        sql: include_str!("../../migrations/0001_users.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "change_capture",
+        sql: include_str!("../../migrations/0002_change_capture.sql"),
+    },
+];
 
 /// An arbitrary constant naming aside's migration lock among PostgreSQL advisory locks.
 const MIGRATION_LOCK: i64 = 0x0A51_DE00_0001;

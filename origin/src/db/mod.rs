@@ -1,6 +1,9 @@
-//! PostgreSQL: the connection pool and the profile queries. Migrations live in [`migrations`].
+//! PostgreSQL: the connection pool and the profile queries. Writes live in [`writes`], the change
+//! outbox in [`changes`], migrations in [`migrations`].
 
+pub mod changes;
 pub mod migrations;
+pub mod writes;
 
 use std::time::Duration;
 
@@ -106,6 +109,10 @@ pub async fn connect(
     Ok(client)
 }
 
+/// The columns [`profile_from_row`] reads, in its order.
+pub(crate) const PROFILE_COLUMNS: &str =
+    "full_name, gender, birth_date, department, email, username, version";
+
 const PROFILE_BY_ID: &str = "SELECT full_name, gender, birth_date, department, email, username, version \
      FROM devops_api.users WHERE id = $1";
 
@@ -117,22 +124,31 @@ pub async fn profile_by_id(pool: &Pool, id: UserId) -> Result<Option<CachedProfi
     let Some(row) = client.query_opt(&statement, &[&id.get()]).await? else {
         return Ok(None);
     };
+    profile_from_row(id, &row, 0).map(Some)
+}
+
+/// Parses [`PROFILE_COLUMNS`], starting at column `first`, with the domain parsers.
+pub(crate) fn profile_from_row(
+    id: UserId,
+    row: &tokio_postgres::Row,
+    first: usize,
+) -> Result<CachedProfile, DbError> {
     let invalid = |source| DbError::InvalidRow { id, source };
-    let gender: String = row.get(1);
+    let gender: String = row.try_get(first + 1)?;
     let profile = UserProfile {
         id,
-        full_name: FullName::parse(row.get(0)).map_err(invalid)?,
+        full_name: FullName::parse(row.try_get(first)?).map_err(invalid)?,
         gender: Gender::parse(gender.trim_end()).map_err(invalid)?,
-        birth_date: BirthDate::from_date(row.get(2)).map_err(invalid)?,
-        department: Department::parse(row.get(3)).map_err(invalid)?,
-        email: Email::parse(row.get(4)).map_err(invalid)?,
-        username: Username::parse(row.get(5)).map_err(invalid)?,
+        birth_date: BirthDate::from_date(row.try_get(first + 2)?).map_err(invalid)?,
+        department: Department::parse(row.try_get(first + 3)?).map_err(invalid)?,
+        email: Email::parse(row.try_get(first + 4)?).map_err(invalid)?,
+        username: Username::parse(row.try_get(first + 5)?).map_err(invalid)?,
     };
-    Ok(Some(CachedProfile {
+    Ok(CachedProfile {
         profile,
-        version: row.get(6),
+        version: row.try_get(first + 6)?,
         filled_at_ms: now_ms(),
-    }))
+    })
 }
 
 /// `SELECT 1` within the pool's timeouts: is PostgreSQL answering?

@@ -10,10 +10,10 @@ use std::time::Duration;
 use aside_shared::cache::CachedProfile;
 use aside_shared::headers::{CacheStatus, RETRY_AFTER, X_CACHE};
 use aside_shared::{ApiError, UserId};
-use axum::Router;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use axum::{Extension, Router};
 use deadpool_postgres::Pool;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -31,7 +31,7 @@ pub(crate) type LoadResult = Result<Option<CachedProfile>, ApiError>;
 /// Everything a handler needs; one per process.
 pub struct AppState {
     pub pool: Pool,
-    pub cache: ProfileCache,
+    pub cache: Arc<ProfileCache>,
     pub tokens: Vec<Secret>,
     pub metrics: PrometheusHandle,
     pub(crate) loads: SingleFlight<UserId, LoadResult>,
@@ -40,7 +40,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(
         pool: Pool,
-        cache: ProfileCache,
+        cache: Arc<ProfileCache>,
         tokens: Vec<Secret>,
         metrics: PrometheusHandle,
     ) -> Self {
@@ -63,7 +63,14 @@ pub struct Limits {
 
 pub fn router(state: Arc<AppState>, limits: Limits) -> Router {
     let api = Router::new()
-        .route("/users/{id}", get(users::get_user))
+        .route("/users", post(users::create_user))
+        .route(
+            "/users/{id}",
+            get(users::get_user)
+                .put(users::replace_user)
+                .patch(users::update_user)
+                .delete(users::delete_user),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             auth::require_token,
@@ -75,12 +82,17 @@ pub fn router(state: Arc<AppState>, limits: Limits) -> Router {
         .route("/metrics", get(health::metrics))
         .fallback(|| async { Error(ApiError::route_not_found()) })
         .method_not_allowed_fallback(|| async { Error(ApiError::method_not_allowed()) })
-        .layer(axum::middleware::map_response(default_cache_header))
+        .layer(Extension(limits))
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             limits.request_timeout,
         ))
+        // Outside the body limit and the timeout, so their bare answers get the JSON error body too.
+        .layer(axum::middleware::map_response(move |response| {
+            json_error_bodies(response, limits)
+        }))
+        .layer(axum::middleware::map_response(default_cache_header))
         .layer(CatchPanicLayer::custom(|_| {
             Error(ApiError::internal()).into_response()
         }))
@@ -95,6 +107,32 @@ async fn default_cache_header(mut response: Response) -> Response {
         .entry(X_CACHE)
         .or_insert(HeaderValue::from_static(CacheStatus::Miss.as_str()));
     response
+}
+
+/// The layers' own answers (413 from the body limit, 503 from the timeout) carry no body; give them the
+/// API's JSON error like every other error.
+async fn json_error_bodies(response: Response, limits: Limits) -> Response {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return response;
+    }
+    match response.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            Error(ApiError::payload_too_large(limits.max_body_bytes)).into_response()
+        }
+        StatusCode::SERVICE_UNAVAILABLE => {
+            let mut error = ApiError::new(
+                aside_shared::ErrorCode::Unavailable,
+                "the request took too long, retry later",
+            );
+            error.retry_after_secs = Some(1);
+            Error(error).into_response()
+        }
+        _ => response,
+    }
 }
 
 /// An [`ApiError`] as an HTTP response: its status, the JSON body and `Retry-After` for 503.

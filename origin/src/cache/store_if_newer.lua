@@ -1,0 +1,50 @@
+-- Compare-and-set for profile hashes: the only way the origin writes to Redis.
+--
+-- KEYS: the hashes to write (user:profile:{id}).
+-- ARGV, for each key in turn: version, rank, ttl_ms, only_if_cached (0 or 1), n, then n field/value pairs
+-- (the whole new hash).
+--
+-- Each new entry replaces the key's current one unless the current one is newer, that is has a larger
+-- (version, rank): rank 0 is a "missing" marker, 1 a profile, 2 a tombstone (see aside_shared::cache).
+-- An equal entry is rewritten (it refreshes the TTL and repairs a damaged copy). Anything that is not an
+-- aside entry (no numeric _version, an unknown _state, a key of another type) is replaced.
+-- With only_if_cached = 1 the entry is written only over an existing key (change capture uses it for
+-- inserts: a new row replaces a "missing" marker at once, but does not fill the cache by itself).
+-- Returns one integer per key: 1 when written, 0 when the current entry was newer and was kept, 2 when
+-- only_if_cached was set and the key did not exist.
+local ranks = { missing = 0, deleted = 2 }
+local written = {}
+local a = 1
+for i, key in ipairs(KEYS) do
+  local version = tonumber(ARGV[a])
+  local rank = tonumber(ARGV[a + 1])
+  local ttl_ms = ARGV[a + 2]
+  local only_if_cached = ARGV[a + 3] == '1'
+  local first = a + 5
+  a = first + 2 * tonumber(ARGV[a + 4])
+
+  local keep = false
+  local current = redis.pcall('HMGET', key, '_version', '_state')
+  if type(current) == 'table' and current.err == nil then
+    local current_version = tonumber(current[1])
+    local current_rank = 1
+    if current[2] then
+      current_rank = ranks[current[2]]
+    end
+    if current_version and current_rank then
+      keep = current_version > version or (current_version == version and current_rank > rank)
+    end
+  end
+
+  if only_if_cached and redis.call('EXISTS', key) == 0 then
+    written[i] = 2
+  elseif keep then
+    written[i] = 0
+  else
+    redis.call('DEL', key)
+    redis.call('HSET', key, unpack(ARGV, first, a - 1))
+    redis.call('PEXPIRE', key, ttl_ms)
+    written[i] = 1
+  end
+end
+return written
