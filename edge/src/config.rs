@@ -11,8 +11,9 @@ use std::time::Duration;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 /// Every Spin variable the edge reads, as declared under `[component.aside-edge.variables]`.
-pub const VARIABLES: [&str; 11] = [
+pub const VARIABLES: [&str; 12] = [
     "redis_address",
+    "redis_database",
     "redis_user",
     "redis_password",
     "origin_url",
@@ -45,7 +46,7 @@ pub struct L1Limits {
 /// The parsed settings. `Debug` hides the secrets.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Config {
-    /// `redis://user:password@host:port`, user and password percent-encoded. Secret.
+    /// `redis://user:password@host:port/db`, user and password percent-encoded. Secret.
     pub redis_url: String,
     /// The raw password, kept only to scrub it from error text before logging.
     redis_password: String,
@@ -133,6 +134,7 @@ impl Config {
         };
 
         let redis_address = parse_redis_address(get("redis_address")?)?;
+        let redis_database = parse_number(get("redis_database")?, 0, i32::MAX as u64, DB)?;
         let redis_user = parse_non_empty(get("redis_user")?)?;
         let redis_password = parse_non_empty(get("redis_password")?)?;
         let origin_url = parse_origin_url(get("origin_url")?)?;
@@ -162,7 +164,7 @@ impl Config {
         )?);
 
         let redis_url = format!(
-            "redis://{}:{}@{redis_address}",
+            "redis://{}:{}@{redis_address}/{redis_database}",
             utf8_percent_encode(&redis_user, USERINFO),
             utf8_percent_encode(&redis_password, USERINFO),
         );
@@ -192,6 +194,7 @@ impl Config {
     }
 }
 
+const DB: &str = "a Redis logical database number from 0 to 2147483647";
 const COUNT: &str = "a whole number from 0 to 10000000";
 const BYTES: &str = "a whole number of bytes from 0 to 1073741824";
 const MS_DAY: &str = "a whole number of milliseconds from 0 to 86400000";
@@ -310,6 +313,7 @@ mod tests {
     fn defaults(name: &str) -> Option<&'static str> {
         Some(match name {
             "redis_address" => "127.0.0.1:6379",
+            "redis_database" => "0",
             "redis_user" => "edge",
             "redis_password" => "p@ss:w/rd",
             "origin_url" => "http://127.0.0.1:8080",
@@ -337,7 +341,12 @@ mod tests {
     #[test]
     fn the_spin_toml_defaults_parse() {
         let c = with(&[]).unwrap();
-        assert_eq!(c.redis_url, "redis://edge:p%40ss%3Aw%2Frd@127.0.0.1:6379");
+        assert_eq!(c.redis_url, "redis://edge:p%40ss%3Aw%2Frd@127.0.0.1:6379/0");
+        let c = with(&[("redis_database", Some("42"))]).unwrap();
+        assert_eq!(
+            c.redis_url,
+            "redis://edge:p%40ss%3Aw%2Frd@127.0.0.1:6379/42"
+        );
         assert_eq!(c.origin_url, "http://127.0.0.1:8080");
         assert_eq!(
             c.l1,
@@ -376,6 +385,9 @@ mod tests {
             ("redis_address", "localhost"),
             ("redis_address", "redis:port"),
             ("redis_address", "a/b:6379"),
+            ("redis_database", "-1"),
+            ("redis_database", "db1"),
+            ("redis_database", "2147483648"),
             ("origin_url", "ftp://origin"),
             ("origin_url", "http://origin/api"),
             ("origin_url", "http://user:secret@origin"),

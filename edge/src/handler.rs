@@ -81,11 +81,14 @@ async fn edge() -> Result<Rc<Edge>, ConfigError> {
 #[cfg_attr(target_arch = "wasm32", spin_sdk::http_service)]
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 async fn handle(request: Request) -> http::Response<FullBody<Bytes>> {
+    let started = crate::clock::now();
     let edge = match edge().await {
         Ok(edge) => edge,
         Err(e) => {
             let error = ApiError::new(ErrorCode::Internal, e.to_string());
-            return Reply::error(&error, CacheStatus::Bypass).into_response();
+            return Reply::error(&error, CacheStatus::Bypass)
+                .edge_timing(started)
+                .into_response();
         }
     };
     let uri = request.uri();
@@ -99,7 +102,7 @@ async fn handle(request: Request) -> http::Response<FullBody<Bytes>> {
         Route::ReadProfile { id, selection } => read::serve(&edge, id, selection).await,
         Route::Forward => pass_through(&edge, request).await,
     };
-    reply.into_response()
+    reply.edge_timing(started).into_response()
 }
 
 /// Forwards the request to the origin and passes its answer back (`x-cache: BYPASS`).
@@ -201,6 +204,17 @@ impl Reply {
             self.headers.insert(SERVER_TIMING, value);
         }
         self
+    }
+
+    /// Every answer carries `server-timing`: one that visited no tier (health, a refused request, a
+    /// configuration error) reports the time the edge itself spent, as `edge`.
+    fn edge_timing(self, started: crate::l1::Nanos) -> Self {
+        if self.headers.contains_key(SERVER_TIMING) {
+            return self;
+        }
+        let mut timing = ServerTiming::new();
+        timing.add("edge", crate::clock::millis_since(started));
+        self.timing(timing)
     }
 
     fn into_response(self) -> http::Response<FullBody<Bytes>> {

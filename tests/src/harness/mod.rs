@@ -9,6 +9,7 @@
 //! kernel kills it if the test process dies; and an `atexit` hook stops them and removes their temporary
 //! folders when the test binary exits normally, pass or fail.
 
+mod edge;
 mod origin;
 mod postgres;
 mod process;
@@ -19,6 +20,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub use edge::{EDGE_WASM, Edge, EdgeOptions, edge_wasm, manifest_with_allowed_hosts, metric};
 pub use origin::{Origin, OriginOptions};
 pub use postgres::PostgresServer;
 pub use process::{ManagedChild, StopSignal, log_to, spawn_managed, temp_dir};
