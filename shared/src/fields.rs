@@ -222,6 +222,15 @@ mod tests {
     }
 
     #[test]
+    fn json_keys_come_in_api_order_with_id_first() {
+        let sel = FieldSelection::parse("username,gender").unwrap();
+        let text = serde_json::to_string(&sel.project(&profile())).unwrap();
+        assert_eq!(text, r#"{"id":3,"gender":"F","username":"ana.silva"}"#);
+        let full = serde_json::to_string(&serde_json::to_value(profile()).unwrap()).unwrap();
+        assert!(full.starts_with(r#"{"id":3,"full_name":"Ana Silva","gender":"F""#), "{full}");
+    }
+
+    #[test]
     fn all_selection_projects_the_whole_profile() {
         let v = FieldSelection::all().project(&profile());
         let back: UserProfile = serde_json::from_value(v).unwrap();
