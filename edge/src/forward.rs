@@ -5,7 +5,9 @@
 //! `origin_timeout_ms`, so a slow origin costs a request at most that long and then a 503.
 
 use bytes::Bytes;
-use http::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use http::header::{
+    ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, ETAG, LOCATION, RETRY_AFTER,
+};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use spin_sdk::http::FullBody;
 use spin_sdk::http::body::IncomingBodyExt;
@@ -13,9 +15,10 @@ use spin_sdk::http::body::IncomingBodyExt;
 use crate::clock;
 use crate::config::Config;
 
-/// The origin's headers the edge passes back to the client; the edge sets its own `x-cache` and
-/// `server-timing`, and the transport headers are the host's business.
-pub const PASSED_BACK: [HeaderName; 4] = [CONTENT_TYPE, LOCATION, RETRY_AFTER, ALLOW];
+/// The origin's headers the edge passes back to the client; the edge sets its own `x-cache`,
+/// `server-timing` and `x-edge-instance`, and the transport headers are the host's business. `etag` is
+/// the row version of a profile answer (and of a deleted row on a `DELETE`'s 204).
+pub const PASSED_BACK: [HeaderName; 5] = [CONTENT_TYPE, LOCATION, RETRY_AFTER, ALLOW, ETAG];
 
 /// A complete answer from the origin.
 #[derive(Debug, Clone)]
@@ -24,6 +27,16 @@ pub struct OriginAnswer {
     /// Only the [`PASSED_BACK`] headers.
     pub headers: HeaderMap,
     pub body: Bytes,
+}
+
+impl OriginAnswer {
+    /// The row version the origin's `etag` says, if it sent one aside writes.
+    pub fn version(&self) -> Option<i64> {
+        self.headers
+            .get(ETAG)
+            .and_then(|v| v.to_str().ok())
+            .and_then(aside_shared::headers::parse_etag)
+    }
 }
 
 /// Why there is no answer: the caller answers 503 either way.

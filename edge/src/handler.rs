@@ -3,12 +3,20 @@
 //! Spin 4 reuses one instance for many requests (up to 16 at a time, on one thread), so the state that
 //! makes the edge fast lives in a thread-local [`Edge`]: the configuration (read once), tier 1, the Redis
 //! connection and back-off, and the lookups in flight. It is created by the first request.
+//!
+//! Every answer names the instance that gave it (`x-edge-instance`, 16 random hex digits drawn once per
+//! instance), so a client can tell instances, and therefore tier 1s, apart.
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::OnceLock;
+use std::time::Duration;
 
-use aside_shared::headers::{CacheStatus, RETRY_AFTER, SERVER_TIMING, ServerTiming, X_CACHE};
-use aside_shared::{ApiError, ErrorCode};
+use aside_shared::headers::{
+    CacheStatus, ETAG, RETRY_AFTER, SERVER_TIMING, ServerTiming, X_CACHE, X_EDGE_INSTANCE,
+    format_etag, format_instance_id,
+};
+use aside_shared::{ApiError, ErrorCode, UserProfile};
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -18,7 +26,7 @@ use spin_sdk::http::{FullBody, Request};
 use crate::config::{self, Config, ConfigError};
 use crate::flight::SingleFlight;
 use crate::forward::{self, OriginAnswer};
-use crate::l1::ProfileCache;
+use crate::l1::{ProfileEntry, Tier1};
 use crate::l2::Redis;
 use crate::read::{self, Fetched, FlightKey};
 use crate::routes::{self, Route};
@@ -27,10 +35,14 @@ use crate::routes::{self, Route};
 /// origin answers 413 well before this); it only keeps the edge from buffering without bound.
 const MAX_FORWARDED_BODY: usize = 1024 * 1024;
 
+/// Slack added to the longest a lookup can take (Redis then origin timeouts) for the tier-1 version
+/// floors: the host may be slow to run a request whose answer has arrived.
+const FLOOR_SLACK: Duration = Duration::from_secs(1);
+
 /// Everything an instance keeps between requests.
 pub struct Edge {
     pub config: Rc<Config>,
-    pub l1: RefCell<ProfileCache>,
+    pub l1: RefCell<Tier1>,
     pub redis: Redis,
     pub flights: Rc<SingleFlight<FlightKey, Rc<Fetched>>>,
 }
@@ -38,13 +50,23 @@ pub struct Edge {
 impl Edge {
     fn new(config: Config) -> Self {
         let config = Rc::new(config);
+        let longest_lookup = config.redis_timeout + config.origin_timeout + FLOOR_SLACK;
         Self {
-            l1: RefCell::new(ProfileCache::new(config.l1)),
+            l1: RefCell::new(Tier1::new(config.l1, longest_lookup)),
             redis: Redis::new(Rc::clone(&config)),
             flights: Rc::default(),
             config,
         }
     }
+}
+
+/// This instance's `x-edge-instance` value, drawn from the host's `wasi:random` on first use.
+fn instance_id() -> &'static HeaderValue {
+    static ID: OnceLock<HeaderValue> = OnceLock::new();
+    ID.get_or_init(|| {
+        let id = spin_sdk::wasip3::random::random::get_random_u64();
+        HeaderValue::from_str(&format_instance_id(id)).expect("hex digits are a header value")
+    })
 }
 
 thread_local! {
@@ -105,6 +127,44 @@ async fn handle(request: Request) -> http::Response<FullBody<Bytes>> {
     reply.edge_timing(started).into_response()
 }
 
+/// Keeps tier 1 in step with a write this instance forwarded, so that its next read of the profile is
+/// the written one (read-your-writes) and no slower lookup can bring an older one back: a written
+/// profile (200/201 with its version in `etag`) is stored in tier 1; a `DELETE` leaves a floor at the
+/// deleted version (the 204's `etag`); any other successful write, or a 404, drops the copy.
+fn remember_write(edge: &Edge, method: &Method, path: &str, answer: &OriginAnswer) {
+    let path_id = routes::user_id_of(path);
+    let is_write = match *method {
+        Method::PUT | Method::PATCH | Method::DELETE => path_id.is_some(),
+        Method::POST => path == "/users",
+        _ => false,
+    };
+    if !is_write || !(answer.status.is_success() || answer.status == StatusCode::NOT_FOUND) {
+        return;
+    }
+    let now = crate::clock::now();
+    let mut l1 = edge.l1.borrow_mut();
+    if *method == Method::DELETE && answer.status.is_success() {
+        if let Some(id) = path_id {
+            l1.deleted(id, answer.version(), now);
+        }
+        return;
+    }
+    let written = match answer.status {
+        StatusCode::OK | StatusCode::CREATED => answer
+            .version()
+            .zip(serde_json::from_slice::<UserProfile>(&answer.body).ok())
+            .filter(|(_, profile)| path_id.is_none_or(|id| id == profile.id)),
+        _ => None,
+    };
+    match (written, path_id) {
+        (Some((version, profile)), _) => {
+            l1.fill(ProfileEntry::new(profile, version), now);
+        }
+        (None, Some(id)) => l1.remove(&id),
+        (None, None) => {}
+    }
+}
+
 /// Forwards the request to the origin and passes its answer back (`x-cache: BYPASS`).
 async fn pass_through(edge: &Edge, request: Request) -> Reply {
     let (parts, body) = request.into_parts();
@@ -138,15 +198,7 @@ async fn pass_through(edge: &Edge, request: Request) -> Reply {
     timing.add("origin", crate::clock::millis_since(started));
     match result {
         Ok(answer) => {
-            // This instance reads its own writes: a changed or deleted profile leaves its tier 1 now
-            // rather than when its TTL ends.
-            let write = matches!(parts.method, Method::PUT | Method::PATCH | Method::DELETE);
-            if write
-                && (answer.status.is_success() || answer.status == StatusCode::NOT_FOUND)
-                && let Some(id) = routes::user_id_of(parts.uri.path())
-            {
-                edge.l1.borrow_mut().remove(&id);
-            }
+            remember_write(edge, &parts.method, parts.uri.path(), &answer);
             Reply::from_origin(&answer, CacheStatus::Bypass).timing(timing)
         }
         Err(_) => Reply::error(&read::origin_unavailable(), CacheStatus::Bypass).timing(timing),
@@ -196,6 +248,14 @@ impl Reply {
         }
     }
 
+    /// Adds `etag: "<version>"`, the row version of the profile answered.
+    pub fn etag(mut self, version: i64) -> Self {
+        if let Ok(value) = HeaderValue::from_str(&format_etag(version)) {
+            self.headers.insert(ETAG, value);
+        }
+        self
+    }
+
     /// Adds `server-timing` (one metric per tier visited) unless no tier was visited.
     pub fn timing(mut self, timing: ServerTiming) -> Self {
         if !timing.is_empty()
@@ -217,7 +277,8 @@ impl Reply {
         self.timing(timing)
     }
 
-    fn into_response(self) -> http::Response<FullBody<Bytes>> {
+    fn into_response(mut self) -> http::Response<FullBody<Bytes>> {
+        self.headers.insert(X_EDGE_INSTANCE, instance_id().clone());
         let mut response = http::Response::new(FullBody::new(self.body));
         *response.status_mut() = self.status;
         *response.headers_mut() = self.headers;

@@ -4,12 +4,21 @@
 //! It is bounded three ways: entry count, approximate bytes, and a time-to-live that is the edge's
 //! staleness bound (the edge is never told about writes made through other instances or the origin).
 //!
+//! Every entry carries the row version it was taken from, and tier 1 only moves forward: beside the
+//! profiles it keeps, per id, the newest version this instance has answered with or written (a
+//! [`Floor`], which also records a delete made through this instance). A fill older than the floor is
+//! refused, and an answer older than it is not served ([`Tier1::observe`]), so a lookup that was slow
+//! to come back (it read the row before a write) cannot put the old value back, and a client never sees
+//! a version go backwards on one instance. Floors outlive the profiles: they are kept for the longest a
+//! lookup can take (see `Tier1::new`).
+//!
 //! [`TtlLru`] is generic and takes "now" as an argument (a monotonic clock reading in nanoseconds), so
 //! its behaviour is tested natively without a clock.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::rc::Rc;
+use std::time::Duration;
 
 use aside_shared::{UserId, UserProfile};
 use bytes::Bytes;
@@ -70,6 +79,12 @@ impl<K: Hash + Eq + Clone, V> TtlLru<K, V> {
 
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
+    }
+
+    /// The live entry for `key`, without making it the most recently used (nor dropping it if expired).
+    pub fn peek(&self, key: &K, now: Nanos) -> Option<&V> {
+        let slot = self.slot(*self.index.get(key)?);
+        (slot.expires_at > now).then_some(&slot.value)
     }
 
     /// The sum of the weights of the stored entries.
@@ -186,23 +201,25 @@ impl<K: Hash + Eq + Clone, V> TtlLru<K, V> {
     }
 }
 
-/// What tier 1 keeps per user: the profile (to answer `?fields` by projection) and its serialised JSON
-/// (to answer a full read without serialising again). Clones are cheap.
+/// What tier 1 keeps per user: the profile (to answer `?fields` by projection), its serialised JSON
+/// (to answer a full read without serialising again) and its row version. Clones are cheap.
 #[derive(Debug, Clone)]
 pub struct ProfileEntry {
     pub profile: Rc<UserProfile>,
     pub json: Bytes,
+    pub version: i64,
 }
 
 impl ProfileEntry {
     /// Bookkeeping per entry on top of the strings: slot, index entry, `Rc` and `Bytes` headers.
     const OVERHEAD: usize = 192;
 
-    pub fn new(profile: UserProfile) -> Self {
+    pub fn new(profile: UserProfile, version: i64) -> Self {
         let json = serde_json::to_vec(&profile).expect("profiles serialise");
         Self {
             profile: Rc::new(profile),
             json: Bytes::from(json),
+            version,
         }
     }
 
@@ -212,14 +229,149 @@ impl ProfileEntry {
     }
 }
 
-/// Tier 1 as the edge uses it.
-pub type ProfileCache = TtlLru<UserId, ProfileEntry>;
+/// The newest thing an instance knows about one id: a row version it answered with or wrote, or the
+/// version a delete through this instance removed. Ordered like the origin's cache entries: by version,
+/// then a deletion after the row it deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Floor {
+    pub version: i64,
+    pub deleted: bool,
+}
 
-impl ProfileCache {
-    /// Stores a full profile under its own id.
-    pub fn fill(&mut self, entry: ProfileEntry, now: Nanos) {
+impl Floor {
+    pub fn row(version: i64) -> Self {
+        Self {
+            version,
+            deleted: false,
+        }
+    }
+
+    pub fn deletion(version: i64) -> Self {
+        Self {
+            version,
+            deleted: true,
+        }
+    }
+}
+
+/// What [`Tier1::observe`] says about an answer at some version.
+#[derive(Debug, Clone)]
+pub enum Observed {
+    /// Not older than anything this instance knows: serve it (the floor now includes it).
+    Current,
+    /// Older than what this instance answered or wrote before: serve this newer entry instead.
+    Newer(ProfileEntry),
+    /// The row was deleted through this instance at or after that version: answer 404.
+    Deleted,
+    /// Older, and this instance has no newer body at hand (it expired, or only a `?fields` answer was
+    /// seen): look again.
+    Stale,
+}
+
+/// Tier 1 as the edge uses it: the profiles, and the version floors that keep it moving forward.
+pub struct Tier1 {
+    profiles: TtlLru<UserId, ProfileEntry>,
+    floors: TtlLru<UserId, Floor>,
+}
+
+impl Tier1 {
+    /// `floor_ttl` must be at least the longest a lookup can take (Redis plus origin timeouts), so that
+    /// a slow lookup's old answer still finds the floor when it comes back; it is never below the
+    /// profiles' TTL. Floors are bounded by the same entry count as profiles (weight 1 each); with a
+    /// zero count there is no tier 1 and no floor.
+    pub fn new(limits: L1Limits, floor_ttl: Duration) -> Self {
+        Self {
+            profiles: TtlLru::new(limits),
+            floors: TtlLru::new(L1Limits {
+                max_entries: limits.max_entries,
+                max_bytes: limits.max_entries,
+                ttl: floor_ttl.max(limits.ttl),
+            }),
+        }
+    }
+
+    /// The live profile of `id`, which becomes the most recently used.
+    pub fn get(&mut self, id: &UserId, now: Nanos) -> Option<&ProfileEntry> {
+        self.profiles.get(id, now)
+    }
+
+    pub fn len(&self) -> usize {
+        self.profiles.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.profiles.is_empty()
+    }
+
+    /// Stores a full profile under its own id unless this instance knows a newer version of it, or its
+    /// deletion; returns whether it was stored. An equal version is stored again (a fresh TTL).
+    pub fn fill(&mut self, entry: ProfileEntry, now: Nanos) -> bool {
+        let id = entry.profile.id;
+        let incoming = Floor::row(entry.version);
+        if self.floors.peek(&id, now).is_some_and(|f| *f > incoming) {
+            return false;
+        }
+        if self
+            .profiles
+            .peek(&id, now)
+            .is_some_and(|held| held.version > entry.version)
+        {
+            return false;
+        }
+        self.raise(id, incoming, now);
         let weight = entry.weight();
-        self.insert(entry.profile.id, entry, weight, now);
+        self.profiles.insert(id, entry, weight, now);
+        true
+    }
+
+    /// An answer at `version` is about to be served for `id`: says whether it may be, and if so records
+    /// it, so that nothing older is served afterwards (a held profile older than it is dropped).
+    pub fn observe(&mut self, id: UserId, version: i64, now: Nanos) -> Observed {
+        let seen = Floor::row(version);
+        match self.floors.peek(&id, now).copied() {
+            Some(floor) if floor > seen => {
+                if floor.deleted {
+                    return Observed::Deleted;
+                }
+                match self.profiles.get(&id, now) {
+                    Some(held) if held.version >= floor.version => Observed::Newer(held.clone()),
+                    _ => Observed::Stale,
+                }
+            }
+            _ => {
+                self.raise(id, seen, now);
+                if self
+                    .profiles
+                    .peek(&id, now)
+                    .is_some_and(|held| held.version < version)
+                {
+                    self.profiles.remove(&id);
+                }
+                Observed::Current
+            }
+        }
+    }
+
+    /// A write through this instance deleted `id` (at `version`, when the origin said which): its
+    /// profile goes, and no answer or fill of that version or older is used while the floor lives.
+    pub fn deleted(&mut self, id: UserId, version: Option<i64>, now: Nanos) {
+        self.profiles.remove(&id);
+        if let Some(version) = version {
+            self.raise(id, Floor::deletion(version), now);
+        }
+    }
+
+    /// Drops the profile of `id` (its floor stays).
+    pub fn remove(&mut self, id: &UserId) {
+        self.profiles.remove(id);
+    }
+
+    fn raise(&mut self, id: UserId, to: Floor, now: Nanos) {
+        let floor = match self.floors.peek(&id, now) {
+            Some(held) if *held > to => *held,
+            _ => to,
+        };
+        self.floors.insert(id, floor, 1, now);
     }
 }
 
@@ -393,12 +545,15 @@ mod tests {
                 "department":"Sales","email":"ana.silva@fake-devops-db.internal","username":"ana.silva"}"#,
         )
         .unwrap();
-        let mut c = ProfileCache::new(L1Limits {
-            max_entries: 10,
-            max_bytes: 10_000,
-            ttl: Duration::from_secs(2),
-        });
-        let entry = ProfileEntry::new(profile.clone());
+        let mut c = Tier1::new(
+            L1Limits {
+                max_entries: 10,
+                max_bytes: 10_000,
+                ttl: Duration::from_secs(2),
+            },
+            Duration::from_secs(3),
+        );
+        let entry = ProfileEntry::new(profile.clone(), 4);
         assert!(entry.weight() > entry.json.len());
         c.fill(entry, 0);
         let id = UserId::parse("7").unwrap();
@@ -406,5 +561,115 @@ mod tests {
         assert_eq!(*hit.profile, profile);
         let back: UserProfile = serde_json::from_slice(&hit.json).unwrap();
         assert_eq!(back, profile);
+        assert_eq!(hit.version, 4);
+    }
+
+    fn profile_at(version: i64, department: &str) -> ProfileEntry {
+        let profile: UserProfile = serde_json::from_value(serde_json::json!({
+            "id": 7, "full_name": "Ana Silva", "gender": "F", "birth_date": "1980-01-02",
+            "department": department, "email": "ana.silva@fake-devops-db.internal",
+            "username": "ana.silva"
+        }))
+        .unwrap();
+        ProfileEntry::new(profile, version)
+    }
+
+    fn tier1() -> Tier1 {
+        Tier1::new(
+            L1Limits {
+                max_entries: 10,
+                max_bytes: 100_000,
+                ttl: Duration::from_millis(100),
+            },
+            Duration::from_millis(1000),
+        )
+    }
+
+    fn held(t: &mut Tier1, now: Nanos) -> Option<(i64, String)> {
+        let id = UserId::parse("7").unwrap();
+        t.get(&id, now)
+            .map(|e| (e.version, e.profile.department.as_str().to_string()))
+    }
+
+    #[test]
+    fn a_fill_never_replaces_a_newer_version() {
+        let mut t = tier1();
+        assert!(t.fill(profile_at(5, "Sales"), 0));
+        assert!(!t.fill(profile_at(4, "Security"), MS));
+        assert_eq!(held(&mut t, MS), Some((5, "Sales".into())));
+        assert!(t.fill(profile_at(5, "Sales"), 2 * MS), "equal: refreshed");
+        assert!(t.fill(profile_at(6, "DevOps"), 3 * MS));
+        assert_eq!(held(&mut t, 3 * MS), Some((6, "DevOps".into())));
+    }
+
+    #[test]
+    fn the_floor_outlives_the_profile_and_still_refuses_older_fills() {
+        let mut t = tier1();
+        assert!(t.fill(profile_at(5, "Sales"), 0));
+        // The profile's 100 ms are over; the floor's 1 s are not.
+        assert_eq!(held(&mut t, 150 * MS), None);
+        assert!(!t.fill(profile_at(4, "Security"), 150 * MS));
+        assert!(held(&mut t, 150 * MS).is_none());
+        assert!(t.fill(profile_at(5, "Sales"), 160 * MS));
+        // Once the floor is gone too, anything may be filled (Redis and PostgreSQL only move forward, so
+        // only a lookup slower than the floor's lifetime could bring an old version, and none is).
+        assert!(t.fill(profile_at(3, "Security"), 2000 * MS));
+    }
+
+    #[test]
+    fn an_answer_older_than_what_was_served_is_replaced_or_looked_up_again() {
+        let id = UserId::parse("7").unwrap();
+        let mut t = tier1();
+        assert!(matches!(t.observe(id, 3, 0), Observed::Current));
+        assert!(t.fill(profile_at(5, "Sales"), 0));
+        // A slow lookup comes back with version 4: the held version 5 is served instead.
+        match t.observe(id, 4, MS) {
+            Observed::Newer(e) => assert_eq!(e.version, 5),
+            other => panic!("{other:?}"),
+        }
+        // A `?fields` answer at 7 was served: the held 5 is now too old to serve, and a 6 is refused.
+        assert!(matches!(t.observe(id, 7, 2 * MS), Observed::Current));
+        assert!(held(&mut t, 2 * MS).is_none());
+        assert!(matches!(t.observe(id, 6, 3 * MS), Observed::Stale));
+        assert!(!t.fill(profile_at(6, "DevOps"), 3 * MS));
+        assert!(matches!(t.observe(id, 7, 4 * MS), Observed::Current));
+        assert!(matches!(t.observe(id, 8, 4 * MS), Observed::Current));
+    }
+
+    #[test]
+    fn a_delete_through_the_instance_keeps_the_deleted_row_out() {
+        let id = UserId::parse("7").unwrap();
+        let mut t = tier1();
+        assert!(t.fill(profile_at(5, "Sales"), 0));
+        t.deleted(id, Some(5), MS);
+        assert!(held(&mut t, MS).is_none());
+        assert!(
+            !t.fill(profile_at(5, "Sales"), 2 * MS),
+            "the late fill of the deleted row"
+        );
+        assert!(matches!(t.observe(id, 5, 2 * MS), Observed::Deleted));
+        assert!(matches!(t.observe(id, 4, 2 * MS), Observed::Deleted));
+        // A row created again with that id continues its versions: it is newer.
+        assert!(t.fill(profile_at(6, "DevOps"), 3 * MS));
+        assert_eq!(held(&mut t, 3 * MS), Some((6, "DevOps".into())));
+        // Without a version (an origin that does not say), the profile still goes.
+        t.deleted(id, None, 4 * MS);
+        assert!(held(&mut t, 4 * MS).is_none());
+    }
+
+    #[test]
+    fn no_tier_one_keeps_no_floor() {
+        let id = UserId::parse("7").unwrap();
+        let mut t = Tier1::new(
+            L1Limits {
+                max_entries: 0,
+                max_bytes: 100_000,
+                ttl: Duration::from_millis(100),
+            },
+            Duration::from_millis(1000),
+        );
+        assert!(matches!(t.observe(id, 5, 0), Observed::Current));
+        assert!(matches!(t.observe(id, 4, 0), Observed::Current));
+        assert!(t.is_empty());
     }
 }

@@ -88,12 +88,13 @@ impl Redis {
         }
     }
 
-    /// `HMGET user:profile:{id} <fields> _version`, as the `?fields` JSON answer.
+    /// `HMGET user:profile:{id} <fields> _version _state`, as the `?fields` JSON answer and the version
+    /// it was taken from.
     pub async fn read_fields(
         &self,
         id: UserId,
         selection: &FieldSelection,
-    ) -> Read<serde_json::Value> {
+    ) -> Read<(serde_json::Value, i64)> {
         let mut arguments = vec![RedisParameter::Binary(profile_key(id).into_bytes())];
         arguments.extend(
             hmget_fields(selection)
@@ -102,7 +103,7 @@ impl Redis {
         );
         match self.execute("HMGET", arguments).await {
             Read::Hit(reply) => match projection_from_hmget(id, selection, &hmget_values(reply)) {
-                Ok(Projection::Present(json)) => Read::Hit(json),
+                Ok(Projection::Present { body, version }) => Read::Hit((body, version)),
                 Ok(Projection::Absent) => Read::Absent,
                 Err(_) => Read::Miss,
             },
@@ -311,9 +312,10 @@ mod tests {
         ]);
         assert_eq!(
             projection_from_hmget(id, &selection, &ok).unwrap(),
-            Projection::Present(
-                serde_json::json!({"id": 3, "email": "ana.silva@fake-devops-db.internal"})
-            )
+            Projection::Present {
+                body: serde_json::json!({"id": 3, "email": "ana.silva@fake-devops-db.internal"}),
+                version: 4,
+            }
         );
         let marker = hmget_values(vec![RedisResult::Nil, bin("0"), bin("missing")]);
         assert_eq!(

@@ -4,6 +4,12 @@
 //! projection) share one tier-2/origin lookup ([`crate::flight`]). Tier 1 is filled only with full
 //! profiles: a full Redis hit, or a `200` full-profile origin answer that parses as a profile.
 //! A projection is answered from a tier-1 full entry when there is one, but never fills tier 1.
+//!
+//! Every `200` carries the row version as `etag`. Before one that did not come from tier 1 is served,
+//! tier 1 checks it against the newest version this instance has served or written
+//! ([`crate::l1::Tier1::observe`]): an older one (a lookup that read the row before a write and came back
+//! late) is replaced by tier 1's newer profile, by a 404 if this instance deleted the row, or else looked
+//! up again. So versions never go backwards on one instance.
 
 use std::rc::Rc;
 
@@ -15,7 +21,7 @@ use http::Method;
 use crate::clock;
 use crate::forward::{self, OriginAnswer};
 use crate::handler::{Edge, Reply};
-use crate::l1::ProfileEntry;
+use crate::l1::{Observed, ProfileEntry};
 use crate::l2::Read;
 use crate::routes::fields_query;
 
@@ -31,8 +37,8 @@ pub struct Fetched {
 enum Answer {
     /// A full profile from Redis.
     Profile(ProfileEntry),
-    /// A `?fields` projection from Redis, serialised.
-    Projection(Bytes),
+    /// A `?fields` projection from Redis, serialised, and the version it was taken from.
+    Projection(Bytes, i64),
     /// The origin's answer, passed on as it is (a profile, a projection, a 404, an error...).
     Origin(OriginAnswer),
     /// The origin could not be reached in time.
@@ -40,6 +46,23 @@ enum Answer {
     /// Redis holds a "missing" marker or a tombstone for the id: 404 without asking the origin.
     NotFound,
 }
+
+impl Fetched {
+    /// The row version of a `200` profile answer (full or projection), when it has one.
+    fn version(&self) -> Option<i64> {
+        match &self.answer {
+            Answer::Profile(entry) => Some(entry.version),
+            Answer::Projection(_, version) => Some(*version),
+            Answer::Origin(answer) if answer.status == http::StatusCode::OK => answer.version(),
+            Answer::Origin(_) | Answer::Unavailable | Answer::NotFound => None,
+        }
+    }
+}
+
+/// How many lookups one request makes at most when each comes back older than what this instance
+/// served before. A lookup that starts after a version was served finds it or a newer one (Redis and
+/// PostgreSQL only move forward), so the second normally settles it.
+const MAX_LOOKUPS: u32 = 3;
 
 /// What a lookup is for: requests with equal keys share one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -71,20 +94,55 @@ pub async fn serve(edge: &Rc<Edge>, id: UserId, selection: Option<FieldSelection
     }
 
     let key = FlightKey::new(id, selection.as_ref());
-    let (fetched, _role) = edge
-        .flights
-        .run(key, || fetch(Rc::clone(edge), id, selection.clone()))
-        .await;
-    // A follower reports the tiers of the lookup it shared.
-    if let Some(ms) = fetched.l2_ms {
-        timing.add("l2", ms);
+    let mut lookups = 0;
+    loop {
+        lookups += 1;
+        let (fetched, _role) = edge
+            .flights
+            .run(key.clone(), || {
+                fetch(Rc::clone(edge), id, selection.clone())
+            })
+            .await;
+        // A follower reports the tiers of the lookup it shared.
+        if let Some(ms) = fetched.l2_ms {
+            timing.add("l2", ms);
+        }
+        if let Some(ms) = fetched.origin_ms {
+            timing.add("origin", ms);
+        }
+        if let Some(version) = fetched.version() {
+            let observed = edge.l1.borrow_mut().observe(id, version, clock::now());
+            match observed {
+                Observed::Current => {}
+                Observed::Newer(entry) => {
+                    return profile_reply(&entry, selection.as_ref(), CacheStatus::L1, timing);
+                }
+                Observed::Deleted => {
+                    return Reply::error(&ApiError::user_not_found(id), CacheStatus::L1)
+                        .timing(timing);
+                }
+                Observed::Stale if lookups < MAX_LOOKUPS => continue,
+                Observed::Stale => eprintln!(
+                    "aside-edge: user {id}: {lookups} lookups found version {version}, older than \
+                     one this instance served; answering with it"
+                ),
+            }
+        }
+        return fetched_reply(&fetched, id, selection.as_ref(), timing);
     }
-    if let Some(ms) = fetched.origin_ms {
-        timing.add("origin", ms);
-    }
+}
+
+fn fetched_reply(
+    fetched: &Fetched,
+    id: UserId,
+    selection: Option<&FieldSelection>,
+    timing: ServerTiming,
+) -> Reply {
     match &fetched.answer {
-        Answer::Profile(entry) => profile_reply(entry, selection.as_ref(), CacheStatus::L2, timing),
-        Answer::Projection(json) => Reply::json(200, json.clone(), CacheStatus::L2).timing(timing),
+        Answer::Profile(entry) => profile_reply(entry, selection, CacheStatus::L2, timing),
+        Answer::Projection(json, version) => Reply::json(200, json.clone(), CacheStatus::L2)
+            .etag(*version)
+            .timing(timing),
         Answer::Origin(answer) => Reply::from_origin(answer, CacheStatus::Miss).timing(timing),
         Answer::Unavailable => {
             Reply::error(&origin_unavailable(), CacheStatus::Miss).timing(timing)
@@ -110,7 +168,9 @@ fn profile_reply(
         None => entry.json.clone(),
         Some(s) => Bytes::from(s.project(&entry.profile).to_string()),
     };
-    Reply::json(200, body, source).timing(timing)
+    Reply::json(200, body, source)
+        .etag(entry.version)
+        .timing(timing)
 }
 
 /// One lookup past tier 1, shared by every request with the same [`FlightKey`].
@@ -124,7 +184,7 @@ async fn fetch(edge: Rc<Edge>, id: UserId, selection: Option<FieldSelection>) ->
                 return not_found(l2_ms);
             }
             if let Read::Hit(cached) = read {
-                let entry = ProfileEntry::new(cached.profile);
+                let entry = ProfileEntry::new(cached.profile, cached.version);
                 edge.l1.borrow_mut().fill(entry.clone(), clock::now());
                 return Rc::new(Fetched {
                     l2_ms,
@@ -140,11 +200,11 @@ async fn fetch(edge: Rc<Edge>, id: UserId, selection: Option<FieldSelection>) ->
             if let Read::Absent = read {
                 return not_found(l2_ms);
             }
-            if let Read::Hit(projection) = read {
+            if let Read::Hit((projection, version)) = read {
                 return Rc::new(Fetched {
                     l2_ms,
                     origin_ms: None,
-                    answer: Answer::Projection(Bytes::from(projection.to_string())),
+                    answer: Answer::Projection(Bytes::from(projection.to_string()), version),
                 });
             }
             from_origin(&edge, id, Some(s), l2_ms).await
@@ -176,16 +236,20 @@ async fn from_origin(
     let answer = match result {
         Ok(mut answer) => {
             if selection.is_none() && answer.status == http::StatusCode::OK {
-                match serde_json::from_slice::<UserProfile>(&answer.body) {
-                    Ok(profile) if profile.id == id => {
-                        let entry = ProfileEntry::new(profile);
+                match (
+                    serde_json::from_slice::<UserProfile>(&answer.body),
+                    answer.version(),
+                ) {
+                    (Ok(profile), Some(version)) if profile.id == id => {
+                        let entry = ProfileEntry::new(profile, version);
                         // The bytes tiers 1 and 2 will answer with, whatever key order the origin
                         // wrote: one profile has one body at the edge.
                         answer.body = entry.json.clone();
                         edge.l1.borrow_mut().fill(entry, clock::now());
                     }
                     _ => eprintln!(
-                        "aside-edge: origin answer for user {id} is not a profile; not cached"
+                        "aside-edge: origin answer for user {id} is not a profile with an etag; \
+                         not cached"
                     ),
                 }
             }

@@ -49,8 +49,8 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Route {
     }
 }
 
-/// The id of a `/users/{id}` path, for any method: a forwarded write to it makes this instance drop its
-/// tier-1 copy.
+/// The id of a `/users/{id}` path, for any method: a forwarded write to it updates (or drops)
+/// this instance's tier-1 copy.
 pub fn user_id_of(path: &str) -> Option<UserId> {
     path.strip_prefix(USERS_PREFIX)
         .and_then(|raw| UserId::parse(raw).ok())

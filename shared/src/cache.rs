@@ -274,8 +274,11 @@ pub fn hmget_fields(selection: &FieldSelection) -> Vec<&'static str> {
 /// What an `HMGET` of [`hmget_fields`] says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Projection {
-    /// The `?fields=` JSON answer.
-    Present(serde_json::Value),
+    /// The `?fields=` JSON answer, and the row version the hash was taken from.
+    Present {
+        body: serde_json::Value,
+        version: i64,
+    },
     /// A marker or a tombstone: the id has no profile (an API 404).
     Absent,
 }
@@ -300,7 +303,7 @@ pub fn projection_from_hmget<V: AsRef<[u8]>>(
         Ok(text.to_string())
     };
     let version = text(VERSION_FIELD, &values[expected - 2])?;
-    parse_metadata(VERSION_FIELD, Some(&version))?;
+    let version = parse_metadata(VERSION_FIELD, Some(&version))?;
     if values[expected - 1].is_some() {
         let state = text(STATE_FIELD, &values[expected - 1])?;
         return match state.as_str() {
@@ -318,7 +321,10 @@ pub fn projection_from_hmget<V: AsRef<[u8]>>(
         validate_field(*field, &value)?;
         object.insert(field.name().into(), serde_json::Value::from(value));
     }
-    Ok(Projection::Present(serde_json::Value::Object(object)))
+    Ok(Projection::Present {
+        body: serde_json::Value::Object(object),
+        version,
+    })
 }
 
 fn validate_field(field: Field, text: &str) -> Result<(), ValidationError> {
@@ -469,9 +475,10 @@ mod tests {
         let v = projection_from_hmget(c.profile.id, &sel, &values).unwrap();
         assert_eq!(
             v,
-            Projection::Present(
-                serde_json::json!({"id": 12, "gender": "M", "email": "joao.goncalves@fake-devops-db.internal"})
-            )
+            Projection::Present {
+                body: serde_json::json!({"id": 12, "gender": "M", "email": "joao.goncalves@fake-devops-db.internal"}),
+                version: 3,
+            }
         );
 
         let mut nil = values.clone();

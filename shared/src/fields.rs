@@ -227,7 +227,10 @@ mod tests {
         let text = serde_json::to_string(&sel.project(&profile())).unwrap();
         assert_eq!(text, r#"{"id":3,"gender":"F","username":"ana.silva"}"#);
         let full = serde_json::to_string(&serde_json::to_value(profile()).unwrap()).unwrap();
-        assert!(full.starts_with(r#"{"id":3,"full_name":"Ana Silva","gender":"F""#), "{full}");
+        assert!(
+            full.starts_with(r#"{"id":3,"full_name":"Ana Silva","gender":"F""#),
+            "{full}"
+        );
     }
 
     #[test]

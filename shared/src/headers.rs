@@ -9,6 +9,34 @@ pub const X_CACHE: &str = "x-cache";
 pub const SERVER_TIMING: &str = "server-timing";
 /// Seconds to wait before retrying a 503.
 pub const RETRY_AFTER: &str = "retry-after";
+/// The row version of a profile answer, as a strong validator: `"<version>"` ([`format_etag`]). Sent on
+/// every `200`/`201` profile answer (full or `?fields`) and, by the origin, on the `204` of a `DELETE`
+/// (there it is the version the row had when it was deleted, i.e. its tombstone's).
+pub const ETAG: &str = "etag";
+/// Which edge instance answered: 16 hex digits chosen at random once per instance (like a CDN's
+/// `X-Served-By`). Says nothing secret; lets a client tell instances (and their tier 1s) apart.
+pub const X_EDGE_INSTANCE: &str = "x-edge-instance";
+
+/// The `etag` value for a row version: the decimal version in double quotes (a strong validator).
+pub fn format_etag(version: i64) -> String {
+    format!("\"{version}\"")
+}
+
+/// The row version in an `etag` value written by [`format_etag`]; `None` for anything else (a weak
+/// validator `W/"..."`, no quotes, a sign, leading zeros, beyond `i64`, ...).
+pub fn parse_etag(value: &str) -> Option<i64> {
+    let digits = value.strip_prefix('"')?.strip_suffix('"')?;
+    let canonical = !digits.is_empty()
+        && digits.len() <= 19
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'));
+    if canonical { digits.parse().ok() } else { None }
+}
+
+/// The `x-edge-instance` value of an instance id: 16 lower-case hex digits.
+pub fn format_instance_id(id: u64) -> String {
+    format!("{id:016x}")
+}
 
 /// The value of `x-cache`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +115,45 @@ mod tests {
         let mut t = ServerTiming::new();
         t.add("l1", 0.0123).add("l2", 1.5).add("origin", f64::NAN);
         assert_eq!(t.as_str(), "l1;dur=0.012, l2;dur=1.500, origin;dur=0.000");
+    }
+
+    #[test]
+    fn etags_round_trip_versions() {
+        for v in [0, 1, 42, i64::MAX] {
+            assert_eq!(parse_etag(&format_etag(v)), Some(v), "{v}");
+        }
+        assert_eq!(format_etag(7), "\"7\"");
+    }
+
+    #[test]
+    fn etags_that_aside_did_not_write_are_refused() {
+        for bad in [
+            "",
+            "\"\"",
+            "7",
+            "\"7",
+            "7\"",
+            "W/\"7\"",
+            "\"-7\"",
+            "\"+7\"",
+            "\"07\"",
+            "\" 7\"",
+            "\"7 \"",
+            "\"1e3\"",
+            "\"0x1\"",
+            "\"１\"",
+            "\"9223372036854775808\"",
+            "*",
+        ] {
+            assert_eq!(parse_etag(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn instance_ids_are_sixteen_hex_digits() {
+        assert_eq!(format_instance_id(0), "0000000000000000");
+        assert_eq!(format_instance_id(0xdead_beef), "00000000deadbeef");
+        assert_eq!(format_instance_id(u64::MAX), "ffffffffffffffff");
     }
 
     #[test]

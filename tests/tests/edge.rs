@@ -5,7 +5,9 @@
 //! Needs `cargo build -p aside-origin && cargo build -p aside-edge --target wasm32-wasip2 --release`
 //! (`cargo xtask test` does both).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aside_tests::harness::{
@@ -40,6 +42,8 @@ struct Answer {
     retry_after: Option<String>,
     allow: Option<String>,
     location: Option<String>,
+    etag: Option<String>,
+    instance: Option<String>,
     body: String,
 }
 
@@ -51,6 +55,21 @@ impl Answer {
 
     fn cache(&self) -> &str {
         self.x_cache.as_deref().unwrap_or("<none>")
+    }
+
+    /// The row version in `etag` (`"<version>"`); panics if there is none.
+    fn version(&self) -> i64 {
+        let etag = self
+            .etag
+            .as_deref()
+            .unwrap_or_else(|| panic!("no etag on {self:?}"));
+        aside_shared::headers::parse_etag(etag)
+            .unwrap_or_else(|| panic!("etag {etag:?} is not a quoted version"))
+    }
+
+    /// The `x-edge-instance` that answered.
+    fn instance(&self) -> &str {
+        self.instance.as_deref().unwrap_or("<none>")
     }
 
     /// Every edge answer says where it came from and what each tier cost.
@@ -70,6 +89,11 @@ impl Answer {
         assert!(
             timing.split(", ").all(|m| m.contains(";dur=")),
             "server-timing {timing:?}"
+        );
+        let instance = self.instance();
+        assert!(
+            instance.len() == 16 && instance.bytes().all(|b| b.is_ascii_hexdigit()),
+            "x-edge-instance {instance:?} on {self:?}"
         );
     }
 }
@@ -106,6 +130,8 @@ async fn send(
         retry_after: header("retry-after"),
         allow: header("allow"),
         location: header("location"),
+        etag: header("etag"),
+        instance: header("x-edge-instance"),
         body: response.text().await.expect("body"),
     }
 }
@@ -700,4 +726,493 @@ async fn writes_and_unknown_routes_are_forwarded_unchanged() {
     // The edge answers its own liveness check.
     let health = get(&edge, "/healthz").await;
     assert_eq!((health.status, health.cache()), (200, "BYPASS"));
+}
+
+/// A write through the edge with a JSON body; the answer is checked for the edge's headers.
+async fn write(edge: &Edge, method: Method, path: &str, body: &Value) -> Answer {
+    let answer = send(
+        method,
+        &format!("{}{path}", edge.url()),
+        None,
+        Some("application/json"),
+        &body.to_string(),
+    )
+    .await;
+    answer.assert_tagged();
+    answer
+}
+
+/// Profile `id` as PostgreSQL has it (the API's JSON) and its `version` column.
+async fn row_and_version(stack: &Stack, env: &TestEnv, id: i32) -> (Value, i64) {
+    let body = env.profile_json(stack, id).await.unwrap();
+    let client = stack.postgres.connect(&env.database).await.unwrap();
+    let version = client
+        .query_one("SELECT version FROM devops_api.users WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    (body, version)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_profile_answer_carries_its_version_as_an_etag() {
+    let stack = Stack::shared().await;
+    let (env, token, origin) = origin_for(stack, 5).await;
+    let edge = EdgeOptions::new(stack, &env, &origin.url(), &token)
+        .start()
+        .await
+        .unwrap();
+    let (_, version) = row_and_version(stack, &env, 3).await;
+    assert_eq!(version, 1, "a seeded row");
+    // The origin: a miss, a hit, a projection.
+    for path in ["/users/3", "/users/3", "/users/3?fields=email"] {
+        let direct = origin_get(&origin, &token, path).await;
+        assert_eq!(direct.etag.as_deref(), Some("\"1\""), "origin {path}");
+    }
+    // The edge, from every tier (L2 now: the origin filled Redis; then L1).
+    let seen = Observed::default();
+    let body = env.profile_json(stack, 3).await.unwrap();
+    assert!(wait_until(BUDGET, || seen.next(&edge, "/users/3", &body, "L1")).await);
+    for answer in seen.take_answers() {
+        assert_eq!(answer.version(), 1, "{answer:?}");
+    }
+    let projection = get(&edge, "/users/3?fields=email").await;
+    assert_eq!(projection.version(), 1, "{projection:?}");
+    let miss = get(&edge, "/users/4?fields=email").await;
+    assert_eq!((miss.cache(), miss.version()), ("MISS", 1), "{miss:?}");
+
+    // Writes answer with the written version; a DELETE's 204 with the version it removed.
+    let patched = write(
+        &edge,
+        Method::PATCH,
+        "/users/3",
+        &serde_json::json!({"department": "Sales"}),
+    )
+    .await;
+    assert_eq!((patched.status, patched.version()), (200, 2), "{patched:?}");
+    let deleted = send(
+        Method::DELETE,
+        &format!("{}/users/3", edge.url()),
+        None,
+        None,
+        "",
+    )
+    .await;
+    assert_eq!((deleted.status, deleted.version()), (204, 2), "{deleted:?}");
+    let created = write(
+        &edge,
+        Method::POST,
+        "/users",
+        &serde_json::json!({
+            "full_name": "Beatriz Antunes", "gender": "F", "birth_date": "1988-07-14",
+            "department": "Security", "email": "beatriz.antunes@fake-devops-db.internal",
+            "username": "beatriz.antunes"
+        }),
+    )
+    .await;
+    assert_eq!((created.status, created.version()), (201, 1), "{created:?}");
+    // Answers that are not a profile carry none.
+    let missing = get(&edge, "/users/999").await;
+    assert_eq!((missing.status, missing.etag), (404, None));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_reads_its_own_writes_from_tier_one_at_once() {
+    let stack = Stack::shared().await;
+    let (env, token, origin) = origin_for(stack, 5).await;
+    // The spin.toml tier-1 TTL (2 s): an instance that only dropped its copy would answer from L2, one
+    // that kept the old copy would answer the old value.
+    let edge = EdgeOptions::new(stack, &env, &origin.url(), &token)
+        .start()
+        .await
+        .unwrap();
+    let before = env.profile_json(stack, 2).await.unwrap();
+    let seen = Observed::default();
+    assert!(wait_until(BUDGET, || seen.next(&edge, "/users/2", &before, "L1")).await);
+    let old_department = before["department"].as_str().unwrap();
+    let department = if old_department == "DevOps" {
+        "Sales"
+    } else {
+        "DevOps"
+    };
+
+    for round in 1..=3 {
+        let name = format!("Read Your Writes {}", ["One", "Two", "Three"][round - 1]);
+        let patched = write(
+            &edge,
+            Method::PATCH,
+            "/users/2",
+            &serde_json::json!({"full_name": name, "department": department}),
+        )
+        .await;
+        assert_eq!(patched.status, 200, "{patched:?}");
+        let written = patched.json();
+        assert_eq!(written["full_name"], name.as_str());
+        let (row, version) = row_and_version(stack, &env, 2).await;
+        assert_eq!((written.clone(), patched.version()), (row, version));
+
+        // The instance that took the write answers with it at once, from its tier 1. (Another
+        // instance, if the host started one, may answer the old value until its tier-1 TTL ends.)
+        let mut same_instance = 0;
+        for _ in 0..20 {
+            let read = get(&edge, "/users/2").await;
+            if read.instance() != patched.instance() {
+                continue;
+            }
+            same_instance += 1;
+            assert_eq!(read.status, 200, "{read:?}");
+            assert_eq!(read.json(), written, "round {round}");
+            assert_eq!(read.version(), version, "round {round}");
+            assert_eq!(read.cache(), "L1", "round {round}: {read:?}");
+            let projection = get(&edge, "/users/2?fields=full_name").await;
+            if projection.instance() == patched.instance() {
+                assert_eq!(projection.json()["full_name"], name.as_str());
+                assert_eq!(projection.version(), version);
+            }
+            if same_instance == 3 {
+                break;
+            }
+        }
+        assert!(
+            same_instance > 0,
+            "round {round}: no answer from the writing instance"
+        );
+    }
+
+    // A delete through the instance: its next read is a 404 at once.
+    let deleted = send(
+        Method::DELETE,
+        &format!("{}/users/2", edge.url()),
+        None,
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(deleted.status, 204, "{deleted:?}");
+    for _ in 0..10 {
+        let read = get(&edge, "/users/2").await;
+        if read.instance() == deleted.instance() {
+            assert_eq!(read.status, 404, "{read:?}");
+        }
+    }
+}
+
+/// The randomized test of issue 4: writers and readers through one edge on a few ids. No reader ever
+/// sees a version go backwards on one instance; an answer at a version always has that version's
+/// values; once writes stop and the tier-1 TTL has passed, the edge answers what PostgreSQL holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_and_readers_through_the_edge_never_see_a_version_go_back() {
+    const IDS: i32 = 5;
+    const L1_TTL_MS: u64 = 300;
+    const RUN: Duration = Duration::from_secs(3);
+    const DEPARTMENTS: [&str; 5] = ["Engineering", "Sales", "DevOps", "Security", "Marketing"];
+    const NAMES: [&str; 4] = ["Ana Silva", "Rui Costa", "Marta Sousa", "Nuno Pires"];
+
+    let stack = Stack::shared().await;
+    let (env, token, origin) = origin_for(stack, IDS as u64).await;
+    let edge = Arc::new(
+        EdgeOptions::new(stack, &env, &origin.url(), &token)
+            .l1_ttl_ms(L1_TTL_MS)
+            .start()
+            .await
+            .unwrap(),
+    );
+    let mut rows = HashMap::new();
+    for id in 1..=IDS {
+        rows.insert(id, env.profile_json(stack, id).await.unwrap());
+    }
+    let rows = Arc::new(rows);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    // Every (id, version) seen anywhere, with the profile (or the fields) answered at it.
+    let at_version: Arc<Mutex<HashMap<(i32, i64), Value>>> = Arc::default();
+    let sources: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let instances: Arc<Mutex<HashSet<String>>> = Arc::default();
+
+    /// Checks `answer` (at `version` of `id`) against every other answer at that version: the same
+    /// value for each field both have.
+    fn same_as_before(
+        at_version: &Mutex<HashMap<(i32, i64), Value>>,
+        id: i32,
+        version: i64,
+        body: &Value,
+    ) {
+        let mut known = at_version.lock().unwrap();
+        let entry = known.entry((id, version)).or_insert_with(|| body.clone());
+        for (field, value) in body.as_object().unwrap() {
+            if let Some(other) = entry.get(field) {
+                assert_eq!(other, value, "user {id} version {version}: {field} differs");
+            }
+        }
+        if body.as_object().unwrap().len() > entry.as_object().unwrap().len() {
+            *entry = body.clone();
+        }
+    }
+
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let (edge, stop, writes, rows, at_version) = (
+            Arc::clone(&edge),
+            Arc::clone(&stop),
+            Arc::clone(&writes),
+            Arc::clone(&rows),
+            Arc::clone(&at_version),
+        );
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let id = rand::random_range(1..=IDS);
+                let department = DEPARTMENTS[rand::random_range(0..DEPARTMENTS.len())];
+                let name = NAMES[rand::random_range(0..NAMES.len())];
+                let path = format!("/users/{id}");
+                let answer = match rand::random_range(0..3) {
+                    0 => {
+                        let mut full = rows[&id].clone();
+                        let object = full.as_object_mut().unwrap();
+                        object.remove("id");
+                        object.insert("department".into(), department.into());
+                        object.insert("full_name".into(), name.into());
+                        write(&edge, Method::PUT, &path, &full).await
+                    }
+                    1 => {
+                        let body = serde_json::json!({"department": department});
+                        write(&edge, Method::PATCH, &path, &body).await
+                    }
+                    _ => {
+                        let body = serde_json::json!({"full_name": name});
+                        write(&edge, Method::PATCH, &path, &body).await
+                    }
+                };
+                assert_eq!(answer.status, 200, "{answer:?}");
+                same_as_before(&at_version, id, answer.version(), &answer.json());
+                writes.fetch_add(1, Ordering::Relaxed);
+                // Paced, so as not to starve the tests running beside this one.
+                tokio::time::sleep(Duration::from_millis(rand::random_range(2..=8))).await;
+            }
+        }));
+    }
+    let mut readers = Vec::new();
+    for _ in 0..12 {
+        let (edge, stop, at_version, sources, instances) = (
+            Arc::clone(&edge),
+            Arc::clone(&stop),
+            Arc::clone(&at_version),
+            Arc::clone(&sources),
+            Arc::clone(&instances),
+        );
+        readers.push(tokio::spawn(async move {
+            // Per (instance, id): the newest version this reader was answered with.
+            let mut newest: HashMap<(String, i32), i64> = HashMap::new();
+            let mut reads = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let id = rand::random_range(1..=IDS);
+                let path = match rand::random_range(0..4) {
+                    0 => format!("/users/{id}?fields=department,full_name"),
+                    1 => format!("/users/{id}?fields=full_name"),
+                    _ => format!("/users/{id}"),
+                };
+                let answer = get(&edge, &path).await;
+                assert_eq!(answer.status, 200, "{path}: {answer:?}");
+                let body = answer.json();
+                assert_eq!(body["id"], id, "{path}");
+                let version = answer.version();
+                same_as_before(&at_version, id, version, &body);
+                let key = (answer.instance().to_string(), id);
+                let before = newest.get(&key).copied().unwrap_or(0);
+                assert!(
+                    version >= before,
+                    "user {id} went back from version {before} to {version} on instance {} \
+                     ({path}, x-cache {})",
+                    key.0,
+                    answer.cache()
+                );
+                newest.insert(key, version);
+                *sources
+                    .lock()
+                    .unwrap()
+                    .entry(answer.cache().to_string())
+                    .or_default() += 1;
+                instances
+                    .lock()
+                    .unwrap()
+                    .insert(answer.instance().to_string());
+                reads += 1;
+                tokio::time::sleep(Duration::from_millis(rand::random_range(0..=4))).await;
+            }
+            reads
+        }));
+    }
+    tokio::time::sleep(RUN).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let mut reads = 0;
+    for reader in readers {
+        reads += reader.await.unwrap();
+    }
+    let writes = writes.load(Ordering::Relaxed);
+    eprintln!(
+        "{writes} writes, {reads} reads, sources {:?}, {} instance(s)",
+        sources.lock().unwrap(),
+        instances.lock().unwrap().len()
+    );
+    assert!(writes >= 30, "only {writes} writes");
+    assert!(reads >= 100, "only {reads} reads");
+
+    // Writes have stopped and nothing is in flight. Once the tier-1 TTL has passed, every instance
+    // answers what PostgreSQL holds.
+    tokio::time::sleep(Duration::from_millis(L1_TTL_MS + 50)).await;
+    for id in 1..=IDS {
+        let (row, version) = row_and_version(stack, &env, id).await;
+        let path = format!("/users/{id}");
+        let last = Mutex::new(None);
+        let converged = wait_until(BUDGET, || async {
+            let answer = get(&edge, &path).await;
+            let ok = answer.status == 200 && answer.json() == row && answer.version() == version;
+            *last.lock().unwrap() = Some(answer);
+            ok
+        })
+        .await;
+        assert!(
+            converged,
+            "user {id}: the edge does not answer version {version} {row}: {:?}",
+            last.into_inner().unwrap()
+        );
+        // ...and keeps answering it, whichever instance answers.
+        for _ in 0..5 {
+            let answer = get(&edge, &path).await;
+            assert_eq!(
+                (answer.json(), answer.version()),
+                (row.clone(), version),
+                "user {id}"
+            );
+        }
+    }
+}
+
+/// The stale-set race at the edge, made deterministic with the origin's fill-delay test hook: a read
+/// misses tier 1 and tier 2 and asks the origin, which reads the old row and is slow to answer; meanwhile
+/// a write through the same instance commits and is stored in its tier 1. The late answer must not put
+/// the old row back on that instance: after a PATCH it is replaced by the written profile, after a
+/// DELETE by a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_answer_of_the_old_row_cannot_go_back_on_the_instance_that_took_the_write() {
+    const TRIES: i32 = 20;
+    let stack = Stack::shared().await;
+    let env = stack.env().await.unwrap();
+    env.seed(2 * TRIES as u64).await.unwrap();
+    let token = generate_secret();
+    let mut options = env
+        .origin_options(stack)
+        .env("ASIDE_TEST_FILL_DELAY_MS", 400);
+    options.tokens = vec![token.clone()];
+    let origin = Origin::start(options).await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            origin.log().contains("test hooks compiled in")
+        })
+        .await,
+        "the origin was built without test hooks: run `cargo build -p aside-origin --features \
+         test-hooks` (cargo xtask test does)"
+    );
+    // The spin.toml tier-1 TTL (2 s), far longer than the scenario.
+    let edge = Arc::new(
+        EdgeOptions::new(stack, &env, &origin.url(), &token)
+            .start()
+            .await
+            .unwrap(),
+    );
+
+    // The host keeps a spare instance ready while one is busy, and either may take the write; when it
+    // is not the one with the slow read, the scenario is tried again on another id.
+    let mut exercised = [false, false];
+    for id in 1..=2 * TRIES {
+        let delete = id % 2 == 0;
+        if exercised[usize::from(delete)] {
+            continue;
+        }
+        let path = format!("/users/{id}");
+        // A few slow reads, a moment apart, so that most instances have one in flight.
+        let mut readers = Vec::new();
+        for _ in 0..4 {
+            let (edge, path) = (Arc::clone(&edge), path.clone());
+            readers.push(tokio::spawn(async move { get(&edge, &path).await }));
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let written = if delete {
+            send(
+                Method::DELETE,
+                &format!("{}{path}", edge.url()),
+                None,
+                None,
+                "",
+            )
+            .await
+        } else {
+            write(
+                &edge,
+                Method::PATCH,
+                &path,
+                &serde_json::json!({"department": "Human Resources", "full_name": "Late Answer"}),
+            )
+            .await
+        };
+        assert_eq!(
+            written.status,
+            if delete { 204 } else { 200 },
+            "{written:?}"
+        );
+        let (row, version) = if delete {
+            (Value::Null, written.version())
+        } else {
+            row_and_version(stack, &env, id).await
+        };
+        assert_eq!(version, 2 - i64::from(delete), "user {id}");
+        let mut late = Vec::new();
+        for reader in readers {
+            let answer = reader.await.unwrap();
+            if answer.instance() == written.instance() {
+                late.push(answer);
+            }
+        }
+        if late.is_empty() {
+            eprintln!("user {id}: no slow read on the instance that took the write; again");
+            continue;
+        }
+        exercised[usize::from(delete)] = true;
+        // The late answers themselves are the write's outcome (they ended after the write).
+        for late in late {
+            if delete {
+                assert_eq!(late.status, 404, "user {id}: {late:?}");
+            } else {
+                assert_eq!((late.status, late.version()), (200, version), "{late:?}");
+                assert_eq!(late.json(), row);
+            }
+        }
+        // And the instance keeps answering it: the old row did not go into its tier 1.
+        let mut checked = 0;
+        for _ in 0..20 {
+            let read = get(&edge, &path).await;
+            if read.instance() != written.instance() {
+                continue;
+            }
+            checked += 1;
+            if delete {
+                assert_eq!(read.status, 404, "user {id}: {read:?}");
+            } else {
+                assert_eq!(read.cache(), "L1", "user {id}: {read:?}");
+                assert_eq!((read.json(), read.version()), (row.clone(), version));
+            }
+        }
+        assert!(
+            checked > 0,
+            "user {id}: no answer from the writing instance"
+        );
+    }
+    assert_eq!(
+        exercised,
+        [true, true],
+        "the PATCH and the DELETE races were exercised on one instance"
+    );
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use aside_shared::cache::{CacheEntry, CachedProfile, Projection};
-use aside_shared::headers::{CacheStatus, SERVER_TIMING, ServerTiming, X_CACHE};
+use aside_shared::headers::{CacheStatus, ETAG, SERVER_TIMING, ServerTiming, X_CACHE, format_etag};
 use aside_shared::{ApiError, FieldSelection, ProfileInput, ProfilePatch, UserId};
 use axum::Extension;
 use axum::body::Bytes;
@@ -38,14 +38,14 @@ pub async fn get_user(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Re
     let mut timing = ServerTiming::new();
 
     let started = Instant::now();
-    // `Some(body)` for a profile, `None` for a cached "missing" or "deleted".
+    // `Some((body, version))` for a profile, `None` for a cached "missing" or "deleted".
     let cached = match &selection {
         Some(sel) => state.cache.get_fields(id, sel).await.map(|p| match p {
-            Projection::Present(body) => Some(body),
+            Projection::Present { body, version } => Some((body, version)),
             Projection::Absent => None,
         }),
         None => state.cache.get(id).await.map(|entry| match entry {
-            CacheEntry::Present(c) => Some(profile_json(&c)),
+            CacheEntry::Present(c) => Some((profile_json(&c), c.version)),
             CacheEntry::Missing(_) | CacheEntry::Deleted(_) => None,
         }),
     };
@@ -54,7 +54,10 @@ pub async fn get_user(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Re
         Lookup::Hit(found) => {
             crate::metrics::cache_result("hit");
             return Ok(match found {
-                Some(body) => json_response(StatusCode::OK, body, CacheStatus::Hit, &timing),
+                Some((body, version)) => with_etag(
+                    json_response(StatusCode::OK, body, CacheStatus::Hit, &timing),
+                    version,
+                ),
                 None => {
                     let mut response = Error(ApiError::user_not_found(id)).into_response();
                     mark(&mut response, CacheStatus::Hit, &timing);
@@ -82,11 +85,9 @@ pub async fn get_user(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Re
                 Some(sel) => sel.project(&cached.profile),
                 None => profile_json(&cached),
             };
-            Ok(json_response(
-                StatusCode::OK,
-                body,
-                CacheStatus::Miss,
-                &timing,
+            Ok(with_etag(
+                json_response(StatusCode::OK, body, CacheStatus::Miss, &timing),
+                cached.version,
             ))
         }
         None => Err(ApiError::user_not_found(id).into()),
@@ -150,11 +151,14 @@ pub async fn create_user(
     crate::metrics::write("create", "ok");
     let id = created.profile.id;
     write_through(&state, id, CacheEntry::Present(created.clone())).await;
-    let mut response = json_response(
-        StatusCode::CREATED,
-        profile_json(&created),
-        CacheStatus::Bypass,
-        &ServerTiming::new(),
+    let mut response = with_etag(
+        json_response(
+            StatusCode::CREATED,
+            profile_json(&created),
+            CacheStatus::Bypass,
+            &ServerTiming::new(),
+        ),
+        created.version,
     );
     response.headers_mut().insert(
         header::LOCATION,
@@ -201,7 +205,8 @@ pub async fn update_user(
     Ok(written(&updated))
 }
 
-/// `DELETE /users/{id}`: 204; leaves a tombstone in Redis.
+/// `DELETE /users/{id}`: 204 with `etag` = the version the row had (its tombstone's); leaves a
+/// tombstone in Redis.
 pub async fn delete_user(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Response, Error> {
     let id = path_id(&uri)?;
     let version = writes::delete(&state.pool, id)
@@ -216,7 +221,7 @@ pub async fn delete_user(State(state): State<Arc<AppState>>, uri: Uri) -> Result
     .await;
     let mut response = StatusCode::NO_CONTENT.into_response();
     mark(&mut response, CacheStatus::Bypass, &ServerTiming::new());
-    Ok(response)
+    Ok(with_etag(response, version))
 }
 
 /// The id of `/users/{id}`, taken from the raw path so that percent-escapes and non-UTF-8 get the same
@@ -311,14 +316,25 @@ fn profile_json(cached: &CachedProfile) -> serde_json::Value {
     serde_json::to_value(&cached.profile).expect("profiles serialise")
 }
 
-/// 200 with the written profile, `x-cache: BYPASS`.
+/// 200 with the written profile and its version, `x-cache: BYPASS`.
 fn written(cached: &CachedProfile) -> Response {
-    json_response(
-        StatusCode::OK,
-        profile_json(cached),
-        CacheStatus::Bypass,
-        &ServerTiming::new(),
+    with_etag(
+        json_response(
+            StatusCode::OK,
+            profile_json(cached),
+            CacheStatus::Bypass,
+            &ServerTiming::new(),
+        ),
+        cached.version,
     )
+}
+
+/// `etag: "<version>"`: the row version the answer was taken from (see `aside_shared::headers::ETAG`).
+fn with_etag(mut response: Response, version: i64) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&format_etag(version)) {
+        response.headers_mut().insert(ETAG, value);
+    }
+    response
 }
 
 fn json_response(
