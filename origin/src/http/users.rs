@@ -97,6 +97,15 @@ pub async fn get_user(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Re
 /// One PostgreSQL read for `id`, then the fill: the row, or a "missing" marker. A failed fill is
 /// logged and counted, never returned: the reader still gets its answer.
 async fn load_and_fill(state: &AppState, id: UserId) -> LoadResult {
+    // A request that missed Redis just before another request's load filled it arrives here after
+    // that load has finished and left the single-flight: look once more before querying, so a burst of
+    // misses for one id costs one PostgreSQL query however the requests interleave.
+    if let Lookup::Hit(entry) = state.cache.get(id).await {
+        return Ok(match entry {
+            CacheEntry::Present(cached) => Some(cached),
+            CacheEntry::Missing(_) | CacheEntry::Deleted(_) => None,
+        });
+    }
     let row = crate::db::profile_by_id(&state.pool, id)
         .await
         .map_err(|e| db_error(id, e))?;
