@@ -171,19 +171,7 @@ fn state_is(state: &'static str) -> impl Fn(&HashMap<String, String>) -> bool {
 }
 
 async fn metric(origin: &Origin, name_and_labels: &str) -> f64 {
-    let text = client()
-        .get(format!("{}/metrics", origin.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels))
-        .and_then(|l| l.rsplit(' ').next())
-        .map(|v| v.parse().unwrap())
-        .unwrap_or(0.0)
+    aside_tests::harness::metric(&origin.url(), name_and_labels).await
 }
 
 const PROFILE_QUERIES: &str = "aside_origin_db_queries_total{query=\"profile_by_id\"}";

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use aside_shared::ErrorBody;
-use aside_tests::harness::{Stack, wait_until};
+use aside_tests::harness::{Stack, metric, wait_until};
 use redis::AsyncCommands as _;
 use serde_json::Value;
 
@@ -26,44 +26,6 @@ async fn get(url: &str) -> (u16, Option<String>, Value) {
     (status, x_cache, body)
 }
 
-/// The row as PostgreSQL has it, in the API's JSON shape.
-async fn row_json(stack: &Stack, database: &str, id: i32) -> Value {
-    let client = stack.postgres.connect(database).await.unwrap();
-    let row = client
-        .query_one(
-            "SELECT id, full_name, gender, to_char(birth_date, 'YYYY-MM-DD'), department, email, username \
-             FROM devops_api.users WHERE id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap();
-    serde_json::json!({
-        "id": row.get::<_, i32>(0),
-        "full_name": row.get::<_, String>(1),
-        "gender": row.get::<_, String>(2),
-        "birth_date": row.get::<_, String>(3),
-        "department": row.get::<_, String>(4),
-        "email": row.get::<_, String>(5),
-        "username": row.get::<_, String>(6),
-    })
-}
-
-async fn metric(origin_url: &str, name_and_labels: &str) -> f64 {
-    let text = client()
-        .get(format!("{origin_url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels))
-        .and_then(|l| l.rsplit(' ').next())
-        .map(|v| v.parse().unwrap())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn first_read_misses_then_hits_with_the_row_from_postgres() {
     let stack = Stack::shared().await;
@@ -71,7 +33,7 @@ async fn first_read_misses_then_hits_with_the_row_from_postgres() {
     env.seed(20).await.unwrap();
     let origin = env.origin(stack).await.unwrap();
 
-    let expected = row_json(stack, &env.database, 5).await;
+    let expected = env.profile_json(stack, 5).await.unwrap();
     let (status, x_cache, body) = get(&format!("{}/users/5", origin.url())).await;
     assert_eq!((status, x_cache.as_deref()), (200, Some("MISS")));
     assert_eq!(body, expected);
@@ -105,7 +67,7 @@ async fn fill_writes_the_hash_with_a_jittered_ttl_and_a_deleted_key_is_refilled(
 
     let hash: std::collections::HashMap<String, String> =
         redis.hgetall("user:profile:3").await.unwrap();
-    let expected = row_json(stack, &env.database, 3).await;
+    let expected = env.profile_json(stack, 3).await.unwrap();
     assert_eq!(hash["email"], expected["email"].as_str().unwrap());
     assert_eq!(hash["_version"], "1");
     assert!(hash.contains_key("_filled_at"));
@@ -124,7 +86,7 @@ async fn fields_projection_is_the_same_on_a_miss_and_on_a_hit() {
     let env = stack.env().await.unwrap();
     env.seed(10).await.unwrap();
     let origin = env.origin(stack).await.unwrap();
-    let row = row_json(stack, &env.database, 2).await;
+    let row = env.profile_json(stack, 2).await.unwrap();
     let expected =
         serde_json::json!({"id": 2, "email": row["email"], "department": row["department"]});
 
@@ -246,7 +208,7 @@ async fn a_malformed_hash_is_a_miss_and_gets_repaired() {
 
     let (status, x_cache, body) = get(&format!("{}/users/1", origin.url())).await;
     assert_eq!((status, x_cache.as_deref()), (200, Some("MISS")));
-    assert_eq!(body, row_json(stack, &env.database, 1).await);
+    assert_eq!(body, env.profile_json(stack, 1).await.unwrap());
     let (_, x_cache, _) = get(&format!("{}/users/1", origin.url())).await;
     assert_eq!(x_cache.as_deref(), Some("HIT"));
 }
@@ -353,7 +315,7 @@ async fn redis_down_serves_from_postgres_and_recovers_when_redis_returns() {
         let started = Instant::now();
         let (status, x_cache, body) = get(&format!("{}/users/{id}", origin.url())).await;
         assert_eq!((status, x_cache.as_deref()), (200, Some("MISS")), "id {id}");
-        assert_eq!(body, row_json(&stack, &env.database, id).await);
+        assert_eq!(body, env.profile_json(&stack, id).await.unwrap());
         assert!(started.elapsed() < Duration::from_secs(2));
     }
     let ready = client()

@@ -42,6 +42,9 @@ pub async fn migrate(client: &mut Client) -> anyhow::Result<MigrateReport> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
+    // "already exists, skipping" notices of the idempotent statements below are noise in the log.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")
+        .await?;
     tx.batch_execute(
         "CREATE SCHEMA IF NOT EXISTS devops_api;
          CREATE TABLE IF NOT EXISTS devops_api.schema_migrations (
