@@ -15,7 +15,7 @@ use std::pin::pin;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use aside_shared::{BirthDate, Department, Email, FullName, Gender, Username};
+use aside_shared::{BirthDate, Department, Email, FullName, Gender, ProfileInput, Username};
 use fake::locales::{Data, PT_PT};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{RngExt as _, SeedableRng as _};
@@ -99,17 +99,6 @@ pub struct SeedReport {
     /// `Some(n)`: the table already held `n` rows and `replace` was not asked, so nothing was done.
     pub skipped_existing: Option<u64>,
     pub elapsed: Duration,
-}
-
-/// One generated row: the six profile columns, each already through the shared crate's parser.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GeneratedProfile {
-    pub full_name: FullName,
-    pub gender: Gender,
-    pub birth_date: BirthDate,
-    pub department: Department,
-    pub email: Email,
-    pub username: Username,
 }
 
 /// A name as shown (`Conceição`) and as used in usernames (`conceicao`).
@@ -199,7 +188,7 @@ impl ProfileGenerator {
     }
 
     /// The next profile; unique username and e-mail among everything this generator produced.
-    pub fn next_profile(&mut self) -> GeneratedProfile {
+    pub fn next_profile(&mut self) -> ProfileInput {
         let gender = if self.rng.random_bool(0.5) {
             Gender::Female
         } else {
@@ -243,7 +232,7 @@ impl ProfileGenerator {
         };
         let email = format!("{username}@{EMAIL_DOMAIN}");
 
-        GeneratedProfile {
+        ProfileInput {
             full_name: FullName::parse(&full_name).expect("generated full name is valid"),
             gender,
             birth_date: BirthDate::from_date(birth).expect("generated birth date is valid"),
@@ -255,9 +244,9 @@ impl ProfileGenerator {
 }
 
 impl Iterator for ProfileGenerator {
-    type Item = GeneratedProfile;
+    type Item = ProfileInput;
 
-    fn next(&mut self) -> Option<GeneratedProfile> {
+    fn next(&mut self) -> Option<ProfileInput> {
         Some(self.next_profile())
     }
 }
@@ -336,14 +325,13 @@ pub async fn seed(
     }
 
     let bar = progress_bar(options.progress, count);
-    let (batches, mut received) =
-        tokio::sync::mpsc::channel::<Vec<GeneratedProfile>>(CHANNEL_BATCHES);
+    let (batches, mut received) = tokio::sync::mpsc::channel::<Vec<ProfileInput>>(CHANNEL_BATCHES);
     let producer = tokio::task::spawn_blocking(move || {
         let mut generator = ProfileGenerator::new(seed, today);
         let mut remaining = count;
         while remaining > 0 {
             let rows = usize::try_from(remaining).map_or(BATCH_ROWS, |r| r.min(BATCH_ROWS));
-            let batch: Vec<GeneratedProfile> = generator.by_ref().take(rows).collect();
+            let batch: Vec<ProfileInput> = generator.by_ref().take(rows).collect();
             remaining -= batch.len() as u64;
             if batches.blocking_send(batch).is_err() {
                 // The COPY side stopped (an error); it reports why.

@@ -40,10 +40,6 @@ impl Breaker {
             tracing::info!("Redis answered again; cache re-enabled");
         }
     }
-
-    pub fn is_open(&self) -> bool {
-        !self.allow()
-    }
 }
 
 #[cfg(test)]
@@ -61,6 +57,5 @@ mod tests {
         assert!(b.allow(), "probe after back-off");
         b.record_success();
         assert!(b.allow());
-        assert!(!b.is_open());
     }
 }
