@@ -103,7 +103,7 @@ impl Redis {
         );
         match self.execute("HMGET", arguments).await {
             Read::Hit(reply) => match projection_from_hmget(id, selection, &hmget_values(reply)) {
-                Ok(Projection::Present { body, version }) => Read::Hit((body, version)),
+                Ok(Projection::Present { body, version, .. }) => Read::Hit((body, version)),
                 Ok(Projection::Absent) => Read::Absent,
                 Err(_) => Read::Miss,
             },
@@ -309,21 +309,30 @@ mod tests {
             bin("ana.silva@fake-devops-db.internal"),
             bin("4"),
             RedisResult::Nil,
+            RedisResult::Nil,
+            RedisResult::Nil,
         ]);
         assert_eq!(
             projection_from_hmget(id, &selection, &ok).unwrap(),
             Projection::Present {
                 body: serde_json::json!({"id": 3, "email": "ana.silva@fake-devops-db.internal"}),
                 version: 4,
+                freshness: None,
             }
         );
-        let marker = hmget_values(vec![RedisResult::Nil, bin("0"), bin("missing")]);
+        let marker = hmget_values(vec![
+            RedisResult::Nil,
+            bin("0"),
+            bin("missing"),
+            RedisResult::Nil,
+            RedisResult::Nil,
+        ]);
         assert_eq!(
             projection_from_hmget(id, &selection, &marker).unwrap(),
             Projection::Absent
         );
-        let missing = hmget_values(vec![RedisResult::Nil, RedisResult::Nil, RedisResult::Nil]);
-        assert_eq!(missing, vec![None, None, None]);
+        let missing = hmget_values((0..5).map(|_| RedisResult::Nil).collect());
+        assert_eq!(missing, vec![None; 5]);
         assert!(projection_from_hmget(id, &selection, &missing).is_err());
         // A host that drops nils instead of passing them: wrong arity, also a miss.
         assert!(projection_from_hmget(id, &selection, &hmget_values(vec![bin("4")])).is_err());

@@ -24,6 +24,13 @@ pub const PROFILE_KEY_PREFIX: &str = "user:profile:";
 pub const VERSION_FIELD: &str = "_version";
 /// Hash field: when the hash was filled, in milliseconds since the Unix epoch.
 pub const FILLED_AT_FIELD: &str = "_filled_at";
+/// Hash field of a profile: its soft expiry, in milliseconds since the Unix epoch. Until then the copy is
+/// *fresh*; after it, and until Redis expires the key (the hard expiry), the copy is *stale*: readers
+/// refresh it from the source and serve it (`x-cache: STALE`) only when the source cannot answer.
+pub const FRESH_UNTIL_FIELD: &str = "_fresh_until";
+/// Hash field of a profile: how long the PostgreSQL load that produced it took, in milliseconds. The
+/// `delta` of XFetch early refresh ([`Freshness::refresh_early`]).
+pub const DELTA_FIELD: &str = "_delta_ms";
 /// Hash field: present only on entries that say there is no profile: [`STATE_MISSING`] or
 /// [`STATE_DELETED`].
 pub const STATE_FIELD: &str = "_state";
@@ -55,6 +62,51 @@ pub struct CachedProfile {
     pub version: i64,
     /// Fill time, milliseconds since the Unix epoch.
     pub filled_at_ms: i64,
+    /// Soft expiry and recompute cost. `None` for a copy not yet stored (a fresh PostgreSQL read) or a
+    /// hash written without them (by an older writer): such a copy is treated as fresh.
+    pub freshness: Option<Freshness>,
+}
+
+/// When a cached profile stops being fresh, and how long it took to compute (for early refresh).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freshness {
+    /// Soft expiry, milliseconds since the Unix epoch ([`FRESH_UNTIL_FIELD`]).
+    pub fresh_until_ms: i64,
+    /// Duration of the load that produced the copy, milliseconds ([`DELTA_FIELD`]).
+    pub delta_ms: u32,
+}
+
+impl Freshness {
+    /// Fresh until the soft expiry (exclusive).
+    pub fn is_fresh(&self, now_ms: i64) -> bool {
+        now_ms < self.fresh_until_ms
+    }
+
+    /// XFetch (Vattani, Chierichetti, Lowenstein, "Optimal Probabilistic Cache Stampede Prevention",
+    /// VLDB 2015): refresh a still-fresh copy early when `now - delta * beta * ln(u) >= expiry`, with
+    /// `u` uniform in (0, 1]. The probability grows as the expiry nears and with the cost of a recompute
+    /// (`delta`), so under steady traffic one request refreshes a hot key shortly before it expires and
+    /// the others never see it expire. `beta` > 1 favours earlier refreshes; 0 turns early refresh off.
+    /// An expired copy is always due (callers handle it as stale, not as early).
+    pub fn refresh_early(&self, now_ms: i64, beta: f64, unit: f64) -> bool {
+        if !self.is_fresh(now_ms) {
+            return true;
+        }
+        if !(beta > 0.0) || self.delta_ms == 0 {
+            return false;
+        }
+        // u in (0, 1]: ln(u) <= 0, so the gap is >= 0; u -> 0 makes it unbounded (always refresh).
+        let unit = if unit > 0.0 && unit <= 1.0 { unit } else { 1.0 };
+        let gap = -(f64::from(self.delta_ms)) * beta * unit.ln();
+        now_ms as f64 + gap >= self.fresh_until_ms as f64
+    }
+}
+
+impl CachedProfile {
+    /// Fresh, or of unknown freshness (see [`CachedProfile::freshness`]).
+    pub fn is_fresh(&self, now_ms: i64) -> bool {
+        self.freshness.is_none_or(|f| f.is_fresh(now_ms))
+    }
 }
 
 /// Why a hash read from Redis cannot be used. Callers count it as a miss.
@@ -203,6 +255,10 @@ impl CachedProfile {
             .collect();
         pairs.push((VERSION_FIELD, self.version.to_string()));
         pairs.push((FILLED_AT_FIELD, self.filled_at_ms.to_string()));
+        if let Some(f) = self.freshness {
+            pairs.push((FRESH_UNTIL_FIELD, f.fresh_until_ms.to_string()));
+            pairs.push((DELTA_FIELD, f.delta_ms.to_string()));
+        }
         pairs
     }
 
@@ -219,6 +275,8 @@ impl CachedProfile {
         let mut slots: [Option<String>; 6] = Default::default();
         let mut version = None;
         let mut filled_at = None;
+        let mut fresh_until = None;
+        let mut delta = None;
         let mut any = false;
         for (key, value) in entries {
             any = true;
@@ -227,6 +285,10 @@ impl CachedProfile {
                 &mut version
             } else if key == FILLED_AT_FIELD.as_bytes() {
                 &mut filled_at
+            } else if key == FRESH_UNTIL_FIELD.as_bytes() {
+                &mut fresh_until
+            } else if key == DELTA_FIELD.as_bytes() {
+                &mut delta
             } else if let Some(i) = Field::ALL.iter().position(|f| f.name().as_bytes() == key) {
                 &mut slots[i]
             } else {
@@ -257,19 +319,45 @@ impl CachedProfile {
             profile,
             version: parse_metadata(VERSION_FIELD, version.as_deref())?,
             filled_at_ms: parse_metadata(FILLED_AT_FIELD, filled_at.as_deref())?,
+            freshness: parse_freshness(fresh_until.as_deref(), delta.as_deref())?,
         })
+    }
+}
+
+/// `_fresh_until` and `_delta_ms`: both or neither (an older writer's hash has neither).
+fn parse_freshness(
+    fresh_until: Option<&str>,
+    delta: Option<&str>,
+) -> Result<Option<Freshness>, HashError> {
+    match (fresh_until, delta) {
+        (None, None) => Ok(None),
+        (fresh_until, delta) => {
+            let fresh_until_ms = parse_metadata(FRESH_UNTIL_FIELD, fresh_until)?;
+            let delta_ms = parse_metadata(DELTA_FIELD, delta)?;
+            let delta_ms = u32::try_from(delta_ms).map_err(|_| HashError::Invalid {
+                field: DELTA_FIELD,
+                message: "must fit in 32 bits".into(),
+            })?;
+            Ok(Some(Freshness {
+                fresh_until_ms,
+                delta_ms,
+            }))
+        }
     }
 }
 
 /// The hash fields an `HMGET` for `selection` asks for: the selected fields, then [`VERSION_FIELD`]
 /// (asked for so that a hash without it, i.e. not written by aside, is a miss), then [`STATE_FIELD`]
-/// (so that a marker or a tombstone is told apart from a profile, even for `?fields=id`).
+/// (so that a marker or a tombstone is told apart from a profile, even for `?fields=id`), then
+/// [`FRESH_UNTIL_FIELD`] and [`DELTA_FIELD`].
 pub fn hmget_fields(selection: &FieldSelection) -> Vec<&'static str> {
     let mut names: Vec<&'static str> = selection.fields().iter().map(|f| f.name()).collect();
-    names.push(VERSION_FIELD);
-    names.push(STATE_FIELD);
+    names.extend(HMGET_METADATA);
     names
 }
+
+/// The metadata fields [`hmget_fields`] appends, in order.
+const HMGET_METADATA: [&str; 4] = [VERSION_FIELD, STATE_FIELD, FRESH_UNTIL_FIELD, DELTA_FIELD];
 
 /// What an `HMGET` of [`hmget_fields`] says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -278,6 +366,7 @@ pub enum Projection {
     Present {
         body: serde_json::Value,
         version: i64,
+        freshness: Option<Freshness>,
     },
     /// A marker or a tombstone: the id has no profile (an API 404).
     Absent,
@@ -290,7 +379,8 @@ pub fn projection_from_hmget<V: AsRef<[u8]>>(
     selection: &FieldSelection,
     values: &[Option<V>],
 ) -> Result<Projection, HashError> {
-    let expected = selection.fields().len() + 2;
+    let selected = selection.fields().len();
+    let expected = selected + HMGET_METADATA.len();
     if values.len() != expected {
         return Err(HashError::WrongArity {
             expected,
@@ -302,10 +392,10 @@ pub fn projection_from_hmget<V: AsRef<[u8]>>(
         let text = std::str::from_utf8(raw.as_ref()).map_err(|_| HashError::NotUtf8(name))?;
         Ok(text.to_string())
     };
-    let version = text(VERSION_FIELD, &values[expected - 2])?;
+    let version = text(VERSION_FIELD, &values[selected])?;
     let version = parse_metadata(VERSION_FIELD, Some(&version))?;
-    if values[expected - 1].is_some() {
-        let state = text(STATE_FIELD, &values[expected - 1])?;
+    if values[selected + 1].is_some() {
+        let state = text(STATE_FIELD, &values[selected + 1])?;
         return match state.as_str() {
             STATE_MISSING | STATE_DELETED => Ok(Projection::Absent),
             _ => Err(HashError::Invalid {
@@ -321,9 +411,15 @@ pub fn projection_from_hmget<V: AsRef<[u8]>>(
         validate_field(*field, &value)?;
         object.insert(field.name().into(), serde_json::Value::from(value));
     }
+    let optional = |name: &'static str, value: &Option<V>| -> Result<Option<String>, HashError> {
+        value.as_ref().map(|_| text(name, value)).transpose()
+    };
+    let fresh_until = optional(FRESH_UNTIL_FIELD, &values[selected + 2])?;
+    let delta = optional(DELTA_FIELD, &values[selected + 3])?;
     Ok(Projection::Present {
         body: serde_json::Value::Object(object),
         version,
+        freshness: parse_freshness(fresh_until.as_deref(), delta.as_deref())?,
     })
 }
 
@@ -343,6 +439,10 @@ fn field_name_of(key: &[u8]) -> &'static str {
         VERSION_FIELD
     } else if key == FILLED_AT_FIELD.as_bytes() {
         FILLED_AT_FIELD
+    } else if key == FRESH_UNTIL_FIELD.as_bytes() {
+        FRESH_UNTIL_FIELD
+    } else if key == DELTA_FIELD.as_bytes() {
+        DELTA_FIELD
     } else {
         Field::ALL
             .iter()
@@ -376,6 +476,10 @@ mod tests {
             .unwrap(),
             version: 3,
             filled_at_ms: 1_700_000_000_000,
+            freshness: Some(Freshness {
+                fresh_until_ms: 1_700_000_030_000,
+                delta_ms: 4,
+            }),
         }
     }
 
@@ -395,9 +499,82 @@ mod tests {
     fn hash_round_trips() {
         let c = cached();
         let pairs = c.to_hash_fields();
-        assert_eq!(pairs.len(), 8);
+        assert_eq!(pairs.len(), 10);
         let back = CachedProfile::from_hash(c.profile.id, as_bytes(&pairs)).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn hashes_without_freshness_are_read_as_of_unknown_freshness() {
+        let c = CachedProfile {
+            freshness: None,
+            ..cached()
+        };
+        let pairs = c.to_hash_fields();
+        assert_eq!(pairs.len(), 8);
+        let back = CachedProfile::from_hash(c.profile.id, as_bytes(&pairs)).unwrap();
+        assert_eq!(back.freshness, None);
+        assert!(back.is_fresh(i64::MAX), "unknown freshness counts as fresh");
+    }
+
+    #[test]
+    fn freshness_ends_at_the_soft_expiry() {
+        let f = Freshness {
+            fresh_until_ms: 1_000,
+            delta_ms: 10,
+        };
+        assert!(f.is_fresh(999));
+        assert!(!f.is_fresh(1_000));
+        assert!(f.refresh_early(1_000, 1.0, 0.5), "expired is always due");
+    }
+
+    #[test]
+    fn xfetch_refreshes_early_more_often_as_expiry_nears() {
+        let f = Freshness {
+            fresh_until_ms: 10_000,
+            delta_ms: 100,
+        };
+        // With u = e^-1 the gap is exactly delta * beta.
+        let u = (-1.0f64).exp();
+        assert!(!f.refresh_early(9_899, 1.0, u));
+        assert!(f.refresh_early(9_901, 1.0, u));
+        assert!(f.refresh_early(9_801, 2.0, u), "beta scales the window");
+        assert!(
+            !f.refresh_early(9_000, 0.0, 1e-9),
+            "beta 0 never refreshes early"
+        );
+        assert!(!f.refresh_early(0, 1.0, 1.0), "u = 1: no gap");
+        assert!(f.refresh_early(0, 1.0, 1e-300), "u -> 0: always");
+        assert!(!f.refresh_early(0, 1.0, f64::NAN), "bad draws are harmless");
+
+        // The probability, over a uniform u, grows as the expiry nears.
+        let rate = |now: i64| {
+            let n = 10_000;
+            (1..=n)
+                .filter(|i| f.refresh_early(now, 1.0, f64::from(*i) / f64::from(n)))
+                .count()
+        };
+        let (far, mid, near) = (rate(9_500), rate(9_900), rate(9_990));
+        assert!(far < mid && mid < near, "{far} {mid} {near}");
+        assert_eq!(far, 67, "P = e^(-500/100) of 10,000 draws");
+    }
+
+    #[test]
+    fn freshness_fields_come_in_pairs() {
+        let c = cached();
+        let id = c.profile.id;
+        let good = as_bytes(&c.to_hash_fields());
+        for name in [FRESH_UNTIL_FIELD, DELTA_FIELD] {
+            let only_one: Vec<_> = good
+                .iter()
+                .filter(|(k, _)| k != name.as_bytes())
+                .cloned()
+                .collect();
+            assert!(CachedProfile::from_hash(id, only_one).is_err(), "{name}");
+        }
+        let mut huge_delta = good.clone();
+        huge_delta[9].1 = b"4294967296".to_vec();
+        assert!(CachedProfile::from_hash(id, huge_delta).is_err());
     }
 
     #[test]
@@ -464,13 +641,22 @@ mod tests {
         let sel = FieldSelection::parse("email,gender").unwrap();
         assert_eq!(
             hmget_fields(&sel),
-            vec!["gender", "email", "_version", "_state"]
+            vec![
+                "gender",
+                "email",
+                "_version",
+                "_state",
+                "_fresh_until",
+                "_delta_ms"
+            ]
         );
         let values = vec![
             Some(b"M".to_vec()),
             Some(b"joao.goncalves@fake-devops-db.internal".to_vec()),
             Some(b"3".to_vec()),
             None,
+            Some(b"1700000030000".to_vec()),
+            Some(b"4".to_vec()),
         ];
         let v = projection_from_hmget(c.profile.id, &sel, &values).unwrap();
         assert_eq!(
@@ -478,8 +664,22 @@ mod tests {
             Projection::Present {
                 body: serde_json::json!({"id": 12, "gender": "M", "email": "joao.goncalves@fake-devops-db.internal"}),
                 version: 3,
+                freshness: c.freshness,
             }
         );
+        let mut older_writer = values.clone();
+        older_writer[4] = None;
+        older_writer[5] = None;
+        assert!(matches!(
+            projection_from_hmget(c.profile.id, &sel, &older_writer).unwrap(),
+            Projection::Present {
+                freshness: None,
+                ..
+            }
+        ));
+        let mut half = values.clone();
+        half[5] = None;
+        assert!(projection_from_hmget(c.profile.id, &sel, &half).is_err());
 
         let mut nil = values.clone();
         nil[0] = None;

@@ -17,6 +17,79 @@ pub const ETAG: &str = "etag";
 /// `X-Served-By`). Says nothing secret; lets a client tell instances (and their tier 1s) apart.
 pub const X_EDGE_INSTANCE: &str = "x-edge-instance";
 
+/// On a profile answer of the origin: how long the copy stays fresh and how long after that it may
+/// still be served when the origin cannot answer, in RFC 9111 / RFC 5861 terms:
+/// `max-age=<secs>, stale-if-error=<secs>` ([`CacheControl`]). The edge keeps its tier-1 copy by it.
+/// On a request to the origin, `cache-control: no-cache` asks for a refresh from PostgreSQL (the edge
+/// sends it when it refreshes a hot key early); the origin still coalesces such loads.
+pub const CACHE_CONTROL: &str = "cache-control";
+/// The request directive that asks the origin to reload from PostgreSQL rather than answer from Redis.
+pub const NO_CACHE: &str = "no-cache";
+
+/// The freshness directives aside puts on (and reads from) a profile answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheControl {
+    /// Seconds the answer stays fresh.
+    pub max_age_secs: u64,
+    /// Seconds after that during which a stale copy may be served if the source fails.
+    pub stale_if_error_secs: u64,
+}
+
+impl CacheControl {
+    /// `max-age=N, stale-if-error=M`.
+    pub fn format(&self) -> String {
+        format!(
+            "max-age={}, stale-if-error={}",
+            self.max_age_secs, self.stale_if_error_secs
+        )
+    }
+
+    /// Reads `max-age` and `stale-if-error` from a `cache-control` value; other directives are ignored,
+    /// a missing `stale-if-error` is 0. `None` without a valid `max-age`, or with `no-store`/`no-cache`
+    /// (the answer may not be reused), or a duplicated directive (RFC 9111 says to treat it as stale).
+    pub fn parse(value: &str) -> Option<Self> {
+        let mut max_age = None;
+        let mut stale_if_error = None;
+        for directive in value.split(',') {
+            let directive = directive.trim();
+            let (name, argument) = match directive.split_once('=') {
+                Some((n, a)) => (n.trim(), Some(a.trim())),
+                None => (directive, None),
+            };
+            let slot = if name.eq_ignore_ascii_case("max-age") {
+                &mut max_age
+            } else if name.eq_ignore_ascii_case("stale-if-error") {
+                &mut stale_if_error
+            } else if name.eq_ignore_ascii_case("no-store") || name.eq_ignore_ascii_case("no-cache")
+            {
+                return None;
+            } else {
+                continue;
+            };
+            if slot.is_some() {
+                return None;
+            }
+            *slot = Some(parse_delta_seconds(argument?)?);
+        }
+        Some(Self {
+            max_age_secs: max_age?,
+            stale_if_error_secs: stale_if_error.unwrap_or(0),
+        })
+    }
+}
+
+/// RFC 9111 delta-seconds: digits only; values beyond 2^31 are capped there.
+fn parse_delta_seconds(text: &str) -> Option<u64> {
+    let text = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(text);
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(text.parse::<u64>().unwrap_or(u64::MAX).min(1 << 31))
+}
+
 /// The `etag` value for a row version: the decimal version in double quotes (a strong validator).
 pub fn format_etag(version: i64) -> String {
     format!("\"{version}\"")
@@ -146,6 +219,45 @@ mod tests {
             "*",
         ] {
             assert_eq!(parse_etag(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cache_control_round_trips_and_ignores_other_directives() {
+        let cc = CacheControl {
+            max_age_secs: 30,
+            stale_if_error_secs: 60,
+        };
+        assert_eq!(cc.format(), "max-age=30, stale-if-error=60");
+        assert_eq!(CacheControl::parse(&cc.format()), Some(cc));
+        assert_eq!(
+            CacheControl::parse("private, Max-Age=\"5\" ,must-revalidate"),
+            Some(CacheControl {
+                max_age_secs: 5,
+                stale_if_error_secs: 0
+            })
+        );
+        assert_eq!(
+            CacheControl::parse("max-age=99999999999999999999999").map(|c| c.max_age_secs),
+            Some(1 << 31)
+        );
+    }
+
+    #[test]
+    fn cache_control_that_forbids_reuse_or_is_malformed_is_none() {
+        for bad in [
+            "",
+            "private",
+            "max-age",
+            "max-age=",
+            "max-age=-1",
+            "max-age=1.5",
+            "max-age=5, no-store",
+            "no-cache, max-age=5",
+            "max-age=5, max-age=6",
+            "max-age=5, stale-if-error=x",
+        ] {
+            assert_eq!(CacheControl::parse(bad), None, "{bad:?}");
         }
     }
 

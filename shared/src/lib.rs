@@ -17,7 +17,7 @@ pub mod fields;
 pub mod headers;
 pub mod input;
 
-pub use cache::{CacheEntry, CachedProfile, HashError};
+pub use cache::{CacheEntry, CachedProfile, Freshness, HashError};
 pub use domain::{
     BirthDate, Department, Email, FullName, Gender, UserId, UserProfile, Username, ValidationError,
 };

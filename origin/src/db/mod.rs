@@ -148,6 +148,7 @@ pub(crate) fn profile_from_row(
         profile,
         version: row.try_get(first + 6)?,
         filled_at_ms: now_ms(),
+        freshness: None,
     })
 }
 

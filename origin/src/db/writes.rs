@@ -85,6 +85,7 @@ pub async fn create(pool: &Pool, input: ProfileInput) -> Result<CachedProfile, W
         profile: input.into_profile(id),
         version: row.try_get(1)?,
         filled_at_ms: now_ms(),
+        freshness: None,
     })
 }
 
@@ -116,6 +117,7 @@ pub async fn replace(
         profile: input.into_profile(id),
         version: row.try_get(0)?,
         filled_at_ms: now_ms(),
+        freshness: None,
     })
 }
 

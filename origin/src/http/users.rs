@@ -41,7 +41,7 @@ pub async fn get_user(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Re
     // `Some((body, version))` for a profile, `None` for a cached "missing" or "deleted".
     let cached = match &selection {
         Some(sel) => state.cache.get_fields(id, sel).await.map(|p| match p {
-            Projection::Present { body, version } => Some((body, version)),
+            Projection::Present { body, version, .. } => Some((body, version)),
             Projection::Absent => None,
         }),
         None => state.cache.get(id).await.map(|entry| match entry {
