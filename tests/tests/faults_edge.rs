@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use aside_tests::harness::{
@@ -112,12 +113,56 @@ async fn get(client: &reqwest::Client, edge: &str, id: i32, fields: bool) -> Sam
     }
 }
 
+/// The ids a load asks for: only `before` until [`IdPool::widen`] (called by a scenario once its fault
+/// is in place), then `after` too. So ids meant to be uncached during the fault are not cached by the
+/// load just before it.
+struct IdPool {
+    before: Vec<i32>,
+    after: Vec<i32>,
+    widened: AtomicBool,
+}
+
+impl IdPool {
+    fn new(before: impl IntoIterator<Item = i32>, after: impl IntoIterator<Item = i32>) -> Self {
+        Self {
+            before: before.into_iter().collect(),
+            after: after.into_iter().collect(),
+            widened: AtomicBool::new(false),
+        }
+    }
+
+    fn fixed(ids: impl IntoIterator<Item = i32>) -> Self {
+        let pool = Self::new(ids, []);
+        pool.widen();
+        pool
+    }
+
+    fn widen(&self) {
+        self.widened.store(true, Ordering::SeqCst);
+    }
+
+    fn pick(&self) -> i32 {
+        let r = rand::random::<u32>() as usize;
+        if self.widened.load(Ordering::SeqCst) && !self.after.is_empty() {
+            let n = self.before.len() + self.after.len();
+            let i = r % n;
+            if i < self.before.len() {
+                self.before[i]
+            } else {
+                self.after[i - self.before.len()]
+            }
+        } else {
+            self.before[r % self.before.len()]
+        }
+    }
+}
+
 /// Runs `clients` concurrent loops of `GET /users/{id}` (every fourth one a `?fields` projection) on
 /// ids drawn from `ids`, for `duration`, while `script` runs (it injects and heals the fault). Returns
 /// every answer and what `script` returned.
 async fn load<T>(
     edge: &Edge,
-    ids: &[i32],
+    ids: &IdPool,
     clients: usize,
     duration: Duration,
     script: impl Future<Output = T>,
@@ -131,7 +176,7 @@ async fn load<T>(
             let mut samples = Vec::new();
             let mut n = 0u32;
             while started.elapsed() < duration {
-                let id = ids[rand::random::<u32>() as usize % ids.len()];
+                let id = ids.pick();
                 samples.push(get(client, base, id, n % 4 == 3).await);
                 n += 1;
             }
@@ -269,7 +314,7 @@ async fn redis_killed_during_reads_costs_no_request_and_l2_hits_resume_after_res
     // Tier 1 off: every read goes to Redis, so Redis's death and return show in every answer.
     let (env, _origin, edge) = setup(&stack, |o| o.l1_ttl_ms(0)).await;
     warm_and_soft_expire(&edge, &stack.redis, &env).await;
-    let ids: Vec<i32> = (1..=ROWS).collect();
+    let ids = IdPool::fixed(1..=ROWS);
 
     let redis = &mut stack.redis;
     let (samples, restarted_at) = load(&edge, &ids, 6, Duration::from_secs(7), async {
@@ -310,12 +355,13 @@ async fn postgres_stopped_cached_ids_are_served_uncached_get_503_and_it_recovers
     let mut stack = Stack::dedicated().await.unwrap();
     let (env, _origin, edge) = setup(&stack, |o| o).await;
     warm_and_soft_expire(&edge, &stack.redis, &env).await;
-    let ids: Vec<i32> = (1..=ROWS).collect();
+    let ids = IdPool::new(1..=CACHED, CACHED + 1..=ROWS);
 
     let postgres = &mut stack.postgres;
     let (samples, restarted_at) = load(&edge, &ids, 6, Duration::from_secs(7), async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         postgres.stop();
+        ids.widen();
         tokio::time::sleep(Duration::from_millis(3000)).await;
         postgres.restart().await.unwrap();
         Instant::now()
@@ -362,12 +408,13 @@ async fn origin_killed_the_edge_serves_what_it_holds_uncached_get_503_and_it_rec
     let stack = Stack::dedicated().await.unwrap();
     let (env, mut origin, edge) = setup(&stack, |o| o).await;
     warm_and_soft_expire(&edge, &stack.redis, &env).await;
-    let ids: Vec<i32> = (1..=ROWS).collect();
+    let ids = IdPool::new(1..=CACHED, CACHED + 1..=ROWS);
 
     let origin_ref = &mut origin;
     let (samples, restarted_at) = load(&edge, &ids, 6, Duration::from_secs(6), async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         origin_ref.kill();
+        ids.widen();
         tokio::time::sleep(Duration::from_millis(2500)).await;
         origin_ref.restart().await.unwrap();
         Instant::now()
@@ -423,7 +470,7 @@ async fn a_frozen_redis_trips_the_breaker_instead_of_piling_up_requests() {
     let stack = Stack::dedicated().await.unwrap();
     let (env, _origin, edge) = setup(&stack, |o| o.l1_ttl_ms(0)).await;
     warm_and_soft_expire(&edge, &stack.redis, &env).await;
-    let ids: Vec<i32> = (1..=CACHED).collect();
+    let ids = IdPool::fixed(1..=CACHED);
 
     let redis = &stack.redis;
     let (samples, (paused_at, thawed_at)) = load(&edge, &ids, 8, Duration::from_secs(6), async {
