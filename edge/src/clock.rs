@@ -32,3 +32,61 @@ pub async fn within<F: Future>(limit: Duration, future: F) -> Option<F::Output> 
         Either::Right(((), _)) => None,
     }
 }
+
+/// Now, on the wall clock, in milliseconds since the Unix epoch: the unit of the soft expiry the origin
+/// writes into Redis (`_fresh_until`), which every edge compares with its own wall clock.
+pub fn wall_ms() -> i64 {
+    let now = spin_sdk::wasip3::clocks::system_clock::now();
+    now.seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(now.nanoseconds / 1_000_000))
+}
+
+/// A number drawn uniformly from (0, 1], from the host's `wasi:random`: XFetch's `u`.
+pub fn unit_random() -> f64 {
+    let bits = spin_sdk::wasip3::random::random::get_random_u64() >> 11;
+    // 53 random bits: [0, 1) in steps of 2^-53, turned into (0, 1].
+    1.0 - bits as f64 / (1u64 << 53) as f64
+}
+
+/// The point by which a request must be answered: its start plus `request_budget_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline(Nanos);
+
+impl Deadline {
+    pub fn after(start: Nanos, budget: Duration) -> Self {
+        Self(start.saturating_add(u64::try_from(budget.as_nanos()).unwrap_or(u64::MAX)))
+    }
+
+    /// What is left at `now` (zero once it has passed).
+    pub fn remaining_at(&self, now: Nanos) -> Duration {
+        Duration::from_nanos(self.0.saturating_sub(now))
+    }
+
+    /// What is left now.
+    pub fn remaining(&self) -> Duration {
+        self.remaining_at(now())
+    }
+
+    /// `limit`, or less if less of the budget is left.
+    pub fn cap(&self, limit: Duration) -> Duration {
+        limit.min(self.remaining())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadline_caps_timeouts_by_what_is_left() {
+        let d = Deadline::after(1_000, Duration::from_millis(2));
+        assert_eq!(d.remaining_at(1_000), Duration::from_millis(2));
+        assert_eq!(d.remaining_at(1_000_000), Duration::from_nanos(1_001_000));
+        assert_eq!(d.remaining_at(5_000_000), Duration::ZERO);
+        assert_eq!(
+            Deadline::after(u64::MAX - 1, Duration::from_secs(1)).remaining_at(0),
+            Duration::from_nanos(u64::MAX)
+        );
+    }
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 /// Every Spin variable the edge reads, as declared under `[component.aside-edge.variables]`.
-pub const VARIABLES: [&str; 12] = [
+pub const VARIABLES: [&str; 18] = [
     "redis_address",
     "redis_database",
     "redis_user",
@@ -24,6 +24,12 @@ pub const VARIABLES: [&str; 12] = [
     "redis_timeout_ms",
     "redis_backoff_ms",
     "origin_timeout_ms",
+    "request_budget_ms",
+    "redis_failure_threshold",
+    "origin_failure_threshold",
+    "origin_backoff_ms",
+    "l1_stale_ms",
+    "xfetch_beta",
 ];
 
 /// Characters escaped in the user and password of the Redis URL: everything but RFC 3986 "unreserved".
@@ -43,8 +49,17 @@ pub struct L1Limits {
     pub ttl: Duration,
 }
 
+/// A circuit breaker's settings (see [`crate::backoff`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerSettings {
+    /// Consecutive failures that open it (at least 1).
+    pub threshold: u32,
+    /// How long the backend is skipped once open, before one request probes it.
+    pub backoff: Duration,
+}
+
 /// The parsed settings. `Debug` hides the secrets.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq)]
 pub struct Config {
     /// `redis://user:password@host:port/db`, user and password percent-encoded. Secret.
     pub redis_url: String,
@@ -56,8 +71,19 @@ pub struct Config {
     pub origin_token: String,
     pub l1: L1Limits,
     pub redis_timeout: Duration,
-    pub redis_backoff: Duration,
     pub origin_timeout: Duration,
+    /// The Redis breaker: `redis_failure_threshold`, `redis_backoff_ms`.
+    pub redis_breaker: BreakerSettings,
+    /// The origin breaker: `origin_failure_threshold`, `origin_backoff_ms`.
+    pub origin_breaker: BreakerSettings,
+    /// End to end, from the request reaching the component to its answer: the Redis read and the origin
+    /// call get at most what is left of it.
+    pub request_budget: Duration,
+    /// How long after its soft expiry tier 1 keeps a copy, to answer with (`x-cache: STALE`) when the
+    /// origin cannot; the origin's `stale-if-error` may shorten it. 0: no stale copies in tier 1.
+    pub l1_stale: Duration,
+    /// XFetch's beta: how eagerly a hit close to its soft expiry is refreshed early. 0 turns it off.
+    pub xfetch_beta: f64,
 }
 
 impl fmt::Debug for Config {
@@ -68,8 +94,12 @@ impl fmt::Debug for Config {
             .field("origin_token", &"<secret>")
             .field("l1", &self.l1)
             .field("redis_timeout", &self.redis_timeout)
-            .field("redis_backoff", &self.redis_backoff)
             .field("origin_timeout", &self.origin_timeout)
+            .field("redis_breaker", &self.redis_breaker)
+            .field("origin_breaker", &self.origin_breaker)
+            .field("request_budget", &self.request_budget)
+            .field("l1_stale", &self.l1_stale)
+            .field("xfetch_beta", &self.xfetch_beta)
             .finish()
     }
 }
@@ -162,6 +192,27 @@ impl Config {
             300_000,
             MS_5MIN,
         )?);
+        let request_budget = millis(parse_number(
+            get("request_budget_ms")?,
+            1,
+            300_000,
+            MS_5MIN,
+        )?);
+        let redis_breaker = BreakerSettings {
+            threshold: parse_number(get("redis_failure_threshold")?, 1, 1000, THRESHOLD)? as u32,
+            backoff: redis_backoff,
+        };
+        let origin_breaker = BreakerSettings {
+            threshold: parse_number(get("origin_failure_threshold")?, 1, 1000, THRESHOLD)? as u32,
+            backoff: millis(parse_number(
+                get("origin_backoff_ms")?,
+                0,
+                3_600_000,
+                MS_HOUR,
+            )?),
+        };
+        let l1_stale = millis(parse_number(get("l1_stale_ms")?, 0, 86_400_000, MS_DAY)?);
+        let xfetch_beta = parse_beta(get("xfetch_beta")?)?;
 
         let redis_url = format!(
             "redis://{}:{}@{redis_address}/{redis_database}",
@@ -175,8 +226,12 @@ impl Config {
             origin_token,
             l1,
             redis_timeout,
-            redis_backoff,
             origin_timeout,
+            redis_breaker,
+            origin_breaker,
+            request_budget,
+            l1_stale,
+            xfetch_beta,
         })
     }
 
@@ -201,6 +256,8 @@ const MS_DAY: &str = "a whole number of milliseconds from 0 to 86400000";
 const MS_MINUTE: &str = "a whole number of milliseconds from 1 to 60000";
 const MS_HOUR: &str = "a whole number of milliseconds from 0 to 3600000";
 const MS_5MIN: &str = "a whole number of milliseconds from 1 to 300000";
+const THRESHOLD: &str = "a whole number of consecutive failures from 1 to 1000";
+const BETA: &str = "a decimal number from 0 to 100 (e.g. 1.0; 0 turns early refresh off)";
 
 fn millis(ms: u64) -> Duration {
     Duration::from_millis(ms)
@@ -224,6 +281,21 @@ fn parse_number(
         .flatten()
         .filter(|n| (min..=max).contains(n))
         .ok_or(malformed(name, expected))
+}
+
+/// XFetch's beta: a plain decimal (`1`, `1.5`, `.5`), no sign, exponent, `inf` or `NaN`.
+fn parse_beta((name, value): (&'static str, String)) -> Result<f64, ConfigError> {
+    let value = value.trim();
+    let plain = !value.is_empty()
+        && value.len() <= 20
+        && value.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && value.bytes().filter(|&b| b == b'.').count() <= 1
+        && value.bytes().any(|b| b.is_ascii_digit());
+    plain
+        .then(|| value.parse::<f64>().ok())
+        .flatten()
+        .filter(|beta| (0.0..=100.0).contains(beta))
+        .ok_or(malformed(name, BETA))
 }
 
 fn parse_non_empty((name, value): (&'static str, String)) -> Result<String, ConfigError> {
@@ -324,6 +396,12 @@ mod tests {
             "redis_timeout_ms" => "250",
             "redis_backoff_ms" => "2000",
             "origin_timeout_ms" => "2000",
+            "request_budget_ms" => "2000",
+            "redis_failure_threshold" => "2",
+            "origin_failure_threshold" => "3",
+            "origin_backoff_ms" => "2000",
+            "l1_stale_ms" => "600000",
+            "xfetch_beta" => "1.0",
             _ => return None,
         })
     }
@@ -357,8 +435,65 @@ mod tests {
             }
         );
         assert_eq!(c.redis_timeout, Duration::from_millis(250));
-        assert_eq!(c.redis_backoff, Duration::from_millis(2000));
         assert_eq!(c.origin_timeout, Duration::from_millis(2000));
+        assert_eq!(
+            c.redis_breaker,
+            BreakerSettings {
+                threshold: 2,
+                backoff: Duration::from_millis(2000)
+            }
+        );
+        assert_eq!(
+            c.origin_breaker,
+            BreakerSettings {
+                threshold: 3,
+                backoff: Duration::from_millis(2000)
+            }
+        );
+        assert_eq!(c.request_budget, Duration::from_millis(2000));
+        assert_eq!(c.l1_stale, Duration::from_millis(600_000));
+        assert_eq!(c.xfetch_beta, 1.0);
+    }
+
+    #[test]
+    fn the_spin_toml_defaults_are_the_ones_tested_here() {
+        let manifest = include_str!("../../spin.toml");
+        for name in VARIABLES {
+            let line = manifest
+                .lines()
+                .find(|l| l.starts_with(&format!("{name} = {{")))
+                .unwrap_or_else(|| panic!("{name} is not declared in spin.toml"));
+            let wired = format!("{name} = \"{{{{ {name} }}}}\"");
+            assert!(
+                manifest.contains(&wired),
+                "{name} is not given to the component"
+            );
+            if let Some(default) = defaults(name).filter(|_| line.contains("default")) {
+                if name != "redis_password" && name != "origin_token" {
+                    assert!(
+                        line.contains(&format!("default = \"{default}\"")),
+                        "{line} vs {default}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn beta_is_a_plain_decimal_and_zero_turns_early_refresh_off() {
+        for (text, beta) in [
+            ("0", 0.0),
+            ("1", 1.0),
+            ("1.5", 1.5),
+            (" .5 ", 0.5),
+            ("100", 100.0),
+        ] {
+            assert_eq!(
+                with(&[("xfetch_beta", Some(text))]).unwrap().xfetch_beta,
+                beta,
+                "{text}"
+            );
+        }
     }
 
     #[test]
@@ -382,6 +517,22 @@ mod tests {
             ("redis_timeout_ms", "0"),
             ("origin_timeout_ms", ""),
             ("redis_backoff_ms", "3600001"),
+            ("request_budget_ms", "0"),
+            ("request_budget_ms", "300001"),
+            ("redis_failure_threshold", "0"),
+            ("origin_failure_threshold", "1001"),
+            ("origin_failure_threshold", "three"),
+            ("origin_backoff_ms", "-5"),
+            ("l1_stale_ms", "86400001"),
+            ("l1_stale_ms", "10m"),
+            ("xfetch_beta", "-1"),
+            ("xfetch_beta", "1e2"),
+            ("xfetch_beta", "NaN"),
+            ("xfetch_beta", "inf"),
+            ("xfetch_beta", "100.5"),
+            ("xfetch_beta", "1..2"),
+            ("xfetch_beta", "."),
+            ("xfetch_beta", ""),
             ("redis_address", "localhost"),
             ("redis_address", "redis:port"),
             ("redis_address", "a/b:6379"),

@@ -2,8 +2,19 @@
 //!
 //! The edge authenticates as itself (`authorization: Bearer {origin_token}`); a client's own
 //! `authorization` is never passed on. The whole exchange, answer body included, is bounded by
-//! `origin_timeout_ms`, so a slow origin costs a request at most that long and then a 503.
+//! `origin_timeout_ms` or what is left of the request's budget, whichever is less: the component races
+//! it against a host timer ([`clock::within`]) and also asks the host for connect and first-byte
+//! timeouts (`wasi:http` request options), so a slow origin costs a request at most that long.
+//!
+//! Every call goes through the origin's circuit breaker ([`Origin`]): after
+//! `origin_failure_threshold` consecutive failures (no answer in time, cannot connect, or a 502, 503 or
+//! 504), calls are refused at once for `origin_backoff_ms`, then one request probes the origin.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use aside_shared::headers::{CACHE_CONTROL, CacheControl, CacheStatus, NO_CACHE, X_CACHE};
 use bytes::Bytes;
 use http::header::{
     ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, ETAG, LOCATION, RETRY_AFTER,
@@ -12,7 +23,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use spin_sdk::http::FullBody;
 use spin_sdk::http::body::IncomingBodyExt;
 
-use crate::clock;
+use crate::backoff::{Breaker, Permit, Transition, Visible};
+use crate::clock::{self, Deadline};
 use crate::config::Config;
 
 /// The origin's headers the edge passes back to the client; the edge sets its own `x-cache`,
@@ -27,6 +39,10 @@ pub struct OriginAnswer {
     /// Only the [`PASSED_BACK`] headers.
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The origin's `cache-control` on a profile answer (`max-age`, `stale-if-error`), if it sent one.
+    pub cache_control: Option<CacheControl>,
+    /// The origin answered with a soft-expired copy (`x-cache: STALE`: PostgreSQL could not answer).
+    pub stale: bool,
 }
 
 impl OriginAnswer {
@@ -39,12 +55,114 @@ impl OriginAnswer {
     }
 }
 
-/// Why there is no answer: the caller answers 503 either way.
+impl OriginAnswer {
+    /// Whether this answer counts as a failure of the origin (for the breaker, and for serving a stale
+    /// copy instead): the statuses that mean "cannot answer now". A 404 or a 4xx is an answer.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self.status,
+            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+        )
+    }
+}
+
+/// Why there is no answer: the caller serves a stale copy or answers 503.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unavailable {
     /// Connection refused, reset, DNS, TLS, a broken body, ...
     Unreachable,
     TimedOut,
+    /// The breaker is open (or another request is probing): not asked. `Retry-After` is this long.
+    BreakerOpen(Duration),
+}
+
+impl Unavailable {
+    /// The `Retry-After` of the 503 answered instead, in whole seconds (at least 1).
+    pub fn retry_after_secs(&self) -> u32 {
+        match self {
+            Unavailable::BreakerOpen(left) => u32::try_from(left.as_millis().div_ceil(1000))
+                .unwrap_or(u32::MAX)
+                .max(1),
+            Unavailable::Unreachable | Unavailable::TimedOut => 1,
+        }
+    }
+}
+
+/// One call to the origin.
+pub struct OriginRequest<'a> {
+    pub method: Method,
+    pub path_and_query: &'a str,
+    pub content_type: Option<HeaderValue>,
+    pub body: Bytes,
+    /// Ask for a reload from PostgreSQL (`cache-control: no-cache`): an early refresh.
+    pub no_cache: bool,
+}
+
+impl<'a> OriginRequest<'a> {
+    pub fn get(path_and_query: &'a str) -> Self {
+        Self {
+            method: Method::GET,
+            path_and_query,
+            content_type: None,
+            body: Bytes::new(),
+            no_cache: false,
+        }
+    }
+}
+
+/// The instance's origin client: the configuration and the breaker.
+pub struct Origin {
+    config: Rc<Config>,
+    breaker: RefCell<Breaker>,
+}
+
+impl Origin {
+    pub fn new(config: Rc<Config>) -> Self {
+        let settings = config.origin_breaker;
+        Self {
+            breaker: RefCell::new(Breaker::new(settings.threshold, settings.backoff)),
+            config,
+        }
+    }
+
+    /// The breaker's state, for `x-edge-breaker`.
+    pub fn breaker(&self) -> Visible {
+        self.breaker.borrow().visible()
+    }
+
+    /// Sends `request` under the breaker, within `origin_timeout_ms` and what is left before
+    /// `deadline`. A 502/503/504 answer is returned (the caller may pass it on) but counts as a failure.
+    pub async fn call(
+        &self,
+        request: OriginRequest<'_>,
+        deadline: Deadline,
+    ) -> Result<OriginAnswer, Unavailable> {
+        let limit = deadline.cap(self.config.origin_timeout);
+        if limit.is_zero() {
+            return Err(Unavailable::TimedOut);
+        }
+        let permit = self.breaker.borrow_mut().permit(clock::now());
+        if permit == Permit::Skip {
+            let left = self.breaker.borrow().remaining(clock::now());
+            return Err(Unavailable::BreakerOpen(left));
+        }
+        let result = send(&self.config, request, limit).await;
+        let ok = result.as_ref().is_ok_and(|answer| !answer.is_unavailable());
+        let transition = self.breaker.borrow_mut().record(permit, ok, clock::now());
+        match transition {
+            Some(Transition::Opened) => eprintln!(
+                "aside-edge: origin breaker open after {} consecutive failure(s): misses answer 503 \
+                 (or a stale copy) for {} ms, then one request probes the origin",
+                self.breaker.borrow().threshold(),
+                self.config.origin_breaker.backoff.as_millis()
+            ),
+            Some(Transition::Closed) => {
+                eprintln!("aside-edge: origin breaker closed: the probe succeeded")
+            }
+            None => {}
+        }
+        result
+    }
 }
 
 /// `{origin_url}{path}{?query}`. `origin_url` has no trailing slash (see `config`), and an HTTP
@@ -57,20 +175,31 @@ pub fn origin_uri(origin_url: &str, path_and_query: &str) -> String {
     }
 }
 
-/// Sends `method path_and_query` with `body` to the origin and reads the whole answer.
-pub async fn send(
+/// Sends the request to the origin and reads the whole answer, within `limit`.
+async fn send(
     config: &Config,
-    method: Method,
-    path_and_query: &str,
-    content_type: Option<HeaderValue>,
-    body: Bytes,
+    origin_request: OriginRequest<'_>,
+    limit: Duration,
 ) -> Result<OriginAnswer, Unavailable> {
+    let OriginRequest {
+        method,
+        path_and_query,
+        content_type,
+        body,
+        no_cache,
+    } = origin_request;
     let mut request = http::Request::builder()
         .method(method.clone())
         .uri(origin_uri(&config.origin_url, path_and_query))
         .header(AUTHORIZATION, format!("Bearer {}", config.origin_token));
     if let Some(content_type) = content_type {
         request = request.header(CONTENT_TYPE, content_type);
+    }
+    if no_cache {
+        request = request.header(CACHE_CONTROL, NO_CACHE);
+    }
+    if let Some(options) = host_timeouts(limit) {
+        request = request.extension(options);
     }
     // The body is sent as a stream of known length: saying so spares the origin a chunked body (and
     // lets it check its limit first). GET and HEAD without a body carry no length, as usual.
@@ -95,13 +224,24 @@ pub async fn send(
                 headers.append(name.clone(), value.clone());
             }
         }
+        let cache_control = parts
+            .headers
+            .get(CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(CacheControl::parse);
+        let stale = parts
+            .headers
+            .get(X_CACHE)
+            .is_some_and(|v| v.as_bytes() == CacheStatus::Stale.as_str().as_bytes());
         Ok::<_, spin_sdk::wasip3::http::types::ErrorCode>(OriginAnswer {
             status: parts.status,
             headers,
             body,
+            cache_control,
+            stale,
         })
     };
-    match clock::within(config.origin_timeout, exchange).await {
+    match clock::within(limit, exchange).await {
         Some(Ok(answer)) => Ok(answer),
         Some(Err(e)) => {
             eprintln!(
@@ -113,16 +253,74 @@ pub async fn send(
         None => {
             eprintln!(
                 "aside-edge: origin took longer than {} ms",
-                config.origin_timeout.as_millis()
+                limit.as_millis()
             );
             Err(Unavailable::TimedOut)
         }
     }
 }
 
+/// `wasi:http` request options asking the host itself to give up on connecting, and on waiting for the
+/// first byte, after `limit`: a second line of defence behind the component's own timer. A host that
+/// does not support an option refuses to set it; the timer still holds then.
+fn host_timeouts(
+    limit: Duration,
+) -> Option<spin_sdk::wasip3::http_compat::RequestOptionsExtension> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        use spin_sdk::wasip3::http::types::RequestOptions;
+        let nanos = u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX);
+        let options = RequestOptions::new();
+        let connect = options.set_connect_timeout(Some(nanos)).is_ok();
+        let first_byte = options.set_first_byte_timeout(Some(nanos)).is_ok();
+        (connect || first_byte)
+            .then(|| spin_sdk::wasip3::http_compat::RequestOptionsExtension(options))
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = limit;
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_the_breaker_s_remaining_back_off_rounded_up() {
+        assert_eq!(Unavailable::TimedOut.retry_after_secs(), 1);
+        assert_eq!(Unavailable::Unreachable.retry_after_secs(), 1);
+        assert_eq!(
+            Unavailable::BreakerOpen(Duration::ZERO).retry_after_secs(),
+            1
+        );
+        assert_eq!(
+            Unavailable::BreakerOpen(Duration::from_millis(1001)).retry_after_secs(),
+            2
+        );
+        assert_eq!(
+            Unavailable::BreakerOpen(Duration::from_secs(30)).retry_after_secs(),
+            30
+        );
+    }
+
+    #[test]
+    fn only_gateway_statuses_count_as_the_origin_being_unavailable() {
+        let answer = |status: u16| OriginAnswer {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            cache_control: None,
+            stale: false,
+        };
+        for status in [502, 503, 504] {
+            assert!(answer(status).is_unavailable(), "{status}");
+        }
+        for status in [200, 404, 400, 422, 500] {
+            assert!(!answer(status).is_unavailable(), "{status}");
+        }
+    }
 
     #[test]
     fn the_origin_url_is_base_then_path_and_query() {

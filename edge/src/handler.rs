@@ -2,12 +2,16 @@
 //!
 //! Spin 4 reuses one instance for many requests (up to 16 at a time, on one thread), so the state that
 //! makes the edge fast lives in a thread-local [`Edge`]: the configuration (read once), tier 1, the Redis
-//! connection and back-off, and the lookups in flight. It is created by the first request.
+//! connection and breaker, the origin breaker, and the lookups in flight. It is created by the first
+//! request.
 //!
 //! Every answer names the instance that gave it (`x-edge-instance`, 16 random hex digits drawn once per
-//! instance), so a client can tell instances, and therefore tier 1s, apart.
+//! instance), so a client can tell instances, and therefore tier 1s, apart. While one of the instance's
+//! circuit breakers is not closed, answers also say so: `x-edge-breaker: redis=open, origin=probing`
+//! (absent when both are closed). Every request has `request_budget_ms` from its start to its answer.
 
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::rc::Rc;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -16,17 +20,19 @@ use aside_shared::headers::{
     CacheStatus, ETAG, RETRY_AFTER, SERVER_TIMING, ServerTiming, X_CACHE, X_EDGE_INSTANCE,
     format_etag, format_instance_id,
 };
-use aside_shared::{ApiError, ErrorCode, UserProfile};
+use aside_shared::{ApiError, ErrorCode, UserId, UserProfile};
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use spin_sdk::http::{FullBody, Request};
 
+use crate::backoff::Visible;
+use crate::clock::Deadline;
 use crate::config::{self, Config, ConfigError};
 use crate::flight::SingleFlight;
-use crate::forward::{self, OriginAnswer};
-use crate::l1::{ProfileEntry, Tier1};
+use crate::forward::{self, Origin, OriginAnswer, OriginRequest};
+use crate::l1::{ProfileEntry, Shelf, Tier1};
 use crate::l2::Redis;
 use crate::read::{self, Fetched, FlightKey};
 use crate::routes::{self, Route};
@@ -39,12 +45,18 @@ const MAX_FORWARDED_BODY: usize = 1024 * 1024;
 /// floors: the host may be slow to run a request whose answer has arrived.
 const FLOOR_SLACK: Duration = Duration::from_secs(1);
 
+/// Names the instance's circuit breakers that are not closed: `x-edge-breaker: redis=open`.
+pub const X_EDGE_BREAKER: &str = "x-edge-breaker";
+
 /// Everything an instance keeps between requests.
 pub struct Edge {
     pub config: Rc<Config>,
     pub l1: RefCell<Tier1>,
     pub redis: Redis,
+    pub origin: Origin,
     pub flights: Rc<SingleFlight<FlightKey, Rc<Fetched>>>,
+    /// Ids being refreshed early (XFetch) by a request of this instance.
+    pub refreshing: RefCell<HashSet<UserId>>,
 }
 
 impl Edge {
@@ -52,9 +64,11 @@ impl Edge {
         let config = Rc::new(config);
         let longest_lookup = config.redis_timeout + config.origin_timeout + FLOOR_SLACK;
         Self {
-            l1: RefCell::new(Tier1::new(config.l1, longest_lookup)),
+            l1: RefCell::new(Tier1::new(config.l1, config.l1_stale, longest_lookup)),
             redis: Redis::new(Rc::clone(&config)),
+            origin: Origin::new(Rc::clone(&config)),
             flights: Rc::default(),
+            refreshing: RefCell::default(),
             config,
         }
     }
@@ -113,6 +127,7 @@ async fn handle(request: Request) -> http::Response<FullBody<Bytes>> {
                 .into_response();
         }
     };
+    let deadline = Deadline::after(started, edge.config.request_budget);
     let uri = request.uri();
     let reply = match routes::route(request.method(), uri.path(), uri.query()) {
         Route::Health => Reply::json(
@@ -121,10 +136,10 @@ async fn handle(request: Request) -> http::Response<FullBody<Bytes>> {
             CacheStatus::Bypass,
         ),
         Route::Refuse(error) => Reply::error(&error, CacheStatus::Bypass),
-        Route::ReadProfile { id, selection } => read::serve(&edge, id, selection).await,
-        Route::Forward => pass_through(&edge, request).await,
+        Route::ReadProfile { id, selection } => read::serve(&edge, id, selection, deadline).await,
+        Route::Forward => pass_through(&edge, request, deadline).await,
     };
-    reply.edge_timing(started).into_response()
+    reply.edge_timing(started).breakers(&edge).into_response()
 }
 
 /// Keeps tier 1 in step with a write this instance forwarded, so that its next read of the profile is
@@ -158,15 +173,22 @@ fn remember_write(edge: &Edge, method: &Method, path: &str, answer: &OriginAnswe
     };
     match (written, path_id) {
         (Some((version, profile)), _) => {
-            l1.fill(ProfileEntry::new(profile, version), now);
+            let shelf = Shelf::default();
+            l1.fill(
+                ProfileEntry::new(profile, version),
+                shelf,
+                now,
+                crate::clock::wall_ms(),
+            );
         }
         (None, Some(id)) => l1.remove(&id),
         (None, None) => {}
     }
 }
 
-/// Forwards the request to the origin and passes its answer back (`x-cache: BYPASS`).
-async fn pass_through(edge: &Edge, request: Request) -> Reply {
+/// Forwards the request to the origin and passes its answer back (`x-cache: BYPASS`), by `deadline`
+/// and through the origin's breaker (an open breaker answers 503 at once).
+async fn pass_through(edge: &Edge, request: Request, deadline: Deadline) -> Reply {
     let (parts, body) = request.into_parts();
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let body = match Limited::new(body, MAX_FORWARDED_BODY).collect().await {
@@ -187,21 +209,27 @@ async fn pass_through(edge: &Edge, request: Request) -> Reply {
 
     let mut timing = ServerTiming::new();
     let started = crate::clock::now();
-    let result = forward::send(
-        &edge.config,
-        parts.method.clone(),
+    let request = OriginRequest {
+        method: parts.method.clone(),
         path_and_query,
         content_type,
         body,
-    )
-    .await;
-    timing.add("origin", crate::clock::millis_since(started));
+        no_cache: false,
+    };
+    let result = edge.origin.call(request, deadline).await;
+    if !matches!(result, Err(forward::Unavailable::BreakerOpen(_))) {
+        timing.add("origin", crate::clock::millis_since(started));
+    }
     match result {
         Ok(answer) => {
             remember_write(edge, &parts.method, parts.uri.path(), &answer);
             Reply::from_origin(&answer, CacheStatus::Bypass).timing(timing)
         }
-        Err(_) => Reply::error(&read::origin_unavailable(), CacheStatus::Bypass).timing(timing),
+        Err(why) => Reply::error(
+            &read::origin_unavailable(why.retry_after_secs()),
+            CacheStatus::Bypass,
+        )
+        .timing(timing),
     }
 }
 
@@ -277,11 +305,48 @@ impl Reply {
         self.timing(timing)
     }
 
+    /// Adds `x-edge-breaker` when a breaker of this instance is open or probing.
+    fn breakers(mut self, edge: &Edge) -> Self {
+        let value = breaker_header(edge.redis.breaker(), edge.origin.breaker());
+        if let Some(value) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            self.headers.insert(X_EDGE_BREAKER, value);
+        }
+        self
+    }
+
     fn into_response(mut self) -> http::Response<FullBody<Bytes>> {
         self.headers.insert(X_EDGE_INSTANCE, instance_id().clone());
         let mut response = http::Response::new(FullBody::new(self.body));
         *response.status_mut() = self.status;
         *response.headers_mut() = self.headers;
         response
+    }
+}
+
+/// `redis=open, origin=probing`: the breakers that are not closed, or `None` when all are.
+pub fn breaker_header(redis: Visible, origin: Visible) -> Option<String> {
+    let parts: Vec<String> = [("redis", redis), ("origin", origin)]
+        .into_iter()
+        .filter(|(_, state)| *state != Visible::Closed)
+        .map(|(name, state)| format!("{name}={}", state.as_str()))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_breaker_header_names_only_breakers_that_are_not_closed() {
+        assert_eq!(breaker_header(Visible::Closed, Visible::Closed), None);
+        assert_eq!(
+            breaker_header(Visible::Open, Visible::Closed).as_deref(),
+            Some("redis=open")
+        );
+        assert_eq!(
+            breaker_header(Visible::Probing, Visible::Open).as_deref(),
+            Some("redis=probing, origin=open")
+        );
     }
 }

@@ -20,6 +20,7 @@ use std::hash::Hash;
 use std::rc::Rc;
 use std::time::Duration;
 
+use aside_shared::cache::Freshness;
 use aside_shared::{UserId, UserProfile};
 use bytes::Bytes;
 
@@ -108,6 +109,13 @@ impl<K: Hash + Eq + Clone, V> TtlLru<K, V> {
     /// then evicts from the least recently used end until the count and weight bounds hold. A value
     /// heavier than the whole budget is not stored (and any older entry for `key` is dropped).
     pub fn insert(&mut self, key: K, value: V, weight: usize, now: Nanos) {
+        let until = now.saturating_add(self.ttl);
+        self.insert_until(key, value, weight, until, now);
+    }
+
+    /// [`TtlLru::insert`] with the entry's own deadline, `expires_at`, instead of `now + ttl` (a zero
+    /// TTL still stores nothing). An entry already expired is not stored.
+    pub fn insert_until(&mut self, key: K, value: V, weight: usize, expires_at: Nanos, now: Nanos) {
         if let Some(i) = self.index.get(&key).copied() {
             self.remove_at(i);
         }
@@ -115,6 +123,7 @@ impl<K: Hash + Eq + Clone, V> TtlLru<K, V> {
             || self.max_weight == 0
             || self.ttl == 0
             || weight > self.max_weight
+            || expires_at <= now
         {
             return;
         }
@@ -129,7 +138,7 @@ impl<K: Hash + Eq + Clone, V> TtlLru<K, V> {
             key: key.clone(),
             value,
             weight,
-            expires_at: now.saturating_add(self.ttl),
+            expires_at,
             newer: NIL,
             older: NIL,
         };
@@ -268,18 +277,52 @@ pub enum Observed {
     Stale,
 }
 
+/// How long a copy may be used, as its source said: what tier 1 needs to know to keep it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shelf {
+    /// The shared soft expiry and load cost: the hash's `_fresh_until`/`_delta_ms`, or the origin's
+    /// `max-age` (with the origin call's duration as the cost). `None` when the source did not say (a
+    /// hash from an older writer, an origin without `cache-control`): then tier 1's own TTL is all.
+    pub freshness: Option<Freshness>,
+    /// The source's `stale-if-error` window, when it said one.
+    pub stale_if_error: Option<Duration>,
+}
+
+/// A fresh tier-1 copy, and the shared freshness XFetch decides on.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub entry: ProfileEntry,
+    pub shared: Option<Freshness>,
+}
+
+/// A stored copy: fresh until `fresh_until`, then kept (only to answer with when the origin cannot)
+/// until the LRU deadline, its hard expiry.
+#[derive(Debug, Clone)]
+struct Held {
+    entry: ProfileEntry,
+    fresh_until: Nanos,
+    shared: Option<Freshness>,
+}
+
 /// Tier 1 as the edge uses it: the profiles, and the version floors that keep it moving forward.
 pub struct Tier1 {
-    profiles: TtlLru<UserId, ProfileEntry>,
+    profiles: TtlLru<UserId, Held>,
     floors: TtlLru<UserId, Floor>,
+    ttl: Nanos,
+    stale: Nanos,
+}
+
+fn nanos(d: Duration) -> Nanos {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Tier1 {
+    /// `stale` is how long after its soft expiry a copy is kept for stale-if-error (0: not at all).
     /// `floor_ttl` must be at least the longest a lookup can take (Redis plus origin timeouts), so that
     /// a slow lookup's old answer still finds the floor when it comes back; it is never below the
     /// profiles' TTL. Floors are bounded by the same entry count as profiles (weight 1 each); with a
     /// zero count there is no tier 1 and no floor.
-    pub fn new(limits: L1Limits, floor_ttl: Duration) -> Self {
+    pub fn new(limits: L1Limits, stale: Duration, floor_ttl: Duration) -> Self {
         Self {
             profiles: TtlLru::new(limits),
             floors: TtlLru::new(L1Limits {
@@ -287,12 +330,29 @@ impl Tier1 {
                 max_bytes: limits.max_entries,
                 ttl: floor_ttl.max(limits.ttl),
             }),
+            ttl: nanos(limits.ttl),
+            stale: nanos(stale),
         }
     }
 
-    /// The live profile of `id`, which becomes the most recently used.
-    pub fn get(&mut self, id: &UserId, now: Nanos) -> Option<&ProfileEntry> {
-        self.profiles.get(id, now)
+    /// The fresh profile of `id`, which becomes the most recently used.
+    pub fn get(&mut self, id: &UserId, now: Nanos) -> Option<Hit> {
+        self.profiles
+            .get(id, now)
+            .filter(|held| held.fresh_until > now)
+            .map(|held| Hit {
+                entry: held.entry.clone(),
+                shared: held.shared,
+            })
+    }
+
+    /// The copy of `id` kept past its freshness (never a fresh one), to answer with `x-cache: STALE`
+    /// when the origin cannot answer.
+    pub fn stale(&self, id: &UserId, now: Nanos) -> Option<ProfileEntry> {
+        self.profiles
+            .peek(id, now)
+            .filter(|held| held.fresh_until <= now)
+            .map(|held| held.entry.clone())
     }
 
     pub fn len(&self) -> usize {
@@ -305,7 +365,12 @@ impl Tier1 {
 
     /// Stores a full profile under its own id unless this instance knows a newer version of it, or its
     /// deletion; returns whether it was stored. An equal version is stored again (a fresh TTL).
-    pub fn fill(&mut self, entry: ProfileEntry, now: Nanos) -> bool {
+    ///
+    /// The copy is fresh until its soft expiry (the shared one in `shelf`, `now_ms` being the wall
+    /// clock) or tier 1's TTL, whichever comes first, and kept until its soft expiry plus the stale
+    /// window (`l1_stale_ms`, or the source's shorter `stale-if-error`). A copy past its soft expiry is
+    /// kept only as a stale fallback.
+    pub fn fill(&mut self, entry: ProfileEntry, shelf: Shelf, now: Nanos, now_ms: i64) -> bool {
         let id = entry.profile.id;
         let incoming = Floor::row(entry.version);
         if self.floors.peek(&id, now).is_some_and(|f| *f > incoming) {
@@ -314,13 +379,32 @@ impl Tier1 {
         if self
             .profiles
             .peek(&id, now)
-            .is_some_and(|held| held.version > entry.version)
+            .is_some_and(|held| held.entry.version > entry.version)
         {
             return false;
         }
         self.raise(id, incoming, now);
+        let own = now.saturating_add(self.ttl);
+        let soft = match shelf.freshness {
+            Some(f) => {
+                let left_ms = f.fresh_until_ms.saturating_sub(now_ms).max(0) as u64;
+                now.saturating_add(left_ms.saturating_mul(1_000_000))
+            }
+            None => own,
+        };
+        let window = shelf
+            .stale_if_error
+            .map_or(self.stale, |w| nanos(w).min(self.stale));
+        let fresh_until = soft.min(own);
+        let keep_until = soft.saturating_add(window).max(fresh_until);
         let weight = entry.weight();
-        self.profiles.insert(id, entry, weight, now);
+        let held = Held {
+            entry,
+            fresh_until,
+            shared: shelf.freshness,
+        };
+        self.profiles
+            .insert_until(id, held, weight, keep_until, now);
         true
     }
 
@@ -333,8 +417,10 @@ impl Tier1 {
                 if floor.deleted {
                     return Observed::Deleted;
                 }
-                match self.profiles.get(&id, now) {
-                    Some(held) if held.version >= floor.version => Observed::Newer(held.clone()),
+                match self.get(&id, now) {
+                    Some(held) if held.entry.version >= floor.version => {
+                        Observed::Newer(held.entry)
+                    }
                     _ => Observed::Stale,
                 }
             }
@@ -343,7 +429,7 @@ impl Tier1 {
                 if self
                     .profiles
                     .peek(&id, now)
-                    .is_some_and(|held| held.version < version)
+                    .is_some_and(|held| held.entry.version < version)
                 {
                     self.profiles.remove(&id);
                 }
@@ -551,13 +637,14 @@ mod tests {
                 max_bytes: 10_000,
                 ttl: Duration::from_secs(2),
             },
+            Duration::ZERO,
             Duration::from_secs(3),
         );
         let entry = ProfileEntry::new(profile.clone(), 4);
         assert!(entry.weight() > entry.json.len());
-        c.fill(entry, 0);
+        c.fill(entry, Shelf::default(), 0, 0);
         let id = UserId::parse("7").unwrap();
-        let hit = c.get(&id, 0).unwrap();
+        let hit = c.get(&id, 0).unwrap().entry;
         assert_eq!(*hit.profile, profile);
         let back: UserProfile = serde_json::from_slice(&hit.json).unwrap();
         assert_eq!(back, profile);
@@ -581,39 +668,47 @@ mod tests {
                 max_bytes: 100_000,
                 ttl: Duration::from_millis(100),
             },
+            Duration::ZERO,
             Duration::from_millis(1000),
         )
     }
 
     fn held(t: &mut Tier1, now: Nanos) -> Option<(i64, String)> {
         let id = UserId::parse("7").unwrap();
-        t.get(&id, now)
-            .map(|e| (e.version, e.profile.department.as_str().to_string()))
+        t.get(&id, now).map(|h| {
+            (
+                h.entry.version,
+                h.entry.profile.department.as_str().to_string(),
+            )
+        })
     }
 
     #[test]
     fn a_fill_never_replaces_a_newer_version() {
         let mut t = tier1();
-        assert!(t.fill(profile_at(5, "Sales"), 0));
-        assert!(!t.fill(profile_at(4, "Security"), MS));
+        assert!(t.fill(profile_at(5, "Sales"), Shelf::default(), 0, 0));
+        assert!(!t.fill(profile_at(4, "Security"), Shelf::default(), MS, 0));
         assert_eq!(held(&mut t, MS), Some((5, "Sales".into())));
-        assert!(t.fill(profile_at(5, "Sales"), 2 * MS), "equal: refreshed");
-        assert!(t.fill(profile_at(6, "DevOps"), 3 * MS));
+        assert!(
+            t.fill(profile_at(5, "Sales"), Shelf::default(), 2 * MS, 0),
+            "equal: refreshed"
+        );
+        assert!(t.fill(profile_at(6, "DevOps"), Shelf::default(), 3 * MS, 0));
         assert_eq!(held(&mut t, 3 * MS), Some((6, "DevOps".into())));
     }
 
     #[test]
     fn the_floor_outlives_the_profile_and_still_refuses_older_fills() {
         let mut t = tier1();
-        assert!(t.fill(profile_at(5, "Sales"), 0));
+        assert!(t.fill(profile_at(5, "Sales"), Shelf::default(), 0, 0));
         // The profile's 100 ms are over; the floor's 1 s are not.
         assert_eq!(held(&mut t, 150 * MS), None);
-        assert!(!t.fill(profile_at(4, "Security"), 150 * MS));
+        assert!(!t.fill(profile_at(4, "Security"), Shelf::default(), 150 * MS, 0));
         assert!(held(&mut t, 150 * MS).is_none());
-        assert!(t.fill(profile_at(5, "Sales"), 160 * MS));
+        assert!(t.fill(profile_at(5, "Sales"), Shelf::default(), 160 * MS, 0));
         // Once the floor is gone too, anything may be filled (Redis and PostgreSQL only move forward, so
         // only a lookup slower than the floor's lifetime could bring an old version, and none is).
-        assert!(t.fill(profile_at(3, "Security"), 2000 * MS));
+        assert!(t.fill(profile_at(3, "Security"), Shelf::default(), 2000 * MS, 0));
     }
 
     #[test]
@@ -621,7 +716,7 @@ mod tests {
         let id = UserId::parse("7").unwrap();
         let mut t = tier1();
         assert!(matches!(t.observe(id, 3, 0), Observed::Current));
-        assert!(t.fill(profile_at(5, "Sales"), 0));
+        assert!(t.fill(profile_at(5, "Sales"), Shelf::default(), 0, 0));
         // A slow lookup comes back with version 4: the held version 5 is served instead.
         match t.observe(id, 4, MS) {
             Observed::Newer(e) => assert_eq!(e.version, 5),
@@ -631,7 +726,7 @@ mod tests {
         assert!(matches!(t.observe(id, 7, 2 * MS), Observed::Current));
         assert!(held(&mut t, 2 * MS).is_none());
         assert!(matches!(t.observe(id, 6, 3 * MS), Observed::Stale));
-        assert!(!t.fill(profile_at(6, "DevOps"), 3 * MS));
+        assert!(!t.fill(profile_at(6, "DevOps"), Shelf::default(), 3 * MS, 0));
         assert!(matches!(t.observe(id, 7, 4 * MS), Observed::Current));
         assert!(matches!(t.observe(id, 8, 4 * MS), Observed::Current));
     }
@@ -640,21 +735,121 @@ mod tests {
     fn a_delete_through_the_instance_keeps_the_deleted_row_out() {
         let id = UserId::parse("7").unwrap();
         let mut t = tier1();
-        assert!(t.fill(profile_at(5, "Sales"), 0));
+        assert!(t.fill(profile_at(5, "Sales"), Shelf::default(), 0, 0));
         t.deleted(id, Some(5), MS);
         assert!(held(&mut t, MS).is_none());
         assert!(
-            !t.fill(profile_at(5, "Sales"), 2 * MS),
+            !t.fill(profile_at(5, "Sales"), Shelf::default(), 2 * MS, 0),
             "the late fill of the deleted row"
         );
         assert!(matches!(t.observe(id, 5, 2 * MS), Observed::Deleted));
         assert!(matches!(t.observe(id, 4, 2 * MS), Observed::Deleted));
         // A row created again with that id continues its versions: it is newer.
-        assert!(t.fill(profile_at(6, "DevOps"), 3 * MS));
+        assert!(t.fill(profile_at(6, "DevOps"), Shelf::default(), 3 * MS, 0));
         assert_eq!(held(&mut t, 3 * MS), Some((6, "DevOps".into())));
         // Without a version (an origin that does not say), the profile still goes.
         t.deleted(id, None, 4 * MS);
         assert!(held(&mut t, 4 * MS).is_none());
+    }
+
+    fn tier1_with_stale(stale_ms: u64) -> Tier1 {
+        Tier1::new(
+            L1Limits {
+                max_entries: 10,
+                max_bytes: 100_000,
+                ttl: Duration::from_millis(100),
+            },
+            Duration::from_millis(stale_ms),
+            Duration::from_millis(1000),
+        )
+    }
+
+    fn shelf(fresh_for_ms: i64, now_ms: i64, stale_if_error_secs: Option<u64>) -> Shelf {
+        Shelf {
+            freshness: Some(Freshness {
+                fresh_until_ms: now_ms + fresh_for_ms,
+                delta_ms: 3,
+            }),
+            stale_if_error: stale_if_error_secs.map(Duration::from_secs),
+        }
+    }
+
+    const WALL: i64 = 1_700_000_000_000;
+
+    #[test]
+    fn a_copy_is_fresh_for_the_shorter_of_tier_one_s_ttl_and_its_soft_expiry() {
+        let id = UserId::parse("7").unwrap();
+        // Soft expiry in 10 s, tier-1 TTL 100 ms: fresh for 100 ms, then stale until 10 s + 1 s.
+        let mut t = tier1_with_stale(1000);
+        assert!(t.fill(profile_at(5, "Sales"), shelf(10_000, WALL, None), 0, WALL));
+        let hit = t.get(&id, 99 * MS).unwrap();
+        assert_eq!(hit.shared.unwrap().fresh_until_ms, WALL + 10_000);
+        assert!(
+            t.stale(&id, 99 * MS).is_none(),
+            "a fresh copy is never stale"
+        );
+        assert!(t.get(&id, 100 * MS).is_none());
+        assert_eq!(t.stale(&id, 100 * MS).unwrap().version, 5);
+        assert!(t.stale(&id, 10_999 * MS).is_some());
+        assert!(t.stale(&id, 11_000 * MS).is_none(), "hard expiry");
+
+        // Soft expiry in 40 ms: fresh for 40 ms only.
+        let mut t = tier1_with_stale(1000);
+        assert!(t.fill(profile_at(5, "Sales"), shelf(40, WALL, None), 0, WALL));
+        assert!(t.get(&id, 39 * MS).is_some());
+        assert!(t.get(&id, 40 * MS).is_none());
+        assert!(t.stale(&id, 40 * MS).is_some());
+        assert!(t.stale(&id, 1040 * MS).is_none());
+    }
+
+    #[test]
+    fn a_soft_expired_copy_is_kept_only_as_a_stale_fallback() {
+        let id = UserId::parse("7").unwrap();
+        let mut t = tier1_with_stale(500);
+        assert!(t.fill(profile_at(5, "Sales"), shelf(-1, WALL, None), 0, WALL));
+        assert!(t.get(&id, 0).is_none());
+        assert_eq!(t.stale(&id, 0).unwrap().version, 5);
+        // Kept 500 ms after the soft expiry (counted from the fill: it had passed already).
+        assert!(t.stale(&id, 499 * MS).is_some());
+        assert!(t.stale(&id, 500 * MS).is_none());
+    }
+
+    #[test]
+    fn the_source_s_stale_if_error_shortens_the_stale_window_but_never_lengthens_it() {
+        let id = UserId::parse("7").unwrap();
+        let mut t = tier1_with_stale(5000);
+        assert!(t.fill(profile_at(5, "Sales"), shelf(0, WALL, Some(1)), 0, WALL));
+        assert!(t.stale(&id, 999 * MS).is_some());
+        assert!(t.stale(&id, 1000 * MS).is_none());
+        let mut t = tier1_with_stale(500);
+        assert!(t.fill(profile_at(5, "Sales"), shelf(0, WALL, Some(60)), 0, WALL));
+        assert!(t.stale(&id, 499 * MS).is_some());
+        assert!(t.stale(&id, 500 * MS).is_none());
+    }
+
+    #[test]
+    fn without_a_soft_expiry_tier_one_s_ttl_is_the_freshness_and_zero_stale_keeps_nothing() {
+        let id = UserId::parse("7").unwrap();
+        let mut t = tier1_with_stale(0);
+        assert!(t.fill(profile_at(5, "Sales"), Shelf::default(), 0, WALL));
+        assert!(t.get(&id, 99 * MS).unwrap().shared.is_none());
+        assert!(t.get(&id, 100 * MS).is_none());
+        assert!(t.stale(&id, 100 * MS).is_none());
+        let mut t = tier1_with_stale(300);
+        assert!(t.fill(profile_at(5, "Sales"), Shelf::default(), 0, WALL));
+        assert!(t.stale(&id, 399 * MS).is_some());
+        assert!(t.stale(&id, 400 * MS).is_none());
+    }
+
+    #[test]
+    fn a_stale_copy_still_keeps_older_versions_out_and_is_not_served_as_newer() {
+        let id = UserId::parse("7").unwrap();
+        let mut t = tier1_with_stale(1000);
+        assert!(t.fill(profile_at(5, "Sales"), Shelf::default(), 0, WALL));
+        // Stale at 150 ms: an older fill is refused, and an older answer is not replaced by it.
+        assert!(!t.fill(profile_at(4, "Security"), Shelf::default(), 150 * MS, WALL));
+        assert!(matches!(t.observe(id, 4, 150 * MS), Observed::Stale));
+        assert_eq!(t.stale(&id, 150 * MS).unwrap().version, 5);
     }
 
     #[test]
@@ -666,6 +861,7 @@ mod tests {
                 max_bytes: 100_000,
                 ttl: Duration::from_millis(100),
             },
+            Duration::ZERO,
             Duration::from_millis(1000),
         );
         assert!(matches!(t.observe(id, 5, 0), Observed::Current));

@@ -3,20 +3,23 @@
 //! The edge's Redis user may only read (`HGETALL`, `HMGET`, ...), so both reads go through
 //! `Connection::execute`. One connection per instance is opened on first use and kept: Spin reuses
 //! instances, so this saves a connect and an `AUTH` per request. A failure of any kind (cannot connect,
-//! command error, slower than `redis_timeout_ms`) drops the connection and starts the back-off
-//! ([`crate::backoff`]): the caller goes to the origin, and so do the next requests until a probe succeeds.
+//! command error, slower than `redis_timeout_ms` or than what is left of the request's budget) drops the
+//! connection and counts towards the breaker ([`crate::backoff`]): after `redis_failure_threshold`
+//! consecutive failures the next requests go straight to the origin until a probe succeeds.
 //! A hash that is missing or does not parse is a plain miss: it says nothing about Redis's health.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use std::time::Duration;
+
 use aside_shared::cache::{
-    CacheEntry, Projection, hmget_fields, profile_key, projection_from_hmget,
+    CacheEntry, Freshness, Projection, hmget_fields, profile_key, projection_from_hmget,
 };
 use aside_shared::{CachedProfile, FieldSelection, UserId};
 use spin_sdk::redis::{Connection, Error, RedisParameter, RedisResult};
 
-use crate::backoff::{Backoff, Permit};
+use crate::backoff::{Breaker, Permit, Transition, Visible};
 use crate::clock;
 use crate::config::Config;
 use crate::flight::SingleFlight;
@@ -29,7 +32,7 @@ pub enum Read<T> {
     Miss,
     /// Redis says the id has no profile: a "missing" marker or a tombstone (answered 404).
     Absent,
-    /// Redis was not asked (back-off).
+    /// Redis was not asked (breaker open, or no budget left).
     Skipped,
     /// Redis failed or was too slow; the back-off has started.
     Failed,
@@ -48,7 +51,7 @@ pub struct Redis {
     connection: RefCell<Option<Rc<Connection>>>,
     /// Concurrent requests that find no connection open one together.
     opening: Rc<SingleFlight<(), Option<Rc<Connection>>>>,
-    backoff: RefCell<Backoff>,
+    breaker: RefCell<Breaker>,
 }
 
 /// Why a command did not produce a usable reply.
@@ -60,20 +63,25 @@ enum Failure {
 
 impl Redis {
     pub fn new(config: Rc<Config>) -> Self {
-        let backoff = Backoff::new(config.redis_backoff);
+        let settings = config.redis_breaker;
         Self {
             config,
             connection: RefCell::new(None),
             opening: Rc::default(),
-            backoff: RefCell::new(backoff),
+            breaker: RefCell::new(Breaker::new(settings.threshold, settings.backoff)),
         }
     }
 
-    /// `HGETALL user:profile:{id}`, parsed into the full profile.
-    pub async fn read_profile(&self, id: UserId) -> Read<CachedProfile> {
+    /// The breaker's state, for `x-edge-breaker`.
+    pub fn breaker(&self) -> Visible {
+        self.breaker.borrow().visible()
+    }
+
+    /// `HGETALL user:profile:{id}`, parsed into the full profile; at most `limit`.
+    pub async fn read_profile(&self, id: UserId, limit: Duration) -> Read<CachedProfile> {
         let key = profile_key(id).into_bytes();
         match self
-            .execute("HGETALL", vec![RedisParameter::Binary(key)])
+            .execute("HGETALL", vec![RedisParameter::Binary(key)], limit)
             .await
         {
             Read::Hit(reply) => match hash_entries(reply).map(|e| CacheEntry::from_hash(id, e)) {
@@ -88,22 +96,27 @@ impl Redis {
         }
     }
 
-    /// `HMGET user:profile:{id} <fields> _version _state`, as the `?fields` JSON answer and the version
-    /// it was taken from.
+    /// `HMGET user:profile:{id} <fields> _version _state _fresh_until _delta_ms`, as the `?fields` JSON
+    /// answer, the version it was taken from and its freshness; at most `limit`.
     pub async fn read_fields(
         &self,
         id: UserId,
         selection: &FieldSelection,
-    ) -> Read<(serde_json::Value, i64)> {
+        limit: Duration,
+    ) -> Read<(serde_json::Value, i64, Option<Freshness>)> {
         let mut arguments = vec![RedisParameter::Binary(profile_key(id).into_bytes())];
         arguments.extend(
             hmget_fields(selection)
                 .into_iter()
                 .map(|f| RedisParameter::Binary(f.as_bytes().to_vec())),
         );
-        match self.execute("HMGET", arguments).await {
+        match self.execute("HMGET", arguments, limit).await {
             Read::Hit(reply) => match projection_from_hmget(id, selection, &hmget_values(reply)) {
-                Ok(Projection::Present { body, version, .. }) => Read::Hit((body, version)),
+                Ok(Projection::Present {
+                    body,
+                    version,
+                    freshness,
+                }) => Read::Hit((body, version, freshness)),
                 Ok(Projection::Absent) => Read::Absent,
                 Err(_) => Read::Miss,
             },
@@ -114,18 +127,23 @@ impl Redis {
         }
     }
 
-    /// Runs one command under the back-off and the timeout. `Miss` here means "Redis answered with a
-    /// data error" (a key of the wrong type): reachable, but nothing to use.
+    /// Runs one command under the breaker and the timeout (`limit`, the smaller of `redis_timeout_ms`
+    /// and what is left of the request's budget). `Miss` here means "Redis answered with a data error"
+    /// (a key of the wrong type): reachable, but nothing to use.
     async fn execute(
         &self,
         command: &str,
         arguments: Vec<RedisParameter>,
+        limit: Duration,
     ) -> Read<Vec<RedisResult>> {
-        let permit = self.backoff.borrow_mut().permit(clock::now());
+        if limit.is_zero() {
+            return Read::Skipped;
+        }
+        let permit = self.breaker.borrow_mut().permit(clock::now());
         if permit == Permit::Skip {
             return Read::Skipped;
         }
-        let attempt = clock::within(self.config.redis_timeout, async {
+        let attempt = clock::within(limit, async {
             let connection = self.connection().await.ok_or(Failure::Connect)?;
             match connection.execute(command, arguments).await {
                 Ok(reply) => Ok(Some(reply)),
@@ -137,7 +155,19 @@ impl Redis {
         .unwrap_or(Err(Failure::TimedOut));
 
         let ok = attempt.is_ok();
-        self.backoff.borrow_mut().record(permit, ok, clock::now());
+        let transition = self.breaker.borrow_mut().record(permit, ok, clock::now());
+        match transition {
+            Some(Transition::Opened) => eprintln!(
+                "aside-edge: redis breaker open after {} consecutive failure(s): skipping Redis for {} \
+                 ms, then one request probes it",
+                self.breaker.borrow().threshold(),
+                self.config.redis_breaker.backoff.as_millis()
+            ),
+            Some(Transition::Closed) => {
+                eprintln!("aside-edge: redis breaker closed: the probe succeeded")
+            }
+            None => {}
+        }
         match attempt {
             Ok(Some(reply)) => Read::Hit(reply),
             Ok(None) => Read::Miss,
@@ -147,14 +177,13 @@ impl Redis {
                 let why = match failure {
                     Failure::Connect => "cannot connect".to_string(),
                     Failure::Command(e) => format!("{command} failed: {}", self.config.scrub(&e)),
-                    Failure::TimedOut => format!(
-                        "{command} took longer than {} ms",
-                        self.config.redis_timeout.as_millis()
-                    ),
+                    Failure::TimedOut => {
+                        format!("{command} took longer than {} ms", limit.as_millis())
+                    }
                 };
                 eprintln!(
-                    "aside-edge: redis {why}; going to the origin and skipping Redis for {} ms",
-                    self.config.redis_backoff.as_millis()
+                    "aside-edge: redis {why}; going to the origin (redis breaker: {})",
+                    self.breaker.borrow().visible().as_str()
                 );
                 Read::Failed
             }

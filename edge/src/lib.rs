@@ -10,7 +10,8 @@
 //! * [`l1`]: tier 1, an LRU bounded by count, bytes and TTL.
 //! * [`l2`]: tier 2, Redis reads through Spin's Redis binding.
 //! * [`forward`]: the origin client.
-//! * [`flight`], [`backoff`], [`clock`]: single-flight, the Redis back-off, timeouts.
+//! * [`flight`], [`backoff`], [`clock`]: single-flight, the circuit breakers (Redis, origin), timeouts
+//!   and the request budget.
 //! * [`config`]: Spin variables to a typed configuration.
 //!
 //! The pure modules (`config`, `l1`, `flight`, `backoff`, `routes`, parts of `l2` and `forward`) are

@@ -118,6 +118,13 @@ impl Origin {
         }
     }
 
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the origin: it accepts connections but never answers.
+    pub fn pause(&self, paused: bool) {
+        if let Some(child) = &self.child {
+            child.signal(if paused { libc::SIGSTOP } else { libc::SIGCONT });
+        }
+    }
+
     /// Starts it again with the same options and address.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();

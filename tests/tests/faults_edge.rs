@@ -1,0 +1,695 @@
+//! Fault injection through the edge: real Redis, PostgreSQL and origin processes are killed (SIGKILL),
+//! stopped or frozen (SIGSTOP) while a load of reads runs through the edge, then brought back. Each
+//! scenario prints (eprintln) the requests sent, failed and served STALE, and the recovery time.
+//!
+//! What "failed" means differs per scenario and is said in each; in every one, an answer slower than
+//! the request budget, or no answer at all, is a failure.
+//!
+//! Needs `cargo build -p aside-origin --features aside-origin/test-hooks && cargo build -p aside-edge
+//! --target wasm32-wasip2 --release` (`cargo xtask test` does both).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use aside_tests::harness::{
+    Edge, EdgeOptions, Origin, RedisServer, Stack, TestEnv, generate_secret,
+};
+use futures::future::join_all;
+
+/// The edge's default request budget: no answer may take longer (plus this much for the test client
+/// and a busy two-core machine, where the host may queue a request before the component runs).
+const BUDGET: Duration = Duration::from_secs(2);
+const CLIENT_SLACK: Duration = Duration::from_millis(500);
+
+/// Seeded rows; the first [`CACHED`] are read through the edge before the fault (so Redis has them),
+/// the others are not.
+const ROWS: i32 = 40;
+const CACHED: i32 = 20;
+/// Of the cached ids, these have their soft expiry moved into the past in Redis: only a stale copy
+/// can answer them while the origin cannot.
+const SOFT_EXPIRED: std::ops::RangeInclusive<i32> = 11..=20;
+
+/// One answer seen by the load.
+#[derive(Debug, Clone)]
+struct Sample {
+    id: i32,
+    done_at: Instant,
+    elapsed: Duration,
+    /// 0: no HTTP answer at all.
+    status: u16,
+    cache: String,
+    retry_after: Option<String>,
+    breaker: Option<String>,
+    timing: String,
+    error: Option<String>,
+}
+
+impl Sample {
+    fn is_stale(&self) -> bool {
+        self.cache == "STALE"
+    }
+
+    fn within_budget(&self) -> bool {
+        self.status != 0 && self.elapsed < BUDGET + CLIENT_SLACK
+    }
+
+    /// The duration server-timing gives the tier `name`, if it was visited.
+    fn tier_ms(&self, name: &str) -> Option<f64> {
+        self.timing.split(", ").find_map(|metric| {
+            metric
+                .strip_prefix(name)?
+                .strip_prefix(";dur=")?
+                .parse()
+                .ok()
+        })
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap()
+}
+
+async fn get(client: &reqwest::Client, edge: &str, id: i32, fields: bool) -> Sample {
+    let url = if fields {
+        format!("{edge}/users/{id}?fields=email,department")
+    } else {
+        format!("{edge}/users/{id}")
+    };
+    let started = Instant::now();
+    let result = client.get(url).send().await;
+    let (status, headers, error) = match result {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            match response.bytes().await {
+                Ok(_) => (status, headers, None),
+                Err(e) => (0, headers, Some(e.to_string())),
+            }
+        }
+        Err(e) => (0, Default::default(), Some(e.to_string())),
+    };
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    Sample {
+        id,
+        done_at: Instant::now(),
+        elapsed: started.elapsed(),
+        status,
+        cache: header("x-cache").unwrap_or_default(),
+        retry_after: header("retry-after"),
+        breaker: header("x-edge-breaker"),
+        timing: header("server-timing").unwrap_or_default(),
+        error,
+    }
+}
+
+/// The ids a load asks for: only `before` until [`IdPool::widen`] (called by a scenario once its fault
+/// is in place), then `after` too. So ids meant to be uncached during the fault are not cached by the
+/// load just before it.
+struct IdPool {
+    before: Vec<i32>,
+    after: Vec<i32>,
+    widened: AtomicBool,
+}
+
+impl IdPool {
+    fn new(before: impl IntoIterator<Item = i32>, after: impl IntoIterator<Item = i32>) -> Self {
+        Self {
+            before: before.into_iter().collect(),
+            after: after.into_iter().collect(),
+            widened: AtomicBool::new(false),
+        }
+    }
+
+    fn fixed(ids: impl IntoIterator<Item = i32>) -> Self {
+        let pool = Self::new(ids, []);
+        pool.widen();
+        pool
+    }
+
+    fn widen(&self) {
+        self.widened.store(true, Ordering::SeqCst);
+    }
+
+    fn pick(&self) -> i32 {
+        let r = rand::random::<u32>() as usize;
+        if self.widened.load(Ordering::SeqCst) && !self.after.is_empty() {
+            let n = self.before.len() + self.after.len();
+            let i = r % n;
+            if i < self.before.len() {
+                self.before[i]
+            } else {
+                self.after[i - self.before.len()]
+            }
+        } else {
+            self.before[r % self.before.len()]
+        }
+    }
+}
+
+/// Runs `clients` concurrent loops of `GET /users/{id}` (every fourth one a `?fields` projection) on
+/// ids drawn from `ids`, for `duration`, while `script` runs (it injects and heals the fault). Returns
+/// every answer and what `script` returned.
+async fn load<T>(
+    edge: &Edge,
+    ids: &IdPool,
+    clients: usize,
+    duration: Duration,
+    script: impl Future<Output = T>,
+) -> (Vec<Sample>, T) {
+    let base = edge.url();
+    let started = Instant::now();
+    let client = client();
+    let loops = (0..clients).map(|_| {
+        let (client, base) = (&client, &base);
+        async move {
+            let mut samples = Vec::new();
+            let mut n = 0u32;
+            while started.elapsed() < duration {
+                let id = ids.pick();
+                samples.push(get(client, base, id, n % 4 == 3).await);
+                n += 1;
+            }
+            samples
+        }
+    });
+    let (per_client, out) = tokio::join!(join_all(loops), script);
+    let mut samples: Vec<Sample> = per_client.into_iter().flatten().collect();
+    samples.sort_by_key(|s| s.done_at);
+    (samples, out)
+}
+
+/// The figures every scenario prints.
+struct Figures<'a> {
+    scenario: &'a str,
+    samples: &'a [Sample],
+    failed: usize,
+    recovery: Option<Duration>,
+}
+
+impl Figures<'_> {
+    fn print(&self) {
+        let mut by_cache: BTreeMap<(u16, &str), usize> = BTreeMap::new();
+        for s in self.samples {
+            *by_cache.entry((s.status, s.cache.as_str())).or_default() += 1;
+        }
+        let slowest = self
+            .samples
+            .iter()
+            .map(|s| s.elapsed)
+            .max()
+            .unwrap_or_default();
+        let unanswered = self.samples.iter().filter(|s| s.error.is_some()).count();
+        eprintln!(
+            "faults_edge[{}]: sent={} failed={} stale={} recovery_ms={} slowest_ms={} \
+             unanswered={unanswered} answers={:?}",
+            self.scenario,
+            self.samples.len(),
+            self.failed,
+            self.samples.iter().filter(|s| s.is_stale()).count(),
+            self.recovery
+                .map_or("none".to_string(), |d| d.as_millis().to_string()),
+            slowest.as_millis(),
+            by_cache,
+        );
+    }
+}
+
+/// The first answer at or after `from` that satisfies `ok`, as a delay since `from`.
+fn recovery(samples: &[Sample], from: Instant, ok: impl Fn(&Sample) -> bool) -> Option<Duration> {
+    samples
+        .iter()
+        .filter(|s| s.done_at >= from)
+        .find(|s| ok(s))
+        .map(|s| s.done_at - from)
+}
+
+fn first_failures(samples: &[Sample], failed: impl Fn(&Sample) -> bool) -> Vec<&Sample> {
+    samples.iter().filter(|s| failed(s)).take(5).collect()
+}
+
+/// A seeded env, an origin that accepts only a fresh token, and an edge started with `configure`.
+async fn setup(
+    stack: &Stack,
+    configure: impl FnOnce(EdgeOptions) -> EdgeOptions,
+) -> (TestEnv, Origin, Edge) {
+    let (env, _token, origin, edge) = setup_with_token(stack, configure).await;
+    (env, origin, edge)
+}
+
+async fn setup_with_token(
+    stack: &Stack,
+    configure: impl FnOnce(EdgeOptions) -> EdgeOptions,
+) -> (TestEnv, String, Origin, Edge) {
+    let env = stack.env().await.unwrap();
+    env.seed(ROWS as u64).await.unwrap();
+    let token = generate_secret();
+    let origin = env.origin_with_token(stack, &token).await.unwrap();
+    let edge = configure(EdgeOptions::new(stack, &env, &origin.url(), &token))
+        .start()
+        .await
+        .unwrap();
+    (env, token, origin, edge)
+}
+
+/// Reads ids `1..=CACHED` through the edge (the origin fills Redis), then moves the soft expiry of
+/// [`SOFT_EXPIRED`] into the past in Redis, as if their fresh period had ended.
+async fn warm_and_soft_expire(edge: &Edge, redis: &RedisServer, env: &TestEnv) {
+    let client = client();
+    for id in 1..=CACHED {
+        let s = get(&client, &edge.url(), id, false).await;
+        assert_eq!(s.status, 200, "warming id {id}: {s:?}");
+    }
+    let mut admin = redis.admin(env.redis_db).await.unwrap();
+    let past = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 1000;
+    for id in 1..=CACHED {
+        let key = format!("user:profile:{id}");
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        assert!(exists, "{key} was not cached by the warm-up");
+        if SOFT_EXPIRED.contains(&id) {
+            let () = redis::cmd("HSET")
+                .arg(&key)
+                .arg("_fresh_until")
+                .arg(past)
+                .arg("_delta_ms")
+                .arg(5)
+                .query_async(&mut admin)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+fn is_cached(id: i32) -> bool {
+    id <= CACHED
+}
+
+/// An id that was not cached, answered through the origin (so from PostgreSQL): what "recovered"
+/// means once PostgreSQL or the origin is back.
+fn answered_by_postgres(s: &Sample) -> bool {
+    !is_cached(s.id) && s.status == 200 && s.cache == "MISS"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_during_reads_costs_no_request_and_l2_hits_resume_after_restart() {
+    let mut stack = Stack::dedicated().await.unwrap();
+    // Tier 1 off: every read goes to Redis, so Redis's death and return show in every answer.
+    let (env, _origin, edge) = setup(&stack, |o| o.l1_ttl_ms(0)).await;
+    warm_and_soft_expire(&edge, &stack.redis, &env).await;
+    let ids = IdPool::fixed(1..=ROWS);
+
+    let redis = &mut stack.redis;
+    let (samples, restarted_at) = load(&edge, &ids, 6, Duration::from_secs(7), async {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        redis.kill();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        redis.restart().await.unwrap();
+        Instant::now()
+    })
+    .await;
+
+    // Every read is answered (200) within the budget: the origin and PostgreSQL stand in for Redis.
+    let failed = |s: &Sample| s.status != 200 || !s.within_budget();
+    let recovered = recovery(&samples, restarted_at, |s| s.cache == "L2");
+    let figures = Figures {
+        scenario: "redis_killed",
+        samples: &samples,
+        failed: samples.iter().filter(|s| failed(s)).count(),
+        recovery: recovered,
+    };
+    figures.print();
+    assert_eq!(figures.failed, 0, "{:#?}", first_failures(&samples, failed));
+    assert!(
+        samples
+            .iter()
+            .any(|s| s.done_at < restarted_at && s.cache == "MISS"),
+        "no read went to the origin while Redis was down"
+    );
+    let recovered = recovered.expect("no L2 hit after Redis came back");
+    assert!(
+        recovered < Duration::from_secs(4),
+        "L2 hits resumed only {recovered:?} after Redis came back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_cached_ids_are_served_uncached_get_503_and_it_recovers() {
+    let mut stack = Stack::dedicated().await.unwrap();
+    let (env, _origin, edge) = setup(&stack, |o| o).await;
+    warm_and_soft_expire(&edge, &stack.redis, &env).await;
+    let ids = IdPool::new(1..=CACHED, CACHED + 1..=ROWS);
+
+    let postgres = &mut stack.postgres;
+    let (samples, restarted_at) = load(&edge, &ids, 6, Duration::from_secs(7), async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        postgres.stop();
+        ids.widen();
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+        postgres.restart().await.unwrap();
+        Instant::now()
+    })
+    .await;
+
+    // A cached id is always answered 200 (fresh, or STALE for a soft-expired one); an uncached one 200
+    // or, while PostgreSQL is down, 503 with Retry-After; all within the budget. A fresh copy is never
+    // marked STALE.
+    let failed = |s: &Sample| {
+        let answered = if is_cached(s.id) {
+            s.status == 200
+        } else {
+            s.status == 200 || (s.status == 503 && s.retry_after.is_some())
+        };
+        !answered || !s.within_budget() || (s.is_stale() && !SOFT_EXPIRED.contains(&s.id))
+    };
+    let recovered = recovery(&samples, restarted_at, answered_by_postgres);
+    let figures = Figures {
+        scenario: "postgres_stopped",
+        samples: &samples,
+        failed: samples.iter().filter(|s| failed(s)).count(),
+        recovery: recovered,
+    };
+    figures.print();
+    assert_eq!(figures.failed, 0, "{:#?}", first_failures(&samples, failed));
+    assert!(
+        samples.iter().any(|s| s.status == 503),
+        "no uncached id got a 503 while PostgreSQL was down"
+    );
+    assert!(
+        samples.iter().any(Sample::is_stale),
+        "no soft-expired id was served STALE while PostgreSQL was down"
+    );
+    let recovered = recovered.expect("no uncached id was answered after PostgreSQL came back");
+    assert!(
+        recovered < Duration::from_secs(4),
+        "uncached ids answered again only {recovered:?} after PostgreSQL came back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_killed_the_edge_serves_what_it_holds_uncached_get_503_and_it_recovers() {
+    let stack = Stack::dedicated().await.unwrap();
+    let (env, mut origin, edge) = setup(&stack, |o| o).await;
+    warm_and_soft_expire(&edge, &stack.redis, &env).await;
+    let ids = IdPool::new(1..=CACHED, CACHED + 1..=ROWS);
+
+    let origin_ref = &mut origin;
+    let (samples, restarted_at) = load(&edge, &ids, 6, Duration::from_secs(6), async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        origin_ref.kill();
+        ids.widen();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        origin_ref.restart().await.unwrap();
+        Instant::now()
+    })
+    .await;
+
+    // Cached ids: 200 from L1, L2, or STALE (the soft-expired ones); uncached: 503 with Retry-After
+    // while the origin is gone, 200 otherwise.
+    let failed = |s: &Sample| {
+        let answered = if is_cached(s.id) {
+            s.status == 200
+        } else {
+            s.status == 200 || (s.status == 503 && s.retry_after.is_some())
+        };
+        !answered || !s.within_budget() || (s.is_stale() && !SOFT_EXPIRED.contains(&s.id))
+    };
+    let recovered = recovery(&samples, restarted_at, answered_by_postgres);
+    let figures = Figures {
+        scenario: "origin_killed",
+        samples: &samples,
+        failed: samples.iter().filter(|s| failed(s)).count(),
+        recovery: recovered,
+    };
+    figures.print();
+    assert_eq!(figures.failed, 0, "{:#?}", first_failures(&samples, failed));
+    let during = |s: &&Sample| s.done_at < restarted_at;
+    assert!(
+        samples
+            .iter()
+            .filter(during)
+            .any(|s| SOFT_EXPIRED.contains(&s.id) && s.is_stale()),
+        "no soft-expired id was served STALE while the origin was gone"
+    );
+    assert!(
+        samples.iter().filter(during).any(|s| s.status == 503),
+        "no uncached id got a 503 while the origin was gone"
+    );
+    assert!(
+        samples
+            .iter()
+            .any(|s| s.breaker.as_deref().is_some_and(|b| b.contains("origin="))),
+        "no answer showed the origin breaker open"
+    );
+    let recovered = recovered.expect("no uncached id was answered after the origin came back");
+    assert!(
+        recovered < Duration::from_secs(4),
+        "uncached ids answered again only {recovered:?} after the origin came back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_trips_the_breaker_instead_of_piling_up_requests() {
+    let stack = Stack::dedicated().await.unwrap();
+    let (env, _origin, edge) = setup(&stack, |o| o.l1_ttl_ms(0)).await;
+    warm_and_soft_expire(&edge, &stack.redis, &env).await;
+    let ids = IdPool::fixed(1..=CACHED);
+
+    let redis = &stack.redis;
+    let (samples, (paused_at, thawed_at)) = load(&edge, &ids, 8, Duration::from_secs(6), async {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        redis.pause(true);
+        let paused_at = Instant::now();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        redis.pause(false);
+        (paused_at, Instant::now())
+    })
+    .await;
+
+    // Every read is answered 200 within the budget (the origin stands in for Redis).
+    let failed = |s: &Sample| s.status != 200 || !s.within_budget();
+    let recovered = recovery(&samples, thawed_at, |s| s.cache == "L2");
+    let figures = Figures {
+        scenario: "redis_frozen",
+        samples: &samples,
+        failed: samples.iter().filter(|s| failed(s)).count(),
+        recovery: recovered,
+    };
+    figures.print();
+    assert_eq!(figures.failed, 0, "{:#?}", first_failures(&samples, failed));
+
+    // While frozen, most reads skip Redis (breaker open: no `l2` in server-timing) rather than each
+    // waiting for the Redis timeout.
+    let frozen: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.done_at > paused_at && s.done_at < thawed_at)
+        .collect();
+    let waited = frozen
+        .iter()
+        .filter(|s| s.tier_ms("l2").is_some_and(|ms| ms >= 200.0))
+        .count();
+    let skipped = frozen.iter().filter(|s| s.tier_ms("l2").is_none()).count();
+    eprintln!(
+        "faults_edge[redis_frozen]: while frozen: {} answers, {waited} waited for the Redis timeout, \
+         {skipped} skipped Redis (breaker open)",
+        frozen.len()
+    );
+    assert!(
+        skipped > waited,
+        "the breaker did not spare requests the timeout: {waited} waited, {skipped} skipped"
+    );
+    assert!(
+        frozen
+            .iter()
+            .any(|s| s.breaker.as_deref().is_some_and(|b| b.contains("redis="))),
+        "no answer showed the Redis breaker open"
+    );
+    let recovered = recovered.expect("no L2 hit after Redis thawed");
+    assert!(
+        recovered < Duration::from_secs(4),
+        "L2 hits resumed only {recovered:?} after Redis thawed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_origin_costs_a_request_its_budget_then_the_breaker_answers_at_once() {
+    let stack = Stack::dedicated().await.unwrap();
+    // A budget below origin_timeout_ms (2000): only the budget can end a wait for the frozen origin
+    // before 2 s.
+    let budget = Duration::from_millis(1000);
+    let (env, origin, edge) = setup(&stack, |o| {
+        o.var("request_budget_ms", budget.as_millis())
+            .var("origin_failure_threshold", 3)
+            .var("origin_backoff_ms", 1500)
+    })
+    .await;
+    warm_and_soft_expire(&edge, &stack.redis, &env).await;
+    let client = client();
+    let base = edge.url();
+
+    origin.pause(true);
+    let started = Instant::now();
+    // Sequential misses: each waits for the budget (not the 2 s origin timeout), then 503.
+    let mut waits = Vec::new();
+    for id in 21..=23 {
+        let s = get(&client, &base, id, false).await;
+        assert_eq!(s.status, 503, "{s:?}");
+        assert!(s.retry_after.is_some(), "{s:?}");
+        assert!(
+            s.elapsed >= budget - Duration::from_millis(300) && s.elapsed < Duration::from_secs(2),
+            "a miss with the origin frozen took {:?} (budget {budget:?}): {s:?}",
+            s.elapsed
+        );
+        waits.push(s.elapsed.as_millis());
+    }
+    // The breaker of that instance is open now: its misses are refused at once (no `origin` in
+    // server-timing, `x-edge-breaker: origin=open`). A burst may also start new instances (the host
+    // does when requests arrive together), whose breakers are still closed: those wait their budget
+    // like the first three. Either way every answer is a 503 with Retry-After within the budget.
+    let burst = join_all((24..=39).map(|id| get(&client, &base, id, false))).await;
+    let mut refused_at_once = 0;
+    for s in &burst {
+        assert_eq!(s.status, 503, "{s:?}");
+        assert!(s.elapsed < Duration::from_secs(2), "{s:?}");
+        let retry_after: u64 = s.retry_after.as_deref().unwrap().parse().unwrap();
+        assert!((1..=2).contains(&retry_after), "{s:?}");
+        if s.tier_ms("origin").is_none() {
+            assert_eq!(s.breaker.as_deref(), Some("origin=open"), "{s:?}");
+            refused_at_once += 1;
+        }
+    }
+    assert!(refused_at_once > 0, "{burst:#?}");
+    let burst_slowest = burst.iter().map(|s| s.elapsed).max().unwrap();
+    let waited = burst
+        .iter()
+        .filter(|s| s.tier_ms("origin").is_some())
+        .count();
+    let stale = get(&client, &base, 15, false).await;
+    assert_eq!(
+        (stale.status, stale.cache.as_str()),
+        (200, "STALE"),
+        "{stale:?}"
+    );
+    let fresh = get(&client, &base, 5, true).await;
+    assert_eq!(fresh.status, 200, "{fresh:?}");
+    assert!(matches!(fresh.cache.as_str(), "L1" | "L2"), "{fresh:?}");
+    let frozen_for = started.elapsed();
+
+    origin.pause(false);
+    let thawed_at = Instant::now();
+    let mut samples = Vec::new();
+    let recovered = loop {
+        let s = get(&client, &base, 40, false).await;
+        let ok = s.status == 200;
+        samples.push(s);
+        if ok {
+            break Some(thawed_at.elapsed());
+        }
+        if thawed_at.elapsed() > Duration::from_secs(6) {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!(
+        "faults_edge[origin_frozen]: sent={} failed=0 stale=1 recovery_ms={} waits_ms={waits:?} \
+         burst_of_16: refused_at_once={refused_at_once} waited={waited} slowest_ms={} \
+         frozen_for_ms={}",
+        3 + burst.len() + 2 + samples.len(),
+        recovered.map_or("none".into(), |d| d.as_millis().to_string()),
+        burst_slowest.as_millis(),
+        frozen_for.as_millis(),
+    );
+    let recovered = recovered.unwrap_or_else(|| panic!("no recovery: {samples:#?}"));
+    assert!(recovered < Duration::from_secs(4), "{recovered:?}");
+}
+
+/// Sets the soft expiry (`_fresh_until`, `fresh_for_ms` from now) and load cost of a cached profile.
+async fn set_freshness(
+    redis: &RedisServer,
+    env: &TestEnv,
+    id: i32,
+    fresh_for_ms: i64,
+    delta_ms: u64,
+) {
+    let mut admin = redis.admin(env.redis_db).await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let () = redis::cmd("HSET")
+        .arg(format!("user:profile:{id}"))
+        .arg("_fresh_until")
+        .arg(now + fresh_for_ms)
+        .arg("_delta_ms")
+        .arg(delta_ms)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hit_near_its_soft_expiry_is_refreshed_early_and_never_served_stale() {
+    let stack = Stack::shared().await;
+    let (env, token, origin, edge) = setup_with_token(stack, |o| o.l1_ttl_ms(0)).await;
+    let another_edge = |configure: fn(EdgeOptions) -> EdgeOptions| {
+        configure(EdgeOptions::new(stack, &env, &origin.url(), &token)).start()
+    };
+    let client = client();
+    let first = get(&client, &edge.url(), 1, false).await;
+    assert_eq!((first.status, first.cache.as_str()), (200, "MISS"));
+
+    // Fresh for another minute, but a reload is said to cost 1000 s: XFetch (default beta 1) refreshes
+    // it early with probability exp(-60 / 1000) = 94 % per request, so the test asks until one has.
+    let eager = &edge;
+    set_freshness(&stack.redis, &env, 1, 60_000, 1_000_000).await;
+    let mut seen = Vec::new();
+    for _ in 0..40 {
+        let s = get(&client, &eager.url(), 1, false).await;
+        assert_eq!(s.status, 200, "{s:?}");
+        assert_ne!(s.cache, "STALE", "a fresh copy is never STALE: {s:?}");
+        seen.push(s.cache.clone());
+        if s.cache == "MISS" {
+            assert!(
+                s.tier_ms("l2").is_some() && s.tier_ms("origin").is_some(),
+                "an early refresh visits Redis, then the origin: {s:?}"
+            );
+            break;
+        }
+    }
+    eprintln!("faults_edge[xfetch]: answers until the early refresh: {seen:?}");
+    assert_eq!(seen.last().map(String::as_str), Some("MISS"), "{seen:?}");
+
+    // Off (beta 0), or far from expiry with a cheap reload: a plain L2 hit.
+    let off = another_edge(|o| o.l1_ttl_ms(0).var("xfetch_beta", 0))
+        .await
+        .unwrap();
+    set_freshness(&stack.redis, &env, 1, 60_000, 1_000_000).await;
+    for _ in 0..10 {
+        assert_eq!(get(&client, &off.url(), 1, false).await.cache, "L2");
+    }
+    set_freshness(&stack.redis, &env, 1, 3_600_000, 1).await;
+    for _ in 0..10 {
+        assert_eq!(get(&client, &eager.url(), 1, false).await.cache, "L2");
+    }
+    // Past its soft expiry it is not an early refresh but a miss (the origin answers).
+    set_freshness(&stack.redis, &env, 1, -1000, 1).await;
+    let expired = get(&client, &edge.url(), 1, false).await;
+    assert_eq!((expired.status, expired.cache.as_str()), (200, "MISS"));
+}
