@@ -101,7 +101,7 @@ impl Freshness {
         if !self.is_fresh(now_ms) {
             return true;
         }
-        if !(beta > 0.0) || self.delta_ms == 0 {
+        if beta.is_nan() || beta <= 0.0 || self.delta_ms == 0 {
             return false;
         }
         // u in (0, 1]: ln(u) <= 0, so the gap is >= 0; u -> 0 makes it unbounded (always refresh).
