@@ -8,7 +8,8 @@
 //! * lease held elsewhere: poll Redis every `lease_poll` for the holder's fill, and try the lease again
 //!   each time (it is free again when the holder finished without filling, or died and the lease
 //!   expired); after `lease_wait` without either, query PostgreSQL directly;
-//! * Redis unavailable: no lease, straight to PostgreSQL (the cache cannot coordinate anything then).
+//! * Redis unavailable: no lease, straight to PostgreSQL (the cache cannot coordinate anything then);
+//!   likewise while PostgreSQL's breaker is open (the query is refused at once, or is its probe).
 //!
 //! Whatever the path, what is answered is either a PostgreSQL read or an entry found in Redis that is
 //! newer than what the request had seen ([`supersedes`]), so a refresh never answers the stale copy it
@@ -111,7 +112,9 @@ pub(crate) async fn load(
     seen: Seen,
     via_redis: bool,
 ) -> LoadResult {
-    if via_redis {
+    // While PostgreSQL's breaker is open there is nothing to coordinate: the query is refused (or is
+    // the breaker's probe), so skip the lease's round trips.
+    if via_redis && !state.db.is_open() {
         match lease_or_wait(&state, id, seen).await {
             Leased::Found(entry) => return Ok(answer_of(entry)),
             Leased::Holder(lease) => {
