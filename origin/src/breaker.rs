@@ -96,6 +96,17 @@ impl Breaker {
         self.try_acquire_at(Instant::now())
     }
 
+    /// Would a call be refused right now (open within its back-off, or half-open with the probe in
+    /// flight)? Lets a caller give up before queueing behind work that was started earlier and may still
+    /// be stuck on the failing backend.
+    pub fn rejects_now(&self) -> bool {
+        match *self.lock() {
+            State::Closed { .. } => false,
+            State::Open { until, .. } => Instant::now() < until,
+            State::HalfOpen { .. } => true,
+        }
+    }
+
     /// True while the breaker is open or half-open.
     pub fn is_open(&self) -> bool {
         !matches!(*self.lock(), State::Closed { .. })
@@ -211,6 +222,7 @@ mod tests {
         assert!(!b.is_open());
         fail(&b, t);
         assert!(b.is_open());
+        assert!(b.rejects_now());
         assert!(b.try_acquire_at(t).is_none(), "skipped during the back-off");
         assert!(b.try_acquire_at(t + Duration::from_millis(99)).is_none());
     }
@@ -227,8 +239,10 @@ mod tests {
             b.try_acquire_at(later).is_none(),
             "one probe at a time: others are still skipped"
         );
+        assert!(b.rejects_now());
         probe.success();
         assert!(!b.is_open());
+        assert!(!b.rejects_now());
         let next = b.try_acquire_at(later).expect("closed");
         assert!(!next.is_probe());
         next.success();

@@ -81,6 +81,13 @@ impl DbGuard {
         }
     }
 
+    /// Would a call be refused right now? A request that needs PostgreSQL answers at once then (503, or
+    /// its cached copy) rather than joining a load that started before the breaker opened and may
+    /// still hang until its deadline.
+    pub fn rejects_now(&self) -> bool {
+        self.breaker.rejects_now()
+    }
+
     /// Is PostgreSQL being skipped (or probed) right now?
     pub fn is_open(&self) -> bool {
         self.breaker.is_open()

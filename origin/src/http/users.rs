@@ -119,7 +119,9 @@ pub async fn get_user(
                 (Reason::Reload, copy)
             } else if !fresh {
                 (Reason::Stale, copy)
-            } else if due_early(copy.freshness, now, state.read.xfetch_beta) {
+            } else if !state.db.rejects_now()
+                && due_early(copy.freshness, now, state.read.xfetch_beta)
+            {
                 crate::metrics::early_refresh();
                 (Reason::Early, copy)
             } else {
@@ -137,6 +139,11 @@ pub async fn get_user(
         }
     };
 
+    // PostgreSQL's breaker is open: answer the copy now rather than wait behind a load that started
+    // before it opened.
+    if state.db.rejects_now() {
+        return Ok(cached_fallback(&state, copy, &timing));
+    }
     // A copy in hand: wait for its refresh only so long, then answer the copy.
     let seen = Seen::Profile {
         version: copy.version,
@@ -190,6 +197,9 @@ async fn load_uncached(
     reason: Reason,
     mut timing: ServerTiming,
 ) -> Result<Response, Error> {
+    if state.db.rejects_now() {
+        return Err(db_error(id, DbError::Unavailable(crate::db::guard::SKIPPED.into())).into());
+    }
     let started = Instant::now();
     let loaded = coalesced_load(state, id, Seen::Nothing, reason != Reason::NoRedis).await;
     timing.add("db", ms_since(started));
