@@ -237,20 +237,6 @@ async fn postgres_frozen_trips_the_breaker_instead_of_piling_up_requests() {
         "{} ({frozen} processes frozen)",
         report.summary("postgres frozen")
     );
-    for s in report
-        .samples
-        .iter()
-        .filter(|s| s.latency > Duration::from_millis(100))
-    {
-        eprintln!(
-            "DEBUG sent {:?} lat {:?} id {} {} {:?}",
-            s.sent_at,
-            s.latency,
-            s.target + 1,
-            s.status,
-            s.x_cache
-        );
-    }
     check_outage_answers(&report, &cached, 20);
     assert!(open, "the PostgreSQL breaker did not open");
     // Not a pile-up: only the requests before the breaker opened (and its probes) waited for
