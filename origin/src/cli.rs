@@ -118,24 +118,37 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let db_url = args.database.url()?;
     let redis_url = args.redis.url()?;
     let tokens = args.tokens()?;
+    // First, so that what the rest records at start-up (the breakers' state) is exported.
+    let metrics = crate::metrics::install();
     let pool = crate::db::pool(&db_url, &args.database)?;
     let cache = Arc::new(crate::cache::ProfileCache::new(
         &redis_url,
         &args.redis,
         args.ttls()?,
+        args.redis_breaker()?,
     )?);
+    let read_path = args.read_path()?;
+    // A call may wait for a pooled connection (or connect), then run its statement; past both, and a
+    // margin, PostgreSQL is not answering (a stalled server enforces no statement_timeout).
+    let db_guard = crate::db::guard::DbGuard::new(
+        args.db_breaker()?,
+        args.database.pool_timeout()
+            + args.database.statement_timeout()
+            + Duration::from_millis(100),
+    );
     #[cfg(feature = "test-hooks")]
     crate::test_hooks::announce();
     if tokens.is_empty() {
         tracing::warn!("no origin token configured: /users is open to any caller");
     }
-    let metrics = crate::metrics::install();
     let change_capture = tokio::spawn(crate::changes::run(
         db_url.clone(),
         Arc::clone(&cache),
         args.changes.clone(),
     ));
-    let state = Arc::new(crate::http::AppState::new(pool, cache, tokens, metrics));
+    let state = Arc::new(crate::http::AppState::new(
+        pool, cache, tokens, metrics, db_guard, read_path,
+    ));
     let limits = crate::http::Limits {
         request_timeout: Duration::from_millis(args.request_timeout_ms),
         max_body_bytes: args.max_body_bytes,

@@ -205,6 +205,9 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "ASIDE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: crate::telemetry::LogFormat,
+
+    #[command(flatten)]
+    pub resilience: ResilienceArgs,
 }
 
 /// Change capture: applying the `devops_api.user_changes` outbox to Redis.
@@ -257,6 +260,11 @@ impl ServeArgs {
             jitter_percent: self.cache_ttl_jitter_percent,
             missing: Duration::from_secs(self.missing_ttl_secs),
             tombstone: Duration::from_secs(self.tombstone_ttl_secs),
+            stale: Duration::from_secs(
+                self.resilience
+                    .cache_stale_ttl_secs
+                    .unwrap_or(self.cache_ttl_secs),
+            ),
         })
     }
 
@@ -287,6 +295,149 @@ impl ServeArgs {
         }
         Ok(tokens)
     }
+}
+
+/// Resilience: stale-if-error, early refresh, fill leases across origins, circuit breakers.
+#[derive(Debug, Clone, Args)]
+pub struct ResilienceArgs {
+    /// How long a profile is kept after its soft expiry (ASIDE_CACHE_TTL_SECS), in seconds: Redis drops
+    /// the key at soft + this (the hard expiry). Meanwhile the copy is refreshed on the next read and
+    /// served `x-cache: STALE` only when PostgreSQL cannot answer. Default: the soft TTL (hard = 2 ×
+    /// soft); 0 never serves stale.
+    #[arg(long, env = "ASIDE_CACHE_STALE_TTL_SECS", value_parser = clap::value_parser!(u64).range(0..=31_536_000))]
+    pub cache_stale_ttl_secs: Option<u64>,
+
+    /// XFetch early refresh: a fresh hit is refreshed now with a probability that grows as its soft
+    /// expiry nears, scaled by this factor (> 1 refreshes earlier). 0 turns early refresh off.
+    #[arg(long, env = "ASIDE_XFETCH_BETA", default_value_t = 1.0)]
+    pub xfetch_beta: f64,
+
+    /// How long a read holding a cached copy (soft-expired, or due for early refresh) waits for the
+    /// refresh from PostgreSQL before it answers the copy, in ms.
+    #[arg(long, env = "ASIDE_REFRESH_WAIT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub refresh_wait_ms: u64,
+
+    /// Lifetime of a fill lease (`user:lease:{id}`, SET NX PX), in ms: how long other origins defer to
+    /// the holder's PostgreSQL query. Longer than the statement timeout; it also bounds how long a
+    /// crashed holder's lease lingers.
+    #[arg(long, env = "ASIDE_LEASE_TTL_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub lease_ttl_ms: u64,
+
+    /// How long an origin that did not get the lease waits for the holder's fill before it queries
+    /// PostgreSQL itself, in ms (0: does not wait).
+    #[arg(long, env = "ASIDE_LEASE_WAIT_MS", default_value_t = 500)]
+    pub lease_wait_ms: u64,
+
+    /// How often a waiting origin looks for the holder's fill (and whether the lease is free), in ms.
+    #[arg(long, env = "ASIDE_LEASE_POLL_MS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub lease_poll_ms: u64,
+
+    /// Consecutive Redis failures that open its circuit breaker.
+    #[arg(long, env = "ASIDE_REDIS_BREAKER_FAILURES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub redis_breaker_failures: u32,
+
+    /// Longest Redis back-off, in ms: each failed probe doubles ASIDE_REDIS_BACKOFF_MS up to this.
+    #[arg(long, env = "ASIDE_REDIS_BACKOFF_MAX_MS", default_value_t = 5000)]
+    pub redis_backoff_max_ms: u64,
+
+    /// Consecutive PostgreSQL failures (unreachable, timed out) that open its circuit breaker. While it
+    /// is open, misses get 503 at once and soft-expired copies are served STALE.
+    #[arg(long, env = "ASIDE_DB_BREAKER_FAILURES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub db_breaker_failures: u32,
+
+    /// After the PostgreSQL breaker opens, skip PostgreSQL for this long (ms) before one probe.
+    #[arg(long, env = "ASIDE_DB_BACKOFF_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub db_backoff_ms: u64,
+
+    /// Longest PostgreSQL back-off, in ms: each failed probe doubles ASIDE_DB_BACKOFF_MS up to this.
+    #[arg(long, env = "ASIDE_DB_BACKOFF_MAX_MS", default_value_t = 5000)]
+    pub db_backoff_max_ms: u64,
+}
+
+impl ServeArgs {
+    /// The read path's resilience settings, checked against each other and the timeouts.
+    pub fn read_path(&self) -> anyhow::Result<crate::http::ReadPath> {
+        let r = &self.resilience;
+        anyhow::ensure!(
+            r.xfetch_beta.is_finite() && r.xfetch_beta >= 0.0,
+            "ASIDE_XFETCH_BETA must be a number >= 0 (0 turns early refresh off), not {}",
+            r.xfetch_beta
+        );
+        anyhow::ensure!(
+            r.lease_ttl_ms > self.database.db_statement_timeout_ms,
+            "ASIDE_LEASE_TTL_MS ({}) must be longer than ASIDE_DB_STATEMENT_TIMEOUT_MS ({}): a lease \
+             must outlive its holder's query",
+            r.lease_ttl_ms,
+            self.database.db_statement_timeout_ms
+        );
+        anyhow::ensure!(
+            r.lease_wait_ms < self.request_timeout_ms,
+            "ASIDE_LEASE_WAIT_MS ({}) must be shorter than ASIDE_REQUEST_TIMEOUT_MS ({})",
+            r.lease_wait_ms,
+            self.request_timeout_ms
+        );
+        anyhow::ensure!(
+            r.lease_wait_ms == 0 || r.lease_poll_ms <= r.lease_wait_ms,
+            "ASIDE_LEASE_POLL_MS ({}) must not exceed ASIDE_LEASE_WAIT_MS ({})",
+            r.lease_poll_ms,
+            r.lease_wait_ms
+        );
+        anyhow::ensure!(
+            self.redis.redis_command_timeout_ms + r.refresh_wait_ms < self.request_timeout_ms,
+            "ASIDE_REFRESH_WAIT_MS ({}) plus ASIDE_REDIS_COMMAND_TIMEOUT_MS ({}) must be shorter than \
+             ASIDE_REQUEST_TIMEOUT_MS ({}), so that a request holding a stale copy answers it in time",
+            r.refresh_wait_ms,
+            self.redis.redis_command_timeout_ms,
+            self.request_timeout_ms
+        );
+        Ok(crate::http::ReadPath {
+            xfetch_beta: r.xfetch_beta,
+            refresh_wait: Duration::from_millis(r.refresh_wait_ms),
+            lease_ttl: Duration::from_millis(r.lease_ttl_ms),
+            lease_wait: Duration::from_millis(r.lease_wait_ms),
+            lease_poll: Duration::from_millis(r.lease_poll_ms),
+        })
+    }
+
+    /// The Redis circuit breaker.
+    pub fn redis_breaker(&self) -> anyhow::Result<crate::breaker::BreakerSettings> {
+        breaker_settings(
+            self.resilience.redis_breaker_failures,
+            self.redis.redis_backoff_ms,
+            self.resilience.redis_backoff_max_ms,
+            "ASIDE_REDIS_BACKOFF_MS",
+            "ASIDE_REDIS_BACKOFF_MAX_MS",
+        )
+    }
+
+    /// The PostgreSQL circuit breaker.
+    pub fn db_breaker(&self) -> anyhow::Result<crate::breaker::BreakerSettings> {
+        breaker_settings(
+            self.resilience.db_breaker_failures,
+            self.resilience.db_backoff_ms,
+            self.resilience.db_backoff_max_ms,
+            "ASIDE_DB_BACKOFF_MS",
+            "ASIDE_DB_BACKOFF_MAX_MS",
+        )
+    }
+}
+
+fn breaker_settings(
+    failures: u32,
+    backoff_ms: u64,
+    max_ms: u64,
+    backoff_name: &str,
+    max_name: &str,
+) -> anyhow::Result<crate::breaker::BreakerSettings> {
+    anyhow::ensure!(
+        max_ms >= backoff_ms,
+        "{max_name} ({max_ms}) must be at least {backoff_name} ({backoff_ms})"
+    );
+    Ok(crate::breaker::BreakerSettings {
+        failures,
+        backoff: Duration::from_millis(backoff_ms),
+        max_backoff: Duration::from_millis(max_ms),
+    })
 }
 
 #[cfg(test)]
@@ -334,5 +485,61 @@ mod tests {
         assert!(secret_from(None, Some(&file), "x").is_err());
         assert_eq!(secret_from(Some(""), None, "x").unwrap(), None);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn serve(args: &[&str]) -> ServeArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let mut argv = vec!["aside-origin"];
+        argv.extend_from_slice(args);
+        <Cli as clap::Parser>::try_parse_from(argv).unwrap().serve
+    }
+
+    #[test]
+    fn resilience_defaults_are_consistent() {
+        let args = serve(&[]);
+        let ttls = args.ttls().unwrap();
+        assert_eq!(
+            ttls.stale, ttls.profile,
+            "hard expiry = 2 × soft by default"
+        );
+        let read = args.read_path().unwrap();
+        assert_eq!(read.xfetch_beta, 1.0);
+        assert!(read.lease_ttl > args.database.statement_timeout());
+        assert!(read.lease_poll <= read.lease_wait);
+        assert_eq!(args.redis_breaker().unwrap().failures, 3);
+        assert_eq!(
+            args.db_breaker().unwrap().max_backoff,
+            Duration::from_secs(5)
+        );
+        let stale = serve(&["--cache-ttl-secs", "60", "--cache-stale-ttl-secs", "0"]);
+        assert_eq!(stale.ttls().unwrap().stale, Duration::ZERO);
+    }
+
+    #[test]
+    fn inconsistent_resilience_settings_are_refused_with_the_setting_named() {
+        let cases: [(&[&str], &str); 6] = [
+            (&["--xfetch-beta=-1"], "ASIDE_XFETCH_BETA"),
+            (&["--xfetch-beta", "NaN"], "ASIDE_XFETCH_BETA"),
+            (&["--lease-ttl-ms", "1000"], "ASIDE_LEASE_TTL_MS"),
+            (&["--lease-wait-ms", "2000"], "ASIDE_LEASE_WAIT_MS"),
+            (
+                &["--lease-wait-ms", "10", "--lease-poll-ms", "20"],
+                "ASIDE_LEASE_POLL_MS",
+            ),
+            (&["--refresh-wait-ms", "1800"], "ASIDE_REFRESH_WAIT_MS"),
+        ];
+        for (args, setting) in cases {
+            let error = serve(args).read_path().unwrap_err().to_string();
+            assert!(error.contains(setting), "{args:?}: {error}");
+        }
+        let error = serve(&["--db-backoff-max-ms", "10"])
+            .db_breaker()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("ASIDE_DB_BACKOFF_MAX_MS"), "{error}");
     }
 }

@@ -3,12 +3,14 @@
 //! * [`cli`]: the `aside-origin` command line (`migrate`, `seed`, `serve`).
 //! * [`config`]: settings from flags and `ASIDE_*` environment variables; secrets that never print.
 //! * [`db`]: the PostgreSQL pool, the profile queries and the versioned migrations.
-//! * [`cache`]: the Redis side: reading hashes, the compare-and-set writes, the Redis circuit breaker.
+//! * [`cache`]: the Redis side: reading hashes, the compare-and-set writes, the fill lease.
+//! * [`breaker`]: the circuit breaker in front of Redis and of PostgreSQL.
 //! * [`changes`]: change capture: the outbox of database changes applied to Redis.
 //! * [`singleflight`]: concurrent misses for one id share one PostgreSQL query.
 //! * [`http`]: the axum router, its handlers and the error-to-response mapping.
 //! * [`seed`]: realistic pt_PT profiles loaded with binary COPY.
 
+pub mod breaker;
 pub mod cache;
 pub mod changes;
 pub mod cli;

@@ -24,6 +24,7 @@ pub fn install() -> PrometheusHandle {
                     PrometheusBuilder::new().build_recorder().handle()
                 });
             describe();
+            describe_resilience();
             handle
         })
         .clone()
@@ -36,7 +37,7 @@ fn describe() {
     );
     metrics::describe_counter!(
         "aside_origin_cache_requests_total",
-        "Profile reads by cache result (hit, miss, error)"
+        "Profile reads by cache result (hit, miss, error, refreshed, stale)"
     );
     metrics::describe_counter!(
         "aside_origin_cache_stores_total",
@@ -105,4 +106,37 @@ pub fn coalesced() {
 
 pub fn redis_error(op: &'static str) {
     metrics::counter!("aside_origin_redis_errors_total", "op" => op).increment(1);
+}
+
+fn describe_resilience() {
+    metrics::describe_gauge!(
+        "aside_origin_breaker_open",
+        "1 while the circuit breaker of a backend (redis, postgres) is open or probing, else 0"
+    );
+    metrics::describe_counter!(
+        "aside_origin_cache_leases_total",
+        "Fill leases by outcome: acquired (this origin loaded), waited (another origin's fill was \
+         used), fallback (waited in vain, loaded without the lease), unavailable (Redis could not be \
+         asked)"
+    );
+    metrics::describe_counter!(
+        "aside_origin_early_refreshes_total",
+        "Fresh cached profiles refreshed before their soft expiry (XFetch)"
+    );
+}
+
+pub fn breaker_open(backend: &'static str, open: bool) {
+    metrics::gauge!("aside_origin_breaker_open", "backend" => backend).set(if open {
+        1.0
+    } else {
+        0.0
+    });
+}
+
+pub fn lease(outcome: &'static str) {
+    metrics::counter!("aside_origin_cache_leases_total", "outcome" => outcome).increment(1);
+}
+
+pub fn early_refresh() {
+    metrics::counter!("aside_origin_early_refreshes_total").increment(1);
 }

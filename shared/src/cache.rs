@@ -54,6 +54,15 @@ pub fn profile_key(id: UserId) -> String {
     format!("{PROFILE_KEY_PREFIX}{id}")
 }
 
+/// Prefix of the short-lived fill leases (`SET NX PX`): the origin that holds `user:lease:{id}` is the
+/// one that loads `id` from PostgreSQL, so origins filling the same key cost one query.
+pub const LEASE_KEY_PREFIX: &str = "user:lease:";
+
+/// The Redis key of the fill lease for a profile: `user:lease:{id}`.
+pub fn lease_key(id: UserId) -> String {
+    format!("{LEASE_KEY_PREFIX}{id}")
+}
+
 /// A profile as stored in Redis: the profile and the metadata the cache keeps beside it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedProfile {
@@ -493,6 +502,13 @@ mod tests {
     #[test]
     fn key_scheme_is_user_profile_id() {
         assert_eq!(profile_key(UserId::parse("42").unwrap()), "user:profile:42");
+    }
+
+    #[test]
+    fn lease_keys_sit_beside_profile_keys() {
+        let id = UserId::parse("42").unwrap();
+        assert_eq!(lease_key(id), "user:lease:42");
+        assert_eq!(profile_key(id), "user:profile:42");
     }
 
     #[test]

@@ -55,12 +55,28 @@ async fn fill_writes_the_hash_with_a_jittered_ttl_and_a_deleted_key_is_refilled(
     for id in 1..=30 {
         let (status, x_cache, _) = get(&format!("{}/users/{id}", origin.url())).await;
         assert_eq!((status, x_cache.as_deref()), (200, Some("MISS")));
-        let ttl: i64 = redis.ttl(format!("user:profile:{id}")).await.unwrap();
-        ttls.push(ttl);
+        let key = format!("user:profile:{id}");
+        let hard_ms: i64 = redis.pttl(&key).await.unwrap();
+        let fresh_until: i64 = redis.hget(&key, "_fresh_until").await.unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let soft_ms = fresh_until - now;
+        // The key lives until the soft expiry plus the stale window (by default the soft TTL).
+        let window_ms = hard_ms - soft_ms;
+        assert!(
+            (7_199_000..=7_201_000).contains(&window_ms),
+            "hard - soft = {window_ms} ms"
+        );
+        ttls.push(soft_ms / 1000);
     }
-    // 7200 s ± 10 %.
+    // Soft expiry: 7200 s ± 10 %.
     for ttl in &ttls {
-        assert!((6479..=7920).contains(ttl), "ttl {ttl} outside 7200 ± 10 %");
+        assert!(
+            (6478..=7920).contains(ttl),
+            "soft ttl {ttl} outside 7200 ± 10 %"
+        );
     }
     let distinct: std::collections::HashSet<_> = ttls.iter().collect();
     assert!(distinct.len() > 5, "TTLs are not jittered: {ttls:?}");
@@ -71,6 +87,7 @@ async fn fill_writes_the_hash_with_a_jittered_ttl_and_a_deleted_key_is_refilled(
     assert_eq!(hash["email"], expected["email"].as_str().unwrap());
     assert_eq!(hash["_version"], "1");
     assert!(hash.contains_key("_filled_at"));
+    assert!(hash.contains_key("_delta_ms"));
 
     let _: () = redis.del("user:profile:3").await.unwrap();
     let (_, x_cache, body) = get(&format!("{}/users/3", origin.url())).await;

@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use aside_shared::UserId;
-use aside_shared::cache::{CacheEntry, profile_key};
+use aside_shared::cache::{CacheEntry, CachedProfile, Freshness, profile_key};
 
 use super::{CacheError, ProfileCache};
 
@@ -48,8 +48,8 @@ pub struct StoreRequest {
 }
 
 impl ProfileCache {
-    /// The TTL for one profile: the configured TTL spread by ±jitter %, so keys filled together (after a
-    /// restart, a deploy) do not all expire in the same second.
+    /// The soft TTL for one profile: the configured TTL spread by ±jitter %, so keys filled together
+    /// (after a restart, a deploy) do not all expire in the same second.
     pub fn ttl_with_jitter(&self) -> Duration {
         jittered(
             self.ttls.profile,
@@ -58,10 +58,23 @@ impl ProfileCache {
         )
     }
 
-    /// The TTL an entry is stored with: a profile's (jittered), a marker's or a tombstone's.
-    fn ttl_of(&self, entry: &CacheEntry) -> Duration {
+    /// Gives a profile about to be stored its freshness: fresh for a jittered soft TTL from now, and
+    /// `cost` (how long the PostgreSQL read or write that produced it took) as XFetch's `delta`.
+    pub fn stamp(&self, mut profile: CachedProfile, cost: Duration) -> CachedProfile {
+        let now = crate::db::now_ms();
+        profile.filled_at_ms = now;
+        profile.freshness = Some(Freshness {
+            fresh_until_ms: now.saturating_add(self.ttl_with_jitter().as_millis() as i64),
+            delta_ms: u32::try_from(cost.as_millis()).unwrap_or(u32::MAX),
+        });
+        profile
+    }
+
+    /// The TTL an entry is stored with: a profile's hard expiry (its soft expiry plus the stale window),
+    /// a marker's or a tombstone's.
+    fn ttl_of(&self, entry: &CacheEntry, now_ms: i64) -> Duration {
         match entry {
-            CacheEntry::Present(_) => self.ttl_with_jitter(),
+            CacheEntry::Present(profile) => hard_ttl(profile.freshness, now_ms, self.ttls.stale),
             CacheEntry::Missing(_) => self.ttls.missing,
             CacheEntry::Deleted(_) => self.ttls.tombstone,
         }
@@ -90,6 +103,19 @@ impl ProfileCache {
         requests: &[StoreRequest],
     ) -> Result<Vec<Stored>, CacheError> {
         let mut outcomes = Vec::with_capacity(requests.len());
+        // Profiles must carry their soft expiry (readers tell fresh from stale by it); a caller that
+        // did not stamp one gets the default, with an unknown cost.
+        let requests: Vec<StoreRequest> = requests
+            .iter()
+            .map(|r| match &r.entry {
+                CacheEntry::Present(p) if p.freshness.is_none() => StoreRequest {
+                    entry: CacheEntry::Present(self.stamp(p.clone(), Duration::ZERO)),
+                    ..r.clone()
+                },
+                _ => r.clone(),
+            })
+            .collect();
+        let now = crate::db::now_ms();
         for chunk in requests.chunks(MAX_ENTRIES_PER_CALL) {
             let mut invocation = STORE_IF_NEWER.prepare_invoke();
             for StoreRequest {
@@ -103,7 +129,7 @@ impl ProfileCache {
                     .key(profile_key(*id))
                     .arg(entry.version())
                     .arg(entry.rank())
-                    .arg(self.ttl_of(entry).as_millis().max(1) as u64)
+                    .arg(self.ttl_of(entry, now).as_millis().max(1) as u64)
                     .arg(u8::from(*condition == Condition::OnlyIfCached))
                     .arg(fields.len());
                 for (name, value) in fields {
@@ -144,6 +170,13 @@ impl ProfileCache {
     }
 }
 
+/// A profile's Redis TTL: until its soft expiry, plus the stale window. A copy without freshness
+/// (never stored by this origin) gets only the stale window.
+fn hard_ttl(freshness: Option<Freshness>, now_ms: i64, stale: Duration) -> Duration {
+    let soft_ms = freshness.map_or(0, |f| f.fresh_until_ms.saturating_sub(now_ms).max(0));
+    Duration::from_millis(soft_ms as u64) + stale
+}
+
 /// `ttl * (1 + percent/100 * unit)`, `unit` in -1..=1.
 fn jittered(ttl: Duration, percent: u8, unit: f64) -> Duration {
     let factor = 1.0 + f64::from(percent) / 100.0 * unit.clamp(-1.0, 1.0);
@@ -169,6 +202,27 @@ mod tests {
             jittered(Duration::ZERO, 10, 0.0),
             Duration::from_secs(1),
             "never 0"
+        );
+    }
+
+    #[test]
+    fn the_hard_expiry_is_the_soft_one_plus_the_stale_window() {
+        let fresh = Some(Freshness {
+            fresh_until_ms: 10_000,
+            delta_ms: 3,
+        });
+        let stale = Duration::from_secs(60);
+        assert_eq!(hard_ttl(fresh, 4_000, stale), Duration::from_millis(66_000));
+        assert_eq!(
+            hard_ttl(fresh, 12_000, stale),
+            stale,
+            "already soft-expired"
+        );
+        assert_eq!(hard_ttl(None, 4_000, stale), stale);
+        assert_eq!(
+            hard_ttl(fresh, 4_000, Duration::ZERO),
+            Duration::from_secs(6),
+            "no stale window: hard = soft"
         );
     }
 

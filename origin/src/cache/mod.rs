@@ -4,14 +4,16 @@
 //!   "missing" marker or a tombstone.
 //! * [`fill`]: every write (read-path fill, write-through, change capture) as one compare-and-set Lua
 //!   script that never replaces a newer version with an older one.
-//! * [`breaker`]: after a Redis failure, Redis is skipped for a back-off so requests go straight to
-//!   PostgreSQL instead of each paying a timeout.
+//! * [`lease`]: the per-id fill lease (`SET NX PX`) that makes origins filling the same key cost one
+//!   PostgreSQL query.
+//! * the Redis circuit breaker ([`crate::breaker`]): after repeated Redis failures, Redis is skipped
+//!   for a back-off so requests go straight to PostgreSQL instead of each paying a timeout.
 //!
 //! Every Redis call is bounded by the command timeout; a Redis that is down, slow or returns garbage never
 //! fails a read, it only makes it a miss.
 
-pub mod breaker;
 pub mod fill;
+pub mod lease;
 pub mod read;
 
 use std::future::Future;
@@ -19,8 +21,8 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use crate::breaker::{Breaker, BreakerSettings};
 use crate::config::{RedisArgs, Secret};
-use breaker::Breaker;
 
 /// Why a Redis operation gave no answer. Always recoverable by falling back to PostgreSQL.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,32 @@ pub enum CacheError {
     UnexpectedReply,
 }
 
+impl CacheError {
+    /// Does the error say that Redis is down, unreachable or too slow (as opposed to Redis answering
+    /// with an error reply)? Only outages count towards the circuit breaker, so that, say, a command
+    /// missing from the ACL does not make the origin stop using Redis altogether.
+    pub fn is_outage(&self) -> bool {
+        use redis::{ErrorKind, ServerErrorKind};
+        match self {
+            CacheError::Skipped | CacheError::Timeout => true,
+            CacheError::UnexpectedReply => false,
+            CacheError::Redis(e) => match e.kind() {
+                ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ClusterDown,
+                ) => true,
+                ErrorKind::Server(_)
+                | ErrorKind::Extension
+                | ErrorKind::UnexpectedReturnType
+                | ErrorKind::Parse => false,
+                _ => true,
+            },
+        }
+    }
+}
+
 /// How long each kind of entry lives.
 #[derive(Debug, Clone, Copy)]
 pub struct Ttls {
@@ -46,6 +74,9 @@ pub struct Ttls {
     pub missing: Duration,
     /// A tombstone left by a delete.
     pub tombstone: Duration,
+    /// How long a profile is kept after its soft expiry (the jittered `profile` TTL), for
+    /// stale-if-error: Redis expires the key at soft + stale (the hard expiry).
+    pub stale: Duration,
 }
 
 /// The outcome of a cache read.
@@ -79,7 +110,12 @@ pub struct ProfileCache {
 impl ProfileCache {
     /// Prepares the connection without opening it: the origin starts, and serves from PostgreSQL, while
     /// Redis is down; the connection is made on first use and re-made after failures.
-    pub fn new(url: &Secret, args: &RedisArgs, ttls: Ttls) -> anyhow::Result<Self> {
+    pub fn new(
+        url: &Secret,
+        args: &RedisArgs,
+        ttls: Ttls,
+        breaker: BreakerSettings,
+    ) -> anyhow::Result<Self> {
         let client = redis::Client::open(url.expose())
             .map_err(|_| anyhow::anyhow!("the Redis URL is not valid"))?;
         let command_timeout = Duration::from_millis(args.redis_command_timeout_ms);
@@ -93,7 +129,7 @@ impl ProfileCache {
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(Self {
             conn,
-            breaker: Breaker::new(Duration::from_millis(args.redis_backoff_ms)),
+            breaker: Breaker::new("redis", breaker),
             command_timeout,
             ttls,
         })
@@ -105,24 +141,34 @@ impl ProfileCache {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        if !self.breaker.allow() {
+        let Some(permit) = self.breaker.try_acquire() else {
             return Err(CacheError::Skipped);
-        }
+        };
         let result = match tokio::time::timeout(self.command_timeout, f(self.conn.clone())).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(CacheError::Redis(e)),
             Err(_) => Err(CacheError::Timeout),
         };
         match &result {
-            Ok(_) => self.breaker.record_success(),
+            Ok(_) => permit.success(),
             Err(e) => {
                 crate::metrics::redis_error(op);
-                if self.breaker.record_failure() {
-                    tracing::warn!(op, error = %e, "Redis failed; skipping it for the back-off period");
+                if e.is_outage() {
+                    tracing::debug!(op, error = %e, "Redis failed");
+                    permit.failure();
+                } else {
+                    // Redis answered (an error reply such as NOPERM): it is up, the call was wrong.
+                    tracing::warn!(op, error = %e, "Redis refused a command");
+                    permit.success();
                 }
             }
         }
         result
+    }
+
+    /// How long entries live.
+    pub fn ttls(&self) -> &Ttls {
+        &self.ttls
     }
 
     /// `PING`, for readiness.

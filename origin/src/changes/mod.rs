@@ -166,6 +166,7 @@ async fn catch_up(
     progress: &mut Progress,
 ) -> Result<bool, Stop> {
     loop {
+        let read_started = Instant::now();
         let batch = outbox::read_batch(
             client,
             progress.max_seen(),
@@ -174,7 +175,7 @@ async fn catch_up(
         )
         .await?;
         if !batch.changes.is_empty() {
-            if let Err(e) = apply(cache, &batch).await {
+            if let Err(e) = apply(cache, &batch, read_started.elapsed()).await {
                 tracing::debug!(error = %e, "Redis did not take the changes; will retry");
                 return Ok(false);
             }
@@ -198,8 +199,17 @@ async fn catch_up(
 ///
 /// A user whose only changes in the batch are inserts is written only over an existing entry: that
 /// replaces a "missing" marker at once without filling the cache with every bulk-loaded row. (A read
-/// that misses concurrently re-checks PostgreSQL after caching "missing", see `http::users`.)
-async fn apply(cache: &ProfileCache, batch: &Batch) -> Result<(), crate::cache::CacheError> {
+/// that misses concurrently re-checks PostgreSQL after caching "missing", see `http::refresh`.)
+///
+/// Each profile is written fresh for a soft TTL from now. Its XFetch `delta` (the cost of reloading it)
+/// is `read_cost`, the duration of the snapshot read that produced the batch: the closest measured
+/// figure (a row's share of a batch read would understate a single-row load's round trip), and an upper
+/// bound of it, which at worst makes early refresh of those keys slightly more eager.
+async fn apply(
+    cache: &ProfileCache,
+    batch: &Batch,
+    read_cost: Duration,
+) -> Result<(), crate::cache::CacheError> {
     struct Seen {
         only_inserts: bool,
         max_version: i64,
@@ -223,7 +233,9 @@ async fn apply(cache: &ProfileCache, batch: &Batch) -> Result<(), crate::cache::
             Condition::Always
         };
         let entry = match state {
-            RowState::Present(profile) => CacheEntry::Present(profile.clone()),
+            RowState::Present(profile) => {
+                CacheEntry::Present(cache.stamp(profile.clone(), read_cost))
+            }
             // The row is gone: a later outbox row has the delete (its version is at least this one).
             RowState::Absent => CacheEntry::deleted(s.max_version, now),
             RowState::Invalid(e) => {

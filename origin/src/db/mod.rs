@@ -2,6 +2,7 @@
 //! outbox in [`changes`], migrations in [`migrations`].
 
 pub mod changes;
+pub mod guard;
 pub mod migrations;
 pub mod writes;
 

@@ -16,9 +16,13 @@ pub async fn healthz() -> impl IntoResponse {
 }
 
 /// Ready when PostgreSQL answers (the origin cannot answer a miss without it). Redis is reported but is
-/// not required: without it the origin still serves, from PostgreSQL.
+/// not required: without it the origin still serves, from PostgreSQL. Both go through their circuit
+/// breakers: while one is open it is reported unavailable without being asked.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let (db, redis) = tokio::join!(crate::db::ping(&state.pool), state.cache.ping());
+    let (db, redis) = tokio::join!(
+        state.db.run(crate::db::ping(&state.pool)),
+        state.cache.ping()
+    );
     let status = if db.is_ok() {
         StatusCode::OK
     } else {

@@ -2,7 +2,10 @@
 
 mod auth;
 mod health;
+mod refresh;
 mod users;
+
+pub use refresh::ReadPath;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +26,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::cache::ProfileCache;
 use crate::config::Secret;
+use crate::db::guard::DbGuard;
 use crate::singleflight::SingleFlight;
 
 /// Result of one coalesced PostgreSQL load, shared between the requests that waited for it.
@@ -35,6 +39,10 @@ pub struct AppState {
     pub tokens: Vec<Secret>,
     pub metrics: PrometheusHandle,
     pub(crate) loads: SingleFlight<UserId, LoadResult>,
+    /// PostgreSQL's circuit breaker and client-side deadline.
+    pub db: DbGuard,
+    /// Stale-if-error, early refresh and lease settings.
+    pub read: ReadPath,
 }
 
 impl AppState {
@@ -43,6 +51,8 @@ impl AppState {
         cache: Arc<ProfileCache>,
         tokens: Vec<Secret>,
         metrics: PrometheusHandle,
+        db: DbGuard,
+        read: ReadPath,
     ) -> Self {
         Self {
             pool,
@@ -50,6 +60,8 @@ impl AppState {
             tokens,
             metrics,
             loads: SingleFlight::default(),
+            db,
+            read,
         }
     }
 }

@@ -11,8 +11,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use aside_shared::Freshness;
 use aside_shared::cache::{CacheEntry, CachedProfile, Projection};
-use aside_shared::headers::{CacheStatus, ETAG, SERVER_TIMING, ServerTiming, X_CACHE, format_etag};
+use aside_shared::headers::{
+    CacheControl, CacheStatus, ETAG, NO_CACHE, SERVER_TIMING, ServerTiming, X_CACHE, format_etag,
+};
 use aside_shared::{ApiError, FieldSelection, ProfileInput, ProfilePatch, UserId};
 use axum::Extension;
 use axum::body::Bytes;
@@ -21,9 +24,9 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
+use super::refresh::{self, Seen};
 use super::{AppState, Error, Limits, LoadResult};
-use crate::cache::Lookup;
-use crate::cache::fill::Stored;
+use crate::cache::{Lookup, Ttls};
 use crate::db::DbError;
 use crate::db::writes::{self, WriteError};
 use crate::singleflight::Role;
@@ -31,118 +34,295 @@ use crate::singleflight::Role;
 /// Seconds a client should wait after a 503 caused by PostgreSQL.
 const DB_RETRY_AFTER_SECS: u32 = 1;
 
+/// A profile as the request found it in Redis: the answer's body (whole or projected), its version and
+/// its freshness.
+struct ProfileCopy {
+    body: serde_json::Value,
+    version: i64,
+    freshness: Option<Freshness>,
+}
+
+/// What a Redis read found.
+enum Found {
+    Profile(ProfileCopy),
+    /// A "missing" marker or a tombstone: 404.
+    Absent,
+}
+
+/// Why the request asks for a load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reason {
+    /// Redis has nothing (or something unusable).
+    Miss,
+    /// Redis could not be read.
+    NoRedis,
+    /// A soft-expired copy: refresh it; serve it STALE if PostgreSQL cannot answer.
+    Stale,
+    /// A fresh copy chosen by XFetch: refresh it now; serve the copy if the refresh fails.
+    Early,
+    /// `cache-control: no-cache` on the request.
+    Reload,
+}
+
 /// `GET /users/{id}[?fields=a,b]`.
-pub async fn get_user(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Response, Error> {
+///
+/// Fresh copy in Redis: `HIT`, unless XFetch picks this request to refresh it early (it then answers
+/// the refreshed value, still `HIT`). Soft-expired copy: refreshed from PostgreSQL (`MISS`), or served
+/// `STALE` if PostgreSQL fails or does not answer within `refresh_wait`. No copy: loaded (`MISS`), or
+/// 503 if PostgreSQL cannot answer. Every load is coalesced per id in the origin and, through the fill
+/// lease, across origins. Profile answers carry `cache-control: max-age, stale-if-error`.
+pub async fn get_user(
+    State(state): State<Arc<AppState>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
     let id = path_id(&uri)?;
     let selection = FieldSelection::from_query(uri.query()).map_err(ApiError::invalid_query)?;
+    let reload = wants_reload(&headers);
     let mut timing = ServerTiming::new();
 
     let started = Instant::now();
-    // `Some((body, version))` for a profile, `None` for a cached "missing" or "deleted".
     let cached = match &selection {
         Some(sel) => state.cache.get_fields(id, sel).await.map(|p| match p {
-            Projection::Present { body, version, .. } => Some((body, version)),
-            Projection::Absent => None,
+            Projection::Present {
+                body,
+                version,
+                freshness,
+            } => Found::Profile(ProfileCopy {
+                body,
+                version,
+                freshness,
+            }),
+            Projection::Absent => Found::Absent,
         }),
         None => state.cache.get(id).await.map(|entry| match entry {
-            CacheEntry::Present(c) => Some((profile_json(&c), c.version)),
-            CacheEntry::Missing(_) | CacheEntry::Deleted(_) => None,
+            CacheEntry::Present(c) => Found::Profile(ProfileCopy {
+                body: profile_json(&c),
+                version: c.version,
+                freshness: c.freshness,
+            }),
+            CacheEntry::Missing(_) | CacheEntry::Deleted(_) => Found::Absent,
         }),
     };
     timing.add("redis", ms_since(started));
-    match cached {
-        Lookup::Hit(found) => {
+    let now = crate::db::now_ms();
+    let (reason, copy) = match cached {
+        Lookup::Hit(Found::Absent) => {
             crate::metrics::cache_result("hit");
-            return Ok(match found {
-                Some((body, version)) => with_etag(
-                    json_response(StatusCode::OK, body, CacheStatus::Hit, &timing),
-                    version,
-                ),
-                None => {
-                    let mut response = Error(ApiError::user_not_found(id)).into_response();
-                    mark(&mut response, CacheStatus::Hit, &timing);
-                    response
-                }
-            });
+            let mut response = Error(ApiError::user_not_found(id)).into_response();
+            mark(&mut response, CacheStatus::Hit, &timing);
+            return Ok(response);
         }
-        Lookup::Miss => crate::metrics::cache_result("miss"),
-        Lookup::Unavailable(_) => crate::metrics::cache_result("error"),
-    }
+        Lookup::Hit(Found::Profile(copy)) => {
+            let fresh = copy.freshness.is_none_or(|f| f.is_fresh(now));
+            if reload {
+                (Reason::Reload, copy)
+            } else if !fresh {
+                (Reason::Stale, copy)
+            } else if !state.db.rejects_now()
+                && due_early(copy.freshness, now, state.read.xfetch_beta)
+            {
+                crate::metrics::early_refresh();
+                (Reason::Early, copy)
+            } else {
+                crate::metrics::cache_result("hit");
+                return Ok(profile_response(&state, copy, CacheStatus::Hit, &timing));
+            }
+        }
+        Lookup::Miss => {
+            crate::metrics::cache_result("miss");
+            return load_uncached(&state, id, selection.as_ref(), Reason::Miss, timing).await;
+        }
+        Lookup::Unavailable(_) => {
+            crate::metrics::cache_result("error");
+            return load_uncached(&state, id, selection.as_ref(), Reason::NoRedis, timing).await;
+        }
+    };
 
-    let started = Instant::now();
-    let loader = Arc::clone(&state);
-    let (loaded, role) = state
-        .loads
-        .run(id, move || async move { load_and_fill(&loader, id).await })
-        .await;
-    if role == Role::Follower {
-        crate::metrics::coalesced();
+    // PostgreSQL's breaker is open: answer the copy now rather than wait behind a load that started
+    // before it opened.
+    if state.db.rejects_now() {
+        return Ok(cached_fallback(&state, copy, &timing));
     }
+    // A copy in hand: wait for its refresh only so long, then answer the copy.
+    let seen = Seen::Profile {
+        version: copy.version,
+        fresh_until_ms: copy.freshness.map(|f| f.fresh_until_ms),
+    };
+    let started = Instant::now();
+    let refreshed = tokio::time::timeout(
+        state.read.refresh_wait,
+        coalesced_load(&state, id, seen, true),
+    )
+    .await;
     timing.add("db", ms_since(started));
-    match loaded? {
-        Some(cached) => {
-            let body = match &selection {
-                Some(sel) => sel.project(&cached.profile),
-                None => profile_json(&cached),
+    match refreshed {
+        Ok(Ok(Some(loaded))) => {
+            crate::metrics::cache_result(if reason == Reason::Early {
+                "hit"
+            } else {
+                "refreshed"
+            });
+            let status = if reason == Reason::Early {
+                CacheStatus::Hit
+            } else {
+                CacheStatus::Miss
             };
-            Ok(with_etag(
-                json_response(StatusCode::OK, body, CacheStatus::Miss, &timing),
-                cached.version,
+            Ok(profile_response(
+                &state,
+                loaded_copy(&loaded, selection.as_ref()),
+                status,
+                &timing,
             ))
         }
+        // Deleted meanwhile: PostgreSQL (or a tombstone written since) says so.
+        Ok(Ok(None)) => Err(ApiError::user_not_found(id).into()),
+        Ok(Err(e)) => {
+            tracing::debug!(%id, ?reason, error = ?e.code, "refresh failed; answering the cached copy");
+            Ok(cached_fallback(&state, copy, &timing))
+        }
+        Err(_) => {
+            tracing::debug!(%id, ?reason, "refresh still running; answering the cached copy");
+            Ok(cached_fallback(&state, copy, &timing))
+        }
+    }
+}
+
+/// A miss (or no Redis): the request has nothing to fall back on and waits for the load (bounded by
+/// the PostgreSQL deadline and the request timeout).
+async fn load_uncached(
+    state: &Arc<AppState>,
+    id: UserId,
+    selection: Option<&FieldSelection>,
+    reason: Reason,
+    mut timing: ServerTiming,
+) -> Result<Response, Error> {
+    if state.db.rejects_now() {
+        return Err(db_error(id, DbError::Unavailable(crate::db::guard::SKIPPED.into())).into());
+    }
+    let started = Instant::now();
+    let loaded = coalesced_load(state, id, Seen::Nothing, reason != Reason::NoRedis).await;
+    timing.add("db", ms_since(started));
+    match loaded? {
+        Some(loaded) => Ok(profile_response(
+            state,
+            loaded_copy(&loaded, selection),
+            CacheStatus::Miss,
+            &timing,
+        )),
         None => Err(ApiError::user_not_found(id).into()),
     }
 }
 
-/// One PostgreSQL read for `id`, then the fill: the row, or a "missing" marker. A failed fill is
-/// logged and counted, never returned: the reader still gets its answer.
-async fn load_and_fill(state: &AppState, id: UserId) -> LoadResult {
-    // A request that missed Redis just before another request's load filled it arrives here after
-    // that load has finished and left the single-flight: look once more before querying, so a burst of
-    // misses for one id costs one PostgreSQL query however the requests interleave.
-    if let Lookup::Hit(entry) = state.cache.get(id).await {
-        return Ok(match entry {
-            CacheEntry::Present(cached) => Some(cached),
-            CacheEntry::Missing(_) | CacheEntry::Deleted(_) => None,
-        });
+/// The id's load, shared by every concurrent request of this origin (see [`refresh::load`]).
+async fn coalesced_load(
+    state: &Arc<AppState>,
+    id: UserId,
+    seen: Seen,
+    via_redis: bool,
+) -> LoadResult {
+    let loader = Arc::clone(state);
+    let (loaded, role) = state
+        .loads
+        .run(id, move || refresh::load(loader, id, seen, via_redis))
+        .await;
+    if role == Role::Follower {
+        crate::metrics::coalesced();
     }
-    let row = crate::db::profile_by_id(&state.pool, id)
-        .await
-        .map_err(|e| db_error(id, e))?;
-    #[cfg(feature = "test-hooks")]
-    if let Some(delay) = crate::test_hooks::fill_delay() {
-        tokio::time::sleep(delay).await;
-    }
-    let entry = match &row {
-        Some(cached) => CacheEntry::Present(cached.clone()),
-        None => CacheEntry::missing(crate::db::now_ms()),
-    };
-    match state.cache.store_if_newer(id, &entry).await {
-        Ok(Stored::Written) if row.is_none() => recheck_after_missing(state, id).await,
-        Ok(_) => {}
-        Err(e) => tracing::debug!(%id, error = %e, "cache fill skipped"),
-    }
-    Ok(row)
+    loaded
 }
 
-/// Closes the race between caching "missing" and a row created meanwhile outside the API: change
-/// capture writes a created row only over an existing entry, so a marker written after it looked would
-/// hide the row for the marker's TTL. Reading again after the marker is in place catches any row
-/// committed before now; any row committed later finds the marker and replaces it.
-async fn recheck_after_missing(state: &AppState, id: UserId) {
-    match crate::db::profile_by_id(&state.pool, id).await {
-        Ok(Some(created)) => {
-            if let Err(e) = state
-                .cache
-                .store_if_newer(id, &CacheEntry::Present(created))
-                .await
-            {
-                tracing::debug!(%id, error = %e, "cache fill skipped");
+/// The cached copy, when its refresh failed or is late: `HIT` if still fresh, else `STALE`.
+fn cached_fallback(state: &AppState, copy: ProfileCopy, timing: &ServerTiming) -> Response {
+    let fresh = copy
+        .freshness
+        .is_none_or(|f| f.is_fresh(crate::db::now_ms()));
+    if fresh {
+        crate::metrics::cache_result("hit");
+        profile_response(state, copy, CacheStatus::Hit, timing)
+    } else {
+        crate::metrics::cache_result("stale");
+        profile_response(state, copy, CacheStatus::Stale, timing)
+    }
+}
+
+/// A loaded profile as an answer body (projected for `?fields`).
+fn loaded_copy(loaded: &CachedProfile, selection: Option<&FieldSelection>) -> ProfileCopy {
+    ProfileCopy {
+        body: match selection {
+            Some(sel) => sel.project(&loaded.profile),
+            None => profile_json(loaded),
+        },
+        version: loaded.version,
+        freshness: loaded.freshness,
+    }
+}
+
+/// Is this fresh copy picked for an early refresh (XFetch, see [`Freshness::refresh_early`])?
+fn due_early(freshness: Option<Freshness>, now_ms: i64, beta: f64) -> bool {
+    // refresh_early wants u in (0, 1]; random() is in [0, 1).
+    let unit = 1.0 - rand::random::<f64>();
+    freshness.is_some_and(|f| f.refresh_early(now_ms, beta, unit))
+}
+
+/// Does the request carry `cache-control: no-cache` (reload from PostgreSQL)?
+fn wants_reload(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| d.trim().eq_ignore_ascii_case(NO_CACHE))
+}
+
+/// 200 with a profile: `x-cache`, `etag`, and `cache-control` from the copy's freshness.
+fn profile_response(
+    state: &AppState,
+    copy: ProfileCopy,
+    source: CacheStatus,
+    timing: &ServerTiming,
+) -> Response {
+    let control = cache_control(copy.freshness, crate::db::now_ms(), state.cache.ttls());
+    with_cache_control(
+        with_etag(
+            json_response(StatusCode::OK, copy.body, source, timing),
+            copy.version,
+        ),
+        control,
+    )
+}
+
+/// `max-age`: seconds until the soft expiry (0 once stale); `stale-if-error`: seconds from then until
+/// the hard expiry (the soft one plus the stale window). A copy of unknown freshness (straight from
+/// PostgreSQL with no fill, or written by an older origin) gets the configured soft TTL and window.
+pub(crate) fn cache_control(
+    freshness: Option<Freshness>,
+    now_ms: i64,
+    ttls: &Ttls,
+) -> CacheControl {
+    match freshness {
+        None => CacheControl {
+            max_age_secs: ttls.profile.as_secs(),
+            stale_if_error_secs: ttls.stale.as_secs(),
+        },
+        Some(f) => {
+            let stale_ms = i64::try_from(ttls.stale.as_millis()).unwrap_or(i64::MAX);
+            let hard = f.fresh_until_ms.saturating_add(stale_ms);
+            let fresh_left = f.fresh_until_ms.saturating_sub(now_ms).max(0);
+            let stale_left = hard.saturating_sub(now_ms.max(f.fresh_until_ms)).max(0);
+            CacheControl {
+                max_age_secs: (fresh_left / 1000) as u64,
+                stale_if_error_secs: (stale_left / 1000) as u64,
             }
         }
-        Ok(None) => {}
-        Err(e) => tracing::debug!(%id, error = %e, "re-check after caching missing failed"),
     }
+}
+
+fn with_cache_control(mut response: Response, control: CacheControl) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&control.format()) {
+        response.headers_mut().insert(header::CACHE_CONTROL, value);
+    }
+    response
 }
 
 /// `POST /users`: 201, `Location: /users/{id}`, the new profile.
@@ -154,21 +334,18 @@ pub async fn create_user(
 ) -> Result<Response, Error> {
     let body = json_body(&headers, body, limits)?;
     let input = ProfileInput::from_json(&body, today()).map_err(ApiError::from)?;
-    let created = writes::create(&state.pool, input)
+    let started = Instant::now();
+    let created = state
+        .db
+        .run(writes::create(&state.pool, input))
         .await
         .map_err(|e| write_error("create", None, e))?;
     crate::metrics::write("create", "ok");
+    let created = state.cache.stamp(created, started.elapsed());
     let id = created.profile.id;
     write_through(&state, id, CacheEntry::Present(created.clone())).await;
-    let mut response = with_etag(
-        json_response(
-            StatusCode::CREATED,
-            profile_json(&created),
-            CacheStatus::Bypass,
-            &ServerTiming::new(),
-        ),
-        created.version,
-    );
+    let mut response = written(&state, &created);
+    *response.status_mut() = StatusCode::CREATED;
     response.headers_mut().insert(
         header::LOCATION,
         HeaderValue::from_str(&format!("/users/{id}")).expect("a path is a header value"),
@@ -187,12 +364,16 @@ pub async fn replace_user(
     let id = path_id(&uri)?;
     let body = json_body(&headers, body, limits)?;
     let input = ProfileInput::from_json(&body, today()).map_err(ApiError::from)?;
-    let replaced = writes::replace(&state.pool, id, input)
+    let started = Instant::now();
+    let replaced = state
+        .db
+        .run(writes::replace(&state.pool, id, input))
         .await
         .map_err(|e| write_error("replace", Some(id), e))?;
     crate::metrics::write("replace", "ok");
+    let replaced = state.cache.stamp(replaced, started.elapsed());
     write_through(&state, id, CacheEntry::Present(replaced.clone())).await;
-    Ok(written(&replaced))
+    Ok(written(&state, &replaced))
 }
 
 /// `PATCH /users/{id}`: changes the fields the body has; 200 and the whole profile.
@@ -206,19 +387,25 @@ pub async fn update_user(
     let id = path_id(&uri)?;
     let body = json_body(&headers, body, limits)?;
     let patch = ProfilePatch::from_json(&body, today()).map_err(ApiError::from)?;
-    let updated = writes::patch(&state.pool, id, &patch)
+    let started = Instant::now();
+    let updated = state
+        .db
+        .run(writes::patch(&state.pool, id, &patch))
         .await
         .map_err(|e| write_error("update", Some(id), e))?;
     crate::metrics::write("update", "ok");
+    let updated = state.cache.stamp(updated, started.elapsed());
     write_through(&state, id, CacheEntry::Present(updated.clone())).await;
-    Ok(written(&updated))
+    Ok(written(&state, &updated))
 }
 
 /// `DELETE /users/{id}`: 204 with `etag` = the version the row had (its tombstone's); leaves a
 /// tombstone in Redis.
 pub async fn delete_user(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Response, Error> {
     let id = path_id(&uri)?;
-    let version = writes::delete(&state.pool, id)
+    let version = state
+        .db
+        .run(writes::delete(&state.pool, id))
         .await
         .map_err(|e| write_error("delete", Some(id), e))?;
     crate::metrics::write("delete", "ok");
@@ -303,10 +490,14 @@ fn write_error(op: &'static str, id: Option<UserId>, e: WriteError) -> ApiError 
     }
 }
 
-fn db_error(id: UserId, e: DbError) -> ApiError {
+pub(super) fn db_error(id: UserId, e: DbError) -> ApiError {
     match e {
         DbError::Unavailable(detail) => {
-            tracing::warn!(%id, error = %detail, "PostgreSQL unavailable");
+            if detail == crate::db::guard::SKIPPED {
+                tracing::debug!(%id, "PostgreSQL skipped (circuit breaker open)");
+            } else {
+                tracing::warn!(%id, error = %detail, "PostgreSQL unavailable");
+            }
             ApiError::unavailable("PostgreSQL", DB_RETRY_AFTER_SECS)
         }
         other => {
@@ -325,17 +516,14 @@ fn profile_json(cached: &CachedProfile) -> serde_json::Value {
     serde_json::to_value(&cached.profile).expect("profiles serialise")
 }
 
-/// 200 with the written profile and its version, `x-cache: BYPASS`.
-fn written(cached: &CachedProfile) -> Response {
-    with_etag(
-        json_response(
-            StatusCode::OK,
-            profile_json(cached),
-            CacheStatus::Bypass,
-            &ServerTiming::new(),
-        ),
-        cached.version,
-    )
+/// 200 with the written profile, its version and its freshness (as written through), `x-cache: BYPASS`.
+fn written(state: &AppState, cached: &CachedProfile) -> Response {
+    let copy = ProfileCopy {
+        body: profile_json(cached),
+        version: cached.version,
+        freshness: cached.freshness,
+    };
+    profile_response(state, copy, CacheStatus::Bypass, &ServerTiming::new())
 }
 
 /// `etag: "<version>"`: the row version the answer was taken from (see `aside_shared::headers::ETAG`).

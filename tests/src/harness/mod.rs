@@ -10,6 +10,7 @@
 //! folders when the test binary exits normally, pass or fail.
 
 mod edge;
+mod load;
 mod origin;
 mod postgres;
 mod process;
@@ -21,6 +22,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use edge::{EDGE_WASM, Edge, EdgeOptions, edge_wasm, manifest_with_allowed_hosts, metric};
+pub use load::{Load, LoadReport, Sample};
 pub use origin::{Origin, OriginOptions};
 pub use postgres::PostgresServer;
 pub use process::{ManagedChild, StopSignal, log_to, spawn_managed, temp_dir};

@@ -149,6 +149,51 @@ impl PostgresServer {
             child.signal(if paused { libc::SIGSTOP } else { libc::SIGCONT });
         }
     }
+
+    /// Freezes or thaws the whole server: the postmaster *and* its backends (freezing only the
+    /// postmaster leaves open connections working). A frozen server accepts TCP connections and
+    /// answers nothing, and enforces no `statement_timeout`: a stalled host. Returns how many processes
+    /// were signalled.
+    pub fn pause_all(&self, paused: bool) -> usize {
+        let Some(child) = &self.child else { return 0 };
+        let postmaster = child.id();
+        let signal = if paused { libc::SIGSTOP } else { libc::SIGCONT };
+        // The postmaster first when freezing (it forks no new backend meanwhile), last when thawing.
+        if paused {
+            child.signal(signal);
+        }
+        let backends = children_of(postmaster);
+        for pid in &backends {
+            // SAFETY: signalling processes forked by our own child.
+            unsafe {
+                libc::kill(*pid as i32, signal);
+            }
+        }
+        if !paused {
+            child.signal(signal);
+        }
+        backends.len() + 1
+    }
+}
+
+/// Pids whose parent is `parent` (from /proc/<pid>/stat).
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // `pid (comm) state ppid ...`: comm may hold spaces, so split after its ')'.
+                    let rest = &stat[stat.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
 }
 
 fn run_as() -> Option<(u32, u32)> {

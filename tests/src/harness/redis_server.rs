@@ -6,6 +6,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use super::process::{ManagedChild, StopSignal, log_to, spawn_managed};
 use super::{free_port, generate_secret, port_open, temp_dir, wait_until, workspace_root};
 
@@ -178,6 +180,25 @@ impl RedisServer {
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
         self.launch().await
+    }
+
+    /// Graceful stop: `SHUTDOWN` (Redis flushes and fsyncs the AOF, then exits); waits for the exit.
+    /// [`RedisServer::restart`] starts it again on the same folder.
+    pub async fn shutdown(&mut self) -> anyhow::Result<()> {
+        let mut admin = self.admin(0).await?;
+        // The server closes the connection instead of replying.
+        let _ = redis::cmd("SHUTDOWN").query_async::<()>(&mut admin).await;
+        let child = self.child.as_mut().context("redis-server is not running")?;
+        let mut exited = false;
+        let stopped = wait_until(Duration::from_secs(20), || {
+            exited = exited || child.has_exited();
+            let done = exited;
+            async move { done }
+        })
+        .await;
+        anyhow::ensure!(stopped, "redis-server did not exit after SHUTDOWN");
+        self.kill();
+        Ok(())
     }
 
     /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the server: a Redis that accepts TCP but never answers.
