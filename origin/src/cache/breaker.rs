@@ -38,6 +38,7 @@ impl Breaker {
         let mut guard = self.open_until.lock().expect("breaker lock poisoned");
         if guard.take().is_some() {
             tracing::info!("Redis answered again; cache re-enabled");
+            crate::metrics::breaker_open("redis", false);
         }
     }
 }

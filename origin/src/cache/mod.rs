@@ -6,6 +6,7 @@
 //!   script that never replaces a newer version with an older one.
 //! * [`breaker`]: after a Redis failure, Redis is skipped for a back-off so requests go straight to
 //!   PostgreSQL instead of each paying a timeout.
+//! * [`stats`]: key count and memory of the profile keys (`SCAN`, `MEMORY USAGE`) and Redis's `INFO`.
 //!
 //! Every Redis call is bounded by the command timeout; a Redis that is down, slow or returns garbage never
 //! fails a read, it only makes it a miss.
@@ -13,6 +14,7 @@
 pub mod breaker;
 pub mod fill;
 pub mod read;
+pub mod stats;
 
 use std::future::Future;
 use std::time::Duration;
@@ -74,6 +76,8 @@ pub struct ProfileCache {
     breaker: Breaker,
     command_timeout: Duration,
     ttls: Ttls,
+    /// The logical database of the Redis URL (statistics are per database).
+    db: i64,
 }
 
 impl ProfileCache {
@@ -82,6 +86,7 @@ impl ProfileCache {
     pub fn new(url: &Secret, args: &RedisArgs, ttls: Ttls) -> anyhow::Result<Self> {
         let client = redis::Client::open(url.expose())
             .map_err(|_| anyhow::anyhow!("the Redis URL is not valid"))?;
+        let db = client.get_connection_info().redis_settings().db();
         let command_timeout = Duration::from_millis(args.redis_command_timeout_ms);
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(args.redis_connect_timeout_ms)))
@@ -96,6 +101,7 @@ impl ProfileCache {
             breaker: Breaker::new(Duration::from_millis(args.redis_backoff_ms)),
             command_timeout,
             ttls,
+            db,
         })
     }
 
@@ -118,6 +124,7 @@ impl ProfileCache {
             Err(e) => {
                 crate::metrics::redis_error(op);
                 if self.breaker.record_failure() {
+                    crate::metrics::breaker_open("redis", true);
                     tracing::warn!(op, error = %e, "Redis failed; skipping it for the back-off period");
                 }
             }
