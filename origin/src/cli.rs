@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{DatabaseArgs, ServeArgs, redact_url};
+use crate::config::{DatabaseArgs, RedisArgs, ServeArgs, redact_url};
 use crate::telemetry::{self, LogFormat};
 
 /// The aside origin: serves user profiles from PostgreSQL through a Redis cache, and owns the schema
@@ -43,6 +43,25 @@ pub enum Command {
     },
     /// Serve the HTTP API.
     Serve(Box<ServeArgs>),
+    /// Print statistics of the Redis cache: the profile keys of the configured logical database (count,
+    /// memory; SCAN and MEMORY USAGE, never KEYS) and the Redis server's memory, evictions and hit
+    /// ratio. The same as `GET /admin/cache/stats`.
+    CacheStats(Box<CacheStatsArgs>),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CacheStatsArgs {
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// Print JSON (the body of `GET /admin/cache/stats`) instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Stop after this many keys.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_keys: u64,
+    /// Stop starting SCAN steps after this many ms.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    budget_ms: u64,
 }
 
 pub fn main() -> ExitCode {
@@ -111,7 +130,44 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => serve(*args).await,
+        Command::CacheStats(args) => cache_stats(*args).await,
     }
+}
+
+async fn cache_stats(args: CacheStatsArgs) -> anyhow::Result<()> {
+    let url = args.redis.url()?;
+    // The TTLs are only used by writes, which this command never makes.
+    let ttls = crate::cache::Ttls {
+        profile: Duration::from_secs(aside_shared::cache::DEFAULT_TTL_SECS),
+        jitter_percent: 0,
+        missing: Duration::from_secs(aside_shared::cache::DEFAULT_MISSING_TTL_SECS),
+        tombstone: Duration::from_secs(aside_shared::cache::DEFAULT_TOMBSTONE_TTL_SECS),
+        stale: Duration::ZERO,
+    };
+    // One command, no retries worth a breaker: fail on the first error.
+    let breaker = crate::breaker::BreakerSettings {
+        failures: 1,
+        backoff: Duration::from_millis(args.redis.redis_backoff_ms),
+        max_backoff: Duration::from_millis(args.redis.redis_backoff_ms),
+    };
+    let cache = crate::cache::ProfileCache::new(&url, &args.redis, ttls, breaker)?;
+    let limits = crate::cache::stats::StatsLimits {
+        max_keys: usize::try_from(args.max_keys).unwrap_or(usize::MAX),
+        budget: Duration::from_millis(args.budget_ms),
+        ..Default::default()
+    };
+    let stats = cache.stats(limits).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read statistics from Redis at {}: {e}",
+            redact_url(url.expose())
+        )
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+    } else {
+        print!("{}", crate::cache::stats::table(&stats));
+    }
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -120,6 +176,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let tokens = args.tokens()?;
     // First, so that what the rest records at start-up (the breakers' state) is exported.
     let metrics = crate::metrics::install();
+    let admin_tokens = args.admin_tokens()?;
     let pool = crate::db::pool(&db_url, &args.database)?;
     let cache = Arc::new(crate::cache::ProfileCache::new(
         &redis_url,
@@ -146,9 +203,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Arc::clone(&cache),
         args.changes.clone(),
     ));
-    let state = Arc::new(crate::http::AppState::new(
-        pool, cache, tokens, metrics, db_guard, read_path,
-    ));
+    if admin_tokens.is_empty() {
+        tracing::info!("no admin token configured: the /admin routes are not mounted");
+    }
+    let state = Arc::new(
+        crate::http::AppState::new(pool, cache, tokens, metrics, db_guard, read_path)
+            .with_admin_tokens(admin_tokens),
+    );
     let limits = crate::http::Limits {
         request_timeout: Duration::from_millis(args.request_timeout_ms),
         max_body_bytes: args.max_body_bytes,

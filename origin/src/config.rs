@@ -208,6 +208,21 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub resilience: ResilienceArgs,
+
+    /// Bearer token(s) for the admin routes (`/admin/...`, e.g. cache statistics), comma-separated.
+    /// Without one the admin routes are not mounted at all (404, and absent from /openapi.json). Must
+    /// differ from the origin tokens: the edge holds those and must not reach the admin routes.
+    #[arg(
+        long,
+        env = "ASIDE_ADMIN_TOKENS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub admin_token: Vec<String>,
+
+    /// File holding the admin token(s), one per line.
+    #[arg(long, env = "ASIDE_ADMIN_TOKENS_FILE")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// Change capture: applying the `devops_api.user_changes` outbox to Redis.
@@ -270,31 +285,54 @@ impl ServeArgs {
 
     /// The accepted bearer tokens (empty: no authentication).
     pub fn tokens(&self) -> anyhow::Result<Vec<Secret>> {
-        let mut tokens: Vec<Secret> = self
-            .token
-            .iter()
-            .map(|t| t.trim())
-            .filter(|t| !t.is_empty())
-            .map(Secret::new)
-            .collect();
-        if let Some(path) = &self.token_file {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read tokens from {}", path.display()))?;
-            tokens.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .map(Secret::new),
-            );
-        }
-        for t in &tokens {
-            anyhow::ensure!(
-                t.expose().len() >= 16,
-                "an origin token must be at least 16 characters"
-            );
-        }
-        Ok(tokens)
+        token_list(&self.token, self.token_file.as_ref(), "an origin token")
     }
+
+    /// The admin bearer tokens (empty: no admin routes). None may also be an origin token.
+    pub fn admin_tokens(&self) -> anyhow::Result<Vec<Secret>> {
+        let admin = token_list(
+            &self.admin_token,
+            self.admin_token_file.as_ref(),
+            "an admin token",
+        )?;
+        let origin = self.tokens()?;
+        anyhow::ensure!(
+            !admin.iter().any(|a| origin.contains(a)),
+            "an admin token must not also be an origin token (ASIDE_ORIGIN_TOKENS): the edge holds those"
+        );
+        Ok(admin)
+    }
+}
+
+/// Tokens given as values and, one per line, in a file; each at least 16 characters.
+fn token_list(
+    values: &[String],
+    file: Option<&PathBuf>,
+    what: &str,
+) -> anyhow::Result<Vec<Secret>> {
+    let mut tokens: Vec<Secret> = values
+        .iter()
+        .map(|t| t.trim())
+        .filter(|t| !t.is_empty())
+        .map(Secret::new)
+        .collect();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read tokens from {}", path.display()))?;
+        tokens.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(Secret::new),
+        );
+    }
+    for t in &tokens {
+        anyhow::ensure!(
+            t.expose().len() >= 16,
+            "{what} must be at least 16 characters"
+        );
+    }
+    Ok(tokens)
 }
 
 /// Resilience: stale-if-error, early refresh, fill leases across origins, circuit breakers.

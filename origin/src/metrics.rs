@@ -4,6 +4,7 @@
 //! (seconds) for durations.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -25,6 +26,10 @@ pub fn install() -> PrometheusHandle {
                 });
             describe();
             describe_resilience();
+            // Both breakers start closed; the series exist from the first scrape so a dashboard shows 0,
+            // not "no data", until one opens.
+            breaker_open("redis", false);
+            breaker_open("postgres", false);
             handle
         })
         .clone()
@@ -73,6 +78,7 @@ fn describe() {
         metrics::Unit::Seconds,
         "HTTP request latency by route, method and status"
     );
+    describe_observability();
 }
 
 pub fn db_query(query: &'static str) {
@@ -109,10 +115,6 @@ pub fn redis_error(op: &'static str) {
 }
 
 fn describe_resilience() {
-    metrics::describe_gauge!(
-        "aside_origin_breaker_open",
-        "1 while the circuit breaker of a backend (redis, postgres) is open or probing, else 0"
-    );
     metrics::describe_counter!(
         "aside_origin_cache_leases_total",
         "Fill leases by outcome: acquired (this origin loaded), waited (another origin's fill was \
@@ -123,8 +125,91 @@ fn describe_resilience() {
         "aside_origin_early_refreshes_total",
         "Fresh cached profiles refreshed before their soft expiry (XFetch)"
     );
+    // Exported from the first scrape (as 0), so dashboards and alerts see the series before it moves.
+    metrics::counter!("aside_origin_early_refreshes_total").increment(0);
+    metrics::counter!("aside_origin_cache_leases_total", "outcome" => "acquired").increment(0);
 }
 
+// ---- observability (docs/observability.md lists every family) ----
+
+fn describe_observability() {
+    metrics::describe_counter!(
+        "aside_origin_http_requests_total",
+        "HTTP requests answered, by route template (never the raw path), method and status"
+    );
+    metrics::describe_counter!(
+        "aside_origin_cache_fills_total",
+        "Read-path fills of Redis after a PostgreSQL load, by outcome (written, kept_newer, error)"
+    );
+    metrics::describe_counter!(
+        "aside_origin_write_throughs_total",
+        "Write-throughs to Redis after a committed API write, by outcome (written, kept_newer, error)"
+    );
+    metrics::describe_gauge!(
+        "aside_origin_breaker_open",
+        "1 while the circuit breaker in front of a backend (redis, postgres) is open, else 0"
+    );
+    metrics::describe_gauge!(
+        "aside_origin_db_pool_connections",
+        "PostgreSQL pool connections by state (idle, in_use), sampled at scrape time"
+    );
+    metrics::describe_gauge!(
+        "aside_origin_db_pool_max_connections",
+        "Largest number of connections the PostgreSQL pool opens"
+    );
+    metrics::describe_gauge!(
+        "aside_origin_db_pool_waiting_requests",
+        "Requests waiting for a PostgreSQL pool connection, sampled at scrape time"
+    );
+    metrics::describe_counter!(
+        "aside_origin_redis_keyspace_hits_total",
+        "Redis INFO keyspace_hits: successful key lookups on the whole Redis server (every client, every database)"
+    );
+    metrics::describe_counter!(
+        "aside_origin_redis_keyspace_misses_total",
+        "Redis INFO keyspace_misses: failed key lookups on the whole Redis server"
+    );
+    metrics::describe_counter!(
+        "aside_origin_redis_evicted_keys_total",
+        "Redis INFO evicted_keys: keys evicted by maxmemory on the whole Redis server"
+    );
+    metrics::describe_gauge!(
+        "aside_origin_redis_used_memory_bytes",
+        metrics::Unit::Bytes,
+        "Redis INFO used_memory: bytes allocated by the Redis server"
+    );
+    metrics::describe_gauge!(
+        "aside_origin_redis_used_memory_rss_bytes",
+        metrics::Unit::Bytes,
+        "Redis INFO used_memory_rss: resident bytes of the Redis server process"
+    );
+}
+
+/// One answered HTTP request. `route` is the matched path template (`/users/{id}`) or `unmatched`.
+pub fn http_request(route: &str, method: &'static str, status: u16, seconds: f64) {
+    let route = route.to_string();
+    let status = status.to_string();
+    metrics::counter!(
+        "aside_origin_http_requests_total",
+        "route" => route.clone(), "method" => method, "status" => status.clone()
+    )
+    .increment(1);
+    metrics::histogram!(
+        "aside_origin_http_request_duration_seconds",
+        "route" => route, "method" => method, "status" => status
+    )
+    .record(seconds);
+}
+
+pub fn cache_fill(outcome: &'static str) {
+    metrics::counter!("aside_origin_cache_fills_total", "outcome" => outcome).increment(1);
+}
+
+pub fn write_through(outcome: &'static str) {
+    metrics::counter!("aside_origin_write_throughs_total", "outcome" => outcome).increment(1);
+}
+
+/// The state of the circuit breaker in front of `backend` (`redis`, `postgres`): call on every change.
 pub fn breaker_open(backend: &'static str, open: bool) {
     metrics::gauge!("aside_origin_breaker_open", "backend" => backend).set(if open {
         1.0
@@ -139,4 +224,71 @@ pub fn lease(outcome: &'static str) {
 
 pub fn early_refresh() {
     metrics::counter!("aside_origin_early_refreshes_total").increment(1);
+}
+
+/// The PostgreSQL pool's state, sampled when `/metrics` is scraped.
+pub fn db_pool(status: deadpool_postgres::Status) {
+    let in_use = status.size.saturating_sub(status.available);
+    metrics::gauge!("aside_origin_db_pool_connections", "state" => "idle")
+        .set(status.available as f64);
+    metrics::gauge!("aside_origin_db_pool_connections", "state" => "in_use").set(in_use as f64);
+    metrics::gauge!("aside_origin_db_pool_max_connections").set(status.max_size as f64);
+    metrics::gauge!("aside_origin_db_pool_waiting_requests").set(status.waiting as f64);
+}
+
+/// Redis's own server-wide figures (`INFO stats`, `INFO memory`), sampled when `/metrics` is scraped.
+///
+/// Redis's counters are totals since its start (or `CONFIG RESETSTAT`); each scrape adds what they grew
+/// by since the previous one, and after a reset (a smaller value) what they grew by since the reset, so
+/// the origin's counters never go backwards and `rate()` sees Redis's real rate.
+pub fn redis_server(info: &crate::cache::stats::ServerInfo) {
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    static MISSES: AtomicU64 = AtomicU64::new(0);
+    static EVICTED: AtomicU64 = AtomicU64::new(0);
+    follow(
+        "aside_origin_redis_keyspace_hits_total",
+        &HITS,
+        info.keyspace_hits,
+    );
+    follow(
+        "aside_origin_redis_keyspace_misses_total",
+        &MISSES,
+        info.keyspace_misses,
+    );
+    follow(
+        "aside_origin_redis_evicted_keys_total",
+        &EVICTED,
+        info.evicted_keys,
+    );
+    if let Some(v) = info.used_memory_bytes {
+        metrics::gauge!("aside_origin_redis_used_memory_bytes").set(v as f64);
+    }
+    if let Some(v) = info.used_memory_rss_bytes {
+        metrics::gauge!("aside_origin_redis_used_memory_rss_bytes").set(v as f64);
+    }
+}
+
+/// Adds to counter `name` how much the external total `now` grew since `last` (see [`redis_server`]).
+fn follow(name: &'static str, last: &AtomicU64, now: Option<u64>) {
+    let Some(now) = now else { return };
+    let previous = last.swap(now, Ordering::Relaxed);
+    metrics::counter!(name).increment(growth(previous, now));
+}
+
+/// How much a total grew from `previous` to `now`; a smaller `now` means it was reset meanwhile.
+fn growth(previous: u64, now: u64) -> u64 {
+    if now >= previous { now - previous } else { now }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn followed_totals_grow_by_the_difference_and_survive_a_reset() {
+        assert_eq!(growth(0, 10), 10);
+        assert_eq!(growth(10, 15), 5);
+        assert_eq!(growth(15, 15), 0);
+        assert_eq!(growth(15, 4), 4, "Redis restarted: 4 since the restart");
+    }
 }

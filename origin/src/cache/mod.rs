@@ -8,6 +8,7 @@
 //!   PostgreSQL query.
 //! * the Redis circuit breaker ([`crate::breaker`]): after repeated Redis failures, Redis is skipped
 //!   for a back-off so requests go straight to PostgreSQL instead of each paying a timeout.
+//! * [`stats`]: key count and memory of the profile keys (`SCAN`, `MEMORY USAGE`) and Redis's `INFO`.
 //!
 //! Every Redis call is bounded by the command timeout; a Redis that is down, slow or returns garbage never
 //! fails a read, it only makes it a miss.
@@ -15,6 +16,7 @@
 pub mod fill;
 pub mod lease;
 pub mod read;
+pub mod stats;
 
 use std::future::Future;
 use std::time::Duration;
@@ -105,6 +107,8 @@ pub struct ProfileCache {
     breaker: Breaker,
     command_timeout: Duration,
     ttls: Ttls,
+    /// The logical database of the Redis URL (statistics are per database).
+    db: i64,
 }
 
 impl ProfileCache {
@@ -118,6 +122,7 @@ impl ProfileCache {
     ) -> anyhow::Result<Self> {
         let client = redis::Client::open(url.expose())
             .map_err(|_| anyhow::anyhow!("the Redis URL is not valid"))?;
+        let db = client.get_connection_info().redis_settings().db();
         let command_timeout = Duration::from_millis(args.redis_command_timeout_ms);
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(args.redis_connect_timeout_ms)))
@@ -132,6 +137,7 @@ impl ProfileCache {
             breaker: Breaker::new("redis", breaker),
             command_timeout,
             ttls,
+            db,
         })
     }
 

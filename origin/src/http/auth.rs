@@ -1,4 +1,5 @@
-//! Bearer-token check for the API routes (the edge, and direct callers, present the same token).
+//! Bearer-token checks: the API routes (the edge, and direct callers, present the same token) and the
+//! admin routes (operators, with a token of their own).
 
 use std::sync::Arc;
 
@@ -9,10 +10,10 @@ use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq as _;
 
 use super::{AppState, Error};
+use crate::config::Secret;
 
 /// Lets the request through when no token is configured, or when `Authorization: Bearer <t>` matches
-/// one of the configured tokens (several during a rotation). Every comparison is constant-time and all
-/// tokens are compared, so timing tells nothing about which token or how much of it matched.
+/// one of the configured tokens (several during a rotation).
 pub async fn require_token(
     State(state): State<Arc<AppState>>,
     request: Request,
@@ -21,6 +22,23 @@ pub async fn require_token(
     if state.tokens.is_empty() {
         return next.run(request).await;
     }
+    guarded(&state.tokens, request, next).await
+}
+
+/// The admin routes: the request must carry one of the admin tokens. (Without admin tokens the admin
+/// routes are not mounted at all, so there is no "open" case here.)
+pub async fn require_admin_token(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    guarded(&state.admin_tokens, request, next).await
+}
+
+/// Runs the request if its bearer token is one of `tokens`, else answers 401. Every comparison is
+/// constant-time and all tokens are compared, so timing tells nothing about which token or how much of
+/// it matched. An empty list admits nobody.
+async fn guarded(tokens: &[Secret], request: Request, next: Next) -> Response {
     let presented = request
         .headers()
         .get(axum::http::header::AUTHORIZATION)
@@ -28,7 +46,7 @@ pub async fn require_token(
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     let mut matched = subtle::Choice::from(0);
-    for token in &state.tokens {
+    for token in tokens {
         matched |= token.expose().as_bytes().ct_eq(presented.as_bytes());
     }
     if bool::from(matched) && !presented.is_empty() {

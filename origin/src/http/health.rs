@@ -9,8 +9,15 @@ use axum::response::IntoResponse;
 use serde_json::json;
 
 use super::AppState;
+use super::openapi::schemas::{Health, Readiness};
 
 /// The process is up and serving HTTP.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "Serving", body = Health))
+)]
 pub async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
@@ -18,6 +25,15 @@ pub async fn healthz() -> impl IntoResponse {
 /// Ready when PostgreSQL answers (the origin cannot answer a miss without it). Redis is reported but is
 /// not required: without it the origin still serves, from PostgreSQL. Both go through their circuit
 /// breakers: while one is open it is reported unavailable without being asked.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "PostgreSQL answers (Redis may not)", body = Readiness),
+        (status = 503, description = "PostgreSQL does not answer", body = Readiness),
+    )
+)]
 pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let (db, redis) = tokio::join!(
         state.db.run(crate::db::ping(&state.pool)),
@@ -35,8 +51,22 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     )
 }
 
-/// Prometheus text exposition.
+/// Prometheus text exposition (docs/observability.md lists the families). The PostgreSQL pool and
+/// Redis's own figures (`INFO`) are sampled at each scrape; when Redis does not answer, its figures keep
+/// their last values.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String,
+               content_type = "text/plain; version=0.0.4; charset=utf-8"))
+)]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    crate::metrics::db_pool(state.pool.status());
+    match state.cache.server_info().await {
+        Ok(info) => crate::metrics::redis_server(&info),
+        Err(e) => tracing::debug!(error = %e, "Redis INFO for /metrics failed"),
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

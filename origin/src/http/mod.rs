@@ -1,21 +1,24 @@
 //! The HTTP API: router, shared state, middleware and the error-to-response mapping.
 
+mod admin;
 mod auth;
 mod health;
 mod refresh;
+pub mod openapi;
 mod users;
 
 pub use refresh::ReadPath;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aside_shared::cache::CachedProfile;
 use aside_shared::headers::{CacheStatus, RETRY_AFTER, X_CACHE};
 use aside_shared::{ApiError, UserId};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Extension, Router};
 use deadpool_postgres::Pool;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -23,6 +26,9 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::cache::ProfileCache;
 use crate::config::Secret;
@@ -43,6 +49,8 @@ pub struct AppState {
     pub db: DbGuard,
     /// Stale-if-error, early refresh and lease settings.
     pub read: ReadPath,
+    /// Bearer tokens of the admin routes; empty: the admin routes are not mounted.
+    pub admin_tokens: Vec<Secret>,
 }
 
 impl AppState {
@@ -62,7 +70,14 @@ impl AppState {
             loads: SingleFlight::default(),
             db,
             read,
+            admin_tokens: Vec::new(),
         }
+    }
+
+    /// Mounts the admin routes, guarded by these tokens (none: not mounted).
+    pub fn with_admin_tokens(mut self, tokens: Vec<Secret>) -> Self {
+        self.admin_tokens = tokens;
+        self
     }
 }
 
@@ -74,26 +89,11 @@ pub struct Limits {
 }
 
 pub fn router(state: Arc<AppState>, limits: Limits) -> Router {
-    let api = Router::new()
-        .route("/users", post(users::create_user))
-        .route(
-            "/users/{id}",
-            get(users::get_user)
-                .put(users::replace_user)
-                .patch(users::update_user)
-                .delete(users::delete_user),
-        )
-        .route_layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&state),
-            auth::require_token,
-        ));
-    Router::new()
-        .merge(api)
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
+    let (routes, doc) = api_router(&state).split_for_parts();
+    routes
         .fallback(|| async { Error(ApiError::route_not_found()) })
         .method_not_allowed_fallback(|| async { Error(ApiError::method_not_allowed()) })
+        .layer(Extension(openapi::Document::new(&doc)))
         .layer(Extension(limits))
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
@@ -109,7 +109,76 @@ pub fn router(state: Arc<AppState>, limits: Limits) -> Router {
             Error(ApiError::internal()).into_response()
         }))
         .layer(TraceLayer::new_for_http())
+        // Outermost, so it counts what the client gets: timeouts, panics and fallbacks included.
+        .layer(axum::middleware::from_fn(count_request))
         .with_state(state)
+}
+
+/// Every route with its OpenAPI operation, registered together by `routes!` so that neither can exist
+/// without the other: `/openapi.json` lists exactly what the router serves.
+pub fn api_router(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
+    let users = OpenApiRouter::new()
+        .routes(routes!(users::create_user))
+        .routes(routes!(
+            users::get_user,
+            users::replace_user,
+            users::update_user,
+            users::delete_user
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(state),
+            auth::require_token,
+        ));
+    let mut api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(users)
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .routes(routes!(openapi::openapi_json));
+    if !state.admin_tokens.is_empty() {
+        api = api.merge(
+            OpenApiRouter::new()
+                .routes(routes!(admin::cache_stats))
+                .route_layer(axum::middleware::from_fn_with_state(
+                    Arc::clone(state),
+                    auth::require_admin_token,
+                )),
+        );
+    }
+    api
+}
+
+/// Counts each request and its latency by route template (`/users/{id}`, never the raw path, so ids do
+/// not multiply the series; `unmatched` for the fallback), method and status.
+async fn count_request(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let method = method_label(request.method());
+    let response = next.run(request).await;
+    crate::metrics::http_request(
+        route.as_deref().unwrap_or("unmatched"),
+        method,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// The method as a label; anything unusual is `other`, so a client cannot add series at will.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// Every response says whether the cache answered it; anything a handler did not mark is a MISS.

@@ -204,7 +204,9 @@ async fn query_and_fill(state: &AppState, id: UserId) -> LoadResult {
         Some(cached) => CacheEntry::Present(cached.clone()),
         None => CacheEntry::missing(crate::db::now_ms()),
     };
-    match state.cache.store_if_newer(id, &entry).await {
+    let stored = state.cache.store_if_newer(id, &entry).await;
+    crate::metrics::cache_fill(super::users::store_outcome(&stored));
+    match stored {
         Ok(Stored::Written) if row.is_none() => recheck_after_missing(state, id).await,
         Ok(_) => {}
         Err(e) => tracing::debug!(%id, error = %e, "cache fill skipped"),

@@ -25,7 +25,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use super::refresh::{self, Seen};
+use super::openapi::schemas::{
+    BodyErrors, ErrorBody, ProfileInput as ProfileInputDoc, ProfilePatch as ProfilePatchDoc,
+    Unauthorized, Unavailable, UserProfile as UserProfileDoc,
+};
 use super::{AppState, Error, Limits, LoadResult};
+use crate::cache::fill::Stored;
 use crate::cache::{Lookup, Ttls};
 use crate::db::DbError;
 use crate::db::writes::{self, WriteError};
@@ -71,6 +76,37 @@ enum Reason {
 /// `STALE` if PostgreSQL fails or does not answer within `refresh_wait`. No copy: loaded (`MISS`), or
 /// 503 if PostgreSQL cannot answer. Every load is coalesced per id in the origin and, through the fill
 /// lease, across origins. Profile answers carry `cache-control: max-age, stale-if-error`.
+#[utoipa::path(
+    get,
+    path = "/users/{id}",
+    tag = "users",
+    summary = "Read a profile",
+    description = "From Redis when cached (`x-cache: HIT`), else from PostgreSQL (`x-cache: MISS`), \
+                   which also fills the cache; concurrent misses for one id share one query. A 404 \
+                   may be answered from the cache too (a recently missing or deleted user).",
+    params(
+        ("id" = i64, Path, minimum = 1, maximum = 2147483647,
+         description = "The user id, canonical decimal (no sign, no leading zero)"),
+        ("fields" = Option<String>, Query, example = "email,department",
+         description = "Comma-separated subset of full_name, gender, birth_date, department, email, \
+                        username; the answer then has `id` and those fields only"),
+    ),
+    responses(
+        (status = 200, description = "The profile (or the chosen fields)", body = UserProfileDoc,
+         headers(
+             ("x-cache" = String, description = "`HIT` (Redis, fresh), `MISS` (PostgreSQL) or `STALE` (a soft-expired copy served because PostgreSQL could not answer)"),
+             ("etag" = String, description = "The row version, `\"<version>\"`"),
+             ("cache-control" = String, description = "How long the answer may be reused"),
+             ("server-timing" = String, description = "Time per tier: `redis;dur=..`, `db;dur=..`"),
+         )),
+        (status = 400, description = "`invalid_id` or `invalid_query`", body = ErrorBody),
+        Unauthorized,
+        (status = 404, description = "`not_found`: no user with this id", body = ErrorBody,
+         headers(("x-cache" = String, description = "`HIT` when the absence was cached"))),
+        Unavailable,
+    ),
+    security(("origin_token" = []))
+)]
 pub async fn get_user(
     State(state): State<Arc<AppState>>,
     uri: Uri,
@@ -326,6 +362,27 @@ fn with_cache_control(mut response: Response, control: CacheControl) -> Response
 }
 
 /// `POST /users`: 201, `Location: /users/{id}`, the new profile.
+#[utoipa::path(
+    post,
+    path = "/users",
+    tag = "users",
+    summary = "Create a profile",
+    description = "Committed in PostgreSQL, then written through to Redis.",
+    request_body(content = ProfileInputDoc, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created", body = UserProfileDoc,
+         headers(
+             ("x-cache" = String, description = "`BYPASS`: writes are not answered from a cache"),
+             ("etag" = String, description = "The new row version, `\"<version>\"`"),
+             ("cache-control" = String, description = "`no-store`"),
+             ("location" = String, description = "`/users/{id}`"),
+         )),
+        BodyErrors,
+        Unauthorized,
+        Unavailable,
+    ),
+    security(("origin_token" = []))
+)]
 pub async fn create_user(
     State(state): State<Arc<AppState>>,
     Extension(limits): Extension<Limits>,
@@ -354,6 +411,28 @@ pub async fn create_user(
 }
 
 /// `PUT /users/{id}`: replaces every field; 200 and the profile.
+#[utoipa::path(
+    put,
+    path = "/users/{id}",
+    tag = "users",
+    summary = "Replace a profile",
+    description = "Every field is replaced; committed in PostgreSQL, then written through to Redis.",
+    params(("id" = i64, Path, minimum = 1, maximum = 2147483647, description = "The user id")),
+    request_body(content = ProfileInputDoc, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Replaced", body = UserProfileDoc,
+         headers(
+             ("x-cache" = String, description = "`BYPASS`: writes are not answered from a cache"),
+             ("etag" = String, description = "The new row version, `\"<version>\"`"),
+             ("cache-control" = String, description = "`no-store`"),
+         )),
+        BodyErrors,
+        Unauthorized,
+        (status = 404, description = "`not_found`: no user with this id", body = ErrorBody),
+        Unavailable,
+    ),
+    security(("origin_token" = []))
+)]
 pub async fn replace_user(
     State(state): State<Arc<AppState>>,
     Extension(limits): Extension<Limits>,
@@ -377,6 +456,29 @@ pub async fn replace_user(
 }
 
 /// `PATCH /users/{id}`: changes the fields the body has; 200 and the whole profile.
+#[utoipa::path(
+    patch,
+    path = "/users/{id}",
+    tag = "users",
+    summary = "Change some fields of a profile",
+    description = "Only the fields in the body change; committed in PostgreSQL, then written through \
+                   to Redis. Answers the whole profile.",
+    params(("id" = i64, Path, minimum = 1, maximum = 2147483647, description = "The user id")),
+    request_body(content = ProfilePatchDoc, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Changed", body = UserProfileDoc,
+         headers(
+             ("x-cache" = String, description = "`BYPASS`: writes are not answered from a cache"),
+             ("etag" = String, description = "The new row version, `\"<version>\"`"),
+             ("cache-control" = String, description = "`no-store`"),
+         )),
+        BodyErrors,
+        Unauthorized,
+        (status = 404, description = "`not_found`: no user with this id", body = ErrorBody),
+        Unavailable,
+    ),
+    security(("origin_token" = []))
+)]
 pub async fn update_user(
     State(state): State<Arc<AppState>>,
     Extension(limits): Extension<Limits>,
@@ -401,6 +503,27 @@ pub async fn update_user(
 
 /// `DELETE /users/{id}`: 204 with `etag` = the version the row had (its tombstone's); leaves a
 /// tombstone in Redis.
+#[utoipa::path(
+    delete,
+    path = "/users/{id}",
+    tag = "users",
+    summary = "Delete a profile",
+    description = "Deleted in PostgreSQL; a tombstone in Redis keeps older copies from coming back.",
+    params(("id" = i64, Path, minimum = 1, maximum = 2147483647, description = "The user id")),
+    responses(
+        (status = 204, description = "Deleted",
+         headers(
+             ("x-cache" = String, description = "`BYPASS`"),
+             ("etag" = String, description = "The version the row had, `\"<version>\"`"),
+             ("cache-control" = String, description = "`no-store`"),
+         )),
+        (status = 400, description = "`invalid_id`", body = ErrorBody),
+        Unauthorized,
+        (status = 404, description = "`not_found`: no user with this id", body = ErrorBody),
+        Unavailable,
+    ),
+    security(("origin_token" = []))
+)]
 pub async fn delete_user(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Response, Error> {
     let id = path_id(&uri)?;
     let version = state
@@ -453,9 +576,21 @@ fn json_body(
 /// Writes a committed change to Redis. A failure is logged, not returned: the write is committed, and
 /// change capture applies it from the outbox when Redis answers again.
 async fn write_through(state: &AppState, id: UserId, entry: CacheEntry) {
-    if let Err(e) = state.cache.store_if_newer(id, &entry).await {
+    let stored = state.cache.store_if_newer(id, &entry).await;
+    crate::metrics::write_through(store_outcome(&stored));
+    if let Err(e) = stored {
         crate::metrics::write("write_through", "error");
         tracing::warn!(%id, error = %e, "write-through failed; change capture will apply the change");
+    }
+}
+
+/// The `outcome` label of a fill or a write-through.
+pub(super) fn store_outcome(stored: &Result<Stored, crate::cache::CacheError>) -> &'static str {
+    match stored {
+        Ok(Stored::Written) => "written",
+        Ok(Stored::KeptNewer) => "kept_newer",
+        Ok(Stored::NotCached) => "not_cached",
+        Err(_) => "error",
     }
 }
 
