@@ -9,9 +9,6 @@ use aside_tests::harness::{
 };
 use serde_json::Value;
 
-/// Names the resilience work adds to the origin (stale answers are a label value of an existing family,
-/// so they need no entry). The dashboard already charts them; until that work is merged the origin does
-/// not export them. The lead removes this list after the merge.
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
