@@ -2,6 +2,7 @@
 
 mod auth;
 mod health;
+pub mod server;
 mod users;
 
 use std::sync::Arc;
