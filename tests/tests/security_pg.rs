@@ -289,3 +289,67 @@ async fn the_origin_warns_when_it_serves_as_the_owner() {
     .await;
     assert!(warned, "{}", origin.log());
 }
+
+#[tokio::test]
+async fn a_database_the_superuser_made_is_adopted_by_the_owner_as_cargo_xtask_up_does() {
+    // Older `cargo xtask up` created and migrated its database as the cluster superuser.
+    let stack = Stack::shared().await;
+    let name = "legacy_superuser_db";
+    stack
+        .postgres
+        .connect("postgres")
+        .await
+        .unwrap()
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let superuser_url = stack.postgres.url(name);
+    for args in [&["migrate"][..], &["seed", "--count", "3"]] {
+        let out = run_origin(args, &superuser_url);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let admin = stack.postgres.connect(name).await.unwrap();
+    admin
+        .batch_execute(&xtask::local::adopt_database_sql(name))
+        .await
+        .unwrap();
+    let not_owned: i64 = admin
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = 'devops_api' AND c.relowner <> 'aside_owner'::regrole) \
+                  + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+                     WHERE n.nspname = 'devops_api' AND p.proowner <> 'aside_owner'::regrole)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        not_owned, 0,
+        "everything in devops_api belongs to the owner"
+    );
+
+    let out = run_origin(
+        &["migrate", "--app-role", "aside_app"],
+        &stack.postgres.owner_url(name),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let db = connect(&stack.postgres.app_url(name)).await.unwrap();
+    db.execute(
+        "UPDATE devops_api.users SET department = 'DevOps' WHERE id = 1",
+        &[],
+    )
+    .await
+    .unwrap();
+    refused(&db, "TRUNCATE devops_api.users").await;
+    // The adopted triggers record the change, running as the owner now.
+    let recorded: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM devops_api.user_changes WHERE user_id = 1 AND op = 'U'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded, 1);
+}
