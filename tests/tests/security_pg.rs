@@ -353,3 +353,50 @@ async fn a_database_the_superuser_made_is_adopted_by_the_owner_as_cargo_xtask_up
         .get(0);
     assert_eq!(recorded, 1);
 }
+
+#[tokio::test]
+async fn cargo_xtask_up_provisioning_is_idempotent_and_gives_least_privilege() {
+    let stack = Stack::shared().await;
+    let pg_bin = xtask::local::pg_bin_dir().expect("the PostgreSQL binaries");
+    let provisioning = xtask::local::Provisioning {
+        pg_bin: &pg_bin,
+        port: stack.postgres.port,
+        superuser: "aside_admin",
+        superuser_password: stack.postgres.password(),
+        // The harness's own passwords: setting them again changes nothing for the other tests.
+        owner_password: stack.postgres.owner_password(),
+        app_password: stack.postgres.app_password(),
+    };
+    let name = "provisioned_like_up";
+    // Twice: the second run finds the roles and the database and changes nothing.
+    for _ in 0..2 {
+        xtask::local::provision_postgres(&provisioning, name).unwrap();
+        let out = run_origin(
+            &["migrate", "--app-role", "aside_app"],
+            &stack.postgres.owner_url(name),
+        );
+        assert!(out.status.success(), "{out:?}");
+    }
+    let admin = stack.postgres.connect(name).await.unwrap();
+    let (owner, public_connect): (String, bool) = {
+        let row = admin
+            .query_one(
+                "SELECT pg_get_userbyid(datdba)::text, has_database_privilege('public', datname, 'CONNECT') \
+                 FROM pg_database WHERE datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((owner.as_str(), public_connect), ("aside_owner", false));
+    let db = connect(&stack.postgres.app_url(name)).await.unwrap();
+    db.simple_query("SELECT count(*) FROM devops_api.users")
+        .await
+        .unwrap();
+    refused(&db, "CREATE TABLE devops_api.mine (id int)").await;
+    assert!(
+        xtask::local::provision_postgres(&provisioning, "Bad-Name").is_err(),
+        "database names are checked"
+    );
+}

@@ -199,6 +199,77 @@ $$;
     )
 }
 
+/// A running cluster to provision, and the passwords to provision it with.
+pub struct Provisioning<'a> {
+    pub pg_bin: &'a Path,
+    pub port: u16,
+    pub superuser: &'a str,
+    pub superuser_password: &'a str,
+    pub owner_password: &'a str,
+    pub app_password: &'a str,
+}
+
+impl Provisioning<'_> {
+    /// Runs `sql` with `psql` as the superuser on `database` and returns what it printed. The SQL goes
+    /// on standard input, not the command line (it holds passwords); the password in `PGPASSWORD`.
+    fn psql(&self, database: &str, sql: &str) -> anyhow::Result<String> {
+        use std::io::Write as _;
+        use std::process::Stdio;
+        let mut child = Command::new(self.pg_bin.join("psql"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", self.superuser, "-d", database])
+            .args(["-v", "ON_ERROR_STOP=1", "-X", "-qtA"])
+            .env("PGPASSWORD", self.superuser_password)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot run psql: {e}"))?;
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(sql.as_bytes())?;
+        let output = child.wait_with_output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "provisioning PostgreSQL failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    }
+}
+
+/// What `cargo xtask up` does as the superuser on every start: creates the owner and application roles
+/// (setting their passwords from the secrets folder every time, so replacing a file there rotates one),
+/// creates `database` once, owned by the owner, and adopts it ([`adopt_database_sql`]), which also
+/// tightens a database an older `up` made as the superuser.
+pub fn provision_postgres(p: &Provisioning<'_>, database: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !database.is_empty()
+            && database
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+        "database names are lower-case letters, digits and '_'"
+    );
+    p.psql(
+        "postgres",
+        &create_roles_sql(p.owner_password, p.app_password),
+    )?;
+    let exists = p.psql(
+        "postgres",
+        &format!("SELECT count(*) FROM pg_database WHERE datname = '{database}'"),
+    )? == "1";
+    if !exists {
+        p.psql(
+            "postgres",
+            &format!("CREATE DATABASE {database} OWNER {OWNER_ROLE}"),
+        )?;
+    }
+    p.psql(database, &adopt_database_sql(database))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

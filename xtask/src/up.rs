@@ -417,51 +417,17 @@ fn start_postgres(
     // SIGINT is PostgreSQL's "fast" shutdown: roll back open transactions, checkpoint, exit.
     spawn(services, "postgres", command, logs, libc::SIGINT)?;
     wait_for_port(services, args.postgres_port, logs)?;
-    // The cluster's superuser is `aside`. It creates the owner and application roles (setting their
-    // passwords from the secrets folder every time, so replacing a file there rotates one), creates the
-    // application database once, owned by the owner, and adopts a database an older `up` made.
-    let psql = |database: &str, sql: &str| -> anyhow::Result<String> {
-        let mut child = Command::new(pg_bin.join("psql"))
-            .args(["-h", "127.0.0.1", "-p", &args.postgres_port.to_string()])
-            .args(["-U", "aside", "-d", database])
-            .args(["-v", "ON_ERROR_STOP=1", "-qtA"])
-            .env("PGPASSWORD", &secrets.postgres)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("run psql")?;
-        // On standard input, not the command line: the SQL holds the roles' passwords.
-        child
-            .stdin
-            .take()
-            .expect("piped stdin")
-            .write_all(sql.as_bytes())?;
-        let output = child.wait_with_output()?;
-        if !output.status.success() {
-            bail!(
-                "provisioning PostgreSQL failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
-    };
-    psql(
-        "postgres",
-        &local::create_roles_sql(&secrets.postgres_owner, &secrets.postgres_app),
-    )?;
-    let exists = psql(
-        "postgres",
-        "SELECT count(*) FROM pg_database WHERE datname = 'aside'",
-    )? == "1";
-    if !exists {
-        psql(
-            "postgres",
-            &format!("CREATE DATABASE aside OWNER {}", local::OWNER_ROLE),
-        )?;
-    }
-    psql("aside", &local::adopt_database_sql("aside"))?;
-    Ok(())
+    local::provision_postgres(
+        &local::Provisioning {
+            pg_bin: &pg_bin,
+            port: args.postgres_port,
+            superuser: "aside",
+            superuser_password: &secrets.postgres,
+            owner_password: &secrets.postgres_owner,
+            app_password: &secrets.postgres_app,
+        },
+        "aside",
+    )
 }
 
 fn spawn(
