@@ -191,14 +191,15 @@ fn remember_write(edge: &Edge, method: &Method, path: &str, answer: &OriginAnswe
 async fn pass_through(edge: &Edge, request: Request, deadline: Deadline) -> Reply {
     let (parts, body) = request.into_parts();
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    // A body announced larger than the limit is refused before waiting for any of it (a client may
+    // announce gigabytes and send nothing).
+    if declared_length(&parts.headers).is_some_and(|n| n > MAX_FORWARDED_BODY as u64) {
+        return Reply::error(&body_too_large(), CacheStatus::Bypass);
+    }
     let body = match Limited::new(body, MAX_FORWARDED_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<LengthLimitError>() => {
-            let error = ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!("request body is larger than {MAX_FORWARDED_BODY} bytes"),
-            );
-            return Reply::error(&error, CacheStatus::Bypass);
+            return Reply::error(&body_too_large(), CacheStatus::Bypass);
         }
         Err(_) => {
             let error = ApiError::new(ErrorCode::MalformedBody, "could not read the request body");
@@ -231,6 +232,21 @@ async fn pass_through(edge: &Edge, request: Request, deadline: Deadline) -> Repl
         )
         .timing(timing),
     }
+}
+
+/// The request's `content-length`, when it has one that parses.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn body_too_large() -> ApiError {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("request body is larger than {MAX_FORWARDED_BODY} bytes"),
+    )
 }
 
 /// An answer under construction: status, body, the headers every edge answer carries.

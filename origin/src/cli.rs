@@ -25,6 +25,11 @@ pub enum Command {
     Migrate {
         #[command(flatten)]
         database: DatabaseArgs,
+        /// The role `serve` connects as: after migrating, it is granted exactly what the service needs
+        /// (and nothing else it held in the schema is kept). The role must exist (see docs/security.md).
+        /// Without it, no privileges are changed.
+        #[arg(long, env = "ASIDE_APP_ROLE")]
+        app_role: Option<String>,
     },
     /// Load realistic Portuguese (pt_PT) profiles with binary COPY.
     Seed {
@@ -90,16 +95,23 @@ pub fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Migrate { database } => {
+        Command::Migrate { database, app_role } => {
+            let app_role = app_role
+                .filter(|r| !r.is_empty())
+                .map(|r| crate::db::grants::RoleName::parse(&r))
+                .transpose()?;
             let url = database.url()?;
             tracing::info!(database = %redact_url(url.expose()), "migrating");
             let mut client = crate::db::connect(&url, database.pool_timeout()).await?;
-            let report = crate::db::migrations::migrate(&mut client).await?;
+            let report = crate::db::migrations::migrate(&mut client, app_role.as_ref()).await?;
             println!(
                 "migrations: {} applied, {} already applied",
                 report.applied.len(),
                 report.already_applied.len()
             );
+            if let Some(role) = &app_role {
+                println!("privileges granted to the application role {role}");
+            }
             Ok(())
         }
         Command::Seed {
@@ -226,12 +238,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "aside-origin serving"
     );
     println!("aside-origin listening on http://{local}");
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    crate::http::server::serve(listener, app, args.connection_limits(), shutdown_signal()).await;
     // Whatever change capture was doing is safe to cut short: it resumes from the stored watermark.
     change_capture.abort();
-    served?;
     tracing::info!("aside-origin stopped");
     Ok(())
 }

@@ -40,9 +40,19 @@ impl fmt::Display for Secret {
     }
 }
 
+/// So that clap parses secret flags and environment variables straight into a [`Secret`]: the parsed
+/// arguments (`Cli`, `ServeArgs`) derive `Debug`, and must print no secret either.
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self::new(s))
+    }
+}
+
 /// Reads a secret given directly or through a file; the file wins if both are set.
 fn secret_from(
-    value: Option<&str>,
+    value: Option<&Secret>,
     file: Option<&PathBuf>,
     what: &str,
 ) -> anyhow::Result<Option<Secret>> {
@@ -53,7 +63,7 @@ fn secret_from(
         anyhow::ensure!(!text.is_empty(), "{what} file {} is empty", path.display());
         return Ok(Some(Secret::new(text)));
     }
-    Ok(value.filter(|v| !v.is_empty()).map(Secret::new))
+    Ok(value.filter(|v| !v.expose().is_empty()).cloned())
 }
 
 /// Where an URL points, without user name or password: `scheme://host:port/path`.
@@ -73,7 +83,7 @@ pub struct DatabaseArgs {
     /// PostgreSQL connection URL (`postgres://user:password@host:port/dbname`). Holds a password, so
     /// prefer --database-url-file in production. Never logged.
     #[arg(long, env = "ASIDE_DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    pub database_url: Option<Secret>,
 
     /// File holding the PostgreSQL connection URL (e.g. a mounted secret).
     #[arg(long, env = "ASIDE_DATABASE_URL_FILE")]
@@ -95,7 +105,7 @@ pub struct DatabaseArgs {
 impl DatabaseArgs {
     pub fn url(&self) -> anyhow::Result<Secret> {
         secret_from(
-            self.database_url.as_deref(),
+            self.database_url.as_ref(),
             self.database_url_file.as_ref(),
             "the database URL",
         )?
@@ -116,7 +126,7 @@ pub struct RedisArgs {
     /// Redis URL with the `origin` ACL user (`redis://origin:password@host:port`). Holds a password, so
     /// prefer --redis-url-file in production. Never logged.
     #[arg(long, env = "ASIDE_REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
+    pub redis_url: Option<Secret>,
 
     /// File holding the Redis URL.
     #[arg(long, env = "ASIDE_REDIS_URL_FILE")]
@@ -139,7 +149,7 @@ pub struct RedisArgs {
 impl RedisArgs {
     pub fn url(&self) -> anyhow::Result<Secret> {
         secret_from(
-            self.redis_url.as_deref(),
+            self.redis_url.as_ref(),
             self.redis_url_file.as_ref(),
             "the Redis URL",
         )?
@@ -188,7 +198,7 @@ pub struct ServeArgs {
         hide_env_values = true,
         value_delimiter = ','
     )]
-    pub token: Vec<String>,
+    pub token: Vec<Secret>,
 
     /// File holding the bearer token(s), one per line.
     #[arg(long, env = "ASIDE_ORIGIN_TOKENS_FILE")]
@@ -218,11 +228,25 @@ pub struct ServeArgs {
         hide_env_values = true,
         value_delimiter = ','
     )]
-    pub admin_token: Vec<String>,
+    pub admin_token: Vec<Secret>,
 
     /// File holding the admin token(s), one per line.
     #[arg(long, env = "ASIDE_ADMIN_TOKENS_FILE")]
     pub admin_token_file: Option<PathBuf>,
+
+    /// Most header fields one request may have; more is answered 431 and the connection closed.
+    #[arg(long, env = "ASIDE_MAX_HEADERS", default_value_t = 64, value_parser = clap::value_parser!(u16).range(8..=1000))]
+    pub max_headers: u16,
+
+    /// Largest request head (request line and headers), in bytes; more is answered 431 and the connection
+    /// closed. Also bounds the URI, so a `?fields` list can never be longer.
+    #[arg(long, env = "ASIDE_MAX_HEADER_BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(1024..=1024 * 1024))]
+    pub max_header_bytes: u32,
+
+    /// How long a client may take to send a request head, in ms; also how long an idle keep-alive
+    /// connection is kept. A slower client is disconnected.
+    #[arg(long, env = "ASIDE_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub header_read_timeout_ms: u64,
 }
 
 /// Change capture: applying the `devops_api.user_changes` outbox to Redis.
@@ -262,6 +286,17 @@ impl ChangeCaptureArgs {
 }
 
 impl ServeArgs {
+    /// The server's per-connection limits. Shutdown waits at most one request timeout (plus a second)
+    /// for requests in flight: none can take longer.
+    pub fn connection_limits(&self) -> crate::http::server::ConnectionLimits {
+        crate::http::server::ConnectionLimits {
+            max_headers: usize::from(self.max_headers),
+            max_header_bytes: self.max_header_bytes as usize,
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            shutdown_grace: Duration::from_millis(self.request_timeout_ms) + Duration::from_secs(1),
+        }
+    }
+
     /// How long each kind of cache entry lives.
     pub fn ttls(&self) -> anyhow::Result<crate::cache::Ttls> {
         anyhow::ensure!(
@@ -306,13 +341,13 @@ impl ServeArgs {
 
 /// Tokens given as values and, one per line, in a file; each at least 16 characters.
 fn token_list(
-    values: &[String],
+    values: &[Secret],
     file: Option<&PathBuf>,
     what: &str,
 ) -> anyhow::Result<Vec<Secret>> {
     let mut tokens: Vec<Secret> = values
         .iter()
-        .map(|t| t.trim())
+        .map(|t| t.expose().trim())
         .filter(|t| !t.is_empty())
         .map(Secret::new)
         .collect();
@@ -497,6 +532,38 @@ mod tests {
     }
 
     #[test]
+    fn parsed_arguments_print_no_secret() {
+        use clap::Parser as _;
+        let cli = crate::cli::Cli::parse_from([
+            "aside-origin",
+            "serve",
+            "--database-url",
+            "postgres://app:pg-secret-1@db:5432/aside",
+            "--redis-url",
+            "redis://origin:redis-secret-2@cache:6379",
+            "--token",
+            "token-secret-3-0123456789,token-secret-4-0123456789",
+        ]);
+        let printed = format!("{cli:?} {cli:#?}");
+        for secret in [
+            "pg-secret-1",
+            "redis-secret-2",
+            "token-secret-3",
+            "token-secret-4",
+        ] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        let crate::cli::Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        assert_eq!(args.tokens().unwrap().len(), 2);
+        assert_eq!(
+            args.database.url().unwrap().expose(),
+            "postgres://app:pg-secret-1@db:5432/aside"
+        );
+    }
+
+    #[test]
     fn redacted_urls_keep_only_where_they_point() {
         assert_eq!(
             redact_url("postgres://app:s3cret@db.internal:5433/aside"),
@@ -515,13 +582,16 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("url");
         std::fs::write(&file, "redis://u:p@h:1\n").unwrap();
-        let s = secret_from(Some("ignored"), Some(&file), "x")
+        let s = secret_from(Some(&Secret::new("ignored")), Some(&file), "x")
             .unwrap()
             .unwrap();
         assert_eq!(s.expose(), "redis://u:p@h:1");
         std::fs::write(&file, "").unwrap();
         assert!(secret_from(None, Some(&file), "x").is_err());
-        assert_eq!(secret_from(Some(""), None, "x").unwrap(), None);
+        assert_eq!(
+            secret_from(Some(&Secret::new("")), None, "x").unwrap(),
+            None
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -110,6 +110,166 @@ pub fn initdb_command(pg_bin: &Path, data: &Path, superuser: &str, pwfile: &Path
     initdb
 }
 
+/// The PostgreSQL role that owns the application database and its schema, and runs `aside-origin
+/// migrate` and `seed` (docs/security.md).
+pub const OWNER_ROLE: &str = "aside_owner";
+
+/// The PostgreSQL role `aside-origin serve` connects as: no ownership, no `CREATE`, only the grants
+/// `migrate --app-role` applies.
+pub const APP_ROLE: &str = "aside_app";
+
+/// `pg_hba.conf` for local clusters: password (SCRAM) authentication on loopback TCP, and nothing else.
+/// No `trust`, no `peer`, no Unix-socket logins, no replication connections.
+pub const PG_HBA: &str = "\
+# aside (written by cargo xtask up and the test harness): SCRAM passwords on loopback TCP only.
+# TYPE  DATABASE  USER  ADDRESS        METHOD
+host    all       all   127.0.0.1/32   scram-sha-256
+host    all       all   ::1/128        scram-sha-256
+";
+
+/// Writes [`PG_HBA`] into a cluster's data folder (read by the postmaster when it starts).
+pub fn write_pg_hba(data: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    let path = data.join("pg_hba.conf");
+    write_private(&path, PG_HBA)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+    }
+    Ok(())
+}
+
+/// SQL, run by a superuser, that creates the owner and application roles if they are missing and sets
+/// their passwords (so re-running it after a password file changed rotates the password). Neither role
+/// gets SUPERUSER, CREATEDB, CREATEROLE or BYPASSRLS. The passwords must be [`generate_secret`] output
+/// (hex), and the SQL must be sent over a connection, never put on a command line.
+pub fn create_roles_sql(owner_password: &str, app_password: &str) -> String {
+    assert!(
+        [owner_password, app_password]
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric())),
+        "generated passwords are alphanumeric"
+    );
+    format!(
+        "DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{OWNER_ROLE}') THEN
+        CREATE ROLE {OWNER_ROLE} LOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
+        CREATE ROLE {APP_ROLE} LOGIN;
+    END IF;
+END
+$$;
+ALTER ROLE {OWNER_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS PASSWORD '{owner_password}';
+ALTER ROLE {APP_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS PASSWORD '{app_password}';
+"
+    )
+}
+
+/// SQL, run by a superuser connected to `database`, that hands the database and everything in schema
+/// `devops_api` to [`OWNER_ROLE`] and takes the database's default `CONNECT` and `TEMPORARY` away from
+/// `PUBLIC` (the application role gets `CONNECT` from `migrate`). Idempotent; it also adopts a database
+/// an older `cargo xtask up` created and migrated as the cluster superuser.
+pub fn adopt_database_sql(database: &str) -> String {
+    format!(
+        "ALTER DATABASE \"{database}\" OWNER TO {OWNER_ROLE};
+REVOKE ALL ON DATABASE \"{database}\" FROM PUBLIC;
+DO $$
+DECLARE
+    r record;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'devops_api') THEN
+        RETURN;
+    END IF;
+    EXECUTE 'ALTER SCHEMA devops_api OWNER TO {OWNER_ROLE}';
+    FOR r IN SELECT c.oid::regclass AS name FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'devops_api' AND c.relkind IN ('r', 'p')
+    LOOP
+        EXECUTE format('ALTER TABLE %s OWNER TO {OWNER_ROLE}', r.name);
+    END LOOP;
+    FOR r IN SELECT p.oid::regprocedure AS name FROM pg_proc p
+             JOIN pg_namespace n ON n.oid = p.pronamespace
+             WHERE n.nspname = 'devops_api'
+    LOOP
+        EXECUTE format('ALTER FUNCTION %s OWNER TO {OWNER_ROLE}', r.name);
+    END LOOP;
+END
+$$;
+"
+    )
+}
+
+/// A running cluster to provision, and the passwords to provision it with.
+pub struct Provisioning<'a> {
+    pub pg_bin: &'a Path,
+    pub port: u16,
+    pub superuser: &'a str,
+    pub superuser_password: &'a str,
+    pub owner_password: &'a str,
+    pub app_password: &'a str,
+}
+
+impl Provisioning<'_> {
+    /// Runs `sql` with `psql` as the superuser on `database` and returns what it printed. The SQL goes
+    /// on standard input, not the command line (it holds passwords); the password in `PGPASSWORD`.
+    fn psql(&self, database: &str, sql: &str) -> anyhow::Result<String> {
+        use std::io::Write as _;
+        use std::process::Stdio;
+        let mut child = Command::new(self.pg_bin.join("psql"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", self.superuser, "-d", database])
+            .args(["-v", "ON_ERROR_STOP=1", "-X", "-qtA"])
+            .env("PGPASSWORD", self.superuser_password)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot run psql: {e}"))?;
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(sql.as_bytes())?;
+        let output = child.wait_with_output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "provisioning PostgreSQL failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    }
+}
+
+/// What `cargo xtask up` does as the superuser on every start: creates the owner and application roles
+/// (setting their passwords from the secrets folder every time, so replacing a file there rotates one),
+/// creates `database` once, owned by the owner, and adopts it ([`adopt_database_sql`]), which also
+/// tightens a database an older `up` made as the superuser.
+pub fn provision_postgres(p: &Provisioning<'_>, database: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !database.is_empty()
+            && database
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+        "database names are lower-case letters, digits and '_'"
+    );
+    p.psql(
+        "postgres",
+        &create_roles_sql(p.owner_password, p.app_password),
+    )?;
+    let exists = p.psql(
+        "postgres",
+        &format!("SELECT count(*) FROM pg_database WHERE datname = '{database}'"),
+    )? == "1";
+    if !exists {
+        p.psql(
+            "postgres",
+            &format!("CREATE DATABASE {database} OWNER {OWNER_ROLE}"),
+        )?;
+    }
+    p.psql(database, &adopt_database_sql(database))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +303,25 @@ mod tests {
         assert!(render_redis_config(conf, false).contains("activedefrag yes"));
         let off = render_redis_config(conf, true);
         assert!(off.contains("activedefrag no") && !off.contains("activedefrag yes"));
+    }
+
+    #[test]
+    fn pg_hba_has_no_trust_and_no_socket_logins() {
+        let rules: Vec<&str> = PG_HBA
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+            .collect();
+        assert!(!rules.is_empty());
+        for rule in rules {
+            assert!(rule.starts_with("host "), "{rule}");
+            assert!(rule.ends_with("scram-sha-256"), "{rule}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "alphanumeric")]
+    fn role_sql_refuses_passwords_that_would_need_quoting() {
+        create_roles_sql("abc'; DROP ROLE x; --", "def");
     }
 
     #[test]

@@ -48,7 +48,12 @@ struct Secrets {
     redis_origin: String,
     redis_edge: String,
     redis_admin: String,
+    /// The cluster superuser `aside` (provisioning only; no service uses it).
     postgres: String,
+    /// The owner role: `migrate` and `seed`.
+    postgres_owner: String,
+    /// The application role: `serve`.
+    postgres_app: String,
     origin_token: String,
 }
 
@@ -69,6 +74,8 @@ impl Secrets {
             redis_edge: get("redis-edge")?,
             redis_admin: get("redis-admin")?,
             postgres: get("postgres")?,
+            postgres_owner: get("postgres-owner")?,
+            postgres_app: get("postgres-app")?,
             origin_token: get("origin-token")?,
         })
     }
@@ -169,18 +176,27 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     start_postgres(&args, &state, &logs, &secrets, &mut services)?;
 
     let release = root.join("target/release");
-    let database_url = format!(
-        "postgres://aside:{}@127.0.0.1:{}/aside",
-        secrets.postgres, args.postgres_port
+    // The owner migrates and seeds; the origin serves as the application role (docs/security.md).
+    let owner_url = format!(
+        "postgres://{}:{}@127.0.0.1:{}/aside",
+        local::OWNER_ROLE,
+        secrets.postgres_owner,
+        args.postgres_port
+    );
+    let app_url = format!(
+        "postgres://{}:{}@127.0.0.1:{}/aside",
+        local::APP_ROLE,
+        secrets.postgres_app,
+        args.postgres_port
     );
     let origin_bin = release.join("aside-origin");
     run_cmd(
         Command::new(&origin_bin)
-            .arg("migrate")
-            .env("ASIDE_DATABASE_URL", &database_url),
+            .args(["migrate", "--app-role", local::APP_ROLE])
+            .env("ASIDE_DATABASE_URL", &owner_url),
     )?;
     let mut seed = Command::new(&origin_bin);
-    seed.arg("seed").env("ASIDE_DATABASE_URL", &database_url);
+    seed.arg("seed").env("ASIDE_DATABASE_URL", &owner_url);
     if let Some(count) = args.count {
         seed.args(["--count", &count.to_string()]);
     }
@@ -189,7 +205,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut origin = Command::new(&origin_bin);
     origin
         .arg("serve")
-        .env("ASIDE_DATABASE_URL", &database_url)
+        .env("ASIDE_DATABASE_URL", &app_url)
         .env(
             "ASIDE_REDIS_URL",
             format!(
@@ -251,7 +267,8 @@ Origin (needs the token): {origin_url}\n\
 \n\
 Redis: 127.0.0.1:{redis}  (admin password in {secrets}/redis-admin)\n\
   redis-cli -p {redis} --user admin --pass \"$(cat {secrets}/redis-admin)\" hgetall user:profile:1\n\
-PostgreSQL: postgres://aside@127.0.0.1:{pg}/aside  (password in {secrets}/postgres)\n\
+PostgreSQL: postgres://127.0.0.1:{pg}/aside  as {owner} (owner; password in {secrets}/postgres-owner),\n\
+  {app} (the origin's; {secrets}/postgres-app) or aside (superuser; {secrets}/postgres)\n\
 Logs: {logs}\n\
 \n\
 Press Ctrl-C to stop everything.",
@@ -259,6 +276,8 @@ Press Ctrl-C to stop everything.",
         secrets = state.join("secrets").display(),
         redis = args.redis_port,
         pg = args.postgres_port,
+        owner = local::OWNER_ROLE,
+        app = local::APP_ROLE,
         logs = logs.display(),
     );
     let _ = std::io::stdout().flush();
@@ -384,6 +403,8 @@ fn start_postgres(
             bail!("initdb failed: {}", String::from_utf8_lossy(&output.stderr));
         }
     }
+    // Rewritten on every start, so a cluster made by an older version loses any looser rules too.
+    local::write_pg_hba(&data, owner)?;
     let mut command = Command::new(pg_bin.join("postgres"));
     command
         .arg("-D")
@@ -396,26 +417,17 @@ fn start_postgres(
     // SIGINT is PostgreSQL's "fast" shutdown: roll back open transactions, checkpoint, exit.
     spawn(services, "postgres", command, logs, libc::SIGINT)?;
     wait_for_port(services, args.postgres_port, logs)?;
-    // The cluster's superuser is `aside`; the application database is created once.
-    let psql_ok = Command::new(pg_bin.join("psql"))
-        .args(["-h", "127.0.0.1", "-p", &args.postgres_port.to_string()])
-        .args(["-U", "aside", "-d", "postgres", "-tAc"])
-        .arg("SELECT 1 FROM pg_database WHERE datname = 'aside'")
-        .env("PGPASSWORD", &secrets.postgres)
-        .output();
-    let exists = match &psql_ok {
-        Ok(o) => String::from_utf8_lossy(&o.stdout).trim() == "1",
-        Err(_) => false,
-    };
-    if !exists {
-        let created = Command::new(pg_bin.join("createdb"))
-            .args(["-h", "127.0.0.1", "-p", &args.postgres_port.to_string()])
-            .args(["-U", "aside", "aside"])
-            .env("PGPASSWORD", &secrets.postgres)
-            .status()?;
-        anyhow::ensure!(created.success(), "createdb aside failed");
-    }
-    Ok(())
+    local::provision_postgres(
+        &local::Provisioning {
+            pg_bin: &pg_bin,
+            port: args.postgres_port,
+            superuser: "aside",
+            superuser_password: &secrets.postgres,
+            owner_password: &secrets.postgres_owner,
+            app_password: &secrets.postgres_app,
+        },
+        "aside",
+    )
 }
 
 fn spawn(

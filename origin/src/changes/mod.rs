@@ -92,10 +92,12 @@ async fn session(
         .connect_timeout(Duration::from_secs(5))
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(10));
-    let (mut client, mut connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| Stop::Connect(format!("cannot connect to PostgreSQL: {e}")))?;
+    let (mut client, mut connection) = config.connect(NoTls).await.map_err(|e| {
+        Stop::Connect(format!(
+            "cannot connect to PostgreSQL: {}",
+            crate::db::error_chain(&e)
+        ))
+    })?;
     let woken = Arc::new(Notify::new());
     let wake = Arc::clone(&woken);
     // The connection is driven here: notifications wake the loop; its end (an error) ends the session,
@@ -115,6 +117,7 @@ async fn session(
         wake.notify_one();
     });
     let _stop_driver = AbortOnDrop(driver);
+    crate::db::grants::warn_if_privileged(&client).await;
 
     let mut announced = false;
     while !outbox::try_lead(&client).await? {

@@ -26,6 +26,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "change_capture",
         sql: include_str!("../../migrations/0002_change_capture.sql"),
     },
+    Migration {
+        version: 3,
+        name: "least_privilege",
+        sql: include_str!("../../migrations/0003_least_privilege.sql"),
+    },
 ];
 
 /// An arbitrary constant naming aside's migration lock among PostgreSQL advisory locks.
@@ -38,7 +43,12 @@ pub struct MigrateReport {
     pub already_applied: Vec<i32>,
 }
 
-pub async fn migrate(client: &mut Client) -> anyhow::Result<MigrateReport> {
+/// Applies the pending migrations and then, when `app_role` is given, the application role's grants
+/// ([`super::grants`]), all in one transaction.
+pub async fn migrate(
+    client: &mut Client,
+    app_role: Option<&super::grants::RoleName>,
+) -> anyhow::Result<MigrateReport> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
@@ -111,6 +121,9 @@ pub async fn migrate(client: &mut Client) -> anyhow::Result<MigrateReport> {
         anyhow::bail!(
             "the database has migration {unknown}, which this binary does not know: it is older than the schema"
         );
+    }
+    if let Some(role) = app_role {
+        super::grants::apply(&tx, role).await?;
     }
     tx.commit().await?;
     Ok(report)

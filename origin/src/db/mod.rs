@@ -3,6 +3,7 @@
 
 pub mod changes;
 pub mod guard;
+pub mod grants;
 pub mod migrations;
 pub mod writes;
 
@@ -36,7 +37,7 @@ impl From<PoolError> for DbError {
     fn from(e: PoolError) -> Self {
         match e {
             PoolError::Backend(e) => e.into(),
-            other => DbError::Unavailable(other.to_string()),
+            other => DbError::Unavailable(error_chain(&other)),
         }
     }
 }
@@ -52,11 +53,28 @@ impl From<tokio_postgres::Error> for DbError {
                     || c == &SqlState::TOO_MANY_CONNECTIONS
             });
         if timed_out || down {
-            DbError::Unavailable(e.to_string())
+            DbError::Unavailable(error_chain(&e))
         } else {
-            DbError::Other(e.to_string())
+            DbError::Other(error_chain(&e))
         }
     }
+}
+
+/// An error with its causes, `outer: inner: ...`. tokio-postgres's own message is only the kind ("db
+/// error", "error connecting to server"); what PostgreSQL said (e.g. "password authentication failed
+/// for user ...", never the password) is in its source.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Builds the pool. Connections are made lazily, so the service starts even while PostgreSQL is down;
@@ -101,7 +119,7 @@ pub async fn connect(
     let (client, connection) = config
         .connect(NoTls)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL: {}", error_chain(&e)))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "PostgreSQL connection ended");

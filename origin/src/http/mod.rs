@@ -5,6 +5,7 @@ mod auth;
 mod health;
 mod refresh;
 pub mod openapi;
+pub mod server;
 mod users;
 
 pub use refresh::ReadPath;

@@ -130,4 +130,28 @@ impl Origin {
         self.kill();
         self.launch().await
     }
+
+    /// Sends SIGTERM (a graceful shutdown) without waiting for the process to exit.
+    pub fn terminate(&self) {
+        if let Some(child) = &self.child {
+            child.signal(libc::SIGTERM);
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own; true if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let Some(child) = &mut self.child else {
+                return true;
+            };
+            if child.has_exited() {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

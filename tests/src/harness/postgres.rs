@@ -1,6 +1,11 @@
 //! A real PostgreSQL 15 cluster: `initdb` into a temporary folder, password (scram-sha-256)
-//! authentication on TCP, started as the `postgres` system user when the tests run as root (PostgreSQL
-//! refuses to run as root).
+//! authentication on loopback TCP only (`xtask::local::PG_HBA`), started as the `postgres` system user
+//! when the tests run as root (PostgreSQL refuses to run as root).
+//!
+//! Three roles, as in production (docs/security.md): the cluster superuser `aside_admin` (tests use it
+//! to create databases and to arrange or inspect data), the owner `aside_owner` (owns each test
+//! database, runs `migrate` and `seed`) and the application role `aside_app` (what the origin serves
+//! as), each with its own generated password.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,10 +24,19 @@ pub struct PostgresServer {
     pub dir: PathBuf,
     /// The superuser (`aside_admin`) password.
     password: String,
+    /// The owner role's ([`OWNER_ROLE`]) password.
+    owner_password: String,
+    /// The application role's ([`APP_ROLE`]) password.
+    app_password: String,
     child: Option<ManagedChild>,
 }
 
 const SUPERUSER: &str = "aside_admin";
+
+/// The role that owns each test database (see the module documentation).
+pub const OWNER_ROLE: &str = xtask::local::OWNER_ROLE;
+/// The role the origin serves as.
+pub const APP_ROLE: &str = xtask::local::APP_ROLE;
 
 impl PostgresServer {
     pub async fn start() -> anyhow::Result<Self> {
@@ -53,13 +67,23 @@ impl PostgresServer {
             dir.join("initdb.log").display()
         );
         std::fs::remove_file(&pwfile)?;
+        xtask::local::write_pg_hba(&data, owner)?;
         let mut server = Self {
             port,
             dir: dir.to_path_buf(),
             password,
+            owner_password: generate_secret(),
+            app_password: generate_secret(),
             child: None,
         };
         server.launch().await?;
+        let admin = server.connect("postgres").await?;
+        admin
+            .batch_execute(&xtask::local::create_roles_sql(
+                &server.owner_password,
+                &server.app_password,
+            ))
+            .await?;
         Ok(server)
     }
 
@@ -113,6 +137,32 @@ impl PostgresServer {
         &self.password
     }
 
+    /// URL of the owner role ([`OWNER_ROLE`]) for `database`: what `migrate` and `seed` use.
+    pub fn owner_url(&self, database: &str) -> String {
+        format!(
+            "postgres://{OWNER_ROLE}:{}@127.0.0.1:{}/{database}",
+            self.owner_password, self.port
+        )
+    }
+
+    /// URL of the application role ([`APP_ROLE`]) for `database`: what the origin serves with.
+    pub fn app_url(&self, database: &str) -> String {
+        format!(
+            "postgres://{APP_ROLE}:{}@127.0.0.1:{}/{database}",
+            self.app_password, self.port
+        )
+    }
+
+    /// The application role's password (for tests that look for it where it must not be).
+    pub fn app_password(&self) -> &str {
+        &self.app_password
+    }
+
+    /// The owner role's password.
+    pub fn owner_password(&self) -> &str {
+        &self.owner_password
+    }
+
     /// A superuser connection to `database`.
     pub async fn connect(&self, database: &str) -> anyhow::Result<tokio_postgres::Client> {
         let (client, connection) =
@@ -121,11 +171,16 @@ impl PostgresServer {
         Ok(client)
     }
 
-    /// Creates an empty database and returns its URL.
+    /// Creates an empty database owned by [`OWNER_ROLE`], with `PUBLIC`'s default `CONNECT` and
+    /// `TEMPORARY` taken away (as production provisioning does), and returns its superuser URL.
     pub async fn create_database(&self, name: &str) -> anyhow::Result<String> {
         let admin = self.connect("postgres").await?;
+        // Two queries: CREATE DATABASE cannot share a (implicit) transaction with another statement.
         admin
-            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .batch_execute(&format!("CREATE DATABASE \"{name}\" OWNER {OWNER_ROLE}"))
+            .await?;
+        admin
+            .batch_execute(&format!("REVOKE ALL ON DATABASE \"{name}\" FROM PUBLIC"))
             .await?;
         Ok(self.url(name))
     }

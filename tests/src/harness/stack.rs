@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use tokio::sync::OnceCell;
 
 use super::origin::{Origin, OriginOptions, run_origin_command};
-use super::postgres::PostgresServer;
+use super::postgres::{APP_ROLE, PostgresServer};
 use super::redis_server::{RedisServer, RedisUser};
 
 /// A Redis and a PostgreSQL server.
@@ -38,14 +38,21 @@ impl Stack {
         })
     }
 
-    /// A fresh, migrated database and an empty Redis logical database, for one test.
+    /// A fresh, migrated database and an empty Redis logical database, for one test. The database is
+    /// owned by the owner role, which migrates it and grants the application role its privileges, as
+    /// in production: origins started from [`TestEnv::origin_options`] serve as the application role.
     pub async fn env(&self) -> anyhow::Result<TestEnv> {
         let n = NEXT_ENV.fetch_add(1, Ordering::SeqCst);
         let name = format!("aside_test_{n}");
-        let database_url = self.postgres.create_database(&name).await?;
+        self.postgres.create_database(&name).await?;
+        let database_url = self.postgres.owner_url(&name);
         let url = database_url.clone();
-        tokio::task::spawn_blocking(move || run_origin_command(&url, &["migrate"])).await??;
+        tokio::task::spawn_blocking(move || {
+            run_origin_command(&url, &["migrate", "--app-role", APP_ROLE])
+        })
+        .await??;
         Ok(TestEnv {
+            app_database_url: self.postgres.app_url(&name),
             database: name,
             database_url,
             redis_db: n,
@@ -57,7 +64,10 @@ impl Stack {
 #[derive(Debug, Clone)]
 pub struct TestEnv {
     pub database: String,
+    /// The owner role's URL: for `migrate`, `seed`, and tests that change the schema or the data.
     pub database_url: String,
+    /// The application role's URL: what the origin serves with (least privilege).
+    pub app_database_url: String,
     pub redis_db: u32,
 }
 
@@ -73,10 +83,11 @@ impl TestEnv {
         Ok(())
     }
 
-    /// Origin options for this env: its database, its Redis db as the `origin` ACL user.
+    /// Origin options for this env: its database as the application role, its Redis db as the
+    /// `origin` ACL user.
     pub fn origin_options(&self, stack: &Stack) -> OriginOptions {
         OriginOptions::new(
-            self.database_url.clone(),
+            self.app_database_url.clone(),
             stack.redis.url(RedisUser::Origin, self.redis_db),
         )
     }
