@@ -11,6 +11,7 @@
 //! fails a read, it only makes it a miss.
 
 pub mod breaker;
+pub mod connect;
 pub mod fill;
 pub mod read;
 
@@ -80,8 +81,7 @@ impl ProfileCache {
     /// Prepares the connection without opening it: the origin starts, and serves from PostgreSQL, while
     /// Redis is down; the connection is made on first use and re-made after failures.
     pub fn new(url: &Secret, args: &RedisArgs, ttls: Ttls) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url.expose())
-            .map_err(|_| anyhow::anyhow!("the Redis URL is not valid"))?;
+        let client = connect::client(url, args)?;
         let command_timeout = Duration::from_millis(args.redis_command_timeout_ms);
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(args.redis_connect_timeout_ms)))
