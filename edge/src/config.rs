@@ -11,7 +11,7 @@ use std::time::Duration;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 /// Every Spin variable the edge reads, as declared under `[component.aside-edge.variables]`.
-pub const VARIABLES: [&str; 18] = [
+pub const VARIABLES: [&str; 19] = [
     "redis_address",
     "redis_database",
     "redis_user",
@@ -30,6 +30,7 @@ pub const VARIABLES: [&str; 18] = [
     "origin_backoff_ms",
     "l1_stale_ms",
     "xfetch_beta",
+    "redis_scheme",
 ];
 
 /// Characters escaped in the user and password of the Redis URL: everything but RFC 3986 "unreserved".
@@ -61,7 +62,8 @@ pub struct BreakerSettings {
 /// The parsed settings. `Debug` hides the secrets.
 #[derive(Clone, PartialEq)]
 pub struct Config {
-    /// `redis://user:password@host:port/db`, user and password percent-encoded. Secret.
+    /// `redis://user:password@host:port/db` (`rediss://` for TLS), user and password percent-encoded.
+    /// Secret.
     pub redis_url: String,
     /// The raw password, kept only to scrub it from error text before logging.
     redis_password: String,
@@ -213,9 +215,10 @@ impl Config {
         };
         let l1_stale = millis(parse_number(get("l1_stale_ms")?, 0, 86_400_000, MS_DAY)?);
         let xfetch_beta = parse_beta(get("xfetch_beta")?)?;
+        let redis_scheme = parse_redis_scheme(get("redis_scheme")?)?;
 
         let redis_url = format!(
-            "redis://{}:{}@{redis_address}/{redis_database}",
+            "{redis_scheme}://{}:{}@{redis_address}/{redis_database}",
             utf8_percent_encode(&redis_user, USERINFO),
             utf8_percent_encode(&redis_password, USERINFO),
         );
@@ -327,6 +330,18 @@ fn parse_redis_address((name, value): (&'static str, String)) -> Result<String, 
     }
 }
 
+/// `redis` (plain TCP) or `rediss` (TLS: Spin verifies the server's certificate and host name against
+/// its trust store). A scheme rather than a yes/no switch because `spin.toml` builds the
+/// `allowed_outbound_hosts` entry `{{ redis_scheme }}://{{ redis_address }}` from it: the component may
+/// then reach Redis only the way it is configured to, never in clear when TLS was asked for.
+fn parse_redis_scheme((name, value): (&'static str, String)) -> Result<&'static str, ConfigError> {
+    match value.trim() {
+        "redis" => Ok("redis"),
+        "rediss" => Ok("rediss"),
+        _ => Err(malformed(name, "redis (plain TCP) or rediss (TLS)")),
+    }
+}
+
 /// `http://host:port` or `https://host`, nothing after the authority but an optional `/`.
 fn parse_origin_url((name, value): (&'static str, String)) -> Result<String, ConfigError> {
     let expected = "an http:// or https:// URL without path, query or credentials";
@@ -402,6 +417,7 @@ mod tests {
             "origin_backoff_ms" => "2000",
             "l1_stale_ms" => "600000",
             "xfetch_beta" => "1.0",
+            "redis_scheme" => "redis",
             _ => return None,
         })
     }
@@ -497,6 +513,43 @@ mod tests {
     }
 
     #[test]
+    fn rediss_asks_for_tls() {
+        let c = with(&[("redis_scheme", Some(" rediss "))]).unwrap();
+        assert_eq!(
+            c.redis_url,
+            "rediss://edge:p%40ss%3Aw%2Frd@127.0.0.1:6379/0"
+        );
+        let c = with(&[("redis_scheme", Some("redis"))]).unwrap();
+        assert!(c.redis_url.starts_with("redis://"), "{c:?}");
+    }
+
+    /// The manifest passes every variable the edge reads to the component, declares each one, and
+    /// allows Redis only with the configured scheme.
+    #[test]
+    fn spin_toml_declares_every_variable_and_allows_redis_by_scheme() {
+        let manifest = include_str!("../../spin.toml");
+        for name in VARIABLES {
+            assert!(
+                manifest.contains(&format!("\n{name} = \"{{{{ {name} }}}}\"")),
+                "spin.toml does not pass `{name}` to the component"
+            );
+            assert!(
+                manifest.contains(&format!("\n{name} = {{ ")),
+                "spin.toml does not declare `{name}` under [variables]"
+            );
+        }
+        assert!(manifest.contains("\nredis_scheme = { default = \"redis\" }"));
+        assert!(
+            manifest.contains("\"{{ redis_scheme }}://{{ redis_address }}\""),
+            "allowed_outbound_hosts must follow redis_scheme"
+        );
+        assert!(
+            !manifest.contains("\"redis://{{ redis_address }}\""),
+            "a fixed redis:// entry would let a TLS deployment fall back to plain TCP"
+        );
+    }
+
+    #[test]
     fn every_variable_is_read_exactly_once() {
         let mut seen = Vec::new();
         Config::from_lookup(|name| {
@@ -546,6 +599,10 @@ mod tests {
             ("origin_token", "has space"),
             ("redis_password", ""),
             ("redis_user", ""),
+            ("redis_scheme", "tls"),
+            ("redis_scheme", "https"),
+            ("redis_scheme", "REDISS"),
+            ("redis_scheme", ""),
         ] {
             let err = with(&[(name, Some(bad))]).expect_err(bad);
             assert!(

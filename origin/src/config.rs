@@ -144,6 +144,21 @@ pub struct RedisArgs {
     /// costs requests nothing.
     #[arg(long, env = "ASIDE_REDIS_BACKOFF_MS", default_value_t = 1000)]
     pub redis_backoff_ms: u64,
+
+    /// PEM file of the certificate authority (or authorities) that signed the Redis server's TLS
+    /// certificate, for a private CA. Only with a `rediss://` URL; without it the system's roots are
+    /// trusted (`/etc/ssl/certs`, or `SSL_CERT_FILE` / `SSL_CERT_DIR`). When given, only it is trusted.
+    #[arg(long, env = "ASIDE_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// PEM certificate (chain) the origin presents to Redis, for a Redis that requires client
+    /// certificates (`tls-auth-clients yes`). Needs --redis-client-key-file and a `rediss://` URL.
+    #[arg(long, env = "ASIDE_REDIS_CLIENT_CERT_FILE")]
+    pub redis_client_cert_file: Option<PathBuf>,
+
+    /// PEM private key of --redis-client-cert-file. A secret: mount it, mode 0600.
+    #[arg(long, env = "ASIDE_REDIS_CLIENT_KEY_FILE")]
+    pub redis_client_key_file: Option<PathBuf>,
 }
 
 impl RedisArgs {

@@ -13,6 +13,7 @@
 //! Every Redis call is bounded by the command timeout; a Redis that is down, slow or returns garbage never
 //! fails a read, it only makes it a miss.
 
+pub mod connect;
 pub mod fill;
 pub mod lease;
 pub mod read;
@@ -120,8 +121,7 @@ impl ProfileCache {
         ttls: Ttls,
         breaker: BreakerSettings,
     ) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url.expose())
-            .map_err(|_| anyhow::anyhow!("the Redis URL is not valid"))?;
+        let client = connect::client(url, args)?;
         let db = client.get_connection_info().redis_settings().db();
         let command_timeout = Duration::from_millis(args.redis_command_timeout_ms);
         let config = ConnectionManagerConfig::new()

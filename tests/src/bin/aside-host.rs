@@ -45,6 +45,12 @@ struct Args {
     /// Directory for compiled components (default: <manifest dir>/target/aside-host-cache).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+
+    /// PEM file of the CA that signed Redis's TLS certificate, trusted for `rediss://` instead of the
+    /// system's roots (a private or test CA). `spin up` has no such flag: there, add the CA to the
+    /// system's store or point `SSL_CERT_FILE` at a bundle that includes it.
+    #[arg(long, value_name = "PEM")]
+    redis_ca_file: Option<PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -96,6 +102,7 @@ async fn run() -> anyhow::Result<()> {
     config.max_instance_concurrent_reuse_count = args.max_instance_concurrent_reuse_count;
     config.idle_instance_timeout = args.idle_instance_timeout;
     config.cache_dir = args.cache_dir;
+    config.redis_ca_file = args.redis_ca_file;
     config.variables = args.variables.into_iter().collect();
 
     let host = Host::start(config).await?;

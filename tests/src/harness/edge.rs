@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::origin::Origin;
-use super::redis_server::RedisUser;
+use super::redis_server::{RedisServer, RedisUser};
 use super::stack::{Stack, TestEnv};
 use super::{temp_dir, workspace_root};
 use crate::host::{Host, HostConfig};
@@ -78,6 +78,22 @@ impl EdgeOptions {
             .variables
             .insert(name.to_string(), value.to_string());
         self
+    }
+
+    /// Reads tier 2 from `server` instead of the stack's Redis (same logical database), as the `edge`
+    /// user. A server started with TLS is reached with `rediss://` on its TLS port, the host trusting
+    /// the server's test CA (`HostConfig::redis_ca_file`).
+    pub fn redis_server(mut self, server: &RedisServer) -> Self {
+        let (port, scheme) = match &server.tls {
+            Some(tls) => {
+                self.config.redis_ca_file = Some(tls.ca.cert_file.clone());
+                (tls.port, "rediss")
+            }
+            None => (server.port, "redis"),
+        };
+        self.var("redis_address", format!("127.0.0.1:{port}"))
+            .var("redis_scheme", scheme)
+            .var("redis_password", server.password(RedisUser::Edge))
     }
 
     /// Tier-1 time-to-live; 0 turns tier 1 off.

@@ -16,6 +16,7 @@ mod postgres;
 mod process;
 mod redis_server;
 mod stack;
+mod tls;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -26,8 +27,9 @@ pub use load::{Load, LoadReport, Sample};
 pub use origin::{Origin, OriginOptions};
 pub use postgres::PostgresServer;
 pub use process::{ManagedChild, StopSignal, log_to, spawn_managed, temp_dir};
-pub use redis_server::{RedisServer, RedisUser};
+pub use redis_server::{RedisServer, RedisTls, RedisUser, TlsOptions};
 pub use stack::{Stack, TestEnv};
+pub use tls::{CertFiles, TestCa};
 
 /// A port nobody listens on right now (bound to port 0 and released).
 pub fn free_port() -> u16 {

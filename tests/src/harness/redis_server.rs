@@ -1,5 +1,5 @@
 //! A real `redis-server` running the project's `deploy/redis.conf` and ACL template, with generated
-//! passwords, on a free port.
+//! passwords, on a free port; optionally also on a TLS port with a throwaway CA ([`RedisServer::start_tls`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::process::{ManagedChild, StopSignal, log_to, spawn_managed};
+use super::tls::{CertFiles, TestCa};
 use super::{free_port, generate_secret, port_open, temp_dir, wait_until, workspace_root};
 
 /// Set once a redis-server refused `activedefrag yes` (see [`RedisServer::launch`]).
@@ -39,6 +40,46 @@ pub struct RedisServer {
     edge_password: String,
     admin_password: String,
     child: Option<ManagedChild>,
+    /// The TLS listener, when started with [`RedisServer::start_tls`].
+    pub tls: Option<RedisTls>,
+    /// Settings given after the harness's own (see [`RedisServer::start_with_args`]).
+    extra_args: Vec<String>,
+}
+
+/// How [`RedisServer::start_tls`] sets up TLS.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TlsOptions {
+    /// `tls-auth-clients yes`: a TLS client must also present a certificate signed by the test CA
+    /// ([`RedisTls::client`]). Otherwise (`no`) the TLS channel is authenticated by the server's
+    /// certificate and the client by its ACL password.
+    pub require_client_certificates: bool,
+}
+
+/// The TLS side of a [`RedisServer`]: its port and the throwaway CA and certificates.
+#[derive(Debug)]
+pub struct RedisTls {
+    pub port: u16,
+    /// The CA that signed the server's (and the client) certificate: what a client must trust.
+    pub ca: TestCa,
+    pub server: CertFiles,
+    /// A client certificate signed by the same CA, for `tls-auth-clients yes`.
+    pub client: CertFiles,
+    pub options: TlsOptions,
+}
+
+impl RedisTls {
+    /// What a redis-rs client needs to trust this server (and, with `client_certificate`, to present
+    /// the client certificate).
+    pub fn certificates(&self, client_certificate: bool) -> redis::TlsCertificates {
+        let read = |p: &Path| std::fs::read(p).expect("a file the harness wrote");
+        redis::TlsCertificates {
+            client_tls: client_certificate.then(|| redis::ClientTlsConfig {
+                client_cert: read(&self.client.cert),
+                client_key: read(&self.client.key),
+            }),
+            root_cert: Some(read(&self.ca.cert_file)),
+        }
+    }
 }
 
 impl RedisServer {
@@ -49,6 +90,38 @@ impl RedisServer {
 
     /// Starts a server whose data (AOF, ACL file) lives in `dir`, listening on `port`.
     pub async fn start_in(dir: &Path, port: u16) -> anyhow::Result<Self> {
+        Self::start_with(dir, port, None, &[]).await
+    }
+
+    /// Starts a server in a new temporary folder with extra `--name value` settings after the
+    /// harness's (e.g. `--enable-debug-command yes`, so that only the ACLs stand between a user and
+    /// `DEBUG`).
+    pub async fn start_with_args(args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(&temp_dir("aside-redis"), free_port(), None, args).await
+    }
+
+    /// Starts a server that also listens with TLS on a second free port, with a CA and certificates
+    /// made for it (the server's for `127.0.0.1` and `localhost`). The plain port stays open on
+    /// loopback for the harness's [`RedisServer::admin`]; a production Redis would set `port 0`.
+    pub async fn start_tls(options: TlsOptions) -> anyhow::Result<Self> {
+        let dir = temp_dir("aside-redis");
+        let ca = TestCa::new(&dir, "redis")?;
+        let tls = RedisTls {
+            port: free_port(),
+            server: ca.server_cert("redis-server")?,
+            client: ca.client_cert("redis-client")?,
+            ca,
+            options,
+        };
+        Self::start_with(&dir, free_port(), Some(tls), &[]).await
+    }
+
+    async fn start_with(
+        dir: &Path,
+        port: u16,
+        tls: Option<RedisTls>,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut server = Self {
             port,
             dir: dir.to_path_buf(),
@@ -56,6 +129,8 @@ impl RedisServer {
             edge_password: generate_secret(),
             admin_password: generate_secret(),
             child: None,
+            tls,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         server.write_acl_file()?;
         server.launch().await?;
@@ -113,6 +188,25 @@ impl RedisServer {
             // One logical database per test (see Stack).
             .args(["--databases", "1000"])
             .args(["--daemonize", "no"]);
+        if let Some(tls) = &self.tls {
+            command
+                .args(["--tls-port", &tls.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&tls.server.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.server.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca.cert_file)
+                .args([
+                    "--tls-auth-clients",
+                    if tls.options.require_client_certificates {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                ]);
+        }
+        command.args(&self.extra_args);
         log_to(&mut command, &self.dir, "redis");
         let child = spawn_managed(command, StopSignal::Kill).map_err(|e| {
             anyhow::anyhow!(
@@ -121,12 +215,19 @@ impl RedisServer {
         })?;
         self.child = Some(child);
         let port = self.port;
+        let tls_port = self.tls.as_ref().map(|t| t.port);
         let child = self.child.as_mut().expect("just set");
         let mut exited = false;
         let up = wait_until(Duration::from_secs(20), || {
             exited = exited || child.has_exited();
             let done = exited;
-            async move { done || port_open(port).await }
+            async move {
+                done || (port_open(port).await
+                    && match tls_port {
+                        Some(p) => port_open(p).await,
+                        None => true,
+                    })
+            }
         })
         .await;
         if !up || exited {
@@ -152,6 +253,17 @@ impl RedisServer {
             "redis://{}:{password}@127.0.0.1:{}/{db}",
             user.name(),
             self.port
+        )
+    }
+
+    /// `rediss://user:password@127.0.0.1:tls_port/db`; panics if the server has no TLS port.
+    pub fn tls_url(&self, user: RedisUser, db: u32) -> String {
+        let tls = self.tls.as_ref().expect("a server started with start_tls");
+        format!(
+            "rediss://{}:{}@127.0.0.1:{}/{db}",
+            user.name(),
+            self.password(user),
+            tls.port
         )
     }
 

@@ -523,6 +523,35 @@ command = "cargo build"
         assert!(m.variables["origin_token"].required && m.variables["origin_token"].secret);
     }
 
+    /// The repository's spin.toml lets the component reach Redis with the scheme `redis_scheme`
+    /// names and no other: asking for TLS removes the plain-TCP permission.
+    #[test]
+    fn the_repository_manifest_allows_redis_only_with_the_configured_scheme() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../spin.toml");
+        let m = Manifest::load(&path).unwrap();
+        let decl = &m.components["aside-edge"];
+        for (scheme, other) in [("redis", "rediss"), ("rediss", "redis")] {
+            let overrides = HashMap::from([
+                ("redis_password".to_string(), "pw".to_string()),
+                ("origin_token".to_string(), "token".to_string()),
+                (
+                    "redis_address".to_string(),
+                    "cache.internal:6380".to_string(),
+                ),
+                ("redis_scheme".to_string(), scheme.to_string()),
+            ]);
+            let vars = resolve_app_variables(&m.variables, &overrides, no_env).unwrap();
+            let c = resolve_component("aside-edge", decl, &vars, &m.variables).unwrap();
+            assert_eq!(c.variables["redis_scheme"].value, scheme);
+            let url = |s: &str| format!("{s}://edge:pw@cache.internal:6380/0");
+            assert!(c.allowed_hosts.allows(&url(scheme), "redis"), "{scheme}");
+            assert!(
+                !c.allowed_hosts.allows(&url(other), "redis"),
+                "{scheme} allows {other}"
+            );
+        }
+    }
+
     #[test]
     fn rejects_invalid_manifests() {
         let cases = [

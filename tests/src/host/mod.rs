@@ -63,6 +63,11 @@ pub struct HostConfig {
     pub idle_instance_timeout: Duration,
     /// Where compiled components are cached; default `<manifest dir>/target/aside-host-cache`.
     pub cache_dir: Option<PathBuf>,
+    /// PEM file of the CA(s) that `spin:redis` trusts for `rediss://` connections instead of the
+    /// system's roots (for a private or test CA). Without it the host trusts the system's roots, as
+    /// Spin does (Spin 4's Redis client verifies with the platform's store, which also honours
+    /// `SSL_CERT_FILE` / `SSL_CERT_DIR`, and has no setting of its own for a CA).
+    pub redis_ca_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for HostConfig {
@@ -81,6 +86,7 @@ impl std::fmt::Debug for HostConfig {
             )
             .field("idle_instance_timeout", &self.idle_instance_timeout)
             .field("cache_dir", &self.cache_dir)
+            .field("redis_ca_file", &self.redis_ca_file)
             .finish()
     }
 }
@@ -96,6 +102,7 @@ impl HostConfig {
             max_instance_concurrent_reuse_count: DEFAULT_MAX_INSTANCE_CONCURRENT_REUSE_COUNT,
             idle_instance_timeout: DEFAULT_IDLE_INSTANCE_TIMEOUT,
             cache_dir: None,
+            redis_ca_file: None,
         }
     }
 }
@@ -127,6 +134,7 @@ impl Host {
             "max_instance_concurrent_reuse_count must be at least 1"
         );
         let manifest = Manifest::load(&config.manifest)?;
+        let redis_tls = Arc::new(spin::RedisTls::new(config.redis_ca_file.as_deref())?);
         let app_vars = resolve_app_variables(&manifest.variables, &config.variables, |k| {
             std::env::var(k).ok()
         })
@@ -176,7 +184,11 @@ impl Host {
             );
             load_sources.push((id.to_string(), loaded.source, loaded.elapsed));
             handlers.push(ProxyHandler::new(
-                ComponentState { component, reuse },
+                ComponentState {
+                    component,
+                    reuse,
+                    redis_tls: Arc::clone(&redis_tls),
+                },
                 ProxyPre::P3(loaded.pre),
             ));
         }

@@ -23,6 +23,7 @@ use wasmtime_wasi_http::p3::bindings::http::types::{ErrorCode, Request as WasiRe
 use super::engine::engine;
 use super::manifest::ComponentConfig;
 use super::router::Router;
+use super::spin::RedisTls;
 use super::state::InstanceState;
 
 pub(crate) type ResponseBody = UnsyncBoxBody<Bytes, wasmtime::Error>;
@@ -40,6 +41,8 @@ pub(crate) struct ReuseConfig {
 pub(crate) struct ComponentState {
     pub component: Arc<ComponentConfig>,
     pub reuse: ReuseConfig,
+    /// How `spin:redis` connects with TLS.
+    pub redis_tls: Arc<RedisTls>,
 }
 
 impl HandlerState for ComponentState {
@@ -47,7 +50,10 @@ impl HandlerState for ComponentState {
 
     fn new_store(&self, _req_id: Option<u64>) -> wasmtime::Result<StoreBundle<InstanceState>> {
         Ok(StoreBundle {
-            store: Store::new(engine(), InstanceState::new(self.component.clone())),
+            store: Store::new(
+                engine(),
+                InstanceState::new(self.component.clone(), self.redis_tls.clone()),
+            ),
             write_profile: Box::new(|_| ()),
         })
     }

@@ -11,6 +11,7 @@ use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 
 use super::allowed::redact_url;
 use super::manifest::ComponentConfig;
+use super::spin::RedisTls;
 
 /// The data of one `Store`, i.e. of one (possibly reused) component instance.
 pub struct InstanceState {
@@ -19,10 +20,12 @@ pub struct InstanceState {
     pub(crate) http: WasiHttpCtx,
     pub(crate) hooks: OutboundHooks,
     pub(crate) component: Arc<ComponentConfig>,
+    /// How `spin:redis` connects with TLS (shared by every instance of the application).
+    pub(crate) redis_tls: Arc<RedisTls>,
 }
 
 impl InstanceState {
-    pub(crate) fn new(component: Arc<ComponentConfig>) -> Self {
+    pub(crate) fn new(component: Arc<ComponentConfig>, redis_tls: Arc<RedisTls>) -> Self {
         let mut wasi = WasiCtx::builder();
         wasi.inherit_stdout().inherit_stderr();
         for (k, v) in &component.environment {
@@ -36,6 +39,7 @@ impl InstanceState {
                 component: component.clone(),
             },
             component,
+            redis_tls,
         }
     }
 }
