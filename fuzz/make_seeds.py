@@ -80,6 +80,10 @@ def json_body():
         "not-json": b"not json",
         "empty": b"",
         "string": b'"x"',
+        "profile-answer": obj([("id", "7")] + full),
+        "profile-answer-id-last": obj(full + [("id", "2147483647")]),
+        "profile-answer-future": obj([("id", "7")] + [(k, '"2026-03-11"' if k == "birth_date" else v)
+                                                      for k, v in full]),
     }
     return seeds
 
