@@ -2,7 +2,9 @@
 //!
 //! * `cargo xtask up`: the whole stack locally (Redis, PostgreSQL, origin, edge), stopped with Ctrl-C.
 //! * `cargo xtask test`: the whole test suite against real servers the tests start themselves.
+//! * `cargo xtask fuzz`: the libFuzzer targets of `fuzz/`, each for a bounded time.
 
+mod fuzz;
 mod test;
 mod up;
 
@@ -24,6 +26,9 @@ enum Command {
     Up(up::UpArgs),
     /// Install what is missing, build the edge component and run every test.
     Test(test::TestArgs),
+    /// Build the fuzz targets (fuzz/) and run each for a bounded time from the committed corpus; fails
+    /// on a crash, naming the reproducer.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +36,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Up(args) => up::run(args),
         Command::Test(args) => test::run(args),
+        Command::Fuzz(args) => fuzz::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
