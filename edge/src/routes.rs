@@ -1,14 +1,18 @@
 //! Which requests the edge answers itself and which it passes to the origin.
 //!
-//! The edge serves only `GET /users/{id}` (from its tiers) and `GET /healthz`; everything else, including
-//! writes, `/readyz`, `/metrics` and unknown paths, goes to the origin unchanged, so the API has one
-//! implementation of everything but the read path. A malformed id or query on the read path is refused
-//! here, before any tier is touched, with the same error body the origin would send.
+//! The edge serves only `GET /users/{id}` (from its tiers) and `GET /healthz`; the rest of the public API
+//! (`/users` and `/users/...`: writes, other methods, odd paths below `/users/`) goes to the origin
+//! unchanged, so the API has one implementation of everything but the read path. Nothing else is
+//! forwarded: the origin's operational routes (`/readyz`, `/metrics`, `/openapi.json`, `/admin/...`)
+//! are for its operators on its own network, never for the edge's public clients, so the edge answers
+//! them 404 like any unknown path. A malformed id or query on the read path is refused here, before any
+//! tier is touched, with the same error body the origin would send.
 
 use aside_shared::{ApiError, FieldSelection, UserId};
 use spin_sdk::http::Method;
 
 const USERS_PREFIX: &str = "/users/";
+const USERS: &str = "/users";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -19,18 +23,27 @@ pub enum Route {
         id: UserId,
         selection: Option<FieldSelection>,
     },
-    /// Anything else: pass to the origin.
+    /// The rest of the public API (`/users`, `/users/...`): pass to the origin.
     Forward,
-    /// A read the edge refuses (400) without touching any tier.
+    /// A request the edge refuses without touching any tier or the origin: a malformed read (400) or a
+    /// path outside the public API (404).
     Refuse(ApiError),
 }
 
 pub fn route(method: &Method, path: &str, query: Option<&str>) -> Route {
+    if path == "/healthz" {
+        // Other methods: the origin's 405, with its `allow` header.
+        return if *method == Method::GET {
+            Route::Health
+        } else {
+            Route::Forward
+        };
+    }
+    if path != USERS && !path.starts_with(USERS_PREFIX) {
+        return Route::Refuse(ApiError::route_not_found());
+    }
     if *method != Method::GET {
         return Route::Forward;
-    }
-    if path == "/healthz" {
-        return Route::Health;
     }
     let Some(raw_id) = path.strip_prefix(USERS_PREFIX) else {
         return Route::Forward;
@@ -97,6 +110,26 @@ mod tests {
     }
 
     #[test]
+    fn the_origin_s_operational_routes_are_not_reachable_through_the_edge() {
+        for (method, path) in [
+            (Method::GET, "/readyz"),
+            (Method::GET, "/metrics"),
+            (Method::GET, "/openapi.json"),
+            (Method::GET, "/admin/cache/stats"),
+            (Method::POST, "/admin/cache/stats"),
+            (Method::GET, "/nope"),
+            (Method::GET, "/"),
+            (Method::GET, "/usersx"),
+            (Method::GET, "//users/1"),
+        ] {
+            let Route::Refuse(e) = route(&method, path, None) else {
+                panic!("{method} {path} must not be forwarded");
+            };
+            assert_eq!(e.status(), 404, "{method} {path}");
+        }
+    }
+
+    #[test]
     fn writes_and_other_paths_are_forwarded() {
         for (method, path) in [
             (Method::POST, "/users"),
@@ -105,12 +138,9 @@ mod tests {
             (Method::DELETE, "/users/1"),
             (Method::DELETE, "/users/abc"),
             (Method::HEAD, "/users/1"),
-            (Method::GET, "/readyz"),
-            (Method::GET, "/metrics"),
             (Method::GET, "/users"),
             (Method::GET, "/users/"),
             (Method::GET, "/users/1/friends"),
-            (Method::GET, "/nope"),
         ] {
             assert_eq!(
                 route(&method, path, None),

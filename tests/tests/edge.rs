@@ -726,6 +726,25 @@ async fn writes_and_unknown_routes_are_forwarded_unchanged() {
     // The edge answers its own liveness check.
     let health = get(&edge, "/healthz").await;
     assert_eq!((health.status, health.cache()), (200, "BYPASS"));
+    // The origin's operational routes are not part of the public API: the edge answers 404 itself.
+    for path in ["/metrics", "/readyz", "/openapi.json"] {
+        let direct = send(
+            Method::GET,
+            &format!("{}{path}", origin.url()),
+            None,
+            None,
+            "",
+        )
+        .await;
+        assert_eq!(direct.status, 200, "{path} on the origin");
+        let through = get(&edge, path).await;
+        assert_eq!(through.status, 404, "{path} through the edge");
+        assert!(
+            !through.body.contains("aside_origin"),
+            "{path}: {}",
+            through.body
+        );
+    }
 }
 
 /// A write through the edge with a JSON body; the answer is checked for the edge's headers.

@@ -2,8 +2,8 @@
 //! outbox in [`changes`], migrations in [`migrations`].
 
 pub mod changes;
-pub mod guard;
 pub mod grants;
+pub mod guard;
 pub mod migrations;
 pub mod writes;
 

@@ -3,8 +3,8 @@
 mod admin;
 mod auth;
 mod health;
-mod refresh;
 pub mod openapi;
+mod refresh;
 pub mod server;
 mod users;
 

@@ -24,11 +24,11 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
-use super::refresh::{self, Seen};
 use super::openapi::schemas::{
     BodyErrors, ErrorBody, ProfileInput as ProfileInputDoc, ProfilePatch as ProfilePatchDoc,
     Unauthorized, Unavailable, UserProfile as UserProfileDoc,
 };
+use super::refresh::{self, Seen};
 use super::{AppState, Error, Limits, LoadResult};
 use crate::cache::fill::Stored;
 use crate::cache::{Lookup, Ttls};
