@@ -119,22 +119,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let redis_url = args.redis.url()?;
     let tokens = args.tokens()?;
     let pool = crate::db::pool(&db_url, &args.database)?;
-    let cache = Arc::new(crate::cache::ProfileCache::new(
-        &redis_url,
-        &args.redis,
-        args.ttls()?,
-    )?);
+    let mut cache = crate::cache::ProfileCache::new(&redis_url, &args.redis, args.ttls()?)?;
+    if args.cache == crate::config::CacheMode::Off {
+        tracing::warn!("ASIDE_CACHE=off: Redis is not used, every read goes to PostgreSQL");
+        cache = cache.disabled();
+    }
+    let cache = Arc::new(cache);
     #[cfg(feature = "test-hooks")]
     crate::test_hooks::announce();
     if tokens.is_empty() {
         tracing::warn!("no origin token configured: /users is open to any caller");
     }
     let metrics = crate::metrics::install();
-    let change_capture = tokio::spawn(crate::changes::run(
-        db_url.clone(),
-        Arc::clone(&cache),
-        args.changes.clone(),
-    ));
+    // Change capture only feeds Redis; without a cache it would hold the outbox and apply nothing.
+    let change_capture = (!cache.is_disabled()).then(|| {
+        tokio::spawn(crate::changes::run(
+            db_url.clone(),
+            Arc::clone(&cache),
+            args.changes.clone(),
+        ))
+    });
     let state = Arc::new(crate::http::AppState::new(pool, cache, tokens, metrics));
     let limits = crate::http::Limits {
         request_timeout: Duration::from_millis(args.request_timeout_ms),
@@ -156,7 +160,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await;
     // Whatever change capture was doing is safe to cut short: it resumes from the stored watermark.
-    change_capture.abort();
+    if let Some(task) = change_capture {
+        task.abort();
+    }
     served?;
     tracing::info!("aside-origin stopped");
     Ok(())

@@ -205,6 +205,19 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "ASIDE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: crate::telemetry::LogFormat,
+
+    /// `off` is a diagnostic and benchmark mode: every read goes to PostgreSQL, nothing is read from or
+    /// written to Redis, and change capture does not run (an origin in this mode must not take the
+    /// outbox over from one that fills Redis). The Redis URL is still required, though never used.
+    #[arg(long, env = "ASIDE_CACHE", value_enum, default_value = "on")]
+    pub cache: CacheMode,
+}
+
+/// Whether the origin uses Redis at all (see `ServeArgs::cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CacheMode {
+    On,
+    Off,
 }
 
 /// Change capture: applying the `devops_api.user_changes` outbox to Redis.

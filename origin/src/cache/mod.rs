@@ -33,6 +33,8 @@ pub enum CacheError {
     Redis(#[from] redis::RedisError),
     #[error("Redis gave a reply of an unexpected shape")]
     UnexpectedReply,
+    #[error("the cache is disabled (ASIDE_CACHE=off)")]
+    Disabled,
 }
 
 /// How long each kind of entry lives.
@@ -74,6 +76,8 @@ pub struct ProfileCache {
     breaker: Breaker,
     command_timeout: Duration,
     ttls: Ttls,
+    /// `ASIDE_CACHE=off`: every call fails with [`CacheError::Disabled`] without touching Redis.
+    disabled: bool,
 }
 
 impl ProfileCache {
@@ -96,7 +100,21 @@ impl ProfileCache {
             breaker: Breaker::new(Duration::from_millis(args.redis_backoff_ms)),
             command_timeout,
             ttls,
+            disabled: false,
         })
+    }
+
+    /// The same cache, switched off: reads miss, fills and write-throughs are skipped (benchmark
+    /// baseline and diagnostics; see `ServeArgs::cache`).
+    pub fn disabled(self) -> Self {
+        Self {
+            disabled: true,
+            ..self
+        }
+    }
+
+    pub fn is_disabled(&self) -> bool {
+        self.disabled
     }
 
     /// Runs one Redis operation through the breaker and the command timeout.
@@ -105,6 +123,9 @@ impl ProfileCache {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
+        if self.disabled {
+            return Err(CacheError::Disabled);
+        }
         if !self.breaker.allow() {
             return Err(CacheError::Skipped);
         }
