@@ -2,7 +2,9 @@
 //!
 //! * `cargo xtask up`: the whole stack locally (Redis, PostgreSQL, origin, edge), stopped with Ctrl-C.
 //! * `cargo xtask test`: the whole test suite against real servers the tests start themselves.
+//! * `cargo xtask bench`: the benchmark on a stack of its own (docs/benchmarks.md).
 
+mod bench;
 mod test;
 mod up;
 
@@ -24,6 +26,9 @@ enum Command {
     Up(up::UpArgs),
     /// Install what is missing, build the edge component and run every test.
     Test(test::TestArgs),
+    /// Start a throw-away stack, run the benchmark scenarios, write target/bench/report.{json,md} and
+    /// charts.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +36,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Up(args) => up::run(args),
         Command::Test(args) => test::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,7 +13,7 @@ pub struct TestArgs {
 
 /// Test hooks (delays, counters) are compiled into the origin only for tests; release and production
 /// builds never have them.
-const TEST_FEATURES: &str = "aside-origin/test-hooks";
+pub const TEST_FEATURES: &str = "aside-origin/test-hooks";
 
 pub fn run(args: TestArgs) -> anyhow::Result<()> {
     xtask::prereq::ensure_all()?;
@@ -31,5 +31,11 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
         cargo()
             .args(["test", "--workspace", "--features", TEST_FEATURES])
             .args(&args.cargo_test_args),
-    )
+    )?;
+    // The benchmark's quick run on the binaries built above; its report is checked. A filtered run is a
+    // targeted one: it skips it.
+    if args.cargo_test_args.is_empty() {
+        crate::bench::quick_check()?;
+    }
+    Ok(())
 }
