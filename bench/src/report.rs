@@ -225,6 +225,7 @@ impl Report {
             }
         }
         out.push_str("\n## Errors and writes\n\n");
+        let mut any = false;
         for r in &self.runs {
             let mut notes = Vec::new();
             if r.result.errors > 0 {
@@ -242,8 +243,12 @@ impl Report {
                 notes.push("ran out of fresh ids before the time was up".into());
             }
             if !notes.is_empty() {
+                any = true;
                 let _ = writeln!(out, "* {} / {}: {}", r.scenario, r.keys, notes.join("; "));
             }
+        }
+        if !any {
+            out.push_str("No errors, no writes.\n");
         }
         out.push_str(
             "\n## Charts\n\n![Latency by percentile](latency.svg)\n\n![Throughput](throughput.svg)\n\n\
