@@ -240,7 +240,10 @@ impl Report {
                 ));
             }
             if r.result.keys_exhausted {
-                notes.push("ran out of fresh ids before the time was up".into());
+                notes.push(format!(
+                    "ran out of fresh ids: measured over {:.1} s",
+                    r.result.elapsed_s
+                ));
             }
             if !notes.is_empty() {
                 any = true;
