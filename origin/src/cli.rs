@@ -190,12 +190,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let metrics = crate::metrics::install();
     let admin_tokens = args.admin_tokens()?;
     let pool = crate::db::pool(&db_url, &args.database)?;
-    let cache = Arc::new(crate::cache::ProfileCache::new(
+    let mut cache = crate::cache::ProfileCache::new(
         &redis_url,
         &args.redis,
         args.ttls()?,
         args.redis_breaker()?,
-    )?);
+    )?;
+    if args.cache == crate::config::CacheMode::Off {
+        tracing::warn!("ASIDE_CACHE=off: Redis is not used, every read goes to PostgreSQL");
+        cache = cache.disabled();
+    }
+    let cache = Arc::new(cache);
     let read_path = args.read_path()?;
     // A call may wait for a pooled connection (or connect), then run its statement; past both, and a
     // margin, PostgreSQL is not answering (a stalled server enforces no statement_timeout).
@@ -210,11 +215,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if tokens.is_empty() {
         tracing::warn!("no origin token configured: /users is open to any caller");
     }
-    let change_capture = tokio::spawn(crate::changes::run(
-        db_url.clone(),
-        Arc::clone(&cache),
-        args.changes.clone(),
-    ));
+    // Change capture only feeds Redis; without a cache it would hold the outbox and apply nothing.
+    let change_capture = (!cache.is_disabled()).then(|| {
+        tokio::spawn(crate::changes::run(
+            db_url.clone(),
+            Arc::clone(&cache),
+            args.changes.clone(),
+        ))
+    });
     if admin_tokens.is_empty() {
         tracing::info!("no admin token configured: the /admin routes are not mounted");
     }
@@ -240,7 +248,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("aside-origin listening on http://{local}");
     crate::http::server::serve(listener, app, args.connection_limits(), shutdown_signal()).await;
     // Whatever change capture was doing is safe to cut short: it resumes from the stored watermark.
-    change_capture.abort();
+    if let Some(task) = change_capture {
+        task.abort();
+    }
     tracing::info!("aside-origin stopped");
     Ok(())
 }

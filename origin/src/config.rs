@@ -262,6 +262,19 @@ pub struct ServeArgs {
     /// connection is kept. A slower client is disconnected.
     #[arg(long, env = "ASIDE_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
     pub header_read_timeout_ms: u64,
+
+    /// `off` is a diagnostic and benchmark mode: every read goes to PostgreSQL, nothing is read from or
+    /// written to Redis, and change capture does not run (an origin in this mode must not take the
+    /// outbox over from one that fills Redis). The Redis URL is still required, though never used.
+    #[arg(long, env = "ASIDE_CACHE", value_enum, default_value = "on")]
+    pub cache: CacheMode,
+}
+
+/// Whether the origin uses Redis at all (see `ServeArgs::cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CacheMode {
+    On,
+    Off,
 }
 
 /// Change capture: applying the `devops_api.user_changes` outbox to Redis.

@@ -1,5 +1,7 @@
-//! Shared by `cargo xtask` and the test harness: how the project runs Redis and PostgreSQL locally.
+//! Shared by `cargo xtask`, the benchmark driver and the test harness: how the project runs Redis and
+//! PostgreSQL locally.
 //! Kept free of heavy dependencies so `cargo xtask` builds in seconds.
 
 pub mod local;
 pub mod prereq;
+pub mod stack;

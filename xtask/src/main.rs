@@ -3,7 +3,9 @@
 //! * `cargo xtask up`: the whole stack locally (Redis, PostgreSQL, origin, edge), stopped with Ctrl-C.
 //! * `cargo xtask test`: the whole test suite against real servers the tests start themselves.
 //! * `cargo xtask fuzz`: the libFuzzer targets of `fuzz/`, each for a bounded time.
+//! * `cargo xtask bench`: the benchmark on a stack of its own (docs/benchmarks.md).
 
+mod bench;
 mod fuzz;
 mod test;
 mod up;
@@ -24,11 +26,15 @@ enum Command {
     /// Install what is missing, start Redis, PostgreSQL, the origin and the edge, print the URLs; Ctrl-C
     /// stops everything.
     Up(up::UpArgs),
-    /// Install what is missing, build the edge component and run every test.
+    /// Install what is missing, build the edge component and run every test, then the quick benchmark
+    /// and a bounded fuzzing run.
     Test(test::TestArgs),
     /// Build the fuzz targets (fuzz/) and run each for a bounded time from the committed corpus; fails
     /// on a crash, naming the reproducer.
     Fuzz(fuzz::FuzzArgs),
+    /// Start a throw-away stack, run the benchmark scenarios, write target/bench/report.{json,md} and
+    /// charts.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +43,7 @@ fn main() -> ExitCode {
         Command::Up(args) => up::run(args),
         Command::Test(args) => test::run(args),
         Command::Fuzz(args) => fuzz::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

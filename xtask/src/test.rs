@@ -16,7 +16,7 @@ pub struct TestArgs {
 
 /// Test hooks (delays, counters) are compiled into the origin only for tests; release and production
 /// builds never have them.
-const TEST_FEATURES: &str = "aside-origin/test-hooks";
+pub const TEST_FEATURES: &str = "aside-origin/test-hooks";
 
 /// Per fuzz target in `cargo xtask test` (and so in CI): the 30 s, which keeps the whole fuzz step
 /// (cold build included) within about two minutes on two cores; docs/security.md has the measurement.
@@ -39,6 +39,11 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
             .args(["test", "--workspace", "--features", TEST_FEATURES])
             .args(&args.cargo_test_args),
     )?;
+    // The benchmark's quick run on the binaries built above; its report is checked. A filtered run is a
+    // targeted one: it skips it.
+    if args.cargo_test_args.is_empty() {
+        crate::bench::quick_check()?;
+    }
     if args.fuzz_seconds > 0 {
         crate::fuzz::run(crate::fuzz::FuzzArgs {
             seconds: args.fuzz_seconds,

@@ -7,14 +7,15 @@
 
 use std::io::Write as _;
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use xtask::local::{self, RedisPasswords};
+use xtask::local;
+use xtask::stack::{self, Secrets, Services};
 
 use crate::{cargo, run_cmd, workspace_root};
 
@@ -41,79 +42,6 @@ pub struct UpArgs {
     /// Run the edge under the bundled host even if a `spin` CLI is on PATH.
     #[arg(long)]
     bundled_host: bool,
-}
-
-/// The secrets of one local stack, generated on first `up` into `<state>/secrets/` (mode 0600).
-struct Secrets {
-    redis_origin: String,
-    redis_edge: String,
-    redis_admin: String,
-    /// The cluster superuser `aside` (provisioning only; no service uses it).
-    postgres: String,
-    /// The owner role: `migrate` and `seed`.
-    postgres_owner: String,
-    /// The application role: `serve`.
-    postgres_app: String,
-    origin_token: String,
-}
-
-impl Secrets {
-    fn load_or_generate(dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let get = |name: &str| -> anyhow::Result<String> {
-            let path = dir.join(name);
-            if let Ok(existing) = std::fs::read_to_string(&path) {
-                return Ok(existing.trim().to_string());
-            }
-            let secret = local::generate_secret();
-            local::write_private(&path, &secret)?;
-            Ok(secret)
-        };
-        Ok(Self {
-            redis_origin: get("redis-origin")?,
-            redis_edge: get("redis-edge")?,
-            redis_admin: get("redis-admin")?,
-            postgres: get("postgres")?,
-            postgres_owner: get("postgres-owner")?,
-            postgres_app: get("postgres-app")?,
-            origin_token: get("origin-token")?,
-        })
-    }
-}
-
-/// A started process and how to stop it cleanly.
-struct Service {
-    name: &'static str,
-    child: Child,
-    stop_signal: i32,
-}
-
-/// Stops the services in reverse start order when dropped (also on an error half-way through `up`).
-struct Services(Vec<Service>);
-
-impl Drop for Services {
-    fn drop(&mut self) {
-        while let Some(mut service) = self.0.pop() {
-            // SAFETY: signalling a child we started.
-            unsafe {
-                libc::kill(service.child.id() as i32, service.stop_signal);
-            }
-            let deadline = Instant::now() + Duration::from_secs(15);
-            loop {
-                match service.child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() > deadline => {
-                        eprintln!("xtask: {} did not stop in 15 s; killing it", service.name);
-                        let _ = service.child.kill();
-                        let _ = service.child.wait();
-                        break;
-                    }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-                }
-            }
-            eprintln!("xtask: stopped {}", service.name);
-        }
-    }
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -171,9 +99,22 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     })
     .context("install the Ctrl-C handler")?;
 
-    let mut services = Services(Vec::new());
-    start_redis(&args, &state, &logs, &secrets, &mut services)?;
-    start_postgres(&args, &state, &logs, &secrets, &mut services)?;
+    let mut services = Services::new();
+    stack::start_redis(
+        &root,
+        args.redis_port,
+        &state,
+        &logs,
+        &secrets,
+        &mut services,
+    )?;
+    stack::start_postgres(
+        args.postgres_port,
+        &stack::postgres_dir(&state),
+        &logs,
+        &secrets,
+        &mut services,
+    )?;
 
     let release = root.join("target/release");
     // The owner migrates and seeds; the origin serves as the application role (docs/security.md).
@@ -214,9 +155,10 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             ),
         )
         .env("ASIDE_ORIGIN_TOKENS", &secrets.origin_token)
+        .env("ASIDE_ADMIN_TOKENS", &secrets.admin_token)
         .env("ASIDE_LISTEN", format!("127.0.0.1:{}", args.origin_port));
-    spawn(&mut services, "origin", origin, &logs, libc::SIGTERM)?;
-    wait_for_port(&mut services, args.origin_port, &logs)?;
+    services.spawn("origin", origin, &logs, libc::SIGTERM)?;
+    services.wait_for_port(args.origin_port, &logs)?;
 
     let spin_cli = !args.bundled_host && spin_available();
     let mut edge = if spin_cli {
@@ -242,8 +184,8 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         format!("http://127.0.0.1:{}", args.origin_port),
     )
     .env("SPIN_VARIABLE_ORIGIN_TOKEN", &secrets.origin_token);
-    spawn(&mut services, "edge", edge, &logs, libc::SIGTERM)?;
-    wait_for_port(&mut services, args.edge_port, &logs)?;
+    services.spawn("edge", edge, &logs, libc::SIGTERM)?;
+    services.wait_for_port(args.edge_port, &logs)?;
 
     let edge_url = format!("http://127.0.0.1:{}", args.edge_port);
     let origin_url = format!("http://127.0.0.1:{}", args.origin_port);
@@ -264,6 +206,8 @@ aside is up. Edge ({runtime}): {edge_url}\n\
 Origin (needs the token): {origin_url}\n\
   curl -i -H \"authorization: Bearer $(cat {token})\" {origin_url}/users/1\n\
   curl -s {origin_url}/metrics | grep aside_origin\n\
+  curl -s {origin_url}/openapi.json | head -c 300; echo\n\
+  curl -s -H \"authorization: Bearer $(cat {secrets}/admin-token)\" {origin_url}/admin/cache/stats\n\
 \n\
 Redis: 127.0.0.1:{redis}  (admin password in {secrets}/redis-admin)\n\
   redis-cli -p {redis} --user admin --pass \"$(cat {secrets}/redis-admin)\" hgetall user:profile:1\n\
@@ -291,11 +235,7 @@ Press Ctrl-C to stop everything.",
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if let Some(name) = services
-                    .0
-                    .iter_mut()
-                    .find_map(|s| (!matches!(s.child.try_wait(), Ok(None))).then_some(s.name))
-                {
+                if let Some(name) = services.first_exited() {
                     drop(services);
                     bail!(
                         "{name} exited unexpectedly; see {}/{name}.log",
@@ -309,184 +249,6 @@ Press Ctrl-C to stop everything.",
     Ok(())
 }
 
-fn start_redis(
-    args: &UpArgs,
-    state: &Path,
-    logs: &Path,
-    secrets: &Secrets,
-    services: &mut Services,
-) -> anyhow::Result<()> {
-    let root = workspace_root();
-    let dir = state.join("redis");
-    std::fs::create_dir_all(&dir)?;
-    let acl = local::render_acl(
-        &std::fs::read_to_string(root.join("deploy/users.acl.template"))?,
-        &RedisPasswords {
-            origin: &secrets.redis_origin,
-            edge: &secrets.redis_edge,
-            admin: &secrets.redis_admin,
-        },
-    );
-    local::write_private(&dir.join("users.acl"), &acl)?;
-    let deploy_conf = std::fs::read_to_string(root.join("deploy/redis.conf"))?;
-    for no_defrag in [false, true] {
-        std::fs::write(
-            dir.join("redis.conf"),
-            local::render_redis_config(&deploy_conf, no_defrag),
-        )?;
-        let _ = std::fs::remove_file(logs.join("redis.log"));
-        let mut command = Command::new("redis-server");
-        command
-            .arg(dir.join("redis.conf"))
-            .args(["--port", &args.redis_port.to_string()])
-            .arg("--dir")
-            .arg(&dir)
-            .arg("--aclfile")
-            .arg(dir.join("users.acl"))
-            .args(["--maxmemory", "256mb", "--daemonize", "no"]);
-        spawn(services, "redis", command, logs, libc::SIGTERM)?;
-        if wait_for_port(services, args.redis_port, logs).is_ok() {
-            return Ok(());
-        }
-        let log = std::fs::read_to_string(logs.join("redis.log")).unwrap_or_default();
-        services.0.pop();
-        if !no_defrag && log.contains(local::NO_ACTIVE_DEFRAG_MESSAGE) {
-            eprintln!(
-                "xtask: this redis-server build cannot defragment; running it with activedefrag no"
-            );
-            continue;
-        }
-        bail!(
-            "redis-server did not start; see {}/redis.log",
-            logs.display()
-        );
-    }
-    unreachable!("the loop returns or bails")
-}
-
-fn start_postgres(
-    args: &UpArgs,
-    state: &Path,
-    logs: &Path,
-    secrets: &Secrets,
-    services: &mut Services,
-) -> anyhow::Result<()> {
-    let pg_bin = local::pg_bin_dir().context("PostgreSQL server binaries not found")?;
-    let owner = local::postgres_owner();
-    // As root, PostgreSQL runs as `postgres`, which must be able to reach its folder: keep it outside
-    // the (possibly private) checkout, under /var/tmp, keyed by the state folder.
-    let dir = match owner {
-        Some(_) => PathBuf::from(format!(
-            "/var/tmp/aside-postgres-{}",
-            short_hash(&state.to_string_lossy())
-        )),
-        None => state.join("postgres"),
-    };
-    let data = dir.join("data");
-    if !data.join("PG_VERSION").exists() {
-        eprintln!(
-            "xtask: creating the PostgreSQL cluster in {}",
-            data.display()
-        );
-        std::fs::create_dir_all(&dir)?;
-        let pwfile = dir.join("pwfile");
-        local::write_private(&pwfile, &secrets.postgres)?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
-            std::os::unix::fs::chown(&pwfile, Some(uid), Some(gid))?;
-        }
-        let mut initdb = local::initdb_command(&pg_bin, &data, "aside", &pwfile);
-        local::run_as(&mut initdb, owner);
-        let output = initdb.output().context("run initdb")?;
-        let _ = std::fs::remove_file(&pwfile);
-        if !output.status.success() {
-            bail!("initdb failed: {}", String::from_utf8_lossy(&output.stderr));
-        }
-    }
-    // Rewritten on every start, so a cluster made by an older version loses any looser rules too.
-    local::write_pg_hba(&data, owner)?;
-    let mut command = Command::new(pg_bin.join("postgres"));
-    command
-        .arg("-D")
-        .arg(&data)
-        .args(["-p", &args.postgres_port.to_string()])
-        .arg("-k")
-        .arg(&dir)
-        .args(["-c", "listen_addresses=127.0.0.1"]);
-    local::run_as(&mut command, owner);
-    // SIGINT is PostgreSQL's "fast" shutdown: roll back open transactions, checkpoint, exit.
-    spawn(services, "postgres", command, logs, libc::SIGINT)?;
-    wait_for_port(services, args.postgres_port, logs)?;
-    local::provision_postgres(
-        &local::Provisioning {
-            pg_bin: &pg_bin,
-            port: args.postgres_port,
-            superuser: "aside",
-            superuser_password: &secrets.postgres,
-            owner_password: &secrets.postgres_owner,
-            app_password: &secrets.postgres_app,
-        },
-        "aside",
-    )
-}
-
-fn spawn(
-    services: &mut Services,
-    name: &'static str,
-    mut command: Command,
-    logs: &Path,
-    stop_signal: i32,
-) -> anyhow::Result<()> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(logs.join(format!("{name}.log")))?;
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(log.try_clone()?))
-        .stderr(Stdio::from(log));
-    std::os::unix::process::CommandExt::process_group(&mut command, 0);
-    // SAFETY: prctl is async-signal-safe; it runs in the child between fork and exec. If xtask itself
-    // is killed, the kernel stops the child too: no orphans.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = command
-        .spawn()
-        .with_context(|| format!("cannot start {name}"))?;
-    services.0.push(Service {
-        name,
-        child,
-        stop_signal,
-    });
-    Ok(())
-}
-
-/// Waits until the service started last accepts connections on `port`, or has exited.
-fn wait_for_port(services: &mut Services, port: u16, logs: &Path) -> anyhow::Result<()> {
-    let service = services.0.last_mut().expect("a service was just started");
-    let name = service.name;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        if !matches!(service.child.try_wait(), Ok(None)) {
-            bail!("{name} exited; see {}/{name}.log", logs.display());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!(
-        "{name} did not open port {port}; see {}/{name}.log",
-        logs.display()
-    )
-}
-
 /// Is a Spin 4 CLI on PATH?
 fn spin_available() -> bool {
     Command::new("spin")
@@ -494,14 +256,4 @@ fn spin_available() -> bool {
         .output()
         .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("spin 4."))
         .unwrap_or(false)
-}
-
-fn short_hash(s: &str) -> String {
-    // FNV-1a: a stable folder name, not a security measure.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
 }

@@ -38,6 +38,8 @@ pub enum CacheError {
     Redis(#[from] redis::RedisError),
     #[error("Redis gave a reply of an unexpected shape")]
     UnexpectedReply,
+    #[error("the cache is disabled (ASIDE_CACHE=off)")]
+    Disabled,
 }
 
 impl CacheError {
@@ -48,7 +50,7 @@ impl CacheError {
         use redis::{ErrorKind, ServerErrorKind};
         match self {
             CacheError::Skipped | CacheError::Timeout => true,
-            CacheError::UnexpectedReply => false,
+            CacheError::UnexpectedReply | CacheError::Disabled => false,
             CacheError::Redis(e) => match e.kind() {
                 ErrorKind::Server(
                     ServerErrorKind::BusyLoading
@@ -110,6 +112,8 @@ pub struct ProfileCache {
     ttls: Ttls,
     /// The logical database of the Redis URL (statistics are per database).
     db: i64,
+    /// `ASIDE_CACHE=off`: every call fails with [`CacheError::Disabled`] without touching Redis.
+    disabled: bool,
 }
 
 impl ProfileCache {
@@ -138,7 +142,21 @@ impl ProfileCache {
             command_timeout,
             ttls,
             db,
+            disabled: false,
         })
+    }
+
+    /// The same cache, switched off: reads miss, fills and write-throughs are skipped (benchmark
+    /// baseline and diagnostics; see `ServeArgs::cache`).
+    pub fn disabled(self) -> Self {
+        Self {
+            disabled: true,
+            ..self
+        }
+    }
+
+    pub fn is_disabled(&self) -> bool {
+        self.disabled
     }
 
     /// Runs one Redis operation through the breaker and the command timeout.
@@ -147,6 +165,9 @@ impl ProfileCache {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
+        if self.disabled {
+            return Err(CacheError::Disabled);
+        }
         let Some(permit) = self.breaker.try_acquire() else {
             return Err(CacheError::Skipped);
         };

@@ -1,0 +1,511 @@
+//! `aside-load`: a closed-loop HTTP load generator for one benchmark scenario.
+//!
+//! N connections (HTTP/1.1 keep-alive, one hyper client connection each) each send a request, wait for
+//! the whole answer, and send the next; requests finished during the warm-up are not counted. Every
+//! answer's latency goes into an HDR histogram (1 µs to 60 s, 3 significant digits); `x-cache` values of
+//! successful reads are counted for the per-tier hit ratio; non-2xx answers, timeouts and connection
+//! failures are errors. The result is one JSON object on stdout ([`aside_bench::load::LoadResult`]).
+//!
+//! It runs as its own process so that the servers it measures never share its runtime, and on one
+//! thread by default, to leave the (few) cores to the servers.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aside_bench::keys::{KeyDist, Keys};
+use aside_bench::load::{Latency, LoadResult, SPECTRUM};
+use bytes::Bytes;
+use clap::Parser;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt as _, Full};
+use hyper::Request;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper_util::rt::TokioIo;
+use rand::rngs::SmallRng;
+use rand::{RngExt as _, SeedableRng as _};
+
+/// Departments a benchmark write sets (the seeded ones: a small, valid change).
+const DEPARTMENTS: [&str; 6] = [
+    "Engineering",
+    "Human Resources",
+    "DevOps",
+    "Security",
+    "Sales",
+    "Marketing",
+];
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "aside-load",
+    about = "Closed-loop HTTP load for one aside benchmark scenario; prints JSON"
+)]
+struct Args {
+    /// Base URL (`http://127.0.0.1:3000`); requests go to `<url>/users/{id}`.
+    #[arg(long)]
+    url: String,
+    /// Connections, each with one request in flight.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Time before measuring starts (connections open, caches and pools warm up): `2s`, `500ms`.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Measured time after the warm-up.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Stop after this many measured requests instead (no warm-up); for filling caches.
+    #[arg(long)]
+    requests: Option<u64>,
+    /// How ids are chosen.
+    #[arg(long, value_enum, default_value = "zipf")]
+    keys: KeyDist,
+    /// Ids are `1..=ids`.
+    #[arg(long)]
+    ids: u64,
+    /// Zipf exponent.
+    #[arg(long, default_value_t = 1.0)]
+    zipf_s: f64,
+    /// Uniform choice among this many ids only (a hot set).
+    #[arg(long)]
+    hot: Option<u64>,
+    /// Percentage of requests that are writes (`PATCH /users/{id}` with a new department).
+    #[arg(long, default_value_t = 0.0)]
+    write_percent: f64,
+    /// File holding a bearer token to send (the origin's); never given on the command line.
+    #[arg(long)]
+    bearer_file: Option<PathBuf>,
+    /// Seed of the id order (the same in every process of one benchmark).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// A request that takes longer than this is a timeout (and its connection is replaced).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Runtime threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (use e.g. 10s, 500ms)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        other => return Err(format!("unknown duration unit {other:?} (use ms, s or m)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// What one connection saw.
+struct Tally {
+    latency: Histogram<u64>,
+    write_latency: Histogram<u64>,
+    reads: u64,
+    writes: u64,
+    errors: BTreeMap<String, u64>,
+    x_cache: BTreeMap<String, u64>,
+    /// Completions per second since the measured window opened.
+    per_second: Vec<u64>,
+    /// When this connection's last measured request finished.
+    last_done: Option<Instant>,
+    exhausted: bool,
+}
+
+impl Tally {
+    fn new() -> Self {
+        let histogram = || Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+        Self {
+            latency: histogram(),
+            write_latency: histogram(),
+            reads: 0,
+            writes: 0,
+            errors: BTreeMap::new(),
+            x_cache: BTreeMap::new(),
+            per_second: Vec::new(),
+            last_done: None,
+            exhausted: false,
+        }
+    }
+
+    fn error(&mut self, kind: impl Into<String>) {
+        *self.errors.entry(kind.into()).or_default() += 1;
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.latency.add(&other.latency).expect("same bounds");
+        self.write_latency
+            .add(&other.write_latency)
+            .expect("same bounds");
+        self.reads += other.reads;
+        self.writes += other.writes;
+        for (k, v) in other.errors {
+            *self.errors.entry(k).or_default() += v;
+        }
+        for (k, v) in other.x_cache {
+            *self.x_cache.entry(k).or_default() += v;
+        }
+        if self.per_second.len() < other.per_second.len() {
+            self.per_second.resize(other.per_second.len(), 0);
+        }
+        for (i, v) in other.per_second.into_iter().enumerate() {
+            self.per_second[i] += v;
+        }
+        self.last_done = self.last_done.max(other.last_done);
+        self.exhausted |= other.exhausted;
+    }
+}
+
+/// Settings every connection shares.
+struct Plan {
+    host: String,
+    authority: String,
+    bearer: Option<String>,
+    keys: Keys,
+    write_percent: f64,
+    timeout: Duration,
+    measure_from: Instant,
+    /// Time-bounded runs end here; request-bounded runs have `None`.
+    end: Option<Instant>,
+    /// Request-bounded runs: how many requests in all.
+    budget: Option<std::sync::atomic::AtomicU64>,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let runtime = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()
+    };
+    let result = runtime
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run(args)));
+    match result {
+        Ok(result) => {
+            println!(
+                "{}",
+                serde_json::to_string(&result).expect("a result serialises")
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("aside-load: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<LoadResult> {
+    anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    anyhow::ensure!(
+        (0.0..=100.0).contains(&args.write_percent),
+        "--write-percent must be from 0 to 100"
+    );
+    let url = url_parts(&args.url)?;
+    let bearer = match &args.bearer_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let keys = Keys::new(args.ids, args.keys, args.zipf_s, args.hot, args.seed)?;
+    let start = Instant::now();
+    let (measure_from, end, budget) = match args.requests {
+        Some(n) => (start, None, Some(std::sync::atomic::AtomicU64::new(n))),
+        None => (
+            start + args.warmup,
+            Some(start + args.warmup + args.duration),
+            None,
+        ),
+    };
+    let plan = Arc::new(Plan {
+        host: url.0,
+        authority: url.1,
+        bearer: bearer.map(|t| format!("Bearer {t}")),
+        keys,
+        write_percent: args.write_percent,
+        timeout: args.timeout,
+        measure_from,
+        end,
+        budget,
+    });
+    let mut tasks = Vec::with_capacity(args.concurrency);
+    for worker in 0..args.concurrency {
+        let plan = Arc::clone(&plan);
+        let seed = args
+            .seed
+            .wrapping_mul(1_000_003)
+            .wrapping_add(worker as u64 + 1);
+        tasks.push(tokio::spawn(connection(plan, seed)));
+    }
+    let mut total = Tally::new();
+    for task in tasks {
+        total.merge(task.await?);
+    }
+    // A timed run is measured to its end (or its last answer, if later); a walk that ran out of ids and
+    // a request-bounded run, to their last answer.
+    let window_end = match (plan.end, total.last_done) {
+        (Some(end), Some(last)) if !total.exhausted => end.max(last),
+        (_, Some(last)) => last,
+        (Some(end), None) => end,
+        (None, None) => Instant::now(),
+    };
+    let elapsed = window_end.saturating_duration_since(plan.measure_from);
+    Ok(summarise(total, elapsed, args.concurrency))
+}
+
+/// `(host:port to connect to, Host header)` of an `http://host:port` URL.
+fn url_parts(url: &str) -> anyhow::Result<(String, String)> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow::anyhow!("only http:// URLs are supported: {url}"))?
+        .trim_end_matches('/');
+    anyhow::ensure!(
+        !rest.is_empty() && !rest.contains('/'),
+        "the URL must be scheme://host:port with no path: {url}"
+    );
+    let connect = if rest.contains(':') {
+        rest.to_string()
+    } else {
+        format!("{rest}:80")
+    };
+    Ok((connect, rest.to_string()))
+}
+
+/// One closed-loop connection: request, whole answer, next request.
+async fn connection(plan: Arc<Plan>, seed: u64) -> Tally {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut tally = Tally::new();
+    let mut sender: Option<SendRequest<Full<Bytes>>> = None;
+    loop {
+        if plan.end.is_some_and(|end| Instant::now() >= end) {
+            break;
+        }
+        if let Some(budget) = &plan.budget {
+            let left = budget.fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                |n| n.checked_sub(1),
+            );
+            if left.is_err() {
+                break;
+            }
+        }
+        let Some(id) = plan.keys.pick(&mut rng) else {
+            tally.exhausted = true;
+            break;
+        };
+        let write = plan.write_percent > 0.0 && rng.random_range(0.0..100.0) < plan.write_percent;
+        let request = build_request(&plan, id, write, &mut rng);
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(plan.timeout, send(&plan, &mut sender, request)).await;
+        let done = Instant::now();
+        let measured = started >= plan.measure_from;
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                sender = None;
+                Err("timeout".to_string())
+            }
+        };
+        if !measured {
+            continue;
+        }
+        match outcome {
+            Ok((status, x_cache)) => {
+                let micros = (done - started).as_micros().clamp(1, 60_000_000) as u64;
+                tally.latency.saturating_record(micros);
+                if write {
+                    tally.writes += 1;
+                    tally.write_latency.saturating_record(micros);
+                } else {
+                    tally.reads += 1;
+                }
+                if (200..300).contains(&status) {
+                    if !write {
+                        *tally
+                            .x_cache
+                            .entry(x_cache.unwrap_or_else(|| "none".into()))
+                            .or_default() += 1;
+                    }
+                } else {
+                    tally.error(format!("status_{status}"));
+                }
+            }
+            Err(kind) => {
+                tally.error(kind);
+                // A refused connection must not turn into a busy loop.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let second = (done - plan.measure_from).as_secs() as usize;
+        if tally.per_second.len() <= second {
+            tally.per_second.resize(second + 1, 0);
+        }
+        tally.per_second[second] += 1;
+        tally.last_done = Some(done);
+    }
+    tally
+}
+
+fn build_request(plan: &Plan, id: u64, write: bool, rng: &mut SmallRng) -> Request<Full<Bytes>> {
+    let path = format!("/users/{id}");
+    let mut builder = Request::builder()
+        .uri(path)
+        .header(HOST, plan.authority.as_str());
+    if let Some(bearer) = &plan.bearer {
+        builder = builder.header(AUTHORIZATION, bearer.as_str());
+    }
+    let request = if write {
+        let department = DEPARTMENTS[rng.random_range(0..DEPARTMENTS.len())];
+        builder
+            .method("PATCH")
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(format!(
+                r#"{{"department":"{department}"}}"#
+            ))))
+    } else {
+        builder.method("GET").body(Full::new(Bytes::new()))
+    };
+    request.expect("a valid request")
+}
+
+/// Sends one request on the connection (opening it first if needed) and reads the whole answer:
+/// `(status, x-cache)`, or the kind of failure (the connection is then dropped).
+async fn send(
+    plan: &Plan,
+    sender: &mut Option<SendRequest<Full<Bytes>>>,
+    request: Request<Full<Bytes>>,
+) -> Result<(u16, Option<String>), String> {
+    if sender.as_ref().is_none_or(|s| s.is_closed()) {
+        *sender = Some(connect(&plan.host).await.inspect_err(|_| *sender = None)?);
+    }
+    let s = sender.as_mut().expect("connected");
+    let result = async {
+        s.ready().await.map_err(|_| "io".to_string())?;
+        let response = s
+            .send_request(request)
+            .await
+            .map_err(|_| "io".to_string())?;
+        let status = response.status().as_u16();
+        let x_cache = response
+            .headers()
+            .get("x-cache")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|_| "io".to_string())?;
+        Ok((status, x_cache))
+    }
+    .await;
+    if result.is_err() {
+        *sender = None;
+    }
+    result
+}
+
+async fn connect(host: &str) -> Result<SendRequest<Full<Bytes>>, String> {
+    let stream = tokio::net::TcpStream::connect(host)
+        .await
+        .map_err(|_| "connect".to_string())?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|_| "connect".to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+fn latency(h: &Histogram<u64>) -> Latency {
+    Latency {
+        min: h.min(),
+        mean: h.mean(),
+        p50: h.value_at_quantile(0.5),
+        p90: h.value_at_quantile(0.9),
+        p99: h.value_at_quantile(0.99),
+        p999: h.value_at_quantile(0.999),
+        max: h.max(),
+    }
+}
+
+fn summarise(t: Tally, elapsed: Duration, concurrency: usize) -> LoadResult {
+    // Timeouts and connection failures got no answer: they are in `errors`, not in `requests`.
+    let requests = t.latency.len();
+    let errors: u64 = t.errors.values().sum();
+    let secs = elapsed.as_secs_f64();
+    // Only whole seconds of the window are kept in the per-second series.
+    let mut per_second = t.per_second;
+    per_second.truncate(secs.floor() as usize);
+    LoadResult {
+        requests,
+        reads: t.reads,
+        writes: t.writes,
+        elapsed_s: secs,
+        rps: if secs > 0.0 {
+            requests as f64 / secs
+        } else {
+            0.0
+        },
+        latency_us: if requests > 0 {
+            latency(&t.latency)
+        } else {
+            Latency::default()
+        },
+        write_latency_us: (t.writes > 0).then(|| latency(&t.write_latency)),
+        errors,
+        error_kinds: t.errors,
+        x_cache: t.x_cache,
+        spectrum: if requests > 0 {
+            SPECTRUM
+                .iter()
+                .map(|q| (*q, t.latency.value_at_quantile(*q)))
+                .collect()
+        } else {
+            Vec::new()
+        },
+        per_second,
+        keys_exhausted: t.exhausted,
+        concurrency,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_urls() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("2h").is_err());
+        assert_eq!(
+            url_parts("http://127.0.0.1:3000/").unwrap(),
+            ("127.0.0.1:3000".into(), "127.0.0.1:3000".into())
+        );
+        assert!(url_parts("https://x:1").is_err());
+        assert!(url_parts("http://x:1/api").is_err());
+    }
+}

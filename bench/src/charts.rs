@@ -1,0 +1,296 @@
+//! The report's charts, each as SVG and PNG: the latency distribution of every run (latency against
+//! percentile, "nines" on the x axis, as HDR histogram plots show it) and the throughput of every run.
+//!
+//! PNG text is drawn with DejaVu Sans compiled into the binary (plotters' `ab_glyph` font backend), so
+//! charts render the same on a machine without fonts or fontconfig.
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use crate::report::{Run, SCENARIOS};
+
+const SIZE: (u32, u32) = (1100, 650);
+
+/// Writes `latency.{svg,png}` and `throughput.{svg,png}` into `dir`; returns their paths.
+pub fn write_all(dir: &Path, runs: &[Run]) -> anyhow::Result<Vec<PathBuf>> {
+    register_font();
+    let mut written = Vec::new();
+    for name in ["latency", "throughput"] {
+        let svg = dir.join(format!("{name}.svg"));
+        {
+            let root = SVGBackend::new(&svg, SIZE).into_drawing_area();
+            draw(name, &root, runs)?;
+            root.present()
+                .map_err(|e| anyhow::anyhow!("{name}.svg: {e}"))?;
+        }
+        written.push(svg);
+        let png = dir.join(format!("{name}.png"));
+        {
+            let root = BitMapBackend::new(&png, SIZE).into_drawing_area();
+            draw(name, &root, runs)?;
+            root.present()
+                .map_err(|e| anyhow::anyhow!("{name}.png: {e}"))?;
+        }
+        written.push(png);
+    }
+    Ok(written)
+}
+
+fn draw<DB: DrawingBackend>(
+    name: &str,
+    root: &DrawingArea<DB, Shift>,
+    runs: &[Run],
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    match name {
+        "latency" => latency(root, runs),
+        _ => throughput(root, runs),
+    }
+}
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // The embedded face is a valid TrueType font; failing here would be a build problem.
+        let _ = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            dejavu::sans::regular(),
+        );
+    });
+}
+
+/// One colour per scenario, the same in every chart.
+fn colour(scenario: &str) -> RGBColor {
+    const COLOURS: [RGBColor; 7] = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+    ];
+    let i = SCENARIOS.iter().position(|s| *s == scenario).unwrap_or(0);
+    COLOURS[i % COLOURS.len()]
+}
+
+fn label(run: &Run) -> String {
+    format!("{} / {}", run.scenario, run.keys)
+}
+
+/// "Nines" of a quantile: 0.9 → 1, 0.99 → 2, 0.999 → 3 (capped at 5 for the maximum).
+fn nines(q: f64) -> f64 {
+    if q >= 1.0 {
+        5.0
+    } else {
+        (-(1.0 - q).log10()).min(5.0)
+    }
+}
+
+fn percentile_label(x: f64) -> String {
+    match x.round() as i64 {
+        0 => "0%".into(),
+        1 => "90%".into(),
+        2 => "99%".into(),
+        3 => "99.9%".into(),
+        4 => "99.99%".into(),
+        _ => "max".into(),
+    }
+}
+
+fn latency<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, runs: &[Run]) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("latency chart: {e}");
+    root.fill(&WHITE).map_err(err)?;
+    let values = runs
+        .iter()
+        .flat_map(|r| r.result.spectrum.iter().map(|(_, us)| *us as f64 / 1000.0));
+    let (lo, hi) = values.fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (lo, hi) = if hi <= 0.0 {
+        (0.01, 1.0)
+    } else {
+        ((lo * 0.8).max(0.005), hi * 1.25)
+    };
+    let mut chart = ChartBuilder::on(root)
+        .caption("Latency by percentile (ms, log scale)", ("sans-serif", 24))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..5f64, (lo..hi).log_scale())
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_labels(6)
+        .x_label_formatter(&|x| percentile_label(*x))
+        .y_label_formatter(&|y| crate::report::ms((*y * 1000.0) as u64))
+        .x_desc("percentile")
+        .y_desc("latency (ms)")
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(err)?;
+    for run in runs {
+        let colour = colour(&run.scenario);
+        let points: Vec<(f64, f64)> = run
+            .result
+            .spectrum
+            .iter()
+            .map(|(q, us)| (nines(*q), (*us as f64 / 1000.0).max(lo)))
+            .collect();
+        let secondary = run.keys == "uniform" || run.keys == "uniform-hot";
+        let style = ShapeStyle::from(&colour).stroke_width(if secondary { 1 } else { 2 });
+        let series = LineSeries::new(points, style).point_size(if secondary { 2 } else { 0 });
+        chart
+            .draw_series(series)
+            .map_err(err)?
+            .label(label(run))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], style));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
+
+fn throughput<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, runs: &[Run]) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("throughput chart: {e}");
+    root.fill(&WHITE).map_err(err)?;
+    let n = runs.len().max(1);
+    let max = runs.iter().map(|r| r.result.rps).fold(1.0f64, f64::max);
+    // Segment 0 is at the bottom: list the runs from the top in report order.
+    let slot = |i: usize| n - 1 - i;
+    let labels: Vec<String> = runs.iter().rev().map(label).collect();
+    let mut chart = ChartBuilder::on(root)
+        .caption("Throughput (requests/s)", ("sans-serif", 24))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(230)
+        .build_cartesian_2d(0f64..max * 1.18, (0..n).into_segmented())
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(n)
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
+                labels.get(*i).cloned().unwrap_or_default()
+            }
+            SegmentValue::Last => String::new(),
+        })
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .x_desc("requests/s")
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(err)?;
+    chart
+        .draw_series(runs.iter().enumerate().map(|(i, run)| {
+            let mut bar = Rectangle::new(
+                [
+                    (0.0, SegmentValue::Exact(slot(i))),
+                    (run.result.rps, SegmentValue::Exact(slot(i) + 1)),
+                ],
+                colour(&run.scenario).filled(),
+            );
+            bar.set_margin(4, 4, 0, 0);
+            bar
+        }))
+        .map_err(err)?;
+    chart
+        .draw_series(runs.iter().enumerate().map(|(i, run)| {
+            Text::new(
+                format!("  {:.0}", run.result.rps),
+                (run.result.rps, SegmentValue::CenterOf(slot(i))),
+                TextStyle::from(("sans-serif", 14).into_font())
+                    .pos(Pos::new(HPos::Left, VPos::Center)),
+            )
+        }))
+        .map_err(err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::{LoadResult, SPECTRUM};
+
+    fn run(scenario: &str, keys: &str, base_us: u64, rps: f64) -> Run {
+        Run {
+            scenario: scenario.into(),
+            keys: keys.into(),
+            target: "edge".into(),
+            description: String::new(),
+            result: LoadResult {
+                requests: 100,
+                rps,
+                spectrum: SPECTRUM
+                    .iter()
+                    .map(|q| (*q, base_us + (nines(*q) * base_us as f64) as u64))
+                    .collect(),
+                ..Default::default()
+            },
+            check_failed: None,
+        }
+    }
+
+    #[test]
+    fn charts_render_as_svg_and_png_with_text() {
+        let dir = std::env::temp_dir().join(format!("aside-bench-charts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let runs = vec![
+            run("edge-l1-hot", "zipf", 300, 9000.0),
+            run("edge-l2", "uniform", 700, 5000.0),
+            run("postgres-only", "zipf", 2500, 1200.0),
+        ];
+        let written = write_all(&dir, &runs).unwrap();
+        assert_eq!(written.len(), 4);
+        let svg = std::fs::read_to_string(dir.join("latency.svg")).unwrap();
+        assert!(
+            svg.contains("edge-l1-hot / zipf") && svg.contains("99.9%"),
+            "{svg}"
+        );
+        let svg = std::fs::read_to_string(dir.join("throughput.svg")).unwrap();
+        assert!(svg.contains("postgres-only / zipf"));
+
+        // The PNGs are real images.
+        for name in ["latency.png", "throughput.png"] {
+            let bytes = std::fs::read(dir.join(name)).unwrap();
+            assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{name}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bitmap_text_renders_with_the_embedded_font() {
+        register_font();
+        let (w, h) = (220u32, 40u32);
+        let mut pixels = vec![255u8; (w * h * 3) as usize];
+        {
+            let root = BitMapBackend::with_buffer(&mut pixels, (w, h)).into_drawing_area();
+            root.draw_text(
+                "p99.9 12.5 ms",
+                &("sans-serif", 20).into_font().color(&BLACK),
+                (4, 8),
+            )
+            .expect("text draws without system fonts");
+            root.present().unwrap();
+        }
+        let dark = pixels.iter().filter(|b| **b < 128).count();
+        assert!(dark > 100, "only {dark} dark subpixels: no text was drawn");
+    }
+}

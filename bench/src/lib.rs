@@ -1,0 +1,15 @@
+//! `cargo xtask bench`: a throw-away stack (Redis, PostgreSQL, origins, edges) on free ports, load
+//! scenarios run by a separate load-generator process (`aside-load`), and a report (JSON, Markdown,
+//! charts, a table).
+//!
+//! * [`load`]: what `aside-load` measures and prints (JSON on stdout), and how it picks keys.
+//! * [`report`]: the whole run's results, `report.json` / `report.md`, the terminal table, and the check
+//!   the test suite runs on a quick report.
+//! * [`charts`]: latency distribution and throughput charts, SVG and PNG.
+//! * [`redis_admin`]: the few admin commands the bench sends to Redis (flush, key count).
+
+pub mod charts;
+pub mod keys;
+pub mod load;
+pub mod redis_admin;
+pub mod report;

@@ -1,0 +1,939 @@
+//! `aside-bench`: the benchmark driver behind `cargo xtask bench` (which builds the binaries and runs
+//! this one). See docs/benchmarks.md.
+//!
+//! It starts a stack of its own (Redis, PostgreSQL, an origin, an origin with the cache off, an edge and
+//! an edge with tier 1 off) on free ports, with its state in a temporary folder that is removed at the
+//! end, seeds it, runs every scenario through `aside-load` (a separate process), and writes
+//! `report.json`, `report.md` and the charts. Ctrl-C, or any failure, stops the stack and removes its
+//! state; the servers' logs stay in `<out>/logs/`.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use aside_bench::keys::KeyDist;
+use aside_bench::load::LoadResult;
+use aside_bench::redis_admin::RedisAdmin;
+use aside_bench::report::{self, Machine, Report, Run, SCHEMA, Settings};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use xtask::stack::{self, Secrets, Services};
+
+/// Set by Ctrl-C / SIGTERM; checked between steps and while a scenario runs.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Seed of the id order every `aside-load` run shares.
+const KEY_SEED: u64 = 42;
+/// Seed of the generated profiles (a reproducible data set).
+const DATA_SEED: u64 = 42;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "aside-bench",
+    about = "Benchmark aside on a stack of its own; run it through `cargo xtask bench`"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Check a report: every scenario present, every run answered requests and measured what it claims.
+    Verify { report: PathBuf },
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// A few seconds per scenario and 10,000 profiles (what the test suite runs).
+    #[arg(long)]
+    quick: bool,
+    /// Folder with aside-origin, aside-host and aside-load (`cargo xtask bench` passes it).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Cargo profile of those binaries, for the report.
+    #[arg(long, default_value = "release")]
+    build: String,
+    /// Profiles to seed [default: 100000; quick: 10000].
+    #[arg(long)]
+    rows: Option<u64>,
+    /// Connections of the load generator [default: 16; quick: 8].
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Warm-up per run, in seconds [default: 3; quick: 0.5].
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// Measured time per run, in seconds [default: 20; quick: 2].
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Zipf exponent of the skewed key choice.
+    #[arg(long, default_value_t = 1.0)]
+    zipf_s: f64,
+    /// Ids in the uniform hot set of the L1-hot scenario.
+    #[arg(long, default_value_t = 16)]
+    hot_set: u64,
+    /// Where the report goes [default: target/bench; quick: target/bench/quick].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Only these scenarios (comma-separated), e.g. `--only edge-l1-hot,edge-l2`.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Cmd::Verify { report }) => verify_file(&report),
+        None => run(cli.run),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aside-bench: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn verify_file(path: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("no benchmark report at {}", path.display()))?;
+    let report: Report = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a benchmark report", path.display()))?;
+    report::verify(&report)?;
+    println!(
+        "benchmark report {}: {} runs of {} scenarios, all answered and measured what they claim",
+        path.display(),
+        report.runs.len(),
+        report::SCENARIOS.len()
+    );
+    Ok(())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bench/ has a parent")
+        .to_path_buf()
+}
+
+/// What the requests of a scenario go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// The edge with Spin's defaults (tier 1 on).
+    Edge,
+    /// A second edge with tier 1 off: every read asks Redis.
+    EdgeL1Off,
+    /// The origin, directly, with its bearer token.
+    Origin,
+    /// An origin started with `ASIDE_CACHE=off`: every read is a PostgreSQL query.
+    OriginCacheOff,
+}
+
+impl Target {
+    fn describe(self) -> &'static str {
+        match self {
+            Target::Edge => "edge",
+            Target::EdgeL1Off => "edge with tier 1 off",
+            Target::Origin => "origin",
+            Target::OriginCacheOff => "origin with ASIDE_CACHE=off",
+        }
+    }
+}
+
+/// Before a run: which cache state it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cache {
+    /// Redis emptied just before (miss scenarios).
+    Empty,
+    /// Redis holding every profile.
+    Full,
+}
+
+/// One scenario with one key choice.
+struct Plan {
+    scenario: &'static str,
+    keys: KeyDist,
+    /// Uniform over the hot set instead of every id.
+    hot: bool,
+    target: Target,
+    cache: Cache,
+    write_percent: f64,
+    description: &'static str,
+    /// The `x-cache` values at least `share` of the successful reads must have, or the run did not
+    /// measure what it claims.
+    expect: (&'static [&'static str], f64),
+}
+
+impl Plan {
+    fn keys_label(&self) -> String {
+        if self.hot {
+            "uniform-hot".into()
+        } else {
+            self.keys.to_string()
+        }
+    }
+}
+
+/// Every run, in the order they are run: the miss scenarios first (each on an emptied Redis), then
+/// Redis is filled once and the rest run on it.
+fn plans() -> Vec<Plan> {
+    use KeyDist::{Uniform, Walk, Zipf};
+    const ORIGIN_MISS: &str = "every request for an id not asked before (a shuffled walk over all ids, \
+        on an emptied Redis) straight to the origin: Redis miss, one PostgreSQL query, a compare-and-set \
+        fill. Zipf or uniform choices would repeat ids and turn into hits, so misses use the walk only.";
+    const EDGE_MISS: &str = "the same walk of fresh ids through the edge: tier 1 and Redis miss, the \
+        edge forwards to the origin, which queries PostgreSQL and fills Redis.";
+    const ORIGIN_HIT: &str = "reads straight to the origin (bearer token) with every profile in \
+        Redis: one HGETALL per read; what a request costs when the edge is bypassed or its tiers miss.";
+    const EDGE_L2: &str = "reads through a second edge whose tier 1 is off (l1_max_entries = 0, \
+        l1_ttl_ms = 0), every profile in Redis: each read is a Redis HGETALL from the component.";
+    const EDGE_L1: &str = "reads through the edge with Spin's defaults (tier 1 on, 2 s TTL, an instance \
+        serves up to 128 requests, 16 at once): Zipf over all ids, and uniform over a hot set small \
+        enough to be answered from tier 1 for most of an instance's life. Every profile is in Redis, \
+        so what tier 1 misses is an L2 hit.";
+    const POSTGRES_ONLY: &str = "reads to an origin started with ASIDE_CACHE=off: every read is a \
+        PostgreSQL query (the origin's single-flight still merges concurrent reads of one id). The \
+        baseline the cache is measured against.";
+    const MIX: &str = "95 % reads, 5 % writes (PATCH with a new department, a small valid change) \
+        through the edge; writes are forwarded to the origin, committed in PostgreSQL and written \
+        through to Redis, and change capture follows them.";
+    let p = |scenario, keys, hot, target, cache, write_percent, description, expect| Plan {
+        scenario,
+        keys,
+        hot,
+        target,
+        cache,
+        write_percent,
+        description,
+        expect,
+    };
+    vec![
+        p(
+            "origin-miss",
+            Walk,
+            false,
+            Target::Origin,
+            Cache::Empty,
+            0.0,
+            ORIGIN_MISS,
+            (&["MISS"][..], 0.9),
+        ),
+        p(
+            "edge-miss",
+            Walk,
+            false,
+            Target::Edge,
+            Cache::Empty,
+            0.0,
+            EDGE_MISS,
+            (&["MISS"][..], 0.9),
+        ),
+        p(
+            "origin-hit",
+            Zipf,
+            false,
+            Target::Origin,
+            Cache::Full,
+            0.0,
+            ORIGIN_HIT,
+            (&["HIT"][..], 0.9),
+        ),
+        p(
+            "origin-hit",
+            Uniform,
+            false,
+            Target::Origin,
+            Cache::Full,
+            0.0,
+            ORIGIN_HIT,
+            (&["HIT"][..], 0.9),
+        ),
+        p(
+            "edge-l2",
+            Zipf,
+            false,
+            Target::EdgeL1Off,
+            Cache::Full,
+            0.0,
+            EDGE_L2,
+            (&["L2"][..], 0.9),
+        ),
+        p(
+            "edge-l2",
+            Uniform,
+            false,
+            Target::EdgeL1Off,
+            Cache::Full,
+            0.0,
+            EDGE_L2,
+            (&["L2"][..], 0.9),
+        ),
+        p(
+            "edge-l1-hot",
+            Zipf,
+            false,
+            Target::Edge,
+            Cache::Full,
+            0.0,
+            EDGE_L1,
+            (&["L1", "L2"][..], 0.9),
+        ),
+        p(
+            "edge-l1-hot",
+            Uniform,
+            true,
+            Target::Edge,
+            Cache::Full,
+            0.0,
+            EDGE_L1,
+            (&["L1"][..], 0.5),
+        ),
+        p(
+            "postgres-only",
+            Zipf,
+            false,
+            Target::OriginCacheOff,
+            Cache::Full,
+            0.0,
+            POSTGRES_ONLY,
+            (&["MISS"][..], 0.9),
+        ),
+        p(
+            "postgres-only",
+            Uniform,
+            false,
+            Target::OriginCacheOff,
+            Cache::Full,
+            0.0,
+            POSTGRES_ONLY,
+            (&["MISS"][..], 0.9),
+        ),
+        p(
+            "mix-95-5",
+            Zipf,
+            false,
+            Target::Edge,
+            Cache::Full,
+            5.0,
+            MIX,
+            (&["L1", "L2"][..], 0.8),
+        ),
+        p(
+            "mix-95-5",
+            Uniform,
+            false,
+            Target::Edge,
+            Cache::Full,
+            5.0,
+            MIX,
+            (&["L1", "L2"][..], 0.8),
+        ),
+    ]
+}
+
+/// Ports of the bench stack, all picked free at start.
+struct Ports {
+    redis: u16,
+    postgres: u16,
+    origin: u16,
+    origin_cache_off: u16,
+    edge: u16,
+    edge_l1_off: u16,
+}
+
+impl Ports {
+    fn pick() -> anyhow::Result<Self> {
+        // Hold every listener until all are picked, so no two are the same.
+        let listeners: Vec<std::net::TcpListener> = (0..6)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+            .collect::<Result<_, _>>()?;
+        let p: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().map(|a| a.port()))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            redis: p[0],
+            postgres: p[1],
+            origin: p[2],
+            origin_cache_off: p[3],
+            edge: p[4],
+            edge_l1_off: p[5],
+        })
+    }
+
+    fn url(&self, target: Target) -> String {
+        let port = match target {
+            Target::Edge => self.edge,
+            Target::EdgeL1Off => self.edge_l1_off,
+            Target::Origin => self.origin,
+            Target::OriginCacheOff => self.origin_cache_off,
+        };
+        format!("http://127.0.0.1:{port}")
+    }
+}
+
+/// Folders removed when dropped (after the services, which are declared later and dropped first).
+struct TempDirs(Vec<PathBuf>);
+
+impl Drop for TempDirs {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            if dir.exists()
+                && let Err(e) = std::fs::remove_dir_all(dir)
+            {
+                eprintln!("aside-bench: could not remove {}: {e}", dir.display());
+            }
+        }
+    }
+}
+
+fn check_stop() -> anyhow::Result<()> {
+    if STOP.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let started_at_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let root = workspace_root();
+    let quick = args.quick;
+    let args_zipf_s = args.zipf_s;
+    let args_hot_set = args.hot_set;
+    let rows = args.rows.unwrap_or(if quick { 10_000 } else { 100_000 });
+    let concurrency = args.concurrency.unwrap_or(if quick { 8 } else { 16 });
+    let warmup = args.warmup.unwrap_or(if quick { 0.5 } else { 3.0 });
+    let duration = args.duration.unwrap_or(if quick { 2.0 } else { 20.0 });
+    anyhow::ensure!(rows >= 100, "--rows must be at least 100");
+    anyhow::ensure!(concurrency >= 1, "--concurrency must be at least 1");
+    anyhow::ensure!(
+        warmup >= 0.0 && duration > 0.0,
+        "--warmup must be >= 0 and --duration > 0"
+    );
+    let bin = args
+        .bin_dir
+        .clone()
+        .unwrap_or_else(|| root.join("target/release"));
+    for name in ["aside-origin", "aside-host", "aside-load"] {
+        anyhow::ensure!(
+            bin.join(name).exists(),
+            "{} is missing; run the benchmark through `cargo xtask bench`, which builds it",
+            bin.join(name).display()
+        );
+    }
+    let out = args.out.clone().unwrap_or_else(|| {
+        root.join(if quick {
+            "target/bench/quick"
+        } else {
+            "target/bench"
+        })
+    });
+    let out = if out.is_absolute() {
+        out
+    } else {
+        root.join(out)
+    };
+    let logs = out.join("logs");
+    let _ = std::fs::remove_dir_all(&logs);
+    std::fs::create_dir_all(&logs)?;
+    let plans: Vec<Plan> = plans()
+        .into_iter()
+        .filter(|p| args.only.is_empty() || args.only.iter().any(|o| o == p.scenario))
+        .collect();
+    for o in &args.only {
+        anyhow::ensure!(
+            report::SCENARIOS.contains(&o.as_str()),
+            "unknown scenario {o:?}; the scenarios are {}",
+            report::SCENARIOS.join(", ")
+        );
+    }
+
+    ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst))
+        .context("install the Ctrl-C handler")?;
+
+    remove_stale_state();
+    let state = std::env::temp_dir().join(format!("aside-bench-{}", std::process::id()));
+    let pg_dir = stack::postgres_dir(&state);
+    let _dirs = TempDirs(vec![state.clone(), pg_dir.clone()]);
+    std::fs::create_dir_all(&state)?;
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    let secrets = Secrets::load_or_generate(&state.join("secrets"))?;
+    let token_file = state.join("secrets/origin-token");
+    let ports = Ports::pick()?;
+
+    eprintln!(
+        "aside-bench: {} run: {rows} profiles, {concurrency} connections, {warmup} s warm-up + {duration} s per run, {} runs; logs in {}",
+        if quick { "quick" } else { "full" },
+        plans.len(),
+        logs.display()
+    );
+    let mut services = Services::new();
+    stack::start_redis(&root, ports.redis, &state, &logs, &secrets, &mut services)?;
+    stack::start_postgres(ports.postgres, &pg_dir, &logs, &secrets, &mut services)?;
+    check_stop()?;
+    let database_url = format!(
+        "postgres://aside:{}@127.0.0.1:{}/aside",
+        secrets.postgres, ports.postgres
+    );
+    let origin_bin = bin.join("aside-origin");
+    run_logged(
+        Command::new(&origin_bin)
+            .arg("migrate")
+            .env("ASIDE_DATABASE_URL", &database_url),
+        &logs.join("setup.log"),
+    )?;
+    let seeding = Instant::now();
+    run_logged(
+        Command::new(&origin_bin)
+            .args(["seed", "--replace", "--count", &rows.to_string()])
+            .args(["--seed", &DATA_SEED.to_string()])
+            .env("ASIDE_DATABASE_URL", &database_url),
+        &logs.join("setup.log"),
+    )?;
+    let counted = psql(
+        ports.postgres,
+        &secrets.postgres,
+        &format!(
+            "SELECT count(*) = {rows} AND min(id) = 1 AND max(id) = {rows} FROM devops_api.users"
+        ),
+    )?;
+    anyhow::ensure!(
+        counted == "t",
+        "the seeded table does not hold ids 1..={rows}"
+    );
+    eprintln!(
+        "aside-bench: seeded {rows} profiles in {:.1} s",
+        seeding.elapsed().as_secs_f64()
+    );
+    check_stop()?;
+
+    let redis_origin_url = format!(
+        "redis://origin:{}@127.0.0.1:{}",
+        secrets.redis_origin, ports.redis
+    );
+    for (name, port, cache) in [
+        ("origin", ports.origin, "on"),
+        ("origin-cache-off", ports.origin_cache_off, "off"),
+    ] {
+        let mut origin = Command::new(&origin_bin);
+        origin
+            .arg("serve")
+            .env("ASIDE_DATABASE_URL", &database_url)
+            .env("ASIDE_REDIS_URL", &redis_origin_url)
+            .env("ASIDE_ORIGIN_TOKENS", &secrets.origin_token)
+            .env("ASIDE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("ASIDE_CACHE", cache);
+        services.spawn(name, origin, &logs, libc::SIGTERM)?;
+        services.wait_for_port(port, &logs)?;
+    }
+    for (name, port, l1_off) in [
+        ("edge", ports.edge, false),
+        ("edge-l1-off", ports.edge_l1_off, true),
+    ] {
+        let mut edge = Command::new(bin.join("aside-host"));
+        edge.arg("--from")
+            .arg(root.join("spin.toml"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env(
+                "SPIN_VARIABLE_REDIS_ADDRESS",
+                format!("127.0.0.1:{}", ports.redis),
+            )
+            .env("SPIN_VARIABLE_REDIS_PASSWORD", &secrets.redis_edge)
+            .env(
+                "SPIN_VARIABLE_ORIGIN_URL",
+                format!("http://127.0.0.1:{}", ports.origin),
+            )
+            .env("SPIN_VARIABLE_ORIGIN_TOKEN", &secrets.origin_token);
+        if l1_off {
+            edge.env("SPIN_VARIABLE_L1_MAX_ENTRIES", "0")
+                .env("SPIN_VARIABLE_L1_TTL_MS", "0");
+        }
+        services.spawn(name, edge, &logs, libc::SIGTERM)?;
+        services.wait_for_port(port, &logs)?;
+        check_stop()?;
+    }
+    // The seed's inserts are in the change-capture outbox; let the origin work through them now rather
+    // than during the first scenario.
+    wait_for_change_capture(ports.postgres, &secrets.postgres)?;
+    let mut redis = RedisAdmin::connect(ports.redis, &secrets.redis_admin)?;
+    let setup_s = started.elapsed().as_secs_f64();
+    eprintln!("aside-bench: stack ready in {setup_s:.1} s");
+
+    let per_run = warmup + duration;
+    let bar = ProgressBar::new(((per_run + 1.0) * plans.len() as f64 * 10.0) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:32}] {percent:>3}% {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    let mut runs = Vec::new();
+    let mut filled = false;
+    for plan in &plans {
+        check_stop()?;
+        if let Some(name) = services.first_exited() {
+            bail!(
+                "{name} exited during the benchmark; see {}/{name}.log",
+                logs.display()
+            );
+        }
+        match plan.cache {
+            Cache::Empty => {
+                redis.flush_all()?;
+                filled = false;
+            }
+            Cache::Full if !filled => {
+                bar.set_message("filling Redis with every profile");
+                let fill = Instant::now();
+                let args = loader_args(&ports, Target::Origin, &token_file)
+                    .into_iter()
+                    .chain([
+                        "--keys".into(),
+                        "walk".into(),
+                        "--ids".into(),
+                        rows.to_string(),
+                        "--requests".into(),
+                        rows.to_string(),
+                        "--concurrency".into(),
+                        concurrency.to_string(),
+                    ])
+                    .collect::<Vec<_>>();
+                let result = run_loader(&bin, &args, &logs.join("load-fill.log"), None, &bar)?;
+                anyhow::ensure!(
+                    result.errors == 0,
+                    "filling Redis failed: {:?}",
+                    result.error_kinds
+                );
+                let keys = redis.db_size()?;
+                anyhow::ensure!(
+                    keys >= rows,
+                    "Redis holds {keys} keys after the fill, expected {rows}"
+                );
+                bar.suspend(|| {
+                    eprintln!(
+                        "aside-bench: Redis filled with {keys} profiles in {:.1} s",
+                        fill.elapsed().as_secs_f64()
+                    )
+                });
+                filled = true;
+            }
+            Cache::Full => {}
+        }
+        let label = plan.keys_label();
+        bar.set_message(format!("{} / {label}", plan.scenario));
+        let mut args = loader_args(&ports, plan.target, &token_file);
+        args.extend(
+            [
+                "--keys",
+                &plan.keys.to_string(),
+                "--ids",
+                &rows.to_string(),
+                "--zipf-s",
+                &args_zipf_s.to_string(),
+                "--concurrency",
+                &concurrency.to_string(),
+                "--warmup",
+                &format!("{warmup}s"),
+                "--duration",
+                &format!("{duration}s"),
+                "--write-percent",
+                &plan.write_percent.to_string(),
+            ]
+            .map(String::from),
+        );
+        if plan.hot {
+            args.extend(["--hot".to_string(), args_hot_set.to_string()]);
+        }
+        let log = logs.join(format!("load-{}-{label}.log", plan.scenario));
+        let result = run_loader(&bin, &args, &log, Some(per_run), &bar)?;
+        let check_failed = check(plan, &result);
+        bar.suspend(|| {
+            eprintln!(
+                "{:<14} {:<12} {:>9.0} req/s  p50 {:>6} ms  p99 {:>6} ms  errors {:<4} {}{}",
+                plan.scenario,
+                label,
+                result.rps,
+                report::ms(result.latency_us.p50),
+                report::ms(result.latency_us.p99),
+                result.errors,
+                report::hits(&result),
+                check_failed
+                    .as_deref()
+                    .map(|w| format!("  <- {w}"))
+                    .unwrap_or_default()
+            )
+        });
+        runs.push(Run {
+            scenario: plan.scenario.to_string(),
+            keys: label,
+            target: plan.target.describe().to_string(),
+            description: plan.description.to_string(),
+            result,
+            check_failed,
+        });
+        // Let the servers settle (background work of the previous run: fills, change capture).
+        std::thread::sleep(Duration::from_millis(if quick { 200 } else { 1000 }));
+    }
+    bar.finish_and_clear();
+    drop(redis);
+    drop(services);
+
+    let mut report = Report {
+        schema: SCHEMA,
+        started_at_unix,
+        machine: Machine::detect(),
+        settings: Settings {
+            mode: if quick { "quick" } else { "full" }.into(),
+            build: args.build.clone(),
+            rows,
+            concurrency,
+            warmup_s: warmup,
+            duration_s: duration,
+            zipf_s: args_zipf_s,
+            hot_set: args_hot_set,
+            edge_instance_reuse: "Spin's defaults: 128 requests per instance, 16 at once, 1 s idle"
+                .into(),
+        },
+        setup_s,
+        total_s: started.elapsed().as_secs_f64(),
+        runs,
+    };
+    report.sort_runs();
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    std::fs::write(out.join("report.md"), report.markdown())?;
+    aside_bench::charts::write_all(&out, &report.runs)?;
+    println!("{}", report.table());
+    println!(
+        "report: {}  (and report.json, latency.svg/png, throughput.svg/png); {:.0} s in all",
+        out.join("report.md").display(),
+        report.total_s
+    );
+    if args.only.is_empty() {
+        report::verify(&report)
+    } else {
+        let failed: Vec<String> = report
+            .runs
+            .iter()
+            .filter_map(|r| {
+                r.check_failed
+                    .as_ref()
+                    .map(|w| format!("{} / {}: {w}", r.scenario, r.keys))
+            })
+            .collect();
+        anyhow::ensure!(
+            failed.is_empty(),
+            "runs that did not measure what they claim:\n  {}",
+            failed.join("\n  ")
+        );
+        Ok(())
+    }
+}
+
+/// The target and credentials part of an `aside-load` command line.
+fn loader_args(ports: &Ports, target: Target, token_file: &Path) -> Vec<String> {
+    let mut args = vec!["--url".to_string(), ports.url(target)];
+    if matches!(target, Target::Origin | Target::OriginCacheOff) {
+        args.extend([
+            "--bearer-file".to_string(),
+            token_file.display().to_string(),
+        ]);
+    }
+    args.extend(["--seed".to_string(), KEY_SEED.to_string()]);
+    args
+}
+
+/// Why a run did not measure what its scenario claims, if it did not.
+fn check(plan: &Plan, result: &LoadResult) -> Option<String> {
+    if result.requests == 0 {
+        return Some("no requests were answered".into());
+    }
+    let attempts = result.requests
+        + result
+            .error_kinds
+            .iter()
+            .filter(|(k, _)| !k.starts_with("status_"))
+            .map(|(_, v)| v)
+            .sum::<u64>();
+    if result.errors as f64 > attempts as f64 * 0.01 {
+        return Some(format!(
+            "{} errors in {attempts} requests: {:?}",
+            result.errors, result.error_kinds
+        ));
+    }
+    let ratio = result.hit_ratio();
+    let (tiers, at_least) = plan.expect;
+    let share: f64 = tiers
+        .iter()
+        .map(|t| ratio.get(*t).copied().unwrap_or(0.0))
+        .sum();
+    if share < at_least {
+        return Some(format!(
+            "{} answered {:.0}% of reads, expected at least {:.0}%",
+            tiers.join("+"),
+            share * 100.0,
+            at_least * 100.0
+        ));
+    }
+    if plan.write_percent > 0.0 && result.writes == 0 {
+        return Some("no writes were made".into());
+    }
+    None
+}
+
+/// Runs `aside-load` to completion (its stderr to `log`), advancing the progress bar by the time it
+/// takes; Ctrl-C stops it.
+fn run_loader(
+    bin: &Path,
+    args: &[String],
+    log: &Path,
+    planned_secs: Option<f64>,
+    bar: &ProgressBar,
+) -> anyhow::Result<LoadResult> {
+    let mut command = Command::new(bin.join("aside-load"));
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(log)?));
+    stack::detach(&mut command);
+    let mut child = command.spawn().context("start aside-load")?;
+    let mut stdout = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        stdout.read_to_string(&mut text).map(|_| text)
+    });
+    let started = Instant::now();
+    let start_pos = bar.position();
+    // A timed run that takes far longer than planned is stuck; a fill has a generous bound.
+    let limit = Duration::from_secs_f64(planned_secs.map_or(1800.0, |s| s * 3.0 + 60.0));
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if STOP.load(Ordering::SeqCst) || started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            check_stop()?;
+            bail!(
+                "aside-load did not finish within {limit:?}; see {}",
+                log.display()
+            );
+        }
+        if let Some(planned) = planned_secs {
+            let done = started.elapsed().as_secs_f64().min(planned);
+            bar.set_position(start_pos + (done * 10.0) as u64);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if let Some(planned) = planned_secs {
+        bar.set_position(start_pos + ((planned + 1.0) * 10.0) as u64);
+    }
+    let text = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reading aside-load's output failed"))??;
+    anyhow::ensure!(
+        status.success(),
+        "aside-load failed ({status}); see {}",
+        log.display()
+    );
+    serde_json::from_str(text.trim())
+        .with_context(|| format!("aside-load printed something else than its result: {text:?}"))
+}
+
+/// Runs a setup command with its output appended to `log`.
+fn run_logged(command: &mut Command, log: &Path) -> anyhow::Result<()> {
+    let shown = format!("{:?}", command.get_args().collect::<Vec<_>>());
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let status = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(file.try_clone()?))
+        .stderr(Stdio::from(file))
+        .status()
+        .with_context(|| format!("cannot run {}", command.get_program().display()))?;
+    anyhow::ensure!(
+        status.success(),
+        "{} {shown} failed ({status}); see {}",
+        command.get_program().display(),
+        log.display()
+    );
+    Ok(())
+}
+
+/// One value from PostgreSQL.
+fn psql(port: u16, password: &str, sql: &str) -> anyhow::Result<String> {
+    let pg_bin = xtask::local::pg_bin_dir().context("PostgreSQL client binaries not found")?;
+    let output = Command::new(pg_bin.join("psql"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-U", "aside", "-d", "aside", "-tAc", sql])
+        .env("PGPASSWORD", password)
+        .output()
+        .context("run psql")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+/// Waits until change capture has applied the whole outbox (the seed's inserts).
+fn wait_for_change_capture(port: u16, password: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        check_stop()?;
+        let caught_up = psql(
+            port,
+            password,
+            "SELECT w.last_applied >= (SELECT coalesce(max(id), 0) FROM devops_api.user_changes) \
+             FROM devops_api.change_watermark w WHERE w.consumer = 'redis'",
+        )?;
+        if caught_up == "t" {
+            eprintln!(
+                "aside-bench: change capture caught up with the seed in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            eprintln!("aside-bench: change capture has not caught up after 300 s; going on");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Removes the state of earlier bench runs that were killed before they could clean up.
+fn remove_stale_state() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(pid) = name
+            .strip_prefix("aside-bench-")
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let state = entry.path();
+        let _ = std::fs::remove_dir_all(stack::postgres_dir(&state));
+        let _ = std::fs::remove_dir_all(&state);
+    }
+}

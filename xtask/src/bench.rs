@@ -1,0 +1,108 @@
+//! `cargo xtask bench`: builds what the benchmark runs, then hands over to `aside-bench` (bench/), which
+//! starts its own stack, runs the scenarios and writes `target/bench/report.{json,md}` and the charts.
+//!
+//! The full run builds release binaries. `--quick` (what `cargo xtask test` runs) uses the debug binaries
+//! the test suite has just built, so CI does not pay for a release build of the wasmtime host.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use clap::Args;
+
+use crate::{cargo, run_cmd, workspace_root};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// A few seconds per scenario and 10,000 profiles, on the debug binaries (the test suite's run).
+    #[arg(long)]
+    pub quick: bool,
+    /// Options for the benchmark itself, e.g. `-- --duration 30 --concurrency 32 --only edge-l2`;
+    /// `cargo xtask bench -- --help` lists them.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    xtask::prereq::ensure_all()?;
+    let bin = build(args.quick)?;
+    let mut command = bench_command(&bin, args.quick);
+    command.args(&args.args);
+    // The driver takes over this process: Ctrl-C reaches it directly and it stops its stack in order.
+    let error = std::os::unix::process::CommandExt::exec(&mut command);
+    Err(anyhow::anyhow!(
+        "cannot run {}: {error}",
+        bin.join("aside-bench").display()
+    ))
+}
+
+/// `cargo xtask test`'s last step: the quick benchmark, then the check of its report (every scenario
+/// present, every run answered requests and measured what it claims).
+pub fn quick_check() -> anyhow::Result<()> {
+    let bin = build(true)?;
+    run_cmd(&mut bench_command(&bin, true))?;
+    let report = workspace_root().join("target/bench/quick/report.json");
+    run_cmd(
+        Command::new(bin.join("aside-bench"))
+            .arg("verify")
+            .arg(report),
+    )
+}
+
+fn bench_command(bin: &std::path::Path, quick: bool) -> Command {
+    let mut command = Command::new(bin.join("aside-bench"));
+    command
+        .current_dir(workspace_root())
+        .arg("--bin-dir")
+        .arg(bin)
+        .args(["--build", if quick { "debug" } else { "release" }]);
+    if quick {
+        command.arg("--quick");
+    }
+    command
+}
+
+/// Builds the edge component (always release: it is what Spin runs), the origin, the host and the
+/// benchmark's own binaries; returns the folder they are in.
+fn build(quick: bool) -> anyhow::Result<PathBuf> {
+    let root = workspace_root();
+    run_cmd(cargo().args([
+        "build",
+        "-p",
+        "aside-edge",
+        "--target",
+        xtask::prereq::WASM_TARGET,
+        "--release",
+    ]))?;
+    if quick {
+        // The same commands as `cargo xtask test`, so after a test run nothing is rebuilt.
+        run_cmd(cargo().args([
+            "build",
+            "-p",
+            "aside-origin",
+            "--features",
+            crate::test::TEST_FEATURES,
+        ]))?;
+        if !root.join("target/debug/aside-host").exists() {
+            run_cmd(cargo().args(["build", "-p", "aside-tests", "--bin", "aside-host"]))?;
+        }
+        run_cmd(cargo().args(["build", "-p", "aside-bench"]))?;
+        Ok(root.join("target/debug"))
+    } else {
+        eprintln!("xtask: building (release)");
+        // The same command as `cargo xtask up`, so the two share their release build.
+        run_cmd(cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "aside-origin",
+            "-p",
+            "aside-tests",
+            "--bin",
+            "aside-origin",
+            "--bin",
+            "aside-host",
+        ]))?;
+        run_cmd(cargo().args(["build", "--release", "-p", "aside-bench"]))?;
+        Ok(root.join("target/release"))
+    }
+}

@@ -1,0 +1,325 @@
+//! Starting and stopping the local stack's processes: shared by `cargo xtask up` (the user's stack in
+//! `.aside/`) and `cargo xtask bench` (a throw-away stack on free ports).
+//!
+//! Every process runs in its own process group, so a terminal's Ctrl-C reaches the driver alone and the
+//! shutdown happens in order; each also gets `PR_SET_PDEATHSIG`, so a driver that is killed outright
+//! takes its children with it.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::local::{self, RedisPasswords};
+
+/// The secrets of one local stack, generated on first use into a folder (mode 0600 files).
+pub struct Secrets {
+    pub redis_origin: String,
+    pub redis_edge: String,
+    pub redis_admin: String,
+    /// The cluster superuser `aside` (provisioning only; no aside service uses it).
+    pub postgres: String,
+    /// The owner role: `migrate` and `seed`.
+    pub postgres_owner: String,
+    /// The application role: `serve`.
+    pub postgres_app: String,
+    pub origin_token: String,
+    /// The origin's admin routes (`/admin/cache/stats`).
+    pub admin_token: String,
+}
+
+impl Secrets {
+    /// Reads the secrets in `dir`, generating the missing ones.
+    pub fn load_or_generate(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let get = |name: &str| -> anyhow::Result<String> {
+            let path = dir.join(name);
+            if let Ok(existing) = std::fs::read_to_string(&path) {
+                return Ok(existing.trim().to_string());
+            }
+            let secret = local::generate_secret();
+            local::write_private(&path, &secret)?;
+            Ok(secret)
+        };
+        Ok(Self {
+            redis_origin: get("redis-origin")?,
+            redis_edge: get("redis-edge")?,
+            redis_admin: get("redis-admin")?,
+            postgres: get("postgres")?,
+            postgres_owner: get("postgres-owner")?,
+            postgres_app: get("postgres-app")?,
+            origin_token: get("origin-token")?,
+            admin_token: get("admin-token")?,
+        })
+    }
+}
+
+/// A started process and how to stop it cleanly.
+pub struct Service {
+    pub name: &'static str,
+    pub child: Child,
+    pub stop_signal: i32,
+}
+
+/// Started processes, stopped in reverse start order when dropped (also on an error half-way through).
+#[derive(Default)]
+pub struct Services(pub Vec<Service>);
+
+impl Services {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts `command` with its output appended to `<logs>/<name>.log`.
+    pub fn spawn(
+        &mut self,
+        name: &'static str,
+        mut command: Command,
+        logs: &Path,
+        stop_signal: i32,
+    ) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(logs.join(format!("{name}.log")))?;
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log));
+        detach(&mut command);
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        self.0.push(Service {
+            name,
+            child,
+            stop_signal,
+        });
+        Ok(())
+    }
+
+    /// Waits until the service started last accepts connections on `port`, or has exited.
+    pub fn wait_for_port(&mut self, port: u16, logs: &Path) -> anyhow::Result<()> {
+        let service = self.0.last_mut().expect("a service was just started");
+        let name = service.name;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(());
+            }
+            if !matches!(service.child.try_wait(), Ok(None)) {
+                bail!("{name} exited; see {}/{name}.log", logs.display());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "{name} did not open port {port}; see {}/{name}.log",
+            logs.display()
+        )
+    }
+
+    /// The name of a service that has exited on its own, if any.
+    pub fn first_exited(&mut self) -> Option<&'static str> {
+        self.0
+            .iter_mut()
+            .find_map(|s| (!matches!(s.child.try_wait(), Ok(None))).then_some(s.name))
+    }
+
+    /// Stops the service named `name` (and only it), waiting for it to exit.
+    pub fn stop(&mut self, name: &str) {
+        if let Some(i) = self.0.iter().position(|s| s.name == name) {
+            stop_service(self.0.remove(i));
+        }
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        while let Some(service) = self.0.pop() {
+            stop_service(service);
+        }
+    }
+}
+
+fn stop_service(mut service: Service) {
+    // SAFETY: signalling a child we started.
+    unsafe {
+        libc::kill(service.child.id() as i32, service.stop_signal);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match service.child.try_wait() {
+            Ok(Some(_)) | Err(_) => break,
+            Ok(None) if Instant::now() > deadline => {
+                eprintln!("xtask: {} did not stop in 15 s; killing it", service.name);
+                let _ = service.child.kill();
+                let _ = service.child.wait();
+                break;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    eprintln!("xtask: stopped {}", service.name);
+}
+
+/// Runs `command` in its own process group (the terminal's Ctrl-C reaches only the driver, which stops
+/// everything in order) and makes the kernel stop it if the driver dies.
+pub fn detach(command: &mut Command) {
+    std::os::unix::process::CommandExt::process_group(command, 0);
+    // SAFETY: prctl is async-signal-safe; it runs in the child between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(command, || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A port that was free a moment ago (the kernel's pick for port 0).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Starts redis-server on `port` with `deploy/redis.conf` and the ACL file rendered from
+/// `deploy/users.acl.template`, its data in `<state>/redis`.
+pub fn start_redis(
+    root: &Path,
+    port: u16,
+    state: &Path,
+    logs: &Path,
+    secrets: &Secrets,
+    services: &mut Services,
+) -> anyhow::Result<()> {
+    let dir = state.join("redis");
+    std::fs::create_dir_all(&dir)?;
+    let acl = local::render_acl(
+        &std::fs::read_to_string(root.join("deploy/users.acl.template"))?,
+        &RedisPasswords {
+            origin: &secrets.redis_origin,
+            edge: &secrets.redis_edge,
+            admin: &secrets.redis_admin,
+        },
+    );
+    local::write_private(&dir.join("users.acl"), &acl)?;
+    let deploy_conf = std::fs::read_to_string(root.join("deploy/redis.conf"))?;
+    for no_defrag in [false, true] {
+        std::fs::write(
+            dir.join("redis.conf"),
+            local::render_redis_config(&deploy_conf, no_defrag),
+        )?;
+        let _ = std::fs::remove_file(logs.join("redis.log"));
+        let mut command = Command::new("redis-server");
+        command
+            .arg(dir.join("redis.conf"))
+            .args(["--port", &port.to_string()])
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--aclfile")
+            .arg(dir.join("users.acl"))
+            .args(["--maxmemory", "256mb", "--daemonize", "no"]);
+        services.spawn("redis", command, logs, libc::SIGTERM)?;
+        if services.wait_for_port(port, logs).is_ok() {
+            return Ok(());
+        }
+        let log = std::fs::read_to_string(logs.join("redis.log")).unwrap_or_default();
+        services.0.pop();
+        if !no_defrag && log.contains(local::NO_ACTIVE_DEFRAG_MESSAGE) {
+            eprintln!(
+                "xtask: this redis-server build cannot defragment; running it with activedefrag no"
+            );
+            continue;
+        }
+        bail!(
+            "redis-server did not start; see {}/redis.log",
+            logs.display()
+        );
+    }
+    unreachable!("the loop returns or bails")
+}
+
+/// Where the PostgreSQL cluster of the stack in `state` lives. As root, PostgreSQL runs as `postgres`,
+/// which must be able to reach its folder: it is kept outside the (possibly private) checkout, under
+/// /var/tmp, keyed by the state folder.
+pub fn postgres_dir(state: &Path) -> PathBuf {
+    match local::postgres_owner() {
+        Some(_) => PathBuf::from(format!(
+            "/var/tmp/aside-postgres-{}",
+            short_hash(&state.to_string_lossy())
+        )),
+        None => state.join("postgres"),
+    }
+}
+
+/// Starts PostgreSQL on `port` with its cluster in `<dir>/data` (created on first use, superuser
+/// `aside` with the stack's password; scram-sha-256 on loopback TCP only), and provisions the owner
+/// and application roles and the `aside` database owned by the owner (docs/security.md).
+pub fn start_postgres(
+    port: u16,
+    dir: &Path,
+    logs: &Path,
+    secrets: &Secrets,
+    services: &mut Services,
+) -> anyhow::Result<()> {
+    let pg_bin = local::pg_bin_dir().context("PostgreSQL server binaries not found")?;
+    let owner = local::postgres_owner();
+    let data = dir.join("data");
+    if !data.join("PG_VERSION").exists() {
+        eprintln!(
+            "xtask: creating the PostgreSQL cluster in {}",
+            data.display()
+        );
+        std::fs::create_dir_all(dir)?;
+        let pwfile = dir.join("pwfile");
+        local::write_private(&pwfile, &secrets.postgres)?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+            std::os::unix::fs::chown(&pwfile, Some(uid), Some(gid))?;
+        }
+        let mut initdb = local::initdb_command(&pg_bin, &data, "aside", &pwfile);
+        local::run_as(&mut initdb, owner);
+        let output = initdb.output().context("run initdb")?;
+        let _ = std::fs::remove_file(&pwfile);
+        if !output.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+    }
+    // Rewritten on every start, so a cluster made by an older version loses any looser rules too.
+    local::write_pg_hba(&data, owner)?;
+    let mut command = Command::new(pg_bin.join("postgres"));
+    command
+        .arg("-D")
+        .arg(&data)
+        .args(["-p", &port.to_string()])
+        .arg("-k")
+        .arg(dir)
+        .args(["-c", "listen_addresses=127.0.0.1"]);
+    local::run_as(&mut command, owner);
+    // SIGINT is PostgreSQL's "fast" shutdown: roll back open transactions, checkpoint, exit.
+    services.spawn("postgres", command, logs, libc::SIGINT)?;
+    services.wait_for_port(port, logs)?;
+    local::provision_postgres(
+        &local::Provisioning {
+            pg_bin: &pg_bin,
+            port,
+            superuser: "aside",
+            superuser_password: &secrets.postgres,
+            owner_password: &secrets.postgres_owner,
+            app_password: &secrets.postgres_app,
+        },
+        "aside",
+    )
+}
+
+fn short_hash(s: &str) -> String {
+    // FNV-1a: a stable folder name, not a security measure.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
