@@ -265,11 +265,22 @@ async fn setup_with_token(
 /// Reads ids `1..=CACHED` through the edge (the origin fills Redis), then moves the soft expiry of
 /// [`SOFT_EXPIRED`] into the past in Redis, as if their fresh period had ended.
 async fn warm_and_soft_expire(edge: &Edge, redis: &RedisServer, env: &TestEnv) {
+    warm(edge).await;
+    soft_expire(redis, env).await;
+}
+
+/// Reads ids `1..=CACHED` through the edge, so the origin fills Redis with them.
+async fn warm(edge: &Edge) {
     let client = client();
     for id in 1..=CACHED {
         let s = get(&client, &edge.url(), id, false).await;
         assert_eq!(s.status, 200, "warming id {id}: {s:?}");
     }
+}
+
+/// Moves the soft expiry of [`SOFT_EXPIRED`] into the past in Redis, as if their fresh period had
+/// ended. Done once the fault is in place: before it, the next read would have the origin refresh them.
+async fn soft_expire(redis: &RedisServer, env: &TestEnv) {
     let mut admin = redis.admin(env.redis_db).await.unwrap();
     let past = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -354,13 +365,15 @@ async fn redis_killed_during_reads_costs_no_request_and_l2_hits_resume_after_res
 async fn postgres_stopped_cached_ids_are_served_uncached_get_503_and_it_recovers() {
     let mut stack = Stack::dedicated().await.unwrap();
     let (env, _origin, edge) = setup(&stack, |o| o).await;
-    warm_and_soft_expire(&edge, &stack.redis, &env).await;
+    warm(&edge).await;
     let ids = IdPool::new(1..=CACHED, CACHED + 1..=ROWS);
 
     let postgres = &mut stack.postgres;
+    let redis = &stack.redis;
     let (samples, restarted_at) = load(&edge, &ids, 6, Duration::from_secs(7), async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         postgres.stop();
+        soft_expire(redis, &env).await;
         ids.widen();
         tokio::time::sleep(Duration::from_millis(3000)).await;
         postgres.restart().await.unwrap();
@@ -407,13 +420,14 @@ async fn postgres_stopped_cached_ids_are_served_uncached_get_503_and_it_recovers
 async fn origin_killed_the_edge_serves_what_it_holds_uncached_get_503_and_it_recovers() {
     let stack = Stack::dedicated().await.unwrap();
     let (env, mut origin, edge) = setup(&stack, |o| o).await;
-    warm_and_soft_expire(&edge, &stack.redis, &env).await;
+    warm(&edge).await;
     let ids = IdPool::new(1..=CACHED, CACHED + 1..=ROWS);
 
     let origin_ref = &mut origin;
     let (samples, restarted_at) = load(&edge, &ids, 6, Duration::from_secs(6), async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         origin_ref.kill();
+        soft_expire(&stack.redis, &env).await;
         ids.widen();
         tokio::time::sleep(Duration::from_millis(2500)).await;
         origin_ref.restart().await.unwrap();
