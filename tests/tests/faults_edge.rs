@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use aside_tests::harness::{
-    Edge, EdgeOptions, Origin, RedisServer, Stack, TestEnv, generate_secret,
+    Edge, EdgeOptions, Origin, OriginOptions, RedisServer, Stack, TestEnv, generate_secret,
 };
 use futures::future::join_all;
 
@@ -251,10 +251,21 @@ async fn setup_with_token(
     stack: &Stack,
     configure: impl FnOnce(EdgeOptions) -> EdgeOptions,
 ) -> (TestEnv, String, Origin, Edge) {
+    setup_with(stack, |o| o, configure).await
+}
+
+/// [`setup_with_token`], with the origin's options changed by `configure_origin` too.
+async fn setup_with(
+    stack: &Stack,
+    configure_origin: impl FnOnce(OriginOptions) -> OriginOptions,
+    configure: impl FnOnce(EdgeOptions) -> EdgeOptions,
+) -> (TestEnv, String, Origin, Edge) {
     let env = stack.env().await.unwrap();
     env.seed(ROWS as u64).await.unwrap();
     let token = generate_secret();
-    let origin = env.origin_with_token(stack, &token).await.unwrap();
+    let mut options = env.origin_options(stack);
+    options.tokens = vec![token.clone()];
+    let origin = Origin::start(configure_origin(options)).await.unwrap();
     let edge = configure(EdgeOptions::new(stack, &env, &origin.url(), &token))
         .start()
         .await
@@ -364,7 +375,14 @@ async fn redis_killed_during_reads_costs_no_request_and_l2_hits_resume_after_res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stopped_cached_ids_are_served_uncached_get_503_and_it_recovers() {
     let mut stack = Stack::dedicated().await.unwrap();
-    let (env, _origin, edge) = setup(&stack, |o| o).await;
+    // Both breakers back off at most 1 s here (defaults: the origin's PostgreSQL breaker doubles up to
+    // 5 s, the edge's origin breaker waits 2 s), so recovery shows within the few seconds of load.
+    let (env, _token, _origin, edge) = setup_with(
+        &stack,
+        |o| o.env("ASIDE_DB_BACKOFF_MAX_MS", 1000),
+        |e| e.var("origin_backoff_ms", 1000),
+    )
+    .await;
     warm(&edge).await;
     let ids = IdPool::new(1..=CACHED, CACHED + 1..=ROWS);
 
