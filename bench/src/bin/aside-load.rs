@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use aside_bench::keys::{KeyDist, Keys};
 use aside_bench::load::{Latency, LoadResult, SPECTRUM};
+use aside_shared::Department;
 use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
@@ -26,16 +27,6 @@ use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper_util::rt::TokioIo;
 use rand::rngs::SmallRng;
 use rand::{RngExt as _, SeedableRng as _};
-
-/// Departments a benchmark write sets (the seeded ones: a small, valid change).
-const DEPARTMENTS: [&str; 6] = [
-    "Engineering",
-    "Human Resources",
-    "DevOps",
-    "Security",
-    "Sales",
-    "Marketing",
-];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -374,7 +365,7 @@ fn build_request(plan: &Plan, id: u64, write: bool, rng: &mut SmallRng) -> Reque
         builder = builder.header(AUTHORIZATION, bearer.as_str());
     }
     let request = if write {
-        let department = DEPARTMENTS[rng.random_range(0..DEPARTMENTS.len())];
+        let department = Department::SEEDED[rng.random_range(0..Department::SEEDED.len())];
         builder
             .method("PATCH")
             .header(CONTENT_TYPE, "application/json")
