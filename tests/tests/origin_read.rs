@@ -201,18 +201,10 @@ async fn a_malformed_hash_is_a_miss_and_gets_repaired() {
     let origin = env.origin(stack).await.unwrap();
     // Change capture applies the seed's inserts over existing keys: let it finish first, so the hash
     // below is repaired by the read path, not by change capture.
-    let db = stack.postgres.connect(&env.database).await.unwrap();
-    let caught_up = wait_until(Duration::from_secs(10), || async {
-        db.query_one(
-            "SELECT (SELECT last_applied FROM devops_api.change_watermark) >= \
-             (SELECT coalesce(max(id), 0) FROM devops_api.user_changes)",
-            &[],
-        )
+    let caught_up = env
+        .change_capture_caught_up(stack, Duration::from_secs(10))
         .await
-        .unwrap()
-        .get::<_, bool>(0)
-    })
-    .await;
+        .unwrap();
     assert!(caught_up, "change capture did not apply the seed");
     let mut redis = stack.redis.admin(env.redis_db).await.unwrap();
     let _: () = redis

@@ -64,18 +64,10 @@ fn now_ms() -> i64 {
 /// Waits until change capture has applied the seed's outbox rows, so it does not rewrite keys (and
 /// their freshness) behind a test's back.
 async fn change_capture_caught_up(stack: &Stack, env: &TestEnv) {
-    let db = stack.postgres.connect(&env.database).await.unwrap();
-    let caught_up = wait_until(Duration::from_secs(15), || async {
-        db.query_one(
-            "SELECT (SELECT last_applied FROM devops_api.change_watermark) >= \
-             (SELECT coalesce(max(id), 0) FROM devops_api.user_changes)",
-            &[],
-        )
+    let caught_up = env
+        .change_capture_caught_up(stack, Duration::from_secs(15))
         .await
-        .unwrap()
-        .get::<_, bool>(0)
-    })
-    .await;
+        .unwrap();
     assert!(caught_up, "change capture did not apply the seed");
 }
 

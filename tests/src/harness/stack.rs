@@ -83,6 +83,26 @@ impl TestEnv {
         Ok(())
     }
 
+    /// Waits (up to `timeout`) until change capture has applied every outbox row written so far (the
+    /// seed's inserts, say), so that it does not rewrite keys behind a test's back. False on timeout.
+    pub async fn change_capture_caught_up(
+        &self,
+        stack: &Stack,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<bool> {
+        let db = stack.postgres.connect(&self.database).await?;
+        Ok(super::wait_until(timeout, || async {
+            db.query_one(
+                "SELECT (SELECT last_applied FROM devops_api.change_watermark) >= \
+                 (SELECT coalesce(max(id), 0) FROM devops_api.user_changes)",
+                &[],
+            )
+            .await
+            .is_ok_and(|row| row.get::<_, bool>(0))
+        })
+        .await)
+    }
+
     /// Origin options for this env: its database as the application role, its Redis db as the
     /// `origin` ACL user.
     pub fn origin_options(&self, stack: &Stack) -> OriginOptions {
