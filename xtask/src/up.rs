@@ -160,12 +160,26 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     services.spawn("origin", origin, &logs, libc::SIGTERM)?;
     services.wait_for_port(args.origin_port, &logs)?;
 
-    let spin_cli = !args.bundled_host && spin_available();
-    let mut edge = if spin_cli {
-        let mut c = Command::new("spin");
+    let spin_cli = if args.bundled_host {
+        None
+    } else {
+        match xtask::spin::find() {
+            Ok(cli) => Some(cli),
+            Err(e @ xtask::spin::NotFound::BadOverride { .. }) => bail!("{e}"),
+            Err(e) => {
+                eprintln!("xtask: {e}; running the edge under the bundled host instead");
+                None
+            }
+        }
+    };
+    let mut edge = if let Some(cli) = &spin_cli {
+        let mut c = Command::new(&cli.path);
         c.args(["up", "--from"])
             .arg(root.join("spin.toml"))
-            .args(["--listen", &format!("127.0.0.1:{}", args.edge_port)]);
+            .args(["--listen", &format!("127.0.0.1:{}", args.edge_port)])
+            // Spin's logs and stores in the state folder, not in a `.spin/` beside spin.toml.
+            .arg("--state-dir")
+            .arg(state.join("spin"));
         c
     } else {
         let mut c = Command::new(release.join("aside-host"));
@@ -189,10 +203,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let edge_url = format!("http://127.0.0.1:{}", args.edge_port);
     let origin_url = format!("http://127.0.0.1:{}", args.origin_port);
-    let runtime = if spin_cli {
-        "spin up"
-    } else {
-        "the bundled Spin-compatible host"
+    let runtime = match &spin_cli {
+        Some(cli) => format!("spin up, {}", cli.version),
+        None => "the bundled Spin-compatible host".to_string(),
     };
     println!(
         "\n\
@@ -247,13 +260,4 @@ Press Ctrl-C to stop everything.",
     }
     drop(services);
     Ok(())
-}
-
-/// Is a Spin 4 CLI on PATH?
-fn spin_available() -> bool {
-    Command::new("spin")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("spin 4."))
-        .unwrap_or(false)
 }
