@@ -5,3 +5,4 @@
 pub mod local;
 pub mod prereq;
 pub mod stack;
+pub mod supervise;
