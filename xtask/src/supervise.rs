@@ -325,7 +325,10 @@ impl Supervisor {
                 } => format!(
                     "{:<9} down     {why}; restarting in {} s",
                     s.name,
-                    at.saturating_duration_since(Instant::now()).as_secs()
+                    // Rounded up: "in 0 s" would read as "now".
+                    at.saturating_duration_since(Instant::now())
+                        .as_millis()
+                        .div_ceil(1000)
                 ),
                 State::Down {
                     why,
@@ -511,6 +514,71 @@ mod tests {
     fn the_back_off_doubles_from_one_second_to_at_most_thirty() {
         let waits: Vec<u64> = (1..=8).map(|n| backoff(n).as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
+    }
+
+    /// A stack of one `sleep` under the supervisor, without a port to wait for.
+    fn sleeper(restart: bool) -> (Supervisor, PathBuf) {
+        let logs =
+            std::env::temp_dir().join(format!("xtask-supervise-{}-{restart}", std::process::id()));
+        std::fs::create_dir_all(&logs).unwrap();
+        let mut services = Services::new();
+        let mut sleep = std::process::Command::new("sleep");
+        sleep.arg("60");
+        services
+            .spawn("sleeper", sleep, &logs, libc::SIGTERM)
+            .unwrap();
+        (Supervisor::new(services, &logs, restart), logs)
+    }
+
+    fn kill(supervisor: &Supervisor, signal: i32) {
+        let pid: i32 = supervisor.pid("sleeper").unwrap().parse().unwrap();
+        // SAFETY: signalling the test's own child.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    /// Sends `signal` and checks that the service is still down well after the first back-off.
+    fn stays_down_after(supervisor: &mut Supervisor, signal: i32) {
+        kill(supervisor, signal);
+        supervisor.tick();
+        std::thread::sleep(backoff(1) * 2);
+        supervisor.tick();
+        let status = supervisor.status();
+        assert!(supervisor.pid("sleeper").is_err(), "{status}");
+    }
+
+    #[test]
+    fn a_crashed_service_comes_back_after_its_back_off_and_a_stopped_one_stays_down() {
+        let (mut supervisor, logs) = sleeper(true);
+        let first = supervisor.pid("sleeper").unwrap();
+        kill(&supervisor, libc::SIGKILL);
+        supervisor.tick();
+        assert!(
+            supervisor.status().contains("restarting in 1 s"),
+            "{}",
+            supervisor.status()
+        );
+        std::thread::sleep(backoff(1));
+        supervisor.tick();
+        let second = supervisor.pid("sleeper").expect("restarted");
+        assert_ne!(first, second);
+
+        stays_down_after(&mut supervisor, libc::SIGTERM);
+        assert!(supervisor.status().contains("`cargo xtask start sleeper`"));
+        supervisor.start("sleeper").unwrap();
+        assert!(supervisor.pid("sleeper").is_ok());
+        supervisor.stop("sleeper").unwrap();
+        assert!(supervisor.pid("sleeper").is_err());
+        let _ = std::fs::remove_dir_all(logs);
+    }
+
+    #[test]
+    fn with_no_restart_a_crashed_service_stays_down() {
+        let (mut supervisor, logs) = sleeper(false);
+        stays_down_after(&mut supervisor, libc::SIGKILL);
+        let _ = std::fs::remove_dir_all(logs);
     }
 
     #[test]
