@@ -248,7 +248,9 @@ impl Up {
 
 impl Drop for Up {
     fn drop(&mut self) {
-        self.child.signal(libc::SIGINT);
+        if !self.child.has_exited() {
+            self.child.signal(libc::SIGINT);
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.child.has_exited() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
