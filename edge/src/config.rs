@@ -376,15 +376,18 @@ fn parse_token((name, value): (&'static str, String)) -> Result<String, ConfigEr
 pub async fn load() -> Result<Config, ConfigError> {
     use spin_sdk::variables::{Error, get};
 
-    let mut values = Vec::with_capacity(VARIABLES.len());
-    for name in VARIABLES {
-        let value = match get(name).await {
-            Ok(v) => Lookup::Value(v),
-            Err(Error::Undefined(_)) | Err(Error::InvalidName(_)) => Lookup::Missing,
-            Err(Error::Provider(_)) | Err(Error::Other(_)) => Lookup::ProviderFailed,
-        };
-        values.push((name, value));
-    }
+    // All at once: the host resolves them concurrently, and an instance's first request waits for one
+    // round of host calls instead of one per variable.
+    let values: Vec<(&str, Lookup)> =
+        futures::future::join_all(VARIABLES.iter().map(|name| async move {
+            let value = match get(name).await {
+                Ok(v) => Lookup::Value(v),
+                Err(Error::Undefined(_)) | Err(Error::InvalidName(_)) => Lookup::Missing,
+                Err(Error::Provider(_)) | Err(Error::Other(_)) => Lookup::ProviderFailed,
+            };
+            (*name, value)
+        }))
+        .await;
     Config::from_lookup(|name| {
         values
             .iter()

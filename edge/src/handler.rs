@@ -86,32 +86,36 @@ fn instance_id() -> &'static HeaderValue {
 thread_local! {
     /// The instance's state, or the configuration error every request answers with.
     static EDGE: RefCell<Option<Result<Rc<Edge>, ConfigError>>> = const { RefCell::new(None) };
+    /// The load of the configuration in progress: the first requests of a new instance (up to 16 arrive
+    /// at once under load) share one, instead of each reading every variable from the host.
+    static LOADING: Rc<SingleFlight<(), Result<Rc<Edge>, ConfigError>>> = Rc::default();
 }
 
-/// The instance's state, created on first use. A configuration error is kept too (and logged once),
-/// except a variables-provider failure, which the next request retries.
+/// The instance's state, created on first use by one load that concurrent first requests share. A
+/// configuration error is kept too (and logged once), except a variables-provider failure, which the
+/// next request retries.
 async fn edge() -> Result<Rc<Edge>, ConfigError> {
     if let Some(loaded) = EDGE.with(|e| e.borrow().clone()) {
         return loaded;
     }
-    let loaded = config::load().await.map(|c| Rc::new(Edge::new(c)));
-    if let Err(e) = &loaded
-        && e.is_transient()
-    {
-        eprintln!("aside-edge: {e}; will retry on the next request");
-        return loaded;
-    }
-    // Two first requests may both have loaded; the first to get here wins and logs.
-    EDGE.with(|slot| {
-        let mut slot = slot.borrow_mut();
-        if slot.is_none() {
-            if let Err(e) = &loaded {
-                eprintln!("aside-edge: {e}; every request answers 500 until it is fixed");
+    let loading = LOADING.with(Rc::clone);
+    let (loaded, _) = loading
+        .run((), || async {
+            let loaded = config::load().await.map(|c| Rc::new(Edge::new(c)));
+            match &loaded {
+                Err(e) if e.is_transient() => {
+                    eprintln!("aside-edge: {e}; will retry on the next request");
+                }
+                Err(e) => {
+                    eprintln!("aside-edge: {e}; every request answers 500 until it is fixed");
+                    EDGE.with(|slot| *slot.borrow_mut() = Some(loaded.clone()));
+                }
+                Ok(_) => EDGE.with(|slot| *slot.borrow_mut() = Some(loaded.clone())),
             }
-            *slot = Some(loaded);
-        }
-        slot.clone().expect("just set")
-    })
+            loaded
+        })
+        .await;
+    loaded
 }
 
 #[cfg_attr(target_arch = "wasm32", spin_sdk::http_service)]
@@ -332,6 +336,14 @@ impl Reply {
 
     fn into_response(mut self) -> http::Response<FullBody<Bytes>> {
         self.headers.insert(X_EDGE_INSTANCE, instance_id().clone());
+        // The length is known: say so, and the runtime sends the body in one piece instead of chunks.
+        // (An empty body is left alone: a HEAD answer's length is the GET's, and 204 has none.)
+        if !self.body.is_empty() {
+            self.headers.insert(
+                http::header::CONTENT_LENGTH,
+                HeaderValue::from(self.body.len()),
+            );
+        }
         let mut response = http::Response::new(FullBody::new(self.body));
         *response.status_mut() = self.status;
         *response.headers_mut() = self.headers;
