@@ -4,4 +4,5 @@
 
 pub mod local;
 pub mod prereq;
+pub mod redis_ha;
 pub mod stack;
