@@ -523,38 +523,60 @@ impl RedisHa {
         None
     }
 
-    /// Waits until every node that answers agrees with the primary: each replica's link is up and has
-    /// acknowledged the primary's whole replication stream. False on timeout.
+    /// Waits until every node that answers is in sync: each replica's link to the one primary is up and
+    /// has acknowledged its whole replication stream (a dead node is not waited for). False on timeout.
     pub async fn wait_synced(&self, timeout: Duration) -> bool {
-        wait_until(timeout, || async {
-            let Some(p) = self.master_by_role().await else {
-                return false;
-            };
-            let Ok(mut c) = self.nodes[p].admin(0).await else {
-                return false;
-            };
-            let Ok(info) = redis::cmd("INFO")
-                .arg("replication")
-                .query_async::<String>(&mut c)
-                .await
-            else {
-                return false;
-            };
-            let offset = info_field(&info, "master_repl_offset");
-            let replicas = self.nodes.len() - 1;
-            let acked = info
-                .lines()
-                .filter(|l| l.starts_with("slave") && l.contains("state=online"))
-                .filter(|l| {
-                    l.split(',')
-                        .find_map(|f| f.strip_prefix("offset="))
-                        .map(|o| o.trim().to_string())
-                        == offset
-                })
-                .count();
-            acked >= replicas
-        })
-        .await
+        let until = std::time::Instant::now() + timeout;
+        // The primary's offset when first seen: Sentinels keep publishing hello messages, so the offset
+        // moves on; every replica must acknowledge at least this one.
+        let mut target: Option<(usize, u64)> = None;
+        while std::time::Instant::now() < until {
+            if let Some((p, info)) = self.primary_replication().await {
+                let offset = info_field(&info, "master_repl_offset")
+                    .and_then(|o| o.parse::<u64>().ok())
+                    .unwrap_or(0);
+                let wanted = match target {
+                    Some((tp, t)) if tp == p => t,
+                    _ => {
+                        target = Some((p, offset));
+                        offset
+                    }
+                };
+                let mut replicas = 0;
+                for i in 0..self.nodes.len() {
+                    if self.role(i).await.as_deref() == Some("slave") {
+                        replicas += 1;
+                    }
+                }
+                let acked = info
+                    .lines()
+                    .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+                    .filter(|l| {
+                        l.split(',')
+                            .find_map(|f| f.strip_prefix("offset="))
+                            .and_then(|o| o.trim().parse::<u64>().ok())
+                            .is_some_and(|o| o >= wanted)
+                    })
+                    .count();
+                if acked >= replicas {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    /// The primary (the only node whose `ROLE` is `master`) and its `INFO replication`.
+    async fn primary_replication(&self) -> Option<(usize, String)> {
+        let p = self.master_by_role().await?;
+        let mut c = self.nodes[p].admin(0).await.ok()?;
+        let info = redis::cmd("INFO")
+            .arg("replication")
+            .query_async::<String>(&mut c)
+            .await
+            .ok()?;
+        Some((p, info))
     }
 
     /// The only node whose `ROLE` is `master`, if exactly one is.
