@@ -509,3 +509,61 @@ async fn a_lagging_replica_never_moves_an_edge_instance_back() {
     assert!(failed.is_empty(), "{:#?}", &failed[..failed.len().min(5)]);
     assert!(stale.is_empty(), "{stale:?}");
 }
+
+/// What `ASIDE_REDIS_WAIT_REPLICAS_MS` (`WAIT 1 <ms>` after each write-through) costs a write: the
+/// same sequential PATCHes through an origin without and with it, on the same primary and replica.
+/// Prints the latencies; asserts only that every write succeeds (timings are not asserted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cost_of_waiting_for_a_replica_is_measured() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let ha = setup(1, 1).await;
+    let with_wait = Origin::start(
+        origin_options(&ha.redis, &ha.env, &ha.token).env("ASIDE_REDIS_WAIT_REPLICAS_MS", 100),
+    )
+    .await
+    .unwrap();
+    let client = reqwest::Client::new();
+    let mut figures = Vec::new();
+    for (label, origin) in [("no WAIT", &ha.origin), ("WAIT 1 100", &with_wait)] {
+        let mut latencies = Vec::new();
+        for n in 0..200 {
+            let id = n % ROWS + 1;
+            let department = aside_shared::Department::SEEDED[n as usize % 6];
+            let started = Instant::now();
+            let r = client
+                .patch(format!("{}/users/{id}", origin.url()))
+                .bearer_auth(&ha.token)
+                .json(&serde_json::json!({ "department": department }))
+                .send()
+                .await
+                .unwrap();
+            latencies.push(started.elapsed());
+            assert!(r.status().is_success(), "{label}: {}", r.status());
+        }
+        latencies.sort();
+        let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+        figures.push(format!(
+            "{label}: p50 {:.2} ms, p99 {:.2} ms",
+            at(0.5).as_secs_f64() * 1000.0,
+            at(0.99).as_secs_f64() * 1000.0
+        ));
+    }
+    eprintln!(
+        "redis_ha wait_cost: 200 sequential PATCHes through the origin each: {}",
+        figures.join("; ")
+    );
+    // The WAITs were run (and allowed by the `origin` ACL user), once per write-through.
+    let mut admin = ha.redis.nodes[0].admin(0).await.unwrap();
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let waits: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_wait:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(waits >= 200, "{waits} WAIT calls:\n{stats}");
+}
