@@ -703,6 +703,66 @@ fn breaker_settings(
 mod tests {
     use super::*;
 
+    fn redis_args(extra: &[&str]) -> RedisArgs {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            redis: RedisArgs,
+        }
+        let mut argv = vec!["test"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().redis
+    }
+
+    #[test]
+    fn sentinels_or_a_url_but_not_both() {
+        let target = redis_args(&[
+            "--redis-sentinels",
+            "s1:26379,[::1]:26380",
+            "--redis-sentinel-password",
+            "sentinel-secret-5",
+            "--redis-password",
+            "node-secret-6",
+            "--redis-db",
+            "3",
+        ])
+        .target()
+        .unwrap();
+        let RedisTarget::Sentinel(s) = target else {
+            panic!("sentinel")
+        };
+        assert_eq!(
+            s.sentinels,
+            vec![("s1".to_string(), 26379), ("::1".to_string(), 26380)]
+        );
+        assert_eq!(
+            (s.master.as_str(), s.username.as_str(), s.db),
+            ("aside", "origin", 3)
+        );
+        assert_eq!(s.password.unwrap().expose(), "node-secret-6");
+        let printed = format!("{:?}", redis_args(&["--redis-password", "node-secret-6"]));
+        assert!(!printed.contains("node-secret-6"), "{printed}");
+
+        let both = redis_args(&["--redis-url", "redis://h:1", "--redis-sentinels", "s:2"]);
+        assert!(format!("{:#}", both.target().unwrap_err()).contains("both"));
+        let none = redis_args(&[]);
+        assert!(format!("{:#}", none.target().unwrap_err()).contains("no Redis configured"));
+        for bad in ["nohost", "h:0", "h:x", ":26379"] {
+            let e = redis_args(&["--redis-sentinels", bad])
+                .target()
+                .unwrap_err();
+            assert!(
+                format!("{e:#}").contains("ASIDE_REDIS_SENTINELS"),
+                "{bad}: {e:#}"
+            );
+        }
+        let url = redis_args(&["--redis-url", "redis://h:1"])
+            .target()
+            .unwrap();
+        assert!(matches!(url, RedisTarget::Url(_)));
+    }
+
     #[test]
     fn secrets_never_print() {
         let s = Secret::new("hunter2-hunter2");
