@@ -249,10 +249,14 @@ impl Load {
         }
     }
 
-    /// Request number `n`: to target `n % targets`, a write if `n` is a multiple of `write_every`.
+    /// Request number `n`: a write if `n` is a multiple of `write_every` (the writes go over the targets
+    /// in turn too, not always to the same few), else a read of target `n % targets`.
     async fn one(&self, client: &reqwest::Client, n: usize, start: Instant) -> Sample {
-        let target = n % self.targets.len();
         let write = self.write_every > 0 && n % self.write_every == self.write_every - 1;
+        let target = match write {
+            true => (n / self.write_every) % self.targets.len(),
+            false => n % self.targets.len(),
+        };
         let sent_at = start.elapsed();
         let began = Instant::now();
         let mut request = if write {
