@@ -63,8 +63,12 @@ impl Edge {
     fn new(config: Config) -> Self {
         let config = Rc::new(config);
         let longest_lookup = config.redis_timeout + config.origin_timeout + FLOOR_SLACK;
+        // Floors also outlive a lagging Redis replica (the edge's `redis_address` may be one): as long
+        // as the instance keeps stale copies, it keeps the versions it answered, so a replica that is
+        // behind by less than that can never move this instance's answers back.
+        let floor_ttl = longest_lookup.max(config.l1_stale);
         Self {
-            l1: RefCell::new(Tier1::new(config.l1, config.l1_stale, longest_lookup)),
+            l1: RefCell::new(Tier1::new(config.l1, config.l1_stale, floor_ttl)),
             redis: Redis::new(Rc::clone(&config)),
             origin: Origin::new(Rc::clone(&config)),
             flights: Rc::default(),

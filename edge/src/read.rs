@@ -25,7 +25,10 @@
 //! tier 1 checks it against the newest version this instance has served or written
 //! ([`crate::l1::Tier1::observe`]): an older one (a lookup that read the row before a write and came back
 //! late) is replaced by tier 1's newer profile, by a 404 if this instance deleted the row, or else looked
-//! up again. So versions never go backwards on one instance.
+//! up again, this time from PostgreSQL through the origin (`cache-control: no-cache`), never from
+//! tier 2 again: the Redis node an edge reads may be a replica that lags behind (see
+//! docs/consistency.md), and would give the same old version. So versions never go backwards on one
+//! instance.
 
 use std::rc::Rc;
 
@@ -109,6 +112,8 @@ pub struct FlightKey {
     id: UserId,
     /// `None` for the full profile, else one bit per selected field.
     fields: Option<u8>,
+    /// Skip tier 2 and have the origin reload from PostgreSQL (a lookup found an old version).
+    reload: bool,
 }
 
 impl FlightKey {
@@ -118,7 +123,11 @@ impl FlightKey {
                 bits | 1 << Field::ALL.iter().position(|a| a == f).unwrap_or(7)
             })
         });
-        Self { id, fields }
+        Self {
+            id,
+            fields,
+            reload: false,
+        }
     }
 }
 
@@ -142,14 +151,15 @@ pub async fn serve(
         return profile_reply(&hit.entry, selection.as_ref(), CacheStatus::L1, timing);
     }
 
-    let key = FlightKey::new(id, selection.as_ref());
+    let mut key = FlightKey::new(id, selection.as_ref());
     let mut lookups = 0;
     loop {
         lookups += 1;
+        let reload = key.reload;
         let (fetched, _role) = edge
             .flights
             .run(key.clone(), || {
-                fetch(Rc::clone(edge), id, selection.clone(), deadline)
+                fetch(Rc::clone(edge), id, selection.clone(), reload, deadline)
             })
             .await;
         // A follower reports the tiers of the lookup it shared.
@@ -171,6 +181,9 @@ pub async fn serve(
                         .timing(timing);
                 }
                 Observed::Stale if lookups < MAX_LOOKUPS && !deadline.remaining().is_zero() => {
+                    // Tier 2 (a lagging replica) or a slow lookup gave an old version: ask
+                    // PostgreSQL through the origin, which only moves forward.
+                    key.reload = true;
                     continue;
                 }
                 Observed::Stale => eprintln!(
@@ -337,6 +350,7 @@ async fn fetch(
     edge: Rc<Edge>,
     id: UserId,
     selection: Option<FieldSelection>,
+    reload: bool,
     deadline: Deadline,
 ) -> Rc<Fetched> {
     let started = clock::now();
@@ -351,72 +365,77 @@ async fn fetch(
     // A soft-expired copy from Redis, answered only if the origin cannot answer.
     let stale_copy;
     let l2_ms;
-    match &selection {
-        None => {
-            let read = edge.redis.read_profile(id, redis_limit).await;
-            l2_ms = read.visited().then(|| clock::millis_since(started));
-            match read {
-                Read::Absent => return done(l2_ms, None, Answer::NotFound),
-                Read::Hit(cached) => {
-                    let now_ms = clock::wall_ms();
-                    let entry = ProfileEntry::new(cached.profile, cached.version);
-                    let shelf = Shelf {
-                        freshness: cached.freshness,
-                        stale_if_error: None,
-                    };
-                    // A soft-expired copy goes to tier 1 too, as a stale fallback only.
-                    edge.l1
-                        .borrow_mut()
-                        .fill(entry.clone(), shelf, clock::now(), now_ms);
-                    if cached.freshness.is_none_or(|f| f.is_fresh(now_ms)) {
-                        let (refreshed, origin_ms) =
-                            refresh_if_due(&edge, id, cached.freshness, deadline).await;
-                        let answer = match refreshed {
-                            Some(Refreshed::Profile(new)) => Answer::Cached {
-                                entry: new,
-                                source: CacheStatus::Miss,
-                            },
-                            Some(Refreshed::Gone(answer)) => Answer::Origin(answer),
-                            None => Answer::Cached {
-                                entry,
-                                source: CacheStatus::L2,
-                            },
+    if reload {
+        stale_copy = None;
+        l2_ms = None;
+    } else {
+        match &selection {
+            None => {
+                let read = edge.redis.read_profile(id, redis_limit).await;
+                l2_ms = read.visited().then(|| clock::millis_since(started));
+                match read {
+                    Read::Absent => return done(l2_ms, None, Answer::NotFound),
+                    Read::Hit(cached) => {
+                        let now_ms = clock::wall_ms();
+                        let entry = ProfileEntry::new(cached.profile, cached.version);
+                        let shelf = Shelf {
+                            freshness: cached.freshness,
+                            stale_if_error: None,
                         };
-                        return done(l2_ms, origin_ms, answer);
+                        // A soft-expired copy goes to tier 1 too, as a stale fallback only.
+                        edge.l1
+                            .borrow_mut()
+                            .fill(entry.clone(), shelf, clock::now(), now_ms);
+                        if cached.freshness.is_none_or(|f| f.is_fresh(now_ms)) {
+                            let (refreshed, origin_ms) =
+                                refresh_if_due(&edge, id, cached.freshness, deadline).await;
+                            let answer = match refreshed {
+                                Some(Refreshed::Profile(new)) => Answer::Cached {
+                                    entry: new,
+                                    source: CacheStatus::Miss,
+                                },
+                                Some(Refreshed::Gone(answer)) => Answer::Origin(answer),
+                                None => Answer::Cached {
+                                    entry,
+                                    source: CacheStatus::L2,
+                                },
+                            };
+                            return done(l2_ms, origin_ms, answer);
+                        }
+                        stale_copy = Some(StaleCopy::Profile(entry));
                     }
-                    stale_copy = Some(StaleCopy::Profile(entry));
+                    Read::Miss | Read::Skipped | Read::Failed => stale_copy = None,
                 }
-                Read::Miss | Read::Skipped | Read::Failed => stale_copy = None,
             }
-        }
-        Some(s) => {
-            let read = edge.redis.read_fields(id, s, redis_limit).await;
-            l2_ms = read.visited().then(|| clock::millis_since(started));
-            match read {
-                Read::Absent => return done(l2_ms, None, Answer::NotFound),
-                Read::Hit((projection, version, freshness)) => {
-                    let json = Bytes::from(projection.to_string());
-                    if freshness.is_none_or(|f| f.is_fresh(clock::wall_ms())) {
-                        let (refreshed, origin_ms) =
-                            refresh_if_due(&edge, id, freshness, deadline).await;
-                        let answer = match refreshed {
-                            Some(Refreshed::Profile(new)) => Answer::Cached {
-                                entry: new,
-                                source: CacheStatus::Miss,
-                            },
-                            Some(Refreshed::Gone(answer)) => Answer::Origin(answer),
-                            None => Answer::Projection(json, version),
-                        };
-                        return done(l2_ms, origin_ms, answer);
+            Some(s) => {
+                let read = edge.redis.read_fields(id, s, redis_limit).await;
+                l2_ms = read.visited().then(|| clock::millis_since(started));
+                match read {
+                    Read::Absent => return done(l2_ms, None, Answer::NotFound),
+                    Read::Hit((projection, version, freshness)) => {
+                        let json = Bytes::from(projection.to_string());
+                        if freshness.is_none_or(|f| f.is_fresh(clock::wall_ms())) {
+                            let (refreshed, origin_ms) =
+                                refresh_if_due(&edge, id, freshness, deadline).await;
+                            let answer = match refreshed {
+                                Some(Refreshed::Profile(new)) => Answer::Cached {
+                                    entry: new,
+                                    source: CacheStatus::Miss,
+                                },
+                                Some(Refreshed::Gone(answer)) => Answer::Origin(answer),
+                                None => Answer::Projection(json, version),
+                            };
+                            return done(l2_ms, origin_ms, answer);
+                        }
+                        stale_copy = Some(StaleCopy::Projection(json, version));
                     }
-                    stale_copy = Some(StaleCopy::Projection(json, version));
+                    Read::Miss | Read::Skipped | Read::Failed => stale_copy = None,
                 }
-                Read::Miss | Read::Skipped | Read::Failed => stale_copy = None,
             }
         }
     }
 
-    let (outcome, origin_ms) = ask_origin(&edge, id, selection.as_ref(), false, deadline).await;
+    let (outcome, origin_ms) = ask_origin(&edge, id, selection.as_ref(), reload, deadline).await;
     let answer = match outcome {
         Outcome::Answer(answer, _) => Answer::Origin(answer),
         Outcome::Failed(failure) => match best_fallback(&edge, id, stale_copy) {

@@ -162,7 +162,8 @@ async fn cache_stats(args: CacheStatsArgs) -> anyhow::Result<()> {
         backoff: Duration::from_millis(args.redis.redis_backoff_ms),
         max_backoff: Duration::from_millis(args.redis.redis_backoff_ms),
     };
-    let cache = crate::cache::ProfileCache::new(&url, &args.redis, ttls, breaker)?;
+    let target = crate::config::RedisTarget::Url(url.clone());
+    let cache = crate::cache::ProfileCache::new(&target, &args.redis, ttls, breaker)?;
     let limits = crate::cache::stats::StatsLimits {
         max_keys: usize::try_from(args.max_keys).unwrap_or(usize::MAX),
         budget: Duration::from_millis(args.budget_ms),
@@ -184,14 +185,14 @@ async fn cache_stats(args: CacheStatsArgs) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let db_url = args.database.url()?;
-    let redis_url = args.redis.url()?;
+    let redis_target = args.redis.target()?;
     let tokens = args.tokens()?;
     // First, so that what the rest records at start-up (the breakers' state) is exported.
     let metrics = crate::metrics::install();
     let admin_tokens = args.admin_tokens()?;
     let pool = crate::db::pool(&db_url, &args.database)?;
     let mut cache = crate::cache::ProfileCache::new(
-        &redis_url,
+        &redis_target,
         &args.redis,
         args.ttls()?,
         args.redis_breaker()?,
@@ -242,7 +243,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(
         listen = %local,
         database = %redact_url(db_url.expose()),
-        redis = %redact_url(redis_url.expose()),
+        redis = %match &redis_target {
+            crate::config::RedisTarget::Url(url) => redact_url(url.expose()),
+            crate::config::RedisTarget::Sentinel(s) => format!(
+                "sentinel master {:?} via {} sentinel(s)",
+                s.master,
+                s.sentinels.len()
+            ),
+        },
         "aside-origin serving"
     );
     println!("aside-origin listening on http://{local}");

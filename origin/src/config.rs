@@ -159,9 +159,140 @@ pub struct RedisArgs {
     /// PEM private key of --redis-client-cert-file. A secret: mount it, mode 0600.
     #[arg(long, env = "ASIDE_REDIS_CLIENT_KEY_FILE")]
     pub redis_client_key_file: Option<PathBuf>,
+
+    /// Redis Sentinels (`host:port,host:port,...`) to ask for the primary, instead of ASIDE_REDIS_URL.
+    /// The origin follows a failover (`+switch-master`, a `READONLY` reply, a lost connection).
+    #[arg(long, env = "ASIDE_REDIS_SENTINELS", value_delimiter = ',')]
+    pub redis_sentinels: Vec<String>,
+
+    /// The name the Sentinels monitor the primary under (`sentinel monitor <name> ...`).
+    #[arg(long, env = "ASIDE_REDIS_SENTINEL_MASTER", default_value = "aside")]
+    pub redis_sentinel_master: String,
+
+    /// The ACL user the origin logs in to the Sentinels as.
+    #[arg(long, env = "ASIDE_REDIS_SENTINEL_USERNAME")]
+    pub redis_sentinel_username: Option<String>,
+
+    /// Its password. Never logged; prefer --redis-sentinel-password-file.
+    #[arg(long, env = "ASIDE_REDIS_SENTINEL_PASSWORD", hide_env_values = true)]
+    pub redis_sentinel_password: Option<Secret>,
+
+    /// File holding the Sentinel password.
+    #[arg(long, env = "ASIDE_REDIS_SENTINEL_PASSWORD_FILE")]
+    pub redis_sentinel_password_file: Option<PathBuf>,
+
+    /// With Sentinels: the ACL user the origin logs in to the Redis nodes as.
+    #[arg(long, env = "ASIDE_REDIS_USERNAME", default_value = "origin")]
+    pub redis_username: String,
+
+    /// With Sentinels: the password of --redis-username on the Redis nodes. Never logged; prefer
+    /// --redis-password-file.
+    #[arg(long, env = "ASIDE_REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<Secret>,
+
+    /// File holding the Redis password (with Sentinels).
+    #[arg(long, env = "ASIDE_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<PathBuf>,
+
+    /// After each write-through, wait up to this many ms for one replica to acknowledge it (`WAIT 1
+    /// <ms>`); 0 (the default) does not wait. It narrows what a failover can lose of the last
+    /// write-throughs (change capture's replay repairs it anyway, see docs/operations.md) at the cost of a
+    /// replica round trip per write, and the whole wait while no replica is connected.
+    #[arg(long, env = "ASIDE_REDIS_WAIT_REPLICAS_MS", default_value_t = 0)]
+    pub redis_wait_replicas_ms: u64,
+
+    /// With Sentinels: the logical database on the Redis nodes (with a URL, its path says it).
+    #[arg(long, env = "ASIDE_REDIS_DB", default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
+    pub redis_db: i64,
+
+    /// With Sentinels: how often the origin asks them for the primary even without a sign of a
+    /// failover, in ms (a `+switch-master` event, a `READONLY` reply or a failure asks at once).
+    #[arg(long, env = "ASIDE_REDIS_SENTINEL_POLL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..))]
+    pub redis_sentinel_poll_ms: u64,
+}
+
+/// Where the origin's Redis is.
+#[derive(Debug, Clone)]
+pub enum RedisTarget {
+    /// One Redis node (ASIDE_REDIS_URL).
+    Url(Secret),
+    /// The primary Sentinel names (ASIDE_REDIS_SENTINELS).
+    Sentinel(SentinelTarget),
+}
+
+#[derive(Debug, Clone)]
+pub struct SentinelTarget {
+    /// `host:port` of each Sentinel.
+    pub sentinels: Vec<(String, u16)>,
+    pub master: String,
+    pub sentinel_username: Option<String>,
+    pub sentinel_password: Option<Secret>,
+    pub username: String,
+    pub password: Option<Secret>,
+    pub db: i64,
+    pub poll: Duration,
 }
 
 impl RedisArgs {
+    /// The Redis URL, or the Sentinels: one of the two.
+    pub fn target(&self) -> anyhow::Result<RedisTarget> {
+        let url = secret_from(
+            self.redis_url.as_ref(),
+            self.redis_url_file.as_ref(),
+            "the Redis URL",
+        )?;
+        let sentinels: Vec<&String> = self
+            .redis_sentinels
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .collect();
+        match (url, sentinels.is_empty()) {
+            (Some(_), false) => anyhow::bail!(
+                "both ASIDE_REDIS_URL and ASIDE_REDIS_SENTINELS are set: give one (the Sentinels find the primary)"
+            ),
+            (Some(url), true) => Ok(RedisTarget::Url(url)),
+            (None, true) => anyhow::bail!(
+                "no Redis configured: set ASIDE_REDIS_URL (or ASIDE_REDIS_URL_FILE), or ASIDE_REDIS_SENTINELS"
+            ),
+            (None, false) => {
+                anyhow::ensure!(
+                    self.redis_ca_file.is_none() && self.redis_client_cert_file.is_none(),
+                    "TLS to Redis (ASIDE_REDIS_CA_FILE, ASIDE_REDIS_CLIENT_CERT_FILE) is not supported \
+                     with ASIDE_REDIS_SENTINELS yet: use ASIDE_REDIS_URL with rediss://"
+                );
+                anyhow::ensure!(
+                    !self.redis_sentinel_master.is_empty(),
+                    "ASIDE_REDIS_SENTINEL_MASTER is empty"
+                );
+                let sentinels = sentinels
+                    .into_iter()
+                    .map(|s| parse_host_port(s.trim()))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                Ok(RedisTarget::Sentinel(SentinelTarget {
+                    sentinels,
+                    master: self.redis_sentinel_master.clone(),
+                    sentinel_username: self
+                        .redis_sentinel_username
+                        .clone()
+                        .filter(|u| !u.is_empty()),
+                    sentinel_password: secret_from(
+                        self.redis_sentinel_password.as_ref(),
+                        self.redis_sentinel_password_file.as_ref(),
+                        "the Sentinel password",
+                    )?,
+                    username: self.redis_username.clone(),
+                    password: secret_from(
+                        self.redis_password.as_ref(),
+                        self.redis_password_file.as_ref(),
+                        "the Redis password",
+                    )?,
+                    db: self.redis_db,
+                    poll: Duration::from_millis(self.redis_sentinel_poll_ms),
+                }))
+            }
+        }
+    }
+
     pub fn url(&self) -> anyhow::Result<Secret> {
         secret_from(
             self.redis_url.as_ref(),
@@ -170,6 +301,21 @@ impl RedisArgs {
         )?
         .context("no Redis configured: set ASIDE_REDIS_URL (or ASIDE_REDIS_URL_FILE)")
     }
+}
+
+/// `host:port` (a Sentinel's address); the error quotes it (it holds no secret).
+fn parse_host_port(s: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .with_context(|| format!("ASIDE_REDIS_SENTINELS: {s:?} is not host:port"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .with_context(|| format!("ASIDE_REDIS_SENTINELS: {s:?} has no valid port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    anyhow::ensure!(!host.is_empty(), "ASIDE_REDIS_SENTINELS: {s:?} has no host");
+    Ok((host.to_string(), port))
 }
 
 #[derive(Debug, Clone, Args)]
@@ -297,9 +443,21 @@ pub struct ChangeCaptureArgs {
     /// Outbox rows read per batch.
     #[arg(long, env = "ASIDE_CHANGE_BATCH", default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
     pub change_batch: i64,
+
+    /// After a Redis failover, the outbox changes of this many seconds back are applied again onto the
+    /// new primary (over the keys it holds), before the watermark moves on: with asynchronous
+    /// replication the promoted replica may lack the old primary's last writes. Capped by
+    /// ASIDE_CHANGE_RETENTION_SECS (what the outbox keeps).
+    #[arg(long, env = "ASIDE_CHANGE_REPLAY_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub change_replay_secs: u64,
 }
 
 impl ChangeCaptureArgs {
+    /// How far back a replay after a failover goes.
+    pub fn replay_window(&self) -> Duration {
+        Duration::from_secs(self.change_replay_secs.min(self.change_retention_secs))
+    }
+
     pub fn rescan(&self) -> Duration {
         Duration::from_millis(self.change_rescan_ms)
     }
@@ -544,6 +702,66 @@ fn breaker_settings(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn redis_args(extra: &[&str]) -> RedisArgs {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            redis: RedisArgs,
+        }
+        let mut argv = vec!["test"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().redis
+    }
+
+    #[test]
+    fn sentinels_or_a_url_but_not_both() {
+        let target = redis_args(&[
+            "--redis-sentinels",
+            "s1:26379,[::1]:26380",
+            "--redis-sentinel-password",
+            "sentinel-secret-5",
+            "--redis-password",
+            "node-secret-6",
+            "--redis-db",
+            "3",
+        ])
+        .target()
+        .unwrap();
+        let RedisTarget::Sentinel(s) = target else {
+            panic!("sentinel")
+        };
+        assert_eq!(
+            s.sentinels,
+            vec![("s1".to_string(), 26379), ("::1".to_string(), 26380)]
+        );
+        assert_eq!(
+            (s.master.as_str(), s.username.as_str(), s.db),
+            ("aside", "origin", 3)
+        );
+        assert_eq!(s.password.unwrap().expose(), "node-secret-6");
+        let printed = format!("{:?}", redis_args(&["--redis-password", "node-secret-6"]));
+        assert!(!printed.contains("node-secret-6"), "{printed}");
+
+        let both = redis_args(&["--redis-url", "redis://h:1", "--redis-sentinels", "s:2"]);
+        assert!(format!("{:#}", both.target().unwrap_err()).contains("both"));
+        let none = redis_args(&[]);
+        assert!(format!("{:#}", none.target().unwrap_err()).contains("no Redis configured"));
+        for bad in ["nohost", "h:0", "h:x", ":26379"] {
+            let e = redis_args(&["--redis-sentinels", bad])
+                .target()
+                .unwrap_err();
+            assert!(
+                format!("{e:#}").contains("ASIDE_REDIS_SENTINELS"),
+                "{bad}: {e:#}"
+            );
+        }
+        let url = redis_args(&["--redis-url", "redis://h:1"])
+            .target()
+            .unwrap();
+        assert!(matches!(url, RedisTarget::Url(_)));
+    }
 
     #[test]
     fn secrets_never_print() {

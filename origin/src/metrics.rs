@@ -280,6 +280,81 @@ fn growth(previous: u64, now: u64) -> u64 {
     if now >= previous { now - previous } else { now }
 }
 
+/// Describes the Redis high-availability series (only exported with Sentinels, or with replicas).
+fn describe_ha() {
+    metrics::describe_gauge!(
+        "aside_origin_redis_primary",
+        "1 for the Redis primary (address=host:port) the origin writes to now, 0 for one it left"
+    );
+    metrics::describe_gauge!(
+        "aside_origin_redis_primary_reachable",
+        "1 while the Sentinels name a reachable Redis primary, else 0"
+    );
+    metrics::describe_counter!(
+        "aside_origin_redis_failovers_total",
+        "Changes of Redis primary the origin followed"
+    );
+    metrics::describe_gauge!(
+        "aside_origin_redis_replica_lag_seconds",
+        metrics::Unit::Seconds,
+        "INFO replication lag= of each replica of the primary, seconds since its last acknowledgement"
+    );
+    metrics::describe_gauge!(
+        "aside_origin_redis_replica_lag_bytes",
+        metrics::Unit::Bytes,
+        "The primary's master_repl_offset minus each replica's acknowledged offset"
+    );
+    metrics::describe_gauge!(
+        "aside_origin_redis_connected_replicas",
+        "INFO replication connected_slaves of the primary"
+    );
+    metrics::describe_counter!(
+        "aside_origin_outbox_replays_total",
+        "Outbox replays onto a new Redis primary after a failover"
+    );
+}
+
+/// The primary at `address` is (or is no longer) the one the origin uses.
+pub fn redis_primary(address: &str, current: bool) {
+    describe_ha_once();
+    metrics::gauge!("aside_origin_redis_primary", "address" => address.to_string())
+        .set(if current { 1.0 } else { 0.0 });
+}
+
+pub fn redis_primary_reachable(reachable: bool) {
+    describe_ha_once();
+    metrics::gauge!("aside_origin_redis_primary_reachable").set(if reachable { 1.0 } else { 0.0 });
+}
+
+/// `n` more primary changes followed (0 makes the series exist).
+pub fn redis_failovers(n: u64) {
+    describe_ha_once();
+    metrics::counter!("aside_origin_redis_failovers_total").increment(n);
+}
+
+pub fn outbox_replay() {
+    describe_ha_once();
+    metrics::counter!("aside_origin_outbox_replays_total").increment(1);
+}
+
+/// The primary's `INFO replication`, sampled when `/metrics` is scraped.
+pub fn redis_replication(info: &crate::cache::replication::Replication) {
+    describe_ha_once();
+    metrics::gauge!("aside_origin_redis_connected_replicas").set(info.replicas.len() as f64);
+    for replica in &info.replicas {
+        let name = format!("{}:{}", replica.ip, replica.port);
+        metrics::gauge!("aside_origin_redis_replica_lag_seconds", "replica" => name.clone())
+            .set(replica.lag_secs as f64);
+        metrics::gauge!("aside_origin_redis_replica_lag_bytes", "replica" => name)
+            .set(info.master_repl_offset.saturating_sub(replica.offset) as f64);
+    }
+}
+
+fn describe_ha_once() {
+    static DESCRIBED: std::sync::Once = std::sync::Once::new();
+    DESCRIBED.call_once(describe_ha);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 
 pub mod local;
 pub mod prereq;
+pub mod redis_ha;
 pub mod spin;
 pub mod stack;
 pub mod supervise;

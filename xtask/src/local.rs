@@ -14,12 +14,47 @@ pub struct RedisPasswords<'a> {
     pub admin: &'a str,
 }
 
-/// `deploy/users.acl.template` with its `<..._password>` placeholders filled in.
+/// The passwords of the users only a replicated Redis needs (`deploy/users.acl.template`'s `replica`,
+/// which replicas log in to their primary as, and `sentinel`, which Sentinel does).
+#[derive(Debug, Clone, Copy)]
+pub struct HaPasswords<'a> {
+    pub replica: &'a str,
+    pub sentinel: &'a str,
+}
+
+/// The template's placeholders of [`HaPasswords`].
+const HA_PLACEHOLDERS: [&str; 2] = ["<replica_password>", "<sentinel_password>"];
+
+/// `deploy/users.acl.template` with its `<..._password>` placeholders filled in, for a single Redis:
+/// the `replica` and `sentinel` users are left out (no one can log in as them).
 pub fn render_acl(template: &str, passwords: &RedisPasswords<'_>) -> String {
-    template
-        .replace("<origin_password>", passwords.origin)
-        .replace("<edge_password>", passwords.edge)
-        .replace("<admin_password>", passwords.admin)
+    render_acl_with(template, passwords, None)
+}
+
+/// [`render_acl`], with the `replica` and `sentinel` users when `ha` is given (a node of a replicated
+/// Redis watched by Sentinel).
+pub fn render_acl_with(
+    template: &str,
+    passwords: &RedisPasswords<'_>,
+    ha: Option<HaPasswords<'_>>,
+) -> String {
+    let mut out: Vec<String> = Vec::new();
+    for line in template.lines() {
+        let line = line
+            .replace("<origin_password>", passwords.origin)
+            .replace("<edge_password>", passwords.edge)
+            .replace("<admin_password>", passwords.admin);
+        let line = match ha {
+            Some(ha) => line
+                .replace("<replica_password>", ha.replica)
+                .replace("<sentinel_password>", ha.sentinel),
+            None if HA_PLACEHOLDERS.iter().any(|p| line.contains(p)) => continue,
+            None => line,
+        };
+        out.push(line);
+    }
+    out.push(String::new());
+    out.join("\n")
 }
 
 /// `deploy/redis.conf`, with `activedefrag` switched off for redis-server builds that cannot
@@ -295,6 +330,33 @@ mod tests {
             !acl.lines().any(|l| l.starts_with('#')),
             "ACL files cannot hold comments"
         );
+    }
+
+    #[test]
+    fn ha_users_are_only_rendered_for_a_replicated_redis() {
+        let template = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/users.acl.template"),
+        )
+        .unwrap();
+        let passwords = RedisPasswords {
+            origin: "o1",
+            edge: "e1",
+            admin: "a1",
+        };
+        let single = render_acl(&template, &passwords);
+        assert!(!single.contains("user replica") && !single.contains("user sentinel"));
+        let ha = render_acl_with(
+            &template,
+            &passwords,
+            Some(HaPasswords {
+                replica: "r1",
+                sentinel: "s1",
+            }),
+        );
+        assert!(!ha.contains('<'), "{ha}");
+        assert!(ha.contains("user replica on >r1 "));
+        assert!(ha.contains("user sentinel on >s1 "));
+        assert!(ha.contains("user edge on >e1 "));
     }
 
     #[test]

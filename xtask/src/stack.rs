@@ -319,26 +319,48 @@ pub fn start_redis(
     );
     local::write_private(&dir.join("users.acl"), &acl)?;
     let deploy_conf = std::fs::read_to_string(root.join("deploy/redis.conf"))?;
+    start_redis_node(
+        "redis",
+        port,
+        &dir,
+        |no_defrag| local::render_redis_config(&deploy_conf, no_defrag),
+        &[],
+        logs,
+        services,
+    )
+}
+
+/// Starts `redis-server` as service `name` on `port` with its data and `users.acl` in `dir`, running the
+/// configuration `config(no_active_defrag)` and then `extra_args`; once more with `activedefrag no` if
+/// this build cannot defragment.
+pub fn start_redis_node(
+    name: &'static str,
+    port: u16,
+    dir: &Path,
+    config: impl Fn(bool) -> String,
+    extra_args: &[&str],
+    logs: &Path,
+    services: &mut Services,
+) -> anyhow::Result<()> {
+    let log_file = logs.join(format!("{name}.log"));
     for no_defrag in [false, true] {
-        std::fs::write(
-            dir.join("redis.conf"),
-            local::render_redis_config(&deploy_conf, no_defrag),
-        )?;
-        let _ = std::fs::remove_file(logs.join("redis.log"));
+        std::fs::write(dir.join("redis.conf"), config(no_defrag))?;
+        let _ = std::fs::remove_file(&log_file);
         let mut command = Command::new("redis-server");
         command
             .arg(dir.join("redis.conf"))
             .args(["--port", &port.to_string()])
             .arg("--dir")
-            .arg(&dir)
+            .arg(dir)
             .arg("--aclfile")
             .arg(dir.join("users.acl"))
-            .args(["--maxmemory", "256mb", "--daemonize", "no"]);
-        services.spawn("redis", command, logs, libc::SIGTERM)?;
+            .args(["--maxmemory", "256mb", "--daemonize", "no"])
+            .args(extra_args);
+        services.spawn(name, command, logs, libc::SIGTERM)?;
         if services.wait_for_port(port, logs).is_ok() {
             return Ok(());
         }
-        let log = std::fs::read_to_string(logs.join("redis.log")).unwrap_or_default();
+        let log = std::fs::read_to_string(&log_file).unwrap_or_default();
         services.0.pop();
         if !no_defrag && log.contains(local::NO_ACTIVE_DEFRAG_MESSAGE) {
             eprintln!(
@@ -346,10 +368,7 @@ pub fn start_redis(
             );
             continue;
         }
-        bail!(
-            "redis-server did not start; see {}/redis.log",
-            logs.display()
-        );
+        bail!("redis-server did not start; see {}", log_file.display());
     }
     unreachable!("the loop returns or bails")
 }

@@ -68,6 +68,11 @@ pub struct UpArgs {
     /// down until `cargo xtask start <service>`).
     #[arg(long)]
     no_restart: bool,
+    /// A replicated Redis instead of one node: a primary (--redis-port), a replica (the next port) and
+    /// three Sentinels (20000 above); the origin finds the primary through the Sentinels, the edge reads
+    /// the replica.
+    #[arg(long)]
+    redis_ha: bool,
     /// Run `aside-origin` (and `aside-host`) from this folder instead of building release binaries, e.g.
     /// `target/debug` after `cargo xtask test`. The edge component is always the release build.
     #[arg(long)]
@@ -198,14 +203,27 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     })?;
 
     let mut services = Services::new();
-    stack::start_redis(
-        &root,
-        args.redis_port,
-        &state,
-        &logs,
-        &secrets,
-        &mut services,
-    )?;
+    let ha = match args.redis_ha {
+        true => Some(xtask::redis_ha::start_local(
+            &root,
+            xtask::redis_ha::LocalPorts::from_redis_port(args.redis_port),
+            &state,
+            &logs,
+            &secrets,
+            &mut services,
+        )?),
+        false => {
+            stack::start_redis(
+                &root,
+                args.redis_port,
+                &state,
+                &logs,
+                &secrets,
+                &mut services,
+            )?;
+            None
+        }
+    };
     stack::start_postgres(
         args.postgres_port,
         &stack::postgres_dir(&state),
@@ -241,16 +259,21 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     run_cmd(&mut seed)?;
 
     let mut origin = Command::new(&origin_bin);
+    match &ha {
+        Some(ha) => ha.origin_env(&mut origin, &secrets.redis_origin),
+        None => {
+            origin.env(
+                "ASIDE_REDIS_URL",
+                format!(
+                    "redis://origin:{}@127.0.0.1:{}",
+                    secrets.redis_origin, args.redis_port
+                ),
+            );
+        }
+    }
     origin
         .arg("serve")
         .env("ASIDE_DATABASE_URL", &app_url)
-        .env(
-            "ASIDE_REDIS_URL",
-            format!(
-                "redis://origin:{}@127.0.0.1:{}",
-                secrets.redis_origin, args.redis_port
-            ),
-        )
         .env("ASIDE_ORIGIN_TOKENS", &secrets.origin_token)
         .env("ASIDE_ADMIN_TOKENS", &secrets.admin_token)
         .env("ASIDE_LISTEN", format!("127.0.0.1:{}", args.origin_port));
@@ -273,9 +296,10 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             .args(["--listen", &format!("127.0.0.1:{}", args.edge_port)]);
         c
     };
+    let edge_redis = ha.as_ref().map_or(args.redis_port, |ha| ha.ports.replica);
     edge.env(
         "SPIN_VARIABLE_REDIS_ADDRESS",
-        format!("127.0.0.1:{}", args.redis_port),
+        format!("127.0.0.1:{edge_redis}"),
     )
     .env("SPIN_VARIABLE_REDIS_PASSWORD", &secrets.redis_edge)
     .env(
@@ -343,6 +367,12 @@ Press Ctrl-C (or run `cargo xtask stop`) to stop everything.",
         app = local::APP_ROLE,
         logs = logs.display(),
     );
+    if let Some(ha) = &ha {
+        println!(
+            "\nReplicated Redis (the edge reads the replica):\n{}",
+            ha.describe()
+        );
+    }
     let _ = std::io::stdout().flush();
 
     // Serve until Ctrl-C or `cargo xtask stop`; meanwhile keep the services up (see xtask::supervise).

@@ -17,15 +17,19 @@ pub mod connect;
 pub mod fill;
 pub mod lease;
 pub mod read;
+pub mod replication;
 pub mod stats;
+pub mod topology;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::breaker::{Breaker, BreakerSettings};
-use crate::config::{RedisArgs, Secret};
+use crate::config::{RedisArgs, RedisTarget};
+use topology::Topology;
 
 /// Why a Redis operation gave no answer. Always recoverable by falling back to PostgreSQL.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +44,8 @@ pub enum CacheError {
     UnexpectedReply,
     #[error("the cache is disabled (ASIDE_CACHE=off)")]
     Disabled,
+    #[error("no Redis primary is known yet (the Sentinels have not named a reachable one)")]
+    NoPrimary,
 }
 
 impl CacheError {
@@ -49,14 +55,16 @@ impl CacheError {
     pub fn is_outage(&self) -> bool {
         use redis::{ErrorKind, ServerErrorKind};
         match self {
-            CacheError::Skipped | CacheError::Timeout => true,
+            CacheError::Skipped | CacheError::Timeout | CacheError::NoPrimary => true,
             CacheError::UnexpectedReply | CacheError::Disabled => false,
             CacheError::Redis(e) => match e.kind() {
+                // READONLY: the node was demoted to a replica by a failover; the primary is elsewhere.
                 ErrorKind::Server(
                     ServerErrorKind::BusyLoading
                     | ServerErrorKind::TryAgain
                     | ServerErrorKind::MasterDown
-                    | ServerErrorKind::ClusterDown,
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::ReadOnly,
                 ) => true,
                 ErrorKind::Server(_)
                 | ErrorKind::Extension
@@ -106,7 +114,9 @@ impl<T> Lookup<T> {
 }
 
 pub struct ProfileCache {
-    conn: ConnectionManager,
+    topology: Arc<Topology>,
+    /// `WAIT 1 <this>` after each write-through (zero: no wait).
+    wait_for_replica: Duration,
     breaker: Breaker,
     command_timeout: Duration,
     ttls: Ttls,
@@ -118,15 +128,14 @@ pub struct ProfileCache {
 
 impl ProfileCache {
     /// Prepares the connection without opening it: the origin starts, and serves from PostgreSQL, while
-    /// Redis is down; the connection is made on first use and re-made after failures.
+    /// Redis is down; the connection is made on first use and re-made after failures. With Sentinels
+    /// (which needs a Tokio runtime), a task finds the primary and follows it ([`topology`]).
     pub fn new(
-        url: &Secret,
+        target: &RedisTarget,
         args: &RedisArgs,
         ttls: Ttls,
         breaker: BreakerSettings,
     ) -> anyhow::Result<Self> {
-        let client = connect::client(url, args)?;
-        let db = client.get_connection_info().redis_settings().db();
         let command_timeout = Duration::from_millis(args.redis_command_timeout_ms);
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(args.redis_connect_timeout_ms)))
@@ -135,15 +144,32 @@ impl ProfileCache {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(100));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let (topology, db) = match target {
+            RedisTarget::Url(url) => {
+                let client = connect::client(url, args)?;
+                let db = client.get_connection_info().redis_settings().db();
+                let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+                (Arc::new(Topology::fixed(conn)), db)
+            }
+            RedisTarget::Sentinel(sentinels) => (
+                Topology::follow_sentinels(sentinels.clone(), config)?,
+                sentinels.db,
+            ),
+        };
         Ok(Self {
-            conn,
+            topology,
+            wait_for_replica: Duration::from_millis(args.redis_wait_replicas_ms),
             breaker: Breaker::new("redis", breaker),
             command_timeout,
             ttls,
             db,
             disabled: false,
         })
+    }
+
+    /// Which node the origin writes to, and the failovers it followed.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
     }
 
     /// The same cache, switched off: reads miss, fills and write-throughs are skipped (benchmark
@@ -165,16 +191,33 @@ impl ProfileCache {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
+        self.call_with_timeout(op, self.command_timeout, f).await
+    }
+
+    /// [`Self::call`] with another timeout (for a command that waits on purpose, like `WAIT`).
+    async fn call_with_timeout<T, F, Fut>(
+        &self,
+        op: &'static str,
+        timeout: Duration,
+        f: F,
+    ) -> Result<T, CacheError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
         if self.disabled {
             return Err(CacheError::Disabled);
         }
         let Some(permit) = self.breaker.try_acquire() else {
             return Err(CacheError::Skipped);
         };
-        let result = match tokio::time::timeout(self.command_timeout, f(self.conn.clone())).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(CacheError::Redis(e)),
-            Err(_) => Err(CacheError::Timeout),
+        let result = match self.topology.connection() {
+            None => Err(CacheError::NoPrimary),
+            Some(conn) => match tokio::time::timeout(timeout, f(conn)).await {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(e)) => Err(CacheError::Redis(e)),
+                Err(_) => Err(CacheError::Timeout),
+            },
         };
         match &result {
             Ok(_) => permit.success(),
@@ -182,6 +225,8 @@ impl ProfileCache {
                 crate::metrics::redis_error(op);
                 if e.is_outage() {
                     tracing::debug!(op, error = %e, "Redis failed");
+                    // With Sentinels, a failover may explain it: ask them now.
+                    self.topology.suspect();
                     permit.failure();
                 } else {
                     // Redis answered (an error reply such as NOPERM): it is up, the call was wrong.
@@ -191,6 +236,11 @@ impl ProfileCache {
             }
         }
         result
+    }
+
+    /// How long a write-through waits for a replica (zero: not at all).
+    pub fn wait_for_replica_timeout(&self) -> Duration {
+        self.wait_for_replica
     }
 
     /// How long entries live.

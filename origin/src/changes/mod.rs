@@ -13,6 +13,12 @@
 //! 3. move the durable watermark (`devops_api.change_watermark`) after Redis took the writes, so
 //!    changes made while this origin, or Redis, was down are applied when both are back.
 //!
+//! After a Redis failover (the origin followed Sentinel to a new primary, see
+//! [`crate::cache::topology`]), the leader first replays the outbox of the last
+//! `ASIDE_CHANGE_REPLAY_SECS` onto the new primary ([`replay`]), over the keys it holds, and only then
+//! applies new changes and moves the watermark: what the old primary took but had not replicated is
+//! written again, and the compare-and-set keeps whatever is already newer.
+//!
 //! The other origins retry the lock every `takeover` interval and take over when the holder's
 //! connection ends. Applied outbox rows older than the retention window are pruned.
 
@@ -61,9 +67,12 @@ impl From<tokio_postgres::Error> for Stop {
 /// and starts over after any PostgreSQL failure.
 pub async fn run(database_url: Secret, cache: Arc<ProfileCache>, args: ChangeCaptureArgs) {
     let mut delay = Duration::from_millis(100);
+    // The Redis failovers whose replay is done (kept across sessions: an origin that takes over after a
+    // failover it saw while standing by replays it first).
+    let mut replayed = 0;
     loop {
         let started = Instant::now();
-        let result = session(&database_url, &cache, &args).await;
+        let result = session(&database_url, &cache, &args, &mut replayed).await;
         crate::metrics::change_capture_leader(false);
         if let Err(e) = result {
             tracing::warn!(error = %e, "change capture interrupted; reconnecting");
@@ -82,6 +91,7 @@ async fn session(
     database_url: &Secret,
     cache: &ProfileCache,
     args: &ChangeCaptureArgs,
+    replayed: &mut u64,
 ) -> Result<(), Stop> {
     let mut config: tokio_postgres::Config = database_url
         .expose()
@@ -136,7 +146,17 @@ async fn session(
     let mut progress = Progress::new(outbox::watermark(&client).await?);
     let mut stored_watermark = progress.watermark();
     let mut last_prune: Option<Instant> = None;
+    let mut failovers = cache.topology().epoch();
     loop {
+        let epoch = *failovers.borrow_and_update();
+        if epoch > *replayed {
+            if !replay(&mut client, cache, args, progress.max_seen()).await? {
+                // Redis did not take it: nothing moves on until it does.
+                let _ = tokio::time::timeout(RETRY_AFTER_FAILURE, woken.notified()).await;
+                continue;
+            }
+            *replayed = epoch;
+        }
         let caught_up = catch_up(&mut client, cache, args, &mut progress).await?;
         if progress.watermark() > stored_watermark {
             outbox::set_watermark(&client, progress.watermark()).await?;
@@ -156,8 +176,49 @@ async fn session(
         } else {
             RETRY_AFTER_FAILURE
         };
-        let _ = tokio::time::timeout(wait, woken.notified()).await;
+        tokio::select! {
+            _ = tokio::time::timeout(wait, woken.notified()) => {}
+            _ = failovers.changed() => {}
+        }
     }
+}
+
+/// Applies the outbox changes of the replay window again, up to at least `upto`, each over an existing
+/// key only (a key the new primary lacks is filled from PostgreSQL on its next read). `Ok(false)` when
+/// Redis failed.
+async fn replay(
+    client: &mut tokio_postgres::Client,
+    cache: &ProfileCache,
+    args: &ChangeCaptureArgs,
+    upto: i64,
+) -> Result<bool, Stop> {
+    let started = Instant::now();
+    let mut after = outbox::replay_start(client, args.replay_window().as_secs_f64()).await?;
+    let mut replayed = 0;
+    while after < upto {
+        let read_started = Instant::now();
+        let batch = outbox::read_batch(client, after, &[], args.change_batch).await?;
+        let Some(last) = batch.changes.last() else {
+            break;
+        };
+        after = last.id;
+        if let Err(e) = apply(cache, &batch, read_started.elapsed(), Apply::Replay).await {
+            tracing::debug!(error = %e, "Redis did not take the replay; will retry");
+            return Ok(false);
+        }
+        replayed += batch.changes.len();
+        if !batch.full {
+            break;
+        }
+    }
+    crate::metrics::outbox_replay();
+    tracing::info!(
+        changes = replayed,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        primary = %cache.topology().primary_address(),
+        "replayed the outbox onto the new Redis primary"
+    );
+    Ok(true)
 }
 
 /// Applies batches until the outbox is drained. `Ok(false)` when Redis failed (retry soon); PostgreSQL
@@ -178,7 +239,7 @@ async fn catch_up(
         )
         .await?;
         if !batch.changes.is_empty() {
-            if let Err(e) = apply(cache, &batch, read_started.elapsed()).await {
+            if let Err(e) = apply(cache, &batch, read_started.elapsed(), Apply::New).await {
                 tracing::debug!(error = %e, "Redis did not take the changes; will retry");
                 return Ok(false);
             }
@@ -198,6 +259,15 @@ async fn catch_up(
     }
 }
 
+/// Why a batch is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Apply {
+    /// New changes.
+    New,
+    /// Changes applied before, written again onto a new primary: only over existing keys.
+    Replay,
+}
+
 /// Writes one batch to Redis: each named user's current row (or a tombstone), with the compare-and-set.
 ///
 /// A user whose only changes in the batch are inserts is written only over an existing entry: that
@@ -212,6 +282,7 @@ async fn apply(
     cache: &ProfileCache,
     batch: &Batch,
     read_cost: Duration,
+    why: Apply,
 ) -> Result<(), crate::cache::CacheError> {
     struct Seen {
         only_inserts: bool,
@@ -230,7 +301,7 @@ async fn apply(
     let mut requests = Vec::with_capacity(batch.rows.len());
     for (id, state) in &batch.rows {
         let Some(s) = seen.get(id) else { continue };
-        let condition = if s.only_inserts {
+        let condition = if s.only_inserts || why == Apply::Replay {
             Condition::OnlyIfCached
         } else {
             Condition::Always

@@ -98,6 +98,20 @@ pub async fn prune(client: &Client, applied: i64, retention_secs: f64) -> Result
         .await?)
 }
 
+/// The outbox id just before the first change of the last `window_secs` (the current last id when
+/// there is none): a replay reads the changes after it.
+pub async fn replay_start(client: &Client, window_secs: f64) -> Result<i64, DbError> {
+    let row = client
+        .query_one(
+            "SELECT coalesce((SELECT min(id) - 1 FROM devops_api.user_changes \
+                              WHERE at >= now() - make_interval(secs => $1)), \
+                             (SELECT max(id) FROM devops_api.user_changes), 0)",
+            &[&window_secs],
+        )
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
 /// `pg_try_advisory_lock` on [`LEADER_LOCK`]: session-level, so it is held until released or the
 /// connection ends (a crashed origin's lock goes with its connection).
 pub async fn try_lead(client: &Client) -> Result<bool, DbError> {

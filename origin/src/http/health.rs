@@ -67,6 +67,13 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         Ok(info) => crate::metrics::redis_server(&info),
         Err(e) => tracing::debug!(error = %e, "Redis INFO for /metrics failed"),
     }
+    // Replica lag: only where there is more than one node to speak of.
+    if state.cache.topology().is_following() {
+        match state.cache.replication().await {
+            Ok(info) => crate::metrics::redis_replication(&info),
+            Err(e) => tracing::debug!(error = %e, "Redis INFO replication for /metrics failed"),
+        }
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -578,9 +578,23 @@ fn json_body(
 async fn write_through(state: &AppState, id: UserId, entry: CacheEntry) {
     let stored = state.cache.store_if_newer(id, &entry).await;
     crate::metrics::write_through(store_outcome(&stored));
-    if let Err(e) = stored {
-        crate::metrics::write("write_through", "error");
-        tracing::warn!(%id, error = %e, "write-through failed; change capture will apply the change");
+    match stored {
+        Err(e) => {
+            crate::metrics::write("write_through", "error");
+            tracing::warn!(%id, error = %e, "write-through failed; change capture will apply the change");
+        }
+        Ok(_) => {
+            let wait = state.cache.wait_for_replica_timeout();
+            if !wait.is_zero() {
+                match state.cache.wait_for_replica(wait).await {
+                    Ok(0) => {
+                        tracing::debug!(%id, "no replica acknowledged the write-through in time")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(%id, error = %e, "WAIT for a replica failed"),
+                }
+            }
+        }
     }
 }
 

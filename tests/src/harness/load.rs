@@ -2,6 +2,10 @@
 //! a while ([`Load::run`], [`Load::spawn`]), or one burst of concurrent requests ([`Load::burst`]),
 //! recording each answer's status, `x-cache`, `retry-after`, body and latency.
 //!
+//! With [`Load::writes`], a share of the requests are `PATCH`es of the same URLs (a department change),
+//! so a load can be 95 % reads and 5 % writes; every sample records the answer's version (`etag`) and
+//! the edge instance that gave it (`x-edge-instance`), for consistency checks.
+//!
 //! ```ignore
 //! let report = Load::new(urls).concurrency(8).duration(Duration::from_secs(3)).run().await;
 //! eprintln!("{}", report.summary("postgres down"));
@@ -25,6 +29,12 @@ pub struct Sample {
     pub x_cache: Option<String>,
     pub retry_after: Option<String>,
     pub body: bytes::Bytes,
+    /// A `PATCH` (see [`Load::writes`]) rather than a `GET`.
+    pub write: bool,
+    /// The row version of the answer (`etag: "<version>"`).
+    pub version: Option<i64>,
+    /// `x-edge-instance`: which edge instance answered (absent from the origin).
+    pub instance: Option<String>,
 }
 
 impl Sample {
@@ -36,6 +46,11 @@ impl Sample {
     /// No answer, or a 5xx.
     pub fn is_failure(&self) -> bool {
         self.status == 0 || self.status >= 500
+    }
+
+    /// When the answer arrived, from the start of the load.
+    pub fn answered_at(&self) -> Duration {
+        self.sent_at + self.latency
     }
 }
 
@@ -115,6 +130,8 @@ pub struct Load {
     duration: Duration,
     client_timeout: Duration,
     headers: Vec<(String, String)>,
+    /// Every this-many-th request is a write (0: none).
+    write_every: usize,
 }
 
 impl Load {
@@ -129,7 +146,18 @@ impl Load {
             duration: Duration::from_secs(3),
             client_timeout: Duration::from_secs(5),
             headers: Vec::new(),
+            write_every: 0,
         }
+    }
+
+    /// Makes `percent` % of the requests writes: `PATCH` of the same URL with a department change
+    /// (the departments of [`aside_shared::Department::SEEDED`] in turn).
+    pub fn writes(mut self, percent: usize) -> Self {
+        self.write_every = match percent {
+            0 => 0,
+            p => (100 / p.min(100)).max(1),
+        };
+        self
     }
 
     /// Concurrent request loops (for [`Load::run`]).
@@ -177,8 +205,8 @@ impl Load {
                 tokio::spawn(async move {
                     let mut samples = Vec::new();
                     while start.elapsed() < load.duration {
-                        let target = next.fetch_add(1, Ordering::Relaxed) % load.targets.len();
-                        samples.push(load.one(&client, target, start).await);
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        samples.push(load.one(&client, n, start).await);
                     }
                     samples
                 })
@@ -208,7 +236,7 @@ impl Load {
             .map(|i| {
                 let load = Arc::clone(&load);
                 let client = client.clone();
-                tokio::spawn(async move { load.one(&client, i % load.targets.len(), start).await })
+                tokio::spawn(async move { load.one(&client, i, start).await })
             })
             .collect();
         let mut samples = Vec::with_capacity(requests);
@@ -221,10 +249,25 @@ impl Load {
         }
     }
 
-    async fn one(&self, client: &reqwest::Client, target: usize, start: Instant) -> Sample {
+    /// Request number `n`: a write if `n` is a multiple of `write_every` (the writes go over the targets
+    /// in turn too, not always to the same few), else a read of target `n % targets`.
+    async fn one(&self, client: &reqwest::Client, n: usize, start: Instant) -> Sample {
+        let write = self.write_every > 0 && n % self.write_every == self.write_every - 1;
+        let target = match write {
+            true => (n / self.write_every) % self.targets.len(),
+            false => n % self.targets.len(),
+        };
         let sent_at = start.elapsed();
         let began = Instant::now();
-        let mut request = client.get(&self.targets[target]);
+        let mut request = if write {
+            let seeded = aside_shared::Department::SEEDED;
+            let department = seeded[(n / self.write_every) % seeded.len()];
+            client
+                .patch(&self.targets[target])
+                .json(&serde_json::json!({ "department": department }))
+        } else {
+            client.get(&self.targets[target])
+        };
         for (name, value) in &self.headers {
             request = request.header(name, value);
         }
@@ -234,26 +277,31 @@ impl Load {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        let (status, x_cache, retry_after, body) = match request.send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let x_cache = header(&response, "x-cache");
-                let retry_after = header(&response, "retry-after");
-                match response.bytes().await {
-                    Ok(body) => (status, x_cache, retry_after, body),
-                    Err(_) => (0, x_cache, retry_after, bytes::Bytes::new()),
-                }
-            }
-            Err(_) => (0, None, None, bytes::Bytes::new()),
-        };
-        Sample {
+        let mut sample = Sample {
             target,
             sent_at,
-            latency: began.elapsed(),
-            status,
-            x_cache,
-            retry_after,
-            body,
+            latency: Duration::ZERO,
+            status: 0,
+            x_cache: None,
+            retry_after: None,
+            body: bytes::Bytes::new(),
+            write,
+            version: None,
+            instance: None,
+        };
+        if let Ok(response) = request.send().await {
+            let response_status = response.status().as_u16();
+            sample.x_cache = header(&response, "x-cache");
+            sample.retry_after = header(&response, "retry-after");
+            sample.instance = header(&response, "x-edge-instance");
+            sample.version = header(&response, "etag")
+                .and_then(|e| e.trim_start_matches("W/").trim_matches('"').parse().ok());
+            if let Ok(body) = response.bytes().await {
+                sample.status = response_status;
+                sample.body = body;
+            }
         }
+        sample.latency = began.elapsed();
+        sample
     }
 }

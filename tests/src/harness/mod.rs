@@ -30,7 +30,7 @@ pub use load::{Load, LoadReport, Sample};
 pub use origin::{Origin, OriginOptions};
 pub use postgres::PostgresServer;
 pub use process::{ManagedChild, StopSignal, log_to, spawn_managed, temp_dir};
-pub use redis_server::{RedisServer, RedisTls, RedisUser, TlsOptions};
+pub use redis_server::{RedisHa, RedisSentinel, RedisServer, RedisTls, RedisUser, TlsOptions};
 pub use stack::{Stack, TestEnv};
 pub use tls::{CertFiles, TestCa};
 

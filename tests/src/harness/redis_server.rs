@@ -44,6 +44,17 @@ pub struct RedisServer {
     pub tls: Option<RedisTls>,
     /// Settings given after the harness's own (see [`RedisServer::start_with_args`]).
     extra_args: Vec<String>,
+    /// A node of a replicated Redis ([`RedisHa`]): the `replica` and `sentinel` users' passwords.
+    ha: Option<HaSecrets>,
+    /// The primary's port this node replicates from at start.
+    replica_of: Option<u16>,
+}
+
+/// The passwords only the nodes of a replicated Redis have.
+#[derive(Debug, Clone)]
+struct HaSecrets {
+    replica_password: String,
+    sentinel_password: String,
 }
 
 /// How [`RedisServer::start_tls`] sets up TLS.
@@ -131,6 +142,50 @@ impl RedisServer {
             child: None,
             tls,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            ha: None,
+            replica_of: None,
+        };
+        server.write_acl_file()?;
+        server.launch().await?;
+        Ok(server)
+    }
+
+    /// The first primary of a replicated Redis (see [`RedisHa`]): `deploy/redis.conf` plus
+    /// `deploy/replica.conf`, with the `replica` and `sentinel` ACL users.
+    async fn start_ha_primary() -> anyhow::Result<Self> {
+        let mut server = Self {
+            port: free_port(),
+            dir: temp_dir("aside-redis-ha"),
+            origin_password: generate_secret(),
+            edge_password: generate_secret(),
+            admin_password: generate_secret(),
+            child: None,
+            tls: None,
+            extra_args: Vec::new(),
+            ha: Some(HaSecrets {
+                replica_password: generate_secret(),
+                sentinel_password: generate_secret(),
+            }),
+            replica_of: None,
+        };
+        server.write_acl_file()?;
+        server.launch().await?;
+        Ok(server)
+    }
+
+    /// A replica of `primary`, with the same users and passwords (ACLs are not replicated).
+    async fn start_replica_of(primary: &RedisServer) -> anyhow::Result<Self> {
+        let mut server = Self {
+            port: free_port(),
+            dir: temp_dir("aside-redis-ha"),
+            origin_password: primary.origin_password.clone(),
+            edge_password: primary.edge_password.clone(),
+            admin_password: primary.admin_password.clone(),
+            child: None,
+            tls: None,
+            extra_args: Vec::new(),
+            ha: primary.ha.clone(),
+            replica_of: Some(primary.port),
         };
         server.write_acl_file()?;
         server.launch().await?;
@@ -140,13 +195,17 @@ impl RedisServer {
     /// Renders the ACL template with this server's passwords into its folder (mode 0600).
     fn write_acl_file(&self) -> anyhow::Result<()> {
         let template = std::fs::read_to_string(workspace_root().join("deploy/users.acl.template"))?;
-        let acl = xtask::local::render_acl(
+        let acl = xtask::local::render_acl_with(
             &template,
             &xtask::local::RedisPasswords {
                 origin: &self.origin_password,
                 edge: &self.edge_password,
                 admin: &self.admin_password,
             },
+            self.ha.as_ref().map(|ha| xtask::local::HaPasswords {
+                replica: &ha.replica_password,
+                sentinel: &ha.sentinel_password,
+            }),
         );
         let path = self.dir.join("users.acl");
         std::fs::write(&path, acl)?;
@@ -170,10 +229,16 @@ impl RedisServer {
     }
 
     async fn launch_once(&mut self) -> anyhow::Result<()> {
-        let config = xtask::local::render_redis_config(
-            &std::fs::read_to_string(workspace_root().join("deploy/redis.conf"))?,
-            NO_ACTIVE_DEFRAG.load(Ordering::Relaxed),
-        );
+        let redis_conf = std::fs::read_to_string(workspace_root().join("deploy/redis.conf"))?;
+        let no_defrag = NO_ACTIVE_DEFRAG.load(Ordering::Relaxed);
+        let config = match &self.ha {
+            None => xtask::local::render_redis_config(&redis_conf, no_defrag),
+            Some(_) => xtask::redis_ha::render_node_config(
+                &redis_conf,
+                &std::fs::read_to_string(workspace_root().join("deploy/replica.conf"))?,
+                no_defrag,
+            ),
+        };
         std::fs::write(self.dir.join("redis.conf"), config)?;
         let mut command = Command::new("redis-server");
         command
@@ -205,6 +270,13 @@ impl RedisServer {
                         "no"
                     },
                 ]);
+        }
+        if let Some(ha) = &self.ha {
+            // Every node may be (or become) a replica: it logs in to its primary as `replica`.
+            command.args(["--masterauth", &ha.replica_password]);
+            if let Some(primary) = self.replica_of {
+                command.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
+            }
         }
         command.args(&self.extra_args);
         log_to(&mut command, &self.dir, "redis");
@@ -317,6 +389,289 @@ impl RedisServer {
     pub fn pause(&self, paused: bool) {
         if let Some(child) = &self.child {
             child.signal(if paused { libc::SIGSTOP } else { libc::SIGCONT });
+        }
+    }
+}
+
+/// A replicated Redis as `deploy/` describes it, on free ports: a primary, replicas, and Sentinels
+/// watching them (`redis-server --sentinel` running `deploy/sentinel.conf`). Which node is the primary
+/// changes with failovers: ask [`RedisHa::primary`] or [`RedisHa::role`].
+pub struct RedisHa {
+    /// `nodes[0]` is the first primary, the others its replicas.
+    pub nodes: Vec<RedisServer>,
+    pub sentinels: Vec<RedisSentinel>,
+}
+
+/// One Sentinel process.
+pub struct RedisSentinel {
+    pub port: u16,
+    pub dir: PathBuf,
+    password: String,
+    child: Option<ManagedChild>,
+}
+
+impl RedisHa {
+    /// A primary, `replicas` replicas in sync with it, and `sentinels` Sentinels (quorum 2) that all
+    /// see the replicas and each other, with `timings` (a test wants a failover within seconds).
+    pub async fn start(
+        replicas: usize,
+        sentinels: usize,
+        timings: xtask::redis_ha::SentinelTimings,
+    ) -> anyhow::Result<Self> {
+        let primary = RedisServer::start_ha_primary().await?;
+        let mut nodes = vec![primary];
+        for _ in 0..replicas {
+            let replica = RedisServer::start_replica_of(&nodes[0]).await?;
+            nodes.push(replica);
+        }
+        let mut ha = Self {
+            nodes,
+            sentinels: Vec::new(),
+        };
+        anyhow::ensure!(
+            ha.wait_synced(Duration::from_secs(20)).await,
+            "the replicas did not synchronise with the primary"
+        );
+        for _ in 0..sentinels {
+            let sentinel = RedisSentinel::start(&ha.nodes[0], timings).await?;
+            ha.sentinels.push(sentinel);
+        }
+        // Sentinels learn of the replicas (INFO on the primary) and of each other (the hello channel)
+        // within a few seconds; a failover before that would find no replica to promote.
+        let want_replicas = replicas;
+        let want_peers = sentinels.saturating_sub(1);
+        let ready = wait_until(Duration::from_secs(20), || async {
+            for s in &ha.sentinels {
+                if s.count("REPLICAS").await < want_replicas
+                    || s.count("SENTINELS").await < want_peers
+                {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        anyhow::ensure!(
+            ready,
+            "the Sentinels did not discover the replicas and each other"
+        );
+        Ok(ha)
+    }
+
+    /// `host:port,...` of the Sentinels (ASIDE_REDIS_SENTINELS).
+    pub fn sentinel_addresses(&self) -> String {
+        self.sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// `ROLE` of node `i` (`master`, `slave`), or `None` if it does not answer within a second.
+    pub async fn role(&self, i: usize) -> Option<String> {
+        let node = &self.nodes[i];
+        let ask = async {
+            let mut c = node.admin(0).await.ok()?;
+            let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut c).await.ok()?;
+            match role.first() {
+                Some(redis::Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+                Some(redis::Value::SimpleString(s)) => Some(s.clone()),
+                _ => None,
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(1), ask)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The node a majority of the Sentinels name as primary, if any.
+    pub async fn primary(&self) -> Option<usize> {
+        let mut votes = vec![0; self.nodes.len()];
+        for s in &self.sentinels {
+            let ask = async {
+                let mut c = s.client().await.ok()?;
+                let (_, port): (String, u16) = redis::cmd("SENTINEL")
+                    .arg("GET-MASTER-ADDR-BY-NAME")
+                    .arg(xtask::redis_ha::MASTER_NAME)
+                    .query_async(&mut c)
+                    .await
+                    .ok()?;
+                self.nodes.iter().position(|n| n.port == port)
+            };
+            if let Ok(Some(i)) = tokio::time::timeout(Duration::from_secs(1), ask).await {
+                votes[i] += 1;
+            }
+        }
+        let majority = self.sentinels.len() / 2 + 1;
+        votes.iter().position(|&v| v >= majority)
+    }
+
+    /// Waits until the Sentinels name a primary other than node `old` and that node says it is one.
+    /// Returns the new primary.
+    pub async fn wait_for_failover(&self, old: usize, timeout: Duration) -> Option<usize> {
+        let until = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < until {
+            if let Some(p) = self.primary().await
+                && p != old
+                && self.role(p).await.as_deref() == Some("master")
+            {
+                return Some(p);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    /// Waits until every node that answers is in sync: each replica's link to the one primary is up and
+    /// has acknowledged its whole replication stream (a dead node is not waited for). False on timeout.
+    pub async fn wait_synced(&self, timeout: Duration) -> bool {
+        let until = std::time::Instant::now() + timeout;
+        // The primary's offset when first seen: Sentinels keep publishing hello messages, so the offset
+        // moves on; every replica must acknowledge at least this one.
+        let mut target: Option<(usize, u64)> = None;
+        while std::time::Instant::now() < until {
+            if let Some((p, info)) = self.primary_replication().await {
+                let offset = info_field(&info, "master_repl_offset")
+                    .and_then(|o| o.parse::<u64>().ok())
+                    .unwrap_or(0);
+                let wanted = match target {
+                    Some((tp, t)) if tp == p => t,
+                    _ => {
+                        target = Some((p, offset));
+                        offset
+                    }
+                };
+                let mut replicas = 0;
+                for i in 0..self.nodes.len() {
+                    if self.role(i).await.as_deref() == Some("slave") {
+                        replicas += 1;
+                    }
+                }
+                let acked = info
+                    .lines()
+                    .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+                    .filter(|l| {
+                        l.split(',')
+                            .find_map(|f| f.strip_prefix("offset="))
+                            .and_then(|o| o.trim().parse::<u64>().ok())
+                            .is_some_and(|o| o >= wanted)
+                    })
+                    .count();
+                if acked >= replicas {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    /// The primary (the only node whose `ROLE` is `master`) and its `INFO replication`.
+    async fn primary_replication(&self) -> Option<(usize, String)> {
+        let p = self.master_by_role().await?;
+        let mut c = self.nodes[p].admin(0).await.ok()?;
+        let info = redis::cmd("INFO")
+            .arg("replication")
+            .query_async::<String>(&mut c)
+            .await
+            .ok()?;
+        Some((p, info))
+    }
+
+    /// The only node whose `ROLE` is `master`, if exactly one is.
+    async fn master_by_role(&self) -> Option<usize> {
+        let mut masters = Vec::new();
+        for i in 0..self.nodes.len() {
+            if self.role(i).await.as_deref() == Some("master") {
+                masters.push(i);
+            }
+        }
+        (masters.len() == 1).then(|| masters[0])
+    }
+}
+
+fn info_field(info: &str, name: &str) -> Option<String> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .map(|v| v.trim().to_string())
+}
+
+impl RedisSentinel {
+    /// A Sentinel watching `primary`, on a free port, running `deploy/sentinel.conf`.
+    async fn start(
+        primary: &RedisServer,
+        timings: xtask::redis_ha::SentinelTimings,
+    ) -> anyhow::Result<Self> {
+        let ha = primary.ha.as_ref().context("not a replicated Redis node")?;
+        let dir = temp_dir("aside-sentinel");
+        let template = std::fs::read_to_string(workspace_root().join("deploy/sentinel.conf"))?;
+        let conf = xtask::redis_ha::render_sentinel_config(
+            &template,
+            &xtask::redis_ha::SentinelSetup {
+                primary_host: "127.0.0.1",
+                primary_port: primary.port,
+                sentinel_password: &ha.sentinel_password,
+                origin_password: &primary.origin_password,
+                timings: Some(timings),
+            },
+        );
+        let path = dir.join("sentinel.conf");
+        std::fs::write(&path, conf)?;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        let port = free_port();
+        let mut command = Command::new("redis-server");
+        command
+            .arg(&path)
+            .arg("--sentinel")
+            .args(["--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(&dir)
+            .args(["--daemonize", "no"]);
+        log_to(&mut command, &dir, "sentinel");
+        let child = spawn_managed(command, StopSignal::Kill)
+            .map_err(|e| anyhow::anyhow!("cannot start redis-server --sentinel: {e}"))?;
+        let sentinel = Self {
+            port,
+            dir,
+            password: ha.sentinel_password.clone(),
+            child: Some(child),
+        };
+        anyhow::ensure!(
+            wait_until(Duration::from_secs(20), || port_open(port)).await,
+            "redis-server --sentinel did not start on port {port}:\n{}",
+            std::fs::read_to_string(sentinel.dir.join("sentinel.log")).unwrap_or_default()
+        );
+        Ok(sentinel)
+    }
+
+    /// A connection as the Sentinels' `sentinel` user.
+    pub async fn client(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+        let client = redis::Client::open(format!(
+            "redis://sentinel:{}@127.0.0.1:{}",
+            self.password, self.port
+        ))?;
+        Ok(client.get_multiplexed_async_connection().await?)
+    }
+
+    /// How many entries `SENTINEL <what> aside` lists (REPLICAS, SENTINELS); 0 on failure.
+    async fn count(&self, what: &str) -> usize {
+        let Ok(mut c) = self.client().await else {
+            return 0;
+        };
+        redis::cmd("SENTINEL")
+            .arg(what)
+            .arg(xtask::redis_ha::MASTER_NAME)
+            .query_async::<Vec<redis::Value>>(&mut c)
+            .await
+            .map_or(0, |v| v.len())
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill_hard();
         }
     }
 }

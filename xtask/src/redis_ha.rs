@@ -1,0 +1,317 @@
+//! A replicated Redis watched by Sentinel, as `deploy/` describes it: every node runs `redis.conf` plus
+//! `replica.conf`, with the same ACL users (`users.acl.template` with its `replica` and `sentinel`
+//! users: ACLs are not replicated), and each Sentinel runs `sentinel.conf`. Shared by
+//! `cargo xtask up --redis-ha` and the test harness, so both run the committed files.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::local::{HaPasswords, RedisPasswords, render_acl_with};
+use crate::stack::{Secrets, Services};
+
+/// The name the Sentinels monitor the primary under (`sentinel monitor aside ...`, and the origin's
+/// ASIDE_REDIS_SENTINEL_MASTER default).
+pub const MASTER_NAME: &str = "aside";
+
+/// The settings of a replicated node: `deploy/redis.conf` (see [`crate::local::render_redis_config`])
+/// followed by `deploy/replica.conf` without its `include` line (the file is inlined instead). The
+/// primary runs the same file: a replica may be promoted, and the old primary demoted.
+pub fn render_node_config(redis_conf: &str, replica_conf: &str, no_active_defrag: bool) -> String {
+    let mut out = crate::local::render_redis_config(redis_conf, no_active_defrag);
+    out.push_str("\n# ---- deploy/replica.conf ----\n");
+    for line in replica_conf.lines() {
+        if line.trim_start().starts_with("include ") {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Sentinel timings, when not `deploy/sentinel.conf`'s (tests fail over in about a second).
+#[derive(Debug, Clone, Copy)]
+pub struct SentinelTimings {
+    pub down_after_ms: u64,
+    pub failover_timeout_ms: u64,
+}
+
+/// What a Sentinel's configuration needs besides the template.
+#[derive(Debug, Clone, Copy)]
+pub struct SentinelSetup<'a> {
+    pub primary_host: &'a str,
+    pub primary_port: u16,
+    /// The `sentinel` user's password (on the Redis nodes and on the Sentinels).
+    pub sentinel_password: &'a str,
+    /// The `origin` user's password on the Sentinels.
+    pub origin_password: &'a str,
+    pub timings: Option<SentinelTimings>,
+}
+
+/// `deploy/sentinel.conf` with its placeholders filled in (and `timings` applied). Write it mode 0600
+/// to a file of its own per Sentinel: Sentinel rewrites it.
+pub fn render_sentinel_config(template: &str, setup: &SentinelSetup<'_>) -> String {
+    let mut out = String::new();
+    for line in template.lines() {
+        let mut line = line
+            .replace("<primary_host>", setup.primary_host)
+            .replace("<primary_port>", &setup.primary_port.to_string())
+            .replace("<sentinel_password>", setup.sentinel_password)
+            .replace("<origin_password>", setup.origin_password);
+        if let Some(t) = setup.timings {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["sentinel", "down-after-milliseconds", name, _] => {
+                    line = format!(
+                        "sentinel down-after-milliseconds {name} {}",
+                        t.down_after_ms
+                    );
+                }
+                ["sentinel", "failover-timeout", name, _] => {
+                    line = format!("sentinel failover-timeout {name} {}", t.failover_timeout_ms);
+                }
+                _ => {}
+            }
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The ports of a local replicated Redis (`cargo xtask up --redis-ha`).
+#[derive(Debug, Clone, Copy)]
+pub struct LocalPorts {
+    pub primary: u16,
+    pub replica: u16,
+    pub sentinels: [u16; 3],
+}
+
+impl LocalPorts {
+    /// The primary on `redis_port`, the replica on the next port, the Sentinels 20000 above those.
+    pub fn from_redis_port(redis_port: u16) -> Self {
+        let s = redis_port.saturating_add(20000);
+        Self {
+            primary: redis_port,
+            replica: redis_port + 1,
+            sentinels: [s, s + 1, s + 2],
+        }
+    }
+}
+
+/// A started local replicated Redis: where it is, and the passwords beyond the stack's own.
+pub struct LocalHa {
+    pub ports: LocalPorts,
+    admin_password: String,
+    sentinel_password: String,
+}
+
+/// Reads secret `name` in `dir`, generating it on first use (mode 0600).
+fn secret(dir: &Path, name: &str) -> anyhow::Result<String> {
+    let path = dir.join(name);
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        return Ok(existing.trim().to_string());
+    }
+    let value = crate::local::generate_secret();
+    crate::local::write_private(&path, &value)?;
+    Ok(value)
+}
+
+/// Starts a primary, a replica and three Sentinels as services, each with the project's configuration
+/// (`deploy/`) and the same ACL users, data under `<state>/redis-ha/`, and waits until the replica is
+/// in sync and the Sentinels know it.
+pub fn start_local(
+    root: &Path,
+    ports: LocalPorts,
+    state: &Path,
+    logs: &Path,
+    secrets: &Secrets,
+    services: &mut Services,
+) -> anyhow::Result<LocalHa> {
+    let replica_password = secret(&state.join("secrets"), "redis-replica")?;
+    let sentinel_password = secret(&state.join("secrets"), "redis-sentinel")?;
+    let acl = render_acl_with(
+        &std::fs::read_to_string(root.join("deploy/users.acl.template"))?,
+        &RedisPasswords {
+            origin: &secrets.redis_origin,
+            edge: &secrets.redis_edge,
+            admin: &secrets.redis_admin,
+        },
+        Some(HaPasswords {
+            replica: &replica_password,
+            sentinel: &sentinel_password,
+        }),
+    );
+    let redis_conf = std::fs::read_to_string(root.join("deploy/redis.conf"))?;
+    let replica_conf = std::fs::read_to_string(root.join("deploy/replica.conf"))?;
+    let primary_port = ports.primary.to_string();
+    for (name, port, replica_of) in [
+        ("redis-primary", ports.primary, None),
+        ("redis-replica", ports.replica, Some(primary_port.as_str())),
+    ] {
+        let dir = state.join("redis-ha").join(format!("node-{port}"));
+        std::fs::create_dir_all(&dir)?;
+        crate::local::write_private(&dir.join("users.acl"), &acl)?;
+        let mut args = vec!["--masterauth", replica_password.as_str()];
+        if let Some(primary) = replica_of {
+            args.extend(["--replicaof", "127.0.0.1", primary]);
+        }
+        crate::stack::start_redis_node(
+            name,
+            port,
+            &dir,
+            |no_defrag| render_node_config(&redis_conf, &replica_conf, no_defrag),
+            &args,
+            logs,
+            services,
+        )?;
+    }
+    let template = std::fs::read_to_string(root.join("deploy/sentinel.conf"))?;
+    for (name, port) in ["sentinel-1", "sentinel-2", "sentinel-3"]
+        .into_iter()
+        .zip(ports.sentinels)
+    {
+        let dir = state.join("redis-ha").join(format!("sentinel-{port}"));
+        std::fs::create_dir_all(&dir)?;
+        let conf = render_sentinel_config(
+            &template,
+            &SentinelSetup {
+                primary_host: "127.0.0.1",
+                primary_port: ports.primary,
+                sentinel_password: &sentinel_password,
+                origin_password: &secrets.redis_origin,
+                timings: None,
+            },
+        );
+        crate::local::write_private(&dir.join("sentinel.conf"), &conf)?;
+        let mut command = Command::new("redis-server");
+        command
+            .arg(dir.join("sentinel.conf"))
+            .arg("--sentinel")
+            .args(["--port", &port.to_string(), "--dir"])
+            .arg(&dir)
+            .args(["--daemonize", "no"]);
+        services.spawn(name, command, logs, libc::SIGTERM)?;
+        services.wait_for_port(port, logs)?;
+    }
+    Ok(LocalHa {
+        ports,
+        admin_password: secrets.redis_admin.clone(),
+        sentinel_password,
+    })
+}
+
+impl LocalHa {
+    /// The origin's settings for this Redis: the Sentinels instead of ASIDE_REDIS_URL.
+    pub fn origin_env(&self, origin: &mut Command, origin_password: &str) {
+        let sentinels: Vec<String> = self
+            .ports
+            .sentinels
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        origin
+            .env("ASIDE_REDIS_SENTINELS", sentinels.join(","))
+            .env("ASIDE_REDIS_SENTINEL_MASTER", MASTER_NAME)
+            .env("ASIDE_REDIS_SENTINEL_USERNAME", "origin")
+            .env("ASIDE_REDIS_SENTINEL_PASSWORD", origin_password)
+            .env("ASIDE_REDIS_USERNAME", "origin")
+            .env("ASIDE_REDIS_PASSWORD", origin_password);
+    }
+
+    /// One line per node: its role (asked with `ROLE`) and port.
+    pub fn describe(&self) -> String {
+        let mut lines = Vec::new();
+        for port in [self.ports.primary, self.ports.replica] {
+            let role = role(port, "admin", &self.admin_password)
+                .unwrap_or_else(|e| format!("not answering ({e})"));
+            lines.push(format!("  redis-server 127.0.0.1:{port}  role {role}"));
+        }
+        for port in self.ports.sentinels {
+            let role = role(port, "sentinel", &self.sentinel_password)
+                .unwrap_or_else(|e| format!("not answering ({e})"));
+            lines.push(format!("  sentinel     127.0.0.1:{port}  role {role}"));
+        }
+        lines.join("\n")
+    }
+}
+
+/// The first word of `ROLE` on `port` (`master`, `slave`, `sentinel`), over a bare RESP exchange (xtask
+/// has no Redis client).
+fn role(port: u16, user: &str, password: &str) -> anyhow::Result<String> {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+    let mut writer = stream.try_clone()?;
+    let resp = |args: &[&str]| {
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        out
+    };
+    writer.write_all(resp(&["AUTH", user, password]).as_bytes())?;
+    writer.write_all(resp(&["ROLE"]).as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    anyhow::ensure!(line.starts_with('+'), "AUTH refused");
+    // `*N`, then `$len`, then the role.
+    for _ in 0..3 {
+        line.clear();
+        reader.read_line(&mut line)?;
+    }
+    Ok(line.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn deploy(name: &str) -> String {
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../deploy")
+                .join(name),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_sentinel_file_is_filled_in_and_timed() {
+        let conf = render_sentinel_config(
+            &deploy("sentinel.conf"),
+            &SentinelSetup {
+                primary_host: "127.0.0.1",
+                primary_port: 7001,
+                sentinel_password: "s1",
+                origin_password: "o1",
+                timings: Some(SentinelTimings {
+                    down_after_ms: 1000,
+                    failover_timeout_ms: 2000,
+                }),
+            },
+        );
+        assert!(
+            !conf.lines().any(|l| !l.starts_with('#') && l.contains('<')),
+            "{conf}"
+        );
+        assert!(conf.contains(&format!("sentinel monitor {MASTER_NAME} 127.0.0.1 7001 2")));
+        assert!(conf.contains("sentinel down-after-milliseconds aside 1000\n"));
+        assert!(conf.contains("sentinel failover-timeout aside 2000\n"));
+        assert!(conf.contains("sentinel auth-pass aside s1\n"));
+        assert!(conf.contains("user origin on >o1 "));
+        assert!(conf.contains("user default off"));
+    }
+
+    #[test]
+    fn a_node_runs_redis_conf_then_replica_conf() {
+        let conf = render_node_config(&deploy("redis.conf"), &deploy("replica.conf"), true);
+        assert!(!conf.lines().any(|l| l.starts_with("include ")));
+        assert!(conf.contains("\nreplica-read-only yes\n"));
+        assert!(conf.contains("\nmasteruser replica\n"));
+        assert!(conf.contains("\nactivedefrag no\n"));
+        assert!(conf.find("maxmemory ").unwrap() < conf.find("replica-read-only").unwrap());
+    }
+}
