@@ -151,6 +151,7 @@ async fn metrics_expose_every_family_and_move_with_traffic() {
         "aside_origin_redis_evicted_keys_total",
         "aside_origin_redis_used_memory_bytes",
         "aside_origin_redis_used_memory_rss_bytes",
+        "aside_origin_redis_maxmemory_bytes",
     ] {
         assert!(names.contains(family), "{family} missing from /metrics");
     }
@@ -200,6 +201,11 @@ async fn metrics_expose_every_family_and_move_with_traffic() {
     );
     assert!(value(&after, "aside_origin_redis_keyspace_hits_total") >= 1.0);
     assert_eq!(value(&after, "aside_origin_db_pool_max_connections"), 16.0);
+    // The harness starts Redis with `--maxmemory 256mb`.
+    assert_eq!(
+        value(&after, "aside_origin_redis_maxmemory_bytes"),
+        256.0 * 1024.0 * 1024.0
+    );
     assert_eq!(value(&after, "aside_origin_change_capture_leader"), 1.0);
 
     // Requests are labelled by route template, never by raw path.

@@ -1,5 +1,5 @@
-//! Installing what a fresh Debian/Ubuntu machine lacks: the `wasm32-wasip2` Rust target, `redis-server`
-//! and the PostgreSQL server. As root they are installed with rustup and apt-get; otherwise the error
+//! Installing what a fresh Debian/Ubuntu machine lacks: the `wasm32-wasip2` Rust target, `redis-server`,
+//! the PostgreSQL server and Prometheus (`prometheus` and `promtool`, for the rules' tests). As root they are installed with rustup and apt-get; otherwise the error
 //! names the command to run.
 
 use std::process::Command;
@@ -38,6 +38,16 @@ pub fn postgres_installed() -> bool {
     crate::local::pg_bin_dir().is_some()
 }
 
+/// `prometheus` (the real-Prometheus test) and `promtool` (the rules' checks and unit tests).
+pub fn prometheus_installed() -> bool {
+    ["prometheus", "promtool"].iter().all(|tool| {
+        Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
 pub const SERVERS: &[Prerequisite] = &[
     Prerequisite {
         name: "redis-server",
@@ -51,9 +61,32 @@ pub const SERVERS: &[Prerequisite] = &[
     },
 ];
 
+/// What only `cargo xtask test` needs, on top of [`SERVERS`].
+pub const TEST_TOOLS: &[Prerequisite] = &[Prerequisite {
+    name: "Prometheus (prometheus, promtool)",
+    present: prometheus_installed,
+    apt_packages: &["prometheus"],
+}];
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Debian's `prometheus` package enables and starts a system service on port 9090. aside needs only
+/// the binaries (the tests start their own Prometheus on a free port), so the service is stopped and
+/// disabled, whichever init system the machine runs; where nothing started it, these do nothing.
+fn stop_system_prometheus() {
+    let quiet = |program: &str, args: &[&str]| {
+        let _ = Command::new(program)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    };
+    quiet("systemctl", &["disable", "--now", "prometheus.service"]);
+    quiet("service", &["prometheus", "stop"]);
+    quiet("update-rc.d", &["prometheus", "disable"]);
 }
 
 /// Installs the wasm target (rustup) and the servers (apt-get, as root) if missing.
@@ -68,7 +101,19 @@ pub fn ensure_all() -> anyhow::Result<()> {
             bail!("`rustup target add {WASM_TARGET}` failed");
         }
     }
-    let missing: Vec<&Prerequisite> = SERVERS.iter().filter(|p| !(p.present)()).collect();
+    install_missing(SERVERS)
+}
+
+/// Installs, on top of [`ensure_all`], what the test suite needs: Prometheus's `prometheus` and
+/// `promtool`.
+pub fn ensure_test_tools() -> anyhow::Result<()> {
+    ensure_all()?;
+    install_missing(TEST_TOOLS)
+}
+
+/// Installs the apt packages of the `wanted` prerequisites that are missing (as root), or names them.
+fn install_missing(wanted: &[Prerequisite]) -> anyhow::Result<()> {
+    let missing: Vec<&Prerequisite> = wanted.iter().filter(|p| !(p.present)()).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -102,6 +147,9 @@ pub fn ensure_all() -> anyhow::Result<()> {
         .context("apt-get install")?;
     if !install.success() {
         bail!("apt-get install {} failed", packages.join(" "));
+    }
+    if packages.contains(&"prometheus") {
+        stop_system_prometheus();
     }
     for p in missing {
         if !(p.present)() {

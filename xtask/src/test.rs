@@ -23,7 +23,7 @@ pub const TEST_FEATURES: &str = "aside-origin/test-hooks";
 const CI_FUZZ_SECONDS: u64 = 30;
 
 pub fn run(args: TestArgs) -> anyhow::Result<()> {
-    xtask::prereq::ensure_all()?;
+    xtask::prereq::ensure_test_tools()?;
     // The edge component the host runs in the tests, and the origin binary the harness starts.
     run_cmd(cargo().args([
         "build",
