@@ -641,8 +641,11 @@ fn is_recorded(name: &str) -> bool {
     name.contains(':')
 }
 
-/// The Prometheus rules in deploy/prometheus/rules: `(record or alert name, expr)` of every rule.
-fn prometheus_rules() -> (Vec<(String, String)>, Vec<(String, String)>) {
+/// A rule's name (the series it records, or the alert) and its PromQL expression.
+type NamedExpr = (String, String);
+
+/// The Prometheus rules in deploy/prometheus/rules: the recording rules and the alerts, in file order.
+fn prometheus_rules() -> (Vec<NamedExpr>, Vec<NamedExpr>) {
     let dir = workspace_root().join("deploy/prometheus/rules");
     let (mut records, mut alerts) = (Vec::new(), Vec::new());
     let mut files: Vec<_> = std::fs::read_dir(&dir)

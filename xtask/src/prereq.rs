@@ -62,11 +62,18 @@ pub const SERVERS: &[Prerequisite] = &[
 ];
 
 /// What only `cargo xtask test` needs, on top of [`SERVERS`].
-pub const TEST_TOOLS: &[Prerequisite] = &[Prerequisite {
-    name: "Prometheus (prometheus, promtool)",
-    present: prometheus_installed,
-    apt_packages: &["prometheus"],
-}];
+pub const TEST_TOOLS: &[Prerequisite] = &[
+    Prerequisite {
+        name: "Prometheus (prometheus, promtool)",
+        present: prometheus_installed,
+        apt_packages: &["prometheus"],
+    },
+    Prerequisite {
+        name: "Python venv (for the manifest validators)",
+        present: python_venv_available,
+        apt_packages: &["python3-venv"],
+    },
+];
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -161,4 +168,47 @@ fn install_missing(wanted: &[Prerequisite]) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The PyPI tools that validate the Kubernetes manifests offline, pinned: `kubernetes-validate`
+/// (bundles the Kubernetes API's JSON schemas) and `check-jsonschema` (the SpinApp CRD's schema).
+pub const MANIFEST_VALIDATORS: &[&str] =
+    &["kubernetes-validate==1.37.0", "check-jsonschema==0.39.0"];
+
+/// The `bin/` of a Python virtual environment holding [`MANIFEST_VALIDATORS`], created under
+/// `target/tools/` on first use (pip, from PyPI) and reused afterwards.
+pub fn manifest_validators(target_dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let venv = target_dir.join("tools/manifest-validators");
+    let bin = venv.join("bin");
+    let stamp = venv.join(".installed");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == MANIFEST_VALIDATORS.join(" ")) {
+        return Ok(bin);
+    }
+    let created = Command::new("python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(&venv)
+        .status()
+        .context("python3 is needed for the manifest validators")?;
+    if !created.success() {
+        bail!(
+            "`python3 -m venv` failed; install Debian's python3-venv (apt-get install -y python3-venv)"
+        );
+    }
+    let installed = Command::new(bin.join("pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(MANIFEST_VALIDATORS)
+        .status()
+        .context("pip install the manifest validators")?;
+    if !installed.success() {
+        bail!("pip install {} failed", MANIFEST_VALIDATORS.join(" "));
+    }
+    std::fs::write(&stamp, MANIFEST_VALIDATORS.join(" "))?;
+    Ok(bin)
+}
+
+pub fn python_venv_available() -> bool {
+    Command::new("python3")
+        .args(["-c", "import venv, ensurepip"])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
