@@ -140,16 +140,15 @@ fn promtool_checks_the_rules_runs_their_unit_tests_and_checks_the_config() {
 
 /// kustomize as users have it: `kustomize` on PATH, else the one built into `kubectl`.
 fn kustomize_build(dir: &Path) -> String {
-    let which = |tool: &str| {
+    let installed = |tool: &str, args: &[&str]| {
         Command::new(tool)
-            .arg("version")
-            .arg(if tool == "kubectl" { "--client" } else { "" })
+            .args(args)
             .output()
             .is_ok_and(|o| o.status.success())
     };
-    let out = if which("kustomize") {
+    let out = if installed("kustomize", &["version"]) {
         run(Command::new("kustomize").arg("build").arg(dir))
-    } else if which("kubectl") {
+    } else if installed("kubectl", &["version", "--client"]) {
         run(Command::new("kubectl").arg("kustomize").arg(dir))
     } else {
         panic!(
