@@ -48,7 +48,20 @@ pub fn prometheus_installed() -> bool {
     })
 }
 
+pub fn curl_installed() -> bool {
+    Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The servers, and `curl`, which the README's examples (and their test, tests/tests/readme.rs) use.
 pub const SERVERS: &[Prerequisite] = &[
+    Prerequisite {
+        name: "curl",
+        present: curl_installed,
+        apt_packages: &["curl"],
+    },
     Prerequisite {
         name: "redis-server",
         present: redis_installed,
