@@ -183,6 +183,12 @@ fn describe_observability() {
         metrics::Unit::Bytes,
         "Redis INFO used_memory_rss: resident bytes of the Redis server process"
     );
+    // ops (issue 14): the memory alert compares used_memory with this.
+    metrics::describe_gauge!(
+        "aside_origin_redis_maxmemory_bytes",
+        metrics::Unit::Bytes,
+        "Redis INFO maxmemory: the memory limit of the Redis server in bytes, 0 when it has none"
+    );
 }
 
 /// One answered HTTP request. `route` is the matched path template (`/users/{id}`) or `unmatched`.
@@ -265,6 +271,9 @@ pub fn redis_server(info: &crate::cache::stats::ServerInfo) {
     }
     if let Some(v) = info.used_memory_rss_bytes {
         metrics::gauge!("aside_origin_redis_used_memory_rss_bytes").set(v as f64);
+    }
+    if let Some(v) = info.maxmemory_bytes {
+        metrics::gauge!("aside_origin_redis_maxmemory_bytes").set(v as f64);
     }
 }
 

@@ -1,5 +1,5 @@
-//! Installing what a fresh Debian/Ubuntu machine lacks: the `wasm32-wasip2` Rust target, `redis-server`
-//! and the PostgreSQL server. As root they are installed with rustup and apt-get; otherwise the error
+//! Installing what a fresh Debian/Ubuntu machine lacks: the `wasm32-wasip2` Rust target, `redis-server`,
+//! the PostgreSQL server and Prometheus (`prometheus` and `promtool`, for the rules' tests). As root they are installed with rustup and apt-get; otherwise the error
 //! names the command to run.
 
 use std::process::Command;
@@ -38,6 +38,16 @@ pub fn postgres_installed() -> bool {
     crate::local::pg_bin_dir().is_some()
 }
 
+/// `prometheus` (the real-Prometheus test) and `promtool` (the rules' checks and unit tests).
+pub fn prometheus_installed() -> bool {
+    ["prometheus", "promtool"].iter().all(|tool| {
+        Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
 pub fn curl_installed() -> bool {
     Command::new("curl")
         .arg("--version")
@@ -64,9 +74,39 @@ pub const SERVERS: &[Prerequisite] = &[
     },
 ];
 
+/// What only `cargo xtask test` needs, on top of [`SERVERS`].
+pub const TEST_TOOLS: &[Prerequisite] = &[
+    Prerequisite {
+        name: "Prometheus (prometheus, promtool)",
+        present: prometheus_installed,
+        apt_packages: &["prometheus"],
+    },
+    Prerequisite {
+        name: "Python venv (for the manifest validators)",
+        present: python_venv_available,
+        apt_packages: &["python3-venv"],
+    },
+];
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Debian's `prometheus` package enables and starts a system service on port 9090. aside needs only
+/// the binaries (the tests start their own Prometheus on a free port), so the service is stopped and
+/// disabled, whichever init system the machine runs; where nothing started it, these do nothing.
+fn stop_system_prometheus() {
+    let quiet = |program: &str, args: &[&str]| {
+        let _ = Command::new(program)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    };
+    quiet("systemctl", &["disable", "--now", "prometheus.service"]);
+    quiet("service", &["prometheus", "stop"]);
+    quiet("update-rc.d", &["prometheus", "disable"]);
 }
 
 /// Installs the wasm target (rustup) and the servers (apt-get, as root) if missing.
@@ -81,7 +121,19 @@ pub fn ensure_all() -> anyhow::Result<()> {
             bail!("`rustup target add {WASM_TARGET}` failed");
         }
     }
-    let missing: Vec<&Prerequisite> = SERVERS.iter().filter(|p| !(p.present)()).collect();
+    install_missing(SERVERS)
+}
+
+/// Installs, on top of [`ensure_all`], what the test suite needs: Prometheus's `prometheus` and
+/// `promtool`.
+pub fn ensure_test_tools() -> anyhow::Result<()> {
+    ensure_all()?;
+    install_missing(TEST_TOOLS)
+}
+
+/// Installs the apt packages of the `wanted` prerequisites that are missing (as root), or names them.
+fn install_missing(wanted: &[Prerequisite]) -> anyhow::Result<()> {
+    let missing: Vec<&Prerequisite> = wanted.iter().filter(|p| !(p.present)()).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -116,6 +168,9 @@ pub fn ensure_all() -> anyhow::Result<()> {
     if !install.success() {
         bail!("apt-get install {} failed", packages.join(" "));
     }
+    if packages.contains(&"prometheus") {
+        stop_system_prometheus();
+    }
     for p in missing {
         if !(p.present)() {
             bail!(
@@ -126,4 +181,47 @@ pub fn ensure_all() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The PyPI tools that validate the Kubernetes manifests offline, pinned: `kubernetes-validate`
+/// (bundles the Kubernetes API's JSON schemas) and `check-jsonschema` (the SpinApp CRD's schema).
+pub const MANIFEST_VALIDATORS: &[&str] =
+    &["kubernetes-validate==1.37.0", "check-jsonschema==0.39.0"];
+
+/// The `bin/` of a Python virtual environment holding [`MANIFEST_VALIDATORS`], created under
+/// `target/tools/` on first use (pip, from PyPI) and reused afterwards.
+pub fn manifest_validators(target_dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let venv = target_dir.join("tools/manifest-validators");
+    let bin = venv.join("bin");
+    let stamp = venv.join(".installed");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == MANIFEST_VALIDATORS.join(" ")) {
+        return Ok(bin);
+    }
+    let created = Command::new("python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(&venv)
+        .status()
+        .context("python3 is needed for the manifest validators")?;
+    if !created.success() {
+        bail!(
+            "`python3 -m venv` failed; install Debian's python3-venv (apt-get install -y python3-venv)"
+        );
+    }
+    let installed = Command::new(bin.join("pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(MANIFEST_VALIDATORS)
+        .status()
+        .context("pip install the manifest validators")?;
+    if !installed.success() {
+        bail!("pip install {} failed", MANIFEST_VALIDATORS.join(" "));
+    }
+    std::fs::write(&stamp, MANIFEST_VALIDATORS.join(" "))?;
+    Ok(bin)
+}
+
+pub fn python_venv_available() -> bool {
+    Command::new("python3")
+        .args(["-c", "import venv, ensurepip"])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }

@@ -55,7 +55,7 @@ fn edge_runtime() -> anyhow::Result<&'static str> {
 }
 
 pub fn run(args: TestArgs) -> anyhow::Result<()> {
-    xtask::prereq::ensure_all()?;
+    xtask::prereq::ensure_test_tools()?;
     // The edge component the host runs in the tests, and the origin binary the harness starts.
     run_cmd(cargo().args([
         "build",
