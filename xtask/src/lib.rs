@@ -6,3 +6,4 @@ pub mod local;
 pub mod prereq;
 pub mod spin;
 pub mod stack;
+pub mod supervise;

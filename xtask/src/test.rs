@@ -67,11 +67,13 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     ]))?;
     run_cmd(cargo().args(["build", "-p", "aside-origin", "--features", TEST_FEATURES]))?;
     let runtime = edge_runtime()?;
+    // The README test (tests/tests/readme.rs) runs `cargo xtask up` with this very xtask.
     run_cmd(
         cargo()
             .args(["test", "--workspace", "--features", TEST_FEATURES])
             .args(&args.cargo_test_args)
-            .env(EDGE_RUNTIME_ENV, runtime),
+            .env(EDGE_RUNTIME_ENV, runtime)
+            .env("ASIDE_XTASK", std::env::current_exe()?),
     )?;
     // The benchmark's quick run on the binaries built above; its report is checked. A filtered run is a
     // targeted one: it skips it.

@@ -167,6 +167,11 @@ impl ManagedChild {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// The child's standard output, when it was piped (once).
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.as_mut()?.stdout.take()
+    }
+
     /// Sends a signal without waiting (e.g. SIGSTOP to freeze it).
     pub fn signal(&self, signal: i32) {
         if let Some(c) = &self.child {
