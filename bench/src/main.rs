@@ -578,23 +578,6 @@ impl Ports {
     }
 }
 
-/// The process groups of the `spin up` processes, killed when dropped (after the services, which are
-/// declared later and stopped first). `spin up` runs its trigger as a child in its group and forwards
-/// SIGTERM to it, so this only matters when one had to be killed: its trigger would be left serving.
-#[derive(Default)]
-struct SpinGroups(Vec<i32>);
-
-impl Drop for SpinGroups {
-    fn drop(&mut self) {
-        for group in &self.0 {
-            // SAFETY: signalling a process group this process started (ESRCH when it is gone).
-            unsafe {
-                libc::killpg(*group, libc::SIGKILL);
-            }
-        }
-    }
-}
-
 /// Waits until every one of `ports` accepts connections, failing early when a service exits.
 fn wait_for_ports(
     services: &mut Services,
@@ -723,7 +706,6 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let state = std::env::temp_dir().join(format!("aside-bench-{}", std::process::id()));
     let pg_dir = stack::postgres_dir(&state);
     let _dirs = TempDirs(vec![state.clone(), pg_dir.clone()]);
-    let mut spin_groups = SpinGroups::default();
     std::fs::create_dir_all(&state)?;
     std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let secrets = Secrets::load_or_generate(&state.join("secrets"))?;
@@ -846,13 +828,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 edge.env("SPIN_VARIABLE_L1_MAX_ENTRIES", "0")
                     .env("SPIN_VARIABLE_L1_TTL_MS", "0");
             }
-            // SIGTERM: Spin forwards it to its trigger and both stop; the host stops cleanly.
+            // SIGTERM to its process group: `spin up` and its trigger (a child process) both stop.
             services.spawn(name, edge, &logs, libc::SIGTERM)?;
-            if *rt == Rt::Spin {
-                let started = services.0.last().expect("just started");
-                // Its own process group (stack::detach): the group id is its pid.
-                spin_groups.0.push(started.child.id() as i32);
-            }
             listening.push((name, port));
         }
     }
