@@ -453,6 +453,14 @@ impl Report {
                 .unwrap_or_default(),
             e.why
         );
+        if e.runtimes.iter().any(|r| r == "host") && self.settings.build != "release" {
+            let _ = writeln!(
+                out,
+                "The bundled host is a {} build here (Spin is always a release build): its figures \
+                 say little about the host's speed, and nothing against Spin's.\n",
+                self.settings.build
+            );
+        }
         out.push_str("### Against the hello-world baseline\n\n");
         out.push_str(
             "Each edge run read against the `hello` run of its runtime (the same load on a component that \
@@ -1173,6 +1181,7 @@ mod tests {
     #[test]
     fn the_report_shows_the_ratios_goals_and_runtimes() {
         let mut r = report(spin_and_host());
+        r.settings.build = "release".into();
         r.edge_runtime.runtimes = vec!["spin".into(), "host".into()];
         r.redis_hgetall = Some(hgetall(120.0));
         r.finish();
@@ -1210,6 +1219,12 @@ mod tests {
         assert!(
             md.contains("| hello | uniform | 1.52 | 0.56 | 0.69 | (baseline) |"),
             "{md}"
+        );
+        assert!(!md.contains("debug build"), "{md}");
+        r.settings.build = "debug".into();
+        assert!(
+            r.markdown()
+                .contains("The bundled host is a debug build here")
         );
     }
 }
