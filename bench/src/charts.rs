@@ -66,9 +66,11 @@ fn register_font() {
     });
 }
 
-/// One colour per scenario, the same in every chart.
-fn colour(scenario: &str) -> RGBColor {
-    const COLOURS: [RGBColor; 7] = [
+/// One colour per scenario, the same in every chart; runs under the bundled host in a lighter shade of
+/// it than runs under Spin (or the origin).
+fn colour(run: &Run) -> RGBColor {
+    const COLOURS: [RGBColor; 8] = [
+        RGBColor(127, 127, 127),
         RGBColor(31, 119, 180),
         RGBColor(255, 127, 14),
         RGBColor(44, 160, 44),
@@ -77,12 +79,22 @@ fn colour(scenario: &str) -> RGBColor {
         RGBColor(140, 86, 75),
         RGBColor(227, 119, 194),
     ];
-    let i = SCENARIOS.iter().position(|s| *s == scenario).unwrap_or(0);
-    COLOURS[i % COLOURS.len()]
+    let i = SCENARIOS
+        .iter()
+        .position(|s| *s == run.scenario)
+        .unwrap_or(0);
+    let RGBColor(r, g, b) = COLOURS[i % COLOURS.len()];
+    if run.runtime.as_deref() == Some("host") {
+        let lighter = |c: u8| c + (255 - c) / 2;
+        RGBColor(lighter(r), lighter(g), lighter(b))
+    } else {
+        RGBColor(r, g, b)
+    }
 }
 
+/// `scenario / keys`, and `/ runtime` for the edge runs.
 fn label(run: &Run) -> String {
-    format!("{} / {}", run.scenario, run.keys)
+    run.label()
 }
 
 /// "Nines" of a quantile: 0.9 → 1, 0.99 → 2, 0.999 → 3 (capped at 5 for the maximum).
@@ -138,7 +150,7 @@ where
         .draw()
         .map_err(err)?;
     for run in runs {
-        let colour = colour(&run.scenario);
+        let colour = colour(run);
         let points: Vec<(f64, f64)> = run
             .result
             .spectrum
@@ -180,7 +192,7 @@ where
         .caption("Throughput (requests/s)", ("sans-serif", 24))
         .margin(15)
         .x_label_area_size(45)
-        .y_label_area_size(230)
+        .y_label_area_size(290)
         .build_cartesian_2d(0f64..max * 1.18, (0..n).into_segmented())
         .map_err(err)?;
     chart
@@ -205,7 +217,7 @@ where
                     (0.0, SegmentValue::Exact(slot(i))),
                     (run.result.rps, SegmentValue::Exact(slot(i) + 1)),
                 ],
-                colour(&run.scenario).filled(),
+                colour(run).filled(),
             );
             bar.set_margin(4, 4, 0, 0);
             bar
@@ -234,6 +246,7 @@ mod tests {
             scenario: scenario.into(),
             keys: keys.into(),
             target: "edge".into(),
+            runtime: None,
             description: String::new(),
             result: LoadResult {
                 requests: 100,
@@ -252,18 +265,26 @@ mod tests {
     fn charts_render_as_svg_and_png_with_text() {
         let dir = std::env::temp_dir().join(format!("aside-bench-charts-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let runs = vec![
+        let mut runs = vec![
             run("edge-l1-hot", "zipf", 300, 9000.0),
             run("edge-l2", "uniform", 700, 5000.0),
+            run("edge-l2", "uniform", 900, 4000.0),
             run("postgres-only", "zipf", 2500, 1200.0),
         ];
+        runs[0].runtime = Some("spin".into());
+        runs[1].runtime = Some("spin".into());
+        runs[2].runtime = Some("host".into());
+        // The two runtimes of one scenario: one colour, the host's lighter.
+        assert_eq!(colour(&runs[1]), RGBColor(255, 127, 14));
+        assert_eq!(colour(&runs[2]), RGBColor(255, 191, 134));
         let written = write_all(&dir, &runs).unwrap();
         assert_eq!(written.len(), 4);
         let svg = std::fs::read_to_string(dir.join("latency.svg")).unwrap();
         assert!(
-            svg.contains("edge-l1-hot / zipf") && svg.contains("99.9%"),
+            svg.contains("edge-l1-hot / zipf / spin") && svg.contains("99.9%"),
             "{svg}"
         );
+        assert!(svg.contains("edge-l2 / uniform / host"), "{svg}");
         let svg = std::fs::read_to_string(dir.join("throughput.svg")).unwrap();
         assert!(svg.contains("postgres-only / zipf"));
 

@@ -1,11 +1,14 @@
 //! `aside-bench`: the benchmark driver behind `cargo xtask bench` (which builds the binaries and runs
 //! this one). See docs/benchmarks.md.
 //!
-//! It starts a stack of its own (Redis, PostgreSQL, an origin, an origin with the cache off, an edge and
-//! an edge with tier 1 off) on free ports, with its state in a temporary folder that is removed at the
-//! end, seeds it, runs every scenario through `aside-load` (a separate process), and writes
-//! `report.json`, `report.md` and the charts. Ctrl-C, or any failure, stops the stack and removes its
-//! state; the servers' logs stay in `<out>/logs/`.
+//! It starts a stack of its own (Redis, PostgreSQL, an origin, an origin with the cache off, and per edge
+//! runtime an edge, an edge with tier 1 off and the hello-world baseline) on free ports, with its state
+//! in a temporary folder that is removed at the end, seeds it, runs every scenario through `aside-load`
+//! (a separate process), and writes `report.json`, `report.md` and the charts. Ctrl-C, or any failure,
+//! stops the stack and removes its state; the servers' logs stay in `<out>/logs/`.
+//!
+//! The edge runtime is real Spin (`spin up` of a Spin 4 CLI: `ASIDE_SPIN`, else `spin` on PATH) when
+//! one is found, else the bundled host; `--edge-runtime spin|host|both` chooses.
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -17,9 +20,10 @@ use anyhow::{Context as _, bail};
 use aside_bench::keys::KeyDist;
 use aside_bench::load::LoadResult;
 use aside_bench::redis_admin::RedisAdmin;
-use aside_bench::report::{self, Machine, Report, Run, SCHEMA, Settings};
-use clap::{Args, Parser, Subcommand};
+use aside_bench::report::{self, EdgeRuntimes, Machine, Report, Run, SCHEMA, Settings};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use xtask::spin::{NotFound, SpinCli};
 use xtask::stack::{self, Secrets, Services};
 
 /// Set by Ctrl-C / SIGTERM; checked between steps and while a scenario runs.
@@ -29,6 +33,11 @@ static STOP: AtomicBool = AtomicBool::new(false);
 const KEY_SEED: u64 = 42;
 /// Seed of the generated profiles (a reproducible data set).
 const DATA_SEED: u64 = 42;
+/// Timed `HGETALL` round trips: the L2 goal is read against their p50.
+const HGETALL_SAMPLES: usize = 1000;
+/// How long the edges may take to listen: Spin compiles each component on its first start (later
+/// starts load it from its cache), several at once, on machines with few cores.
+const EDGE_START_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -83,6 +92,122 @@ struct RunArgs {
     /// Only these scenarios (comma-separated), e.g. `--only edge-l1-hot,edge-l2`.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// What runs the edges and the hello-world baseline: `spin` (`spin up` of a Spin 4 CLI: `ASIDE_SPIN`,
+    /// else `spin` on PATH), `host` (the bundled aside-host) or `both` [default: spin when found, else
+    /// host]. Every edge scenario runs under each.
+    #[arg(long, value_enum)]
+    edge_runtime: Option<RuntimeArg>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RuntimeArg {
+    Spin,
+    Host,
+    Both,
+}
+
+/// An edge runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Rt {
+    /// `spin up` of a Spin 4 CLI.
+    Spin,
+    /// The bundled Spin-compatible host, `aside-host`.
+    Host,
+}
+
+impl Rt {
+    /// Its name in the report (one of [`report::RUNTIMES`]).
+    fn name(self) -> &'static str {
+        match self {
+            Rt::Spin => "spin",
+            Rt::Host => "host",
+        }
+    }
+}
+
+/// The edge runtimes of this run and how they were chosen.
+struct Runtimes {
+    list: Vec<Rt>,
+    spin: Option<SpinCli>,
+    why: String,
+}
+
+impl Runtimes {
+    /// `--edge-runtime`, or the default: Spin when a Spin 4 CLI is found (`ASIDE_SPIN`, else `spin` on
+    /// PATH), else the bundled host. Asking for Spin without one is an error, and so is a broken
+    /// `ASIDE_SPIN` (never silently replaced by the host).
+    fn choose(arg: Option<RuntimeArg>, found: Result<SpinCli, NotFound>) -> anyhow::Result<Self> {
+        let spin = |found: Result<SpinCli, NotFound>, option: &str| {
+            found.map_err(|e| anyhow::anyhow!("--edge-runtime {option}, but {e}"))
+        };
+        Ok(match (arg, found) {
+            (None, Ok(cli)) => Runtimes {
+                list: vec![Rt::Spin],
+                why: "the default: a Spin 4 CLI was found".into(),
+                spin: Some(cli),
+            },
+            (None, Err(e @ NotFound::BadOverride { .. })) => bail!("{e}"),
+            (None, Err(e)) => Runtimes {
+                list: vec![Rt::Host],
+                why: format!("the default without Spin, NOT Spin: {e}"),
+                spin: None,
+            },
+            (Some(RuntimeArg::Host), _) => Runtimes {
+                list: vec![Rt::Host],
+                why: "chosen with --edge-runtime host".into(),
+                spin: None,
+            },
+            (Some(RuntimeArg::Spin), found) => Runtimes {
+                list: vec![Rt::Spin],
+                why: "chosen with --edge-runtime spin".into(),
+                spin: Some(spin(found, "spin")?),
+            },
+            (Some(RuntimeArg::Both), found) => Runtimes {
+                list: vec![Rt::Spin, Rt::Host],
+                why: "chosen with --edge-runtime both".into(),
+                spin: Some(spin(found, "both")?),
+            },
+        })
+    }
+
+    fn report(&self) -> EdgeRuntimes {
+        EdgeRuntimes {
+            runtimes: self.list.iter().map(|rt| rt.name().to_string()).collect(),
+            why: self.why.clone(),
+            spin: self.spin.as_ref().map(ToString::to_string),
+        }
+    }
+
+    /// The command that serves `manifest` on `port` under `rt`, with no `SPIN_*` variable of this
+    /// process's environment (the caller sets the component's). Spin keeps its state (and the
+    /// component's stdout/stderr, in `logs/`) in `state`.
+    fn command(&self, rt: Rt, bin: &Path, manifest: &Path, port: u16, state: &Path) -> Command {
+        let listen = format!("127.0.0.1:{port}");
+        let mut command = match (rt, &self.spin) {
+            (Rt::Spin, Some(cli)) => {
+                let mut c = Command::new(&cli.path);
+                c.arg("up").arg("--state-dir").arg(state);
+                c
+            }
+            _ => {
+                let mut c = Command::new(bin.join("aside-host"));
+                // One cache for both manifests (its default is beside each manifest: bench/hello/target).
+                c.arg("--cache-dir")
+                    .arg(workspace_root().join("target/aside-host-cache"));
+                c
+            }
+        };
+        command
+            .arg("--from")
+            .arg(manifest)
+            .args(["--listen", &listen]);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("SPIN_") {
+                command.env_remove(key);
+            }
+        }
+        command
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -112,6 +237,11 @@ fn verify_file(path: &Path) -> anyhow::Result<()> {
         report.runs.len(),
         report::SCENARIOS.len()
     );
+    println!(
+        "edge runtime {} ({})",
+        report.edge_runtime.runtimes.join(" and "),
+        report.edge_runtime.why
+    );
     Ok(())
 }
 
@@ -123,12 +253,14 @@ fn workspace_root() -> PathBuf {
 }
 
 /// What the requests of a scenario go to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Target {
     /// The edge with Spin's defaults (tier 1 on).
-    Edge,
+    Edge(Rt),
     /// A second edge with tier 1 off: every read asks Redis.
-    EdgeL1Off,
+    EdgeL1Off(Rt),
+    /// The hello-world component (bench/hello): what the runtime itself allows.
+    Hello(Rt),
     /// The origin, directly, with its bearer token.
     Origin,
     /// An origin started with `ASIDE_CACHE=off`: every read is a PostgreSQL query.
@@ -138,10 +270,43 @@ enum Target {
 impl Target {
     fn describe(self) -> &'static str {
         match self {
-            Target::Edge => "edge",
-            Target::EdgeL1Off => "edge with tier 1 off",
+            Target::Edge(_) => "edge",
+            Target::EdgeL1Off(_) => "edge with tier 1 off",
+            Target::Hello(_) => "hello-world component",
             Target::Origin => "origin",
             Target::OriginCacheOff => "origin with ASIDE_CACHE=off",
+        }
+    }
+
+    /// The runtime of an edge or hello-world target.
+    fn runtime(self) -> Option<Rt> {
+        match self {
+            Target::Edge(rt) | Target::EdgeL1Off(rt) | Target::Hello(rt) => Some(rt),
+            Target::Origin | Target::OriginCacheOff => None,
+        }
+    }
+
+    /// The same target under `rt` (origins have no runtime).
+    fn under(self, rt: Rt) -> Self {
+        match self {
+            Target::Edge(_) => Target::Edge(rt),
+            Target::EdgeL1Off(_) => Target::EdgeL1Off(rt),
+            Target::Hello(_) => Target::Hello(rt),
+            origin => origin,
+        }
+    }
+
+    /// The service's name (and its log file's).
+    fn service(self) -> &'static str {
+        match self {
+            Target::Edge(Rt::Spin) => "edge-spin",
+            Target::Edge(Rt::Host) => "edge-host",
+            Target::EdgeL1Off(Rt::Spin) => "edge-l1-off-spin",
+            Target::EdgeL1Off(Rt::Host) => "edge-l1-off-host",
+            Target::Hello(Rt::Spin) => "hello-spin",
+            Target::Hello(Rt::Host) => "hello-host",
+            Target::Origin => "origin",
+            Target::OriginCacheOff => "origin-cache-off",
         }
     }
 }
@@ -153,9 +318,12 @@ enum Cache {
     Empty,
     /// Redis holding every profile.
     Full,
+    /// Whatever Redis holds (the hello-world baseline never asks it).
+    Any,
 }
 
 /// One scenario with one key choice.
+#[derive(Clone, Copy)]
 struct Plan {
     scenario: &'static str,
     keys: KeyDist,
@@ -181,8 +349,9 @@ impl Plan {
 }
 
 /// Every run, in the order they are run: the miss scenarios first (each on an emptied Redis), then
-/// Redis is filled once and the rest run on it.
-fn plans() -> Vec<Plan> {
+/// Redis is filled once and the rest run on it. An edge scenario (and the baseline) runs once per
+/// runtime, the runs of one key choice next to each other.
+fn plans(runtimes: &[Rt]) -> Vec<Plan> {
     use KeyDist::{Uniform, Walk, Zipf};
     const ORIGIN_MISS: &str = "every request for an id not asked before (a shuffled walk over all ids, \
         on an emptied Redis) straight to the origin: Redis miss, one PostgreSQL query, a compare-and-set \
@@ -200,6 +369,9 @@ fn plans() -> Vec<Plan> {
     const POSTGRES_ONLY: &str = "reads to an origin started with ASIDE_CACHE=off: every read is a \
         PostgreSQL query (the origin's single-flight still merges concurrent reads of one id). The \
         baseline the cache is measured against.";
+    const HELLO: &str = "the hello-world component (bench/hello: a spin-sdk 6 component that answers \
+        every request with a fixed body the size of a profile, no x-cache) under the same runtime, keys \
+        and load as the edge: what the runtime itself allows, the baseline of every edge run.";
     const MIX: &str = "95 % reads, 5 % writes (PATCH with a new department, a small valid change) \
         through the edge; writes are forwarded to the origin, committed in PostgreSQL and written \
         through to Redis, and change capture follows them.";
@@ -213,7 +385,8 @@ fn plans() -> Vec<Plan> {
         description,
         expect,
     };
-    vec![
+    // Each edge target stands for all the runtimes; `Rt::Spin` is a placeholder replaced below.
+    let base = vec![
         p(
             "origin-miss",
             Walk,
@@ -228,7 +401,7 @@ fn plans() -> Vec<Plan> {
             "edge-miss",
             Walk,
             false,
-            Target::Edge,
+            Target::Edge(Rt::Spin),
             Cache::Empty,
             0.0,
             EDGE_MISS,
@@ -255,10 +428,20 @@ fn plans() -> Vec<Plan> {
             (&["HIT"][..], 0.9),
         ),
         p(
+            report::HELLO,
+            Uniform,
+            false,
+            Target::Hello(Rt::Spin),
+            Cache::Any,
+            0.0,
+            HELLO,
+            (&["none"][..], 0.99),
+        ),
+        p(
             "edge-l2",
             Zipf,
             false,
-            Target::EdgeL1Off,
+            Target::EdgeL1Off(Rt::Spin),
             Cache::Full,
             0.0,
             EDGE_L2,
@@ -268,7 +451,7 @@ fn plans() -> Vec<Plan> {
             "edge-l2",
             Uniform,
             false,
-            Target::EdgeL1Off,
+            Target::EdgeL1Off(Rt::Spin),
             Cache::Full,
             0.0,
             EDGE_L2,
@@ -278,7 +461,7 @@ fn plans() -> Vec<Plan> {
             "edge-l1-hot",
             Zipf,
             false,
-            Target::Edge,
+            Target::Edge(Rt::Spin),
             Cache::Full,
             0.0,
             EDGE_L1,
@@ -288,7 +471,7 @@ fn plans() -> Vec<Plan> {
             "edge-l1-hot",
             Uniform,
             true,
-            Target::Edge,
+            Target::Edge(Rt::Spin),
             Cache::Full,
             0.0,
             EDGE_L1,
@@ -318,7 +501,7 @@ fn plans() -> Vec<Plan> {
             "mix-95-5",
             Zipf,
             false,
-            Target::Edge,
+            Target::Edge(Rt::Spin),
             Cache::Full,
             5.0,
             MIX,
@@ -328,29 +511,47 @@ fn plans() -> Vec<Plan> {
             "mix-95-5",
             Uniform,
             false,
-            Target::Edge,
+            Target::Edge(Rt::Spin),
             Cache::Full,
             5.0,
             MIX,
             (&["L1", "L2"][..], 0.8),
         ),
-    ]
+    ];
+    base.into_iter()
+        .flat_map(|plan| match plan.target.runtime() {
+            None => vec![plan],
+            Some(_) => runtimes
+                .iter()
+                .map(|rt| Plan {
+                    target: plan.target.under(*rt),
+                    ..plan
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 /// Ports of the bench stack, all picked free at start.
 struct Ports {
     redis: u16,
     postgres: u16,
-    origin: u16,
-    origin_cache_off: u16,
-    edge: u16,
-    edge_l1_off: u16,
+    /// The origins, and the edges and hello-world of every runtime.
+    targets: Vec<(Target, u16)>,
 }
 
 impl Ports {
-    fn pick() -> anyhow::Result<Self> {
+    fn pick(runtimes: &[Rt]) -> anyhow::Result<Self> {
+        let mut targets = vec![Target::Origin, Target::OriginCacheOff];
+        for rt in runtimes {
+            targets.extend([
+                Target::Edge(*rt),
+                Target::EdgeL1Off(*rt),
+                Target::Hello(*rt),
+            ]);
+        }
         // Hold every listener until all are picked, so no two are the same.
-        let listeners: Vec<std::net::TcpListener> = (0..6)
+        let listeners: Vec<std::net::TcpListener> = (0..targets.len() + 2)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
             .collect::<Result<_, _>>()?;
         let p: Vec<u16> = listeners
@@ -360,22 +561,48 @@ impl Ports {
         Ok(Self {
             redis: p[0],
             postgres: p[1],
-            origin: p[2],
-            origin_cache_off: p[3],
-            edge: p[4],
-            edge_l1_off: p[5],
+            targets: targets.into_iter().zip(p[2..].iter().copied()).collect(),
         })
     }
 
-    fn url(&self, target: Target) -> String {
-        let port = match target {
-            Target::Edge => self.edge,
-            Target::EdgeL1Off => self.edge_l1_off,
-            Target::Origin => self.origin,
-            Target::OriginCacheOff => self.origin_cache_off,
-        };
-        format!("http://127.0.0.1:{port}")
+    fn port(&self, target: Target) -> u16 {
+        self.targets
+            .iter()
+            .find(|(t, _)| *t == target)
+            .map(|(_, port)| *port)
+            .expect("every target of the run has a port")
     }
+
+    fn url(&self, target: Target) -> String {
+        format!("http://127.0.0.1:{}", self.port(target))
+    }
+}
+
+/// Waits until every one of `ports` accepts connections, failing early when a service exits.
+fn wait_for_ports(
+    services: &mut Services,
+    ports: &[(&str, u16)],
+    logs: &Path,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    for (name, port) in ports {
+        while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+            check_stop()?;
+            if let Some(exited) = services.first_exited() {
+                bail!("{exited} exited; see {}/{exited}.log", logs.display());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{name} did not open port {port} within {} s; see {}/{name}.log",
+                    timeout.as_secs(),
+                    logs.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
 }
 
 /// Folders removed when dropped (after the services, which are declared later and dropped first).
@@ -423,11 +650,26 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .bin_dir
         .clone()
         .unwrap_or_else(|| root.join("target/release"));
-    for name in ["aside-origin", "aside-host", "aside-load"] {
+    let runtimes = Runtimes::choose(args.edge_runtime, xtask::spin::find())?;
+    let wasm = root.join("target/wasm32-wasip2/release");
+    let needed = [
+        bin.join("aside-origin"),
+        bin.join("aside-load"),
+        wasm.join("aside_edge.wasm"),
+        wasm.join("aside_hello.wasm"),
+    ]
+    .into_iter()
+    .chain(
+        runtimes
+            .list
+            .contains(&Rt::Host)
+            .then(|| bin.join("aside-host")),
+    );
+    for path in needed {
         anyhow::ensure!(
-            bin.join(name).exists(),
+            path.exists(),
             "{} is missing; run the benchmark through `cargo xtask bench`, which builds it",
-            bin.join(name).display()
+            path.display()
         );
     }
     let out = args.out.clone().unwrap_or_else(|| {
@@ -445,7 +687,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let logs = out.join("logs");
     let _ = std::fs::remove_dir_all(&logs);
     std::fs::create_dir_all(&logs)?;
-    let plans: Vec<Plan> = plans()
+    let plans: Vec<Plan> = plans(&runtimes.list)
         .into_iter()
         .filter(|p| args.only.is_empty() || args.only.iter().any(|o| o == p.scenario))
         .collect();
@@ -468,13 +710,31 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let secrets = Secrets::load_or_generate(&state.join("secrets"))?;
     let token_file = state.join("secrets/origin-token");
-    let ports = Ports::pick()?;
+    let ports = Ports::pick(&runtimes.list)?;
 
     eprintln!(
         "aside-bench: {} run: {rows} profiles, {concurrency} connections, {warmup} s warm-up + {duration} s per run, {} runs; logs in {}",
         if quick { "quick" } else { "full" },
         plans.len(),
         logs.display()
+    );
+    eprintln!(
+        "aside-bench: edges and the hello-world baseline run under {} ({}{})",
+        runtimes
+            .list
+            .iter()
+            .map(|rt| match rt {
+                Rt::Spin => "real Spin (`spin up`)",
+                Rt::Host => "the bundled host (aside-host)",
+            })
+            .collect::<Vec<_>>()
+            .join(" and "),
+        runtimes.why,
+        runtimes
+            .spin
+            .as_ref()
+            .map(|cli| format!("; {cli}"))
+            .unwrap_or_default()
     );
     let mut services = Services::new();
     stack::start_redis(&root, ports.redis, &state, &logs, &secrets, &mut services)?;
@@ -520,10 +780,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         "redis://origin:{}@127.0.0.1:{}",
         secrets.redis_origin, ports.redis
     );
-    for (name, port, cache) in [
-        ("origin", ports.origin, "on"),
-        ("origin-cache-off", ports.origin_cache_off, "off"),
-    ] {
+    for (target, cache) in [(Target::Origin, "on"), (Target::OriginCacheOff, "off")] {
+        let (name, port) = (target.service(), ports.port(target));
         let mut origin = Command::new(&origin_bin);
         origin
             .arg("serve")
@@ -535,32 +793,47 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         services.spawn(name, origin, &logs, libc::SIGTERM)?;
         services.wait_for_port(port, &logs)?;
     }
-    for (name, port, l1_off) in [
-        ("edge", ports.edge, false),
-        ("edge-l1-off", ports.edge_l1_off, true),
-    ] {
-        let mut edge = Command::new(bin.join("aside-host"));
-        edge.arg("--from")
-            .arg(root.join("spin.toml"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env(
-                "SPIN_VARIABLE_REDIS_ADDRESS",
-                format!("127.0.0.1:{}", ports.redis),
-            )
-            .env("SPIN_VARIABLE_REDIS_PASSWORD", &secrets.redis_edge)
-            .env(
-                "SPIN_VARIABLE_ORIGIN_URL",
-                format!("http://127.0.0.1:{}", ports.origin),
-            )
-            .env("SPIN_VARIABLE_ORIGIN_TOKEN", &secrets.origin_token);
-        if l1_off {
-            edge.env("SPIN_VARIABLE_L1_MAX_ENTRIES", "0")
-                .env("SPIN_VARIABLE_L1_TTL_MS", "0");
+    // Every edge and hello-world at once (Spin compiles each component on its first start), then wait.
+    let origin_url = ports.url(Target::Origin);
+    let mut listening = Vec::new();
+    for rt in &runtimes.list {
+        for target in [
+            Target::Edge(*rt),
+            Target::EdgeL1Off(*rt),
+            Target::Hello(*rt),
+        ] {
+            let name = target.service();
+            let manifest = match target {
+                Target::Hello(_) => root.join("bench/hello/spin.toml"),
+                _ => root.join("spin.toml"),
+            };
+            let port = ports.port(target);
+            let mut edge = runtimes.command(
+                *rt,
+                &bin,
+                &manifest,
+                port,
+                &logs.join(format!("{name}-state")),
+            );
+            if !matches!(target, Target::Hello(_)) {
+                edge.env(
+                    "SPIN_VARIABLE_REDIS_ADDRESS",
+                    format!("127.0.0.1:{}", ports.redis),
+                )
+                .env("SPIN_VARIABLE_REDIS_PASSWORD", &secrets.redis_edge)
+                .env("SPIN_VARIABLE_ORIGIN_URL", &origin_url)
+                .env("SPIN_VARIABLE_ORIGIN_TOKEN", &secrets.origin_token);
+            }
+            if matches!(target, Target::EdgeL1Off(_)) {
+                edge.env("SPIN_VARIABLE_L1_MAX_ENTRIES", "0")
+                    .env("SPIN_VARIABLE_L1_TTL_MS", "0");
+            }
+            // SIGTERM to its process group: `spin up` and its trigger (a child process) both stop.
+            services.spawn(name, edge, &logs, libc::SIGTERM)?;
+            listening.push((name, port));
         }
-        services.spawn(name, edge, &logs, libc::SIGTERM)?;
-        services.wait_for_port(port, &logs)?;
-        check_stop()?;
     }
+    wait_for_ports(&mut services, &listening, &logs, EDGE_START_TIMEOUT)?;
     // The seed's inserts are in the change-capture outbox; let the origin work through them now rather
     // than during the first scenario.
     wait_for_change_capture(ports.postgres, &secrets.postgres)?;
@@ -577,6 +850,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let mut runs = Vec::new();
     let mut filled = false;
+    let mut redis_hgetall = None;
     for plan in &plans {
         check_stop()?;
         if let Some(name) = services.first_exited() {
@@ -624,11 +898,32 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                     )
                 });
                 filled = true;
+                if redis_hgetall.is_none() {
+                    // What one L2 hit costs in Redis, to read the edge-l2 runs against.
+                    let id = aside_shared::UserId::parse("1").expect("a valid id");
+                    let key = aside_shared::cache::profile_key(id);
+                    let rt = redis.time_hgetall(&key, HGETALL_SAMPLES)?;
+                    bar.suspend(|| {
+                        eprintln!(
+                            "aside-bench: one Redis round trip ({}, {} in a row): p50 {:.3} ms, p99 {:.3} ms",
+                            rt.command,
+                            rt.samples,
+                            rt.p50_us / 1000.0,
+                            rt.p99_us / 1000.0
+                        )
+                    });
+                    redis_hgetall = Some(rt);
+                }
             }
-            Cache::Full => {}
+            Cache::Full | Cache::Any => {}
         }
         let label = plan.keys_label();
-        bar.set_message(format!("{} / {label}", plan.scenario));
+        let runtime = plan.target.runtime().map(Rt::name);
+        bar.set_message(format!(
+            "{} / {label}{}",
+            plan.scenario,
+            runtime.map(|r| format!(" / {r}")).unwrap_or_default()
+        ));
         let mut args = loader_args(&ports, plan.target, &token_file);
         args.extend(
             [
@@ -652,14 +947,19 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         if plan.hot {
             args.extend(["--hot".to_string(), args_hot_set.to_string()]);
         }
-        let log = logs.join(format!("load-{}-{label}.log", plan.scenario));
+        let log = logs.join(format!(
+            "load-{}-{label}{}.log",
+            plan.scenario,
+            runtime.map(|r| format!("-{r}")).unwrap_or_default()
+        ));
         let result = run_loader(&bin, &args, &log, Some(per_run), &bar)?;
         let check_failed = check(plan, &result);
         bar.suspend(|| {
             eprintln!(
-                "{:<14} {:<12} {:>9.0} req/s  p50 {:>6} ms  p99 {:>6} ms  errors {:<4} {}{}",
+                "{:<14} {:<12} {:<5} {:>9.0} req/s  p50 {:>6} ms  p99 {:>6} ms  errors {:<4} {}{}",
                 plan.scenario,
                 label,
+                runtime.unwrap_or("-"),
                 result.rps,
                 report::ms(result.latency_us.p50),
                 report::ms(result.latency_us.p99),
@@ -675,6 +975,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             scenario: plan.scenario.to_string(),
             keys: label,
             target: plan.target.describe().to_string(),
+            runtime: runtime.map(String::from),
             description: plan.description.to_string(),
             result,
             check_failed,
@@ -704,9 +1005,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         setup_s,
         total_s: started.elapsed().as_secs_f64(),
+        edge_runtime: runtimes.report(),
+        redis_hgetall,
         runs,
+        comparison: Default::default(),
     };
-    report.sort_runs();
+    report.finish();
     std::fs::write(
         out.join("report.json"),
         serde_json::to_string_pretty(&report)?,
@@ -714,6 +1018,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     std::fs::write(out.join("report.md"), report.markdown())?;
     aside_bench::charts::write_all(&out, &report.runs)?;
     println!("{}", report.table());
+    println!("{}", report.comparison_markdown());
     println!(
         "report: {}  (and report.json, latency.svg/png, throughput.svg/png); {:.0} s in all",
         out.join("report.md").display(),
@@ -935,5 +1240,87 @@ fn remove_stale_state() {
         let state = entry.path();
         let _ = std::fs::remove_dir_all(stack::postgres_dir(&state));
         let _ = std::fs::remove_dir_all(&state);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli() -> SpinCli {
+        SpinCli {
+            path: "/usr/local/bin/spin".into(),
+            version: "spin 4.0.2 (bfc7543b 2026-06-23)".into(),
+        }
+    }
+
+    #[test]
+    fn the_runtime_is_spin_when_found_unless_chosen() {
+        let chosen = |arg, found| Runtimes::choose(arg, found).map(|r| r.list);
+        assert_eq!(chosen(None, Ok(cli())).unwrap(), [Rt::Spin]);
+        assert_eq!(chosen(None, Err(NotFound::NotOnPath)).unwrap(), [Rt::Host]);
+        let why = Runtimes::choose(None, Err(NotFound::NotOnPath))
+            .unwrap()
+            .why;
+        assert!(
+            why.contains("NOT Spin") && why.contains("no `spin` on PATH"),
+            "{why}"
+        );
+        assert_eq!(
+            chosen(Some(RuntimeArg::Host), Ok(cli())).unwrap(),
+            [Rt::Host]
+        );
+        assert_eq!(
+            chosen(Some(RuntimeArg::Both), Ok(cli())).unwrap(),
+            [Rt::Spin, Rt::Host]
+        );
+        // Asking for Spin without one, or a broken ASIDE_SPIN, is an error, never the host instead.
+        let e = chosen(Some(RuntimeArg::Both), Err(NotFound::NotOnPath)).unwrap_err();
+        assert!(e.to_string().starts_with("--edge-runtime both, but"), "{e}");
+        assert!(chosen(Some(RuntimeArg::Spin), Err(NotFound::NotOnPath)).is_err());
+        let broken = NotFound::BadOverride {
+            path: "/nowhere/spin".into(),
+            why: "cannot run it".into(),
+        };
+        assert!(chosen(None, Err(broken)).is_err());
+    }
+
+    #[test]
+    fn every_edge_scenario_and_the_baseline_run_under_each_runtime() {
+        let both = plans(&[Rt::Spin, Rt::Host]);
+        for scenario in report::RUNTIME_SCENARIOS {
+            for rt in [Rt::Spin, Rt::Host] {
+                assert!(
+                    both.iter()
+                        .any(|p| p.scenario == *scenario && p.target.runtime() == Some(rt)),
+                    "{scenario} under {rt:?}"
+                );
+            }
+        }
+        // The origin's scenarios run once, without a runtime.
+        let origin_hit: Vec<&Plan> = both.iter().filter(|p| p.scenario == "origin-hit").collect();
+        assert_eq!(origin_hit.len(), 2);
+        assert!(origin_hit.iter().all(|p| p.target.runtime().is_none()));
+        // One runtime: the plans of the single-runtime layout, each edge run under it.
+        let host = plans(&[Rt::Host]);
+        assert_eq!(
+            both.len() - host.len(),
+            host.iter().filter(|p| p.target.runtime().is_some()).count()
+        );
+        assert!(host.iter().all(|p| p.target.runtime() != Some(Rt::Spin)));
+        // The baseline needs no cache and reads no x-cache.
+        let hello = host.iter().find(|p| p.scenario == report::HELLO).unwrap();
+        assert_eq!((hello.cache, hello.expect.0), (Cache::Any, &["none"][..]));
+        // Every target has its own port and service name.
+        let ports = Ports::pick(&[Rt::Spin, Rt::Host]).unwrap();
+        let mut seen: Vec<u16> = ports.targets.iter().map(|(_, p)| *p).collect();
+        seen.extend([ports.redis, ports.postgres]);
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), 8 + 2);
+        let mut names: Vec<&str> = ports.targets.iter().map(|(t, _)| t.service()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), 8);
     }
 }

@@ -3,6 +3,9 @@
 //!
 //! The full run builds release binaries. `--quick` (what `cargo xtask test` runs) uses the debug binaries
 //! the test suite has just built, so CI does not pay for a release build of the wasmtime host.
+//!
+//! The edges run under real Spin when a Spin 4 CLI is found (`ASIDE_SPIN`, else `spin` on PATH), else
+//! under the bundled host; `--edge-runtime spin|host|both` chooses (aside-bench decides and reports it).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -16,6 +19,10 @@ pub struct BenchArgs {
     /// A few seconds per scenario and 10,000 profiles, on the debug binaries (the test suite's run).
     #[arg(long)]
     pub quick: bool,
+    /// What runs the edges and the hello-world baseline: `spin` (a Spin 4 CLI: ASIDE_SPIN, else `spin`
+    /// on PATH), `host` (the bundled aside-host) or `both` [default: spin when found, else host].
+    #[arg(long, value_parser = ["spin", "host", "both"])]
+    pub edge_runtime: Option<String>,
     /// Options for the benchmark itself, e.g. `-- --duration 30 --concurrency 32 --only edge-l2`;
     /// `cargo xtask bench -- --help` lists them.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -25,7 +32,7 @@ pub struct BenchArgs {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     xtask::prereq::ensure_all()?;
     let bin = build(args.quick)?;
-    let mut command = bench_command(&bin, args.quick);
+    let mut command = bench_command(&bin, args.quick, args.edge_runtime.as_deref());
     command.args(&args.args);
     // The driver takes over this process: Ctrl-C reaches it directly and it stops its stack in order.
     let error = std::os::unix::process::CommandExt::exec(&mut command);
@@ -36,10 +43,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// `cargo xtask test`'s last step: the quick benchmark, then the check of its report (every scenario
-/// present, every run answered requests and measured what it claims).
+/// present under the runtime it ran, every run answered requests and measured what it claims). The edges
+/// run under the default runtime (Spin when found), or the one `ASIDE_EDGE_RUNTIME` asks the tests for.
 pub fn quick_check() -> anyhow::Result<()> {
     let bin = build(true)?;
-    run_cmd(&mut bench_command(&bin, true))?;
+    let runtime = match std::env::var("ASIDE_EDGE_RUNTIME")
+        .unwrap_or_default()
+        .as_str()
+    {
+        "host" | "bundled" => Some("host"),
+        "spin" => Some("spin"),
+        _ => None,
+    };
+    run_cmd(&mut bench_command(&bin, true, runtime))?;
     let report = workspace_root().join("target/bench/quick/report.json");
     run_cmd(
         Command::new(bin.join("aside-bench"))
@@ -48,7 +64,7 @@ pub fn quick_check() -> anyhow::Result<()> {
     )
 }
 
-fn bench_command(bin: &std::path::Path, quick: bool) -> Command {
+fn bench_command(bin: &std::path::Path, quick: bool, edge_runtime: Option<&str>) -> Command {
     let mut command = Command::new(bin.join("aside-bench"));
     command
         .current_dir(workspace_root())
@@ -58,17 +74,22 @@ fn bench_command(bin: &std::path::Path, quick: bool) -> Command {
     if quick {
         command.arg("--quick");
     }
+    if let Some(runtime) = edge_runtime {
+        command.args(["--edge-runtime", runtime]);
+    }
     command
 }
 
-/// Builds the edge component (always release: it is what Spin runs), the origin, the host and the
-/// benchmark's own binaries; returns the folder they are in.
+/// Builds the edge component and the hello-world baseline (always release: what Spin runs), the
+/// origin, the host and the benchmark's own binaries; returns the folder they are in.
 fn build(quick: bool) -> anyhow::Result<PathBuf> {
     let root = workspace_root();
     run_cmd(cargo().args([
         "build",
         "-p",
         "aside-edge",
+        "-p",
+        "aside-hello",
         "--target",
         xtask::prereq::WASM_TARGET,
         "--release",
