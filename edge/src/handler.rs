@@ -371,12 +371,15 @@ impl Reply {
 
     /// What a cache between the client and the edge may do with the answer. An answer of the public
     /// API is for this caller only: `cache-control: private` (with the origin's `max-age` and
-    /// `stale-if-error` when it gave them; `no-cache` on another success, `no-store` on an error) and
+    /// `stale-if-error` when it gave them; `no-cache` on another read, `no-store` on a write's answer or an
+    /// error) and
     /// `vary: authorization`. With authentication off, every answer says `x-aside-auth: off`.
     fn client_cache(mut self, auth: &Auth, public_api: bool) -> Self {
         if public_api {
             if !self.headers.contains_key(CACHE_CONTROL) {
-                let value = if self.status.is_success() {
+                let passed_through = self.headers.get(X_CACHE).map(|v| v.as_bytes())
+                    == Some(CacheStatus::Bypass.as_str().as_bytes());
+                let value = if self.status.is_success() && !passed_through {
                     "private, no-cache"
                 } else {
                     "private, no-store"
