@@ -89,7 +89,7 @@ fn build(quick: bool) -> anyhow::Result<PathBuf> {
         Ok(root.join("target/debug"))
     } else {
         eprintln!("xtask: building (release)");
-        // The same command as `cargo xtask up`, so the two share their release build.
+        // The same command as `cargo xtask up` without a Spin CLI, so the two share their release build.
         run_cmd(cargo().args([
             "build",
             "--release",

@@ -4,4 +4,6 @@
 
 pub mod local;
 pub mod prereq;
+pub mod spin;
 pub mod stack;
+pub mod supervise;

@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: the project's two commands (and their helpers).
 //!
-//! * `cargo xtask up`: the whole stack locally (Redis, PostgreSQL, origin, edge), stopped with Ctrl-C.
+//! * `cargo xtask up`: the whole stack locally (Redis, PostgreSQL, origin, edge), stopped with Ctrl-C;
+//!   `cargo xtask status|stop|start` manage its services from another terminal.
 //! * `cargo xtask test`: the whole test suite against real servers the tests start themselves.
 //! * `cargo xtask fuzz`: the libFuzzer targets of `fuzz/`, each for a bounded time.
 //! * `cargo xtask bench`: the benchmark on a stack of its own (docs/benchmarks.md).
@@ -26,6 +27,13 @@ enum Command {
     /// Install what is missing, start Redis, PostgreSQL, the origin and the edge, print the URLs; Ctrl-C
     /// stops everything.
     Up(up::UpArgs),
+    /// The services of a running `cargo xtask up`: running (pid, port) or down (why), and their logs.
+    Status(up::StatusArgs),
+    /// Start a service of a running `cargo xtask up` again (after `stop`, a `kill`, or a crash).
+    Start(up::StartArgs),
+    /// Stop one service of a running `cargo xtask up` (it stays down until `start`), or, without a
+    /// service, the whole stack.
+    Stop(up::StopArgs),
     /// Install what is missing, build the edge component and run every test, then the quick benchmark
     /// and a bounded fuzzing run.
     Test(test::TestArgs),
@@ -41,6 +49,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Up(args) => up::run(args),
+        Command::Status(args) => up::status(args),
+        Command::Start(args) => up::start(args),
+        Command::Stop(args) => up::stop(args),
         Command::Test(args) => test::run(args),
         Command::Fuzz(args) => fuzz::run(args),
         Command::Bench(args) => bench::run(args),

@@ -38,7 +38,20 @@ pub fn postgres_installed() -> bool {
     crate::local::pg_bin_dir().is_some()
 }
 
+pub fn curl_installed() -> bool {
+    Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The servers, and `curl`, which the README's examples (and their test, tests/tests/readme.rs) use.
 pub const SERVERS: &[Prerequisite] = &[
+    Prerequisite {
+        name: "curl",
+        present: curl_installed,
+        apt_packages: &["curl"],
+    },
     Prerequisite {
         name: "redis-server",
         present: redis_installed,

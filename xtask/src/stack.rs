@@ -56,11 +56,65 @@ impl Secrets {
     }
 }
 
+/// How to start a process again: what a [`Command`] held when it was first spawned (a `Command` cannot
+/// be cloned), plus the user it runs as.
+#[derive(Debug, Clone)]
+pub struct Recipe {
+    program: std::ffi::OsString,
+    args: Vec<std::ffi::OsString>,
+    envs: Vec<(std::ffi::OsString, Option<std::ffi::OsString>)>,
+    dir: Option<PathBuf>,
+    owner: Option<(u32, u32)>,
+}
+
+impl Recipe {
+    /// The program, arguments, environment changes and folder of `command`.
+    pub fn of(command: &Command) -> Self {
+        Self {
+            program: command.get_program().to_owned(),
+            args: command.get_args().map(ToOwned::to_owned).collect(),
+            envs: command
+                .get_envs()
+                .map(|(k, v)| (k.to_owned(), v.map(ToOwned::to_owned)))
+                .collect(),
+            dir: command.get_current_dir().map(Path::to_path_buf),
+            owner: None,
+        }
+    }
+
+    /// Runs the process as `owner` (see [`local::postgres_owner`]).
+    pub fn run_as(mut self, owner: Option<(u32, u32)>) -> Self {
+        self.owner = owner;
+        self
+    }
+
+    /// A fresh command from the recipe.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(&self.program);
+        command.args(&self.args);
+        for (key, value) in &self.envs {
+            match value {
+                Some(v) => command.env(key, v),
+                None => command.env_remove(key),
+            };
+        }
+        if let Some(dir) = &self.dir {
+            command.current_dir(dir);
+        }
+        local::run_as(&mut command, self.owner);
+        command
+    }
+}
+
 /// A started process and how to stop it cleanly.
 pub struct Service {
     pub name: &'static str,
     pub child: Child,
     pub stop_signal: i32,
+    /// How to start it again.
+    pub recipe: Recipe,
+    /// The port it serves on, once [`Services::wait_for_port`] has seen it open.
+    pub port: Option<u16>,
 }
 
 /// Started processes, stopped in reverse start order when dropped (also on an error half-way through).
@@ -76,26 +130,28 @@ impl Services {
     pub fn spawn(
         &mut self,
         name: &'static str,
-        mut command: Command,
+        command: Command,
         logs: &Path,
         stop_signal: i32,
     ) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(logs.join(format!("{name}.log")))?;
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log));
-        detach(&mut command);
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot start {name}"))?;
+        self.spawn_recipe(name, Recipe::of(&command), logs, stop_signal)
+    }
+
+    /// Starts the process `recipe` describes, with its output appended to `<logs>/<name>.log`.
+    pub fn spawn_recipe(
+        &mut self,
+        name: &'static str,
+        recipe: Recipe,
+        logs: &Path,
+        stop_signal: i32,
+    ) -> anyhow::Result<()> {
+        let child = spawn_logged(name, &recipe, logs)?;
         self.0.push(Service {
             name,
             child,
             stop_signal,
+            recipe,
+            port: None,
         });
         Ok(())
     }
@@ -103,21 +159,9 @@ impl Services {
     /// Waits until the service started last accepts connections on `port`, or has exited.
     pub fn wait_for_port(&mut self, port: u16, logs: &Path) -> anyhow::Result<()> {
         let service = self.0.last_mut().expect("a service was just started");
-        let name = service.name;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(());
-            }
-            if !matches!(service.child.try_wait(), Ok(None)) {
-                bail!("{name} exited; see {}/{name}.log", logs.display());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        bail!(
-            "{name} did not open port {port}; see {}/{name}.log",
-            logs.display()
-        )
+        wait_for_port(service, port, logs)?;
+        service.port = Some(port);
+        Ok(())
     }
 
     /// The name of a service that has exited on its own, if any.
@@ -144,24 +188,93 @@ impl Drop for Services {
 }
 
 fn stop_service(mut service: Service) {
-    // SAFETY: signalling a child we started.
+    stop_child(service.name, &mut service.child, service.stop_signal);
+    eprintln!("xtask: stopped {}", service.name);
+}
+
+/// Starts the process `recipe` describes in its own process group, its output appended to
+/// `<logs>/<name>.log`.
+pub fn spawn_logged(name: &str, recipe: &Recipe, logs: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(logs.join(format!("{name}.log")))?;
+    let mut command = recipe.command();
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log));
+    detach(&mut command);
+    command
+        .spawn()
+        .with_context(|| format!("cannot start {name}"))
+}
+
+/// Waits until `service` accepts connections on `port`, failing if it exits first or takes over 30 s.
+pub fn wait_for_port(service: &mut Service, port: u16, logs: &Path) -> anyhow::Result<()> {
+    let name = service.name;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if !matches!(service.child.try_wait(), Ok(None)) {
+            bail!("{name} exited; see {}/{name}.log", logs.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!(
+        "{name} did not open port {port}; see {}/{name}.log",
+        logs.display()
+    )
+}
+
+/// Stops a child started by [`spawn_logged`] and everything in its process group (Spin, for one, runs
+/// its trigger as a child process): `signal` to the group, SIGKILL to whatever is left after 15 s.
+pub fn stop_child(name: &str, child: &mut Child, signal: i32) {
+    let group = child.id() as i32;
+    // SAFETY: signalling the process group of a child we started (its pid is its group id).
     unsafe {
-        libc::kill(service.child.id() as i32, service.stop_signal);
+        libc::kill(-group, signal);
     }
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        match service.child.try_wait() {
+        match child.try_wait() {
             Ok(Some(_)) | Err(_) => break,
             Ok(None) if Instant::now() > deadline => {
-                eprintln!("xtask: {} did not stop in 15 s; killing it", service.name);
-                let _ = service.child.kill();
-                let _ = service.child.wait();
+                eprintln!("xtask: {name} did not stop in 15 s; killing it");
                 break;
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
-    eprintln!("xtask: stopped {}", service.name);
+    clear_group(group);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Makes sure nothing is left of the process group `group` once its leader has exited: SIGTERM, then
+/// SIGKILL after 2 s. (A group id is not reused while any member lives, so this reaches only ours.)
+pub fn clear_group(group: i32) {
+    // SAFETY: signal 0 only checks that the group still has members.
+    let alive = || unsafe { libc::kill(-group, 0) } == 0;
+    if !alive() {
+        return;
+    }
+    // SAFETY: as above, the group of a child we started.
+    unsafe {
+        libc::kill(-group, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if alive() {
+        // SAFETY: as above.
+        unsafe {
+            libc::kill(-group, libc::SIGKILL);
+        }
+    }
 }
 
 /// Runs `command` in its own process group (the terminal's Ctrl-C reaches only the driver, which stops
@@ -297,21 +410,32 @@ pub fn start_postgres(
         .arg("-k")
         .arg(dir)
         .args(["-c", "listen_addresses=127.0.0.1"]);
-    local::run_as(&mut command, owner);
     // SIGINT is PostgreSQL's "fast" shutdown: roll back open transactions, checkpoint, exit.
-    services.spawn("postgres", command, logs, libc::SIGINT)?;
+    services.spawn_recipe(
+        "postgres",
+        Recipe::of(&command).run_as(owner),
+        logs,
+        libc::SIGINT,
+    )?;
     services.wait_for_port(port, logs)?;
-    local::provision_postgres(
-        &local::Provisioning {
-            pg_bin: &pg_bin,
-            port,
-            superuser: "aside",
-            superuser_password: &secrets.postgres,
-            owner_password: &secrets.postgres_owner,
-            app_password: &secrets.postgres_app,
-        },
-        "aside",
-    )
+    let provisioning = local::Provisioning {
+        pg_bin: &pg_bin,
+        port,
+        superuser: "aside",
+        superuser_password: &secrets.postgres,
+        owner_password: &secrets.postgres_owner,
+        app_password: &secrets.postgres_app,
+    };
+    // The port opens before recovery ends: until then PostgreSQL refuses logins ("starting up").
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match local::provision_postgres(&provisioning, "aside") {
+            Err(e) if e.to_string().contains("starting up") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            result => return result,
+        }
+    }
 }
 
 fn short_hash(s: &str) -> String {

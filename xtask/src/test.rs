@@ -22,6 +22,38 @@ pub const TEST_FEATURES: &str = "aside-origin/test-hooks";
 /// (cold build included) within about two minutes on two cores; docs/security.md has the measurement.
 const CI_FUZZ_SECONDS: u64 = 30;
 
+/// The test harness's runtime switch (tests/src/harness/edge.rs reads it): `spin` or `host`.
+const EDGE_RUNTIME_ENV: &str = "ASIDE_EDGE_RUNTIME";
+
+/// Decides, once for the whole run, which runtime the edge tests use, and says so in one line: real Spin
+/// when a Spin 4 CLI is found (`ASIDE_SPIN`, else `spin` on PATH), else the bundled host.
+/// `ASIDE_EDGE_RUNTIME=host|spin` overrides the choice; a broken `ASIDE_SPIN` is an error.
+fn edge_runtime() -> anyhow::Result<&'static str> {
+    use xtask::spin::{NotFound, find};
+    let forced = std::env::var(EDGE_RUNTIME_ENV).unwrap_or_default();
+    let runtime = match (forced.as_str(), find()) {
+        ("host" | "bundled", found) => {
+            let spin = found.map_or_else(|e| e.to_string(), |cli| format!("{cli} is not used"));
+            println!(
+                "xtask: edge tests run under the bundled host ({EDGE_RUNTIME_ENV}={forced}; {spin})"
+            );
+            "host"
+        }
+        ("spin" | "", Ok(cli)) => {
+            println!("xtask: edge tests run under real Spin: `spin up` of {cli}");
+            "spin"
+        }
+        (_, Err(e @ NotFound::BadOverride { .. })) => anyhow::bail!("{e}"),
+        ("spin", Err(e)) => anyhow::bail!("{EDGE_RUNTIME_ENV}=spin, but {e}"),
+        ("", Err(e)) => {
+            println!("xtask: edge tests run under the bundled host, NOT Spin: {e}");
+            "host"
+        }
+        (other, _) => anyhow::bail!("{EDGE_RUNTIME_ENV}={other:?}: expected `spin` or `host`"),
+    };
+    Ok(runtime)
+}
+
 pub fn run(args: TestArgs) -> anyhow::Result<()> {
     xtask::prereq::ensure_all()?;
     // The edge component the host runs in the tests, and the origin binary the harness starts.
@@ -34,10 +66,14 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
         "--release",
     ]))?;
     run_cmd(cargo().args(["build", "-p", "aside-origin", "--features", TEST_FEATURES]))?;
+    let runtime = edge_runtime()?;
+    // The README test (tests/tests/readme.rs) runs `cargo xtask up` with this very xtask.
     run_cmd(
         cargo()
             .args(["test", "--workspace", "--features", TEST_FEATURES])
-            .args(&args.cargo_test_args),
+            .args(&args.cargo_test_args)
+            .env(EDGE_RUNTIME_ENV, runtime)
+            .env("ASIDE_XTASK", std::env::current_exe()?),
     )?;
     // The benchmark's quick run on the binaries built above; its report is checked. A filtered run is a
     // targeted one: it skips it.

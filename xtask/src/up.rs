@@ -1,13 +1,16 @@
 //! `cargo xtask up`: the whole stack on this machine, in a state folder (`.aside/`, ignored by git).
 //!
-//! Order: install what is missing, build (release), start Redis and PostgreSQL with the project's
-//! configuration and generated secrets, migrate, seed (once), start the origin, start the edge (under
-//! `spin up` when a Spin CLI is on PATH, else under the bundled Spin-compatible host), print the URLs.
-//! Ctrl-C (or SIGTERM) stops everything in reverse order and waits for each process to exit.
+//! Order: install what is missing, build (release, or take the binaries of `--bin-dir`), start Redis and
+//! PostgreSQL with the project's configuration and generated secrets, migrate, seed (once), start the
+//! origin, start the edge (under `spin up` when a Spin CLI is found, else under the bundled
+//! Spin-compatible host), print the URLs. Then [`xtask::supervise`] keeps the stack serving: a service
+//! that is stopped stays down, one that crashes is restarted; `cargo xtask status|stop|start` talk to it
+//! from another terminal. Ctrl-C (or SIGTERM) stops everything in reverse order and waits for each
+//! process group to exit.
 
 use std::io::Write as _;
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -16,14 +19,33 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use xtask::local;
 use xtask::stack::{self, Secrets, Services};
+use xtask::supervise::{self, Request, Supervisor};
 
 use crate::{cargo, run_cmd, workspace_root};
 
+/// The state folder option, shared by `up` and the commands that talk to a running `up`.
+#[derive(Debug, Args)]
+pub struct StateDir {
+    /// State folder (data, logs, generated secrets, the control socket). Relative paths are under the
+    /// workspace root.
+    #[arg(long, env = "ASIDE_STATE_DIR", default_value = ".aside")]
+    state_dir: PathBuf,
+}
+
+impl StateDir {
+    fn path(&self) -> PathBuf {
+        if self.state_dir.is_absolute() {
+            self.state_dir.clone()
+        } else {
+            workspace_root().join(&self.state_dir)
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// State folder (data, logs, generated secrets). Relative paths are under the workspace root.
-    #[arg(long, default_value = ".aside")]
-    state_dir: PathBuf,
+    #[command(flatten)]
+    state: StateDir,
     /// Redis port.
     #[arg(long, default_value_t = 6390)]
     redis_port: u16,
@@ -39,9 +61,103 @@ pub struct UpArgs {
     /// Profiles to seed on first start (default: a random count from 300 to 500).
     #[arg(long)]
     count: Option<u64>,
-    /// Run the edge under the bundled host even if a `spin` CLI is on PATH.
+    /// Run the edge under the bundled host even if a Spin CLI is found.
     #[arg(long)]
     bundled_host: bool,
+    /// Leave a crashed service down instead of restarting it (a service stopped cleanly always stays
+    /// down until `cargo xtask start <service>`).
+    #[arg(long)]
+    no_restart: bool,
+    /// Run `aside-origin` (and `aside-host`) from this folder instead of building release binaries, e.g.
+    /// `target/debug` after `cargo xtask test`. The edge component is always the release build.
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+/// A service of the stack, as `cargo xtask stop|start` name it.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ServiceName {
+    Redis,
+    Postgres,
+    Origin,
+    Edge,
+}
+
+impl ServiceName {
+    fn as_str(self) -> &'static str {
+        match self {
+            ServiceName::Redis => "redis",
+            ServiceName::Postgres => "postgres",
+            ServiceName::Origin => "origin",
+            ServiceName::Edge => "edge",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print only this service's pid (e.g. `kill $(cargo xtask status --pid redis)`).
+    #[arg(long, value_name = "SERVICE")]
+    pid: Option<ServiceName>,
+    #[command(flatten)]
+    state: StateDir,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// The service to start again.
+    service: ServiceName,
+    #[command(flatten)]
+    state: StateDir,
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// The service to stop (it stays down until `cargo xtask start <service>`); none: the whole stack,
+    /// like Ctrl-C.
+    service: Option<ServiceName>,
+    #[command(flatten)]
+    state: StateDir,
+}
+
+/// `cargo xtask status`.
+pub fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let request = match args.pid {
+        Some(service) => Request::Pid(service.as_str().into()),
+        None => Request::Status,
+    };
+    let answer = supervise::send(&args.state.path(), &request)?;
+    if args.pid.is_some() {
+        println!("{answer}");
+    } else {
+        print!("{answer}");
+    }
+    Ok(())
+}
+
+/// `cargo xtask start <service>`: returns once it accepts connections.
+pub fn start(args: StartArgs) -> anyhow::Result<()> {
+    let request = Request::Start(args.service.as_str().into());
+    println!("{}", supervise::send(&args.state.path(), &request)?);
+    Ok(())
+}
+
+/// `cargo xtask stop [<service>]`: returns once it has exited.
+pub fn stop(args: StopArgs) -> anyhow::Result<()> {
+    let request = match args.service {
+        Some(service) => Request::Stop(service.as_str().into()),
+        None => Request::StopAll,
+    };
+    println!("{}", supervise::send(&args.state.path(), &request)?);
+    Ok(())
+}
+
+/// What the main loop of `up` waits for.
+enum Event {
+    /// Ctrl-C or SIGTERM.
+    Signal,
+    /// A request from `cargo xtask status|stop|start`.
+    Control(supervise::Incoming),
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -59,45 +175,27 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     }
 
-    eprintln!("xtask: building (release)");
-    run_cmd(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "aside-edge",
-        "--target",
-        xtask::prereq::WASM_TARGET,
-    ]))?;
-    run_cmd(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "aside-origin",
-        "-p",
-        "aside-tests",
-        "--bin",
-        "aside-origin",
-        "--bin",
-        "aside-host",
-    ]))?;
-
     let root = workspace_root();
-    let state = if args.state_dir.is_absolute() {
-        args.state_dir.clone()
-    } else {
-        root.join(&args.state_dir)
-    };
+    let spin = if args.bundled_host { None } else { spin_cli()? };
+    let bin = build(&root, args.bin_dir.as_deref(), spin.is_none())?;
+
+    let state = args.state.path();
     let logs = state.join("logs");
     std::fs::create_dir_all(&logs)?;
     let secrets = Secrets::load_or_generate(&state.join("secrets"))?;
 
     // Ctrl-C and SIGTERM only tell the main thread to stop; children run in their own process groups so
-    // the terminal's Ctrl-C reaches xtask alone and the shutdown happens in order.
-    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    // the terminal's Ctrl-C reaches xtask alone and the shutdown happens in order. Requests from other
+    // terminals arrive on the same channel.
+    let (events, incoming) = mpsc::channel::<Event>();
+    let on_signal = events.clone();
     ctrlc::set_handler(move || {
-        let _ = stop_tx.send(());
+        let _ = on_signal.send(Event::Signal);
     })
     .context("install the Ctrl-C handler")?;
+    let _control = supervise::listen(&supervise::socket_path(&state), move |request| {
+        let _ = events.send(Event::Control(request));
+    })?;
 
     let mut services = Services::new();
     stack::start_redis(
@@ -116,7 +214,6 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         &mut services,
     )?;
 
-    let release = root.join("target/release");
     // The owner migrates and seeds; the origin serves as the application role (docs/security.md).
     let owner_url = format!(
         "postgres://{}:{}@127.0.0.1:{}/aside",
@@ -130,7 +227,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         secrets.postgres_app,
         args.postgres_port
     );
-    let origin_bin = release.join("aside-origin");
+    let origin_bin = bin.join("aside-origin");
     run_cmd(
         Command::new(&origin_bin)
             .args(["migrate", "--app-role", local::APP_ROLE])
@@ -160,15 +257,17 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     services.spawn("origin", origin, &logs, libc::SIGTERM)?;
     services.wait_for_port(args.origin_port, &logs)?;
 
-    let spin_cli = !args.bundled_host && spin_available();
-    let mut edge = if spin_cli {
-        let mut c = Command::new("spin");
+    let mut edge = if let Some(spin) = &spin {
+        let mut c = Command::new(spin);
         c.args(["up", "--from"])
             .arg(root.join("spin.toml"))
-            .args(["--listen", &format!("127.0.0.1:{}", args.edge_port)]);
+            .args(["--listen", &format!("127.0.0.1:{}", args.edge_port)])
+            // Spin's logs and stores in the state folder, not in a `.spin/` beside spin.toml.
+            .arg("--state-dir")
+            .arg(state.join("spin"));
         c
     } else {
-        let mut c = Command::new(release.join("aside-host"));
+        let mut c = Command::new(bin.join("aside-host"));
         c.arg("--from")
             .arg(root.join("spin.toml"))
             .args(["--listen", &format!("127.0.0.1:{}", args.edge_port)]);
@@ -189,11 +288,14 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let edge_url = format!("http://127.0.0.1:{}", args.edge_port);
     let origin_url = format!("http://127.0.0.1:{}", args.origin_port);
-    let runtime = if spin_cli {
-        "spin up"
-    } else {
-        "the bundled Spin-compatible host"
+    let runtime = match &spin {
+        Some(spin) => format!("spin up, {}", spin.display()),
+        None => {
+            "the bundled Spin-compatible host; no Spin CLI found (`spin` on PATH or ASIDE_SPIN)"
+                .to_string()
+        }
     };
+    write_env_file(&state, &bin, &owner_url, &args, &secrets)?;
     println!(
         "\n\
 aside is up. Edge ({runtime}): {edge_url}\n\
@@ -214,8 +316,25 @@ Redis: 127.0.0.1:{redis}  (admin password in {secrets}/redis-admin)\n\
 PostgreSQL: postgres://127.0.0.1:{pg}/aside  as {owner} (owner; password in {secrets}/postgres-owner),\n\
   {app} (the origin's; {secrets}/postgres-app) or aside (superuser; {secrets}/postgres)\n\
 Logs: {logs}\n\
+Settings for a shell (aside-origin commands against this stack): . {state}/env\n\
 \n\
-Press Ctrl-C to stop everything.",
+Break things (docs/operations.md), from another terminal{state_flag}:\n\
+  cargo xtask status               # each service: running (pid, port) or down, and its log\n\
+  cargo xtask stop redis           # stays down until: cargo xtask start redis\n\
+  A service that crashes (kill -9) is restarted after a back-off{no_restart}.\n\
+\n\
+Press Ctrl-C (or run `cargo xtask stop`) to stop everything.",
+        state = state.display(),
+        state_flag = if args.state.state_dir == Path::new(".aside") {
+            String::new()
+        } else {
+            format!(" (with --state-dir {})", state.display())
+        },
+        no_restart = if args.no_restart {
+            " (not now: --no-restart)"
+        } else {
+            ""
+        },
         token = state.join("secrets/origin-token").display(),
         secrets = state.join("secrets").display(),
         redis = args.redis_port,
@@ -226,34 +345,141 @@ Press Ctrl-C to stop everything.",
     );
     let _ = std::io::stdout().flush();
 
-    // Wait for Ctrl-C, or for a service to die on its own (then stop the rest and say which).
+    // Serve until Ctrl-C or `cargo xtask stop`; meanwhile keep the services up (see xtask::supervise).
+    let mut supervisor = Supervisor::new(services, &logs, !args.no_restart);
     loop {
-        match stop_rx.recv_timeout(Duration::from_millis(500)) {
-            Ok(()) => {
+        match incoming.recv_timeout(Duration::from_millis(200)) {
+            Ok(Event::Signal) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 eprintln!("\nxtask: stopping");
                 break;
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if let Some(name) = services.first_exited() {
-                    drop(services);
-                    bail!(
-                        "{name} exited unexpectedly; see {}/{name}.log",
-                        logs.display()
-                    );
+            Ok(Event::Control((request, reply))) => {
+                let answer = match &request {
+                    Request::Status => Ok(supervisor.status()),
+                    Request::Pid(name) => supervisor.pid(name),
+                    Request::Start(name) => supervisor.start(name),
+                    Request::Stop(name) => supervisor.stop(name),
+                    Request::StopAll => Ok("stopping the stack".to_string()),
+                };
+                let _ = reply.send(answer.map_err(|e| format!("{e:#}")));
+                if request == Request::StopAll {
+                    eprintln!("\nxtask: stopping (cargo xtask stop)");
+                    break;
                 }
             }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
+        supervisor.tick();
     }
-    drop(services);
+    drop(supervisor);
     Ok(())
 }
 
-/// Is a Spin 4 CLI on PATH?
-fn spin_available() -> bool {
-    Command::new("spin")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("spin 4."))
-        .unwrap_or(false)
+/// Builds what `up` runs and returns the folder of the native binaries: the edge component (always
+/// release: spin.toml names it), then release `aside-origin` and, when the bundled host will run the
+/// edge, `aside-host`; or, with `--bin-dir`, that folder's binaries as they are.
+fn build(root: &Path, bin_dir: Option<&Path>, bundled_host: bool) -> anyhow::Result<PathBuf> {
+    run_cmd(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "aside-edge",
+        "--target",
+        xtask::prereq::WASM_TARGET,
+    ]))?;
+    if let Some(dir) = bin_dir {
+        let dir = if dir.is_absolute() {
+            dir.to_path_buf()
+        } else {
+            root.join(dir)
+        };
+        let mut needed = vec!["aside-origin"];
+        if bundled_host {
+            needed.push("aside-host");
+        }
+        for name in needed {
+            anyhow::ensure!(
+                dir.join(name).exists(),
+                "--bin-dir {}: no {name} there (build it first, e.g. `cargo xtask test` builds target/debug)",
+                dir.display()
+            );
+        }
+        return Ok(dir);
+    }
+    eprintln!("xtask: building (release)");
+    let mut command = cargo();
+    command.args([
+        "build",
+        "--release",
+        "-p",
+        "aside-origin",
+        "--bin",
+        "aside-origin",
+    ]);
+    if bundled_host {
+        command.args(["-p", "aside-tests", "--bin", "aside-host"]);
+    }
+    run_cmd(&mut command)?;
+    Ok(root.join("target/release"))
+}
+
+/// Writes `<state>/env` (mode 0600): the stack's settings as shell exports, so that `. .aside/env` lets
+/// `aside-origin` commands (and scripts) run against this stack.
+fn write_env_file(
+    state: &Path,
+    bin: &Path,
+    owner_url: &str,
+    args: &UpArgs,
+    secrets: &Secrets,
+) -> anyhow::Result<()> {
+    let exports = [
+        (
+            "ASIDE_EDGE_URL",
+            format!("http://127.0.0.1:{}", args.edge_port),
+        ),
+        (
+            "ASIDE_ORIGIN_URL",
+            format!("http://127.0.0.1:{}", args.origin_port),
+        ),
+        ("ASIDE_DATABASE_URL", owner_url.to_string()),
+        (
+            "ASIDE_REDIS_URL",
+            format!(
+                "redis://origin:{}@127.0.0.1:{}",
+                secrets.redis_origin, args.redis_port
+            ),
+        ),
+        ("ASIDE_STATE_DIR", state.display().to_string()),
+    ];
+    let mut text = String::from(
+        "# Written by `cargo xtask up`: this stack's settings for a shell (`. .aside/env`). It holds\n\
+         # passwords: keep it private.\n",
+    );
+    for (name, value) in exports {
+        text.push_str(&format!("export {name}={}\n", shell_quote(&value)));
+    }
+    text.push_str(&format!(
+        "export PATH={}:\"$PATH\"\n",
+        shell_quote(&bin.display().to_string())
+    ));
+    local::write_private(&state.join("env"), &text)?;
+    Ok(())
+}
+
+/// `value` in single quotes for sh.
+fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+/// The Spin 4 CLI to run the edge with (`ASIDE_SPIN`, else `spin` on PATH; see [`xtask::spin`]); `None`
+/// when there is none, said on stderr. A set but broken `ASIDE_SPIN` is an error, not a fallback.
+fn spin_cli() -> anyhow::Result<Option<PathBuf>> {
+    match xtask::spin::find() {
+        Ok(cli) => Ok(Some(cli.path)),
+        Err(e @ xtask::spin::NotFound::BadOverride { .. }) => anyhow::bail!("{e}"),
+        Err(e) => {
+            eprintln!("xtask: {e}; the edge runs under the bundled host instead");
+            Ok(None)
+        }
+    }
 }

@@ -1,5 +1,5 @@
-//! The edge component under the bundled Spin-compatible host ([`crate::host`]), wired to one
-//! [`TestEnv`]: its Redis logical database (read as the `edge` ACL user) and an origin.
+//! The edge component under real `spin up` (when a Spin 4 CLI is found) or the bundled Spin-compatible
+//! host ([`crate::host`]), wired to one [`TestEnv`]: its Redis logical database (read as the `edge` ACL user) and an origin.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -16,16 +16,24 @@
 //! # Ok(()) }
 //! ```
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use xtask::spin::SpinCli;
 
 use super::origin::Origin;
+use super::process::{ManagedChild, StopSignal, log_to, spawn_managed};
 use super::redis_server::{RedisServer, RedisUser};
 use super::stack::{Stack, TestEnv};
-use super::{temp_dir, workspace_root};
-use crate::host::{Host, HostConfig};
+use super::{free_port, port_open, temp_dir, wait_until, workspace_root};
+use crate::host::{
+    DEFAULT_IDLE_INSTANCE_TIMEOUT, DEFAULT_MAX_INSTANCE_CONCURRENT_REUSE_COUNT,
+    DEFAULT_MAX_INSTANCE_REUSE_COUNT, Host, HostConfig,
+};
 
 /// The component the repository's spin.toml names (`source`), relative to the workspace root.
 pub const EDGE_WASM: &str = "target/wasm32-wasip2/release/aside_edge.wasm";
@@ -51,7 +59,11 @@ fn host_cache_dir() -> PathBuf {
 /// variables of a [`TestEnv`], plus builder methods for what tests change.
 #[derive(Debug, Clone)]
 pub struct EdgeOptions {
+    /// The application, variables and instance-reuse settings (the bundled host's configuration; under
+    /// Spin the same settings become `spin up` flags and `SPIN_VARIABLE_*`).
     pub config: HostConfig,
+    /// `None`: the runtime the tests use ([`EdgeRuntime::for_tests`]).
+    pub runtime: Option<EdgeRuntime>,
 }
 
 impl EdgeOptions {
@@ -65,7 +77,10 @@ impl EdgeOptions {
         edge_wasm();
         let mut config = HostConfig::new(workspace_root().join("spin.toml"));
         config.cache_dir = Some(host_cache_dir());
-        let options = Self { config };
+        let options = Self {
+            config,
+            runtime: None,
+        };
         options
             .var("redis_address", format!("127.0.0.1:{}", stack.redis.port))
             .var("redis_database", env.redis_db)
@@ -150,31 +165,260 @@ impl EdgeOptions {
         self
     }
 
-    /// Starts the host.
+    /// Runs this edge under `runtime` instead of the one the tests use ([`EdgeRuntime::for_tests`]).
+    pub fn runtime(mut self, runtime: EdgeRuntime) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// Starts the edge: under `spin up` (a process of its own) when the tests run on Spin, else under
+    /// the bundled host (in this process).
     pub async fn start(self) -> anyhow::Result<Edge> {
-        let host = Host::start(self.config)
-            .await
-            .context("cannot start the edge under the bundled host")?;
-        Ok(Edge { host })
+        let runtime = self
+            .runtime
+            .clone()
+            .unwrap_or_else(|| EdgeRuntime::for_tests().clone());
+        match runtime {
+            EdgeRuntime::Spin(cli) => Ok(Edge {
+                running: Running::Spin(SpinUp::start(&cli, &self.config).await?),
+            }),
+            EdgeRuntime::Bundled => {
+                let host = Host::start(self.config)
+                    .await
+                    .context("cannot start the edge under the bundled host")?;
+                Ok(Edge {
+                    running: Running::Bundled(host),
+                })
+            }
+        }
+    }
+}
+
+/// The runtime an edge runs under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EdgeRuntime {
+    /// `spin up` of a Spin 4 CLI: the production runtime.
+    Spin(SpinCli),
+    /// The bundled Spin-compatible host ([`crate::host`]): a stand-in for machines without Spin.
+    Bundled,
+}
+
+/// Chooses the tests' edge runtime: `spin`, `host`, or empty for "Spin when found".
+pub const ASIDE_EDGE_RUNTIME: &str = "ASIDE_EDGE_RUNTIME";
+
+impl EdgeRuntime {
+    /// The runtime edges start under unless a test asks for another: `ASIDE_EDGE_RUNTIME=host` forces
+    /// the bundled host, `=spin` requires Spin (a panic if none is found); unset, Spin when a Spin 4 CLI
+    /// is found (`ASIDE_SPIN`, else `spin` on PATH), else the bundled host. `cargo xtask test` decides
+    /// once, prints it and sets `ASIDE_EDGE_RUNTIME` for every test binary. A broken `ASIDE_SPIN` is
+    /// never silently replaced by the bundled host.
+    pub fn for_tests() -> &'static EdgeRuntime {
+        static CHOSEN: OnceLock<EdgeRuntime> = OnceLock::new();
+        CHOSEN.get_or_init(|| {
+            let wanted = std::env::var(ASIDE_EDGE_RUNTIME).unwrap_or_default();
+            let chosen = match (wanted.as_str(), xtask::spin::find()) {
+                ("host" | "bundled", _) => EdgeRuntime::Bundled,
+                ("spin" | "", Ok(cli)) => EdgeRuntime::Spin(cli),
+                ("spin", Err(why)) => panic!("{ASIDE_EDGE_RUNTIME}=spin but {why}"),
+                ("", Err(why @ xtask::spin::NotFound::BadOverride { .. })) => panic!("{why}"),
+                ("", Err(_)) => EdgeRuntime::Bundled,
+                (other, _) => panic!("{ASIDE_EDGE_RUNTIME}={other:?}: expected `spin` or `host`"),
+            };
+            eprintln!("aside-tests: edges run under {chosen}");
+            chosen
+        })
+    }
+
+    /// Spin when a Spin 4 CLI is found, whatever the tests use (for tests that compare the two).
+    pub fn spin() -> Option<EdgeRuntime> {
+        xtask::spin::find().ok().map(EdgeRuntime::Spin)
+    }
+
+    pub fn is_spin(&self) -> bool {
+        matches!(self, EdgeRuntime::Spin(_))
+    }
+}
+
+impl std::fmt::Display for EdgeRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EdgeRuntime::Spin(cli) => write!(f, "real Spin: `spin up` of {cli}"),
+            EdgeRuntime::Bundled => write!(f, "the bundled host (wasmtime 44; not Spin)"),
+        }
     }
 }
 
 /// A running edge.
-#[derive(Debug)]
 pub struct Edge {
-    pub host: Host,
+    running: Running,
+}
+
+impl std::fmt::Debug for Edge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let runtime = if self.is_spin() { "spin" } else { "bundled" };
+        f.debug_struct("Edge")
+            .field("url", &self.url())
+            .field("runtime", &runtime)
+            .finish()
+    }
+}
+
+enum Running {
+    Spin(SpinUp),
+    Bundled(Host),
 }
 
 impl Edge {
     /// `http://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
-        self.host.url()
+        match &self.running {
+            Running::Spin(spin) => format!("http://{}", spin.addr),
+            Running::Bundled(host) => host.url(),
+        }
     }
 
-    /// Stops accepting connections and lets open ones finish.
-    pub async fn shutdown(self) {
-        self.host.shutdown().await;
+    /// Which runtime runs it.
+    pub fn is_spin(&self) -> bool {
+        matches!(self.running, Running::Spin(_))
     }
+
+    /// What the runtime printed so far (Spin's output and the component's stdout/stderr; empty under
+    /// the bundled host, which logs through `tracing`).
+    pub fn log(&self) -> String {
+        match &self.running {
+            Running::Spin(spin) => spin.log(),
+            Running::Bundled(_) => String::new(),
+        }
+    }
+
+    /// Stops accepting connections and lets open ones finish (Spin: SIGINT, as Ctrl-C does, then
+    /// SIGKILL after 5 s).
+    pub async fn shutdown(self) {
+        match self.running {
+            Running::Spin(spin) => spin.stop().await,
+            Running::Bundled(host) => host.shutdown().await,
+        }
+    }
+}
+
+/// One `spin up` process serving the edge.
+struct SpinUp {
+    addr: SocketAddr,
+    dir: PathBuf,
+    child: ManagedChild,
+}
+
+impl SpinUp {
+    /// `spin up --from <manifest>` on a free port, with the variables as `SPIN_VARIABLE_<NAME>`, the
+    /// instance-reuse settings as Spin's own flags, its state (logs, key-value stores) in a temporary
+    /// folder, and the CA for `rediss://` through `SSL_CERT_FILE` (Spin's Redis client uses the
+    /// platform's TLS, which reads it). Waits until it accepts connections.
+    async fn start(cli: &SpinCli, config: &HostConfig) -> anyhow::Result<SpinUp> {
+        let dir = temp_dir("aside-spin");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut command = Command::new(&cli.path);
+        command
+            .arg("up")
+            .arg("--from")
+            .arg(&config.manifest)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args(spin_reuse_flags(config));
+        // Only what the test says: no SPIN_* setting of the developer's shell leaks in.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("SPIN_") {
+                command.env_remove(key);
+            }
+        }
+        for (name, value) in &config.variables {
+            command.env(spin_variable_env(name), value);
+        }
+        if let Some(ca) = &config.redis_ca_file {
+            command.env("SSL_CERT_FILE", ca);
+        }
+        log_to(&mut command, &dir, "spin");
+        let mut child = spawn_managed(command, StopSignal::TermGroup)
+            .with_context(|| format!("cannot run {}", cli.path.display()))?;
+        let up = wait_until(SPIN_START_TIMEOUT, || {
+            let exited = child.has_exited();
+            async move { exited || port_open(addr.port()).await }
+        })
+        .await;
+        let spin = SpinUp { addr, dir, child };
+        let log = spin.log();
+        let SpinUp {
+            addr,
+            dir,
+            mut child,
+        } = spin;
+        if child.has_exited() {
+            anyhow::bail!("`spin up` exited before serving:\n{log}");
+        }
+        if !up {
+            anyhow::bail!(
+                "`spin up` did not listen on {addr} within {} s:\n{log}",
+                SPIN_START_TIMEOUT.as_secs()
+            );
+        }
+        Ok(SpinUp { addr, dir, child })
+    }
+
+    /// Spin's own output, then the component's stdout and stderr (Spin writes those to
+    /// `<state dir>/logs/<component>_std{out,err}.txt`, not to its own output).
+    fn log(&self) -> String {
+        let mut log = std::fs::read_to_string(self.dir.join("spin.log")).unwrap_or_default();
+        let logs = self.dir.join("state").join("logs");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&logs)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.sort();
+        for file in files {
+            log.push_str(&std::fs::read_to_string(file).unwrap_or_default());
+        }
+        log
+    }
+
+    /// SIGTERM (Spin stops its trigger and lets it finish), SIGKILL to the group after 5 s.
+    async fn stop(mut self) {
+        tokio::task::spawn_blocking(move || self.child.stop())
+            .await
+            .expect("stopping spin up");
+    }
+}
+
+/// How long `spin up` may take to listen: it compiles the component on its first start (later starts
+/// load it from Spin's wasmtime cache), and the tests may be starting many at once on two cores.
+const SPIN_START_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// `spin up`'s instance-reuse flags for what the test asked (Spin's defaults are left implicit).
+/// Spin 4.0.2 reads `--idle-instance-timeout` in whole seconds only, so sub-second timeouts are
+/// rounded up.
+fn spin_reuse_flags(config: &HostConfig) -> Vec<String> {
+    let mut flags = Vec::new();
+    if config.max_instance_reuse_count != DEFAULT_MAX_INSTANCE_REUSE_COUNT {
+        flags.push(format!(
+            "--max-instance-reuse-count={}",
+            config.max_instance_reuse_count
+        ));
+    }
+    if config.max_instance_concurrent_reuse_count != DEFAULT_MAX_INSTANCE_CONCURRENT_REUSE_COUNT {
+        flags.push(format!(
+            "--max-instance-concurrent-reuse-count={}",
+            config.max_instance_concurrent_reuse_count
+        ));
+    }
+    if config.idle_instance_timeout != DEFAULT_IDLE_INSTANCE_TIMEOUT {
+        let secs = config.idle_instance_timeout.as_secs_f64().ceil().max(1.0) as u64;
+        flags.push(format!("--idle-instance-timeout={secs}s"));
+    }
+    flags
+}
+
+/// `redis_password` -> `SPIN_VARIABLE_REDIS_PASSWORD`: how Spin's environment provider names a variable.
+pub fn spin_variable_env(name: &str) -> String {
+    format!("SPIN_VARIABLE_{}", name.to_ascii_uppercase())
 }
 
 impl TestEnv {

@@ -23,7 +23,10 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub use edge::{EDGE_WASM, Edge, EdgeOptions, edge_wasm, manifest_with_allowed_hosts, metric};
+pub use edge::{
+    ASIDE_EDGE_RUNTIME, EDGE_WASM, Edge, EdgeOptions, EdgeRuntime, edge_wasm,
+    manifest_with_allowed_hosts, metric, spin_variable_env,
+};
 pub use load::{Load, LoadReport, Sample};
 pub use origin::{Origin, OriginOptions};
 pub use postgres::PostgresServer;

@@ -8,11 +8,39 @@ use std::sync::{Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 
 /// What to send a child to stop it quickly but cleanly (PostgreSQL wants SIGQUIT to clean up its shared
-/// memory; the others are simply killed).
-#[derive(Debug, Clone, Copy)]
+/// memory; `spin up` wants SIGTERM, which it passes on to the trigger process it starts; the others are
+/// simply killed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopSignal {
     Kill,
     Quit,
+    /// SIGTERM to the child's own process group (it is started as the leader of one), then SIGKILL to the
+    /// group if it is still there after 5 s: for children that start children of their own. It is also
+    /// the child's parent-death signal, so a killed test process still lets it stop its children.
+    TermGroup,
+}
+
+impl StopSignal {
+    fn signal(self) -> i32 {
+        match self {
+            StopSignal::Kill => libc::SIGKILL,
+            StopSignal::Quit => libc::SIGQUIT,
+            StopSignal::TermGroup => libc::SIGTERM,
+        }
+    }
+
+    /// Sends `signal` to `pid`, or to its process group.
+    fn send(self, pid: u32, signal: i32) {
+        let target = if self == StopSignal::TermGroup {
+            -(pid as i32)
+        } else {
+            pid as i32
+        };
+        // SAFETY: signalling a child we spawned (or its group, which it leads).
+        unsafe {
+            libc::kill(target, signal);
+        }
+    }
 }
 
 struct Registry {
@@ -50,26 +78,16 @@ fn cleanup_all() {
             std::mem::take(&mut reg.dirs),
         )
     };
-    for (pid, signal) in &children {
-        let sig = match signal {
-            StopSignal::Kill => libc::SIGKILL,
-            StopSignal::Quit => libc::SIGQUIT,
-        };
-        // SAFETY: sending a signal to a pid we spawned.
-        unsafe {
-            libc::kill(*pid as i32, sig);
-        }
+    for (pid, stop) in &children {
+        stop.send(*pid, stop.signal());
     }
     let deadline = Instant::now() + Duration::from_secs(3);
-    for (pid, _) in &children {
+    for (pid, stop) in &children {
         while Instant::now() < deadline && alive(*pid) {
             std::thread::sleep(Duration::from_millis(10));
         }
         if alive(*pid) {
-            // SAFETY: as above.
-            unsafe {
-                libc::kill(*pid as i32, libc::SIGKILL);
-            }
+            stop.send(*pid, libc::SIGKILL);
         }
     }
     // ASIDE_KEEP_TEST_DIRS=1 keeps server folders and logs for a post-mortem.
@@ -92,10 +110,17 @@ fn alive(pid: u32) -> bool {
 /// *spawning thread* exits, which is why spawning is not done on the short-lived test threads.)
 pub fn spawn_managed(mut command: Command, stop: StopSignal) -> std::io::Result<ManagedChild> {
     register_atexit();
+    let death_signal = match stop {
+        StopSignal::TermGroup => {
+            command.process_group(0);
+            libc::SIGTERM
+        }
+        _ => libc::SIGKILL,
+    };
     // SAFETY: prctl is async-signal-safe; it runs in the child between fork and exec.
     unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, death_signal) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -142,6 +167,11 @@ impl ManagedChild {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// The child's standard output, when it was piped (once).
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.as_mut()?.stdout.take()
+    }
+
     /// Sends a signal without waiting (e.g. SIGSTOP to freeze it).
     pub fn signal(&self, signal: i32) {
         if let Some(c) = &self.child {
@@ -157,19 +187,13 @@ impl ManagedChild {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let sig = match self.stop {
-            StopSignal::Kill => libc::SIGKILL,
-            StopSignal::Quit => libc::SIGQUIT,
-        };
-        // SAFETY: signalling our own child.
-        unsafe {
-            libc::kill(child.id() as i32, sig);
-        }
+        self.stop.send(child.id(), self.stop.signal());
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             match child.try_wait() {
                 Ok(Some(_)) | Err(_) => break,
                 Ok(None) if Instant::now() > deadline => {
+                    self.stop.send(child.id(), libc::SIGKILL);
                     let _ = child.kill();
                     let _ = child.wait();
                     break;
@@ -185,10 +209,22 @@ impl ManagedChild {
             .retain(|(p, _)| *p != pid);
     }
 
-    /// Kills the child with SIGKILL, whatever its stop signal (fault injection).
+    /// Kills the child with SIGKILL, whatever its stop signal (fault injection); a process group is
+    /// killed whole.
     pub fn kill_hard(&mut self) {
+        if let Some(c) = &self.child {
+            self.stop.send(c.id(), libc::SIGKILL);
+        }
         self.stop = StopSignal::Kill;
         self.stop();
+    }
+
+    /// Sends a signal to the child's whole process group (for a [`StopSignal::TermGroup`] child; the
+    /// child alone otherwise), without waiting: e.g. SIGSTOP to freeze `spin up` and its trigger.
+    pub fn signal_group(&self, signal: i32) {
+        if let Some(c) = &self.child {
+            self.stop.send(c.id(), signal);
+        }
     }
 
     /// Has the child exited on its own?

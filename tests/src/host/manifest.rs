@@ -442,15 +442,32 @@ pub fn resolve_component(
         variables.insert(name.clone(), v);
     }
     let mut hosts = Vec::new();
+    let mut templated = false;
     for entry in &decl.allowed_outbound_hosts {
         let t = Template::parse(entry)?;
+        templated |= t.references().next().is_some();
         let v = t.expand(app_vars).with_context(|| {
             format!("component {id:?}: cannot resolve allowed_outbound_hosts entry {entry:?}")
         })?;
         hosts.push(v.value);
     }
-    let allowed_hosts = AllowedHosts::parse(&hosts)
-        .with_context(|| format!("component {id:?}: invalid allowed_outbound_hosts"))?;
+    // Spin 4 parses a templated allow-list only when the component first reaches out, and then refuses
+    // every outbound connection if it does not parse (the error is logged; the application starts and
+    // the component runs). A list without templates is checked when the manifest loads.
+    let allowed_hosts = match AllowedHosts::parse(&hosts) {
+        Ok(hosts) => hosts,
+        Err(e) if templated => {
+            tracing::error!(
+                component = %id,
+                "invalid allowed_outbound_hosts after expanding variables: {e:#}; every outbound \
+                 connection of this component is refused (as Spin does)"
+            );
+            AllowedHosts::default()
+        }
+        Err(e) => {
+            return Err(e.context(format!("component {id:?}: invalid allowed_outbound_hosts")));
+        }
+    };
     Ok(Arc::new(ComponentConfig {
         id: id.to_string(),
         variables,
@@ -674,11 +691,29 @@ command = "cargo build"
         assert!(Template::parse("{{ z }}").unwrap().expand(&vars).is_err());
     }
 
+    /// As in Spin 4: an allow-list that stops parsing once its variables are expanded does not stop
+    /// the application; it refuses every outbound connection. (Until this was found by running both,
+    /// the host refused to start, where `spin up` serves and the edge answers its configuration error.)
     #[test]
-    fn bad_allowed_host_after_expansion_is_an_error() {
+    fn bad_allowed_host_after_expansion_refuses_every_connection() {
         let text = MANIFEST.replace(
             "origin_url = { default = \"http://127.0.0.1:8080\" }",
             "origin_url = { default = \"127.0.0.1:8080\" }",
+        );
+        let m = Manifest::parse(&text, Path::new("/app")).unwrap();
+        let overrides = HashMap::from([("redis_password".to_string(), "pw".to_string())]);
+        let vars = resolve_app_variables(&m.variables, &overrides, no_env).unwrap();
+        let c = resolve_component("edge", &m.components["edge"], &vars, &m.variables).unwrap();
+        assert!(!c.allowed_hosts.allows("redis://127.0.0.1:6379", "redis"));
+        assert!(!c.allowed_hosts.allows("http://127.0.0.1:8080/", "http"));
+    }
+
+    /// A list without templates is checked at load, by Spin and by the host.
+    #[test]
+    fn a_bad_literal_allowed_host_is_an_error_at_start() {
+        let text = MANIFEST.replace(
+            "allowed_outbound_hosts = [\"redis://{{ redis_address }}\", \"{{origin_url}}\"]",
+            "allowed_outbound_hosts = [\"127.0.0.1:8080\"]",
         );
         let m = Manifest::parse(&text, Path::new("/app")).unwrap();
         let overrides = HashMap::from([("redis_password".to_string(), "pw".to_string())]);

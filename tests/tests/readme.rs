@@ -1,0 +1,348 @@
+//! The README is executable: its tested examples (`sh tested` blocks, read by [`aside_tests::readme`])
+//! run, top to bottom, against a real `cargo xtask up` stack, and each answer is checked against the
+//! promise written next to the command.
+//!
+//! The stack is the user's `cargo xtask up` with what lets it run beside other tests and beside a user's
+//! own stack: free ports, a temporary state folder, the binaries `cargo xtask test` has just built
+//! (`--bin-dir target/debug`), a small seed, and the short soft expiry the README suggests for watching
+//! copies go `STALE` (`ASIDE_CACHE_TTL_SECS=10`). The README's commands run through `sh -c` in the
+//! workspace root with the README's defaults replaced by this stack's ports and folder ([`SUBSTITUTIONS`]),
+//! `cargo xtask` meaning this xtask and `spin` the Spin CLI `up` found (`ASIDE_SPIN` or `spin` on PATH;
+//! without one the edge runs under the bundled host, and `needs-spin` blocks are skipped, both said on
+//! stderr). In the end the stack is stopped as a user does (Ctrl-C) and must leave no process behind.
+
+use std::io::{BufRead as _, BufReader};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use aside_tests::harness::{
+    ManagedChild, StopSignal, bin_dir, free_port, spawn_managed, temp_dir, workspace_root,
+};
+use aside_tests::readme::{self, Block};
+
+/// The README's default ports and folder, as the commands name them, and this stack's.
+struct Stack {
+    edge: u16,
+    origin: u16,
+    redis: u16,
+    postgres: u16,
+    state: PathBuf,
+}
+
+/// What the README's commands say, and what they mean for the stack under test.
+const SUBSTITUTIONS: &[(&str, &str)] = &[
+    ("127.0.0.1:3000", "127.0.0.1:{edge}"),
+    ("127.0.0.1:8081", "127.0.0.1:{origin}"),
+    ("127.0.0.1:6390", "127.0.0.1:{redis}"),
+    ("-p 6390", "-p {redis}"),
+    ("127.0.0.1:5440", "127.0.0.1:{postgres}"),
+    (".aside/", "{state}/"),
+];
+
+impl Stack {
+    fn substitute(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for (readme, ours) in SUBSTITUTIONS {
+            let ours = ours
+                .replace("{edge}", &self.edge.to_string())
+                .replace("{origin}", &self.origin.to_string())
+                .replace("{redis}", &self.redis.to_string())
+                .replace("{postgres}", &self.postgres.to_string())
+                .replace("{state}", &self.state.display().to_string());
+            out = out.replace(readme, &ours);
+        }
+        out
+    }
+}
+
+/// This xtask: the one `cargo xtask test` runs (`ASIDE_XTASK`), else built now.
+fn xtask_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("ASIDE_XTASK") {
+        return PathBuf::from(path);
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", "xtask"])
+        .current_dir(workspace_root())
+        .status()
+        .expect("run cargo build -p xtask");
+    assert!(status.success(), "cargo build -p xtask failed");
+    workspace_root().join("target/debug/xtask")
+}
+
+/// A running `cargo xtask up`, stopped (and its folders removed) when dropped.
+struct Up {
+    child: ManagedChild,
+    stack: Stack,
+    /// The Spin CLI the edge runs under (None: the bundled host).
+    spin: Option<String>,
+    stderr: PathBuf,
+}
+
+impl Up {
+    fn start(xtask: &Path) -> Up {
+        let dir = temp_dir("aside-readme");
+        let stack = Stack {
+            edge: free_port(),
+            origin: free_port(),
+            redis: free_port(),
+            postgres: free_port(),
+            state: dir.join("state"),
+        };
+        let stderr = dir.join("up.stderr");
+        let mut command = Command::new(xtask);
+        command
+            .arg("up")
+            .arg("--state-dir")
+            .arg(&stack.state)
+            .args(["--edge-port", &stack.edge.to_string()])
+            .args(["--origin-port", &stack.origin.to_string()])
+            .args(["--redis-port", &stack.redis.to_string()])
+            .args(["--postgres-port", &stack.postgres.to_string()])
+            .args(["--count", "50"])
+            .arg("--bin-dir")
+            .arg(bin_dir())
+            .env("ASIDE_CACHE_TTL_SECS", "10")
+            .current_dir(workspace_root())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"));
+        // Its own group, as in a terminal where Ctrl-C reaches `up` (which stops its children itself).
+        command.process_group(0);
+        let mut child = spawn_managed(command, StopSignal::Kill).expect("start cargo xtask up");
+        let stdout = child.take_stdout().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                println!("up: {line}");
+                let _ = tx.send(line);
+            }
+        });
+        let mut up = Up {
+            child,
+            stack,
+            spin: None,
+            stderr,
+        };
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with("aside is up. Edge (spin up, ") => {
+                    let spin = line["aside is up. Edge (spin up, ".len()..]
+                        .split_once("):")
+                        .map(|(path, _)| path.to_string());
+                    up.spin = spin;
+                    break;
+                }
+                Ok(line) if line.starts_with("aside is up.") => break,
+                Ok(_) => {}
+                Err(_) => panic!("cargo xtask up did not come up:\n{}", up.stderr_text()),
+            }
+        }
+        match &up.spin {
+            Some(spin) => eprintln!("README test: the edge runs under spin up ({spin})"),
+            None => eprintln!(
+                "README test: no Spin CLI found (`spin` on PATH or ASIDE_SPIN): the edge runs under \
+                 the bundled host and the needs-spin blocks are skipped"
+            ),
+        }
+        up
+    }
+
+    fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Runs one README command line (with the setup lines before it) through `sh -c`; returns its exit
+    /// status, standard output and standard error.
+    fn sh(&self, xtask: &Path, prelude: &[String], text: &str) -> (bool, String, String) {
+        let mut script = String::from(
+            "cargo() { if [ \"$1\" = xtask ]; then shift; \"$ASIDE_XTASK\" \"$@\"; else command cargo \"$@\"; fi; }\n",
+        );
+        if let Some(spin) = &self.spin {
+            script.push_str(&format!("spin() {{ '{spin}' \"$@\"; }}\n"));
+        }
+        for line in prelude {
+            script.push_str(&self.stack.substitute(line));
+            script.push('\n');
+        }
+        script.push_str(&self.stack.substitute(text));
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(&script)
+            .env("ASIDE_XTASK", xtask)
+            .env("ASIDE_STATE_DIR", &self.stack.state)
+            .current_dir(workspace_root())
+            .stdin(Stdio::null())
+            .process_group(0);
+        let child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run sh");
+        let pid = child.id() as i32;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(Ok(output)) => (
+                output.status.success(),
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            ),
+            _ => {
+                // SAFETY: the process group of the shell we started.
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                }
+                (false, String::new(), "timed out after 120 s".into())
+            }
+        }
+    }
+
+    /// Stops the stack as a user does (Ctrl-C) and checks that nothing of it is left running.
+    fn stop(mut self, xtask: &Path) {
+        let status = Command::new(xtask)
+            .arg("status")
+            .env("ASIDE_STATE_DIR", &self.stack.state)
+            .output()
+            .expect("cargo xtask status");
+        let groups: Vec<i32> = String::from_utf8_lossy(&status.stdout)
+            .lines()
+            .filter_map(|l| l.split_once(" pid ").map(|(_, rest)| rest))
+            .filter_map(|rest| {
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        assert_eq!(
+            groups.len(),
+            4,
+            "four services running before Ctrl-C: {status:?}"
+        );
+        self.child.signal(libc::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.child.has_exited() {
+            assert!(
+                Instant::now() < deadline,
+                "cargo xtask up did not stop within 60 s of Ctrl-C:\n{}",
+                self.stderr_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let left: Vec<i32> = groups.iter().copied().filter(|&g| group_alive(g)).collect();
+        assert!(
+            left.is_empty(),
+            "processes of the groups {left:?} outlived cargo xtask up"
+        );
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if !self.child.has_exited() {
+            self.child.signal(libc::SIGINT);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.child.has_exited() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = std::fs::remove_dir_all(xtask::stack::postgres_dir(&self.stack.state));
+    }
+}
+
+/// Is a process of group `group` alive (zombies aside)?
+fn group_alive(group: i32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            return false;
+        };
+        // pid (comm) state ppid pgrp ...: the fields after the last ')'.
+        let Some((_, fields)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let fields: Vec<&str> = fields.split_whitespace().collect();
+        fields.first() != Some(&"Z") && fields.get(2).and_then(|p| p.parse().ok()) == Some(group)
+    })
+}
+
+/// The sections whose every example must be tested.
+const TESTED_SECTIONS: &[&str] = &["What to try"];
+
+#[test]
+fn every_example_in_the_readme_does_what_the_readme_says() {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).expect("README.md");
+    let blocks = readme::parse(&readme).expect("the README's tested blocks parse");
+    for (section, line, tested) in readme::sh_blocks(&readme) {
+        assert!(
+            tested || !TESTED_SECTIONS.contains(&section.as_str()),
+            "README.md line {line}: every example in \"{section}\" must be a `sh tested` block"
+        );
+    }
+    assert!(
+        blocks.iter().map(|b| b.commands.len()).sum::<usize>() > 10,
+        "the README's tested examples were not found"
+    );
+
+    let xtask = xtask_binary();
+    let up = Up::start(&xtask);
+    let mut prelude = Vec::new();
+    let mut checked = 0;
+    for block in &blocks {
+        if block.needs_spin && up.spin.is_none() {
+            eprintln!(
+                "README test: skipped README.md line {} (needs a Spin CLI)",
+                block.line
+            );
+            continue;
+        }
+        run_block(&up, &xtask, block, &mut prelude);
+        checked += block.commands.len();
+    }
+    eprintln!("README test: {checked} commands kept their promises");
+    up.stop(&xtask);
+}
+
+fn run_block(up: &Up, xtask: &Path, block: &Block, prelude: &mut Vec<String>) {
+    for command in &block.commands {
+        let deadline = Instant::now() + command.expect.within.unwrap_or_default();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (ok, stdout, stderr) = up.sh(xtask, prelude, &command.text);
+            let verdict = if ok {
+                readme::check(&command.expect, &stdout)
+            } else {
+                Err("it failed".to_string())
+            };
+            match verdict {
+                Ok(()) => break,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(why) => panic!(
+                    "README.md line {} ({}), after {attempts} attempt(s): {why}\n$ {}\n# {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- cargo xtask up's stderr\n{}",
+                    command.line,
+                    block.section,
+                    command.text,
+                    command.comment,
+                    up.stderr_text()
+                ),
+            }
+        }
+        if command.setup {
+            prelude.push(command.text.clone());
+        }
+    }
+}

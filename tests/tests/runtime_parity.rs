@@ -1,0 +1,230 @@
+//! The bundled host against real Spin: the same requests to the same edge component under both, answer
+//! by answer. The bundled host is a stand-in for machines without Spin; where it differs from `spin up`,
+//! Spin is right and the host is fixed (docs/architecture.md, "The runtime"). Every difference found
+//! so far has a case here that would have caught it.
+//!
+//! Also the bundled host's smoke test: when the suite runs under Spin, this is where the host still runs
+//! the read path, writes and errors, so it cannot rot. Without a Spin CLI only the host half runs (and
+//! the rest of the suite runs under the host anyway).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aside_tests::harness::{EdgeOptions, EdgeRuntime, Stack, generate_secret};
+use reqwest::Method;
+
+/// One request of the comparison.
+struct Case {
+    what: &'static str,
+    /// The status the edge must answer (checked under every runtime, so the host half means something
+    /// on a machine without Spin).
+    status: u16,
+    method: Method,
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    body: &'static str,
+}
+
+const fn case(what: &'static str, status: u16, method: Method, path: &'static str) -> Case {
+    Case {
+        what,
+        status,
+        method,
+        path,
+        headers: &[],
+        body: "",
+    }
+}
+
+/// What an answer is compared on: the status, the body, and every header but the ones that differ by
+/// nature from one request to the next (`date`, the instance id, the timings).
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: String,
+}
+
+const VOLATILE: [&str; 3] = ["date", "x-edge-instance", "server-timing"];
+
+async fn send(base: &str, case: &Case) -> Seen {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut request = client.request(case.method.clone(), format!("{base}{}", case.path));
+    for (name, value) in case.headers {
+        request = request.header(*name, *value);
+    }
+    if !case.body.is_empty() {
+        request = request.body(case.body);
+    }
+    let response = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", case.what));
+    let status = response.status().as_u16();
+    let mut headers = BTreeMap::new();
+    for (name, value) in response.headers() {
+        if VOLATILE.contains(&name.as_str()) {
+            continue;
+        }
+        headers
+            .entry(name.as_str().to_string())
+            .and_modify(|v: &mut String| {
+                v.push_str(", ");
+                v.push_str(value.to_str().unwrap_or("<binary>"))
+            })
+            .or_insert_with(|| value.to_str().unwrap_or("<binary>").to_string());
+    }
+    let body = response.text().await.unwrap_or_default();
+    Seen {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn cases() -> Vec<Case> {
+    const JSON: &[(&str, &str)] = &[("content-type", "application/json")];
+    vec![
+        case("first read: origin", 200, Method::GET, "/users/1"),
+        case("second read: tier 1", 200, Method::GET, "/users/1"),
+        case(
+            "projection",
+            200,
+            Method::GET,
+            "/users/2?fields=email,department",
+        ),
+        case("bad id", 400, Method::GET, "/users/abc"),
+        case("unknown id", 404, Method::GET, "/users/999999"),
+        case(
+            "unknown field",
+            400,
+            Method::GET,
+            "/users/1?fields=password",
+        ),
+        case("health", 200, Method::GET, "/healthz"),
+        case("origin-only route", 404, Method::GET, "/metrics"),
+        case("no route", 404, Method::GET, "/nothing/here"),
+        case("method not allowed", 405, Method::PUT, "/healthz"),
+        case("HEAD", 200, Method::HEAD, "/users/1"),
+        case("OPTIONS", 405, Method::OPTIONS, "/users/1"),
+        Case {
+            what: "PATCH",
+            status: 200,
+            method: Method::PATCH,
+            path: "/users/3",
+            headers: JSON,
+            body: r#"{"department":"Security"}"#,
+        },
+        case("read after PATCH", 200, Method::GET, "/users/3"),
+        Case {
+            what: "invalid POST",
+            status: 422,
+            method: Method::POST,
+            path: "/users",
+            headers: JSON,
+            body: r#"{"full_name":"Ana Silva","gender":"X","birth_date":"1990-01-01","department":"Sales","email":"ana@example.org","username":"ana.silva"}"#,
+        },
+        Case {
+            what: "not JSON",
+            status: 415,
+            method: Method::PUT,
+            path: "/users/4",
+            headers: &[("content-type", "text/plain")],
+            body: "hello",
+        },
+        case("DELETE", 204, Method::DELETE, "/users/5"),
+        case("read after DELETE", 404, Method::GET, "/users/5"),
+    ]
+}
+
+/// Runs `cases` against an edge under each runtime (the bundled host, and Spin when found), each on a
+/// fresh database seeded alike, with `configure` applied to the edge's options; returns the answers per
+/// runtime.
+async fn answers_under_each_runtime(
+    cases: &[Case],
+    configure: impl Fn(EdgeOptions) -> EdgeOptions,
+) -> Vec<(EdgeRuntime, Vec<Seen>)> {
+    let stack = Stack::shared().await;
+    let mut seen = Vec::new();
+    for runtime in std::iter::once(EdgeRuntime::Bundled).chain(EdgeRuntime::spin()) {
+        let env = stack.env().await.unwrap();
+        env.seed(6).await.unwrap();
+        let token = generate_secret();
+        let origin = env.origin_with_token(stack, &token).await.unwrap();
+        let options = EdgeOptions::new(stack, &env, &origin.url(), &token).runtime(runtime.clone());
+        let edge = configure(options).start().await.unwrap();
+        let mut answers = Vec::new();
+        for case in cases {
+            let answer = send(&edge.url(), case).await;
+            assert_eq!(
+                answer.status, case.status,
+                "{} ({} {}) under {runtime}: {answer:?}",
+                case.what, case.method, case.path
+            );
+            answers.push(answer);
+        }
+        seen.push((runtime, answers));
+        edge.shutdown().await;
+    }
+    if seen.len() == 1 {
+        eprintln!(
+            "runtime parity: no Spin 4 CLI found, so only the bundled host's answers were checked"
+        );
+    }
+    seen
+}
+
+/// Asserts that every runtime gave the first runtime's answers.
+fn assert_same(cases: &[Case], seen: &[(EdgeRuntime, Vec<Seen>)]) {
+    let (reference, expected) = &seen[0];
+    for (runtime, answers) in &seen[1..] {
+        for ((case, want), got) in cases.iter().zip(expected).zip(answers) {
+            assert_eq!(
+                got, want,
+                "{} ({} {}): {runtime} (left) differs from {reference} (right)",
+                case.what, case.method, case.path
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bundled_host_answers_every_request_as_spin_does() {
+    let cases = cases();
+    let seen = answers_under_each_runtime(&cases, |options| options).await;
+    assert_same(&cases, &seen);
+}
+
+/// An `origin_url` without a scheme makes the templated allow-list unparseable. `spin up` still starts
+/// (it parses the list lazily) and the component answers its own configuration error; the host used to
+/// refuse to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_origin_url_starts_and_every_answer_names_it() {
+    let cases = [
+        case("read", 500, Method::GET, "/users/1"),
+        case("health", 500, Method::GET, "/healthz"),
+    ];
+    let seen =
+        answers_under_each_runtime(&cases, |options| options.var("origin_url", "127.0.0.1:1"))
+            .await;
+    assert_same(&cases, &seen);
+    let body = &seen[0].1[0].body;
+    assert!(body.contains("origin_url"), "{body}");
+}
+
+/// A required variable with no value: neither runtime starts, and each names the variable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_secret_stops_the_start_under_every_runtime() {
+    let stack = Stack::shared().await;
+    let env = stack.env().await.unwrap();
+    for runtime in std::iter::once(EdgeRuntime::Bundled).chain(EdgeRuntime::spin()) {
+        let mut options =
+            EdgeOptions::new(stack, &env, "http://127.0.0.1:1", "t").runtime(runtime.clone());
+        options.config.variables.remove("origin_token");
+        let error = format!("{:#}", options.start().await.unwrap_err());
+        assert!(error.contains("origin_token"), "{runtime}: {error}");
+    }
+}
