@@ -552,7 +552,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 "SPIN_VARIABLE_ORIGIN_URL",
                 format!("http://127.0.0.1:{}", ports.origin),
             )
-            .env("SPIN_VARIABLE_ORIGIN_TOKEN", &secrets.origin_token);
+            .env("SPIN_VARIABLE_ORIGIN_TOKEN", &secrets.origin_token)
+            // The scenarios measure the cache without client authentication (the edge's default is
+            // on: see docs/security.md; aside-load --bearer-file sends a client token to measure it).
+            .env("SPIN_VARIABLE_AUTH", "off")
+            .env("SPIN_VARIABLE_AUTH_JWKS", "unused")
+            .env("SPIN_VARIABLE_AUTH_ISSUER", "unused")
+            .env("SPIN_VARIABLE_AUTH_AUDIENCE", "unused");
         if l1_off {
             edge.env("SPIN_VARIABLE_L1_MAX_ENTRIES", "0")
                 .env("SPIN_VARIABLE_L1_TTL_MS", "0");

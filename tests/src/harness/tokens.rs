@@ -55,14 +55,18 @@ impl TestKey {
         )
     }
 
-    /// A fresh Ed25519 key for EdDSA.
+    /// A fresh Ed25519 key for EdDSA. (jsonwebtoken cannot derive the public JWK from ring's PKCS#8
+    /// v2 document, so it is written from rcgen's raw public key.)
     pub fn ed(kid: &str) -> Self {
+        use base64::Engine as _;
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("Ed25519 key");
-        Self::new(
-            kid,
-            Algorithm::EdDSA,
-            EncodingKey::from_ed_der(&key.serialize_der()),
-        )
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.public_key_raw());
+        Self {
+            kid: kid.to_string(),
+            algorithm: Algorithm::EdDSA,
+            encoding: EncodingKey::from_ed_der(&key.serialize_der()),
+            jwk: json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid, "x": x}),
+        }
     }
 
     fn new(kid: &str, algorithm: Algorithm, encoding: EncodingKey) -> Self {
