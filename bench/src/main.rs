@@ -822,7 +822,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 )
                 .env("SPIN_VARIABLE_REDIS_PASSWORD", &secrets.redis_edge)
                 .env("SPIN_VARIABLE_ORIGIN_URL", &origin_url)
-                .env("SPIN_VARIABLE_ORIGIN_TOKEN", &secrets.origin_token);
+                .env("SPIN_VARIABLE_ORIGIN_TOKEN", &secrets.origin_token)
+                // The scenarios measure the cache without client authentication (the edge's default
+                // is on: see docs/security.md; aside-load --bearer-file sends a client token to
+                // measure it).
+                .env("SPIN_VARIABLE_AUTH", "off")
+                .env("SPIN_VARIABLE_AUTH_JWKS", "unused")
+                .env("SPIN_VARIABLE_AUTH_ISSUER", "unused")
+                .env("SPIN_VARIABLE_AUTH_AUDIENCE", "unused");
             }
             if matches!(target, Target::EdgeL1Off(_)) {
                 edge.env("SPIN_VARIABLE_L1_MAX_ENTRIES", "0")

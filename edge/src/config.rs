@@ -8,10 +8,15 @@
 use std::fmt;
 use std::time::Duration;
 
+use std::rc::Rc;
+
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
+use crate::auth::{Expectations, Verifier};
+use crate::ratelimit::WriteLimit;
+
 /// Every Spin variable the edge reads, as declared under `[component.aside-edge.variables]`.
-pub const VARIABLES: [&str; 19] = [
+pub const VARIABLES: [&str; 27] = [
     "redis_address",
     "redis_database",
     "redis_user",
@@ -31,7 +36,18 @@ pub const VARIABLES: [&str; 19] = [
     "l1_stale_ms",
     "xfetch_beta",
     "redis_scheme",
+    "auth",
+    "auth_issuer",
+    "auth_audience",
+    "auth_leeway_s",
+    "auth_user_claim",
+    "auth_jwks",
+    "write_rate_per_min",
+    "write_burst",
 ];
+
+/// Subjects the write limit remembers at most per instance (see [`crate::ratelimit`]).
+const MAX_LIMITED_CALLERS: usize = 10_000;
 
 /// Characters escaped in the user and password of the Redis URL: everything but RFC 3986 "unreserved".
 const USERINFO: &AsciiSet = &NON_ALPHANUMERIC
@@ -57,6 +73,16 @@ pub struct BreakerSettings {
     pub threshold: u32,
     /// How long the backend is skipped once open, before one request probes it.
     pub backoff: Duration,
+}
+
+/// Client authentication (`auth`): on (the default: bearer JWTs checked against `auth_jwks`), or
+/// turned off explicitly for a private deployment.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Auth {
+    /// Every request under `/users` needs a token the verifier accepts (see [`crate::auth`]).
+    Jwt(Rc<Verifier>),
+    /// `auth = "off"`: no client is authenticated; every answer says `x-aside-auth: off`.
+    Off,
 }
 
 /// The parsed settings. `Debug` hides the secrets.
@@ -86,6 +112,11 @@ pub struct Config {
     pub l1_stale: Duration,
     /// XFetch's beta: how eagerly a hit close to its soft expiry is refreshed early. 0 turns it off.
     pub xfetch_beta: f64,
+    /// Client authentication: `auth`, `auth_jwks`, `auth_issuer`, `auth_audience`, `auth_leeway_s`,
+    /// `auth_user_claim` (the last five read only when it is on).
+    pub auth: Auth,
+    /// Writes per caller: `write_rate_per_min` (0: no limit), `write_burst`.
+    pub write_limit: WriteLimit,
 }
 
 impl fmt::Debug for Config {
@@ -102,6 +133,8 @@ impl fmt::Debug for Config {
             .field("request_budget", &self.request_budget)
             .field("l1_stale", &self.l1_stale)
             .field("xfetch_beta", &self.xfetch_beta)
+            .field("auth", &self.auth)
+            .field("write_limit", &self.write_limit)
             .finish()
     }
 }
@@ -216,6 +249,26 @@ impl Config {
         let l1_stale = millis(parse_number(get("l1_stale_ms")?, 0, 86_400_000, MS_DAY)?);
         let xfetch_beta = parse_beta(get("xfetch_beta")?)?;
         let redis_scheme = parse_redis_scheme(get("redis_scheme")?)?;
+        let auth = match parse_switch(get("auth")?)? {
+            false => Auth::Off,
+            true => {
+                let expectations = Expectations {
+                    issuer: parse_non_empty(get("auth_issuer")?)?,
+                    audience: parse_non_empty(get("auth_audience")?)?,
+                    leeway_secs: parse_number(get("auth_leeway_s")?, 0, 3600, LEEWAY)?,
+                    user_claim: parse_claim_name(get("auth_user_claim")?)?,
+                };
+                let (name, jwks) = get("auth_jwks")?;
+                let verifier = Verifier::from_jwks(&jwks, expectations)
+                    .map_err(|e| malformed(name, e.expected()))?;
+                Auth::Jwt(Rc::new(verifier))
+            }
+        };
+        let write_limit = WriteLimit {
+            per_minute: parse_number(get("write_rate_per_min")?, 0, 1_000_000, RATE)? as u32,
+            burst: parse_number(get("write_burst")?, 1, 1_000_000, BURST)? as u32,
+            max_callers: MAX_LIMITED_CALLERS,
+        };
 
         let redis_url = format!(
             "{redis_scheme}://{}:{}@{redis_address}/{redis_database}",
@@ -235,6 +288,8 @@ impl Config {
             request_budget,
             l1_stale,
             xfetch_beta,
+            auth,
+            write_limit,
         })
     }
 
@@ -260,6 +315,9 @@ const MS_MINUTE: &str = "a whole number of milliseconds from 1 to 60000";
 const MS_HOUR: &str = "a whole number of milliseconds from 0 to 3600000";
 const MS_5MIN: &str = "a whole number of milliseconds from 1 to 300000";
 const THRESHOLD: &str = "a whole number of consecutive failures from 1 to 1000";
+const LEEWAY: &str = "a whole number of seconds from 0 to 3600";
+const RATE: &str = "a whole number of writes a minute from 0 (no limit) to 1000000";
+const BURST: &str = "a whole number of writes from 1 to 1000000";
 const BETA: &str = "a decimal number from 0 to 100 (e.g. 1.0; 0 turns early refresh off)";
 
 fn millis(ms: u64) -> Duration {
@@ -309,6 +367,24 @@ fn parse_non_empty((name, value): (&'static str, String)) -> Result<String, Conf
         ));
     }
     Ok(value)
+}
+
+/// `on` or `off`. Anything else is refused, so a typo never turns authentication off.
+fn parse_switch((name, value): (&'static str, String)) -> Result<bool, ConfigError> {
+    match value.trim() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(malformed(name, "on or off")),
+    }
+}
+
+/// A JWT claim name: 1 to 64 visible ASCII characters.
+fn parse_claim_name((name, value): (&'static str, String)) -> Result<String, ConfigError> {
+    let value = value.trim();
+    if value.is_empty() || value.len() > 64 || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(malformed(name, "a claim name such as sub or uid"));
+    }
+    Ok(value.to_string())
 }
 
 /// `host:port` (IPv6 hosts in brackets): it goes verbatim into the Redis URL and must match the
@@ -421,9 +497,20 @@ mod tests {
             "l1_stale_ms" => "600000",
             "xfetch_beta" => "1.0",
             "redis_scheme" => "redis",
+            "auth" => "on",
+            "auth_issuer" => "https://id.example",
+            "auth_audience" => "aside",
+            "auth_leeway_s" => "60",
+            "auth_user_claim" => "sub",
+            "auth_jwks" => TEST_JWKS,
+            "write_rate_per_min" => "60",
+            "write_burst" => "10",
             _ => return None,
         })
     }
+
+    /// One public Ed25519 key (RFC 8037 appendix A.1).
+    const TEST_JWKS: &str = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k1","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
 
     fn with(overrides: &[(&str, Option<&str>)]) -> Result<Config, ConfigError> {
         Config::from_lookup(|name| {
@@ -487,15 +574,56 @@ mod tests {
                 manifest.contains(&wired),
                 "{name} is not given to the component"
             );
-            if let Some(default) = defaults(name).filter(|_| line.contains("default")) {
-                if name != "redis_password" && name != "origin_token" {
-                    assert!(
-                        line.contains(&format!("default = \"{default}\"")),
-                        "{line} vs {default}"
-                    );
-                }
+            if let Some(default) = defaults(name).filter(|_| line.contains("default"))
+                && name != "redis_password"
+                && name != "origin_token"
+            {
+                assert!(
+                    line.contains(&format!("default = \"{default}\"")),
+                    "{line} vs {default}"
+                );
             }
         }
+    }
+
+    #[test]
+    fn authentication_is_on_unless_turned_off_explicitly() {
+        let c = with(&[]).unwrap();
+        let Auth::Jwt(verifier) = &c.auth else {
+            panic!("auth is on by default");
+        };
+        assert_eq!(verifier.key_count(), 1);
+        assert_eq!(
+            c.write_limit,
+            WriteLimit {
+                per_minute: 60,
+                burst: 10,
+                max_callers: MAX_LIMITED_CALLERS
+            }
+        );
+        // Off: the JWKS and the claims settings are not needed (nor read).
+        let off = with(&[
+            ("auth", Some("off")),
+            ("auth_jwks", None),
+            ("auth_issuer", None),
+            ("auth_audience", None),
+        ])
+        .unwrap();
+        assert_eq!(off.auth, Auth::Off);
+        for (value, ok) in [("On", false), ("yes", false), ("", false), (" off ", true)] {
+            assert_eq!(with(&[("auth", Some(value))]).is_ok(), ok, "{value:?}");
+        }
+        assert_eq!(
+            with(&[("auth_jwks", None)]).unwrap_err(),
+            ConfigError::Missing("auth_jwks")
+        );
+        let private = TEST_JWKS.replace(
+            r#""kid""#,
+            r#""d":"nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A","kid""#,
+        );
+        let e = with(&[("auth_jwks", Some(&private))]).unwrap_err();
+        assert!(e.to_string().contains("auth_jwks") && e.to_string().contains("public keys only"));
+        assert!(!e.to_string().contains("nWGx"), "never the value: {e}");
     }
 
     #[test]

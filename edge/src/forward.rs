@@ -1,7 +1,8 @@
 //! The origin client: one outbound HTTP request (`wasi:http` p3 through `spin_sdk::http::send`).
 //!
 //! The edge authenticates as itself (`authorization: Bearer {origin_token}`); a client's own
-//! `authorization` is never passed on. The whole exchange, answer body included, is bounded by
+//! `authorization` is never passed on. A forwarded write names the verified client in
+//! `x-aside-caller` (the token's subject), for the origin's audit record. The whole exchange, answer body included, is bounded by
 //! `origin_timeout_ms` or what is left of the request's budget, whichever is less: the component races
 //! it against a host timer ([`clock::within`]) and also asks the host for connect and first-byte
 //! timeouts (`wasi:http` request options), so a slow origin costs a request at most that long.
@@ -14,7 +15,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use aside_shared::headers::{CACHE_CONTROL, CacheControl, CacheStatus, NO_CACHE, X_CACHE};
+use aside_shared::headers::{
+    CACHE_CONTROL, CacheControl, CacheStatus, NO_CACHE, X_ASIDE_CALLER, X_CACHE,
+};
 use bytes::Bytes;
 use http::header::{
     ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, ETAG, LOCATION, RETRY_AFTER,
@@ -96,6 +99,9 @@ pub struct OriginRequest<'a> {
     pub body: Bytes,
     /// Ask for a reload from PostgreSQL (`cache-control: no-cache`): an early refresh.
     pub no_cache: bool,
+    /// The verified client (`x-aside-caller`), on a forwarded request. Never a client's own header:
+    /// the request to the origin is built here from nothing but these fields.
+    pub caller: Option<String>,
 }
 
 impl<'a> OriginRequest<'a> {
@@ -106,6 +112,7 @@ impl<'a> OriginRequest<'a> {
             content_type: None,
             body: Bytes::new(),
             no_cache: false,
+            caller: None,
         }
     }
 }
@@ -187,6 +194,7 @@ async fn send(
         content_type,
         body,
         no_cache,
+        caller,
     } = origin_request;
     let mut request = http::Request::builder()
         .method(method.clone())
@@ -197,6 +205,9 @@ async fn send(
     }
     if no_cache {
         request = request.header(CACHE_CONTROL, NO_CACHE);
+    }
+    if let Some(caller) = caller {
+        request = request.header(X_ASIDE_CALLER, caller);
     }
     if let Some(options) = host_timeouts(limit) {
         request = request.extension(options);

@@ -17,23 +17,25 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use aside_shared::headers::{
-    CacheStatus, ETAG, RETRY_AFTER, SERVER_TIMING, ServerTiming, X_CACHE, X_EDGE_INSTANCE,
-    format_etag, format_instance_id,
+    CACHE_CONTROL, CacheStatus, ETAG, RETRY_AFTER, SERVER_TIMING, ServerTiming, X_ASIDE_AUTH,
+    X_CACHE, X_EDGE_INSTANCE, format_etag, format_instance_id,
 };
 use aside_shared::{ApiError, ErrorCode, UserId, UserProfile};
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, VARY, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use spin_sdk::http::{FullBody, Request};
 
+use crate::auth::{self, Caller, Need};
 use crate::backoff::Visible;
 use crate::clock::Deadline;
-use crate::config::{self, Config, ConfigError};
+use crate::config::{self, Auth, Config, ConfigError};
 use crate::flight::SingleFlight;
 use crate::forward::{self, Origin, OriginAnswer, OriginRequest};
 use crate::l1::{ProfileEntry, Shelf, Tier1};
 use crate::l2::Redis;
+use crate::ratelimit::WriteLimiter;
 use crate::read::{self, Fetched, FlightKey};
 use crate::routes::{self, Route};
 
@@ -57,6 +59,8 @@ pub struct Edge {
     pub flights: Rc<SingleFlight<FlightKey, Rc<Fetched>>>,
     /// Ids being refreshed early (XFetch) by a request of this instance.
     pub refreshing: RefCell<HashSet<UserId>>,
+    /// Each caller's writes (per instance).
+    pub writes: RefCell<WriteLimiter>,
 }
 
 impl Edge {
@@ -73,6 +77,7 @@ impl Edge {
             origin: Origin::new(Rc::clone(&config)),
             flights: Rc::default(),
             refreshing: RefCell::default(),
+            writes: RefCell::new(WriteLimiter::new(config.write_limit)),
             config,
         }
     }
@@ -114,7 +119,15 @@ async fn edge() -> Result<Rc<Edge>, ConfigError> {
                     eprintln!("aside-edge: {e}; every request answers 500 until it is fixed");
                     EDGE.with(|slot| *slot.borrow_mut() = Some(loaded.clone()));
                 }
-                Ok(_) => EDGE.with(|slot| *slot.borrow_mut() = Some(loaded.clone())),
+                Ok(edge) => {
+                    if edge.config.auth == Auth::Off {
+                        eprintln!(
+                            "aside-edge: client authentication is OFF (auth = \"off\"): every client \
+                             may read and change every profile; answers say x-aside-auth: off"
+                        );
+                    }
+                    EDGE.with(|slot| *slot.borrow_mut() = Some(loaded.clone()));
+                }
             }
             loaded
         })
@@ -137,7 +150,22 @@ async fn handle(request: Request) -> http::Response<FullBody<Bytes>> {
     };
     let deadline = Deadline::after(started, edge.config.request_budget);
     let uri = request.uri();
-    let reply = match routes::route(request.method(), uri.path(), uri.query()) {
+    let route = routes::route(request.method(), uri.path(), uri.query());
+    let protected = routes::is_public_api(uri.path());
+    let caller = if protected {
+        match admit(&edge, &request, &route) {
+            Ok(caller) => caller,
+            Err(refused) => {
+                return refused
+                    .edge_timing(started)
+                    .client_cache(&edge.config.auth, true)
+                    .into_response();
+            }
+        }
+    } else {
+        None
+    };
+    let reply = match route {
         Route::Health => Reply::json(
             200,
             Bytes::from_static(br#"{"status":"ok"}"#),
@@ -145,9 +173,54 @@ async fn handle(request: Request) -> http::Response<FullBody<Bytes>> {
         ),
         Route::Refuse(error) => Reply::error(&error, CacheStatus::Bypass),
         Route::ReadProfile { id, selection } => read::serve(&edge, id, selection, deadline).await,
-        Route::Forward => pass_through(&edge, request, deadline).await,
+        Route::Forward => pass_through(&edge, request, caller, deadline).await,
     };
-    reply.edge_timing(started).breakers(&edge).into_response()
+    reply
+        .edge_timing(started)
+        .breakers(&edge)
+        .client_cache(&edge.config.auth, protected)
+        .into_response()
+}
+
+/// The client check of a request to the public API, before any tier or the origin is asked: who the
+/// caller is (401 without a token the verifier accepts), whether it may do this (403), and, for a
+/// write, whether it is within its write rate (429). `Ok(None)` when authentication is off.
+fn admit(edge: &Edge, request: &Request, route: &Route) -> Result<Option<Caller>, Box<Reply>> {
+    let Auth::Jwt(verifier) = &edge.config.auth else {
+        return Ok(None);
+    };
+    let token = auth::bearer_token(request.headers().get(AUTHORIZATION).map(|v| v.as_bytes()));
+    let caller = match token.and_then(|t| verifier.verify(t)) {
+        Ok(caller) => caller,
+        Err(rejected) => {
+            return Err(Box::new(
+                Reply::error(&rejected.error(), CacheStatus::Bypass)
+                    .challenge(&rejected.challenge()),
+            ));
+        }
+    };
+    let need = match route {
+        Route::ReadProfile { id, selection } => Need::read(*id, selection.as_ref()),
+        Route::Forward => Need::forwarded(request.method(), request.uri().path()),
+        Route::Health | Route::Refuse(_) => Need::Authenticated,
+    };
+    if let Err(denied) = auth::authorize(&caller, &need) {
+        return Err(Box::new(
+            Reply::error(&denied.error(), CacheStatus::Bypass).challenge(&denied.challenge()),
+        ));
+    }
+    if need.is_write()
+        && let Err(retry_after) = edge
+            .writes
+            .borrow_mut()
+            .allow(&caller.subject, crate::clock::now())
+    {
+        return Err(Box::new(Reply::error(
+            &ApiError::rate_limited(retry_after),
+            CacheStatus::Bypass,
+        )));
+    }
+    Ok(Some(caller))
 }
 
 /// Keeps tier 1 in step with a write this instance forwarded, so that its next read of the profile is
@@ -196,7 +269,12 @@ fn remember_write(edge: &Edge, method: &Method, path: &str, answer: &OriginAnswe
 
 /// Forwards the request to the origin and passes its answer back (`x-cache: BYPASS`), by `deadline`
 /// and through the origin's breaker (an open breaker answers 503 at once).
-async fn pass_through(edge: &Edge, request: Request, deadline: Deadline) -> Reply {
+async fn pass_through(
+    edge: &Edge,
+    request: Request,
+    caller: Option<Caller>,
+    deadline: Deadline,
+) -> Reply {
     let (parts, body) = request.into_parts();
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     // A body announced larger than the limit is refused before waiting for any of it (a client may
@@ -224,6 +302,7 @@ async fn pass_through(edge: &Edge, request: Request, deadline: Deadline) -> Repl
         content_type,
         body,
         no_cache: false,
+        caller: caller.map(|c| c.header_value()),
     };
     let result = edge.origin.call(request, deadline).await;
     if !matches!(result, Err(forward::Unavailable::BreakerOpen(_))) {
@@ -281,14 +360,52 @@ impl Reply {
         reply
     }
 
-    /// The origin's status, body and [`forward::PASSED_BACK`] headers.
+    /// The origin's status, body and [`forward::PASSED_BACK`] headers, and its freshness directives
+    /// (`max-age`, `stale-if-error`) made `private`.
     pub fn from_origin(answer: &OriginAnswer, source: CacheStatus) -> Self {
-        Self::new(
-            answer.status.as_u16(),
-            answer.headers.clone(),
-            answer.body.clone(),
-            source,
-        )
+        let mut headers = answer.headers.clone();
+        if let Some(control) = answer.cache_control
+            && let Ok(value) = HeaderValue::from_str(&format!("private, {}", control.format()))
+        {
+            headers.insert(CACHE_CONTROL, value);
+        }
+        Self::new(answer.status.as_u16(), headers, answer.body.clone(), source)
+    }
+
+    /// Adds `www-authenticate` (a 401's or 403's challenge).
+    fn challenge(mut self, challenge: &str) -> Self {
+        if let Ok(value) = HeaderValue::from_str(challenge) {
+            self.headers.insert(WWW_AUTHENTICATE, value);
+        }
+        self
+    }
+
+    /// What a cache between the client and the edge may do with the answer. An answer of the public
+    /// API is for this caller only: `cache-control: private` (with the origin's `max-age` and
+    /// `stale-if-error` when it gave them; `no-cache` on another read, `no-store` on a write's answer or an
+    /// error) and
+    /// `vary: authorization`. With authentication off, every answer says `x-aside-auth: off`.
+    fn client_cache(mut self, auth: &Auth, public_api: bool) -> Self {
+        if public_api {
+            if !self.headers.contains_key(CACHE_CONTROL) {
+                let passed_through = self.headers.get(X_CACHE).map(|v| v.as_bytes())
+                    == Some(CacheStatus::Bypass.as_str().as_bytes());
+                let value = if self.status.is_success() && !passed_through {
+                    "private, no-cache"
+                } else {
+                    "private, no-store"
+                };
+                self.headers
+                    .insert(CACHE_CONTROL, HeaderValue::from_static(value));
+            }
+            self.headers
+                .insert(VARY, HeaderValue::from_static("authorization"));
+        }
+        if *auth == Auth::Off {
+            self.headers
+                .insert(X_ASIDE_AUTH, HeaderValue::from_static("off"));
+        }
+        self
     }
 
     fn new(status: u16, mut headers: HeaderMap, body: Bytes, source: CacheStatus) -> Self {

@@ -18,6 +18,7 @@
 //! unit-tested natively with `cargo test -p aside-edge --lib`; the entry point is exported only when
 //! building for `wasm32`.
 
+pub mod auth;
 pub mod backoff;
 pub mod clock;
 pub mod config;
@@ -26,5 +27,6 @@ pub mod forward;
 pub mod handler;
 pub mod l1;
 pub mod l2;
+pub mod ratelimit;
 pub mod read;
 pub mod routes;

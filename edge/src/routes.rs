@@ -62,6 +62,11 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Route {
     }
 }
 
+/// Whether `path` is the public API (`/users`, `/users/...`): what client authentication guards.
+pub fn is_public_api(path: &str) -> bool {
+    path == USERS || path.starts_with(USERS_PREFIX)
+}
+
 /// The id of a `/users/{id}` path, for any method: a forwarded write to it updates (or drops)
 /// this instance's tier-1 copy.
 pub fn user_id_of(path: &str) -> Option<UserId> {

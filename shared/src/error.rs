@@ -18,8 +18,13 @@ pub enum ErrorCode {
     InvalidQuery,
     /// 400: the body is not well-formed JSON of the expected shape.
     MalformedBody,
-    /// 401: missing or wrong bearer token.
+    /// 401: missing or wrong bearer token (the origin's token; at the edge: no client token at all).
     Unauthorized,
+    /// 401: the edge could not accept the client's token (malformed, expired, not yet valid, wrong
+    /// issuer or audience, unknown key, bad signature); the message says which.
+    InvalidToken,
+    /// 403: the token is valid but its scopes or subject do not allow this request.
+    InsufficientScope,
     /// 404: no such user, or no such route.
     NotFound,
     /// 405: the route exists but not for this method.
@@ -32,6 +37,8 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// 422: a field fails validation; the message names it.
     ValidationFailed,
+    /// 429: the caller sent too many writes; retry after `Retry-After` seconds.
+    RateLimited,
     /// 503: a backend needed to answer is down or too slow; retry after `Retry-After` seconds.
     Unavailable,
     /// 500: a bug. Never caused by input.
@@ -42,13 +49,15 @@ impl ErrorCode {
     pub fn status(self) -> u16 {
         match self {
             ErrorCode::InvalidId | ErrorCode::InvalidQuery | ErrorCode::MalformedBody => 400,
-            ErrorCode::Unauthorized => 401,
+            ErrorCode::Unauthorized | ErrorCode::InvalidToken => 401,
+            ErrorCode::InsufficientScope => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::ValidationFailed => 422,
+            ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
         }
@@ -60,12 +69,15 @@ impl ErrorCode {
             ErrorCode::InvalidQuery => "invalid_query",
             ErrorCode::MalformedBody => "malformed_body",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::InsufficientScope => "insufficient_scope",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Conflict => "conflict",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::ValidationFailed => "validation_failed",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -78,7 +90,7 @@ impl ErrorCode {
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
-    /// For 503: seconds the client should wait before retrying (`Retry-After`).
+    /// For 503 and 429: seconds the client should wait before retrying (`Retry-After`).
     pub retry_after_secs: Option<u32>,
 }
 
@@ -160,6 +172,15 @@ impl ApiError {
         Self::new(ErrorCode::Unauthorized, "missing or invalid bearer token")
     }
 
+    /// 429: too many writes from one caller; retry after `retry_after_secs`.
+    pub fn rate_limited(retry_after_secs: u32) -> Self {
+        Self {
+            code: ErrorCode::RateLimited,
+            message: "too many writes from this caller, retry later".to_string(),
+            retry_after_secs: Some(retry_after_secs),
+        }
+    }
+
     /// 503 naming the backend in plain words (`"PostgreSQL"`), never its address.
     pub fn unavailable(what: &str, retry_after_secs: u32) -> Self {
         Self {
@@ -228,12 +249,15 @@ mod tests {
             ErrorCode::InvalidQuery,
             ErrorCode::MalformedBody,
             ErrorCode::Unauthorized,
+            ErrorCode::InvalidToken,
+            ErrorCode::InsufficientScope,
             ErrorCode::NotFound,
             ErrorCode::MethodNotAllowed,
             ErrorCode::Conflict,
             ErrorCode::PayloadTooLarge,
             ErrorCode::UnsupportedMediaType,
             ErrorCode::ValidationFailed,
+            ErrorCode::RateLimited,
             ErrorCode::Unavailable,
             ErrorCode::Internal,
         ] {

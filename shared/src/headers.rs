@@ -17,6 +17,14 @@ pub const ETAG: &str = "etag";
 /// `X-Served-By`). Says nothing secret; lets a client tell instances (and their tier 1s) apart.
 pub const X_EDGE_INSTANCE: &str = "x-edge-instance";
 
+/// Who the edge's client is, on a request from the edge to the origin: the verified token's `sub`
+/// (percent-encoded outside visible ASCII). The edge always sets or removes it itself, never passes a
+/// client's on; the origin trusts it only on a request that presented an origin token, and records it
+/// as the actor of a write.
+pub const X_ASIDE_CALLER: &str = "x-aside-caller";
+/// `off` on every edge answer when client authentication is turned off (`auth = "off"`).
+pub const X_ASIDE_AUTH: &str = "x-aside-auth";
+
 /// On a profile answer of the origin: how long the copy stays fresh and how long after that it may
 /// still be served when the origin cannot answer, in RFC 9111 / RFC 5861 terms:
 /// `max-age=<secs>, stale-if-error=<secs>` ([`CacheControl`]). The edge keeps its tier-1 copy by it.

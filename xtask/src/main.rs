@@ -5,10 +5,12 @@
 //! * `cargo xtask test`: the whole test suite against real servers the tests start themselves.
 //! * `cargo xtask fuzz`: the libFuzzer targets of `fuzz/`, each for a bounded time.
 //! * `cargo xtask bench`: the benchmark on a stack of its own (docs/benchmarks.md).
+//! * `cargo xtask token`: a client token for the edge of a `cargo xtask up` stack.
 
 mod bench;
 mod fuzz;
 mod test;
+mod token;
 mod up;
 
 use std::process::ExitCode;
@@ -43,6 +45,9 @@ enum Command {
     /// Start a throw-away stack, run the benchmark scenarios, write target/bench/report.{json,md} and
     /// charts.
     Bench(bench::BenchArgs),
+    /// Print a client token of the local identity provider of `cargo xtask up` (e.g. `--sub 7 --scope
+    /// profiles:read,profiles:write`).
+    Token(token::TokenArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +60,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::run(args),
         Command::Fuzz(args) => fuzz::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Token(args) => token::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

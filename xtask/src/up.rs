@@ -188,6 +188,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     let logs = state.join("logs");
     std::fs::create_dir_all(&logs)?;
     let secrets = Secrets::load_or_generate(&state.join("secrets"))?;
+    // The edge's clients: a local signing key (secrets/auth-signing-key) and ready tokens beside it.
+    let issuer = crate::token::LocalIssuer::load_or_generate(&state.join("secrets"))?;
+    issuer.write_ready_tokens(&state.join("secrets"))?;
 
     // Ctrl-C and SIGTERM only tell the main thread to stop; children run in their own process groups so
     // the terminal's Ctrl-C reaches xtask alone and the shutdown happens in order. Requests from other
@@ -306,7 +309,10 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         "SPIN_VARIABLE_ORIGIN_URL",
         format!("http://127.0.0.1:{}", args.origin_port),
     )
-    .env("SPIN_VARIABLE_ORIGIN_TOKEN", &secrets.origin_token);
+    .env("SPIN_VARIABLE_ORIGIN_TOKEN", &secrets.origin_token)
+    .env("SPIN_VARIABLE_AUTH_JWKS", issuer.jwks())
+    .env("SPIN_VARIABLE_AUTH_ISSUER", crate::token::ISSUER)
+    .env("SPIN_VARIABLE_AUTH_AUDIENCE", crate::token::AUDIENCE);
     services.spawn("edge", edge, &logs, libc::SIGTERM)?;
     services.wait_for_port(args.edge_port, &logs)?;
 
@@ -324,10 +330,13 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         "\n\
 aside is up. Edge ({runtime}): {edge_url}\n\
 \n\
-  curl -i {edge_url}/users/1                         # MISS, then L1 on the next call\n\
-  curl -i '{edge_url}/users/1?fields=email,department'\n\
-  curl -i {edge_url}/users/abc                       # 400, JSON error\n\
-  curl -i {edge_url}/users/999999                    # 404\n\
+Clients need a token (docs/security.md): ready ones are in {secrets}/token-admin (every profile),\n\
+token-user-1 (user 1's own profile, read and write) and token-reader (read: own profile and the public\n\
+fields); more with `cargo xtask token --sub 7 --scope profiles:read,profiles:write`.\n\
+  curl -i -H \"authorization: Bearer $(cat {secrets}/token-user-1)\" {edge_url}/users/1   # MISS, then L1\n\
+  curl -i -H \"authorization: Bearer $(cat {secrets}/token-reader)\" '{edge_url}/users/2?fields=full_name,department'\n\
+  curl -i -H \"authorization: Bearer $(cat {secrets}/token-reader)\" {edge_url}/users/2   # 403\n\
+  curl -i {edge_url}/users/1                         # 401 without a token\n\
 \n\
 Origin (needs the token): {origin_url}\n\
   curl -i -H \"authorization: Bearer $(cat {token})\" {origin_url}/users/1\n\

@@ -64,7 +64,8 @@ struct Args {
     /// Percentage of requests that are writes (`PATCH /users/{id}` with a new department).
     #[arg(long, default_value_t = 0.0)]
     write_percent: f64,
-    /// File holding a bearer token to send (the origin's); never given on the command line.
+    /// File holding a bearer token to send: the origin's, or a client JWT for an edge with `auth = "on"`
+    /// (e.g. from `cargo xtask token --scope profiles:admin`); never given on the command line.
     #[arg(long)]
     bearer_file: Option<PathBuf>,
     /// Seed of the id order (the same in every process of one benchmark).

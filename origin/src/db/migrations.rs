@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "least_privilege",
         sql: include_str!("../../migrations/0003_least_privilege.sql"),
     },
+    Migration {
+        version: 4,
+        name: "change_actor",
+        sql: include_str!("../../migrations/0004_change_actor.sql"),
+    },
 ];
 
 /// An arbitrary constant naming aside's migration lock among PostgreSQL advisory locks.

@@ -2,6 +2,10 @@
 //! (and the change-capture triggers have recorded it in the same transaction).
 //!
 //! Each write returns the row as committed, with its new version, for the write-through.
+//!
+//! Each write also names its actor (who asked for it, see [`Actor`]) for the outbox's audit column:
+//! the statement sets the transaction-local `aside.actor` itself (`FROM (SELECT set_config(...))`), so
+//! the name goes with this one statement and no other, with no extra round trip (migration 0004).
 
 use aside_shared::cache::CachedProfile;
 use aside_shared::{ProfileInput, ProfilePatch, UserId};
@@ -43,13 +47,23 @@ impl From<deadpool_postgres::PoolError> for WriteError {
     }
 }
 
+/// Who asked for a write, as the audit records it: the edge's verified client (its token's subject),
+/// `origin-token` for a direct caller of the origin, or `None` (an origin without tokens: the outbox
+/// then records the PostgreSQL login).
+pub type Actor<'a> = Option<&'a str>;
+
+/// Sets `aside.actor` for the statement's transaction only; joined into each write below. The last
+/// parameter of every write.
+const SET_ACTOR: &str = "(SELECT set_config('aside.actor', $ACTOR::text, true)) AS actor";
+
 const INSERT: &str = "INSERT INTO devops_api.users \
      (full_name, gender, birth_date, department, email, username) \
-     VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, version";
+     SELECT $1::text, $2::text, $3::date, $4::text, $5::text, $6::text FROM $SET_ACTOR \
+     RETURNING id, version";
 
 const REPLACE: &str = "UPDATE devops_api.users \
      SET full_name = $2, gender = $3, birth_date = $4, department = $5, email = $6, username = $7 \
-     WHERE id = $1 RETURNING version";
+     FROM $SET_ACTOR WHERE id = $1 RETURNING version";
 
 /// `COALESCE($n, column)`: a NULL parameter (a field the patch leaves out) keeps the column. One
 /// statement, so a concurrent writer's change to another field is never lost to a read-modify-write.
@@ -57,14 +71,27 @@ const PATCH: &str = "UPDATE devops_api.users \
      SET full_name = COALESCE($2, full_name), gender = COALESCE($3, gender), \
          birth_date = COALESCE($4, birth_date), department = COALESCE($5, department), \
          email = COALESCE($6, email), username = COALESCE($7, username) \
-     WHERE id = $1 RETURNING ";
+     FROM $SET_ACTOR WHERE id = $1 RETURNING ";
 
-const DELETE: &str = "DELETE FROM devops_api.users WHERE id = $1 RETURNING version";
+const DELETE: &str =
+    "DELETE FROM devops_api.users USING $SET_ACTOR WHERE id = $1 RETURNING version";
+
+/// `statement` with [`SET_ACTOR`] in place, its parameter numbered `actor_param`.
+fn with_actor(statement: &str, actor_param: usize) -> String {
+    statement.replace(
+        "$SET_ACTOR",
+        &SET_ACTOR.replace("$ACTOR", &format!("${actor_param}")),
+    )
+}
 
 /// `POST /users`: inserts the row and returns it with its new id and version.
-pub async fn create(pool: &Pool, input: ProfileInput) -> Result<CachedProfile, WriteError> {
+pub async fn create(
+    pool: &Pool,
+    input: ProfileInput,
+    actor: Actor<'_>,
+) -> Result<CachedProfile, WriteError> {
     let client = pool.get().await?;
-    let statement = client.prepare_cached(INSERT).await?;
+    let statement = client.prepare_cached(&with_actor(INSERT, 7)).await?;
     crate::metrics::db_query("create_user");
     let row = client
         .query_one(
@@ -76,6 +103,7 @@ pub async fn create(pool: &Pool, input: ProfileInput) -> Result<CachedProfile, W
                 &input.department.as_str(),
                 &input.email.as_str(),
                 &input.username.as_str(),
+                &actor.unwrap_or(""),
             ],
         )
         .await?;
@@ -94,9 +122,10 @@ pub async fn replace(
     pool: &Pool,
     id: UserId,
     input: ProfileInput,
+    actor: Actor<'_>,
 ) -> Result<CachedProfile, WriteError> {
     let client = pool.get().await?;
-    let statement = client.prepare_cached(REPLACE).await?;
+    let statement = client.prepare_cached(&with_actor(REPLACE, 8)).await?;
     crate::metrics::db_query("replace_user");
     let row = client
         .query_opt(
@@ -109,6 +138,7 @@ pub async fn replace(
                 &input.department.as_str(),
                 &input.email.as_str(),
                 &input.username.as_str(),
+                &actor.unwrap_or(""),
             ],
         )
         .await?
@@ -127,6 +157,7 @@ pub async fn patch(
     pool: &Pool,
     id: UserId,
     patch: &ProfilePatch,
+    actor: Actor<'_>,
 ) -> Result<CachedProfile, WriteError> {
     if patch.is_empty() {
         return super::profile_by_id(pool, id)
@@ -135,7 +166,7 @@ pub async fn patch(
     }
     let client = pool.get().await?;
     let statement = client
-        .prepare_cached(&format!("{PATCH}{PROFILE_COLUMNS}"))
+        .prepare_cached(&format!("{}{PROFILE_COLUMNS}", with_actor(PATCH, 8)))
         .await?;
     crate::metrics::db_query("patch_user");
     let row = client
@@ -149,6 +180,7 @@ pub async fn patch(
                 &patch.department.as_ref().map(|v| v.as_str()),
                 &patch.email.as_ref().map(|v| v.as_str()),
                 &patch.username.as_ref().map(|v| v.as_str()),
+                &actor.unwrap_or(""),
             ],
         )
         .await?
@@ -157,12 +189,12 @@ pub async fn patch(
 }
 
 /// `DELETE /users/{id}`: returns the deleted row's last version (for its tombstone).
-pub async fn delete(pool: &Pool, id: UserId) -> Result<i64, WriteError> {
+pub async fn delete(pool: &Pool, id: UserId, actor: Actor<'_>) -> Result<i64, WriteError> {
     let client = pool.get().await?;
-    let statement = client.prepare_cached(DELETE).await?;
+    let statement = client.prepare_cached(&with_actor(DELETE, 2)).await?;
     crate::metrics::db_query("delete_user");
     let row = client
-        .query_opt(&statement, &[&id.get()])
+        .query_opt(&statement, &[&id.get(), &actor.unwrap_or("")])
         .await?
         .ok_or(WriteError::NotFound)?;
     Ok(row.try_get(0)?)

@@ -211,12 +211,18 @@ pub mod schemas {
         InvalidQuery,
         MalformedBody,
         Unauthorized,
+        /// Edge only: the client's bearer token was refused.
+        InvalidToken,
+        /// Edge only: the token does not allow this request.
+        InsufficientScope,
         NotFound,
         MethodNotAllowed,
         Conflict,
         PayloadTooLarge,
         UnsupportedMediaType,
         ValidationFailed,
+        /// Edge only: too many writes from one caller.
+        RateLimited,
         Unavailable,
         Internal,
     }
@@ -350,12 +356,15 @@ mod tests {
             | ErrorCode::InvalidQuery
             | ErrorCode::MalformedBody
             | ErrorCode::Unauthorized
+            | ErrorCode::InvalidToken
+            | ErrorCode::InsufficientScope
             | ErrorCode::NotFound
             | ErrorCode::MethodNotAllowed
             | ErrorCode::Conflict
             | ErrorCode::PayloadTooLarge
             | ErrorCode::UnsupportedMediaType
             | ErrorCode::ValidationFailed
+            | ErrorCode::RateLimited
             | ErrorCode::Unavailable
             | ErrorCode::Internal => code,
         };
@@ -364,12 +373,15 @@ mod tests {
             ErrorCode::InvalidQuery,
             ErrorCode::MalformedBody,
             ErrorCode::Unauthorized,
+            ErrorCode::InvalidToken,
+            ErrorCode::InsufficientScope,
             ErrorCode::NotFound,
             ErrorCode::MethodNotAllowed,
             ErrorCode::Conflict,
             ErrorCode::PayloadTooLarge,
             ErrorCode::UnsupportedMediaType,
             ErrorCode::ValidationFailed,
+            ErrorCode::RateLimited,
             ErrorCode::Unavailable,
             ErrorCode::Internal,
         ] {

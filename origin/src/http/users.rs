@@ -29,7 +29,7 @@ use super::openapi::schemas::{
     Unauthorized, Unavailable, UserProfile as UserProfileDoc,
 };
 use super::refresh::{self, Seen};
-use super::{AppState, Error, Limits, LoadResult};
+use super::{AppState, Error, Limits, LoadResult, auth};
 use crate::cache::fill::Stored;
 use crate::cache::{Lookup, Ttls};
 use crate::db::DbError;
@@ -394,7 +394,11 @@ pub async fn create_user(
     let started = Instant::now();
     let created = state
         .db
-        .run(writes::create(&state.pool, input))
+        .run(writes::create(
+            &state.pool,
+            input,
+            auth::actor(&state, &headers).as_deref(),
+        ))
         .await
         .map_err(|e| write_error("create", None, e))?;
     crate::metrics::write("create", "ok");
@@ -446,7 +450,12 @@ pub async fn replace_user(
     let started = Instant::now();
     let replaced = state
         .db
-        .run(writes::replace(&state.pool, id, input))
+        .run(writes::replace(
+            &state.pool,
+            id,
+            input,
+            auth::actor(&state, &headers).as_deref(),
+        ))
         .await
         .map_err(|e| write_error("replace", Some(id), e))?;
     crate::metrics::write("replace", "ok");
@@ -492,7 +501,12 @@ pub async fn update_user(
     let started = Instant::now();
     let updated = state
         .db
-        .run(writes::patch(&state.pool, id, &patch))
+        .run(writes::patch(
+            &state.pool,
+            id,
+            &patch,
+            auth::actor(&state, &headers).as_deref(),
+        ))
         .await
         .map_err(|e| write_error("update", Some(id), e))?;
     crate::metrics::write("update", "ok");
@@ -524,11 +538,16 @@ pub async fn update_user(
     ),
     security(("origin_token" = []))
 )]
-pub async fn delete_user(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Response, Error> {
+pub async fn delete_user(
+    State(state): State<Arc<AppState>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
     let id = path_id(&uri)?;
+    let actor = auth::actor(&state, &headers);
     let version = state
         .db
-        .run(writes::delete(&state.pool, id))
+        .run(writes::delete(&state.pool, id, actor.as_deref()))
         .await
         .map_err(|e| write_error("delete", Some(id), e))?;
     crate::metrics::write("delete", "ok");

@@ -69,7 +69,10 @@ pub struct EdgeOptions {
 impl EdgeOptions {
     /// The repository's spin.toml with: Redis at the stack's port, the env's logical database, the
     /// `edge` ACL user and its generated password; the origin at `origin_url` with `origin_token`.
-    /// Everything else keeps the spin.toml defaults (and Spin's instance-reuse defaults).
+    /// Everything else keeps the spin.toml defaults (and Spin's instance-reuse defaults), except client
+    /// authentication: it is turned **off** (`auth = "off"`) because most tests are about caching and
+    /// resilience and send no client token; the identity-provider variables, which Spin requires even
+    /// then, get placeholders. Tests of authentication turn it on with [`EdgeOptions::auth`].
     pub fn new(stack: &Stack, env: &TestEnv, origin_url: &str, origin_token: &str) -> Self {
         edge_wasm();
         let mut config = HostConfig::new(workspace_root().join("spin.toml"));
@@ -85,6 +88,23 @@ impl EdgeOptions {
             .var("redis_password", stack.redis.password(RedisUser::Edge))
             .var("origin_url", origin_url)
             .var("origin_token", origin_token)
+            .var("auth", "off")
+            .var("auth_jwks", "unused: auth is off")
+            .var("auth_issuer", "unused")
+            .var("auth_audience", "unused")
+    }
+
+    /// Client authentication on, with the keys, issuer and audience of `issuer`.
+    pub fn auth(self, issuer: &super::TestIssuer) -> Self {
+        self.auth_jwks(&issuer.jwks(), &issuer.issuer, &issuer.audience)
+    }
+
+    /// Client authentication on, with this JWKS document, `iss` and `aud`.
+    pub fn auth_jwks(self, jwks: &str, issuer: &str, audience: &str) -> Self {
+        self.var("auth", "on")
+            .var("auth_jwks", jwks)
+            .var("auth_issuer", issuer)
+            .var("auth_audience", audience)
     }
 
     /// Sets a Spin application variable (wins over `SPIN_VARIABLE_*` and the spin.toml default).

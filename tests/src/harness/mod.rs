@@ -17,6 +17,7 @@ mod process;
 mod redis_server;
 mod stack;
 mod tls;
+mod tokens;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -33,6 +34,7 @@ pub use process::{ManagedChild, StopSignal, log_to, spawn_managed, temp_dir};
 pub use redis_server::{RedisHa, RedisSentinel, RedisServer, RedisTls, RedisUser, TlsOptions};
 pub use stack::{Stack, TestEnv};
 pub use tls::{CertFiles, TestCa};
+pub use tokens::{TestIssuer, TestKey, now_secs};
 
 /// A port nobody listens on right now (bound to port 0 and released).
 pub fn free_port() -> u16 {

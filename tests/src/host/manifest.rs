@@ -556,6 +556,9 @@ command = "cargo build"
                     "cache.internal:6380".to_string(),
                 ),
                 ("redis_scheme".to_string(), scheme.to_string()),
+                ("auth_jwks".to_string(), "{}".to_string()),
+                ("auth_issuer".to_string(), "i".to_string()),
+                ("auth_audience".to_string(), "a".to_string()),
             ]);
             let vars = resolve_app_variables(&m.variables, &overrides, no_env).unwrap();
             let c = resolve_component("aside-edge", decl, &vars, &m.variables).unwrap();
