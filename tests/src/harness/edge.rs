@@ -30,6 +30,7 @@ use super::process::{ManagedChild, StopSignal, log_to, spawn_managed};
 use super::redis_server::{RedisServer, RedisUser};
 use super::stack::{Stack, TestEnv};
 use super::{free_port, port_open, temp_dir, wait_until, workspace_root};
+use crate::host::manifest::env_var_name;
 use crate::host::{
     DEFAULT_IDLE_INSTANCE_TIMEOUT, DEFAULT_MAX_INSTANCE_CONCURRENT_REUSE_COUNT,
     DEFAULT_MAX_INSTANCE_REUSE_COUNT, Host, HostConfig,
@@ -333,7 +334,7 @@ impl SpinUp {
             }
         }
         for (name, value) in &config.variables {
-            command.env(spin_variable_env(name), value);
+            command.env(env_var_name(name), value);
         }
         if let Some(ca) = &config.redis_ca_file {
             command.env("SSL_CERT_FILE", ca);
@@ -346,23 +347,18 @@ impl SpinUp {
             async move { exited || port_open(addr.port()).await }
         })
         .await;
-        let spin = SpinUp { addr, dir, child };
-        let log = spin.log();
-        let SpinUp {
-            addr,
-            dir,
-            mut child,
-        } = spin;
-        if child.has_exited() {
-            anyhow::bail!("`spin up` exited before serving:\n{log}");
+        let mut spin = SpinUp { addr, dir, child };
+        if spin.child.has_exited() {
+            anyhow::bail!("`spin up` exited before serving:\n{}", spin.log());
         }
         if !up {
             anyhow::bail!(
-                "`spin up` did not listen on {addr} within {} s:\n{log}",
-                SPIN_START_TIMEOUT.as_secs()
+                "`spin up` did not listen on {addr} within {} s:\n{}",
+                SPIN_START_TIMEOUT.as_secs(),
+                spin.log()
             );
         }
-        Ok(SpinUp { addr, dir, child })
+        Ok(spin)
     }
 
     /// Spin's own output, then the component's stdout and stderr (Spin writes those to
@@ -414,11 +410,6 @@ fn spin_reuse_flags(config: &HostConfig) -> Vec<String> {
         flags.push(format!("--idle-instance-timeout={secs}s"));
     }
     flags
-}
-
-/// `redis_password` -> `SPIN_VARIABLE_REDIS_PASSWORD`: how Spin's environment provider names a variable.
-pub fn spin_variable_env(name: &str) -> String {
-    format!("SPIN_VARIABLE_{}", name.to_ascii_uppercase())
 }
 
 impl TestEnv {

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 pub use edge::{
     ASIDE_EDGE_RUNTIME, EDGE_WASM, Edge, EdgeOptions, EdgeRuntime, edge_wasm,
-    manifest_with_allowed_hosts, metric, spin_variable_env,
+    manifest_with_allowed_hosts, metric,
 };
 pub use load::{Load, LoadReport, Sample};
 pub use origin::{Origin, OriginOptions};
