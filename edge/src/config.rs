@@ -16,7 +16,7 @@ use crate::auth::{Expectations, Verifier};
 use crate::ratelimit::WriteLimit;
 
 /// Every Spin variable the edge reads, as declared under `[component.aside-edge.variables]`.
-pub const VARIABLES: [&str; 27] = [
+pub const VARIABLES: [&str; 29] = [
     "redis_address",
     "redis_database",
     "redis_user",
@@ -44,6 +44,8 @@ pub const VARIABLES: [&str; 27] = [
     "auth_jwks",
     "write_rate_per_min",
     "write_burst",
+    "shared_tier_store",
+    "shared_tier_slots",
 ];
 
 /// Subjects the write limit remembers at most per instance (see [`crate::ratelimit`]).
@@ -64,6 +66,15 @@ pub struct L1Limits {
     pub max_bytes: usize,
     /// How long an entry may be served after it was filled: the staleness bound of the edge.
     pub ttl: Duration,
+}
+
+/// The process-wide tier (see [`crate::shared_tier`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedTierSettings {
+    /// The key-value store's label (`shared_tier_store`); empty: no shared tier.
+    pub store: String,
+    /// How many slots (keys) it uses at most (`shared_tier_slots`).
+    pub slots: u32,
 }
 
 /// A circuit breaker's settings (see [`crate::backoff`]).
@@ -117,6 +128,8 @@ pub struct Config {
     pub auth: Auth,
     /// Writes per caller: `write_rate_per_min` (0: no limit), `write_burst`.
     pub write_limit: WriteLimit,
+    /// The process-wide tier: `shared_tier_store`, `shared_tier_slots`.
+    pub shared_tier: SharedTierSettings,
 }
 
 impl fmt::Debug for Config {
@@ -135,6 +148,7 @@ impl fmt::Debug for Config {
             .field("xfetch_beta", &self.xfetch_beta)
             .field("auth", &self.auth)
             .field("write_limit", &self.write_limit)
+            .field("shared_tier", &self.shared_tier)
             .finish()
     }
 }
@@ -269,6 +283,10 @@ impl Config {
             burst: parse_number(get("write_burst")?, 1, 1_000_000, BURST)? as u32,
             max_callers: MAX_LIMITED_CALLERS,
         };
+        let shared_tier = SharedTierSettings {
+            store: parse_store_label(get("shared_tier_store")?)?,
+            slots: parse_number(get("shared_tier_slots")?, 1, 1_000_000, SLOTS)? as u32,
+        };
 
         let redis_url = format!(
             "{redis_scheme}://{}:{}@{redis_address}/{redis_database}",
@@ -290,6 +308,7 @@ impl Config {
             xfetch_beta,
             auth,
             write_limit,
+            shared_tier,
         })
     }
 
@@ -318,6 +337,7 @@ const THRESHOLD: &str = "a whole number of consecutive failures from 1 to 1000";
 const LEEWAY: &str = "a whole number of seconds from 0 to 3600";
 const RATE: &str = "a whole number of writes a minute from 0 (no limit) to 1000000";
 const BURST: &str = "a whole number of writes from 1 to 1000000";
+const SLOTS: &str = "a whole number of slots from 1 to 1000000";
 const BETA: &str = "a decimal number from 0 to 100 (e.g. 1.0; 0 turns early refresh off)";
 
 fn millis(ms: u64) -> Duration {
@@ -367,6 +387,23 @@ fn parse_non_empty((name, value): (&'static str, String)) -> Result<String, Conf
         ));
     }
     Ok(value)
+}
+
+/// A key-value store label as Spin accepts them (lower-case letters, digits, `-` and `_`), or empty
+/// (no shared tier).
+fn parse_store_label((name, value): (&'static str, String)) -> Result<String, ConfigError> {
+    let value = value.trim();
+    let ok = value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !ok {
+        return Err(malformed(
+            name,
+            "a key-value store label (lower-case letters, digits, - and _) or empty (off)",
+        ));
+    }
+    Ok(value.to_string())
 }
 
 /// `on` or `off`. Anything else is refused, so a typo never turns authentication off.
@@ -505,6 +542,8 @@ mod tests {
             "auth_jwks" => TEST_JWKS,
             "write_rate_per_min" => "60",
             "write_burst" => "10",
+            "shared_tier_store" => "",
+            "shared_tier_slots" => "16384",
             _ => return None,
         })
     }
@@ -520,6 +559,39 @@ mod tests {
                 .map_or(defaults(name), |(_, v)| *v);
             value.map_or(Lookup::Missing, |v| Lookup::Value(v.to_string()))
         })
+    }
+
+    #[test]
+    fn the_shared_tier_is_off_by_default_and_names_a_store_label() {
+        let c = with(&[]).unwrap();
+        assert_eq!(
+            c.shared_tier,
+            SharedTierSettings {
+                store: String::new(),
+                slots: 16_384
+            }
+        );
+        let on = with(&[
+            ("shared_tier_store", Some(" default ")),
+            ("shared_tier_slots", Some("8")),
+        ])
+        .unwrap();
+        assert_eq!(
+            (on.shared_tier.store.as_str(), on.shared_tier.slots),
+            ("default", 8)
+        );
+        for (name, bad) in [
+            ("shared_tier_store", "Default"),
+            ("shared_tier_store", "a b"),
+            ("shared_tier_store", "x:y"),
+            ("shared_tier_slots", "0"),
+            ("shared_tier_slots", "1000001"),
+        ] {
+            assert!(
+                matches!(with(&[(name, Some(bad))]), Err(ConfigError::Malformed { name: n, .. }) if n == name),
+                "{name} = {bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -38,6 +38,7 @@ use crate::l2::Redis;
 use crate::ratelimit::WriteLimiter;
 use crate::read::{self, Fetched, FlightKey};
 use crate::routes::{self, Route};
+use crate::shared_tier::SharedTier;
 
 /// The largest request body the edge passes to the origin. Far above anything the API accepts (the
 /// origin answers 413 well before this); it only keeps the edge from buffering without bound.
@@ -54,6 +55,8 @@ pub const X_EDGE_BREAKER: &str = "x-edge-breaker";
 pub struct Edge {
     pub config: Rc<Config>,
     pub l1: RefCell<Tier1>,
+    /// The process-wide tier (off unless `shared_tier_store` names a store).
+    pub shared: SharedTier,
     pub redis: Redis,
     pub origin: Origin,
     pub flights: Rc<SingleFlight<FlightKey, Rc<Fetched>>>,
@@ -73,6 +76,7 @@ impl Edge {
         let floor_ttl = longest_lookup.max(config.l1_stale);
         Self {
             l1: RefCell::new(Tier1::new(config.l1, config.l1_stale, floor_ttl)),
+            shared: SharedTier::new(Rc::clone(&config)),
             redis: Redis::new(Rc::clone(&config)),
             origin: Origin::new(Rc::clone(&config)),
             flights: Rc::default(),
@@ -226,8 +230,16 @@ fn admit(edge: &Edge, request: &Request, route: &Route) -> Result<Option<Caller>
 /// Keeps tier 1 in step with a write this instance forwarded, so that its next read of the profile is
 /// the written one (read-your-writes) and no slower lookup can bring an older one back: a written
 /// profile (200/201 with its version in `etag`) is stored in tier 1; a `DELETE` leaves a floor at the
-/// deleted version (the 204's `etag`); any other successful write, or a 404, drops the copy.
-fn remember_write(edge: &Edge, method: &Method, path: &str, answer: &OriginAnswer) {
+/// deleted version (the 204's `etag`); any other successful write, or a 404, drops the copy. The shared
+/// tier follows: the written profile goes there too (so the next instance reads it), a dropped one
+/// leaves it.
+async fn remember_write(
+    edge: &Edge,
+    method: &Method,
+    path: &str,
+    answer: &OriginAnswer,
+    deadline: Deadline,
+) {
     let path_id = routes::user_id_of(path);
     let is_write = match *method {
         Method::PUT | Method::PATCH | Method::DELETE => path_id.is_some(),
@@ -238,10 +250,11 @@ fn remember_write(edge: &Edge, method: &Method, path: &str, answer: &OriginAnswe
         return;
     }
     let now = crate::clock::now();
-    let mut l1 = edge.l1.borrow_mut();
+    let shared_limit = deadline.cap(edge.config.redis_timeout);
     if *method == Method::DELETE && answer.status.is_success() {
         if let Some(id) = path_id {
-            l1.deleted(id, answer.version(), now);
+            edge.l1.borrow_mut().deleted(id, answer.version(), now);
+            edge.shared.forget(id, shared_limit).await;
         }
         return;
     }
@@ -255,14 +268,19 @@ fn remember_write(edge: &Edge, method: &Method, path: &str, answer: &OriginAnswe
     match (written, path_id) {
         (Some((version, profile)), _) => {
             let shelf = Shelf::default();
-            l1.fill(
-                ProfileEntry::new(profile, version),
-                shelf,
-                now,
-                crate::clock::wall_ms(),
-            );
+            let entry = ProfileEntry::new(profile, version);
+            let kept =
+                edge.l1
+                    .borrow_mut()
+                    .fill(entry.clone(), shelf, now, crate::clock::wall_ms());
+            if kept {
+                read::share(edge, &entry, shelf, None, deadline).await;
+            }
         }
-        (None, Some(id)) => l1.remove(&id),
+        (None, Some(id)) => {
+            edge.l1.borrow_mut().remove(&id);
+            edge.shared.forget(id, shared_limit).await;
+        }
         (None, None) => {}
     }
 }
@@ -310,7 +328,7 @@ async fn pass_through(
     }
     match result {
         Ok(answer) => {
-            remember_write(edge, &parts.method, parts.uri.path(), &answer);
+            remember_write(edge, &parts.method, parts.uri.path(), &answer, deadline).await;
             Reply::from_origin(&answer, CacheStatus::Bypass).timing(timing)
         }
         Err(why) => Reply::error(

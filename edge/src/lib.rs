@@ -8,6 +8,7 @@
 //! * [`routes`]: which requests the edge answers and which it forwards.
 //! * [`read`]: the tiered read path.
 //! * [`l1`]: tier 1, an LRU bounded by count, bytes and TTL.
+//! * [`shared_tier`]: the process-wide tier in Spin's key-value store (optional), slots bounded by count.
 //! * [`l2`]: tier 2, Redis reads through Spin's Redis binding.
 //! * [`forward`]: the origin client.
 //! * [`flight`], [`backoff`], [`clock`]: single-flight, the circuit breakers (Redis, origin), timeouts
@@ -30,3 +31,4 @@ pub mod l2;
 pub mod ratelimit;
 pub mod read;
 pub mod routes;
+pub mod shared_tier;

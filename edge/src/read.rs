@@ -43,10 +43,12 @@ use crate::handler::{Edge, Reply};
 use crate::l1::{Observed, ProfileEntry, Shelf};
 use crate::l2::Read;
 use crate::routes::fields_query;
+use crate::shared_tier::{Found, SlotValue};
 
 /// What one shared lookup found, with the time each tier took.
 #[derive(Debug)]
 pub struct Fetched {
+    shared_ms: Option<f64>,
     l2_ms: Option<f64>,
     origin_ms: Option<f64>,
     answer: Answer,
@@ -54,7 +56,8 @@ pub struct Fetched {
 
 #[derive(Debug)]
 enum Answer {
-    /// A fresh full profile: from Redis (`L2`), tier 1 (`L1`) or an early refresh (`MISS`).
+    /// A fresh full profile: from Redis (`L2`), the shared tier (`SHARED`), tier 1 (`L1`) or an early
+    /// refresh (`MISS`).
     Cached {
         entry: ProfileEntry,
         source: CacheStatus,
@@ -163,6 +166,9 @@ pub async fn serve(
             })
             .await;
         // A follower reports the tiers of the lookup it shared.
+        if let Some(ms) = fetched.shared_ms {
+            timing.add("shared", ms);
+        }
         if let Some(ms) = fetched.l2_ms {
             timing.add("l2", ms);
         }
@@ -355,8 +361,44 @@ async fn fetch(
 ) -> Rc<Fetched> {
     let started = clock::now();
     let redis_limit = deadline.cap(edge.config.redis_timeout);
+    // The process-wide tier first: a fresh copy there is answered (and kept in tier 1) without Redis.
+    let shared = if reload {
+        Found::Skipped
+    } else {
+        edge.shared.get(id, redis_limit).await
+    };
+    let shared_ms = shared.visited().then(|| clock::millis_since(started));
+    let shared_seen = shared.version();
+    let shared_stale = match shared {
+        Found::Fresh(value) => {
+            let (entry, shelf) = value.to_tier1();
+            edge.l1
+                .borrow_mut()
+                .fill(entry.clone(), shelf, clock::now(), clock::wall_ms());
+            let (answer, origin_ms) = fresh_hit(
+                &edge,
+                id,
+                entry,
+                value.shared,
+                CacheStatus::Shared,
+                deadline,
+            )
+            .await;
+            return Rc::new(Fetched {
+                shared_ms,
+                l2_ms: None,
+                origin_ms,
+                answer,
+            });
+        }
+        Found::Stale(value) => Some(StaleCopy::Profile(value.to_tier1().0)),
+        Found::Miss | Found::Skipped => None,
+    };
+    let started = clock::now();
+    let redis_limit = deadline.cap(edge.config.redis_timeout);
     let done = |l2_ms, origin_ms, answer| {
         Rc::new(Fetched {
+            shared_ms,
             l2_ms,
             origin_ms,
             answer,
@@ -383,23 +425,23 @@ async fn fetch(
                             stale_if_error: None,
                         };
                         // A soft-expired copy goes to tier 1 too, as a stale fallback only.
-                        edge.l1
-                            .borrow_mut()
-                            .fill(entry.clone(), shelf, clock::now(), now_ms);
+                        let kept =
+                            edge.l1
+                                .borrow_mut()
+                                .fill(entry.clone(), shelf, clock::now(), now_ms);
+                        if kept {
+                            share(&edge, &entry, shelf, shared_seen, deadline).await;
+                        }
                         if cached.freshness.is_none_or(|f| f.is_fresh(now_ms)) {
-                            let (refreshed, origin_ms) =
-                                refresh_if_due(&edge, id, cached.freshness, deadline).await;
-                            let answer = match refreshed {
-                                Some(Refreshed::Profile(new)) => Answer::Cached {
-                                    entry: new,
-                                    source: CacheStatus::Miss,
-                                },
-                                Some(Refreshed::Gone(answer)) => Answer::Origin(answer),
-                                None => Answer::Cached {
-                                    entry,
-                                    source: CacheStatus::L2,
-                                },
-                            };
+                            let (answer, origin_ms) = fresh_hit(
+                                &edge,
+                                id,
+                                entry,
+                                cached.freshness,
+                                CacheStatus::L2,
+                                deadline,
+                            )
+                            .await;
                             return done(l2_ms, origin_ms, answer);
                         }
                         stale_copy = Some(StaleCopy::Profile(entry));
@@ -436,6 +478,11 @@ async fn fetch(
     }
 
     let (outcome, origin_ms) = ask_origin(&edge, id, selection.as_ref(), reload, deadline).await;
+    // The newest soft-expired copy from Redis or the shared tier.
+    let stale_copy = match (stale_copy, shared_stale) {
+        (Some(redis), Some(shared)) if shared.version() > redis.version() => Some(shared),
+        (redis, shared) => redis.or(shared),
+    };
     let answer = match outcome {
         Outcome::Answer(answer, _) => Answer::Origin(answer),
         Outcome::Failed(failure) => match best_fallback(&edge, id, stale_copy) {
@@ -447,6 +494,28 @@ async fn fetch(
         },
     };
     done(l2_ms, origin_ms, answer)
+}
+
+/// A fresh full profile from a cache tier (`source`), or what an early refresh of it brought back when
+/// XFetch picks it; and the origin's time if it was asked.
+async fn fresh_hit(
+    edge: &Rc<Edge>,
+    id: UserId,
+    entry: ProfileEntry,
+    freshness: Option<Freshness>,
+    source: CacheStatus,
+    deadline: Deadline,
+) -> (Answer, Option<f64>) {
+    let (refreshed, origin_ms) = refresh_if_due(edge, id, freshness, deadline).await;
+    let answer = match refreshed {
+        Some(Refreshed::Profile(new)) => Answer::Cached {
+            entry: new,
+            source: CacheStatus::Miss,
+        },
+        Some(Refreshed::Gone(answer)) => Answer::Origin(answer),
+        None => Answer::Cached { entry, source },
+    };
+    (answer, origin_ms)
 }
 
 /// [`early_refresh`] if XFetch picks this hit and no refresh of the id is running here.
@@ -546,9 +615,13 @@ async fn ask_origin(
                 if !answer.stale {
                     let now_ms = clock::wall_ms();
                     let shelf = origin_shelf(&answer, now_ms, origin_ms.unwrap_or(0.0));
-                    edge.l1
-                        .borrow_mut()
-                        .fill(entry.clone(), shelf, clock::now(), now_ms);
+                    let kept =
+                        edge.l1
+                            .borrow_mut()
+                            .fill(entry.clone(), shelf, clock::now(), now_ms);
+                    if kept {
+                        share(edge, &entry, shelf, None, deadline).await;
+                    }
                     filled = Some(entry);
                 }
             }
@@ -558,6 +631,31 @@ async fn ask_origin(
         }
     }
     (Outcome::Answer(answer, filled), origin_ms)
+}
+
+/// Puts a copy tier 1 just kept into the shared tier too (unless the lookup saw a newer version of the
+/// id there: `seen`), within what is left of the request's budget and `redis_timeout_ms`.
+pub async fn share(
+    edge: &Edge,
+    entry: &ProfileEntry,
+    shelf: Shelf,
+    seen: Option<i64>,
+    deadline: Deadline,
+) {
+    if !edge.shared.is_on() {
+        return;
+    }
+    let config = &edge.config;
+    let value = SlotValue::new(
+        entry,
+        shelf,
+        clock::wall_ms(),
+        config.l1.ttl,
+        config.l1_stale,
+    );
+    edge.shared
+        .put(&value, seen, deadline.cap(config.redis_timeout))
+        .await;
 }
 
 /// What the origin's `cache-control` says about keeping its answer. Without one (an older origin),

@@ -2,10 +2,11 @@
 
 use std::fmt::Write as _;
 
-/// Where an answer came from. The edge sends `L1 | L2 | MISS | STALE | BYPASS`; the origin, which has
-/// one cache tier, sends `HIT | MISS`.
+/// Where an answer came from. The edge sends `L1 | SHARED | L2 | MISS | STALE | BYPASS`; the origin,
+/// which has one cache tier, sends `HIT | MISS`.
 pub const X_CACHE: &str = "x-cache";
-/// Time spent per tier, W3C Server-Timing syntax: `l1;dur=0.01, l2;dur=0.52, origin;dur=3.1`.
+/// Time spent per tier, W3C Server-Timing syntax: `l1;dur=0.01, shared;dur=0.05, l2;dur=0.52,
+/// origin;dur=3.1`.
 pub const SERVER_TIMING: &str = "server-timing";
 /// Seconds to wait before retrying a 503.
 pub const RETRY_AFTER: &str = "retry-after";
@@ -124,6 +125,8 @@ pub fn format_instance_id(id: u64) -> String {
 pub enum CacheStatus {
     /// Edge: served from the instance's memory.
     L1,
+    /// Edge: served from the process-wide tier (Spin's key-value store, shared by the instances).
+    Shared,
     /// Edge: served from Redis.
     L2,
     /// Origin: served from Redis.
@@ -140,6 +143,7 @@ impl CacheStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             CacheStatus::L1 => "L1",
+            CacheStatus::Shared => "SHARED",
             CacheStatus::L2 => "L2",
             CacheStatus::Hit => "HIT",
             CacheStatus::Miss => "MISS",

@@ -65,6 +65,9 @@ pub struct EdgeOptions {
     pub config: HostConfig,
     /// `None`: the runtime the tests use ([`EdgeRuntime::for_tests`]).
     pub runtime: Option<EdgeRuntime>,
+    /// A Spin runtime config (TOML) for `spin up --runtime-config-file`, e.g. key-value stores. The
+    /// bundled host takes none: it has no key-value store (every label is `no-such-store`).
+    pub runtime_config: Option<String>,
 }
 
 impl EdgeOptions {
@@ -81,6 +84,7 @@ impl EdgeOptions {
         let options = Self {
             config,
             runtime: None,
+            runtime_config: None,
         };
         options
             .var("redis_address", format!("127.0.0.1:{}", stack.redis.port))
@@ -132,6 +136,22 @@ impl EdgeOptions {
             .var("redis_password", server.password(RedisUser::Edge))
     }
 
+    /// Runs Spin with this runtime config (TOML), written to the edge's temporary folder.
+    pub fn runtime_config(mut self, toml: impl Into<String>) -> Self {
+        self.runtime_config = Some(toml.into());
+        self
+    }
+
+    /// The process-wide tier on, in Spin's key-value store `default` kept in memory: the repository's
+    /// runtime-config.toml and `shared_tier_store = "default"` (the edge's `key_value_stores`).
+    pub fn shared_tier(self) -> Self {
+        let path = workspace_root().join("runtime-config.toml");
+        let toml = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        self.runtime_config(toml)
+            .var("shared_tier_store", "default")
+    }
+
     /// Tier-1 time-to-live; 0 turns tier 1 off.
     pub fn l1_ttl_ms(self, ms: u64) -> Self {
         self.var("l1_ttl_ms", ms)
@@ -181,7 +201,9 @@ impl EdgeOptions {
             .unwrap_or_else(|| EdgeRuntime::for_tests().clone());
         match runtime {
             EdgeRuntime::Spin(cli) => Ok(Edge {
-                running: Running::Spin(SpinUp::start(&cli, &self.config).await?),
+                running: Running::Spin(
+                    SpinUp::start(&cli, &self.config, self.runtime_config.as_deref()).await?,
+                ),
             }),
             EdgeRuntime::Bundled => {
                 let host = Host::start(self.config)
@@ -313,8 +335,13 @@ impl SpinUp {
     /// `spin up --from <manifest>` on a free port, with the variables as `SPIN_VARIABLE_<NAME>`, the
     /// instance-reuse settings as Spin's own flags, its state (logs, key-value stores) in a temporary
     /// folder, and the CA for `rediss://` through `SSL_CERT_FILE` (Spin's Redis client uses the
-    /// platform's TLS, which reads it). Waits until it accepts connections.
-    async fn start(cli: &SpinCli, config: &HostConfig) -> anyhow::Result<SpinUp> {
+    /// platform's TLS, which reads it), and `runtime_config` as `--runtime-config-file`. Waits until it
+    /// accepts connections.
+    async fn start(
+        cli: &SpinCli,
+        config: &HostConfig,
+        runtime_config: Option<&str>,
+    ) -> anyhow::Result<SpinUp> {
         let dir = temp_dir("aside-spin");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut command = Command::new(&cli.path);
@@ -327,7 +354,15 @@ impl SpinUp {
             .arg("--state-dir")
             .arg(dir.join("state"))
             .args(spin_reuse_flags(config));
-        // Only what the test says: no SPIN_* setting of the developer's shell leaks in.
+        if let Some(toml) = runtime_config {
+            let file = dir.join("runtime-config.toml");
+            std::fs::write(&file, toml)
+                .with_context(|| format!("cannot write {}", file.display()))?;
+            command.arg("--runtime-config-file").arg(file);
+        }
+        // Only what the test says: no SPIN_* setting of the developer's shell leaks in, nor the
+        // runtime config Spin would read from RUNTIME_CONFIG_FILE.
+        command.env_remove("RUNTIME_CONFIG_FILE");
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("SPIN_") {
                 command.env_remove(key);

@@ -1,5 +1,10 @@
-//! `spin:redis/redis@3.0.0` (on the `redis` crate's multiplexed tokio connection) and
-//! `spin:variables/variables@3.0.0`, with the WIT copied from spin-sdk 6.0.0 into `wit/`.
+//! `spin:redis/redis@3.0.0` (on the `redis` crate's multiplexed tokio connection),
+//! `spin:variables/variables@3.0.0` and `spin:key-value/key-value@3.0.0`, with the WIT copied from
+//! spin-sdk 6.0.0 into `wit/`.
+//!
+//! This host has no key-value store: opening any label answers `no-such-store`, as Spin does for a
+//! label no runtime config defines, so a component that uses a store optionally (the edge's shared
+//! tier) instantiates and runs without it.
 //!
 //! The functions are WIT `async func`s, so they are generated with access to the store through an
 //! `Accessor`: the connection lives in the instance's resource table (a reused instance keeps its
@@ -26,19 +31,26 @@ mod bindings {
         imports: { default: async | store | trappable },
         with: {
             "spin:redis/redis.connection": super::RedisConnection,
+            "spin:key-value/key-value.store": super::KeyValueStore,
         },
         trappable_error_type: {
             "spin:redis/redis.error" => super::RedisError,
             "spin:variables/variables.error" => super::VariablesError,
+            "spin:key-value/key-value.error" => super::KeyValueError,
         },
     });
 }
 
+use bindings::spin::key_value::key_value as kv;
 use bindings::spin::redis::redis as r;
 use bindings::spin::variables::variables as v;
 
 pub(crate) type RedisError = r::Error;
 pub(crate) type VariablesError = v::Error;
+pub(crate) type KeyValueError = kv::Error;
+
+/// A key-value store resource: never created, since this host has no store to open.
+pub enum KeyValueStore {}
 
 /// A guest-opened Redis connection (a handle to a multiplexed connection).
 pub struct RedisConnection {
@@ -106,6 +118,7 @@ impl HasData for Spin {
 pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
     r::add_to_linker::<_, Spin>(linker, |s| s)?;
     v::add_to_linker::<_, Spin>(linker, |s| s)?;
+    kv::add_to_linker::<_, Spin>(linker, |s| s)?;
     Ok(())
 }
 
@@ -335,4 +348,76 @@ impl v::HostWithStore for Spin {
                 .ok_or_else(|| v::Error::Undefined(format!("no variable for {name:?}")))
         })
     }
+}
+
+impl kv::Host for InstanceState {
+    fn convert_error(&mut self, err: kv::Error) -> wasmtime::Result<kv::Error> {
+        Ok(err)
+    }
+}
+
+impl kv::HostStore for InstanceState {}
+
+impl kv::HostStoreWithStore for Spin {
+    async fn open<T>(
+        _accessor: &Accessor<T, Self>,
+        _label: String,
+    ) -> Result<Resource<KeyValueStore>, kv::Error> {
+        Err(kv::Error::NoSuchStore)
+    }
+
+    async fn get<T>(
+        _accessor: &Accessor<T, Self>,
+        self_: Resource<KeyValueStore>,
+        _key: String,
+    ) -> Result<Option<Vec<u8>>, kv::Error> {
+        no_store(self_)
+    }
+
+    async fn set<T>(
+        _accessor: &Accessor<T, Self>,
+        self_: Resource<KeyValueStore>,
+        _key: String,
+        _value: Vec<u8>,
+    ) -> Result<(), kv::Error> {
+        no_store(self_)
+    }
+
+    async fn delete<T>(
+        _accessor: &Accessor<T, Self>,
+        self_: Resource<KeyValueStore>,
+        _key: String,
+    ) -> Result<(), kv::Error> {
+        no_store(self_)
+    }
+
+    async fn exists<T>(
+        _accessor: &Accessor<T, Self>,
+        self_: Resource<KeyValueStore>,
+        _key: String,
+    ) -> Result<bool, kv::Error> {
+        no_store(self_)
+    }
+
+    async fn get_keys<T>(
+        _accessor: &Accessor<T, Self>,
+        _self_: Resource<KeyValueStore>,
+    ) -> wasmtime::Result<(
+        wasmtime::component::StreamReader<String>,
+        wasmtime::component::FutureReader<Result<(), kv::Error>>,
+    )> {
+        wasmtime::bail!("this host has no key-value store")
+    }
+
+    async fn drop<T>(
+        _accessor: &Accessor<T, Self>,
+        _rep: Resource<KeyValueStore>,
+    ) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+/// No store is ever opened, so no store resource can reach a method.
+fn no_store<V>(_store: Resource<KeyValueStore>) -> Result<V, kv::Error> {
+    Err(kv::Error::Other("this host has no key-value store".into()))
 }
