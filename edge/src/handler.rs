@@ -437,7 +437,7 @@ impl Reply {
 
     /// Every answer carries `server-timing`: one that visited no tier (health, a refused request, a
     /// configuration error) reports the time the edge itself spent, as `edge`.
-    fn edge_timing(self, started: crate::l1::Nanos) -> Self {
+    fn edge_timing(self, started: crate::clock::Nanos) -> Self {
         if self.headers.contains_key(SERVER_TIMING) {
             return self;
         }
