@@ -16,8 +16,11 @@
 //! tier 1 ([`Keep`], which the executor carries out in one function) and a log line ([`Note`]) are an
 //! [`Effect`] step, after which the executor calls `resume`.
 //!
-//! Another tier between tier 1 and Redis is one more step of [`LookupPlan`]: a state before
-//! [`LookupStep::Tier2`], and its copies kept through [`Keep`] like tier 2's.
+//! Another tier between tier 1 and Redis is one more step of [`LookupPlan`]: a [`LookupStep`] variant
+//! that [`LookupPlan::start`] returns before [`LookupStep::Tier2`], a method taking what it found (a
+//! fresh copy is answered and kept in tier 1 through a [`Keep`], a stale one remembered like tier 2's
+//! for the fallback, a miss goes on to tier 2), and an arm in the executor's loop in `read.rs`. What a
+//! lookup keeps reaches every tier through `ReadPath::keep`.
 
 use std::fmt;
 
