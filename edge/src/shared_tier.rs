@@ -275,6 +275,9 @@ impl SharedTier {
 
     /// The copy of `id` in its slot; at most `limit`.
     pub async fn get(&self, id: UserId, limit: Duration) -> Found {
+        if !self.is_on() {
+            return Found::Skipped;
+        }
         let key = slot_key(id, self.config.shared_tier.slots);
         let Some(bytes) = self
             .call(limit, |store| async move { store.get(&key).await })
