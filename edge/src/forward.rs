@@ -29,6 +29,7 @@ use spin_sdk::http::body::IncomingBodyExt;
 use crate::backoff::{Breaker, Permit, Transition, Visible};
 use crate::clock::{self, Deadline};
 use crate::config::Config;
+use crate::shared_tier::{BreakerMark, SharedTier};
 
 /// The origin's headers the edge passes back to the client; the edge sets its own `x-cache`,
 /// `server-timing` and `x-edge-instance`, and the transport headers are the host's business. `etag` is
@@ -121,6 +122,9 @@ impl<'a> OriginRequest<'a> {
 pub struct Origin {
     config: Rc<Config>,
     breaker: RefCell<Breaker>,
+    /// Where the breaker's open-until is kept for the process's other instances, when the shared tier
+    /// is on.
+    shared: Option<Rc<SharedTier>>,
 }
 
 impl Origin {
@@ -129,6 +133,31 @@ impl Origin {
         Self {
             breaker: RefCell::new(Breaker::new(settings.threshold, settings.backoff)),
             config,
+            shared: None,
+        }
+    }
+
+    /// Shares the breaker through the process-wide tier: when it opens, every instance started before
+    /// the back-off ends skips the origin too ([`Origin::restore`]), instead of spending its own request
+    /// budget finding out that the origin is frozen.
+    pub fn sharing(self, shared: Rc<SharedTier>) -> Self {
+        Self {
+            shared: Some(shared).filter(|s| s.is_on()),
+            ..self
+        }
+    }
+
+    /// A new instance's breaker: open for what is left of the back-off another instance of the process
+    /// started, if one is running.
+    pub async fn restore(&self) {
+        let Some(shared) = &self.shared else { return };
+        let mark = shared.breaker_mark(self.config.redis_timeout).await;
+        if let Some(left) = mark.and_then(|m| m.remaining(clock::wall_ms())) {
+            self.breaker.borrow_mut().open_for(left, clock::now());
+            eprintln!(
+                "aside-edge: origin breaker open for {} ms more: another instance found the origin down",
+                left.as_millis()
+            );
         }
     }
 
@@ -167,6 +196,16 @@ impl Origin {
                 eprintln!("aside-edge: origin breaker closed: the probe succeeded")
             }
             None => {}
+        }
+        if let (Some(shared), Some(transition)) = (&self.shared, transition) {
+            let mark = (transition == Transition::Opened).then(|| BreakerMark {
+                open_until_ms: clock::wall_ms().saturating_add(
+                    i64::try_from(self.config.origin_breaker.backoff.as_millis())
+                        .unwrap_or(i64::MAX),
+                ),
+            });
+            let limit = deadline.cap(self.config.redis_timeout);
+            shared.set_breaker_mark(mark, limit).await;
         }
         result
     }

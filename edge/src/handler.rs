@@ -31,6 +31,7 @@ use crate::ratelimit::WriteLimiter;
 use crate::read::ReadPath;
 use crate::reply::{Reply, origin_unavailable};
 use crate::routes::{self, Route};
+use crate::shared_tier::SharedTier;
 
 /// The largest request body the edge passes to the origin. Far above anything the API accepts (the
 /// origin answers 413 well before this); it only keeps the edge from buffering without bound.
@@ -49,9 +50,10 @@ pub struct Edge {
 impl Edge {
     fn new(config: Config) -> Self {
         let config = Rc::new(config);
+        let shared = Rc::new(SharedTier::new(Rc::clone(&config)));
         Self {
-            reads: ReadPath::new(Rc::clone(&config)),
-            origin: Origin::new(Rc::clone(&config)),
+            reads: ReadPath::new(Rc::clone(&config), Rc::clone(&shared)),
+            origin: Origin::new(Rc::clone(&config)).sharing(shared),
             writes: RefCell::new(WriteLimiter::new(config.write_limit)),
             config,
         }
@@ -77,6 +79,9 @@ async fn edge() -> Result<Rc<Edge>, ConfigError> {
     let (loaded, _) = loading
         .run((), || async {
             let loaded = config::load().await.map(|c| Rc::new(Edge::new(c)));
+            if let Ok(edge) = &loaded {
+                edge.origin.restore().await;
+            }
             match &loaded {
                 Err(e) if e.is_transient() => {
                     eprintln!("aside-edge: {e}; will retry on the next request");

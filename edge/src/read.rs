@@ -80,7 +80,7 @@ pub struct ReadPath {
     config: Rc<Config>,
     tier1: RefCell<Tier1>,
     /// The process-wide tier (off unless `shared_tier_store` names a store).
-    shared: SharedTier,
+    shared: Rc<SharedTier>,
     redis: Redis,
     flights: Rc<SingleFlight<FlightKey, Rc<Fetched>>>,
     /// Ids being refreshed early (XFetch) by a request of this instance.
@@ -105,7 +105,8 @@ impl Env for Host {
 }
 
 impl ReadPath {
-    pub fn new(config: Rc<Config>) -> Self {
+    /// `shared`: the process-wide tier (which may be off).
+    pub fn new(config: Rc<Config>, shared: Rc<SharedTier>) -> Self {
         let longest_lookup = config.redis_timeout + config.origin_timeout + FLOOR_SLACK;
         // Floors also outlive a lagging Redis replica (the edge's `redis_address` may be one): as long
         // as the instance keeps stale copies, it keeps the versions it answered, so a replica that is
@@ -113,7 +114,7 @@ impl ReadPath {
         let floor_ttl = longest_lookup.max(config.l1_stale);
         Self {
             tier1: RefCell::new(Tier1::new(config.l1, config.l1_stale, floor_ttl)),
-            shared: SharedTier::new(Rc::clone(&config)),
+            shared,
             redis: Redis::new(Rc::clone(&config)),
             flights: Rc::default(),
             refreshing: RefCell::default(),

@@ -348,15 +348,19 @@ impl SharedTier {
         F: FnOnce(Rc<spin_sdk::key_value::Store>) -> Fut,
         Fut: std::future::Future<Output = Result<T, spin_sdk::key_value::Error>>,
     {
-        if limit.is_zero() {
+        if limit.is_zero() || !self.is_on() {
             return None;
         }
         let permit = self.breaker.borrow_mut().permit(clock::now());
         if permit == Permit::Skip {
             return None;
         }
-        let store = self.open().await?;
-        let result = clock::within(limit, op(store)).await;
+        // Opening is bounded too: Spin's Redis-backed store, for one, pings the server on open.
+        let result = clock::within(limit, async {
+            let store = self.open().await?;
+            op(store).await
+        })
+        .await;
         let ok = matches!(result, Some(Ok(_)));
         if let Some(transition) = self.breaker.borrow_mut().record(permit, ok, clock::now()) {
             eprintln!(
@@ -379,10 +383,12 @@ impl SharedTier {
     }
 
     /// The open store, opening it on first use. A store the runtime refuses turns the tier off.
-    async fn open(&self) -> Option<Rc<spin_sdk::key_value::Store>> {
+    async fn open(&self) -> Result<Rc<spin_sdk::key_value::Store>, spin_sdk::key_value::Error> {
         match &*self.store.borrow() {
-            Store::Open(store) => return Some(Rc::clone(store)),
-            Store::Unavailable => return None,
+            Store::Open(store) => return Ok(Rc::clone(store)),
+            Store::Unavailable => {
+                return Err(spin_sdk::key_value::Error::Other("unavailable".into()));
+            }
             Store::Closed => {}
         }
         let label = &self.config.shared_tier.store;
@@ -391,10 +397,10 @@ impl SharedTier {
                 let store = Rc::new(store);
                 let mut slot = self.store.borrow_mut();
                 if let Store::Open(already) = &*slot {
-                    return Some(Rc::clone(already));
+                    return Ok(Rc::clone(already));
                 }
                 *slot = Store::Open(Rc::clone(&store));
-                Some(store)
+                Ok(store)
             }
             Err(e) => {
                 eprintln!(
@@ -403,7 +409,7 @@ impl SharedTier {
                      the runtime?"
                 );
                 *self.store.borrow_mut() = Store::Unavailable;
-                None
+                Err(e)
             }
         }
     }
@@ -557,6 +563,21 @@ mod tests {
         let f = shelf.freshness.unwrap();
         assert_eq!((f.fresh_until_ms, f.delta_ms), (v.fresh_until_ms, 0));
         assert_eq!(shelf.stale_if_error, Some(Duration::from_secs(600)));
+    }
+
+    #[test]
+    fn a_restored_breaker_skips_the_origin_for_what_is_left_then_probes() {
+        const MS: u64 = 1_000_000;
+        let start = 10_000 * MS;
+        let mut b = Breaker::new(3, Duration::from_millis(2000));
+        b.open_for(Duration::from_millis(500), start);
+        assert_eq!(b.permit(start + 499 * MS), Permit::Skip);
+        assert_eq!(b.permit(start + 500 * MS), Permit::Probe);
+        // Never longer than this instance's own back-off.
+        let mut b = Breaker::new(3, Duration::from_millis(2000));
+        b.open_for(Duration::from_secs(60), start);
+        assert_eq!(b.permit(start + 1999 * MS), Permit::Skip);
+        assert_eq!(b.permit(start + 2000 * MS), Permit::Probe);
     }
 
     #[test]
