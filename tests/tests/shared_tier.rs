@@ -349,7 +349,11 @@ async fn a_write_behind_the_edge_is_seen_within_the_ttl_and_versions_never_go_ba
         }
     }
     let failed: Vec<&Seen> = answers.iter().filter(|a| a.status != 200).collect();
-    assert!(failed.is_empty(), "every read answered: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "every read answered: {failed:?}\n{}",
+        edge.log()
+    );
     // Staleness: an answer that started more than the TTL (plus the time the write's copy can take to
     // reach tier 1: one lookup) after a write holds that write's version or a newer one.
     let slack = Duration::from_millis(500);
