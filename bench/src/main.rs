@@ -20,7 +20,7 @@ use anyhow::{Context as _, bail};
 use aside_bench::keys::KeyDist;
 use aside_bench::load::LoadResult;
 use aside_bench::redis_admin::RedisAdmin;
-use aside_bench::report::{self, EdgeRuntimes, Machine, Report, Run, SCHEMA, Settings};
+use aside_bench::report::{self, EdgeRuntimes, Machine, Report, RoundTrip, Run, SCHEMA, Settings};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use xtask::spin::{NotFound, SpinCli};
@@ -632,92 +632,179 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let started_at_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let root = workspace_root();
-    let quick = args.quick;
-    let args_zipf_s = args.zipf_s;
-    let args_hot_set = args.hot_set;
-    let rows = args.rows.unwrap_or(if quick { 10_000 } else { 100_000 });
-    let concurrency = args.concurrency.unwrap_or(if quick { 8 } else { 16 });
-    let warmup = args.warmup.unwrap_or(if quick { 0.5 } else { 3.0 });
-    let duration = args.duration.unwrap_or(if quick { 2.0 } else { 20.0 });
-    anyhow::ensure!(rows >= 100, "--rows must be at least 100");
-    anyhow::ensure!(concurrency >= 1, "--concurrency must be at least 1");
-    anyhow::ensure!(
-        warmup >= 0.0 && duration > 0.0,
-        "--warmup must be >= 0 and --duration > 0"
-    );
-    let bin = args
-        .bin_dir
-        .clone()
-        .unwrap_or_else(|| root.join("target/release"));
-    let runtimes = Runtimes::choose(args.edge_runtime, xtask::spin::find())?;
-    let wasm = root.join("target/wasm32-wasip2/release");
-    let needed = [
-        bin.join("aside-origin"),
-        bin.join("aside-load"),
-        wasm.join("aside_edge.wasm"),
-        wasm.join("aside_hello.wasm"),
-    ]
-    .into_iter()
-    .chain(
-        runtimes
-            .list
-            .contains(&Rt::Host)
-            .then(|| bin.join("aside-host")),
-    );
-    for path in needed {
-        anyhow::ensure!(
-            path.exists(),
-            "{} is missing; run the benchmark through `cargo xtask bench`, which builds it",
-            path.display()
-        );
-    }
-    let out = args.out.clone().unwrap_or_else(|| {
-        root.join(if quick {
-            "target/bench/quick"
-        } else {
-            "target/bench"
-        })
-    });
-    let out = if out.is_absolute() {
-        out
-    } else {
-        root.join(out)
-    };
-    let logs = out.join("logs");
-    let _ = std::fs::remove_dir_all(&logs);
-    std::fs::create_dir_all(&logs)?;
-    let plans: Vec<Plan> = plans(&runtimes.list)
-        .into_iter()
-        .filter(|p| args.only.is_empty() || args.only.iter().any(|o| o == p.scenario))
-        .collect();
-    for o in &args.only {
-        anyhow::ensure!(
-            report::SCENARIOS.contains(&o.as_str()),
-            "unknown scenario {o:?}; the scenarios are {}",
-            report::SCENARIOS.join(", ")
-        );
-    }
-
+    let config = Config::from_args(args)?;
+    let plans = config.plans()?;
     ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst))
         .context("install the Ctrl-C handler")?;
 
+    let mut stack = start_stack(&config, plans.len())?;
+    seed(&config, &stack)?;
+    start_servers(&config, &mut stack)?;
+    let mut redis = warm(&stack)?;
+    let setup_s = started.elapsed().as_secs_f64();
+    eprintln!("aside-bench: stack ready in {setup_s:.1} s");
+
+    let measured = run_scenarios(&config, &mut stack, &mut redis, &plans)?;
+    drop(redis);
+    drop(stack);
+
+    let report = collect(&config, measured, setup_s, started, started_at_unix);
+    write_report(&config, &report)
+}
+
+/// The settings of one run: the command line with its defaults filled in, and where things are.
+struct Config {
+    quick: bool,
+    build: String,
+    rows: u64,
+    concurrency: usize,
+    warmup: f64,
+    duration: f64,
+    zipf_s: f64,
+    hot_set: u64,
+    only: Vec<String>,
+    /// The folder of aside-origin, aside-host and aside-load.
+    bin: PathBuf,
+    runtimes: Runtimes,
+    /// Where the report goes, and the servers' logs (`<out>/logs`, emptied at start).
+    out: PathBuf,
+    logs: PathBuf,
+}
+
+impl Config {
+    /// Fills in the defaults, checks the settings and that every binary is built, and empties the
+    /// logs folder.
+    fn from_args(args: RunArgs) -> anyhow::Result<Self> {
+        let root = workspace_root();
+        let quick = args.quick;
+        let rows = args.rows.unwrap_or(if quick { 10_000 } else { 100_000 });
+        let concurrency = args.concurrency.unwrap_or(if quick { 8 } else { 16 });
+        let warmup = args.warmup.unwrap_or(if quick { 0.5 } else { 3.0 });
+        let duration = args.duration.unwrap_or(if quick { 2.0 } else { 20.0 });
+        anyhow::ensure!(rows >= 100, "--rows must be at least 100");
+        anyhow::ensure!(concurrency >= 1, "--concurrency must be at least 1");
+        anyhow::ensure!(
+            warmup >= 0.0 && duration > 0.0,
+            "--warmup must be >= 0 and --duration > 0"
+        );
+        let bin = args
+            .bin_dir
+            .clone()
+            .unwrap_or_else(|| root.join("target/release"));
+        let runtimes = Runtimes::choose(args.edge_runtime, xtask::spin::find())?;
+        let wasm = root.join("target/wasm32-wasip2/release");
+        let needed = [
+            bin.join("aside-origin"),
+            bin.join("aside-load"),
+            wasm.join("aside_edge.wasm"),
+            wasm.join("aside_hello.wasm"),
+        ]
+        .into_iter()
+        .chain(
+            runtimes
+                .list
+                .contains(&Rt::Host)
+                .then(|| bin.join("aside-host")),
+        );
+        for path in needed {
+            anyhow::ensure!(
+                path.exists(),
+                "{} is missing; run the benchmark through `cargo xtask bench`, which builds it",
+                path.display()
+            );
+        }
+        let out = args.out.clone().unwrap_or_else(|| {
+            root.join(if quick {
+                "target/bench/quick"
+            } else {
+                "target/bench"
+            })
+        });
+        let out = if out.is_absolute() {
+            out
+        } else {
+            root.join(out)
+        };
+        let logs = out.join("logs");
+        let _ = std::fs::remove_dir_all(&logs);
+        std::fs::create_dir_all(&logs)?;
+        Ok(Self {
+            quick,
+            build: args.build,
+            rows,
+            concurrency,
+            warmup,
+            duration,
+            zipf_s: args.zipf_s,
+            hot_set: args.hot_set,
+            only: args.only,
+            bin,
+            runtimes,
+            out,
+            logs,
+        })
+    }
+
+    /// The runs of this benchmark, `--only` applied.
+    fn plans(&self) -> anyhow::Result<Vec<Plan>> {
+        let plans: Vec<Plan> = plans(&self.runtimes.list)
+            .into_iter()
+            .filter(|p| self.only.is_empty() || self.only.iter().any(|o| o == p.scenario))
+            .collect();
+        for o in &self.only {
+            anyhow::ensure!(
+                report::SCENARIOS.contains(&o.as_str()),
+                "unknown scenario {o:?}; the scenarios are {}",
+                report::SCENARIOS.join(", ")
+            );
+        }
+        Ok(plans)
+    }
+
+    /// Warm-up and measured time of one run.
+    fn per_run(&self) -> f64 {
+        self.warmup + self.duration
+    }
+}
+
+/// The bench stack while it runs: dropping it stops every service (in reverse start order), then
+/// removes its state.
+struct Stack {
+    /// Declared first, so dropped before the folders they use.
+    services: Services,
+    _dirs: TempDirs,
+    secrets: Secrets,
+    /// The origin's bearer token, for `aside-load --bearer-file`.
+    token_file: PathBuf,
+    ports: Ports,
+    database_url: String,
+}
+
+/// Step 1: a private state folder, secrets and ports, then Redis and PostgreSQL.
+fn start_stack(config: &Config, runs: usize) -> anyhow::Result<Stack> {
     remove_stale_state();
     let state = std::env::temp_dir().join(format!("aside-bench-{}", std::process::id()));
     let pg_dir = stack::postgres_dir(&state);
-    let _dirs = TempDirs(vec![state.clone(), pg_dir.clone()]);
+    let dirs = TempDirs(vec![state.clone(), pg_dir.clone()]);
     std::fs::create_dir_all(&state)?;
     std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let secrets = Secrets::load_or_generate(&state.join("secrets"))?;
     let token_file = state.join("secrets/origin-token");
-    let ports = Ports::pick(&runtimes.list)?;
+    let ports = Ports::pick(&config.runtimes.list)?;
 
+    let Config {
+        rows,
+        concurrency,
+        warmup,
+        duration,
+        ..
+    } = config;
     eprintln!(
-        "aside-bench: {} run: {rows} profiles, {concurrency} connections, {warmup} s warm-up + {duration} s per run, {} runs; logs in {}",
-        if quick { "quick" } else { "full" },
-        plans.len(),
-        logs.display()
+        "aside-bench: {} run: {rows} profiles, {concurrency} connections, {warmup} s warm-up + {duration} s per run, {runs} runs; logs in {}",
+        if config.quick { "quick" } else { "full" },
+        config.logs.display()
     );
+    let runtimes = &config.runtimes;
     eprintln!(
         "aside-bench: edges and the hello-world baseline run under {} ({}{})",
         runtimes
@@ -737,31 +824,53 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .unwrap_or_default()
     );
     let mut services = Services::new();
-    stack::start_redis(&root, ports.redis, &state, &logs, &secrets, &mut services)?;
-    stack::start_postgres(ports.postgres, &pg_dir, &logs, &secrets, &mut services)?;
+    let logs = &config.logs;
+    stack::start_redis(
+        &workspace_root(),
+        ports.redis,
+        &state,
+        logs,
+        &secrets,
+        &mut services,
+    )?;
+    stack::start_postgres(ports.postgres, &pg_dir, logs, &secrets, &mut services)?;
     check_stop()?;
     let database_url = format!(
         "postgres://aside:{}@127.0.0.1:{}/aside",
         secrets.postgres, ports.postgres
     );
-    let origin_bin = bin.join("aside-origin");
+    Ok(Stack {
+        services,
+        _dirs: dirs,
+        secrets,
+        token_file,
+        ports,
+        database_url,
+    })
+}
+
+/// Step 2: the schema and `rows` generated profiles (ids 1..=rows) in PostgreSQL.
+fn seed(config: &Config, stack: &Stack) -> anyhow::Result<()> {
+    let rows = config.rows;
+    let origin_bin = config.bin.join("aside-origin");
+    let setup_log = config.logs.join("setup.log");
     run_logged(
         Command::new(&origin_bin)
             .arg("migrate")
-            .env("ASIDE_DATABASE_URL", &database_url),
-        &logs.join("setup.log"),
+            .env("ASIDE_DATABASE_URL", &stack.database_url),
+        &setup_log,
     )?;
     let seeding = Instant::now();
     run_logged(
         Command::new(&origin_bin)
             .args(["seed", "--replace", "--count", &rows.to_string()])
             .args(["--seed", &DATA_SEED.to_string()])
-            .env("ASIDE_DATABASE_URL", &database_url),
-        &logs.join("setup.log"),
+            .env("ASIDE_DATABASE_URL", &stack.database_url),
+        &setup_log,
     )?;
     let counted = psql(
-        ports.postgres,
-        &secrets.postgres,
+        stack.ports.postgres,
+        &stack.secrets.postgres,
         &format!(
             "SELECT count(*) = {rows} AND min(id) = 1 AND max(id) = {rows} FROM devops_api.users"
         ),
@@ -774,29 +883,34 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         "aside-bench: seeded {rows} profiles in {:.1} s",
         seeding.elapsed().as_secs_f64()
     );
-    check_stop()?;
+    check_stop()
+}
 
+/// Step 3: the two origins, then every edge and hello-world at once (Spin compiles each component on
+/// its first start), and waits until all listen.
+fn start_servers(config: &Config, stack: &mut Stack) -> anyhow::Result<()> {
+    let root = workspace_root();
+    let (ports, secrets, logs) = (&stack.ports, &stack.secrets, &config.logs);
     let redis_origin_url = format!(
         "redis://origin:{}@127.0.0.1:{}",
         secrets.redis_origin, ports.redis
     );
     for (target, cache) in [(Target::Origin, "on"), (Target::OriginCacheOff, "off")] {
         let (name, port) = (target.service(), ports.port(target));
-        let mut origin = Command::new(&origin_bin);
+        let mut origin = Command::new(config.bin.join("aside-origin"));
         origin
             .arg("serve")
-            .env("ASIDE_DATABASE_URL", &database_url)
+            .env("ASIDE_DATABASE_URL", &stack.database_url)
             .env("ASIDE_REDIS_URL", &redis_origin_url)
             .env("ASIDE_ORIGIN_TOKENS", &secrets.origin_token)
             .env("ASIDE_LISTEN", format!("127.0.0.1:{port}"))
             .env("ASIDE_CACHE", cache);
-        services.spawn(name, origin, &logs, libc::SIGTERM)?;
-        services.wait_for_port(port, &logs)?;
+        stack.services.spawn(name, origin, logs, libc::SIGTERM)?;
+        stack.services.wait_for_port(port, logs)?;
     }
-    // Every edge and hello-world at once (Spin compiles each component on its first start), then wait.
     let origin_url = ports.url(Target::Origin);
     let mut listening = Vec::new();
-    for rt in &runtimes.list {
+    for rt in &config.runtimes.list {
         for target in [
             Target::Edge(*rt),
             Target::EdgeL1Off(*rt),
@@ -808,9 +922,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 _ => root.join("spin.toml"),
             };
             let port = ports.port(target);
-            let mut edge = runtimes.command(
+            let mut edge = config.runtimes.command(
                 *rt,
-                &bin,
+                &config.bin,
                 &manifest,
                 port,
                 &logs.join(format!("{name}-state")),
@@ -836,34 +950,50 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                     .env("SPIN_VARIABLE_L1_TTL_MS", "0");
             }
             // SIGTERM to its process group: `spin up` and its trigger (a child process) both stop.
-            services.spawn(name, edge, &logs, libc::SIGTERM)?;
+            stack.services.spawn(name, edge, logs, libc::SIGTERM)?;
             listening.push((name, port));
         }
     }
-    wait_for_ports(&mut services, &listening, &logs, EDGE_START_TIMEOUT)?;
-    // The seed's inserts are in the change-capture outbox; let the origin work through them now rather
-    // than during the first scenario.
-    wait_for_change_capture(ports.postgres, &secrets.postgres)?;
-    let mut redis = RedisAdmin::connect(ports.redis, &secrets.redis_admin)?;
-    let setup_s = started.elapsed().as_secs_f64();
-    eprintln!("aside-bench: stack ready in {setup_s:.1} s");
+    wait_for_ports(&mut stack.services, &listening, logs, EDGE_START_TIMEOUT)
+}
 
-    let per_run = warmup + duration;
-    let bar = ProgressBar::new(((per_run + 1.0) * plans.len() as f64 * 10.0) as u64);
+/// Step 4: lets the origin work through the seed's inserts in the change-capture outbox now rather
+/// than during the first scenario; returns the admin connection to Redis.
+fn warm(stack: &Stack) -> anyhow::Result<RedisAdmin> {
+    wait_for_change_capture(stack.ports.postgres, &stack.secrets.postgres)?;
+    RedisAdmin::connect(stack.ports.redis, &stack.secrets.redis_admin)
+}
+
+/// What the scenarios measured.
+struct Measured {
+    runs: Vec<Run>,
+    redis_hgetall: Option<RoundTrip>,
+}
+
+/// Step 5: every plan in order, each on the cache state it needs.
+fn run_scenarios(
+    config: &Config,
+    stack: &mut Stack,
+    redis: &mut RedisAdmin,
+    plans: &[Plan],
+) -> anyhow::Result<Measured> {
+    let bar = ProgressBar::new(((config.per_run() + 1.0) * plans.len() as f64 * 10.0) as u64);
     bar.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:32}] {percent:>3}% {msg}")
             .expect("a valid template")
             .progress_chars("=> "),
     );
-    let mut runs = Vec::new();
+    let mut measured = Measured {
+        runs: Vec::new(),
+        redis_hgetall: None,
+    };
     let mut filled = false;
-    let mut redis_hgetall = None;
-    for plan in &plans {
+    for plan in plans {
         check_stop()?;
-        if let Some(name) = services.first_exited() {
+        if let Some(name) = stack.services.first_exited() {
             bail!(
                 "{name} exited during the benchmark; see {}/{name}.log",
-                logs.display()
+                config.logs.display()
             );
         }
         match plan.cache {
@@ -872,158 +1002,205 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 filled = false;
             }
             Cache::Full if !filled => {
-                bar.set_message("filling Redis with every profile");
-                let fill = Instant::now();
-                let args = loader_args(&ports, Target::Origin, &token_file)
-                    .into_iter()
-                    .chain([
-                        "--keys".into(),
-                        "walk".into(),
-                        "--ids".into(),
-                        rows.to_string(),
-                        "--requests".into(),
-                        rows.to_string(),
-                        "--concurrency".into(),
-                        concurrency.to_string(),
-                    ])
-                    .collect::<Vec<_>>();
-                let result = run_loader(&bin, &args, &logs.join("load-fill.log"), None, &bar)?;
-                anyhow::ensure!(
-                    result.errors == 0,
-                    "filling Redis failed: {:?}",
-                    result.error_kinds
-                );
-                let keys = redis.db_size()?;
-                anyhow::ensure!(
-                    keys >= rows,
-                    "Redis holds {keys} keys after the fill, expected {rows}"
-                );
-                bar.suspend(|| {
-                    eprintln!(
-                        "aside-bench: Redis filled with {keys} profiles in {:.1} s",
-                        fill.elapsed().as_secs_f64()
-                    )
-                });
+                fill_redis(config, stack, redis, &bar)?;
                 filled = true;
-                if redis_hgetall.is_none() {
-                    // What one L2 hit costs in Redis, to read the edge-l2 runs against.
-                    let id = aside_shared::UserId::parse("1").expect("a valid id");
-                    let key = aside_shared::cache::profile_key(id);
-                    let rt = redis.time_hgetall(&key, HGETALL_SAMPLES)?;
-                    bar.suspend(|| {
-                        eprintln!(
-                            "aside-bench: one Redis round trip ({}, {} in a row): p50 {:.3} ms, p99 {:.3} ms",
-                            rt.command,
-                            rt.samples,
-                            rt.p50_us / 1000.0,
-                            rt.p99_us / 1000.0
-                        )
-                    });
-                    redis_hgetall = Some(rt);
+                if measured.redis_hgetall.is_none() {
+                    measured.redis_hgetall = Some(time_hgetall(redis, &bar)?);
                 }
             }
             Cache::Full | Cache::Any => {}
         }
-        let label = plan.keys_label();
-        let runtime = plan.target.runtime().map(Rt::name);
-        bar.set_message(format!(
-            "{} / {label}{}",
-            plan.scenario,
-            runtime.map(|r| format!(" / {r}")).unwrap_or_default()
-        ));
-        let mut args = loader_args(&ports, plan.target, &token_file);
-        args.extend(
-            [
-                "--keys",
-                &plan.keys.to_string(),
-                "--ids",
-                &rows.to_string(),
-                "--zipf-s",
-                &args_zipf_s.to_string(),
-                "--concurrency",
-                &concurrency.to_string(),
-                "--warmup",
-                &format!("{warmup}s"),
-                "--duration",
-                &format!("{duration}s"),
-                "--write-percent",
-                &plan.write_percent.to_string(),
-            ]
-            .map(String::from),
-        );
-        if plan.hot {
-            args.extend(["--hot".to_string(), args_hot_set.to_string()]);
-        }
-        let log = logs.join(format!(
-            "load-{}-{label}{}.log",
-            plan.scenario,
-            runtime.map(|r| format!("-{r}")).unwrap_or_default()
-        ));
-        let result = run_loader(&bin, &args, &log, Some(per_run), &bar)?;
-        let check_failed = check(plan, &result);
-        bar.suspend(|| {
-            eprintln!(
-                "{:<14} {:<12} {:<5} {:>9.0} req/s  p50 {:>6} ms  p99 {:>6} ms  errors {:<4} {}{}",
-                plan.scenario,
-                label,
-                runtime.unwrap_or("-"),
-                result.rps,
-                report::ms(result.latency_us.p50),
-                report::ms(result.latency_us.p99),
-                result.errors,
-                report::hits(&result),
-                check_failed
-                    .as_deref()
-                    .map(|w| format!("  <- {w}"))
-                    .unwrap_or_default()
-            )
-        });
-        runs.push(Run {
-            scenario: plan.scenario.to_string(),
-            keys: label,
-            target: plan.target.describe().to_string(),
-            runtime: runtime.map(String::from),
-            description: plan.description.to_string(),
-            result,
-            check_failed,
-        });
+        measured.runs.push(run_scenario(config, stack, plan, &bar)?);
         // Let the servers settle (background work of the previous run: fills, change capture).
-        std::thread::sleep(Duration::from_millis(if quick { 200 } else { 1000 }));
+        std::thread::sleep(Duration::from_millis(if config.quick { 200 } else { 1000 }));
     }
     bar.finish_and_clear();
-    drop(redis);
-    drop(services);
+    Ok(measured)
+}
 
+/// Reads every profile once through the origin, so that Redis holds them all.
+fn fill_redis(
+    config: &Config,
+    stack: &Stack,
+    redis: &mut RedisAdmin,
+    bar: &ProgressBar,
+) -> anyhow::Result<()> {
+    bar.set_message("filling Redis with every profile");
+    let fill = Instant::now();
+    let rows = config.rows;
+    let args = loader_args(&stack.ports, Target::Origin, &stack.token_file)
+        .into_iter()
+        .chain([
+            "--keys".into(),
+            "walk".into(),
+            "--ids".into(),
+            rows.to_string(),
+            "--requests".into(),
+            rows.to_string(),
+            "--concurrency".into(),
+            config.concurrency.to_string(),
+        ])
+        .collect::<Vec<_>>();
+    let result = run_loader(
+        &config.bin,
+        &args,
+        &config.logs.join("load-fill.log"),
+        None,
+        bar,
+    )?;
+    anyhow::ensure!(
+        result.errors == 0,
+        "filling Redis failed: {:?}",
+        result.error_kinds
+    );
+    let keys = redis.db_size()?;
+    anyhow::ensure!(
+        keys >= rows,
+        "Redis holds {keys} keys after the fill, expected {rows}"
+    );
+    bar.suspend(|| {
+        eprintln!(
+            "aside-bench: Redis filled with {keys} profiles in {:.1} s",
+            fill.elapsed().as_secs_f64()
+        )
+    });
+    Ok(())
+}
+
+/// What one L2 hit costs in Redis, to read the edge-l2 runs against.
+fn time_hgetall(redis: &mut RedisAdmin, bar: &ProgressBar) -> anyhow::Result<RoundTrip> {
+    let id = aside_shared::UserId::parse("1").expect("a valid id");
+    let key = aside_shared::cache::profile_key(id);
+    let rt = redis.time_hgetall(&key, HGETALL_SAMPLES)?;
+    bar.suspend(|| {
+        eprintln!(
+            "aside-bench: one Redis round trip ({}, {} in a row): p50 {:.3} ms, p99 {:.3} ms",
+            rt.command,
+            rt.samples,
+            rt.p50_us / 1000.0,
+            rt.p99_us / 1000.0
+        )
+    });
+    Ok(rt)
+}
+
+/// One scenario with one key choice through `aside-load`, its line printed.
+fn run_scenario(
+    config: &Config,
+    stack: &Stack,
+    plan: &Plan,
+    bar: &ProgressBar,
+) -> anyhow::Result<Run> {
+    let label = plan.keys_label();
+    let runtime = plan.target.runtime().map(Rt::name);
+    bar.set_message(format!(
+        "{} / {label}{}",
+        plan.scenario,
+        runtime.map(|r| format!(" / {r}")).unwrap_or_default()
+    ));
+    let mut args = loader_args(&stack.ports, plan.target, &stack.token_file);
+    args.extend(
+        [
+            "--keys",
+            &plan.keys.to_string(),
+            "--ids",
+            &config.rows.to_string(),
+            "--zipf-s",
+            &config.zipf_s.to_string(),
+            "--concurrency",
+            &config.concurrency.to_string(),
+            "--warmup",
+            &format!("{}s", config.warmup),
+            "--duration",
+            &format!("{}s", config.duration),
+            "--write-percent",
+            &plan.write_percent.to_string(),
+        ]
+        .map(String::from),
+    );
+    if plan.hot {
+        args.extend(["--hot".to_string(), config.hot_set.to_string()]);
+    }
+    let log = config.logs.join(format!(
+        "load-{}-{label}{}.log",
+        plan.scenario,
+        runtime.map(|r| format!("-{r}")).unwrap_or_default()
+    ));
+    let result = run_loader(&config.bin, &args, &log, Some(config.per_run()), bar)?;
+    let check_failed = check(plan, &result);
+    bar.suspend(|| {
+        eprintln!(
+            "{:<14} {:<12} {:<5} {:>9.0} req/s  p50 {:>6} ms  p99 {:>6} ms  errors {:<4} {}{}",
+            plan.scenario,
+            label,
+            runtime.unwrap_or("-"),
+            result.rps,
+            report::ms(result.latency_us.p50),
+            report::ms(result.latency_us.p99),
+            result.errors,
+            report::hits(&result),
+            check_failed
+                .as_deref()
+                .map(|w| format!("  <- {w}"))
+                .unwrap_or_default()
+        )
+    });
+    Ok(Run {
+        scenario: plan.scenario.to_string(),
+        keys: label,
+        target: plan.target.describe().to_string(),
+        runtime: runtime.map(String::from),
+        description: plan.description.to_string(),
+        result,
+        check_failed,
+    })
+}
+
+/// Step 6: the report of the whole run.
+fn collect(
+    config: &Config,
+    measured: Measured,
+    setup_s: f64,
+    started: Instant,
+    started_at_unix: u64,
+) -> Report {
     let mut report = Report {
         schema: SCHEMA,
         started_at_unix,
         machine: Machine::detect(),
         settings: Settings {
-            mode: if quick { "quick" } else { "full" }.into(),
-            build: args.build.clone(),
-            rows,
-            concurrency,
-            warmup_s: warmup,
-            duration_s: duration,
-            zipf_s: args_zipf_s,
-            hot_set: args_hot_set,
+            mode: if config.quick { "quick" } else { "full" }.into(),
+            build: config.build.clone(),
+            rows: config.rows,
+            concurrency: config.concurrency,
+            warmup_s: config.warmup,
+            duration_s: config.duration,
+            zipf_s: config.zipf_s,
+            hot_set: config.hot_set,
             edge_instance_reuse: "Spin's defaults: 128 requests per instance, 16 at once, 1 s idle"
                 .into(),
         },
         setup_s,
         total_s: started.elapsed().as_secs_f64(),
-        edge_runtime: runtimes.report(),
-        redis_hgetall,
-        runs,
+        edge_runtime: config.runtimes.report(),
+        redis_hgetall: measured.redis_hgetall,
+        runs: measured.runs,
         comparison: Default::default(),
     };
     report.finish();
+    report
+}
+
+/// Step 7: `report.json`, `report.md` and the charts written, the tables printed, and the check: of
+/// the whole report, or with `--only` of each run that was made.
+fn write_report(config: &Config, report: &Report) -> anyhow::Result<()> {
+    let out = &config.out;
     std::fs::write(
         out.join("report.json"),
-        serde_json::to_string_pretty(&report)?,
+        serde_json::to_string_pretty(report)?,
     )?;
     std::fs::write(out.join("report.md"), report.markdown())?;
-    aside_bench::charts::write_all(&out, &report.runs)?;
+    aside_bench::charts::write_all(out, &report.runs)?;
     println!("{}", report.table());
     println!("{}", report.comparison_markdown());
     println!(
@@ -1031,8 +1208,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         out.join("report.md").display(),
         report.total_s
     );
-    if args.only.is_empty() {
-        report::verify(&report)
+    if config.only.is_empty() {
+        report::verify(report)
     } else {
         let failed: Vec<String> = report
             .runs
