@@ -21,6 +21,7 @@ use aside_bench::keys::KeyDist;
 use aside_bench::load::LoadResult;
 use aside_bench::redis_admin::RedisAdmin;
 use aside_bench::report::{self, EdgeRuntimes, Machine, Report, RoundTrip, Run, SCHEMA, Settings};
+use aside_bench::topology::{self, Hop, Topologies, Topology, TopologyReport, TopologyRuns};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use xtask::spin::{NotFound, SpinCli};
@@ -97,6 +98,11 @@ struct RunArgs {
     /// host]. Every edge scenario runs under each.
     #[arg(long, value_enum)]
     edge_runtime: Option<RuntimeArg>,
+    /// Instead of the scenarios: put a latency proxy (aside-delay) on every hop and measure each tier
+    /// against the same reads with no cache, in these topologies: `loopback`, `same-dc`, `edge`,
+    /// `far-redis` (comma-separated), or `all`. Writes report-topology.{json,md} and topology.svg/png.
+    #[arg(long, value_parser = aside_bench::topology::parse, conflicts_with = "only")]
+    topology: Option<Topologies>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -538,10 +544,12 @@ struct Ports {
     postgres: u16,
     /// The origins, and the edges and hello-world of every runtime.
     targets: Vec<(Target, u16)>,
+    /// For `--topology`: the latency proxies' ports.
+    proxies: Vec<u16>,
 }
 
 impl Ports {
-    fn pick(runtimes: &[Rt]) -> anyhow::Result<Self> {
+    fn pick(runtimes: &[Rt], proxies: usize) -> anyhow::Result<Self> {
         let mut targets = vec![Target::Origin, Target::OriginCacheOff];
         for rt in runtimes {
             targets.extend([
@@ -551,17 +559,19 @@ impl Ports {
             ]);
         }
         // Hold every listener until all are picked, so no two are the same.
-        let listeners: Vec<std::net::TcpListener> = (0..targets.len() + 2)
+        let listeners: Vec<std::net::TcpListener> = (0..targets.len() + 2 + proxies)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
             .collect::<Result<_, _>>()?;
         let p: Vec<u16> = listeners
             .iter()
             .map(|l| l.local_addr().map(|a| a.port()))
             .collect::<Result<_, _>>()?;
+        let proxies = p[p.len() - proxies..].to_vec();
         Ok(Self {
             redis: p[0],
             postgres: p[1],
             targets: targets.into_iter().zip(p[2..].iter().copied()).collect(),
+            proxies,
         })
     }
 
@@ -627,24 +637,29 @@ fn check_stop() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(args: RunArgs) -> anyhow::Result<()> {
+fn run(mut args: RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let started_at_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    let topologies = args.topology.take();
     let config = Config::from_args(args)?;
+    if let Some(topologies) = topologies {
+        return run_topologies(&config, &topologies, started, started_at_unix);
+    }
     let plans = config.plans()?;
     ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst))
         .context("install the Ctrl-C handler")?;
 
-    let mut stack = start_stack(&config, plans.len())?;
+    let mut stack = start_stack(&config, plans.len(), 0)?;
     seed(&config, &stack)?;
     start_servers(&config, &mut stack)?;
     let mut redis = warm(&stack)?;
     let setup_s = started.elapsed().as_secs_f64();
     eprintln!("aside-bench: stack ready in {setup_s:.1} s");
 
-    let measured = run_scenarios(&config, &mut stack, &mut redis, &plans)?;
+    let route = |ports: &Ports, target| ports.url(target);
+    let measured = run_scenarios(&config, &mut stack, &mut redis, &plans, (&route, None))?;
     drop(redis);
     drop(stack);
 
@@ -781,7 +796,7 @@ struct Stack {
 }
 
 /// Step 1: a private state folder, secrets and ports, then Redis and PostgreSQL.
-fn start_stack(config: &Config, runs: usize) -> anyhow::Result<Stack> {
+fn start_stack(config: &Config, runs: usize, proxies: usize) -> anyhow::Result<Stack> {
     remove_stale_state();
     let state = std::env::temp_dir().join(format!("aside-bench-{}", std::process::id()));
     let pg_dir = stack::postgres_dir(&state);
@@ -790,7 +805,7 @@ fn start_stack(config: &Config, runs: usize) -> anyhow::Result<Stack> {
     std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let secrets = Secrets::load_or_generate(&state.join("secrets"))?;
     let token_file = state.join("secrets/origin-token");
-    let ports = Ports::pick(&config.runtimes.list)?;
+    let ports = Ports::pick(&config.runtimes.list, proxies)?;
 
     let Config {
         rows,
@@ -835,10 +850,7 @@ fn start_stack(config: &Config, runs: usize) -> anyhow::Result<Stack> {
     )?;
     stack::start_postgres(ports.postgres, &pg_dir, logs, &secrets, &mut services)?;
     check_stop()?;
-    let database_url = format!(
-        "postgres://aside:{}@127.0.0.1:{}/aside",
-        secrets.postgres, ports.postgres
-    );
+    let database_url = database_url(&secrets, ports.postgres);
     Ok(Stack {
         services,
         _dirs: dirs,
@@ -889,26 +901,17 @@ fn seed(config: &Config, stack: &Stack) -> anyhow::Result<()> {
 /// Step 3: the two origins, then every edge and hello-world at once (Spin compiles each component on
 /// its first start), and waits until all listen.
 fn start_servers(config: &Config, stack: &mut Stack) -> anyhow::Result<()> {
-    let root = workspace_root();
-    let (ports, secrets, logs) = (&stack.ports, &stack.secrets, &config.logs);
-    let redis_origin_url = format!(
-        "redis://origin:{}@127.0.0.1:{}",
-        secrets.redis_origin, ports.redis
-    );
-    for (target, cache) in [(Target::Origin, "on"), (Target::OriginCacheOff, "off")] {
-        let (name, port) = (target.service(), ports.port(target));
-        let mut origin = Command::new(config.bin.join("aside-origin"));
-        origin
-            .arg("serve")
-            .env("ASIDE_DATABASE_URL", &stack.database_url)
-            .env("ASIDE_REDIS_URL", &redis_origin_url)
-            .env("ASIDE_ORIGIN_TOKENS", &secrets.origin_token)
-            .env("ASIDE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("ASIDE_CACHE", cache);
-        stack.services.spawn(name, origin, logs, libc::SIGTERM)?;
+    let ports = &stack.ports;
+    let logs = &config.logs;
+    for target in [Target::Origin, Target::OriginCacheOff] {
+        let port = ports.port(target);
+        let origin = origin_command(config, stack, target, port, (ports.redis, ports.postgres));
+        stack
+            .services
+            .spawn(target.service(), origin, logs, libc::SIGTERM)?;
         stack.services.wait_for_port(port, logs)?;
     }
-    let origin_url = ports.url(Target::Origin);
+    let upstreams = (ports.redis, ports.url(Target::Origin));
     let mut listening = Vec::new();
     for rt in &config.runtimes.list {
         for target in [
@@ -916,45 +919,97 @@ fn start_servers(config: &Config, stack: &mut Stack) -> anyhow::Result<()> {
             Target::EdgeL1Off(*rt),
             Target::Hello(*rt),
         ] {
-            let name = target.service();
-            let manifest = match target {
-                Target::Hello(_) => root.join("bench/hello/spin.toml"),
-                _ => root.join("spin.toml"),
-            };
             let port = ports.port(target);
-            let mut edge = config.runtimes.command(
-                *rt,
-                &config.bin,
-                &manifest,
-                port,
-                &logs.join(format!("{name}-state")),
-            );
-            if !matches!(target, Target::Hello(_)) {
-                edge.env(
-                    "SPIN_VARIABLE_REDIS_ADDRESS",
-                    format!("127.0.0.1:{}", ports.redis),
-                )
-                .env("SPIN_VARIABLE_REDIS_PASSWORD", &secrets.redis_edge)
-                .env("SPIN_VARIABLE_ORIGIN_URL", &origin_url)
-                .env("SPIN_VARIABLE_ORIGIN_TOKEN", &secrets.origin_token)
-                // The scenarios measure the cache without client authentication (the edge's default
-                // is on: see docs/security.md; aside-load --bearer-file sends a client token to
-                // measure it).
-                .env("SPIN_VARIABLE_AUTH", "off")
-                .env("SPIN_VARIABLE_AUTH_JWKS", "unused")
-                .env("SPIN_VARIABLE_AUTH_ISSUER", "unused")
-                .env("SPIN_VARIABLE_AUTH_AUDIENCE", "unused");
-            }
-            if matches!(target, Target::EdgeL1Off(_)) {
-                edge.env("SPIN_VARIABLE_L1_MAX_ENTRIES", "0")
-                    .env("SPIN_VARIABLE_L1_TTL_MS", "0");
-            }
+            let edge = edge_command(config, stack, target, port, &upstreams);
             // SIGTERM to its process group: `spin up` and its trigger (a child process) both stop.
-            stack.services.spawn(name, edge, logs, libc::SIGTERM)?;
-            listening.push((name, port));
+            stack
+                .services
+                .spawn(target.service(), edge, logs, libc::SIGTERM)?;
+            listening.push((target.service(), port));
         }
     }
     wait_for_ports(&mut stack.services, &listening, logs, EDGE_START_TIMEOUT)
+}
+
+/// `aside-origin serve` for `target` (an origin, its cache on or off) on `port`, reaching Redis and
+/// PostgreSQL on the given local ports.
+fn origin_command(
+    config: &Config,
+    stack: &Stack,
+    target: Target,
+    port: u16,
+    (redis, postgres): (u16, u16),
+) -> Command {
+    let secrets = &stack.secrets;
+    let mut origin = Command::new(config.bin.join("aside-origin"));
+    origin
+        .arg("serve")
+        .env("ASIDE_DATABASE_URL", database_url(secrets, postgres))
+        .env(
+            "ASIDE_REDIS_URL",
+            format!("redis://origin:{}@127.0.0.1:{redis}", secrets.redis_origin),
+        )
+        .env("ASIDE_ORIGIN_TOKENS", &secrets.origin_token)
+        .env("ASIDE_LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "ASIDE_CACHE",
+            if target == Target::OriginCacheOff {
+                "off"
+            } else {
+                "on"
+            },
+        );
+    origin
+}
+
+/// The edge runtime serving `target` (an edge or the hello-world component) on `port`; an edge reaches
+/// Redis on the local port `redis` and forwards to `origin_url`.
+fn edge_command(
+    config: &Config,
+    stack: &Stack,
+    target: Target,
+    port: u16,
+    (redis, origin_url): &(u16, String),
+) -> Command {
+    let root = workspace_root();
+    let secrets = &stack.secrets;
+    let rt = target.runtime().expect("an edge or hello-world target");
+    let manifest = match target {
+        Target::Hello(_) => root.join("bench/hello/spin.toml"),
+        _ => root.join("spin.toml"),
+    };
+    let state = config.logs.join(format!("{}-state", target.service()));
+    let mut edge = config
+        .runtimes
+        .command(rt, &config.bin, &manifest, port, &state);
+    if !matches!(target, Target::Hello(_)) {
+        // The address is also the `allowed_outbound_hosts` entry spin.toml templates from it, so a
+        // proxy's port is allowed like Redis's own.
+        edge.env("SPIN_VARIABLE_REDIS_ADDRESS", format!("127.0.0.1:{redis}"))
+            .env("SPIN_VARIABLE_REDIS_PASSWORD", &secrets.redis_edge)
+            .env("SPIN_VARIABLE_ORIGIN_URL", origin_url)
+            .env("SPIN_VARIABLE_ORIGIN_TOKEN", &secrets.origin_token)
+            // The scenarios measure the cache without client authentication (the edge's default
+            // is on: see docs/security.md; aside-load --bearer-file sends a client token to
+            // measure it).
+            .env("SPIN_VARIABLE_AUTH", "off")
+            .env("SPIN_VARIABLE_AUTH_JWKS", "unused")
+            .env("SPIN_VARIABLE_AUTH_ISSUER", "unused")
+            .env("SPIN_VARIABLE_AUTH_AUDIENCE", "unused");
+    }
+    if matches!(target, Target::EdgeL1Off(_)) {
+        edge.env("SPIN_VARIABLE_L1_MAX_ENTRIES", "0")
+            .env("SPIN_VARIABLE_L1_TTL_MS", "0");
+    }
+    edge
+}
+
+/// The PostgreSQL URL of the `aside` user on a local port (PostgreSQL's own, or a proxy's).
+fn database_url(secrets: &Secrets, port: u16) -> String {
+    format!(
+        "postgres://aside:{}@127.0.0.1:{port}/aside",
+        secrets.postgres
+    )
 }
 
 /// Step 4: lets the origin work through the seed's inserts in the change-capture outbox now rather
@@ -970,12 +1025,17 @@ struct Measured {
     redis_hgetall: Option<RoundTrip>,
 }
 
-/// Step 5: every plan in order, each on the cache state it needs.
+/// The URL a scenario's load goes to for a target.
+type Route<'a> = dyn Fn(&Ports, Target) -> String + 'a;
+
+/// Step 5: every plan in order, each on the cache state it needs; `route` gives the URL the load goes to
+/// for a target, `topology` names the topology the plans run in.
 fn run_scenarios(
     config: &Config,
     stack: &mut Stack,
     redis: &mut RedisAdmin,
     plans: &[Plan],
+    (route, topology): (&Route, Option<&str>),
 ) -> anyhow::Result<Measured> {
     let bar = ProgressBar::new(((config.per_run() + 1.0) * plans.len() as f64 * 10.0) as u64);
     bar.set_style(
@@ -1010,7 +1070,10 @@ fn run_scenarios(
             }
             Cache::Full | Cache::Any => {}
         }
-        measured.runs.push(run_scenario(config, stack, plan, &bar)?);
+        let url = route(&stack.ports, plan.target);
+        measured
+            .runs
+            .push(run_scenario(config, stack, plan, (url, topology), &bar)?);
         // Let the servers settle (background work of the previous run: fills, change capture).
         std::thread::sleep(Duration::from_millis(if config.quick { 200 } else { 1000 }));
     }
@@ -1028,19 +1091,23 @@ fn fill_redis(
     bar.set_message("filling Redis with every profile");
     let fill = Instant::now();
     let rows = config.rows;
-    let args = loader_args(&stack.ports, Target::Origin, &stack.token_file)
-        .into_iter()
-        .chain([
-            "--keys".into(),
-            "walk".into(),
-            "--ids".into(),
-            rows.to_string(),
-            "--requests".into(),
-            rows.to_string(),
-            "--concurrency".into(),
-            config.concurrency.to_string(),
-        ])
-        .collect::<Vec<_>>();
+    let args = loader_args(
+        stack.ports.url(Target::Origin),
+        Target::Origin,
+        &stack.token_file,
+    )
+    .into_iter()
+    .chain([
+        "--keys".into(),
+        "walk".into(),
+        "--ids".into(),
+        rows.to_string(),
+        "--requests".into(),
+        rows.to_string(),
+        "--concurrency".into(),
+        config.concurrency.to_string(),
+    ])
+    .collect::<Vec<_>>();
     let result = run_loader(
         &config.bin,
         &args,
@@ -1084,21 +1151,26 @@ fn time_hgetall(redis: &mut RedisAdmin, bar: &ProgressBar) -> anyhow::Result<Rou
     Ok(rt)
 }
 
-/// One scenario with one key choice through `aside-load`, its line printed.
+/// One scenario with one key choice through `aside-load`, its line printed. The requests go to `url`
+/// (the target's own port, or the proxy in front of it), `topology` names the topology it runs in.
 fn run_scenario(
     config: &Config,
     stack: &Stack,
     plan: &Plan,
+    (url, topology): (String, Option<&str>),
     bar: &ProgressBar,
 ) -> anyhow::Result<Run> {
     let label = plan.keys_label();
     let runtime = plan.target.runtime().map(Rt::name);
+    let scenario = match topology {
+        Some(t) => format!("{t}/{}", plan.scenario),
+        None => plan.scenario.to_string(),
+    };
     bar.set_message(format!(
-        "{} / {label}{}",
-        plan.scenario,
+        "{scenario} / {label}{}",
         runtime.map(|r| format!(" / {r}")).unwrap_or_default()
     ));
-    let mut args = loader_args(&stack.ports, plan.target, &stack.token_file);
+    let mut args = loader_args(url, plan.target, &stack.token_file);
     args.extend(
         [
             "--keys",
@@ -1123,7 +1195,7 @@ fn run_scenario(
     }
     let log = config.logs.join(format!(
         "load-{}-{label}{}.log",
-        plan.scenario,
+        scenario.replace('/', "-"),
         runtime.map(|r| format!("-{r}")).unwrap_or_default()
     ));
     let result = run_loader(&config.bin, &args, &log, Some(config.per_run()), bar)?;
@@ -1131,7 +1203,7 @@ fn run_scenario(
     bar.suspend(|| {
         eprintln!(
             "{:<14} {:<12} {:<5} {:>9.0} req/s  p50 {:>6} ms  p99 {:>6} ms  errors {:<4} {}{}",
-            plan.scenario,
+            scenario,
             label,
             runtime.unwrap_or("-"),
             result.rps,
@@ -1168,18 +1240,7 @@ fn collect(
         schema: SCHEMA,
         started_at_unix,
         machine: Machine::detect(),
-        settings: Settings {
-            mode: if config.quick { "quick" } else { "full" }.into(),
-            build: config.build.clone(),
-            rows: config.rows,
-            concurrency: config.concurrency,
-            warmup_s: config.warmup,
-            duration_s: config.duration,
-            zipf_s: config.zipf_s,
-            hot_set: config.hot_set,
-            edge_instance_reuse: "Spin's defaults: 128 requests per instance, 16 at once, 1 s idle"
-                .into(),
-        },
+        settings: collect_settings(config),
         setup_s,
         total_s: started.elapsed().as_secs_f64(),
         edge_runtime: config.runtimes.report(),
@@ -1189,6 +1250,22 @@ fn collect(
     };
     report.finish();
     report
+}
+
+/// The settings of the run, as the report gives them.
+fn collect_settings(config: &Config) -> Settings {
+    Settings {
+        mode: if config.quick { "quick" } else { "full" }.into(),
+        build: config.build.clone(),
+        rows: config.rows,
+        concurrency: config.concurrency,
+        warmup_s: config.warmup,
+        duration_s: config.duration,
+        zipf_s: config.zipf_s,
+        hot_set: config.hot_set,
+        edge_instance_reuse: "Spin's defaults: 128 requests per instance, 16 at once, 1 s idle"
+            .into(),
+    }
 }
 
 /// Step 7: `report.json`, `report.md` and the charts written, the tables printed, and the check: of
@@ -1220,18 +1297,313 @@ fn write_report(config: &Config, report: &Report) -> anyhow::Result<()> {
                     .map(|w| format!("{} / {}: {w}", r.scenario, r.keys))
             })
             .collect();
-        anyhow::ensure!(
-            failed.is_empty(),
-            "runs that did not measure what they claim:\n  {}",
-            failed.join("\n  ")
-        );
-        Ok(())
+        all_measured(failed)
     }
 }
 
+/// A latency proxy of `--topology`: its service name, the hop whose delay it adds, its own port
+/// (an index into [`Ports::proxies`]) and where it relays.
+struct Proxy {
+    name: &'static str,
+    hop: Hop,
+    port: u16,
+    upstream: u16,
+}
+
+/// The proxies of a topology, by the step they start in: each step's upstreams are up before it.
+struct Proxies {
+    /// In front of Redis and PostgreSQL, for both origins.
+    origin_side: [Proxy; 2],
+    /// In front of Redis and the origin, for the edge; and the origin with its cache off as seen from
+    /// the edge's place.
+    edge_side: [Proxy; 3],
+    /// In front of the edge, and of the previous proxy: the client's way to each.
+    client_side: [Proxy; 2],
+}
+
+/// How many proxy ports a topology run needs.
+const PROXY_COUNT: usize = 7;
+
+impl Proxies {
+    fn new(ports: &Ports, rt: Rt) -> Self {
+        let p = &ports.proxies;
+        let proxy = |name, hop, i: usize, upstream| Proxy {
+            name,
+            hop,
+            port: p[i],
+            upstream,
+        };
+        Proxies {
+            origin_side: [
+                proxy("delay-origin-redis", Hop::OriginRedis, 0, ports.redis),
+                proxy(
+                    "delay-origin-postgres",
+                    Hop::OriginPostgres,
+                    1,
+                    ports.postgres,
+                ),
+            ],
+            edge_side: [
+                proxy("delay-edge-redis", Hop::EdgeRedis, 2, ports.redis),
+                proxy(
+                    "delay-edge-origin",
+                    Hop::EdgeOrigin,
+                    3,
+                    ports.port(Target::Origin),
+                ),
+                proxy(
+                    "delay-no-cache-edge-origin",
+                    Hop::EdgeOrigin,
+                    4,
+                    ports.port(Target::OriginCacheOff),
+                ),
+            ],
+            client_side: [
+                proxy(
+                    "delay-client-edge",
+                    Hop::ClientEdge,
+                    5,
+                    ports.port(Target::Edge(rt)),
+                ),
+                proxy("delay-no-cache-client-edge", Hop::ClientEdge, 6, p[4]),
+            ],
+        }
+    }
+
+    /// Where a client's requests for `target` go in the topology: through the client-side proxies.
+    fn route(&self, target: Target) -> String {
+        let [edge, no_cache] = &self.client_side;
+        let port = match target {
+            Target::OriginCacheOff => no_cache.port,
+            _ => edge.port,
+        };
+        format!("http://127.0.0.1:{port}")
+    }
+}
+
+/// The runs of one topology: misses through the origin (a walk on an emptied Redis), then the edge
+/// with every profile in Redis, then the same reads with no cache.
+fn topology_plans(rt: Rt) -> Vec<Plan> {
+    use KeyDist::{Uniform, Walk, Zipf};
+    const EDGE_MISS: &str = "a walk of fresh ids through the edge on an emptied Redis: every read \
+        crosses client→edge, edge→Redis (a miss) and edge→origin, where the origin asks Redis and \
+        PostgreSQL.";
+    const EDGE: &str = "reads through the edge with Spin's defaults, every profile in Redis: tier 1 \
+        answers what it holds, Redis (across edge→Redis) the rest.";
+    const NO_CACHE: &str = "the same reads with no cache at all: the client calls an origin started \
+        with ASIDE_CACHE=off across client→edge and edge→origin; every read is a PostgreSQL query.";
+    let p = |scenario, keys, target, cache, description, expect| Plan {
+        scenario,
+        keys,
+        hot: false,
+        target,
+        cache,
+        write_percent: 0.0,
+        description,
+        expect,
+    };
+    let edge = Target::Edge(rt);
+    let (hits, misses) = (&["L1", "L2"][..], &["MISS"][..]);
+    vec![
+        p(
+            topology::EDGE_MISS,
+            Walk,
+            edge,
+            Cache::Empty,
+            EDGE_MISS,
+            (misses, 0.9),
+        ),
+        p(topology::EDGE, Zipf, edge, Cache::Full, EDGE, (hits, 0.9)),
+        p(
+            topology::EDGE,
+            Uniform,
+            edge,
+            Cache::Full,
+            EDGE,
+            (hits, 0.9),
+        ),
+        p(
+            topology::NO_CACHE,
+            Zipf,
+            Target::OriginCacheOff,
+            Cache::Any,
+            NO_CACHE,
+            (misses, 0.9),
+        ),
+        p(
+            topology::NO_CACHE,
+            Uniform,
+            Target::OriginCacheOff,
+            Cache::Any,
+            NO_CACHE,
+            (misses, 0.9),
+        ),
+    ]
+}
+
+/// `--topology`: after Redis and PostgreSQL are up and seeded, per topology its proxies, the two
+/// origins and the edge behind them, its runs, then all of them stopped; the report of every topology.
+fn run_topologies(
+    config: &Config,
+    topologies: &Topologies,
+    started: Instant,
+    started_at_unix: u64,
+) -> anyhow::Result<()> {
+    let delay = config.bin.join("aside-delay");
+    anyhow::ensure!(
+        delay.exists(),
+        "{} is missing; run the benchmark through `cargo xtask bench`, which builds it",
+        delay.display()
+    );
+    let [rt] = config.runtimes.list[..] else {
+        bail!("--topology runs the edge under one runtime: choose --edge-runtime spin or host");
+    };
+    ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst))
+        .context("install the Ctrl-C handler")?;
+    let runs = topologies.0.len() * topology_plans(rt).len();
+    let mut stack = start_stack(config, runs, PROXY_COUNT)?;
+    seed(config, &stack)?;
+    let proxies = Proxies::new(&stack.ports, rt);
+    let mut redis = None;
+    let mut results = Vec::new();
+    for topology in &topologies.0 {
+        eprintln!(
+            "aside-bench: topology {}: {}",
+            topology.name, topology.models
+        );
+        let started = start_topology(config, &mut stack, topology, &proxies, rt)?;
+        let redis = match &mut redis {
+            Some(redis) => redis,
+            None => redis.insert(warm(&stack)?),
+        };
+        let route = |_: &Ports, target| proxies.route(target);
+        let measured = run_scenarios(
+            config,
+            &mut stack,
+            redis,
+            &topology_plans(rt),
+            (&route, Some(topology.name)),
+        )?;
+        for name in started.iter().rev() {
+            stack.services.stop(name);
+        }
+        results.push(TopologyRuns::new(topology, measured.runs));
+    }
+    drop(redis);
+    drop(stack);
+
+    let report = TopologyReport {
+        started_at_unix,
+        machine: Machine::detect(),
+        settings: collect_settings(config),
+        edge_runtime: config.runtimes.report(),
+        total_s: started.elapsed().as_secs_f64(),
+        topologies: results,
+    };
+    let out = &config.out;
+    std::fs::write(
+        out.join("report-topology.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    std::fs::write(out.join("report-topology.md"), report.markdown())?;
+    aside_bench::charts::write_topology(out, &report.topologies)?;
+    println!("{}", report.markdown_table());
+    println!(
+        "report: {}  (and report-topology.json, topology.svg/png); {:.0} s in all",
+        out.join("report-topology.md").display(),
+        report.total_s
+    );
+    let failed: Vec<String> = report
+        .topologies
+        .iter()
+        .flat_map(|t| {
+            t.runs.iter().filter_map(move |r| {
+                r.check_failed
+                    .as_ref()
+                    .map(|w| format!("{} / {}: {w}", t.name, r.label()))
+            })
+        })
+        .collect();
+    all_measured(failed)
+}
+
+/// An error listing the runs that did not measure what they claim, if any.
+fn all_measured(failed: Vec<String>) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        failed.is_empty(),
+        "runs that did not measure what they claim:\n  {}",
+        failed.join("\n  ")
+    );
+    Ok(())
+}
+
+/// Starts a topology's proxies, origins and edge, each step once its upstreams listen; returns the
+/// services' names, in start order.
+fn start_topology(
+    config: &Config,
+    stack: &mut Stack,
+    topology: &Topology,
+    proxies: &Proxies,
+    rt: Rt,
+) -> anyhow::Result<Vec<&'static str>> {
+    let logs = &config.logs;
+    let mut started = Vec::new();
+    let mut start_proxies = |stack: &mut Stack, list: &[Proxy]| -> anyhow::Result<()> {
+        for proxy in list {
+            let mut command = Command::new(config.bin.join("aside-delay"));
+            command
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{}", proxy.port))
+                .arg("--upstream")
+                .arg(format!("127.0.0.1:{}", proxy.upstream))
+                .arg("--delay-ms")
+                .arg(topology.delay_ms(proxy.hop).to_string());
+            stack
+                .services
+                .spawn(proxy.name, command, logs, libc::SIGTERM)?;
+            stack.services.wait_for_port(proxy.port, logs)?;
+            started.push(proxy.name);
+        }
+        Ok(())
+    };
+    start_proxies(stack, &proxies.origin_side)?;
+    let [redis, postgres] = &proxies.origin_side;
+    for target in [Target::Origin, Target::OriginCacheOff] {
+        let port = stack.ports.port(target);
+        let origin = origin_command(config, stack, target, port, (redis.port, postgres.port));
+        stack
+            .services
+            .spawn(target.service(), origin, logs, libc::SIGTERM)?;
+        stack.services.wait_for_port(port, logs)?;
+    }
+    start_proxies(stack, &proxies.edge_side)?;
+    let [redis, origin, _] = &proxies.edge_side;
+    let target = Target::Edge(rt);
+    let port = stack.ports.port(target);
+    let upstreams = (redis.port, format!("http://127.0.0.1:{}", origin.port));
+    let edge = edge_command(config, stack, target, port, &upstreams);
+    stack
+        .services
+        .spawn(target.service(), edge, logs, libc::SIGTERM)?;
+    wait_for_ports(
+        &mut stack.services,
+        &[(target.service(), port)],
+        logs,
+        EDGE_START_TIMEOUT,
+    )?;
+    start_proxies(stack, &proxies.client_side)?;
+    let mut names = vec![
+        Target::Origin.service(),
+        Target::OriginCacheOff.service(),
+        target.service(),
+    ];
+    names.extend(started);
+    Ok(names)
+}
+
 /// The target and credentials part of an `aside-load` command line.
-fn loader_args(ports: &Ports, target: Target, token_file: &Path) -> Vec<String> {
-    let mut args = vec!["--url".to_string(), ports.url(target)];
+fn loader_args(url: String, target: Target, token_file: &Path) -> Vec<String> {
+    let mut args = vec!["--url".to_string(), url];
     if matches!(target, Target::Origin | Target::OriginCacheOff) {
         args.extend([
             "--bearer-file".to_string(),
@@ -1496,7 +1868,7 @@ mod tests {
         let hello = host.iter().find(|p| p.scenario == report::HELLO).unwrap();
         assert_eq!((hello.cache, hello.expect.0), (Cache::Any, &["none"][..]));
         // Every target has its own port and service name.
-        let ports = Ports::pick(&[Rt::Spin, Rt::Host]).unwrap();
+        let ports = Ports::pick(&[Rt::Spin, Rt::Host], 0).unwrap();
         let mut seen: Vec<u16> = ports.targets.iter().map(|(_, p)| *p).collect();
         seen.extend([ports.redis, ports.postgres]);
         seen.sort_unstable();
