@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use crate::l1::Nanos;
+use crate::clock::Nanos;
 
 /// What a request may do with the backend right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

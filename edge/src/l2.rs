@@ -43,6 +43,17 @@ impl<T> Read<T> {
     pub fn visited(&self) -> bool {
         !matches!(self, Read::Skipped)
     }
+
+    /// The same outcome with the hit's value mapped by `f`.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Read<U> {
+        match self {
+            Read::Hit(value) => Read::Hit(f(value)),
+            Read::Miss => Read::Miss,
+            Read::Absent => Read::Absent,
+            Read::Skipped => Read::Skipped,
+            Read::Failed => Read::Failed,
+        }
+    }
 }
 
 /// The instance's Redis client state.
