@@ -309,7 +309,9 @@ struct Refreshing<'a> {
 
 impl<'a> Refreshing<'a> {
     fn start(ids: &'a RefCell<HashSet<UserId>>, id: UserId) -> Option<Self> {
-        ids.borrow_mut().insert(id).then_some(Self { ids, id })
+        // `then`, not `then_some`: a refused guard must never exist (its drop would remove the id
+        // another request is refreshing, while the set is still borrowed here).
+        ids.borrow_mut().insert(id).then(|| Self { ids, id })
     }
 }
 
@@ -371,4 +373,20 @@ fn reply(
         }
     };
     reply.timing(timing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_refresh_of_an_id_is_refused_and_leaves_the_first_in_place() {
+        let ids = RefCell::new(HashSet::new());
+        let id = UserId::parse("7").unwrap();
+        let first = Refreshing::start(&ids, id).expect("the first refresh starts");
+        assert!(Refreshing::start(&ids, id).is_none());
+        assert!(ids.borrow().contains(&id), "still refreshing");
+        drop(first);
+        assert!(ids.borrow().is_empty());
+    }
 }
