@@ -209,7 +209,6 @@ impl Up {
             .stderr(log);
         let child = spawn_managed(shell, StopSignal::TermGroup).expect("start the server");
         let mut served = Served {
-            group: child.id() as i32,
             child,
             output,
             line: command.line,
@@ -364,8 +363,8 @@ fn every_example_in_the_readme_does_what_the_readme_says() {
 
 /// A server a README command started; it gets Ctrl-C at the end of its block.
 struct Served {
+    /// The shell, leader of the server's process group.
     child: ManagedChild,
-    group: i32,
     output: PathBuf,
     line: usize,
 }
@@ -377,9 +376,10 @@ impl Served {
 
     /// Ctrl-C to its process group, as a terminal sends it; it must stop within 30 s, whole.
     fn interrupt(mut self) {
+        let group = self.child.id() as i32;
         self.child.signal_group(libc::SIGINT);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.child.has_exited() || group_alive(self.group) {
+        while !self.child.has_exited() || group_alive(group) {
             assert!(
                 Instant::now() < deadline,
                 "README.md line {}: the server did not stop within 30 s of Ctrl-C:\n{}",
