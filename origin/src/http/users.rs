@@ -336,22 +336,7 @@ pub(crate) fn cache_control(
     now_ms: i64,
     ttls: &Ttls,
 ) -> CacheControl {
-    match freshness {
-        None => CacheControl {
-            max_age_secs: ttls.profile.as_secs(),
-            stale_if_error_secs: ttls.stale.as_secs(),
-        },
-        Some(f) => {
-            let stale_ms = i64::try_from(ttls.stale.as_millis()).unwrap_or(i64::MAX);
-            let hard = f.fresh_until_ms.saturating_add(stale_ms);
-            let fresh_left = f.fresh_until_ms.saturating_sub(now_ms).max(0);
-            let stale_left = hard.saturating_sub(now_ms.max(f.fresh_until_ms)).max(0);
-            CacheControl {
-                max_age_secs: (fresh_left / 1000) as u64,
-                stale_if_error_secs: (stale_left / 1000) as u64,
-            }
-        }
-    }
+    CacheControl::for_copy(freshness, now_ms, ttls.profile, ttls.stale)
 }
 
 fn with_cache_control(mut response: Response, control: CacheControl) -> Response {
