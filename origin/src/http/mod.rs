@@ -32,8 +32,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::cache::ProfileCache;
-use crate::config::Secret;
 use crate::db::guard::DbGuard;
+use crate::secret::Secret;
 use crate::singleflight::SingleFlight;
 
 /// Result of one coalesced PostgreSQL load, shared between the requests that waited for it.

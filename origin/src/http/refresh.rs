@@ -147,7 +147,7 @@ async fn lease_or_wait(state: &AppState, id: UserId, seen: Seen) -> Leased {
                 // request of this origin that missed just before a load finished arrives here after
                 // it): look once more, so a burst of misses costs one query however it interleaves.
                 if let Lookup::Hit(entry) = state.cache.get(id).await
-                    && supersedes(&entry, seen, crate::db::now_ms())
+                    && supersedes(&entry, seen, crate::clock::now_ms())
                 {
                     crate::metrics::lease("found");
                     if let Err(e) = state.cache.release(&lease).await {
@@ -172,7 +172,7 @@ async fn lease_or_wait(state: &AppState, id: UserId, seen: Seen) -> Leased {
         }
         tokio::time::sleep(settings.lease_poll.min(deadline - now)).await;
         match state.cache.get(id).await {
-            Lookup::Hit(entry) if supersedes(&entry, seen, crate::db::now_ms()) => {
+            Lookup::Hit(entry) if supersedes(&entry, seen, crate::clock::now_ms()) => {
                 crate::metrics::lease("waited");
                 return Leased::Found(entry);
             }
@@ -202,7 +202,7 @@ async fn query_and_fill(state: &AppState, id: UserId) -> LoadResult {
     let row = row.map(|profile| state.cache.stamp(profile, started.elapsed()));
     let entry = match &row {
         Some(cached) => CacheEntry::Present(cached.clone()),
-        None => CacheEntry::missing(crate::db::now_ms()),
+        None => CacheEntry::missing(crate::clock::now_ms()),
     };
     let stored = state.cache.store_if_newer(id, &entry).await;
     crate::metrics::cache_fill(super::users::store_outcome(&stored));

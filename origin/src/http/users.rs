@@ -141,7 +141,7 @@ pub async fn get_user(
         }),
     };
     timing.add("redis", ms_since(started));
-    let now = crate::db::now_ms();
+    let now = crate::clock::now_ms();
     let (reason, copy) = match cached {
         Lookup::Hit(Found::Absent) => {
             crate::metrics::cache_result("hit");
@@ -272,7 +272,7 @@ async fn coalesced_load(
 fn cached_fallback(state: &AppState, copy: ProfileCopy, timing: &ServerTiming) -> Response {
     let fresh = copy
         .freshness
-        .is_none_or(|f| f.is_fresh(crate::db::now_ms()));
+        .is_none_or(|f| f.is_fresh(crate::clock::now_ms()));
     if fresh {
         crate::metrics::cache_result("hit");
         profile_response(state, copy, CacheStatus::Hit, timing)
@@ -318,7 +318,7 @@ fn profile_response(
     source: CacheStatus,
     timing: &ServerTiming,
 ) -> Response {
-    let control = cache_control(copy.freshness, crate::db::now_ms(), state.cache.ttls());
+    let control = cache_control(copy.freshness, crate::clock::now_ms(), state.cache.ttls());
     with_cache_control(
         with_etag(
             json_response(StatusCode::OK, copy.body, source, timing),
@@ -554,7 +554,7 @@ pub async fn delete_user(
     write_through(
         &state,
         id,
-        CacheEntry::deleted(version, crate::db::now_ms()),
+        CacheEntry::deleted(version, crate::clock::now_ms()),
     )
     .await;
     let mut response = StatusCode::NO_CONTENT.into_response();
