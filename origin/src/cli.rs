@@ -295,7 +295,7 @@ mod tests {
     #[test]
     fn parsed_arguments_print_no_secret() {
         use clap::Parser as _;
-        let cli = crate::cli::Cli::parse_from([
+        let cli = Cli::parse_from([
             "aside-origin",
             "serve",
             "--database-url",
@@ -314,7 +314,7 @@ mod tests {
         ] {
             assert!(!printed.contains(secret), "{secret} in {printed}");
         }
-        let crate::cli::Command::Serve(args) = cli.command else {
+        let Command::Serve(args) = cli.command else {
             panic!("serve")
         };
         assert_eq!(args.tokens().unwrap().len(), 2);

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 
+use crate::cache::read_through::ReadPath;
 use crate::cache::settings::RedisArgs;
 use crate::changes::settings::ChangeCaptureArgs;
 use crate::db::settings::DatabaseArgs;
@@ -267,7 +268,7 @@ pub struct ResilienceArgs {
 
 impl ServeArgs {
     /// The read path's resilience settings, checked against each other and the timeouts.
-    pub fn read_path(&self) -> anyhow::Result<crate::http::ReadPath> {
+    pub fn read_path(&self) -> anyhow::Result<ReadPath> {
         let r = &self.resilience;
         anyhow::ensure!(
             r.xfetch_beta.is_finite() && r.xfetch_beta >= 0.0,
@@ -301,7 +302,7 @@ impl ServeArgs {
             self.redis.redis_command_timeout_ms,
             self.request_timeout_ms
         );
-        Ok(crate::http::ReadPath {
+        Ok(ReadPath {
             xfetch_beta: r.xfetch_beta,
             refresh_wait: Duration::from_millis(r.refresh_wait_ms),
             lease_ttl: Duration::from_millis(r.lease_ttl_ms),

@@ -17,6 +17,7 @@ pub mod connect;
 pub mod fill;
 pub mod lease;
 pub mod read;
+pub mod read_through;
 pub mod replication;
 pub mod settings;
 pub mod stats;
