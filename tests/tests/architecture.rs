@@ -22,12 +22,6 @@ use syn::visit::Visit;
 /// Circles that exist today and are being removed on other branches: `(crate root, parent module
 /// (`""`: the crate root), the modules of the circle in alphabetical order)`. Empty this as they go.
 const KNOWN_CIRCLES: &[(&str, &str, &[&str])] = &[
-    (
-        "origin/src/lib.rs",
-        "",
-        &["breaker", "cache", "config", "db", "http", "metrics"],
-    ),
-    ("origin/src/lib.rs", "http", &["refresh", "users"]),
     ("tests/src/lib.rs", "host", &["spin", "state"]),
     ("xtask/src/main.rs", "", &["bench", "test"]),
 ];
