@@ -6,7 +6,7 @@
 //! * [`report`]: the whole run's results, `report.json` / `report.md`, the terminal table, and the check
 //!   the test suite runs on a quick report.
 //! * [`charts`]: latency distribution and throughput charts, SVG and PNG.
-//! * [`redis_admin`]: the few admin commands the bench sends to Redis (flush, key count).
+//! * [`redis_admin`]: the few admin commands the bench sends to Redis (flush, key count, a timed `HGETALL`).
 
 pub mod charts;
 pub mod keys;
