@@ -8,7 +8,7 @@
 //! * [`delay`]: the latency proxy `aside-delay` that `--topology` puts on each hop.
 //! * [`topology`]: the `--topology` presets (the one-way delay of each hop) and their report.
 //! * [`charts`]: latency distribution and throughput charts, SVG and PNG.
-//! * [`redis_admin`]: the few admin commands the bench sends to Redis (flush, key count).
+//! * [`redis_admin`]: the few admin commands the bench sends to Redis (flush, key count, a timed `HGETALL`).
 
 pub mod charts;
 pub mod delay;

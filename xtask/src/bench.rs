@@ -15,7 +15,7 @@ use std::process::Command;
 
 use clap::Args;
 
-use crate::{cargo, run_cmd, workspace_root};
+use crate::cmd::{build_components, build_test_origin, cargo, run_cmd, workspace_root};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -94,25 +94,10 @@ fn bench_command(bin: &std::path::Path, quick: bool, edge_runtime: Option<&str>)
 /// origin, the host and the benchmark's own binaries; returns the folder they are in.
 fn build(quick: bool) -> anyhow::Result<PathBuf> {
     let root = workspace_root();
-    run_cmd(cargo().args([
-        "build",
-        "-p",
-        "aside-edge",
-        "-p",
-        "aside-hello",
-        "--target",
-        xtask::prereq::WASM_TARGET,
-        "--release",
-    ]))?;
+    build_components(&["aside-edge", "aside-hello"])?;
     if quick {
         // The same commands as `cargo xtask test`, so after a test run nothing is rebuilt.
-        run_cmd(cargo().args([
-            "build",
-            "-p",
-            "aside-origin",
-            "--features",
-            crate::test::TEST_FEATURES,
-        ]))?;
+        build_test_origin()?;
         if !root.join("target/debug/aside-host").exists() {
             run_cmd(cargo().args(["build", "-p", "aside-tests", "--bin", "aside-host"]))?;
         }
