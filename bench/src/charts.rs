@@ -1,5 +1,6 @@
 //! The report's charts, each as SVG and PNG: the latency distribution of every run (latency against
-//! percentile, "nines" on the x axis, as HDR histogram plots show it) and the throughput of every run.
+//! percentile, "nines" on the x axis, as HDR histogram plots show it), the throughput of every run, and
+//! with `--topology` the p50 and p99 of each tier in each topology.
 //!
 //! PNG text is drawn with DejaVu Sans compiled into the binary (plotters' `ab_glyph` font backend), so
 //! charts render the same on a machine without fonts or fontconfig.
@@ -12,32 +13,62 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::report::{Run, SCENARIOS};
+use crate::topology::{TIERS, TierLatency, TopologyRuns};
 
 const SIZE: (u32, u32) = (1100, 650);
 
 /// Writes `latency.{svg,png}` and `throughput.{svg,png}` into `dir`; returns their paths.
 pub fn write_all(dir: &Path, runs: &[Run]) -> anyhow::Result<Vec<PathBuf>> {
-    register_font();
     let mut written = Vec::new();
     for name in ["latency", "throughput"] {
-        let svg = dir.join(format!("{name}.svg"));
-        {
-            let root = SVGBackend::new(&svg, SIZE).into_drawing_area();
-            draw(name, &root, runs)?;
-            root.present()
-                .map_err(|e| anyhow::anyhow!("{name}.svg: {e}"))?;
-        }
-        written.push(svg);
-        let png = dir.join(format!("{name}.png"));
-        {
-            let root = BitMapBackend::new(&png, SIZE).into_drawing_area();
-            draw(name, &root, runs)?;
-            root.present()
-                .map_err(|e| anyhow::anyhow!("{name}.png: {e}"))?;
-        }
-        written.push(png);
+        written.extend(write_svg_png(
+            dir,
+            name,
+            SIZE,
+            |root| draw(name, root, runs),
+            |root| draw(name, root, runs),
+        )?);
     }
     Ok(written)
+}
+
+/// Writes `topology.{svg,png}` (p50 and p99 of each tier, Zipf keys, per topology) into `dir`.
+pub fn write_topology(dir: &Path, topologies: &[TopologyRuns]) -> anyhow::Result<Vec<PathBuf>> {
+    let rows = topology_rows(topologies);
+    let size = (SIZE.0, (120 + 34 * rows.len() as u32).max(300));
+    write_svg_png(
+        dir,
+        "topology",
+        size,
+        |root| topology(root, &rows),
+        |root| topology(root, &rows),
+    )
+}
+
+/// `<dir>/<name>.svg` and `.png`, each drawn by its function (one per backend type).
+fn write_svg_png(
+    dir: &Path,
+    name: &str,
+    size: (u32, u32),
+    svg_draw: impl Fn(&DrawingArea<SVGBackend, Shift>) -> anyhow::Result<()>,
+    png_draw: impl Fn(&DrawingArea<BitMapBackend, Shift>) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<PathBuf>> {
+    register_font();
+    let svg = dir.join(format!("{name}.svg"));
+    {
+        let root = SVGBackend::new(&svg, size).into_drawing_area();
+        svg_draw(&root)?;
+        root.present()
+            .map_err(|e| anyhow::anyhow!("{name}.svg: {e}"))?;
+    }
+    let png = dir.join(format!("{name}.png"));
+    {
+        let root = BitMapBackend::new(&png, size).into_drawing_area();
+        png_draw(&root)?;
+        root.present()
+            .map_err(|e| anyhow::anyhow!("{name}.png: {e}"))?;
+    }
+    Ok(vec![svg, png])
 }
 
 fn draw<DB: DrawingBackend>(
@@ -66,19 +97,21 @@ fn register_font() {
     });
 }
 
+/// The charts' colours (matplotlib's "tab10").
+const COLOURS: [RGBColor; 8] = [
+    RGBColor(127, 127, 127),
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+];
+
 /// One colour per scenario, the same in every chart; runs under the bundled host in a lighter shade of
 /// it than runs under Spin (or the origin).
 fn colour(run: &Run) -> RGBColor {
-    const COLOURS: [RGBColor; 8] = [
-        RGBColor(127, 127, 127),
-        RGBColor(31, 119, 180),
-        RGBColor(255, 127, 14),
-        RGBColor(44, 160, 44),
-        RGBColor(214, 39, 40),
-        RGBColor(148, 103, 189),
-        RGBColor(140, 86, 75),
-        RGBColor(227, 119, 194),
-    ];
     let i = SCENARIOS
         .iter()
         .position(|s| *s == run.scenario)
@@ -199,12 +232,7 @@ where
         .configure_mesh()
         .disable_y_mesh()
         .y_labels(n)
-        .y_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
-                labels.get(*i).cloned().unwrap_or_default()
-            }
-            SegmentValue::Last => String::new(),
-        })
+        .y_label_formatter(&|v| segment_label(&labels, v))
         .x_label_formatter(&|x| format!("{x:.0}"))
         .x_desc("requests/s")
         .label_style(("sans-serif", 14))
@@ -228,6 +256,114 @@ where
             Text::new(
                 format!("  {:.0}", run.result.rps),
                 (run.result.rps, SegmentValue::CenterOf(slot(i))),
+                TextStyle::from(("sans-serif", 14).into_font())
+                    .pos(Pos::new(HPos::Left, VPos::Center)),
+            )
+        }))
+        .map_err(err)?;
+    Ok(())
+}
+
+/// The label of a horizontal bar chart's row.
+fn segment_label(labels: &[String], v: &SegmentValue<usize>) -> String {
+    match v {
+        SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
+            labels.get(*i).cloned().unwrap_or_default()
+        }
+        SegmentValue::Last => String::new(),
+    }
+}
+
+/// One bar of the topology chart: `topology / tier`, its tier's index, and its latency.
+type TopologyRow = (String, usize, TierLatency);
+
+/// The measured tiers of every topology (Zipf keys), top to bottom.
+fn topology_rows(topologies: &[TopologyRuns]) -> Vec<TopologyRow> {
+    topologies
+        .iter()
+        .flat_map(|t| {
+            t.tiers("zipf")
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, l)| l.map(|l| (format!("{} / {}", t.name, TIERS[i]), i, l)))
+        })
+        .collect()
+}
+
+/// Horizontal bars on a log scale: p99 light, p50 solid over it, one colour per tier.
+fn topology<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    rows: &[TopologyRow],
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    // L1 green, L2 blue, miss orange, all reads purple, no cache red.
+    const TIER_COLOURS: [usize; 5] = [3, 1, 2, 5, 4];
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("topology chart: {e}");
+    root.fill(&WHITE).map_err(err)?;
+    let n = rows.len().max(1);
+    let ms = |us: u64| (us as f64 / 1000.0).max(0.01);
+    let hi = rows.iter().map(|r| ms(r.2.p99_us)).fold(1.0f64, f64::max) * 3.0;
+    let lo = rows.iter().map(|r| ms(r.2.p50_us)).fold(hi, f64::min) * 0.5;
+    let slot = |i: usize| n - 1 - i;
+    let labels: Vec<String> = rows.iter().rev().map(|r| r.0.clone()).collect();
+    let mut chart = ChartBuilder::on(root)
+        .caption(
+            "p50 (solid) and p99 (light) per tier and topology, Zipf keys (ms, log scale)",
+            ("sans-serif", 22),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(260)
+        .build_cartesian_2d((lo..hi).log_scale(), (0..n).into_segmented())
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(n)
+        .y_label_formatter(&|v| segment_label(&labels, v))
+        .x_label_formatter(&|x| crate::report::ms((*x * 1000.0) as u64))
+        .x_desc("latency (ms)")
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(err)?;
+    for (light, value) in [
+        (
+            true,
+            (|l: &TierLatency| l.p99_us) as fn(&TierLatency) -> u64,
+        ),
+        (false, |l: &TierLatency| l.p50_us),
+    ] {
+        chart
+            .draw_series(rows.iter().enumerate().map(|(i, (_, tier, l))| {
+                let colour = COLOURS[TIER_COLOURS[*tier % TIER_COLOURS.len()]];
+                let style = if light {
+                    colour.mix(0.35).filled()
+                } else {
+                    colour.filled()
+                };
+                let mut bar = Rectangle::new(
+                    [
+                        (lo, SegmentValue::Exact(slot(i))),
+                        (ms(value(l)), SegmentValue::Exact(slot(i) + 1)),
+                    ],
+                    style,
+                );
+                bar.set_margin(4, 4, 0, 0);
+                bar
+            }))
+            .map_err(err)?;
+    }
+    chart
+        .draw_series(rows.iter().enumerate().map(|(i, (_, _, l))| {
+            Text::new(
+                format!(
+                    "  {} / {}",
+                    crate::report::ms(l.p50_us),
+                    crate::report::ms(l.p99_us)
+                ),
+                (ms(l.p99_us), SegmentValue::CenterOf(slot(i))),
                 TextStyle::from(("sans-serif", 14).into_font())
                     .pos(Pos::new(HPos::Left, VPos::Center)),
             )

@@ -44,6 +44,9 @@ pub struct LoadResult {
     pub error_kinds: BTreeMap<String, u64>,
     /// `x-cache` values of successful reads (`L1`, `L2`, `MISS`, `HIT`, `STALE`, `none` when absent).
     pub x_cache: BTreeMap<String, u64>,
+    /// Latency of the successful reads of each `x-cache` value: what one tier costs.
+    #[serde(default)]
+    pub tier_latency_us: BTreeMap<String, Latency>,
     /// `(quantile, latency in µs)` at each of [`SPECTRUM`].
     pub spectrum: Vec<(f64, u64)>,
     /// Requests per second in each whole second of the measured window.

@@ -20,7 +20,8 @@ use anyhow::{Context as _, bail};
 use aside_bench::keys::KeyDist;
 use aside_bench::load::LoadResult;
 use aside_bench::redis_admin::RedisAdmin;
-use aside_bench::report::{self, EdgeRuntimes, Machine, Report, Run, SCHEMA, Settings};
+use aside_bench::report::{self, EdgeRuntimes, Machine, Report, RoundTrip, Run, SCHEMA, Settings};
+use aside_bench::topology::{self, Hop, Topologies, Topology, TopologyReport, TopologyRuns};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use xtask::spin::{NotFound, SpinCli};
@@ -97,6 +98,11 @@ struct RunArgs {
     /// host]. Every edge scenario runs under each.
     #[arg(long, value_enum)]
     edge_runtime: Option<RuntimeArg>,
+    /// Instead of the scenarios: put a latency proxy (aside-delay) on every hop and measure each tier
+    /// against the same reads with no cache, in these topologies: `loopback`, `same-dc`, `edge`,
+    /// `far-redis` (comma-separated), or `all`. Writes report-topology.{json,md} and topology.svg/png.
+    #[arg(long, value_parser = aside_bench::topology::parse, conflicts_with = "only")]
+    topology: Option<Topologies>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -538,10 +544,12 @@ struct Ports {
     postgres: u16,
     /// The origins, and the edges and hello-world of every runtime.
     targets: Vec<(Target, u16)>,
+    /// For `--topology`: the latency proxies' ports.
+    proxies: Vec<u16>,
 }
 
 impl Ports {
-    fn pick(runtimes: &[Rt]) -> anyhow::Result<Self> {
+    fn pick(runtimes: &[Rt], proxies: usize) -> anyhow::Result<Self> {
         let mut targets = vec![Target::Origin, Target::OriginCacheOff];
         for rt in runtimes {
             targets.extend([
@@ -551,17 +559,19 @@ impl Ports {
             ]);
         }
         // Hold every listener until all are picked, so no two are the same.
-        let listeners: Vec<std::net::TcpListener> = (0..targets.len() + 2)
+        let listeners: Vec<std::net::TcpListener> = (0..targets.len() + 2 + proxies)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
             .collect::<Result<_, _>>()?;
         let p: Vec<u16> = listeners
             .iter()
             .map(|l| l.local_addr().map(|a| a.port()))
             .collect::<Result<_, _>>()?;
+        let proxies = p[p.len() - proxies..].to_vec();
         Ok(Self {
             redis: p[0],
             postgres: p[1],
             targets: targets.into_iter().zip(p[2..].iter().copied()).collect(),
+            proxies,
         })
     }
 
@@ -627,97 +637,189 @@ fn check_stop() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(args: RunArgs) -> anyhow::Result<()> {
+fn run(mut args: RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let started_at_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let root = workspace_root();
-    let quick = args.quick;
-    let args_zipf_s = args.zipf_s;
-    let args_hot_set = args.hot_set;
-    let rows = args.rows.unwrap_or(if quick { 10_000 } else { 100_000 });
-    let concurrency = args.concurrency.unwrap_or(if quick { 8 } else { 16 });
-    let warmup = args.warmup.unwrap_or(if quick { 0.5 } else { 3.0 });
-    let duration = args.duration.unwrap_or(if quick { 2.0 } else { 20.0 });
-    anyhow::ensure!(rows >= 100, "--rows must be at least 100");
-    anyhow::ensure!(concurrency >= 1, "--concurrency must be at least 1");
-    anyhow::ensure!(
-        warmup >= 0.0 && duration > 0.0,
-        "--warmup must be >= 0 and --duration > 0"
-    );
-    let bin = args
-        .bin_dir
-        .clone()
-        .unwrap_or_else(|| root.join("target/release"));
-    let runtimes = Runtimes::choose(args.edge_runtime, xtask::spin::find())?;
-    let wasm = root.join("target/wasm32-wasip2/release");
-    let needed = [
-        bin.join("aside-origin"),
-        bin.join("aside-load"),
-        wasm.join("aside_edge.wasm"),
-        wasm.join("aside_hello.wasm"),
-    ]
-    .into_iter()
-    .chain(
-        runtimes
-            .list
-            .contains(&Rt::Host)
-            .then(|| bin.join("aside-host")),
-    );
-    for path in needed {
-        anyhow::ensure!(
-            path.exists(),
-            "{} is missing; run the benchmark through `cargo xtask bench`, which builds it",
-            path.display()
-        );
+    let topologies = args.topology.take();
+    let config = Config::from_args(args)?;
+    if let Some(topologies) = topologies {
+        return run_topologies(&config, &topologies, started, started_at_unix);
     }
-    let out = args.out.clone().unwrap_or_else(|| {
-        root.join(if quick {
-            "target/bench/quick"
-        } else {
-            "target/bench"
-        })
-    });
-    let out = if out.is_absolute() {
-        out
-    } else {
-        root.join(out)
-    };
-    let logs = out.join("logs");
-    let _ = std::fs::remove_dir_all(&logs);
-    std::fs::create_dir_all(&logs)?;
-    let plans: Vec<Plan> = plans(&runtimes.list)
-        .into_iter()
-        .filter(|p| args.only.is_empty() || args.only.iter().any(|o| o == p.scenario))
-        .collect();
-    for o in &args.only {
-        anyhow::ensure!(
-            report::SCENARIOS.contains(&o.as_str()),
-            "unknown scenario {o:?}; the scenarios are {}",
-            report::SCENARIOS.join(", ")
-        );
-    }
-
+    let plans = config.plans()?;
     ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst))
         .context("install the Ctrl-C handler")?;
 
+    let mut stack = start_stack(&config, plans.len(), 0)?;
+    seed(&config, &stack)?;
+    start_servers(&config, &mut stack)?;
+    let mut redis = warm(&stack)?;
+    let setup_s = started.elapsed().as_secs_f64();
+    eprintln!("aside-bench: stack ready in {setup_s:.1} s");
+
+    let route = |ports: &Ports, target| ports.url(target);
+    let measured = run_scenarios(&config, &mut stack, &mut redis, &plans, (&route, None))?;
+    drop(redis);
+    drop(stack);
+
+    let report = collect(&config, measured, setup_s, started, started_at_unix);
+    write_report(&config, &report)
+}
+
+/// The settings of one run: the command line with its defaults filled in, and where things are.
+struct Config {
+    quick: bool,
+    build: String,
+    rows: u64,
+    concurrency: usize,
+    warmup: f64,
+    duration: f64,
+    zipf_s: f64,
+    hot_set: u64,
+    only: Vec<String>,
+    /// The folder of aside-origin, aside-host and aside-load.
+    bin: PathBuf,
+    runtimes: Runtimes,
+    /// Where the report goes, and the servers' logs (`<out>/logs`, emptied at start).
+    out: PathBuf,
+    logs: PathBuf,
+}
+
+impl Config {
+    /// Fills in the defaults, checks the settings and that every binary is built, and empties the
+    /// logs folder.
+    fn from_args(args: RunArgs) -> anyhow::Result<Self> {
+        let root = workspace_root();
+        let quick = args.quick;
+        let rows = args.rows.unwrap_or(if quick { 10_000 } else { 100_000 });
+        let concurrency = args.concurrency.unwrap_or(if quick { 8 } else { 16 });
+        let warmup = args.warmup.unwrap_or(if quick { 0.5 } else { 3.0 });
+        let duration = args.duration.unwrap_or(if quick { 2.0 } else { 20.0 });
+        anyhow::ensure!(rows >= 100, "--rows must be at least 100");
+        anyhow::ensure!(concurrency >= 1, "--concurrency must be at least 1");
+        anyhow::ensure!(
+            warmup >= 0.0 && duration > 0.0,
+            "--warmup must be >= 0 and --duration > 0"
+        );
+        let bin = args
+            .bin_dir
+            .clone()
+            .unwrap_or_else(|| root.join("target/release"));
+        let runtimes = Runtimes::choose(args.edge_runtime, xtask::spin::find())?;
+        let wasm = root.join("target/wasm32-wasip2/release");
+        let needed = [
+            bin.join("aside-origin"),
+            bin.join("aside-load"),
+            wasm.join("aside_edge.wasm"),
+            wasm.join("aside_hello.wasm"),
+        ]
+        .into_iter()
+        .chain(
+            runtimes
+                .list
+                .contains(&Rt::Host)
+                .then(|| bin.join("aside-host")),
+        );
+        for path in needed {
+            anyhow::ensure!(
+                path.exists(),
+                "{} is missing; run the benchmark through `cargo xtask bench`, which builds it",
+                path.display()
+            );
+        }
+        let out = args.out.clone().unwrap_or_else(|| {
+            root.join(if quick {
+                "target/bench/quick"
+            } else {
+                "target/bench"
+            })
+        });
+        let out = if out.is_absolute() {
+            out
+        } else {
+            root.join(out)
+        };
+        let logs = out.join("logs");
+        let _ = std::fs::remove_dir_all(&logs);
+        std::fs::create_dir_all(&logs)?;
+        Ok(Self {
+            quick,
+            build: args.build,
+            rows,
+            concurrency,
+            warmup,
+            duration,
+            zipf_s: args.zipf_s,
+            hot_set: args.hot_set,
+            only: args.only,
+            bin,
+            runtimes,
+            out,
+            logs,
+        })
+    }
+
+    /// The runs of this benchmark, `--only` applied.
+    fn plans(&self) -> anyhow::Result<Vec<Plan>> {
+        let plans: Vec<Plan> = plans(&self.runtimes.list)
+            .into_iter()
+            .filter(|p| self.only.is_empty() || self.only.iter().any(|o| o == p.scenario))
+            .collect();
+        for o in &self.only {
+            anyhow::ensure!(
+                report::SCENARIOS.contains(&o.as_str()),
+                "unknown scenario {o:?}; the scenarios are {}",
+                report::SCENARIOS.join(", ")
+            );
+        }
+        Ok(plans)
+    }
+
+    /// Warm-up and measured time of one run.
+    fn per_run(&self) -> f64 {
+        self.warmup + self.duration
+    }
+}
+
+/// The bench stack while it runs: dropping it stops every service (in reverse start order), then
+/// removes its state.
+struct Stack {
+    /// Declared first, so dropped before the folders they use.
+    services: Services,
+    _dirs: TempDirs,
+    secrets: Secrets,
+    /// The origin's bearer token, for `aside-load --bearer-file`.
+    token_file: PathBuf,
+    ports: Ports,
+    database_url: String,
+}
+
+/// Step 1: a private state folder, secrets and ports, then Redis and PostgreSQL.
+fn start_stack(config: &Config, runs: usize, proxies: usize) -> anyhow::Result<Stack> {
     remove_stale_state();
     let state = std::env::temp_dir().join(format!("aside-bench-{}", std::process::id()));
     let pg_dir = stack::postgres_dir(&state);
-    let _dirs = TempDirs(vec![state.clone(), pg_dir.clone()]);
+    let dirs = TempDirs(vec![state.clone(), pg_dir.clone()]);
     std::fs::create_dir_all(&state)?;
     std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let secrets = Secrets::load_or_generate(&state.join("secrets"))?;
     let token_file = state.join("secrets/origin-token");
-    let ports = Ports::pick(&runtimes.list)?;
+    let ports = Ports::pick(&config.runtimes.list, proxies)?;
 
+    let Config {
+        rows,
+        concurrency,
+        warmup,
+        duration,
+        ..
+    } = config;
     eprintln!(
-        "aside-bench: {} run: {rows} profiles, {concurrency} connections, {warmup} s warm-up + {duration} s per run, {} runs; logs in {}",
-        if quick { "quick" } else { "full" },
-        plans.len(),
-        logs.display()
+        "aside-bench: {} run: {rows} profiles, {concurrency} connections, {warmup} s warm-up + {duration} s per run, {runs} runs; logs in {}",
+        if config.quick { "quick" } else { "full" },
+        config.logs.display()
     );
+    let runtimes = &config.runtimes;
     eprintln!(
         "aside-bench: edges and the hello-world baseline run under {} ({}{})",
         runtimes
@@ -737,31 +839,50 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .unwrap_or_default()
     );
     let mut services = Services::new();
-    stack::start_redis(&root, ports.redis, &state, &logs, &secrets, &mut services)?;
-    stack::start_postgres(ports.postgres, &pg_dir, &logs, &secrets, &mut services)?;
+    let logs = &config.logs;
+    stack::start_redis(
+        &workspace_root(),
+        ports.redis,
+        &state,
+        logs,
+        &secrets,
+        &mut services,
+    )?;
+    stack::start_postgres(ports.postgres, &pg_dir, logs, &secrets, &mut services)?;
     check_stop()?;
-    let database_url = format!(
-        "postgres://aside:{}@127.0.0.1:{}/aside",
-        secrets.postgres, ports.postgres
-    );
-    let origin_bin = bin.join("aside-origin");
+    let database_url = database_url(&secrets, ports.postgres);
+    Ok(Stack {
+        services,
+        _dirs: dirs,
+        secrets,
+        token_file,
+        ports,
+        database_url,
+    })
+}
+
+/// Step 2: the schema and `rows` generated profiles (ids 1..=rows) in PostgreSQL.
+fn seed(config: &Config, stack: &Stack) -> anyhow::Result<()> {
+    let rows = config.rows;
+    let origin_bin = config.bin.join("aside-origin");
+    let setup_log = config.logs.join("setup.log");
     run_logged(
         Command::new(&origin_bin)
             .arg("migrate")
-            .env("ASIDE_DATABASE_URL", &database_url),
-        &logs.join("setup.log"),
+            .env("ASIDE_DATABASE_URL", &stack.database_url),
+        &setup_log,
     )?;
     let seeding = Instant::now();
     run_logged(
         Command::new(&origin_bin)
             .args(["seed", "--replace", "--count", &rows.to_string()])
             .args(["--seed", &DATA_SEED.to_string()])
-            .env("ASIDE_DATABASE_URL", &database_url),
-        &logs.join("setup.log"),
+            .env("ASIDE_DATABASE_URL", &stack.database_url),
+        &setup_log,
     )?;
     let counted = psql(
-        ports.postgres,
-        &secrets.postgres,
+        stack.ports.postgres,
+        &stack.secrets.postgres,
         &format!(
             "SELECT count(*) = {rows} AND min(id) = 1 AND max(id) = {rows} FROM devops_api.users"
         ),
@@ -774,96 +895,165 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         "aside-bench: seeded {rows} profiles in {:.1} s",
         seeding.elapsed().as_secs_f64()
     );
-    check_stop()?;
+    check_stop()
+}
 
-    let redis_origin_url = format!(
-        "redis://origin:{}@127.0.0.1:{}",
-        secrets.redis_origin, ports.redis
-    );
-    for (target, cache) in [(Target::Origin, "on"), (Target::OriginCacheOff, "off")] {
-        let (name, port) = (target.service(), ports.port(target));
-        let mut origin = Command::new(&origin_bin);
-        origin
-            .arg("serve")
-            .env("ASIDE_DATABASE_URL", &database_url)
-            .env("ASIDE_REDIS_URL", &redis_origin_url)
-            .env("ASIDE_ORIGIN_TOKENS", &secrets.origin_token)
-            .env("ASIDE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("ASIDE_CACHE", cache);
-        services.spawn(name, origin, &logs, libc::SIGTERM)?;
-        services.wait_for_port(port, &logs)?;
+/// Step 3: the two origins, then every edge and hello-world at once (Spin compiles each component on
+/// its first start), and waits until all listen.
+fn start_servers(config: &Config, stack: &mut Stack) -> anyhow::Result<()> {
+    let ports = &stack.ports;
+    let logs = &config.logs;
+    for target in [Target::Origin, Target::OriginCacheOff] {
+        let port = ports.port(target);
+        let origin = origin_command(config, stack, target, port, (ports.redis, ports.postgres));
+        stack
+            .services
+            .spawn(target.service(), origin, logs, libc::SIGTERM)?;
+        stack.services.wait_for_port(port, logs)?;
     }
-    // Every edge and hello-world at once (Spin compiles each component on its first start), then wait.
-    let origin_url = ports.url(Target::Origin);
+    let upstreams = (ports.redis, ports.url(Target::Origin));
     let mut listening = Vec::new();
-    for rt in &runtimes.list {
+    for rt in &config.runtimes.list {
         for target in [
             Target::Edge(*rt),
             Target::EdgeL1Off(*rt),
             Target::Hello(*rt),
         ] {
-            let name = target.service();
-            let manifest = match target {
-                Target::Hello(_) => root.join("bench/hello/spin.toml"),
-                _ => root.join("spin.toml"),
-            };
             let port = ports.port(target);
-            let mut edge = runtimes.command(
-                *rt,
-                &bin,
-                &manifest,
-                port,
-                &logs.join(format!("{name}-state")),
-            );
-            if !matches!(target, Target::Hello(_)) {
-                edge.env(
-                    "SPIN_VARIABLE_REDIS_ADDRESS",
-                    format!("127.0.0.1:{}", ports.redis),
-                )
-                .env("SPIN_VARIABLE_REDIS_PASSWORD", &secrets.redis_edge)
-                .env("SPIN_VARIABLE_ORIGIN_URL", &origin_url)
-                .env("SPIN_VARIABLE_ORIGIN_TOKEN", &secrets.origin_token)
-                // The scenarios measure the cache without client authentication (the edge's default
-                // is on: see docs/security.md; aside-load --bearer-file sends a client token to
-                // measure it).
-                .env("SPIN_VARIABLE_AUTH", "off")
-                .env("SPIN_VARIABLE_AUTH_JWKS", "unused")
-                .env("SPIN_VARIABLE_AUTH_ISSUER", "unused")
-                .env("SPIN_VARIABLE_AUTH_AUDIENCE", "unused");
-            }
-            if matches!(target, Target::EdgeL1Off(_)) {
-                edge.env("SPIN_VARIABLE_L1_MAX_ENTRIES", "0")
-                    .env("SPIN_VARIABLE_L1_TTL_MS", "0");
-            }
+            let edge = edge_command(config, stack, target, port, &upstreams);
             // SIGTERM to its process group: `spin up` and its trigger (a child process) both stop.
-            services.spawn(name, edge, &logs, libc::SIGTERM)?;
-            listening.push((name, port));
+            stack
+                .services
+                .spawn(target.service(), edge, logs, libc::SIGTERM)?;
+            listening.push((target.service(), port));
         }
     }
-    wait_for_ports(&mut services, &listening, &logs, EDGE_START_TIMEOUT)?;
-    // The seed's inserts are in the change-capture outbox; let the origin work through them now rather
-    // than during the first scenario.
-    wait_for_change_capture(ports.postgres, &secrets.postgres)?;
-    let mut redis = RedisAdmin::connect(ports.redis, &secrets.redis_admin)?;
-    let setup_s = started.elapsed().as_secs_f64();
-    eprintln!("aside-bench: stack ready in {setup_s:.1} s");
+    wait_for_ports(&mut stack.services, &listening, logs, EDGE_START_TIMEOUT)
+}
 
-    let per_run = warmup + duration;
-    let bar = ProgressBar::new(((per_run + 1.0) * plans.len() as f64 * 10.0) as u64);
+/// `aside-origin serve` for `target` (an origin, its cache on or off) on `port`, reaching Redis and
+/// PostgreSQL on the given local ports.
+fn origin_command(
+    config: &Config,
+    stack: &Stack,
+    target: Target,
+    port: u16,
+    (redis, postgres): (u16, u16),
+) -> Command {
+    let secrets = &stack.secrets;
+    let mut origin = Command::new(config.bin.join("aside-origin"));
+    origin
+        .arg("serve")
+        .env("ASIDE_DATABASE_URL", database_url(secrets, postgres))
+        .env(
+            "ASIDE_REDIS_URL",
+            format!("redis://origin:{}@127.0.0.1:{redis}", secrets.redis_origin),
+        )
+        .env("ASIDE_ORIGIN_TOKENS", &secrets.origin_token)
+        .env("ASIDE_LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "ASIDE_CACHE",
+            if target == Target::OriginCacheOff {
+                "off"
+            } else {
+                "on"
+            },
+        );
+    origin
+}
+
+/// The edge runtime serving `target` (an edge or the hello-world component) on `port`; an edge reaches
+/// Redis on the local port `redis` and forwards to `origin_url`.
+fn edge_command(
+    config: &Config,
+    stack: &Stack,
+    target: Target,
+    port: u16,
+    (redis, origin_url): &(u16, String),
+) -> Command {
+    let root = workspace_root();
+    let secrets = &stack.secrets;
+    let rt = target.runtime().expect("an edge or hello-world target");
+    let manifest = match target {
+        Target::Hello(_) => root.join("bench/hello/spin.toml"),
+        _ => root.join("spin.toml"),
+    };
+    let state = config.logs.join(format!("{}-state", target.service()));
+    let mut edge = config
+        .runtimes
+        .command(rt, &config.bin, &manifest, port, &state);
+    if !matches!(target, Target::Hello(_)) {
+        // The address is also the `allowed_outbound_hosts` entry spin.toml templates from it, so a
+        // proxy's port is allowed like Redis's own.
+        edge.env("SPIN_VARIABLE_REDIS_ADDRESS", format!("127.0.0.1:{redis}"))
+            .env("SPIN_VARIABLE_REDIS_PASSWORD", &secrets.redis_edge)
+            .env("SPIN_VARIABLE_ORIGIN_URL", origin_url)
+            .env("SPIN_VARIABLE_ORIGIN_TOKEN", &secrets.origin_token)
+            // The scenarios measure the cache without client authentication (the edge's default
+            // is on: see docs/security.md; aside-load --bearer-file sends a client token to
+            // measure it).
+            .env("SPIN_VARIABLE_AUTH", "off")
+            .env("SPIN_VARIABLE_AUTH_JWKS", "unused")
+            .env("SPIN_VARIABLE_AUTH_ISSUER", "unused")
+            .env("SPIN_VARIABLE_AUTH_AUDIENCE", "unused");
+    }
+    if matches!(target, Target::EdgeL1Off(_)) {
+        edge.env("SPIN_VARIABLE_L1_MAX_ENTRIES", "0")
+            .env("SPIN_VARIABLE_L1_TTL_MS", "0");
+    }
+    edge
+}
+
+/// The PostgreSQL URL of the `aside` user on a local port (PostgreSQL's own, or a proxy's).
+fn database_url(secrets: &Secrets, port: u16) -> String {
+    format!(
+        "postgres://aside:{}@127.0.0.1:{port}/aside",
+        secrets.postgres
+    )
+}
+
+/// Step 4: lets the origin work through the seed's inserts in the change-capture outbox now rather
+/// than during the first scenario; returns the admin connection to Redis.
+fn warm(stack: &Stack) -> anyhow::Result<RedisAdmin> {
+    wait_for_change_capture(stack.ports.postgres, &stack.secrets.postgres)?;
+    RedisAdmin::connect(stack.ports.redis, &stack.secrets.redis_admin)
+}
+
+/// What the scenarios measured.
+struct Measured {
+    runs: Vec<Run>,
+    redis_hgetall: Option<RoundTrip>,
+}
+
+/// The URL a scenario's load goes to for a target.
+type Route<'a> = dyn Fn(&Ports, Target) -> String + 'a;
+
+/// Step 5: every plan in order, each on the cache state it needs; `route` gives the URL the load goes to
+/// for a target, `topology` names the topology the plans run in.
+fn run_scenarios(
+    config: &Config,
+    stack: &mut Stack,
+    redis: &mut RedisAdmin,
+    plans: &[Plan],
+    (route, topology): (&Route, Option<&str>),
+) -> anyhow::Result<Measured> {
+    let bar = ProgressBar::new(((config.per_run() + 1.0) * plans.len() as f64 * 10.0) as u64);
     bar.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:32}] {percent:>3}% {msg}")
             .expect("a valid template")
             .progress_chars("=> "),
     );
-    let mut runs = Vec::new();
+    let mut measured = Measured {
+        runs: Vec::new(),
+        redis_hgetall: None,
+    };
     let mut filled = false;
-    let mut redis_hgetall = None;
-    for plan in &plans {
+    for plan in plans {
         check_stop()?;
-        if let Some(name) = services.first_exited() {
+        if let Some(name) = stack.services.first_exited() {
             bail!(
                 "{name} exited during the benchmark; see {}/{name}.log",
-                logs.display()
+                config.logs.display()
             );
         }
         match plan.cache {
@@ -872,158 +1062,222 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 filled = false;
             }
             Cache::Full if !filled => {
-                bar.set_message("filling Redis with every profile");
-                let fill = Instant::now();
-                let args = loader_args(&ports, Target::Origin, &token_file)
-                    .into_iter()
-                    .chain([
-                        "--keys".into(),
-                        "walk".into(),
-                        "--ids".into(),
-                        rows.to_string(),
-                        "--requests".into(),
-                        rows.to_string(),
-                        "--concurrency".into(),
-                        concurrency.to_string(),
-                    ])
-                    .collect::<Vec<_>>();
-                let result = run_loader(&bin, &args, &logs.join("load-fill.log"), None, &bar)?;
-                anyhow::ensure!(
-                    result.errors == 0,
-                    "filling Redis failed: {:?}",
-                    result.error_kinds
-                );
-                let keys = redis.db_size()?;
-                anyhow::ensure!(
-                    keys >= rows,
-                    "Redis holds {keys} keys after the fill, expected {rows}"
-                );
-                bar.suspend(|| {
-                    eprintln!(
-                        "aside-bench: Redis filled with {keys} profiles in {:.1} s",
-                        fill.elapsed().as_secs_f64()
-                    )
-                });
+                fill_redis(config, stack, redis, &bar)?;
                 filled = true;
-                if redis_hgetall.is_none() {
-                    // What one L2 hit costs in Redis, to read the edge-l2 runs against.
-                    let id = aside_shared::UserId::parse("1").expect("a valid id");
-                    let key = aside_shared::cache::profile_key(id);
-                    let rt = redis.time_hgetall(&key, HGETALL_SAMPLES)?;
-                    bar.suspend(|| {
-                        eprintln!(
-                            "aside-bench: one Redis round trip ({}, {} in a row): p50 {:.3} ms, p99 {:.3} ms",
-                            rt.command,
-                            rt.samples,
-                            rt.p50_us / 1000.0,
-                            rt.p99_us / 1000.0
-                        )
-                    });
-                    redis_hgetall = Some(rt);
+                if measured.redis_hgetall.is_none() {
+                    measured.redis_hgetall = Some(time_hgetall(redis, &bar)?);
                 }
             }
             Cache::Full | Cache::Any => {}
         }
-        let label = plan.keys_label();
-        let runtime = plan.target.runtime().map(Rt::name);
-        bar.set_message(format!(
-            "{} / {label}{}",
-            plan.scenario,
-            runtime.map(|r| format!(" / {r}")).unwrap_or_default()
-        ));
-        let mut args = loader_args(&ports, plan.target, &token_file);
-        args.extend(
-            [
-                "--keys",
-                &plan.keys.to_string(),
-                "--ids",
-                &rows.to_string(),
-                "--zipf-s",
-                &args_zipf_s.to_string(),
-                "--concurrency",
-                &concurrency.to_string(),
-                "--warmup",
-                &format!("{warmup}s"),
-                "--duration",
-                &format!("{duration}s"),
-                "--write-percent",
-                &plan.write_percent.to_string(),
-            ]
-            .map(String::from),
-        );
-        if plan.hot {
-            args.extend(["--hot".to_string(), args_hot_set.to_string()]);
-        }
-        let log = logs.join(format!(
-            "load-{}-{label}{}.log",
-            plan.scenario,
-            runtime.map(|r| format!("-{r}")).unwrap_or_default()
-        ));
-        let result = run_loader(&bin, &args, &log, Some(per_run), &bar)?;
-        let check_failed = check(plan, &result);
-        bar.suspend(|| {
-            eprintln!(
-                "{:<14} {:<12} {:<5} {:>9.0} req/s  p50 {:>6} ms  p99 {:>6} ms  errors {:<4} {}{}",
-                plan.scenario,
-                label,
-                runtime.unwrap_or("-"),
-                result.rps,
-                report::ms(result.latency_us.p50),
-                report::ms(result.latency_us.p99),
-                result.errors,
-                report::hits(&result),
-                check_failed
-                    .as_deref()
-                    .map(|w| format!("  <- {w}"))
-                    .unwrap_or_default()
-            )
-        });
-        runs.push(Run {
-            scenario: plan.scenario.to_string(),
-            keys: label,
-            target: plan.target.describe().to_string(),
-            runtime: runtime.map(String::from),
-            description: plan.description.to_string(),
-            result,
-            check_failed,
-        });
+        let url = route(&stack.ports, plan.target);
+        measured
+            .runs
+            .push(run_scenario(config, stack, plan, (url, topology), &bar)?);
         // Let the servers settle (background work of the previous run: fills, change capture).
-        std::thread::sleep(Duration::from_millis(if quick { 200 } else { 1000 }));
+        std::thread::sleep(Duration::from_millis(if config.quick { 200 } else { 1000 }));
     }
     bar.finish_and_clear();
-    drop(redis);
-    drop(services);
+    Ok(measured)
+}
 
+/// Reads every profile once through the origin, so that Redis holds them all.
+fn fill_redis(
+    config: &Config,
+    stack: &Stack,
+    redis: &mut RedisAdmin,
+    bar: &ProgressBar,
+) -> anyhow::Result<()> {
+    bar.set_message("filling Redis with every profile");
+    let fill = Instant::now();
+    let rows = config.rows;
+    let args = loader_args(
+        stack.ports.url(Target::Origin),
+        Target::Origin,
+        &stack.token_file,
+    )
+    .into_iter()
+    .chain([
+        "--keys".into(),
+        "walk".into(),
+        "--ids".into(),
+        rows.to_string(),
+        "--requests".into(),
+        rows.to_string(),
+        "--concurrency".into(),
+        config.concurrency.to_string(),
+    ])
+    .collect::<Vec<_>>();
+    let result = run_loader(
+        &config.bin,
+        &args,
+        &config.logs.join("load-fill.log"),
+        None,
+        bar,
+    )?;
+    anyhow::ensure!(
+        result.errors == 0,
+        "filling Redis failed: {:?}",
+        result.error_kinds
+    );
+    let keys = redis.db_size()?;
+    anyhow::ensure!(
+        keys >= rows,
+        "Redis holds {keys} keys after the fill, expected {rows}"
+    );
+    bar.suspend(|| {
+        eprintln!(
+            "aside-bench: Redis filled with {keys} profiles in {:.1} s",
+            fill.elapsed().as_secs_f64()
+        )
+    });
+    Ok(())
+}
+
+/// What one L2 hit costs in Redis, to read the edge-l2 runs against.
+fn time_hgetall(redis: &mut RedisAdmin, bar: &ProgressBar) -> anyhow::Result<RoundTrip> {
+    let id = aside_shared::UserId::parse("1").expect("a valid id");
+    let key = aside_shared::cache::profile_key(id);
+    let rt = redis.time_hgetall(&key, HGETALL_SAMPLES)?;
+    bar.suspend(|| {
+        eprintln!(
+            "aside-bench: one Redis round trip ({}, {} in a row): p50 {:.3} ms, p99 {:.3} ms",
+            rt.command,
+            rt.samples,
+            rt.p50_us / 1000.0,
+            rt.p99_us / 1000.0
+        )
+    });
+    Ok(rt)
+}
+
+/// One scenario with one key choice through `aside-load`, its line printed. The requests go to `url`
+/// (the target's own port, or the proxy in front of it), `topology` names the topology it runs in.
+fn run_scenario(
+    config: &Config,
+    stack: &Stack,
+    plan: &Plan,
+    (url, topology): (String, Option<&str>),
+    bar: &ProgressBar,
+) -> anyhow::Result<Run> {
+    let label = plan.keys_label();
+    let runtime = plan.target.runtime().map(Rt::name);
+    let scenario = match topology {
+        Some(t) => format!("{t}/{}", plan.scenario),
+        None => plan.scenario.to_string(),
+    };
+    bar.set_message(format!(
+        "{scenario} / {label}{}",
+        runtime.map(|r| format!(" / {r}")).unwrap_or_default()
+    ));
+    let mut args = loader_args(url, plan.target, &stack.token_file);
+    args.extend(
+        [
+            "--keys",
+            &plan.keys.to_string(),
+            "--ids",
+            &config.rows.to_string(),
+            "--zipf-s",
+            &config.zipf_s.to_string(),
+            "--concurrency",
+            &config.concurrency.to_string(),
+            "--warmup",
+            &format!("{}s", config.warmup),
+            "--duration",
+            &format!("{}s", config.duration),
+            "--write-percent",
+            &plan.write_percent.to_string(),
+        ]
+        .map(String::from),
+    );
+    if plan.hot {
+        args.extend(["--hot".to_string(), config.hot_set.to_string()]);
+    }
+    let log = config.logs.join(format!(
+        "load-{}-{label}{}.log",
+        scenario.replace('/', "-"),
+        runtime.map(|r| format!("-{r}")).unwrap_or_default()
+    ));
+    let result = run_loader(&config.bin, &args, &log, Some(config.per_run()), bar)?;
+    let check_failed = check(plan, &result);
+    bar.suspend(|| {
+        eprintln!(
+            "{:<14} {:<12} {:<5} {:>9.0} req/s  p50 {:>6} ms  p99 {:>6} ms  errors {:<4} {}{}",
+            scenario,
+            label,
+            runtime.unwrap_or("-"),
+            result.rps,
+            report::ms(result.latency_us.p50),
+            report::ms(result.latency_us.p99),
+            result.errors,
+            report::hits(&result),
+            check_failed
+                .as_deref()
+                .map(|w| format!("  <- {w}"))
+                .unwrap_or_default()
+        )
+    });
+    Ok(Run {
+        scenario: plan.scenario.to_string(),
+        keys: label,
+        target: plan.target.describe().to_string(),
+        runtime: runtime.map(String::from),
+        description: plan.description.to_string(),
+        result,
+        check_failed,
+    })
+}
+
+/// Step 6: the report of the whole run.
+fn collect(
+    config: &Config,
+    measured: Measured,
+    setup_s: f64,
+    started: Instant,
+    started_at_unix: u64,
+) -> Report {
     let mut report = Report {
         schema: SCHEMA,
         started_at_unix,
         machine: Machine::detect(),
-        settings: Settings {
-            mode: if quick { "quick" } else { "full" }.into(),
-            build: args.build.clone(),
-            rows,
-            concurrency,
-            warmup_s: warmup,
-            duration_s: duration,
-            zipf_s: args_zipf_s,
-            hot_set: args_hot_set,
-            edge_instance_reuse: "Spin's defaults: 128 requests per instance, 16 at once, 1 s idle"
-                .into(),
-        },
+        settings: collect_settings(config),
         setup_s,
         total_s: started.elapsed().as_secs_f64(),
-        edge_runtime: runtimes.report(),
-        redis_hgetall,
-        runs,
+        edge_runtime: config.runtimes.report(),
+        redis_hgetall: measured.redis_hgetall,
+        runs: measured.runs,
         comparison: Default::default(),
     };
     report.finish();
+    report
+}
+
+/// The settings of the run, as the report gives them.
+fn collect_settings(config: &Config) -> Settings {
+    Settings {
+        mode: if config.quick { "quick" } else { "full" }.into(),
+        build: config.build.clone(),
+        rows: config.rows,
+        concurrency: config.concurrency,
+        warmup_s: config.warmup,
+        duration_s: config.duration,
+        zipf_s: config.zipf_s,
+        hot_set: config.hot_set,
+        edge_instance_reuse: "Spin's defaults: 128 requests per instance, 16 at once, 1 s idle"
+            .into(),
+    }
+}
+
+/// Step 7: `report.json`, `report.md` and the charts written, the tables printed, and the check: of
+/// the whole report, or with `--only` of each run that was made.
+fn write_report(config: &Config, report: &Report) -> anyhow::Result<()> {
+    let out = &config.out;
     std::fs::write(
         out.join("report.json"),
-        serde_json::to_string_pretty(&report)?,
+        serde_json::to_string_pretty(report)?,
     )?;
     std::fs::write(out.join("report.md"), report.markdown())?;
-    aside_bench::charts::write_all(&out, &report.runs)?;
+    aside_bench::charts::write_all(out, &report.runs)?;
     println!("{}", report.table());
     println!("{}", report.comparison_markdown());
     println!(
@@ -1031,8 +1285,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         out.join("report.md").display(),
         report.total_s
     );
-    if args.only.is_empty() {
-        report::verify(&report)
+    if config.only.is_empty() {
+        report::verify(report)
     } else {
         let failed: Vec<String> = report
             .runs
@@ -1043,18 +1297,313 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                     .map(|w| format!("{} / {}: {w}", r.scenario, r.keys))
             })
             .collect();
-        anyhow::ensure!(
-            failed.is_empty(),
-            "runs that did not measure what they claim:\n  {}",
-            failed.join("\n  ")
-        );
-        Ok(())
+        all_measured(failed)
     }
 }
 
+/// A latency proxy of `--topology`: its service name, the hop whose delay it adds, its own port
+/// (an index into [`Ports::proxies`]) and where it relays.
+struct Proxy {
+    name: &'static str,
+    hop: Hop,
+    port: u16,
+    upstream: u16,
+}
+
+/// The proxies of a topology, by the step they start in: each step's upstreams are up before it.
+struct Proxies {
+    /// In front of Redis and PostgreSQL, for both origins.
+    origin_side: [Proxy; 2],
+    /// In front of Redis and the origin, for the edge; and the origin with its cache off as seen from
+    /// the edge's place.
+    edge_side: [Proxy; 3],
+    /// In front of the edge, and of the previous proxy: the client's way to each.
+    client_side: [Proxy; 2],
+}
+
+/// How many proxy ports a topology run needs.
+const PROXY_COUNT: usize = 7;
+
+impl Proxies {
+    fn new(ports: &Ports, rt: Rt) -> Self {
+        let p = &ports.proxies;
+        let proxy = |name, hop, i: usize, upstream| Proxy {
+            name,
+            hop,
+            port: p[i],
+            upstream,
+        };
+        Proxies {
+            origin_side: [
+                proxy("delay-origin-redis", Hop::OriginRedis, 0, ports.redis),
+                proxy(
+                    "delay-origin-postgres",
+                    Hop::OriginPostgres,
+                    1,
+                    ports.postgres,
+                ),
+            ],
+            edge_side: [
+                proxy("delay-edge-redis", Hop::EdgeRedis, 2, ports.redis),
+                proxy(
+                    "delay-edge-origin",
+                    Hop::EdgeOrigin,
+                    3,
+                    ports.port(Target::Origin),
+                ),
+                proxy(
+                    "delay-no-cache-edge-origin",
+                    Hop::EdgeOrigin,
+                    4,
+                    ports.port(Target::OriginCacheOff),
+                ),
+            ],
+            client_side: [
+                proxy(
+                    "delay-client-edge",
+                    Hop::ClientEdge,
+                    5,
+                    ports.port(Target::Edge(rt)),
+                ),
+                proxy("delay-no-cache-client-edge", Hop::ClientEdge, 6, p[4]),
+            ],
+        }
+    }
+
+    /// Where a client's requests for `target` go in the topology: through the client-side proxies.
+    fn route(&self, target: Target) -> String {
+        let [edge, no_cache] = &self.client_side;
+        let port = match target {
+            Target::OriginCacheOff => no_cache.port,
+            _ => edge.port,
+        };
+        format!("http://127.0.0.1:{port}")
+    }
+}
+
+/// The runs of one topology: misses through the origin (a walk on an emptied Redis), then the edge
+/// with every profile in Redis, then the same reads with no cache.
+fn topology_plans(rt: Rt) -> Vec<Plan> {
+    use KeyDist::{Uniform, Walk, Zipf};
+    const EDGE_MISS: &str = "a walk of fresh ids through the edge on an emptied Redis: every read \
+        crosses client→edge, edge→Redis (a miss) and edge→origin, where the origin asks Redis and \
+        PostgreSQL.";
+    const EDGE: &str = "reads through the edge with Spin's defaults, every profile in Redis: tier 1 \
+        answers what it holds, Redis (across edge→Redis) the rest.";
+    const NO_CACHE: &str = "the same reads with no cache at all: the client calls an origin started \
+        with ASIDE_CACHE=off across client→edge and edge→origin; every read is a PostgreSQL query.";
+    let p = |scenario, keys, target, cache, description, expect| Plan {
+        scenario,
+        keys,
+        hot: false,
+        target,
+        cache,
+        write_percent: 0.0,
+        description,
+        expect,
+    };
+    let edge = Target::Edge(rt);
+    let (hits, misses) = (&["L1", "L2"][..], &["MISS"][..]);
+    vec![
+        p(
+            topology::EDGE_MISS,
+            Walk,
+            edge,
+            Cache::Empty,
+            EDGE_MISS,
+            (misses, 0.9),
+        ),
+        p(topology::EDGE, Zipf, edge, Cache::Full, EDGE, (hits, 0.9)),
+        p(
+            topology::EDGE,
+            Uniform,
+            edge,
+            Cache::Full,
+            EDGE,
+            (hits, 0.9),
+        ),
+        p(
+            topology::NO_CACHE,
+            Zipf,
+            Target::OriginCacheOff,
+            Cache::Any,
+            NO_CACHE,
+            (misses, 0.9),
+        ),
+        p(
+            topology::NO_CACHE,
+            Uniform,
+            Target::OriginCacheOff,
+            Cache::Any,
+            NO_CACHE,
+            (misses, 0.9),
+        ),
+    ]
+}
+
+/// `--topology`: after Redis and PostgreSQL are up and seeded, per topology its proxies, the two
+/// origins and the edge behind them, its runs, then all of them stopped; the report of every topology.
+fn run_topologies(
+    config: &Config,
+    topologies: &Topologies,
+    started: Instant,
+    started_at_unix: u64,
+) -> anyhow::Result<()> {
+    let delay = config.bin.join("aside-delay");
+    anyhow::ensure!(
+        delay.exists(),
+        "{} is missing; run the benchmark through `cargo xtask bench`, which builds it",
+        delay.display()
+    );
+    let [rt] = config.runtimes.list[..] else {
+        bail!("--topology runs the edge under one runtime: choose --edge-runtime spin or host");
+    };
+    ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst))
+        .context("install the Ctrl-C handler")?;
+    let runs = topologies.0.len() * topology_plans(rt).len();
+    let mut stack = start_stack(config, runs, PROXY_COUNT)?;
+    seed(config, &stack)?;
+    let proxies = Proxies::new(&stack.ports, rt);
+    let mut redis = None;
+    let mut results = Vec::new();
+    for topology in &topologies.0 {
+        eprintln!(
+            "aside-bench: topology {}: {}",
+            topology.name, topology.models
+        );
+        let started = start_topology(config, &mut stack, topology, &proxies, rt)?;
+        let redis = match &mut redis {
+            Some(redis) => redis,
+            None => redis.insert(warm(&stack)?),
+        };
+        let route = |_: &Ports, target| proxies.route(target);
+        let measured = run_scenarios(
+            config,
+            &mut stack,
+            redis,
+            &topology_plans(rt),
+            (&route, Some(topology.name)),
+        )?;
+        for name in started.iter().rev() {
+            stack.services.stop(name);
+        }
+        results.push(TopologyRuns::new(topology, measured.runs));
+    }
+    drop(redis);
+    drop(stack);
+
+    let report = TopologyReport {
+        started_at_unix,
+        machine: Machine::detect(),
+        settings: collect_settings(config),
+        edge_runtime: config.runtimes.report(),
+        total_s: started.elapsed().as_secs_f64(),
+        topologies: results,
+    };
+    let out = &config.out;
+    std::fs::write(
+        out.join("report-topology.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    std::fs::write(out.join("report-topology.md"), report.markdown())?;
+    aside_bench::charts::write_topology(out, &report.topologies)?;
+    println!("{}", report.markdown_table());
+    println!(
+        "report: {}  (and report-topology.json, topology.svg/png); {:.0} s in all",
+        out.join("report-topology.md").display(),
+        report.total_s
+    );
+    let failed: Vec<String> = report
+        .topologies
+        .iter()
+        .flat_map(|t| {
+            t.runs.iter().filter_map(move |r| {
+                r.check_failed
+                    .as_ref()
+                    .map(|w| format!("{} / {}: {w}", t.name, r.label()))
+            })
+        })
+        .collect();
+    all_measured(failed)
+}
+
+/// An error listing the runs that did not measure what they claim, if any.
+fn all_measured(failed: Vec<String>) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        failed.is_empty(),
+        "runs that did not measure what they claim:\n  {}",
+        failed.join("\n  ")
+    );
+    Ok(())
+}
+
+/// Starts a topology's proxies, origins and edge, each step once its upstreams listen; returns the
+/// services' names, in start order.
+fn start_topology(
+    config: &Config,
+    stack: &mut Stack,
+    topology: &Topology,
+    proxies: &Proxies,
+    rt: Rt,
+) -> anyhow::Result<Vec<&'static str>> {
+    let logs = &config.logs;
+    let mut started = Vec::new();
+    let mut start_proxies = |stack: &mut Stack, list: &[Proxy]| -> anyhow::Result<()> {
+        for proxy in list {
+            let mut command = Command::new(config.bin.join("aside-delay"));
+            command
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{}", proxy.port))
+                .arg("--upstream")
+                .arg(format!("127.0.0.1:{}", proxy.upstream))
+                .arg("--delay-ms")
+                .arg(topology.delay_ms(proxy.hop).to_string());
+            stack
+                .services
+                .spawn(proxy.name, command, logs, libc::SIGTERM)?;
+            stack.services.wait_for_port(proxy.port, logs)?;
+            started.push(proxy.name);
+        }
+        Ok(())
+    };
+    start_proxies(stack, &proxies.origin_side)?;
+    let [redis, postgres] = &proxies.origin_side;
+    for target in [Target::Origin, Target::OriginCacheOff] {
+        let port = stack.ports.port(target);
+        let origin = origin_command(config, stack, target, port, (redis.port, postgres.port));
+        stack
+            .services
+            .spawn(target.service(), origin, logs, libc::SIGTERM)?;
+        stack.services.wait_for_port(port, logs)?;
+    }
+    start_proxies(stack, &proxies.edge_side)?;
+    let [redis, origin, _] = &proxies.edge_side;
+    let target = Target::Edge(rt);
+    let port = stack.ports.port(target);
+    let upstreams = (redis.port, format!("http://127.0.0.1:{}", origin.port));
+    let edge = edge_command(config, stack, target, port, &upstreams);
+    stack
+        .services
+        .spawn(target.service(), edge, logs, libc::SIGTERM)?;
+    wait_for_ports(
+        &mut stack.services,
+        &[(target.service(), port)],
+        logs,
+        EDGE_START_TIMEOUT,
+    )?;
+    start_proxies(stack, &proxies.client_side)?;
+    let mut names = vec![
+        Target::Origin.service(),
+        Target::OriginCacheOff.service(),
+        target.service(),
+    ];
+    names.extend(started);
+    Ok(names)
+}
+
 /// The target and credentials part of an `aside-load` command line.
-fn loader_args(ports: &Ports, target: Target, token_file: &Path) -> Vec<String> {
-    let mut args = vec!["--url".to_string(), ports.url(target)];
+fn loader_args(url: String, target: Target, token_file: &Path) -> Vec<String> {
+    let mut args = vec!["--url".to_string(), url];
     if matches!(target, Target::Origin | Target::OriginCacheOff) {
         args.extend([
             "--bearer-file".to_string(),
@@ -1319,7 +1868,7 @@ mod tests {
         let hello = host.iter().find(|p| p.scenario == report::HELLO).unwrap();
         assert_eq!((hello.cache, hello.expect.0), (Cache::Any, &["none"][..]));
         // Every target has its own port and service name.
-        let ports = Ports::pick(&[Rt::Spin, Rt::Host]).unwrap();
+        let ports = Ports::pick(&[Rt::Spin, Rt::Host], 0).unwrap();
         let mut seen: Vec<u16> = ports.targets.iter().map(|(_, p)| *p).collect();
         seen.extend([ports.redis, ports.postgres]);
         seen.sort_unstable();

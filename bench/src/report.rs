@@ -693,7 +693,7 @@ fn row(run: &Run) -> Vec<String> {
 }
 
 /// A Markdown table; `right(i)` says which columns are right-aligned.
-fn md_table(
+pub(crate) fn md_table(
     header: &[&str],
     right: impl Fn(usize) -> bool,
     rows: impl IntoIterator<Item = Vec<String>>,

@@ -19,7 +19,7 @@ use aside_shared::cache::{
 use aside_shared::{CachedProfile, FieldSelection, UserId};
 use spin_sdk::redis::{Connection, Error, RedisParameter, RedisResult};
 
-use crate::backoff::{Breaker, Permit, Transition, Visible};
+use crate::backoff::{Attempt, Breaker, Transition, Visible};
 use crate::clock;
 use crate::config::Config;
 use crate::flight::SingleFlight;
@@ -150,10 +150,9 @@ impl Redis {
         if limit.is_zero() {
             return Read::Skipped;
         }
-        let permit = self.breaker.borrow_mut().permit(clock::now());
-        if permit == Permit::Skip {
+        let Some(permit) = Attempt::start(&self.breaker, clock::now()) else {
             return Read::Skipped;
-        }
+        };
         let attempt = clock::within(limit, async {
             let connection = self.connection().await.ok_or(Failure::Connect)?;
             match connection.execute(command, arguments).await {
@@ -166,7 +165,7 @@ impl Redis {
         .unwrap_or(Err(Failure::TimedOut));
 
         let ok = attempt.is_ok();
-        let transition = self.breaker.borrow_mut().record(permit, ok, clock::now());
+        let transition = permit.finish(ok, clock::now());
         match transition {
             Some(Transition::Opened) => eprintln!(
                 "aside-edge: redis breaker open after {} consecutive failure(s): skipping Redis for {} \

@@ -800,11 +800,7 @@ fn origin_shelf(answer: &OriginAnswer, now_ms: i64, origin_ms: f64) -> Shelf {
 /// The shared freshness of an origin answer: soft expiry `max-age` seconds from now, and the cost of a
 /// refresh as this edge sees it (the origin call, rounded up to whole milliseconds).
 fn freshness_from_max_age(max_age_secs: u64, now_ms: i64, origin_ms: f64) -> Freshness {
-    let max_age_ms = i64::try_from(max_age_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-    Freshness {
-        fresh_until_ms: now_ms.saturating_add(max_age_ms),
-        delta_ms: origin_ms.max(0.0).ceil().min(f64::from(u32::MAX)) as u32,
-    }
+    aside_shared::headers::freshness_from_max_age(max_age_secs, now_ms, origin_ms)
 }
 
 #[cfg(test)]

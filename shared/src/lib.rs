@@ -5,11 +5,13 @@
 //!
 //! * [`domain`]: parse-don't-validate newtypes for every profile field and the [`UserProfile`] itself.
 //! * [`fields`]: the `?fields=` projection.
+//! * [`breaker`]: the circuit breaker state machine both sides put in front of a backend.
 //! * [`cache`]: Redis key names and the profile <-> hash mapping.
 //! * [`error`]: the JSON error body and its codes.
 //! * [`input`]: write bodies (`ProfileInput`, `ProfilePatch`), parsed with the same rules on both sides.
 //! * [`headers`]: header names and values both sides emit (`x-cache`, `server-timing`).
 
+pub mod breaker;
 pub mod cache;
 pub mod domain;
 pub mod error;

@@ -9,65 +9,12 @@
 use std::time::Duration;
 
 use aside_tests::harness::{
-    Edge, EdgeOptions, Origin, Stack, TestEnv, TestIssuer, TestKey, generate_secret, now_secs,
+    Edge, EdgeOptions, Origin, Stack, TestEnv, TestIssuer, TestKey, generate_secret, http_client,
+    now_secs,
 };
 use base64::Engine as _;
 use reqwest::Method;
 use serde_json::{Value, json};
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v.to_str().unwrap())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
-    }
-
-    /// The `error.code` of an error body.
-    fn code(&self) -> String {
-        self.json()["error"]["code"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no error code: {self:?}"))
-            .to_string()
-    }
-}
-
-async fn send(
-    base: &str,
-    method: Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&Value>,
-) -> Answer {
-    let mut request = client().request(method, format!("{base}{path}"));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    if let Some(body) = body {
-        request = request.json(body);
-    }
-    let response = request.send().await.expect("request");
-    Answer {
-        status: response.status().as_u16(),
-        headers: response.headers().clone(),
-        body: response.text().await.unwrap(),
-    }
-}
 
 /// A seeded env, its origin, and an edge with authentication on (`issuer`'s keys) and the options
 /// `tune` adds.
@@ -190,11 +137,11 @@ fn new_profile(n: u32) -> Value {
 async fn every_route_refuses_missing_and_bad_tokens_before_any_tier_and_changes_nothing() {
     let idp = TestIssuer::new();
     let (stack, env, _, _origin, edge) = stack_with_auth(10, &idp, |o| o).await;
+    let app = edge.app();
     let before = env.profile_json(stack, 4).await.unwrap();
-    let url = edge.url();
 
     for (method, path, body) in routes(4, &before, &new_profile(1)) {
-        let none = send(&url, method.clone(), &path, None, body.as_ref()).await;
+        let none = app.call(method.clone(), &path, body.as_ref()).await;
         assert_eq!(
             none.status, 401,
             "{method} {path} without a token: {none:?}"
@@ -208,7 +155,10 @@ async fn every_route_refuses_missing_and_bad_tokens_before_any_tier_and_changes_
         assert_eq!(none.header("vary"), Some("authorization"));
 
         for (what, token, description) in bad_tokens(&idp) {
-            let answer = send(&url, method.clone(), &path, Some(&token), body.as_ref()).await;
+            let answer = app
+                .with_token(&token)
+                .call(method.clone(), &path, body.as_ref())
+                .await;
             assert_eq!(
                 answer.status, 401,
                 "{method} {path} with {what}: {answer:?}"
@@ -238,10 +188,7 @@ async fn every_route_refuses_missing_and_bad_tokens_before_any_tier_and_changes_
         .get(0);
     assert_eq!(count, 10);
     // Outside the public API no token is needed.
-    assert_eq!(
-        send(&url, Method::GET, "/healthz", None, None).await.status,
-        200
-    );
+    assert_eq!(app.call(Method::GET, "/healthz", None).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,7 +196,7 @@ async fn scopes_and_ownership_decide_each_route() {
     let idp = TestIssuer::new();
     let (stack, env, _, _origin, edge) =
         stack_with_auth(10, &idp, |o| o.var("write_rate_per_min", 0)).await;
-    let url = edge.url();
+    let app = edge.app();
     let current = env.profile_json(stack, 4).await.unwrap();
     let owner_rw = idp.token("rs", &idp.claims("4", "profiles:read profiles:write"));
     let other_rw = idp.token("ed", &idp.claims("3", "profiles:read profiles:write"));
@@ -258,7 +205,10 @@ async fn scopes_and_ownership_decide_each_route() {
 
     // Wrong scope: the owner itself, without profiles:* scopes, may do nothing.
     for (method, path, body) in routes(4, &current, &new_profile(1)) {
-        let answer = send(&url, method.clone(), &path, Some(&no_scope), body.as_ref()).await;
+        let answer = app
+            .with_token(&no_scope)
+            .call(method.clone(), &path, body.as_ref())
+            .await;
         assert_eq!(answer.status, 403, "{method} {path}: {answer:?}");
         assert_eq!(answer.code(), "insufficient_scope");
         assert!(
@@ -271,7 +221,10 @@ async fn scopes_and_ownership_decide_each_route() {
     }
     // Another subject's profile: refused, naming the admin scope; creating needs admin too.
     for (method, path, body) in routes(4, &current, &new_profile(2)) {
-        let answer = send(&url, method.clone(), &path, Some(&other_rw), body.as_ref()).await;
+        let answer = app
+            .with_token(&other_rw)
+            .call(method.clone(), &path, body.as_ref())
+            .await;
         assert_eq!(answer.status, 403, "{method} {path}: {answer:?}");
         assert!(
             answer
@@ -289,7 +242,10 @@ async fn scopes_and_ownership_decide_each_route() {
         .into_iter()
         .zip(expected)
     {
-        let answer = send(&url, method.clone(), &path, Some(&owner_rw), body.as_ref()).await;
+        let answer = app
+            .with_token(&owner_rw)
+            .call(method.clone(), &path, body.as_ref())
+            .await;
         assert_eq!(answer.status, status, "{method} {path}: {answer:?}");
         if method == Method::GET {
             assert_eq!(answer.json(), current);
@@ -302,7 +258,10 @@ async fn scopes_and_ownership_decide_each_route() {
     for ((method, path, body), status) in
         routes(5, &other, &new_profile(4)).into_iter().zip(expected)
     {
-        let answer = send(&url, method.clone(), &path, Some(&admin), body.as_ref()).await;
+        let answer = app
+            .with_token(&admin)
+            .call(method.clone(), &path, body.as_ref())
+            .await;
         assert_eq!(answer.status, status, "{method} {path}: {answer:?}");
         if method == Method::POST {
             assert_eq!(answer.json()["username"], "auth.test4");
@@ -314,11 +273,14 @@ async fn scopes_and_ownership_decide_each_route() {
 async fn a_cached_profile_is_served_only_to_callers_allowed_to_see_it() {
     let idp = TestIssuer::new();
     let (_stack, _env, _, _origin, edge) = stack_with_auth(10, &idp, |o| o.l1_ttl_ms(300)).await;
-    let url = edge.url();
+    let app = edge.app();
     let alice = idp.token("rs", &idp.claims("5", "profiles:read"));
     let bob = idp.token("ed", &idp.claims("6", "profiles:read"));
 
-    let first = send(&url, Method::GET, "/users/5", Some(&alice), None).await;
+    let first = app
+        .with_token(&alice)
+        .call(Method::GET, "/users/5", None)
+        .await;
     assert_eq!(first.status, 200, "{first:?}");
     assert_eq!(first.header("vary"), Some("authorization"));
     let control = first.header("cache-control").unwrap();
@@ -328,7 +290,10 @@ async fn a_cached_profile_is_served_only_to_callers_allowed_to_see_it() {
     // In tier 1 now (alice's second read is an L1 hit); bob is still refused.
     let mut saw = Vec::new();
     for _ in 0..5 {
-        let again = send(&url, Method::GET, "/users/5", Some(&alice), None).await;
+        let again = app
+            .with_token(&alice)
+            .call(Method::GET, "/users/5", None)
+            .await;
         assert_eq!(again.status, 200);
         assert!(
             again
@@ -337,7 +302,10 @@ async fn a_cached_profile_is_served_only_to_callers_allowed_to_see_it() {
                 .starts_with("private")
         );
         saw.push(again.header("x-cache").unwrap().to_string());
-        let denied = send(&url, Method::GET, "/users/5", Some(&bob), None).await;
+        let denied = app
+            .with_token(&bob)
+            .call(Method::GET, "/users/5", None)
+            .await;
         assert_eq!(denied.status, 403, "{denied:?}");
         assert_eq!(denied.header("x-cache"), Some("BYPASS"));
         assert!(
@@ -350,36 +318,34 @@ async fn a_cached_profile_is_served_only_to_callers_allowed_to_see_it() {
 
     // After the tier-1 TTL the copy comes from Redis (L2); bob is still refused.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let l2 = send(&url, Method::GET, "/users/5", Some(&alice), None).await;
+    let l2 = app
+        .with_token(&alice)
+        .call(Method::GET, "/users/5", None)
+        .await;
     assert_eq!(
         (l2.status, l2.header("x-cache")),
         (200, Some("L2")),
         "{l2:?}"
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let denied = send(&url, Method::GET, "/users/5", Some(&bob), None).await;
+    let denied = app
+        .with_token(&bob)
+        .call(Method::GET, "/users/5", None)
+        .await;
     assert_eq!(denied.status, 403, "{denied:?}");
 
     // The public projection is open to any reader; other fields are not.
-    let public = send(
-        &url,
-        Method::GET,
-        "/users/5?fields=full_name,department",
-        Some(&bob),
-        None,
-    )
-    .await;
+    let public = app
+        .with_token(&bob)
+        .get("/users/5?fields=full_name,department")
+        .await;
     assert_eq!(public.status, 200, "{public:?}");
     let keys: Vec<String> = public.json().as_object().unwrap().keys().cloned().collect();
     assert_eq!(keys, ["id", "full_name", "department"]);
-    let private = send(
-        &url,
-        Method::GET,
-        "/users/5?fields=full_name,email",
-        Some(&bob),
-        None,
-    )
-    .await;
+    let private = app
+        .with_token(&bob)
+        .get("/users/5?fields=full_name,email")
+        .await;
     assert_eq!(private.status, 403, "{private:?}");
 }
 
@@ -400,26 +366,20 @@ async fn keys_rotate_through_the_jwks() {
         .await
         .unwrap();
     for kid in ["rs", "es"] {
-        let answer = send(
-            &before.url(),
-            Method::GET,
-            "/users/1",
-            Some(&read(kid)),
-            None,
-        )
-        .await;
+        let answer = before
+            .app()
+            .with_token(&read(kid))
+            .call(Method::GET, "/users/1", None)
+            .await;
         assert_eq!(answer.status, 200, "{kid}: {answer:?}");
     }
     assert_eq!(
-        send(
-            &before.url(),
-            Method::GET,
-            "/users/1",
-            Some(&read("ed")),
-            None
-        )
-        .await
-        .status,
+        before
+            .app()
+            .with_token(&read("ed"))
+            .call(Method::GET, "/users/1", None)
+            .await
+            .status,
         401
     );
     // After: rs retired, ed added.
@@ -428,25 +388,19 @@ async fn keys_rotate_through_the_jwks() {
         .start()
         .await
         .unwrap();
-    let retired = send(
-        &after.url(),
-        Method::GET,
-        "/users/1",
-        Some(&read("rs")),
-        None,
-    )
-    .await;
+    let retired = after
+        .app()
+        .with_token(&read("rs"))
+        .call(Method::GET, "/users/1", None)
+        .await;
     assert_eq!(retired.status, 401, "{retired:?}");
     assert!(retired.body.contains("not in the key set"), "{retired:?}");
     for kid in ["es", "ed"] {
-        let answer = send(
-            &after.url(),
-            Method::GET,
-            "/users/1",
-            Some(&read(kid)),
-            None,
-        )
-        .await;
+        let answer = after
+            .app()
+            .with_token(&read(kid))
+            .call(Method::GET, "/users/1", None)
+            .await;
         assert_eq!(answer.status, 200, "{kid}: {answer:?}");
     }
 }
@@ -455,21 +409,18 @@ async fn keys_rotate_through_the_jwks() {
 async fn the_origin_records_who_changed_what() {
     let idp = TestIssuer::new();
     let (stack, env, secret, origin, edge) = stack_with_auth(5, &idp, |o| o).await;
+    let app = edge.app();
     let admin = idp.token("ed", &idp.claims("ops:ana", "profiles:admin"));
     let owner = idp.token("rs", &idp.claims("2", "profiles:read profiles:write"));
 
     let patch = json!({"department": "Security"});
-    let by_admin = send(
-        &edge.url(),
-        Method::PATCH,
-        "/users/1",
-        Some(&admin),
-        Some(&patch),
-    )
-    .await;
+    let by_admin = app
+        .with_token(&admin)
+        .call(Method::PATCH, "/users/1", Some(&patch))
+        .await;
     assert_eq!(by_admin.status, 200, "{by_admin:?}");
     // A client's own x-aside-caller is never believed: the edge sets it from the token.
-    let forged = client()
+    let forged = http_client()
         .patch(format!("{}/users/2", edge.url()))
         .bearer_auth(&owner)
         .header("x-aside-caller", "mallory")
@@ -479,14 +430,11 @@ async fn the_origin_records_who_changed_what() {
         .unwrap();
     assert_eq!(forged.status(), 200);
     // A direct caller of the origin, with the origin token and no caller header.
-    let direct = send(
-        &origin.url(),
-        Method::DELETE,
-        "/users/3",
-        Some(&secret),
-        None,
-    )
-    .await;
+    let direct = origin
+        .app()
+        .with_token(&secret)
+        .call(Method::DELETE, "/users/3", None)
+        .await;
     assert_eq!(direct.status, 204, "{direct:?}");
 
     let db = stack.postgres.connect(&env.database).await.unwrap();
@@ -528,27 +476,37 @@ async fn writes_over_the_per_caller_rate_get_429_with_retry_after() {
         o.var("write_rate_per_min", 1).var("write_burst", 2)
     })
     .await;
-    let url = edge.url();
+    let app = edge.app();
     let noisy = idp.token("es", &idp.claims("1", "profiles:read profiles:write"));
     let quiet = idp.token("es", &idp.claims("2", "profiles:read profiles:write"));
     let patch = json!({"department": "Sales"});
     for _ in 0..2 {
-        let ok = send(&url, Method::PATCH, "/users/1", Some(&noisy), Some(&patch)).await;
+        let ok = app
+            .with_token(&noisy)
+            .call(Method::PATCH, "/users/1", Some(&patch))
+            .await;
         assert_eq!(ok.status, 200, "{ok:?}");
     }
-    let limited = send(&url, Method::PATCH, "/users/1", Some(&noisy), Some(&patch)).await;
+    let limited = app
+        .with_token(&noisy)
+        .call(Method::PATCH, "/users/1", Some(&patch))
+        .await;
     assert_eq!(limited.status, 429, "{limited:?}");
     assert_eq!(limited.code(), "rate_limited");
     let retry: u64 = limited.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
     // Reads are not limited, and another caller has its own budget.
     assert_eq!(
-        send(&url, Method::GET, "/users/1", Some(&noisy), None)
+        app.with_token(&noisy)
+            .call(Method::GET, "/users/1", None)
             .await
             .status,
         200
     );
-    let other = send(&url, Method::PATCH, "/users/2", Some(&quiet), Some(&patch)).await;
+    let other = app
+        .with_token(&quiet)
+        .call(Method::PATCH, "/users/2", Some(&patch))
+        .await;
     assert_eq!(other.status, 200, "{other:?}");
 }
 
@@ -583,7 +541,7 @@ async fn authentication_is_on_unless_turned_off_and_off_says_so() {
         .start()
         .await
         .unwrap();
-    let answer = send(&bad.url(), Method::GET, "/users/1", None, None).await;
+    let answer = bad.app().call(Method::GET, "/users/1", None).await;
     assert_eq!(answer.status, 500, "{answer:?}");
     assert!(
         answer.body.contains("auth_jwks") && !answer.body.contains("c2VjcmV0"),
@@ -596,7 +554,7 @@ async fn authentication_is_on_unless_turned_off_and_off_says_so() {
         .await
         .unwrap();
     for path in ["/users/1", "/healthz"] {
-        let answer = send(&open.url(), Method::GET, path, None, None).await;
+        let answer = open.app().call(Method::GET, path, None).await;
         assert_eq!(answer.status, 200, "{answer:?}");
         assert_eq!(answer.header("x-aside-auth"), Some("off"), "{path}");
     }

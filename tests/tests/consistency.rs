@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use aside_tests::harness::{Origin, Stack, TestEnv, wait_until};
+use aside_tests::harness::{Answer, Origin, Stack, TestEnv, call_url, http_client, wait_until};
 use redis::AsyncCommands as _;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -17,58 +17,8 @@ use serde_json::{Value, json};
 /// How soon a change made in PostgreSQL must be in Redis.
 const CDC_DEADLINE: Duration = Duration::from_secs(1);
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Value,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v.to_str().unwrap())
-    }
-
-    fn code(&self) -> &str {
-        self.body["error"]["code"].as_str().unwrap_or("")
-    }
-
-    fn message(&self) -> &str {
-        self.body["error"]["message"].as_str().unwrap_or("")
-    }
-}
-
-async fn call(method: Method, url: &str, body: Option<&Value>) -> Answer {
-    let mut request = client().request(method, url);
-    if let Some(body) = body {
-        request = request
-            .header("content-type", "application/json")
-            .body(body.to_string());
-    }
-    answer(request).await
-}
-
-async fn answer(request: reqwest::RequestBuilder) -> Answer {
-    let response = request.send().await.expect("request");
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let text = response.text().await.unwrap();
-    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Answer {
-        status,
-        headers,
-        body,
-    }
-}
-
 async fn get(origin: &Origin, id: i64) -> Answer {
-    call(Method::GET, &format!("{}/users/{id}", origin.url()), None).await
+    origin.app().get(&format!("/users/{id}")).await
 }
 
 fn new_profile(tag: &str) -> Value {
@@ -189,19 +139,19 @@ async fn post_creates_a_user_with_201_and_location_and_writes_it_through() {
     let mut redis = stack.redis.admin(env.redis_db).await.unwrap();
 
     let body = new_profile("post");
-    let created = call(
+    let created = call_url(
         Method::POST,
         &format!("{}/users", origin.url()),
         Some(&body),
     )
     .await;
     assert_eq!(created.status, 201, "{:?}", created.body);
-    let id = created.body["id"].as_i64().unwrap();
+    let id = created.json()["id"].as_i64().unwrap();
     assert_eq!(id, 4);
     assert_eq!(created.header("location"), Some("/users/4"));
     let mut expected = body.clone();
     expected["id"] = json!(id);
-    assert_eq!(created.body, expected);
+    assert_eq!(created.json(), expected);
 
     let db = psql(stack, &env).await;
     assert_eq!(row(&db, 4).await, Some((expected.clone(), 1)), "committed");
@@ -210,7 +160,7 @@ async fn post_creates_a_user_with_201_and_location_and_writes_it_through() {
     assert_eq!(hash_profile(id, &h), Some((expected.clone(), 1)));
     let read = get(&origin, id).await;
     assert_eq!((read.status, read.header("x-cache")), (200, Some("HIT")));
-    assert_eq!(read.body, expected);
+    assert_eq!(read.json(), expected);
 }
 
 #[tokio::test]
@@ -225,18 +175,18 @@ async fn put_replaces_and_patch_updates_and_both_write_the_new_version_through()
     assert_eq!(get(&origin, 2).await.header("x-cache"), Some("MISS"));
 
     let replacement = new_profile("put");
-    let put = call(Method::PUT, &url, Some(&replacement)).await;
+    let put = call_url(Method::PUT, &url, Some(&replacement)).await;
     assert_eq!(put.status, 200, "{:?}", put.body);
     let mut expected = replacement.clone();
     expected["id"] = json!(2);
-    assert_eq!(put.body, expected);
+    assert_eq!(put.json(), expected);
     assert_eq!(row(&db, 2).await, Some((expected.clone(), 2)));
     assert_eq!(
         hash_profile(2, &hash(&mut redis, 2).await),
         Some((expected.clone(), 2))
     );
 
-    let patch = call(
+    let patch = call_url(
         Method::PATCH,
         &url,
         Some(&json!({"department": "Marketing", "full_name": "Beatriz Antunes Lopes"})),
@@ -245,7 +195,7 @@ async fn put_replaces_and_patch_updates_and_both_write_the_new_version_through()
     assert_eq!(patch.status, 200, "{:?}", patch.body);
     expected["department"] = json!("Marketing");
     expected["full_name"] = json!("Beatriz Antunes Lopes");
-    assert_eq!(patch.body, expected);
+    assert_eq!(patch.json(), expected);
     assert_eq!(row(&db, 2).await, Some((expected.clone(), 3)));
     assert_eq!(
         hash_profile(2, &hash(&mut redis, 2).await),
@@ -253,12 +203,12 @@ async fn put_replaces_and_patch_updates_and_both_write_the_new_version_through()
     );
     let read = get(&origin, 2).await;
     assert_eq!((read.status, read.header("x-cache")), (200, Some("HIT")));
-    assert_eq!(read.body, expected);
+    assert_eq!(read.json(), expected);
 
     // An empty patch changes nothing, not even the version.
-    let empty = call(Method::PATCH, &url, Some(&json!({}))).await;
+    let empty = call_url(Method::PATCH, &url, Some(&json!({}))).await;
     assert_eq!(empty.status, 200);
-    assert_eq!(empty.body, expected);
+    assert_eq!(empty.json(), expected);
     assert_eq!(row(&db, 2).await.unwrap().1, 3);
 
     // Unknown ids.
@@ -267,7 +217,7 @@ async fn put_replaces_and_patch_updates_and_both_write_the_new_version_through()
         (Method::PUT, new_profile("nobody")),
         (Method::PATCH, json!({"department": "Sales"})),
     ] {
-        let a = call(method.clone(), &missing, Some(&body)).await;
+        let a = call_url(method.clone(), &missing, Some(&body)).await;
         assert_eq!((a.status, a.code()), (404, "not_found"), "{method}");
     }
 }
@@ -292,7 +242,7 @@ async fn delete_answers_204_then_404_and_leaves_a_versioned_tombstone() {
     assert_eq!(get(&origin, 3).await.status, 200);
 
     let url = format!("{}/users/3", origin.url());
-    let deleted = client().delete(&url).send().await.unwrap();
+    let deleted = http_client().delete(&url).send().await.unwrap();
     assert_eq!(deleted.status().as_u16(), 204);
     assert_eq!(row(&db, 3).await, None, "committed");
     let h = hash(&mut redis, 3).await;
@@ -310,7 +260,7 @@ async fn delete_answers_204_then_404_and_leaves_a_versioned_tombstone() {
         Some("HIT"),
         "answered by the tombstone"
     );
-    let projected = call(
+    let projected = call_url(
         Method::GET,
         &format!("{}/users/3?fields=email", origin.url()),
         None,
@@ -322,9 +272,9 @@ async fn delete_answers_204_then_404_and_leaves_a_versioned_tombstone() {
     );
     assert_eq!(metric(&origin, PROFILE_QUERIES).await, before);
 
-    let again = client().delete(&url).send().await.unwrap();
+    let again = http_client().delete(&url).send().await.unwrap();
     assert_eq!(again.status().as_u16(), 404);
-    let patch = call(Method::PATCH, &url, Some(&json!({"gender": "M"}))).await;
+    let patch = call_url(Method::PATCH, &url, Some(&json!({"gender": "M"}))).await;
     assert_eq!(patch.status, 404);
 }
 
@@ -364,7 +314,7 @@ async fn invalid_fields_are_422_naming_the_field_and_change_nothing() {
             (Method::PUT, &one, &body),
             (Method::PATCH, &one, &patch_body),
         ] {
-            let a = call(method.clone(), url, Some(body)).await;
+            let a = call_url(method.clone(), url, Some(body)).await;
             assert_eq!(
                 (a.status, a.code()),
                 (422, "validation_failed"),
@@ -381,7 +331,7 @@ async fn invalid_fields_are_422_naming_the_field_and_change_nothing() {
     let mut missing = new_profile("missing");
     missing.as_object_mut().unwrap().remove("gender");
     for (method, url) in [(Method::POST, &users), (Method::PUT, &one)] {
-        let a = call(method, url, Some(&missing)).await;
+        let a = call_url(method, url, Some(&missing)).await;
         assert_eq!(a.status, 422);
         assert_eq!(a.message(), "gender: is required");
     }
@@ -422,8 +372,8 @@ async fn bodies_that_are_not_json_objects_get_400_415_and_413() {
             (Method::PUT, &one),
             (Method::PATCH, &one),
         ] {
-            let a = answer(
-                client()
+            let a = Answer::of(
+                http_client()
                     .request(method.clone(), url)
                     .header("content-type", "application/json")
                     .body(raw),
@@ -443,19 +393,19 @@ async fn bodies_that_are_not_json_objects_get_400_415_and_413() {
         Some("text/plain"),
         Some("application/x-www-form-urlencoded"),
     ] {
-        let mut request = client().post(&users).body(body.clone());
+        let mut request = http_client().post(&users).body(body.clone());
         if let Some(ct) = content_type {
             request = request.header("content-type", ct);
         }
-        let a = answer(request).await;
+        let a = Answer::of(request).await;
         assert_eq!(
             (a.status, a.code()),
             (415, "unsupported_media_type"),
             "{content_type:?}"
         );
     }
-    let with_charset = answer(
-        client()
+    let with_charset = Answer::of(
+        http_client()
             .post(&users)
             .header("content-type", "application/json; charset=utf-8")
             .body(body.clone()),
@@ -464,8 +414,8 @@ async fn bodies_that_are_not_json_objects_get_400_415_and_413() {
     assert_eq!(with_charset.status, 201);
 
     let huge = json!({"full_name": "x".repeat(64 * 1024)}).to_string();
-    let a = answer(
-        client()
+    let a = Answer::of(
+        http_client()
             .patch(&one)
             .header("content-type", "application/json")
             .body(huge),
@@ -474,9 +424,9 @@ async fn bodies_that_are_not_json_objects_get_400_415_and_413() {
     assert_eq!((a.status, a.code()), (413, "payload_too_large"));
     assert_eq!(a.header("content-type"), Some("application/json"));
 
-    let a = call(Method::GET, &users, None).await;
+    let a = call_url(Method::GET, &users, None).await;
     assert_eq!((a.status, a.code()), (405, "method_not_allowed"));
-    let a = call(Method::DELETE, &format!("{}/users/1e3", origin.url()), None).await;
+    let a = call_url(Method::DELETE, &format!("{}/users/1e3", origin.url()), None).await;
     assert_eq!((a.status, a.code()), (400, "invalid_id"));
 }
 
@@ -495,22 +445,22 @@ async fn a_duplicate_username_or_email_is_409_and_changes_nothing() {
     for field in ["username", "email"] {
         let mut body = new_profile(&format!("dup-{field}"));
         body[field] = first[field].clone();
-        let a = call(Method::POST, &users, Some(&body)).await;
+        let a = call_url(Method::POST, &users, Some(&body)).await;
         assert_eq!((a.status, a.code()), (409, "conflict"), "POST {field}");
         assert!(
             a.message().starts_with(&format!("{field}:")),
             "{}",
             a.message()
         );
-        let a = call(Method::PUT, &two, Some(&body)).await;
+        let a = call_url(Method::PUT, &two, Some(&body)).await;
         assert_eq!((a.status, a.code()), (409, "conflict"), "PUT {field}");
-        let a = call(Method::PATCH, &two, Some(&json!({ field: first[field] }))).await;
+        let a = call_url(Method::PATCH, &two, Some(&json!({ field: first[field] }))).await;
         assert_eq!((a.status, a.code()), (409, "conflict"), "PATCH {field}");
     }
     assert_eq!(row(&db, 2).await, before);
     // Its own values are no conflict.
     let (own, _) = row(&db, 2).await.unwrap();
-    let a = call(
+    let a = call_url(
         Method::PATCH,
         &two,
         Some(&json!({"email": own["email"], "username": own["username"]})),
@@ -531,8 +481,8 @@ async fn writes_need_the_token_like_reads() {
     let body = new_profile("auth").to_string();
     let url = format!("{}/users", origin.url());
 
-    let anonymous = answer(
-        client()
+    let anonymous = Answer::of(
+        http_client()
             .post(&url)
             .header("content-type", "application/json")
             .body(body.clone()),
@@ -540,8 +490,8 @@ async fn writes_need_the_token_like_reads() {
     .await;
     assert_eq!((anonymous.status, anonymous.code()), (401, "unauthorized"));
     for method in [Method::PUT, Method::PATCH, Method::DELETE] {
-        let a = answer(
-            client()
+        let a = Answer::of(
+            http_client()
                 .request(method.clone(), format!("{url}/1"))
                 .header("content-type", "application/json")
                 .body(body.clone()),
@@ -549,8 +499,8 @@ async fn writes_need_the_token_like_reads() {
         .await;
         assert_eq!(a.status, 401, "{method}");
     }
-    let created = answer(
-        client()
+    let created = Answer::of(
+        http_client()
             .post(&url)
             .bearer_auth(&token)
             .header("content-type", "application/json")
@@ -585,7 +535,7 @@ async fn an_unknown_id_is_cached_as_missing_and_a_created_row_replaces_the_marke
     for _ in 0..5 {
         let hit = get(&origin, 6).await;
         assert_eq!((hit.status, hit.header("x-cache")), (404, Some("HIT")));
-        let projected = call(
+        let projected = call_url(
             Method::GET,
             &format!("{}/users/6?fields=id", origin.url()),
             None,
@@ -596,13 +546,13 @@ async fn an_unknown_id_is_cached_as_missing_and_a_created_row_replaces_the_marke
     assert_eq!(metric(&origin, PROFILE_QUERIES).await, before);
 
     // Created through the API: the write-through (version 1) replaces the marker (version 0) at once.
-    let created = call(
+    let created = call_url(
         Method::POST,
         &format!("{}/users", origin.url()),
         Some(&new_profile("neg")),
     )
     .await;
-    assert_eq!(created.body["id"], 6);
+    assert_eq!(created.json()["id"], 6);
     let read = get(&origin, 6).await;
     assert_eq!((read.status, read.header("x-cache")), (200, Some("HIT")));
 
@@ -627,7 +577,7 @@ async fn an_unknown_id_is_cached_as_missing_and_a_created_row_replaces_the_marke
     .await;
     let read = get(&origin, 500).await;
     assert_eq!((read.status, read.header("x-cache")), (200, Some("HIT")));
-    assert_eq!(read.body["username"], "rui.barros");
+    assert_eq!(read.json()["username"], "rui.barros");
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -664,10 +614,10 @@ async fn a_delayed_fill_of_the_old_row_does_not_overwrite_a_newer_write_through(
     // The reader misses, reads version 1 from PostgreSQL, and waits before filling.
     let url = origin.url();
     let reader =
-        tokio::spawn(async move { call(Method::GET, &format!("{url}/users/1"), None).await });
+        tokio::spawn(async move { call_url(Method::GET, &format!("{url}/users/1"), None).await });
     tokio::time::sleep(Duration::from_millis(250)).await;
     // Meanwhile a writer commits version 2 and writes it through.
-    let patch = call(
+    let patch = call_url(
         Method::PATCH,
         &format!("{}/users/1", origin.url()),
         Some(&json!({"department": "Human Resources"})),
@@ -678,7 +628,7 @@ async fn a_delayed_fill_of_the_old_row_does_not_overwrite_a_newer_write_through(
 
     let read = reader.await.unwrap();
     assert_eq!((read.status, read.header("x-cache")), (200, Some("MISS")));
-    assert_eq!(read.body, old, "the reader did read the old row");
+    assert_eq!(read.json(), old, "the reader did read the old row");
     // Its late fill of version 1 was refused: the cache holds version 2.
     let h = hash(&mut redis, 1).await;
     let (cached, version) = hash_profile(1, &h).expect("a profile");
@@ -706,9 +656,9 @@ async fn a_delayed_fill_loses_to_a_delete_tombstone_and_to_an_out_of_band_update
     // Delete through the API while a reader's fill of the old row is pending.
     let url = origin.url();
     let reader =
-        tokio::spawn(async move { call(Method::GET, &format!("{url}/users/2"), None).await });
+        tokio::spawn(async move { call_url(Method::GET, &format!("{url}/users/2"), None).await });
     tokio::time::sleep(Duration::from_millis(250)).await;
-    let deleted = client()
+    let deleted = http_client()
         .delete(format!("{}/users/2", origin.url()))
         .send()
         .await
@@ -721,7 +671,7 @@ async fn a_delayed_fill_loses_to_a_delete_tombstone_and_to_an_out_of_band_update
     // Update in psql while a reader's fill is pending: change capture writes version 2 first.
     let url = origin.url();
     let reader =
-        tokio::spawn(async move { call(Method::GET, &format!("{url}/users/3"), None).await });
+        tokio::spawn(async move { call_url(Method::GET, &format!("{url}/users/3"), None).await });
     tokio::time::sleep(Duration::from_millis(250)).await;
     db.execute(
         "UPDATE devops_api.users SET department = 'Marketing' WHERE id = 3",
@@ -748,7 +698,7 @@ async fn a_row_created_while_a_missing_marker_is_pending_is_not_hidden() {
     // The reader finds no row 40, and waits before caching "missing"; the row is created meanwhile.
     let url = origin.url();
     let reader =
-        tokio::spawn(async move { call(Method::GET, &format!("{url}/users/40"), None).await });
+        tokio::spawn(async move { call_url(Method::GET, &format!("{url}/users/40"), None).await });
     tokio::time::sleep(Duration::from_millis(250)).await;
     db.execute(
         "INSERT INTO devops_api.users (id, full_name, gender, birth_date, department, email, username) \
@@ -793,10 +743,10 @@ async fn a_psql_update_reaches_redis_within_a_second() {
     let read = get(&origin, 4).await;
     assert_eq!((read.status, read.header("x-cache")), (200, Some("HIT")));
     assert_eq!(
-        read.body["email"],
+        read.json()["email"],
         "changed.by.psql@fake-devops-db.internal"
     );
-    assert_eq!(read.body, row(&db, 4).await.unwrap().0);
+    assert_eq!(read.json(), row(&db, 4).await.unwrap().0);
 }
 
 #[tokio::test]
@@ -891,7 +841,7 @@ async fn a_psql_delete_leaves_a_tombstone_within_a_second() {
         version_is(2),
     )
     .await;
-    assert_eq!(get(&origin, 5).await.body["username"], "rui.barros");
+    assert_eq!(get(&origin, 5).await.json()["username"], "rui.barros");
 }
 
 #[tokio::test]
@@ -984,7 +934,7 @@ async fn changes_made_while_redis_was_down_are_applied_when_it_is_back() {
         .await
         .unwrap();
     // A write through the API is acknowledged: it is committed, its write-through failed.
-    let patch = call(
+    let patch = call_url(
         Method::PATCH,
         &format!("{}/users/3", origin.url()),
         Some(&json!({"department": "Marketing"})),
@@ -1166,13 +1116,13 @@ async fn concurrent_writers_and_readers_leave_every_cached_entry_equal_to_postgr
                 let roll = rand::random_range(0..100);
                 let a = if roll < 60 {
                     let d = departments[rand::random_range(0..departments.len())];
-                    call(Method::PATCH, &url, Some(&json!({"department": d}))).await
+                    call_url(Method::PATCH, &url, Some(&json!({"department": d}))).await
                 } else if roll < 85 {
-                    call(Method::PUT, &url, Some(&new_profile(&format!("w{w}n{n}")))).await
+                    call_url(Method::PUT, &url, Some(&new_profile(&format!("w{w}n{n}")))).await
                 } else if roll < 92 {
-                    call(Method::DELETE, &url, None).await
+                    call_url(Method::DELETE, &url, None).await
                 } else {
-                    call(
+                    call_url(
                         Method::POST,
                         &format!("{}/users", origin.url()),
                         Some(&new_profile(&format!("p{w}n{n}"))),

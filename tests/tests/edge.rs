@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aside_tests::harness::{
-    Edge, EdgeOptions, Origin, Stack, TestEnv, generate_secret, manifest_with_allowed_hosts,
-    metric, wait_until,
+    Answer, Edge, EdgeOptions, Origin, Stack, TestEnv, generate_secret, http_client,
+    manifest_with_allowed_hosts, metric, wait_until,
 };
 use redis::AsyncCommands as _;
 use reqwest::Method;
@@ -25,141 +25,16 @@ const PROFILE_QUERIES: &str = "aside_origin_db_queries_total{query=\"profile_by_
 /// below it), far above what a healthy local request takes.
 const BUDGET: Duration = Duration::from_secs(2);
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
-/// One answer, with the headers the tests look at and the raw body.
-#[derive(Debug, Clone)]
-struct Answer {
-    status: u16,
-    x_cache: Option<String>,
-    server_timing: Option<String>,
-    content_type: Option<String>,
-    retry_after: Option<String>,
-    allow: Option<String>,
-    location: Option<String>,
-    etag: Option<String>,
-    instance: Option<String>,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
-    }
-
-    fn cache(&self) -> &str {
-        self.x_cache.as_deref().unwrap_or("<none>")
-    }
-
-    /// The row version in `etag` (`"<version>"`); panics if there is none.
-    fn version(&self) -> i64 {
-        let etag = self
-            .etag
-            .as_deref()
-            .unwrap_or_else(|| panic!("no etag on {self:?}"));
-        aside_shared::headers::parse_etag(etag)
-            .unwrap_or_else(|| panic!("etag {etag:?} is not a quoted version"))
-    }
-
-    /// The `x-edge-instance` that answered.
-    fn instance(&self) -> &str {
-        self.instance.as_deref().unwrap_or("<none>")
-    }
-
-    /// Every edge answer says where it came from and what each tier cost.
-    fn assert_tagged(&self) {
-        assert!(
-            matches!(
-                self.x_cache.as_deref(),
-                Some("L1" | "L2" | "MISS" | "STALE" | "BYPASS")
-            ),
-            "x-cache {:?} on {self:?}",
-            self.x_cache
-        );
-        let timing = self
-            .server_timing
-            .as_deref()
-            .unwrap_or_else(|| panic!("no server-timing on {self:?}"));
-        assert!(
-            timing.split(", ").all(|m| m.contains(";dur=")),
-            "server-timing {timing:?}"
-        );
-        let instance = self.instance();
-        assert!(
-            instance.len() == 16 && instance.bytes().all(|b| b.is_ascii_hexdigit()),
-            "x-edge-instance {instance:?} on {self:?}"
-        );
-    }
-}
-
-async fn send(
-    method: Method,
-    url: &str,
-    token: Option<&str>,
-    content_type: Option<&str>,
-    body: &str,
-) -> Answer {
-    let mut request = client().request(method, url);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    if let Some(content_type) = content_type {
-        request = request.header("content-type", content_type);
-    }
-    if !body.is_empty() {
-        request = request.body(body.to_string());
-    }
-    let response = request.send().await.expect("request");
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .map(|v| v.to_str().unwrap().to_string())
-    };
-    Answer {
-        status: response.status().as_u16(),
-        x_cache: header("x-cache"),
-        server_timing: header("server-timing"),
-        content_type: header("content-type"),
-        retry_after: header("retry-after"),
-        allow: header("allow"),
-        location: header("location"),
-        etag: header("etag"),
-        instance: header("x-edge-instance"),
-        body: response.text().await.expect("body"),
-    }
-}
-
 /// `GET` through the edge; the answer is checked for `x-cache` and `server-timing`.
 async fn get(edge: &Edge, path: &str) -> Answer {
-    let answer = send(
-        Method::GET,
-        &format!("{}{path}", edge.url()),
-        None,
-        None,
-        "",
-    )
-    .await;
-    answer.assert_tagged();
+    let answer = edge.app().get(path).await;
+    answer.assert_edge_tagged();
     answer
 }
 
 /// `GET` straight to the origin with the token.
 async fn origin_get(origin: &Origin, token: &str, path: &str) -> Answer {
-    send(
-        Method::GET,
-        &format!("{}{path}", origin.url()),
-        Some(token),
-        None,
-        "",
-    )
-    .await
+    origin.app().with_token(token).get(path).await
 }
 
 /// A seeded env and an origin that accepts only a fresh token.
@@ -185,8 +60,8 @@ async fn first_read_misses_then_hits_tier_one_then_tier_two_after_the_ttl() {
     let first = get(&edge, "/users/5").await;
     assert_eq!((first.status, first.cache()), (200, "MISS"), "{first:?}");
     assert_eq!(first.json(), expected);
-    assert_eq!(first.content_type.as_deref(), Some("application/json"));
-    let timing = first.server_timing.as_deref().unwrap();
+    assert_eq!(first.header("content-type"), Some("application/json"));
+    let timing = first.header("server-timing").unwrap();
     assert!(
         timing.contains("l1;dur=") && timing.contains("l2;dur=") && timing.contains("origin;dur="),
         "{timing}"
@@ -267,7 +142,7 @@ async fn a_fresh_instance_per_request_is_served_from_tier_two() {
         let answer = get(&edge, "/users/3").await;
         assert_eq!((answer.status, answer.cache()), (200, "L2"), "{answer:?}");
         assert_eq!(answer.body, first.body, "L2 and MISS bodies are identical");
-        let timing = answer.server_timing.as_deref().unwrap();
+        let timing = answer.header("server-timing").unwrap();
         assert!(
             timing.contains("l2;dur=") && !timing.contains("origin"),
             "{timing}"
@@ -302,7 +177,7 @@ async fn fields_projections_are_identical_from_the_origin_tier_two_and_tier_one(
     // An instance without the profile in memory reads the fields from Redis (HMGET).
     let l2 = get(&no_l1, path).await;
     assert_eq!((l2.status, l2.cache()), (200, "L2"), "{l2:?}");
-    let timing = l2.server_timing.as_deref().unwrap();
+    let timing = l2.header("server-timing").unwrap();
     assert!(!timing.contains("origin"), "{timing}");
     // A full read fills tier 1 (a projection never does), which then answers projections too.
     let seen = Observed::default();
@@ -397,7 +272,11 @@ async fn errors_are_the_origin_s_errors() {
         );
         assert_eq!(through.status, direct.status, "{what}");
         assert_eq!(through.body, direct.body, "{what}");
-        assert_eq!(through.content_type, direct.content_type, "{what}");
+        assert_eq!(
+            through.header("content-type"),
+            direct.header("content-type"),
+            "{what}"
+        );
         let code = through.json()["error"]["code"]
             .as_str()
             .unwrap()
@@ -486,14 +365,10 @@ async fn the_origin_token_is_enforced_and_a_rejected_edge_caches_nothing() {
     let stack = Stack::shared().await;
     let (env, token, origin) = origin_for(stack, 5).await;
 
-    let anonymous = send(
-        Method::GET,
-        &format!("{}/users/1", origin.url()),
-        None,
-        None,
-        "",
-    )
-    .await;
+    let anonymous = origin
+        .app()
+        .send_raw(Method::GET, "/users/1", None, "")
+        .await;
     assert_eq!(anonymous.status, 401);
     assert_eq!(anonymous.json()["error"]["code"], "unauthorized");
 
@@ -515,23 +390,15 @@ async fn the_origin_token_is_enforced_and_a_rejected_edge_caches_nothing() {
         (Method::POST, "/users", "{}"),
     ] {
         let what = format!("{method} {path}");
-        let direct = send(
-            method.clone(),
-            &format!("{}{path}", origin.url()),
-            None,
-            Some("application/json"),
-            body,
-        )
-        .await;
-        let through = send(
-            method,
-            &format!("{}{path}", wrong.url()),
-            None,
-            Some("application/json"),
-            body,
-        )
-        .await;
-        through.assert_tagged();
+        let direct = origin
+            .app()
+            .send_raw(method.clone(), path, Some("application/json"), body)
+            .await;
+        let through = wrong
+            .app()
+            .send_raw(method, path, Some("application/json"), body)
+            .await;
+        through.assert_edge_tagged();
         assert_eq!(direct.status, 401, "{what}: {direct:?}");
         assert_eq!((through.status, through.cache()), (401, "BYPASS"), "{what}");
         assert_eq!(through.body, direct.body, "{what}");
@@ -548,14 +415,11 @@ async fn the_origin_token_is_enforced_and_a_rejected_edge_caches_nothing() {
         .start()
         .await
         .unwrap();
-    let answer = send(
-        Method::GET,
-        &format!("{}/users/1", right.url()),
-        Some("not-the-token"),
-        None,
-        "",
-    )
-    .await;
+    let answer = right
+        .app()
+        .with_token("not-the-token")
+        .send_raw(Method::GET, "/users/1", None, "")
+        .await;
     assert_eq!((answer.status, answer.cache()), (200, "MISS"));
     assert!(!origin.log().contains(&token), "the token is never logged");
 }
@@ -582,7 +446,7 @@ async fn a_manifest_that_does_not_allow_redis_gets_no_redis() {
         let answer = get(&edge, path).await;
         assert_eq!((answer.status, answer.cache()), (200, "MISS"), "{path}");
         assert!(started.elapsed() < BUDGET);
-        let timing = answer.server_timing.unwrap();
+        let timing = answer.header("server-timing").unwrap();
         assert!(timing.contains("origin;dur="), "{timing}");
     }
     // The same manifest with Redis allowed hits it: the refusal above was the allow-list's.
@@ -622,16 +486,12 @@ async fn a_manifest_that_does_not_allow_the_origin_gets_503_from_the_edge() {
         "{refused:?}"
     );
     assert_eq!(refused.json()["error"]["code"], "unavailable");
-    assert!(refused.retry_after.is_some());
-    let write = send(
-        Method::DELETE,
-        &format!("{}/users/3", edge.url()),
-        None,
-        None,
-        "",
-    )
-    .await;
-    write.assert_tagged();
+    assert!(refused.header("retry-after").is_some());
+    let write = edge
+        .app()
+        .send_raw(Method::DELETE, "/users/3", None, "")
+        .await;
+    write.assert_edge_tagged();
     assert_eq!((write.status, write.cache()), (503, "BYPASS"));
     // The origin never saw them.
     assert_eq!(metric(&origin.url(), PROFILE_QUERIES).await, queries_before);
@@ -648,7 +508,7 @@ async fn two_hundred_concurrent_cold_reads_make_one_postgres_query() {
     let expected = env.profile_json(stack, 4).await.unwrap();
     let before = metric(&origin.url(), PROFILE_QUERIES).await;
 
-    let client = client();
+    let client = http_client();
     let url = format!("{}/users/4", edge.url());
     let requests = (0..200).map(|_| {
         let client = client.clone();
@@ -698,44 +558,35 @@ async fn writes_and_unknown_routes_are_forwarded_unchanged() {
     ];
     for (method, path, content_type, body) in cases {
         let what = format!("{method} {path}");
-        let direct = send(
-            method.clone(),
-            &format!("{}{path}", origin.url()),
-            Some(&token),
-            content_type,
-            body,
-        )
-        .await;
-        let through = send(
-            method,
-            &format!("{}{path}", edge.url()),
-            None,
-            content_type,
-            body,
-        )
-        .await;
-        through.assert_tagged();
+        let direct = origin
+            .app()
+            .with_token(&token)
+            .send_raw(method.clone(), path, content_type, body)
+            .await;
+        let through = edge.app().send_raw(method, path, content_type, body).await;
+        through.assert_edge_tagged();
         assert!(direct.status >= 400, "{what}: {direct:?}");
         assert_eq!(through.cache(), "BYPASS", "{what}");
         assert_eq!(through.status, direct.status, "{what}");
         assert_eq!(through.body, direct.body, "{what}");
-        assert_eq!(through.content_type, direct.content_type, "{what}");
-        assert_eq!(through.allow, direct.allow, "{what}");
-        assert_eq!(through.location, direct.location, "{what}");
+        assert_eq!(
+            through.header("content-type"),
+            direct.header("content-type"),
+            "{what}"
+        );
+        assert_eq!(through.header("allow"), direct.header("allow"), "{what}");
+        assert_eq!(
+            through.header("location"),
+            direct.header("location"),
+            "{what}"
+        );
     }
     // The edge answers its own liveness check.
     let health = get(&edge, "/healthz").await;
     assert_eq!((health.status, health.cache()), (200, "BYPASS"));
     // The origin's operational routes are not part of the public API: the edge answers 404 itself.
     for path in ["/metrics", "/readyz", "/openapi.json"] {
-        let direct = send(
-            Method::GET,
-            &format!("{}{path}", origin.url()),
-            None,
-            None,
-            "",
-        )
-        .await;
+        let direct = origin.app().send_raw(Method::GET, path, None, "").await;
         assert_eq!(direct.status, 200, "{path} on the origin");
         let through = get(&edge, path).await;
         assert_eq!(through.status, 404, "{path} through the edge");
@@ -749,15 +600,8 @@ async fn writes_and_unknown_routes_are_forwarded_unchanged() {
 
 /// A write through the edge with a JSON body; the answer is checked for the edge's headers.
 async fn write(edge: &Edge, method: Method, path: &str, body: &Value) -> Answer {
-    let answer = send(
-        method,
-        &format!("{}{path}", edge.url()),
-        None,
-        Some("application/json"),
-        &body.to_string(),
-    )
-    .await;
-    answer.assert_tagged();
+    let answer = edge.app().call(method, path, Some(body)).await;
+    answer.assert_edge_tagged();
     answer
 }
 
@@ -786,7 +630,7 @@ async fn every_profile_answer_carries_its_version_as_an_etag() {
     // The origin: a miss, a hit, a projection.
     for path in ["/users/3", "/users/3", "/users/3?fields=email"] {
         let direct = origin_get(&origin, &token, path).await;
-        assert_eq!(direct.etag.as_deref(), Some("\"1\""), "origin {path}");
+        assert_eq!(direct.header("etag"), Some("\"1\""), "origin {path}");
     }
     // The edge, from every tier (L2 now: the origin filled Redis; then L1).
     let seen = Observed::default();
@@ -809,14 +653,10 @@ async fn every_profile_answer_carries_its_version_as_an_etag() {
     )
     .await;
     assert_eq!((patched.status, patched.version()), (200, 2), "{patched:?}");
-    let deleted = send(
-        Method::DELETE,
-        &format!("{}/users/3", edge.url()),
-        None,
-        None,
-        "",
-    )
-    .await;
+    let deleted = edge
+        .app()
+        .send_raw(Method::DELETE, "/users/3", None, "")
+        .await;
     assert_eq!((deleted.status, deleted.version()), (204, 2), "{deleted:?}");
     let created = write(
         &edge,
@@ -832,7 +672,7 @@ async fn every_profile_answer_carries_its_version_as_an_etag() {
     assert_eq!((created.status, created.version()), (201, 1), "{created:?}");
     // Answers that are not a profile carry none.
     let missing = get(&edge, "/users/999").await;
-    assert_eq!((missing.status, missing.etag), (404, None));
+    assert_eq!((missing.status, missing.header("etag")), (404, None));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -899,14 +739,10 @@ async fn an_instance_reads_its_own_writes_from_tier_one_at_once() {
     }
 
     // A delete through the instance: its next read is a 404 at once.
-    let deleted = send(
-        Method::DELETE,
-        &format!("{}/users/2", edge.url()),
-        None,
-        None,
-        "",
-    )
-    .await;
+    let deleted = edge
+        .app()
+        .send_raw(Method::DELETE, "/users/2", None, "")
+        .await;
     assert_eq!(deleted.status, 204, "{deleted:?}");
     for _ in 0..10 {
         let read = get(&edge, "/users/2").await;
@@ -1160,14 +996,7 @@ async fn a_late_answer_of_the_old_row_cannot_go_back_on_the_instance_that_took_t
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         let written = if delete {
-            send(
-                Method::DELETE,
-                &format!("{}{path}", edge.url()),
-                None,
-                None,
-                "",
-            )
-            .await
+            edge.app().send_raw(Method::DELETE, &path, None, "").await
         } else {
             write(
                 &edge,

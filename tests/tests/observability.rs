@@ -5,20 +5,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use aside_tests::harness::{
-    Origin, RedisUser, Stack, TestEnv, bin_dir, generate_secret, wait_until, workspace_root,
+    Origin, RedisUser, Stack, TestEnv, bin_dir, generate_secret, http_client_with_timeout,
+    wait_until, workspace_root,
 };
 use serde_json::Value;
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
-}
+/// Scrapes and admin routes on a loaded test machine may take longer than a read.
+const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Every sample of `/metrics`: `name{labels}` -> value.
 async fn scrape(origin: &Origin) -> BTreeMap<String, f64> {
-    let text = client()
+    let text = http_client_with_timeout(TIMEOUT)
         .get(format!("{}/metrics", origin.url()))
         .send()
         .await
@@ -69,7 +66,7 @@ async fn origin_for(
 /// Hits, misses, coalesced misses, a write, a 404 route, and a Redis error (a key of the wrong type),
 /// then waits until change capture has applied the write.
 async fn drive_traffic(stack: &Stack, env: &TestEnv, origin: &Origin) {
-    let c = client();
+    let c = http_client_with_timeout(TIMEOUT);
     let base = origin.url();
     let get = |path: String| {
         let c = c.clone();
@@ -235,7 +232,7 @@ async fn metrics_expose_every_family_and_move_with_traffic() {
 }
 
 async fn stats(origin: &Origin, token: &str, query: &str) -> (u16, Value) {
-    let response = client()
+    let response = http_client_with_timeout(TIMEOUT)
         .get(format!("{}/admin/cache/stats{query}", origin.url()))
         .bearer_auth(token)
         .send()
@@ -280,7 +277,7 @@ async fn cache_stats_count_this_databases_keys_with_scan_never_keys() {
         0,
     )
     .await;
-    let c = client();
+    let c = http_client_with_timeout(TIMEOUT);
     for id in 1..=100 {
         let status = c
             .get(format!("{}/users/{id}", origin.url()))
@@ -414,7 +411,7 @@ async fn admin_routes_do_not_exist_without_an_admin_token() {
     let (status, body) = stats(&origin, "anything-at-all-16", "").await;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["message"], "no such route");
-    let doc: Value = client()
+    let doc: Value = http_client_with_timeout(TIMEOUT)
         .get(format!("{}/openapi.json", origin.url()))
         .send()
         .await
@@ -449,7 +446,7 @@ async fn openapi_lists_every_route_of_the_router_and_each_answers_as_documented(
         0,
     )
     .await;
-    let c = client();
+    let c = http_client_with_timeout(TIMEOUT);
 
     let text = c
         .get(format!("{}/openapi.json", origin.url()))

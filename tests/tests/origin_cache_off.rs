@@ -3,28 +3,9 @@
 
 use std::time::Duration;
 
-use aside_tests::harness::{Stack, metric};
+use aside_tests::harness::{Stack, http_client, metric, read_url as get};
 use redis::AsyncCommands as _;
-use serde_json::{Value, json};
-
-async fn get(url: &str) -> (u16, Option<String>, Value) {
-    let response = reqwest::Client::new()
-        .get(url)
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .expect("request");
-    let status = response.status().as_u16();
-    let x_cache = response
-        .headers()
-        .get("x-cache")
-        .map(|v| v.to_str().unwrap().to_string());
-    (
-        status,
-        x_cache,
-        response.json().await.unwrap_or(Value::Null),
-    )
-}
+use serde_json::json;
 
 #[tokio::test]
 async fn with_the_cache_off_every_read_is_a_query_and_redis_is_never_touched() {
@@ -59,7 +40,7 @@ async fn with_the_cache_off_every_read_is_a_query_and_redis_is_never_touched() {
     assert_eq!(status, 404);
 
     // A write is committed and answered, and neither it nor change capture fills Redis.
-    let patched = reqwest::Client::new()
+    let patched = http_client()
         .patch(format!("{}/users/4", origin.url()))
         .json(&json!({"department": "Security"}))
         .timeout(Duration::from_secs(10))

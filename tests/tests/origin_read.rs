@@ -4,27 +4,8 @@
 use std::time::{Duration, Instant};
 
 use aside_shared::ErrorBody;
-use aside_tests::harness::{Stack, metric, wait_until};
+use aside_tests::harness::{Stack, http_client, metric, read_url as get, wait_until};
 use redis::AsyncCommands as _;
-use serde_json::Value;
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
-async fn get(url: &str) -> (u16, Option<String>, Value) {
-    let response = client().get(url).send().await.expect("request");
-    let status = response.status().as_u16();
-    let x_cache = response
-        .headers()
-        .get("x-cache")
-        .map(|v| v.to_str().unwrap().to_string());
-    let body = response.json::<Value>().await.unwrap_or(Value::Null);
-    (status, x_cache, body)
-}
 
 #[tokio::test]
 async fn first_read_misses_then_hits_with_the_row_from_postgres() {
@@ -158,7 +139,7 @@ async fn unknown_and_malformed_ids_get_json_errors_without_touching_the_database
     let (status, _, body) = get(&format!("{}/nowhere", origin.url())).await;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "not_found");
-    let response = client()
+    let response = http_client()
         .delete(format!("{}/healthz", origin.url()))
         .send()
         .await
@@ -176,7 +157,7 @@ async fn concurrent_misses_for_one_id_share_one_postgres_query() {
     let metric_name = "aside_origin_db_queries_total{query=\"profile_by_id\"}";
     let before = metric(&origin.url(), metric_name).await;
 
-    let client = client();
+    let client = http_client();
     let requests = (0..100).map(|_| {
         let client = client.clone();
         let url = url.clone();
@@ -234,11 +215,11 @@ async fn the_token_is_required_when_configured() {
     let origin = aside_tests::harness::Origin::start(options).await.unwrap();
     let url = format!("{}/users/1", origin.url());
 
-    let anonymous = client().get(&url).send().await.unwrap();
+    let anonymous = http_client().get(&url).send().await.unwrap();
     assert_eq!(anonymous.status().as_u16(), 401);
     let body: ErrorBody = anonymous.json().await.unwrap();
     assert_eq!(body.error.code, aside_shared::ErrorCode::Unauthorized);
-    let wrong = client()
+    let wrong = http_client()
         .get(&url)
         .bearer_auth("x".repeat(32))
         .send()
@@ -246,11 +227,11 @@ async fn the_token_is_required_when_configured() {
         .unwrap();
     assert_eq!(wrong.status().as_u16(), 401);
     for t in [&token, &old_token] {
-        let ok = client().get(&url).bearer_auth(t).send().await.unwrap();
+        let ok = http_client().get(&url).bearer_auth(t).send().await.unwrap();
         assert_eq!(ok.status().as_u16(), 200);
     }
     // Health stays open for load balancers.
-    let health = client()
+    let health = http_client()
         .get(format!("{}/healthz", origin.url()))
         .send()
         .await
@@ -273,7 +254,7 @@ async fn postgres_down_gives_a_quick_503_for_uncached_ids_and_hits_for_cached_on
 
     stack.postgres.stop();
     let started = Instant::now();
-    let response = client()
+    let response = http_client()
         .get(format!("{}/users/2", origin.url()))
         .send()
         .await
@@ -292,7 +273,7 @@ async fn postgres_down_gives_a_quick_503_for_uncached_ids_and_hits_for_cached_on
     let (status, x_cache, body) = get(&format!("{}/users/1", origin.url())).await;
     assert_eq!((status, x_cache.as_deref()), (200, Some("HIT")));
     assert_eq!(body, cached);
-    let ready = client()
+    let ready = http_client()
         .get(format!("{}/readyz", origin.url()))
         .send()
         .await
@@ -327,7 +308,7 @@ async fn redis_down_serves_from_postgres_and_recovers_when_redis_returns() {
         assert_eq!(body, env.profile_json(&stack, id).await.unwrap());
         assert!(started.elapsed() < Duration::from_secs(2));
     }
-    let ready = client()
+    let ready = http_client()
         .get(format!("{}/readyz", origin.url()))
         .send()
         .await

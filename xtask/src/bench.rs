@@ -6,13 +6,16 @@
 //!
 //! The edges run under real Spin when a Spin 4 CLI is found (`ASIDE_SPIN`, else `spin` on PATH), else
 //! under the bundled host; `--edge-runtime spin|host|both` chooses (aside-bench decides and reports it).
+//!
+//! `--topology NAME` (or a comma-separated list, or `all`) runs the topology benchmark instead: a
+//! latency proxy on every hop, each tier against the same reads with no cache (docs/benchmarks.md).
 
 use std::path::PathBuf;
 use std::process::Command;
 
 use clap::Args;
 
-use crate::{cargo, run_cmd, workspace_root};
+use crate::cmd::{build_components, build_test_origin, cargo, run_cmd, workspace_root};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -23,6 +26,10 @@ pub struct BenchArgs {
     /// on PATH), `host` (the bundled aside-host) or `both` [default: spin when found, else host].
     #[arg(long, value_parser = ["spin", "host", "both"])]
     pub edge_runtime: Option<String>,
+    /// Instead of the scenarios, the latency of each tier against no cache with a latency proxy on
+    /// every hop: `loopback`, `same-dc`, `edge`, `far-redis` (comma-separated), or `all`.
+    #[arg(long)]
+    pub topology: Option<String>,
     /// Options for the benchmark itself, e.g. `-- --duration 30 --concurrency 32 --only edge-l2`;
     /// `cargo xtask bench -- --help` lists them.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -33,6 +40,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     xtask::prereq::ensure_all()?;
     let bin = build(args.quick)?;
     let mut command = bench_command(&bin, args.quick, args.edge_runtime.as_deref());
+    if let Some(topology) = &args.topology {
+        command.args(["--topology", topology]);
+    }
     command.args(&args.args);
     // The driver takes over this process: Ctrl-C reaches it directly and it stops its stack in order.
     let error = std::os::unix::process::CommandExt::exec(&mut command);
@@ -84,25 +94,10 @@ fn bench_command(bin: &std::path::Path, quick: bool, edge_runtime: Option<&str>)
 /// origin, the host and the benchmark's own binaries; returns the folder they are in.
 fn build(quick: bool) -> anyhow::Result<PathBuf> {
     let root = workspace_root();
-    run_cmd(cargo().args([
-        "build",
-        "-p",
-        "aside-edge",
-        "-p",
-        "aside-hello",
-        "--target",
-        xtask::prereq::WASM_TARGET,
-        "--release",
-    ]))?;
+    build_components(&["aside-edge", "aside-hello"])?;
     if quick {
         // The same commands as `cargo xtask test`, so after a test run nothing is rebuilt.
-        run_cmd(cargo().args([
-            "build",
-            "-p",
-            "aside-origin",
-            "--features",
-            crate::test::TEST_FEATURES,
-        ]))?;
+        build_test_origin()?;
         if !root.join("target/debug/aside-host").exists() {
             run_cmd(cargo().args(["build", "-p", "aside-tests", "--bin", "aside-host"]))?;
         }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use clap::Args;
 
-use crate::{cargo, run_cmd, workspace_root};
+use crate::cmd::{cargo, run_cmd, workspace_root};
 
 #[derive(Debug, Args)]
 pub struct FuzzArgs {

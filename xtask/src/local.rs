@@ -8,6 +8,7 @@ use std::process::Command;
 pub const NO_ACTIVE_DEFRAG_MESSAGE: &str = "Active defragmentation cannot be enabled";
 
 /// Passwords of the three Redis ACL users in `deploy/users.acl.template`.
+#[derive(Debug, Clone, Copy)]
 pub struct RedisPasswords<'a> {
     pub origin: &'a str,
     pub edge: &'a str,

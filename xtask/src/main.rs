@@ -8,6 +8,7 @@
 //! * `cargo xtask token`: a client token for the edge of a `cargo xtask up` stack.
 
 mod bench;
+mod cmd;
 mod fuzz;
 mod test;
 mod token;
@@ -69,27 +70,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The workspace root (xtask lives in `<root>/xtask`).
-fn workspace_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask has a parent")
-        .to_path_buf()
-}
-
-/// Runs a command in the workspace root, failing with its command line if it fails.
-fn run_cmd(command: &mut std::process::Command) -> anyhow::Result<()> {
-    let shown = format!("{command:?}");
-    let status = command
-        .current_dir(workspace_root())
-        .status()
-        .map_err(|e| anyhow::anyhow!("cannot run {shown}: {e}"))?;
-    anyhow::ensure!(status.success(), "{shown} failed ({status})");
-    Ok(())
-}
-
-fn cargo() -> std::process::Command {
-    std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }

@@ -6,28 +6,13 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::local::{HaPasswords, RedisPasswords, render_acl_with};
+use crate::local::HaPasswords;
+use crate::redis_server::{RedisNode, Replication};
 use crate::stack::{Secrets, Services};
 
 /// The name the Sentinels monitor the primary under (`sentinel monitor aside ...`, and the origin's
 /// ASIDE_REDIS_SENTINEL_MASTER default).
 pub const MASTER_NAME: &str = "aside";
-
-/// The settings of a replicated node: `deploy/redis.conf` (see [`crate::local::render_redis_config`])
-/// followed by `deploy/replica.conf` without its `include` line (the file is inlined instead). The
-/// primary runs the same file: a replica may be promoted, and the old primary demoted.
-pub fn render_node_config(redis_conf: &str, replica_conf: &str, no_active_defrag: bool) -> String {
-    let mut out = crate::local::render_redis_config(redis_conf, no_active_defrag);
-    out.push_str("\n# ---- deploy/replica.conf ----\n");
-    for line in replica_conf.lines() {
-        if line.trim_start().starts_with("include ") {
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
-}
 
 /// Sentinel timings, when not `deploy/sentinel.conf`'s (tests fail over in about a second).
 #[derive(Debug, Clone, Copy)]
@@ -77,6 +62,28 @@ pub fn render_sentinel_config(template: &str, setup: &SentinelSetup<'_>) -> Stri
         out.push('\n');
     }
     out
+}
+
+/// Writes `<dir>/sentinel.conf` from `deploy/sentinel.conf` under `root` (mode 0600, a file of its own:
+/// Sentinel rewrites it) and returns the `redis-server --sentinel` command that runs it on `port`. The
+/// caller adds its own settings, chooses where the output goes, starts it and waits for the port.
+pub fn sentinel_command(
+    root: &Path,
+    dir: &Path,
+    port: u16,
+    setup: &SentinelSetup<'_>,
+) -> anyhow::Result<Command> {
+    let template = std::fs::read_to_string(root.join("deploy/sentinel.conf"))?;
+    let path = dir.join("sentinel.conf");
+    crate::local::write_private(&path, &render_sentinel_config(&template, setup))?;
+    let mut command = Command::new("redis-server");
+    command
+        .arg(&path)
+        .arg("--sentinel")
+        .args(["--port", &port.to_string(), "--dir"])
+        .arg(dir)
+        .args(["--daemonize", "no"]);
+    Ok(command)
 }
 
 /// The ports of a local replicated Redis (`cargo xtask up --redis-ha`).
@@ -130,68 +137,46 @@ pub fn start_local(
 ) -> anyhow::Result<LocalHa> {
     let replica_password = secret(&state.join("secrets"), "redis-replica")?;
     let sentinel_password = secret(&state.join("secrets"), "redis-sentinel")?;
-    let acl = render_acl_with(
-        &std::fs::read_to_string(root.join("deploy/users.acl.template"))?,
-        &RedisPasswords {
-            origin: &secrets.redis_origin,
-            edge: &secrets.redis_edge,
-            admin: &secrets.redis_admin,
-        },
-        Some(HaPasswords {
-            replica: &replica_password,
-            sentinel: &sentinel_password,
-        }),
-    );
-    let redis_conf = std::fs::read_to_string(root.join("deploy/redis.conf"))?;
-    let replica_conf = std::fs::read_to_string(root.join("deploy/replica.conf"))?;
-    let primary_port = ports.primary.to_string();
+    let passwords = HaPasswords {
+        replica: &replica_password,
+        sentinel: &sentinel_password,
+    };
     for (name, port, replica_of) in [
         ("redis-primary", ports.primary, None),
-        ("redis-replica", ports.replica, Some(primary_port.as_str())),
+        ("redis-replica", ports.replica, Some(ports.primary)),
     ] {
         let dir = state.join("redis-ha").join(format!("node-{port}"));
         std::fs::create_dir_all(&dir)?;
-        crate::local::write_private(&dir.join("users.acl"), &acl)?;
-        let mut args = vec!["--masterauth", replica_password.as_str()];
-        if let Some(primary) = replica_of {
-            args.extend(["--replicaof", "127.0.0.1", primary]);
-        }
-        crate::stack::start_redis_node(
-            name,
+        let node = RedisNode {
+            dir: &dir,
             port,
-            &dir,
-            |no_defrag| render_node_config(&redis_conf, &replica_conf, no_defrag),
-            &args,
-            logs,
-            services,
-        )?;
+            passwords: secrets.redis_passwords(),
+            replication: Some(Replication {
+                passwords,
+                replica_of,
+            }),
+        };
+        crate::stack::start_redis_node(name, &node, root, logs, services)?;
     }
-    let template = std::fs::read_to_string(root.join("deploy/sentinel.conf"))?;
     for (name, port) in ["sentinel-1", "sentinel-2", "sentinel-3"]
         .into_iter()
         .zip(ports.sentinels)
     {
         let dir = state.join("redis-ha").join(format!("sentinel-{port}"));
         std::fs::create_dir_all(&dir)?;
-        let conf = render_sentinel_config(
-            &template,
-            &SentinelSetup {
-                primary_host: "127.0.0.1",
-                primary_port: ports.primary,
-                sentinel_password: &sentinel_password,
-                origin_password: &secrets.redis_origin,
-                timings: None,
-            },
-        );
-        crate::local::write_private(&dir.join("sentinel.conf"), &conf)?;
-        let mut command = Command::new("redis-server");
-        command
-            .arg(dir.join("sentinel.conf"))
-            .arg("--sentinel")
-            .args(["--port", &port.to_string(), "--dir"])
-            .arg(&dir)
-            .args(["--daemonize", "no"]);
-        services.spawn(name, command, logs, libc::SIGTERM)?;
+        let setup = SentinelSetup {
+            primary_host: "127.0.0.1",
+            primary_port: ports.primary,
+            sentinel_password: &sentinel_password,
+            origin_password: &secrets.redis_origin,
+            timings: None,
+        };
+        services.spawn(
+            name,
+            sentinel_command(root, &dir, port, &setup)?,
+            logs,
+            libc::SIGTERM,
+        )?;
         services.wait_for_port(port, logs)?;
     }
     Ok(LocalHa {
@@ -307,7 +292,11 @@ mod tests {
 
     #[test]
     fn a_node_runs_redis_conf_then_replica_conf() {
-        let conf = render_node_config(&deploy("redis.conf"), &deploy("replica.conf"), true);
+        let conf = crate::redis_server::render_node_config(
+            &deploy("redis.conf"),
+            &deploy("replica.conf"),
+            true,
+        );
         assert!(!conf.lines().any(|l| l.starts_with("include ")));
         assert!(conf.contains("\nreplica-read-only yes\n"));
         assert!(conf.contains("\nmasteruser replica\n"));

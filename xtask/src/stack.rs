@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use crate::local::{self, RedisPasswords};
+use crate::redis_server::{self, RedisNode};
 
 /// The secrets of one local stack, generated on first use into a folder (mode 0600 files).
 pub struct Secrets {
@@ -53,6 +54,15 @@ impl Secrets {
             origin_token: get("origin-token")?,
             admin_token: get("admin-token")?,
         })
+    }
+
+    /// The passwords of the Redis ACL users.
+    pub fn redis_passwords(&self) -> RedisPasswords<'_> {
+        RedisPasswords {
+            origin: &self.redis_origin,
+            edge: &self.redis_edge,
+            admin: &self.redis_admin,
+        }
     }
 }
 
@@ -309,68 +319,41 @@ pub fn start_redis(
 ) -> anyhow::Result<()> {
     let dir = state.join("redis");
     std::fs::create_dir_all(&dir)?;
-    let acl = local::render_acl(
-        &std::fs::read_to_string(root.join("deploy/users.acl.template"))?,
-        &RedisPasswords {
-            origin: &secrets.redis_origin,
-            edge: &secrets.redis_edge,
-            admin: &secrets.redis_admin,
-        },
-    );
-    local::write_private(&dir.join("users.acl"), &acl)?;
-    let deploy_conf = std::fs::read_to_string(root.join("deploy/redis.conf"))?;
-    start_redis_node(
-        "redis",
+    let node = RedisNode {
+        dir: &dir,
         port,
-        &dir,
-        |no_defrag| local::render_redis_config(&deploy_conf, no_defrag),
-        &[],
-        logs,
-        services,
-    )
+        passwords: secrets.redis_passwords(),
+        replication: None,
+    };
+    start_redis_node("redis", &node, root, logs, services)
 }
 
-/// Starts `redis-server` as service `name` on `port` with its data and `users.acl` in `dir`, running the
-/// configuration `config(no_active_defrag)` and then `extra_args`; once more with `activedefrag no` if
+/// Starts `node` as service `name` (see [`RedisNode::command`]); once more with `activedefrag no` if
 /// this build cannot defragment.
 pub fn start_redis_node(
     name: &'static str,
-    port: u16,
-    dir: &Path,
-    config: impl Fn(bool) -> String,
-    extra_args: &[&str],
+    node: &RedisNode<'_>,
+    root: &Path,
     logs: &Path,
     services: &mut Services,
 ) -> anyhow::Result<()> {
     let log_file = logs.join(format!("{name}.log"));
-    for no_defrag in [false, true] {
-        std::fs::write(dir.join("redis.conf"), config(no_defrag))?;
+    for attempt in 1..=2 {
         let _ = std::fs::remove_file(&log_file);
-        let mut command = Command::new("redis-server");
-        command
-            .arg(dir.join("redis.conf"))
-            .args(["--port", &port.to_string()])
-            .arg("--dir")
-            .arg(dir)
-            .arg("--aclfile")
-            .arg(dir.join("users.acl"))
-            .args(["--maxmemory", "256mb", "--daemonize", "no"])
-            .args(extra_args);
-        services.spawn(name, command, logs, libc::SIGTERM)?;
-        if services.wait_for_port(port, logs).is_ok() {
+        services.spawn(name, node.command(root)?, logs, libc::SIGTERM)?;
+        if services.wait_for_port(node.port, logs).is_ok() {
             return Ok(());
         }
-        let log = std::fs::read_to_string(&log_file).unwrap_or_default();
         services.0.pop();
-        if !no_defrag && log.contains(local::NO_ACTIVE_DEFRAG_MESSAGE) {
-            eprintln!(
-                "xtask: this redis-server build cannot defragment; running it with activedefrag no"
-            );
-            continue;
+        let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+        if attempt == 2 || !redis_server::retry_without_defrag(&log) {
+            break;
         }
-        bail!("redis-server did not start; see {}", log_file.display());
+        eprintln!(
+            "xtask: this redis-server build cannot defragment; running it with activedefrag no"
+        );
     }
-    unreachable!("the loop returns or bails")
+    bail!("redis-server did not start; see {}", log_file.display())
 }
 
 /// Where the PostgreSQL cluster of the stack in `state` lives. As root, PostgreSQL runs as `postgres`,

@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use crate::{cargo, run_cmd};
+use crate::cmd::{TEST_FEATURES, build_components, build_test_origin, cargo, run_cmd};
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
@@ -13,10 +13,6 @@ pub struct TestArgs {
     #[arg(trailing_var_arg = true)]
     pub cargo_test_args: Vec<String>,
 }
-
-/// Test hooks (delays, counters) are compiled into the origin only for tests; release and production
-/// builds never have them.
-pub const TEST_FEATURES: &str = "aside-origin/test-hooks";
 
 /// Per fuzz target in `cargo xtask test` (and so in CI): the 30 s, which keeps the whole fuzz step
 /// (cold build included) within about two minutes on two cores; docs/security.md has the measurement.
@@ -57,15 +53,8 @@ fn edge_runtime() -> anyhow::Result<&'static str> {
 pub fn run(args: TestArgs) -> anyhow::Result<()> {
     xtask::prereq::ensure_test_tools()?;
     // The edge component the host runs in the tests, and the origin binary the harness starts.
-    run_cmd(cargo().args([
-        "build",
-        "-p",
-        "aside-edge",
-        "--target",
-        xtask::prereq::WASM_TARGET,
-        "--release",
-    ]))?;
-    run_cmd(cargo().args(["build", "-p", "aside-origin", "--features", TEST_FEATURES]))?;
+    build_components(&["aside-edge"])?;
+    build_test_origin()?;
     let runtime = edge_runtime()?;
     // The README test (tests/tests/readme.rs) runs `cargo xtask up` with this very xtask.
     run_cmd(

@@ -131,7 +131,7 @@ pub struct TokenArgs {
 
 pub fn run(args: TokenArgs) -> anyhow::Result<()> {
     let state = if args.state_dir.is_relative() {
-        crate::workspace_root().join(&args.state_dir)
+        crate::cmd::workspace_root().join(&args.state_dir)
     } else {
         args.state_dir.clone()
     };

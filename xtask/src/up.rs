@@ -21,7 +21,7 @@ use xtask::local;
 use xtask::stack::{self, Secrets, Services};
 use xtask::supervise::{self, Request, Supervisor};
 
-use crate::{cargo, run_cmd, workspace_root};
+use crate::cmd::{build_components, cargo, run_cmd, workspace_root};
 
 /// The state folder option, shared by `up` and the commands that talk to a running `up`.
 #[derive(Debug, Args)]
@@ -191,6 +191,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     // The edge's clients: a local signing key (secrets/auth-signing-key) and ready tokens beside it.
     let issuer = crate::token::LocalIssuer::load_or_generate(&state.join("secrets"))?;
     issuer.write_ready_tokens(&state.join("secrets"))?;
+    // The issuer's public keys, as an identity provider publishes them: what the README's
+    // "Deploying the edge to Spin" gives `spin up` (public, but kept beside the key).
+    local::write_private(&state.join("secrets/jwks.json"), &issuer.jwks())?;
 
     // Ctrl-C and SIGTERM only tell the main thread to stop; children run in their own process groups so
     // the terminal's Ctrl-C reaches xtask alone and the shutdown happens in order. Requests from other
@@ -418,14 +421,7 @@ Press Ctrl-C (or run `cargo xtask stop`) to stop everything.",
 /// release: spin.toml names it), then release `aside-origin` and, when the bundled host will run the
 /// edge, `aside-host`; or, with `--bin-dir`, that folder's binaries as they are.
 fn build(root: &Path, bin_dir: Option<&Path>, bundled_host: bool) -> anyhow::Result<PathBuf> {
-    run_cmd(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "aside-edge",
-        "--target",
-        xtask::prereq::WASM_TARGET,
-    ]))?;
+    build_components(&["aside-edge"])?;
     if let Some(dir) = bin_dir {
         let dir = if dir.is_absolute() {
             dir.to_path_buf()

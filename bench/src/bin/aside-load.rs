@@ -3,7 +3,7 @@
 //! N connections (HTTP/1.1 keep-alive, one hyper client connection each) each send a request, wait for
 //! the whole answer, and send the next; requests finished during the warm-up are not counted. Every
 //! answer's latency goes into an HDR histogram (1 µs to 60 s, 3 significant digits); `x-cache` values of
-//! successful reads are counted for the per-tier hit ratio; non-2xx answers, timeouts and connection
+//! successful reads are counted for the per-tier hit ratio, and each tier's reads get a histogram of their own; non-2xx answers, timeouts and connection
 //! failures are errors. The result is one JSON object on stdout ([`aside_bench::load::LoadResult`]).
 //!
 //! It runs as its own process so that the servers it measures never share its runtime, and on one
@@ -105,6 +105,8 @@ struct Tally {
     writes: u64,
     errors: BTreeMap<String, u64>,
     x_cache: BTreeMap<String, u64>,
+    /// Latency of successful reads per `x-cache` value.
+    tiers: BTreeMap<String, Histogram<u64>>,
     /// Completions per second since the measured window opened.
     per_second: Vec<u64>,
     /// When this connection's last measured request finished.
@@ -114,7 +116,6 @@ struct Tally {
 
 impl Tally {
     fn new() -> Self {
-        let histogram = || Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
         Self {
             latency: histogram(),
             write_latency: histogram(),
@@ -122,6 +123,7 @@ impl Tally {
             writes: 0,
             errors: BTreeMap::new(),
             x_cache: BTreeMap::new(),
+            tiers: BTreeMap::new(),
             per_second: Vec::new(),
             last_done: None,
             exhausted: false,
@@ -144,6 +146,13 @@ impl Tally {
         }
         for (k, v) in other.x_cache {
             *self.x_cache.entry(k).or_default() += v;
+        }
+        for (k, h) in other.tiers {
+            self.tiers
+                .entry(k)
+                .or_insert_with(histogram)
+                .add(&h)
+                .expect("same bounds");
         }
         if self.per_second.len() < other.per_second.len() {
             self.per_second.resize(other.per_second.len(), 0);
@@ -332,10 +341,13 @@ async fn connection(plan: Arc<Plan>, seed: u64) -> Tally {
                 }
                 if (200..300).contains(&status) {
                     if !write {
-                        *tally
-                            .x_cache
-                            .entry(x_cache.unwrap_or_else(|| "none".into()))
-                            .or_default() += 1;
+                        let tier = x_cache.unwrap_or_else(|| "none".into());
+                        tally
+                            .tiers
+                            .entry(tier.clone())
+                            .or_insert_with(histogram)
+                            .saturating_record(micros);
+                        *tally.x_cache.entry(tier).or_default() += 1;
                     }
                 } else {
                     tally.error(format!("status_{status}"));
@@ -430,6 +442,11 @@ async fn connect(host: &str) -> Result<SendRequest<Full<Bytes>>, String> {
     Ok(sender)
 }
 
+/// A histogram of latencies in µs, 1 µs to 60 s, 3 significant digits.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
 fn latency(h: &Histogram<u64>) -> Latency {
     Latency {
         min: h.min(),
@@ -469,6 +486,11 @@ fn summarise(t: Tally, elapsed: Duration, concurrency: usize) -> LoadResult {
         errors,
         error_kinds: t.errors,
         x_cache: t.x_cache,
+        tier_latency_us: t
+            .tiers
+            .iter()
+            .map(|(k, h)| (k.clone(), latency(h)))
+            .collect(),
         spectrum: if requests > 0 {
             SPECTRUM
                 .iter()

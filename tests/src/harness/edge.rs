@@ -300,6 +300,11 @@ impl Edge {
         }
     }
 
+    /// The edge as a client sees it, without a token ([`super::TestApp::with_token`] adds one).
+    pub fn app(&self) -> super::TestApp {
+        super::TestApp::new(self.url())
+    }
+
     /// Which runtime runs it.
     pub fn is_spin(&self) -> bool {
         matches!(self.running, Running::Spin(_))

@@ -2,6 +2,9 @@
 //! a while ([`Load::run`], [`Load::spawn`]), or one burst of concurrent requests ([`Load::burst`]),
 //! recording each answer's status, `x-cache`, `retry-after`, body and latency.
 //!
+//! [`Load::picking`] chooses each request's URL with a function instead (e.g. ids drawn at random from
+//! a pool a test widens once its fault is in place).
+//!
 //! With [`Load::writes`], a share of the requests are `PATCH`es of the same URLs (a department change),
 //! so a load can be 95 % reads and 5 % writes; every sample records the answer's version (`etag`) and
 //! the edge instance that gave it (`x-edge-instance`), for consistency checks.
@@ -16,14 +19,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use reqwest::header::HeaderMap;
+
+use super::http::tier_ms;
+
 /// One answered (or failed) request.
 #[derive(Debug, Clone)]
 pub struct Sample {
-    /// Index of the URL in the load's list.
+    /// Index of the URL in the load's list (with [`Load::picking`]: the number the function gave).
     pub target: usize,
     /// When the request was sent, from the start of the load.
     pub sent_at: Duration,
     pub latency: Duration,
+    /// When the answer arrived (or the request failed), to set against moments a test notes itself.
+    pub answered: Instant,
     /// The HTTP status; 0 when there was no answer (connection error, client timeout).
     pub status: u16,
     pub x_cache: Option<String>,
@@ -35,6 +44,10 @@ pub struct Sample {
     pub version: Option<i64>,
     /// `x-edge-instance`: which edge instance answered (absent from the origin).
     pub instance: Option<String>,
+    /// Every header of the answer.
+    pub headers: HeaderMap,
+    /// Why there is no answer (status 0): the client's error.
+    pub error: Option<String>,
 }
 
 impl Sample {
@@ -51,6 +64,77 @@ impl Sample {
     /// When the answer arrived, from the start of the load.
     pub fn answered_at(&self) -> Duration {
         self.sent_at + self.latency
+    }
+
+    /// `x-cache`, or `""`.
+    pub fn cache(&self) -> &str {
+        self.x_cache.as_deref().unwrap_or_default()
+    }
+
+    /// Served as a stale copy (`x-cache: STALE`).
+    pub fn is_stale(&self) -> bool {
+        self.cache() == "STALE"
+    }
+
+    /// The header `name`, if the answer had it as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// How long `server-timing` says tier `name` took, if it was visited.
+    pub fn tier_ms(&self, name: &str) -> Option<f64> {
+        tier_ms(self.header("server-timing")?, name)
+    }
+
+    /// Sends `request` (the load's request number `target`, or any single request a test wants
+    /// recorded the same way) and records its answer; `start` is the moment `sent_at` counts from.
+    pub async fn record(request: reqwest::RequestBuilder, target: usize, start: Instant) -> Sample {
+        let sent_at = start.elapsed();
+        let began = Instant::now();
+        let mut sample = Sample {
+            target,
+            sent_at,
+            latency: Duration::ZERO,
+            answered: began,
+            status: 0,
+            x_cache: None,
+            retry_after: None,
+            body: bytes::Bytes::new(),
+            write: false,
+            version: None,
+            instance: None,
+            headers: HeaderMap::new(),
+            error: None,
+        };
+        match request.send().await {
+            Ok(response) => {
+                let header = |name: &str| {
+                    response
+                        .headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
+                sample.x_cache = header("x-cache");
+                sample.retry_after = header("retry-after");
+                sample.instance = header("x-edge-instance");
+                sample.version = header("etag")
+                    .and_then(|e| e.trim_start_matches("W/").trim_matches('"').parse().ok());
+                sample.headers = response.headers().clone();
+                let response_status = response.status().as_u16();
+                match response.bytes().await {
+                    Ok(body) => {
+                        sample.status = response_status;
+                        sample.body = body;
+                    }
+                    Err(e) => sample.error = Some(e.to_string()),
+                }
+            }
+            Err(e) => sample.error = Some(e.to_string()),
+        }
+        sample.latency = began.elapsed();
+        sample.answered = Instant::now();
+        sample
     }
 }
 
@@ -122,10 +206,28 @@ impl LoadReport {
     }
 }
 
+/// Which URL request number `n` asks for.
+#[derive(Clone)]
+enum Targets {
+    /// The URLs in turn.
+    List(Arc<Vec<String>>),
+    /// A function of `n`: (the number its sample records as `target`, the URL).
+    Pick(Arc<dyn Fn(usize) -> (usize, String) + Send + Sync>),
+}
+
+impl std::fmt::Debug for Targets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Targets::List(urls) => f.debug_tuple("List").field(urls).finish(),
+            Targets::Pick(_) => f.write_str("Pick(..)"),
+        }
+    }
+}
+
 /// A load to run: GET requests over `targets`, in turn.
 #[derive(Debug, Clone)]
 pub struct Load {
-    targets: Arc<Vec<String>>,
+    targets: Targets,
     concurrency: usize,
     duration: Duration,
     client_timeout: Duration,
@@ -140,8 +242,18 @@ impl Load {
     pub fn new<S: Into<String>>(targets: impl IntoIterator<Item = S>) -> Self {
         let targets: Vec<String> = targets.into_iter().map(Into::into).collect();
         assert!(!targets.is_empty(), "a load needs at least one URL");
+        Self::with_targets(Targets::List(Arc::new(targets)))
+    }
+
+    /// A load whose request number `n` asks for the URL `pick(n)` gives, with the number it gives
+    /// recorded as the sample's `target` (same defaults as [`Load::new`]).
+    pub fn picking(pick: impl Fn(usize) -> (usize, String) + Send + Sync + 'static) -> Self {
+        Self::with_targets(Targets::Pick(Arc::new(pick)))
+    }
+
+    fn with_targets(targets: Targets) -> Self {
         Self {
-            targets: Arc::new(targets),
+            targets,
             concurrency: 8,
             duration: Duration::from_secs(3),
             client_timeout: Duration::from_secs(5),
@@ -253,55 +365,30 @@ impl Load {
     /// in turn too, not always to the same few), else a read of target `n % targets`.
     async fn one(&self, client: &reqwest::Client, n: usize, start: Instant) -> Sample {
         let write = self.write_every > 0 && n % self.write_every == self.write_every - 1;
-        let target = match write {
-            true => (n / self.write_every) % self.targets.len(),
-            false => n % self.targets.len(),
+        let (target, url) = match &self.targets {
+            Targets::Pick(pick) => pick(n),
+            Targets::List(urls) => {
+                let target = match write {
+                    true => (n / self.write_every) % urls.len(),
+                    false => n % urls.len(),
+                };
+                (target, urls[target].clone())
+            }
         };
-        let sent_at = start.elapsed();
-        let began = Instant::now();
         let mut request = if write {
             let seeded = aside_shared::Department::SEEDED;
             let department = seeded[(n / self.write_every) % seeded.len()];
             client
-                .patch(&self.targets[target])
+                .patch(url)
                 .json(&serde_json::json!({ "department": department }))
         } else {
-            client.get(&self.targets[target])
+            client.get(url)
         };
         for (name, value) in &self.headers {
             request = request.header(name, value);
         }
-        let header = |r: &reqwest::Response, name: &str| {
-            r.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let mut sample = Sample {
-            target,
-            sent_at,
-            latency: Duration::ZERO,
-            status: 0,
-            x_cache: None,
-            retry_after: None,
-            body: bytes::Bytes::new(),
-            write,
-            version: None,
-            instance: None,
-        };
-        if let Ok(response) = request.send().await {
-            let response_status = response.status().as_u16();
-            sample.x_cache = header(&response, "x-cache");
-            sample.retry_after = header(&response, "retry-after");
-            sample.instance = header(&response, "x-edge-instance");
-            sample.version = header(&response, "etag")
-                .and_then(|e| e.trim_start_matches("W/").trim_matches('"').parse().ok());
-            if let Ok(body) = response.bytes().await {
-                sample.status = response_status;
-                sample.body = body;
-            }
-        }
-        sample.latency = began.elapsed();
+        let mut sample = Sample::record(request, target, start).await;
+        sample.write = write;
         sample
     }
 }

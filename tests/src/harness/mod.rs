@@ -10,6 +10,7 @@
 //! folders when the test binary exits normally, pass or fail.
 
 mod edge;
+mod http;
 mod load;
 mod origin;
 mod postgres;
@@ -26,6 +27,10 @@ use std::time::{Duration, Instant};
 pub use edge::{
     ASIDE_EDGE_RUNTIME, EDGE_WASM, Edge, EdgeOptions, EdgeRuntime, edge_wasm,
     manifest_with_allowed_hosts, metric,
+};
+pub use http::{
+    Answer, REQUEST_TIMEOUT, TestApp, call_url, get_url, http_client, http_client_with_timeout,
+    read_url, tier_ms,
 };
 pub use load::{Load, LoadReport, Sample};
 pub use origin::{Origin, OriginOptions};

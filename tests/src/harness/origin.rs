@@ -106,6 +106,11 @@ impl Origin {
         format!("http://{}", self.addr)
     }
 
+    /// The origin as a client sees it, without a token ([`super::TestApp::with_token`] adds one).
+    pub fn app(&self) -> super::TestApp {
+        super::TestApp::new(self.url())
+    }
+
     /// Everything the origin wrote to stdout and stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_dir.join("origin.log")).unwrap_or_default()

@@ -2,18 +2,15 @@
 //! passwords, on a free port; optionally also on a TLS port with a throwaway CA ([`RedisServer::start_tls`]).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use xtask::local::{HaPasswords, RedisPasswords};
+use xtask::redis_server::{RedisNode, Replication};
 
 use super::process::{ManagedChild, StopSignal, log_to, spawn_managed};
 use super::tls::{CertFiles, TestCa};
 use super::{free_port, generate_secret, port_open, temp_dir, wait_until, workspace_root};
-
-/// Set once a redis-server refused `activedefrag yes` (see [`RedisServer::launch`]).
-static NO_ACTIVE_DEFRAG: AtomicBool = AtomicBool::new(false);
 
 /// The ACL users of `deploy/users.acl.template`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,126 +130,92 @@ impl RedisServer {
         tls: Option<RedisTls>,
         extra_args: &[&str],
     ) -> anyhow::Result<Self> {
-        let mut server = Self {
-            port,
-            dir: dir.to_path_buf(),
-            origin_password: generate_secret(),
-            edge_password: generate_secret(),
-            admin_password: generate_secret(),
-            child: None,
-            tls,
-            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
-            ha: None,
-            replica_of: None,
-        };
-        server.write_acl_file()?;
+        let mut server = Self::new(dir.to_path_buf(), port, None);
+        server.tls = tls;
+        server.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
         server.launch().await?;
         Ok(server)
     }
 
-    /// The first primary of a replicated Redis (see [`RedisHa`]): `deploy/redis.conf` plus
-    /// `deploy/replica.conf`, with the `replica` and `sentinel` ACL users.
-    async fn start_ha_primary() -> anyhow::Result<Self> {
-        let mut server = Self {
-            port: free_port(),
-            dir: temp_dir("aside-redis-ha"),
+    /// A server not started yet, with new passwords (and the replication users' with `ha`).
+    fn new(dir: PathBuf, port: u16, ha: Option<HaSecrets>) -> Self {
+        Self {
+            port,
+            dir,
             origin_password: generate_secret(),
             edge_password: generate_secret(),
             admin_password: generate_secret(),
             child: None,
             tls: None,
             extra_args: Vec::new(),
-            ha: Some(HaSecrets {
-                replica_password: generate_secret(),
-                sentinel_password: generate_secret(),
-            }),
+            ha,
             replica_of: None,
+        }
+    }
+
+    /// The first primary of a replicated Redis (see [`RedisHa`]): `deploy/redis.conf` plus
+    /// `deploy/replica.conf`, with the `replica` and `sentinel` ACL users.
+    async fn start_ha_primary() -> anyhow::Result<Self> {
+        let ha = HaSecrets {
+            replica_password: generate_secret(),
+            sentinel_password: generate_secret(),
         };
-        server.write_acl_file()?;
+        let mut server = Self::new(temp_dir("aside-redis-ha"), free_port(), Some(ha));
         server.launch().await?;
         Ok(server)
     }
 
     /// A replica of `primary`, with the same users and passwords (ACLs are not replicated).
     async fn start_replica_of(primary: &RedisServer) -> anyhow::Result<Self> {
-        let mut server = Self {
-            port: free_port(),
-            dir: temp_dir("aside-redis-ha"),
-            origin_password: primary.origin_password.clone(),
-            edge_password: primary.edge_password.clone(),
-            admin_password: primary.admin_password.clone(),
-            child: None,
-            tls: None,
-            extra_args: Vec::new(),
-            ha: primary.ha.clone(),
-            replica_of: Some(primary.port),
-        };
-        server.write_acl_file()?;
+        let mut server = Self::new(temp_dir("aside-redis-ha"), free_port(), primary.ha.clone());
+        server.origin_password = primary.origin_password.clone();
+        server.edge_password = primary.edge_password.clone();
+        server.admin_password = primary.admin_password.clone();
+        server.replica_of = Some(primary.port);
         server.launch().await?;
         Ok(server)
     }
 
-    /// Renders the ACL template with this server's passwords into its folder (mode 0600).
-    fn write_acl_file(&self) -> anyhow::Result<()> {
-        let template = std::fs::read_to_string(workspace_root().join("deploy/users.acl.template"))?;
-        let acl = xtask::local::render_acl_with(
-            &template,
-            &xtask::local::RedisPasswords {
+    /// What the project's launcher starts for this server (`xtask::redis_server`).
+    fn node(&self) -> RedisNode<'_> {
+        RedisNode {
+            dir: &self.dir,
+            port: self.port,
+            passwords: RedisPasswords {
                 origin: &self.origin_password,
                 edge: &self.edge_password,
                 admin: &self.admin_password,
             },
-            self.ha.as_ref().map(|ha| xtask::local::HaPasswords {
-                replica: &ha.replica_password,
-                sentinel: &ha.sentinel_password,
+            replication: self.ha.as_ref().map(|ha| Replication {
+                passwords: HaPasswords {
+                    replica: &ha.replica_password,
+                    sentinel: &ha.sentinel_password,
+                },
+                replica_of: self.replica_of,
             }),
-        );
-        let path = self.dir.join("users.acl");
-        std::fs::write(&path, acl)?;
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-        Ok(())
+        }
     }
 
+    /// Starts the server; once more with `activedefrag no` if this build cannot defragment.
     async fn launch(&mut self) -> anyhow::Result<()> {
-        if let Err(e) = self.launch_once().await {
-            // Debian's and Ubuntu's redis-server are built against the system jemalloc, which cannot
-            // defragment: the production setting `activedefrag yes` then refuses to start. Run with
-            // defragmentation off on such builds rather than not at all.
-            let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
-            if log.contains(xtask::local::NO_ACTIVE_DEFRAG_MESSAGE) {
-                NO_ACTIVE_DEFRAG.store(true, Ordering::Relaxed);
-                return self.launch_once().await;
+        match self.launch_once().await {
+            Err(_) if xtask::redis_server::retry_without_defrag(&self.log()) => {
+                self.launch_once().await
             }
-            return Err(e);
+            result => result,
         }
-        Ok(())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
     }
 
     async fn launch_once(&mut self) -> anyhow::Result<()> {
-        let redis_conf = std::fs::read_to_string(workspace_root().join("deploy/redis.conf"))?;
-        let no_defrag = NO_ACTIVE_DEFRAG.load(Ordering::Relaxed);
-        let config = match &self.ha {
-            None => xtask::local::render_redis_config(&redis_conf, no_defrag),
-            Some(_) => xtask::redis_ha::render_node_config(
-                &redis_conf,
-                &std::fs::read_to_string(workspace_root().join("deploy/replica.conf"))?,
-                no_defrag,
-            ),
-        };
-        std::fs::write(self.dir.join("redis.conf"), config)?;
-        let mut command = Command::new("redis-server");
+        let mut command = self.node().command(&workspace_root())?;
         command
-            .arg(self.dir.join("redis.conf"))
-            .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .arg("--aclfile")
-            .arg(self.dir.join("users.acl"))
-            .args(["--maxmemory", "256mb"])
             // One logical database per test (see Stack).
-            .args(["--databases", "1000"])
-            .args(["--daemonize", "no"]);
+            .args(["--databases", "1000"]);
         if let Some(tls) = &self.tls {
             command
                 .args(["--tls-port", &tls.port.to_string()])
@@ -270,13 +233,6 @@ impl RedisServer {
                         "no"
                     },
                 ]);
-        }
-        if let Some(ha) = &self.ha {
-            // Every node may be (or become) a replica: it logs in to its primary as `replica`.
-            command.args(["--masterauth", &ha.replica_password]);
-            if let Some(primary) = self.replica_of {
-                command.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
-            }
         }
         command.args(&self.extra_args);
         log_to(&mut command, &self.dir, "redis");
@@ -304,7 +260,7 @@ impl RedisServer {
         .await;
         if !up || exited {
             self.child = None;
-            let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
+            let log = self.log();
             let tail: Vec<&str> = log.lines().rev().take(5).collect();
             anyhow::bail!(
                 "redis-server did not start on port {port}:\n{}",
@@ -605,30 +561,16 @@ impl RedisSentinel {
     ) -> anyhow::Result<Self> {
         let ha = primary.ha.as_ref().context("not a replicated Redis node")?;
         let dir = temp_dir("aside-sentinel");
-        let template = std::fs::read_to_string(workspace_root().join("deploy/sentinel.conf"))?;
-        let conf = xtask::redis_ha::render_sentinel_config(
-            &template,
-            &xtask::redis_ha::SentinelSetup {
-                primary_host: "127.0.0.1",
-                primary_port: primary.port,
-                sentinel_password: &ha.sentinel_password,
-                origin_password: &primary.origin_password,
-                timings: Some(timings),
-            },
-        );
-        let path = dir.join("sentinel.conf");
-        std::fs::write(&path, conf)?;
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         let port = free_port();
-        let mut command = Command::new("redis-server");
-        command
-            .arg(&path)
-            .arg("--sentinel")
-            .args(["--port", &port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .arg("--dir")
-            .arg(&dir)
-            .args(["--daemonize", "no"]);
+        let setup = xtask::redis_ha::SentinelSetup {
+            primary_host: "127.0.0.1",
+            primary_port: primary.port,
+            sentinel_password: &ha.sentinel_password,
+            origin_password: &primary.origin_password,
+            timings: Some(timings),
+        };
+        let mut command = xtask::redis_ha::sentinel_command(&workspace_root(), &dir, port, &setup)?;
+        command.args(["--bind", "127.0.0.1"]);
         log_to(&mut command, &dir, "sentinel");
         let child = spawn_managed(command, StopSignal::Kill)
             .map_err(|e| anyhow::anyhow!("cannot start redis-server --sentinel: {e}"))?;

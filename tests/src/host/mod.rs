@@ -18,6 +18,7 @@
 pub mod allowed;
 mod engine;
 pub mod manifest;
+mod redis_tls;
 pub mod router;
 mod server;
 mod spin;
@@ -134,7 +135,7 @@ impl Host {
             "max_instance_concurrent_reuse_count must be at least 1"
         );
         let manifest = Manifest::load(&config.manifest)?;
-        let redis_tls = Arc::new(spin::RedisTls::new(config.redis_ca_file.as_deref())?);
+        let redis_tls = Arc::new(redis_tls::RedisTls::new(config.redis_ca_file.as_deref())?);
         let app_vars = resolve_app_variables(&manifest.variables, &config.variables, |k| {
             std::env::var(k).ok()
         })

@@ -22,8 +22,8 @@ use wasmtime_wasi_http::p3::bindings::http::types::{ErrorCode, Request as WasiRe
 
 use super::engine::engine;
 use super::manifest::ComponentConfig;
+use super::redis_tls::RedisTls;
 use super::router::Router;
-use super::spin::RedisTls;
 use super::state::InstanceState;
 
 pub(crate) type ResponseBody = UnsyncBoxBody<Bytes, wasmtime::Error>;

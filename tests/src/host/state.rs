@@ -11,7 +11,7 @@ use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 
 use super::allowed::redact_url;
 use super::manifest::ComponentConfig;
-use super::spin::RedisTls;
+use super::redis_tls::RedisTls;
 
 /// The data of one `Store`, i.e. of one (possibly reused) component instance.
 pub struct InstanceState {

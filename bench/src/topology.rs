@@ -1,0 +1,347 @@
+//! `--topology`: where the stack's servers are from each other. Each preset gives the one-way delay of
+//! every hop, which `aside-delay` (one process per hop, [`crate::delay`]) adds to everything crossing
+//! it, and the report puts each preset's tiers next to the same reads with no cache at all.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::load::{Latency, LoadResult};
+use crate::report::{EdgeRuntimes, Machine, Run, Settings, md_table, ms};
+
+/// A network hop of the stack, each behind its own proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    ClientEdge,
+    EdgeRedis,
+    EdgeOrigin,
+    OriginRedis,
+    OriginPostgres,
+}
+
+impl Hop {
+    pub const ALL: [Hop; 5] = [
+        Hop::ClientEdge,
+        Hop::EdgeRedis,
+        Hop::EdgeOrigin,
+        Hop::OriginRedis,
+        Hop::OriginPostgres,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Hop::ClientEdge => "client→edge",
+            Hop::EdgeRedis => "edge→Redis",
+            Hop::EdgeOrigin => "edge→origin",
+            Hop::OriginRedis => "origin→Redis",
+            Hop::OriginPostgres => "origin→PostgreSQL",
+        }
+    }
+}
+
+/// A preset: the one-way delay of each hop, in the order of [`Hop::ALL`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Topology {
+    pub name: &'static str,
+    /// What deployment it stands for.
+    pub models: &'static str,
+    delays_ms: [f64; 5],
+}
+
+impl Topology {
+    /// The one-way delay added on `hop`, in milliseconds.
+    pub fn delay_ms(&self, hop: Hop) -> f64 {
+        self.delays_ms[hop as usize]
+    }
+
+    /// What a client without aside crosses to reach the origin: as far as the edge, then as far as
+    /// the edge is from the origin.
+    pub fn no_cache_hops() -> [Hop; 2] {
+        [Hop::ClientEdge, Hop::EdgeOrigin]
+    }
+}
+
+/// Every preset, in report order.
+pub const TOPOLOGIES: &[Topology] = &[
+    Topology {
+        name: "loopback",
+        models: "everything on one machine: the proxies are in place but add no delay",
+        delays_ms: [0.0; 5],
+    },
+    Topology {
+        name: "same-dc",
+        models: "every server in one data centre: 0.25 ms one way on every hop",
+        delays_ms: [0.25; 5],
+    },
+    Topology {
+        name: "edge",
+        models: "the edge next to its clients and a Redis replica 1 ms away; the origin 25 ms away, with \
+                 its Redis and PostgreSQL 0.25 ms from it",
+        delays_ms: [0.0, 1.0, 25.0, 0.25, 0.25],
+    },
+    Topology {
+        name: "far-redis",
+        models: "the edge next to its clients, Redis 10 ms away (no replica near the edge), the origin \
+                 40 ms away with its Redis and PostgreSQL 0.25 ms from it",
+        delays_ms: [0.0, 10.0, 40.0, 0.25, 0.25],
+    },
+];
+
+/// The value of `--topology`: presets in the order given (`all`: every one), each once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Topologies(pub Vec<Topology>);
+
+/// Parses `--topology`: `all`, or one or more preset names separated by commas.
+pub fn parse(text: &str) -> Result<Topologies, String> {
+    let names = || {
+        TOPOLOGIES
+            .iter()
+            .map(|t| t.name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if text.trim() == "all" {
+        return Ok(Topologies(TOPOLOGIES.to_vec()));
+    }
+    let mut chosen: Vec<Topology> = Vec::new();
+    for name in text.split(',').map(str::trim) {
+        let Some(t) = TOPOLOGIES.iter().find(|t| t.name == name) else {
+            return Err(format!(
+                "unknown topology {name:?}; the topologies are {}, or all",
+                names()
+            ));
+        };
+        if !chosen.contains(t) {
+            chosen.push(*t);
+        }
+    }
+    Ok(Topologies(chosen))
+}
+
+/// Scenario names of the runs of one topology.
+pub const EDGE: &str = "edge";
+pub const EDGE_MISS: &str = "edge-miss";
+pub const NO_CACHE: &str = "no-cache";
+
+/// The runs of one topology.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TopologyRuns {
+    pub name: String,
+    pub models: String,
+    /// One-way delay per hop, in ms.
+    pub delays_ms: BTreeMap<String, f64>,
+    pub runs: Vec<Run>,
+}
+
+impl TopologyRuns {
+    pub fn new(topology: &Topology, runs: Vec<Run>) -> Self {
+        Self {
+            name: topology.name.into(),
+            models: topology.models.into(),
+            delays_ms: Hop::ALL
+                .iter()
+                .map(|h| (h.name().to_string(), topology.delay_ms(*h)))
+                .collect(),
+            runs,
+        }
+    }
+
+    fn run(&self, scenario: &str, keys: &str) -> Option<&LoadResult> {
+        self.runs
+            .iter()
+            .find(|r| r.scenario == scenario && r.keys == keys)
+            .map(|r| &r.result)
+    }
+}
+
+/// `report-topology.json`: every topology's runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TopologyReport {
+    pub started_at_unix: u64,
+    pub machine: Machine,
+    pub settings: Settings,
+    pub edge_runtime: EdgeRuntimes,
+    pub total_s: f64,
+    pub topologies: Vec<TopologyRuns>,
+}
+
+/// A tier's latency as the chart and the table read it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TierLatency {
+    pub p50_us: u64,
+    pub p99_us: u64,
+}
+
+impl From<&Latency> for TierLatency {
+    fn from(l: &Latency) -> Self {
+        Self {
+            p50_us: l.p50,
+            p99_us: l.p99,
+        }
+    }
+}
+
+/// The columns of a topology line: tier-1 and Redis hits of the edge run, misses through the origin
+/// (the walk on an emptied Redis), every read of the edge run, and the same reads with no cache.
+pub const TIERS: [&str; 5] = [
+    "L1 hit",
+    "L2 hit",
+    "miss via origin",
+    "all reads",
+    "no cache",
+];
+
+impl TopologyRuns {
+    /// The latency of each of [`TIERS`] for `keys` (`zipf` or `uniform`), where measured.
+    pub fn tiers(&self, keys: &str) -> [Option<TierLatency>; 5] {
+        let edge = self.run(EDGE, keys);
+        let tier = |r: Option<&LoadResult>, t: &str| {
+            r.and_then(|r| r.tier_latency_us.get(t))
+                .map(TierLatency::from)
+        };
+        let all = |r: Option<&LoadResult>| {
+            r.filter(|r| r.requests > 0)
+                .map(|r| TierLatency::from(&r.latency_us))
+        };
+        [
+            tier(edge, "L1"),
+            tier(edge, "L2"),
+            tier(self.run(EDGE_MISS, "walk"), "MISS"),
+            all(edge),
+            all(self.run(NO_CACHE, keys)),
+        ]
+    }
+}
+
+impl TopologyReport {
+    /// One line per topology and key choice: p50 / p99 per tier, side by side with no cache, and the
+    /// edge's hit ratio per tier.
+    pub fn markdown_table(&self) -> String {
+        let cell = |t: Option<TierLatency>| {
+            t.map_or("–".into(), |t| {
+                format!("{} / {}", ms(t.p50_us), ms(t.p99_us))
+            })
+        };
+        let mut header = vec!["topology", "keys"];
+        header.extend(TIERS);
+        header.extend(["edge p50 vs no cache", "hits at the edge"]);
+        let rows = self.topologies.iter().flat_map(|t| {
+            ["zipf", "uniform"].map(|keys| {
+                let tiers = t.tiers(keys);
+                let saving = match (tiers[3], tiers[4]) {
+                    (Some(edge), Some(none)) if edge.p50_us > 0 => {
+                        format!("{:.1}× faster", none.p50_us as f64 / edge.p50_us as f64)
+                    }
+                    _ => "–".into(),
+                };
+                let hits = t.run(EDGE, keys).map_or("–".into(), crate::report::hits);
+                let mut row = vec![t.name.clone(), keys.to_string()];
+                row.extend(tiers.map(cell));
+                row.extend([saving, hits]);
+                row
+            })
+        });
+        md_table(&header, |i| (2..8).contains(&i), rows)
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let s = &self.settings;
+        let _ = writeln!(out, "# aside benchmark by topology\n");
+        let _ = writeln!(
+            out,
+            "{} profiles, {} connections, {} s warm-up + {} s per run, Zipf s = {}; {} build; edge under {} ({}); {} s in all. Latency in ms, p50 / p99.\n",
+            s.rows,
+            s.concurrency,
+            s.warmup_s,
+            s.duration_s,
+            s.zipf_s,
+            s.build,
+            self.edge_runtime.runtimes.join(" and "),
+            self.edge_runtime.why,
+            self.total_s.round()
+        );
+        out.push_str(&self.markdown_table());
+        let _ = writeln!(out, "\n## Topologies\n");
+        for t in &self.topologies {
+            let delays: Vec<String> = t
+                .delays_ms
+                .iter()
+                .map(|(hop, ms)| format!("{hop} {ms} ms"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "* **{}**: {}. One way: {}.",
+                t.name,
+                t.models,
+                delays.join(", ")
+            );
+        }
+        let _ = writeln!(out, "\n## Runs\n");
+        for t in &self.topologies {
+            for r in &t.runs {
+                let _ = writeln!(
+                    out,
+                    "* {} / {}: {:.0} req/s, p50 {} ms, p99 {} ms, errors {}, {}{}",
+                    t.name,
+                    r.label(),
+                    r.result.rps,
+                    ms(r.result.latency_us.p50),
+                    ms(r.result.latency_us.p99),
+                    r.result.errors,
+                    crate::report::hits(&r.result),
+                    r.check_failed
+                        .as_deref()
+                        .map(|w| format!(" (did not measure what it claims: {w})"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\n![p50 and p99 per tier and topology](topology.svg)\n"
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_parse_by_name_list_or_all() {
+        let names = |t: Topologies| t.0.iter().map(|t| t.name).collect::<Vec<_>>();
+        assert_eq!(names(parse("edge").unwrap()), ["edge"]);
+        assert_eq!(
+            names(parse("far-redis, loopback,far-redis").unwrap()),
+            ["far-redis", "loopback"]
+        );
+        assert_eq!(
+            names(parse("all").unwrap()),
+            ["loopback", "same-dc", "edge", "far-redis"]
+        );
+        let edge = parse("edge").unwrap().0[0];
+        assert_eq!(edge.delay_ms(Hop::EdgeOrigin), 25.0);
+        assert_eq!(edge.delay_ms(Hop::EdgeRedis), 1.0);
+        assert_eq!(edge.delay_ms(Hop::OriginPostgres), 0.25);
+        assert!(
+            Hop::ALL
+                .iter()
+                .all(|h| parse("same-dc").unwrap().0[0].delay_ms(*h) == 0.25)
+        );
+    }
+
+    #[test]
+    fn an_unknown_topology_is_a_clear_error() {
+        for bad in ["mars", "edge,mars", "", "Edge"] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.starts_with("unknown topology"), "{e}");
+            assert!(
+                e.contains("loopback, same-dc, edge, far-redis, or all"),
+                "{e}"
+            );
+        }
+    }
+}
