@@ -62,14 +62,9 @@ impl Breaker {
     }
 
     /// Opens the breaker for `left`, what is left of a back-off another instance started (see
-    /// `crate::shared_tier::BreakerMark`): as if it had opened `window - left` ago.
+    /// `crate::shared_tier::BreakerMark`); see [`breaker::Breaker::open_for`].
     pub fn open_for(&mut self, left: Duration, now: Nanos) {
-        let left = u64::try_from(left.as_nanos())
-            .unwrap_or(u64::MAX)
-            .min(self.window);
-        self.state = State::Open {
-            at: now.saturating_sub(self.window - left),
-        };
+        self.0.open_for(left, Duration::from_nanos(now));
     }
 
     pub fn is_closed(&self) -> bool {

@@ -34,7 +34,7 @@ use std::time::Duration;
 use aside_shared::cache::Freshness;
 use aside_shared::{UserId, UserProfile};
 
-use crate::backoff::{Breaker, Permit};
+use crate::backoff::{Attempt, Breaker};
 use crate::clock;
 use crate::config::Config;
 use crate::l1::{ProfileEntry, Shelf};
@@ -351,10 +351,7 @@ impl SharedTier {
         if limit.is_zero() || !self.is_on() {
             return None;
         }
-        let permit = self.breaker.borrow_mut().permit(clock::now());
-        if permit == Permit::Skip {
-            return None;
-        }
+        let attempt = Attempt::start(&self.breaker, clock::now())?;
         // Opening is bounded too: Spin's Redis-backed store, for one, pings the server on open.
         let result = clock::within(limit, async {
             let store = self.open().await?;
@@ -362,7 +359,7 @@ impl SharedTier {
         })
         .await;
         let ok = matches!(result, Some(Ok(_)));
-        if let Some(transition) = self.breaker.borrow_mut().record(permit, ok, clock::now()) {
+        if let Some(transition) = attempt.finish(ok, clock::now()) {
             eprintln!(
                 "aside-edge: shared tier (key-value store `{}`) {}",
                 self.config.shared_tier.store,
@@ -571,13 +568,14 @@ mod tests {
         let start = 10_000 * MS;
         let mut b = Breaker::new(3, Duration::from_millis(2000));
         b.open_for(Duration::from_millis(500), start);
-        assert_eq!(b.permit(start + 499 * MS), Permit::Skip);
-        assert_eq!(b.permit(start + 500 * MS), Permit::Probe);
+        assert_eq!(b.visible(), crate::backoff::Visible::Open);
+        assert_eq!(b.remaining(start + 499 * MS), Duration::from_millis(1));
+        assert_eq!(b.remaining(start + 500 * MS), Duration::ZERO);
         // Never longer than this instance's own back-off.
         let mut b = Breaker::new(3, Duration::from_millis(2000));
         b.open_for(Duration::from_secs(60), start);
-        assert_eq!(b.permit(start + 1999 * MS), Permit::Skip);
-        assert_eq!(b.permit(start + 2000 * MS), Permit::Probe);
+        assert_eq!(b.remaining(start + 1999 * MS), Duration::from_millis(1));
+        assert_eq!(b.remaining(start + 2000 * MS), Duration::ZERO);
     }
 
     #[test]

@@ -230,6 +230,32 @@ impl Breaker {
         }
     }
 
+    /// Opens the breaker for `left` (at most the first cool-down) from `now`, because another holder of
+    /// the same backend's breaker (another edge instance) found it down and `left` of its cool-down
+    /// remains. Only a closed or open breaker takes it: a half-open one keeps waiting for its probe,
+    /// which decides, and an open one keeps the later of the two ends.
+    pub fn open_for(&mut self, left: Duration, now: Duration) {
+        let until = now.saturating_add(left.min(self.settings.backoff));
+        match self.state {
+            State::Closed { .. } => {
+                self.state = State::Open {
+                    until,
+                    backoff: self.settings.backoff,
+                }
+            }
+            State::Open {
+                until: own,
+                backoff,
+            } => {
+                self.state = State::Open {
+                    until: own.max(until),
+                    backoff,
+                }
+            }
+            State::HalfOpen { .. } => {}
+        }
+    }
+
     pub fn phase(&self) -> Phase {
         match self.state {
             State::Closed { .. } => Phase::Closed,
@@ -288,6 +314,33 @@ mod tests {
             b.record(Permit::Call, false, at);
         }
         assert_eq!(b.phase(), Phase::Open);
+    }
+
+    #[test]
+    fn open_for_opens_a_closed_breaker_for_what_is_left_but_never_past_its_own_cool_down() {
+        let mut b = breaker(3, 1_000, 8_000);
+        b.open_for(ms(400), ms(10_000));
+        assert_eq!(b.phase(), Phase::Open);
+        assert_eq!(b.acquire(ms(10_399)), Permit::Refused);
+        assert!(b.acquire(ms(10_400)).is_probe());
+
+        let mut capped = breaker(3, 1_000, 8_000);
+        capped.open_for(ms(60_000), ms(0));
+        assert_eq!(capped.retry_in(ms(0)), ms(1_000));
+
+        // Open already: the later end wins. Half-open: the probe decides, nothing changes.
+        let mut open_one = breaker(1, 1_000, 8_000);
+        open(&mut open_one, ms(0));
+        open_one.open_for(ms(200), ms(100));
+        assert_eq!(open_one.retry_in(ms(100)), ms(900));
+        let probe = open_one.acquire(ms(1_000));
+        assert!(probe.is_probe());
+        open_one.open_for(ms(500), ms(1_000));
+        assert_eq!(open_one.phase(), Phase::HalfOpen);
+        assert_eq!(
+            open_one.record(probe, true, ms(1_001)),
+            Some(Transition::Closed)
+        );
     }
 
     #[test]
