@@ -214,6 +214,16 @@ impl TopologyRuns {
     }
 }
 
+/// How much faster the edge is than no cache, `ratio` = no-cache p50 ÷ edge p50: below 1 the edge is
+/// slower, and says so ("2.0× slower", not "0.5× faster").
+fn speedup(ratio: f64) -> String {
+    if ratio >= 1.0 {
+        format!("{ratio:.1}× faster")
+    } else {
+        format!("{:.1}× slower", 1.0 / ratio)
+    }
+}
+
 impl TopologyReport {
     /// One line per topology and key choice: p50 / p99 per tier, side by side with no cache, and the
     /// edge's hit ratio per tier.
@@ -231,7 +241,7 @@ impl TopologyReport {
                 let tiers = t.tiers(keys);
                 let saving = match (tiers[3], tiers[4]) {
                     (Some(edge), Some(none)) if edge.p50_us > 0 => {
-                        format!("{:.1}× faster", none.p50_us as f64 / edge.p50_us as f64)
+                        speedup(none.p50_us as f64 / edge.p50_us as f64)
                     }
                     _ => "–".into(),
                 };
@@ -331,6 +341,13 @@ mod tests {
                 .iter()
                 .all(|h| parse("same-dc").unwrap().0[0].delay_ms(*h) == 0.25)
         );
+    }
+
+    #[test]
+    fn a_ratio_below_one_says_slower() {
+        assert_eq!(speedup(11.3), "11.3× faster");
+        assert_eq!(speedup(1.0), "1.0× faster");
+        assert_eq!(speedup(0.5), "2.0× slower");
     }
 
     #[test]
