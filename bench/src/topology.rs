@@ -121,6 +121,8 @@ pub fn parse(text: &str) -> Result<Topologies, String> {
 
 /// Scenario names of the runs of one topology.
 pub const EDGE: &str = "edge";
+/// The edge with the shared tier on (`--shared-tier on`).
+pub const EDGE_SHARED: &str = crate::report::EDGE_SHARED;
 pub const EDGE_MISS: &str = "edge-miss";
 pub const NO_CACHE: &str = "no-cache";
 
@@ -182,20 +184,35 @@ impl From<&Latency> for TierLatency {
     }
 }
 
-/// The columns of a topology line: tier-1 and Redis hits of the edge run, misses through the origin
-/// (the walk on an emptied Redis), every read of the edge run, and the same reads with no cache.
-pub const TIERS: [&str; 5] = [
+/// The columns of a topology line: tier-1, shared-tier and Redis hits of the edge run, misses through
+/// the origin (the walk on an emptied Redis), every read of the edge run, and the same reads with no
+/// cache.
+pub const TIERS: [&str; 6] = [
     "L1 hit",
+    "shared hit",
     "L2 hit",
     "miss via origin",
     "all reads",
     "no cache",
 ];
 
+/// The index of the shared tier in [`TIERS`].
+const SHARED_TIER: usize = 1;
+
 impl TopologyRuns {
-    /// The latency of each of [`TIERS`] for `keys` (`zipf` or `uniform`), where measured.
-    pub fn tiers(&self, keys: &str) -> [Option<TierLatency>; 5] {
-        let edge = self.run(EDGE, keys);
+    /// The edge runs of this topology: [`EDGE`], and [`EDGE_SHARED`] when it ran.
+    pub fn edges(&self) -> Vec<&'static str> {
+        let mut edges = vec![EDGE];
+        if self.runs.iter().any(|r| r.scenario == EDGE_SHARED) {
+            edges.push(EDGE_SHARED);
+        }
+        edges
+    }
+
+    /// The latency of each of [`TIERS`] for the edge run `edge` ([`EDGE`] or [`EDGE_SHARED`]) with
+    /// `keys` (`zipf` or `uniform`), where measured.
+    pub fn tiers(&self, edge: &str, keys: &str) -> [Option<TierLatency>; 6] {
+        let edge = self.run(edge, keys);
         let tier = |r: Option<&LoadResult>, t: &str| {
             r.and_then(|r| r.tier_latency_us.get(t))
                 .map(TierLatency::from)
@@ -206,6 +223,7 @@ impl TopologyRuns {
         };
         [
             tier(edge, "L1"),
+            tier(edge, "SHARED"),
             tier(edge, "L2"),
             tier(self.run(EDGE_MISS, "walk"), "MISS"),
             all(edge),
@@ -225,34 +243,44 @@ fn speedup(ratio: f64) -> String {
 }
 
 impl TopologyReport {
-    /// One line per topology and key choice: p50 / p99 per tier, side by side with no cache, and the
-    /// edge's hit ratio per tier.
+    /// One line per topology, edge run and key choice: p50 / p99 per tier, side by side with no cache,
+    /// and the edge's hit ratio per tier. The shared tier's column is there when some topology ran
+    /// the edge with the shared tier on.
     pub fn markdown_table(&self) -> String {
         let cell = |t: Option<TierLatency>| {
             t.map_or("–".into(), |t| {
                 format!("{} / {}", ms(t.p50_us), ms(t.p99_us))
             })
         };
-        let mut header = vec!["topology", "keys"];
-        header.extend(TIERS);
+        let shared = self.topologies.iter().any(|t| t.edges().len() > 1);
+        let columns: Vec<usize> = (0..TIERS.len())
+            .filter(|i| shared || *i != SHARED_TIER)
+            .collect();
+        let mut header = vec!["topology", "edge", "keys"];
+        header.extend(columns.iter().map(|i| TIERS[*i]));
         header.extend(["edge p50 vs no cache", "hits at the edge"]);
+        let columns = &columns;
         let rows = self.topologies.iter().flat_map(|t| {
-            ["zipf", "uniform"].map(|keys| {
-                let tiers = t.tiers(keys);
-                let saving = match (tiers[3], tiers[4]) {
-                    (Some(edge), Some(none)) if edge.p50_us > 0 => {
-                        speedup(none.p50_us as f64 / edge.p50_us as f64)
-                    }
-                    _ => "–".into(),
-                };
-                let hits = t.run(EDGE, keys).map_or("–".into(), crate::report::hits);
-                let mut row = vec![t.name.clone(), keys.to_string()];
-                row.extend(tiers.map(cell));
-                row.extend([saving, hits]);
-                row
+            t.edges().into_iter().flat_map(move |edge| {
+                ["zipf", "uniform"].map(|keys| {
+                    let tiers = t.tiers(edge, keys);
+                    let [.., all, none] = tiers;
+                    let saving = match (all, none) {
+                        (Some(edge), Some(none)) if edge.p50_us > 0 => {
+                            speedup(none.p50_us as f64 / edge.p50_us as f64)
+                        }
+                        _ => "–".into(),
+                    };
+                    let hits = t.run(edge, keys).map_or("–".into(), crate::report::hits);
+                    let mut row = vec![t.name.clone(), edge.to_string(), keys.to_string()];
+                    row.extend(columns.iter().map(|i| cell(tiers[*i])));
+                    row.extend([saving, hits]);
+                    row
+                })
             })
         });
-        md_table(&header, |i| (2..8).contains(&i), rows)
+        let numeric = 3..3 + columns.len() + 1;
+        md_table(&header, |i| numeric.contains(&i), rows)
     }
 
     pub fn markdown(&self) -> String {
