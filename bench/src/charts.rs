@@ -454,6 +454,58 @@ mod tests {
     }
 
     #[test]
+    fn the_topology_chart_has_the_shared_tier_where_it_ran() {
+        let tiers = |scenario: &str, names: &[&str]| {
+            let mut r = run(scenario, "zipf", 1000, 100.0);
+            r.result.latency_us.p50 = 1000;
+            r.result.tier_latency_us = names
+                .iter()
+                .map(|t| (t.to_string(), crate::load::Latency::default()))
+                .collect();
+            r
+        };
+        let edge = crate::topology::parse("edge").unwrap().0[0];
+        let mut miss = tiers("edge-miss", &["MISS"]);
+        miss.keys = "walk".into();
+        let runs = vec![
+            tiers("edge", &["L1", "L2"]),
+            miss,
+            tiers("no-cache", &["MISS"]),
+        ];
+        let labels = |runs: Vec<Run>| -> Vec<String> {
+            topology_rows(&[TopologyRuns::new(&edge, runs)])
+                .into_iter()
+                .map(|r| r.0)
+                .collect()
+        };
+        let plain = labels(runs.clone());
+        assert_eq!(
+            plain,
+            [
+                "edge / L1 hit",
+                "edge / L2 hit",
+                "edge / miss via origin",
+                "edge / all reads",
+                "edge / no cache"
+            ]
+        );
+        let mut with_shared = runs;
+        with_shared.push(tiers("edge-shared", &["L1", "SHARED", "L2"]));
+        let shared = labels(with_shared);
+        // The plain edge's bars, then the shared tier's edge without repeating misses and no cache.
+        assert_eq!(shared[..5], plain[..]);
+        assert_eq!(
+            shared[5..],
+            [
+                "edge / edge-shared / L1 hit",
+                "edge / edge-shared / shared hit",
+                "edge / edge-shared / L2 hit",
+                "edge / edge-shared / all reads"
+            ]
+        );
+    }
+
+    #[test]
     fn bitmap_text_renders_with_the_embedded_font() {
         register_font();
         let (w, h) = (220u32, 40u32);

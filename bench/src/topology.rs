@@ -371,6 +371,104 @@ mod tests {
         );
     }
 
+    /// A run of `scenario / keys` whose reads were answered by these tiers, each at `(p50, p99)` µs.
+    fn run(scenario: &str, keys: &str, tiers: &[(&str, u64, (u64, u64))]) -> Run {
+        let latency = |(p50, p99)| Latency {
+            p50,
+            p99,
+            ..Default::default()
+        };
+        Run {
+            scenario: scenario.into(),
+            keys: keys.into(),
+            target: "edge".into(),
+            runtime: Some("spin".into()),
+            description: String::new(),
+            result: LoadResult {
+                requests: 100,
+                latency_us: latency((2000, 9000)),
+                x_cache: tiers.iter().map(|(t, n, _)| (t.to_string(), *n)).collect(),
+                tier_latency_us: tiers
+                    .iter()
+                    .map(|(t, _, l)| (t.to_string(), latency(*l)))
+                    .collect(),
+                ..Default::default()
+            },
+            check_failed: None,
+        }
+    }
+
+    fn report(runs: Vec<Run>) -> TopologyReport {
+        TopologyReport {
+            started_at_unix: 0,
+            machine: Machine::default(),
+            settings: Settings::default(),
+            edge_runtime: EdgeRuntimes::default(),
+            total_s: 0.0,
+            topologies: vec![TopologyRuns::new(&parse("edge").unwrap().0[0], runs)],
+        }
+    }
+
+    #[test]
+    fn the_shared_tier_is_a_tier_of_its_own_where_it_ran() {
+        let plain = || {
+            let mut no_cache = run(NO_CACHE, "zipf", &[("MISS", 100, (52_000, 60_000))]);
+            no_cache.result.latency_us.p50 = 52_000;
+            vec![
+                run(
+                    EDGE,
+                    "zipf",
+                    &[("L1", 25, (300, 900)), ("L2", 75, (2500, 4000))],
+                ),
+                no_cache,
+            ]
+        };
+        let md = report(plain()).markdown_table();
+        assert!(!md.contains("shared hit"), "{md}");
+        assert!(
+            md.contains("| edge | edge | zipf | 0.30 / 0.90 | 2.50 / 4.00 | – |"),
+            "{md}"
+        );
+
+        let mut runs = plain();
+        runs.push(run(
+            EDGE_SHARED,
+            "zipf",
+            &[
+                ("L1", 30, (300, 900)),
+                ("SHARED", 45, (600, 1500)),
+                ("L2", 25, (2500, 4000)),
+            ],
+        ));
+        let r = report(runs);
+        let t = &r.topologies[0];
+        assert_eq!(t.edges(), [EDGE, EDGE_SHARED]);
+        let tiers = t.tiers(EDGE_SHARED, "zipf");
+        assert_eq!(
+            tiers[SHARED_TIER],
+            Some(TierLatency {
+                p50_us: 600,
+                p99_us: 1500
+            })
+        );
+        // The no-cache reads are the same for both edges.
+        assert_eq!(tiers[5], t.tiers(EDGE, "zipf")[5]);
+        let md = r.markdown_table();
+        assert!(md.contains("| L1 hit | shared hit | L2 hit |"), "{md}");
+        assert!(
+            md.contains("| edge | edge-shared | zipf | 0.30 / 0.90 | 0.60 / 1.50 | 2.50 / 4.00 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| edge | edge | zipf | 0.30 / 0.90 | – | 2.50 / 4.00 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("26.0× faster | SHARED 45.0% · L1 30.0% · L2 25.0% |"),
+            "{md}"
+        );
+    }
+
     #[test]
     fn a_ratio_below_one_says_slower() {
         assert_eq!(speedup(11.3), "11.3× faster");
