@@ -98,7 +98,7 @@ fn register_font() {
 }
 
 /// The charts' colours (matplotlib's "tab10").
-const COLOURS: [RGBColor; 8] = [
+const COLOURS: [RGBColor; 9] = [
     RGBColor(127, 127, 127),
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
@@ -107,6 +107,7 @@ const COLOURS: [RGBColor; 8] = [
     RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
     RGBColor(227, 119, 194),
+    RGBColor(188, 189, 34),
 ];
 
 /// One colour per scenario, the same in every chart; runs under the bundled host in a lighter shade of
@@ -277,18 +278,38 @@ fn segment_label(labels: &[String], v: &SegmentValue<usize>) -> String {
 /// One bar of the topology chart: `topology / tier`, its tier's index, and its latency.
 type TopologyRow = (String, usize, TierLatency);
 
-/// The measured tiers of every topology (Zipf keys), top to bottom.
+/// The measured tiers of every topology's edge runs (Zipf keys), top to bottom; the edge with the
+/// shared tier on (when it ran) adds its tier-1, shared and Redis hits and all its reads.
 fn topology_rows(topologies: &[TopologyRuns]) -> Vec<TopologyRow> {
     topologies
         .iter()
         .flat_map(|t| {
-            t.tiers("zipf")
+            t.edges()
                 .into_iter()
                 .enumerate()
-                .filter_map(|(i, l)| l.map(|l| (format!("{} / {}", t.name, TIERS[i]), i, l)))
+                .flat_map(move |(n, edge)| {
+                    let shared_edge = n > 0;
+                    t.tiers(edge, "zipf")
+                        .into_iter()
+                        .enumerate()
+                        .filter(move |(i, _)| {
+                            !shared_edge || !TOPOLOGY_SHARED_SKIP.contains(&TIERS[*i])
+                        })
+                        .filter_map(move |(i, l)| {
+                            let label = if shared_edge {
+                                format!("{} / {edge} / {}", t.name, TIERS[i])
+                            } else {
+                                format!("{} / {}", t.name, TIERS[i])
+                            };
+                            l.map(|l| (label, i, l))
+                        })
+                })
         })
         .collect()
 }
+
+/// The bars the edge with the shared tier on leaves out: the same as the plain edge's.
+const TOPOLOGY_SHARED_SKIP: [&str; 2] = ["miss via origin", "no cache"];
 
 /// Horizontal bars on a log scale: p99 light, p50 solid over it, one colour per tier.
 fn topology<DB: DrawingBackend>(
@@ -298,8 +319,8 @@ fn topology<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    // L1 green, L2 blue, miss orange, all reads purple, no cache red.
-    const TIER_COLOURS: [usize; 5] = [3, 1, 2, 5, 4];
+    // L1 green, shared brown, L2 blue, miss orange, all reads purple, no cache red.
+    const TIER_COLOURS: [usize; 6] = [3, 6, 1, 2, 5, 4];
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("topology chart: {e}");
     root.fill(&WHITE).map_err(err)?;
     let n = rows.len().max(1);
@@ -430,6 +451,58 @@ mod tests {
             assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{name}");
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_topology_chart_has_the_shared_tier_where_it_ran() {
+        let tiers = |scenario: &str, names: &[&str]| {
+            let mut r = run(scenario, "zipf", 1000, 100.0);
+            r.result.latency_us.p50 = 1000;
+            r.result.tier_latency_us = names
+                .iter()
+                .map(|t| (t.to_string(), crate::load::Latency::default()))
+                .collect();
+            r
+        };
+        let edge = crate::topology::parse("edge").unwrap().0[0];
+        let mut miss = tiers("edge-miss", &["MISS"]);
+        miss.keys = "walk".into();
+        let runs = vec![
+            tiers("edge", &["L1", "L2"]),
+            miss,
+            tiers("no-cache", &["MISS"]),
+        ];
+        let labels = |runs: Vec<Run>| -> Vec<String> {
+            topology_rows(&[TopologyRuns::new(&edge, runs)])
+                .into_iter()
+                .map(|r| r.0)
+                .collect()
+        };
+        let plain = labels(runs.clone());
+        assert_eq!(
+            plain,
+            [
+                "edge / L1 hit",
+                "edge / L2 hit",
+                "edge / miss via origin",
+                "edge / all reads",
+                "edge / no cache"
+            ]
+        );
+        let mut with_shared = runs;
+        with_shared.push(tiers("edge-shared", &["L1", "SHARED", "L2"]));
+        let shared = labels(with_shared);
+        // The plain edge's bars, then the shared tier's edge without repeating misses and no cache.
+        assert_eq!(shared[..5], plain[..]);
+        assert_eq!(
+            shared[5..],
+            [
+                "edge / edge-shared / L1 hit",
+                "edge / edge-shared / shared hit",
+                "edge / edge-shared / L2 hit",
+                "edge / edge-shared / all reads"
+            ]
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! this one). See docs/benchmarks.md.
 //!
 //! It starts a stack of its own (Redis, PostgreSQL, an origin, an origin with the cache off, and per edge
-//! runtime an edge, an edge with tier 1 off and the hello-world baseline) on free ports, with its state
+//! runtime an edge, an edge with tier 1 off, the hello-world baseline and, where the runtime has a
+//! key-value store, an edge with the shared tier on) on free ports, with its state
 //! in a temporary folder that is removed at the end, seeds it, runs every scenario through `aside-load`
 //! (a separate process), and writes `report.json`, `report.md` and the charts. Ctrl-C, or any failure,
 //! stops the stack and removes its state; the servers' logs stay in `<out>/logs/`.
@@ -20,7 +21,9 @@ use anyhow::{Context as _, bail};
 use aside_bench::keys::KeyDist;
 use aside_bench::load::LoadResult;
 use aside_bench::redis_admin::RedisAdmin;
-use aside_bench::report::{self, EdgeRuntimes, Machine, Report, RoundTrip, Run, SCHEMA, Settings};
+use aside_bench::report::{
+    self, EdgeRuntimes, Machine, Report, RoundTrip, Run, SCHEMA, Settings, Skipped,
+};
 use aside_bench::topology::{self, Hop, Topologies, Topology, TopologyReport, TopologyRuns};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -103,6 +106,17 @@ struct RunArgs {
     /// `far-redis` (comma-separated), or `all`. Writes report-topology.{json,md} and topology.svg/png.
     #[arg(long, value_parser = aside_bench::topology::parse, conflicts_with = "only")]
     topology: Option<Topologies>,
+    /// With `--topology`: `on` also runs an edge with the shared tier on (Spin's key-value store, in
+    /// memory) in each topology, its Zipf and uniform reads beside the edge's; `off` [default] keeps
+    /// a topology run short. Needs a runtime with a key-value store (Spin).
+    #[arg(long, value_enum, default_value_t = SharedTier::Off, requires = "topology")]
+    shared_tier: SharedTier,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SharedTier {
+    Off,
+    On,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -128,6 +142,11 @@ impl Rt {
             Rt::Spin => "spin",
             Rt::Host => "host",
         }
+    }
+
+    /// Whether it has a key-value store, which the edge's shared tier needs.
+    fn has_key_value_store(self) -> bool {
+        report::has_key_value_store(self.name())
     }
 }
 
@@ -193,6 +212,8 @@ impl Runtimes {
             (Rt::Spin, Some(cli)) => {
                 let mut c = Command::new(&cli.path);
                 c.arg("up").arg("--state-dir").arg(state);
+                // Only the runtime config the caller gives (`--runtime-config-file`).
+                c.env_remove("RUNTIME_CONFIG_FILE");
                 c
             }
             _ => {
@@ -265,6 +286,9 @@ enum Target {
     Edge(Rt),
     /// A second edge with tier 1 off: every read asks Redis.
     EdgeL1Off(Rt),
+    /// An edge with the shared tier on as well (Spin's key-value store `default`, in memory; only
+    /// under a runtime with a key-value store).
+    EdgeShared(Rt),
     /// The hello-world component (bench/hello): what the runtime itself allows.
     Hello(Rt),
     /// The origin, directly, with its bearer token.
@@ -278,6 +302,7 @@ impl Target {
         match self {
             Target::Edge(_) => "edge",
             Target::EdgeL1Off(_) => "edge with tier 1 off",
+            Target::EdgeShared(_) => "edge with the shared tier on",
             Target::Hello(_) => "hello-world component",
             Target::Origin => "origin",
             Target::OriginCacheOff => "origin with ASIDE_CACHE=off",
@@ -287,7 +312,10 @@ impl Target {
     /// The runtime of an edge or hello-world target.
     fn runtime(self) -> Option<Rt> {
         match self {
-            Target::Edge(rt) | Target::EdgeL1Off(rt) | Target::Hello(rt) => Some(rt),
+            Target::Edge(rt)
+            | Target::EdgeL1Off(rt)
+            | Target::EdgeShared(rt)
+            | Target::Hello(rt) => Some(rt),
             Target::Origin | Target::OriginCacheOff => None,
         }
     }
@@ -297,6 +325,7 @@ impl Target {
         match self {
             Target::Edge(_) => Target::Edge(rt),
             Target::EdgeL1Off(_) => Target::EdgeL1Off(rt),
+            Target::EdgeShared(_) => Target::EdgeShared(rt),
             Target::Hello(_) => Target::Hello(rt),
             origin => origin,
         }
@@ -309,6 +338,8 @@ impl Target {
             Target::Edge(Rt::Host) => "edge-host",
             Target::EdgeL1Off(Rt::Spin) => "edge-l1-off-spin",
             Target::EdgeL1Off(Rt::Host) => "edge-l1-off-host",
+            Target::EdgeShared(Rt::Spin) => "edge-shared-spin",
+            Target::EdgeShared(Rt::Host) => "edge-shared-host",
             Target::Hello(Rt::Spin) => "hello-spin",
             Target::Hello(Rt::Host) => "hello-host",
             Target::Origin => "origin",
@@ -372,6 +403,11 @@ fn plans(runtimes: &[Rt]) -> Vec<Plan> {
         serves up to 128 requests, 16 at once): Zipf over all ids, and uniform over a hot set small \
         enough to be answered from tier 1 for most of an instance's life. Every profile is in Redis, \
         so what tier 1 misses is an L2 hit.";
+    const EDGE_SHARED: &str = "the same reads through an edge with the shared tier on as well \
+        (shared_tier_store = default: Spin's key-value store, in memory, runtime-config.toml), which \
+        every instance of the Spin process reads and which outlives an instance: what tier 1 misses is \
+        a SHARED hit when another instance (or a retired one) read the id within l1_ttl_ms, else an L2 \
+        hit. Only under a runtime with a key-value store (Spin).";
     const POSTGRES_ONLY: &str = "reads to an origin started with ASIDE_CACHE=off: every read is a \
         PostgreSQL query (the origin's single-flight still merges concurrent reads of one id). The \
         baseline the cache is measured against.";
@@ -471,7 +507,7 @@ fn plans(runtimes: &[Rt]) -> Vec<Plan> {
             Cache::Full,
             0.0,
             EDGE_L1,
-            (&["L1", "L2"][..], 0.9),
+            (&["L1", "SHARED", "L2"][..], 0.9),
         ),
         p(
             "edge-l1-hot",
@@ -481,7 +517,27 @@ fn plans(runtimes: &[Rt]) -> Vec<Plan> {
             Cache::Full,
             0.0,
             EDGE_L1,
-            (&["L1"][..], 0.5),
+            (report::EDGE_TIERS, 0.5),
+        ),
+        p(
+            report::EDGE_SHARED,
+            Zipf,
+            false,
+            Target::EdgeShared(Rt::Spin),
+            Cache::Full,
+            0.0,
+            EDGE_SHARED,
+            (&["L1", "SHARED", "L2"][..], 0.9),
+        ),
+        p(
+            report::EDGE_SHARED,
+            Uniform,
+            true,
+            Target::EdgeShared(Rt::Spin),
+            Cache::Full,
+            0.0,
+            EDGE_SHARED,
+            (report::EDGE_TIERS, 0.5),
         ),
         p(
             "postgres-only",
@@ -511,7 +567,7 @@ fn plans(runtimes: &[Rt]) -> Vec<Plan> {
             Cache::Full,
             5.0,
             MIX,
-            (&["L1", "L2"][..], 0.8),
+            (&["L1", "SHARED", "L2"][..], 0.8),
         ),
         p(
             "mix-95-5",
@@ -521,7 +577,7 @@ fn plans(runtimes: &[Rt]) -> Vec<Plan> {
             Cache::Full,
             5.0,
             MIX,
-            (&["L1", "L2"][..], 0.8),
+            (&["L1", "SHARED", "L2"][..], 0.8),
         ),
     ];
     base.into_iter()
@@ -529,6 +585,7 @@ fn plans(runtimes: &[Rt]) -> Vec<Plan> {
             None => vec![plan],
             Some(_) => runtimes
                 .iter()
+                .filter(|rt| runs_under(plan.target, **rt))
                 .map(|rt| Plan {
                     target: plan.target.under(*rt),
                     ..plan
@@ -536,6 +593,11 @@ fn plans(runtimes: &[Rt]) -> Vec<Plan> {
                 .collect(),
         })
         .collect()
+}
+
+/// Whether `target` (of any runtime) can run under `rt`: the shared tier needs a key-value store.
+fn runs_under(target: Target, rt: Rt) -> bool {
+    !matches!(target, Target::EdgeShared(_)) || rt.has_key_value_store()
 }
 
 /// Ports of the bench stack, all picked free at start.
@@ -552,11 +614,16 @@ impl Ports {
     fn pick(runtimes: &[Rt], proxies: usize) -> anyhow::Result<Self> {
         let mut targets = vec![Target::Origin, Target::OriginCacheOff];
         for rt in runtimes {
-            targets.extend([
-                Target::Edge(*rt),
-                Target::EdgeL1Off(*rt),
-                Target::Hello(*rt),
-            ]);
+            targets.extend(
+                [
+                    Target::Edge(*rt),
+                    Target::EdgeL1Off(*rt),
+                    Target::EdgeShared(*rt),
+                    Target::Hello(*rt),
+                ]
+                .into_iter()
+                .filter(|t| runs_under(*t, *rt)),
+            );
         }
         // Hold every listener until all are picked, so no two are the same.
         let listeners: Vec<std::net::TcpListener> = (0..targets.len() + 2 + proxies)
@@ -663,7 +730,9 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
     drop(redis);
     drop(stack);
 
-    let report = collect(&config, measured, setup_s, started, started_at_unix);
+    let mut report = collect(&config, measured, setup_s, started, started_at_unix);
+    report.skipped = config.skipped();
+    report.finish();
     write_report(&config, &report)
 }
 
@@ -678,6 +747,8 @@ struct Config {
     zipf_s: f64,
     hot_set: u64,
     only: Vec<String>,
+    /// `--shared-tier`: the topology runs' edge with the shared tier on, too.
+    shared_tier: bool,
     /// The folder of aside-origin, aside-host and aside-load.
     bin: PathBuf,
     runtimes: Runtimes,
@@ -753,6 +824,7 @@ impl Config {
             zipf_s: args.zipf_s,
             hot_set: args.hot_set,
             only: args.only,
+            shared_tier: args.shared_tier == SharedTier::On,
             bin,
             runtimes,
             out,
@@ -774,6 +846,26 @@ impl Config {
             );
         }
         Ok(plans)
+    }
+
+    /// The scenarios (of those `--only` keeps) a runtime of this run cannot run, each with the reason;
+    /// the report says so instead of leaving them out silently.
+    fn skipped(&self) -> Vec<Skipped> {
+        let skipped = Self::skipped_under(&self.runtimes.list, &self.only);
+        for s in &skipped {
+            eprintln!(
+                "aside-bench: not running {} under {}: {}",
+                s.scenario, s.runtime, s.why
+            );
+        }
+        skipped
+    }
+
+    /// What [`Config::skipped`] gives for these runtimes and `--only`.
+    fn skipped_under(runtimes: &[Rt], only: &[String]) -> Vec<Skipped> {
+        Skipped::without_key_value_store(runtimes.iter().map(|rt| rt.name()), |s| {
+            only.is_empty() || only.iter().any(|o| o == s)
+        })
     }
 
     /// Warm-up and measured time of one run.
@@ -917,8 +1009,12 @@ fn start_servers(config: &Config, stack: &mut Stack) -> anyhow::Result<()> {
         for target in [
             Target::Edge(*rt),
             Target::EdgeL1Off(*rt),
+            Target::EdgeShared(*rt),
             Target::Hello(*rt),
-        ] {
+        ]
+        .into_iter()
+        .filter(|t| runs_under(*t, *rt))
+        {
             let port = ports.port(target);
             let edge = edge_command(config, stack, target, port, &upstreams);
             // SIGTERM to its process group: `spin up` and its trigger (a child process) both stop.
@@ -1000,6 +1096,12 @@ fn edge_command(
     if matches!(target, Target::EdgeL1Off(_)) {
         edge.env("SPIN_VARIABLE_L1_MAX_ENTRIES", "0")
             .env("SPIN_VARIABLE_L1_TTL_MS", "0");
+    }
+    if matches!(target, Target::EdgeShared(_)) {
+        // The store `default` in memory, shared by every instance of this Spin process.
+        edge.arg("--runtime-config-file")
+            .arg(root.join("runtime-config.toml"))
+            .env("SPIN_VARIABLE_SHARED_TIER_STORE", "default");
     }
     edge
 }
@@ -1246,6 +1348,7 @@ fn collect(
         edge_runtime: config.runtimes.report(),
         redis_hgetall: measured.redis_hgetall,
         runs: measured.runs,
+        skipped: Vec::new(),
         comparison: Default::default(),
     };
     report.finish();
@@ -1319,13 +1422,15 @@ struct Proxies {
     edge_side: [Proxy; 3],
     /// In front of the edge, and of the previous proxy: the client's way to each.
     client_side: [Proxy; 2],
+    /// With `--shared-tier on`: in front of the edge with the shared tier on.
+    client_shared: Option<Proxy>,
 }
 
-/// How many proxy ports a topology run needs.
-const PROXY_COUNT: usize = 7;
+/// How many proxy ports a topology run needs (the last one only with `--shared-tier on`).
+const PROXY_COUNT: usize = 8;
 
 impl Proxies {
-    fn new(ports: &Ports, rt: Rt) -> Self {
+    fn new(ports: &Ports, rt: Rt, shared_tier: bool) -> Self {
         let p = &ports.proxies;
         let proxy = |name, hop, i: usize, upstream| Proxy {
             name,
@@ -1367,14 +1472,23 @@ impl Proxies {
                 ),
                 proxy("delay-no-cache-client-edge", Hop::ClientEdge, 6, p[4]),
             ],
+            client_shared: shared_tier.then(|| {
+                proxy(
+                    "delay-client-edge-shared",
+                    Hop::ClientEdge,
+                    7,
+                    ports.port(Target::EdgeShared(rt)),
+                )
+            }),
         }
     }
 
     /// Where a client's requests for `target` go in the topology: through the client-side proxies.
     fn route(&self, target: Target) -> String {
         let [edge, no_cache] = &self.client_side;
-        let port = match target {
-            Target::OriginCacheOff => no_cache.port,
+        let port = match (target, &self.client_shared) {
+            (Target::OriginCacheOff, _) => no_cache.port,
+            (Target::EdgeShared(_), Some(shared)) => shared.port,
             _ => edge.port,
         };
         format!("http://127.0.0.1:{port}")
@@ -1382,8 +1496,9 @@ impl Proxies {
 }
 
 /// The runs of one topology: misses through the origin (a walk on an emptied Redis), then the edge
-/// with every profile in Redis, then the same reads with no cache.
-fn topology_plans(rt: Rt) -> Vec<Plan> {
+/// with every profile in Redis (and, with `shared_tier`, the edge with the shared tier on), then the
+/// same reads with no cache.
+fn topology_plans(rt: Rt, shared_tier: bool) -> Vec<Plan> {
     use KeyDist::{Uniform, Walk, Zipf};
     const EDGE_MISS: &str = "a walk of fresh ids through the edge on an emptied Redis: every read \
         crosses client→edge, edge→Redis (a miss) and edge→origin, where the origin asks Redis and \
@@ -1392,6 +1507,9 @@ fn topology_plans(rt: Rt) -> Vec<Plan> {
         answers what it holds, Redis (across edge→Redis) the rest.";
     const NO_CACHE: &str = "the same reads with no cache at all: the client calls an origin started \
         with ASIDE_CACHE=off across client→edge and edge→origin; every read is a PostgreSQL query.";
+    const EDGE_SHARED: &str = "the same reads through an edge with the shared tier on as well \
+        (Spin's key-value store, in memory): tier 1, then the shared tier, then Redis across \
+        edge→Redis.";
     let p = |scenario, keys, target, cache, description, expect| Plan {
         scenario,
         keys,
@@ -1403,8 +1521,20 @@ fn topology_plans(rt: Rt) -> Vec<Plan> {
         expect,
     };
     let edge = Target::Edge(rt);
-    let (hits, misses) = (&["L1", "L2"][..], &["MISS"][..]);
-    vec![
+    let (hits, misses) = (&["L1", "SHARED", "L2"][..], &["MISS"][..]);
+    let shared = shared_tier.then(|| {
+        [Zipf, Uniform].map(|keys| {
+            p(
+                topology::EDGE_SHARED,
+                keys,
+                Target::EdgeShared(rt),
+                Cache::Full,
+                EDGE_SHARED,
+                (hits, 0.9),
+            )
+        })
+    });
+    let mut plans = vec![
         p(
             topology::EDGE_MISS,
             Walk,
@@ -1422,6 +1552,9 @@ fn topology_plans(rt: Rt) -> Vec<Plan> {
             EDGE,
             (hits, 0.9),
         ),
+    ];
+    plans.extend(shared.into_iter().flatten());
+    plans.extend([
         p(
             topology::NO_CACHE,
             Zipf,
@@ -1438,7 +1571,8 @@ fn topology_plans(rt: Rt) -> Vec<Plan> {
             NO_CACHE,
             (misses, 0.9),
         ),
-    ]
+    ]);
+    plans
 }
 
 /// `--topology`: after Redis and PostgreSQL are up and seeded, per topology its proxies, the two
@@ -1458,12 +1592,17 @@ fn run_topologies(
     let [rt] = config.runtimes.list[..] else {
         bail!("--topology runs the edge under one runtime: choose --edge-runtime spin or host");
     };
+    anyhow::ensure!(
+        !config.shared_tier || rt.has_key_value_store(),
+        "--shared-tier on needs a runtime with a key-value store (Spin); the {} runtime has none",
+        rt.name()
+    );
     ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst))
         .context("install the Ctrl-C handler")?;
-    let runs = topologies.0.len() * topology_plans(rt).len();
-    let mut stack = start_stack(config, runs, PROXY_COUNT)?;
+    let plans = topology_plans(rt, config.shared_tier);
+    let mut stack = start_stack(config, topologies.0.len() * plans.len(), PROXY_COUNT)?;
     seed(config, &stack)?;
-    let proxies = Proxies::new(&stack.ports, rt);
+    let proxies = Proxies::new(&stack.ports, rt, config.shared_tier);
     let mut redis = None;
     let mut results = Vec::new();
     for topology in &topologies.0 {
@@ -1481,7 +1620,7 @@ fn run_topologies(
             config,
             &mut stack,
             redis,
-            &topology_plans(rt),
+            &plans,
             (&route, Some(topology.name)),
         )?;
         for name in started.iter().rev() {
@@ -1578,25 +1717,28 @@ fn start_topology(
     }
     start_proxies(stack, &proxies.edge_side)?;
     let [redis, origin, _] = &proxies.edge_side;
-    let target = Target::Edge(rt);
-    let port = stack.ports.port(target);
     let upstreams = (redis.port, format!("http://127.0.0.1:{}", origin.port));
-    let edge = edge_command(config, stack, target, port, &upstreams);
-    stack
-        .services
-        .spawn(target.service(), edge, logs, libc::SIGTERM)?;
-    wait_for_ports(
-        &mut stack.services,
-        &[(target.service(), port)],
-        logs,
-        EDGE_START_TIMEOUT,
-    )?;
-    start_proxies(stack, &proxies.client_side)?;
-    let mut names = vec![
-        Target::Origin.service(),
-        Target::OriginCacheOff.service(),
-        target.service(),
+    let mut names = vec![Target::Origin.service(), Target::OriginCacheOff.service()];
+    let mut listening = Vec::new();
+    let edges = [
+        Some(Target::Edge(rt)),
+        proxies
+            .client_shared
+            .as_ref()
+            .map(|_| Target::EdgeShared(rt)),
     ];
+    for target in edges.into_iter().flatten() {
+        let port = stack.ports.port(target);
+        let edge = edge_command(config, stack, target, port, &upstreams);
+        stack
+            .services
+            .spawn(target.service(), edge, logs, libc::SIGTERM)?;
+        listening.push((target.service(), port));
+        names.push(target.service());
+    }
+    wait_for_ports(&mut stack.services, &listening, logs, EDGE_START_TIMEOUT)?;
+    start_proxies(stack, &proxies.client_side)?;
+    start_proxies(stack, proxies.client_shared.as_slice())?;
     names.extend(started);
     Ok(names)
 }
@@ -1632,12 +1774,8 @@ fn check(plan: &Plan, result: &LoadResult) -> Option<String> {
             result.errors, result.error_kinds
         ));
     }
-    let ratio = result.hit_ratio();
     let (tiers, at_least) = plan.expect;
-    let share: f64 = tiers
-        .iter()
-        .map(|t| ratio.get(*t).copied().unwrap_or(0.0))
-        .sum();
+    let share = report::share_of(result, tiers);
     if share < at_least {
         return Some(format!(
             "{} answered {:.0}% of reads, expected at least {:.0}%",
@@ -1846,22 +1984,44 @@ mod tests {
         let both = plans(&[Rt::Spin, Rt::Host]);
         for scenario in report::RUNTIME_SCENARIOS {
             for rt in [Rt::Spin, Rt::Host] {
-                assert!(
+                // The shared tier needs a key-value store: under the bundled host it is not run.
+                let expected = !report::KEY_VALUE_SCENARIOS.contains(scenario) || rt == Rt::Spin;
+                assert_eq!(
                     both.iter()
                         .any(|p| p.scenario == *scenario && p.target.runtime() == Some(rt)),
+                    expected,
                     "{scenario} under {rt:?}"
                 );
             }
         }
+        // The shared tier's runs go to the edge with it on, and count SHARED as an edge answer.
+        let shared: Vec<&Plan> = both
+            .iter()
+            .filter(|p| p.scenario == report::EDGE_SHARED)
+            .collect();
+        assert_eq!(shared.len(), 2);
+        for p in &shared {
+            assert_eq!(p.target, Target::EdgeShared(Rt::Spin));
+            assert!(p.expect.0.contains(&"SHARED"), "{:?}", p.expect);
+        }
+        let skipped = Config::skipped_under(&[Rt::Spin, Rt::Host], &[]);
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(
+            (skipped[0].scenario.as_str(), skipped[0].runtime.as_str()),
+            (report::EDGE_SHARED, "host")
+        );
+        assert!(Config::skipped_under(&[Rt::Spin], &[]).is_empty());
+        assert!(Config::skipped_under(&[Rt::Host], &["edge-l2".into()]).is_empty());
         // The origin's scenarios run once, without a runtime.
         let origin_hit: Vec<&Plan> = both.iter().filter(|p| p.scenario == "origin-hit").collect();
         assert_eq!(origin_hit.len(), 2);
         assert!(origin_hit.iter().all(|p| p.target.runtime().is_none()));
-        // One runtime: the plans of the single-runtime layout, each edge run under it.
+        // One runtime: the plans of the single-runtime layout, each edge run under it (Spin also
+        // runs the shared tier's two).
         let host = plans(&[Rt::Host]);
         assert_eq!(
             both.len() - host.len(),
-            host.iter().filter(|p| p.target.runtime().is_some()).count()
+            host.iter().filter(|p| p.target.runtime().is_some()).count() + shared.len()
         );
         assert!(host.iter().all(|p| p.target.runtime() != Some(Rt::Spin)));
         // The baseline needs no cache and reads no x-cache.
@@ -1873,10 +2033,52 @@ mod tests {
         seen.extend([ports.redis, ports.postgres]);
         seen.sort_unstable();
         seen.dedup();
-        assert_eq!(seen.len(), 8 + 2);
+        assert_eq!(seen.len(), 9 + 2);
         let mut names: Vec<&str> = ports.targets.iter().map(|(t, _)| t.service()).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), 8);
+        assert_eq!(names.len(), 9);
+        assert!(!names.contains(&"edge-shared-host"));
+    }
+
+    #[test]
+    fn topology_runs_add_the_shared_tier_only_when_asked() {
+        let off = topology_plans(Rt::Spin, false);
+        assert_eq!(off.len(), 5);
+        assert!(
+            off.iter()
+                .all(|p| !matches!(p.target, Target::EdgeShared(_)))
+        );
+        let on = topology_plans(Rt::Spin, true);
+        assert_eq!(on.len(), 7);
+        let shared: Vec<&Plan> = on
+            .iter()
+            .filter(|p| p.scenario == topology::EDGE_SHARED)
+            .collect();
+        assert_eq!(shared.len(), 2);
+        assert!(
+            shared
+                .iter()
+                .all(|p| p.target == Target::EdgeShared(Rt::Spin)
+                    && p.cache == Cache::Full
+                    && p.expect.0.contains(&"SHARED"))
+        );
+        // The edge's hits count SHARED too, in either case.
+        let edge = off.iter().find(|p| p.scenario == topology::EDGE).unwrap();
+        assert!(edge.expect.0.contains(&"SHARED"));
+        // Each client-side proxy relays to its own target.
+        let ports = Ports::pick(&[Rt::Spin], PROXY_COUNT).unwrap();
+        let proxies = Proxies::new(&ports, Rt::Spin, true);
+        let shared_url = proxies.route(Target::EdgeShared(Rt::Spin));
+        assert_ne!(shared_url, proxies.route(Target::Edge(Rt::Spin)));
+        assert_eq!(
+            proxies.client_shared.as_ref().map(|p| p.upstream),
+            Some(ports.port(Target::EdgeShared(Rt::Spin)))
+        );
+        assert!(
+            Proxies::new(&ports, Rt::Spin, false)
+                .client_shared
+                .is_none()
+        );
     }
 }

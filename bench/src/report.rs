@@ -1,7 +1,7 @@
 //! The results of one benchmark: `report.json` (everything), `report.md` (a page to read), the table
 //! printed at the end, [`compare`] (each edge run against the hello-world baseline of its runtime, the
-//! goals of issue 11, the bundled host against Spin), and [`verify`], the check the test suite runs on a
-//! quick report.
+//! share of reads answered at the edge without Redis, the goals of issues 11 and 12, the bundled host
+//! against Spin), and [`verify`], the check the test suite runs on a quick report.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -18,7 +18,7 @@ pub const SCHEMA: u32 = 2;
 /// fixed body, under the same runtime and load as the edge.
 pub const HELLO: &str = "hello";
 
-/// The scenarios, in the order the report shows them.
+/// The scenarios, in the order the report shows them (the newest last: each keeps its chart colour).
 pub const SCENARIOS: &[&str] = &[
     HELLO,
     "edge-l1-hot",
@@ -28,10 +28,34 @@ pub const SCENARIOS: &[&str] = &[
     "origin-miss",
     "postgres-only",
     "mix-95-5",
+    EDGE_SHARED,
 ];
 
 /// The scenarios run once per edge runtime: the baseline and everything that goes through an edge.
-pub const RUNTIME_SCENARIOS: &[&str] = &[HELLO, "edge-l1-hot", "edge-l2", "edge-miss", "mix-95-5"];
+pub const RUNTIME_SCENARIOS: &[&str] = &[
+    HELLO,
+    "edge-l1-hot",
+    "edge-l2",
+    "edge-miss",
+    "mix-95-5",
+    EDGE_SHARED,
+];
+
+/// The edge with its process-wide tier on (Spin's key-value store `default`, in memory).
+pub const EDGE_SHARED: &str = "edge-shared";
+
+/// The scenarios that need a key-value store in the runtime: run where it has one, reported as skipped
+/// (never silently left out) where it has none.
+pub const KEY_VALUE_SCENARIOS: &[&str] = &[EDGE_SHARED];
+
+/// The `x-cache` values of reads answered at the edge without Redis: tier 1 and the shared tier.
+pub const EDGE_TIERS: &[&str] = &["L1", "SHARED"];
+
+/// Whether an edge runtime (one of [`RUNTIMES`]) has a key-value store: Spin keeps one per process
+/// (runtime-config.toml, in memory); the bundled host answers `no-such-store` for every label.
+pub fn has_key_value_store(runtime: &str) -> bool {
+    runtime == "spin"
+}
 
 /// The edge runtimes, in report order: `spin up` of a Spin 4 CLI, and the bundled host (`aside-host`).
 pub const RUNTIMES: &[&str] = &["spin", "host"];
@@ -46,6 +70,9 @@ pub mod goal {
     pub const L2_ROUND_TRIPS: f64 = 2.0;
     /// The bundled host's req/s within this fraction of Spin's, on every edge scenario.
     pub const HOST_VS_SPIN: f64 = 0.25;
+    /// Issue 12: with the shared tier on, Zipf keys, at least this share of reads answered at the edge
+    /// without Redis (L1 + SHARED); measured with 100,000 ids, 16 connections, defaults.
+    pub const EDGE_SHARE: f64 = 0.7;
 }
 
 /// The machine the numbers were measured on.
@@ -149,8 +176,46 @@ pub struct Report {
     /// One Redis round trip as the bench measured it (absent when no scenario filled Redis).
     pub redis_hgetall: Option<RoundTrip>,
     pub runs: Vec<Run>,
+    /// Scenarios not run under a runtime, and why (e.g. [`KEY_VALUE_SCENARIOS`] under the bundled host).
+    #[serde(default)]
+    pub skipped: Vec<Skipped>,
     /// [`compare`] of the runs (recomputed and checked by [`verify`]).
     pub comparison: Comparison,
+}
+
+/// A scenario not run under a runtime.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Skipped {
+    pub scenario: String,
+    pub runtime: String,
+    pub why: String,
+}
+
+impl Skipped {
+    /// Every one of [`KEY_VALUE_SCENARIOS`] (of those `wanted` says run) under every runtime without a
+    /// key-value store.
+    pub fn without_key_value_store<'a>(
+        runtimes: impl IntoIterator<Item = &'a str>,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Vec<Skipped> {
+        runtimes
+            .into_iter()
+            .filter(|rt| !has_key_value_store(rt))
+            .flat_map(|rt| {
+                KEY_VALUE_SCENARIOS
+                    .iter()
+                    .filter(|s| wanted(s))
+                    .map(move |s| Skipped {
+                        scenario: s.to_string(),
+                        runtime: rt.to_string(),
+                        why: format!(
+                            "the {rt} runtime has no key-value store (every store is no-such-store), \
+                             so the edge's shared tier cannot be on"
+                        ),
+                    })
+            })
+            .collect()
+    }
 }
 
 /// The edge runtimes of a run.
@@ -207,7 +272,10 @@ impl RoundTrip {
 pub struct Comparison {
     /// Every edge run against the hello-world run of its runtime.
     pub vs_hello: Vec<VsHello>,
-    /// The goals of issue 11, per runtime.
+    /// Every edge run with Zipf keys: the share of its reads answered at the edge without Redis.
+    #[serde(default)]
+    pub edge_share: Vec<EdgeShare>,
+    /// The goals of issues 11 and 12, per runtime.
     pub goals: Vec<Goal>,
     /// Each run of the bundled host against the same run under Spin, when both ran.
     pub host_vs_spin: Vec<HostVsSpin>,
@@ -227,7 +295,30 @@ pub struct VsHello {
     pub p99_ratio: f64,
 }
 
-/// One goal of issue 11 for one runtime, met or not.
+/// The reads of one edge run answered at the edge without Redis.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EdgeShare {
+    pub scenario: String,
+    pub keys: String,
+    pub runtime: String,
+    /// Share of successful reads answered by tier 1 (`L1`).
+    pub l1: f64,
+    /// Share answered by the shared tier (`SHARED`).
+    pub shared: f64,
+    /// `l1 + shared`.
+    pub share: f64,
+}
+
+/// The share of `result`'s successful reads answered by each of `tiers` (`x-cache` values), summed.
+pub fn share_of(result: &LoadResult, tiers: &[&str]) -> f64 {
+    let ratio = result.hit_ratio();
+    tiers
+        .iter()
+        .map(|t| ratio.get(*t).copied().unwrap_or(0.0))
+        .sum()
+}
+
+/// One goal of issue 11 or 12 for one runtime, met or not.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Goal {
     pub runtime: String,
@@ -237,7 +328,7 @@ pub struct Goal {
     pub run: String,
     pub measured: f64,
     pub limit: f64,
-    /// The unit of `measured` and `limit`: `×` or `ms`.
+    /// The unit of `measured` and `limit`: `×`, `ms` or `%` (a share: 0.7 is 70 %).
     pub unit: String,
     pub met: bool,
 }
@@ -304,6 +395,26 @@ pub fn compare(runs: &[Run], hgetall: Option<&RoundTrip>) -> Comparison {
             p99_ratio,
         });
     }
+    for run in runs {
+        let Some(runtime) = run.runtime.as_deref() else {
+            continue;
+        };
+        if run.scenario == HELLO || run.keys != "zipf" || run.result.x_cache.is_empty() {
+            continue;
+        }
+        let (l1, shared) = (
+            share_of(&run.result, &["L1"]),
+            share_of(&run.result, &["SHARED"]),
+        );
+        out.edge_share.push(EdgeShare {
+            scenario: run.scenario.clone(),
+            keys: run.keys.clone(),
+            runtime: runtime.to_string(),
+            l1,
+            shared,
+            share: l1 + shared,
+        });
+    }
     for runtime in RUNTIMES {
         let vs = |scenario: &str, keys: &str| {
             out.vs_hello
@@ -367,6 +478,23 @@ pub fn compare(runs: &[Run], hgetall: Option<&RoundTrip>) -> Comparison {
                 goal::P99_RATIO,
                 "×",
                 true,
+            ));
+        }
+        let shared = out
+            .edge_share
+            .iter()
+            .find(|e| e.scenario == EDGE_SHARED && e.runtime == *runtime);
+        if let Some(e) = shared {
+            goals.push(new_goal(
+                format!(
+                    "edge without Redis (L1 + SHARED), shared tier on: share of reads ≥ {:.0} %",
+                    goal::EDGE_SHARE * 100.0
+                ),
+                "edge-shared / zipf",
+                e.share,
+                goal::EDGE_SHARE,
+                "%",
+                false,
             ));
         }
         out.goals.extend(goals);
@@ -504,6 +632,34 @@ impl Report {
                 out.push_str("\nNo Redis round trip was measured (no scenario filled Redis).\n")
             }
         }
+        if !c.edge_share.is_empty() {
+            out.push_str(
+                "\n### Reads answered at the edge without Redis\n\nEvery edge run with Zipf keys: the \
+                 share of its successful reads answered by tier 1 (`L1`, the instance's memory) and by the \
+                 shared tier (`SHARED`, Spin's key-value store, on in `edge-shared` only).\n\n",
+            );
+            out.push_str(&md_table(
+                &["scenario", "keys", "runtime", "L1", "SHARED", "at the edge"],
+                |i| i >= 3,
+                c.edge_share.iter().map(|e| {
+                    let pct = |v: f64| format!("{:.1} %", v * 100.0);
+                    vec![
+                        e.scenario.clone(),
+                        e.keys.clone(),
+                        e.runtime.clone(),
+                        pct(e.l1),
+                        pct(e.shared),
+                        pct(e.share),
+                    ]
+                }),
+            ));
+        }
+        if !self.skipped.is_empty() {
+            out.push_str("\n### Not run\n\n");
+            for s in &self.skipped {
+                let _ = writeln!(out, "* {} under {}: {}.", s.scenario, s.runtime, s.why);
+            }
+        }
         if !c.goals.is_empty() {
             out.push_str("\n### Goals\n\n");
             out.push_str(&md_table(
@@ -512,6 +668,7 @@ impl Report {
                 c.goals.iter().map(|g| {
                     let value = |v: f64| match g.unit.as_str() {
                         "ms" => format!("{v:.3} ms"),
+                        "%" => format!("{:.1} %", v * 100.0),
                         unit => format!("{v:.2} {unit}"),
                     };
                     vec![
@@ -785,8 +942,15 @@ pub fn verify(report: &Report) -> anyhow::Result<()> {
             _ => {}
         }
     }
+    let skipped = |s: &str, rt: &str| {
+        report
+            .skipped
+            .iter()
+            .any(|k| k.scenario == s && k.runtime == rt)
+    };
     for s in SCENARIOS {
-        if !per_scenario.contains_key(s) {
+        let all_skipped = !runtimes.is_empty() && runtimes.iter().all(|rt| skipped(s, rt));
+        if !per_scenario.contains_key(s) && !all_skipped {
             problems.push(format!("scenario {s} is missing"));
         }
     }
@@ -796,8 +960,17 @@ pub fn verify(report: &Report) -> anyhow::Result<()> {
                 .runs
                 .iter()
                 .any(|r| r.scenario == *s && r.runtime.as_deref() == Some(rt));
-            if !ran {
-                problems.push(format!("scenario {s} under {rt} is missing"));
+            // Only a scenario the runtime cannot run may be skipped, and then it must be.
+            let may_skip = KEY_VALUE_SCENARIOS.contains(s) && !has_key_value_store(rt);
+            match (ran, skipped(s, rt)) {
+                (false, false) => problems.push(format!("scenario {s} under {rt} is missing")),
+                (false, true) if !may_skip => problems.push(format!(
+                    "scenario {s} under {rt} was skipped, but {rt} can run it"
+                )),
+                (true, true) => problems.push(format!(
+                    "scenario {s} under {rt} is both run and reported skipped"
+                )),
+                _ => {}
             }
         }
     }
@@ -920,6 +1093,7 @@ mod tests {
             },
             redis_hgetall: Some(hgetall(100.0)),
             runs,
+            skipped: Vec::new(),
             comparison: Comparison::default(),
         };
         report.finish();
@@ -1034,6 +1208,166 @@ mod tests {
         nothing.edge_runtime.runtimes.clear();
         let e = verify(&nothing).unwrap_err().to_string();
         assert!(e.contains("names no edge runtime"), "{e}");
+    }
+
+    /// An edge run with these `x-cache` counts.
+    fn answered(scenario: &str, keys: &str, runtime: &str, x_cache: &[(&str, u64)]) -> Run {
+        let mut r = timed(scenario, keys, runtime, 1000.0, 1000, 2000);
+        r.result.x_cache = x_cache.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        r
+    }
+
+    #[test]
+    fn shared_hits_count_as_answered_at_the_edge() {
+        let run = answered(
+            EDGE_SHARED,
+            "zipf",
+            "spin",
+            &[("L1", 20), ("SHARED", 55), ("L2", 25)],
+        );
+        assert!((share_of(&run.result, EDGE_TIERS) - 0.75).abs() < 1e-12);
+        assert!((share_of(&run.result, &["L1", "SHARED", "L2"]) - 1.0).abs() < 1e-12);
+        assert_eq!(share_of(&run.result, &["MISS"]), 0.0);
+        let c = compare(
+            &[
+                timed(HELLO, "uniform", "spin", 1000.0, 1000, 1000),
+                run,
+                answered("edge-l1-hot", "zipf", "spin", &[("L1", 21), ("L2", 79)]),
+                // Uniform keys and the hello-world baseline are not in the edge-share table.
+                answered(
+                    EDGE_SHARED,
+                    "uniform-hot",
+                    "spin",
+                    &[("L1", 90), ("SHARED", 10)],
+                ),
+            ],
+            None,
+        );
+        let share = |s: &str| c.edge_share.iter().find(|e| e.scenario == s).unwrap();
+        assert_eq!(c.edge_share.len(), 2);
+        let e = share(EDGE_SHARED);
+        assert!((e.l1 - 0.2).abs() < 1e-12 && (e.shared - 0.55).abs() < 1e-12);
+        assert!((e.share - 0.75).abs() < 1e-12);
+        let e = share("edge-l1-hot");
+        assert!((e.share - 0.21).abs() < 1e-12 && e.shared == 0.0);
+    }
+
+    #[test]
+    fn the_edge_share_goal_is_met_or_not_from_edge_shared_zipf() {
+        let goal = |x_cache: &[(&str, u64)]| {
+            let runs = vec![
+                timed(HELLO, "uniform", "spin", 1000.0, 1000, 1000),
+                answered(EDGE_SHARED, "zipf", "spin", x_cache),
+                // Tier 1 alone answers far more here, but the goal is read from the shared tier's run.
+                answered("edge-l1-hot", "zipf", "spin", &[("L1", 99), ("L2", 1)]),
+            ];
+            let c = compare(&runs, None);
+            let found: Vec<&Goal> = c
+                .goals
+                .iter()
+                .filter(|g| g.goal.starts_with("edge without Redis"))
+                .collect();
+            assert_eq!(found.len(), 1, "{:?}", c.goals);
+            found[0].clone()
+        };
+        // 21 % (issue 12's figure before the shared tier): not met.
+        let g = goal(&[("L1", 21), ("L2", 79)]);
+        assert!(!g.met && (g.measured - 0.21).abs() < 1e-12, "{g:?}");
+        assert_eq!(
+            (g.limit, g.unit.as_str(), g.run.as_str()),
+            (0.7, "%", "edge-shared / zipf")
+        );
+        // Tier 1 and the shared tier together: 30 % + 45 % = 75 %, met; the bound itself is met.
+        assert!(goal(&[("L1", 30), ("SHARED", 45), ("L2", 25)]).met);
+        assert!(goal(&[("L1", 30), ("SHARED", 40), ("L2", 30)]).met);
+        assert!(!goal(&[("L1", 30), ("SHARED", 39), ("L2", 31)]).met);
+        // Without an edge-shared run (the bundled host), there is no such goal.
+        let c = compare(&spin_and_host(), None);
+        assert!(
+            !c.goals
+                .iter()
+                .any(|g| g.goal.starts_with("edge without Redis"))
+        );
+
+        // The report shows the share table and the goal as a percentage.
+        let mut r = report(vec![
+            timed(HELLO, "uniform", "spin", 1000.0, 1000, 1000),
+            answered(
+                EDGE_SHARED,
+                "zipf",
+                "spin",
+                &[("L1", 30), ("SHARED", 45), ("L2", 25)],
+            ),
+        ]);
+        r.finish();
+        let md = r.markdown();
+        assert!(
+            md.contains("| edge-shared | zipf | spin | 30.0 % | 45.0 % | 75.0 % |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| spin | edge without Redis (L1 + SHARED), shared tier on: share of reads ≥ 70 % | edge-shared / zipf | 75.0 % | 70.0 % | met |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn shared_tier_scenarios_are_skipped_only_where_there_is_no_key_value_store() {
+        assert!(has_key_value_store("spin") && !has_key_value_store("host"));
+        let skipped = Skipped::without_key_value_store(["spin", "host"], |_| true);
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(
+            (skipped[0].scenario.as_str(), skipped[0].runtime.as_str()),
+            (EDGE_SHARED, "host")
+        );
+        assert!(
+            skipped[0].why.contains("no key-value store"),
+            "{:?}",
+            skipped[0]
+        );
+        assert!(Skipped::without_key_value_store(["host"], |s| s != EDGE_SHARED).is_empty());
+
+        // A host-only report without edge-shared runs passes when it says why, and only then.
+        let mut host = complete();
+        host.edge_runtime.runtimes = vec!["host".into()];
+        host.runs.retain(|r| r.scenario != EDGE_SHARED);
+        for r in host.runs.iter_mut().filter(|r| r.runtime.is_some()) {
+            r.runtime = Some("host".into());
+        }
+        host.finish();
+        let e = verify(&host).unwrap_err().to_string();
+        assert!(e.contains("scenario edge-shared is missing"), "{e}");
+        assert!(
+            e.contains("scenario edge-shared under host is missing"),
+            "{e}"
+        );
+        host.skipped = Skipped::without_key_value_store(["host"], |_| true);
+        verify(&host).unwrap();
+        assert!(
+            host.markdown()
+                .contains("* edge-shared under host: the host runtime has no key-value store"),
+            "{}",
+            host.markdown()
+        );
+
+        // Spin has a store: skipping there is a problem, and so is running what is reported skipped.
+        let mut spin = complete();
+        spin.runs.retain(|r| r.scenario != EDGE_SHARED);
+        spin.skipped = vec![Skipped {
+            scenario: EDGE_SHARED.into(),
+            runtime: "spin".into(),
+            why: "no reason".into(),
+        }];
+        spin.finish();
+        let e = verify(&spin).unwrap_err().to_string();
+        assert!(
+            e.contains("under spin was skipped, but spin can run it"),
+            "{e}"
+        );
+        let mut both = complete();
+        both.skipped = spin.skipped.clone();
+        let e = verify(&both).unwrap_err().to_string();
+        assert!(e.contains("both run and reported skipped"), "{e}");
     }
 
     #[test]

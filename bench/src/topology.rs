@@ -121,6 +121,8 @@ pub fn parse(text: &str) -> Result<Topologies, String> {
 
 /// Scenario names of the runs of one topology.
 pub const EDGE: &str = "edge";
+/// The edge with the shared tier on (`--shared-tier on`).
+pub const EDGE_SHARED: &str = crate::report::EDGE_SHARED;
 pub const EDGE_MISS: &str = "edge-miss";
 pub const NO_CACHE: &str = "no-cache";
 
@@ -182,20 +184,35 @@ impl From<&Latency> for TierLatency {
     }
 }
 
-/// The columns of a topology line: tier-1 and Redis hits of the edge run, misses through the origin
-/// (the walk on an emptied Redis), every read of the edge run, and the same reads with no cache.
-pub const TIERS: [&str; 5] = [
+/// The columns of a topology line: tier-1, shared-tier and Redis hits of the edge run, misses through
+/// the origin (the walk on an emptied Redis), every read of the edge run, and the same reads with no
+/// cache.
+pub const TIERS: [&str; 6] = [
     "L1 hit",
+    "shared hit",
     "L2 hit",
     "miss via origin",
     "all reads",
     "no cache",
 ];
 
+/// The index of the shared tier in [`TIERS`].
+const SHARED_TIER: usize = 1;
+
 impl TopologyRuns {
-    /// The latency of each of [`TIERS`] for `keys` (`zipf` or `uniform`), where measured.
-    pub fn tiers(&self, keys: &str) -> [Option<TierLatency>; 5] {
-        let edge = self.run(EDGE, keys);
+    /// The edge runs of this topology: [`EDGE`], and [`EDGE_SHARED`] when it ran.
+    pub fn edges(&self) -> Vec<&'static str> {
+        let mut edges = vec![EDGE];
+        if self.runs.iter().any(|r| r.scenario == EDGE_SHARED) {
+            edges.push(EDGE_SHARED);
+        }
+        edges
+    }
+
+    /// The latency of each of [`TIERS`] for the edge run `edge` ([`EDGE`] or [`EDGE_SHARED`]) with
+    /// `keys` (`zipf` or `uniform`), where measured.
+    pub fn tiers(&self, edge: &str, keys: &str) -> [Option<TierLatency>; 6] {
+        let edge = self.run(edge, keys);
         let tier = |r: Option<&LoadResult>, t: &str| {
             r.and_then(|r| r.tier_latency_us.get(t))
                 .map(TierLatency::from)
@@ -206,6 +223,7 @@ impl TopologyRuns {
         };
         [
             tier(edge, "L1"),
+            tier(edge, "SHARED"),
             tier(edge, "L2"),
             tier(self.run(EDGE_MISS, "walk"), "MISS"),
             all(edge),
@@ -225,34 +243,44 @@ fn speedup(ratio: f64) -> String {
 }
 
 impl TopologyReport {
-    /// One line per topology and key choice: p50 / p99 per tier, side by side with no cache, and the
-    /// edge's hit ratio per tier.
+    /// One line per topology, edge run and key choice: p50 / p99 per tier, side by side with no cache,
+    /// and the edge's hit ratio per tier. The shared tier's column is there when some topology ran
+    /// the edge with the shared tier on.
     pub fn markdown_table(&self) -> String {
         let cell = |t: Option<TierLatency>| {
             t.map_or("–".into(), |t| {
                 format!("{} / {}", ms(t.p50_us), ms(t.p99_us))
             })
         };
-        let mut header = vec!["topology", "keys"];
-        header.extend(TIERS);
+        let shared = self.topologies.iter().any(|t| t.edges().len() > 1);
+        let columns: Vec<usize> = (0..TIERS.len())
+            .filter(|i| shared || *i != SHARED_TIER)
+            .collect();
+        let mut header = vec!["topology", "edge", "keys"];
+        header.extend(columns.iter().map(|i| TIERS[*i]));
         header.extend(["edge p50 vs no cache", "hits at the edge"]);
+        let columns = &columns;
         let rows = self.topologies.iter().flat_map(|t| {
-            ["zipf", "uniform"].map(|keys| {
-                let tiers = t.tiers(keys);
-                let saving = match (tiers[3], tiers[4]) {
-                    (Some(edge), Some(none)) if edge.p50_us > 0 => {
-                        speedup(none.p50_us as f64 / edge.p50_us as f64)
-                    }
-                    _ => "–".into(),
-                };
-                let hits = t.run(EDGE, keys).map_or("–".into(), crate::report::hits);
-                let mut row = vec![t.name.clone(), keys.to_string()];
-                row.extend(tiers.map(cell));
-                row.extend([saving, hits]);
-                row
+            t.edges().into_iter().flat_map(move |edge| {
+                ["zipf", "uniform"].map(|keys| {
+                    let tiers = t.tiers(edge, keys);
+                    let [.., all, none] = tiers;
+                    let saving = match (all, none) {
+                        (Some(edge), Some(none)) if edge.p50_us > 0 => {
+                            speedup(none.p50_us as f64 / edge.p50_us as f64)
+                        }
+                        _ => "–".into(),
+                    };
+                    let hits = t.run(edge, keys).map_or("–".into(), crate::report::hits);
+                    let mut row = vec![t.name.clone(), edge.to_string(), keys.to_string()];
+                    row.extend(columns.iter().map(|i| cell(tiers[*i])));
+                    row.extend([saving, hits]);
+                    row
+                })
             })
         });
-        md_table(&header, |i| (2..8).contains(&i), rows)
+        let numeric = 3..3 + columns.len() + 1;
+        md_table(&header, |i| numeric.contains(&i), rows)
     }
 
     pub fn markdown(&self) -> String {
@@ -340,6 +368,104 @@ mod tests {
             Hop::ALL
                 .iter()
                 .all(|h| parse("same-dc").unwrap().0[0].delay_ms(*h) == 0.25)
+        );
+    }
+
+    /// A run of `scenario / keys` whose reads were answered by these tiers, each at `(p50, p99)` µs.
+    fn run(scenario: &str, keys: &str, tiers: &[(&str, u64, (u64, u64))]) -> Run {
+        let latency = |(p50, p99)| Latency {
+            p50,
+            p99,
+            ..Default::default()
+        };
+        Run {
+            scenario: scenario.into(),
+            keys: keys.into(),
+            target: "edge".into(),
+            runtime: Some("spin".into()),
+            description: String::new(),
+            result: LoadResult {
+                requests: 100,
+                latency_us: latency((2000, 9000)),
+                x_cache: tiers.iter().map(|(t, n, _)| (t.to_string(), *n)).collect(),
+                tier_latency_us: tiers
+                    .iter()
+                    .map(|(t, _, l)| (t.to_string(), latency(*l)))
+                    .collect(),
+                ..Default::default()
+            },
+            check_failed: None,
+        }
+    }
+
+    fn report(runs: Vec<Run>) -> TopologyReport {
+        TopologyReport {
+            started_at_unix: 0,
+            machine: Machine::default(),
+            settings: Settings::default(),
+            edge_runtime: EdgeRuntimes::default(),
+            total_s: 0.0,
+            topologies: vec![TopologyRuns::new(&parse("edge").unwrap().0[0], runs)],
+        }
+    }
+
+    #[test]
+    fn the_shared_tier_is_a_tier_of_its_own_where_it_ran() {
+        let plain = || {
+            let mut no_cache = run(NO_CACHE, "zipf", &[("MISS", 100, (52_000, 60_000))]);
+            no_cache.result.latency_us.p50 = 52_000;
+            vec![
+                run(
+                    EDGE,
+                    "zipf",
+                    &[("L1", 25, (300, 900)), ("L2", 75, (2500, 4000))],
+                ),
+                no_cache,
+            ]
+        };
+        let md = report(plain()).markdown_table();
+        assert!(!md.contains("shared hit"), "{md}");
+        assert!(
+            md.contains("| edge | edge | zipf | 0.30 / 0.90 | 2.50 / 4.00 | – |"),
+            "{md}"
+        );
+
+        let mut runs = plain();
+        runs.push(run(
+            EDGE_SHARED,
+            "zipf",
+            &[
+                ("L1", 30, (300, 900)),
+                ("SHARED", 45, (600, 1500)),
+                ("L2", 25, (2500, 4000)),
+            ],
+        ));
+        let r = report(runs);
+        let t = &r.topologies[0];
+        assert_eq!(t.edges(), [EDGE, EDGE_SHARED]);
+        let tiers = t.tiers(EDGE_SHARED, "zipf");
+        assert_eq!(
+            tiers[SHARED_TIER],
+            Some(TierLatency {
+                p50_us: 600,
+                p99_us: 1500
+            })
+        );
+        // The no-cache reads are the same for both edges.
+        assert_eq!(tiers[5], t.tiers(EDGE, "zipf")[5]);
+        let md = r.markdown_table();
+        assert!(md.contains("| L1 hit | shared hit | L2 hit |"), "{md}");
+        assert!(
+            md.contains("| edge | edge-shared | zipf | 0.30 / 0.90 | 0.60 / 1.50 | 2.50 / 4.00 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| edge | edge | zipf | 0.30 / 0.90 | – | 2.50 / 4.00 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("26.0× faster | SHARED 45.0% · L1 30.0% · L2 25.0% |"),
+            "{md}"
         );
     }
 

@@ -8,7 +8,8 @@
 //! under the bundled host; `--edge-runtime spin|host|both` chooses (aside-bench decides and reports it).
 //!
 //! `--topology NAME` (or a comma-separated list, or `all`) runs the topology benchmark instead: a
-//! latency proxy on every hop, each tier against the same reads with no cache (docs/benchmarks.md).
+//! latency proxy on every hop, each tier against the same reads with no cache (docs/benchmarks.md);
+//! `--shared-tier on` adds the edge with the shared tier on to each topology.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -30,6 +31,9 @@ pub struct BenchArgs {
     /// every hop: `loopback`, `same-dc`, `edge`, `far-redis` (comma-separated), or `all`.
     #[arg(long)]
     pub topology: Option<String>,
+    /// With `--topology`: `on` also runs an edge with the shared tier on in each topology (needs Spin).
+    #[arg(long, value_parser = ["on", "off"], requires = "topology")]
+    pub shared_tier: Option<String>,
     /// Options for the benchmark itself, e.g. `-- --duration 30 --concurrency 32 --only edge-l2`;
     /// `cargo xtask bench -- --help` lists them.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -42,6 +46,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut command = bench_command(&bin, args.quick, args.edge_runtime.as_deref());
     if let Some(topology) = &args.topology {
         command.args(["--topology", topology]);
+    }
+    if let Some(shared_tier) = &args.shared_tier {
+        command.args(["--shared-tier", shared_tier]);
     }
     command.args(&args.args);
     // The driver takes over this process: Ctrl-C reaches it directly and it stops its stack in order.
