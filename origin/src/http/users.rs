@@ -16,7 +16,9 @@ use aside_shared::cache::{CacheEntry, CachedProfile, Projection};
 use aside_shared::headers::{
     CacheControl, CacheStatus, ETAG, NO_CACHE, SERVER_TIMING, ServerTiming, X_CACHE, format_etag,
 };
-use aside_shared::{ApiError, FieldSelection, ProfileInput, ProfilePatch, UserId};
+use aside_shared::{
+    ApiError, ErrorBody, FieldSelection, ProfileInput, ProfilePatch, UserId, UserProfile,
+};
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -24,10 +26,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
-use super::openapi::schemas::{
-    BodyErrors, ErrorBody, ProfileInput as ProfileInputDoc, ProfilePatch as ProfilePatchDoc,
-    Unauthorized, Unavailable, UserProfile as UserProfileDoc,
-};
+use super::openapi::schemas::{BodyErrors, ProfileAnswer, Unauthorized, Unavailable};
 use super::refresh::{self, Seen};
 use super::{AppState, Error, Limits, LoadResult, auth};
 use crate::cache::fill::Stored;
@@ -85,14 +84,14 @@ enum Reason {
                    which also fills the cache; concurrent misses for one id share one query. A 404 \
                    may be answered from the cache too (a recently missing or deleted user).",
     params(
-        ("id" = i64, Path, minimum = 1, maximum = 2147483647,
-         description = "The user id, canonical decimal (no sign, no leading zero)"),
-        ("fields" = Option<String>, Query, example = "email,department",
-         description = "Comma-separated subset of full_name, gender, birth_date, department, email, \
-                        username; the answer then has `id` and those fields only"),
+        ("id" = UserId, Path, description = "The user id"),
+        ("fields" = Option<FieldSelection>, Query, style = Form, explode = false,
+         example = json!(["email", "department"]),
+         description = "Comma-separated field names; the answer then has `id` and those fields only \
+                        (a `ProfileProjection`)"),
     ),
     responses(
-        (status = 200, description = "The profile (or the chosen fields)", body = UserProfileDoc,
+        (status = 200, description = "The profile (or the chosen fields)", body = ProfileAnswer,
          headers(
              ("x-cache" = String, description = "`HIT` (Redis, fresh), `MISS` (PostgreSQL) or `STALE` (a soft-expired copy served because PostgreSQL could not answer)"),
              ("etag" = String, description = "The row version, `\"<version>\"`"),
@@ -368,9 +367,9 @@ fn with_cache_control(mut response: Response, control: CacheControl) -> Response
     tag = "users",
     summary = "Create a profile",
     description = "Committed in PostgreSQL, then written through to Redis.",
-    request_body(content = ProfileInputDoc, content_type = "application/json"),
+    request_body(content = ProfileInput, content_type = "application/json"),
     responses(
-        (status = 201, description = "Created", body = UserProfileDoc,
+        (status = 201, description = "Created", body = UserProfile,
          headers(
              ("x-cache" = String, description = "`BYPASS`: writes are not answered from a cache"),
              ("etag" = String, description = "The new row version, `\"<version>\"`"),
@@ -421,10 +420,10 @@ pub async fn create_user(
     tag = "users",
     summary = "Replace a profile",
     description = "Every field is replaced; committed in PostgreSQL, then written through to Redis.",
-    params(("id" = i64, Path, minimum = 1, maximum = 2147483647, description = "The user id")),
-    request_body(content = ProfileInputDoc, content_type = "application/json"),
+    params(("id" = UserId, Path, description = "The user id")),
+    request_body(content = ProfileInput, content_type = "application/json"),
     responses(
-        (status = 200, description = "Replaced", body = UserProfileDoc,
+        (status = 200, description = "Replaced", body = UserProfile,
          headers(
              ("x-cache" = String, description = "`BYPASS`: writes are not answered from a cache"),
              ("etag" = String, description = "The new row version, `\"<version>\"`"),
@@ -472,10 +471,10 @@ pub async fn replace_user(
     summary = "Change some fields of a profile",
     description = "Only the fields in the body change; committed in PostgreSQL, then written through \
                    to Redis. Answers the whole profile.",
-    params(("id" = i64, Path, minimum = 1, maximum = 2147483647, description = "The user id")),
-    request_body(content = ProfilePatchDoc, content_type = "application/json"),
+    params(("id" = UserId, Path, description = "The user id")),
+    request_body(content = ProfilePatch, content_type = "application/json"),
     responses(
-        (status = 200, description = "Changed", body = UserProfileDoc,
+        (status = 200, description = "Changed", body = UserProfile,
          headers(
              ("x-cache" = String, description = "`BYPASS`: writes are not answered from a cache"),
              ("etag" = String, description = "The new row version, `\"<version>\"`"),
@@ -523,7 +522,7 @@ pub async fn update_user(
     tag = "users",
     summary = "Delete a profile",
     description = "Deleted in PostgreSQL; a tombstone in Redis keeps older copies from coming back.",
-    params(("id" = i64, Path, minimum = 1, maximum = 2147483647, description = "The user id")),
+    params(("id" = UserId, Path, description = "The user id")),
     responses(
         (status = 204, description = "Deleted",
          headers(
