@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use futures::future::{Either, select};
 
-use crate::l1::Nanos;
+/// A point on the instance's monotonic clock, in nanoseconds.
+pub type Nanos = u64;
 
 /// Now, on the instance's monotonic clock.
 pub fn now() -> Nanos {

@@ -26,7 +26,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use spin_sdk::http::FullBody;
 use spin_sdk::http::body::IncomingBodyExt;
 
-use crate::backoff::{Breaker, Permit, Transition, Visible};
+use crate::backoff::{Attempt, Breaker, Transition, Visible};
 use crate::clock::{self, Deadline};
 use crate::config::Config;
 
@@ -148,14 +148,13 @@ impl Origin {
         if limit.is_zero() {
             return Err(Unavailable::TimedOut);
         }
-        let permit = self.breaker.borrow_mut().permit(clock::now());
-        if permit == Permit::Skip {
+        let Some(permit) = Attempt::start(&self.breaker, clock::now()) else {
             let left = self.breaker.borrow().remaining(clock::now());
             return Err(Unavailable::BreakerOpen(left));
-        }
+        };
         let result = send(&self.config, request, limit).await;
         let ok = result.as_ref().is_ok_and(|answer| !answer.is_unavailable());
-        let transition = self.breaker.borrow_mut().record(permit, ok, clock::now());
+        let transition = permit.finish(ok, clock::now());
         match transition {
             Some(Transition::Opened) => eprintln!(
                 "aside-edge: origin breaker open after {} consecutive failure(s): misses answer 503 \

@@ -11,54 +11,37 @@
 //! (absent when both are closed). Every request has `request_budget_ms` from its start to its answer.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
 use std::rc::Rc;
-use std::sync::OnceLock;
-use std::time::Duration;
 
-use aside_shared::headers::{
-    CACHE_CONTROL, CacheStatus, ETAG, RETRY_AFTER, SERVER_TIMING, ServerTiming, X_ASIDE_AUTH,
-    X_CACHE, X_EDGE_INSTANCE, format_etag, format_instance_id,
-};
-use aside_shared::{ApiError, ErrorCode, UserId, UserProfile};
+use aside_shared::headers::{CacheStatus, ServerTiming};
+use aside_shared::{ApiError, ErrorCode};
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, VARY, WWW_AUTHENTICATE};
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http::HeaderMap;
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use spin_sdk::http::{FullBody, Request};
 
 use crate::auth::{self, Caller, Need};
-use crate::backoff::Visible;
-use crate::clock::Deadline;
+use crate::clock::{self, Deadline};
 use crate::config::{self, Auth, Config, ConfigError};
 use crate::flight::SingleFlight;
-use crate::forward::{self, Origin, OriginAnswer, OriginRequest};
-use crate::l1::{ProfileEntry, Shelf, Tier1};
-use crate::l2::Redis;
+use crate::forward::{self, Origin, OriginRequest};
+use crate::plan;
 use crate::ratelimit::WriteLimiter;
-use crate::read::{self, Fetched, FlightKey};
+use crate::read::ReadPath;
+use crate::reply::{Reply, origin_unavailable};
 use crate::routes::{self, Route};
 
 /// The largest request body the edge passes to the origin. Far above anything the API accepts (the
 /// origin answers 413 well before this); it only keeps the edge from buffering without bound.
 const MAX_FORWARDED_BODY: usize = 1024 * 1024;
 
-/// Slack added to the longest a lookup can take (Redis then origin timeouts) for the tier-1 version
-/// floors: the host may be slow to run a request whose answer has arrived.
-const FLOOR_SLACK: Duration = Duration::from_secs(1);
-
-/// Names the instance's circuit breakers that are not closed: `x-edge-breaker: redis=open`.
-pub const X_EDGE_BREAKER: &str = "x-edge-breaker";
-
 /// Everything an instance keeps between requests.
 pub struct Edge {
     pub config: Rc<Config>,
-    pub l1: RefCell<Tier1>,
-    pub redis: Redis,
+    /// Tier 1, Redis, and the lookups in flight.
+    pub reads: ReadPath,
     pub origin: Origin,
-    pub flights: Rc<SingleFlight<FlightKey, Rc<Fetched>>>,
-    /// Ids being refreshed early (XFetch) by a request of this instance.
-    pub refreshing: RefCell<HashSet<UserId>>,
     /// Each caller's writes (per instance).
     pub writes: RefCell<WriteLimiter>,
 }
@@ -66,30 +49,13 @@ pub struct Edge {
 impl Edge {
     fn new(config: Config) -> Self {
         let config = Rc::new(config);
-        let longest_lookup = config.redis_timeout + config.origin_timeout + FLOOR_SLACK;
-        // Floors also outlive a lagging Redis replica (the edge's `redis_address` may be one): as long
-        // as the instance keeps stale copies, it keeps the versions it answered, so a replica that is
-        // behind by less than that can never move this instance's answers back.
-        let floor_ttl = longest_lookup.max(config.l1_stale);
         Self {
-            l1: RefCell::new(Tier1::new(config.l1, config.l1_stale, floor_ttl)),
-            redis: Redis::new(Rc::clone(&config)),
+            reads: ReadPath::new(Rc::clone(&config)),
             origin: Origin::new(Rc::clone(&config)),
-            flights: Rc::default(),
-            refreshing: RefCell::default(),
             writes: RefCell::new(WriteLimiter::new(config.write_limit)),
             config,
         }
     }
-}
-
-/// This instance's `x-edge-instance` value, drawn from the host's `wasi:random` on first use.
-fn instance_id() -> &'static HeaderValue {
-    static ID: OnceLock<HeaderValue> = OnceLock::new();
-    ID.get_or_init(|| {
-        let id = spin_sdk::wasip3::random::random::get_random_u64();
-        HeaderValue::from_str(&format_instance_id(id)).expect("hex digits are a header value")
-    })
 }
 
 thread_local! {
@@ -138,7 +104,7 @@ async fn edge() -> Result<Rc<Edge>, ConfigError> {
 #[cfg_attr(target_arch = "wasm32", spin_sdk::http_service)]
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 async fn handle(request: Request) -> http::Response<FullBody<Bytes>> {
-    let started = crate::clock::now();
+    let started = clock::now();
     let edge = match edge().await {
         Ok(edge) => edge,
         Err(e) => {
@@ -172,12 +138,16 @@ async fn handle(request: Request) -> http::Response<FullBody<Bytes>> {
             CacheStatus::Bypass,
         ),
         Route::Refuse(error) => Reply::error(&error, CacheStatus::Bypass),
-        Route::ReadProfile { id, selection } => read::serve(&edge, id, selection, deadline).await,
+        Route::ReadProfile { id, selection } => {
+            edge.reads
+                .serve(&edge.origin, id, selection, deadline)
+                .await
+        }
         Route::Forward => pass_through(&edge, request, caller, deadline).await,
     };
     reply
         .edge_timing(started)
-        .breakers(&edge)
+        .breakers(edge.reads.redis().breaker(), edge.origin.breaker())
         .client_cache(&edge.config.auth, protected)
         .into_response()
 }
@@ -213,7 +183,7 @@ fn admit(edge: &Edge, request: &Request, route: &Route) -> Result<Option<Caller>
         && let Err(retry_after) = edge
             .writes
             .borrow_mut()
-            .allow(&caller.subject, crate::clock::now())
+            .allow(&caller.subject, clock::now())
     {
         return Err(Box::new(Reply::error(
             &ApiError::rate_limited(retry_after),
@@ -221,50 +191,6 @@ fn admit(edge: &Edge, request: &Request, route: &Route) -> Result<Option<Caller>
         )));
     }
     Ok(Some(caller))
-}
-
-/// Keeps tier 1 in step with a write this instance forwarded, so that its next read of the profile is
-/// the written one (read-your-writes) and no slower lookup can bring an older one back: a written
-/// profile (200/201 with its version in `etag`) is stored in tier 1; a `DELETE` leaves a floor at the
-/// deleted version (the 204's `etag`); any other successful write, or a 404, drops the copy.
-fn remember_write(edge: &Edge, method: &Method, path: &str, answer: &OriginAnswer) {
-    let path_id = routes::user_id_of(path);
-    let is_write = match *method {
-        Method::PUT | Method::PATCH | Method::DELETE => path_id.is_some(),
-        Method::POST => path == "/users",
-        _ => false,
-    };
-    if !is_write || !(answer.status.is_success() || answer.status == StatusCode::NOT_FOUND) {
-        return;
-    }
-    let now = crate::clock::now();
-    let mut l1 = edge.l1.borrow_mut();
-    if *method == Method::DELETE && answer.status.is_success() {
-        if let Some(id) = path_id {
-            l1.deleted(id, answer.version(), now);
-        }
-        return;
-    }
-    let written = match answer.status {
-        StatusCode::OK | StatusCode::CREATED => answer
-            .version()
-            .zip(serde_json::from_slice::<UserProfile>(&answer.body).ok())
-            .filter(|(_, profile)| path_id.is_none_or(|id| id == profile.id)),
-        _ => None,
-    };
-    match (written, path_id) {
-        (Some((version, profile)), _) => {
-            let shelf = Shelf::default();
-            l1.fill(
-                ProfileEntry::new(profile, version),
-                shelf,
-                now,
-                crate::clock::wall_ms(),
-            );
-        }
-        (None, Some(id)) => l1.remove(&id),
-        (None, None) => {}
-    }
 }
 
 /// Forwards the request to the origin and passes its answer back (`x-cache: BYPASS`), by `deadline`
@@ -295,7 +221,7 @@ async fn pass_through(
     let content_type = parts.headers.get(CONTENT_TYPE).cloned();
 
     let mut timing = ServerTiming::new();
-    let started = crate::clock::now();
+    let started = clock::now();
     let request = OriginRequest {
         method: parts.method.clone(),
         path_and_query,
@@ -306,15 +232,18 @@ async fn pass_through(
     };
     let result = edge.origin.call(request, deadline).await;
     if !matches!(result, Err(forward::Unavailable::BreakerOpen(_))) {
-        timing.add("origin", crate::clock::millis_since(started));
+        timing.add("origin", clock::millis_since(started));
     }
     match result {
         Ok(answer) => {
-            remember_write(edge, &parts.method, parts.uri.path(), &answer);
+            // Read-your-writes: tier 1 keeps what this instance wrote.
+            if let Some(keep) = plan::after_write(&parts.method, parts.uri.path(), &answer) {
+                edge.reads.keep(keep);
+            }
             Reply::from_origin(&answer, CacheStatus::Bypass).timing(timing)
         }
         Err(why) => Reply::error(
-            &read::origin_unavailable(why.retry_after_secs()),
+            &origin_unavailable(why.retry_after_secs()),
             CacheStatus::Bypass,
         )
         .timing(timing),
@@ -334,168 +263,4 @@ fn body_too_large() -> ApiError {
         ErrorCode::PayloadTooLarge,
         format!("request body is larger than {MAX_FORWARDED_BODY} bytes"),
     )
-}
-
-/// An answer under construction: status, body, the headers every edge answer carries.
-pub struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    /// A JSON body the edge produced itself.
-    pub fn json(status: u16, body: Bytes, source: CacheStatus) -> Self {
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        Self::new(status, headers, body, source)
-    }
-
-    /// The shared error body, with `retry-after` when the error has one.
-    pub fn error(error: &ApiError, source: CacheStatus) -> Self {
-        let mut reply = Self::json(error.status(), Bytes::from(error.to_json()), source);
-        if let Some(secs) = error.retry_after_secs {
-            reply.headers.insert(RETRY_AFTER, HeaderValue::from(secs));
-        }
-        reply
-    }
-
-    /// The origin's status, body and [`forward::PASSED_BACK`] headers, and its freshness directives
-    /// (`max-age`, `stale-if-error`) made `private`.
-    pub fn from_origin(answer: &OriginAnswer, source: CacheStatus) -> Self {
-        let mut headers = answer.headers.clone();
-        if let Some(control) = answer.cache_control
-            && let Ok(value) = HeaderValue::from_str(&format!("private, {}", control.format()))
-        {
-            headers.insert(CACHE_CONTROL, value);
-        }
-        Self::new(answer.status.as_u16(), headers, answer.body.clone(), source)
-    }
-
-    /// Adds `www-authenticate` (a 401's or 403's challenge).
-    fn challenge(mut self, challenge: &str) -> Self {
-        if let Ok(value) = HeaderValue::from_str(challenge) {
-            self.headers.insert(WWW_AUTHENTICATE, value);
-        }
-        self
-    }
-
-    /// What a cache between the client and the edge may do with the answer. An answer of the public
-    /// API is for this caller only: `cache-control: private` (with the origin's `max-age` and
-    /// `stale-if-error` when it gave them; `no-cache` on another read, `no-store` on a write's answer or an
-    /// error) and
-    /// `vary: authorization`. With authentication off, every answer says `x-aside-auth: off`.
-    fn client_cache(mut self, auth: &Auth, public_api: bool) -> Self {
-        if public_api {
-            if !self.headers.contains_key(CACHE_CONTROL) {
-                let passed_through = self.headers.get(X_CACHE).map(|v| v.as_bytes())
-                    == Some(CacheStatus::Bypass.as_str().as_bytes());
-                let value = if self.status.is_success() && !passed_through {
-                    "private, no-cache"
-                } else {
-                    "private, no-store"
-                };
-                self.headers
-                    .insert(CACHE_CONTROL, HeaderValue::from_static(value));
-            }
-            self.headers
-                .insert(VARY, HeaderValue::from_static("authorization"));
-        }
-        if *auth == Auth::Off {
-            self.headers
-                .insert(X_ASIDE_AUTH, HeaderValue::from_static("off"));
-        }
-        self
-    }
-
-    fn new(status: u16, mut headers: HeaderMap, body: Bytes, source: CacheStatus) -> Self {
-        headers.insert(X_CACHE, HeaderValue::from_static(source.as_str()));
-        Self {
-            status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            headers,
-            body,
-        }
-    }
-
-    /// Adds `etag: "<version>"`, the row version of the profile answered.
-    pub fn etag(mut self, version: i64) -> Self {
-        if let Ok(value) = HeaderValue::from_str(&format_etag(version)) {
-            self.headers.insert(ETAG, value);
-        }
-        self
-    }
-
-    /// Adds `server-timing` (one metric per tier visited) unless no tier was visited.
-    pub fn timing(mut self, timing: ServerTiming) -> Self {
-        if !timing.is_empty()
-            && let Ok(value) = HeaderValue::from_str(timing.as_str())
-        {
-            self.headers.insert(SERVER_TIMING, value);
-        }
-        self
-    }
-
-    /// Every answer carries `server-timing`: one that visited no tier (health, a refused request, a
-    /// configuration error) reports the time the edge itself spent, as `edge`.
-    fn edge_timing(self, started: crate::l1::Nanos) -> Self {
-        if self.headers.contains_key(SERVER_TIMING) {
-            return self;
-        }
-        let mut timing = ServerTiming::new();
-        timing.add("edge", crate::clock::millis_since(started));
-        self.timing(timing)
-    }
-
-    /// Adds `x-edge-breaker` when a breaker of this instance is open or probing.
-    fn breakers(mut self, edge: &Edge) -> Self {
-        let value = breaker_header(edge.redis.breaker(), edge.origin.breaker());
-        if let Some(value) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
-            self.headers.insert(X_EDGE_BREAKER, value);
-        }
-        self
-    }
-
-    fn into_response(mut self) -> http::Response<FullBody<Bytes>> {
-        self.headers.insert(X_EDGE_INSTANCE, instance_id().clone());
-        // The length is known: say so, and the runtime sends the body in one piece instead of chunks.
-        // (An empty body is left alone: a HEAD answer's length is the GET's, and 204 has none.)
-        if !self.body.is_empty() {
-            self.headers.insert(
-                http::header::CONTENT_LENGTH,
-                HeaderValue::from(self.body.len()),
-            );
-        }
-        let mut response = http::Response::new(FullBody::new(self.body));
-        *response.status_mut() = self.status;
-        *response.headers_mut() = self.headers;
-        response
-    }
-}
-
-/// `redis=open, origin=probing`: the breakers that are not closed, or `None` when all are.
-pub fn breaker_header(redis: Visible, origin: Visible) -> Option<String> {
-    let parts: Vec<String> = [("redis", redis), ("origin", origin)]
-        .into_iter()
-        .filter(|(_, state)| *state != Visible::Closed)
-        .map(|(name, state)| format!("{name}={}", state.as_str()))
-        .collect();
-    (!parts.is_empty()).then(|| parts.join(", "))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_breaker_header_names_only_breakers_that_are_not_closed() {
-        assert_eq!(breaker_header(Visible::Closed, Visible::Closed), None);
-        assert_eq!(
-            breaker_header(Visible::Open, Visible::Closed).as_deref(),
-            Some("redis=open")
-        );
-        assert_eq!(
-            breaker_header(Visible::Probing, Visible::Open).as_deref(),
-            Some("redis=probing, origin=open")
-        );
-    }
 }

@@ -24,10 +24,8 @@ use aside_shared::cache::Freshness;
 use aside_shared::{UserId, UserProfile};
 use bytes::Bytes;
 
+use crate::clock::Nanos;
 use crate::config::L1Limits;
-
-/// A point on the instance's monotonic clock, in nanoseconds.
-pub type Nanos = u64;
 
 const NIL: usize = usize::MAX;
 

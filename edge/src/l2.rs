@@ -19,7 +19,7 @@ use aside_shared::cache::{
 use aside_shared::{CachedProfile, FieldSelection, UserId};
 use spin_sdk::redis::{Connection, Error, RedisParameter, RedisResult};
 
-use crate::backoff::{Breaker, Permit, Transition, Visible};
+use crate::backoff::{Attempt, Breaker, Transition, Visible};
 use crate::clock;
 use crate::config::Config;
 use crate::flight::SingleFlight;
@@ -42,6 +42,17 @@ impl<T> Read<T> {
     /// Whether Redis was visited (for `server-timing`).
     pub fn visited(&self) -> bool {
         !matches!(self, Read::Skipped)
+    }
+
+    /// The same outcome with the hit's value mapped by `f`.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Read<U> {
+        match self {
+            Read::Hit(value) => Read::Hit(f(value)),
+            Read::Miss => Read::Miss,
+            Read::Absent => Read::Absent,
+            Read::Skipped => Read::Skipped,
+            Read::Failed => Read::Failed,
+        }
     }
 }
 
@@ -139,10 +150,9 @@ impl Redis {
         if limit.is_zero() {
             return Read::Skipped;
         }
-        let permit = self.breaker.borrow_mut().permit(clock::now());
-        if permit == Permit::Skip {
+        let Some(permit) = Attempt::start(&self.breaker, clock::now()) else {
             return Read::Skipped;
-        }
+        };
         let attempt = clock::within(limit, async {
             let connection = self.connection().await.ok_or(Failure::Connect)?;
             match connection.execute(command, arguments).await {
@@ -155,7 +165,7 @@ impl Redis {
         .unwrap_or(Err(Failure::TimedOut));
 
         let ok = attempt.is_ok();
-        let transition = self.breaker.borrow_mut().record(permit, ok, clock::now());
+        let transition = permit.finish(ok, clock::now());
         match transition {
             Some(Transition::Opened) => eprintln!(
                 "aside-edge: redis breaker open after {} consecutive failure(s): skipping Redis for {} \

@@ -4,9 +4,11 @@
 //! then the origin; everything else is passed to the origin unchanged. Every answer says where it came
 //! from (`x-cache`) and what each tier cost (`server-timing`).
 //!
-//! * [`handler`]: the entry point, instance state, answers.
+//! * [`handler`]: the entry point and the instance state.
+//! * [`reply`]: answers and the headers every answer carries.
 //! * [`routes`]: which requests the edge answers and which it forwards.
-//! * [`read`]: the tiered read path.
+//! * [`plan`]: the read plan (what to ask, in which order, what to accept), pure.
+//! * [`read`]: the tiered read path carrying the plan out, and the one writer of tier 1.
 //! * [`l1`]: tier 1, an LRU bounded by count, bytes and TTL.
 //! * [`l2`]: tier 2, Redis reads through Spin's Redis binding.
 //! * [`forward`]: the origin client.
@@ -14,7 +16,7 @@
 //!   and the request budget.
 //! * [`config`]: Spin variables to a typed configuration.
 //!
-//! The pure modules (`config`, `l1`, `flight`, `backoff`, `routes`, parts of `l2` and `forward`) are
+//! The pure modules (`config`, `plan`, `l1`, `flight`, `backoff`, `routes`, parts of `l2` and `forward`) are
 //! unit-tested natively with `cargo test -p aside-edge --lib`; the entry point is exported only when
 //! building for `wasm32`.
 
@@ -27,6 +29,8 @@ pub mod forward;
 pub mod handler;
 pub mod l1;
 pub mod l2;
+pub mod plan;
 pub mod ratelimit;
 pub mod read;
+pub mod reply;
 pub mod routes;

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use crate::l1::Nanos;
+use crate::clock::Nanos;
 
 const NANOS_PER_MINUTE: f64 = 60e9;
 

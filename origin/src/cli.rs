@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{DatabaseArgs, RedisArgs, ServeArgs, redact_url};
+use crate::cache::settings::{RedisArgs, RedisTarget};
+use crate::config::ServeArgs;
+use crate::db::settings::DatabaseArgs;
+use crate::secret::redact_url;
 use crate::telemetry::{self, LogFormat};
 
 /// The aside origin: serves user profiles from PostgreSQL through a Redis cache, and owns the schema
@@ -162,7 +165,7 @@ async fn cache_stats(args: CacheStatsArgs) -> anyhow::Result<()> {
         backoff: Duration::from_millis(args.redis.redis_backoff_ms),
         max_backoff: Duration::from_millis(args.redis.redis_backoff_ms),
     };
-    let target = crate::config::RedisTarget::Url(url.clone());
+    let target = RedisTarget::Url(url.clone());
     let cache = crate::cache::ProfileCache::new(&target, &args.redis, ttls, breaker)?;
     let limits = crate::cache::stats::StatsLimits {
         max_keys: usize::try_from(args.max_keys).unwrap_or(usize::MAX),
@@ -244,8 +247,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listen = %local,
         database = %redact_url(db_url.expose()),
         redis = %match &redis_target {
-            crate::config::RedisTarget::Url(url) => redact_url(url.expose()),
-            crate::config::RedisTarget::Sentinel(s) => format!(
+            RedisTarget::Url(url) => redact_url(url.expose()),
+            RedisTarget::Sentinel(s) => format!(
                 "sentinel master {:?} via {} sentinel(s)",
                 s.master,
                 s.sentinels.len()
@@ -284,4 +287,40 @@ async fn shutdown_signal() {
         _ = terminate => {},
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn parsed_arguments_print_no_secret() {
+        use clap::Parser as _;
+        let cli = Cli::parse_from([
+            "aside-origin",
+            "serve",
+            "--database-url",
+            "postgres://app:pg-secret-1@db:5432/aside",
+            "--redis-url",
+            "redis://origin:redis-secret-2@cache:6379",
+            "--token",
+            "token-secret-3-0123456789,token-secret-4-0123456789",
+        ]);
+        let printed = format!("{cli:?} {cli:#?}");
+        for secret in [
+            "pg-secret-1",
+            "redis-secret-2",
+            "token-secret-3",
+            "token-secret-4",
+        ] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        assert_eq!(args.tokens().unwrap().len(), 2);
+        assert_eq!(
+            args.database.url().unwrap().expose(),
+            "postgres://app:pg-secret-1@db:5432/aside"
+        );
+    }
 }

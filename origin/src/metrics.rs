@@ -242,12 +242,23 @@ pub fn db_pool(status: deadpool_postgres::Status) {
     metrics::gauge!("aside_origin_db_pool_waiting_requests").set(status.waiting as f64);
 }
 
+/// The figures of Redis's `INFO` that [`redis_server`] exports (`None`: Redis did not report it).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RedisServerFigures {
+    pub keyspace_hits: Option<u64>,
+    pub keyspace_misses: Option<u64>,
+    pub evicted_keys: Option<u64>,
+    pub used_memory_bytes: Option<u64>,
+    pub used_memory_rss_bytes: Option<u64>,
+    pub maxmemory_bytes: Option<u64>,
+}
+
 /// Redis's own server-wide figures (`INFO stats`, `INFO memory`), sampled when `/metrics` is scraped.
 ///
 /// Redis's counters are totals since its start (or `CONFIG RESETSTAT`); each scrape adds what they grew
 /// by since the previous one, and after a reset (a smaller value) what they grew by since the reset, so
 /// the origin's counters never go backwards and `rate()` sees Redis's real rate.
-pub fn redis_server(info: &crate::cache::stats::ServerInfo) {
+pub fn redis_server(info: &RedisServerFigures) {
     static HITS: AtomicU64 = AtomicU64::new(0);
     static MISSES: AtomicU64 = AtomicU64::new(0);
     static EVICTED: AtomicU64 = AtomicU64::new(0);
@@ -346,16 +357,24 @@ pub fn outbox_replay() {
     metrics::counter!("aside_origin_outbox_replays_total").increment(1);
 }
 
+/// How far one replica trails the primary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaLag {
+    /// `host:port`.
+    pub name: String,
+    pub seconds: u64,
+    pub bytes: u64,
+}
+
 /// The primary's `INFO replication`, sampled when `/metrics` is scraped.
-pub fn redis_replication(info: &crate::cache::replication::Replication) {
+pub fn redis_replication(replicas: &[ReplicaLag]) {
     describe_ha_once();
-    metrics::gauge!("aside_origin_redis_connected_replicas").set(info.replicas.len() as f64);
-    for replica in &info.replicas {
-        let name = format!("{}:{}", replica.ip, replica.port);
-        metrics::gauge!("aside_origin_redis_replica_lag_seconds", "replica" => name.clone())
-            .set(replica.lag_secs as f64);
-        metrics::gauge!("aside_origin_redis_replica_lag_bytes", "replica" => name)
-            .set(info.master_repl_offset.saturating_sub(replica.offset) as f64);
+    metrics::gauge!("aside_origin_redis_connected_replicas").set(replicas.len() as f64);
+    for replica in replicas {
+        metrics::gauge!("aside_origin_redis_replica_lag_seconds", "replica" => replica.name.clone())
+            .set(replica.seconds as f64);
+        metrics::gauge!("aside_origin_redis_replica_lag_bytes", "replica" => replica.name.clone())
+            .set(replica.bytes as f64);
     }
 }
 

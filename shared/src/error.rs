@@ -6,7 +6,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::ValidationError;
-use crate::input::FieldErrors;
 
 /// Every error a client can receive, with its HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,11 +116,6 @@ impl ApiError {
 
     pub fn validation(e: ValidationError) -> Self {
         Self::new(ErrorCode::ValidationFailed, e.to_string())
-    }
-
-    /// 422 for a write body: every failing field, the first one leading the message.
-    pub fn validation_failed(errors: &FieldErrors) -> Self {
-        Self::new(ErrorCode::ValidationFailed, errors.to_string())
     }
 
     /// 400: the body is not a JSON object of the expected shape.

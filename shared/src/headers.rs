@@ -1,6 +1,9 @@
 //! Header names and values the edge and the origin emit.
 
 use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::cache::Freshness;
 
 /// Where an answer came from. The edge sends `L1 | L2 | MISS | STALE | BYPASS`; the origin, which has
 /// one cache tier, sends `HIT | MISS`.
@@ -83,6 +86,55 @@ impl CacheControl {
             max_age_secs: max_age?,
             stale_if_error_secs: stale_if_error.unwrap_or(0),
         })
+    }
+}
+
+impl CacheControl {
+    /// What a copy's freshness says in these directives, at `now_ms` (wall clock, Unix milliseconds):
+    /// `max-age` is the whole seconds until its soft expiry (0 once stale); `stale-if-error` the whole
+    /// seconds from then (or from now, if later) until its hard expiry, the soft one plus
+    /// `stale_window`. A copy of unknown freshness (straight from PostgreSQL with no fill, or written by
+    /// an older origin) gets `default_ttl` and the whole `stale_window`. Rounding down means a receiver
+    /// never keeps a copy longer than its source would ([`freshness_from_max_age`] is the inverse).
+    pub fn for_copy(
+        freshness: Option<Freshness>,
+        now_ms: i64,
+        default_ttl: Duration,
+        stale_window: Duration,
+    ) -> Self {
+        match freshness {
+            None => Self {
+                max_age_secs: default_ttl.as_secs(),
+                stale_if_error_secs: stale_window.as_secs(),
+            },
+            Some(f) => {
+                let stale_ms = i64::try_from(stale_window.as_millis()).unwrap_or(i64::MAX);
+                let hard = f.fresh_until_ms.saturating_add(stale_ms);
+                let fresh_left = f.fresh_until_ms.saturating_sub(now_ms).max(0);
+                let stale_left = hard.saturating_sub(now_ms.max(f.fresh_until_ms)).max(0);
+                Self {
+                    max_age_secs: (fresh_left / 1000) as u64,
+                    stale_if_error_secs: (stale_left / 1000) as u64,
+                }
+            }
+        }
+    }
+}
+
+/// The freshness a receiver takes from a `max-age` it got at `received_ms` (wall clock, Unix
+/// milliseconds): soft expiry `max_age_secs` from then, and `refresh_cost_ms` (what fetching it again
+/// costs as the receiver sees it; rounded up to whole milliseconds) as the XFetch delta. The inverse of
+/// [`CacheControl::for_copy`]: the soft expiry comes out at most a second early, never late (plus the
+/// transit time, which `max-age` without an `age` cannot tell).
+pub fn freshness_from_max_age(
+    max_age_secs: u64,
+    received_ms: i64,
+    refresh_cost_ms: f64,
+) -> Freshness {
+    let max_age_ms = i64::try_from(max_age_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    Freshness {
+        fresh_until_ms: received_ms.saturating_add(max_age_ms),
+        delta_ms: refresh_cost_ms.max(0.0).ceil().min(f64::from(u32::MAX)) as u32,
     }
 }
 
@@ -249,6 +301,86 @@ mod tests {
             CacheControl::parse("max-age=99999999999999999999999").map(|c| c.max_age_secs),
             Some(1 << 31)
         );
+    }
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn fresh_until(fresh_until_ms: i64) -> Option<Freshness> {
+        Some(Freshness {
+            fresh_until_ms,
+            delta_ms: 3,
+        })
+    }
+
+    #[test]
+    fn a_copy_s_directives_count_down_to_its_soft_and_hard_expiry() {
+        let now = 1_000_000;
+        let at = |f, stale_secs| CacheControl::for_copy(f, now, 7200 * SEC, stale_secs * SEC);
+        let cc = |max_age_secs, stale_if_error_secs| CacheControl {
+            max_age_secs,
+            stale_if_error_secs,
+        };
+        // Fresh for 30.9 s more, then 60 s of grace: whole seconds, rounded down.
+        assert_eq!(at(fresh_until(now + 30_900), 60), cc(30, 60));
+        // Stale for 10.5 s already: nothing fresh left, 49.5 s of grace left.
+        assert_eq!(at(fresh_until(now - 10_500), 60), cc(0, 49));
+        // Past the hard expiry too, and no grace at all.
+        assert_eq!(at(fresh_until(now - 61_000), 60), cc(0, 0));
+        assert_eq!(at(fresh_until(now + 5_000), 0), cc(5, 0));
+        // Unknown freshness: the configured soft TTL and the whole window.
+        assert_eq!(at(None, 60), cc(7200, 60));
+        // Extremes saturate instead of overflowing.
+        assert_eq!(
+            CacheControl::for_copy(fresh_until(i64::MAX), i64::MIN, SEC, Duration::MAX),
+            cc(i64::MAX as u64 / 1000, 0)
+        );
+        assert_eq!(at(fresh_until(i64::MIN), 60).max_age_secs, 0);
+    }
+
+    #[test]
+    fn a_received_max_age_counts_from_receipt_and_the_cost_is_rounded_up() {
+        let received = 5_000;
+        let read = |max_age, cost| freshness_from_max_age(max_age, received, cost);
+        assert_eq!(read(2, 0.2).fresh_until_ms, 7_000);
+        assert_eq!(read(2, 0.2).delta_ms, 1);
+        assert_eq!(read(0, 12.0).delta_ms, 12);
+        assert!(!read(0, 1.0).is_fresh(received));
+        // Nonsense costs are none; huge ones and huge ages saturate.
+        for cost in [-3.0, f64::NAN, f64::NEG_INFINITY] {
+            assert_eq!(read(1, cost).delta_ms, 0, "{cost}");
+        }
+        assert_eq!(read(1, 1e300).delta_ms, u32::MAX);
+        assert_eq!(read(u64::MAX, 1.0).fresh_until_ms, i64::MAX);
+    }
+
+    /// What the origin says and the edge reads back agree: the receiver's soft and hard expiry are never
+    /// later than the source's, and at most one (soft) or two (hard) seconds earlier, through the header
+    /// text itself.
+    #[test]
+    fn the_header_round_trip_never_extends_a_copy_s_life() {
+        let now = 1_700_000_000_000_i64;
+        for fresh_for in [
+            -120_000, -61_000, -1, 0, 1, 999, 1_000, 1_001, 30_900, 7_200_000,
+        ] {
+            for stale_secs in [0, 1, 59, 60, 86_400] {
+                let source = now + fresh_for;
+                let source_hard = source + stale_secs as i64 * 1000;
+                let sent = CacheControl::for_copy(fresh_until(source), now, SEC, stale_secs * SEC);
+                let read = CacheControl::parse(&sent.format()).expect("parses");
+                assert_eq!(read, sent);
+                let got = freshness_from_max_age(read.max_age_secs, now, 0.0);
+                let hard = got.fresh_until_ms + read.stale_if_error_secs as i64 * 1000;
+                let case = format!("{fresh_for} {stale_secs}: {sent:?}");
+                if fresh_for > 0 {
+                    assert!(got.fresh_until_ms <= source, "{case}");
+                    assert!(got.fresh_until_ms > source - 1000, "{case}");
+                } else {
+                    assert!(!got.is_fresh(now), "{case}");
+                }
+                assert!(hard <= source_hard.max(now), "{case}");
+                assert!(hard > source_hard.max(now) - 2000, "{case}");
+            }
+        }
     }
 
     #[test]

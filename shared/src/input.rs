@@ -18,7 +18,7 @@ use time::Date;
 use crate::domain::{
     BirthDate, Department, Email, FullName, Gender, UserId, UserProfile, Username, ValidationError,
 };
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::fields::Field;
 
 /// Every field of a profile, validated: the body of `POST /users` and `PUT /users/{id}`.
@@ -78,6 +78,14 @@ pub enum BodyError {
     Malformed(String),
     /// Well-formed, but some values are invalid or missing: 422.
     Invalid(FieldErrors),
+}
+
+impl ApiError {
+    /// 422 for a write body: every failing field, the first one leading the message. (Here rather than
+    /// in [`crate::error`], which knows nothing of write bodies.)
+    pub fn validation_failed(errors: &FieldErrors) -> Self {
+        Self::new(ErrorCode::ValidationFailed, errors.to_string())
+    }
 }
 
 impl From<BodyError> for ApiError {

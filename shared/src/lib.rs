@@ -5,6 +5,7 @@
 //!
 //! * [`domain`]: parse-don't-validate newtypes for every profile field and the [`UserProfile`] itself.
 //! * [`fields`]: the `?fields=` projection.
+//! * [`breaker`]: the circuit breaker state machine both sides put in front of a backend.
 //! * [`cache`]: Redis key names and the profile <-> hash mapping.
 //! * [`error`]: the JSON error body and its codes.
 //! * [`input`]: write bodies (`ProfileInput`, `ProfilePatch`), parsed with the same rules on both sides.
@@ -12,6 +13,7 @@
 //! * `openapi` (feature `openapi`, the origin only): the OpenAPI schemas of these types, every limit
 //!   taken from the parsers.
 
+pub mod breaker;
 pub mod cache;
 pub mod domain;
 pub mod error;

@@ -19,9 +19,12 @@
 //!   exactly those);
 //! * ``prints `text` ``: the output contains `text`;
 //! * `within N s`: the command is repeated until its promises hold, for at most N seconds (without it,
-//!   they must hold the first time).
+//!   they must hold the first time);
+//! * `serves HOST:PORT until Ctrl-C`: a server in the foreground (`spin up`). It runs in the
+//!   background until the end of its block, the next commands run once HOST:PORT accepts connections,
+//!   and at the end of the block it gets Ctrl-C and must stop, leaving no process behind.
 //!
-//! Every command must also exit with status 0.
+//! Every other command must also exit with status 0.
 
 use std::time::Duration;
 
@@ -66,6 +69,8 @@ pub struct Expect {
     pub prints: Vec<String>,
     /// Repeat until the promises hold, for at most this long.
     pub within: Option<Duration>,
+    /// A server that listens on this `host:port` until Ctrl-C.
+    pub serves: Option<String>,
 }
 
 impl Expect {
@@ -264,6 +269,18 @@ pub fn parse_expect(comment: &str) -> anyhow::Result<Expect> {
                 .parse()
                 .with_context(|| format!("`within {} s`: not a number", triple[1]))?;
             expect.within = Some(Duration::from_secs_f64(secs));
+        }
+    }
+    for words in words.windows(4) {
+        if words[0] == "serves" && words[2] == "until" && words[3].starts_with("Ctrl-C") {
+            let address = words[1];
+            anyhow::ensure!(
+                address
+                    .rsplit_once(':')
+                    .is_some_and(|(_, port)| port.parse::<u16>().is_ok()),
+                "`serves {address} until Ctrl-C`: not a host:port"
+            );
+            expect.serves = Some(address.to_string());
         }
     }
     let mut rest = comment;
@@ -540,6 +557,17 @@ spin build        # prints `Finished`
                 ("Deploying", true)
             ]
         );
+    }
+
+    #[test]
+    fn a_server_promise_names_where_it_listens() {
+        let expect =
+            parse_expect("serves 127.0.0.1:3001 until Ctrl-C, with the local stack").unwrap();
+        assert_eq!(expect.serves.as_deref(), Some("127.0.0.1:3001"));
+        assert_eq!(expect.status, None);
+        assert_eq!(parse_expect("runs until Ctrl-C").unwrap().serves, None);
+        let bad = parse_expect("serves localhost until Ctrl-C").unwrap_err();
+        assert!(format!("{bad:#}").contains("not a host:port"), "{bad:#}");
     }
 
     fn response(status: &str, headers: &str, body: &str) -> String {

@@ -26,6 +26,8 @@ use aside_tests::readme::{self, Block};
 /// The README's default ports and folder, as the commands name them, and this stack's.
 struct Stack {
     edge: u16,
+    /// The edge the "Deploying the edge to Spin" section starts with `spin up` beside `up`'s.
+    deployed_edge: u16,
     origin: u16,
     redis: u16,
     postgres: u16,
@@ -35,6 +37,7 @@ struct Stack {
 /// What the README's commands say, and what they mean for the stack under test.
 const SUBSTITUTIONS: &[(&str, &str)] = &[
     ("127.0.0.1:3000", "127.0.0.1:{edge}"),
+    ("127.0.0.1:3001", "127.0.0.1:{deployed_edge}"),
     ("127.0.0.1:8081", "127.0.0.1:{origin}"),
     ("127.0.0.1:6390", "127.0.0.1:{redis}"),
     ("-p 6390", "-p {redis}"),
@@ -48,6 +51,7 @@ impl Stack {
         for (readme, ours) in SUBSTITUTIONS {
             let ours = ours
                 .replace("{edge}", &self.edge.to_string())
+                .replace("{deployed_edge}", &self.deployed_edge.to_string())
                 .replace("{origin}", &self.origin.to_string())
                 .replace("{redis}", &self.redis.to_string())
                 .replace("{postgres}", &self.postgres.to_string())
@@ -87,6 +91,7 @@ impl Up {
         let dir = temp_dir("aside-readme");
         let stack = Stack {
             edge: free_port(),
+            deployed_edge: free_port(),
             origin: free_port(),
             redis: free_port(),
             postgres: free_port(),
@@ -160,26 +165,7 @@ impl Up {
     /// Runs one README command line (with the setup lines before it) through `sh -c`; returns its exit
     /// status, standard output and standard error.
     fn sh(&self, xtask: &Path, prelude: &[String], text: &str) -> (bool, String, String) {
-        let mut script = String::from(
-            "cargo() { if [ \"$1\" = xtask ]; then shift; \"$ASIDE_XTASK\" \"$@\"; else command cargo \"$@\"; fi; }\n",
-        );
-        if let Some(spin) = &self.spin {
-            script.push_str(&format!("spin() {{ '{spin}' \"$@\"; }}\n"));
-        }
-        for line in prelude {
-            script.push_str(&self.stack.substitute(line));
-            script.push('\n');
-        }
-        script.push_str(&self.stack.substitute(text));
-        let mut command = Command::new("sh");
-        command
-            .arg("-c")
-            .arg(&script)
-            .env("ASIDE_XTASK", xtask)
-            .env("ASIDE_STATE_DIR", &self.stack.state)
-            .current_dir(workspace_root())
-            .stdin(Stdio::null())
-            .process_group(0);
+        let mut command = self.shell(xtask, prelude, text);
         let child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -204,6 +190,67 @@ impl Up {
                 (false, String::new(), "timed out after 120 s".into())
             }
         }
+    }
+
+    /// Starts a README command that `serves HOST:PORT until Ctrl-C` in its own process group, as a
+    /// terminal runs a foreground job, and waits until HOST:PORT accepts connections.
+    fn serve(&self, xtask: &Path, prelude: &[String], command: &readme::Command) -> Served {
+        let address = self
+            .stack
+            .substitute(command.expect.serves.as_deref().expect("a server"));
+        let output = self
+            .stack
+            .state
+            .join(format!("readme-line-{}.log", command.line));
+        let mut shell = self.shell(xtask, prelude, &command.text);
+        let log = std::fs::File::create(&output).expect("server log");
+        shell
+            .stdout(log.try_clone().expect("server log"))
+            .stderr(log);
+        let child = spawn_managed(shell, StopSignal::TermGroup).expect("start the server");
+        let mut served = Served {
+            child,
+            output,
+            line: command.line,
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while std::net::TcpStream::connect(&address).is_err() {
+            assert!(
+                !served.child.has_exited() && Instant::now() < deadline,
+                "README.md line {}: `{}` did not serve {address}:\n{}",
+                command.line,
+                command.text,
+                served.output_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        served
+    }
+
+    /// `sh -c` with the README's setup lines and the stack's substitutions, in the workspace root and in
+    /// a process group of its own.
+    fn shell(&self, xtask: &Path, prelude: &[String], text: &str) -> Command {
+        let mut script = String::from(
+            "cargo() { if [ \"$1\" = xtask ]; then shift; \"$ASIDE_XTASK\" \"$@\"; else command cargo \"$@\"; fi; }\n",
+        );
+        if let Some(spin) = &self.spin {
+            script.push_str(&format!("spin() {{ '{spin}' \"$@\"; }}\n"));
+        }
+        for line in prelude {
+            script.push_str(&self.stack.substitute(line));
+            script.push('\n');
+        }
+        script.push_str(&self.stack.substitute(text));
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(&script)
+            .env("ASIDE_XTASK", xtask)
+            .env("ASIDE_STATE_DIR", &self.stack.state)
+            .current_dir(workspace_root())
+            .stdin(Stdio::null())
+            .process_group(0);
+        command
     }
 
     /// Stops the stack as a user does (Ctrl-C) and checks that nothing of it is left running.
@@ -278,7 +325,7 @@ fn group_alive(group: i32) -> bool {
 }
 
 /// The sections whose every example must be tested.
-const TESTED_SECTIONS: &[&str] = &["What to try"];
+const TESTED_SECTIONS: &[&str] = &["What to try", "Deploying the edge to Spin"];
 
 #[test]
 fn every_example_in_the_readme_does_what_the_readme_says() {
@@ -314,8 +361,43 @@ fn every_example_in_the_readme_does_what_the_readme_says() {
     up.stop(&xtask);
 }
 
+/// A server a README command started; it gets Ctrl-C at the end of its block.
+struct Served {
+    /// The shell, leader of the server's process group.
+    child: ManagedChild,
+    output: PathBuf,
+    line: usize,
+}
+
+impl Served {
+    fn output_text(&self) -> String {
+        std::fs::read_to_string(&self.output).unwrap_or_default()
+    }
+
+    /// Ctrl-C to its process group, as a terminal sends it; it must stop within 30 s, whole.
+    fn interrupt(mut self) {
+        let group = self.child.id() as i32;
+        self.child.signal_group(libc::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.child.has_exited() || group_alive(group) {
+            assert!(
+                Instant::now() < deadline,
+                "README.md line {}: the server did not stop within 30 s of Ctrl-C:\n{}",
+                self.line,
+                self.output_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 fn run_block(up: &Up, xtask: &Path, block: &Block, prelude: &mut Vec<String>) {
+    let mut servers = Vec::new();
     for command in &block.commands {
+        if command.expect.serves.is_some() {
+            servers.push(up.serve(xtask, prelude, command));
+            continue;
+        }
         let deadline = Instant::now() + command.expect.within.unwrap_or_default();
         let mut attempts = 0;
         loop {
@@ -344,5 +426,8 @@ fn run_block(up: &Up, xtask: &Path, block: &Block, prelude: &mut Vec<String>) {
         if command.setup {
             prelude.push(command.text.clone());
         }
+    }
+    for server in servers {
+        server.interrupt();
     }
 }

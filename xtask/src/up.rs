@@ -191,6 +191,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     // The edge's clients: a local signing key (secrets/auth-signing-key) and ready tokens beside it.
     let issuer = crate::token::LocalIssuer::load_or_generate(&state.join("secrets"))?;
     issuer.write_ready_tokens(&state.join("secrets"))?;
+    // The issuer's public keys, as an identity provider publishes them: what the README's
+    // "Deploying the edge to Spin" gives `spin up` (public, but kept beside the key).
+    local::write_private(&state.join("secrets/jwks.json"), &issuer.jwks())?;
 
     // Ctrl-C and SIGTERM only tell the main thread to stop; children run in their own process groups so
     // the terminal's Ctrl-C reaches xtask alone and the shutdown happens in order. Requests from other

@@ -14,7 +14,8 @@ use redis::{ConnectionAddr, IntoConnectionInfo as _};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{RedisArgs, Secret};
+use super::settings::RedisArgs;
+use crate::secret::Secret;
 
 /// The client for `url` with the TLS settings of `args`.
 ///

@@ -30,6 +30,18 @@ pub enum Stored {
     NotCached,
 }
 
+impl Stored {
+    /// The `outcome` label of a fill or a write-through.
+    pub fn label(stored: &Result<Stored, CacheError>) -> &'static str {
+        match stored {
+            Ok(Stored::Written) => "written",
+            Ok(Stored::KeptNewer) => "kept_newer",
+            Ok(Stored::NotCached) => "not_cached",
+            Err(_) => "error",
+        }
+    }
+}
+
 /// When an entry may be written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Condition {
@@ -61,7 +73,7 @@ impl ProfileCache {
     /// Gives a profile about to be stored its freshness: fresh for a jittered soft TTL from now, and
     /// `cost` (how long the PostgreSQL read or write that produced it took) as XFetch's `delta`.
     pub fn stamp(&self, mut profile: CachedProfile, cost: Duration) -> CachedProfile {
-        let now = crate::db::now_ms();
+        let now = crate::clock::now_ms();
         profile.filled_at_ms = now;
         profile.freshness = Some(Freshness {
             fresh_until_ms: now.saturating_add(self.ttl_with_jitter().as_millis() as i64),
@@ -115,7 +127,7 @@ impl ProfileCache {
                 _ => r.clone(),
             })
             .collect();
-        let now = crate::db::now_ms();
+        let now = crate::clock::now_ms();
         for chunk in requests.chunks(MAX_ENTRIES_PER_CALL) {
             let mut invocation = STORE_IF_NEWER.prepare_invoke();
             for StoreRequest {

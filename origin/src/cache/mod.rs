@@ -17,7 +17,9 @@ pub mod connect;
 pub mod fill;
 pub mod lease;
 pub mod read;
+pub mod read_through;
 pub mod replication;
+pub mod settings;
 pub mod stats;
 pub mod topology;
 
@@ -28,7 +30,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::breaker::{Breaker, BreakerSettings};
-use crate::config::{RedisArgs, RedisTarget};
+use settings::{RedisArgs, RedisTarget};
 use topology::Topology;
 
 /// Why a Redis operation gave no answer. Always recoverable by falling back to PostgreSQL.

@@ -24,6 +24,18 @@ pub struct Replica {
 }
 
 impl Replication {
+    /// How far each replica trails, for [`crate::metrics::redis_replication`].
+    pub fn lags(&self) -> Vec<crate::metrics::ReplicaLag> {
+        self.replicas
+            .iter()
+            .map(|replica| crate::metrics::ReplicaLag {
+                name: format!("{}:{}", replica.ip, replica.port),
+                seconds: replica.lag_secs,
+                bytes: self.master_repl_offset.saturating_sub(replica.offset),
+            })
+            .collect()
+    }
+
     /// Reads the text of `INFO replication`. A `slaveN:` line looks like
     /// `slave0:ip=127.0.0.1,port=6380,state=online,offset=1234,lag=0`.
     pub fn parse(info: &str) -> Self {

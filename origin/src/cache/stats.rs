@@ -116,6 +116,18 @@ pub struct ServerInfo {
 }
 
 impl ServerInfo {
+    /// The figures [`crate::metrics::redis_server`] exports.
+    pub fn figures(&self) -> crate::metrics::RedisServerFigures {
+        crate::metrics::RedisServerFigures {
+            keyspace_hits: self.keyspace_hits,
+            keyspace_misses: self.keyspace_misses,
+            evicted_keys: self.evicted_keys,
+            used_memory_bytes: self.used_memory_bytes,
+            used_memory_rss_bytes: self.used_memory_rss_bytes,
+            maxmemory_bytes: self.maxmemory_bytes,
+        }
+    }
+
     /// Reads the fields aside reports from the text of `INFO` (`name:value` lines).
     pub fn parse(info: &str) -> Self {
         let mut s = ServerInfo {

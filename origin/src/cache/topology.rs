@@ -28,7 +28,7 @@ use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo as _, RedisConnectionInfo};
 use tokio::sync::{Notify, watch};
 
-use crate::config::SentinelTarget;
+use super::settings::SentinelTarget;
 
 /// Shortest time between two questions to the Sentinels, however many failures ask for one.
 const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);

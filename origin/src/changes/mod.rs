@@ -23,6 +23,7 @@
 //! connection ends. Applied outbox rows older than the retention window are pruned.
 
 pub mod progress;
+pub mod settings;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,10 +37,11 @@ use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::cache::ProfileCache;
 use crate::cache::fill::{Condition, StoreRequest};
-use crate::config::{ChangeCaptureArgs, Secret};
 use crate::db::DbError;
 use crate::db::changes::{self as outbox, Batch, Op, RowState};
+use crate::secret::Secret;
 use progress::Progress;
+use settings::ChangeCaptureArgs;
 
 /// How often applied outbox rows are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -243,7 +245,7 @@ async fn catch_up(
                 tracing::debug!(error = %e, "Redis did not take the changes; will retry");
                 return Ok(false);
             }
-            let now = crate::db::now_ms() as f64 / 1000.0;
+            let now = crate::clock::now_ms() as f64 / 1000.0;
             let oldest = batch
                 .changes
                 .iter()
@@ -297,7 +299,7 @@ async fn apply(
         s.only_inserts &= change.op == Op::Insert;
         s.max_version = s.max_version.max(change.version);
     }
-    let now = crate::db::now_ms();
+    let now = crate::clock::now_ms();
     let mut requests = Vec::with_capacity(batch.rows.len());
     for (id, state) in &batch.rows {
         let Some(s) = seen.get(id) else { continue };

@@ -5,6 +5,7 @@ pub mod changes;
 pub mod grants;
 pub mod guard;
 pub mod migrations;
+pub mod settings;
 pub mod writes;
 
 use std::time::Duration;
@@ -17,7 +18,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
-use crate::config::{DatabaseArgs, Secret};
+use crate::secret::Secret;
+pub use settings::DatabaseArgs;
 
 /// Why a query gave no answer.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,23 @@ pub enum DbError {
     /// Any other database error (a bug, a missing migration).
     #[error("database error: {0}")]
     Other(String),
+}
+
+impl DbError {
+    /// Logs a failed query for profile `id` at the level it deserves: a call skipped by the open
+    /// circuit breaker is routine while PostgreSQL is away, an outage is a warning, anything else an
+    /// error.
+    pub fn log(&self, id: UserId) {
+        match self {
+            DbError::Unavailable(detail) if detail == guard::SKIPPED => {
+                tracing::debug!(%id, "PostgreSQL skipped (circuit breaker open)");
+            }
+            DbError::Unavailable(detail) => {
+                tracing::warn!(%id, error = %detail, "PostgreSQL unavailable");
+            }
+            other => tracing::error!(%id, error = %other, "profile query failed"),
+        }
+    }
 }
 
 impl From<PoolError> for DbError {
@@ -166,7 +185,7 @@ pub(crate) fn profile_from_row(
     Ok(CachedProfile {
         profile,
         version: row.try_get(first + 6)?,
-        filled_at_ms: now_ms(),
+        filled_at_ms: crate::clock::now_ms(),
         freshness: None,
     })
 }
@@ -176,12 +195,4 @@ pub async fn ping(pool: &Pool) -> Result<(), DbError> {
     let client = pool.get().await?;
     client.simple_query("SELECT 1").await?;
     Ok(())
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -12,7 +12,8 @@ use aside_shared::{ProfileInput, ProfilePatch, UserId};
 use deadpool_postgres::Pool;
 use tokio_postgres::error::SqlState;
 
-use super::{DbError, PROFILE_COLUMNS, now_ms, profile_from_row};
+use super::{DbError, PROFILE_COLUMNS, profile_from_row};
+use crate::clock::now_ms;
 
 /// Why a write did not happen.
 #[derive(Debug, thiserror::Error)]

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq as _;
 
 use super::{AppState, Error};
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// Lets the request through when no token is configured, or when `Authorization: Bearer <t>` matches
 /// one of the configured tokens (several during a rotation).

@@ -64,13 +64,13 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     crate::metrics::db_pool(state.pool.status());
     match state.cache.server_info().await {
-        Ok(info) => crate::metrics::redis_server(&info),
+        Ok(info) => crate::metrics::redis_server(&info.figures()),
         Err(e) => tracing::debug!(error = %e, "Redis INFO for /metrics failed"),
     }
     // Replica lag: only where there is more than one node to speak of.
     if state.cache.topology().is_following() {
         match state.cache.replication().await {
-            Ok(info) => crate::metrics::redis_replication(&info),
+            Ok(info) => crate::metrics::redis_replication(&info.lags()),
             Err(e) => tracing::debug!(error = %e, "Redis INFO replication for /metrics failed"),
         }
     }

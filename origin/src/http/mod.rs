@@ -4,18 +4,14 @@ mod admin;
 mod auth;
 mod health;
 pub mod openapi;
-mod refresh;
 pub mod server;
 mod users;
-
-pub use refresh::ReadPath;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aside_shared::cache::CachedProfile;
+use aside_shared::ApiError;
 use aside_shared::headers::{CacheStatus, RETRY_AFTER, X_CACHE};
-use aside_shared::{ApiError, UserId};
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
@@ -32,12 +28,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::cache::ProfileCache;
-use crate::config::Secret;
+use crate::cache::read_through::{ReadPath, ReadThrough};
 use crate::db::guard::DbGuard;
-use crate::singleflight::SingleFlight;
-
-/// Result of one coalesced PostgreSQL load, shared between the requests that waited for it.
-pub(crate) type LoadResult = Result<Option<CachedProfile>, ApiError>;
+use crate::secret::Secret;
 
 /// Everything a handler needs; one per process.
 pub struct AppState {
@@ -45,11 +38,10 @@ pub struct AppState {
     pub cache: Arc<ProfileCache>,
     pub tokens: Vec<Secret>,
     pub metrics: PrometheusHandle,
-    pub(crate) loads: SingleFlight<UserId, LoadResult>,
-    /// PostgreSQL's circuit breaker and client-side deadline.
-    pub db: DbGuard,
-    /// Stale-if-error, early refresh and lease settings.
-    pub read: ReadPath,
+    /// PostgreSQL's circuit breaker and client-side deadline (the reads share it).
+    pub db: Arc<DbGuard>,
+    /// The read path of `GET /users/{id}`: lookup, refresh, coalescing, lease, load and fill.
+    pub reads: ReadThrough,
     /// Bearer tokens of the admin routes; empty: the admin routes are not mounted.
     pub admin_tokens: Vec<Secret>,
 }
@@ -63,14 +55,15 @@ impl AppState {
         db: DbGuard,
         read: ReadPath,
     ) -> Self {
+        let db = Arc::new(db);
+        let reads = ReadThrough::new(Arc::clone(&cache), pool.clone(), Arc::clone(&db), read);
         Self {
             pool,
             cache,
             tokens,
             metrics,
-            loads: SingleFlight::default(),
             db,
-            read,
+            reads,
             admin_tokens: Vec::new(),
         }
     }
@@ -144,12 +137,12 @@ pub fn api_router(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
 /// The `/users` routes with their operations, before any layer.
 pub(crate) fn user_routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
-        .routes(routes!(users::create_user))
+        .routes(routes!(users::write::create_user))
         .routes(routes!(
-            users::get_user,
-            users::replace_user,
-            users::update_user,
-            users::delete_user
+            users::read::get_user,
+            users::write::replace_user,
+            users::write::update_user,
+            users::write::delete_user
         ))
 }
 
