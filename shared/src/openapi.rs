@@ -5,7 +5,7 @@
 //! ([`MAX_TEXT_CHARS`]), the id range ([`UserId::MIN`], [`UserId::MAX`]), the characters the text checks
 //! refuse ([`refused_in_text`], [`refused_at_text_ends`]), the username's and the e-mail address's
 //! character rules, the earliest birth date ([`BirthDate::EARLIEST`]), the field names ([`Field::ALL`])
-//! and the `?fields` length limit ([`FieldSelection::MAX_INPUT_BYTES`]). Patterns are ECMA-262 (what
+//! and the `?fields` list's length limit ([`FieldSelection::max_names`]). Patterns are ECMA-262 (what
 //! JSON Schema uses) and read the same in Python's `re` and the Rust `regex` syntax: character classes
 //! of `\uXXXX` escapes, no `\s` or `\d` (whose meaning differs between engines).
 //!
@@ -437,20 +437,6 @@ profile_schema!(
     |_| false,
     "A profile projected by `?fields=`: `id` and the chosen fields, no other."
 );
-
-impl FieldSelection {
-    /// The names `?fields=` takes: `id` and every field.
-    pub fn names() -> impl Iterator<Item = &'static str> {
-        std::iter::once("id").chain(Field::ALL.map(Field::name))
-    }
-
-    /// The most names a `?fields=` list always has room for in [`FieldSelection::MAX_INPUT_BYTES`]
-    /// (each name as long as the longest, one comma between two).
-    pub fn max_names() -> usize {
-        let longest = Self::names().map(str::len).max().unwrap_or(1);
-        (Self::MAX_INPUT_BYTES + 1) / (longest + 1)
-    }
-}
 
 impl PartialSchema for FieldSelection {
     fn schema() -> RefOr<Schema> {
