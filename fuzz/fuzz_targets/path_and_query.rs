@@ -6,8 +6,8 @@
 //! Properties:
 //! * `UserId::parse` accepts exactly the canonical decimals 1 ..= 2^31-1 (a model written here), and an
 //!   accepted id prints back as the input (one spelling, one cache key) and as the same JSON number;
-//! * `FieldSelection::parse` accepts exactly the lists of known names (and `id`) within 256 bytes, yields
-//!   them sorted and de-duplicated, and its canonical form parses to the same selection; the projection
+//! * `FieldSelection::parse` accepts exactly the lists of known names (and `id`) within 256 bytes and
+//!   `FieldSelection::max_names` names, yields them sorted and de-duplicated, and its canonical form parses to the same selection; the projection
 //!   and the `HMGET` field list follow the selection;
 //! * `FieldSelection::from_query` accepts only a lone `fields=` parameter, agrees with `parse` on its
 //!   value, and a refusal names the `query` or `fields` parameter.
@@ -61,7 +61,8 @@ fn canonical(selection: &FieldSelection) -> String {
 }
 
 fn check_selection(text: &str) {
-    let model = (text.len() <= FieldSelection::MAX_INPUT_BYTES)
+    let model = (text.len() <= FieldSelection::MAX_INPUT_BYTES
+        && text.split(',').count() <= FieldSelection::max_names())
         .then(|| {
             let mut fields = Vec::new();
             for name in text.split(',').filter(|n| *n != "id") {

@@ -40,6 +40,11 @@ impl ValidationError {
 pub struct UserId(i32);
 
 impl UserId {
+    /// The smallest id a `SERIAL` hands out.
+    pub const MIN: i32 = 1;
+    /// The largest id an `INTEGER` column holds.
+    pub const MAX: i32 = i32::MAX;
+
     pub fn parse(input: &str) -> Result<Self, ValidationError> {
         let invalid = |why: &str| ValidationError::new("id", why.to_string());
         if input.is_empty() {
@@ -69,12 +74,12 @@ impl TryFrom<i64> for UserId {
     type Error = ValidationError;
 
     fn try_from(value: i64) -> Result<Self, Self::Error> {
-        if (1..=i64::from(i32::MAX)).contains(&value) {
+        if (i64::from(Self::MIN)..=i64::from(Self::MAX)).contains(&value) {
             Ok(Self(value as i32))
         } else {
             Err(ValidationError::new(
                 "id",
-                format!("must be between 1 and {}", i32::MAX),
+                format!("must be between {} and {}", Self::MIN, Self::MAX),
             ))
         }
     }
@@ -92,10 +97,21 @@ impl fmt::Display for UserId {
     }
 }
 
+/// Characters no text field may hold anywhere: control characters.
+pub fn refused_in_text(c: char) -> bool {
+    c.is_control()
+}
+
+/// Characters a text field may not start or end with: whitespace (what `str::trim` removes).
+pub fn refused_at_text_ends(c: char) -> bool {
+    c.is_whitespace()
+}
+
 /// Text checks shared by every `VARCHAR(100)` field: not blank, no surrounding whitespace, no control
 /// characters, at most [`MAX_TEXT_CHARS`] characters.
 fn check_text(field: &'static str, input: &str) -> Result<(), ValidationError> {
-    if input.trim().is_empty() {
+    let trimmed = input.trim_matches(refused_at_text_ends);
+    if trimmed.is_empty() {
         return Err(ValidationError::new(field, "must not be empty"));
     }
     if input.len() > MAX_TEXT_CHARS * 4 || input.chars().count() > MAX_TEXT_CHARS {
@@ -104,13 +120,13 @@ fn check_text(field: &'static str, input: &str) -> Result<(), ValidationError> {
             format!("must be at most {MAX_TEXT_CHARS} characters"),
         ));
     }
-    if input.trim() != input {
+    if trimmed != input {
         return Err(ValidationError::new(
             field,
             "must not start or end with whitespace",
         ));
     }
-    if input.chars().any(char::is_control) {
+    if input.chars().any(refused_in_text) {
         return Err(ValidationError::new(
             field,
             "must not contain control characters",
@@ -202,18 +218,25 @@ string_newtype!(
 );
 
 impl Username {
+    /// May a username start with this byte?
+    pub fn may_start_with(b: u8) -> bool {
+        b.is_ascii_lowercase() || b.is_ascii_digit()
+    }
+
+    /// May a username hold this byte (after the first)?
+    pub fn may_contain(b: u8) -> bool {
+        b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+    }
+
     pub fn parse(input: &str) -> Result<Self, ValidationError> {
         check_text("username", input)?;
-        let first = input.as_bytes()[0];
-        if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
+        if !Self::may_start_with(input.as_bytes()[0]) {
             return Err(ValidationError::new(
                 "username",
                 "must start with a lower-case letter or a digit",
             ));
         }
-        if !input.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
-        }) {
+        if !input.bytes().all(Self::may_contain) {
             return Err(ValidationError::new(
                 "username",
                 "may only contain a-z, 0-9, '.', '_' and '-'",
@@ -232,6 +255,14 @@ string_newtype!(
 );
 
 impl Email {
+    /// The most bytes before the `@`.
+    pub const MAX_LOCAL_BYTES: usize = 64;
+    /// The most bytes of one domain label.
+    pub const MAX_LABEL_BYTES: usize = 63;
+    /// What the part before the `@` may hold besides ASCII letters and digits (`.` not first, not last,
+    /// never twice in a row).
+    pub const LOCAL_SPECIALS: &'static [u8] = b".!#$%&'*+/=?^_`{|}~-";
+
     pub fn parse(input: &str) -> Result<Self, ValidationError> {
         check_text("email", input)?;
         let invalid = |why: &str| ValidationError::new("email", why.to_string());
@@ -241,13 +272,12 @@ impl Email {
         if domain.contains('@') {
             return Err(invalid("must contain exactly one '@'"));
         }
-        if local.is_empty() || local.len() > 64 {
+        if local.is_empty() || local.len() > Self::MAX_LOCAL_BYTES {
             return Err(invalid("the part before '@' must be 1 to 64 characters"));
         }
-        const LOCAL_SPECIALS: &[u8] = b".!#$%&'*+/=?^_`{|}~-";
         if !local
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || LOCAL_SPECIALS.contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || Self::LOCAL_SPECIALS.contains(&b))
         {
             return Err(invalid(
                 "the part before '@' has a character that is not allowed",
@@ -263,7 +293,7 @@ impl Email {
             ));
         }
         for label in labels {
-            let ok_len = (1..=63).contains(&label.len());
+            let ok_len = (1..=Self::MAX_LABEL_BYTES).contains(&label.len());
             let ok_chars = label
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-');
@@ -286,6 +316,9 @@ pub enum Gender {
 }
 
 impl Gender {
+    /// Both values, in the order the schema lists them.
+    pub const ALL: [Gender; 2] = [Gender::Male, Gender::Female];
+
     pub fn parse(input: &str) -> Result<Self, ValidationError> {
         match input {
             "M" => Ok(Self::Male),
@@ -361,7 +394,7 @@ impl BirthDate {
         if date < Self::EARLIEST {
             return Err(ValidationError::new(
                 "birth_date",
-                "must not be before 1900-01-01",
+                format!("must not be before {}", spell_date(Self::EARLIEST)),
             ));
         }
         Ok(Self(date))
@@ -398,21 +431,20 @@ impl From<BirthDate> for String {
     }
 }
 
+/// `YYYY-MM-DD`, the one spelling of a date the API uses.
+pub fn spell_date(d: Date) -> String {
+    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+}
+
 impl fmt::Display for BirthDate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let d = self.0;
-        write!(
-            f,
-            "{:04}-{:02}-{:02}",
-            d.year(),
-            u8::from(d.month()),
-            d.day()
-        )
+        f.write_str(&spell_date(self.0))
     }
 }
 
 /// A user profile as the API returns it: the id and the six fields.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UserProfile {
     pub id: UserId,

@@ -9,6 +9,7 @@ use crate::domain::ValidationError;
 
 /// Every error a client can receive, with its HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// 400: the path id is not a valid user id.
@@ -207,17 +208,22 @@ impl ApiError {
     }
 }
 
-/// `{"error": {...}}`
+/// Every error answer: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(example = json!({"error": {"code": "not_found", "message": "no user with id 9"}})))]
 #[serde(deny_unknown_fields)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ErrorDetail {
+    /// Stable: clients may match on it.
     pub code: ErrorCode,
+    /// For people; may change. Never holds a secret or a backend's raw error.
     pub message: String,
 }
 

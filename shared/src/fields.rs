@@ -63,14 +63,35 @@ impl FieldSelection {
     /// The longest `fields` value accepted; the longest legitimate list is well under 100 bytes.
     pub const MAX_INPUT_BYTES: usize = 256;
 
-    /// Parses the value of `?fields=`: comma-separated field names. `id` may be named and is always
-    /// returned anyway; duplicates are ignored; an unknown or empty name is an error.
+    /// The names `?fields=` takes: `id` and every field.
+    pub fn names() -> impl Iterator<Item = &'static str> {
+        std::iter::once("id").chain(Field::ALL.map(Field::name))
+    }
+
+    /// The most names a `?fields=` list may hold (repeats count): as many as always fit in
+    /// [`FieldSelection::MAX_INPUT_BYTES`] (each name as long as the longest, one comma between two),
+    /// so that a list of known names is refused for its count alone, never for its bytes. The OpenAPI
+    /// document states this count (`maxItems`); it could not state a limit in bytes.
+    pub fn max_names() -> usize {
+        let longest = Self::names().map(str::len).max().unwrap_or(1);
+        (Self::MAX_INPUT_BYTES + 1) / (longest + 1)
+    }
+
+    /// Parses the value of `?fields=`: at most [`FieldSelection::max_names`] comma-separated field
+    /// names. `id` may be named and is always returned anyway; duplicates are ignored; an unknown or
+    /// empty name is an error.
     pub fn parse(input: &str) -> Result<Self, ValidationError> {
         let invalid = |why: String| ValidationError::new("fields", why);
         if input.len() > Self::MAX_INPUT_BYTES {
             return Err(invalid(format!(
                 "must be at most {} bytes",
                 Self::MAX_INPUT_BYTES
+            )));
+        }
+        if input.split(',').count() > Self::max_names() {
+            return Err(invalid(format!(
+                "must name at most {} fields",
+                Self::max_names()
             )));
         }
         let mut selected = Vec::new();
@@ -188,6 +209,27 @@ mod tests {
         }
         let many = vec!["email"; 10_000].join(",");
         assert!(FieldSelection::parse(&many).is_err());
+    }
+
+    #[test]
+    fn a_list_is_limited_by_its_count_of_names_as_the_document_states() {
+        // The longest list of the longest name fits the byte limit...
+        let longest = FieldSelection::names().max_by_key(|n| n.len()).unwrap();
+        let full = vec![longest; FieldSelection::max_names()].join(",");
+        assert!(full.len() <= FieldSelection::MAX_INPUT_BYTES);
+        assert!(FieldSelection::parse(&full).is_ok());
+        // ...and one name more is refused even when short names keep it within the bytes.
+        let short = vec!["id"; FieldSelection::max_names() + 1].join(",");
+        assert!(short.len() <= FieldSelection::MAX_INPUT_BYTES);
+        let err = FieldSelection::parse(&short).unwrap_err();
+        assert_eq!(
+            (err.field, err.message.as_str()),
+            (
+                "fields",
+                format!("must name at most {} fields", FieldSelection::max_names()).as_str()
+            )
+        );
+        assert!(FieldSelection::parse(&short[3..]).is_ok());
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! * [`error`]: the JSON error body and its codes.
 //! * [`input`]: write bodies (`ProfileInput`, `ProfilePatch`), parsed with the same rules on both sides.
 //! * [`headers`]: header names and values both sides emit (`x-cache`, `server-timing`).
+//! * `openapi` (feature `openapi`, the origin only): the OpenAPI schemas of these types, every limit
+//!   taken from the parsers.
 
 pub mod breaker;
 pub mod cache;
@@ -18,6 +20,8 @@ pub mod error;
 pub mod fields;
 pub mod headers;
 pub mod input;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 
 pub use cache::{CacheEntry, CachedProfile, Freshness, HashError};
 pub use domain::{

@@ -82,7 +82,7 @@ pub const TEST_TOOLS: &[Prerequisite] = &[
         apt_packages: &["prometheus"],
     },
     Prerequisite {
-        name: "Python venv (for the manifest validators)",
+        name: "Python venv (for the manifest validators and the API tester)",
         present: python_venv_available,
         apt_packages: &["python3-venv"],
     },
@@ -188,20 +188,38 @@ fn install_missing(wanted: &[Prerequisite]) -> anyhow::Result<()> {
 pub const MANIFEST_VALIDATORS: &[&str] =
     &["kubernetes-validate==1.37.0", "check-jsonschema==0.39.0"];
 
-/// The `bin/` of a Python virtual environment holding [`MANIFEST_VALIDATORS`], created under
-/// `target/tools/` on first use (pip, from PyPI) and reused afterwards.
+/// The `bin/` of a Python virtual environment holding [`MANIFEST_VALIDATORS`] (see [`python_tools`]).
 pub fn manifest_validators(target_dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
-    let venv = target_dir.join("tools/manifest-validators");
+    python_tools(target_dir, "manifest-validators", MANIFEST_VALIDATORS)
+}
+
+/// Schemathesis, the property-based API tester that checks the origin's OpenAPI document against the
+/// running origin and edge (tests/tests/openapi_conformance.rs), pinned.
+pub const API_TESTER: &[&str] = &["schemathesis==4.32.5"];
+
+/// The `bin/` of a Python virtual environment holding [`API_TESTER`] (see [`python_tools`]).
+pub fn api_tester(target_dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    python_tools(target_dir, "api-tester", API_TESTER)
+}
+
+/// The `bin/` of a Python virtual environment `target/tools/<name>` holding the pinned PyPI
+/// `packages`, created on first use (pip, from PyPI) and reused afterwards.
+pub fn python_tools(
+    target_dir: &std::path::Path,
+    name: &str,
+    packages: &[&str],
+) -> anyhow::Result<std::path::PathBuf> {
+    let venv = target_dir.join("tools").join(name);
     let bin = venv.join("bin");
     let stamp = venv.join(".installed");
-    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == MANIFEST_VALIDATORS.join(" ")) {
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == packages.join(" ")) {
         return Ok(bin);
     }
     let created = Command::new("python3")
         .args(["-m", "venv", "--clear"])
         .arg(&venv)
         .status()
-        .context("python3 is needed for the manifest validators")?;
+        .with_context(|| format!("python3 is needed for {name}"))?;
     if !created.success() {
         bail!(
             "`python3 -m venv` failed; install Debian's python3-venv (apt-get install -y python3-venv)"
@@ -209,13 +227,13 @@ pub fn manifest_validators(target_dir: &std::path::Path) -> anyhow::Result<std::
     }
     let installed = Command::new(bin.join("pip"))
         .args(["install", "--quiet", "--disable-pip-version-check"])
-        .args(MANIFEST_VALIDATORS)
+        .args(packages)
         .status()
-        .context("pip install the manifest validators")?;
+        .with_context(|| format!("pip install {name}"))?;
     if !installed.success() {
-        bail!("pip install {} failed", MANIFEST_VALIDATORS.join(" "));
+        bail!("pip install {} failed", packages.join(" "));
     }
-    std::fs::write(&stamp, MANIFEST_VALIDATORS.join(" "))?;
+    std::fs::write(&stamp, packages.join(" "))?;
     Ok(bin)
 }
 

@@ -52,6 +52,12 @@ fn edge_runtime() -> anyhow::Result<&'static str> {
 
 pub fn run(args: TestArgs) -> anyhow::Result<()> {
     xtask::prereq::ensure_test_tools()?;
+    // The PyPI tools the tests run, installed (or found installed) before any test starts, so that an
+    // install failure is one clear error here: the API tester (tests/tests/openapi_conformance.rs) and
+    // the manifest validators (tests/tests/deploy.rs). The tests find the same venvs.
+    let target = crate::workspace_root().join("target");
+    xtask::prereq::api_tester(&target)?;
+    xtask::prereq::manifest_validators(&target)?;
     // The edge component the host runs in the tests, and the origin binary the harness starts.
     build_components(&["aside-edge"])?;
     build_test_origin()?;

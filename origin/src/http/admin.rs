@@ -3,13 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aside_shared::{ApiError, ValidationError};
+use aside_shared::{ApiError, ErrorBody, ValidationError};
 use axum::extract::State;
 use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
-use super::openapi::schemas::{ErrorBody, Unauthorized};
+use super::openapi::schemas::Unauthorized;
 use super::{AppState, Error, Limits};
 use crate::cache::stats::{CacheStats, StatsLimits};
 

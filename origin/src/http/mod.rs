@@ -111,18 +111,10 @@ pub fn router(state: Arc<AppState>, limits: Limits) -> Router {
 /// Every route with its OpenAPI operation, registered together by `routes!` so that neither can exist
 /// without the other: `/openapi.json` lists exactly what the router serves.
 pub fn api_router(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
-    let users = OpenApiRouter::new()
-        .routes(routes!(users::write::create_user))
-        .routes(routes!(
-            users::read::get_user,
-            users::write::replace_user,
-            users::write::update_user,
-            users::write::delete_user
-        ))
-        .route_layer(axum::middleware::from_fn_with_state(
-            Arc::clone(state),
-            auth::require_token,
-        ));
+    let users = user_routes().route_layer(axum::middleware::from_fn_with_state(
+        Arc::clone(state),
+        auth::require_token,
+    ));
     let mut api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(users)
         .routes(routes!(health::healthz))
@@ -140,6 +132,18 @@ pub fn api_router(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
         );
     }
     api
+}
+
+/// The `/users` routes with their operations, before any layer.
+pub(crate) fn user_routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(users::write::create_user))
+        .routes(routes!(
+            users::read::get_user,
+            users::write::replace_user,
+            users::write::update_user,
+            users::write::delete_user
+        ))
 }
 
 /// Counts each request and its latency by route template (`/users/{id}`, never the raw path, so ids do

@@ -6,13 +6,15 @@
 //! headers); this module holds the document's frame (title, security schemes) and the schemas of the
 //! JSON bodies.
 //!
-//! The schemas describe the wire format of `aside_shared`'s types. They are written here, not derived in
-//! `aside-shared`, because the shared types parse through hand-written code (`ProfileInput::from_json`)
-//! and because the edge, a wasm component, must not carry a documentation generator. The unit tests
-//! below tie each schema to the shared code it describes, so the two cannot drift apart silently.
+//! The schemas of the shared wire types (profiles, write bodies, the `?fields` list and projection,
+//! errors) come from `aside_shared` itself (its `openapi` feature, which the edge never enables): every
+//! limit they state is computed from the shared parsers' own constants and rules. One limit depends on
+//! the day: a birth date may not be after today, so the document is rendered per day
+//! ([`Document::render`]) with `BirthDate` bounded by that day.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use aside_shared::BirthDate;
 use axum::Extension;
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -31,7 +33,8 @@ use utoipa::{Modify, OpenApi};
                        budget, and 405 `method_not_allowed` to a method it does not list."
     ),
     modifiers(&SecuritySchemes),
-    components(schemas(schemas::ErrorBody, schemas::ErrorDetail, schemas::ErrorCode)),
+    // Parameters' schemas are not collected by the operations; the bodies' are.
+    components(schemas(aside_shared::ErrorBody, aside_shared::UserId, aside_shared::FieldSelection)),
     tags(
         (name = "users", description = "User profiles: the cache-aside read path and the writes"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
@@ -72,16 +75,46 @@ impl Modify for SecuritySchemes {
     }
 }
 
-/// The rendered document, shared by every `/openapi.json` request.
+/// The document, rendered once a day (its `BirthDate` schema names the day) and shared by every
+/// `/openapi.json` request of that day.
 #[derive(Clone)]
-pub struct Document(pub Arc<String>);
+pub struct Document {
+    doc: Arc<utoipa::openapi::OpenApi>,
+    rendered: Arc<Mutex<Option<Rendered>>>,
+}
+
+/// The document's text and the day it was rendered for.
+type Rendered = (time::Date, Arc<String>);
 
 impl Document {
     pub fn new(doc: &utoipa::openapi::OpenApi) -> Self {
-        Self(Arc::new(
+        Self {
+            doc: Arc::new(doc.clone()),
+            rendered: Arc::default(),
+        }
+    }
+
+    /// The document as of `today`: birth dates from 1900-01-01 to `today`, as a write checks them.
+    pub fn render(&self, today: time::Date) -> Arc<String> {
+        let mut rendered = self.rendered.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((day, text)) = rendered.as_ref()
+            && *day == today
+        {
+            return Arc::clone(text);
+        }
+        let mut doc = (*self.doc).clone();
+        if let Some(components) = doc.components.as_mut() {
+            components.schemas.insert(
+                <BirthDate as utoipa::ToSchema>::name().into_owned(),
+                BirthDate::schema_until(today),
+            );
+        }
+        let text = Arc::new(
             doc.to_pretty_json()
                 .expect("an OpenAPI document serialises"),
-        ))
+        );
+        *rendered = Some((today, Arc::clone(&text)));
+        text
     }
 }
 
@@ -96,135 +129,55 @@ impl Document {
     )
 )]
 pub async fn openapi_json(Extension(doc): Extension<Document>) -> impl IntoResponse {
+    // Today as the write handlers see it (UTC): the day a birth date may not be after.
+    let today = time::OffsetDateTime::now_utc().date();
     (
         [(header::CONTENT_TYPE, "application/json")],
-        doc.0.as_str().to_owned(),
+        doc.render(today).as_str().to_owned(),
     )
 }
 
-/// The JSON bodies, as they travel. Documentation only: never constructed.
+/// The bodies the origin alone answers (health, readiness), the GET answer and the shared error
+/// responses. Documentation only: never constructed.
 #[allow(dead_code)]
 pub mod schemas {
+    use aside_shared::openapi::ProfileProjection;
+    use aside_shared::{ErrorBody, UserProfile};
     use serde::Deserialize;
-    use utoipa::{IntoResponses, ToSchema};
+    use utoipa::openapi::schema::{AnyOfBuilder, Schema};
+    use utoipa::openapi::{Ref, RefOr};
+    use utoipa::{IntoResponses, PartialSchema, ToSchema};
 
-    /// A user profile: the id and the six fields. With `?fields=` an answer has `id` and the chosen
-    /// fields only.
-    #[derive(Deserialize, ToSchema)]
-    #[serde(deny_unknown_fields)]
-    pub struct UserProfile {
-        #[schema(minimum = 1, maximum = 2147483647, example = 7)]
-        pub id: i64,
-        #[schema(min_length = 1, max_length = 100, example = "Érica Teixeira")]
-        pub full_name: String,
-        pub gender: Gender,
-        #[schema(format = Date, example = "1990-01-31")]
-        pub birth_date: String,
-        #[schema(min_length = 1, max_length = 100, example = "Engineering")]
-        pub department: String,
-        #[schema(
-            min_length = 3,
-            max_length = 100,
-            format = "email",
-            example = "erica.teixeira@example.pt"
-        )]
-        pub email: String,
-        #[schema(
-            min_length = 1,
-            max_length = 100,
-            pattern = "^[a-z0-9][a-z0-9._-]*$",
-            example = "erica.teixeira"
-        )]
-        pub username: String,
+    /// The answer of `GET /users/{id}`: the whole profile, or with `?fields=` its projection.
+    pub struct ProfileAnswer;
+
+    impl PartialSchema for ProfileAnswer {
+        fn schema() -> RefOr<Schema> {
+            let whole = Ref::from_schema_name(UserProfile::name());
+            let projected = Ref::from_schema_name(ProfileProjection::name());
+            RefOr::T(Schema::AnyOf(
+                AnyOfBuilder::new()
+                    .item(whole)
+                    .item(projected)
+                    .description(Some(
+                        "A `UserProfile`; with `?fields=`, a `ProfileProjection` (`id` and the \
+                         chosen fields)",
+                    ))
+                    .build(),
+            ))
+        }
     }
 
-    /// `M` or `F`.
-    #[derive(Deserialize, ToSchema)]
-    pub enum Gender {
-        M,
-        F,
-    }
-
-    /// The body of `POST /users` and `PUT /users/{id}`: every field, nothing else. Text fields: not
-    /// blank, no surrounding whitespace, no control characters; `birth_date` from 1900-01-01 to today.
-    #[derive(Deserialize, ToSchema)]
-    #[serde(deny_unknown_fields)]
-    pub struct ProfileInput {
-        #[schema(min_length = 1, max_length = 100)]
-        pub full_name: String,
-        pub gender: Gender,
-        #[schema(format = Date)]
-        pub birth_date: String,
-        #[schema(min_length = 1, max_length = 100)]
-        pub department: String,
-        #[schema(min_length = 3, max_length = 100, format = "email")]
-        pub email: String,
-        #[schema(min_length = 1, max_length = 100, pattern = "^[a-z0-9][a-z0-9._-]*$")]
-        pub username: String,
-    }
-
-    /// The body of `PATCH /users/{id}`: any of the fields (even none), with the rules of
-    /// `ProfileInput`; `null` is refused.
-    #[derive(Deserialize, ToSchema)]
-    #[serde(deny_unknown_fields)]
-    pub struct ProfilePatch {
-        #[schema(nullable = false, min_length = 1, max_length = 100)]
-        pub full_name: Option<String>,
-        #[schema(nullable = false)]
-        pub gender: Option<Gender>,
-        #[schema(nullable = false, format = Date)]
-        pub birth_date: Option<String>,
-        #[schema(nullable = false, min_length = 1, max_length = 100)]
-        pub department: Option<String>,
-        #[schema(nullable = false, min_length = 3, max_length = 100, format = "email")]
-        pub email: Option<String>,
-        #[schema(
-            nullable = false,
-            min_length = 1,
-            max_length = 100,
-            pattern = "^[a-z0-9][a-z0-9._-]*$"
-        )]
-        pub username: Option<String>,
-    }
-
-    /// Every error answer: `{"error": {"code": "...", "message": "..."}}`.
-    #[derive(Deserialize, ToSchema)]
-    #[serde(deny_unknown_fields)]
-    #[schema(example = json!({"error": {"code": "not_found", "message": "no user with id 9"}}))]
-    pub struct ErrorBody {
-        pub error: ErrorDetail,
-    }
-
-    #[derive(Deserialize, ToSchema)]
-    #[serde(deny_unknown_fields)]
-    pub struct ErrorDetail {
-        pub code: ErrorCode,
-        /// For people; may change. Never holds a secret or a backend's raw error.
-        pub message: String,
-    }
-
-    /// Stable error codes clients may match on.
-    #[derive(Deserialize, ToSchema)]
-    #[serde(rename_all = "snake_case")]
-    pub enum ErrorCode {
-        InvalidId,
-        InvalidQuery,
-        MalformedBody,
-        Unauthorized,
-        /// Edge only: the client's bearer token was refused.
-        InvalidToken,
-        /// Edge only: the token does not allow this request.
-        InsufficientScope,
-        NotFound,
-        MethodNotAllowed,
-        Conflict,
-        PayloadTooLarge,
-        UnsupportedMediaType,
-        ValidationFailed,
-        /// Edge only: too many writes from one caller.
-        RateLimited,
-        Unavailable,
-        Internal,
+    impl ToSchema for ProfileAnswer {
+        fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+            schemas.push((UserProfile::name().into(), UserProfile::schema()));
+            <UserProfile as ToSchema>::schemas(schemas);
+            schemas.push((
+                ProfileProjection::name().into(),
+                ProfileProjection::schema(),
+            ));
+            <ProfileProjection as ToSchema>::schemas(schemas);
+        }
     }
 
     /// `GET /healthz`.
@@ -302,91 +255,89 @@ pub mod schemas {
 
 #[cfg(test)]
 mod tests {
-    use aside_shared::{ErrorCode, Field};
-    use utoipa::openapi::RefOr;
-    use utoipa::openapi::schema::Schema;
+    use std::sync::Arc;
+
+    use aside_shared::domain::MAX_TEXT_CHARS;
+    use aside_shared::openapi::date_pattern;
+    use aside_shared::{FieldSelection, UserId};
+    use serde_json::{Value, json};
+    use time::macros::date;
+    use utoipa::OpenApi as _;
+    use utoipa_axum::router::OpenApiRouter;
 
     use super::*;
+    use crate::http::AppState;
 
-    fn properties(schema: RefOr<Schema>) -> Vec<String> {
-        match schema {
-            RefOr::T(Schema::Object(o)) => o.properties.keys().cloned().collect(),
-            _ => panic!("an object schema"),
+    /// The users' part of the document, rendered as served on `today`.
+    fn served(today: time::Date) -> Value {
+        let (_, doc) = OpenApiRouter::<Arc<AppState>>::with_openapi(ApiDoc::openapi())
+            .merge(crate::http::user_routes())
+            .split_for_parts();
+        serde_json::from_str(&Document::new(&doc).render(today)).unwrap()
+    }
+
+    #[test]
+    fn the_served_document_states_the_parsers_limits() {
+        let doc = served(date!(2026 - 12 - 01));
+        let schemas = &doc["components"]["schemas"];
+        assert_eq!(schemas["UserId"]["minimum"], json!(UserId::MIN));
+        assert_eq!(schemas["UserId"]["maximum"], json!(UserId::MAX));
+        for text in ["FullName", "Department", "Email", "Username"] {
+            assert_eq!(schemas[text]["maxLength"], json!(MAX_TEXT_CHARS), "{text}");
         }
-    }
+        assert_eq!(schemas["Gender"]["enum"], json!(["M", "F"]));
+        // Birth dates: from the earliest the parser takes to the day the document is served.
+        assert_eq!(
+            schemas["BirthDate"]["pattern"],
+            json!(date_pattern(
+                aside_shared::BirthDate::EARLIEST,
+                Some(date!(2026 - 12 - 01))
+            ))
+        );
+        let other_day = served(date!(2027 - 01 - 02));
+        assert_ne!(
+            other_day["components"]["schemas"]["BirthDate"],
+            schemas["BirthDate"]
+        );
 
-    #[test]
-    fn profile_schemas_have_exactly_the_shared_fields() {
-        use utoipa::PartialSchema as _;
-        let fields: Vec<String> = Field::ALL.iter().map(|f| f.name().to_string()).collect();
-        let mut with_id = vec!["id".to_string()];
-        with_id.extend(fields.clone());
-        assert_eq!(properties(schemas::UserProfile::schema()), with_id);
-        assert_eq!(properties(schemas::ProfileInput::schema()), fields);
-        assert_eq!(properties(schemas::ProfilePatch::schema()), fields);
-        // Optional, but `null` is refused like any other non-string.
-        let patch = serde_json::to_string(&schemas::ProfilePatch::schema()).unwrap();
-        assert!(!patch.contains("\"null\""), "{patch}");
-    }
-
-    #[test]
-    fn the_documented_profile_is_what_the_api_serialises() {
-        let profile = aside_shared::UserProfile {
-            id: aside_shared::UserId::parse("7").unwrap(),
-            full_name: aside_shared::FullName::parse("Érica Teixeira").unwrap(),
-            gender: aside_shared::Gender::Female,
-            birth_date: aside_shared::BirthDate::parse("1990-01-31").unwrap(),
-            department: aside_shared::Department::parse("Engineering").unwrap(),
-            email: aside_shared::Email::parse("erica.teixeira@example.pt").unwrap(),
-            username: aside_shared::Username::parse("erica.teixeira").unwrap(),
+        let get = &doc["paths"]["/users/{id}"]["get"];
+        let params = get["parameters"].as_array().unwrap();
+        let fields = params.iter().find(|p| p["name"] == "fields").unwrap();
+        assert_eq!(
+            (&fields["style"], &fields["explode"]),
+            (&json!("form"), &json!(false))
+        );
+        let names: Vec<&str> = FieldSelection::names().collect();
+        let list = &fields["schema"];
+        let list = if list["$ref"].is_string() {
+            &schemas["FieldSelection"]
+        } else {
+            list
         };
-        let json = serde_json::to_string(&profile).unwrap();
-        // deny_unknown_fields on the schema type: every serialised key is documented, and typed alike.
-        let _: schemas::UserProfile = serde_json::from_str(&json).unwrap();
-        let error = aside_shared::ApiError::user_not_found(9).to_json();
-        let _: schemas::ErrorBody = serde_json::from_str(&error).unwrap();
-    }
-
-    #[test]
-    fn every_error_code_is_documented() {
-        // An exhaustive match: a new ErrorCode does not compile until it is listed here, and then the
-        // round trip through the documented enum fails until the schema lists it too.
-        let all = |code: ErrorCode| match code {
-            ErrorCode::InvalidId
-            | ErrorCode::InvalidQuery
-            | ErrorCode::MalformedBody
-            | ErrorCode::Unauthorized
-            | ErrorCode::InvalidToken
-            | ErrorCode::InsufficientScope
-            | ErrorCode::NotFound
-            | ErrorCode::MethodNotAllowed
-            | ErrorCode::Conflict
-            | ErrorCode::PayloadTooLarge
-            | ErrorCode::UnsupportedMediaType
-            | ErrorCode::ValidationFailed
-            | ErrorCode::RateLimited
-            | ErrorCode::Unavailable
-            | ErrorCode::Internal => code,
+        assert_eq!(list["items"]["enum"], json!(names), "{fields}");
+        assert_eq!(list["maxItems"], json!(FieldSelection::max_names()));
+        let answer = &get["responses"]["200"]["content"]["application/json"]["schema"];
+        let answer = if answer["$ref"].is_string() {
+            &schemas["ProfileAnswer"]
+        } else {
+            answer
         };
-        for code in [
-            ErrorCode::InvalidId,
-            ErrorCode::InvalidQuery,
-            ErrorCode::MalformedBody,
-            ErrorCode::Unauthorized,
-            ErrorCode::InvalidToken,
-            ErrorCode::InsufficientScope,
-            ErrorCode::NotFound,
-            ErrorCode::MethodNotAllowed,
-            ErrorCode::Conflict,
-            ErrorCode::PayloadTooLarge,
-            ErrorCode::UnsupportedMediaType,
-            ErrorCode::ValidationFailed,
-            ErrorCode::RateLimited,
-            ErrorCode::Unavailable,
-            ErrorCode::Internal,
+        assert_eq!(
+            answer["anyOf"],
+            json!([
+                {"$ref": "#/components/schemas/UserProfile"},
+                {"$ref": "#/components/schemas/ProfileProjection"}
+            ])
+        );
+        assert_eq!(schemas["ProfileProjection"]["required"], json!(["id"]));
+        for schema in [
+            "ProfileInput",
+            "ProfilePatch",
+            "ErrorBody",
+            "ErrorCode",
+            "UserProfile",
         ] {
-            let json = serde_json::to_string(&all(code)).unwrap();
-            let _: schemas::ErrorCode = serde_json::from_str(&json).unwrap();
+            assert!(schemas[schema].is_object(), "{schema} missing");
         }
     }
 }

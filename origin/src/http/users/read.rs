@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use aside_shared::headers::{CacheStatus, NO_CACHE};
-use aside_shared::{ApiError, FieldSelection};
+use aside_shared::{ApiError, ErrorBody, FieldSelection, UserId};
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -11,9 +11,7 @@ use axum::response::{IntoResponse, Response};
 use super::path_id;
 use super::response::{mark, profile_response};
 use crate::cache::read_through::Answer;
-use crate::http::openapi::schemas::{
-    ErrorBody, Unauthorized, Unavailable, UserProfile as UserProfileDoc,
-};
+use crate::http::openapi::schemas::{ProfileAnswer, Unauthorized, Unavailable};
 use crate::http::{AppState, Error};
 
 /// `GET /users/{id}[?fields=a,b]`.
@@ -32,14 +30,14 @@ use crate::http::{AppState, Error};
                    which also fills the cache; concurrent misses for one id share one query. A 404 \
                    may be answered from the cache too (a recently missing or deleted user).",
     params(
-        ("id" = i64, Path, minimum = 1, maximum = 2147483647,
-         description = "The user id, canonical decimal (no sign, no leading zero)"),
-        ("fields" = Option<String>, Query, example = "email,department",
-         description = "Comma-separated subset of full_name, gender, birth_date, department, email, \
-                        username; the answer then has `id` and those fields only"),
+        ("id" = UserId, Path, description = "The user id"),
+        ("fields" = Option<FieldSelection>, Query, style = Form, explode = false,
+         example = json!(["email", "department"]),
+         description = "Comma-separated field names; the answer then has `id` and those fields only \
+                        (a `ProfileProjection`)"),
     ),
     responses(
-        (status = 200, description = "The profile (or the chosen fields)", body = UserProfileDoc,
+        (status = 200, description = "The profile (or the chosen fields)", body = ProfileAnswer,
          headers(
              ("x-cache" = String, description = "`HIT` (Redis, fresh), `MISS` (PostgreSQL) or `STALE` (a soft-expired copy served because PostgreSQL could not answer)"),
              ("etag" = String, description = "The row version, `\"<version>\"`"),

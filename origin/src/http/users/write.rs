@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use aside_shared::cache::{CacheEntry, CachedProfile};
 use aside_shared::headers::{CacheStatus, ServerTiming};
-use aside_shared::{ApiError, BodyError, ProfileInput, ProfilePatch, UserId};
+use aside_shared::{
+    ApiError, BodyError, ErrorBody, ProfileInput, ProfilePatch, UserId, UserProfile,
+};
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -20,10 +22,7 @@ use super::{path_id, postgres_unavailable};
 use crate::cache::fill::Stored;
 use crate::db::DbError;
 use crate::db::writes::{self, Actor, WriteError};
-use crate::http::openapi::schemas::{
-    BodyErrors, ErrorBody, ProfileInput as ProfileInputDoc, ProfilePatch as ProfilePatchDoc,
-    Unauthorized, Unavailable, UserProfile as UserProfileDoc,
-};
+use crate::http::openapi::schemas::{BodyErrors, Unauthorized, Unavailable};
 use crate::http::{AppState, Error, Limits, auth};
 
 /// `POST /users`: 201, `Location: /users/{id}`, the new profile.
@@ -33,9 +32,9 @@ use crate::http::{AppState, Error, Limits, auth};
     tag = "users",
     summary = "Create a profile",
     description = "Committed in PostgreSQL, then written through to Redis.",
-    request_body(content = ProfileInputDoc, content_type = "application/json"),
+    request_body(content = ProfileInput, content_type = "application/json"),
     responses(
-        (status = 201, description = "Created", body = UserProfileDoc,
+        (status = 201, description = "Created", body = UserProfile,
          headers(
              ("x-cache" = String, description = "`BYPASS`: writes are not answered from a cache"),
              ("etag" = String, description = "The new row version, `\"<version>\"`"),
@@ -76,10 +75,10 @@ pub async fn create_user(
     tag = "users",
     summary = "Replace a profile",
     description = "Every field is replaced; committed in PostgreSQL, then written through to Redis.",
-    params(("id" = i64, Path, minimum = 1, maximum = 2147483647, description = "The user id")),
-    request_body(content = ProfileInputDoc, content_type = "application/json"),
+    params(("id" = UserId, Path, description = "The user id")),
+    request_body(content = ProfileInput, content_type = "application/json"),
     responses(
-        (status = 200, description = "Replaced", body = UserProfileDoc,
+        (status = 200, description = "Replaced", body = UserProfile,
          headers(
              ("x-cache" = String, description = "`BYPASS`: writes are not answered from a cache"),
              ("etag" = String, description = "The new row version, `\"<version>\"`"),
@@ -118,10 +117,10 @@ pub async fn replace_user(
     summary = "Change some fields of a profile",
     description = "Only the fields in the body change; committed in PostgreSQL, then written through \
                    to Redis. Answers the whole profile.",
-    params(("id" = i64, Path, minimum = 1, maximum = 2147483647, description = "The user id")),
-    request_body(content = ProfilePatchDoc, content_type = "application/json"),
+    params(("id" = UserId, Path, description = "The user id")),
+    request_body(content = ProfilePatch, content_type = "application/json"),
     responses(
-        (status = 200, description = "Changed", body = UserProfileDoc,
+        (status = 200, description = "Changed", body = UserProfile,
          headers(
              ("x-cache" = String, description = "`BYPASS`: writes are not answered from a cache"),
              ("etag" = String, description = "The new row version, `\"<version>\"`"),
@@ -156,7 +155,7 @@ pub async fn update_user(
     tag = "users",
     summary = "Delete a profile",
     description = "Deleted in PostgreSQL; a tombstone in Redis keeps older copies from coming back.",
-    params(("id" = i64, Path, minimum = 1, maximum = 2147483647, description = "The user id")),
+    params(("id" = UserId, Path, description = "The user id")),
     responses(
         (status = 204, description = "Deleted",
          headers(
