@@ -55,7 +55,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     // The PyPI tools the tests run, installed (or found installed) before any test starts, so that an
     // install failure is one clear error here: the API tester (tests/tests/openapi_conformance.rs) and
     // the manifest validators (tests/tests/deploy.rs). The tests find the same venvs.
-    let target = crate::workspace_root().join("target");
+    let target = crate::cmd::workspace_root().join("target");
     xtask::prereq::api_tester(&target)?;
     xtask::prereq::manifest_validators(&target)?;
     // The edge component the host runs in the tests, and the origin binary the harness starts.

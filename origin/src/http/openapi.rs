@@ -220,6 +220,20 @@ pub mod schemas {
         Internal(ErrorBody),
     }
 
+    /// The answer of a PUT or PATCH: the whole profile as changed, or no such user.
+    #[derive(IntoResponses)]
+    pub enum Changed {
+        #[response(status = 200, description = "The whole profile as changed",
+                   headers(
+                       ("x-cache" = String, description = "`BYPASS`: writes are not answered from a cache"),
+                       ("etag" = String, description = "The new row version, `\"<version>\"`"),
+                       ("cache-control" = String, description = "`no-store`"),
+                   ))]
+        Changed(UserProfile),
+        #[response(status = 404, description = "`not_found`: no user with this id")]
+        NotFound(ErrorBody),
+    }
+
     /// Errors of a write body.
     #[derive(IntoResponses)]
     pub enum BodyErrors {

@@ -22,7 +22,7 @@ use super::{path_id, postgres_unavailable};
 use crate::cache::fill::Stored;
 use crate::db::DbError;
 use crate::db::writes::{self, Actor, WriteError};
-use crate::http::openapi::schemas::{BodyErrors, Unauthorized, Unavailable};
+use crate::http::openapi::schemas::{BodyErrors, Changed, Unauthorized, Unavailable};
 use crate::http::{AppState, Error, Limits, auth};
 
 /// `POST /users`: 201, `Location: /users/{id}`, the new profile.
@@ -77,18 +77,7 @@ pub async fn create_user(
     description = "Every field is replaced; committed in PostgreSQL, then written through to Redis.",
     params(("id" = UserId, Path, description = "The user id")),
     request_body(content = ProfileInput, content_type = "application/json"),
-    responses(
-        (status = 200, description = "Replaced", body = UserProfile,
-         headers(
-             ("x-cache" = String, description = "`BYPASS`: writes are not answered from a cache"),
-             ("etag" = String, description = "The new row version, `\"<version>\"`"),
-             ("cache-control" = String, description = "`no-store`"),
-         )),
-        BodyErrors,
-        Unauthorized,
-        (status = 404, description = "`not_found`: no user with this id", body = ErrorBody),
-        Unavailable,
-    ),
+    responses(Changed, BodyErrors, Unauthorized, Unavailable),
     security(("origin_token" = []))
 )]
 pub async fn replace_user(
@@ -119,18 +108,7 @@ pub async fn replace_user(
                    to Redis. Answers the whole profile.",
     params(("id" = UserId, Path, description = "The user id")),
     request_body(content = ProfilePatch, content_type = "application/json"),
-    responses(
-        (status = 200, description = "Changed", body = UserProfile,
-         headers(
-             ("x-cache" = String, description = "`BYPASS`: writes are not answered from a cache"),
-             ("etag" = String, description = "The new row version, `\"<version>\"`"),
-             ("cache-control" = String, description = "`no-store`"),
-         )),
-        BodyErrors,
-        Unauthorized,
-        (status = 404, description = "`not_found`: no user with this id", body = ErrorBody),
-        Unavailable,
-    ),
+    responses(Changed, BodyErrors, Unauthorized, Unavailable),
     security(("origin_token" = []))
 )]
 pub async fn update_user(
