@@ -11,8 +11,8 @@ use aside_shared::{
 };
 use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use deadpool_postgres::Pool;
@@ -49,12 +49,10 @@ use crate::http::{AppState, Error, Limits, auth};
 )]
 pub async fn create_user(
     State(state): State<Arc<AppState>>,
-    Extension(limits): Extension<Limits>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: WriteRequest,
 ) -> Result<Response, Error> {
-    let body = json_body(&headers, body, limits)?;
-    let input = ProfileInput::from_json(&body, today()).map_err(ApiError::from)?;
+    let (_, headers, body) = request.into_json();
+    let input = ProfileInput::from_json(&body?, today()).map_err(ApiError::from)?;
     let actor = auth::actor(&state, &headers);
     let write = writes::create(&state.pool, input, actor.as_deref());
     let created = commit(&state, "create", None, write).await?;
@@ -82,12 +80,8 @@ pub async fn create_user(
 )]
 pub async fn replace_user(
     State(state): State<Arc<AppState>>,
-    Extension(limits): Extension<Limits>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: WriteRequest,
 ) -> Result<Response, Error> {
-    let request = (uri, headers, body, limits);
     change_user(
         &state,
         request,
@@ -113,15 +107,11 @@ pub async fn replace_user(
 )]
 pub async fn update_user(
     State(state): State<Arc<AppState>>,
-    Extension(limits): Extension<Limits>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: WriteRequest,
 ) -> Result<Response, Error> {
     let patch = async |pool: &Pool, id, patch: ProfilePatch, actor: Actor<'_>| {
         writes::patch(pool, id, &patch, actor).await
     };
-    let request = (uri, headers, body, limits);
     change_user(&state, request, "update", ProfilePatch::from_json, patch).await
 }
 
@@ -176,14 +166,14 @@ pub async fn delete_user(
 /// 200 and the whole profile.
 async fn change_user<P>(
     state: &AppState,
-    (uri, headers, body, limits): (Uri, HeaderMap, Result<Bytes, BytesRejection>, Limits),
+    request: WriteRequest,
     op: &'static str,
     parse: impl FnOnce(&[u8], time::Date) -> Result<P, BodyError>,
     write: impl AsyncFnOnce(&Pool, UserId, P, Actor<'_>) -> Result<CachedProfile, WriteError>,
 ) -> Result<Response, Error> {
+    let (uri, headers, body) = request.into_json();
     let id = path_id(&uri)?;
-    let body = json_body(&headers, body, limits)?;
-    let change = parse(&body, today()).map_err(ApiError::from)?;
+    let change = parse(&body?, today()).map_err(ApiError::from)?;
     let actor = auth::actor(state, &headers);
     let write = write(&state.pool, id, change, actor.as_deref());
     Ok(written(state, &commit(state, op, Some(id), write).await?))
@@ -204,6 +194,43 @@ async fn commit(
     let entry = CacheEntry::Present(committed.clone());
     write_through(state, committed.profile.id, entry).await;
     Ok(committed)
+}
+
+/// What a write reads from its request: the path (for the id), the headers (content type, caller),
+/// the body or why it could not be read, and the body limits.
+pub struct WriteRequest {
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    limits: Limits,
+}
+
+impl<S: Send + Sync> FromRequest<S> for WriteRequest {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = request.into_parts();
+        let Extension(limits) = Extension::<Limits>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let (uri, headers) = (parts.uri.clone(), parts.headers.clone());
+        let body = Bytes::from_request(Request::from_parts(parts, body), state).await;
+        Ok(Self {
+            uri,
+            headers,
+            body,
+            limits,
+        })
+    }
+}
+
+impl WriteRequest {
+    /// The path, the headers and the body as JSON ([`json_body`]), whose error the caller reports
+    /// after the path's.
+    fn into_json(self) -> (Uri, HeaderMap, Result<Bytes, ApiError>) {
+        let body = json_body(&self.headers, self.body, self.limits);
+        (self.uri, self.headers, body)
+    }
 }
 
 /// The body of a write: `application/json` (415 otherwise), within the size limit (413).
