@@ -105,7 +105,8 @@ impl<'a> Attempt<'a> {
     /// do without it.
     pub fn start(breaker: &'a RefCell<Breaker>, now: Nanos) -> Option<Self> {
         let permit = breaker.borrow_mut().0.acquire(Duration::from_nanos(now));
-        (!permit.is_refused()).then_some(Self {
+        // `then`, not `then_some`: a refused permit must not build (and drop) an attempt.
+        (!permit.is_refused()).then(|| Self {
             breaker,
             permit: Some(permit),
         })
