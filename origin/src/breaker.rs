@@ -102,7 +102,8 @@ impl Breaker {
 
     fn try_acquire_at(&self, now: Instant) -> Option<Permit<'_>> {
         let permit = self.lock().acquire(self.since_epoch(now));
-        (!permit.is_refused()).then_some(Permit {
+        // `then`, not `then_some`: a refused call must not build a permit whose drop locks again.
+        (!permit.is_refused()).then(|| Permit {
             breaker: self,
             permit,
             reported: false,
