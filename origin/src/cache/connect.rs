@@ -10,6 +10,7 @@
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
+use redis::io::tcp::TcpSettings;
 use redis::{ConnectionAddr, IntoConnectionInfo as _};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -39,7 +40,8 @@ pub fn client(url: &Secret, args: &RedisArgs) -> anyhow::Result<redis::Client> {
     };
     let info = info
         .clone()
-        .set_redis_settings(info.redis_settings().clone().set_skip_set_lib_name());
+        .set_redis_settings(info.redis_settings().clone().set_skip_set_lib_name())
+        .set_tcp_settings(tcp_settings());
     let certificates = certificates(args)?;
     if !tls {
         if certificates.is_some() {
@@ -56,6 +58,16 @@ pub fn client(url: &Secret, args: &RedisArgs) -> anyhow::Result<redis::Client> {
         Some(certificates) => redis::Client::build_with_tls(info, certificates)
             .context("the Redis TLS settings cannot be used"),
     }
+}
+
+/// The socket options of every connection the origin opens to Redis or a Sentinel: `TCP_NODELAY`.
+///
+/// The origin multiplexes every request's commands over one connection, so a command is often
+/// written while an earlier one is still unacknowledged; with Nagle's algorithm on (the redis
+/// crate's default) the kernel holds it back until that acknowledgement arrives, adding up to a
+/// round trip to the command. On loopback that is invisible; one network hop away it is not.
+pub fn tcp_settings() -> TcpSettings {
+    TcpSettings::default().set_nodelay(true)
 }
 
 /// rustls needs a process-wide crypto provider; the origin uses *ring* (the one the rest of the
@@ -182,6 +194,20 @@ mod tests {
             &args(&[]),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn every_connection_turns_nagle_off() {
+        for url in [
+            "redis://origin:pw@127.0.0.1:6379/3",
+            "rediss://origin:pw@redis.internal:6380/0",
+        ] {
+            let client = client(&Secret::new(url), &args(&[])).unwrap();
+            assert!(
+                client.get_connection_info().tcp_settings().nodelay(),
+                "{url}: TCP_NODELAY is off"
+            );
+        }
     }
 
     #[test]

@@ -199,7 +199,9 @@ fn sentinel_nodes(target: &SentinelTarget) -> anyhow::Result<Vec<ConnectionInfo>
             let info = ConnectionAddr::Tcp(host.clone(), *port)
                 .into_connection_info()
                 .map_err(|_| anyhow::anyhow!("the Sentinel address {host}:{port} is not valid"))?;
-            Ok(info.set_redis_settings(settings.clone()))
+            Ok(info
+                .set_redis_settings(settings.clone())
+                .set_tcp_settings(super::connect::tcp_settings()))
         })
         .collect()
 }
@@ -213,7 +215,9 @@ fn node_connection(target: &SentinelTarget) -> SentinelNodeConnectionInfo {
     if let Some(password) = &target.password {
         settings = settings.set_password(password.expose());
     }
-    SentinelNodeConnectionInfo::default().set_redis_connection_info(settings)
+    SentinelNodeConnectionInfo::default()
+        .set_redis_connection_info(settings)
+        .set_tcp_settings(super::connect::tcp_settings())
 }
 
 /// Asks the Sentinels for the primary whenever [`Topology::suspect`] or the poll interval says so,
@@ -299,5 +303,44 @@ async fn watch_switch_master(topology: Weak<Topology>, node: ConnectionInfo, mas
             tracing::debug!(error = %e, "the +switch-master subscription to a Sentinel failed");
         }
         tokio::time::sleep(RESUBSCRIBE_AFTER).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target() -> SentinelTarget {
+        SentinelTarget {
+            sentinels: vec![
+                ("127.0.0.1".to_string(), 26379),
+                ("sentinel-b".to_string(), 26380),
+            ],
+            master: "aside".to_string(),
+            sentinel_username: None,
+            sentinel_password: None,
+            username: "origin".to_string(),
+            password: None,
+            db: 0,
+            poll: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn sentinel_and_node_connections_turn_nagle_off() {
+        let nodes = sentinel_nodes(&target()).unwrap();
+        assert_eq!(nodes.len(), 2);
+        for node in &nodes {
+            assert!(
+                node.tcp_settings().nodelay(),
+                "{node:?}: TCP_NODELAY is off"
+            );
+        }
+        // The redis crate has no getter for a node's settings; its Debug form names them.
+        let primary = format!("{:?}", node_connection(&target()));
+        assert!(
+            primary.contains("nodelay: true"),
+            "the primary's TCP_NODELAY is off: {primary}"
+        );
     }
 }
