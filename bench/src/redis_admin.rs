@@ -12,11 +12,21 @@ use crate::report::RoundTrip;
 
 pub struct RedisAdmin {
     connection: redis::Connection,
+    port: u16,
+    password: String,
 }
 
 impl RedisAdmin {
     /// Connects to `127.0.0.1:port` and logs in as `admin`.
     pub fn connect(port: u16, password: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            connection: Self::open(port, password)?,
+            port,
+            password: password.to_string(),
+        })
+    }
+
+    fn open(port: u16, password: &str) -> anyhow::Result<redis::Connection> {
         let settings = redis::RedisConnectionInfo::default()
             .set_username("admin")
             .set_password(password);
@@ -29,21 +39,33 @@ impl RedisAdmin {
             .get_connection()
             .context("connect to Redis as admin")?;
         connection.set_read_timeout(Some(Duration::from_secs(60)))?;
-        Ok(Self { connection })
+        Ok(connection)
+    }
+
+    /// Runs `command`; a connection the server has dropped in the meantime (deploy/redis.conf closes
+    /// clients idle for 300 s, and a slow topology run leaves this one idle longer) is replaced once.
+    fn query<T: redis::FromRedisValue>(&mut self, command: &redis::Cmd) -> redis::RedisResult<T> {
+        match command.query(&mut self.connection) {
+            Err(e) if e.is_connection_dropped() || e.is_unrecoverable_error() => {
+                match Self::open(self.port, &self.password) {
+                    Ok(connection) => self.connection = connection,
+                    Err(_) => return Err(e),
+                }
+                command.query(&mut self.connection)
+            }
+            answer => answer,
+        }
     }
 
     /// Empties every database (synchronously: the next scenario starts on an empty cache).
     pub fn flush_all(&mut self) -> anyhow::Result<()> {
-        redis::cmd("FLUSHALL")
-            .arg("SYNC")
-            .query::<()>(&mut self.connection)
+        self.query::<()>(redis::cmd("FLUSHALL").arg("SYNC"))
             .context("Redis refused FLUSHALL")
     }
 
     /// Keys in database 0.
     pub fn db_size(&mut self) -> anyhow::Result<u64> {
-        redis::cmd("DBSIZE")
-            .query(&mut self.connection)
+        self.query(&redis::cmd("DBSIZE"))
             .context("Redis refused DBSIZE")
     }
 
@@ -54,8 +76,8 @@ impl RedisAdmin {
         let mut times = Vec::with_capacity(samples);
         for i in 0..samples + samples / 10 {
             let started = Instant::now();
-            let reply: redis::Value = command
-                .query(&mut self.connection)
+            let reply: redis::Value = self
+                .query(&command)
                 .with_context(|| format!("Redis refused HGETALL {key}"))?;
             let elapsed = started.elapsed();
             let found = match &reply {
