@@ -285,3 +285,144 @@ async fn a_stopped_spin_edge_leaves_nothing_serving() {
         );
     }
 }
+
+/// Spin 4.0.2 leaves Nagle's algorithm on for the HTTP connections it accepts (its trigger never sets
+/// `TCP_NODELAY`): a response whose body is written after its head waits for the client's delayed ACK,
+/// up to 40 ms on Linux (docs/benchmarks.md, "Spin and Nagle"). The host does the same, so that its
+/// figures carry the same stalls; when a Spin release turns Nagle off, this fails under it and the host
+/// follows.
+const SPIN_ACCEPTS_WITH_NODELAY: bool = false;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_connections_keep_nagle_as_spin_does() {
+    let stack = Stack::shared().await;
+    for runtime in std::iter::once(EdgeRuntime::Bundled).chain(EdgeRuntime::spin()) {
+        let env = stack.env().await.unwrap();
+        let token = generate_secret();
+        let origin = env.origin_with_token(stack, &token).await.unwrap();
+        let edge = EdgeOptions::new(stack, &env, &origin.url(), &token)
+            .runtime(runtime.clone())
+            .start()
+            .await
+            .unwrap();
+        let address = edge
+            .url()
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let name = runtime.to_string();
+        let nodelay = tokio::task::spawn_blocking(move || {
+            use std::io::{Read as _, Write as _};
+            let mut client = std::net::TcpStream::connect(&address).unwrap();
+            client
+                .write_all(b"GET /healthz HTTP/1.1\r\nhost: edge\r\n\r\n")
+                .unwrap();
+            let mut head = [0u8; 12];
+            client.read_exact(&mut head).unwrap();
+            assert_eq!(&head, b"HTTP/1.1 200", "{runtime}: {head:?}");
+            // The connection is still open (keep-alive): the server's end of it can be looked at.
+            sockets::server_side_nodelay(&client)
+                .unwrap_or_else(|e| panic!("cannot read the server's TCP_NODELAY: {e}"))
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            nodelay, SPIN_ACCEPTS_WITH_NODELAY,
+            "TCP_NODELAY on the edge's accepted connection under {name}"
+        );
+        edge.shutdown().await;
+    }
+}
+
+/// The other end of a loopback TCP connection, found in whichever process holds it.
+mod sockets {
+    use std::io;
+    use std::net::{SocketAddr, TcpStream};
+
+    /// Whether the server's end of `client` (a connection this process opened) has `TCP_NODELAY`: its
+    /// socket is found through `/proc/net/tcp` and `/proc/<pid>/fd`, copied into this process with
+    /// `pidfd_getfd` (allowed for the test's own children, and as root) and asked with `getsockopt`.
+    pub fn server_side_nodelay(client: &TcpStream) -> io::Result<bool> {
+        let inode = inode_of(client.peer_addr()?, client.local_addr()?)?;
+        let (pid, fd) = holder_of(inode)?;
+        // SAFETY: plain syscalls on integers; every descriptor they return is closed below.
+        unsafe {
+            let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as libc::c_int;
+            if pidfd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let copy = libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) as libc::c_int;
+            let copied = io::Error::last_os_error();
+            libc::close(pidfd);
+            if copy < 0 {
+                return Err(copied);
+            }
+            let mut value: libc::c_int = 0;
+            let mut length = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            let asked = libc::getsockopt(
+                copy,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut length,
+            );
+            let error = io::Error::last_os_error();
+            libc::close(copy);
+            if asked != 0 {
+                return Err(error);
+            }
+            Ok(value != 0)
+        }
+    }
+
+    /// `/proc/net/tcp`'s form of an IPv4 address: the address as a little-endian hex word, then the port.
+    fn proc_form(address: SocketAddr) -> io::Result<String> {
+        let SocketAddr::V4(v4) = address else {
+            return Err(io::Error::other(format!("{address} is not IPv4")));
+        };
+        Ok(format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        ))
+    }
+
+    /// The inode of the socket whose local end is `local` and remote end is `remote`.
+    fn inode_of(local: SocketAddr, remote: SocketAddr) -> io::Result<u64> {
+        let (local, remote) = (proc_form(local)?, proc_form(remote)?);
+        let table = std::fs::read_to_string("/proc/net/tcp")?;
+        table
+            .lines()
+            .skip(1)
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .find(|fields| fields.len() > 9 && fields[1] == local && fields[2] == remote)
+            .and_then(|fields| fields[9].parse().ok())
+            .ok_or_else(|| {
+                io::Error::other(format!("no socket {local} -> {remote} in /proc/net/tcp"))
+            })
+    }
+
+    /// The process and descriptor holding socket `inode`.
+    fn holder_of(inode: u64) -> io::Result<(libc::pid_t, libc::c_int)> {
+        let wanted = format!("socket:[{inode}]");
+        for process in std::fs::read_dir("/proc")?.flatten() {
+            let Ok(pid) = process.file_name().to_string_lossy().parse::<libc::pid_t>() else {
+                continue;
+            };
+            let Ok(descriptors) = std::fs::read_dir(process.path().join("fd")) else {
+                continue;
+            };
+            for descriptor in descriptors.flatten() {
+                let Ok(target) = std::fs::read_link(descriptor.path()) else {
+                    continue;
+                };
+                if target.as_os_str() == wanted.as_str()
+                    && let Ok(fd) = descriptor.file_name().to_string_lossy().parse()
+                {
+                    return Ok((pid, fd));
+                }
+            }
+        }
+        Err(io::Error::other(format!("no process holds {wanted}")))
+    }
+}

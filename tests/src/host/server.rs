@@ -107,7 +107,8 @@ pub(crate) async fn serve(
                         continue;
                     }
                 };
-                let _ = stream.set_nodelay(true);
+                // Nagle stays on, as in Spin 4.0.2's HTTP trigger (which never sets TCP_NODELAY): the
+                // host's figures then carry the same stalls (tests/tests/runtime_parity.rs checks it).
                 let app = app.clone();
                 let mut shutdown = shutdown.clone();
                 conns.spawn(async move {

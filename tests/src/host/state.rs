@@ -149,7 +149,8 @@ fn pooled_client() -> &'static PooledClient {
     static CLIENT: std::sync::OnceLock<PooledClient> = std::sync::OnceLock::new();
     CLIENT.get_or_init(|| {
         let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        connector.set_nodelay(true);
+        // Spin 4.0.2's outbound HTTP connects with Nagle on (its connector never sets TCP_NODELAY).
+        connector.set_nodelay(false);
         connector.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(std::time::Duration::from_secs(30))
