@@ -10,7 +10,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aside_tests::harness::{EdgeOptions, EdgeRuntime, Stack, generate_secret};
+use aside_tests::harness::{
+    Edge, EdgeOptions, EdgeRuntime, Origin, Stack, TestEnv, generate_secret,
+};
 use reqwest::Method;
 
 /// One request of the comparison.
@@ -172,12 +174,7 @@ async fn answers_under_each_runtime(
     let stack = Stack::shared().await;
     let mut seen = Vec::new();
     for runtime in std::iter::once(EdgeRuntime::Bundled).chain(EdgeRuntime::spin()) {
-        let env = stack.env().await.unwrap();
-        env.seed(6).await.unwrap();
-        let token = generate_secret();
-        let origin = env.origin_with_token(stack, &token).await.unwrap();
-        let options = EdgeOptions::new(stack, &env, &origin.url(), &token).runtime(runtime.clone());
-        let edge = configure(options).start().await.unwrap();
+        let (_env, _origin, edge) = edge_under(stack, &runtime, 6, &configure).await;
         let mut answers = Vec::new();
         for case in cases {
             let answer = send(&edge.url(), case).await;
@@ -197,6 +194,24 @@ async fn answers_under_each_runtime(
         );
     }
     seen
+}
+
+/// An edge under `runtime` in front of its own origin, on a fresh database seeded with `profiles`
+/// profiles, with `configure` applied to its options. The database and the origin live as long as the
+/// returned values.
+async fn edge_under(
+    stack: &Stack,
+    runtime: &EdgeRuntime,
+    profiles: u64,
+    configure: impl Fn(EdgeOptions) -> EdgeOptions,
+) -> (TestEnv, Origin, Edge) {
+    let env = stack.env().await.unwrap();
+    env.seed(profiles).await.unwrap();
+    let token = generate_secret();
+    let origin = env.origin_with_token(stack, &token).await.unwrap();
+    let options = EdgeOptions::new(stack, &env, &origin.url(), &token).runtime(runtime.clone());
+    let edge = configure(options).start().await.unwrap();
+    (env, origin, edge)
 }
 
 /// Asserts that every runtime gave the first runtime's answers.
@@ -297,19 +312,8 @@ const SPIN_ACCEPTS_WITH_NODELAY: bool = false;
 async fn accepted_connections_keep_nagle_as_spin_does() {
     let stack = Stack::shared().await;
     for runtime in std::iter::once(EdgeRuntime::Bundled).chain(EdgeRuntime::spin()) {
-        let env = stack.env().await.unwrap();
-        let token = generate_secret();
-        let origin = env.origin_with_token(stack, &token).await.unwrap();
-        let edge = EdgeOptions::new(stack, &env, &origin.url(), &token)
-            .runtime(runtime.clone())
-            .start()
-            .await
-            .unwrap();
-        let address = edge
-            .url()
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string();
+        let (_env, _origin, edge) = edge_under(stack, &runtime, 1, |options| options).await;
+        let address = edge.url().trim_start_matches("http://").to_string();
         let name = runtime.to_string();
         let nodelay = tokio::task::spawn_blocking(move || {
             use std::io::{Read as _, Write as _};
