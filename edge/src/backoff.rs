@@ -12,6 +12,16 @@
 //! answer while the breaker is not closed (`x-edge-breaker`): an edge has no metrics endpoint and its
 //! instances are independent, so that is where it shows.
 //!
+//! **Overload is not failure** ([`Verdict`]). A call with no answer in time is evidence against the
+//! backend only if the edge could have heard one: an error always counts; a timeout counts only when
+//! the component ran on time when its timer fired (the host was not starved of CPU), the backend
+//! answered no other call of the instance meanwhile, and its recent answers were quick. Otherwise the slowness is the edge's own queue:
+//! the breaker is left alone, so a saturated edge never opens it and sends its load to the origin.
+//! And **overlapping timeouts** count once: a call that was already waiting when another call's
+//! timeout was counted saw the same stall, so a single stall of a busy host, felt by every call in
+//! flight at once, cannot open the breaker by itself; a Redis that stopped answering times out the
+//! calls started after the first timeout too, and opens it one timeout later.
+//!
 //! Pure: "now" is passed in (monotonic nanoseconds), so it is tested natively.
 
 use std::cell::RefCell;
@@ -137,6 +147,93 @@ impl Drop for Attempt<'_> {
     }
 }
 
+/// How a call that got no answer within its limit went: the evidence that tells a backend that fails
+/// from an edge too busy to hear it in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stalled {
+    /// How long the call was given before the edge looked at it again.
+    pub limit: Duration,
+    /// How long it actually was, from the call to the moment the component ran again: longer than
+    /// `limit` by however late the host ran the component after its timer fired.
+    pub waited: Duration,
+    /// Whether the backend answered another call of this instance while this one waited.
+    pub answered_meanwhile: bool,
+    /// How long the instance's recent answered calls took (a moving average), if it has any.
+    pub recent_answers: Option<Duration>,
+}
+
+/// What a failed call says, and so what the breaker and the request do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The backend is failing: it counts towards opening the breaker, and the request does without
+    /// the backend.
+    Failing(Failing),
+    /// The edge itself is saturated: the backend is not blamed (the call counts as nothing for the
+    /// breaker), and the request keeps waiting for its answer within its own budget instead of
+    /// moving its load elsewhere.
+    Saturated(Saturated),
+}
+
+/// Why a backend is taken to be failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failing {
+    /// It answered with an error, or the connection failed: an outage whatever the load.
+    Error,
+    /// No answer in time, while the host ran the component on time and nothing else was answered.
+    Timeout,
+}
+
+/// Why a slow call is put down to the edge's own load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Saturated {
+    /// The component ran late after its timer fired (by more than [`LATE_WAKE_UP`] or a fifth of the
+    /// limit, whichever is more): the host had no CPU for it, so the wait says nothing about the
+    /// backend.
+    LateWakeUp,
+    /// The backend answered other calls of this instance meanwhile: it is up, and this call was
+    /// queued behind them.
+    AnsweredOthers,
+    /// The instance's recent calls were already answered slowly (a quarter of the limit or more on
+    /// average): a queue that grew, not a backend that stopped (a stopped one answers fast until it
+    /// answers nothing).
+    SlowAnswers,
+}
+
+/// The least lateness of a timer that counts as the host being saturated.
+pub const LATE_WAKE_UP: Duration = Duration::from_millis(25);
+
+impl Verdict {
+    /// The rule (docs/operations.md, "Overload"): an error is a failure; a timeout is a failure only
+    /// if the component ran on time when it fired, the backend answered nothing else meanwhile, and
+    /// its recent answers were quick.
+    pub fn of_timeout(stalled: Stalled) -> Verdict {
+        let tolerance = (stalled.limit / 5).max(LATE_WAKE_UP);
+        if stalled.waited >= stalled.limit.saturating_add(tolerance) {
+            Verdict::Saturated(Saturated::LateWakeUp)
+        } else if stalled.answered_meanwhile {
+            Verdict::Saturated(Saturated::AnsweredOthers)
+        } else if stalled
+            .recent_answers
+            .is_some_and(|recent| recent >= stalled.limit / 4)
+        {
+            Verdict::Saturated(Saturated::SlowAnswers)
+        } else {
+            Verdict::Failing(Failing::Timeout)
+        }
+    }
+
+    /// For logs: `error`, `timeout`, `saturated:late_wake_up`, `saturated:answered_others`.
+    pub fn cause(self) -> &'static str {
+        match self {
+            Verdict::Failing(Failing::Error) => "error",
+            Verdict::Failing(Failing::Timeout) => "timeout",
+            Verdict::Saturated(Saturated::LateWakeUp) => "saturated:late_wake_up",
+            Verdict::Saturated(Saturated::AnsweredOthers) => "saturated:answered_others",
+            Verdict::Saturated(Saturated::SlowAnswers) => "saturated:slow_answers",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,5 +347,87 @@ mod tests {
     fn a_zero_threshold_is_one() {
         let b = breaker(0, 100);
         assert_eq!(used(&b, false, 0), Some(Transition::Opened));
+    }
+
+    fn stalled(limit_ms: u64, waited_ms: u64, answered_meanwhile: bool) -> Stalled {
+        Stalled {
+            limit: Duration::from_millis(limit_ms),
+            waited: Duration::from_millis(waited_ms),
+            answered_meanwhile,
+            recent_answers: Some(Duration::from_millis(1)),
+        }
+    }
+
+    #[test]
+    fn a_backend_already_answering_slowly_is_queued_not_stopped() {
+        let slow = Stalled {
+            recent_answers: Some(Duration::from_millis(63)),
+            ..stalled(250, 250, false)
+        };
+        assert_eq!(
+            Verdict::of_timeout(slow),
+            Verdict::Saturated(Saturated::SlowAnswers)
+        );
+        let quick = Stalled {
+            recent_answers: Some(Duration::from_millis(62)),
+            ..stalled(250, 250, false)
+        };
+        assert_eq!(
+            Verdict::of_timeout(quick),
+            Verdict::Failing(Failing::Timeout)
+        );
+        let none_yet = Stalled {
+            recent_answers: None,
+            ..stalled(250, 250, false)
+        };
+        assert_eq!(
+            Verdict::of_timeout(none_yet),
+            Verdict::Failing(Failing::Timeout)
+        );
+    }
+
+    #[test]
+    fn a_timeout_on_time_with_nothing_answered_is_a_failure() {
+        assert_eq!(
+            Verdict::of_timeout(stalled(250, 250, false)),
+            Verdict::Failing(Failing::Timeout)
+        );
+        // A little late is still on time: a fifth of the limit (here 50 ms) is tolerated.
+        assert_eq!(
+            Verdict::of_timeout(stalled(250, 299, false)),
+            Verdict::Failing(Failing::Timeout)
+        );
+        assert_eq!(
+            Verdict::of_timeout(stalled(250, 250, false)).cause(),
+            "timeout"
+        );
+    }
+
+    #[test]
+    fn a_timer_the_host_ran_late_blames_the_edge_not_the_backend() {
+        assert_eq!(
+            Verdict::of_timeout(stalled(250, 300, false)),
+            Verdict::Saturated(Saturated::LateWakeUp)
+        );
+        assert_eq!(
+            Verdict::of_timeout(stalled(250, 2_000, true)),
+            Verdict::Saturated(Saturated::LateWakeUp)
+        );
+        // Short limits still get LATE_WAKE_UP of slack.
+        assert_eq!(
+            Verdict::of_timeout(stalled(10, 34, false)),
+            Verdict::Failing(Failing::Timeout)
+        );
+        assert_eq!(
+            Verdict::of_timeout(stalled(10, 35, false)),
+            Verdict::Saturated(Saturated::LateWakeUp)
+        );
+    }
+
+    #[test]
+    fn a_backend_that_answered_others_meanwhile_is_up() {
+        let verdict = Verdict::of_timeout(stalled(250, 260, true));
+        assert_eq!(verdict, Verdict::Saturated(Saturated::AnsweredOthers));
+        assert_eq!(verdict.cause(), "saturated:answered_others");
     }
 }

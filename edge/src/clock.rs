@@ -3,10 +3,20 @@
 //! Readings come from `wasi:clocks/monotonic-clock` (p3) and are plain nanoseconds ([`Nanos`]), the unit
 //! tier 1 and the Redis back-off take as "now". A timeout races its future against
 //! `spin_sdk::time::sleep`, a p3 `wait-for` on the host clock: the component yields to the host while it
-//! waits, and when the timer wins, the other future is dropped, which cancels its host call.
+//! waits.
+//!
+//! **A timeout never cancels a host call.** Whichever of the two loses (the timer, on nearly every
+//! request; the call, when it is late) is not dropped but left to finish on its own in the background of
+//! the request's component-model task ([`detach`]). Dropping a pending host call makes wit-bindgen
+//! cancel it with a *blocking* `subtask.cancel`: the task then waits, on one of the host's fibers, until
+//! the host has stopped the call. Spin 4.0.2 has 1,000 fibers per process (`SPIN_WASMTIME_TOTAL_STACKS`);
+//! under a spike every in-flight request was holding one while its cancellation waited for a busy host,
+//! the next instance could not get one ("maximum concurrent limit of 1000 for fibers reached"), and Spin
+//! answered every request of that instance `500` (`Error processing request: oneshot canceled`).
+//! `bench/wait` reproduces it with nothing but two timers (tests/tests/overload.rs).
 
 use std::future::Future;
-use std::pin::pin;
+use std::pin::Pin;
 use std::time::Duration;
 
 use futures::future::{Either, select};
@@ -24,14 +34,48 @@ pub fn millis_since(start: Nanos) -> f64 {
     now().saturating_sub(start) as f64 / 1e6
 }
 
-/// `future`'s output, or `None` if `limit` passes first.
-pub async fn within<F: Future>(limit: Duration, future: F) -> Option<F::Output> {
-    let future = pin!(future);
-    let timer = pin!(spin_sdk::time::sleep(limit));
-    match select(future, timer).await {
-        Either::Left((output, _)) => Some(output),
-        Either::Right(((), _)) => None,
+/// `future`'s output, or `None` if `limit` passes first; then `future` is left to finish in the
+/// background ([`detach`]), never cancelled.
+pub async fn within<F>(limit: Duration, future: F) -> Option<F::Output>
+where
+    F: Future + 'static,
+{
+    match race(limit, Box::pin(future)).await {
+        Ok(output) => Some(output),
+        Err(late) => {
+            detach(async move {
+                late.await;
+            });
+            None
+        }
     }
+}
+
+/// `call`'s output, or `call` itself, still pending, if `limit` passes first: the caller waits more or
+/// [`detach`]es it. The timer, when it loses, is detached.
+pub async fn race<F: Future>(
+    limit: Duration,
+    mut call: Pin<Box<F>>,
+) -> Result<F::Output, Pin<Box<F>>> {
+    let timer = Box::pin(spin_sdk::time::sleep(limit));
+    match select(call.as_mut(), timer).await {
+        Either::Left((output, timer)) => {
+            detach(timer);
+            Ok(output)
+        }
+        Either::Right(((), _)) => Err(call),
+    }
+}
+
+/// Leaves `work` (a pending host call) to finish in the background of the current request's task
+/// instead of dropping it, which would cancel the call with a blocking `subtask.cancel` (see the
+/// module docs). The task exits once its background work has finished: at most the timer's `limit`,
+/// or the call's own end, after the answer.
+pub fn detach(work: impl Future<Output = ()> + 'static) {
+    #[cfg(target_arch = "wasm32")]
+    wit_bindgen::spawn(work);
+    #[cfg(not(target_arch = "wasm32"))]
+    drop(work);
 }
 
 /// Now, on the wall clock, in milliseconds since the Unix epoch: the unit of the soft expiry the origin

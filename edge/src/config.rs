@@ -13,10 +13,11 @@ use std::rc::Rc;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use crate::auth::{Expectations, Verifier};
+use crate::budget::BudgetSettings;
 use crate::ratelimit::WriteLimit;
 
 /// Every Spin variable the edge reads, as declared under `[component.aside-edge.variables]`.
-pub const VARIABLES: [&str; 29] = [
+pub const VARIABLES: [&str; 31] = [
     "redis_address",
     "redis_database",
     "redis_user",
@@ -46,6 +47,8 @@ pub const VARIABLES: [&str; 29] = [
     "write_burst",
     "shared_tier_store",
     "shared_tier_slots",
+    "origin_budget_per_s",
+    "origin_budget_burst",
 ];
 
 /// Subjects the write limit remembers at most per instance (see [`crate::ratelimit`]).
@@ -130,6 +133,9 @@ pub struct Config {
     pub write_limit: WriteLimit,
     /// The process-wide tier: `shared_tier_store`, `shared_tier_slots`.
     pub shared_tier: SharedTierSettings,
+    /// Reads sent to the origin per instance: `origin_budget_per_s` (0: no budget),
+    /// `origin_budget_burst`.
+    pub origin_budget: BudgetSettings,
 }
 
 impl fmt::Debug for Config {
@@ -149,6 +155,7 @@ impl fmt::Debug for Config {
             .field("auth", &self.auth)
             .field("write_limit", &self.write_limit)
             .field("shared_tier", &self.shared_tier)
+            .field("origin_budget", &self.origin_budget)
             .finish()
     }
 }
@@ -287,6 +294,11 @@ impl Config {
             store: parse_store_label(get("shared_tier_store")?)?,
             slots: parse_number(get("shared_tier_slots")?, 1, 1_000_000, SLOTS)? as u32,
         };
+        let origin_budget = BudgetSettings {
+            per_second: parse_number(get("origin_budget_per_s")?, 0, 1_000_000, BUDGET_RATE)?
+                as u32,
+            burst: parse_number(get("origin_budget_burst")?, 1, 1_000_000, BUDGET_BURST)? as u32,
+        };
 
         let redis_url = format!(
             "{redis_scheme}://{}:{}@{redis_address}/{redis_database}",
@@ -309,6 +321,7 @@ impl Config {
             auth,
             write_limit,
             shared_tier,
+            origin_budget,
         })
     }
 
@@ -337,6 +350,8 @@ const THRESHOLD: &str = "a whole number of consecutive failures from 1 to 1000";
 const LEEWAY: &str = "a whole number of seconds from 0 to 3600";
 const RATE: &str = "a whole number of writes a minute from 0 (no limit) to 1000000";
 const BURST: &str = "a whole number of writes from 1 to 1000000";
+const BUDGET_RATE: &str = "a whole number of origin reads a second from 0 (no budget) to 1000000";
+const BUDGET_BURST: &str = "a whole number of origin reads from 1 to 1000000";
 const SLOTS: &str = "a whole number of slots from 1 to 1000000";
 const BETA: &str = "a decimal number from 0 to 100 (e.g. 1.0; 0 turns early refresh off)";
 
@@ -544,6 +559,8 @@ mod tests {
             "write_burst" => "10",
             "shared_tier_store" => "",
             "shared_tier_slots" => "16384",
+            "origin_budget_per_s" => "500",
+            "origin_budget_burst" => "500",
             _ => return None,
         })
     }

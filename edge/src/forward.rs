@@ -78,16 +78,24 @@ pub enum Unavailable {
     TimedOut,
     /// The breaker is open (or another request is probing): not asked. `Retry-After` is this long.
     BreakerOpen(Duration),
+    /// The origin budget for misses is spent (see [`crate::budget`]): not asked. `Retry-After` is the
+    /// time until the next request may go.
+    BudgetSpent(Duration),
+    /// Not asked: the edge is saturated and the request could not be answered within its budget
+    /// (see [`crate::backoff::Verdict`]).
+    Overloaded,
 }
 
 impl Unavailable {
     /// The `Retry-After` of the 503 answered instead, in whole seconds (at least 1).
     pub fn retry_after_secs(&self) -> u32 {
         match self {
-            Unavailable::BreakerOpen(left) => u32::try_from(left.as_millis().div_ceil(1000))
-                .unwrap_or(u32::MAX)
-                .max(1),
-            Unavailable::Unreachable | Unavailable::TimedOut => 1,
+            Unavailable::BreakerOpen(left) | Unavailable::BudgetSpent(left) => {
+                u32::try_from(left.as_millis().div_ceil(1000))
+                    .unwrap_or(u32::MAX)
+                    .max(1)
+            }
+            Unavailable::Unreachable | Unavailable::TimedOut | Unavailable::Overloaded => 1,
         }
     }
 }

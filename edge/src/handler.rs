@@ -110,6 +110,7 @@ async fn edge() -> Result<Rc<Edge>, ConfigError> {
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 async fn handle(request: Request) -> http::Response<FullBody<Bytes>> {
     let started = clock::now();
+    let fresh_instance = EDGE.with(|e| e.borrow().is_none());
     let edge = match edge().await {
         Ok(edge) => edge,
         Err(e) => {
@@ -119,6 +120,9 @@ async fn handle(request: Request) -> http::Response<FullBody<Bytes>> {
                 .into_response();
         }
     };
+    // The instance's start (its configuration and keys), on the requests that waited for it: what a
+    // new instance costs (`server-timing: start`; docs/operations.md, "Overload").
+    let start_ms = fresh_instance.then(|| clock::millis_since(started));
     let deadline = Deadline::after(started, edge.config.request_budget);
     let uri = request.uri();
     let route = routes::route(request.method(), uri.path(), uri.query());
@@ -152,6 +156,7 @@ async fn handle(request: Request) -> http::Response<FullBody<Bytes>> {
     };
     reply
         .edge_timing(started)
+        .instance_start(start_ms)
         .breakers(edge.reads.redis().breaker(), edge.origin.breaker())
         .client_cache(&edge.config.auth, protected)
         .into_response()

@@ -8,7 +8,7 @@
 //! consecutive failures the next requests go straight to the origin until a probe succeeds.
 //! A hash that is missing or does not parse is a plain miss: it says nothing about Redis's health.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use std::time::Duration;
@@ -19,8 +19,8 @@ use aside_shared::cache::{
 use aside_shared::{CachedProfile, FieldSelection, UserId};
 use spin_sdk::redis::{Connection, Error, RedisParameter, RedisResult};
 
-use crate::backoff::{Attempt, Breaker, Transition, Visible};
-use crate::clock;
+use crate::backoff::{Attempt, Breaker, Failing, Stalled, Transition, Verdict, Visible};
+use crate::clock::{self, Deadline, Nanos};
 use crate::config::Config;
 use crate::flight::SingleFlight;
 
@@ -36,6 +36,9 @@ pub enum Read<T> {
     Skipped,
     /// Redis failed or was too slow; the back-off has started.
     Failed,
+    /// No answer within the request's budget while the edge was saturated (see
+    /// [`crate::backoff::Verdict`]): Redis is not blamed, and the request is not passed to the origin.
+    Shed,
 }
 
 impl<T> Read<T> {
@@ -52,6 +55,7 @@ impl<T> Read<T> {
             Read::Absent => Read::Absent,
             Read::Skipped => Read::Skipped,
             Read::Failed => Read::Failed,
+            Read::Shed => Read::Shed,
         }
     }
 }
@@ -61,12 +65,24 @@ pub struct Redis {
     config: Rc<Config>,
     connection: RefCell<Option<Rc<Connection>>>,
     /// Concurrent requests that find no connection open one together.
-    opening: Rc<SingleFlight<(), Option<Rc<Connection>>>>,
+    opening: Rc<SingleFlight<(), Result<Rc<Connection>, Failure>>>,
     breaker: RefCell<Breaker>,
+    /// When Redis last answered a command of this instance: evidence that it is up while another
+    /// command waits (see [`Verdict::of_timeout`]).
+    last_answer: Cell<Nanos>,
+    /// How long Redis's recent answers took, a moving average (evidence too).
+    recent_answers: Cell<Option<Duration>>,
+    /// When the breaker last counted a timeout: calls started before it do not count again.
+    counted_timeout: Cell<Nanos>,
+    /// Requests shed because Redis could not be heard within their budget (for the log).
+    shed: Cell<u64>,
 }
 
 /// Why a command did not produce a usable reply.
+#[derive(Debug, Clone)]
 enum Failure {
+    /// Not heard within the request's budget while the edge was saturated: shed, nobody blamed.
+    Unheard(Verdict),
     Connect,
     Command(String),
     TimedOut,
@@ -80,6 +96,10 @@ impl Redis {
             connection: RefCell::new(None),
             opening: Rc::default(),
             breaker: RefCell::new(Breaker::new(settings.threshold, settings.backoff)),
+            last_answer: Cell::new(0),
+            recent_answers: Cell::new(None),
+            counted_timeout: Cell::new(0),
+            shed: Cell::new(0),
         }
     }
 
@@ -89,10 +109,20 @@ impl Redis {
     }
 
     /// `HGETALL user:profile:{id}`, parsed into the full profile; at most `limit`.
-    pub async fn read_profile(&self, id: UserId, limit: Duration) -> Read<CachedProfile> {
+    pub async fn read_profile(
+        &self,
+        id: UserId,
+        limit: Duration,
+        deadline: Deadline,
+    ) -> Read<CachedProfile> {
         let key = profile_key(id).into_bytes();
         match self
-            .execute("HGETALL", vec![RedisParameter::Binary(key)], limit)
+            .execute(
+                "HGETALL",
+                vec![RedisParameter::Binary(key)],
+                limit,
+                deadline,
+            )
             .await
         {
             Read::Hit(reply) => match hash_entries(reply).map(|e| CacheEntry::from_hash(id, e)) {
@@ -104,6 +134,7 @@ impl Redis {
             Read::Absent => Read::Absent,
             Read::Skipped => Read::Skipped,
             Read::Failed => Read::Failed,
+            Read::Shed => Read::Shed,
         }
     }
 
@@ -114,6 +145,7 @@ impl Redis {
         id: UserId,
         selection: &FieldSelection,
         limit: Duration,
+        deadline: Deadline,
     ) -> Read<(serde_json::Value, i64, Option<Freshness>)> {
         let mut arguments = vec![RedisParameter::Binary(profile_key(id).into_bytes())];
         arguments.extend(
@@ -121,7 +153,7 @@ impl Redis {
                 .into_iter()
                 .map(|f| RedisParameter::Binary(f.as_bytes().to_vec())),
         );
-        match self.execute("HMGET", arguments, limit).await {
+        match self.execute("HMGET", arguments, limit, deadline).await {
             Read::Hit(reply) => match projection_from_hmget(id, selection, &hmget_values(reply)) {
                 Ok(Projection::Present {
                     body,
@@ -135,37 +167,111 @@ impl Redis {
             Read::Absent => Read::Absent,
             Read::Skipped => Read::Skipped,
             Read::Failed => Read::Failed,
+            Read::Shed => Read::Shed,
         }
     }
 
     /// Runs one command under the breaker and the timeout (`limit`, the smaller of `redis_timeout_ms`
     /// and what is left of the request's budget). `Miss` here means "Redis answered with a data error"
     /// (a key of the wrong type): reachable, but nothing to use.
+    ///
+    /// A command still unanswered at `limit` is judged by [`Verdict::of_timeout`]: a failure of
+    /// Redis counts towards the breaker and the request goes on without Redis (`Failed`); a stall
+    /// put down to the edge's own saturation blames nothing, and the request keeps waiting for the
+    /// same answer until `deadline` (Redis is up: giving its load to the origin would only add work),
+    /// then gives up (`Shed`: answered from a stale copy or with a 503, never through the origin).
     async fn execute(
         &self,
         command: &str,
         arguments: Vec<RedisParameter>,
         limit: Duration,
+        deadline: Deadline,
     ) -> Read<Vec<RedisResult>> {
         if limit.is_zero() {
             return Read::Skipped;
         }
-        let Some(permit) = Attempt::start(&self.breaker, clock::now()) else {
+        let started = clock::now();
+        let Some(permit) = Attempt::start(&self.breaker, started) else {
             return Read::Skipped;
         };
-        let attempt = clock::within(limit, async {
-            let connection = self.connection().await.ok_or(Failure::Connect)?;
-            match connection.execute(command, arguments).await {
-                Ok(reply) => Ok(Some(reply)),
-                Err(e) if is_data_error(&e) => Ok(None),
-                Err(e) => Err(Failure::Command(describe(&e))),
+        let mut saturated = None;
+        let attempt = match self.connection(limit, started, deadline).await {
+            Err(Failure::Unheard(verdict)) => {
+                saturated = Some(verdict);
+                Err(Failure::TimedOut)
             }
-        })
-        .await
-        .unwrap_or(Err(Failure::TimedOut));
+            Err(failure) => Err(failure),
+            Ok(connection) => {
+                let command = command.to_string();
+                // Owns what it needs: a late call is left to finish, never cancelled (crate::clock).
+                let call = Box::pin(async move {
+                    match connection.execute(&command, arguments).await {
+                        Ok(reply) => Ok(Some(reply)),
+                        Err(e) if is_data_error(&e) => Ok(None),
+                        Err(e) => Err(Failure::Command(describe(&e))),
+                    }
+                });
+                let left = limit
+                    .saturating_sub(Duration::from_nanos(clock::now().saturating_sub(started)));
+                match clock::race(left, call).await {
+                    Ok(answer) => answer,
+                    Err(late) => match self.judge(limit, started) {
+                        verdict @ Verdict::Saturated(_) => {
+                            saturated = Some(verdict);
+                            clock::within(patience(deadline), late)
+                                .await
+                                .unwrap_or(Err(Failure::TimedOut))
+                        }
+                        Verdict::Failing(_) => {
+                            clock::detach(async move {
+                                let _ = late.await;
+                            });
+                            Err(Failure::TimedOut)
+                        }
+                    },
+                }
+            }
+        };
+        if attempt.is_ok() {
+            self.answered(Duration::from_nanos(clock::now().saturating_sub(started)));
+        }
 
+        // Waited out the budget's patience too, and Redis answered nothing else of this instance all
+        // that time: not a queue but a silent Redis. That counts (whatever overlapped it), and the
+        // request goes on to the origin with the time it kept for it.
+        let silent = saturated.is_some() && attempt.is_err() && self.last_answer.get() <= started;
+        if silent {
+            saturated = None;
+        }
+        if let (Some(verdict), Err(_)) = (saturated, &attempt) {
+            // Not Redis's fault: the breaker hears nothing (a probe's slot is freed), no origin call.
+            drop(permit);
+            let shed = self.shed.get() + 1;
+            self.shed.set(shed);
+            // The first and then one in 100: an overloaded edge must not spend itself on logging.
+            if shed % 100 == 1 {
+                eprintln!(
+                    "aside-edge: redis {command} unanswered within the request budget; shedding the \
+                     request (cause: {}; not counted by the redis breaker; shed so far by this \
+                     instance: {shed})",
+                    verdict.cause()
+                );
+            }
+            return Read::Shed;
+        }
         let ok = attempt.is_ok();
-        let transition = permit.finish(ok, clock::now());
+        let timed_out = matches!(attempt, Err(Failure::TimedOut));
+        let transition = if timed_out && !silent && started <= self.counted_timeout.get() {
+            // It was already waiting when another call's timeout was counted: one stall seen twice
+            // is one piece of evidence, not two (see crate::backoff, "overlapping timeouts").
+            drop(permit);
+            None
+        } else {
+            if timed_out {
+                self.counted_timeout.set(clock::now());
+            }
+            permit.finish(ok, clock::now())
+        };
         match transition {
             Some(Transition::Opened) => eprintln!(
                 "aside-edge: redis breaker open after {} consecutive failure(s): skipping Redis for {} \
@@ -184,15 +290,30 @@ impl Redis {
             Err(failure) => {
                 // Whatever state the connection is in, it is not trusted again.
                 self.connection.borrow_mut().take();
-                let why = match failure {
-                    Failure::Connect => "cannot connect".to_string(),
-                    Failure::Command(e) => format!("{command} failed: {}", self.config.scrub(&e)),
-                    Failure::TimedOut => {
-                        format!("{command} took longer than {} ms", limit.as_millis())
-                    }
+                let (why, cause) = match failure {
+                    Failure::Connect => ("cannot connect".to_string(), Failing::Error),
+                    Failure::Command(e) => (
+                        format!("{command} failed: {}", self.config.scrub(&e)),
+                        Failing::Error,
+                    ),
+                    Failure::TimedOut | Failure::Unheard(_) => (
+                        format!(
+                            "{command} took longer than {} ms (waited {} ms{}; recent answers {} ms)",
+                            limit.as_millis(),
+                            clock::now().saturating_sub(started) / 1_000_000,
+                            if silent {
+                                ", nothing else answered"
+                            } else {
+                                ""
+                            },
+                            self.recent_answers.get().map_or(0, |d| d.as_millis())
+                        ),
+                        Failing::Timeout,
+                    ),
                 };
                 eprintln!(
-                    "aside-edge: redis {why}; going to the origin (redis breaker: {})",
+                    "aside-edge: redis {why}; going to the origin (cause: {}; redis breaker: {})",
+                    Verdict::Failing(cause).cause(),
                     self.breaker.borrow().visible().as_str()
                 );
                 Read::Failed
@@ -200,32 +321,90 @@ impl Redis {
         }
     }
 
-    /// The open connection, opening one if there is none.
-    async fn connection(&self) -> Option<Rc<Connection>> {
+    /// What a command unanswered at `limit` (started at `started`) says: see [`Verdict::of_timeout`].
+    fn judge(&self, limit: Duration, started: Nanos) -> Verdict {
+        Verdict::of_timeout(Stalled {
+            limit,
+            waited: Duration::from_nanos(clock::now().saturating_sub(started)),
+            answered_meanwhile: self.last_answer.get() > started,
+            recent_answers: self.recent_answers.get(),
+        })
+    }
+
+    /// Notes that Redis answered, `took` after the call (or the connection's opening) started.
+    fn answered(&self, took: Duration) {
+        self.last_answer.set(clock::now());
+        // A moving average over the last few answers (weight 1/4 for the newest).
+        let recent = match self.recent_answers.get() {
+            Some(recent) => (recent * 3 + took) / 4,
+            None => took,
+        };
+        self.recent_answers.set(Some(recent));
+    }
+
+    /// The open connection, opening one if there is none: within `limit` (counted from `started`),
+    /// or, when the edge is saturated ([`Verdict::of_timeout`]), until `deadline`.
+    async fn connection(
+        &self,
+        limit: Duration,
+        started: Nanos,
+        deadline: Deadline,
+    ) -> Result<Rc<Connection>, Failure> {
         if let Some(open) = self.connection.borrow().as_ref() {
-            return Some(Rc::clone(open));
+            return Ok(Rc::clone(open));
         }
         let (connection, _) = self
             .opening
             .run((), || async {
-                match Connection::open(&self.config.redis_url).await {
-                    Ok(c) => {
+                let url = self.config.redis_url.clone();
+                let opening = clock::now();
+                let open = Box::pin(async move { Connection::open(&url).await });
+                let opened = match clock::race(limit, open).await {
+                    Ok(opened) => Some(opened),
+                    Err(late) => match self.judge(limit, started) {
+                        verdict @ Verdict::Saturated(_) => {
+                            match clock::within(patience(deadline), late).await {
+                                Some(opened) => Some(opened),
+                                None => return Err(Failure::Unheard(verdict)),
+                            }
+                        }
+                        Verdict::Failing(_) => {
+                            clock::detach(async move {
+                                let _ = late.await;
+                            });
+                            None
+                        }
+                    },
+                };
+                match opened {
+                    Some(Ok(c)) => {
+                        // Opening logs in (AUTH, SELECT): Redis answered.
+                        self.answered(Duration::from_nanos(clock::now().saturating_sub(opening)));
                         let c = Rc::new(c);
                         *self.connection.borrow_mut() = Some(Rc::clone(&c));
-                        Some(c)
+                        Ok(c)
                     }
-                    Err(e) => {
+                    Some(Err(e)) => {
                         eprintln!(
                             "aside-edge: redis connection failed: {}",
                             self.config.scrub(&describe(&e))
                         );
-                        None
+                        Err(Failure::Connect)
                     }
+                    None => Err(Failure::TimedOut),
                 }
             })
             .await;
         connection
     }
+}
+
+/// How long a request whose Redis call is late because the edge is saturated keeps waiting for it:
+/// what is left of its budget but a quarter (at most 500 ms), kept for the origin in case Redis turns
+/// out to be silent rather than queued.
+fn patience(deadline: Deadline) -> Duration {
+    let left = deadline.remaining();
+    left.saturating_sub((left / 4).min(Duration::from_millis(500)))
 }
 
 /// `HGETALL`'s reply as field/value pairs. Spin flattens the reply into one list (field, value, field,

@@ -15,6 +15,7 @@
 //! * [`forward`]: the origin client.
 //! * [`flight`], [`backoff`], [`clock`]: single-flight, the circuit breakers (Redis, origin), timeouts
 //!   and the request budget.
+//! * [`budget`]: the instance's budget of origin reads.
 //! * [`config`]: Spin variables to a typed configuration.
 //!
 //! The pure modules (`config`, `plan`, `l1`, `flight`, `backoff`, `routes`, parts of `l2` and `forward`) are
@@ -23,6 +24,7 @@
 
 pub mod auth;
 pub mod backoff;
+pub mod budget;
 pub mod clock;
 pub mod config;
 pub mod flight;

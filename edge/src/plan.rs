@@ -519,6 +519,15 @@ impl LookupPlan {
             Read::Hit(cached) => cached,
             Read::Absent => return LookupStep::Done(Answer::NotFound(CacheStatus::L2)),
             Read::Miss | Read::Skipped | Read::Failed => return self.ask_origin(None),
+            // Redis is up but this edge could not hear it within the budget: no origin call (that
+            // would add load to an overload); a copy tier 1 or the shared tier holds, or a 503.
+            Read::Shed => {
+                self.state = LookupState::FallingBack {
+                    stale: self.shared_stale.take(),
+                    failure: Failure::Unavailable(Unavailable::Overloaded),
+                };
+                return LookupStep::Fallback;
+            }
         };
         let keep = match &body {
             Body::Full(entry) => Some(Effect::Keep(Keep::Fill(
@@ -1377,6 +1386,38 @@ mod tests {
         assert!(matches!(
             plan.fallback(None, None),
             LookupStep::Done(Answer::Unavailable(3))
+        ));
+    }
+
+    #[test]
+    fn a_shed_tier_2_read_never_asks_the_origin() {
+        // With a kept copy: answered STALE; without: a 503 with Retry-After 1 (no origin step).
+        let mut plan = LookupPlan::new(&full_key(), 1.0);
+        plan.start();
+        assert!(matches!(
+            plan.tier2(Read::Shed, &CALM),
+            LookupStep::Fallback
+        ));
+        assert_eq!(
+            done_body(&plan.fallback(None, Some(entry(3)))),
+            Some((3, CacheStatus::Stale))
+        );
+        let mut plan = LookupPlan::new(&full_key(), 1.0);
+        plan.start();
+        assert!(matches!(
+            plan.tier2(Read::Shed, &CALM),
+            LookupStep::Fallback
+        ));
+        assert!(matches!(
+            plan.fallback(None, None),
+            LookupStep::Done(Answer::Unavailable(1))
+        ));
+        // A spent origin budget is a 503 with the wait until the next token.
+        let spent = unavailable(Unavailable::BudgetSpent(Duration::from_millis(1_200)));
+        let mut plan = failed_lookup(Read::Miss, spent);
+        assert!(matches!(
+            plan.fallback(None, None),
+            LookupStep::Done(Answer::Unavailable(2))
         ));
     }
 

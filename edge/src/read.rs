@@ -47,6 +47,7 @@ use aside_shared::headers::{CacheStatus, ServerTiming};
 use aside_shared::{ApiError, FieldSelection, UserId};
 use bytes::Bytes;
 
+use crate::budget::OriginBudget;
 use crate::clock::{self, Deadline};
 use crate::config::Config;
 use crate::flight::SingleFlight;
@@ -85,6 +86,8 @@ pub struct ReadPath {
     flights: Rc<SingleFlight<FlightKey, Rc<Fetched>>>,
     /// Ids being refreshed early (XFetch) by a request of this instance.
     refreshing: RefCell<HashSet<UserId>>,
+    /// The instance's budget of origin reads.
+    budget: RefCell<OriginBudget>,
 }
 
 /// The host's clocks and randomness, and the request's deadline, as the plan sees them.
@@ -118,6 +121,7 @@ impl ReadPath {
             redis: Redis::new(Rc::clone(&config)),
             flights: Rc::default(),
             refreshing: RefCell::default(),
+            budget: RefCell::new(OriginBudget::new(config.origin_budget)),
             config,
         }
     }
@@ -285,7 +289,9 @@ impl ReadPath {
                     plan.refreshed(asked, &host)
                 }
                 LookupStep::Origin { reload } => {
-                    let asked = ask_origin(origin, id, selection, reload, deadline).await;
+                    let asked = self
+                        .ask_origin(origin, id, selection, reload, deadline)
+                        .await;
                     origin_ms = asked.ms;
                     plan.answered(asked, &host)
                 }
@@ -325,14 +331,14 @@ impl ReadPath {
         match selection {
             None => self
                 .redis
-                .read_profile(id, limit)
+                .read_profile(id, limit, deadline)
                 .await
                 .map(|cached| Cached {
                     body: Body::Full(ProfileEntry::new(cached.profile, cached.version)),
                     freshness: cached.freshness,
                 }),
             Some(s) => {
-                let read = self.redis.read_fields(id, s, limit).await;
+                let read = self.redis.read_fields(id, s, limit, deadline).await;
                 read.map(|(projection, version, freshness)| Cached {
                     body: Body::Fields {
                         json: Bytes::from(projection.to_string()),
@@ -344,11 +350,40 @@ impl ReadPath {
         }
     }
 
+    /// A read's origin call, taken from the instance's origin budget.
+    async fn ask_origin(
+        &self,
+        origin: &Origin,
+        id: UserId,
+        selection: Option<&FieldSelection>,
+        no_cache: bool,
+        deadline: Deadline,
+    ) -> Asked {
+        let taken = self.budget.borrow_mut().take(clock::now());
+        if let Err(wait) = taken {
+            let refused = self.budget.borrow().refused();
+            // One line for the first refusal and then one per 1,000: a spent budget under a flood would
+            // otherwise log every request.
+            if refused % 1000 == 1 {
+                eprintln!(
+                    "aside-edge: origin budget spent ({} reads/s, burst {}): reads the tiers cannot \
+                     answer get a stale copy or 503 (refused so far by this instance: {refused})",
+                    self.config.origin_budget.per_second, self.config.origin_budget.burst
+                );
+            }
+            return Asked {
+                result: Err(Unavailable::BudgetSpent(wait)),
+                ms: None,
+            };
+        }
+        ask_origin(origin, id, selection, no_cache, deadline).await
+    }
+
     /// An early refresh: the origin reloads the full profile from PostgreSQL. `None` when another
     /// request of this instance is refreshing the id (one at a time; the others answer their copy).
     async fn refresh(&self, origin: &Origin, id: UserId, deadline: Deadline) -> Option<Asked> {
         let _refreshing = Refreshing::start(&self.refreshing, id)?;
-        Some(ask_origin(origin, id, None, true, deadline).await)
+        Some(self.ask_origin(origin, id, None, true, deadline).await)
     }
 }
 
@@ -393,7 +428,7 @@ async fn ask_origin(
     };
     let result = origin.call(request, deadline).await;
     let ms = match &result {
-        Err(Unavailable::BreakerOpen(_)) => None,
+        Err(Unavailable::BreakerOpen(_) | Unavailable::BudgetSpent(_)) => None,
         _ => Some(clock::millis_since(started)),
     };
     Asked { result, ms }

@@ -146,6 +146,22 @@ impl Reply {
         self.timing(timing)
     }
 
+    /// Adds `start;dur=<ms>` to `server-timing` on a request that waited for the instance's start.
+    pub fn instance_start(mut self, start_ms: Option<f64>) -> Self {
+        let Some(ms) = start_ms else { return self };
+        let mut value = self
+            .headers
+            .get(SERVER_TIMING)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| format!("{v}, "))
+            .unwrap_or_default();
+        value.push_str(&format!("start;dur={ms:.3}"));
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            self.headers.insert(SERVER_TIMING, value);
+        }
+        self
+    }
+
     /// Adds `x-edge-breaker` when a breaker of this instance is open or probing.
     pub fn breakers(mut self, redis: Visible, origin: Visible) -> Self {
         let value = breaker_header(redis, origin);

@@ -345,19 +345,27 @@ impl SharedTier {
     /// Runs one store operation under the breaker and `limit`; `None` when it was skipped or failed.
     async fn call<T, F, Fut>(&self, limit: Duration, op: F) -> Option<T>
     where
+        T: 'static,
         F: FnOnce(Rc<spin_sdk::key_value::Store>) -> Fut,
-        Fut: std::future::Future<Output = Result<T, spin_sdk::key_value::Error>>,
+        Fut: std::future::Future<Output = Result<T, spin_sdk::key_value::Error>> + 'static,
     {
         if limit.is_zero() || !self.is_on() {
             return None;
         }
-        let attempt = Attempt::start(&self.breaker, clock::now())?;
-        // Opening is bounded too: Spin's Redis-backed store, for one, pings the server on open.
-        let result = clock::within(limit, async {
-            let store = self.open().await?;
-            op(store).await
-        })
-        .await;
+        let started = clock::now();
+        let attempt = Attempt::start(&self.breaker, started)?;
+        // Opening is bounded too: Spin's Redis-backed store, for one, pings the server on open. Both
+        // steps own what they need, so that a late one is left to finish, never cancelled (see
+        // crate::clock).
+        let result = match self.open(limit).await {
+            None => None,
+            Some(Err(e)) => Some(Err(e)),
+            Some(Ok(store)) => {
+                let left = limit
+                    .saturating_sub(Duration::from_nanos(clock::now().saturating_sub(started)));
+                clock::within(left, op(store)).await
+            }
+        };
         let ok = matches!(result, Some(Ok(_)));
         if let Some(transition) = attempt.finish(ok, clock::now()) {
             eprintln!(
@@ -379,22 +387,31 @@ impl SharedTier {
         }
     }
 
-    /// The open store, opening it on first use. A store the runtime refuses turns the tier off.
-    async fn open(&self) -> Result<Rc<spin_sdk::key_value::Store>, spin_sdk::key_value::Error> {
+    /// The open store, opening it on first use (within `limit`; `None` when it took longer). A store
+    /// the runtime refuses turns the tier off.
+    async fn open(
+        &self,
+        limit: Duration,
+    ) -> Option<Result<Rc<spin_sdk::key_value::Store>, spin_sdk::key_value::Error>> {
         match &*self.store.borrow() {
-            Store::Open(store) => return Ok(Rc::clone(store)),
+            Store::Open(store) => return Some(Ok(Rc::clone(store))),
             Store::Unavailable => {
-                return Err(spin_sdk::key_value::Error::Other("unavailable".into()));
+                return Some(Err(spin_sdk::key_value::Error::Other("unavailable".into())));
             }
             Store::Closed => {}
         }
-        let label = &self.config.shared_tier.store;
-        match spin_sdk::key_value::Store::open(label).await {
+        let label = self.config.shared_tier.store.clone();
+        let opening = label.clone();
+        let opened = clock::within(limit, async move {
+            spin_sdk::key_value::Store::open(&opening).await
+        })
+        .await?;
+        Some(match opened {
             Ok(store) => {
                 let store = Rc::new(store);
                 let mut slot = self.store.borrow_mut();
                 if let Store::Open(already) = &*slot {
-                    return Ok(Rc::clone(already));
+                    return Some(Ok(Rc::clone(already)));
                 }
                 *slot = Store::Open(Rc::clone(&store));
                 Ok(store)
@@ -408,7 +425,7 @@ impl SharedTier {
                 *self.store.borrow_mut() = Store::Unavailable;
                 Err(e)
             }
-        }
+        })
     }
 }
 

@@ -59,7 +59,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     xtask::prereq::api_tester(&target)?;
     xtask::prereq::manifest_validators(&target)?;
     // The edge component the host runs in the tests, and the origin binary the harness starts.
-    build_components(&["aside-edge"])?;
+    build_components(&["aside-edge", "aside-wait"])?;
     build_test_origin()?;
     let runtime = edge_runtime()?;
     // The README test (tests/tests/readme.rs) runs `cargo xtask up` with this very xtask.
