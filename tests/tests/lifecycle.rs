@@ -131,7 +131,10 @@ async fn reset_starts_over_and_a_state_folder_removed_by_hand_is_no_trap() {
             "a raw psql error: {}",
             failed.stderr
         );
-        assert!(postgres.join("data/PG_VERSION").exists(), "up changed the cluster");
+        assert!(
+            postgres.join("data/PG_VERSION").exists(),
+            "up changed the cluster"
+        );
 
         // The fix it names.
         let (ok, stdout, stderr) = xtask(&xtask_bin, &["reset"], &state);

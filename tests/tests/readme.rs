@@ -11,7 +11,6 @@
 //! without one the edge runs under the bundled host, and `needs-spin` blocks are skipped, both said on
 //! stderr). In the end the stack is stopped as a user does (Ctrl-C) and must leave no process behind.
 
-use std::io::{BufRead as _, BufReader};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -19,8 +18,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use aside_tests::harness::{
-    ManagedChild, StopSignal, bin_dir, free_port, spawn_managed, start_up, temp_dir, workspace_root,
-    xtask_binary,
+    ManagedChild, StopSignal, bin_dir, free_port, spawn_managed, start_up, temp_dir,
+    workspace_root, xtask_binary,
 };
 use aside_tests::readme::{self, Block};
 
@@ -107,7 +106,9 @@ impl Up {
             .split_whitespace()
             .map(str::to_string)
             .collect();
-        let stderr = self.stderr.with_extension(format!("line-{}.stderr", command.line));
+        let stderr = self
+            .stderr
+            .with_extension(format!("line-{}.stderr", command.line));
         let next = Up::launch(xtask, self.stack.clone(), &stderr, &flags);
         std::mem::replace(self, next).owns_data = false;
     }

@@ -53,8 +53,7 @@ pub fn run(args: ResetArgs) -> anyhow::Result<()> {
                 STATE_MARKS.join(", ")
             );
         }
-        std::fs::remove_dir_all(&state)
-            .with_context(|| format!("remove {}", state.display()))?;
+        std::fs::remove_dir_all(&state).with_context(|| format!("remove {}", state.display()))?;
         removed.push(format!(
             "{} (the state folder: Redis's data, logs, generated secrets and tokens, Spin's state)",
             state.display()
@@ -101,7 +100,11 @@ fn process_using(paths: &[&Path]) -> Option<(u32, String)> {
         .collect();
     let entries = std::fs::read_dir("/proc").ok()?;
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         if mine.contains(&pid) {
@@ -124,7 +127,12 @@ fn process_using(paths: &[&Path]) -> Option<(u32, String)> {
                 .filter_map(|fd| std::fs::read_link(fd.path()).ok())
                 .any(|target| paths.iter().any(|p| target.starts_with(p)))
         };
-        if (needles.iter().any(|needle| command.contains(needle.as_str())) || holds_file()) && !command.trim().is_empty() {
+        if (needles
+            .iter()
+            .any(|needle| command.contains(needle.as_str()))
+            || holds_file())
+            && !command.trim().is_empty()
+        {
             return Some((pid, command.trim().to_string()));
         }
     }
