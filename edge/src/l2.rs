@@ -194,6 +194,8 @@ impl Redis {
         let Some(permit) = Attempt::start(&self.breaker, started) else {
             return Read::Skipped;
         };
+        let mut permit = Some(permit);
+        let mut counted = None;
         let mut saturated = None;
         let attempt = match self.connection(limit, started, deadline).await {
             Err(Failure::Unheard(verdict)) => {
@@ -223,10 +225,13 @@ impl Redis {
                                 .unwrap_or(Err(Failure::TimedOut))
                         }
                         Verdict::Failing(_) => {
-                            clock::detach(async move {
-                                let _ = late.await;
-                            });
-                            Err(Failure::TimedOut)
+                            // Counted now (the breaker may open for the requests after it), but
+                            // this request keeps waiting for the same answer within its budget:
+                            // one stall is not yet an outage, and the origin is the costlier path.
+                            counted = self.count_timeout(permit.take(), started);
+                            clock::within(patience(deadline), late)
+                                .await
+                                .unwrap_or(Err(Failure::TimedOut))
                         }
                     },
                 }
@@ -237,8 +242,8 @@ impl Redis {
         }
 
         // Waited out the budget's patience too, and Redis answered nothing else of this instance all
-        // that time: not a queue but a silent Redis. That counts (whatever overlapped it), and the
-        // request goes on to the origin with the time it kept for it.
+        // that time: not a queue but a silent Redis. That counts (once per stall, as any timeout), and
+        // the request goes on to the origin with the time it kept for it.
         let silent = saturated.is_some() && attempt.is_err() && self.last_answer.get() <= started;
         if silent {
             saturated = None;
@@ -261,16 +266,10 @@ impl Redis {
         }
         let ok = attempt.is_ok();
         let timed_out = matches!(attempt, Err(Failure::TimedOut));
-        let transition = if timed_out && !silent && started <= self.counted_timeout.get() {
-            // It was already waiting when another call's timeout was counted: one stall seen twice
-            // is one piece of evidence, not two (see crate::backoff, "overlapping timeouts").
-            drop(permit);
-            None
-        } else {
-            if timed_out {
-                self.counted_timeout.set(clock::now());
-            }
-            permit.finish(ok, clock::now())
+        let transition = match permit {
+            None => counted,
+            Some(permit) if timed_out => self.count_timeout(Some(permit), started),
+            Some(permit) => permit.finish(ok, clock::now()),
         };
         match transition {
             Some(Transition::Opened) => eprintln!(
@@ -329,6 +328,19 @@ impl Redis {
             answered_meanwhile: self.last_answer.get() > started,
             recent_answers: self.recent_answers.get(),
         })
+    }
+
+    /// Reports a timeout of a call started at `started` to the breaker, unless it was already waiting
+    /// when another call's timeout was counted: one stall seen twice is one piece of evidence, not
+    /// two (see crate::backoff, "overlapping timeouts").
+    fn count_timeout(&self, permit: Option<Attempt<'_>>, started: Nanos) -> Option<Transition> {
+        let permit = permit?;
+        if started <= self.counted_timeout.get() {
+            drop(permit);
+            return None;
+        }
+        self.counted_timeout.set(clock::now());
+        permit.finish(false, clock::now())
     }
 
     /// Notes that Redis answered, `took` after the call (or the connection's opening) started.
