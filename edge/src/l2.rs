@@ -241,10 +241,11 @@ impl Redis {
             self.answered(Duration::from_nanos(clock::now().saturating_sub(started)));
         }
 
-        // Waited out the budget's patience too, and Redis answered nothing else of this instance all
-        // that time: not a queue but a silent Redis. That counts (once per stall, as any timeout), and
-        // the request goes on to the origin with the time it kept for it.
-        let silent = saturated.is_some() && attempt.is_err() && self.last_answer.get() <= started;
+        // Waited out the budget's patience too, and Redis has answered nothing of this instance for
+        // a whole timeout: not a queue but a silent Redis. That counts (once per stall, as any
+        // timeout), and the request goes on to the origin with the time it kept for it.
+        let quiet_for = Duration::from_nanos(clock::now().saturating_sub(self.last_answer.get()));
+        let silent = saturated.is_some() && attempt.is_err() && quiet_for >= limit;
         if silent {
             saturated = None;
         }
