@@ -16,7 +16,7 @@ use crate::auth::{Expectations, Verifier};
 use crate::ratelimit::WriteLimit;
 
 /// Every Spin variable the edge reads, as declared under `[component.aside-edge.variables]`.
-pub const VARIABLES: [&str; 29] = [
+pub const VARIABLES: [&str; 30] = [
     "redis_address",
     "redis_database",
     "redis_user",
@@ -46,6 +46,7 @@ pub const VARIABLES: [&str; 29] = [
     "write_burst",
     "shared_tier_store",
     "shared_tier_slots",
+    "redis_max_connections",
 ];
 
 /// Subjects the write limit remembers at most per instance (see [`crate::ratelimit`]).
@@ -110,6 +111,8 @@ pub struct Config {
     pub origin_token: String,
     pub l1: L1Limits,
     pub redis_timeout: Duration,
+    /// Redis connections an instance keeps open at most (`redis_max_connections`; see [`crate::l2`]).
+    pub redis_max_connections: usize,
     pub origin_timeout: Duration,
     /// The Redis breaker: `redis_failure_threshold`, `redis_backoff_ms`.
     pub redis_breaker: BreakerSettings,
@@ -140,6 +143,7 @@ impl fmt::Debug for Config {
             .field("origin_token", &"<secret>")
             .field("l1", &self.l1)
             .field("redis_timeout", &self.redis_timeout)
+            .field("redis_max_connections", &self.redis_max_connections)
             .field("origin_timeout", &self.origin_timeout)
             .field("redis_breaker", &self.redis_breaker)
             .field("origin_breaker", &self.origin_breaker)
@@ -287,6 +291,8 @@ impl Config {
             store: parse_store_label(get("shared_tier_store")?)?,
             slots: parse_number(get("shared_tier_slots")?, 1, 1_000_000, SLOTS)? as u32,
         };
+        let redis_max_connections =
+            parse_number(get("redis_max_connections")?, 1, 64, CONNECTIONS)? as usize;
 
         let redis_url = format!(
             "{redis_scheme}://{}:{}@{redis_address}/{redis_database}",
@@ -300,6 +306,7 @@ impl Config {
             origin_token,
             l1,
             redis_timeout,
+            redis_max_connections,
             origin_timeout,
             redis_breaker,
             origin_breaker,
@@ -338,6 +345,7 @@ const LEEWAY: &str = "a whole number of seconds from 0 to 3600";
 const RATE: &str = "a whole number of writes a minute from 0 (no limit) to 1000000";
 const BURST: &str = "a whole number of writes from 1 to 1000000";
 const SLOTS: &str = "a whole number of slots from 1 to 1000000";
+const CONNECTIONS: &str = "a whole number of connections from 1 to 64";
 const BETA: &str = "a decimal number from 0 to 100 (e.g. 1.0; 0 turns early refresh off)";
 
 fn millis(ms: u64) -> Duration {
@@ -544,6 +552,7 @@ mod tests {
             "write_burst" => "10",
             "shared_tier_store" => "",
             "shared_tier_slots" => "16384",
+            "redis_max_connections" => "16",
             _ => return None,
         })
     }
@@ -613,6 +622,7 @@ mod tests {
             }
         );
         assert_eq!(c.redis_timeout, Duration::from_millis(250));
+        assert_eq!(c.redis_max_connections, 16);
         assert_eq!(c.origin_timeout, Duration::from_millis(2000));
         assert_eq!(
             c.redis_breaker,
@@ -771,6 +781,8 @@ mod tests {
             ("l1_max_entries", "1e4"),
             ("l1_max_bytes", "99999999999999999999999"),
             ("redis_timeout_ms", "0"),
+            ("redis_max_connections", "0"),
+            ("redis_max_connections", "65"),
             ("origin_timeout_ms", ""),
             ("redis_backoff_ms", "3600001"),
             ("request_budget_ms", "0"),

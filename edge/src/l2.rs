@@ -1,14 +1,25 @@
 //! Tier 2: read-only profile lookups in Redis through Spin's Redis binding (`spin:redis/redis@3.0.0`).
 //!
 //! The edge's Redis user may only read (`HGETALL`, `HMGET`, ...), so both reads go through
-//! `Connection::execute`. One connection per instance is opened on first use and kept: Spin reuses
-//! instances, so this saves a connect and an `AUTH` per request. A failure of any kind (cannot connect,
-//! command error, slower than `redis_timeout_ms` or than what is left of the request's budget) drops the
-//! connection and counts towards the breaker ([`crate::backoff`]): after `redis_failure_threshold`
-//! consecutive failures the next requests go straight to the origin until a probe succeeds.
+//! [`Redis::execute`]. Connections are pooled per instance ([`Pool`]): a command takes an idle
+//! connection, or opens one when none is idle, so at most one command is in flight on each connection.
+//! Spin's binding writes each command on a socket with Nagle's algorithm on, so a command written while
+//! another is unanswered on the same connection waits for that one's ACK: about one more round trip.
+//! Spin reuses instances, so a connection's connect and `AUTH` are paid once per instance, not per request.
+//! At most `redis_max_connections` are open per instance (default 16, Spin's default of concurrent
+//! requests per instance); at that bound a command shares the connection with the fewest commands in
+//! flight rather than waiting or skipping Redis.
+//!
+//! A failure of any kind (cannot connect, command error, slower than `redis_timeout_ms` or than what is
+//! left of the request's budget) drops the connection and counts towards the breaker ([`crate::backoff`]):
+//! after `redis_failure_threshold` consecutive failures the next requests go straight to the origin until
+//! a probe succeeds. A connection that had answered before and now fails (Redis restarted and closed it
+//! while it sat in the pool) is dropped with every other idle one, and the command is tried once more on a
+//! new connection within the same time limit: a restart costs no request its Redis read.
 //! A hash that is missing or does not parse is a plain miss: it says nothing about Redis's health.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::rc::Rc;
 
 use std::time::Duration;
@@ -59,10 +70,144 @@ impl<T> Read<T> {
 /// The instance's Redis client state.
 pub struct Redis {
     config: Rc<Config>,
-    connection: RefCell<Option<Rc<Connection>>>,
-    /// Concurrent requests that find no connection open one together.
-    opening: Rc<SingleFlight<(), Option<Rc<Connection>>>>,
+    pool: Pool<Connection>,
     breaker: RefCell<Breaker>,
+}
+
+/// One pooled connection and how many commands are in flight on it (more than one only at the bound).
+struct Pooled<C> {
+    connection: C,
+    in_flight: Cell<usize>,
+    /// Whether a command has completed on it: a failure then may be a connection that died idle.
+    answered: Cell<bool>,
+}
+
+/// A connection taken from the [`Pool`] for one command; given back when dropped.
+struct Lease<C> {
+    pooled: Rc<Pooled<C>>,
+}
+
+impl<C> Drop for Lease<C> {
+    fn drop(&mut self) {
+        self.pooled.in_flight.set(self.pooled.in_flight.get() - 1);
+    }
+}
+
+/// The instance's connections (generic over the connection so the policy is tested natively).
+/// Single-threaded (an instance runs on one thread), so plain cells.
+struct Pool<C> {
+    /// `redis_max_connections`: open or being opened, at most this many.
+    bound: usize,
+    /// The open connections, idle or busy, oldest first.
+    open: RefCell<Vec<Rc<Pooled<C>>>>,
+    /// Connections being opened, each under its own key in `opening`.
+    pending: RefCell<Vec<u64>>,
+    next_key: Cell<u64>,
+    /// At the bound with every connection still being opened, a command joins one of those opens.
+    opening: Rc<SingleFlight<u64, Option<Rc<Pooled<C>>>>>,
+}
+
+/// Counts a connection as being opened until its open ends (or its request is cancelled).
+struct Opening<'a, C> {
+    pool: &'a Pool<C>,
+    key: u64,
+}
+
+impl<C> Drop for Opening<'_, C> {
+    fn drop(&mut self) {
+        self.pool.pending.borrow_mut().retain(|k| *k != self.key);
+    }
+}
+
+impl<C> Pool<C> {
+    fn new(bound: usize) -> Self {
+        Self {
+            bound: bound.max(1),
+            open: RefCell::default(),
+            pending: RefCell::default(),
+            next_key: Cell::new(0),
+            opening: Rc::default(),
+        }
+    }
+
+    /// A connection for one command: an idle one, else a new one (`open`) while fewer than the bound
+    /// are open or being opened, else the least busy open one. `None`: a new connection was needed and
+    /// `open` could not open it.
+    async fn take<F, Fut>(&self, open: F) -> Option<Lease<C>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Option<C>>,
+    {
+        let mut open = Some(open);
+        loop {
+            let least_busy = self
+                .open
+                .borrow()
+                .iter()
+                .rev()
+                .min_by_key(|p| p.in_flight.get())
+                .cloned();
+            if let Some(pooled) = least_busy.as_ref().filter(|p| p.in_flight.get() == 0) {
+                return Some(Self::lease(pooled));
+            }
+            if self.open.borrow().len() + self.pending.borrow().len() < self.bound {
+                if let Some(open) = open.take() {
+                    return self.open_new(open).await.map(|p| Self::lease(&p));
+                }
+            }
+            if let Some(pooled) = least_busy {
+                return Some(Self::lease(&pooled));
+            }
+            // At the bound and every connection is still being opened: share the oldest open's result.
+            let key = *self.pending.borrow().first()?;
+            if let (Some(pooled), _) = self.opening.run(key, || async { None }).await {
+                return Some(Self::lease(&pooled));
+            }
+            // That open failed or ended before it could be joined: look again.
+        }
+    }
+
+    fn lease(pooled: &Rc<Pooled<C>>) -> Lease<C> {
+        pooled.in_flight.set(pooled.in_flight.get() + 1);
+        Lease {
+            pooled: Rc::clone(pooled),
+        }
+    }
+
+    /// Opens a connection with `open` and adds it to the pool.
+    async fn open_new<Fut>(&self, open: impl FnOnce() -> Fut) -> Option<Rc<Pooled<C>>>
+    where
+        Fut: Future<Output = Option<C>>,
+    {
+        let key = self.next_key.get();
+        self.next_key.set(key + 1);
+        self.pending.borrow_mut().push(key);
+        let _opening = Opening { pool: self, key };
+        let (pooled, _) = self
+            .opening
+            .run(key, || async {
+                let pooled = Rc::new(Pooled {
+                    connection: open().await?,
+                    in_flight: Cell::new(0),
+                    answered: Cell::new(false),
+                });
+                self.open.borrow_mut().push(Rc::clone(&pooled));
+                Some(pooled)
+            })
+            .await;
+        pooled
+    }
+
+    /// Drops `pooled` from the pool (closed once its last lease is given back).
+    fn discard(&self, pooled: &Rc<Pooled<C>>) {
+        self.open.borrow_mut().retain(|p| !Rc::ptr_eq(p, pooled));
+    }
+
+    /// Drops every idle connection: after one that had answered fails, the others opened before it are
+    /// suspect too (a restarted Redis closed them all).
+    fn discard_idle(&self) {
+        self.open.borrow_mut().retain(|p| p.in_flight.get() > 0);
+    }
 }
 
 /// Why a command did not produce a usable reply.
@@ -76,9 +221,8 @@ impl Redis {
     pub fn new(config: Rc<Config>) -> Self {
         let settings = config.redis_breaker;
         Self {
+            pool: Pool::new(config.redis_max_connections),
             config,
-            connection: RefCell::new(None),
-            opening: Rc::default(),
             breaker: RefCell::new(Breaker::new(settings.threshold, settings.backoff)),
         }
     }
@@ -139,9 +283,10 @@ impl Redis {
     }
 
     /// Runs one command under the breaker and the timeout (`limit`, the smaller of `redis_timeout_ms`
-    /// and what is left of the request's budget). `Miss` here means "Redis answered with a data error"
-    /// (a key of the wrong type): reachable, but nothing to use.
-    async fn execute(
+    /// and what is left of the request's budget), on a pooled connection no other command is using
+    /// (below the bound). `Miss` here means "Redis answered with a data error" (a key of the wrong type):
+    /// reachable, but nothing to use. The edge's Redis user may only read: write commands fail.
+    pub async fn execute(
         &self,
         command: &str,
         arguments: Vec<RedisParameter>,
@@ -154,11 +299,49 @@ impl Redis {
             return Read::Skipped;
         };
         let attempt = clock::within(limit, async {
-            let connection = self.connection().await.ok_or(Failure::Connect)?;
-            match connection.execute(command, arguments).await {
-                Ok(reply) => Ok(Some(reply)),
-                Err(e) if is_data_error(&e) => Ok(None),
-                Err(e) => Err(Failure::Command(describe(&e))),
+            let mut retried = false;
+            loop {
+                let lease = self
+                    .pool
+                    .take(|| self.open())
+                    .await
+                    .ok_or(Failure::Connect)?;
+                let pooled = Rc::clone(&lease.pooled);
+                // A timeout drops this future: the lease goes with it, and the connection below.
+                let mut dropped = DropOnTimeout {
+                    pool: &self.pool,
+                    pooled: Some(Rc::clone(&pooled)),
+                };
+                let result = pooled.connection.execute(command, arguments.clone()).await;
+                dropped.pooled = None;
+                drop(lease);
+                match result {
+                    Ok(reply) => {
+                        pooled.answered.set(true);
+                        return Ok(Some(reply));
+                    }
+                    Err(e) if is_data_error(&e) => {
+                        pooled.answered.set(true);
+                        return Ok(None);
+                    }
+                    Err(e) => {
+                        // Whatever state the connection is in, it is not trusted again.
+                        self.pool.discard(&pooled);
+                        if pooled.answered.get() && !retried {
+                            // It worked before: it may have died idle (Redis restarted). So may the
+                            // other idle ones; try once more on a new connection.
+                            self.pool.discard_idle();
+                            retried = true;
+                            eprintln!(
+                                "aside-edge: redis {command} failed on a pooled connection ({}); \
+                                 retrying on a new one",
+                                self.config.scrub(&describe(&e))
+                            );
+                            continue;
+                        }
+                        return Err(Failure::Command(describe(&e)));
+                    }
+                }
             }
         })
         .await
@@ -182,8 +365,6 @@ impl Redis {
             Ok(Some(reply)) => Read::Hit(reply),
             Ok(None) => Read::Miss,
             Err(failure) => {
-                // Whatever state the connection is in, it is not trusted again.
-                self.connection.borrow_mut().take();
                 let why = match failure {
                     Failure::Connect => "cannot connect".to_string(),
                     Failure::Command(e) => format!("{command} failed: {}", self.config.scrub(&e)),
@@ -199,32 +380,36 @@ impl Redis {
             }
         }
     }
+}
 
-    /// The open connection, opening one if there is none.
-    async fn connection(&self) -> Option<Rc<Connection>> {
-        if let Some(open) = self.connection.borrow().as_ref() {
-            return Some(Rc::clone(open));
+impl Redis {
+    /// A new connection (logged when it cannot be opened).
+    async fn open(&self) -> Option<Connection> {
+        match Connection::open(&self.config.redis_url).await {
+            Ok(connection) => Some(connection),
+            Err(e) => {
+                eprintln!(
+                    "aside-edge: redis connection failed: {}",
+                    self.config.scrub(&describe(&e))
+                );
+                None
+            }
         }
-        let (connection, _) = self
-            .opening
-            .run((), || async {
-                match Connection::open(&self.config.redis_url).await {
-                    Ok(c) => {
-                        let c = Rc::new(c);
-                        *self.connection.borrow_mut() = Some(Rc::clone(&c));
-                        Some(c)
-                    }
-                    Err(e) => {
-                        eprintln!(
-                            "aside-edge: redis connection failed: {}",
-                            self.config.scrub(&describe(&e))
-                        );
-                        None
-                    }
-                }
-            })
-            .await;
-        connection
+    }
+}
+
+/// Drops a connection from the pool if the command on it never finished (its future was dropped by the
+/// timeout): a reply may still be on its way, so it is not given to another command.
+struct DropOnTimeout<'a, C> {
+    pool: &'a Pool<C>,
+    pooled: Option<Rc<Pooled<C>>>,
+}
+
+impl<C> Drop for DropOnTimeout<'_, C> {
+    fn drop(&mut self) {
+        if let Some(pooled) = self.pooled.take() {
+            self.pool.discard(&pooled);
+        }
     }
 }
 
@@ -388,5 +573,151 @@ mod tests {
         )));
         assert!(!is_data_error(&Error::Other("connection refused".into())));
         assert!(!is_data_error(&Error::InvalidAddress));
+    }
+
+    mod pool {
+        use std::cell::Cell;
+        use std::rc::Rc;
+
+        use futures::channel::oneshot;
+        use futures::executor::LocalPool;
+        use futures::task::LocalSpawnExt;
+
+        use super::super::{Lease, Pool};
+
+        /// A pool of numbered fake connections and how many were opened.
+        fn pool(bound: usize) -> (Rc<Pool<u32>>, Rc<Cell<u32>>) {
+            (Rc::new(Pool::new(bound)), Rc::new(Cell::new(0)))
+        }
+
+        fn take(pool: &Pool<u32>, opened: &Rc<Cell<u32>>) -> Lease<u32> {
+            let opened = Rc::clone(opened);
+            LocalPool::new()
+                .run_until(pool.take(|| async move {
+                    opened.set(opened.get() + 1);
+                    Some(opened.get())
+                }))
+                .expect("a connection")
+        }
+
+        fn in_flight(pool: &Pool<u32>) -> Vec<(u32, usize)> {
+            pool.open
+                .borrow()
+                .iter()
+                .map(|p| (p.connection, p.in_flight.get()))
+                .collect()
+        }
+
+        #[test]
+        fn one_after_another_commands_reuse_one_connection() {
+            let (pool, opened) = pool(16);
+            for _ in 0..5 {
+                let lease = take(&pool, &opened);
+                assert_eq!(lease.pooled.connection, 1);
+            }
+            assert_eq!(opened.get(), 1);
+            assert_eq!(in_flight(&pool), vec![(1, 0)]);
+        }
+
+        #[test]
+        fn concurrent_commands_each_get_their_own_connection_up_to_the_bound_then_share() {
+            let (pool, opened) = pool(3);
+            let leases: Vec<_> = (0..3).map(|_| take(&pool, &opened)).collect();
+            assert_eq!(opened.get(), 3, "no command waits on a busy connection");
+            assert_eq!(in_flight(&pool), vec![(1, 1), (2, 1), (3, 1)]);
+            // At the bound: the least busy connection is shared, nothing more is opened.
+            let fourth = take(&pool, &opened);
+            let fifth = take(&pool, &opened);
+            assert_eq!(opened.get(), 3);
+            assert_eq!(
+                in_flight(&pool).iter().map(|(_, n)| n).sum::<usize>(),
+                5,
+                "{:?}",
+                in_flight(&pool)
+            );
+            assert!(in_flight(&pool).iter().all(|(_, n)| *n <= 2));
+            assert_ne!(fourth.pooled.connection, fifth.pooled.connection);
+            drop(leases);
+            drop((fourth, fifth));
+            assert!(in_flight(&pool).iter().all(|(_, n)| *n == 0));
+            // Once given back, they are idle and reused.
+            let again = take(&pool, &opened);
+            assert!((1..=3).contains(&again.pooled.connection));
+            assert_eq!(opened.get(), 3);
+        }
+
+        #[test]
+        fn a_discarded_connection_is_never_handed_out_again_and_idle_ones_can_be_dropped_at_once() {
+            let (pool, opened) = pool(4);
+            let a = take(&pool, &opened);
+            let b = take(&pool, &opened);
+            let c = take(&pool, &opened);
+            let dead = Rc::clone(&a.pooled);
+            drop((a, c));
+            pool.discard(&dead);
+            assert_eq!(in_flight(&pool), vec![(2, 1), (3, 0)]);
+            pool.discard_idle();
+            assert_eq!(in_flight(&pool), vec![(2, 1)], "the busy one stays");
+            drop(b);
+            let next = take(&pool, &opened);
+            assert_eq!(next.pooled.connection, 2);
+            let other = take(&pool, &opened);
+            assert_eq!(
+                other.pooled.connection, 4,
+                "a new one, not the discarded 1 or 3"
+            );
+        }
+
+        #[test]
+        fn a_failed_open_gives_nothing_and_frees_its_place() {
+            let (pool, _) = pool(1);
+            let mut local = LocalPool::new();
+            assert!(local.run_until(pool.take(|| async { None })).is_none());
+            assert!(pool.pending.borrow().is_empty());
+            let lease = local
+                .run_until(pool.take(|| async { Some(9) }))
+                .expect("the place is free again");
+            assert_eq!(lease.pooled.connection, 9);
+        }
+
+        #[test]
+        fn at_the_bound_with_every_connection_still_opening_a_command_joins_an_open() {
+            let (pool, _) = pool(1);
+            let mut local = LocalPool::new();
+            let (connected, gate) = oneshot::channel::<()>();
+            let got = Rc::new(Cell::new((0, 0)));
+            for (i, gate) in [(0, Some(gate)), (1, None)] {
+                let (pool, got) = (Rc::clone(&pool), Rc::clone(&got));
+                local
+                    .spawner()
+                    .spawn_local(async move {
+                        let lease = pool
+                            .take(|| async move {
+                                gate?.await.ok()?;
+                                Some(7)
+                            })
+                            .await
+                            .expect("a connection");
+                        let (a, b) = got.get();
+                        got.set(if i == 0 {
+                            (lease.pooled.connection, b)
+                        } else {
+                            (a, lease.pooled.connection)
+                        });
+                        std::mem::forget(lease);
+                    })
+                    .unwrap();
+            }
+            local.run_until_stalled();
+            assert_eq!(
+                got.get(),
+                (0, 0),
+                "both wait for the one connection being opened"
+            );
+            connected.send(()).unwrap();
+            local.run();
+            assert_eq!(got.get(), (7, 7));
+            assert_eq!(in_flight(&pool), vec![(7, 2)]);
+        }
     }
 }
