@@ -150,10 +150,10 @@ impl<C> Pool<C> {
             if let Some(pooled) = least_busy.as_ref().filter(|p| p.in_flight.get() == 0) {
                 return Some(Self::lease(pooled));
             }
-            if self.open.borrow().len() + self.pending.borrow().len() < self.bound {
-                if let Some(open) = open.take() {
-                    return self.open_new(open).await.map(|p| Self::lease(&p));
-                }
+            if self.open.borrow().len() + self.pending.borrow().len() < self.bound
+                && let Some(open) = open.take()
+            {
+                return self.open_new(open).await.map(|p| Self::lease(&p));
             }
             if let Some(pooled) = least_busy {
                 return Some(Self::lease(&pooled));
