@@ -111,6 +111,34 @@ struct RunArgs {
     /// a topology run short. Needs a runtime with a key-value store (Spin).
     #[arg(long, value_enum, default_value_t = SharedTier::Off, requires = "topology")]
     shared_tier: SharedTier,
+    /// A Spin variable for every edge (not the hello-world baseline), `NAME=VALUE`, e.g.
+    /// `--edge-var redis_max_connections=1`; repeatable. For A/B runs of one setting; the report lists
+    /// them.
+    #[arg(long = "edge-var", value_name = "NAME=VALUE", value_parser = parse_edge_var)]
+    edge_vars: Vec<(String, String)>,
+    /// An experiment: load an LD_PRELOAD shim (bench/nodelay/nodelay.c, built here with gcc) into
+    /// every `spin up` process, which turns Nagle's algorithm off on all of Spin's TCP sockets; each
+    /// socket it touched is logged, with the option read back, to `<out>/logs/nodelay-<service>.log`.
+    /// Spin runtime only (docs/benchmarks.md, "Spin and Nagle").
+    #[arg(long)]
+    spin_nodelay: bool,
+}
+
+/// `NAME=VALUE` of `--edge-var`: a spin.toml variable name (lower-case letters, digits, `_`).
+fn parse_edge_var(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=VALUE"))?;
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !valid {
+        return Err(format!(
+            "{name:?} is not a Spin variable name (lower-case letters, digits and _)"
+        ));
+    }
+    Ok((name.to_string(), value.to_string()))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -369,6 +397,8 @@ struct Plan {
     target: Target,
     cache: Cache,
     write_percent: f64,
+    /// Connections of the load generator, when not `--concurrency`.
+    connections: Option<usize>,
     description: &'static str,
     /// The `x-cache` values at least `share` of the successful reads must have, or the run did not
     /// measure what it claims.
@@ -424,6 +454,7 @@ fn plans(runtimes: &[Rt]) -> Vec<Plan> {
         target,
         cache,
         write_percent,
+        connections: None,
         description,
         expect,
     };
@@ -755,6 +786,10 @@ struct Config {
     /// Where the report goes, and the servers' logs (`<out>/logs`, emptied at start).
     out: PathBuf,
     logs: PathBuf,
+    /// `--edge-var`: Spin variables set on every edge.
+    edge_vars: Vec<(String, String)>,
+    /// `--spin-nodelay`: the shim built for this run, loaded into every `spin up`.
+    nodelay_shim: Option<PathBuf>,
 }
 
 impl Config {
@@ -814,6 +849,15 @@ impl Config {
         let logs = out.join("logs");
         let _ = std::fs::remove_dir_all(&logs);
         std::fs::create_dir_all(&logs)?;
+        let nodelay_shim = if args.spin_nodelay {
+            anyhow::ensure!(
+                runtimes.list == [Rt::Spin],
+                "--spin-nodelay is an experiment on Spin's sockets: run it with --edge-runtime spin"
+            );
+            Some(build_nodelay_shim(&root, &out)?)
+        } else {
+            None
+        };
         Ok(Self {
             quick,
             build: args.build,
@@ -829,6 +873,8 @@ impl Config {
             runtimes,
             out,
             logs,
+            edge_vars: args.edge_vars,
+            nodelay_shim,
         })
     }
 
@@ -872,6 +918,25 @@ impl Config {
     fn per_run(&self) -> f64 {
         self.warmup + self.duration
     }
+}
+
+/// Builds bench/nodelay/nodelay.c into `<out>/nodelay.so` with gcc (never committed as a binary).
+fn build_nodelay_shim(root: &Path, out: &Path) -> anyhow::Result<PathBuf> {
+    let source = root.join("bench/nodelay/nodelay.c");
+    let shim = out.join("nodelay.so");
+    let status = Command::new("gcc")
+        .args(["-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o"])
+        .arg(&shim)
+        .arg(&source)
+        .arg("-ldl")
+        .status()
+        .context("--spin-nodelay needs gcc to build its shim")?;
+    anyhow::ensure!(
+        status.success(),
+        "gcc could not build {} ({status})",
+        source.display()
+    );
+    Ok(shim)
 }
 
 /// The bench stack while it runs: dropping it stops every service (in reverse start order), then
@@ -1103,6 +1168,19 @@ fn edge_command(
             .arg(root.join("runtime-config.toml"))
             .env("SPIN_VARIABLE_SHARED_TIER_STORE", "default");
     }
+    if !matches!(target, Target::Hello(_)) {
+        for (name, value) in &config.edge_vars {
+            edge.env(format!("SPIN_VARIABLE_{}", name.to_uppercase()), value);
+        }
+    }
+    if let (Some(shim), Rt::Spin) = (&config.nodelay_shim, rt) {
+        edge.env("LD_PRELOAD", shim).env(
+            "NODELAY_SHIM_LOG",
+            config
+                .logs
+                .join(format!("nodelay-{}.log", target.service())),
+        );
+    }
     edge
 }
 
@@ -1282,7 +1360,7 @@ fn run_scenario(
             "--zipf-s",
             &config.zipf_s.to_string(),
             "--concurrency",
-            &config.concurrency.to_string(),
+            &plan.connections.unwrap_or(config.concurrency).to_string(),
             "--warmup",
             &format!("{}s", config.warmup),
             "--duration",
@@ -1368,6 +1446,12 @@ fn collect_settings(config: &Config) -> Settings {
         hot_set: config.hot_set,
         edge_instance_reuse: "Spin's defaults: 128 requests per instance, 16 at once, 1 s idle"
             .into(),
+        edge_vars: config
+            .edge_vars
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect(),
+        spin_nodelay: config.nodelay_shim.is_some(),
     }
 }
 
@@ -1510,6 +1594,8 @@ fn topology_plans(rt: Rt, shared_tier: bool) -> Vec<Plan> {
     const EDGE_SHARED: &str = "the same reads through an edge with the shared tier on as well \
         (Spin's key-value store, in memory): tier 1, then the shared tier, then Redis across \
         edge→Redis.";
+    const EDGE_ONE: &str = "the edge's Zipf reads from one connection, one request at a time: an L2 \
+        hit's cost with nothing else in flight, beside the same reads from every connection.";
     let p = |scenario, keys, target, cache, description, expect| Plan {
         scenario,
         keys,
@@ -1517,6 +1603,7 @@ fn topology_plans(rt: Rt, shared_tier: bool) -> Vec<Plan> {
         target,
         cache,
         write_percent: 0.0,
+        connections: None,
         description,
         expect,
     };
@@ -1552,6 +1639,17 @@ fn topology_plans(rt: Rt, shared_tier: bool) -> Vec<Plan> {
             EDGE,
             (hits, 0.9),
         ),
+        Plan {
+            connections: Some(1),
+            ..p(
+                topology::EDGE_ONE,
+                Zipf,
+                edge,
+                Cache::Full,
+                EDGE_ONE,
+                (hits, 0.9),
+            )
+        },
     ];
     plans.extend(shared.into_iter().flatten());
     plans.extend([
@@ -1647,6 +1745,9 @@ fn run_topologies(
     std::fs::write(out.join("report-topology.md"), report.markdown())?;
     aside_bench::charts::write_topology(out, &report.topologies)?;
     println!("{}", report.markdown_table());
+    if let Some(table) = report.l2_by_connections_table() {
+        println!("L2 hits (Zipf), 1 connection and every connection:\n{table}");
+    }
     println!(
         "report: {}  (and report-topology.json, topology.svg/png); {:.0} s in all",
         out.join("report-topology.md").display(),
@@ -2042,15 +2143,36 @@ mod tests {
     }
 
     #[test]
+    fn an_edge_var_is_a_spin_variable_name_and_a_value() {
+        assert_eq!(
+            parse_edge_var("redis_max_connections=1"),
+            Ok(("redis_max_connections".into(), "1".into()))
+        );
+        assert_eq!(
+            parse_edge_var("l1_ttl_ms="),
+            Ok(("l1_ttl_ms".into(), "".into()))
+        );
+        for bad in ["redis_max_connections", "=1", "Redis=1", "a-b=1", "a b=1"] {
+            assert!(parse_edge_var(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn topology_runs_add_the_shared_tier_only_when_asked() {
         let off = topology_plans(Rt::Spin, false);
-        assert_eq!(off.len(), 5);
+        assert_eq!(off.len(), 6);
+        // One run reads from one connection (an L2 hit alone), the others from `--concurrency`.
+        let single: Vec<&Plan> = off.iter().filter(|p| p.connections.is_some()).collect();
+        assert_eq!(single.len(), 1);
+        assert_eq!(single[0].scenario, topology::EDGE_ONE);
+        assert_eq!(single[0].connections, Some(1));
+        assert_eq!(single[0].target, Target::Edge(Rt::Spin));
         assert!(
             off.iter()
                 .all(|p| !matches!(p.target, Target::EdgeShared(_)))
         );
         let on = topology_plans(Rt::Spin, true);
-        assert_eq!(on.len(), 7);
+        assert_eq!(on.len(), 8);
         let shared: Vec<&Plan> = on
             .iter()
             .filter(|p| p.scenario == topology::EDGE_SHARED)

@@ -130,6 +130,31 @@ pub struct Settings {
     pub hot_set: u64,
     /// Edge instance reuse (Spin's defaults, as the bundled host runs them).
     pub edge_instance_reuse: String,
+    /// `--edge-var`: Spin variables every edge ran with (`NAME=VALUE`), beyond spin.toml's defaults.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub edge_vars: Vec<String>,
+    /// `--spin-nodelay`: Spin ran with TCP_NODELAY forced on every socket (an experiment).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spin_nodelay: bool,
+}
+
+impl Settings {
+    /// A line naming what this run changed from the defaults (`--edge-var`, `--spin-nodelay`), or
+    /// nothing.
+    pub fn overrides_markdown(&self) -> String {
+        let mut changed: Vec<String> = self.edge_vars.iter().map(|v| format!("`{v}`")).collect();
+        if self.spin_nodelay {
+            changed.push(
+                "`TCP_NODELAY` forced on every socket of `spin up` (`--spin-nodelay`, an experiment)"
+                    .into(),
+            );
+        }
+        if changed.is_empty() {
+            String::new()
+        } else {
+            format!("Changed for this run: {}.\n\n", changed.join(", "))
+        }
+    }
 }
 
 /// One scenario with one key distribution.
@@ -752,6 +777,7 @@ impl Report {
             self.setup_s,
             self.total_s
         );
+        out.push_str(&s.overrides_markdown());
         out.push_str(&self.markdown_table());
         out.push_str(
             "\nLatencies in milliseconds, measured by the load generator from sending a request to \

@@ -124,6 +124,8 @@ pub const EDGE: &str = "edge";
 /// The edge with the shared tier on (`--shared-tier on`).
 pub const EDGE_SHARED: &str = crate::report::EDGE_SHARED;
 pub const EDGE_MISS: &str = "edge-miss";
+/// The edge's Zipf reads from one connection (an L2 hit with nothing else in flight).
+pub const EDGE_ONE: &str = "edge-1conn";
 pub const NO_CACHE: &str = "no-cache";
 
 /// The runs of one topology.
@@ -283,6 +285,45 @@ impl TopologyReport {
         md_table(&header, |i| numeric.contains(&i), rows)
     }
 
+    /// An L2 hit's p50 / p99 from one connection and from every connection (Zipf), per topology,
+    /// against the edge→Redis round trip; `None` when no topology ran [`EDGE_ONE`].
+    pub fn l2_by_connections_table(&self) -> Option<String> {
+        let l2 = |t: &TopologyRuns, scenario| {
+            t.run(scenario, "zipf")
+                .and_then(|r| r.tier_latency_us.get("L2"))
+                .map(TierLatency::from)
+        };
+        if self.topologies.iter().all(|t| l2(t, EDGE_ONE).is_none()) {
+            return None;
+        }
+        let cell = |t: Option<TierLatency>| {
+            t.map_or("–".into(), |t| {
+                format!("{} / {}", ms(t.p50_us), ms(t.p99_us))
+            })
+        };
+        let many = format!("L2 hit, {} connections", self.settings.concurrency);
+        let header = [
+            "topology",
+            "edge→Redis round trip ms",
+            "L2 hit, 1 connection",
+            many.as_str(),
+        ];
+        let rows = self.topologies.iter().map(|t| {
+            let round_trip = 2.0
+                * t.delays_ms
+                    .get(Hop::EdgeRedis.name())
+                    .copied()
+                    .unwrap_or(0.0);
+            vec![
+                t.name.clone(),
+                format!("{round_trip}"),
+                cell(l2(t, EDGE_ONE)),
+                cell(l2(t, EDGE)),
+            ]
+        });
+        Some(md_table(&header, |i| i > 0, rows))
+    }
+
     pub fn markdown(&self) -> String {
         let mut out = String::new();
         let s = &self.settings;
@@ -300,7 +341,15 @@ impl TopologyReport {
             self.edge_runtime.why,
             self.total_s.round()
         );
+        out.push_str(&s.overrides_markdown());
         out.push_str(&self.markdown_table());
+        if let Some(table) = self.l2_by_connections_table() {
+            let _ = writeln!(
+                out,
+                "\nL2 hits (Zipf) from one connection and from every connection, p50 / p99 in ms:\n"
+            );
+            out.push_str(&table);
+        }
         let _ = writeln!(out, "\n## Topologies\n");
         for t in &self.topologies {
             let delays: Vec<String> = t
@@ -467,6 +516,37 @@ mod tests {
             md.contains("26.0× faster | SHARED 45.0% · L1 30.0% · L2 25.0% |"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn l2_hits_from_one_connection_sit_beside_those_from_every_connection() {
+        let edge = run(
+            EDGE,
+            "zipf",
+            &[("L2", 80, (4_000, 9_000)), ("L1", 20, (500, 900))],
+        );
+        let mut r = report(vec![edge.clone()]);
+        assert_eq!(
+            r.l2_by_connections_table(),
+            None,
+            "no 1-connection run, no table"
+        );
+        let one = run(EDGE_ONE, "zipf", &[("L2", 80, (2_600, 3_100))]);
+        r = report(vec![edge, one]);
+        r.settings.concurrency = 16;
+        let md = r.l2_by_connections_table().unwrap();
+        assert!(
+            md.contains("| L2 hit, 1 connection | L2 hit, 16 connections |"),
+            "{md}"
+        );
+        // `edge`: 1 ms one way to Redis, a 2 ms round trip.
+        assert!(
+            md.contains("| edge | 2 | 2.60 / 3.10 | 4.00 / 9.00 |"),
+            "{md}"
+        );
+        assert!(r.markdown().contains(&md));
+        // The extra run adds no line to the main table.
+        assert!(!r.markdown_table().contains(EDGE_ONE));
     }
 
     #[test]

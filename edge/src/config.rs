@@ -17,7 +17,7 @@ use crate::budget::BudgetSettings;
 use crate::ratelimit::WriteLimit;
 
 /// Every Spin variable the edge reads, as declared under `[component.aside-edge.variables]`.
-pub const VARIABLES: [&str; 31] = [
+pub const VARIABLES: [&str; 32] = [
     "redis_address",
     "redis_database",
     "redis_user",
@@ -49,6 +49,7 @@ pub const VARIABLES: [&str; 31] = [
     "shared_tier_slots",
     "origin_budget_per_s",
     "origin_budget_burst",
+    "redis_max_connections",
 ];
 
 /// Subjects the write limit remembers at most per instance (see [`crate::ratelimit`]).
@@ -113,6 +114,8 @@ pub struct Config {
     pub origin_token: String,
     pub l1: L1Limits,
     pub redis_timeout: Duration,
+    /// Redis connections an instance keeps open at most (`redis_max_connections`; see [`crate::l2`]).
+    pub redis_max_connections: usize,
     pub origin_timeout: Duration,
     /// The Redis breaker: `redis_failure_threshold`, `redis_backoff_ms`.
     pub redis_breaker: BreakerSettings,
@@ -146,6 +149,7 @@ impl fmt::Debug for Config {
             .field("origin_token", &"<secret>")
             .field("l1", &self.l1)
             .field("redis_timeout", &self.redis_timeout)
+            .field("redis_max_connections", &self.redis_max_connections)
             .field("origin_timeout", &self.origin_timeout)
             .field("redis_breaker", &self.redis_breaker)
             .field("origin_breaker", &self.origin_breaker)
@@ -299,6 +303,8 @@ impl Config {
                 as u32,
             burst: parse_number(get("origin_budget_burst")?, 1, 1_000_000, BUDGET_BURST)? as u32,
         };
+        let redis_max_connections =
+            parse_number(get("redis_max_connections")?, 1, 64, CONNECTIONS)? as usize;
 
         let redis_url = format!(
             "{redis_scheme}://{}:{}@{redis_address}/{redis_database}",
@@ -312,6 +318,7 @@ impl Config {
             origin_token,
             l1,
             redis_timeout,
+            redis_max_connections,
             origin_timeout,
             redis_breaker,
             origin_breaker,
@@ -353,6 +360,7 @@ const BURST: &str = "a whole number of writes from 1 to 1000000";
 const BUDGET_RATE: &str = "a whole number of origin reads a second from 0 (no budget) to 1000000";
 const BUDGET_BURST: &str = "a whole number of origin reads from 1 to 1000000";
 const SLOTS: &str = "a whole number of slots from 1 to 1000000";
+const CONNECTIONS: &str = "a whole number of connections from 1 to 64";
 const BETA: &str = "a decimal number from 0 to 100 (e.g. 1.0; 0 turns early refresh off)";
 
 fn millis(ms: u64) -> Duration {
@@ -561,6 +569,7 @@ mod tests {
             "shared_tier_slots" => "16384",
             "origin_budget_per_s" => "500",
             "origin_budget_burst" => "500",
+            "redis_max_connections" => "16",
             _ => return None,
         })
     }
@@ -630,6 +639,7 @@ mod tests {
             }
         );
         assert_eq!(c.redis_timeout, Duration::from_millis(250));
+        assert_eq!(c.redis_max_connections, 16);
         assert_eq!(c.origin_timeout, Duration::from_millis(2000));
         assert_eq!(
             c.redis_breaker,
@@ -788,6 +798,8 @@ mod tests {
             ("l1_max_entries", "1e4"),
             ("l1_max_bytes", "99999999999999999999999"),
             ("redis_timeout_ms", "0"),
+            ("redis_max_connections", "0"),
+            ("redis_max_connections", "65"),
             ("origin_timeout_ms", ""),
             ("redis_backoff_ms", "3600001"),
             ("request_budget_ms", "0"),

@@ -1,14 +1,25 @@
 //! Tier 2: read-only profile lookups in Redis through Spin's Redis binding (`spin:redis/redis@3.0.0`).
 //!
 //! The edge's Redis user may only read (`HGETALL`, `HMGET`, ...), so both reads go through
-//! `Connection::execute`. One connection per instance is opened on first use and kept: Spin reuses
-//! instances, so this saves a connect and an `AUTH` per request. A failure of any kind (cannot connect,
-//! command error, slower than `redis_timeout_ms` or than what is left of the request's budget) drops the
-//! connection and counts towards the breaker ([`crate::backoff`]): after `redis_failure_threshold`
-//! consecutive failures the next requests go straight to the origin until a probe succeeds.
+//! [`Redis::execute`]. Connections are pooled per instance ([`Pool`]): a command takes an idle
+//! connection, or opens one when none is idle, so at most one command is in flight on each connection.
+//! Spin's binding writes each command on a socket with Nagle's algorithm on, so a command written while
+//! another is unanswered on the same connection waits for that one's ACK: about one more round trip.
+//! Spin reuses instances, so a connection's connect and `AUTH` are paid once per instance, not per request.
+//! At most `redis_max_connections` are open per instance (default 16, Spin's default of concurrent
+//! requests per instance); at that bound a command shares the connection with the fewest commands in
+//! flight rather than waiting or skipping Redis.
+//!
+//! A failure of any kind (cannot connect, command error, slower than `redis_timeout_ms` or than what is
+//! left of the request's budget) drops the connection and counts towards the breaker ([`crate::backoff`]):
+//! after `redis_failure_threshold` consecutive failures the next requests go straight to the origin until
+//! a probe succeeds. A connection that had answered before and now fails (Redis restarted and closed it
+//! while it sat in the pool) is dropped with every other idle one, and the command is tried once more on a
+//! new connection within the same time limit: a restart costs no request its Redis read.
 //! A hash that is missing or does not parse is a plain miss: it says nothing about Redis's health.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::rc::Rc;
 
 use std::time::Duration;
@@ -63,9 +74,7 @@ impl<T> Read<T> {
 /// The instance's Redis client state.
 pub struct Redis {
     config: Rc<Config>,
-    connection: RefCell<Option<Rc<Connection>>>,
-    /// Concurrent requests that find no connection open one together.
-    opening: Rc<SingleFlight<(), Result<Rc<Connection>, Failure>>>,
+    pool: Pool<Connection>,
     breaker: RefCell<Breaker>,
     /// When Redis last answered a command of this instance: evidence that it is up while another
     /// command waits (see [`Verdict::of_timeout`]).
@@ -76,6 +85,142 @@ pub struct Redis {
     counted_timeout: Cell<Nanos>,
     /// Requests shed because Redis could not be heard within their budget (for the log).
     shed: Cell<u64>,
+}
+
+/// One pooled connection and how many commands are in flight on it (more than one only at the bound).
+struct Pooled<C> {
+    connection: C,
+    in_flight: Cell<usize>,
+    /// Whether a command has completed on it: a failure then may be a connection that died idle.
+    answered: Cell<bool>,
+}
+
+/// A connection taken from the [`Pool`] for one command; given back when dropped.
+struct Lease<C> {
+    pooled: Rc<Pooled<C>>,
+}
+
+impl<C> Drop for Lease<C> {
+    fn drop(&mut self) {
+        self.pooled.in_flight.set(self.pooled.in_flight.get() - 1);
+    }
+}
+
+/// The instance's connections (generic over the connection so the policy is tested natively).
+/// Single-threaded (an instance runs on one thread), so plain cells.
+struct Pool<C> {
+    /// `redis_max_connections`: open or being opened, at most this many.
+    bound: usize,
+    /// The open connections, idle or busy, oldest first.
+    open: RefCell<Vec<Rc<Pooled<C>>>>,
+    /// Connections being opened, each under its own key in `opening`.
+    pending: RefCell<Vec<u64>>,
+    next_key: Cell<u64>,
+    /// At the bound with every connection still being opened, a command joins one of those opens.
+    opening: Rc<SingleFlight<u64, Option<Rc<Pooled<C>>>>>,
+}
+
+/// Counts a connection as being opened until its open ends (or its request is cancelled).
+struct Opening<'a, C> {
+    pool: &'a Pool<C>,
+    key: u64,
+}
+
+impl<C> Drop for Opening<'_, C> {
+    fn drop(&mut self) {
+        self.pool.pending.borrow_mut().retain(|k| *k != self.key);
+    }
+}
+
+impl<C> Pool<C> {
+    fn new(bound: usize) -> Self {
+        Self {
+            bound: bound.max(1),
+            open: RefCell::default(),
+            pending: RefCell::default(),
+            next_key: Cell::new(0),
+            opening: Rc::default(),
+        }
+    }
+
+    /// A connection for one command: an idle one, else a new one (`open`) while fewer than the bound
+    /// are open or being opened, else the least busy open one. `None`: a new connection was needed and
+    /// `open` could not open it.
+    async fn take<F, Fut>(&self, open: F) -> Option<Lease<C>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Option<C>>,
+    {
+        let mut open = Some(open);
+        loop {
+            let least_busy = self
+                .open
+                .borrow()
+                .iter()
+                .rev()
+                .min_by_key(|p| p.in_flight.get())
+                .cloned();
+            if let Some(pooled) = least_busy.as_ref().filter(|p| p.in_flight.get() == 0) {
+                return Some(Self::lease(pooled));
+            }
+            if self.open.borrow().len() + self.pending.borrow().len() < self.bound
+                && let Some(open) = open.take()
+            {
+                return self.open_new(open).await.map(|p| Self::lease(&p));
+            }
+            if let Some(pooled) = least_busy {
+                return Some(Self::lease(&pooled));
+            }
+            // At the bound and every connection is still being opened: share the oldest open's result.
+            let key = *self.pending.borrow().first()?;
+            if let (Some(pooled), _) = self.opening.run(key, || async { None }).await {
+                return Some(Self::lease(&pooled));
+            }
+            // That open failed or ended before it could be joined: look again.
+        }
+    }
+
+    fn lease(pooled: &Rc<Pooled<C>>) -> Lease<C> {
+        pooled.in_flight.set(pooled.in_flight.get() + 1);
+        Lease {
+            pooled: Rc::clone(pooled),
+        }
+    }
+
+    /// Opens a connection with `open` and adds it to the pool.
+    async fn open_new<Fut>(&self, open: impl FnOnce() -> Fut) -> Option<Rc<Pooled<C>>>
+    where
+        Fut: Future<Output = Option<C>>,
+    {
+        let key = self.next_key.get();
+        self.next_key.set(key + 1);
+        self.pending.borrow_mut().push(key);
+        let _opening = Opening { pool: self, key };
+        let (pooled, _) = self
+            .opening
+            .run(key, || async {
+                let pooled = Rc::new(Pooled {
+                    connection: open().await?,
+                    in_flight: Cell::new(0),
+                    answered: Cell::new(false),
+                });
+                self.open.borrow_mut().push(Rc::clone(&pooled));
+                Some(pooled)
+            })
+            .await;
+        pooled
+    }
+
+    /// Drops `pooled` from the pool (closed once its last lease is given back).
+    fn discard(&self, pooled: &Rc<Pooled<C>>) {
+        self.open.borrow_mut().retain(|p| !Rc::ptr_eq(p, pooled));
+    }
+
+    /// Drops every idle connection: after one that had answered fails, the others opened before it are
+    /// suspect too (a restarted Redis closed them all).
+    fn discard_idle(&self) {
+        self.open.borrow_mut().retain(|p| p.in_flight.get() > 0);
+    }
 }
 
 /// Why a command did not produce a usable reply.
@@ -92,9 +237,8 @@ impl Redis {
     pub fn new(config: Rc<Config>) -> Self {
         let settings = config.redis_breaker;
         Self {
+            pool: Pool::new(config.redis_max_connections),
             config,
-            connection: RefCell::new(None),
-            opening: Rc::default(),
             breaker: RefCell::new(Breaker::new(settings.threshold, settings.backoff)),
             last_answer: Cell::new(0),
             recent_answers: Cell::new(None),
@@ -172,15 +316,17 @@ impl Redis {
     }
 
     /// Runs one command under the breaker and the timeout (`limit`, the smaller of `redis_timeout_ms`
-    /// and what is left of the request's budget). `Miss` here means "Redis answered with a data error"
-    /// (a key of the wrong type): reachable, but nothing to use.
+    /// and what is left of the request's budget), on a pooled connection no other command is using
+    /// (below the bound). `Miss` here means "Redis answered with a data error" (a key of the wrong type):
+    /// reachable, but nothing to use. The edge's Redis user may only read: write commands fail.
     ///
     /// A command still unanswered at `limit` is judged by [`Verdict::of_timeout`]: a failure of
     /// Redis counts towards the breaker and the request goes on without Redis (`Failed`); a stall
     /// put down to the edge's own saturation blames nothing, and the request keeps waiting for the
     /// same answer until `deadline` (Redis is up: giving its load to the origin would only add work),
     /// then gives up (`Shed`: answered from a stale copy or with a 503, never through the origin).
-    async fn execute(
+    /// A late call is never cancelled (crate::clock): it keeps its connection until it ends.
+    pub async fn execute(
         &self,
         command: &str,
         arguments: Vec<RedisParameter>,
@@ -197,45 +343,88 @@ impl Redis {
         let mut permit = Some(permit);
         let mut counted = None;
         let mut saturated = None;
-        let attempt = match self.connection(limit, started, deadline).await {
-            Err(Failure::Unheard(verdict)) => {
-                saturated = Some(verdict);
-                Err(Failure::TimedOut)
-            }
-            Err(failure) => Err(failure),
-            Ok(connection) => {
-                let command = command.to_string();
-                // Owns what it needs: a late call is left to finish, never cancelled (crate::clock).
-                let call = Box::pin(async move {
-                    match connection.execute(&command, arguments).await {
-                        Ok(reply) => Ok(Some(reply)),
-                        Err(e) if is_data_error(&e) => Ok(None),
-                        Err(e) => Err(Failure::Command(describe(&e))),
+        let mut retried = false;
+        let attempt = loop {
+            let why_not = Cell::new(None);
+            let Some(lease) = self
+                .pool
+                .take(|| self.open(limit, started, deadline, &why_not))
+                .await
+            else {
+                match why_not.take() {
+                    Some(Failure::Unheard(verdict)) => {
+                        saturated = Some(verdict);
+                        break Err(Failure::TimedOut);
                     }
-                });
-                let left = limit
-                    .saturating_sub(Duration::from_nanos(clock::now().saturating_sub(started)));
-                match clock::race(left, call).await {
-                    Ok(answer) => answer,
-                    Err(late) => match self.judge(limit, started) {
-                        verdict @ Verdict::Saturated(_) => {
-                            saturated = Some(verdict);
-                            clock::within(patience(deadline), late)
-                                .await
-                                .unwrap_or(Err(Failure::TimedOut))
-                        }
-                        Verdict::Failing(_) => {
-                            // Counted now (the breaker may open for the requests after it), but
-                            // this request keeps waiting for the same answer within its budget:
-                            // one stall is not yet an outage, and the origin is the costlier path.
-                            counted = self.count_timeout(permit.take(), started);
-                            clock::within(patience(deadline), late)
-                                .await
-                                .unwrap_or(Err(Failure::TimedOut))
-                        }
-                    },
+                    Some(failure) => break Err(failure),
+                    // Joined another request's open, which failed.
+                    None => break Err(Failure::Connect),
+                }
+            };
+            let pooled = Rc::clone(&lease.pooled);
+            let name = command.to_string();
+            let args = arguments.clone();
+            // Owns its lease: a late call is left to finish, never cancelled (crate::clock), and its
+            // connection is not given to another command until it has.
+            let call = Box::pin(async move {
+                let result = lease.pooled.connection.execute(&name, args).await;
+                drop(lease);
+                match result {
+                    Ok(reply) => Ok(Some(reply)),
+                    Err(e) if is_data_error(&e) => Ok(None),
+                    Err(e) => Err(Failure::Command(describe(&e))),
+                }
+            });
+            let left =
+                limit.saturating_sub(Duration::from_nanos(clock::now().saturating_sub(started)));
+            let result = match clock::race(left, call).await {
+                Ok(answer) => answer,
+                Err(late) => match self.judge(limit, started) {
+                    verdict @ Verdict::Saturated(_) => {
+                        saturated = Some(verdict);
+                        clock::within(patience(deadline), late)
+                            .await
+                            .unwrap_or(Err(Failure::TimedOut))
+                    }
+                    Verdict::Failing(_) => {
+                        // Counted now (the breaker may open for the requests after it), but
+                        // this request keeps waiting for the same answer within its budget:
+                        // one stall is not yet an outage, and the origin is the costlier path.
+                        counted = self.count_timeout(permit.take(), started);
+                        clock::within(patience(deadline), late)
+                            .await
+                            .unwrap_or(Err(Failure::TimedOut))
+                    }
+                },
+            };
+            match &result {
+                Ok(_) => pooled.answered.set(true),
+                Err(failure) => {
+                    // Whatever state the connection is in, it is not trusted again.
+                    self.pool.discard(&pooled);
+                    let retry = matches!(failure, Failure::Command(_))
+                        && pooled.answered.get()
+                        && !retried
+                        && saturated.is_none()
+                        && permit.is_some();
+                    if retry {
+                        // It worked before: it may have died idle (Redis restarted). So may the
+                        // other idle ones; try once more on a new connection, within the same limit.
+                        self.pool.discard_idle();
+                        retried = true;
+                        eprintln!(
+                            "aside-edge: redis {command} failed on a pooled connection ({}); \
+                             retrying on a new one",
+                            match failure {
+                                Failure::Command(e) => self.config.scrub(e),
+                                _ => String::new(),
+                            }
+                        );
+                        continue;
+                    }
                 }
             }
+            break result;
         };
         if attempt.is_ok() {
             self.answered(Duration::from_nanos(clock::now().saturating_sub(started)));
@@ -288,8 +477,6 @@ impl Redis {
             Ok(Some(reply)) => Read::Hit(reply),
             Ok(None) => Read::Miss,
             Err(failure) => {
-                // Whatever state the connection is in, it is not trusted again.
-                self.connection.borrow_mut().take();
                 let (why, cause) = match failure {
                     Failure::Connect => ("cannot connect".to_string(), Failing::Error),
                     Failure::Command(e) => (
@@ -355,60 +542,57 @@ impl Redis {
         self.recent_answers.set(Some(recent));
     }
 
-    /// The open connection, opening one if there is none: within `limit` (counted from `started`),
-    /// or, when the edge is saturated ([`Verdict::of_timeout`]), until `deadline`.
-    async fn connection(
+    /// A new connection for the pool: within `limit` (counted from `started`), or, when the edge is
+    /// saturated ([`Verdict::of_timeout`]), until `deadline`. `None` says why in `why_not`.
+    async fn open(
         &self,
         limit: Duration,
         started: Nanos,
         deadline: Deadline,
-    ) -> Result<Rc<Connection>, Failure> {
-        if let Some(open) = self.connection.borrow().as_ref() {
-            return Ok(Rc::clone(open));
-        }
-        let (connection, _) = self
-            .opening
-            .run((), || async {
-                let url = self.config.redis_url.clone();
-                let opening = clock::now();
-                let open = Box::pin(async move { Connection::open(&url).await });
-                let opened = match clock::race(limit, open).await {
-                    Ok(opened) => Some(opened),
-                    Err(late) => match self.judge(limit, started) {
-                        verdict @ Verdict::Saturated(_) => {
-                            match clock::within(patience(deadline), late).await {
-                                Some(opened) => Some(opened),
-                                None => return Err(Failure::Unheard(verdict)),
-                            }
+        why_not: &Cell<Option<Failure>>,
+    ) -> Option<Connection> {
+        let url = self.config.redis_url.clone();
+        let opening = clock::now();
+        let open = Box::pin(async move { Connection::open(&url).await });
+        let opened = match clock::race(limit, open).await {
+            Ok(opened) => Some(opened),
+            Err(late) => match self.judge(limit, started) {
+                verdict @ Verdict::Saturated(_) => {
+                    match clock::within(patience(deadline), late).await {
+                        Some(opened) => Some(opened),
+                        None => {
+                            why_not.set(Some(Failure::Unheard(verdict)));
+                            return None;
                         }
-                        Verdict::Failing(_) => {
-                            clock::detach(async move {
-                                let _ = late.await;
-                            });
-                            None
-                        }
-                    },
-                };
-                match opened {
-                    Some(Ok(c)) => {
-                        // Opening logs in (AUTH, SELECT): Redis answered.
-                        self.answered(Duration::from_nanos(clock::now().saturating_sub(opening)));
-                        let c = Rc::new(c);
-                        *self.connection.borrow_mut() = Some(Rc::clone(&c));
-                        Ok(c)
                     }
-                    Some(Err(e)) => {
-                        eprintln!(
-                            "aside-edge: redis connection failed: {}",
-                            self.config.scrub(&describe(&e))
-                        );
-                        Err(Failure::Connect)
-                    }
-                    None => Err(Failure::TimedOut),
                 }
-            })
-            .await;
-        connection
+                Verdict::Failing(_) => {
+                    clock::detach(async move {
+                        let _ = late.await;
+                    });
+                    None
+                }
+            },
+        };
+        match opened {
+            Some(Ok(connection)) => {
+                // Opening logs in (AUTH, SELECT): Redis answered.
+                self.answered(Duration::from_nanos(clock::now().saturating_sub(opening)));
+                Some(connection)
+            }
+            Some(Err(e)) => {
+                eprintln!(
+                    "aside-edge: redis connection failed: {}",
+                    self.config.scrub(&describe(&e))
+                );
+                why_not.set(Some(Failure::Connect));
+                None
+            }
+            None => {
+                why_not.set(Some(Failure::TimedOut));
+                None
+            }
+        }
     }
 }
 
@@ -580,5 +764,151 @@ mod tests {
         )));
         assert!(!is_data_error(&Error::Other("connection refused".into())));
         assert!(!is_data_error(&Error::InvalidAddress));
+    }
+
+    mod pool {
+        use std::cell::Cell;
+        use std::rc::Rc;
+
+        use futures::channel::oneshot;
+        use futures::executor::LocalPool;
+        use futures::task::LocalSpawnExt;
+
+        use super::super::{Lease, Pool};
+
+        /// A pool of numbered fake connections and how many were opened.
+        fn pool(bound: usize) -> (Rc<Pool<u32>>, Rc<Cell<u32>>) {
+            (Rc::new(Pool::new(bound)), Rc::new(Cell::new(0)))
+        }
+
+        fn take(pool: &Pool<u32>, opened: &Rc<Cell<u32>>) -> Lease<u32> {
+            let opened = Rc::clone(opened);
+            LocalPool::new()
+                .run_until(pool.take(|| async move {
+                    opened.set(opened.get() + 1);
+                    Some(opened.get())
+                }))
+                .expect("a connection")
+        }
+
+        fn in_flight(pool: &Pool<u32>) -> Vec<(u32, usize)> {
+            pool.open
+                .borrow()
+                .iter()
+                .map(|p| (p.connection, p.in_flight.get()))
+                .collect()
+        }
+
+        #[test]
+        fn one_after_another_commands_reuse_one_connection() {
+            let (pool, opened) = pool(16);
+            for _ in 0..5 {
+                let lease = take(&pool, &opened);
+                assert_eq!(lease.pooled.connection, 1);
+            }
+            assert_eq!(opened.get(), 1);
+            assert_eq!(in_flight(&pool), vec![(1, 0)]);
+        }
+
+        #[test]
+        fn concurrent_commands_each_get_their_own_connection_up_to_the_bound_then_share() {
+            let (pool, opened) = pool(3);
+            let leases: Vec<_> = (0..3).map(|_| take(&pool, &opened)).collect();
+            assert_eq!(opened.get(), 3, "no command waits on a busy connection");
+            assert_eq!(in_flight(&pool), vec![(1, 1), (2, 1), (3, 1)]);
+            // At the bound: the least busy connection is shared, nothing more is opened.
+            let fourth = take(&pool, &opened);
+            let fifth = take(&pool, &opened);
+            assert_eq!(opened.get(), 3);
+            assert_eq!(
+                in_flight(&pool).iter().map(|(_, n)| n).sum::<usize>(),
+                5,
+                "{:?}",
+                in_flight(&pool)
+            );
+            assert!(in_flight(&pool).iter().all(|(_, n)| *n <= 2));
+            assert_ne!(fourth.pooled.connection, fifth.pooled.connection);
+            drop(leases);
+            drop((fourth, fifth));
+            assert!(in_flight(&pool).iter().all(|(_, n)| *n == 0));
+            // Once given back, they are idle and reused.
+            let again = take(&pool, &opened);
+            assert!((1..=3).contains(&again.pooled.connection));
+            assert_eq!(opened.get(), 3);
+        }
+
+        #[test]
+        fn a_discarded_connection_is_never_handed_out_again_and_idle_ones_can_be_dropped_at_once() {
+            let (pool, opened) = pool(4);
+            let a = take(&pool, &opened);
+            let b = take(&pool, &opened);
+            let c = take(&pool, &opened);
+            let dead = Rc::clone(&a.pooled);
+            drop((a, c));
+            pool.discard(&dead);
+            assert_eq!(in_flight(&pool), vec![(2, 1), (3, 0)]);
+            pool.discard_idle();
+            assert_eq!(in_flight(&pool), vec![(2, 1)], "the busy one stays");
+            drop(b);
+            let next = take(&pool, &opened);
+            assert_eq!(next.pooled.connection, 2);
+            let other = take(&pool, &opened);
+            assert_eq!(
+                other.pooled.connection, 4,
+                "a new one, not the discarded 1 or 3"
+            );
+        }
+
+        #[test]
+        fn a_failed_open_gives_nothing_and_frees_its_place() {
+            let (pool, _) = pool(1);
+            let mut local = LocalPool::new();
+            assert!(local.run_until(pool.take(|| async { None })).is_none());
+            assert!(pool.pending.borrow().is_empty());
+            let lease = local
+                .run_until(pool.take(|| async { Some(9) }))
+                .expect("the place is free again");
+            assert_eq!(lease.pooled.connection, 9);
+        }
+
+        #[test]
+        fn at_the_bound_with_every_connection_still_opening_a_command_joins_an_open() {
+            let (pool, _) = pool(1);
+            let mut local = LocalPool::new();
+            let (connected, gate) = oneshot::channel::<()>();
+            let got = Rc::new(Cell::new((0, 0)));
+            for (i, gate) in [(0, Some(gate)), (1, None)] {
+                let (pool, got) = (Rc::clone(&pool), Rc::clone(&got));
+                local
+                    .spawner()
+                    .spawn_local(async move {
+                        let lease = pool
+                            .take(|| async move {
+                                gate?.await.ok()?;
+                                Some(7)
+                            })
+                            .await
+                            .expect("a connection");
+                        let (a, b) = got.get();
+                        got.set(if i == 0 {
+                            (lease.pooled.connection, b)
+                        } else {
+                            (a, lease.pooled.connection)
+                        });
+                        std::mem::forget(lease);
+                    })
+                    .unwrap();
+            }
+            local.run_until_stalled();
+            assert_eq!(
+                got.get(),
+                (0, 0),
+                "both wait for the one connection being opened"
+            );
+            connected.send(()).unwrap();
+            local.run();
+            assert_eq!(got.get(), (7, 7));
+            assert_eq!(in_flight(&pool), vec![(7, 2)]);
+        }
     }
 }
