@@ -11,12 +11,12 @@ mod bench;
 mod cmd;
 mod fuzz;
 mod test;
-mod token;
 mod up;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use xtask::token;
 
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", about = "aside project commands")]

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use clap::Args;
 use ed25519_dalek::{Signer as _, SigningKey};
 
-use xtask::local;
+use crate::local;
 
 /// The `iss` of local tokens (the edge's `auth_issuer` under `up`).
 pub const ISSUER: &str = "aside-local";
