@@ -1249,18 +1249,18 @@ fn fill_redis(
     let fill = Instant::now();
     let rows = config.rows;
     let args = loader_args(stack.ports.url(Target::Origin), Target::Origin, stack)
-    .into_iter()
-    .chain([
-        "--keys".into(),
-        "walk".into(),
-        "--ids".into(),
-        rows.to_string(),
-        "--requests".into(),
-        rows.to_string(),
-        "--concurrency".into(),
-        config.concurrency.to_string(),
-    ])
-    .collect::<Vec<_>>();
+        .into_iter()
+        .chain([
+            "--keys".into(),
+            "walk".into(),
+            "--ids".into(),
+            rows.to_string(),
+            "--requests".into(),
+            rows.to_string(),
+            "--concurrency".into(),
+            config.concurrency.to_string(),
+        ])
+        .collect::<Vec<_>>();
     let result = run_loader(
         &config.bin,
         &args,

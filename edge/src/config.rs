@@ -818,10 +818,7 @@ mod tests {
             source(&[("auth_jwks", Some(" ")), ("auth_jwks_url", Some(url))]),
             Ok(KeySource::JwksUrl(url.into()))
         );
-        assert_eq!(
-            source(&[("auth_jwks", Some(""))]),
-            Ok(KeySource::Discovery)
-        );
+        assert_eq!(source(&[("auth_jwks", Some(""))]), Ok(KeySource::Discovery));
         for bad in [
             "id.example",
             "ftp://id.example",
@@ -831,8 +828,13 @@ mod tests {
             "https://id.example/#k",
         ] {
             assert!(
-                matches!(source(&[("auth_jwks", Some("")), ("auth_jwks_url", Some(bad))]),
-                    Err(ConfigError::Malformed { name: "auth_jwks_url", .. })),
+                matches!(
+                    source(&[("auth_jwks", Some("")), ("auth_jwks_url", Some(bad))]),
+                    Err(ConfigError::Malformed {
+                        name: "auth_jwks_url",
+                        ..
+                    })
+                ),
                 "{bad}"
             );
         }

@@ -55,10 +55,9 @@ impl Edge {
         let config = Rc::new(config);
         let shared = Rc::new(SharedTier::new(Rc::clone(&config)));
         let auth = match &config.auth {
-            Auth::Jwt(settings) => Some(Authenticator::new(
-                Rc::clone(settings),
-                Rc::clone(&shared),
-            )),
+            Auth::Jwt(settings) => {
+                Some(Authenticator::new(Rc::clone(settings), Rc::clone(&shared)))
+            }
             Auth::Off => None,
         };
         Self {
@@ -180,12 +179,11 @@ async fn admit(
     let Some(authenticator) = &edge.auth else {
         return Ok(None);
     };
-    let checked = match auth::bearer_token(
-        request.headers().get(AUTHORIZATION).map(|v| v.as_bytes()),
-    ) {
-        Ok(token) => authenticator.check(token, deadline).await,
-        Err(rejected) => Err(Refusal::Token(rejected)),
-    };
+    let checked =
+        match auth::bearer_token(request.headers().get(AUTHORIZATION).map(|v| v.as_bytes())) {
+            Ok(token) => authenticator.check(token, deadline).await,
+            Err(rejected) => Err(Refusal::Token(rejected)),
+        };
     let caller = match checked {
         Ok(caller) => caller,
         Err(Refusal::Token(rejected)) => {

@@ -15,8 +15,8 @@
 //! **Where kept**: in the instance's memory, and, when the process-wide tier's key-value store is
 //! configured (`shared_tier_store`), in it too ([`Snapshot`] under `aside:jwks`, the time of the last
 //! fetch attempt under `aside:jwks:attempt`), so that every instance of the process uses the keys one of
-//! them fetched and the attempt interval holds for the process; without the store, both hold per
-//! instance.
+//! them fetched (an instance looks for a newer set at most once per [`SYNC_INTERVAL`]) and the attempt
+//! interval holds for the process; without the store, both hold per instance.
 //!
 //! **When the provider fails** (unreachable, an error status, a document that is not a usable JWKS):
 //! the last good keys stay in use until `auth_keys_max_stale_s` after they were fetched, and a log line
@@ -40,6 +40,8 @@ pub const JWKS_KEY: &str = "aside:jwks";
 pub const ATTEMPT_KEY: &str = "aside:jwks:attempt";
 /// The freshness of a JWKS answer without `max-age`, before clamping.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(300);
+/// How often an instance looks for a newer set in the store while its own is fresh.
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// The largest discovery document or JWKS read.
 pub const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
 /// The longest one fetch (discovery and JWKS) may take.
@@ -195,6 +197,8 @@ pub struct Keys {
     shared: Option<Rc<SharedTier>>,
     current: RefCell<Option<Current>>,
     last_attempt_ms: Cell<Option<i64>>,
+    /// When the instance last looked at the store's set (wall-clock milliseconds).
+    synced_ms: Cell<i64>,
     fetching: Rc<SingleFlight<(), ()>>,
 }
 
@@ -212,6 +216,7 @@ impl Keys {
             shared: shared.filter(|s| s.is_on()),
             current: RefCell::new(None),
             last_attempt_ms: Cell::new(None),
+            synced_ms: Cell::new(i64::MIN),
             fetching: Rc::default(),
         }
     }
@@ -234,6 +239,14 @@ impl Keys {
         }
         let unknown = unknown_kid.is_some();
         let now_ms = clock::wall_ms();
+        // With the store, another instance's newer set (a rotation it fetched) is taken up within
+        // SYNC_INTERVAL, even while this instance's own set is still fresh.
+        if self.shared.is_some()
+            && now_ms.saturating_sub(self.synced_ms.get()) >= millis(SYNC_INTERVAL)
+        {
+            self.synced_ms.set(now_ms);
+            self.adopt_shared(deadline).await;
+        }
         if self.plan(now_ms, unknown) == Plan::Use {
             return self.usable(now_ms);
         }
@@ -255,7 +268,8 @@ impl Keys {
             _ => self.last_attempt_ms.get(),
         };
         let may_fetch = self.plan(now_ms, unknown) == Plan::Fetch
-            && last.is_none_or(|at| plan(now_ms, None, Some(at), true, &self.policy) == Plan::Fetch);
+            && last
+                .is_none_or(|at| plan(now_ms, None, Some(at), true, &self.policy) == Plan::Fetch);
         if may_fetch {
             let fetching = Rc::clone(&self.fetching);
             fetching.run((), || self.refresh(deadline)).await;

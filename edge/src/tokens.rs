@@ -98,8 +98,8 @@ impl Authenticator {
         if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
             return Err(Rejected::Invalid(Invalid::Malformed).into());
         }
-        let remembering = self.settings.token_cache_entries > 0
-            && !self.settings.token_cache_max_age.is_zero();
+        let remembering =
+            self.settings.token_cache_entries > 0 && !self.settings.token_cache_max_age.is_zero();
         let hash = hash(token);
         let now_ms = clock::wall_ms();
         if remembering {
@@ -133,8 +133,8 @@ impl Authenticator {
         }?;
         let caller = Rc::new(verified.caller);
         if let (true, Some(kid)) = (remembering, verified.kid) {
-            let max_age = i64::try_from(self.settings.token_cache_max_age.as_millis())
-                .unwrap_or(i64::MAX);
+            let max_age =
+                i64::try_from(self.settings.token_cache_max_age.as_millis()).unwrap_or(i64::MAX);
             let remembered = Remembered {
                 caller: Rc::clone(&caller),
                 until_ms: Remembered::until(now_ms, verified.expires_at, max_age),
@@ -287,7 +287,9 @@ impl SlotToken {
         let user = caller.user_id.map_or(-1, |id| i64::from(id.get()));
         out.extend_from_slice(&user.to_le_bytes());
         let scopes = caller.scopes;
-        out.push(u8::from(scopes.read) | (u8::from(scopes.write) << 1) | (u8::from(scopes.admin) << 2));
+        out.push(
+            u8::from(scopes.read) | (u8::from(scopes.write) << 1) | (u8::from(scopes.admin) << 2),
+        );
         for text in [r.kid.as_bytes(), caller.subject.as_bytes()] {
             out.extend_from_slice(&(text.len().min(u16::MAX as usize) as u16).to_le_bytes());
             out.extend_from_slice(&text[..text.len().min(u16::MAX as usize)]);
@@ -362,7 +364,11 @@ mod tests {
     fn the_key_is_the_whole_token() {
         let token = "aaa.bbb.ccc";
         assert_eq!(hash(token), hash("aaa.bbb.ccc"));
-        assert_ne!(hash(token), hash("aaa.bbb.ccd"), "one byte of the signature");
+        assert_ne!(
+            hash(token),
+            hash("aaa.bbb.ccd"),
+            "one byte of the signature"
+        );
         assert_ne!(hash(token), hash("aaa.bbb.ccc "));
     }
 

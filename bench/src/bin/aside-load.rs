@@ -299,8 +299,8 @@ fn url_parts(url: &str) -> anyhow::Result<(String, String)> {
 
 /// One closed-loop connection: request, whole answer, next request.
 async fn connection(plan: Arc<Plan>, seed: u64, number: usize) -> Tally {
-    let bearer = (!plan.bearers.is_empty())
-        .then(|| plan.bearers[number % plan.bearers.len()].as_str());
+    let bearer =
+        (!plan.bearers.is_empty()).then(|| plan.bearers[number % plan.bearers.len()].as_str());
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut tally = Tally::new();
     let mut sender: Option<SendRequest<Full<Bytes>>> = None;

@@ -127,11 +127,8 @@ impl OidcProvider {
         let modules = tokio::task::spawn_blocking(modules_dir).await??;
         // ESM resolves `oidc-provider` from the script's folder: the script runs beside node_modules.
         let script = modules.join("provider.mjs");
-        std::fs::copy(
-            workspace_root().join("tests/oidc/provider.mjs"),
-            &script,
-        )
-        .context("copy tests/oidc/provider.mjs")?;
+        std::fs::copy(workspace_root().join("tests/oidc/provider.mjs"), &script)
+            .context("copy tests/oidc/provider.mjs")?;
         let clients: Vec<Value> = self
             .clients
             .iter()
@@ -155,7 +152,11 @@ impl OidcProvider {
         let mut child =
             spawn_managed(command, StopSignal::Kill).context("cannot run node (Node.js 20+)")?;
         let port = self.port;
-        let up = wait_until(Duration::from_secs(30), || async move { port_open(port).await }).await;
+        let up = wait_until(
+            Duration::from_secs(30),
+            || async move { port_open(port).await },
+        )
+        .await;
         if !up || child.has_exited() {
             anyhow::bail!(
                 "the OpenID provider did not start on port {port}:\n{}",
