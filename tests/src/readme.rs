@@ -22,7 +22,9 @@
 //!   they must hold the first time);
 //! * `serves HOST:PORT until Ctrl-C`: a server in the foreground (`spin up`). It runs in the
 //!   background until the end of its block, the next commands run once HOST:PORT accepts connections,
-//!   and at the end of the block it gets Ctrl-C and must stop, leaving no process behind.
+//!   and at the end of the block it gets Ctrl-C and must stop, leaving no process behind. A
+//!   `cargo xtask up [flags]` that serves (after the README stopped the stack, e.g. to start over)
+//!   starts the stack under test again with those flags, for the rest of the README.
 //!
 //! Every other command must also exit with status 0.
 

@@ -6,7 +6,7 @@
 //! another when its code names it by a path that starts with `crate::` or `super::` (in a `use`, a type,
 //! an expression, or a macro's tokens; `super::` is resolved, re-exports in the crate root are followed
 //! to their module). Only siblings are compared, at every level: `cache` and `config` under the root,
-//! `http::users` and `http::refresh` under `http`; a module using its parent or its own children is the
+//! `http::users` and `http::admin` under `http`; a module using its parent or its own children is the
 //! normal shape of a tree. Test-only code (`#[cfg(test)]`) is left out: a test may reach anywhere.
 //!
 //! The graph of each level is split into strongly connected components; every component of two or more

@@ -11,7 +11,6 @@
 //! without one the edge runs under the bundled host, and `needs-spin` blocks are skipped, both said on
 //! stderr). In the end the stack is stopped as a user does (Ctrl-C) and must leave no process behind.
 
-use std::io::{BufRead as _, BufReader};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -19,11 +18,13 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use aside_tests::harness::{
-    ManagedChild, StopSignal, bin_dir, free_port, spawn_managed, temp_dir, workspace_root,
+    ManagedChild, StopSignal, bin_dir, free_port, spawn_managed, start_up, temp_dir,
+    workspace_root, xtask_binary,
 };
 use aside_tests::readme::{self, Block};
 
 /// The README's default ports and folder, as the commands name them, and this stack's.
+#[derive(Clone)]
 struct Stack {
     edge: u16,
     /// The edge the "Deploying the edge to Spin" section starts with `spin up` beside `up`'s.
@@ -62,21 +63,6 @@ impl Stack {
     }
 }
 
-/// This xtask: the one `cargo xtask test` runs (`ASIDE_XTASK`), else built now.
-fn xtask_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("ASIDE_XTASK") {
-        return PathBuf::from(path);
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "-p", "xtask"])
-        .current_dir(workspace_root())
-        .status()
-        .expect("run cargo build -p xtask");
-    assert!(status.success(), "cargo build -p xtask failed");
-    workspace_root().join("target/debug/xtask")
-}
-
 /// A running `cargo xtask up`, stopped (and its folders removed) when dropped.
 struct Up {
     child: ManagedChild,
@@ -84,6 +70,8 @@ struct Up {
     /// The Spin CLI the edge runs under (None: the bundled host).
     spin: Option<String>,
     stderr: PathBuf,
+    /// Remove the PostgreSQL cluster when dropped (not when a restarted stack took it over).
+    owns_data: bool,
 }
 
 impl Up {
@@ -97,65 +85,68 @@ impl Up {
             postgres: free_port(),
             state: dir.join("state"),
         };
-        let stderr = dir.join("up.stderr");
-        let mut command = Command::new(xtask);
-        command
-            .arg("up")
-            .arg("--state-dir")
-            .arg(&stack.state)
-            .args(["--edge-port", &stack.edge.to_string()])
-            .args(["--origin-port", &stack.origin.to_string()])
-            .args(["--redis-port", &stack.redis.to_string()])
-            .args(["--postgres-port", &stack.postgres.to_string()])
-            .args(["--count", "50"])
-            .arg("--bin-dir")
-            .arg(bin_dir())
-            .env("ASIDE_CACHE_TTL_SECS", "10")
-            .current_dir(workspace_root())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).expect("stderr file"));
-        // Its own group, as in a terminal where Ctrl-C reaches `up` (which stops its children itself).
-        command.process_group(0);
-        let mut child = spawn_managed(command, StopSignal::Kill).expect("start cargo xtask up");
-        let stdout = child.take_stdout().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                println!("up: {line}");
-                let _ = tx.send(line);
-            }
-        });
-        let mut up = Up {
-            child,
-            stack,
-            spin: None,
-            stderr,
-        };
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.starts_with("aside is up. Edge (spin up, ") => {
-                    let spin = line["aside is up. Edge (spin up, ".len()..]
-                        .split_once("):")
-                        .map(|(path, _)| path.to_string());
-                    up.spin = spin;
-                    break;
-                }
-                Ok(line) if line.starts_with("aside is up.") => break,
-                Ok(_) => {}
-                Err(_) => panic!("cargo xtask up did not come up:\n{}", up.stderr_text()),
-            }
+        Up::launch(xtask, stack, &dir.join("up.stderr"), &[])
+    }
+
+    /// A README command `cargo xtask up [flags]  # serves ... until Ctrl-C`, after the README stopped the
+    /// stack: the stack under test starts again, on the same ports and folder, with the README's flags,
+    /// and serves the rest of the README.
+    fn restart(&mut self, xtask: &Path, command: &readme::Command) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.child.has_exited() {
+            assert!(
+                Instant::now() < deadline,
+                "README.md line {}: `{}` while the previous `cargo xtask up` still runs (the README must stop it first)",
+                command.line,
+                command.text
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
-        match &up.spin {
+        let flags: Vec<String> = command.text["cargo xtask up".len()..]
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        let stderr = self
+            .stderr
+            .with_extension(format!("line-{}.stderr", command.line));
+        let next = Up::launch(xtask, self.stack.clone(), &stderr, &flags);
+        std::mem::replace(self, next).owns_data = false;
+    }
+
+    fn launch(xtask: &Path, stack: Stack, stderr: &Path, flags: &[String]) -> Up {
+        let mut args: Vec<String> = vec![
+            "--state-dir".into(),
+            stack.state.display().to_string(),
+            "--edge-port".into(),
+            stack.edge.to_string(),
+            "--origin-port".into(),
+            stack.origin.to_string(),
+            "--redis-port".into(),
+            stack.redis.to_string(),
+            "--postgres-port".into(),
+            stack.postgres.to_string(),
+            "--count".into(),
+            "50".into(),
+            "--bin-dir".into(),
+            bin_dir().display().to_string(),
+        ];
+        args.extend(flags.iter().cloned());
+        let started = start_up(xtask, &args, &[("ASIDE_CACHE_TTL_SECS", "10")], stderr)
+            .unwrap_or_else(|e| panic!("cargo xtask up did not come up:\n{}", e.stderr));
+        match &started.spin {
             Some(spin) => eprintln!("README test: the edge runs under spin up ({spin})"),
             None => eprintln!(
                 "README test: no Spin CLI found (`spin` on PATH or ASIDE_SPIN): the edge runs under \
                  the bundled host and the needs-spin blocks are skipped"
             ),
         }
-        up
+        Up {
+            child: started.child,
+            stack,
+            spin: started.spin,
+            stderr: stderr.to_path_buf(),
+            owns_data: true,
+        }
     }
 
     fn stderr_text(&self) -> String {
@@ -302,7 +293,9 @@ impl Drop for Up {
         while !self.child.has_exited() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
         }
-        let _ = std::fs::remove_dir_all(xtask::stack::postgres_dir(&self.stack.state));
+        if self.owns_data {
+            let _ = std::fs::remove_dir_all(xtask::stack::postgres_dir(&self.stack.state));
+        }
     }
 }
 
@@ -343,7 +336,7 @@ fn every_example_in_the_readme_does_what_the_readme_says() {
     );
 
     let xtask = xtask_binary();
-    let up = Up::start(&xtask);
+    let mut up = Up::start(&xtask);
     let mut prelude = Vec::new();
     let mut checked = 0;
     for block in &blocks {
@@ -354,7 +347,7 @@ fn every_example_in_the_readme_does_what_the_readme_says() {
             );
             continue;
         }
-        run_block(&up, &xtask, block, &mut prelude);
+        run_block(&mut up, &xtask, block, &mut prelude);
         checked += block.commands.len();
     }
     eprintln!("README test: {checked} commands kept their promises");
@@ -391,9 +384,13 @@ impl Served {
     }
 }
 
-fn run_block(up: &Up, xtask: &Path, block: &Block, prelude: &mut Vec<String>) {
+fn run_block(up: &mut Up, xtask: &Path, block: &Block, prelude: &mut Vec<String>) {
     let mut servers = Vec::new();
     for command in &block.commands {
+        if command.expect.serves.is_some() && command.text.starts_with("cargo xtask up") {
+            up.restart(xtask, command);
+            continue;
+        }
         if command.expect.serves.is_some() {
             servers.push(up.serve(xtask, prelude, command));
             continue;

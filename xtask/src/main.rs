@@ -1,7 +1,8 @@
 //! `cargo xtask <command>`: the project's two commands (and their helpers).
 //!
 //! * `cargo xtask up`: the whole stack locally (Redis, PostgreSQL, origin, edge), stopped with Ctrl-C;
-//!   `cargo xtask status|stop|start` manage its services from another terminal.
+//!   `cargo xtask status|stop|start` manage its services from another terminal; `cargo xtask reset`
+//!   removes what it made, to start over.
 //! * `cargo xtask test`: the whole test suite against real servers the tests start themselves.
 //! * `cargo xtask fuzz`: the libFuzzer targets of `fuzz/`, each for a bounded time.
 //! * `cargo xtask bench`: the benchmark on a stack of its own (docs/benchmarks.md).
@@ -10,6 +11,7 @@
 mod bench;
 mod cmd;
 mod fuzz;
+mod reset;
 mod test;
 mod up;
 
@@ -37,6 +39,9 @@ enum Command {
     /// Stop one service of a running `cargo xtask up` (it stays down until `start`), or, without a
     /// service, the whole stack.
     Stop(up::StopArgs),
+    /// Start over: remove everything `cargo xtask up` made for a state folder (the folder, the PostgreSQL
+    /// cluster wherever it lives, Spin's state); refuses while that stack runs.
+    Reset(reset::ResetArgs),
     /// Install what is missing, build the edge component and run every test, then the quick benchmark
     /// and a bounded fuzzing run.
     Test(test::TestArgs),
@@ -58,6 +63,7 @@ fn main() -> ExitCode {
         Command::Status(args) => up::status(args),
         Command::Start(args) => up::start(args),
         Command::Stop(args) => up::stop(args),
+        Command::Reset(args) => reset::run(args),
         Command::Test(args) => test::run(args),
         Command::Fuzz(args) => fuzz::run(args),
         Command::Bench(args) => bench::run(args),

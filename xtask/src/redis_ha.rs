@@ -221,38 +221,71 @@ impl LocalHa {
     }
 }
 
-/// The first word of `ROLE` on `port` (`master`, `slave`, `sentinel`), over a bare RESP exchange (xtask
-/// has no Redis client).
+/// The first word of `ROLE` on `port` (`master`, `slave`, `sentinel`), as `user`.
 fn role(port: u16, user: &str, password: &str) -> anyhow::Result<String> {
-    use std::io::{BufRead as _, BufReader, Write as _};
-    let stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
-    let mut writer = stream.try_clone()?;
-    let resp = |args: &[&str]| {
-        let mut out = format!("*{}\r\n", args.len());
-        for a in args {
-            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        out
-    };
-    writer.write_all(resp(&["AUTH", user, password]).as_bytes())?;
-    writer.write_all(resp(&["ROLE"]).as_bytes())?;
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    anyhow::ensure!(line.starts_with('+'), "AUTH refused");
-    // `*N`, then `$len`, then the role.
-    for _ in 0..3 {
-        line.clear();
-        reader.read_line(&mut line)?;
+    use redis::IntoConnectionInfo as _;
+    let info = redis::ConnectionAddr::Tcp("127.0.0.1".into(), port)
+        .into_connection_info()?
+        .set_redis_settings(
+            redis::RedisConnectionInfo::default()
+                .set_username(user)
+                .set_password(password),
+        );
+    let timeout = std::time::Duration::from_secs(2);
+    let mut connection = redis::Client::open(info)?.get_connection_with_timeout(timeout)?;
+    connection.set_read_timeout(Some(timeout))?;
+    let reply: Vec<redis::Value> = redis::cmd("ROLE").query(&mut connection)?;
+    match reply.first() {
+        Some(redis::Value::BulkString(role)) => Ok(String::from_utf8_lossy(role).into_owned()),
+        Some(redis::Value::SimpleString(role)) => Ok(role.clone()),
+        other => anyhow::bail!("unexpected ROLE reply {other:?}"),
     }
-    Ok(line.trim().to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::path::Path;
+
+    /// `role` logs in as an ACL user and reads `ROLE` from a real redis-server; a wrong password is an
+    /// error, not a role.
+    #[test]
+    fn role_reads_the_role_of_a_real_server() {
+        let port = crate::stack::free_port().expect("a free port");
+        let mut server = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args([
+                "--user", "default", "off", "--user", "admin", "on", ">s3cret", "~*", "+@all",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (installed by `cargo xtask test`)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let role = role(port, "admin", "s3cret");
+        let refused = role_of_wrong_password(port);
+        let _ = server.kill();
+        let _ = server.wait();
+        assert_eq!(role.expect("ROLE"), "master");
+        assert!(refused, "a wrong password gave a role");
+    }
+
+    fn role_of_wrong_password(port: u16) -> bool {
+        role(port, "admin", "wrong").is_err()
+    }
 
     fn deploy(name: &str) -> String {
         std::fs::read_to_string(

@@ -29,6 +29,9 @@ pub struct Secrets {
     pub origin_token: String,
     /// The origin's admin routes (`/admin/cache/stats`).
     pub admin_token: String,
+    /// Names this stack (not a secret): written beside a PostgreSQL cluster when it is created, so that a
+    /// later `up` can tell its own cluster from one another state folder made ([`ForeignCluster`]).
+    pub stack_id: String,
 }
 
 impl Secrets {
@@ -53,6 +56,7 @@ impl Secrets {
             postgres_app: get("postgres-app")?,
             origin_token: get("origin-token")?,
             admin_token: get("admin-token")?,
+            stack_id: get(STACK_ID_FILE)?,
         })
     }
 
@@ -65,6 +69,35 @@ impl Secrets {
         }
     }
 }
+
+/// The file, in the secrets folder and beside a PostgreSQL cluster's `data/`, that names the stack.
+pub const STACK_ID_FILE: &str = "stack-id";
+
+/// A PostgreSQL cluster left by another stack: the state folder was removed or replaced since the cluster
+/// was created (as root the cluster lives outside the state folder, see [`postgres_dir`]), so the
+/// passwords in the state folder are not the cluster's. `up` changes nothing and names the fix.
+#[derive(Debug)]
+pub struct ForeignCluster {
+    pub dir: PathBuf,
+    /// What showed it: a stack id that differs, or a login the cluster refused.
+    pub evidence: String,
+}
+
+impl std::fmt::Display for ForeignCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the PostgreSQL cluster in {} was made by another stack ({}): its state folder was removed or \
+             replaced since, so the passwords there are not this cluster's. Nothing was changed. To start \
+             over, remove the cluster and the state folder with `cargo xtask reset` (their data is lost), then \
+             run `cargo xtask up` again",
+            self.dir.display(),
+            self.evidence
+        )
+    }
+}
+
+impl std::error::Error for ForeignCluster {}
 
 /// How to start a process again: what a [`Command`] held when it was first spawned (a `Command` cannot
 /// be cloned), plus the user it runs as.
@@ -382,7 +415,22 @@ pub fn start_postgres(
     let pg_bin = local::pg_bin_dir().context("PostgreSQL server binaries not found")?;
     let owner = local::postgres_owner();
     let data = dir.join("data");
-    if !data.join("PG_VERSION").exists() {
+    let marker = dir.join(STACK_ID_FILE);
+    if data.join("PG_VERSION").exists() {
+        // A cluster of another stack is never started, let alone provisioned with this stack's passwords.
+        // A cluster without the file (made before it existed) is checked by its login below.
+        if let Ok(id) = std::fs::read_to_string(&marker)
+            && id.trim() != secrets.stack_id
+        {
+            return Err(ForeignCluster {
+                dir: dir.to_path_buf(),
+                evidence: format!(
+                    "its {STACK_ID_FILE} is not the one in this state folder's secrets"
+                ),
+            }
+            .into());
+        }
+    } else {
         eprintln!(
             "xtask: creating the PostgreSQL cluster in {}",
             data.display()
@@ -401,6 +449,7 @@ pub fn start_postgres(
         if !output.status.success() {
             bail!("initdb failed: {}", String::from_utf8_lossy(&output.stderr));
         }
+        std::fs::write(&marker, format!("{}\n", secrets.stack_id))?;
     }
     // Rewritten on every start, so a cluster made by an older version loses any looser rules too.
     local::write_pg_hba(&data, owner)?;
@@ -435,7 +484,22 @@ pub fn start_postgres(
             Err(e) if e.to_string().contains("starting up") && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(100));
             }
-            result => return result,
+            Err(e) if e.to_string().contains("password authentication failed") => {
+                services.stop("postgres");
+                return Err(ForeignCluster {
+                    dir: dir.to_path_buf(),
+                    evidence: "it refused this state folder's superuser password".into(),
+                }
+                .into());
+            }
+            Err(e) => return Err(e),
+            Ok(()) => {
+                // A cluster from before the stack id existed, whose login worked: it is this stack's.
+                if !marker.exists() {
+                    std::fs::write(&marker, format!("{}\n", secrets.stack_id))?;
+                }
+                return Ok(());
+            }
         }
     }
 }

@@ -23,6 +23,9 @@ use xtask::supervise::{self, Request, Supervisor};
 
 use crate::cmd::{build_components, cargo, run_cmd, workspace_root};
 
+/// The key-value store label of the process-wide tier: the one runtime-config.toml defines.
+const SHARED_TIER_STORE: &str = "default";
+
 /// The state folder option, shared by `up` and the commands that talk to a running `up`.
 #[derive(Debug, Args)]
 pub struct StateDir {
@@ -33,7 +36,16 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    fn path(&self) -> PathBuf {
+    /// ` --state-dir <folder>` when it is not the default, for the commands `up` and `reset` print.
+    pub fn flag(&self) -> String {
+        if self.state_dir == Path::new(".aside") {
+            String::new()
+        } else {
+            format!(" --state-dir {}", self.path().display())
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
         if self.state_dir.is_absolute() {
             self.state_dir.clone()
         } else {
@@ -73,6 +85,11 @@ pub struct UpArgs {
     /// the replica.
     #[arg(long)]
     redis_ha: bool,
+    /// Give the edge the process-wide tier: Spin's key-value store `default`, kept in memory by the
+    /// repository's runtime-config.toml and shared by every instance of the Spin process
+    /// (`x-cache: SHARED`). Needs Spin (the bundled host has no key-value store).
+    #[arg(long)]
+    shared_tier: bool,
     /// Run `aside-origin` (and `aside-host`) from this folder instead of building release binaries, e.g.
     /// `target/debug` after `cargo xtask test`. The edge component is always the release build.
     #[arg(long)]
@@ -147,13 +164,27 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `cargo xtask stop [<service>]`: returns once it has exited.
+/// `cargo xtask stop [<service>]`: returns once it has exited (the whole stack: once `up` has ended).
 pub fn stop(args: StopArgs) -> anyhow::Result<()> {
     let request = match args.service {
         Some(service) => Request::Stop(service.as_str().into()),
         None => Request::StopAll,
     };
-    println!("{}", supervise::send(&args.state.path(), &request)?);
+    let state = args.state.path();
+    println!("{}", supervise::send(&state, &request)?);
+    if request == Request::StopAll {
+        // `up` answers at once and then stops its services in order; it stops listening last, so once
+        // nothing listens on the socket every service has exited (and `reset` may remove their files).
+        let socket = supervise::socket_path(&state);
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        while std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            if std::time::Instant::now() > deadline {
+                bail!("the stack did not stop within 90 s; see `cargo xtask status` and its logs");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        println!("stopped");
+    }
     Ok(())
 }
 
@@ -182,6 +213,11 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let root = workspace_root();
     let spin = if args.bundled_host { None } else { spin_cli()? };
+    if args.shared_tier && spin.is_none() {
+        bail!(
+            "--shared-tier needs Spin's key-value store, and the edge would run under the bundled host, which has none; install a Spin 4 CLI (`spin` on PATH or ASIDE_SPIN) or leave --shared-tier out"
+        );
+    }
     let bin = build(&root, args.bin_dir.as_deref(), spin.is_none())?;
 
     let state = args.state.path();
@@ -236,7 +272,17 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         &logs,
         &secrets,
         &mut services,
-    )?;
+    )
+    .map_err(|e| match e.downcast::<stack::ForeignCluster>() {
+        Ok(foreign) => anyhow::anyhow!(
+            "{foreign}{}",
+            match args.state.flag() {
+                flag if flag.is_empty() => String::new(),
+                flag => format!(" (both with{flag})"),
+            }
+        ),
+        Err(e) => e,
+    })?;
 
     // The owner migrates and seeds; the origin serves as the application role (docs/security.md).
     let owner_url = format!(
@@ -294,6 +340,11 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             // Spin's logs and stores in the state folder, not in a `.spin/` beside spin.toml.
             .arg("--state-dir")
             .arg(state.join("spin"));
+        if args.shared_tier {
+            c.arg("--runtime-config-file")
+                .arg(root.join("runtime-config.toml"))
+                .env("SPIN_VARIABLE_SHARED_TIER_STORE", SHARED_TIER_STORE);
+        }
         c
     } else {
         let mut c = Command::new(bin.join("aside-host"));
@@ -329,9 +380,16 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     };
     write_env_file(&state, &bin, &owner_url, &args, &secrets)?;
+    let shared_tier = match args.shared_tier {
+        true => format!(
+            "process-wide (Spin's key-value store `{SHARED_TIER_STORE}`, in memory: runtime-config.toml), "
+        ),
+        false => String::new(),
+    };
     println!(
         "\n\
 aside is up. Edge ({runtime}): {edge_url}\n\
+Edge tiers: instance memory (L1), {shared_tier}Redis 127.0.0.1:{edge_redis} (L2), then the origin{no_shared}\n\
 \n\
 Clients need a token (docs/security.md): ready ones are in {secrets}/token-admin (every profile),\n\
 token-user-1 (user 1's own profile, read and write) and token-reader (read: own profile and the public\n\
@@ -358,9 +416,15 @@ Break things (docs/operations.md), from another terminal{state_flag}:\n\
   cargo xtask status               # each service: running (pid, port) or down, and its log\n\
   cargo xtask stop redis           # stays down until: cargo xtask start redis\n\
   A service that crashes (kill -9) is restarted after a back-off{no_restart}.\n\
+  Start over: cargo xtask stop, then cargo xtask reset (removes the data, secrets and PostgreSQL cluster)\n\
 \n\
 Press Ctrl-C (or run `cargo xtask stop`) to stop everything.",
         state = state.display(),
+        no_shared = if args.shared_tier {
+            ""
+        } else {
+            " (--shared-tier adds the process-wide tier)"
+        },
         state_flag = if args.state.state_dir == Path::new(".aside") {
             String::new()
         } else {

@@ -20,6 +20,7 @@ mod redis_server;
 mod stack;
 mod tls;
 mod tokens;
+mod xtask_up;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -42,6 +43,7 @@ pub use redis_server::{RedisHa, RedisSentinel, RedisServer, RedisTls, RedisUser,
 pub use stack::{Stack, TestEnv};
 pub use tls::{CertFiles, TestCa};
 pub use tokens::{TestIssuer, TestKey, now_secs};
+pub use xtask_up::{UpFailed, UpProcess, start_up, xtask_binary};
 
 /// A port nobody listens on right now (bound to port 0 and released).
 pub fn free_port() -> u16 {
