@@ -317,6 +317,8 @@ enum Target {
     /// An edge with the shared tier on as well (Spin's key-value store `default`, in memory; only
     /// under a runtime with a key-value store).
     EdgeShared(Rt),
+    /// The edge with client authentication off (every other edge has it on): what auth costs.
+    EdgeAuthOff(Rt),
     /// The hello-world component (bench/hello): what the runtime itself allows.
     Hello(Rt),
     /// The origin, directly, with its bearer token.
@@ -331,6 +333,7 @@ impl Target {
             Target::Edge(_) => "edge",
             Target::EdgeL1Off(_) => "edge with tier 1 off",
             Target::EdgeShared(_) => "edge with the shared tier on",
+            Target::EdgeAuthOff(_) => "edge with client authentication off",
             Target::Hello(_) => "hello-world component",
             Target::Origin => "origin",
             Target::OriginCacheOff => "origin with ASIDE_CACHE=off",
@@ -343,6 +346,7 @@ impl Target {
             Target::Edge(rt)
             | Target::EdgeL1Off(rt)
             | Target::EdgeShared(rt)
+            | Target::EdgeAuthOff(rt)
             | Target::Hello(rt) => Some(rt),
             Target::Origin | Target::OriginCacheOff => None,
         }
@@ -354,6 +358,7 @@ impl Target {
             Target::Edge(_) => Target::Edge(rt),
             Target::EdgeL1Off(_) => Target::EdgeL1Off(rt),
             Target::EdgeShared(_) => Target::EdgeShared(rt),
+            Target::EdgeAuthOff(_) => Target::EdgeAuthOff(rt),
             Target::Hello(_) => Target::Hello(rt),
             origin => origin,
         }
@@ -368,6 +373,8 @@ impl Target {
             Target::EdgeL1Off(Rt::Host) => "edge-l1-off-host",
             Target::EdgeShared(Rt::Spin) => "edge-shared-spin",
             Target::EdgeShared(Rt::Host) => "edge-shared-host",
+            Target::EdgeAuthOff(Rt::Spin) => "edge-auth-off-spin",
+            Target::EdgeAuthOff(Rt::Host) => "edge-auth-off-host",
             Target::Hello(Rt::Spin) => "hello-spin",
             Target::Hello(Rt::Host) => "hello-host",
             Target::Origin => "origin",
@@ -444,6 +451,10 @@ fn plans(runtimes: &[Rt]) -> Vec<Plan> {
     const HELLO: &str = "the hello-world component (bench/hello: a spin-sdk 6 component that answers \
         every request with a fixed body the size of a profile, no x-cache) under the same runtime, keys \
         and load as the edge: what the runtime itself allows, the baseline of every edge run.";
+    const AUTH_OFF: &str = "the edge-l1-hot reads (uniform over the hot set) through an edge with \
+        client authentication off (auth = off, no token sent). Every other edge scenario runs with it \
+        on, as users run it: a client token per connection (8 subjects, signed EdDSA by a local \
+        issuer, the keys a static auth_jwks), verified once per token and process, then remembered.";
     const MIX: &str = "95 % reads, 5 % writes (PATCH with a new department, a small valid change) \
         through the edge; writes are forwarded to the origin, committed in PostgreSQL and written \
         through to Redis, and change capture follows them.";
@@ -571,6 +582,16 @@ fn plans(runtimes: &[Rt]) -> Vec<Plan> {
             (report::EDGE_TIERS, 0.5),
         ),
         p(
+            report::EDGE_AUTH_OFF,
+            Uniform,
+            true,
+            Target::EdgeAuthOff(Rt::Spin),
+            Cache::Full,
+            0.0,
+            AUTH_OFF,
+            (report::EDGE_TIERS, 0.5),
+        ),
+        p(
             "postgres-only",
             Zipf,
             false,
@@ -650,6 +671,7 @@ impl Ports {
                     Target::Edge(*rt),
                     Target::EdgeL1Off(*rt),
                     Target::EdgeShared(*rt),
+                    Target::EdgeAuthOff(*rt),
                     Target::Hello(*rt),
                 ]
                 .into_iter()
@@ -948,6 +970,8 @@ struct Stack {
     secrets: Secrets,
     /// The origin's bearer token, for `aside-load --bearer-file`.
     token_file: PathBuf,
+    /// The edges' clients: the local issuer's JWKS and a file of client tokens, one per line.
+    client_auth: ClientAuth,
     ports: Ports,
     database_url: String,
 }
@@ -962,6 +986,7 @@ fn start_stack(config: &Config, runs: usize, proxies: usize) -> anyhow::Result<S
     std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let secrets = Secrets::load_or_generate(&state.join("secrets"))?;
     let token_file = state.join("secrets/origin-token");
+    let client_auth = ClientAuth::generate(&state.join("secrets"))?;
     let ports = Ports::pick(&config.runtimes.list, proxies)?;
 
     let Config {
@@ -1013,9 +1038,36 @@ fn start_stack(config: &Config, runs: usize, proxies: usize) -> anyhow::Result<S
         _dirs: dirs,
         secrets,
         token_file,
+        client_auth,
         ports,
         database_url,
     })
+}
+
+/// How many client subjects the edge scenarios use: connection `n` sends subject `n mod CLIENTS`'s token.
+const CLIENTS: usize = 8;
+
+/// The edges' client authentication: a local issuer (`xtask token`'s, EdDSA) whose public JWKS the
+/// edges get as a static `auth_jwks`, and [`CLIENTS`] tokens with `profiles:admin` (every profile may
+/// be read), one per line of `tokens_file`, for `aside-load --bearer-file`.
+struct ClientAuth {
+    jwks: String,
+    tokens_file: PathBuf,
+}
+
+impl ClientAuth {
+    fn generate(secrets: &Path) -> anyhow::Result<Self> {
+        let issuer = xtask::token::LocalIssuer::load_or_generate(secrets)?;
+        let tokens = (1..=CLIENTS)
+            .map(|n| issuer.token(&format!("bench-client-{n}"), "profiles:admin"))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let tokens_file = secrets.join("client-tokens");
+        xtask::local::write_private(&tokens_file, &(tokens.join("\n") + "\n"))?;
+        Ok(Self {
+            jwks: issuer.jwks(),
+            tokens_file,
+        })
+    }
 }
 
 /// Step 2: the schema and `rows` generated profiles (ids 1..=rows) in PostgreSQL.
@@ -1075,6 +1127,7 @@ fn start_servers(config: &Config, stack: &mut Stack) -> anyhow::Result<()> {
             Target::Edge(*rt),
             Target::EdgeL1Off(*rt),
             Target::EdgeShared(*rt),
+            Target::EdgeAuthOff(*rt),
             Target::Hello(*rt),
         ]
         .into_iter()
@@ -1150,13 +1203,15 @@ fn edge_command(
             .env("SPIN_VARIABLE_REDIS_PASSWORD", &secrets.redis_edge)
             .env("SPIN_VARIABLE_ORIGIN_URL", origin_url)
             .env("SPIN_VARIABLE_ORIGIN_TOKEN", &secrets.origin_token)
-            // The scenarios measure the cache without client authentication (the edge's default
-            // is on: see docs/security.md; aside-load --bearer-file sends a client token to
-            // measure it).
-            .env("SPIN_VARIABLE_AUTH", "off")
-            .env("SPIN_VARIABLE_AUTH_JWKS", "unused")
-            .env("SPIN_VARIABLE_AUTH_ISSUER", "unused")
-            .env("SPIN_VARIABLE_AUTH_AUDIENCE", "unused");
+            // Client authentication as users run it (docs/security.md): on, with the local
+            // issuer's key as a static JWKS; aside-load sends a token per connection.
+            .env("SPIN_VARIABLE_AUTH", "on")
+            .env("SPIN_VARIABLE_AUTH_JWKS", &stack.client_auth.jwks)
+            .env("SPIN_VARIABLE_AUTH_ISSUER", xtask::token::ISSUER)
+            .env("SPIN_VARIABLE_AUTH_AUDIENCE", xtask::token::AUDIENCE);
+    }
+    if matches!(target, Target::EdgeAuthOff(_)) {
+        edge.env("SPIN_VARIABLE_AUTH", "off");
     }
     if matches!(target, Target::EdgeL1Off(_)) {
         edge.env("SPIN_VARIABLE_L1_MAX_ENTRIES", "0")
@@ -1271,23 +1326,19 @@ fn fill_redis(
     bar.set_message("filling Redis with every profile");
     let fill = Instant::now();
     let rows = config.rows;
-    let args = loader_args(
-        stack.ports.url(Target::Origin),
-        Target::Origin,
-        &stack.token_file,
-    )
-    .into_iter()
-    .chain([
-        "--keys".into(),
-        "walk".into(),
-        "--ids".into(),
-        rows.to_string(),
-        "--requests".into(),
-        rows.to_string(),
-        "--concurrency".into(),
-        config.concurrency.to_string(),
-    ])
-    .collect::<Vec<_>>();
+    let args = loader_args(stack.ports.url(Target::Origin), Target::Origin, stack)
+        .into_iter()
+        .chain([
+            "--keys".into(),
+            "walk".into(),
+            "--ids".into(),
+            rows.to_string(),
+            "--requests".into(),
+            rows.to_string(),
+            "--concurrency".into(),
+            config.concurrency.to_string(),
+        ])
+        .collect::<Vec<_>>();
     let result = run_loader(
         &config.bin,
         &args,
@@ -1350,7 +1401,7 @@ fn run_scenario(
         "{scenario} / {label}{}",
         runtime.map(|r| format!(" / {r}")).unwrap_or_default()
     ));
-    let mut args = loader_args(url, plan.target, &stack.token_file);
+    let mut args = loader_args(url, plan.target, stack);
     args.extend(
         [
             "--keys",
@@ -1845,13 +1896,18 @@ fn start_topology(
 }
 
 /// The target and credentials part of an `aside-load` command line.
-fn loader_args(url: String, target: Target, token_file: &Path) -> Vec<String> {
+fn loader_args(url: String, target: Target, stack: &Stack) -> Vec<String> {
     let mut args = vec!["--url".to_string(), url];
-    if matches!(target, Target::Origin | Target::OriginCacheOff) {
-        args.extend([
-            "--bearer-file".to_string(),
-            token_file.display().to_string(),
-        ]);
+    let bearer = match target {
+        Target::Origin | Target::OriginCacheOff => Some(&stack.token_file),
+        // A client token per connection, as users run the edge.
+        Target::Edge(_) | Target::EdgeL1Off(_) | Target::EdgeShared(_) => {
+            Some(&stack.client_auth.tokens_file)
+        }
+        Target::EdgeAuthOff(_) | Target::Hello(_) => None,
+    };
+    if let Some(file) = bearer {
+        args.extend(["--bearer-file".to_string(), file.display().to_string()]);
     }
     args.extend(["--seed".to_string(), KEY_SEED.to_string()]);
     args

@@ -29,6 +29,7 @@ pub const SCENARIOS: &[&str] = &[
     "postgres-only",
     "mix-95-5",
     EDGE_SHARED,
+    EDGE_AUTH_OFF,
 ];
 
 /// The scenarios run once per edge runtime: the baseline and everything that goes through an edge.
@@ -39,7 +40,12 @@ pub const RUNTIME_SCENARIOS: &[&str] = &[
     "edge-miss",
     "mix-95-5",
     EDGE_SHARED,
+    EDGE_AUTH_OFF,
 ];
+
+/// Every other edge scenario runs with client authentication on (a token per connection, several
+/// subjects, the way users run it); this one is `edge-l1-hot` with `auth = "off"`, to read the cost.
+pub const EDGE_AUTH_OFF: &str = "edge-l1-auth-off";
 
 /// The edge with its process-wide tier on (Spin's key-value store `default`, in memory).
 pub const EDGE_SHARED: &str = "edge-shared";
@@ -73,6 +79,10 @@ pub mod goal {
     /// Issue 12: with the shared tier on, Zipf keys, at least this share of reads answered at the edge
     /// without Redis (L1 + SHARED); measured with 100,000 ids, 16 connections, defaults.
     pub const EDGE_SHARE: f64 = 0.7;
+    /// Issue 25: L1 hits with auth on at least this share of the same edge's req/s with auth off.
+    pub const AUTH_RPS_RATIO: f64 = 0.9;
+    /// Issue 25: what auth adds to an L1 hit's p50, at most, in milliseconds.
+    pub const AUTH_P50_ADDED_MS: f64 = 0.15;
 }
 
 /// The machine the numbers were measured on.
@@ -502,6 +512,36 @@ pub fn compare(runs: &[Run], hgetall: Option<&RoundTrip>) -> Comparison {
                 l2.p99_ratio,
                 goal::P99_RATIO,
                 "×",
+                true,
+            ));
+        }
+        // Issue 25: auth on (every edge scenario) against the same L1 reads with auth off.
+        if let (Some(on), Some(off)) = (
+            find("edge-l1-hot", Some("uniform-hot"), runtime),
+            find(EDGE_AUTH_OFF, Some("uniform-hot"), runtime),
+        ) && let Some((rps_ratio, _, _)) = ratios(&on.result, &off.result)
+        {
+            let run = "edge-l1-hot / uniform-hot vs edge-l1-auth-off";
+            goals.push(new_goal(
+                format!(
+                    "auth on: L1 req/s ÷ auth off L1 req/s ≥ {}",
+                    goal::AUTH_RPS_RATIO
+                ),
+                run,
+                rps_ratio,
+                goal::AUTH_RPS_RATIO,
+                "×",
+                false,
+            ));
+            goals.push(new_goal(
+                format!(
+                    "auth on: L1 p50 − auth off L1 p50 ≤ {} ms",
+                    goal::AUTH_P50_ADDED_MS
+                ),
+                run,
+                (on.result.latency_us.p50 as f64 - off.result.latency_us.p50 as f64) / 1000.0,
+                goal::AUTH_P50_ADDED_MS,
+                "ms",
                 true,
             ));
         }

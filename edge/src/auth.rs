@@ -174,8 +174,24 @@ impl Verifier {
         self.keys.len()
     }
 
+    /// Whether the set holds a key with this `kid` (a remembered token stays good only while its key
+    /// is still published).
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+    }
+
+    /// The `kid`s of the set, for log lines.
+    pub fn kids(&self) -> Vec<&str> {
+        self.keys.iter().filter_map(|k| k.kid.as_deref()).collect()
+    }
+
     /// Verifies `token` (the part after `Bearer `) and returns who it speaks for.
     pub fn verify(&self, token: &str) -> Result<Caller, Rejected> {
+        self.verify_full(token).map(|v| v.caller)
+    }
+
+    /// [`Verifier::verify`], with what remembering the token needs: its `exp` and its key's `kid`.
+    pub fn verify_full(&self, token: &str) -> Result<Verified, Rejected> {
         if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
             return Err(Rejected::Invalid(Invalid::Malformed));
         }
@@ -199,8 +215,35 @@ impl Verifier {
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &validation)
             .map_err(|e| Rejected::Invalid(Invalid::from_jwt(e.kind())))?;
-        Caller::from_claims(&data.claims, &self.expectations.user_claim)
-            .ok_or(Rejected::Invalid(Invalid::Malformed))
+        let caller = Caller::from_claims(&data.claims, &self.expectations.user_claim)
+            .ok_or(Rejected::Invalid(Invalid::Malformed))?;
+        let expires_at = data
+            .claims
+            .get("exp")
+            .and_then(|exp| exp.as_i64().or_else(|| exp.as_f64().map(|f| f as i64)))
+            .ok_or(Rejected::Invalid(Invalid::Malformed))?;
+        Ok(Verified {
+            caller,
+            expires_at,
+            kid: key.kid.clone(),
+        })
+    }
+}
+
+/// A token the verifier accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub caller: Caller,
+    /// Its `exp`, in seconds since the Unix epoch.
+    pub expires_at: i64,
+    /// The `kid` of the key that verified it (`None`: a set of one key without `kid`).
+    pub kid: Option<String>,
+}
+
+impl Verifier {
+    /// The expectations tokens are checked against.
+    pub fn expectations(&self) -> &Expectations {
+        &self.expectations
     }
 }
 

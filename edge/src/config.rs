@@ -14,10 +14,11 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use crate::auth::{Expectations, Verifier};
 use crate::budget::BudgetSettings;
+use crate::keys::{KeyPolicy, KeySource};
 use crate::ratelimit::WriteLimit;
 
 /// Every Spin variable the edge reads, as declared under `[component.aside-edge.variables]`.
-pub const VARIABLES: [&str; 32] = [
+pub const VARIABLES: [&str; 38] = [
     "redis_address",
     "redis_database",
     "redis_user",
@@ -43,6 +44,12 @@ pub const VARIABLES: [&str; 32] = [
     "auth_leeway_s",
     "auth_user_claim",
     "auth_jwks",
+    "auth_jwks_url",
+    "auth_keys_min_refresh_s",
+    "auth_keys_max_refresh_s",
+    "auth_keys_max_stale_s",
+    "auth_token_cache_entries",
+    "auth_token_cache_s",
     "write_rate_per_min",
     "write_burst",
     "shared_tier_store",
@@ -90,14 +97,30 @@ pub struct BreakerSettings {
     pub backoff: Duration,
 }
 
-/// Client authentication (`auth`): on (the default: bearer JWTs checked against `auth_jwks`), or
-/// turned off explicitly for a private deployment.
+/// Client authentication (`auth`): on (the default: bearer JWTs checked against the identity provider's
+/// keys), or turned off explicitly for a private deployment.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Auth {
     /// Every request under `/users` needs a token the verifier accepts (see [`crate::auth`]).
-    Jwt(Rc<Verifier>),
+    Jwt(Rc<AuthSettings>),
     /// `auth = "off"`: no client is authenticated; every answer says `x-aside-auth: off`.
     Off,
+}
+
+/// Client authentication's settings (see [`crate::keys`] and [`crate::tokens`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthSettings {
+    /// `auth_issuer`, `auth_audience`, `auth_leeway_s`, `auth_user_claim`.
+    pub expectations: Expectations,
+    /// `auth_jwks` (static), else `auth_jwks_url`, else discovery from `auth_issuer`.
+    pub source: KeySource,
+    /// `auth_keys_min_refresh_s`, `auth_keys_max_refresh_s`, `auth_keys_max_stale_s`.
+    pub policy: KeyPolicy,
+    /// Verified tokens remembered per instance (and slots in the process-wide store):
+    /// `auth_token_cache_entries` (0: none remembered).
+    pub token_cache_entries: u32,
+    /// The longest a verified token is remembered: `auth_token_cache_s`.
+    pub token_cache_max_age: Duration,
 }
 
 /// The parsed settings. `Debug` hides the secrets.
@@ -284,9 +307,48 @@ impl Config {
                     user_claim: parse_claim_name(get("auth_user_claim")?)?,
                 };
                 let (name, jwks) = get("auth_jwks")?;
-                let verifier = Verifier::from_jwks(&jwks, expectations)
-                    .map_err(|e| malformed(name, e.expected()))?;
-                Auth::Jwt(Rc::new(verifier))
+                let jwks_url = get("auth_jwks_url")?;
+                let source = if !jwks.trim().is_empty() {
+                    let verifier = Verifier::from_jwks(&jwks, expectations.clone())
+                        .map_err(|e| malformed(name, e.expected()))?;
+                    KeySource::Static(Rc::new(verifier))
+                } else if !jwks_url.1.trim().is_empty() {
+                    KeySource::JwksUrl(parse_fetch_url(jwks_url)?)
+                } else {
+                    parse_fetch_url(("auth_issuer", expectations.issuer.clone()))?;
+                    KeySource::Discovery
+                };
+                let min_refresh =
+                    parse_number(get("auth_keys_min_refresh_s")?, 1, 86_400, SECS_DAY_1)?;
+                let max_refresh =
+                    parse_number(get("auth_keys_max_refresh_s")?, 1, 604_800, SECS_WEEK_1)?;
+                let policy = KeyPolicy {
+                    min_refresh: Duration::from_secs(min_refresh),
+                    max_refresh: Duration::from_secs(max_refresh.max(min_refresh)),
+                    max_stale: Duration::from_secs(parse_number(
+                        get("auth_keys_max_stale_s")?,
+                        0,
+                        2_592_000,
+                        SECS_MONTH,
+                    )?),
+                };
+                Auth::Jwt(Rc::new(AuthSettings {
+                    expectations,
+                    source,
+                    policy,
+                    token_cache_entries: parse_number(
+                        get("auth_token_cache_entries")?,
+                        0,
+                        1_000_000,
+                        ENTRIES,
+                    )? as u32,
+                    token_cache_max_age: Duration::from_secs(parse_number(
+                        get("auth_token_cache_s")?,
+                        0,
+                        86_400,
+                        SECS_DAY_0,
+                    )?),
+                }))
             }
         };
         let write_limit = WriteLimit {
@@ -361,6 +423,11 @@ const BUDGET_RATE: &str = "a whole number of origin reads a second from 0 (no bu
 const BUDGET_BURST: &str = "a whole number of origin reads from 1 to 1000000";
 const SLOTS: &str = "a whole number of slots from 1 to 1000000";
 const CONNECTIONS: &str = "a whole number of connections from 1 to 64";
+const SECS_DAY_1: &str = "a whole number of seconds from 1 to 86400";
+const SECS_DAY_0: &str = "a whole number of seconds from 0 (tokens not remembered) to 86400";
+const SECS_WEEK_1: &str = "a whole number of seconds from 1 to 604800";
+const SECS_MONTH: &str = "a whole number of seconds from 0 to 2592000";
+const ENTRIES: &str = "a whole number of entries from 0 (none remembered) to 1000000";
 const BETA: &str = "a decimal number from 0 to 100 (e.g. 1.0; 0 turns early refresh off)";
 
 fn millis(ms: u64) -> Duration {
@@ -497,6 +564,30 @@ fn parse_origin_url((name, value): (&'static str, String)) -> Result<String, Con
     Ok(value[..value.len() - (rest.len() - authority.len())].to_string())
 }
 
+/// An `http://` or `https://` URL the keys are fetched from (`auth_jwks_url`, or the issuer for
+/// discovery): a host, an optional port and path, no credentials, query or fragment.
+fn parse_fetch_url((name, value): (&'static str, String)) -> Result<String, ConfigError> {
+    let expected = "an http:// or https:// URL without credentials, query or fragment \
+                    (the issuer for discovery, or auth_jwks_url, or a static auth_jwks)";
+    let value = value.trim();
+    let rest = value
+        .strip_prefix("https://")
+        .or_else(|| value.strip_prefix("http://"))
+        .ok_or(malformed(name, expected))?;
+    let authority = rest.split('/').next().unwrap_or("");
+    let authority_ok = !authority.is_empty()
+        && authority
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b));
+    let rest_ok = rest
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !b"?#@\\".contains(&b));
+    if !authority_ok || !rest_ok {
+        return Err(malformed(name, expected));
+    }
+    Ok(value.to_string())
+}
+
 /// A bearer token: visible ASCII only, so it is a valid header value.
 fn parse_token((name, value): (&'static str, String)) -> Result<String, ConfigError> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
@@ -563,6 +654,12 @@ mod tests {
             "auth_leeway_s" => "60",
             "auth_user_claim" => "sub",
             "auth_jwks" => TEST_JWKS,
+            "auth_jwks_url" => "",
+            "auth_keys_min_refresh_s" => "60",
+            "auth_keys_max_refresh_s" => "3600",
+            "auth_keys_max_stale_s" => "86400",
+            "auth_token_cache_entries" => "10000",
+            "auth_token_cache_s" => "300",
             "write_rate_per_min" => "60",
             "write_burst" => "10",
             "shared_tier_store" => "",
@@ -676,6 +773,8 @@ mod tests {
             if let Some(default) = defaults(name).filter(|_| line.contains("default"))
                 && name != "redis_password"
                 && name != "origin_token"
+                // Empty in spin.toml (discovery); these tests use a static set.
+                && name != "auth_jwks"
             {
                 assert!(
                     line.contains(&format!("default = \"{default}\"")),
@@ -688,10 +787,15 @@ mod tests {
     #[test]
     fn authentication_is_on_unless_turned_off_explicitly() {
         let c = with(&[]).unwrap();
-        let Auth::Jwt(verifier) = &c.auth else {
+        let Auth::Jwt(settings) = &c.auth else {
             panic!("auth is on by default");
         };
+        let KeySource::Static(verifier) = &settings.source else {
+            panic!("a static auth_jwks is used as it is");
+        };
         assert_eq!(verifier.key_count(), 1);
+        assert_eq!(settings.token_cache_entries, 10_000);
+        assert_eq!(settings.token_cache_max_age, Duration::from_secs(300));
         assert_eq!(
             c.write_limit,
             WriteLimit {
@@ -716,6 +820,10 @@ mod tests {
             with(&[("auth_jwks", None)]).unwrap_err(),
             ConfigError::Missing("auth_jwks")
         );
+        assert_eq!(
+            with(&[("auth_jwks_url", None)]).unwrap_err(),
+            ConfigError::Missing("auth_jwks_url")
+        );
         let private = TEST_JWKS.replace(
             r#""kid""#,
             r#""d":"nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A","kid""#,
@@ -723,6 +831,72 @@ mod tests {
         let e = with(&[("auth_jwks", Some(&private))]).unwrap_err();
         assert!(e.to_string().contains("auth_jwks") && e.to_string().contains("public keys only"));
         assert!(!e.to_string().contains("nWGx"), "never the value: {e}");
+    }
+
+    #[test]
+    fn keys_come_from_a_static_jwks_a_jwks_url_or_discovery() {
+        let source = |overrides: &[(&str, Option<&str>)]| match with(overrides).map(|c| c.auth) {
+            Ok(Auth::Jwt(settings)) => Ok(settings.source.clone()),
+            Ok(Auth::Off) => panic!("auth is on"),
+            Err(e) => Err(e),
+        };
+        let url = "https://id.example/protocol/openid-connect/certs";
+        assert_eq!(
+            source(&[("auth_jwks", Some(" ")), ("auth_jwks_url", Some(url))]),
+            Ok(KeySource::JwksUrl(url.into()))
+        );
+        assert_eq!(source(&[("auth_jwks", Some(""))]), Ok(KeySource::Discovery));
+        for bad in [
+            "id.example",
+            "ftp://id.example",
+            "https://",
+            "https://user:pw@id.example",
+            "https://id.example/jwks?x=1",
+            "https://id.example/#k",
+        ] {
+            assert!(
+                matches!(
+                    source(&[("auth_jwks", Some("")), ("auth_jwks_url", Some(bad))]),
+                    Err(ConfigError::Malformed {
+                        name: "auth_jwks_url",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
+        // Discovery needs an issuer that is a URL.
+        assert!(matches!(
+            source(&[("auth_jwks", Some("")), ("auth_issuer", Some("aside-idp"))]),
+            Err(ConfigError::Malformed {
+                name: "auth_issuer",
+                ..
+            })
+        ));
+        let c = with(&[
+            ("auth_keys_min_refresh_s", Some("10")),
+            ("auth_keys_max_refresh_s", Some("5")),
+        ])
+        .unwrap();
+        let Auth::Jwt(settings) = &c.auth else {
+            panic!("on")
+        };
+        assert_eq!(
+            settings.policy.max_refresh,
+            Duration::from_secs(10),
+            "the maximum is never below the minimum"
+        );
+        for (name, bad) in [
+            ("auth_keys_min_refresh_s", "0"),
+            ("auth_keys_max_stale_s", "-1"),
+            ("auth_token_cache_entries", "1000001"),
+            ("auth_token_cache_s", "86401"),
+        ] {
+            assert!(
+                matches!(with(&[(name, Some(bad))]), Err(ConfigError::Malformed { name: n, .. }) if n == name),
+                "{name} = {bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -32,6 +32,7 @@ use crate::read::ReadPath;
 use crate::reply::{Reply, origin_unavailable};
 use crate::routes::{self, Route};
 use crate::shared_tier::SharedTier;
+use crate::tokens::{Authenticator, Refusal};
 
 /// The largest request body the edge passes to the origin. Far above anything the API accepts (the
 /// origin answers 413 well before this); it only keeps the edge from buffering without bound.
@@ -45,13 +46,22 @@ pub struct Edge {
     pub origin: Origin,
     /// Each caller's writes (per instance).
     pub writes: RefCell<WriteLimiter>,
+    /// The client check, when authentication is on.
+    pub auth: Option<Authenticator>,
 }
 
 impl Edge {
     fn new(config: Config) -> Self {
         let config = Rc::new(config);
         let shared = Rc::new(SharedTier::new(Rc::clone(&config)));
+        let auth = match &config.auth {
+            Auth::Jwt(settings) => {
+                Some(Authenticator::new(Rc::clone(settings), Rc::clone(&shared)))
+            }
+            Auth::Off => None,
+        };
         Self {
+            auth,
             reads: ReadPath::new(Rc::clone(&config), Rc::clone(&shared)),
             origin: Origin::new(Rc::clone(&config)).sharing(shared),
             writes: RefCell::new(WriteLimiter::new(config.write_limit)),
@@ -128,7 +138,7 @@ async fn handle(request: Request) -> http::Response<FullBody<Bytes>> {
     let route = routes::route(request.method(), uri.path(), uri.query());
     let protected = routes::is_public_api(uri.path());
     let caller = if protected {
-        match admit(&edge, &request, &route) {
+        match admit(&edge, &request, &route, deadline).await {
             Ok(caller) => caller,
             Err(refused) => {
                 return refused
@@ -165,18 +175,33 @@ async fn handle(request: Request) -> http::Response<FullBody<Bytes>> {
 /// The client check of a request to the public API, before any tier or the origin is asked: who the
 /// caller is (401 without a token the verifier accepts), whether it may do this (403), and, for a
 /// write, whether it is within its write rate (429). `Ok(None)` when authentication is off.
-fn admit(edge: &Edge, request: &Request, route: &Route) -> Result<Option<Caller>, Box<Reply>> {
-    let Auth::Jwt(verifier) = &edge.config.auth else {
+async fn admit(
+    edge: &Edge,
+    request: &Request,
+    route: &Route,
+    deadline: Deadline,
+) -> Result<Option<Rc<Caller>>, Box<Reply>> {
+    let Some(authenticator) = &edge.auth else {
         return Ok(None);
     };
-    let token = auth::bearer_token(request.headers().get(AUTHORIZATION).map(|v| v.as_bytes()));
-    let caller = match token.and_then(|t| verifier.verify(t)) {
+    let checked =
+        match auth::bearer_token(request.headers().get(AUTHORIZATION).map(|v| v.as_bytes())) {
+            Ok(token) => authenticator.check(token, deadline).await,
+            Err(rejected) => Err(Refusal::Token(rejected)),
+        };
+    let caller = match checked {
         Ok(caller) => caller,
-        Err(rejected) => {
+        Err(Refusal::Token(rejected)) => {
             return Err(Box::new(
                 Reply::error(&rejected.error(), CacheStatus::Bypass)
                     .challenge(&rejected.challenge()),
             ));
+        }
+        Err(Refusal::NoKeys(unavailable)) => {
+            return Err(Box::new(Reply::error(
+                &unavailable.error(),
+                CacheStatus::Bypass,
+            )));
         }
     };
     let need = match route {
@@ -208,7 +233,7 @@ fn admit(edge: &Edge, request: &Request, route: &Route) -> Result<Option<Caller>
 async fn pass_through(
     edge: &Edge,
     request: Request,
-    caller: Option<Caller>,
+    caller: Option<Rc<Caller>>,
     deadline: Deadline,
 ) -> Reply {
     let (parts, body) = request.into_parts();

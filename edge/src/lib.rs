@@ -17,6 +17,9 @@
 //!   and the request budget.
 //! * [`budget`]: the instance's budget of origin reads.
 //! * [`config`]: Spin variables to a typed configuration.
+//! * [`auth`], [`keys`], [`tokens`]: client tokens (verification and authorization), the identity
+//!   provider's keys (static, by URL or by discovery, kept process-wide) and the verified tokens
+//!   remembered.
 //!
 //! The pure modules (`config`, `plan`, `l1`, `flight`, `backoff`, `routes`, parts of `l2` and `forward`) are
 //! unit-tested natively with `cargo test -p aside-edge --lib`; the entry point is exported only when
@@ -30,6 +33,7 @@ pub mod config;
 pub mod flight;
 pub mod forward;
 pub mod handler;
+pub mod keys;
 pub mod l1;
 pub mod l2;
 pub mod plan;
@@ -38,3 +42,4 @@ pub mod read;
 pub mod reply;
 pub mod routes;
 pub mod shared_tier;
+pub mod tokens;

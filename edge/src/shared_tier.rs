@@ -342,6 +342,21 @@ impl SharedTier {
         }
     }
 
+    /// The value of `key`, a key of another part of the edge (its own namespace, never `aside:l1:`),
+    /// through the same store and breaker; at most `limit`. `None`: skipped or failed.
+    pub async fn get_raw(&self, key: &str, limit: Duration) -> Option<Option<Vec<u8>>> {
+        let key = key.to_string();
+        self.call(limit, |store| async move { store.get(&key).await })
+            .await
+    }
+
+    /// Sets `key` (see [`SharedTier::get_raw`]); at most `limit`.
+    pub async fn set_raw(&self, key: &str, bytes: &[u8], limit: Duration) {
+        let (key, bytes) = (key.to_string(), bytes.to_vec());
+        self.call(limit, |store| async move { store.set(&key, &bytes).await })
+            .await;
+    }
+
     /// Runs one store operation under the breaker and `limit`; `None` when it was skipped or failed.
     async fn call<T, F, Fut>(&self, limit: Duration, op: F) -> Option<T>
     where

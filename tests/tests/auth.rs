@@ -518,15 +518,27 @@ async fn authentication_is_on_unless_turned_off_and_off_says_so() {
     let secret = generate_secret();
     let origin = env.origin_with_token(stack, &secret).await.unwrap();
 
-    // Without a JWKS the edge does not start (Spin: a required variable).
+    // Without an issuer the edge does not start (Spin: a required variable).
     let mut unconfigured = EdgeOptions::new(stack, &env, &origin.url(), &secret).var("auth", "on");
-    unconfigured.config.variables.remove("auth_jwks");
+    unconfigured.config.variables.remove("auth_issuer");
     let refused = unconfigured.start().await;
     let error = format!(
         "{:#}",
-        refused.expect_err("an edge without auth_jwks must not start")
+        refused.expect_err("an edge without auth_issuer must not start")
     );
-    assert!(error.contains("auth_jwks"), "{error}");
+    assert!(error.contains("auth_issuer"), "{error}");
+
+    // Without a JWKS or its URL the keys come from discovery, which needs an issuer that is a URL: the
+    // edge answers 500 naming the variable.
+    let no_keys = EdgeOptions::new(stack, &env, &origin.url(), &secret)
+        .var("auth", "on")
+        .var("auth_jwks", "")
+        .start()
+        .await
+        .unwrap();
+    let answer = no_keys.app().call(Method::GET, "/users/1", None).await;
+    assert_eq!(answer.status, 500, "{answer:?}");
+    assert!(answer.body.contains("auth_issuer"), "{answer:?}");
 
     // A JWKS with a private key is refused by the edge, naming the variable and never the key.
     let idp = TestIssuer::new();

@@ -9,3 +9,4 @@ pub mod redis_server;
 pub mod spin;
 pub mod stack;
 pub mod supervise;
+pub mod token;

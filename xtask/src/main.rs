@@ -13,12 +13,12 @@ mod cmd;
 mod fuzz;
 mod reset;
 mod test;
-mod token;
 mod up;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use xtask::token;
 
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", about = "aside project commands")]

@@ -86,7 +86,22 @@ pub const TEST_TOOLS: &[Prerequisite] = &[
         present: python_venv_available,
         apt_packages: &["python3-venv"],
     },
+    Prerequisite {
+        name: "Node.js and npm (for the OpenID provider of the authentication tests)",
+        present: node_available,
+        apt_packages: &["nodejs", "npm"],
+    },
 ];
+
+/// `node` and `npm` both answer.
+pub fn node_available() -> bool {
+    ["node", "npm"].iter().all(|tool| {
+        Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -235,6 +250,43 @@ pub fn python_tools(
     }
     std::fs::write(&stamp, packages.join(" "))?;
     Ok(bin)
+}
+
+/// The OpenID provider the authentication tests start (tests/oidc/provider.mjs; tests/tests/oidc.rs):
+/// panva's `oidc-provider` from npm, pinned. Node.js 20 or later and npm must be installed.
+pub const OIDC_PROVIDER: &str = "oidc-provider@9.13.3";
+
+/// The folder `target/tools/oidc-provider` holding `node_modules/` with [`OIDC_PROVIDER`], installed
+/// with npm on first use (from the npm registry) and reused afterwards.
+pub fn oidc_provider(target_dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let dir = target_dir.join("tools").join("oidc-provider");
+    let stamp = dir.join(".installed");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == OIDC_PROVIDER) {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // A package of its own, so npm installs here and not into a parent folder's package.
+    std::fs::write(
+        dir.join("package.json"),
+        "{\"name\": \"aside-test-oidc-provider\", \"private\": true, \"type\": \"module\"}\n",
+    )?;
+    let installed = Command::new("npm")
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+            "--save-exact",
+        ])
+        .arg(OIDC_PROVIDER)
+        .current_dir(&dir)
+        .status()
+        .context("npm (Node.js 20 or later) is needed for the OpenID provider of the tests")?;
+    if !installed.success() {
+        bail!("npm install {OIDC_PROVIDER} failed");
+    }
+    std::fs::write(&stamp, OIDC_PROVIDER)?;
+    Ok(dir)
 }
 
 pub fn python_venv_available() -> bool {

@@ -58,6 +58,8 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     let target = crate::cmd::workspace_root().join("target");
     xtask::prereq::api_tester(&target)?;
     xtask::prereq::manifest_validators(&target)?;
+    // The OpenID provider (npm) the authentication tests start (tests/tests/oidc.rs).
+    xtask::prereq::oidc_provider(&target)?;
     // The edge component the host runs in the tests, and the origin binary the harness starts.
     build_components(&["aside-edge", "aside-wait"])?;
     build_test_origin()?;

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use clap::Args;
 use ed25519_dalek::{Signer as _, SigningKey};
 
-use xtask::local;
+use crate::local;
 
 /// The `iss` of local tokens (the edge's `auth_issuer` under `up`).
 pub const ISSUER: &str = "aside-local";
@@ -131,7 +131,10 @@ pub struct TokenArgs {
 
 pub fn run(args: TokenArgs) -> anyhow::Result<()> {
     let state = if args.state_dir.is_relative() {
-        crate::cmd::workspace_root().join(&args.state_dir)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("xtask has a parent")
+            .join(&args.state_dir)
     } else {
         args.state_dir.clone()
     };

@@ -225,7 +225,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&logs)?;
     let secrets = Secrets::load_or_generate(&state.join("secrets"))?;
     // The edge's clients: a local signing key (secrets/auth-signing-key) and ready tokens beside it.
-    let issuer = crate::token::LocalIssuer::load_or_generate(&state.join("secrets"))?;
+    let issuer = xtask::token::LocalIssuer::load_or_generate(&state.join("secrets"))?;
     issuer.write_ready_tokens(&state.join("secrets"))?;
     // The issuer's public keys, as an identity provider publishes them: what the README's
     // "Deploying the edge to Spin" gives `spin up` (public, but kept beside the key).
@@ -365,8 +365,8 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     )
     .env("SPIN_VARIABLE_ORIGIN_TOKEN", &secrets.origin_token)
     .env("SPIN_VARIABLE_AUTH_JWKS", issuer.jwks())
-    .env("SPIN_VARIABLE_AUTH_ISSUER", crate::token::ISSUER)
-    .env("SPIN_VARIABLE_AUTH_AUDIENCE", crate::token::AUDIENCE);
+    .env("SPIN_VARIABLE_AUTH_ISSUER", xtask::token::ISSUER)
+    .env("SPIN_VARIABLE_AUTH_AUDIENCE", xtask::token::AUDIENCE);
     services.spawn("edge", edge, &logs, libc::SIGTERM)?;
     services.wait_for_port(args.edge_port, &logs)?;
 

@@ -65,7 +65,8 @@ struct Args {
     #[arg(long, default_value_t = 0.0)]
     write_percent: f64,
     /// File holding a bearer token to send: the origin's, or a client JWT for an edge with `auth = "on"`
-    /// (e.g. from `cargo xtask token --scope profiles:admin`); never given on the command line.
+    /// (e.g. from `cargo xtask token --scope profiles:admin`); never given on the command line. Several
+    /// tokens, one per line: connection `n` sends line `n mod lines` (a token per connection).
     #[arg(long)]
     bearer_file: Option<PathBuf>,
     /// Seed of the id order (the same in every process of one benchmark).
@@ -169,7 +170,8 @@ impl Tally {
 struct Plan {
     host: String,
     authority: String,
-    bearer: Option<String>,
+    /// `Bearer <token>` values; connection `n` sends number `n mod len`.
+    bearers: Vec<String>,
     keys: Keys,
     write_percent: f64,
     timeout: Duration,
@@ -217,15 +219,20 @@ async fn run(args: Args) -> anyhow::Result<LoadResult> {
         "--write-percent must be from 0 to 100"
     );
     let url = url_parts(&args.url)?;
-    let bearer = match &args.bearer_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
-                .trim()
-                .to_string(),
-        ),
-        None => None,
+    let bearers: Vec<String> = match &args.bearer_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(|t| format!("Bearer {t}"))
+            .collect(),
+        None => Vec::new(),
     };
+    anyhow::ensure!(
+        args.bearer_file.is_none() || !bearers.is_empty(),
+        "the bearer file holds no token"
+    );
     let keys = Keys::new(args.ids, args.keys, args.zipf_s, args.hot, args.seed)?;
     let start = Instant::now();
     let (measure_from, end, budget) = match args.requests {
@@ -239,7 +246,7 @@ async fn run(args: Args) -> anyhow::Result<LoadResult> {
     let plan = Arc::new(Plan {
         host: url.0,
         authority: url.1,
-        bearer: bearer.map(|t| format!("Bearer {t}")),
+        bearers,
         keys,
         write_percent: args.write_percent,
         timeout: args.timeout,
@@ -254,7 +261,7 @@ async fn run(args: Args) -> anyhow::Result<LoadResult> {
             .seed
             .wrapping_mul(1_000_003)
             .wrapping_add(worker as u64 + 1);
-        tasks.push(tokio::spawn(connection(plan, seed)));
+        tasks.push(tokio::spawn(connection(plan, seed, worker)));
     }
     let mut total = Tally::new();
     for task in tasks {
@@ -291,7 +298,9 @@ fn url_parts(url: &str) -> anyhow::Result<(String, String)> {
 }
 
 /// One closed-loop connection: request, whole answer, next request.
-async fn connection(plan: Arc<Plan>, seed: u64) -> Tally {
+async fn connection(plan: Arc<Plan>, seed: u64, number: usize) -> Tally {
+    let bearer =
+        (!plan.bearers.is_empty()).then(|| plan.bearers[number % plan.bearers.len()].as_str());
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut tally = Tally::new();
     let mut sender: Option<SendRequest<Full<Bytes>>> = None;
@@ -314,7 +323,7 @@ async fn connection(plan: Arc<Plan>, seed: u64) -> Tally {
             break;
         };
         let write = plan.write_percent > 0.0 && rng.random_range(0.0..100.0) < plan.write_percent;
-        let request = build_request(&plan, id, write, &mut rng);
+        let request = build_request(&plan, bearer, id, write, &mut rng);
         let started = Instant::now();
         let outcome = tokio::time::timeout(plan.timeout, send(&plan, &mut sender, request)).await;
         let done = Instant::now();
@@ -369,13 +378,19 @@ async fn connection(plan: Arc<Plan>, seed: u64) -> Tally {
     tally
 }
 
-fn build_request(plan: &Plan, id: u64, write: bool, rng: &mut SmallRng) -> Request<Full<Bytes>> {
+fn build_request(
+    plan: &Plan,
+    bearer: Option<&str>,
+    id: u64,
+    write: bool,
+    rng: &mut SmallRng,
+) -> Request<Full<Bytes>> {
     let path = format!("/users/{id}");
     let mut builder = Request::builder()
         .uri(path)
         .header(HOST, plan.authority.as_str());
-    if let Some(bearer) = &plan.bearer {
-        builder = builder.header(AUTHORIZATION, bearer.as_str());
+    if let Some(bearer) = bearer {
+        builder = builder.header(AUTHORIZATION, bearer);
     }
     let request = if write {
         let department = Department::SEEDED[rng.random_range(0..Department::SEEDED.len())];

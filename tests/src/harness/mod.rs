@@ -12,6 +12,7 @@
 mod edge;
 mod http;
 mod load;
+mod oidc;
 mod origin;
 mod postgres;
 mod process;
@@ -34,6 +35,7 @@ pub use http::{
     read_url, tier_ms,
 };
 pub use load::{Load, LoadReport, Sample};
+pub use oidc::{JwksMode, OIDC_AUDIENCE, OidcClient, OidcProvider, OidcStats};
 pub use origin::{Origin, OriginOptions};
 pub use postgres::PostgresServer;
 pub use process::{ManagedChild, StopSignal, log_to, spawn_managed, temp_dir};
