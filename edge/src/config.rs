@@ -16,7 +16,7 @@ use crate::auth::{Expectations, Verifier};
 use crate::ratelimit::WriteLimit;
 
 /// Every Spin variable the edge reads, as declared under `[component.aside-edge.variables]`.
-pub const VARIABLES: [&str; 29] = [
+pub const VARIABLES: [&str; 31] = [
     "redis_address",
     "redis_database",
     "redis_user",
@@ -46,6 +46,8 @@ pub const VARIABLES: [&str; 29] = [
     "write_burst",
     "shared_tier_store",
     "shared_tier_slots",
+    "feed_poll_ms",
+    "feed_max_lag_ms",
 ];
 
 /// Subjects the write limit remembers at most per instance (see [`crate::ratelimit`]).
@@ -75,6 +77,23 @@ pub struct SharedTierSettings {
     pub store: String,
     /// How many slots (keys) it uses at most (`shared_tier_slots`).
     pub slots: u32,
+}
+
+/// The invalidation feed (see [`crate::feed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedSettings {
+    /// A request that finds the feed read longer ago than this reads it (`feed_poll_ms`); zero: the
+    /// feed is off and tier 1 keeps today's TTL rule.
+    pub poll: Duration,
+    /// Past this since the last good read or the last entry seen (`feed_max_lag_ms`, capped at
+    /// `l1_ttl_ms`), the feed is late and copies fall back to the TTL rule.
+    pub max_lag: Duration,
+}
+
+impl FeedSettings {
+    pub fn is_on(&self) -> bool {
+        !self.poll.is_zero()
+    }
 }
 
 /// A circuit breaker's settings (see [`crate::backoff`]).
@@ -130,6 +149,8 @@ pub struct Config {
     pub write_limit: WriteLimit,
     /// The process-wide tier: `shared_tier_store`, `shared_tier_slots`.
     pub shared_tier: SharedTierSettings,
+    /// The invalidation feed: `feed_poll_ms`, `feed_max_lag_ms`.
+    pub feed: FeedSettings,
 }
 
 impl fmt::Debug for Config {
@@ -149,6 +170,7 @@ impl fmt::Debug for Config {
             .field("auth", &self.auth)
             .field("write_limit", &self.write_limit)
             .field("shared_tier", &self.shared_tier)
+            .field("feed", &self.feed)
             .finish()
     }
 }
@@ -287,6 +309,23 @@ impl Config {
             store: parse_store_label(get("shared_tier_store")?)?,
             slots: parse_number(get("shared_tier_slots")?, 1, 1_000_000, SLOTS)? as u32,
         };
+        let feed_poll = millis(parse_number(get("feed_poll_ms")?, 0, 60_000, MS_POLL)?);
+        let feed_max_lag = millis(parse_number(
+            get("feed_max_lag_ms")?,
+            1,
+            86_400_000,
+            MS_LAG,
+        )?);
+        let feed = FeedSettings {
+            // Tier 1 off (a zero TTL): no copy to keep fresh, and none may outlive the TTL rule.
+            poll: if l1.ttl.is_zero() {
+                Duration::ZERO
+            } else {
+                feed_poll
+            },
+            // A late feed must never let a copy be older than the TTL rule allows.
+            max_lag: feed_max_lag.min(l1.ttl).max(feed_poll),
+        };
 
         let redis_url = format!(
             "{redis_scheme}://{}:{}@{redis_address}/{redis_database}",
@@ -309,6 +348,7 @@ impl Config {
             auth,
             write_limit,
             shared_tier,
+            feed,
         })
     }
 
@@ -331,6 +371,8 @@ const COUNT: &str = "a whole number from 0 to 10000000";
 const BYTES: &str = "a whole number of bytes from 0 to 1073741824";
 const MS_DAY: &str = "a whole number of milliseconds from 0 to 86400000";
 const MS_MINUTE: &str = "a whole number of milliseconds from 1 to 60000";
+const MS_POLL: &str = "a whole number of milliseconds from 0 (off) to 60000";
+const MS_LAG: &str = "a whole number of milliseconds from 1 to 86400000";
 const MS_HOUR: &str = "a whole number of milliseconds from 0 to 3600000";
 const MS_5MIN: &str = "a whole number of milliseconds from 1 to 300000";
 const THRESHOLD: &str = "a whole number of consecutive failures from 1 to 1000";
@@ -544,6 +586,8 @@ mod tests {
             "write_burst" => "10",
             "shared_tier_store" => "",
             "shared_tier_slots" => "16384",
+            "feed_poll_ms" => "50",
+            "feed_max_lag_ms" => "1000",
             _ => return None,
         })
     }
@@ -586,6 +630,37 @@ mod tests {
             ("shared_tier_store", "x:y"),
             ("shared_tier_slots", "0"),
             ("shared_tier_slots", "1000001"),
+        ] {
+            assert!(
+                matches!(with(&[(name, Some(bad))]), Err(ConfigError::Malformed { name: n, .. }) if n == name),
+                "{name} = {bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_feed_is_polled_every_50_ms_and_its_lag_is_capped_by_the_ttl() {
+        let c = with(&[]).unwrap();
+        assert_eq!(
+            c.feed,
+            FeedSettings {
+                poll: Duration::from_millis(50),
+                max_lag: Duration::from_millis(1000)
+            }
+        );
+        assert!(c.feed.is_on());
+        let short = with(&[("l1_ttl_ms", Some("300"))]).unwrap();
+        assert_eq!(short.feed.max_lag, Duration::from_millis(300));
+        assert!(!with(&[("feed_poll_ms", Some("0"))]).unwrap().feed.is_on());
+        assert!(
+            !with(&[("l1_ttl_ms", Some("0"))]).unwrap().feed.is_on(),
+            "no tier 1, no feed"
+        );
+        for (name, bad) in [
+            ("feed_poll_ms", "60001"),
+            ("feed_poll_ms", "-1"),
+            ("feed_poll_ms", "fast"),
+            ("feed_max_lag_ms", "0"),
         ] {
             assert!(
                 matches!(with(&[(name, Some(bad))]), Err(ConfigError::Malformed { name: n, .. }) if n == name),
