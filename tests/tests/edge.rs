@@ -50,8 +50,10 @@ async fn origin_for(stack: &Stack, rows: u64) -> (TestEnv, String, Origin) {
 async fn first_read_misses_then_hits_tier_one_then_tier_two_after_the_ttl() {
     let stack = Stack::shared().await;
     let (env, token, origin) = origin_for(stack, 20).await;
+    // The TTL rule alone (no invalidation feed, which would keep the copy fresh past the TTL).
     let edge = EdgeOptions::new(stack, &env, &origin.url(), &token)
         .l1_ttl_ms(200)
+        .var("feed_poll_ms", 0)
         .start()
         .await
         .unwrap();

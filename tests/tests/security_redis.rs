@@ -39,6 +39,8 @@ const OTHER: &str = "other:key";
 /// The invalidation feed's stream and counter (the edge reads the stream, the origin's script writes both).
 const FEED: &str = aside_shared::feed::FEED_KEY;
 const FEED_SEQ: &str = aside_shared::feed::FEED_SEQ_KEY;
+/// One stream entry as `XREAD` returns it: its id and its field/value list.
+type StreamEntry = (String, Vec<String>);
 const OTHER_HASH: &str = "other:hash";
 /// A function library loaded by the admin, that no service may call, list or delete.
 const FUNCTION_LIBRARY: &str =
@@ -712,7 +714,7 @@ async fn the_edge_user_reads_profile_hashes() {
         .query_async(&mut admin)
         .await
         .unwrap();
-    let read: Vec<(String, Vec<(String, Vec<String>)>)> = redis::cmd("XREAD")
+    let read: Vec<(String, Vec<StreamEntry>)> = redis::cmd("XREAD")
         .arg("STREAMS")
         .arg(FEED)
         .arg("0")
