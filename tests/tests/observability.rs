@@ -704,7 +704,7 @@ async fn the_dashboard_charts_only_metrics_the_origin_exports() {
     drive_traffic(stack, &env, &origin).await;
     let mut exported = sample_names(&scrape(&origin).await);
     // The edge's invalidation-feed metrics (`GET /edge/feed`, charted and alerted on too).
-    let edge = EdgeOptions::new(stack, &env, &origin.url(), "unused: the origin is open")
+    let edge = EdgeOptions::new(stack, &env, &origin.url(), &generate_secret())
         .start()
         .await
         .unwrap();
