@@ -18,7 +18,7 @@ use crate::keys::{KeyPolicy, KeySource};
 use crate::ratelimit::WriteLimit;
 
 /// Every Spin variable the edge reads, as declared under `[component.aside-edge.variables]`.
-pub const VARIABLES: [&str; 38] = [
+pub const VARIABLES: [&str; 40] = [
     "redis_address",
     "redis_database",
     "redis_user",
@@ -57,6 +57,8 @@ pub const VARIABLES: [&str; 38] = [
     "origin_budget_per_s",
     "origin_budget_burst",
     "redis_max_connections",
+    "feed_poll_ms",
+    "feed_max_lag_ms",
 ];
 
 /// Subjects the write limit remembers at most per instance (see [`crate::ratelimit`]).
@@ -86,6 +88,23 @@ pub struct SharedTierSettings {
     pub store: String,
     /// How many slots (keys) it uses at most (`shared_tier_slots`).
     pub slots: u32,
+}
+
+/// The invalidation feed (see [`crate::feed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedSettings {
+    /// A request that finds the feed read longer ago than this reads it (`feed_poll_ms`); zero: the
+    /// feed is off and tier 1 keeps today's TTL rule.
+    pub poll: Duration,
+    /// Past this since the last good read or the last entry seen (`feed_max_lag_ms`, capped at
+    /// `l1_ttl_ms`), the feed is late and copies fall back to the TTL rule.
+    pub max_lag: Duration,
+}
+
+impl FeedSettings {
+    pub fn is_on(&self) -> bool {
+        !self.poll.is_zero()
+    }
 }
 
 /// A circuit breaker's settings (see [`crate::backoff`]).
@@ -162,6 +181,8 @@ pub struct Config {
     /// Reads sent to the origin per instance: `origin_budget_per_s` (0: no budget),
     /// `origin_budget_burst`.
     pub origin_budget: BudgetSettings,
+    /// The invalidation feed: `feed_poll_ms`, `feed_max_lag_ms`.
+    pub feed: FeedSettings,
 }
 
 impl fmt::Debug for Config {
@@ -183,6 +204,7 @@ impl fmt::Debug for Config {
             .field("write_limit", &self.write_limit)
             .field("shared_tier", &self.shared_tier)
             .field("origin_budget", &self.origin_budget)
+            .field("feed", &self.feed)
             .finish()
     }
 }
@@ -367,6 +389,23 @@ impl Config {
         };
         let redis_max_connections =
             parse_number(get("redis_max_connections")?, 1, 64, CONNECTIONS)? as usize;
+        let feed_poll = millis(parse_number(get("feed_poll_ms")?, 0, 60_000, MS_POLL)?);
+        let feed_max_lag = millis(parse_number(
+            get("feed_max_lag_ms")?,
+            1,
+            86_400_000,
+            MS_LAG,
+        )?);
+        let feed = FeedSettings {
+            // Tier 1 off (a zero TTL): no copy to keep fresh, and none may outlive the TTL rule.
+            poll: if l1.ttl.is_zero() {
+                Duration::ZERO
+            } else {
+                feed_poll
+            },
+            // A late feed must never let a copy be older than the TTL rule allows.
+            max_lag: feed_max_lag.min(l1.ttl).max(feed_poll),
+        };
 
         let redis_url = format!(
             "{redis_scheme}://{}:{}@{redis_address}/{redis_database}",
@@ -391,6 +430,7 @@ impl Config {
             write_limit,
             shared_tier,
             origin_budget,
+            feed,
         })
     }
 
@@ -413,6 +453,8 @@ const COUNT: &str = "a whole number from 0 to 10000000";
 const BYTES: &str = "a whole number of bytes from 0 to 1073741824";
 const MS_DAY: &str = "a whole number of milliseconds from 0 to 86400000";
 const MS_MINUTE: &str = "a whole number of milliseconds from 1 to 60000";
+const MS_POLL: &str = "a whole number of milliseconds from 0 (off) to 60000";
+const MS_LAG: &str = "a whole number of milliseconds from 1 to 86400000";
 const MS_HOUR: &str = "a whole number of milliseconds from 0 to 3600000";
 const MS_5MIN: &str = "a whole number of milliseconds from 1 to 300000";
 const THRESHOLD: &str = "a whole number of consecutive failures from 1 to 1000";
@@ -667,6 +709,8 @@ mod tests {
             "origin_budget_per_s" => "500",
             "origin_budget_burst" => "500",
             "redis_max_connections" => "16",
+            "feed_poll_ms" => "50",
+            "feed_max_lag_ms" => "1000",
             _ => return None,
         })
     }
@@ -709,6 +753,37 @@ mod tests {
             ("shared_tier_store", "x:y"),
             ("shared_tier_slots", "0"),
             ("shared_tier_slots", "1000001"),
+        ] {
+            assert!(
+                matches!(with(&[(name, Some(bad))]), Err(ConfigError::Malformed { name: n, .. }) if n == name),
+                "{name} = {bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_feed_is_polled_every_50_ms_and_its_lag_is_capped_by_the_ttl() {
+        let c = with(&[]).unwrap();
+        assert_eq!(
+            c.feed,
+            FeedSettings {
+                poll: Duration::from_millis(50),
+                max_lag: Duration::from_millis(1000)
+            }
+        );
+        assert!(c.feed.is_on());
+        let short = with(&[("l1_ttl_ms", Some("300"))]).unwrap();
+        assert_eq!(short.feed.max_lag, Duration::from_millis(300));
+        assert!(!with(&[("feed_poll_ms", Some("0"))]).unwrap().feed.is_on());
+        assert!(
+            !with(&[("l1_ttl_ms", Some("0"))]).unwrap().feed.is_on(),
+            "no tier 1, no feed"
+        );
+        for (name, bad) in [
+            ("feed_poll_ms", "60001"),
+            ("feed_poll_ms", "-1"),
+            ("feed_poll_ms", "fast"),
+            ("feed_max_lag_ms", "0"),
         ] {
             assert!(
                 matches!(with(&[(name, Some(bad))]), Err(ConfigError::Malformed { name: n, .. }) if n == name),

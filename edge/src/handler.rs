@@ -157,6 +157,7 @@ async fn handle(request: Request) -> http::Response<FullBody<Bytes>> {
             CacheStatus::Bypass,
         ),
         Route::Refuse(error) => Reply::error(&error, CacheStatus::Bypass),
+        Route::FeedState => edge.reads.feed_metrics(deadline).await,
         Route::ReadProfile { id, selection } => {
             edge.reads
                 .serve(&edge.origin, id, selection, deadline)
@@ -207,7 +208,7 @@ async fn admit(
     let need = match route {
         Route::ReadProfile { id, selection } => Need::read(*id, selection.as_ref()),
         Route::Forward => Need::forwarded(request.method(), request.uri().path()),
-        Route::Health | Route::Refuse(_) => Need::Authenticated,
+        Route::Health | Route::FeedState | Route::Refuse(_) => Need::Authenticated,
     };
     if let Err(denied) = auth::authorize(&caller, &need) {
         return Err(Box::new(
@@ -257,6 +258,8 @@ async fn pass_through(
 
     let mut timing = ServerTiming::new();
     let started = clock::now();
+    // The feed position before the write: the written copy is vouched for from there on.
+    let tag = edge.reads.feed_tag();
     let request = OriginRequest {
         method: parts.method.clone(),
         path_and_query,
@@ -273,7 +276,7 @@ async fn pass_through(
         Ok(answer) => {
             // Read-your-writes: tier 1 keeps what this instance wrote.
             if let Some(keep) = plan::after_write(&parts.method, parts.uri.path(), &answer) {
-                edge.reads.keep(keep, None, deadline).await;
+                edge.reads.keep(keep, None, tag, deadline).await;
             }
             Reply::from_origin(&answer, CacheStatus::Bypass).timing(timing)
         }

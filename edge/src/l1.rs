@@ -26,6 +26,8 @@ use bytes::Bytes;
 
 use crate::clock::Nanos;
 use crate::config::L1Limits;
+use crate::feed::{FeedTag, Trust};
+use aside_shared::feed::Change;
 
 const NIL: usize = usize::MAX;
 
@@ -284,6 +286,12 @@ pub struct Shelf {
     pub freshness: Option<Freshness>,
     /// The source's `stale-if-error` window, when it said one.
     pub stale_if_error: Option<Duration>,
+    /// The invalidation feed's position the copy was taken at (see [`crate::feed`]): while the feed
+    /// vouches for it, the copy is fresh until its soft expiry instead of tier 1's TTL.
+    pub tag: FeedTag,
+    /// The soft expiry that holds while the feed vouches for the copy, when it is not `freshness`'s
+    /// (a copy from the shared tier, whose `freshness` is already cut to the TTL).
+    pub feed_until_ms: Option<i64>,
 }
 
 /// A fresh tier-1 copy, and the shared freshness XFetch decides on.
@@ -300,6 +308,15 @@ struct Held {
     entry: ProfileEntry,
     fresh_until: Nanos,
     shared: Option<Freshness>,
+    /// Fresh until this while the feed vouches for `tag` (never before `fresh_until`).
+    feed_until: Nanos,
+    tag: FeedTag,
+}
+
+impl Held {
+    fn is_fresh(&self, now: Nanos, trust: Option<Trust>) -> bool {
+        self.fresh_until > now || (Trust::covers(trust, self.tag) && self.feed_until > now)
+    }
 }
 
 /// Tier 1 as the edge uses it: the profiles, and the version floors that keep it moving forward.
@@ -308,6 +325,8 @@ pub struct Tier1 {
     floors: TtlLru<UserId, Floor>,
     ttl: Nanos,
     stale: Nanos,
+    /// What the invalidation feed vouches for now (`None`: the TTL rule alone).
+    trust: Option<Trust>,
 }
 
 fn nanos(d: Duration) -> Nanos {
@@ -330,14 +349,42 @@ impl Tier1 {
             }),
             ttl: nanos(limits.ttl),
             stale: nanos(stale),
+            trust: None,
         }
+    }
+
+    /// Sets what the invalidation feed vouches for, as the instance's last look at it said.
+    pub fn set_trust(&mut self, trust: Option<Trust>) {
+        self.trust = trust;
+    }
+
+    /// The feed names a change of `change.id`: every copy older than it goes, and the id's floor rises
+    /// to it, so that a lookup that read the older version and comes back later cannot keep or serve it.
+    pub fn invalidate(&mut self, change: &Change, now: Nanos) {
+        let Ok(id) = UserId::try_from(i64::from(change.id)) else {
+            return;
+        };
+        let floor = if change.is_deletion() {
+            Floor::deletion(change.version)
+        } else {
+            Floor::row(change.version)
+        };
+        if self
+            .profiles
+            .peek(&id, now)
+            .is_some_and(|held| Floor::row(held.entry.version) < floor)
+        {
+            self.profiles.remove(&id);
+        }
+        self.raise(id, floor, now);
     }
 
     /// The fresh profile of `id`, which becomes the most recently used.
     pub fn get(&mut self, id: &UserId, now: Nanos) -> Option<Hit> {
+        let trust = self.trust;
         self.profiles
             .get(id, now)
-            .filter(|held| held.fresh_until > now)
+            .filter(|held| held.is_fresh(now, trust))
             .map(|held| Hit {
                 entry: held.entry.clone(),
                 shared: held.shared,
@@ -349,7 +396,7 @@ impl Tier1 {
     pub fn stale(&self, id: &UserId, now: Nanos) -> Option<ProfileEntry> {
         self.profiles
             .peek(id, now)
-            .filter(|held| held.fresh_until <= now)
+            .filter(|held| !held.is_fresh(now, self.trust))
             .map(|held| held.entry.clone())
     }
 
@@ -394,12 +441,21 @@ impl Tier1 {
             .stale_if_error
             .map_or(self.stale, |w| nanos(w).min(self.stale));
         let fresh_until = soft.min(own);
+        let feed_until = match shelf.feed_until_ms {
+            Some(ms) => {
+                let left_ms = ms.saturating_sub(now_ms).max(0) as u64;
+                now.saturating_add(left_ms.saturating_mul(1_000_000))
+            }
+            None => soft,
+        };
         let keep_until = soft.saturating_add(window).max(fresh_until);
         let weight = entry.weight();
         let held = Held {
             entry,
             fresh_until,
             shared: shelf.freshness,
+            feed_until: feed_until.max(fresh_until).min(keep_until),
+            tag: shelf.tag,
         };
         self.profiles
             .insert_until(id, held, weight, keep_until, now);
@@ -769,6 +825,7 @@ mod tests {
                 delta_ms: 3,
             }),
             stale_if_error: stale_if_error_secs.map(Duration::from_secs),
+            ..Shelf::default()
         }
     }
 
@@ -798,6 +855,88 @@ mod tests {
         assert!(t.get(&id, 40 * MS).is_none());
         assert!(t.stale(&id, 40 * MS).is_some());
         assert!(t.stale(&id, 1040 * MS).is_none());
+    }
+
+    fn tagged(fresh_for_ms: i64, epoch: u64, seq: u64) -> Shelf {
+        Shelf {
+            tag: FeedTag { epoch, seq },
+            ..shelf(fresh_for_ms, WALL, None)
+        }
+    }
+
+    #[test]
+    fn while_the_feed_vouches_for_a_copy_it_is_fresh_until_its_soft_expiry() {
+        let id = UserId::parse("7").unwrap();
+        let mut t = tier1_with_stale(1000);
+        assert!(t.fill(profile_at(5, "Sales"), tagged(10_000, 3, 40), 0, WALL));
+        // No trust: tier 1's TTL (100 ms).
+        assert!(t.get(&id, 150 * MS).is_none());
+        // The feed vouches for epoch 3 from entry 40 on: fresh until the soft expiry (10 s).
+        t.set_trust(Some(Trust {
+            epoch: 3,
+            since: 40,
+        }));
+        assert_eq!(held(&mut t, 150 * MS).unwrap().0, 5);
+        assert!(t.stale(&id, 150 * MS).is_none());
+        assert!(t.get(&id, 9_999 * MS).is_some());
+        assert!(
+            t.get(&id, 10_000 * MS).is_none(),
+            "the soft expiry still ends it"
+        );
+        // Another epoch (continuity lost), or a position this instance cannot vouch for: the TTL rule.
+        for trust in [
+            Trust {
+                epoch: 4,
+                since: 40,
+            },
+            Trust {
+                epoch: 3,
+                since: 41,
+            },
+        ] {
+            t.set_trust(Some(trust));
+            assert!(t.get(&id, 150 * MS).is_none(), "{trust:?}");
+            assert_eq!(t.stale(&id, 150 * MS).unwrap().version, 5);
+        }
+        // An untagged copy (taken with no feed) is never trusted.
+        let mut t = tier1_with_stale(1000);
+        assert!(t.fill(profile_at(5, "Sales"), tagged(10_000, 0, 0), 0, WALL));
+        t.set_trust(Some(Trust { epoch: 0, since: 0 }));
+        assert!(t.get(&id, 150 * MS).is_none());
+    }
+
+    /// The fill/invalidation race: a lookup reads version 5, the row becomes version 6 and the feed
+    /// says so, and only then does the lookup's answer come back.
+    #[test]
+    fn an_invalidation_drops_older_copies_and_a_late_fill_of_the_old_version_is_refused() {
+        let id = UserId::parse("7").unwrap();
+        let mut t = tier1_with_stale(1000);
+        t.set_trust(Some(Trust {
+            epoch: 3,
+            since: 40,
+        }));
+        assert!(t.fill(profile_at(5, "Sales"), tagged(10_000, 3, 40), 0, WALL));
+        let change = |version, rank| Change {
+            id: 7,
+            version,
+            rank,
+        };
+        // The same version again (a write-through of what is held): nothing to drop.
+        t.invalidate(&change(5, 1), MS);
+        assert_eq!(held(&mut t, 2 * MS).unwrap().0, 5);
+        t.invalidate(&change(6, 1), 3 * MS);
+        assert!(held(&mut t, 4 * MS).is_none(), "the old copy is gone");
+        assert!(t.stale(&id, 4 * MS).is_none(), "not even kept as stale");
+        // The slow lookup comes back with version 5: refused, and not served either.
+        assert!(!t.fill(profile_at(5, "Sales"), tagged(10_000, 3, 41), 5 * MS, WALL));
+        assert!(matches!(t.observe(id, 5, 6 * MS), Observed::Stale));
+        // The new version is taken.
+        assert!(t.fill(profile_at(6, "DevOps"), tagged(10_000, 3, 42), 7 * MS, WALL));
+        assert_eq!(held(&mut t, 8 * MS).unwrap(), (6, "DevOps".to_string()));
+        // A deletion at version 6 drops version 6 too, and a late answer of it is a 404.
+        t.invalidate(&change(6, 2), 9 * MS);
+        assert!(held(&mut t, 10 * MS).is_none());
+        assert!(matches!(t.observe(id, 6, 11 * MS), Observed::Deleted));
     }
 
     #[test]

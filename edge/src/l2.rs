@@ -282,6 +282,36 @@ impl Redis {
         }
     }
 
+    /// A non-blocking `XREAD COUNT <count> STREAMS aside:feed <after>` of the invalidation feed
+    /// ([`crate::feed`]): the reply as Spin flattens it, nils as `None` (`Ok(vec![])`-like when there is
+    /// nothing new); at most `limit`. `Err(true)` when Redis answered with a data error (the key is not a
+    /// stream), `Err(false)` when Redis failed or was skipped.
+    pub async fn read_feed(
+        &self,
+        after: &str,
+        count: usize,
+        limit: Duration,
+    ) -> Result<Vec<Option<Vec<u8>>>, bool> {
+        let arguments = [
+            b"COUNT".to_vec(),
+            count.to_string().into_bytes(),
+            b"STREAMS".to_vec(),
+            aside_shared::feed::FEED_KEY.as_bytes().to_vec(),
+            after.as_bytes().to_vec(),
+        ]
+        .into_iter()
+        .map(RedisParameter::Binary)
+        .collect();
+        // The feed's read is bounded by its own limit, not by a request's budget: a saturated wait
+        // for it ends with that limit too.
+        let deadline = Deadline::after(clock::now(), limit);
+        match self.execute("XREAD", arguments, limit, deadline).await {
+            Read::Hit(reply) => Ok(reply.into_iter().map(bytes_of).collect()),
+            Read::Miss => Err(true),
+            Read::Absent | Read::Skipped | Read::Failed | Read::Shed => Err(false),
+        }
+    }
+
     /// `HMGET user:profile:{id} <fields> _version _state _fresh_until _delta_ms`, as the `?fields` JSON
     /// answer, the version it was taken from and its freshness; at most `limit`.
     pub async fn read_fields(

@@ -12,6 +12,7 @@
 //! * [`l1`]: tier 1, an LRU bounded by count, bytes and TTL.
 //! * [`shared_tier`]: the process-wide tier in Spin's key-value store (optional), slots bounded by count.
 //! * [`l2`]: tier 2, Redis reads through Spin's Redis binding.
+//! * [`feed`]: the invalidation feed, read by requests; it decides how long copies stay fresh.
 //! * [`forward`]: the origin client.
 //! * [`flight`], [`backoff`], [`clock`]: single-flight, the circuit breakers (Redis, origin), timeouts
 //!   and the request budget.
@@ -30,6 +31,7 @@ pub mod backoff;
 pub mod budget;
 pub mod clock;
 pub mod config;
+pub mod feed;
 pub mod flight;
 pub mod forward;
 pub mod handler;

@@ -534,7 +534,7 @@ impl LookupPlan {
                 entry.clone(),
                 Shelf {
                     freshness,
-                    stale_if_error: None,
+                    ..Shelf::default()
                 },
             ))),
             Body::Fields { .. } => None,
@@ -801,6 +801,7 @@ fn origin_shelf(answer: &OriginAnswer, now_ms: i64, origin_ms: f64) -> Shelf {
         Some(cc) => Shelf {
             freshness: Some(freshness_from_max_age(cc.max_age_secs, now_ms, origin_ms)),
             stale_if_error: Some(std::time::Duration::from_secs(cc.stale_if_error_secs)),
+            ..Shelf::default()
         },
         None => Shelf::default(),
     }
@@ -1523,6 +1524,8 @@ mod tests {
             fresh_until_ms,
             keep_until_ms: WALL + 60_000,
             shared,
+            tag: crate::feed::FeedTag::default(),
+            feed_until_ms: fresh_until_ms,
         }
     }
 

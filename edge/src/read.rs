@@ -50,9 +50,10 @@ use bytes::Bytes;
 use crate::budget::OriginBudget;
 use crate::clock::{self, Deadline};
 use crate::config::Config;
+use crate::feed::{Fallback, Feed, FeedTag, Verdict};
 use crate::flight::SingleFlight;
 use crate::forward::{Origin, OriginRequest, Unavailable};
-use crate::l1::{ProfileEntry, Tier1};
+use crate::l1::{ProfileEntry, Shelf, Tier1};
 use crate::l2::{Read, Redis};
 use crate::plan::{
     Answer, Asked, Body, Cached, Effect, Env, FlightKey, Keep, LookupPlan, LookupStep, ReadPlan,
@@ -88,6 +89,11 @@ pub struct ReadPath {
     refreshing: RefCell<HashSet<UserId>>,
     /// The instance's budget of origin reads.
     budget: RefCell<OriginBudget>,
+    /// The invalidation feed: how long copies stay fresh.
+    feed: Feed,
+    /// How long after it was taken a shared-tier copy may be trusted by the feed: as long as the
+    /// instances' version floors outlive a lookup that raced an invalidation (see `SlotValue::new`).
+    feed_window: Duration,
 }
 
 /// The host's clocks and randomness, and the request's deadline, as the plan sees them.
@@ -122,8 +128,42 @@ impl ReadPath {
             flights: Rc::default(),
             refreshing: RefCell::default(),
             budget: RefCell::new(OriginBudget::new(config.origin_budget)),
+            feed: Feed::new(Rc::clone(&config)),
+            feed_window: floor_ttl.saturating_sub(longest_lookup),
             config,
         }
+    }
+
+    /// The feed position a copy asked for now is tagged with (a write forwarded through the instance).
+    pub fn feed_tag(&self) -> FeedTag {
+        self.feed.verdict(None).tag
+    }
+
+    /// The feed's state as this instance last saw it.
+    pub fn feed(&self) -> &Feed {
+        &self.feed
+    }
+
+    /// `GET /edge/feed`: brings the instance up to date with the feed, then its state as Prometheus text.
+    pub async fn feed_metrics(&self, deadline: Deadline) -> Reply {
+        let verdict = self.follow_feed(deadline).await;
+        let text =
+            self.feed
+                .state()
+                .prometheus(clock::wall_ms(), verdict.fallback, self.shared.is_on());
+        Reply::text(200, text, "text/plain; version=0.0.4")
+    }
+
+    /// Brings the instance up to date with the invalidation feed when it is due (see
+    /// [`Feed::refresh`]), and sets what tier 1 may trust.
+    async fn follow_feed(&self, deadline: Deadline) -> Verdict {
+        let limit = deadline.cap(self.config.redis_timeout);
+        let verdict = self
+            .feed
+            .refresh(&self.redis, &self.shared, &self.tier1, limit)
+            .await;
+        self.tier1.borrow_mut().set_trust(verdict.trust);
+        verdict
     }
 
     /// The Redis client (its breaker shows in `x-edge-breaker`).
@@ -143,6 +183,11 @@ impl ReadPath {
         let selection = selection.as_ref();
         let mut plan = ReadPlan::new(id, selection, self.config.xfetch_beta);
         let mut timing = ServerTiming::new();
+        let verdict = self.follow_feed(deadline).await;
+        if verdict.fallback != Some(Fallback::Off) {
+            timing.add_described("feed", verdict.spent_ms.unwrap_or(0.0), verdict.describe());
+        }
+        let tag = verdict.tag;
         let mut fetched: Option<Rc<Fetched>> = None;
         let mut step = plan.start();
         loop {
@@ -186,7 +231,7 @@ impl ReadPath {
                     plan.observed(observed, &host)
                 }
                 ReadStep::Effect(effect) => {
-                    self.carry_out(effect, None, deadline).await;
+                    self.carry_out(effect, None, tag, deadline).await;
                     plan.resume()
                 }
                 ReadStep::Answer(answer) => return reply(&answer, id, selection, timing),
@@ -199,10 +244,10 @@ impl ReadPath {
     }
 
     /// A write of tier 1 or a log line the plan asked for; `seen` is the version of the id the lookup
-    /// found in the shared tier.
-    async fn carry_out(&self, effect: Effect, seen: Option<i64>, deadline: Deadline) {
+    /// found in the shared tier, `tag` the feed position before the copy was asked for.
+    async fn carry_out(&self, effect: Effect, seen: Option<i64>, tag: FeedTag, deadline: Deadline) {
         match effect {
-            Effect::Keep(keep) => self.keep(keep, seen, deadline).await,
+            Effect::Keep(keep) => self.keep(keep, seen, tag, deadline).await,
             Effect::Note(note) => eprintln!("aside-edge: {note}"),
         }
     }
@@ -210,15 +255,21 @@ impl ReadPath {
     /// Writes tier 1: the one place that does. When the shared tier is on, what tier 1 accepted goes
     /// there too (unless that lookup saw a newer version of the id there: `seen`), and what tier 1
     /// drops leaves it, within `redis_timeout_ms` and what is left of the budget.
-    pub async fn keep(&self, keep: Keep, seen: Option<i64>, deadline: Deadline) {
+    ///
+    /// `tag` is the feed position taken before the copy was asked for (a copy adopted from the shared
+    /// tier keeps its own): the feed vouches for the copy only from there on.
+    pub async fn keep(&self, keep: Keep, seen: Option<i64>, tag: FeedTag, deadline: Deadline) {
         let now = clock::now();
         let now_ms = clock::wall_ms();
         let share = {
             let mut tier1 = self.tier1.borrow_mut();
             match keep {
-                Keep::Fill(entry, shelf) => tier1
-                    .fill(entry.clone(), shelf, now, now_ms)
-                    .then_some(Ok((entry, shelf))),
+                Keep::Fill(entry, shelf) => {
+                    let shelf = Shelf { tag, ..shelf };
+                    tier1
+                        .fill(entry.clone(), shelf, now, now_ms)
+                        .then_some(Ok((entry, shelf)))
+                }
                 Keep::Adopt(entry, shelf) => {
                     tier1.fill(entry, shelf, now, now_ms);
                     None
@@ -240,7 +291,7 @@ impl ReadPath {
         match share {
             Ok((entry, shelf)) => {
                 let (ttl, stale) = (self.config.l1.ttl, self.config.l1_stale);
-                let value = SlotValue::new(&entry, shelf, now_ms, ttl, stale);
+                let value = SlotValue::new(&entry, shelf, now_ms, ttl, stale, self.feed_window);
                 self.shared.put(&value, seen, limit).await;
             }
             Err(id) => self.shared.forget(id, limit).await,
@@ -258,6 +309,9 @@ impl ReadPath {
     ) -> Rc<Fetched> {
         let host = Host(deadline);
         let id = key.id;
+        // Taken before any tier is asked: the feed vouches for what this lookup brings from here on.
+        let at_start = self.feed.verdict(None);
+        let tag = at_start.tag;
         let mut plan = LookupPlan::new(&key, self.config.xfetch_beta);
         if self.shared.is_on() {
             plan = plan.with_shared_tier();
@@ -272,7 +326,7 @@ impl ReadPath {
                 LookupStep::Shared => {
                     let started = clock::now();
                     let limit = deadline.cap(self.config.redis_timeout);
-                    let found = self.shared.get(id, limit).await;
+                    let found = self.shared.get(id, at_start.trust, limit).await;
                     shared_ms = found.visited().then(|| clock::millis_since(started));
                     seen = found.version();
                     plan.shared(found, &host)
@@ -304,7 +358,7 @@ impl ReadPath {
                     plan.fallback(fresh, kept)
                 }
                 LookupStep::Effect(effect) => {
-                    self.carry_out(effect, seen, deadline).await;
+                    self.carry_out(effect, seen, tag, deadline).await;
                     plan.resume()
                 }
                 LookupStep::Done(answer) => {

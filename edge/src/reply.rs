@@ -51,6 +51,13 @@ impl Reply {
         Self::new(status, headers, body, source)
     }
 
+    /// A plain-text body the edge produced itself, with its content type.
+    pub fn text(status: u16, body: String, content_type: &'static str) -> Self {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        Self::new(status, headers, Bytes::from(body), CacheStatus::Bypass)
+    }
+
     /// The shared error body, with `retry-after` when the error has one.
     pub fn error(error: &ApiError, source: CacheStatus) -> Self {
         let mut reply = Self::json(error.status(), Bytes::from(error.to_json()), source);

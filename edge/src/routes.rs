@@ -1,6 +1,6 @@
 //! Which requests the edge answers itself and which it passes to the origin.
 //!
-//! The edge serves only `GET /users/{id}` (from its tiers) and `GET /healthz`; the rest of the public API
+//! The edge serves only `GET /users/{id}` (from its tiers), `GET /healthz` and `GET /edge/feed`; the rest of the public API
 //! (`/users` and `/users/...`: writes, other methods, odd paths below `/users/`) goes to the origin
 //! unchanged, so the API has one implementation of everything but the read path. Nothing else is
 //! forwarded: the origin's operational routes (`/readyz`, `/metrics`, `/openapi.json`, `/admin/...`)
@@ -13,11 +13,15 @@ use spin_sdk::http::Method;
 
 const USERS_PREFIX: &str = "/users/";
 const USERS: &str = "/users";
+/// The edge's own operational route: the invalidation feed's state (counters only, nothing secret).
+pub const FEED_STATE: &str = "/edge/feed";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// `GET /healthz`: the edge is alive.
     Health,
+    /// `GET /edge/feed`: the process's invalidation-feed state as Prometheus text.
+    FeedState,
     /// `GET /users/{id}` with an optional `?fields=` projection.
     ReadProfile {
         id: UserId,
@@ -38,6 +42,9 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Route {
         } else {
             Route::Forward
         };
+    }
+    if path == FEED_STATE && *method == Method::GET {
+        return Route::FeedState;
     }
     if path != USERS && !path.starts_with(USERS_PREFIX) {
         return Route::Refuse(ApiError::route_not_found());

@@ -37,12 +37,14 @@ use aside_shared::{UserId, UserProfile};
 use crate::backoff::{Attempt, Breaker};
 use crate::clock;
 use crate::config::Config;
+use crate::feed::{FeedTag, Trust};
 use crate::l1::{ProfileEntry, Shelf};
 
 /// The first bytes of every value aside writes: a format tag, so a foreign or older value is a miss.
-const MAGIC: &[u8; 4] = b"asT1";
-/// Magic, id, version, fresh-until, keep-until, shared flag, shared fresh-until, shared delta.
-const HEADER: usize = 4 + 4 + 8 + 8 + 8 + 1 + 8 + 4;
+const MAGIC: &[u8; 4] = b"asT2";
+/// Magic, id, version, fresh-until, keep-until, shared flag, shared fresh-until, shared delta, feed
+/// epoch, feed entry, feed-until.
+const HEADER: usize = 4 + 4 + 8 + 8 + 8 + 1 + 8 + 4 + 8 + 8 + 8;
 /// The key of the origin breaker's mark.
 pub const ORIGIN_BREAKER_KEY: &str = "aside:breaker:origin";
 const BREAKER_MAGIC: &[u8; 4] = b"asB1";
@@ -64,34 +66,59 @@ pub struct SlotValue {
     pub keep_until_ms: i64,
     /// The source's shared soft expiry and load cost (XFetch decides with it), when it said one.
     pub shared: Option<Freshness>,
+    /// The feed position the copy was taken at ([`crate::feed`]).
+    pub tag: FeedTag,
+    /// Wall-clock milliseconds: fresh before this while the feed vouches for `tag` (never before
+    /// `fresh_until_ms`): the soft expiry, but at most the feed window after the copy was taken.
+    pub feed_until_ms: i64,
 }
 
 impl SlotValue {
     /// The copy of `entry` to keep, as tier 1 keeps it (see `Tier1::fill`): fresh until its soft expiry
     /// or `ttl` from now, whichever comes first, kept until its soft expiry plus the stale window
     /// (`stale`, or the source's shorter `stale-if-error`).
+    ///
+    /// While the feed vouches for the copy's tag, it is fresh until its soft expiry, but never longer than
+    /// `feed_window` after now: the instances' version floors, which keep a copy that raced an
+    /// invalidation from being used, live that long (see `ReadPath::new`).
     pub fn new(
         entry: &ProfileEntry,
         shelf: Shelf,
         now_ms: i64,
         ttl: Duration,
         stale: Duration,
+        feed_window: Duration,
     ) -> Self {
         let own = now_ms.saturating_add(millis(ttl));
         let soft = shelf.freshness.map_or(own, |f| f.fresh_until_ms);
         let window = millis(shelf.stale_if_error.map_or(stale, |w| w.min(stale)));
         let fresh_until_ms = soft.min(own);
+        let keep_until_ms = soft.saturating_add(window).max(fresh_until_ms);
+        let feed_until_ms = if shelf.tag.epoch == 0 {
+            fresh_until_ms
+        } else {
+            shelf
+                .feed_until_ms
+                .unwrap_or(soft)
+                .min(now_ms.saturating_add(millis(feed_window)))
+                .min(keep_until_ms)
+                .max(fresh_until_ms)
+        };
         Self {
             profile: (*entry.profile).clone(),
             version: entry.version,
             fresh_until_ms,
-            keep_until_ms: soft.saturating_add(window).max(fresh_until_ms),
+            keep_until_ms,
             shared: shelf.freshness,
+            tag: shelf.tag,
+            feed_until_ms,
         }
     }
 
-    pub fn is_fresh(&self, now_ms: i64) -> bool {
+    /// Fresh at `now_ms` by the TTL rule, or by the feed while it vouches for the copy (`trust`).
+    pub fn is_fresh(&self, now_ms: i64, trust: Option<Trust>) -> bool {
         now_ms < self.fresh_until_ms
+            || (Trust::covers(trust, self.tag) && now_ms < self.feed_until_ms)
     }
 
     /// The tier-1 copy of this one, and how tier 1 keeps it: never fresh longer than here (so a copy
@@ -109,6 +136,8 @@ impl SlotValue {
                 delta_ms: 0,
             }),
             stale_if_error: Some(Duration::from_millis(gap as u64)),
+            tag: self.tag,
+            feed_until_ms: Some(self.feed_until_ms),
         };
         (entry, shelf)
     }
@@ -129,6 +158,9 @@ impl SlotValue {
         out.push(u8::from(self.shared.is_some()));
         out.extend_from_slice(&shared.fresh_until_ms.to_le_bytes());
         out.extend_from_slice(&shared.delta_ms.to_le_bytes());
+        out.extend_from_slice(&self.tag.epoch.to_le_bytes());
+        out.extend_from_slice(&self.tag.seq.to_le_bytes());
+        out.extend_from_slice(&self.feed_until_ms.to_le_bytes());
         out.extend_from_slice(&json);
         out
     }
@@ -154,6 +186,11 @@ impl SlotValue {
             fresh_until_ms: i64::from_le_bytes(r.take()?),
             delta_ms: u32::from_le_bytes(r.take()?),
         };
+        let tag = FeedTag {
+            epoch: u64::from_le_bytes(r.take()?),
+            seq: u64::from_le_bytes(r.take()?),
+        };
+        let feed_until_ms = i64::from_le_bytes(r.take()?);
         let profile: UserProfile = serde_json::from_slice(json).ok()?;
         (profile.id.get() == id && version >= 0 && keep_until_ms >= fresh_until_ms).then_some(
             Self {
@@ -162,6 +199,8 @@ impl SlotValue {
                 fresh_until_ms,
                 keep_until_ms,
                 shared: has_shared.then_some(shared),
+                tag,
+                feed_until_ms,
             },
         )
     }
@@ -274,7 +313,8 @@ impl SharedTier {
     }
 
     /// The copy of `id` in its slot; at most `limit`.
-    pub async fn get(&self, id: UserId, limit: Duration) -> Found {
+    /// Fresh by the TTL rule, or by the feed while it vouches for the copy (`trust`).
+    pub async fn get(&self, id: UserId, trust: Option<Trust>, limit: Duration) -> Found {
         if !self.is_on() {
             return Found::Skipped;
         }
@@ -287,7 +327,7 @@ impl SharedTier {
         };
         let now_ms = clock::wall_ms();
         match bytes.as_deref().and_then(SlotValue::decode) {
-            Some(v) if v.profile.id == id && v.is_fresh(now_ms) => Found::Fresh(v),
+            Some(v) if v.profile.id == id && v.is_fresh(now_ms, trust) => Found::Fresh(v),
             Some(v) if v.profile.id == id && now_ms < v.keep_until_ms => Found::Stale(v),
             _ => Found::Miss,
         }
@@ -308,6 +348,30 @@ impl SharedTier {
     /// Empties the slot of `id` (a delete through this instance); at most `limit`.
     pub async fn forget(&self, id: UserId, limit: Duration) {
         let key = slot_key(id, self.config.shared_tier.slots);
+        self.call(limit, |store| async move { store.delete(&key).await })
+            .await;
+    }
+
+    /// The raw value of `key`, a key of another part of the edge in its own namespace (the feed's
+    /// state, the identity provider's keys), never `aside:l1:`; `None` when the store is off, skipped
+    /// or failed, `Some(None)` when the key is absent. At most `limit`.
+    pub async fn get_raw(&self, key: &str, limit: Duration) -> Option<Option<Vec<u8>>> {
+        let key = key.to_string();
+        self.call(limit, |store| async move { store.get(&key).await })
+            .await
+    }
+
+    /// Sets `key` to `bytes`; at most `limit`. Whether the store took it.
+    pub async fn set_raw(&self, key: &str, bytes: &[u8], limit: Duration) -> bool {
+        let (key, bytes) = (key.to_string(), bytes.to_vec());
+        self.call(limit, |store| async move { store.set(&key, &bytes).await })
+            .await
+            .is_some()
+    }
+
+    /// Deletes `key`; at most `limit`.
+    pub async fn delete_raw(&self, key: &str, limit: Duration) {
+        let key = key.to_string();
         self.call(limit, |store| async move { store.delete(&key).await })
             .await;
     }
@@ -340,21 +404,6 @@ impl SharedTier {
                 .await;
             }
         }
-    }
-
-    /// The value of `key`, a key of another part of the edge (its own namespace, never `aside:l1:`),
-    /// through the same store and breaker; at most `limit`. `None`: skipped or failed.
-    pub async fn get_raw(&self, key: &str, limit: Duration) -> Option<Option<Vec<u8>>> {
-        let key = key.to_string();
-        self.call(limit, |store| async move { store.get(&key).await })
-            .await
-    }
-
-    /// Sets `key` (see [`SharedTier::get_raw`]); at most `limit`.
-    pub async fn set_raw(&self, key: &str, bytes: &[u8], limit: Duration) {
-        let (key, bytes) = (key.to_string(), bytes.to_vec());
-        self.call(limit, |store| async move { store.set(&key, &bytes).await })
-            .await;
     }
 
     /// Runs one store operation under the breaker and `limit`; `None` when it was skipped or failed.
@@ -464,6 +513,8 @@ mod tests {
             fresh_until_ms: 1_700_000_002_000,
             keep_until_ms: 1_700_000_602_000,
             shared,
+            tag: FeedTag { epoch: 9, seq: 4 },
+            feed_until_ms: 1_700_000_030_000,
         }
     }
 
@@ -543,7 +594,7 @@ mod tests {
         let ttl = Duration::from_millis(2000);
         let stale = Duration::from_secs(600);
         // No shared soft expiry: the TTL alone; kept the stale window after it.
-        let v = SlotValue::new(&entry, Shelf::default(), now, ttl, stale);
+        let v = SlotValue::new(&entry, Shelf::default(), now, ttl, stale, Duration::ZERO);
         assert_eq!(
             (v.fresh_until_ms, v.keep_until_ms),
             (now + 2000, now + 602_000)
@@ -555,8 +606,9 @@ mod tests {
                 delta_ms: 4,
             }),
             stale_if_error: Some(Duration::from_secs(60)),
+            ..Shelf::default()
         };
-        let v = SlotValue::new(&entry, far, now, ttl, stale);
+        let v = SlotValue::new(&entry, far, now, ttl, stale, Duration::ZERO);
         assert_eq!(
             (v.fresh_until_ms, v.keep_until_ms),
             (now + 2000, now + 90_000)
@@ -569,9 +621,10 @@ mod tests {
                 delta_ms: 4,
             }),
             stale_if_error: None,
+            ..Shelf::default()
         };
         assert_eq!(
-            SlotValue::new(&entry, soon, now, ttl, stale).fresh_until_ms,
+            SlotValue::new(&entry, soon, now, ttl, stale, Duration::ZERO).fresh_until_ms,
             now + 500
         );
         let gone = Shelf {
@@ -580,8 +633,9 @@ mod tests {
                 delta_ms: 4,
             }),
             stale_if_error: None,
+            ..Shelf::default()
         };
-        assert!(!SlotValue::new(&entry, gone, now, ttl, stale).is_fresh(now));
+        assert!(!SlotValue::new(&entry, gone, now, ttl, stale, Duration::ZERO).is_fresh(now, None));
     }
 
     #[test]

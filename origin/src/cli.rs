@@ -200,11 +200,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.ttls()?,
         args.redis_breaker()?,
     )?;
+    cache = cache.with_feed(args.feed.feed());
     if args.cache == crate::config::CacheMode::Off {
         tracing::warn!("ASIDE_CACHE=off: Redis is not used, every read goes to PostgreSQL");
         cache = cache.disabled();
     }
     let cache = Arc::new(cache);
+    let heartbeat = tokio::spawn(crate::cache::feed::run_heartbeat(
+        Arc::clone(&cache),
+        args.feed.heartbeat(),
+    ));
     let read_path = args.read_path()?;
     // A call may wait for a pooled connection (or connect), then run its statement; past both, and a
     // margin, PostgreSQL is not answering (a stalled server enforces no statement_timeout).
@@ -262,6 +267,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(task) = change_capture {
         task.abort();
     }
+    heartbeat.abort();
     tracing::info!("aside-origin stopped");
     Ok(())
 }

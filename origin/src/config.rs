@@ -52,6 +52,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub changes: ChangeCaptureArgs,
 
+    #[command(flatten)]
+    pub feed: crate::cache::feed::FeedArgs,
+
     /// Bearer token(s) required on /users routes, comma-separated (two during a rotation). Without one
     /// the API is open: fine on loopback for development, never in production.
     #[arg(

@@ -66,6 +66,10 @@ fn describe() {
         "1 while this origin holds the change-capture lock and applies changes, else 0"
     );
     metrics::describe_counter!(
+        "aside_origin_feed_heartbeats_total",
+        "Heartbeats appended to the invalidation feed, by outcome (sent, error)"
+    );
+    metrics::describe_counter!(
         "aside_origin_coalesced_requests_total",
         "Reads that waited for another request's PostgreSQL query instead of issuing their own"
     );
@@ -104,6 +108,11 @@ pub fn changes_applied(count: usize, lag_seconds: f64) {
 
 pub fn change_capture_leader(leader: bool) {
     metrics::gauge!("aside_origin_change_capture_leader").set(if leader { 1.0 } else { 0.0 });
+}
+
+/// A feed heartbeat, by outcome (`sent`, `error`).
+pub fn feed_heartbeat(outcome: &'static str) {
+    metrics::counter!("aside_origin_feed_heartbeats_total", "outcome" => outcome).increment(1);
 }
 
 pub fn coalesced() {

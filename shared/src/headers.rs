@@ -234,6 +234,17 @@ impl ServerTiming {
         self
     }
 
+    /// Adds `name;dur=ms;desc="desc"`. `desc` must be a token too.
+    pub fn add_described(&mut self, name: &str, millis: f64, desc: &str) -> &mut Self {
+        debug_assert!(
+            desc.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        );
+        self.add(name, millis);
+        let _ = write!(self.value, ";desc=\"{desc}\"");
+        self
+    }
+
     pub fn is_empty(&self) -> bool {
         self.value.is_empty()
     }
@@ -252,6 +263,8 @@ mod tests {
         let mut t = ServerTiming::new();
         t.add("l1", 0.0123).add("l2", 1.5).add("origin", f64::NAN);
         assert_eq!(t.as_str(), "l1;dur=0.012, l2;dur=1.500, origin;dur=0.000");
+        t.add_described("feed", 0.25, "ttl-late");
+        assert!(t.as_str().ends_with(", feed;dur=0.250;desc=\"ttl-late\""));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! * [`breaker`]: the circuit breaker state machine both sides put in front of a backend.
 //! * [`cache`]: Redis key names and the profile <-> hash mapping.
 //! * [`error`]: the JSON error body and its codes.
+//! * [`feed`]: the invalidation feed's stream, its entries and how a reader parses them.
 //! * [`input`]: write bodies (`ProfileInput`, `ProfilePatch`), parsed with the same rules on both sides.
 //! * [`headers`]: header names and values both sides emit (`x-cache`, `server-timing`).
 //! * `openapi` (feature `openapi`, the origin only): the OpenAPI schemas of these types, every limit
@@ -17,6 +18,7 @@ pub mod breaker;
 pub mod cache;
 pub mod domain;
 pub mod error;
+pub mod feed;
 pub mod fields;
 pub mod headers;
 pub mod input;

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use aside_tests::harness::{
-    Origin, RedisUser, Stack, TestEnv, bin_dir, generate_secret, http_client_with_timeout,
-    wait_until, workspace_root,
+    EdgeOptions, Origin, RedisUser, Stack, TestEnv, bin_dir, generate_secret,
+    http_client_with_timeout, wait_until, workspace_root,
 };
 use serde_json::Value;
 
@@ -702,7 +702,28 @@ async fn the_dashboard_charts_only_metrics_the_origin_exports() {
     env.seed(20).await.unwrap();
     let origin = origin_for(stack, &env, Vec::new(), None, 300).await;
     drive_traffic(stack, &env, &origin).await;
-    let exported = sample_names(&scrape(&origin).await);
+    let mut exported = sample_names(&scrape(&origin).await);
+    // The edge's invalidation-feed metrics (`GET /edge/feed`, charted and alerted on too).
+    let edge = EdgeOptions::new(stack, &env, &origin.url(), &generate_secret())
+        .start()
+        .await
+        .unwrap();
+    let text = http_client_with_timeout(TIMEOUT)
+        .get(format!("{}/edge/feed", edge.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let edge_names: BTreeSet<String> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next().map(str::to_string))
+        .collect();
+    assert!(edge_names.contains("aside_edge_feed_lag_seconds"), "{text}");
+    exported.extend(edge_names);
+    edge.shutdown().await;
 
     // The dashboard charts exported metrics and series the recording rules record ...
     let unknown: Vec<&String> = used

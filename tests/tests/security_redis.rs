@@ -36,6 +36,11 @@ const PROFILE: &str = "user:profile:1";
 const LEASE: &str = "user:lease:1";
 /// Keys outside both services' prefixes.
 const OTHER: &str = "other:key";
+/// The invalidation feed's stream and counter (the edge reads the stream, the origin's script writes both).
+const FEED: &str = aside_shared::feed::FEED_KEY;
+const FEED_SEQ: &str = aside_shared::feed::FEED_SEQ_KEY;
+/// One stream entry as `XREAD` returns it: its id and its field/value list.
+type StreamEntry = (String, Vec<String>);
 const OTHER_HASH: &str = "other:hash";
 /// A function library loaded by the admin, that no service may call, list or delete.
 const FUNCTION_LIBRARY: &str =
@@ -288,6 +293,18 @@ fn edge_cases(db: u32, scripts: &Scripts, dead_port: u16) -> Vec<Case> {
         case("read", &["DUMP", PROFILE]),
         case("admin", &["INFO"]),
         case("admin", &["MEMORY", "USAGE", PROFILE]),
+        // The feed: read with XREAD, nothing else.
+        case("write", &["XADD", FEED, "*", "s", "1", "k", "h"]),
+        case("write", &["XTRIM", FEED, "MAXLEN", "0"]),
+        case("write", &["XDEL", FEED, "1-0"]),
+        case("write", &["DEL", FEED]),
+        case("write", &["INCR", FEED_SEQ]),
+        case("read", &["XRANGE", FEED, "-", "+"]),
+        case("read", &["XINFO", "STREAM", FEED]),
+        case("read", &["GET", FEED_SEQ]),
+        case("foreign key", &["HGETALL", FEED]),
+        case("foreign key", &["XREAD", "STREAMS", PROFILE, "0"]),
+        case("foreign key", &["XREAD", "STREAMS", OTHER, "0"]),
     ]);
     cases
 }
@@ -311,6 +328,14 @@ fn origin_cases(db: u32, scripts: &Scripts, dead_port: u16) -> Vec<Case> {
         case("read", &["DUMP", PROFILE]),
         case("read", &["TYPE", PROFILE]),
         case("read", &["HGET", PROFILE, "full_name"]),
+        // The feed: written by its scripts (XADD, INCR), never trimmed, deleted or read by hand.
+        case("write", &["XTRIM", FEED, "MAXLEN", "0"]),
+        case("write", &["DEL", FEED]),
+        case("write", &["XDEL", FEED, "1-0"]),
+        case("write", &["INCR", PROFILE]),
+        case("write", &["XADD", OTHER, "*", "f", "v"]),
+        case("read", &["XRANGE", FEED, "-", "+"]),
+        case("read", &["XREAD", "STREAMS", FEED, "0"]),
     ]);
     cases
 }
@@ -668,6 +693,35 @@ async fn the_edge_user_reads_profile_hashes() {
     // An absent profile reads as empty, not as a refusal.
     let none: BTreeMap<String, String> = edge.hgetall("user:profile:404").await.unwrap();
     assert!(none.is_empty());
+    // The invalidation feed: a non-blocking XREAD (nothing yet: nil).
+    let nothing: redis::Value = redis::cmd("XREAD")
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg(FEED)
+        .arg("0")
+        .query_async(&mut edge)
+        .await
+        .unwrap();
+    assert_eq!(nothing, redis::Value::Nil);
+    let _: String = redis::cmd("XADD")
+        .arg(FEED)
+        .arg("*")
+        .arg("s")
+        .arg(1)
+        .arg("k")
+        .arg("h")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let read: Vec<(String, Vec<StreamEntry>)> = redis::cmd("XREAD")
+        .arg("STREAMS")
+        .arg(FEED)
+        .arg("0")
+        .query_async(&mut edge)
+        .await
+        .unwrap();
+    assert_eq!(read[0].1.len(), 1, "{read:?}");
 }
 
 #[tokio::test]
@@ -681,11 +735,15 @@ async fn the_origin_user_fills_with_its_script_takes_leases_and_reads_statistics
     // The compare-and-set script the origin runs for every write: SCRIPT LOAD, then EVALSHA.
     let script = redis::Script::new(include_str!("../../origin/src/cache/store_if_newer.lua"));
     let written: Vec<i64> = script
+        .key(FEED)
+        .key(FEED_SEQ)
         .key(PROFILE)
+        .arg(100) // the feed's cap
         .arg(5) // version
         .arg(1) // rank: a profile
         .arg(60_000) // ttl_ms
         .arg(0) // only_if_cached
+        .arg(1) // announce on the feed
         .arg(2) // field/value pairs
         .arg("_version")
         .arg(5)
@@ -701,6 +759,24 @@ async fn the_origin_user_fills_with_its_script_takes_leases_and_reads_statistics
     assert!(ttl > 0, "the script set a TTL: {ttl}");
     let exists: bool = origin.exists(PROFILE).await.unwrap();
     assert!(exists);
+    // The same step announced it on the feed, numbered by the counter.
+    let announced: i64 = redis::cmd("XLEN")
+        .arg(FEED)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(announced, 1);
+    let seq: i64 = admin.get(FEED_SEQ).await.unwrap();
+    assert_eq!(seq, 1);
+    // The heartbeat script.
+    let beat: i64 = redis::Script::new(include_str!("../../origin/src/cache/feed_heartbeat.lua"))
+        .key(FEED)
+        .key(FEED_SEQ)
+        .arg(100)
+        .invoke_async(&mut origin)
+        .await
+        .unwrap();
+    assert_eq!(beat, 2);
 
     // A lease: SET NX PX takes it once.
     let taken: Option<String> = redis::cmd("SET")

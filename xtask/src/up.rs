@@ -70,6 +70,10 @@ pub struct UpArgs {
     /// Edge port (the URL to use).
     #[arg(long, default_value_t = 3000)]
     edge_port: u16,
+    /// Edge processes to start (regions, each with its own instances and process-wide tier), on
+    /// consecutive ports from --edge-port; all read the same Redis and the same invalidation feed.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    edges: u16,
     /// Profiles to seed on first start (default: a random count from 300 to 500).
     #[arg(long)]
     count: Option<u64>,
@@ -332,43 +336,60 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     services.spawn("origin", origin, &logs, libc::SIGTERM)?;
     services.wait_for_port(args.origin_port, &logs)?;
 
-    let mut edge = if let Some(spin) = &spin {
-        let mut c = Command::new(spin);
-        c.args(["up", "--from"])
-            .arg(root.join("spin.toml"))
-            .args(["--listen", &format!("127.0.0.1:{}", args.edge_port)])
-            // Spin's logs and stores in the state folder, not in a `.spin/` beside spin.toml.
-            .arg("--state-dir")
-            .arg(state.join("spin"));
-        if args.shared_tier {
-            c.arg("--runtime-config-file")
-                .arg(root.join("runtime-config.toml"))
-                .env("SPIN_VARIABLE_SHARED_TIER_STORE", SHARED_TIER_STORE);
-        }
-        c
-    } else {
-        let mut c = Command::new(bin.join("aside-host"));
-        c.arg("--from")
-            .arg(root.join("spin.toml"))
-            .args(["--listen", &format!("127.0.0.1:{}", args.edge_port)]);
-        c
-    };
-    let edge_redis = ha.as_ref().map_or(args.redis_port, |ha| ha.ports.replica);
-    edge.env(
-        "SPIN_VARIABLE_REDIS_ADDRESS",
-        format!("127.0.0.1:{edge_redis}"),
-    )
-    .env("SPIN_VARIABLE_REDIS_PASSWORD", &secrets.redis_edge)
-    .env(
-        "SPIN_VARIABLE_ORIGIN_URL",
-        format!("http://127.0.0.1:{}", args.origin_port),
-    )
-    .env("SPIN_VARIABLE_ORIGIN_TOKEN", &secrets.origin_token)
-    .env("SPIN_VARIABLE_AUTH_JWKS", issuer.jwks())
-    .env("SPIN_VARIABLE_AUTH_ISSUER", xtask::token::ISSUER)
-    .env("SPIN_VARIABLE_AUTH_AUDIENCE", xtask::token::AUDIENCE);
-    services.spawn("edge", edge, &logs, libc::SIGTERM)?;
-    services.wait_for_port(args.edge_port, &logs)?;
+    for n in 0..args.edges {
+        let port = args
+            .edge_port
+            .checked_add(n)
+            .context("--edge-port + --edges is past 65535")?;
+        // The first edge is `edge` (`cargo xtask stop edge`); the others `edge-2`, `edge-3`, ...
+        // (Leaked: a handful of names that live as long as `up`.)
+        let name: &'static str = if n == 0 {
+            "edge"
+        } else {
+            Box::leak(format!("edge-{}", n + 1).into_boxed_str())
+        };
+        let mut edge = if let Some(spin) = &spin {
+            let mut c = Command::new(spin);
+            c.args(["up", "--from"])
+                .arg(root.join("spin.toml"))
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                // Spin's logs and stores in the state folder, not in a `.spin/` beside spin.toml.
+                .arg("--state-dir")
+                .arg(state.join(if n == 0 {
+                    "spin".to_string()
+                } else {
+                    format!("spin-{}", n + 1)
+                }));
+            if args.shared_tier {
+                c.arg("--runtime-config-file")
+                    .arg(root.join("runtime-config.toml"))
+                    .env("SPIN_VARIABLE_SHARED_TIER_STORE", SHARED_TIER_STORE);
+            }
+            c
+        } else {
+            let mut c = Command::new(bin.join("aside-host"));
+            c.arg("--from")
+                .arg(root.join("spin.toml"))
+                .args(["--listen", &format!("127.0.0.1:{port}")]);
+            c
+        };
+        let edge_redis = ha.as_ref().map_or(args.redis_port, |ha| ha.ports.replica);
+        edge.env(
+            "SPIN_VARIABLE_REDIS_ADDRESS",
+            format!("127.0.0.1:{edge_redis}"),
+        )
+        .env("SPIN_VARIABLE_REDIS_PASSWORD", &secrets.redis_edge)
+        .env(
+            "SPIN_VARIABLE_ORIGIN_URL",
+            format!("http://127.0.0.1:{}", args.origin_port),
+        )
+        .env("SPIN_VARIABLE_ORIGIN_TOKEN", &secrets.origin_token)
+        .env("SPIN_VARIABLE_AUTH_JWKS", issuer.jwks())
+        .env("SPIN_VARIABLE_AUTH_ISSUER", xtask::token::ISSUER)
+        .env("SPIN_VARIABLE_AUTH_AUDIENCE", xtask::token::AUDIENCE);
+        services.spawn(name, edge, &logs, libc::SIGTERM)?;
+        services.wait_for_port(port, &logs)?;
+    }
 
     let edge_url = format!("http://127.0.0.1:{}", args.edge_port);
     let origin_url = format!("http://127.0.0.1:{}", args.origin_port);
@@ -380,15 +401,26 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     };
     write_env_file(&state, &bin, &owner_url, &args, &secrets)?;
+    let edge_redis = ha.as_ref().map_or(args.redis_port, |ha| ha.ports.replica);
     let shared_tier = match args.shared_tier {
         true => format!(
             "process-wide (Spin's key-value store `{SHARED_TIER_STORE}`, in memory: runtime-config.toml), "
         ),
         false => String::new(),
     };
+    let more_edges = if args.edges > 1 {
+        format!(
+            " and {} more edge processes on ports {}-{}",
+            args.edges - 1,
+            args.edge_port + 1,
+            args.edge_port + args.edges - 1
+        )
+    } else {
+        String::new()
+    };
     println!(
         "\n\
-aside is up. Edge ({runtime}): {edge_url}\n\
+aside is up. Edge ({runtime}): {edge_url}{more_edges}\n\
 Edge tiers: instance memory (L1), {shared_tier}Redis 127.0.0.1:{edge_redis} (L2), then the origin{no_shared}\n\
 \n\
 Clients need a token (docs/security.md): ready ones are in {secrets}/token-admin (every profile),\n\

@@ -4,12 +4,16 @@
 //! The compare-and-set is a Lua script (`store_if_newer.lua`) run with `EVALSHA`; `redis::Script`
 //! loads it with `SCRIPT LOAD` the first time and again after a `NOSCRIPT` (a restarted Redis). One call
 //! writes any number of entries, so change capture writes a bulk update in a few round trips.
+//!
+//! A change (write-through, change capture, the replay after a failover) is also announced on the
+//! invalidation feed in the same script call ([`super::feed`]); a read-path fill is not.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use aside_shared::UserId;
 use aside_shared::cache::{CacheEntry, CachedProfile, Freshness, profile_key};
+use aside_shared::feed::{FEED_KEY, FEED_SEQ_KEY};
 
 use super::{CacheError, ProfileCache};
 
@@ -57,6 +61,8 @@ pub struct StoreRequest {
     pub id: UserId,
     pub entry: CacheEntry,
     pub condition: Condition,
+    /// A change to announce on the invalidation feed (not a read-path fill).
+    pub announce: bool,
 }
 
 impl ProfileCache {
@@ -93,16 +99,32 @@ impl ProfileCache {
     }
 
     /// Writes `entry` for `id` unless the cache holds a newer entry (see `store_if_newer.lua`). The hash
-    /// is replaced whole, with its TTL, in one atomic step.
+    /// is replaced whole, with its TTL, in one atomic step. A read-path fill: nothing is announced.
     pub async fn store_if_newer(
         &self,
         id: UserId,
         entry: &CacheEntry,
     ) -> Result<Stored, CacheError> {
+        self.store_one(id, entry, false).await
+    }
+
+    /// [`Self::store_if_newer`] for a change (the write-through of an API write): it is also announced
+    /// on the invalidation feed, in the same atomic step.
+    pub async fn store_change(&self, id: UserId, entry: &CacheEntry) -> Result<Stored, CacheError> {
+        self.store_one(id, entry, true).await
+    }
+
+    async fn store_one(
+        &self,
+        id: UserId,
+        entry: &CacheEntry,
+        announce: bool,
+    ) -> Result<Stored, CacheError> {
         let request = StoreRequest {
             id,
             entry: entry.clone(),
             condition: Condition::Always,
+            announce,
         };
         let stored = self.store_all_if_newer(&[request]).await?;
         Ok(stored[0])
@@ -130,10 +152,15 @@ impl ProfileCache {
         let now = crate::clock::now_ms();
         for chunk in requests.chunks(MAX_ENTRIES_PER_CALL) {
             let mut invocation = STORE_IF_NEWER.prepare_invoke();
+            invocation
+                .key(FEED_KEY)
+                .key(FEED_SEQ_KEY)
+                .arg(self.feed.max_len);
             for StoreRequest {
                 id,
                 entry,
                 condition,
+                announce,
             } in chunk
             {
                 let fields = entry.to_hash_fields();
@@ -143,6 +170,7 @@ impl ProfileCache {
                     .arg(entry.rank())
                     .arg(self.ttl_of(entry, now).as_millis().max(1) as u64)
                     .arg(u8::from(*condition == Condition::OnlyIfCached))
+                    .arg(u8::from(*announce))
                     .arg(fields.len());
                 for (name, value) in fields {
                     invocation.arg(name).arg(value);

@@ -4,6 +4,7 @@
 //!   "missing" marker or a tombstone.
 //! * [`fill`]: every write (read-path fill, write-through, change capture) as one compare-and-set Lua
 //!   script that never replaces a newer version with an older one.
+//! * [`feed`]: the invalidation feed those writes announce changes on, and its heartbeat.
 //! * [`lease`]: the per-id fill lease (`SET NX PX`) that makes origins filling the same key cost one
 //!   PostgreSQL query.
 //! * the Redis circuit breaker ([`crate::breaker`]): after repeated Redis failures, Redis is skipped
@@ -14,6 +15,7 @@
 //! fails a read, it only makes it a miss.
 
 pub mod connect;
+pub mod feed;
 pub mod fill;
 pub mod lease;
 pub mod read;
@@ -126,6 +128,8 @@ pub struct ProfileCache {
     db: i64,
     /// `ASIDE_CACHE=off`: every call fails with [`CacheError::Disabled`] without touching Redis.
     disabled: bool,
+    /// The invalidation feed changes are announced on (off until [`Self::with_feed`]).
+    feed: feed::Feed,
 }
 
 impl ProfileCache {
@@ -166,6 +170,7 @@ impl ProfileCache {
             ttls,
             db,
             disabled: false,
+            feed: feed::Feed::default(),
         })
     }
 

@@ -323,6 +323,7 @@ async fn apply(
             id: *id,
             entry,
             condition,
+            announce: true,
         });
     }
     cache.store_all_if_newer(&requests).await.map(drop)

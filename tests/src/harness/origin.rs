@@ -130,6 +130,17 @@ impl Origin {
         }
     }
 
+    /// Starts it again with the same options and address, and `key=value` in its environment.
+    pub async fn restart_with_env(
+        &mut self,
+        key: &str,
+        value: impl ToString,
+    ) -> anyhow::Result<()> {
+        self.options.env.retain(|(k, _)| k != key);
+        self.options.env.push((key.to_string(), value.to_string()));
+        self.restart().await
+    }
+
     /// Starts it again with the same options and address.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();

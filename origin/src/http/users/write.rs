@@ -259,7 +259,7 @@ fn json_body(
 /// Writes a committed change to Redis. A failure is logged, not returned: the write is committed, and
 /// change capture applies it from the outbox when Redis answers again.
 async fn write_through(state: &AppState, id: UserId, entry: CacheEntry) {
-    let stored = state.cache.store_if_newer(id, &entry).await;
+    let stored = state.cache.store_change(id, &entry).await;
     crate::metrics::write_through(Stored::label(&stored));
     match stored {
         Err(e) => {
