@@ -2190,11 +2190,11 @@ mod tests {
         seen.extend([ports.redis, ports.postgres]);
         seen.sort_unstable();
         seen.dedup();
-        assert_eq!(seen.len(), 9 + 2);
+        assert_eq!(seen.len(), 11 + 2);
         let mut names: Vec<&str> = ports.targets.iter().map(|(t, _)| t.service()).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), 9);
+        assert_eq!(names.len(), 11);
         assert!(!names.contains(&"edge-shared-host"));
     }
 
