@@ -14,7 +14,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use crate::auth::{Expectations, Verifier};
 use crate::budget::BudgetSettings;
-use crate::keys::{KeyPolicy, KeySource};
+use crate::key_policy::{KeyPolicy, KeySource};
 use crate::ratelimit::WriteLimit;
 
 /// Every Spin variable the edge reads, as declared under `[component.aside-edge.variables]`.

@@ -31,6 +31,7 @@ use aside_shared::feed::{Change, FeedEntry, StreamId, parse_flat_xread};
 
 use crate::clock::{self, Nanos};
 use crate::config::Config;
+pub use crate::feed_tag::{FeedTag, Trust};
 use crate::l1::Tier1;
 use crate::l2::Redis;
 use crate::shared_tier::SharedTier;
@@ -46,27 +47,6 @@ const MAX_ROUNDS: usize = 4;
 pub const RING: usize = 256;
 const STATE_MAGIC: &[u8; 4] = b"asF1";
 const LEASE_MAGIC: &[u8; 4] = b"asL1";
-
-/// The feed position a copy was taken at: the epoch and the last entry number the instance had applied
-/// before it asked Redis or the origin. Epoch 0: no feed (the copy is never trusted beyond the TTL).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FeedTag {
-    pub epoch: u64,
-    pub seq: u64,
-}
-
-/// What the feed lets an instance trust now: copies of this epoch tagged at or after `since`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Trust {
-    pub epoch: u64,
-    pub since: u64,
-}
-
-impl Trust {
-    pub fn covers(trust: Option<Trust>, tag: FeedTag) -> bool {
-        trust.is_some_and(|t| tag.epoch != 0 && tag.epoch == t.epoch && tag.seq >= t.since)
-    }
-}
 
 /// Why copies are on the TTL rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

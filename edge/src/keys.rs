@@ -32,73 +32,19 @@ use std::time::Duration;
 use crate::auth::{Expectations, Verifier};
 use crate::clock::{self, Deadline};
 use crate::flight::SingleFlight;
+pub use crate::key_policy::{DEFAULT_MAX_AGE, KeyPolicy, KeySource, max_age};
 use crate::shared_tier::SharedTier;
 
 /// The key-value key of the process's current key set.
 pub const JWKS_KEY: &str = "aside:jwks";
 /// The key-value key of the process's last fetch attempt (wall-clock milliseconds, little-endian).
 pub const ATTEMPT_KEY: &str = "aside:jwks:attempt";
-/// The freshness of a JWKS answer without `max-age`, before clamping.
-pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(300);
 /// How often an instance looks for a newer set in the store while its own is fresh.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// The largest discovery document or JWKS read.
 pub const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
 /// The longest one fetch (discovery and JWKS) may take.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Where the keys come from.
-#[derive(Debug, Clone, PartialEq)]
-pub enum KeySource {
-    /// `auth_jwks`: never fetched.
-    Static(Rc<Verifier>),
-    /// `auth_jwks_url`.
-    JwksUrl(String),
-    /// OpenID Connect discovery from the issuer (`auth_issuer`).
-    Discovery,
-}
-
-/// How long fetched keys are used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeyPolicy {
-    /// The least a fetched set is fresh, and the least time between two fetch attempts per process.
-    pub min_refresh: Duration,
-    /// The most a fetched set is fresh.
-    pub max_refresh: Duration,
-    /// How long after its fetch a set is still used while new ones cannot be fetched.
-    pub max_stale: Duration,
-}
-
-impl KeyPolicy {
-    /// How long a set is fresh, by its answer's `cache-control`.
-    pub fn fresh_for(&self, cache_control: Option<&str>) -> Duration {
-        max_age(cache_control)
-            .unwrap_or(DEFAULT_MAX_AGE)
-            .clamp(self.min_refresh, self.max_refresh.max(self.min_refresh))
-    }
-}
-
-/// The `max-age` of a `cache-control` value (`no-cache`, `no-store`: 0).
-pub fn max_age(cache_control: Option<&str>) -> Option<Duration> {
-    let mut age = None;
-    for directive in cache_control?.split(',') {
-        let directive = directive.trim();
-        let (name, value) = directive.split_once('=').unwrap_or((directive, ""));
-        match name.trim().to_ascii_lowercase().as_str() {
-            "no-cache" | "no-store" => return Some(Duration::ZERO),
-            "max-age" => {
-                age = value
-                    .trim()
-                    .trim_matches('"')
-                    .parse::<u64>()
-                    .ok()
-                    .map(Duration::from_secs);
-            }
-            _ => {}
-        }
-    }
-    age
-}
 
 /// A fetched key set as kept in the instance and in the key-value store.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -26,7 +26,7 @@ use bytes::Bytes;
 
 use crate::clock::Nanos;
 use crate::config::L1Limits;
-use crate::feed::{FeedTag, Trust};
+use crate::feed_tag::{FeedTag, Trust};
 use aside_shared::feed::Change;
 
 const NIL: usize = usize::MAX;

@@ -13,6 +13,7 @@
 //! * [`shared_tier`]: the process-wide tier in Spin's key-value store (optional), slots bounded by count.
 //! * [`l2`]: tier 2, Redis reads through Spin's Redis binding.
 //! * [`feed`]: the invalidation feed, read by requests; it decides how long copies stay fresh.
+//!   [`feed_tag`]: the feed position a copy carries (the value the tiers keep).
 //! * [`forward`]: the origin client.
 //! * [`flight`], [`backoff`], [`clock`]: single-flight, the circuit breakers (Redis, origin), timeouts
 //!   and the request budget.
@@ -20,7 +21,7 @@
 //! * [`config`]: Spin variables to a typed configuration.
 //! * [`auth`], [`keys`], [`tokens`]: client tokens (verification and authorization), the identity
 //!   provider's keys (static, by URL or by discovery, kept process-wide) and the verified tokens
-//!   remembered.
+//!   remembered; [`key_policy`]: where the keys come from and how long a set is used (settings).
 //!
 //! The pure modules (`config`, `plan`, `l1`, `flight`, `backoff`, `routes`, parts of `l2` and `forward`) are
 //! unit-tested natively with `cargo test -p aside-edge --lib`; the entry point is exported only when
@@ -32,9 +33,11 @@ pub mod budget;
 pub mod clock;
 pub mod config;
 pub mod feed;
+pub mod feed_tag;
 pub mod flight;
 pub mod forward;
 pub mod handler;
+pub mod key_policy;
 pub mod keys;
 pub mod l1;
 pub mod l2;

@@ -1524,7 +1524,7 @@ mod tests {
             fresh_until_ms,
             keep_until_ms: WALL + 60_000,
             shared,
-            tag: crate::feed::FeedTag::default(),
+            tag: crate::feed_tag::FeedTag::default(),
             feed_until_ms: fresh_until_ms,
         }
     }

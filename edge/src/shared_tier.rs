@@ -37,7 +37,7 @@ use aside_shared::{UserId, UserProfile};
 use crate::backoff::{Attempt, Breaker};
 use crate::clock;
 use crate::config::Config;
-use crate::feed::{FeedTag, Trust};
+use crate::feed_tag::{FeedTag, Trust};
 use crate::l1::{ProfileEntry, Shelf};
 
 /// The first bytes of every value aside writes: a format tag, so a foreign or older value is a miss.

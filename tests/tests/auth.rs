@@ -272,7 +272,9 @@ async fn scopes_and_ownership_decide_each_route() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_profile_is_served_only_to_callers_allowed_to_see_it() {
     let idp = TestIssuer::new();
-    let (_stack, _env, _, _origin, edge) = stack_with_auth(10, &idp, |o| o.l1_ttl_ms(300)).await;
+    // The TTL rule alone (no invalidation feed, which would keep the copy fresh past the TTL).
+    let (_stack, _env, _, _origin, edge) =
+        stack_with_auth(10, &idp, |o| o.l1_ttl_ms(300).var("feed_poll_ms", 0)).await;
     let app = edge.app();
     let alice = idp.token("rs", &idp.claims("5", "profiles:read"));
     let bob = idp.token("ed", &idp.claims("6", "profiles:read"));

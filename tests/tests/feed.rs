@@ -349,6 +349,8 @@ async fn three_edges(
         let edge = EdgeOptions::new(stack, env, &origin.url(), token)
             .shared_tier()
             .l1_ttl_ms(l1_ttl_ms)
+            // The feed is off by default (spin.toml, docs/operations.md "The invalidation feed").
+            .var("feed_poll_ms", 50)
             .start()
             .await
             .unwrap();
