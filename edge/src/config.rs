@@ -709,7 +709,7 @@ mod tests {
             "origin_budget_per_s" => "500",
             "origin_budget_burst" => "500",
             "redis_max_connections" => "16",
-            "feed_poll_ms" => "50",
+            "feed_poll_ms" => "0",
             "feed_max_lag_ms" => "1000",
             _ => return None,
         })
@@ -762,8 +762,10 @@ mod tests {
     }
 
     #[test]
-    fn the_feed_is_polled_every_50_ms_and_its_lag_is_capped_by_the_ttl() {
-        let c = with(&[]).unwrap();
+    fn the_feed_is_off_by_default_and_when_on_its_lag_is_capped_by_the_ttl() {
+        assert!(!with(&[]).unwrap().feed.is_on(), "off by default");
+        let on = Some("50");
+        let c = with(&[("feed_poll_ms", on)]).unwrap();
         assert_eq!(
             c.feed,
             FeedSettings {
@@ -772,11 +774,14 @@ mod tests {
             }
         );
         assert!(c.feed.is_on());
-        let short = with(&[("l1_ttl_ms", Some("300"))]).unwrap();
+        let short = with(&[("feed_poll_ms", on), ("l1_ttl_ms", Some("300"))]).unwrap();
         assert_eq!(short.feed.max_lag, Duration::from_millis(300));
         assert!(!with(&[("feed_poll_ms", Some("0"))]).unwrap().feed.is_on());
         assert!(
-            !with(&[("l1_ttl_ms", Some("0"))]).unwrap().feed.is_on(),
+            !with(&[("feed_poll_ms", on), ("l1_ttl_ms", Some("0"))])
+                .unwrap()
+                .feed
+                .is_on(),
             "no tier 1, no feed"
         );
         for (name, bad) in [
