@@ -55,6 +55,7 @@ use crate::flight::SingleFlight;
 use crate::forward::{Origin, OriginRequest, Unavailable};
 use crate::l1::{ProfileEntry, Shelf, Tier1};
 use crate::l2::{Read, Redis};
+use crate::metrics::{METRICS, OriginRead, Shed};
 use crate::plan::{
     Answer, Asked, Body, Cached, Effect, Env, FlightKey, Keep, LookupPlan, LookupStep, ReadPlan,
     ReadStep,
@@ -320,6 +321,8 @@ impl ReadPath {
         let mut seen = None;
         let mut l2_ms = None;
         let mut origin_ms = None;
+        // Why the origin is asked, if it is: what tier 2 said (no tier-2 read: a miss).
+        let mut origin_why = OriginRead::Miss;
         let mut step = plan.start();
         loop {
             step = match step {
@@ -334,6 +337,12 @@ impl ReadPath {
                 LookupStep::Tier2 => {
                     let started = clock::now();
                     let read = self.read_tier2(id, selection, deadline).await;
+                    origin_why = match &read {
+                        Read::Skipped => OriginRead::RedisSkipped,
+                        Read::Failed => OriginRead::RedisFailed,
+                        Read::Hit(_) => OriginRead::Expired,
+                        Read::Miss | Read::Absent | Read::Shed => OriginRead::Miss,
+                    };
                     l2_ms = read.visited().then(|| clock::millis_since(started));
                     plan.tier2(read, &host)
                 }
@@ -343,8 +352,13 @@ impl ReadPath {
                     plan.refreshed(asked, &host)
                 }
                 LookupStep::Origin { reload } => {
+                    let why = if reload {
+                        OriginRead::Reload
+                    } else {
+                        origin_why
+                    };
                     let asked = self
-                        .ask_origin(origin, id, selection, reload, deadline)
+                        .ask_origin(origin, id, selection, reload, why, deadline)
                         .await;
                     origin_ms = asked.ms;
                     plan.answered(asked, &host)
@@ -404,16 +418,23 @@ impl ReadPath {
         }
     }
 
-    /// A read's origin call, taken from the instance's origin budget.
+    /// Origin reads the instance's budget would grant at once now (`None`: no budget).
+    pub fn budget_tokens(&self) -> Option<f64> {
+        self.budget.borrow().tokens_at(clock::now())
+    }
+
+    /// A read's origin call (`why`: for the metrics), taken from the instance's origin budget.
     async fn ask_origin(
         &self,
         origin: &Origin,
         id: UserId,
         selection: Option<&FieldSelection>,
         no_cache: bool,
+        why: OriginRead,
         deadline: Deadline,
     ) -> Asked {
         let taken = self.budget.borrow_mut().take(clock::now());
+        METRICS.budget(taken.is_ok());
         if let Err(wait) = taken {
             let refused = self.budget.borrow().refused();
             // One line for the first refusal and then one per 1,000: a spent budget under a flood would
@@ -430,6 +451,7 @@ impl ReadPath {
                 ms: None,
             };
         }
+        METRICS.origin_read(why);
         ask_origin(origin, id, selection, no_cache, deadline).await
     }
 
@@ -437,7 +459,10 @@ impl ReadPath {
     /// request of this instance is refreshing the id (one at a time; the others answer their copy).
     async fn refresh(&self, origin: &Origin, id: UserId, deadline: Deadline) -> Option<Asked> {
         let _refreshing = Refreshing::start(&self.refreshing, id)?;
-        Some(self.ask_origin(origin, id, None, true, deadline).await)
+        Some(
+            self.ask_origin(origin, id, None, true, OriginRead::Refresh, deadline)
+                .await,
+        )
     }
 }
 
@@ -488,6 +513,17 @@ async fn ask_origin(
     Asked { result, ms }
 }
 
+/// Why a read the origin could not answer (and with no copy) was answered 503, for the metrics.
+fn shed_cause(why: Unavailable) -> Shed {
+    match why {
+        Unavailable::Overloaded => Shed::RedisUnheard,
+        Unavailable::BudgetSpent(_) => Shed::OriginBudget,
+        Unavailable::BreakerOpen(_) => Shed::OriginBreaker,
+        Unavailable::TimedOut => Shed::OriginTimeout,
+        Unavailable::Unreachable => Shed::OriginUnreachable,
+    }
+}
+
 /// The reply to a read: a profile (cut to `selection` when it is the full one) with its version as
 /// `etag`, the origin's answer, a 404 or a 503.
 fn reply(
@@ -509,8 +545,12 @@ fn reply(
         }
         Answer::Origin(answer, source) => Reply::from_origin(answer, *source),
         Answer::NotFound(source) => Reply::error(&ApiError::user_not_found(id), *source),
-        Answer::Unavailable(retry_after) => {
-            Reply::error(&origin_unavailable(*retry_after), CacheStatus::Miss)
+        Answer::Unavailable(why) => {
+            METRICS.shed(shed_cause(*why));
+            Reply::error(
+                &origin_unavailable(why.retry_after_secs()),
+                CacheStatus::Miss,
+            )
         }
     };
     reply.timing(timing)
