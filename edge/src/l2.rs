@@ -608,12 +608,11 @@ impl Redis {
                         }
                     }
                 }
-                Verdict::Failing(_) => {
-                    clock::detach(async move {
-                        let _ = late.await;
-                    });
-                    None
-                }
+                // One stall is not yet an outage (as for a command, `execute`): a new instance's
+                // first connection under a spike (connect, AUTH, SELECT) is often late with nothing
+                // answered before, which is no evidence either way. Keep waiting within the
+                // request's patience; still nothing: a timeout, counted, and the origin.
+                Verdict::Failing(_) => clock::within(patience(deadline), late).await,
             },
         };
         match opened {

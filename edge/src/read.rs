@@ -74,6 +74,8 @@ pub struct Fetched {
     shared_ms: Option<f64>,
     l2_ms: Option<f64>,
     origin_ms: Option<f64>,
+    /// Why the origin was asked (`server-timing: origin;desc=...`).
+    origin_why: OriginRead,
     answer: Answer,
 }
 
@@ -202,7 +204,7 @@ impl ReadPath {
                 ReadStep::Refresh => {
                     let asked = self.refresh(origin, id, deadline).await;
                     if let Some(ms) = asked.as_ref().and_then(|a| a.ms) {
-                        timing.add("origin", ms);
+                        timing.add_described("origin", ms, OriginRead::Refresh.as_str());
                     }
                     plan.refreshed(asked, &host)
                 }
@@ -221,7 +223,7 @@ impl ReadPath {
                         timing.add("l2", ms);
                     }
                     if let Some(ms) = found.origin_ms {
-                        timing.add("origin", ms);
+                        timing.add_described("origin", ms, found.origin_why.as_str());
                     }
                     let version = found.answer.version();
                     fetched = Some(found);
@@ -348,17 +350,16 @@ impl ReadPath {
                 }
                 LookupStep::Refresh => {
                     let asked = self.refresh(origin, id, deadline).await;
+                    origin_why = OriginRead::Refresh;
                     origin_ms = asked.as_ref().and_then(|a| a.ms);
                     plan.refreshed(asked, &host)
                 }
                 LookupStep::Origin { reload } => {
-                    let why = if reload {
-                        OriginRead::Reload
-                    } else {
-                        origin_why
-                    };
+                    if reload {
+                        origin_why = OriginRead::Reload;
+                    }
                     let asked = self
-                        .ask_origin(origin, id, selection, reload, why, deadline)
+                        .ask_origin(origin, id, selection, reload, origin_why, deadline)
                         .await;
                     origin_ms = asked.ms;
                     plan.answered(asked, &host)
@@ -380,6 +381,7 @@ impl ReadPath {
                         shared_ms,
                         l2_ms,
                         origin_ms,
+                        origin_why,
                         answer,
                     });
                 }
