@@ -608,11 +608,24 @@ impl Redis {
                         }
                     }
                 }
-                // One stall is not yet an outage (as for a command, `execute`): a new instance's
-                // first connection under a spike (connect, AUTH, SELECT) is often late with nothing
-                // answered before, which is no evidence either way. Keep waiting within the
-                // request's patience; still nothing: a timeout, counted, and the origin.
-                Verdict::Failing(_) => clock::within(patience(deadline), late).await,
+                // An instance that has never heard Redis: its first connection (connect, AUTH,
+                // SELECT) late under a spike says little, since there is nothing to compare with
+                // (all of a spike's origin reads were these before: opens of about 300 ms against a
+                // 250 ms limit). It gets one more `limit` (within the request's patience); still
+                // nothing: a timeout, counted, and the origin. Not the whole patience: each new
+                // instance has its own breaker, so under a frozen Redis every one of them would
+                // wait that long before its breaker could open.
+                Verdict::Failing(_) if self.recent_answers.get().is_none() => {
+                    clock::within(limit.min(patience(deadline)), late).await
+                }
+                // One that heard quick answers before and now cannot log in: Redis changed (frozen,
+                // gone). Fail now, so that the breaker opens for the requests after it.
+                Verdict::Failing(_) => {
+                    clock::detach(async move {
+                        let _ = late.await;
+                    });
+                    None
+                }
             },
         };
         match opened {
