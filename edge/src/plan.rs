@@ -909,6 +909,7 @@ mod tests {
                 stale_if_error_secs: 60,
             }),
             stale: false,
+            timing: None,
         }
     }
 

@@ -76,6 +76,8 @@ pub struct Fetched {
     origin_ms: Option<f64>,
     /// Why the origin was asked (`server-timing: origin;desc=...`).
     origin_why: OriginRead,
+    /// The origin's own `server-timing`, when it answered.
+    origin_timing: Option<String>,
     answer: Answer,
 }
 
@@ -225,6 +227,9 @@ impl ReadPath {
                     if let Some(ms) = found.origin_ms {
                         timing.add_described("origin", ms, found.origin_why.as_str());
                     }
+                    if let Some(upstream) = &found.origin_timing {
+                        timing.add_prefixed("origin", upstream);
+                    }
                     let version = found.answer.version();
                     fetched = Some(found);
                     plan.looked(version)
@@ -325,6 +330,9 @@ impl ReadPath {
         let mut origin_ms = None;
         // Why the origin is asked, if it is: what tier 2 said (no tier-2 read: a miss).
         let mut origin_why = OriginRead::Miss;
+        let mut origin_timing = None;
+        // Redis had no entry for the id (not: Redis was skipped or failed): the origin may skip its look.
+        let mut redis_missed = false;
         let mut step = plan.start();
         loop {
             step = match step {
@@ -346,6 +354,7 @@ impl ReadPath {
                         Read::Miss | Read::Absent | Read::Shed => OriginRead::Miss,
                     };
                     l2_ms = read.visited().then(|| clock::millis_since(started));
+                    redis_missed = matches!(read, Read::Miss);
                     plan.tier2(read, &host)
                 }
                 LookupStep::Refresh => {
@@ -358,10 +367,15 @@ impl ReadPath {
                     if reload {
                         origin_why = OriginRead::Reload;
                     }
+                    let ask = Ask {
+                        reload,
+                        redis_missed,
+                    };
                     let asked = self
-                        .ask_origin(origin, id, selection, reload, origin_why, deadline)
+                        .ask_origin(origin, id, selection, ask, origin_why, deadline)
                         .await;
                     origin_ms = asked.ms;
+                    origin_timing = asked.result.as_ref().ok().and_then(|a| a.timing.clone());
                     plan.answered(asked, &host)
                 }
                 LookupStep::Fallback => {
@@ -382,6 +396,7 @@ impl ReadPath {
                         l2_ms,
                         origin_ms,
                         origin_why,
+                        origin_timing,
                         answer,
                     });
                 }
@@ -431,7 +446,7 @@ impl ReadPath {
         origin: &Origin,
         id: UserId,
         selection: Option<&FieldSelection>,
-        no_cache: bool,
+        ask: Ask,
         why: OriginRead,
         deadline: Deadline,
     ) -> Asked {
@@ -454,15 +469,19 @@ impl ReadPath {
             };
         }
         METRICS.origin_read(why);
-        ask_origin(origin, id, selection, no_cache, deadline).await
+        ask_origin(origin, id, selection, ask, deadline).await
     }
 
     /// An early refresh: the origin reloads the full profile from PostgreSQL. `None` when another
     /// request of this instance is refreshing the id (one at a time; the others answer their copy).
     async fn refresh(&self, origin: &Origin, id: UserId, deadline: Deadline) -> Option<Asked> {
         let _refreshing = Refreshing::start(&self.refreshing, id)?;
+        let ask = Ask {
+            reload: true,
+            redis_missed: false,
+        };
         Some(
-            self.ask_origin(origin, id, None, true, OriginRead::Refresh, deadline)
+            self.ask_origin(origin, id, None, ask, OriginRead::Refresh, deadline)
                 .await,
         )
     }
@@ -489,13 +508,22 @@ impl Drop for Refreshing<'_> {
     }
 }
 
-/// `GET /users/{id}[?fields]` at the origin (`no_cache`: reload from PostgreSQL), and the time it
-/// took, `None` when it was not asked (breaker open).
+/// How a read asks the origin.
+#[derive(Debug, Clone, Copy, Default)]
+struct Ask {
+    /// Reload from PostgreSQL (`cache-control: no-cache`).
+    reload: bool,
+    /// Redis had no entry a moment ago (`x-aside-redis: miss`).
+    redis_missed: bool,
+}
+
+/// `GET /users/{id}[?fields]` at the origin, and the time it took, `None` when it was not asked
+/// (breaker open).
 async fn ask_origin(
     origin: &Origin,
     id: UserId,
     selection: Option<&FieldSelection>,
-    no_cache: bool,
+    ask: Ask,
     deadline: Deadline,
 ) -> Asked {
     let path = match selection {
@@ -504,7 +532,8 @@ async fn ask_origin(
     };
     let started = clock::now();
     let request = OriginRequest {
-        no_cache,
+        no_cache: ask.reload,
+        redis_missed: ask.redis_missed,
         ..OriginRequest::get(&path)
     };
     let result = origin.call(request, deadline).await;
