@@ -30,6 +30,7 @@ use spin_sdk::http::body::IncomingBodyExt;
 use crate::backoff::{Attempt, Breaker, Transition, Visible};
 use crate::clock::{self, Deadline};
 use crate::config::Config;
+use crate::metrics::{Backend, METRICS};
 use crate::shared_tier::{BreakerMark, SharedTier};
 
 /// The origin's headers the edge passes back to the client; the edge sets its own `x-cache`,
@@ -205,6 +206,9 @@ impl Origin {
         let result = send(&self.config, request, limit).await;
         let ok = result.as_ref().is_ok_and(|answer| !answer.is_unavailable());
         let transition = permit.finish(ok, clock::now());
+        if let Some(t) = transition {
+            METRICS.transition(Backend::Origin, t == Transition::Opened);
+        }
         match transition {
             Some(Transition::Opened) => eprintln!(
                 "aside-edge: origin breaker open after {} consecutive failure(s): misses answer 503 \

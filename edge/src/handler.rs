@@ -26,10 +26,11 @@ use crate::clock::{self, Deadline};
 use crate::config::{self, Auth, Config, ConfigError};
 use crate::flight::SingleFlight;
 use crate::forward::{self, Origin, OriginRequest};
+use crate::metrics::METRICS;
 use crate::plan;
 use crate::ratelimit::WriteLimiter;
 use crate::read::ReadPath;
-use crate::reply::{Reply, origin_unavailable};
+use crate::reply::{self, Reply, origin_unavailable};
 use crate::routes::{self, Route};
 use crate::shared_tier::SharedTier;
 use crate::tokens::{Authenticator, Refusal};
@@ -158,6 +159,11 @@ async fn handle(request: Request) -> http::Response<FullBody<Bytes>> {
         ),
         Route::Refuse(error) => Reply::error(&error, CacheStatus::Bypass),
         Route::FeedState => edge.reads.feed_metrics(deadline).await,
+        Route::Metrics => Reply::text(
+            200,
+            METRICS.prometheus(&reply::instance_label(), edge.reads.budget_tokens()),
+            "text/plain; version=0.0.4",
+        ),
         Route::ReadProfile { id, selection } => {
             edge.reads
                 .serve(&edge.origin, id, selection, deadline)
@@ -208,7 +214,7 @@ async fn admit(
     let need = match route {
         Route::ReadProfile { id, selection } => Need::read(*id, selection.as_ref()),
         Route::Forward => Need::forwarded(request.method(), request.uri().path()),
-        Route::Health | Route::FeedState | Route::Refuse(_) => Need::Authenticated,
+        Route::Health | Route::FeedState | Route::Metrics | Route::Refuse(_) => Need::Authenticated,
     };
     if let Err(denied) = auth::authorize(&caller, &need) {
         return Err(Box::new(

@@ -55,6 +55,7 @@ use crate::flight::SingleFlight;
 use crate::forward::{Origin, OriginRequest, Unavailable};
 use crate::l1::{ProfileEntry, Shelf, Tier1};
 use crate::l2::{Read, Redis};
+use crate::metrics::{METRICS, OriginRead, Shed};
 use crate::plan::{
     Answer, Asked, Body, Cached, Effect, Env, FlightKey, Keep, LookupPlan, LookupStep, ReadPlan,
     ReadStep,
@@ -73,6 +74,8 @@ pub struct Fetched {
     shared_ms: Option<f64>,
     l2_ms: Option<f64>,
     origin_ms: Option<f64>,
+    /// Why the origin was asked (`server-timing: origin;desc=...`).
+    origin_why: OriginRead,
     /// The origin's own `server-timing`, when it answered.
     origin_timing: Option<String>,
     answer: Answer,
@@ -203,7 +206,7 @@ impl ReadPath {
                 ReadStep::Refresh => {
                     let asked = self.refresh(origin, id, deadline).await;
                     if let Some(ms) = asked.as_ref().and_then(|a| a.ms) {
-                        timing.add("origin", ms);
+                        timing.add_described("origin", ms, OriginRead::Refresh.as_str());
                     }
                     plan.refreshed(asked, &host)
                 }
@@ -222,7 +225,7 @@ impl ReadPath {
                         timing.add("l2", ms);
                     }
                     if let Some(ms) = found.origin_ms {
-                        timing.add("origin", ms);
+                        timing.add_described("origin", ms, found.origin_why.as_str());
                     }
                     if let Some(upstream) = &found.origin_timing {
                         timing.add_prefixed("origin", upstream);
@@ -325,6 +328,8 @@ impl ReadPath {
         let mut seen = None;
         let mut l2_ms = None;
         let mut origin_ms = None;
+        // Why the origin is asked, if it is: what tier 2 said (no tier-2 read: a miss).
+        let mut origin_why = OriginRead::Miss;
         let mut origin_timing = None;
         // Redis had no entry for the id (not: Redis was skipped or failed): the origin may skip its look.
         let mut redis_missed = false;
@@ -342,21 +347,33 @@ impl ReadPath {
                 LookupStep::Tier2 => {
                     let started = clock::now();
                     let read = self.read_tier2(id, selection, deadline).await;
+                    origin_why = match &read {
+                        Read::Skipped => OriginRead::RedisSkipped,
+                        Read::Failed => OriginRead::RedisFailed,
+                        Read::Hit(_) => OriginRead::Expired,
+                        Read::Miss | Read::Absent | Read::Shed => OriginRead::Miss,
+                    };
                     l2_ms = read.visited().then(|| clock::millis_since(started));
                     redis_missed = matches!(read, Read::Miss);
                     plan.tier2(read, &host)
                 }
                 LookupStep::Refresh => {
                     let asked = self.refresh(origin, id, deadline).await;
+                    origin_why = OriginRead::Refresh;
                     origin_ms = asked.as_ref().and_then(|a| a.ms);
                     plan.refreshed(asked, &host)
                 }
                 LookupStep::Origin { reload } => {
+                    if reload {
+                        origin_why = OriginRead::Reload;
+                    }
                     let ask = Ask {
                         reload,
                         redis_missed,
                     };
-                    let asked = self.ask_origin(origin, id, selection, ask, deadline).await;
+                    let asked = self
+                        .ask_origin(origin, id, selection, ask, origin_why, deadline)
+                        .await;
                     origin_ms = asked.ms;
                     origin_timing = asked.result.as_ref().ok().and_then(|a| a.timing.clone());
                     plan.answered(asked, &host)
@@ -378,6 +395,7 @@ impl ReadPath {
                         shared_ms,
                         l2_ms,
                         origin_ms,
+                        origin_why,
                         origin_timing,
                         answer,
                     });
@@ -417,16 +435,23 @@ impl ReadPath {
         }
     }
 
-    /// A read's origin call, taken from the instance's origin budget.
+    /// Origin reads the instance's budget would grant at once now (`None`: no budget).
+    pub fn budget_tokens(&self) -> Option<f64> {
+        self.budget.borrow().tokens_at(clock::now())
+    }
+
+    /// A read's origin call (`why`: for the metrics), taken from the instance's origin budget.
     async fn ask_origin(
         &self,
         origin: &Origin,
         id: UserId,
         selection: Option<&FieldSelection>,
         ask: Ask,
+        why: OriginRead,
         deadline: Deadline,
     ) -> Asked {
         let taken = self.budget.borrow_mut().take(clock::now());
+        METRICS.budget(taken.is_ok());
         if let Err(wait) = taken {
             let refused = self.budget.borrow().refused();
             // One line for the first refusal and then one per 1,000: a spent budget under a flood would
@@ -443,6 +468,7 @@ impl ReadPath {
                 ms: None,
             };
         }
+        METRICS.origin_read(why);
         ask_origin(origin, id, selection, ask, deadline).await
     }
 
@@ -454,7 +480,10 @@ impl ReadPath {
             reload: true,
             redis_missed: false,
         };
-        Some(self.ask_origin(origin, id, None, ask, deadline).await)
+        Some(
+            self.ask_origin(origin, id, None, ask, OriginRead::Refresh, deadline)
+                .await,
+        )
     }
 }
 
@@ -515,6 +544,17 @@ async fn ask_origin(
     Asked { result, ms }
 }
 
+/// Why a read the origin could not answer (and with no copy) was answered 503, for the metrics.
+fn shed_cause(why: Unavailable) -> Shed {
+    match why {
+        Unavailable::Overloaded => Shed::RedisUnheard,
+        Unavailable::BudgetSpent(_) => Shed::OriginBudget,
+        Unavailable::BreakerOpen(_) => Shed::OriginBreaker,
+        Unavailable::TimedOut => Shed::OriginTimeout,
+        Unavailable::Unreachable => Shed::OriginUnreachable,
+    }
+}
+
 /// The reply to a read: a profile (cut to `selection` when it is the full one) with its version as
 /// `etag`, the origin's answer, a 404 or a 503.
 fn reply(
@@ -536,8 +576,12 @@ fn reply(
         }
         Answer::Origin(answer, source) => Reply::from_origin(answer, *source),
         Answer::NotFound(source) => Reply::error(&ApiError::user_not_found(id), *source),
-        Answer::Unavailable(retry_after) => {
-            Reply::error(&origin_unavailable(*retry_after), CacheStatus::Miss)
+        Answer::Unavailable(why) => {
+            METRICS.shed(shed_cause(*why));
+            Reply::error(
+                &origin_unavailable(why.retry_after_secs()),
+                CacheStatus::Miss,
+            )
         }
     };
     reply.timing(timing)

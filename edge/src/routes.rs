@@ -1,6 +1,6 @@
 //! Which requests the edge answers itself and which it passes to the origin.
 //!
-//! The edge serves only `GET /users/{id}` (from its tiers), `GET /healthz` and `GET /edge/feed`; the rest of the public API
+//! The edge serves only `GET /users/{id}` (from its tiers), `GET /healthz`, `GET /edge/feed` and `GET /edge/metrics`; the rest of the public API
 //! (`/users` and `/users/...`: writes, other methods, odd paths below `/users/`) goes to the origin
 //! unchanged, so the API has one implementation of everything but the read path. Nothing else is
 //! forwarded: the origin's operational routes (`/readyz`, `/metrics`, `/openapi.json`, `/admin/...`)
@@ -15,6 +15,8 @@ const USERS_PREFIX: &str = "/users/";
 const USERS: &str = "/users";
 /// The edge's own operational route: the invalidation feed's state (counters only, nothing secret).
 pub const FEED_STATE: &str = "/edge/feed";
+/// The answering instance's overload counters (shedding, origin budget, breakers; nothing secret).
+pub const METRICS: &str = "/edge/metrics";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -22,6 +24,8 @@ pub enum Route {
     Health,
     /// `GET /edge/feed`: the process's invalidation-feed state as Prometheus text.
     FeedState,
+    /// `GET /edge/metrics`: the answering instance's counters as Prometheus text ([`crate::metrics`]).
+    Metrics,
     /// `GET /users/{id}` with an optional `?fields=` projection.
     ReadProfile {
         id: UserId,
@@ -45,6 +49,9 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Route {
     }
     if path == FEED_STATE && *method == Method::GET {
         return Route::FeedState;
+    }
+    if path == METRICS && *method == Method::GET {
+        return Route::Metrics;
     }
     if path != USERS && !path.starts_with(USERS_PREFIX) {
         return Route::Refuse(ApiError::route_not_found());

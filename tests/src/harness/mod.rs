@@ -27,8 +27,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use edge::{
-    ASIDE_EDGE_RUNTIME, EDGE_WASM, Edge, EdgeOptions, EdgeRuntime, edge_wasm,
-    manifest_with_allowed_hosts, metric,
+    ASIDE_EDGE_RUNTIME, EDGE_WASM, Edge, EdgeOptions, EdgeRuntime, edge_instances, edge_metrics,
+    edge_wasm, manifest_with_allowed_hosts, metric, metric_sum, scrape_text, sum_samples,
 };
 pub use http::{
     Answer, REQUEST_TIMEOUT, TestApp, call_url, get_url, http_client, http_client_with_timeout,
