@@ -270,10 +270,14 @@ async fn pass_through(
         body,
         no_cache: false,
         caller: caller.map(|c| c.header_value()),
+        redis_missed: false,
     };
     let result = edge.origin.call(request, deadline).await;
     if !matches!(result, Err(forward::Unavailable::BreakerOpen(_))) {
         timing.add("origin", clock::millis_since(started));
+    }
+    if let Some(upstream) = result.as_ref().ok().and_then(|a| a.timing.as_deref()) {
+        timing.add_prefixed("origin", upstream);
     }
     match result {
         Ok(answer) => {

@@ -908,6 +908,7 @@ mod tests {
                 stale_if_error_secs: 60,
             }),
             stale: false,
+            timing: None,
         }
     }
 

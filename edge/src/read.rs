@@ -73,6 +73,8 @@ pub struct Fetched {
     shared_ms: Option<f64>,
     l2_ms: Option<f64>,
     origin_ms: Option<f64>,
+    /// The origin's own `server-timing`, when it answered.
+    origin_timing: Option<String>,
     answer: Answer,
 }
 
@@ -222,6 +224,9 @@ impl ReadPath {
                     if let Some(ms) = found.origin_ms {
                         timing.add("origin", ms);
                     }
+                    if let Some(upstream) = &found.origin_timing {
+                        timing.add_prefixed("origin", upstream);
+                    }
                     let version = found.answer.version();
                     fetched = Some(found);
                     plan.looked(version)
@@ -320,6 +325,9 @@ impl ReadPath {
         let mut seen = None;
         let mut l2_ms = None;
         let mut origin_ms = None;
+        let mut origin_timing = None;
+        // Redis had no entry for the id (not: Redis was skipped or failed): the origin may skip its look.
+        let mut redis_missed = false;
         let mut step = plan.start();
         loop {
             step = match step {
@@ -335,6 +343,7 @@ impl ReadPath {
                     let started = clock::now();
                     let read = self.read_tier2(id, selection, deadline).await;
                     l2_ms = read.visited().then(|| clock::millis_since(started));
+                    redis_missed = matches!(read, Read::Miss);
                     plan.tier2(read, &host)
                 }
                 LookupStep::Refresh => {
@@ -343,10 +352,13 @@ impl ReadPath {
                     plan.refreshed(asked, &host)
                 }
                 LookupStep::Origin { reload } => {
-                    let asked = self
-                        .ask_origin(origin, id, selection, reload, deadline)
-                        .await;
+                    let ask = Ask {
+                        reload,
+                        redis_missed,
+                    };
+                    let asked = self.ask_origin(origin, id, selection, ask, deadline).await;
                     origin_ms = asked.ms;
+                    origin_timing = asked.result.as_ref().ok().and_then(|a| a.timing.clone());
                     plan.answered(asked, &host)
                 }
                 LookupStep::Fallback => {
@@ -366,6 +378,7 @@ impl ReadPath {
                         shared_ms,
                         l2_ms,
                         origin_ms,
+                        origin_timing,
                         answer,
                     });
                 }
@@ -410,7 +423,7 @@ impl ReadPath {
         origin: &Origin,
         id: UserId,
         selection: Option<&FieldSelection>,
-        no_cache: bool,
+        ask: Ask,
         deadline: Deadline,
     ) -> Asked {
         let taken = self.budget.borrow_mut().take(clock::now());
@@ -430,14 +443,18 @@ impl ReadPath {
                 ms: None,
             };
         }
-        ask_origin(origin, id, selection, no_cache, deadline).await
+        ask_origin(origin, id, selection, ask, deadline).await
     }
 
     /// An early refresh: the origin reloads the full profile from PostgreSQL. `None` when another
     /// request of this instance is refreshing the id (one at a time; the others answer their copy).
     async fn refresh(&self, origin: &Origin, id: UserId, deadline: Deadline) -> Option<Asked> {
         let _refreshing = Refreshing::start(&self.refreshing, id)?;
-        Some(self.ask_origin(origin, id, None, true, deadline).await)
+        let ask = Ask {
+            reload: true,
+            redis_missed: false,
+        };
+        Some(self.ask_origin(origin, id, None, ask, deadline).await)
     }
 }
 
@@ -462,13 +479,22 @@ impl Drop for Refreshing<'_> {
     }
 }
 
-/// `GET /users/{id}[?fields]` at the origin (`no_cache`: reload from PostgreSQL), and the time it
-/// took, `None` when it was not asked (breaker open).
+/// How a read asks the origin.
+#[derive(Debug, Clone, Copy, Default)]
+struct Ask {
+    /// Reload from PostgreSQL (`cache-control: no-cache`).
+    reload: bool,
+    /// Redis had no entry a moment ago (`x-aside-redis: miss`).
+    redis_missed: bool,
+}
+
+/// `GET /users/{id}[?fields]` at the origin, and the time it took, `None` when it was not asked
+/// (breaker open).
 async fn ask_origin(
     origin: &Origin,
     id: UserId,
     selection: Option<&FieldSelection>,
-    no_cache: bool,
+    ask: Ask,
     deadline: Deadline,
 ) -> Asked {
     let path = match selection {
@@ -477,7 +503,8 @@ async fn ask_origin(
     };
     let started = clock::now();
     let request = OriginRequest {
-        no_cache,
+        no_cache: ask.reload,
+        redis_missed: ask.redis_missed,
         ..OriginRequest::get(&path)
     };
     let result = origin.call(request, deadline).await;

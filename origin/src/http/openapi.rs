@@ -176,7 +176,7 @@ pub async fn edge_openapi_json(Extension(doc): Extension<Document>) -> impl Into
 pub mod schemas {
     use aside_shared::openapi::ProfileProjection;
     use aside_shared::{ErrorBody, UserProfile};
-    use serde::Deserialize;
+    use serde::{Deserialize, Serialize};
     use utoipa::openapi::schema::{AnyOfBuilder, Schema};
     use utoipa::openapi::{Ref, RefOr};
     use utoipa::{IntoResponses, PartialSchema, ToSchema};
@@ -213,25 +213,31 @@ pub mod schemas {
         }
     }
 
-    /// `GET /healthz`.
-    #[derive(Deserialize, ToSchema)]
+    /// `GET /healthz`: what the handler answers, and its schema.
+    #[derive(Serialize, Deserialize, ToSchema)]
     pub struct Health {
         #[schema(example = "ok")]
         pub status: String,
     }
 
-    /// `GET /readyz`: each backend `ok` or `unavailable`.
-    #[derive(Deserialize, ToSchema)]
+    /// `GET /readyz`: each backend `ok` or `unavailable`; what the handler answers, and its schema.
+    #[derive(Serialize, Deserialize, ToSchema)]
     pub struct Readiness {
         pub postgres: BackendState,
         pub redis: BackendState,
     }
 
-    #[derive(Deserialize, ToSchema)]
+    #[derive(Serialize, Deserialize, ToSchema)]
     #[serde(rename_all = "snake_case")]
     pub enum BackendState {
         Ok,
         Unavailable,
+    }
+
+    impl BackendState {
+        pub fn of(ok: bool) -> Self {
+            if ok { Self::Ok } else { Self::Unavailable }
+        }
     }
 
     /// The bearer token is missing or wrong.
