@@ -164,6 +164,7 @@ async fn handle(request: Request) -> http::Response<FullBody<Bytes>> {
             METRICS.prometheus(&reply::instance_label(), edge.reads.budget_tokens()),
             "text/plain; version=0.0.4",
         ),
+        Route::ApiDocument => api_document(&edge, deadline).await,
         Route::ReadProfile { id, selection } => {
             edge.reads
                 .serve(&edge.origin, id, selection, deadline)
@@ -214,7 +215,11 @@ async fn admit(
     let need = match route {
         Route::ReadProfile { id, selection } => Need::read(*id, selection.as_ref()),
         Route::Forward => Need::forwarded(request.method(), request.uri().path()),
-        Route::Health | Route::FeedState | Route::Metrics | Route::Refuse(_) => Need::Authenticated,
+        Route::Health
+        | Route::FeedState
+        | Route::Metrics
+        | Route::ApiDocument
+        | Route::Refuse(_) => Need::Authenticated,
     };
     if let Err(denied) = auth::authorize(&caller, &need) {
         return Err(Box::new(
@@ -295,6 +300,22 @@ async fn pass_through(
             CacheStatus::Bypass,
         )
         .timing(timing),
+    }
+}
+
+/// The edge's API document, as the origin renders it for the edge's clients (`x-cache: BYPASS`);
+/// 503 while the origin cannot be asked.
+async fn api_document(edge: &Edge, deadline: Deadline) -> Reply {
+    match edge
+        .origin
+        .call(OriginRequest::get(routes::API_DOCUMENT_AT_ORIGIN), deadline)
+        .await
+    {
+        Ok(answer) => Reply::from_origin(&answer, CacheStatus::Bypass),
+        Err(why) => Reply::error(
+            &origin_unavailable(why.retry_after_secs()),
+            CacheStatus::Bypass,
+        ),
     }
 }
 

@@ -319,6 +319,15 @@ impl Edge {
         }
     }
 
+    /// The component's own stdout/stderr, each line once (Spin also echoes it into its own output,
+    /// which [`Edge::log`] includes); empty under the bundled host.
+    pub fn component_log(&self) -> String {
+        match &self.running {
+            Running::Spin(spin) => spin.component_log(),
+            Running::Bundled(_) => String::new(),
+        }
+    }
+
     /// Stops accepting connections and lets open ones finish (Spin: SIGINT, as Ctrl-C does, then
     /// SIGKILL after 5 s).
     pub async fn shutdown(self) {
@@ -405,6 +414,12 @@ impl SpinUp {
     /// `<state dir>/logs/<component>_std{out,err}.txt`, not to its own output).
     fn log(&self) -> String {
         let mut log = std::fs::read_to_string(self.dir.join("spin.log")).unwrap_or_default();
+        log.push_str(&self.component_log());
+        log
+    }
+
+    fn component_log(&self) -> String {
+        let mut log = String::new();
         let logs = self.dir.join("state").join("logs");
         let mut files: Vec<PathBuf> = std::fs::read_dir(&logs)
             .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
