@@ -30,6 +30,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use xtask::spin::{NotFound, SpinCli};
 use xtask::stack::{self, Secrets, Services};
 
+mod feed_bench;
+
 /// Set by Ctrl-C / SIGTERM; checked between steps and while a scenario runs.
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -93,7 +95,9 @@ struct RunArgs {
     /// Where the report goes [default: target/bench; quick: target/bench/quick].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Only these scenarios (comma-separated), e.g. `--only edge-l1-hot,edge-l2`.
+    /// Only these scenarios (comma-separated), e.g. `--only edge-l1-hot,edge-l2`; `feed`: issue 24's
+    /// invalidation-feed scenarios (A/B feed on/off, Redis commands per read, staleness), written to
+    /// report-feed.{json,md}.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// What runs the edges and the hello-world baseline: `spin` (`spin up` of a Spin 4 CLI: `ASIDE_SPIN`,
@@ -286,6 +290,7 @@ fn verify_file(path: &Path) -> anyhow::Result<()> {
     let report: Report = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a benchmark report", path.display()))?;
     report::verify(&report)?;
+    feed_bench::verify_beside(path)?;
     println!(
         "benchmark report {}: {} runs of {} scenarios, all answered and measured what they claim",
         path.display(),
@@ -814,13 +819,25 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
 
     let route = |ports: &Ports, target| ports.url(target);
     let measured = run_scenarios(&config, &mut stack, &mut redis, &plans, (&route, None))?;
+    // Issue 24's scenarios (bench/src/feed_bench.rs): their own report beside this one.
+    let feed = if config.only.is_empty() || config.only.iter().any(|o| o == feed_bench::NAME) {
+        let rt = config.runtimes.list[0];
+        if redis.db_size()? < config.rows {
+            let bar = ProgressBar::hidden();
+            fill_redis(&config, &stack, &mut redis, &bar)?;
+        }
+        Some(feed_bench::run(&config, &mut stack, &mut redis, rt)?)
+    } else {
+        None
+    };
     drop(redis);
     drop(stack);
 
     let mut report = collect(&config, measured, setup_s, started, started_at_unix);
     report.skipped = config.skipped();
     report.finish();
-    write_report(&config, &report)
+    write_report(&config, &report)?;
+    feed.as_ref().map_or(Ok(()), feed_bench::verify)
 }
 
 /// The settings of one run: the command line with its defaults filled in, and where things are.
@@ -943,7 +960,7 @@ impl Config {
             .collect();
         for o in &self.only {
             anyhow::ensure!(
-                report::SCENARIOS.contains(&o.as_str()),
+                report::SCENARIOS.contains(&o.as_str()) || o == feed_bench::NAME,
                 "unknown scenario {o:?}; the scenarios are {}",
                 report::SCENARIOS.join(", ")
             );

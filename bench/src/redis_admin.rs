@@ -94,4 +94,25 @@ impl RedisAdmin {
         }
         Ok(RoundTrip::from_samples(format!("HGETALL {key}"), times))
     }
+
+    /// Calls per command since Redis started (`INFO commandstats`: `cmdstat_<name>:calls=N,...`),
+    /// lower-case names; `info` itself left out (these calls are the bench's own).
+    pub fn command_calls(&mut self) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+        let text: String = self
+            .query(redis::cmd("INFO").arg("commandstats"))
+            .context("Redis refused INFO commandstats")?;
+        Ok(text
+            .lines()
+            .filter_map(|line| {
+                let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls = stats
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix("calls="))?
+                    .parse()
+                    .ok()?;
+                Some((name.to_ascii_lowercase(), calls))
+            })
+            .filter(|(name, _)| name != "info")
+            .collect())
+    }
 }

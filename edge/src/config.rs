@@ -709,7 +709,7 @@ mod tests {
             "origin_budget_per_s" => "500",
             "origin_budget_burst" => "500",
             "redis_max_connections" => "16",
-            "feed_poll_ms" => "0",
+            "feed_poll_ms" => "100",
             "feed_max_lag_ms" => "1000",
             _ => return None,
         })
@@ -762,8 +762,15 @@ mod tests {
     }
 
     #[test]
-    fn the_feed_is_off_by_default_and_when_on_its_lag_is_capped_by_the_ttl() {
-        assert!(!with(&[]).unwrap().feed.is_on(), "off by default");
+    fn the_feed_is_on_by_default_and_its_lag_is_capped_by_the_ttl() {
+        assert_eq!(
+            with(&[]).unwrap().feed,
+            FeedSettings {
+                poll: Duration::from_millis(100),
+                max_lag: Duration::from_millis(1000)
+            },
+            "on by default"
+        );
         let on = Some("50");
         let c = with(&[("feed_poll_ms", on)]).unwrap();
         assert_eq!(

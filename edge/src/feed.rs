@@ -643,6 +643,12 @@ fn log_change(
     if code == state.verdict && before.is_ok() == after.is_ok() {
         return;
     }
+    if state.verdict == 0 && after == Err(Fallback::NoFeed) {
+        // A reader's first read failed: no change of state (a new instance under load would log it
+        // once each; the failed read is logged by crate::l2).
+        state.verdict = code;
+        return;
+    }
     state.verdict = code;
     if before.is_ok() && after.is_err() {
         state.fallbacks += 1;

@@ -17,6 +17,8 @@
 //! while it sat in the pool) is dropped with every other idle one, and the command is tried once more on a
 //! new connection within the same time limit: a restart costs no request its Redis read.
 //! A hash that is missing or does not parse is a plain miss: it says nothing about Redis's health.
+//! The invalidation feed's `XREAD` ([`Redis::read_feed`]) is the exception: it shares the connections
+//! but not the breaker or the timeout verdicts; when it fails or is late, only the feed is late.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -86,6 +88,8 @@ pub struct Redis {
     counted_timeout: Cell<Nanos>,
     /// Requests shed because Redis could not be heard within their budget (for the log).
     shed: Cell<u64>,
+    /// Reads of the invalidation feed that failed or came late (for the log).
+    feed_failures: Cell<u64>,
 }
 
 /// One pooled connection and how many commands are in flight on it (more than one only at the bound).
@@ -245,6 +249,7 @@ impl Redis {
             recent_answers: Cell::new(None),
             counted_timeout: Cell::new(0),
             shed: Cell::new(0),
+            feed_failures: Cell::new(0),
         }
     }
 
@@ -284,16 +289,27 @@ impl Redis {
     }
 
     /// A non-blocking `XREAD COUNT <count> STREAMS aside:feed <after>` of the invalidation feed
-    /// ([`crate::feed`]): the reply as Spin flattens it, nils as `None` (`Ok(vec![])`-like when there is
+    /// ([`crate::feed`]): the reply as Spin flattens it, nils as `None` (an empty list when there is
     /// nothing new); at most `limit`. `Err(true)` when Redis answered with a data error (the key is not a
-    /// stream), `Err(false)` when Redis failed or was skipped.
+    /// stream), `Err(false)` when the read failed, came late or was not tried.
+    ///
+    /// The feed's read stays out of the breaker and of the timeout verdicts of profile reads
+    /// ([`Redis::execute`]): a read that fails or is late makes the *feed* late (copies fall back to
+    /// the `l1_ttl_ms` rule, crate::feed) and nothing else. It never counts towards the breaker, never
+    /// opens or closes it, never sends a read to the origin, and is not waited for past `limit` (under
+    /// saturation a late feed is just a late feed; the late call is left to finish, crate::clock). It
+    /// is not tried while the breaker is open or probing: profile reads judge Redis, the feed is late
+    /// meanwhile. It shares the instance's connections, and its answers are evidence that Redis is up.
     pub async fn read_feed(
         &self,
         after: &str,
         count: usize,
         limit: Duration,
     ) -> Result<Vec<Option<Vec<u8>>>, bool> {
-        let arguments = [
+        if limit.is_zero() || !self.breaker.borrow().is_closed() {
+            return Err(false);
+        }
+        let arguments: Vec<RedisParameter> = [
             b"COUNT".to_vec(),
             count.to_string().into_bytes(),
             b"STREAMS".to_vec(),
@@ -303,13 +319,85 @@ impl Redis {
         .into_iter()
         .map(RedisParameter::Binary)
         .collect();
-        // The feed's read is bounded by its own limit, not by a request's budget: a saturated wait
-        // for it ends with that limit too.
-        let deadline = Deadline::after(clock::now(), limit);
-        match self.execute("XREAD", arguments, limit, deadline).await {
-            Read::Hit(reply) => Ok(reply.into_iter().map(bytes_of).collect()),
-            Read::Miss => Err(true),
-            Read::Absent | Read::Skipped | Read::Failed | Read::Shed => Err(false),
+        let started = clock::now();
+        // A connection's open is bounded by the same limit (no patience: `deadline` is the limit).
+        let deadline = Deadline::after(started, limit);
+        let mut retried = false;
+        let outcome = loop {
+            let why_not = Cell::new(None);
+            let Some(lease) = self
+                .pool
+                .take(|| self.open(limit, started, deadline, &why_not))
+                .await
+            else {
+                break Err(why_not.take().unwrap_or(Failure::Connect));
+            };
+            let pooled = Rc::clone(&lease.pooled);
+            let args = arguments.clone();
+            // Owns its lease: a late call is left to finish (crate::clock), its connection kept from
+            // other commands until it has.
+            let call = Box::pin(async move {
+                let result = lease.pooled.connection.execute("XREAD", args).await;
+                drop(lease);
+                match result {
+                    Ok(reply) => Ok(Some(reply)),
+                    Err(e) if is_data_error(&e) => Ok(None),
+                    Err(e) => Err(Failure::Command(describe(&e))),
+                }
+            });
+            let left =
+                limit.saturating_sub(Duration::from_nanos(clock::now().saturating_sub(started)));
+            let result = match clock::race(left, call).await {
+                Ok(answer) => answer,
+                Err(late) => {
+                    clock::detach(async move {
+                        let _ = late.await;
+                    });
+                    Err(Failure::TimedOut)
+                }
+            };
+            match &result {
+                Ok(_) => pooled.answered.set(true),
+                Err(failure) => {
+                    // A connection that failed is not trusted again; a late one is dropped from
+                    // the pool too (closed once its call ends).
+                    self.pool.discard(&pooled);
+                    if matches!(failure, Failure::Command(_)) && pooled.answered.get() && !retried {
+                        // It may have died idle (Redis restarted): once more on a new connection.
+                        self.pool.discard_idle();
+                        retried = true;
+                        continue;
+                    }
+                }
+            }
+            break result;
+        };
+        match outcome {
+            Ok(Some(reply)) => {
+                self.answered(Duration::from_nanos(clock::now().saturating_sub(started)));
+                Ok(reply.into_iter().map(bytes_of).collect())
+            }
+            Ok(None) => Err(true),
+            Err(failure) => {
+                let failures = self.feed_failures.get() + 1;
+                self.feed_failures.set(failures);
+                // The first and then one in 100 (the feed logs its own changes of state).
+                if failures % 100 == 1 {
+                    let why = match failure {
+                        Failure::Connect => "cannot connect".to_string(),
+                        Failure::Command(e) => format!("failed: {}", self.config.scrub(&e)),
+                        Failure::TimedOut | Failure::Unheard(_) => {
+                            format!("took longer than {} ms", limit.as_millis())
+                        }
+                    };
+                    eprintln!(
+                        "aside-edge: redis XREAD of the feed {why}: the feed is late (not counted by \
+                         the redis breaker; no read goes to the origin for it; failed feed reads so \
+                         far by this instance: {failures})"
+                    );
+                }
+                Err(false)
+            }
         }
     }
 

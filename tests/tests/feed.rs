@@ -349,8 +349,6 @@ async fn three_edges(
         let edge = EdgeOptions::new(stack, env, &origin.url(), token)
             .shared_tier()
             .l1_ttl_ms(l1_ttl_ms)
-            // The feed is off by default (spin.toml, docs/operations.md "The invalidation feed").
-            .var("feed_poll_ms", 50)
             .start()
             .await
             .unwrap();
@@ -884,4 +882,140 @@ async fn a_redis_stopped_and_restarted_falls_back_to_the_ttl_then_recovers() {
     // which the feed does not cause and cannot fix; see the report of issue 24.
     load.finish_since("redis restarted", Some(caught_up), false)
         .await;
+}
+
+/// The feed's read is not a profile read: when it is refused (here the `edge` user loses `XREAD` while
+/// profile reads keep working), copies fall back to the TTL rule, the Redis breaker never opens and no
+/// read goes to the origin; when the right comes back, so does the feed. (Under Spin 4.0.2 the refusal
+/// reaches the component as a reply it cannot use, `ttl-no-feed`, which the breaker never counted; the
+/// case that used to open it, `XREAD`s timing out under saturation, is tests/tests/overload.rs's spike.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_feed_read_never_opens_the_redis_breaker_nor_sends_reads_to_the_origin() {
+    // Its own Redis: the test changes the `edge` user's rights.
+    let stack = Stack::dedicated().await.unwrap();
+    let (env, token, origin) = setup(&stack, LOAD_IDS as u64, &[]).await;
+    let edge = EdgeOptions::new(&stack, &env, &origin.url(), &token)
+        .l1_ttl_ms(FAULT_TTL_MS)
+        .start()
+        .await
+        .unwrap();
+    let app = edge.app().with_timeout(Duration::from_secs(5));
+    // Reads of ids 1..=LOAD_IDS for `secs` from 4 readers: (id, status, x-cache, breaker, feed).
+    let read_for = |secs: u64| {
+        let app = app.clone();
+        async move {
+            let until = Instant::now() + Duration::from_secs(secs);
+            let mut tasks = Vec::new();
+            for _ in 0..4 {
+                let app = app.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    while Instant::now() < until {
+                        let id = rand::random_range(1..=LOAD_IDS);
+                        let response = app
+                            .request(reqwest::Method::GET, &format!("/users/{id}"))
+                            .send()
+                            .await
+                            .unwrap();
+                        let header = |name: &str| {
+                            response
+                                .headers()
+                                .get(name)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_string()
+                        };
+                        let feed = header("server-timing")
+                            .split(", ")
+                            .find_map(|t| t.strip_prefix("feed;").map(str::to_string))
+                            .and_then(|t| t.split("desc=\"").nth(1).map(str::to_string))
+                            .map_or("none".to_string(), |d| d.trim_end_matches('"').to_string());
+                        seen.push((
+                            id,
+                            response.status().as_u16(),
+                            header("x-cache"),
+                            header("x-edge-breaker"),
+                            feed,
+                        ));
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    seen
+                }));
+            }
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.unwrap());
+            }
+            all
+        }
+    };
+    // Every id cached in Redis and read on the feed first.
+    let warm = read_for(2).await;
+    assert!(
+        warm.iter().rev().take(20).all(|r| r.4 == "current"),
+        "on the feed first: {:?}",
+        &warm[warm.len().saturating_sub(5)..]
+    );
+    let mut admin = stack.redis.admin(env.redis_db).await.unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "edge", "clearselectors"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let refused = read_for(4).await;
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "edge", "(%R~aside:feed +xread)"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let back = read_for(3).await;
+    let log = edge.log();
+    edge.shutdown().await;
+
+    let count = |reads: &[(i32, u16, String, String, String)],
+                 field: fn(&(i32, u16, String, String, String)) -> &str| {
+        reads
+            .iter()
+            .fold(HashMap::<String, usize>::new(), |mut m, r| {
+                *m.entry(field(r).to_string()).or_default() += 1;
+                m
+            })
+    };
+    eprintln!(
+        "feed refused: {} reads, feed {:?}, x-cache {:?}",
+        refused.len(),
+        count(&refused, |r| &r.4),
+        count(&refused, |r| &r.2)
+    );
+    // Refused, the feed falls back to the TTL rule (`ttl-late`: the read failed; `ttl-no-feed`: the
+    // binding reported the refusal as a reply it cannot use).
+    let fallback = refused.iter().filter(|r| r.4.starts_with("ttl")).count();
+    assert!(fallback > 0, "the refused feed made copies fall back");
+    assert!(
+        log.contains("redis XREAD of the feed failed")
+            || log.contains("the feed key is not a stream"),
+        "the edge says why the feed is not current"
+    );
+    for r in &refused {
+        assert_eq!(r.1, 200, "{r:?}");
+        assert!(
+            matches!(r.2.as_str(), "L1" | "L2"),
+            "not from the caches: {r:?}"
+        );
+        assert!(r.3.is_empty(), "a breaker opened: {r:?}");
+    }
+    assert!(
+        !log.contains("redis breaker open"),
+        "the breaker opened:\n{}",
+        log.lines()
+            .filter(|l| l.contains("breaker"))
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        back.iter().rev().take(20).all(|r| r.4 == "current"),
+        "back on the feed: {:?}",
+        &back[back.len().saturating_sub(5)..]
+    );
 }

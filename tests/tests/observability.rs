@@ -705,7 +705,6 @@ async fn the_dashboard_charts_only_metrics_the_origin_exports() {
     let mut exported = sample_names(&scrape(&origin).await);
     // The edge's invalidation-feed metrics (`GET /edge/feed`, charted and alerted on too).
     let edge = EdgeOptions::new(stack, &env, &origin.url(), &generate_secret())
-        .var("feed_poll_ms", 50)
         .start()
         .await
         .unwrap();

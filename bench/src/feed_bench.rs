@@ -1,0 +1,633 @@
+//! Issue 24's scenarios (docs/benchmarks.md, "The invalidation feed"), run after the others on the same
+//! stack and written to `report-feed.{json,md}` beside the main report:
+//!
+//! * **A/B, feed on vs off**: Zipf reads through an edge with Spin's defaults (the feed on, as spin.toml
+//!   ships) and through a second edge process with `feed_poll_ms = 0`, then the same pair with the shared
+//!   tier on (where the runtime has a key-value store). For each: the share of reads answered at the edge
+//!   without Redis (`x-cache` L1 or SHARED), p50/p99, and the Redis commands per edge read (the deltas of
+//!   `INFO commandstats` over the run, every client's, divided by the reads).
+//! * **Staleness**: under Zipf reads on every feed-on edge process (at least two), writes through the
+//!   origin (`PATCH`, ids drawn from the same Zipf, one write per id in flight); after each write's
+//!   acknowledgment every edge process is polled until it answers the written version or a newer one.
+//!   The time from the acknowledgment until the last edge did is the write's staleness.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use aside_bench::keys::{KeyDist, Keys};
+use aside_bench::redis_admin::RedisAdmin;
+use aside_bench::report;
+use indicatif::ProgressBar;
+use rand::SeedableRng as _;
+use rand::rngs::SmallRng;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Config, KEY_SEED, Rt, Stack, Target, check_stop, edge_command, loader_args, run_loader,
+    runs_under,
+};
+
+/// The name `--only` knows these scenarios by.
+pub const NAME: &str = "feed";
+/// The file beside `report.json`.
+pub const FILE: &str = "report-feed.json";
+/// A write some edge still answers the old version of this long after its acknowledgment is "unseen".
+const POLL_LIMIT: Duration = Duration::from_secs(5);
+/// Between two polls of one edge.
+const POLL_EVERY: Duration = Duration::from_millis(5);
+const DEPARTMENTS: [&str; 6] = [
+    "Engineering",
+    "Human Resources",
+    "DevOps",
+    "Security",
+    "Sales",
+    "Marketing",
+];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FeedReport {
+    pub runtime: String,
+    pub mode: String,
+    pub rows: u64,
+    pub connections: usize,
+    pub duration_s: f64,
+    pub ab: Vec<AbRun>,
+    pub staleness: Staleness,
+}
+
+/// One run of the A/B.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AbRun {
+    /// `defaults` or `shared tier`.
+    pub edge: String,
+    pub feed: bool,
+    pub reads: u64,
+    pub errors: u64,
+    pub rps: f64,
+    /// Successful reads answered at the edge without Redis (`x-cache` L1 or SHARED), of all successful.
+    pub edge_share: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub x_cache: BTreeMap<String, u64>,
+    /// `INFO commandstats` calls during the run, per command (every client's; `info` left out).
+    pub redis_calls: BTreeMap<String, u64>,
+    /// All of `redis_calls` divided by `reads`.
+    pub redis_per_read: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Staleness {
+    /// The edge processes polled (each also under Zipf reads).
+    pub edges: Vec<String>,
+    pub load_connections_per_edge: usize,
+    pub writes_planned: usize,
+    /// Writes acknowledged (`200` with an `etag`).
+    pub writes: usize,
+    /// Writes some edge still answered an older version of `POLL_LIMIT` after the acknowledgment.
+    pub unseen: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Runs the A/B and the staleness scenario under `rt` and writes `report-feed.{json,md}`.
+pub fn run(
+    config: &Config,
+    stack: &mut Stack,
+    redis: &mut RedisAdmin,
+    rt: Rt,
+) -> anyhow::Result<FeedReport> {
+    let bar = ProgressBar::hidden();
+    let upstreams = (stack.ports.redis, stack.ports.url(Target::Origin));
+    let mut pairs = vec![("defaults", Target::Edge(rt))];
+    if runs_under(Target::EdgeShared(rt), rt) {
+        pairs.push(("shared tier", Target::EdgeShared(rt)));
+    }
+    let mut ab = Vec::new();
+    for (edge, target) in pairs {
+        // The feed-off twin: the same edge's command with `feed_poll_ms = 0`, its own port and state.
+        let port = free_port()?;
+        let name = match target {
+            Target::EdgeShared(_) => "edge-shared-feed-off",
+            _ => "edge-feed-off",
+        };
+        let base = edge_command(config, stack, target, port, &upstreams);
+        let mut twin = Command::new(base.get_program());
+        let state = config.logs.join(format!("{name}-state"));
+        let mut args: Vec<_> = base.get_args().map(|a| a.to_os_string()).collect();
+        if let Some(i) = args.iter().position(|a| a == "--state-dir") {
+            args[i + 1] = state.into_os_string();
+        }
+        twin.args(args);
+        for (key, value) in base.get_envs() {
+            match value {
+                Some(value) => twin.env(key, value),
+                None => twin.env_remove(key),
+            };
+        }
+        twin.env("SPIN_VARIABLE_FEED_POLL_MS", "0");
+        stack
+            .services
+            .spawn(name, twin, &config.logs, libc::SIGTERM)?;
+        stack.services.wait_for_port(port, &config.logs)?;
+        let off_url = format!("http://127.0.0.1:{port}");
+        for (feed, url) in [(true, stack.ports.url(target)), (false, off_url)] {
+            check_stop()?;
+            ab.push(ab_run(
+                config,
+                stack,
+                redis,
+                (edge, feed),
+                target,
+                url,
+                &bar,
+            )?);
+            std::thread::sleep(Duration::from_millis(if config.quick { 200 } else { 1000 }));
+        }
+    }
+    let staleness = staleness(config, stack, rt)?;
+    let report = FeedReport {
+        runtime: rt.name().to_string(),
+        mode: if config.quick { "quick" } else { "full" }.into(),
+        rows: config.rows,
+        connections: config.concurrency,
+        duration_s: config.duration,
+        ab,
+        staleness,
+    };
+    std::fs::write(
+        config.out.join(FILE),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    std::fs::write(config.out.join("report-feed.md"), report.markdown())?;
+    println!("{}", report.markdown());
+    Ok(report)
+}
+
+/// One Zipf run through `url` (a warm-up first, unmeasured), with the Redis commands it caused.
+fn ab_run(
+    config: &Config,
+    stack: &Stack,
+    redis: &mut RedisAdmin,
+    (edge, feed): (&str, bool),
+    target: Target,
+    url: String,
+    bar: &ProgressBar,
+) -> anyhow::Result<AbRun> {
+    let label = format!(
+        "feed-{}-{}",
+        if feed { "on" } else { "off" },
+        edge.replace(' ', "-")
+    );
+    let args = |seconds: f64| {
+        let mut args = loader_args(url.clone(), target, stack);
+        args.extend(
+            [
+                "--keys",
+                "zipf",
+                "--ids",
+                &config.rows.to_string(),
+                "--zipf-s",
+                &config.zipf_s.to_string(),
+                "--concurrency",
+                &config.concurrency.to_string(),
+                "--warmup",
+                "0s",
+                "--duration",
+                &format!("{seconds}s"),
+            ]
+            .map(String::from),
+        );
+        args
+    };
+    if config.warmup > 0.0 {
+        let log = config.logs.join(format!("load-{label}-warmup.log"));
+        run_loader(
+            &config.bin,
+            &args(config.warmup),
+            &log,
+            Some(config.warmup),
+            bar,
+        )?;
+    }
+    let before = redis.command_calls()?;
+    let log = config.logs.join(format!("load-{label}.log"));
+    let result = run_loader(
+        &config.bin,
+        &args(config.duration),
+        &log,
+        Some(config.duration),
+        bar,
+    )?;
+    let after = redis.command_calls()?;
+    let redis_calls: BTreeMap<String, u64> = after
+        .iter()
+        .map(|(name, n)| (name.clone(), n - before.get(name).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let total: u64 = redis_calls.values().sum();
+    let run = AbRun {
+        edge: edge.to_string(),
+        feed,
+        reads: result.reads,
+        errors: result.errors,
+        rps: result.rps,
+        edge_share: report::share_of(&result, report::EDGE_TIERS),
+        p50_us: result.latency_us.p50,
+        p99_us: result.latency_us.p99,
+        x_cache: result.x_cache.clone(),
+        redis_per_read: total as f64 / result.reads.max(1) as f64,
+        redis_calls,
+    };
+    eprintln!(
+        "feed A/B {edge:<12} feed {:<3} {:>8.0} req/s  p50 {:>6} ms  p99 {:>6} ms  at the edge {:>5.1} %  \
+         redis/read {:.3}  errors {}",
+        if feed { "on" } else { "off" },
+        run.rps,
+        report::ms(run.p50_us),
+        report::ms(run.p99_us),
+        run.edge_share * 100.0,
+        run.redis_per_read,
+        run.errors
+    );
+    Ok(run)
+}
+
+/// Writes under Zipf reads on every feed-on edge process, each polled until it answers the write.
+fn staleness(config: &Config, stack: &Stack, rt: Rt) -> anyhow::Result<Staleness> {
+    let mut edges = vec![Target::Edge(rt)];
+    if runs_under(Target::EdgeShared(rt), rt) {
+        edges.push(Target::EdgeShared(rt));
+    }
+    edges.push(Target::EdgeAuthOff(rt));
+    let per_edge = (config.concurrency / edges.len()).max(2);
+    // The background reads: one aside-load per edge, stopped when the writes are done.
+    let mut loads = Loads(Vec::new());
+    for target in &edges {
+        let mut args = loader_args(stack.ports.url(*target), *target, stack);
+        args.extend(
+            [
+                "--keys",
+                "zipf",
+                "--ids",
+                &config.rows.to_string(),
+                "--zipf-s",
+                &config.zipf_s.to_string(),
+                "--concurrency",
+                &per_edge.to_string(),
+                "--warmup",
+                "0s",
+                "--duration",
+                "3600s",
+            ]
+            .map(String::from),
+        );
+        let log = config
+            .logs
+            .join(format!("load-staleness-{}.log", target.service()));
+        loads.0.push(
+            Command::new(config.bin.join("aside-load"))
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(std::fs::File::create(&log)?))
+                .spawn()
+                .context("start aside-load")?,
+        );
+    }
+    std::thread::sleep(Duration::from_secs_f64(config.warmup.max(1.0)));
+
+    let planned = if config.quick { 40 } else { 1000 };
+    let writers = 4;
+    let client_token = std::fs::read_to_string(&stack.client_auth.tokens_file)?
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let polled: Vec<(String, u16, Option<String>)> = edges
+        .iter()
+        .map(|t| {
+            let bearer = (!matches!(t, Target::EdgeAuthOff(_))).then(|| client_token.clone());
+            (t.service().to_string(), stack.ports.port(*t), bearer)
+        })
+        .collect();
+    let origin = (
+        stack.ports.port(Target::Origin),
+        stack.secrets.origin_token.clone(),
+    );
+    let keys = Arc::new(Keys::new(
+        config.rows,
+        KeyDist::Zipf,
+        config.zipf_s,
+        None,
+        KEY_SEED,
+    )?);
+    let next = Arc::new(AtomicUsize::new(0));
+    let busy = Arc::new(Mutex::new(HashSet::new()));
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..writers)
+        .map(|w| {
+            let (keys, next, busy, results) = (
+                Arc::clone(&keys),
+                Arc::clone(&next),
+                Arc::clone(&busy),
+                Arc::clone(&results),
+            );
+            let (polled, origin) = (polled.clone(), origin.clone());
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                let mut rng = SmallRng::seed_from_u64(KEY_SEED + 1 + w as u64);
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= planned || super::STOP.load(Ordering::SeqCst) {
+                        return Ok(());
+                    }
+                    let id = loop {
+                        let id = keys.pick(&mut rng).expect("zipf always picks");
+                        if busy.lock().unwrap().insert(id) {
+                            break id;
+                        }
+                    };
+                    let outcome = write_and_poll(&origin, &polled, id, n);
+                    busy.lock().unwrap().remove(&id);
+                    results.lock().unwrap().push(outcome?);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("a writer panicked"))??;
+    }
+    drop(loads);
+    check_stop()?;
+    let results = results.lock().unwrap().clone();
+    let writes: Vec<Duration> = results.iter().flatten().copied().collect();
+    let unseen = writes.iter().filter(|d| **d >= POLL_LIMIT).count();
+    let mut ms: Vec<f64> = writes.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        ms.get(((ms.len() as f64 * q).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let staleness = Staleness {
+        edges: edges.iter().map(|t| t.service().to_string()).collect(),
+        load_connections_per_edge: per_edge,
+        writes_planned: planned,
+        writes: writes.len(),
+        unseen,
+        p50_ms: at(0.5),
+        p99_ms: at(0.99),
+        max_ms: ms.last().copied().unwrap_or(f64::NAN),
+    };
+    eprintln!(
+        "feed staleness: {} writes over {} edge processes: p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  unseen {}",
+        staleness.writes,
+        staleness.edges.len(),
+        staleness.p50_ms,
+        staleness.p99_ms,
+        staleness.max_ms,
+        staleness.unseen
+    );
+    Ok(staleness)
+}
+
+/// Background load processes, stopped when dropped.
+struct Loads(Vec<Child>);
+
+impl Drop for Loads {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One write of `id` through the origin, then every edge polled until it answers that version (or a
+/// newer one): the time from the acknowledgment until the last edge did (`POLL_LIMIT` if one never
+/// did); `None` when the origin did not acknowledge the write.
+fn write_and_poll(
+    (origin, token): &(u16, String),
+    edges: &[(String, u16, Option<String>)],
+    id: u64,
+    n: usize,
+) -> anyhow::Result<Option<Duration>> {
+    let body = format!(
+        r#"{{"department":"{}"}}"#,
+        DEPARTMENTS[n % DEPARTMENTS.len()]
+    );
+    let (status, version) = http(
+        *origin,
+        "PATCH",
+        &format!("/users/{id}"),
+        Some(token),
+        Some(&body),
+    )?;
+    let (200, Some(written)) = (status, version) else {
+        return Ok(None);
+    };
+    let acknowledged = Instant::now();
+    let mut waiting: Vec<&(String, u16, Option<String>)> = edges.iter().collect();
+    while !waiting.is_empty() {
+        if acknowledged.elapsed() >= POLL_LIMIT {
+            return Ok(Some(POLL_LIMIT));
+        }
+        let mut still = Vec::new();
+        for edge in waiting {
+            let (status, version) = http(
+                edge.1,
+                "GET",
+                &format!("/users/{id}"),
+                edge.2.as_deref(),
+                None,
+            )
+            .unwrap_or((0, None));
+            if status != 200 || version.is_none_or(|v| v < written) {
+                still.push(edge);
+            }
+        }
+        waiting = still;
+        if !waiting.is_empty() {
+            std::thread::sleep(POLL_EVERY);
+        }
+    }
+    Ok(Some(acknowledged.elapsed()))
+}
+
+/// One HTTP/1.1 request on a new connection to `127.0.0.1:port`: the status and the `etag`'s version.
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&str>,
+) -> anyhow::Result<(u16, Option<i64>)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_nodelay(true)?;
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\n");
+    if let Some(token) = bearer {
+        request.push_str(&format!("authorization: Bearer {token}\r\n"));
+    }
+    if let Some(body) = body {
+        request.push_str(&format!(
+            "content-type: application/json\r\ncontent-length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(body.unwrap_or_default());
+    stream.write_all(request.as_bytes())?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    let text = String::from_utf8_lossy(&answer);
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("not an HTTP answer from port {port}: {head:?}"))?;
+    let version = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("etag"))
+        .and_then(|(_, value)| aside_shared::headers::parse_etag(value.trim()));
+    Ok((status, version))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl FeedReport {
+    pub fn markdown(&self) -> String {
+        let mut out = format!(
+            "## The invalidation feed ({}, {} run: {} profiles, Zipf {} connections, {} s per run)\n\n\
+             | edge | feed | reads | at the edge (L1, SHARED) | p50 ms | p99 ms | Redis commands / read | errors |\n\
+             | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+            self.runtime, self.mode, self.rows, self.connections, self.duration_s
+        );
+        for r in &self.ab {
+            out.push_str(&format!(
+                "| {} | {} | {} | {:.1} % | {} | {} | {:.3} ({}) | {} |\n",
+                r.edge,
+                if r.feed { "on" } else { "off" },
+                r.reads,
+                r.edge_share * 100.0,
+                report::ms(r.p50_us),
+                report::ms(r.p99_us),
+                r.redis_per_read,
+                r.redis_calls
+                    .iter()
+                    .map(|(c, n)| format!("{c} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                r.errors
+            ));
+        }
+        let s = &self.staleness;
+        out.push_str(&format!(
+            "\nStaleness: {} of {} writes through the origin under Zipf reads on {} edge processes ({}, {} \
+             connections each); from each write's acknowledgment until every edge process answered it: \
+             p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; unseen after {} s: {}.\n",
+            s.writes,
+            s.writes_planned,
+            s.edges.len(),
+            s.edges.join(", "),
+            s.load_connections_per_edge,
+            s.p50_ms,
+            s.p99_ms,
+            s.max_ms,
+            POLL_LIMIT.as_secs(),
+            s.unseen
+        ));
+        out
+    }
+}
+
+/// What the scenarios claim, checked (behaviour, not thresholds): each A/B run answered reads; the
+/// feed-on runs read the feed (`XREAD` calls) and the feed-off runs did not; the staleness scenario
+/// polled at least two edge processes and every planned write was acknowledged and seen by all of them.
+pub fn verify(report: &FeedReport) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    for feed in [true, false] {
+        if !report
+            .ab
+            .iter()
+            .any(|r| r.feed == feed && r.edge == "defaults")
+        {
+            problems.push(format!("no A/B run of the defaults with the feed {feed}"));
+        }
+    }
+    for r in &report.ab {
+        let label = format!("{} / feed {}", r.edge, if r.feed { "on" } else { "off" });
+        if r.reads == 0 {
+            problems.push(format!("{label}: no reads"));
+        }
+        let xread = r.redis_calls.get("xread").copied().unwrap_or(0);
+        if r.feed && xread == 0 {
+            problems.push(format!("{label}: the edge never read the feed (no XREAD)"));
+        }
+        if !r.feed && xread > 0 {
+            problems.push(format!("{label}: {xread} XREADs with the feed off"));
+        }
+        if r.redis_calls.is_empty() {
+            problems.push(format!("{label}: no Redis command counted"));
+        }
+    }
+    let s = &report.staleness;
+    if s.edges.len() < 2 {
+        problems.push(format!(
+            "staleness: {} edge process(es), not 2 or more",
+            s.edges.len()
+        ));
+    }
+    if s.writes != s.writes_planned {
+        problems.push(format!(
+            "staleness: {} of {} writes acknowledged",
+            s.writes, s.writes_planned
+        ));
+    }
+    if s.unseen > 0 {
+        problems.push(format!(
+            "staleness: {} writes not answered by every edge within {} s",
+            s.unseen,
+            POLL_LIMIT.as_secs()
+        ));
+    }
+    anyhow::ensure!(
+        problems.is_empty(),
+        "the feed scenarios did not measure what they claim:\n  {}",
+        problems.join("\n  ")
+    );
+    Ok(())
+}
+
+/// `verify` of the `report-feed.json` beside `main` (a report of a whole run must have one).
+pub fn verify_beside(main: &Path) -> anyhow::Result<()> {
+    let path = main.with_file_name(FILE);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("no feed report at {}", path.display()))?;
+    let report: FeedReport = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a feed report", path.display()))?;
+    verify(&report)?;
+    println!(
+        "feed report {}: {} A/B runs, {} writes seen by {} edge processes",
+        path.display(),
+        report.ab.len(),
+        report.staleness.writes,
+        report.staleness.edges.len()
+    );
+    Ok(())
+}
