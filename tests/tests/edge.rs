@@ -594,8 +594,19 @@ async fn writes_and_unknown_routes_are_forwarded_unchanged() {
     // The edge answers its own liveness check.
     let health = get(&edge, "/healthz").await;
     assert_eq!((health.status, health.cache()), (200, "BYPASS"));
+    // The edge's API document is its own, not the origin's (which names the origin's token).
+    let document = get(&edge, "/openapi.json").await;
+    assert_eq!(document.status, 200, "{document:?}");
+    let document = document.json();
+    assert_eq!(document["info"]["title"], "aside edge", "{document}");
+    assert!(
+        document["components"]["securitySchemes"]
+            .get("origin_token")
+            .is_none(),
+        "{document}"
+    );
     // The origin's operational routes are not part of the public API: the edge answers 404 itself.
-    for path in ["/metrics", "/readyz", "/openapi.json"] {
+    for path in ["/metrics", "/readyz"] {
         let direct = origin.app().send_raw(Method::GET, path, None, "").await;
         assert_eq!(direct.status, 200, "{path} on the origin");
         let through = get(&edge, path).await;
