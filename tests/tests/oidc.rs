@@ -372,7 +372,15 @@ async fn key_fetches_stay_one_per_interval_with_several_instances_under_load() {
         "{fetches} key fetches in {elapsed:?} (at most {bound}; the made-up kids ask every time)"
     );
     if edge.is_spin() {
-        let log = edge.component_log();
+        // Spin writes the component's log file behind the answers: give it a moment to catch up.
+        let mut log = edge.component_log();
+        for _ in 0..30 {
+            if log.matches("auth: fetched").count() - logged_before >= fetches as usize {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            log = edge.component_log();
+        }
         let logged = log.matches("auth: fetched").count() - logged_before;
         assert_eq!(logged, fetches as usize, "a log line per fetch:\n{log}");
     }
