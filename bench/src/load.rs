@@ -47,6 +47,11 @@ pub struct LoadResult {
     /// Latency of the successful reads of each `x-cache` value: what one tier costs.
     #[serde(default)]
     pub tier_latency_us: BTreeMap<String, Latency>,
+    /// Per `x-cache` value, the mean of each `server-timing` metric (ms) over the successful reads that
+    /// carried it: where a tier's time went (the edge's `l2`, `origin`, and the origin's own
+    /// `origin-redis`, `origin-db`), beside [`Self::tier_latency_us`]'s mean as the client saw it.
+    #[serde(default)]
+    pub server_timing_ms: BTreeMap<String, BTreeMap<String, f64>>,
     /// `(quantile, latency in µs)` at each of [`SPECTRUM`].
     pub spectrum: Vec<(f64, u64)>,
     /// Requests per second in each whole second of the measured window.

@@ -326,6 +326,9 @@ enum Target {
     EdgeAuthOff(Rt),
     /// The hello-world component (bench/hello): what the runtime itself allows.
     Hello(Rt),
+    /// The hello-redis component (bench/hello-redis): one `HGETALL` through the runtime's Redis binding
+    /// per request, nothing else: what an L2 hit costs before the edge adds anything.
+    HelloRedis(Rt),
     /// The origin, directly, with its bearer token.
     Origin,
     /// An origin started with `ASIDE_CACHE=off`: every read is a PostgreSQL query.
@@ -340,6 +343,7 @@ impl Target {
             Target::EdgeShared(_) => "edge with the shared tier on",
             Target::EdgeAuthOff(_) => "edge with client authentication off",
             Target::Hello(_) => "hello-world component",
+            Target::HelloRedis(_) => "hello-redis component",
             Target::Origin => "origin",
             Target::OriginCacheOff => "origin with ASIDE_CACHE=off",
         }
@@ -352,7 +356,8 @@ impl Target {
             | Target::EdgeL1Off(rt)
             | Target::EdgeShared(rt)
             | Target::EdgeAuthOff(rt)
-            | Target::Hello(rt) => Some(rt),
+            | Target::Hello(rt)
+            | Target::HelloRedis(rt) => Some(rt),
             Target::Origin | Target::OriginCacheOff => None,
         }
     }
@@ -365,6 +370,7 @@ impl Target {
             Target::EdgeShared(_) => Target::EdgeShared(rt),
             Target::EdgeAuthOff(_) => Target::EdgeAuthOff(rt),
             Target::Hello(_) => Target::Hello(rt),
+            Target::HelloRedis(_) => Target::HelloRedis(rt),
             origin => origin,
         }
     }
@@ -382,6 +388,8 @@ impl Target {
             Target::EdgeAuthOff(Rt::Host) => "edge-auth-off-host",
             Target::Hello(Rt::Spin) => "hello-spin",
             Target::Hello(Rt::Host) => "hello-host",
+            Target::HelloRedis(Rt::Spin) => "hello-redis-spin",
+            Target::HelloRedis(Rt::Host) => "hello-redis-host",
             Target::Origin => "origin",
             Target::OriginCacheOff => "origin-cache-off",
         }
@@ -456,6 +464,11 @@ fn plans(runtimes: &[Rt]) -> Vec<Plan> {
     const HELLO: &str = "the hello-world component (bench/hello: a spin-sdk 6 component that answers \
         every request with a fixed body the size of a profile, no x-cache) under the same runtime, keys \
         and load as the edge: what the runtime itself allows, the baseline of every edge run.";
+    const HELLO_REDIS: &str = "the hello-redis component (bench/hello-redis: a spin-sdk 6 component \
+        that answers GET /users/{id} with one HGETALL of the profile's key through the runtime's Redis \
+        binding, on a connection of its own per command like the edge, and nothing else: no tiers, no \
+        authentication, no parsing) under the same runtime, keys and load as edge-l2: what an L2 hit \
+        costs before the edge adds anything.";
     const AUTH_OFF: &str = "the edge-l1-hot reads (uniform over the hot set) through an edge with \
         client authentication off (auth = off, no token sent). Every other edge scenario runs with it \
         on, as users run it: a client token per connection (8 subjects, signed EdDSA by a local \
@@ -524,6 +537,26 @@ fn plans(runtimes: &[Rt]) -> Vec<Plan> {
             Cache::Any,
             0.0,
             HELLO,
+            (&["none"][..], 0.99),
+        ),
+        p(
+            report::HELLO_REDIS,
+            Zipf,
+            false,
+            Target::HelloRedis(Rt::Spin),
+            Cache::Full,
+            0.0,
+            HELLO_REDIS,
+            (&["none"][..], 0.99),
+        ),
+        p(
+            report::HELLO_REDIS,
+            Uniform,
+            false,
+            Target::HelloRedis(Rt::Spin),
+            Cache::Full,
+            0.0,
+            HELLO_REDIS,
             (&["none"][..], 0.99),
         ),
         p(
@@ -678,6 +711,7 @@ impl Ports {
                     Target::EdgeShared(*rt),
                     Target::EdgeAuthOff(*rt),
                     Target::Hello(*rt),
+                    Target::HelloRedis(*rt),
                 ]
                 .into_iter()
                 .filter(|t| runs_under(*t, *rt)),
@@ -858,6 +892,7 @@ impl Config {
             bin.join("aside-load"),
             wasm.join("aside_edge.wasm"),
             wasm.join("aside_hello.wasm"),
+            wasm.join("aside_hello_redis.wasm"),
         ]
         .into_iter()
         .chain(
@@ -1146,6 +1181,7 @@ fn start_servers(config: &Config, stack: &mut Stack) -> anyhow::Result<()> {
             Target::EdgeShared(*rt),
             Target::EdgeAuthOff(*rt),
             Target::Hello(*rt),
+            Target::HelloRedis(*rt),
         ]
         .into_iter()
         .filter(|t| runs_under(*t, *rt))
@@ -1207,13 +1243,20 @@ fn edge_command(
     let rt = target.runtime().expect("an edge or hello-world target");
     let manifest = match target {
         Target::Hello(_) => root.join("bench/hello/spin.toml"),
+        Target::HelloRedis(_) => root.join("bench/hello-redis/spin.toml"),
         _ => root.join("spin.toml"),
     };
     let state = config.logs.join(format!("{}-state", target.service()));
     let mut edge = config
         .runtimes
         .command(rt, &config.bin, &manifest, port, &state);
-    if !matches!(target, Target::Hello(_)) {
+    if matches!(target, Target::HelloRedis(_)) {
+        // The edge's Redis user: the same ACL (HGETALL of profile keys) the edge reads with.
+        edge.env("SPIN_VARIABLE_REDIS_ADDRESS", format!("127.0.0.1:{redis}"))
+            .env("SPIN_VARIABLE_REDIS_USER", "edge")
+            .env("SPIN_VARIABLE_REDIS_PASSWORD", &secrets.redis_edge);
+    }
+    if !matches!(target, Target::Hello(_) | Target::HelloRedis(_)) {
         // The address is also the `allowed_outbound_hosts` entry spin.toml templates from it, so a
         // proxy's port is allowed like Redis's own.
         edge.env("SPIN_VARIABLE_REDIS_ADDRESS", format!("127.0.0.1:{redis}"))
@@ -1240,7 +1283,7 @@ fn edge_command(
             .arg(root.join("runtime-config.toml"))
             .env("SPIN_VARIABLE_SHARED_TIER_STORE", "default");
     }
-    if !matches!(target, Target::Hello(_)) {
+    if !matches!(target, Target::Hello(_) | Target::HelloRedis(_)) {
         for (name, value) in &config.edge_vars {
             edge.env(format!("SPIN_VARIABLE_{}", name.to_uppercase()), value);
         }
@@ -1816,6 +1859,9 @@ fn run_topologies(
     if let Some(table) = report.l2_by_connections_table() {
         println!("L2 hits (Zipf), 1 connection and every connection:\n{table}");
     }
+    if let Some(table) = report.miss_breakdown_table() {
+        println!("Where a miss through the edge spends its time (means, ms):\n{table}");
+    }
     println!(
         "report: {}  (and report-topology.json, topology.svg/png); {:.0} s in all",
         out.join("report-topology.md").display(),
@@ -1921,7 +1967,7 @@ fn loader_args(url: String, target: Target, stack: &Stack) -> Vec<String> {
         Target::Edge(_) | Target::EdgeL1Off(_) | Target::EdgeShared(_) => {
             Some(&stack.client_auth.tokens_file)
         }
-        Target::EdgeAuthOff(_) | Target::Hello(_) => None,
+        Target::EdgeAuthOff(_) | Target::Hello(_) | Target::HelloRedis(_) => None,
     };
     if let Some(file) = bearer {
         args.extend(["--bearer-file".to_string(), file.display().to_string()]);
@@ -2207,11 +2253,11 @@ mod tests {
         seen.extend([ports.redis, ports.postgres]);
         seen.sort_unstable();
         seen.dedup();
-        assert_eq!(seen.len(), 11 + 2);
+        assert_eq!(seen.len(), 13 + 2);
         let mut names: Vec<&str> = ports.targets.iter().map(|(t, _)| t.service()).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), 11);
+        assert_eq!(names.len(), 13);
         assert!(!names.contains(&"edge-shared-host"));
     }
 

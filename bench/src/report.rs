@@ -18,6 +18,10 @@ pub const SCHEMA: u32 = 2;
 /// fixed body, under the same runtime and load as the edge.
 pub const HELLO: &str = "hello";
 
+/// The hello-redis baseline: `bench/hello-redis`, one `HGETALL` through the runtime's Redis binding per
+/// request and nothing else; `edge-l2` is read against it ([`Comparison::l2_vs_binding`]).
+pub const HELLO_REDIS: &str = "hello-redis";
+
 /// The scenarios, in the order the report shows them (the newest last: each keeps its chart colour).
 pub const SCENARIOS: &[&str] = &[
     HELLO,
@@ -30,6 +34,7 @@ pub const SCENARIOS: &[&str] = &[
     "mix-95-5",
     EDGE_SHARED,
     EDGE_AUTH_OFF,
+    HELLO_REDIS,
 ];
 
 /// The scenarios run once per edge runtime: the baseline and everything that goes through an edge.
@@ -41,6 +46,7 @@ pub const RUNTIME_SCENARIOS: &[&str] = &[
     "mix-95-5",
     EDGE_SHARED,
     EDGE_AUTH_OFF,
+    HELLO_REDIS,
 ];
 
 /// Every other edge scenario runs with client authentication on (a token per connection, several
@@ -314,6 +320,10 @@ pub struct Comparison {
     pub goals: Vec<Goal>,
     /// Each run of the bundled host against the same run under Spin, when both ran.
     pub host_vs_spin: Vec<HostVsSpin>,
+    /// Every `edge-l2` run against the [`HELLO_REDIS`] run of its keys and runtime (`hello` there
+    /// meaning hello-redis): what the edge adds to an L2 hit above Spin's Redis binding itself.
+    #[serde(default)]
+    pub l2_vs_binding: Vec<VsHello>,
 }
 
 /// One edge run against the hello-world baseline of its runtime.
@@ -430,11 +440,34 @@ pub fn compare(runs: &[Run], hgetall: Option<&RoundTrip>) -> Comparison {
             p99_ratio,
         });
     }
+    for run in runs.iter().filter(|r| r.scenario == "edge-l2") {
+        let Some(runtime) = run.runtime.as_deref() else {
+            continue;
+        };
+        let Some(binding) = find(HELLO_REDIS, Some(&run.keys), runtime) else {
+            continue;
+        };
+        let (r, b) = (&run.result, &binding.result);
+        let Some((rps_ratio, _, p99_ratio)) = ratios(r, b) else {
+            continue;
+        };
+        out.l2_vs_binding.push(VsHello {
+            scenario: run.scenario.clone(),
+            keys: run.keys.clone(),
+            runtime: runtime.to_string(),
+            rps_ratio,
+            p50_minus_hello_us: r.latency_us.p50 as i64 - b.latency_us.p50 as i64,
+            p99_ratio,
+        });
+    }
     for run in runs {
         let Some(runtime) = run.runtime.as_deref() else {
             continue;
         };
-        if run.scenario == HELLO || run.keys != "zipf" || run.result.x_cache.is_empty() {
+        if [HELLO, HELLO_REDIS].contains(&run.scenario.as_str())
+            || run.keys != "zipf"
+            || run.result.x_cache.is_empty()
+        {
             continue;
         }
         let (l1, shared) = (
@@ -680,6 +713,33 @@ impl Report {
                 ]
             }),
         ));
+        if !c.l2_vs_binding.is_empty() {
+            out.push_str("\n### An L2 hit against Spin's Redis binding\n\n");
+            out.push_str(
+                "Each `edge-l2` run read against the `hello-redis` run of its keys and runtime (one \
+                 `HGETALL` through the same binding per request, nothing else): what the edge adds to \
+                 an L2 hit above what the runtime's Redis binding itself costs.\n\n",
+            );
+            out.push_str(&md_table(
+                &[
+                    "keys",
+                    "runtime",
+                    "req/s ÷ hello-redis",
+                    "p50 − hello-redis p50 ms",
+                    "p99 ÷ hello-redis p99",
+                ],
+                |i| i >= 2,
+                c.l2_vs_binding.iter().map(|v| {
+                    vec![
+                        v.keys.clone(),
+                        v.runtime.clone(),
+                        format!("{:.2}", v.rps_ratio),
+                        ms_signed(v.p50_minus_hello_us),
+                        format!("{:.1}", v.p99_ratio),
+                    ]
+                }),
+            ));
+        }
         match &self.redis_hgetall {
             Some(rt) => {
                 let _ = writeln!(
@@ -771,7 +831,10 @@ impl Report {
                         format!("{:.2}", h.rps_ratio),
                         format!("{:.2}", h.p50_ratio),
                         format!("{:.2}", h.p99_ratio),
-                        match (h.scenario == HELLO, h.within) {
+                        match (
+                            [HELLO, HELLO_REDIS].contains(&h.scenario.as_str()),
+                            h.within,
+                        ) {
                             (true, _) => "(baseline)",
                             (false, true) => "yes",
                             (false, false) => "**no**",
@@ -1180,6 +1243,31 @@ mod tests {
                 })
                 .collect(),
         )
+    }
+
+    #[test]
+    fn an_l2_hit_is_read_against_the_redis_binding_of_its_keys_and_runtime() {
+        let runs = [
+            timed(HELLO, "uniform", "spin", 4000.0, 800, 2000),
+            timed(HELLO_REDIS, "zipf", "spin", 2000.0, 1000, 3000),
+            timed("edge-l2", "zipf", "spin", 1500.0, 1800, 4500),
+            // No hello-redis run with these keys: nothing to read it against.
+            timed("edge-l2", "uniform", "spin", 1500.0, 1800, 4500),
+        ];
+        let c = compare(&runs, None);
+        assert_eq!(
+            c.l2_vs_binding,
+            [VsHello {
+                scenario: "edge-l2".into(),
+                keys: "zipf".into(),
+                runtime: "spin".into(),
+                rps_ratio: 0.75,
+                p50_minus_hello_us: 800,
+                p99_ratio: 1.5,
+            }]
+        );
+        // The binding's baseline is no edge: it has no share of reads at the edge.
+        assert!(c.edge_share.iter().all(|e| e.scenario == "edge-l2"));
     }
 
     #[test]

@@ -324,6 +324,64 @@ impl TopologyReport {
         Some(md_table(&header, |i| i > 0, rows))
     }
 
+    /// Where a miss through the edge spends its time, per topology (means in ms over the [`EDGE_MISS`]
+    /// run's misses, from each answer's `server-timing`): the edge's Redis miss (`l2`), the request to
+    /// the origin as the edge timed it (`origin`), the origin's own Redis and PostgreSQL time (its
+    /// `redis` and `db`, passed on as `origin-redis` and `origin-db`), what is left of the origin
+    /// request (the edge→origin network and the HTTP exchange), and what is left of the client's wait
+    /// (the client→edge hop, Spin and the component outside the tiers); beside no cache's mean. `None`
+    /// when no run carried the origin's timing.
+    pub fn miss_breakdown_table(&self) -> Option<String> {
+        let parts = |t: &TopologyRuns| {
+            let run = t.run(EDGE_MISS, "walk")?;
+            let timing = run.server_timing_ms.get("MISS")?;
+            let client = run.tier_latency_us.get("MISS")?.mean / 1000.0;
+            let get = |name: &str| timing.get(name).copied().unwrap_or(0.0);
+            let (origin_redis, origin_db) = (get("origin-redis"), *timing.get("origin-db")?);
+            let edge_tiers = get("l1") + get("shared") + get("l2") + get("origin");
+            let no_cache = t.run(NO_CACHE, "zipf").map(|r| r.latency_us.mean / 1000.0);
+            Some([
+                Some(client),
+                Some(get("l2")),
+                Some(get("origin")),
+                Some(origin_redis),
+                Some(origin_db),
+                Some(get("origin") - origin_redis - origin_db),
+                Some(client - edge_tiers),
+                no_cache,
+                no_cache.map(|n| client - n),
+            ])
+        };
+        if self.topologies.iter().all(|t| parts(t).is_none()) {
+            return None;
+        }
+        let header = [
+            "topology",
+            "edge→origin round trip ms",
+            "miss, client's wait",
+            "edge: Redis miss",
+            "edge: origin request",
+            "origin: Redis",
+            "origin: PostgreSQL + fill",
+            "origin request − origin's work",
+            "client's wait − edge tiers",
+            "no cache (Zipf)",
+            "miss − no cache",
+        ];
+        let rows = self.topologies.iter().filter_map(|t| {
+            let cells = parts(t)?;
+            let round_trip = 2.0
+                * t.delays_ms
+                    .get(Hop::EdgeOrigin.name())
+                    .copied()
+                    .unwrap_or(0.0);
+            let mut row = vec![t.name.clone(), format!("{round_trip}")];
+            row.extend(cells.map(|c| c.map_or("–".into(), |ms| format!("{ms:.2}"))));
+            Some(row)
+        });
+        Some(md_table(&header, |i| i > 0, rows))
+    }
+
     pub fn markdown(&self) -> String {
         let mut out = String::new();
         let s = &self.settings;
@@ -347,6 +405,13 @@ impl TopologyReport {
             let _ = writeln!(
                 out,
                 "\nL2 hits (Zipf) from one connection and from every connection, p50 / p99 in ms:\n"
+            );
+            out.push_str(&table);
+        }
+        if let Some(table) = self.miss_breakdown_table() {
+            let _ = writeln!(
+                out,
+                "\nWhere a miss through the edge spends its time (means in ms, from `server-timing`):\n"
             );
             out.push_str(&table);
         }
@@ -547,6 +612,40 @@ mod tests {
         assert!(r.markdown().contains(&md));
         // The extra run adds no line to the main table.
         assert!(!r.markdown_table().contains(EDGE_ONE));
+    }
+
+    #[test]
+    fn a_miss_is_split_into_the_hops_its_timing_names() {
+        let mut miss = run(EDGE_MISS, "walk", &[("MISS", 100, (60_000, 70_000))]);
+        miss.result.tier_latency_us.get_mut("MISS").unwrap().mean = 60_000.0;
+        let mut no_cache = run(NO_CACHE, "zipf", &[("MISS", 100, (52_000, 60_000))]);
+        no_cache.result.latency_us.mean = 53_000.0;
+        // Without the origin's timing (an older origin) there is nothing to split.
+        assert!(
+            report(vec![miss.clone(), no_cache.clone()])
+                .miss_breakdown_table()
+                .is_none()
+        );
+        miss.result.server_timing_ms.insert(
+            "MISS".into(),
+            [
+                ("l1", 0.01),
+                ("l2", 2.5),
+                ("origin", 55.0),
+                ("origin-redis", 0.75),
+                ("origin-db", 2.25),
+            ]
+            .map(|(k, v)| (k.to_string(), v))
+            .into(),
+        );
+        let table = report(vec![miss, no_cache]).miss_breakdown_table().unwrap();
+        // 55 − 0.75 − 2.25 = 52 for the origin request's network; 60 − 57.51 left to the edge.
+        assert!(
+            table.contains(
+                "| edge | 50 | 60.00 | 2.50 | 55.00 | 0.75 | 2.25 | 52.00 | 2.49 | 53.00 | 7.00 |"
+            ),
+            "{table}"
+        );
     }
 
     #[test]

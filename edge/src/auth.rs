@@ -46,9 +46,9 @@ pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// a directory entry, nothing personal beyond the name.
 pub const PUBLIC_FIELDS: [Field; 2] = [Field::FullName, Field::Department];
 
-pub const SCOPE_READ: &str = "profiles:read";
-pub const SCOPE_WRITE: &str = "profiles:write";
-pub const SCOPE_ADMIN: &str = "profiles:admin";
+pub const SCOPE_READ: &str = aside_shared::scopes::READ;
+pub const SCOPE_WRITE: &str = aside_shared::scopes::WRITE;
+pub const SCOPE_ADMIN: &str = aside_shared::scopes::ADMIN;
 
 /// What the tokens must say besides the signature.
 #[derive(Debug, Clone, PartialEq, Eq)]

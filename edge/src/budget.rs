@@ -64,6 +64,17 @@ impl OriginBudget {
         }
     }
 
+    /// Reads the bucket would grant at once at `now` (`None`: no budget); changes nothing.
+    pub fn tokens_at(&self, now: Nanos) -> Option<f64> {
+        if self.settings.per_second == 0 {
+            return None;
+        }
+        let burst = f64::from(self.settings.burst.max(1));
+        let per_nano = f64::from(self.settings.per_second) / 1e9;
+        let elapsed = self.updated.map_or(0, |t| now.saturating_sub(t)) as f64;
+        Some((self.tokens + elapsed * per_nano).min(burst))
+    }
+
     /// Reads refused since the instance started.
     pub fn refused(&self) -> u64 {
         self.refused
@@ -87,6 +98,8 @@ mod tests {
         }
         let wait = b.take(0).unwrap_err();
         assert_eq!(wait, Duration::from_millis(100));
+        assert_eq!(b.tokens_at(0), Some(0.0));
+        assert_eq!(b.tokens_at(S / 20), Some(0.5));
         assert_eq!(b.refused(), 1);
         // A tenth of a second brings one token back, not more.
         assert!(b.take(S / 10).is_ok());
@@ -109,6 +122,7 @@ mod tests {
             assert!(b.take(0).is_ok());
         }
         assert_eq!(b.refused(), 0);
+        assert_eq!(b.tokens_at(0), None);
     }
 
     #[test]

@@ -16,7 +16,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use aside_shared::headers::{
-    CACHE_CONTROL, CacheControl, CacheStatus, NO_CACHE, X_ASIDE_CALLER, X_CACHE,
+    CACHE_CONTROL, CacheControl, CacheStatus, NO_CACHE, REDIS_MISSED, SERVER_TIMING,
+    X_ASIDE_CALLER, X_ASIDE_REDIS, X_CACHE,
 };
 use bytes::Bytes;
 use http::header::{
@@ -29,12 +30,16 @@ use spin_sdk::http::body::IncomingBodyExt;
 use crate::backoff::{Attempt, Breaker, Transition, Visible};
 use crate::clock::{self, Deadline};
 use crate::config::Config;
+use crate::metrics::{Backend, METRICS};
 use crate::shared_tier::{BreakerMark, SharedTier};
 
 /// The origin's headers the edge passes back to the client; the edge sets its own `x-cache`,
 /// `server-timing` and `x-edge-instance`, and the transport headers are the host's business. `etag` is
 /// the row version of a profile answer (and of a deleted row on a `DELETE`'s 204).
 pub const PASSED_BACK: [HeaderName; 5] = [CONTENT_TYPE, LOCATION, RETRY_AFTER, ALLOW, ETAG];
+
+/// The longest origin `server-timing` value the edge reads (the origin sends about 40 bytes).
+const MAX_ORIGIN_TIMING: usize = 512;
 
 /// A complete answer from the origin.
 #[derive(Debug, Clone)]
@@ -47,6 +52,11 @@ pub struct OriginAnswer {
     pub cache_control: Option<CacheControl>,
     /// The origin answered with a soft-expired copy (`x-cache: STALE`: PostgreSQL could not answer).
     pub stale: bool,
+    /// The origin's own `server-timing` (its Redis and PostgreSQL time), which the edge passes on with
+    /// each metric prefixed `origin-` ([`ServerTiming::add_prefixed`]): where a miss's time went.
+    ///
+    /// [`ServerTiming::add_prefixed`]: aside_shared::headers::ServerTiming::add_prefixed
+    pub timing: Option<String>,
 }
 
 impl OriginAnswer {
@@ -111,6 +121,9 @@ pub struct OriginRequest<'a> {
     /// The verified client (`x-aside-caller`), on a forwarded request. Never a client's own header:
     /// the request to the origin is built here from nothing but these fields.
     pub caller: Option<String>,
+    /// This read found no entry in Redis just before (`x-aside-redis: miss`): the origin may skip its
+    /// own first look.
+    pub redis_missed: bool,
 }
 
 impl<'a> OriginRequest<'a> {
@@ -122,6 +135,7 @@ impl<'a> OriginRequest<'a> {
             body: Bytes::new(),
             no_cache: false,
             caller: None,
+            redis_missed: false,
         }
     }
 }
@@ -192,6 +206,9 @@ impl Origin {
         let result = send(&self.config, request, limit).await;
         let ok = result.as_ref().is_ok_and(|answer| !answer.is_unavailable());
         let transition = permit.finish(ok, clock::now());
+        if let Some(t) = transition {
+            METRICS.transition(Backend::Origin, t == Transition::Opened);
+        }
         match transition {
             Some(Transition::Opened) => eprintln!(
                 "aside-edge: origin breaker open after {} consecutive failure(s): misses answer 503 \
@@ -241,6 +258,7 @@ async fn send(
         body,
         no_cache,
         caller,
+        redis_missed,
     } = origin_request;
     let mut request = http::Request::builder()
         .method(method.clone())
@@ -254,6 +272,9 @@ async fn send(
     }
     if let Some(caller) = caller {
         request = request.header(X_ASIDE_CALLER, caller);
+    }
+    if redis_missed {
+        request = request.header(X_ASIDE_REDIS, REDIS_MISSED);
     }
     if let Some(options) = host_timeouts(limit) {
         request = request.extension(options);
@@ -290,12 +311,19 @@ async fn send(
             .headers
             .get(X_CACHE)
             .is_some_and(|v| v.as_bytes() == CacheStatus::Stale.as_str().as_bytes());
+        let timing = parts
+            .headers
+            .get(SERVER_TIMING)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= MAX_ORIGIN_TIMING)
+            .map(str::to_string);
         Ok::<_, spin_sdk::wasip3::http::types::ErrorCode>(OriginAnswer {
             status: parts.status,
             headers,
             body,
             cache_control,
             stale,
+            timing,
         })
     };
     match clock::within(limit, exchange).await {
@@ -370,6 +398,7 @@ mod tests {
             body: Bytes::new(),
             cache_control: None,
             stale: false,
+            timing: None,
         };
         for status in [502, 503, 504] {
             assert!(answer(status).is_unavailable(), "{status}");

@@ -26,10 +26,11 @@ use crate::clock::{self, Deadline};
 use crate::config::{self, Auth, Config, ConfigError};
 use crate::flight::SingleFlight;
 use crate::forward::{self, Origin, OriginRequest};
+use crate::metrics::METRICS;
 use crate::plan;
 use crate::ratelimit::WriteLimiter;
 use crate::read::ReadPath;
-use crate::reply::{Reply, origin_unavailable};
+use crate::reply::{self, Reply, origin_unavailable};
 use crate::routes::{self, Route};
 use crate::shared_tier::SharedTier;
 use crate::tokens::{Authenticator, Refusal};
@@ -158,6 +159,12 @@ async fn handle(request: Request) -> http::Response<FullBody<Bytes>> {
         ),
         Route::Refuse(error) => Reply::error(&error, CacheStatus::Bypass),
         Route::FeedState => edge.reads.feed_metrics(deadline).await,
+        Route::Metrics => Reply::text(
+            200,
+            METRICS.prometheus(&reply::instance_label(), edge.reads.budget_tokens()),
+            "text/plain; version=0.0.4",
+        ),
+        Route::ApiDocument => api_document(&edge, deadline).await,
         Route::ReadProfile { id, selection } => {
             edge.reads
                 .serve(&edge.origin, id, selection, deadline)
@@ -208,7 +215,11 @@ async fn admit(
     let need = match route {
         Route::ReadProfile { id, selection } => Need::read(*id, selection.as_ref()),
         Route::Forward => Need::forwarded(request.method(), request.uri().path()),
-        Route::Health | Route::FeedState | Route::Refuse(_) => Need::Authenticated,
+        Route::Health
+        | Route::FeedState
+        | Route::Metrics
+        | Route::ApiDocument
+        | Route::Refuse(_) => Need::Authenticated,
     };
     if let Err(denied) = auth::authorize(&caller, &need) {
         return Err(Box::new(
@@ -267,10 +278,14 @@ async fn pass_through(
         body,
         no_cache: false,
         caller: caller.map(|c| c.header_value()),
+        redis_missed: false,
     };
     let result = edge.origin.call(request, deadline).await;
     if !matches!(result, Err(forward::Unavailable::BreakerOpen(_))) {
         timing.add("origin", clock::millis_since(started));
+    }
+    if let Some(upstream) = result.as_ref().ok().and_then(|a| a.timing.as_deref()) {
+        timing.add_prefixed("origin", upstream);
     }
     match result {
         Ok(answer) => {
@@ -285,6 +300,22 @@ async fn pass_through(
             CacheStatus::Bypass,
         )
         .timing(timing),
+    }
+}
+
+/// The edge's API document, as the origin renders it for the edge's clients (`x-cache: BYPASS`);
+/// 503 while the origin cannot be asked.
+async fn api_document(edge: &Edge, deadline: Deadline) -> Reply {
+    match edge
+        .origin
+        .call(OriginRequest::get(routes::API_DOCUMENT_AT_ORIGIN), deadline)
+        .await
+    {
+        Ok(answer) => Reply::from_origin(&answer, CacheStatus::Bypass),
+        Err(why) => Reply::error(
+            &origin_unavailable(why.retry_after_secs()),
+            CacheStatus::Bypass,
+        ),
     }
 }
 

@@ -37,8 +37,13 @@ use crate::shared_tier::SharedTier;
 
 /// The key-value key of the process's current key set.
 pub const JWKS_KEY: &str = "aside:jwks";
-/// The key-value key of the process's last fetch attempt (wall-clock milliseconds, little-endian).
+/// The key-value key of the process's last fetch attempt, and the claim on it: wall-clock milliseconds
+/// and the claiming instance's random id, each 8 bytes little-endian ([`Claim`]).
 pub const ATTEMPT_KEY: &str = "aside:jwks:attempt";
+/// How long an instance waits after writing its claim before reading it back: another instance that
+/// decided to fetch from the same old attempt writes its own claim within this time (the two reads
+/// and writes are a few key-value calls apart), and the last writer is the one both read back.
+pub const CLAIM_SETTLE: Duration = Duration::from_millis(25);
 /// How often an instance looks for a newer set in the store while its own is fresh.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// The largest discovery document or JWKS read.
@@ -77,6 +82,37 @@ impl Snapshot {
             fetched_ms: i64::from_le_bytes(*fetched),
             fresh_until_ms: i64::from_le_bytes(*fresh),
             jwks: String::from_utf8(rest.to_vec()).ok()?,
+        })
+    }
+}
+
+/// A claim on the process's next fetch, as kept under [`ATTEMPT_KEY`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// Wall-clock milliseconds of the attempt.
+    pub at_ms: i64,
+    /// The claiming instance (random, drawn once per instance).
+    pub owner: u64,
+}
+
+impl Claim {
+    pub fn encode(self) -> [u8; 16] {
+        let mut out = [0; 16];
+        out[..8].copy_from_slice(&self.at_ms.to_le_bytes());
+        out[8..].copy_from_slice(&self.owner.to_le_bytes());
+        out
+    }
+
+    /// A claim, or (8 bytes) an attempt time without an owner, as older edges wrote it.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let (at, rest) = bytes.split_first_chunk::<8>()?;
+        let owner = match rest {
+            [] => 0,
+            rest => u64::from_le_bytes(<[u8; 8]>::try_from(rest).ok()?),
+        };
+        Some(Self {
+            at_ms: i64::from_le_bytes(*at),
+            owner,
         })
     }
 }
@@ -145,7 +181,11 @@ pub struct Keys {
     last_attempt_ms: Cell<Option<i64>>,
     /// When the instance last looked at the store's set (wall-clock milliseconds).
     synced_ms: Cell<i64>,
-    fetching: Rc<SingleFlight<(), ()>>,
+    /// The instance's fetch in progress; its result: `Some(at)` when another instance of the process
+    /// claimed the fetch (at `at`) and this one left it to that one.
+    fetching: Rc<SingleFlight<(), Option<i64>>>,
+    /// This instance's id in its claims.
+    owner: u64,
 }
 
 impl Keys {
@@ -164,6 +204,7 @@ impl Keys {
             last_attempt_ms: Cell::new(None),
             synced_ms: Cell::new(i64::MIN),
             fetching: Rc::default(),
+            owner: spin_sdk::wasip3::random::random::get_random_u64().max(1),
         }
     }
 
@@ -218,30 +259,37 @@ impl Keys {
                 .is_none_or(|at| plan(now_ms, None, Some(at), true, &self.policy) == Plan::Fetch);
         if may_fetch {
             let fetching = Rc::clone(&self.fetching);
-            fetching.run((), || self.refresh(deadline)).await;
+            let (lost_to, _) = fetching.run((), || self.refresh(deadline)).await;
+            // Another instance claimed this fetch: the set it brings is in the store moments later.
+            // Waited for when this request needs it: a `kid` not in hand, or no usable keys at all (a
+            // new process, whose instances all start at once).
+            if let Some(at) = lost_to
+                && (unknown_kid.is_some() || self.usable(clock::wall_ms()).is_err())
+            {
+                self.await_fetch(unknown_kid, at, deadline).await;
+            }
         } else if let (Some(kid), Some(at)) = (unknown_kid, last)
             && now_ms.saturating_sub(at) < millis(FETCH_TIMEOUT)
         {
             // A fetch started moments ago (here or by another instance) may bring the kid: a token
             // signed with a key just added must not be refused while the set that has it is on its way.
-            self.await_fetch(kid, at, deadline).await;
+            self.await_fetch(Some(kid), at, deadline).await;
         }
         self.usable(clock::wall_ms())
     }
 
-    /// Waits (polling) for the fetch that started at `at` to bring a set with `kid`, until a set
-    /// fetched since `at` is in hand, the fetch's time is up, or the request's budget is.
-    async fn await_fetch(&self, kid: &str, at: i64, deadline: Deadline) {
+    /// Waits (polling) for the fetch that started at `at` to bring a set (with `kid`, when given), until
+    /// a set fetched since `at` is in hand, the fetch's time is up, or the request's budget is.
+    async fn await_fetch(&self, kid: Option<&str>, at: i64, deadline: Deadline) {
         const POLL: Duration = Duration::from_millis(10);
         let until = at.saturating_add(millis(FETCH_TIMEOUT));
         while clock::wall_ms() < until && deadline.cap(POLL) == POLL {
             spin_sdk::time::sleep(POLL).await;
             self.adopt_shared(deadline).await;
-            let done = self
-                .current
-                .borrow()
-                .as_ref()
-                .is_some_and(|c| c.verifier.has_kid(kid) || c.fetched_ms >= at);
+            let done =
+                self.current.borrow().as_ref().is_some_and(|c| {
+                    kid.is_some_and(|k| c.verifier.has_kid(k)) || c.fetched_ms >= at
+                });
             if done {
                 return;
             }
@@ -308,39 +356,73 @@ impl Keys {
         let Some(shared) = &self.shared else {
             return own;
         };
-        let stored = shared
-            .get_raw(ATTEMPT_KEY, deadline.cap(FETCH_TIMEOUT))
-            .await
-            .flatten()
-            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-            .map(i64::from_le_bytes);
+        let stored = self.stored_claim(shared, deadline).await.map(|c| c.at_ms);
         own.max(stored)
     }
 
-    /// One fetch attempt: marks it (instance and store), fetches, and keeps the set on success.
-    async fn refresh(&self, deadline: Deadline) {
+    async fn stored_claim(&self, shared: &SharedTier, deadline: Deadline) -> Option<Claim> {
+        shared
+            .get_raw(ATTEMPT_KEY, deadline.cap(FETCH_TIMEOUT))
+            .await
+            .flatten()
+            .and_then(|b| Claim::decode(&b))
+    }
+
+    /// Claims the process's next fetch: writes this instance's claim, waits [`CLAIM_SETTLE`] for any
+    /// instance that decided to fetch at the same time to write its own, and reads the claim back.
+    /// `None`: this instance fetches; `Some(at)`: another instance's claim (made at `at`) stands. The
+    /// key-value store has no compare-and-set, so two instances can still both fetch when one's read
+    /// of the old attempt and its write of the claim are more than `CLAIM_SETTLE` apart (a stalled
+    /// instance); the count is then two, never more than the instances so stalled. A store that does
+    /// not answer: this instance fetches (the interval then holds per instance).
+    async fn claim(&self, shared: &SharedTier, at_ms: i64, deadline: Deadline) -> Option<i64> {
+        let mine = Claim {
+            at_ms,
+            owner: self.owner,
+        };
+        if !shared
+            .set_raw(ATTEMPT_KEY, &mine.encode(), deadline.cap(FETCH_TIMEOUT))
+            .await
+        {
+            return None;
+        }
+        if deadline.cap(CLAIM_SETTLE) == CLAIM_SETTLE {
+            spin_sdk::time::sleep(CLAIM_SETTLE).await;
+        }
+        match self.stored_claim(shared, deadline).await {
+            Some(stored) if stored.owner != self.owner && stored.owner != 0 => {
+                self.last_attempt_ms.set(Some(stored.at_ms));
+                Some(stored.at_ms)
+            }
+            _ => None,
+        }
+    }
+
+    /// One fetch attempt: claims it (instance and store), fetches, and keeps the set on success.
+    /// `Some(at)`: another instance's claim (made at `at`) stood, and this one did not fetch.
+    async fn refresh(&self, deadline: Deadline) -> Option<i64> {
         let started_ms = clock::wall_ms();
         self.last_attempt_ms.set(Some(started_ms));
-        if let Some(shared) = &self.shared {
-            shared
-                .set_raw(
-                    ATTEMPT_KEY,
-                    &started_ms.to_le_bytes(),
-                    deadline.cap(FETCH_TIMEOUT),
-                )
-                .await;
+        if let Some(shared) = &self.shared
+            && let Some(winner_at) = self.claim(shared, started_ms, deadline).await
+        {
+            return Some(winner_at);
         }
         let fetch = Self::fetch(self.source.clone(), self.expectations.clone());
         let result = clock::within(FETCH_TIMEOUT, fetch).await;
         let now_ms = clock::wall_ms();
         let fetched = match result {
             Some(Ok(fetched)) => fetched,
-            Some(Err(why)) => return self.failed(now_ms, &why),
+            Some(Err(why)) => {
+                self.failed(now_ms, &why);
+                return None;
+            }
             None => {
-                return self.failed(
+                self.failed(
                     now_ms,
                     &format!("no answer within {} ms", FETCH_TIMEOUT.as_millis()),
                 );
+                return None;
             }
         };
         let fresh_for = self.policy.fresh_for(fetched.cache_control.as_deref());
@@ -366,6 +448,7 @@ impl Keys {
             fetched_ms: snapshot.fetched_ms,
             fresh_until_ms: snapshot.fresh_until_ms,
         });
+        None
     }
 
     fn failed(&self, now_ms: i64, why: &str) {
@@ -538,6 +621,25 @@ mod tests {
         assert_eq!(plan(0, None, None, false, &p), Plan::Fetch);
         // A clock that went back is not a reason to wait forever.
         assert_eq!(plan(100_000, fresh, Some(500_000), false, &p), Plan::Fetch);
+    }
+
+    #[test]
+    fn claims_round_trip_and_read_an_older_edge_s_attempt() {
+        let claim = Claim {
+            at_ms: 1_765_000_000_123,
+            owner: 0xdead_beef_0042,
+        };
+        assert_eq!(Claim::decode(&claim.encode()), Some(claim));
+        assert_eq!(
+            Claim::decode(&77_i64.to_le_bytes()),
+            Some(Claim {
+                at_ms: 77,
+                owner: 0
+            })
+        );
+        for bad in [&b""[..], b"1234567", b"123456789", &[0; 17]] {
+            assert_eq!(Claim::decode(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -36,6 +36,7 @@ use crate::backoff::{Attempt, Breaker, Failing, Stalled, Transition, Verdict, Vi
 use crate::clock::{self, Deadline, Nanos};
 use crate::config::Config;
 use crate::flight::SingleFlight;
+use crate::metrics::{Backend, METRICS};
 
 /// The outcome of one tier-2 read.
 #[derive(Debug)]
@@ -579,6 +580,9 @@ impl Redis {
             Some(permit) if timed_out => self.count_timeout(Some(permit), started),
             Some(permit) => permit.finish(ok, clock::now()),
         };
+        if let Some(t) = transition {
+            METRICS.transition(Backend::Redis, t == Transition::Opened);
+        }
         match transition {
             Some(Transition::Opened) => eprintln!(
                 "aside-edge: redis breaker open after {} consecutive failure(s): skipping Redis for {} \
@@ -596,11 +600,17 @@ impl Redis {
             Ok(None) => Read::Miss,
             Err(failure) => {
                 let (why, cause) = match failure {
-                    Failure::Connect => ("cannot connect".to_string(), Failing::Error),
-                    Failure::Command(e) => (
-                        format!("{command} failed: {}", self.config.scrub(&e)),
-                        Failing::Error,
-                    ),
+                    Failure::Connect => {
+                        METRICS.redis_verdict(Verdict::Failing(Failing::Error));
+                        ("cannot connect".to_string(), Failing::Error)
+                    }
+                    Failure::Command(e) => {
+                        METRICS.redis_verdict(Verdict::Failing(Failing::Error));
+                        (
+                            format!("{command} failed: {}", self.config.scrub(&e)),
+                            Failing::Error,
+                        )
+                    }
                     Failure::TimedOut | Failure::Unheard(_) => (
                         format!(
                             "{command} took longer than {} ms (waited {} ms{}; recent answers {} ms)",
@@ -628,12 +638,14 @@ impl Redis {
 
     /// What a command unanswered at `limit` (started at `started`) says: see [`Verdict::of_timeout`].
     fn judge(&self, limit: Duration, started: Nanos) -> Verdict {
-        Verdict::of_timeout(Stalled {
+        let verdict = Verdict::of_timeout(Stalled {
             limit,
             waited: Duration::from_nanos(clock::now().saturating_sub(started)),
             answered_meanwhile: self.last_answer.get() > started,
             recent_answers: self.recent_answers.get(),
-        })
+        });
+        METRICS.redis_verdict(verdict);
+        verdict
     }
 
     /// Reports a timeout of a call started at `started` to the breaker, unless it was already waiting
@@ -684,6 +696,18 @@ impl Redis {
                         }
                     }
                 }
+                // An instance that has never heard Redis: its first connection (connect, AUTH,
+                // SELECT) late under a spike says little, since there is nothing to compare with
+                // (all of a spike's origin reads were these before: opens of about 300 ms against a
+                // 250 ms limit). It gets one more `limit` (within the request's patience); still
+                // nothing: a timeout, counted, and the origin. Not the whole patience: each new
+                // instance has its own breaker, so under a frozen Redis every one of them would
+                // wait that long before its breaker could open.
+                Verdict::Failing(_) if self.recent_answers.get().is_none() => {
+                    clock::within(limit.min(patience(deadline)), late).await
+                }
+                // One that heard quick answers before and now cannot log in: Redis changed (frozen,
+                // gone). Fail now, so that the breaker opens for the requests after it.
                 Verdict::Failing(_) => {
                     clock::detach(async move {
                         let _ = late.await;

@@ -18,6 +18,7 @@
 //! * [`flight`], [`backoff`], [`clock`]: single-flight, the circuit breakers (Redis, origin), timeouts
 //!   and the request budget.
 //! * [`budget`]: the instance's budget of origin reads.
+//! * [`metrics`]: the instance's overload counters (`GET /edge/metrics`).
 //! * [`config`]: Spin variables to a typed configuration.
 //! * [`auth`], [`keys`], [`tokens`]: client tokens (verification and authorization), the identity
 //!   provider's keys (static, by URL or by discovery, kept process-wide) and the verified tokens
@@ -41,6 +42,7 @@ pub mod key_policy;
 pub mod keys;
 pub mod l1;
 pub mod l2;
+pub mod metrics;
 pub mod plan;
 pub mod ratelimit;
 pub mod read;

@@ -117,8 +117,9 @@ pub enum Answer {
     /// `404`: Redis holds a "missing" marker or a tombstone (`L2`), or the row was deleted through this
     /// instance (`L1`).
     NotFound(CacheStatus),
-    /// `503` with this `Retry-After`: the origin could not answer and there is no copy.
-    Unavailable(u32),
+    /// `503` (its `Retry-After` from [`Unavailable::retry_after_secs`]): the origin could not answer,
+    /// or was not asked, and there is no copy; why, for the metrics.
+    Unavailable(Unavailable),
 }
 
 impl Answer {
@@ -640,7 +641,7 @@ impl LookupPlan {
                 let source = passed_on_as(&answer);
                 Answer::Origin(answer, source)
             }
-            (None, Failure::Unavailable(why)) => Answer::Unavailable(why.retry_after_secs()),
+            (None, Failure::Unavailable(why)) => Answer::Unavailable(why),
         })
     }
 
@@ -908,6 +909,7 @@ mod tests {
                 stale_if_error_secs: 60,
             }),
             stale: false,
+            timing: None,
         }
     }
 
@@ -1386,7 +1388,7 @@ mod tests {
         let mut plan = failed_lookup(Read::Failed, open);
         assert!(matches!(
             plan.fallback(None, None),
-            LookupStep::Done(Answer::Unavailable(3))
+            LookupStep::Done(Answer::Unavailable(why)) if why.retry_after_secs() == 3
         ));
     }
 
@@ -1411,14 +1413,15 @@ mod tests {
         ));
         assert!(matches!(
             plan.fallback(None, None),
-            LookupStep::Done(Answer::Unavailable(1))
+            LookupStep::Done(Answer::Unavailable(Unavailable::Overloaded))
         ));
         // A spent origin budget is a 503 with the wait until the next token.
         let spent = unavailable(Unavailable::BudgetSpent(Duration::from_millis(1_200)));
         let mut plan = failed_lookup(Read::Miss, spent);
         assert!(matches!(
             plan.fallback(None, None),
-            LookupStep::Done(Answer::Unavailable(2))
+            LookupStep::Done(Answer::Unavailable(why @ Unavailable::BudgetSpent(_)))
+                if why.retry_after_secs() == 2
         ));
     }
 
@@ -1437,7 +1440,7 @@ mod tests {
         let gone = origin(404, "{}", Some(5));
         assert_eq!(Answer::Origin(gone, CacheStatus::Miss).version(), None);
         assert_eq!(Answer::NotFound(CacheStatus::L2).version(), None);
-        assert_eq!(Answer::Unavailable(1).version(), None);
+        assert_eq!(Answer::Unavailable(Unavailable::TimedOut).version(), None);
     }
 
     // ---- Writes through this instance ----

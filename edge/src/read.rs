@@ -55,6 +55,7 @@ use crate::flight::SingleFlight;
 use crate::forward::{Origin, OriginRequest, Unavailable};
 use crate::l1::{ProfileEntry, Shelf, Tier1};
 use crate::l2::{Read, Redis};
+use crate::metrics::{METRICS, OriginRead, Shed};
 use crate::plan::{
     Answer, Asked, Body, Cached, Effect, Env, FlightKey, Keep, LookupPlan, LookupStep, ReadPlan,
     ReadStep,
@@ -73,6 +74,10 @@ pub struct Fetched {
     shared_ms: Option<f64>,
     l2_ms: Option<f64>,
     origin_ms: Option<f64>,
+    /// Why the origin was asked (`server-timing: origin;desc=...`).
+    origin_why: OriginRead,
+    /// The origin's own `server-timing`, when it answered.
+    origin_timing: Option<String>,
     answer: Answer,
 }
 
@@ -201,7 +206,7 @@ impl ReadPath {
                 ReadStep::Refresh => {
                     let asked = self.refresh(origin, id, deadline).await;
                     if let Some(ms) = asked.as_ref().and_then(|a| a.ms) {
-                        timing.add("origin", ms);
+                        timing.add_described("origin", ms, OriginRead::Refresh.as_str());
                     }
                     plan.refreshed(asked, &host)
                 }
@@ -220,7 +225,10 @@ impl ReadPath {
                         timing.add("l2", ms);
                     }
                     if let Some(ms) = found.origin_ms {
-                        timing.add("origin", ms);
+                        timing.add_described("origin", ms, found.origin_why.as_str());
+                    }
+                    if let Some(upstream) = &found.origin_timing {
+                        timing.add_prefixed("origin", upstream);
                     }
                     let version = found.answer.version();
                     fetched = Some(found);
@@ -320,6 +328,11 @@ impl ReadPath {
         let mut seen = None;
         let mut l2_ms = None;
         let mut origin_ms = None;
+        // Why the origin is asked, if it is: what tier 2 said (no tier-2 read: a miss).
+        let mut origin_why = OriginRead::Miss;
+        let mut origin_timing = None;
+        // Redis had no entry for the id (not: Redis was skipped or failed): the origin may skip its look.
+        let mut redis_missed = false;
         let mut step = plan.start();
         loop {
             step = match step {
@@ -334,19 +347,35 @@ impl ReadPath {
                 LookupStep::Tier2 => {
                     let started = clock::now();
                     let read = self.read_tier2(id, selection, deadline).await;
+                    origin_why = match &read {
+                        Read::Skipped => OriginRead::RedisSkipped,
+                        Read::Failed => OriginRead::RedisFailed,
+                        Read::Hit(_) => OriginRead::Expired,
+                        Read::Miss | Read::Absent | Read::Shed => OriginRead::Miss,
+                    };
                     l2_ms = read.visited().then(|| clock::millis_since(started));
+                    redis_missed = matches!(read, Read::Miss);
                     plan.tier2(read, &host)
                 }
                 LookupStep::Refresh => {
                     let asked = self.refresh(origin, id, deadline).await;
+                    origin_why = OriginRead::Refresh;
                     origin_ms = asked.as_ref().and_then(|a| a.ms);
                     plan.refreshed(asked, &host)
                 }
                 LookupStep::Origin { reload } => {
+                    if reload {
+                        origin_why = OriginRead::Reload;
+                    }
+                    let ask = Ask {
+                        reload,
+                        redis_missed,
+                    };
                     let asked = self
-                        .ask_origin(origin, id, selection, reload, deadline)
+                        .ask_origin(origin, id, selection, ask, origin_why, deadline)
                         .await;
                     origin_ms = asked.ms;
+                    origin_timing = asked.result.as_ref().ok().and_then(|a| a.timing.clone());
                     plan.answered(asked, &host)
                 }
                 LookupStep::Fallback => {
@@ -366,6 +395,8 @@ impl ReadPath {
                         shared_ms,
                         l2_ms,
                         origin_ms,
+                        origin_why,
+                        origin_timing,
                         answer,
                     });
                 }
@@ -404,16 +435,23 @@ impl ReadPath {
         }
     }
 
-    /// A read's origin call, taken from the instance's origin budget.
+    /// Origin reads the instance's budget would grant at once now (`None`: no budget).
+    pub fn budget_tokens(&self) -> Option<f64> {
+        self.budget.borrow().tokens_at(clock::now())
+    }
+
+    /// A read's origin call (`why`: for the metrics), taken from the instance's origin budget.
     async fn ask_origin(
         &self,
         origin: &Origin,
         id: UserId,
         selection: Option<&FieldSelection>,
-        no_cache: bool,
+        ask: Ask,
+        why: OriginRead,
         deadline: Deadline,
     ) -> Asked {
         let taken = self.budget.borrow_mut().take(clock::now());
+        METRICS.budget(taken.is_ok());
         if let Err(wait) = taken {
             let refused = self.budget.borrow().refused();
             // One line for the first refusal and then one per 1,000: a spent budget under a flood would
@@ -430,14 +468,22 @@ impl ReadPath {
                 ms: None,
             };
         }
-        ask_origin(origin, id, selection, no_cache, deadline).await
+        METRICS.origin_read(why);
+        ask_origin(origin, id, selection, ask, deadline).await
     }
 
     /// An early refresh: the origin reloads the full profile from PostgreSQL. `None` when another
     /// request of this instance is refreshing the id (one at a time; the others answer their copy).
     async fn refresh(&self, origin: &Origin, id: UserId, deadline: Deadline) -> Option<Asked> {
         let _refreshing = Refreshing::start(&self.refreshing, id)?;
-        Some(self.ask_origin(origin, id, None, true, deadline).await)
+        let ask = Ask {
+            reload: true,
+            redis_missed: false,
+        };
+        Some(
+            self.ask_origin(origin, id, None, ask, OriginRead::Refresh, deadline)
+                .await,
+        )
     }
 }
 
@@ -462,13 +508,22 @@ impl Drop for Refreshing<'_> {
     }
 }
 
-/// `GET /users/{id}[?fields]` at the origin (`no_cache`: reload from PostgreSQL), and the time it
-/// took, `None` when it was not asked (breaker open).
+/// How a read asks the origin.
+#[derive(Debug, Clone, Copy, Default)]
+struct Ask {
+    /// Reload from PostgreSQL (`cache-control: no-cache`).
+    reload: bool,
+    /// Redis had no entry a moment ago (`x-aside-redis: miss`).
+    redis_missed: bool,
+}
+
+/// `GET /users/{id}[?fields]` at the origin, and the time it took, `None` when it was not asked
+/// (breaker open).
 async fn ask_origin(
     origin: &Origin,
     id: UserId,
     selection: Option<&FieldSelection>,
-    no_cache: bool,
+    ask: Ask,
     deadline: Deadline,
 ) -> Asked {
     let path = match selection {
@@ -477,7 +532,8 @@ async fn ask_origin(
     };
     let started = clock::now();
     let request = OriginRequest {
-        no_cache,
+        no_cache: ask.reload,
+        redis_missed: ask.redis_missed,
         ..OriginRequest::get(&path)
     };
     let result = origin.call(request, deadline).await;
@@ -486,6 +542,17 @@ async fn ask_origin(
         _ => Some(clock::millis_since(started)),
     };
     Asked { result, ms }
+}
+
+/// Why a read the origin could not answer (and with no copy) was answered 503, for the metrics.
+fn shed_cause(why: Unavailable) -> Shed {
+    match why {
+        Unavailable::Overloaded => Shed::RedisUnheard,
+        Unavailable::BudgetSpent(_) => Shed::OriginBudget,
+        Unavailable::BreakerOpen(_) => Shed::OriginBreaker,
+        Unavailable::TimedOut => Shed::OriginTimeout,
+        Unavailable::Unreachable => Shed::OriginUnreachable,
+    }
 }
 
 /// The reply to a read: a profile (cut to `selection` when it is the full one) with its version as
@@ -509,8 +576,12 @@ fn reply(
         }
         Answer::Origin(answer, source) => Reply::from_origin(answer, *source),
         Answer::NotFound(source) => Reply::error(&ApiError::user_not_found(id), *source),
-        Answer::Unavailable(retry_after) => {
-            Reply::error(&origin_unavailable(*retry_after), CacheStatus::Miss)
+        Answer::Unavailable(why) => {
+            METRICS.shed(shed_cause(*why));
+            Reply::error(
+                &origin_unavailable(why.retry_after_secs()),
+                CacheStatus::Miss,
+            )
         }
     };
     reply.timing(timing)

@@ -18,6 +18,7 @@ use crate::backoff::Visible;
 use crate::clock::{self, Nanos};
 use crate::config::Auth;
 use crate::forward::OriginAnswer;
+use crate::metrics::METRICS;
 
 /// Names the instance's circuit breakers that are not closed: `x-edge-breaker: redis=open`.
 pub const X_EDGE_BREAKER: &str = "x-edge-breaker";
@@ -29,6 +30,11 @@ fn instance_id() -> &'static HeaderValue {
         let id = spin_sdk::wasip3::random::random::get_random_u64();
         HeaderValue::from_str(&format_instance_id(id)).expect("hex digits are a header value")
     })
+}
+
+/// This instance's `x-edge-instance` value, the `edge_instance` label of its metrics.
+pub fn instance_label() -> String {
+    instance_id().to_str().unwrap_or_default().to_string()
 }
 
 /// The 503 the edge answers when the origin is down, too slow, or skipped by its open breaker.
@@ -180,6 +186,11 @@ impl Reply {
 
     pub fn into_response(mut self) -> http::Response<FullBody<Bytes>> {
         self.headers.insert(X_EDGE_INSTANCE, instance_id().clone());
+        let stale = self
+            .headers
+            .get(X_CACHE)
+            .is_some_and(|v| v.as_bytes() == CacheStatus::Stale.as_str().as_bytes());
+        METRICS.answered(self.status.as_u16(), stale);
         // The length is known: say so, and the runtime sends the body in one piece instead of chunks.
         // (An empty body is left alone: a HEAD answer's length is the GET's, and 204 has none.)
         if !self.body.is_empty() {

@@ -1,12 +1,14 @@
 //! Which requests the edge answers itself and which it passes to the origin.
 //!
-//! The edge serves only `GET /users/{id}` (from its tiers), `GET /healthz` and `GET /edge/feed`; the rest of the public API
-//! (`/users` and `/users/...`: writes, other methods, odd paths below `/users/`) goes to the origin
-//! unchanged, so the API has one implementation of everything but the read path. Nothing else is
-//! forwarded: the origin's operational routes (`/readyz`, `/metrics`, `/openapi.json`, `/admin/...`)
-//! are for its operators on its own network, never for the edge's public clients, so the edge answers
-//! them 404 like any unknown path. A malformed id or query on the read path is refused here, before any
-//! tier is touched, with the same error body the origin would send.
+//! The edge serves only `GET /users/{id}` (from its tiers), `GET /healthz`, `GET /edge/feed`,
+//! `GET /edge/metrics` and `GET /openapi.json` (its own API document, which the origin renders at
+//! `/openapi/edge.json`); the rest of the public API (`/users` and `/users/...`: writes, other methods,
+//! odd paths below `/users/`) goes to the origin unchanged, so the API has one implementation of
+//! everything but the read path. Nothing else is forwarded: the origin's operational routes
+//! (`/readyz`, `/metrics`, its own document, `/admin/...`) are for its operators on its own network,
+//! never for the edge's public clients, so the edge answers them 404 like any unknown path. A malformed
+//! id or query on the read path is refused here, before any tier is touched, with the same error body
+//! the origin would send.
 
 use aside_shared::{ApiError, FieldSelection, UserId};
 use spin_sdk::http::Method;
@@ -15,6 +17,13 @@ const USERS_PREFIX: &str = "/users/";
 const USERS: &str = "/users";
 /// The edge's own operational route: the invalidation feed's state (counters only, nothing secret).
 pub const FEED_STATE: &str = "/edge/feed";
+/// The answering instance's overload counters (shedding, origin budget, breakers; nothing secret).
+pub const METRICS: &str = "/edge/metrics";
+/// The edge's API document, as its clients ask for it.
+pub const API_DOCUMENT: &str = "/openapi.json";
+/// Where the origin renders the edge's document (`aside_shared::openapi::edge::ORIGIN_PATH`; the edge
+/// does not build the `openapi` feature).
+pub const API_DOCUMENT_AT_ORIGIN: &str = "/openapi/edge.json";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -22,6 +31,10 @@ pub enum Route {
     Health,
     /// `GET /edge/feed`: the process's invalidation-feed state as Prometheus text.
     FeedState,
+    /// `GET /edge/metrics`: the answering instance's counters as Prometheus text ([`crate::metrics`]).
+    Metrics,
+    /// `GET /openapi.json`: the edge's API document (no token needed), fetched from the origin.
+    ApiDocument,
     /// `GET /users/{id}` with an optional `?fields=` projection.
     ReadProfile {
         id: UserId,
@@ -45,6 +58,12 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Route {
     }
     if path == FEED_STATE && *method == Method::GET {
         return Route::FeedState;
+    }
+    if path == METRICS && *method == Method::GET {
+        return Route::Metrics;
+    }
+    if path == API_DOCUMENT && *method == Method::GET {
+        return Route::ApiDocument;
     }
     if path != USERS && !path.starts_with(USERS_PREFIX) {
         return Route::Refuse(ApiError::route_not_found());
@@ -126,7 +145,8 @@ mod tests {
         for (method, path) in [
             (Method::GET, "/readyz"),
             (Method::GET, "/metrics"),
-            (Method::GET, "/openapi.json"),
+            (Method::GET, "/openapi/edge.json"),
+            (Method::POST, "/openapi.json"),
             (Method::GET, "/admin/cache/stats"),
             (Method::POST, "/admin/cache/stats"),
             (Method::GET, "/nope"),
@@ -139,6 +159,15 @@ mod tests {
             };
             assert_eq!(e.status(), 404, "{method} {path}");
         }
+    }
+
+    #[test]
+    fn the_api_document_is_the_edge_s_own() {
+        assert_eq!(
+            route(&Method::GET, "/openapi.json", None),
+            Route::ApiDocument
+        );
+        assert!(!is_public_api("/openapi.json"), "read without a token");
     }
 
     #[test]

@@ -26,6 +26,14 @@ pub const X_EDGE_INSTANCE: &str = "x-edge-instance";
 /// client's on; the origin trusts it only on a request that presented an origin token, and records it
 /// as the actor of a write.
 pub const X_ASIDE_CALLER: &str = "x-aside-caller";
+/// On a read from the edge to the origin: `miss` when the edge asked Redis for the profile a moment
+/// before and found no entry. The origin then skips its own first look (the look it takes with the
+/// fill lease, in the same atomic step, still catches a fill that landed meanwhile): one Redis round
+/// trip less on a miss through the edge. Only a hint: any other value, or none, reads as usual, and a
+/// wrong hint costs a lease, never a wrong answer.
+pub const X_ASIDE_REDIS: &str = "x-aside-redis";
+/// The [`X_ASIDE_REDIS`] value the edge sends.
+pub const REDIS_MISSED: &str = "miss";
 /// `off` on every edge answer when client authentication is turned off (`auth = "off"`).
 pub const X_ASIDE_AUTH: &str = "x-aside-auth";
 
@@ -245,6 +253,20 @@ impl ServerTiming {
         self
     }
 
+    /// Adds the metrics of another `server-timing` value (e.g. an upstream's), each name prefixed with
+    /// `prefix` and `-`, their descriptions dropped. Only the first [`PASSED_METRICS`] well-formed
+    /// metrics are kept, and a malformed one is skipped: an upstream cannot make this value unbounded
+    /// or invalid.
+    pub fn add_prefixed(&mut self, prefix: &str, upstream: &str) -> &mut Self {
+        let mut name = String::new();
+        for (metric, millis) in parse_server_timing(upstream).take(PASSED_METRICS) {
+            name.clear();
+            let _ = write!(name, "{prefix}-{metric}");
+            self.add(&name, millis);
+        }
+        self
+    }
+
     pub fn is_empty(&self) -> bool {
         self.value.is_empty()
     }
@@ -252,6 +274,37 @@ impl ServerTiming {
     pub fn as_str(&self) -> &str {
         &self.value
     }
+}
+
+/// How many of an upstream's `server-timing` metrics [`ServerTiming::add_prefixed`] keeps.
+pub const PASSED_METRICS: usize = 8;
+
+/// The `(name, dur)` of each metric of a `server-timing` value that has a token name (lower-case
+/// letters, digits, `-`, `_`, at most 32 bytes) and a finite, non-negative `dur` in milliseconds; a
+/// metric without `dur` counts as 0 ms; anything else is skipped.
+pub fn parse_server_timing(value: &str) -> impl Iterator<Item = (&str, f64)> {
+    value.split(',').filter_map(|metric| {
+        let mut params = metric.split(';').map(str::trim);
+        let name = params.next()?;
+        let token = !name.is_empty()
+            && name.len() <= 32
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !token {
+            return None;
+        }
+        let mut millis = 0.0;
+        for param in params {
+            if let Some(dur) = param.strip_prefix("dur=") {
+                millis = dur
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|d| d.is_finite() && *d >= 0.0)?;
+            }
+        }
+        Some((name, millis))
+    })
 }
 
 #[cfg(test)]
@@ -265,6 +318,29 @@ mod tests {
         assert_eq!(t.as_str(), "l1;dur=0.012, l2;dur=1.500, origin;dur=0.000");
         t.add_described("feed", 0.25, "ttl-late");
         assert!(t.as_str().ends_with(", feed;dur=0.250;desc=\"ttl-late\""));
+    }
+
+    #[test]
+    fn an_upstream_s_timing_is_passed_prefixed_bounded_and_clean() {
+        let mut t = ServerTiming::new();
+        t.add("l2", 1.0).add_prefixed(
+            "origin",
+            "redis;dur=0.5, db;dur=2.25;desc=\"load\", BAD;dur=1, x;dur=-1, y;dur=nan, z, w;dur=abc",
+        );
+        assert_eq!(
+            t.as_str(),
+            "l2;dur=1.000, origin-redis;dur=0.500, origin-db;dur=2.250, origin-z;dur=0.000"
+        );
+        let many = (0..20)
+            .map(|i| format!("m{i};dur=1"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut t = ServerTiming::new();
+        t.add_prefixed("origin", &many);
+        assert_eq!(t.as_str().matches("origin-").count(), PASSED_METRICS);
+        let mut t = ServerTiming::new();
+        t.add_prefixed("origin", "");
+        assert!(t.is_empty());
     }
 
     #[test]

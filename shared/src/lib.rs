@@ -24,6 +24,7 @@ pub mod headers;
 pub mod input;
 #[cfg(feature = "openapi")]
 pub mod openapi;
+pub mod scopes;
 
 pub use cache::{CacheEntry, CachedProfile, Freshness, HashError};
 pub use domain::{

@@ -13,6 +13,8 @@
 //! bounds the dates from below only and says so; [`BirthDate::schema_until`] bounds them on both sides,
 //! for a document served on a given day.
 
+pub mod edge;
+
 use std::borrow::Cow;
 
 use time::{Date, Month};

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use aside_tests::harness::{temp_dir, workspace_root};
+use aside_tests::harness::{origin_binary, temp_dir, workspace_root};
 use serde_json::Value as Json;
 use serde_yaml_ng::Value;
 
@@ -334,6 +334,30 @@ fn kubernetes_manifests_render_with_kustomize_and_validate_against_their_schemas
         kind(&overlay, "HorizontalPodAutoscaler")[0]["spec"]["minReplicas"],
         3
     );
+
+    // Every ASIDE_* setting the Deployment gives the origin is one the origin reads: a misspelt name
+    // would be ignored in silence. The origin's own list is its `serve --help` (each setting's `env`).
+    let help = run(Command::new(origin_binary()).args(["serve", "--help"]));
+    let help = assert_success(&help, "aside-origin serve --help");
+    let known: BTreeSet<&str> = help
+        .split(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+        .filter(|w| w.starts_with("ASIDE_"))
+        .collect();
+    assert!(known.contains("ASIDE_REDIS_URL"), "{help}");
+    let mut given = 0;
+    for container in origin["containers"].as_sequence().unwrap() {
+        for env in container["env"].as_sequence().into_iter().flatten() {
+            let name = env["name"].as_str().unwrap();
+            if name.starts_with("ASIDE_") {
+                given += 1;
+                assert!(
+                    known.contains(name),
+                    "the Deployment sets {name}, which aside-origin does not read ({known:?})"
+                );
+            }
+        }
+    }
+    assert!(given >= 4, "the Deployment gives the origin its settings");
 
     // The SpinApp binds only variables spin.toml declares, and every required one; secrets come from a
     // Secret, never as a value.

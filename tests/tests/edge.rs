@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use aside_tests::harness::{
     Answer, Edge, EdgeOptions, Origin, Stack, TestEnv, generate_secret, http_client,
-    manifest_with_allowed_hosts, metric, wait_until,
+    manifest_with_allowed_hosts, metric, tier_ms, wait_until,
 };
 use redis::AsyncCommands as _;
 use reqwest::Method;
@@ -66,6 +66,12 @@ async fn first_read_misses_then_hits_tier_one_then_tier_two_after_the_ttl() {
     let timing = first.header("server-timing").unwrap();
     assert!(
         timing.contains("l1;dur=") && timing.contains("l2;dur=") && timing.contains("origin;dur="),
+        "{timing}"
+    );
+    // The origin's own time is passed on, prefixed: its load (the lease with a look at Redis,
+    // PostgreSQL, the fill), and no first look of its own: the edge told it Redis had no entry.
+    assert!(
+        tier_ms(timing, "origin-db").is_some() && tier_ms(timing, "origin-redis").is_none(),
         "{timing}"
     );
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use aside_tests::harness::{
     EdgeOptions, Origin, RedisUser, Stack, TestEnv, bin_dir, generate_secret,
-    http_client_with_timeout, wait_until, workspace_root,
+    http_client_with_timeout, scrape_text, wait_until, workspace_root,
 };
 use serde_json::Value;
 
@@ -708,20 +708,19 @@ async fn the_dashboard_charts_only_metrics_the_origin_exports() {
         .start()
         .await
         .unwrap();
-    let text = http_client_with_timeout(TIMEOUT)
-        .get(format!("{}/edge/feed", edge.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // ... and its overload counters (`GET /edge/metrics`).
+    let text = [
+        scrape_text(&format!("{}/edge/feed", edge.url())).await,
+        scrape_text(&format!("{}/edge/metrics", edge.url())).await,
+    ]
+    .concat();
     let edge_names: BTreeSet<String> = text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .filter_map(|l| l.split(['{', ' ']).next().map(str::to_string))
         .collect();
     assert!(edge_names.contains("aside_edge_feed_lag_seconds"), "{text}");
+    assert!(edge_names.contains("aside_edge_shed_total"), "{text}");
     exported.extend(edge_names);
     edge.shutdown().await;
 

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use aside_bench::keys::{KeyDist, Keys};
 use aside_bench::load::{Latency, LoadResult, SPECTRUM};
 use aside_shared::Department;
+use aside_shared::headers::parse_server_timing;
 use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
@@ -108,6 +109,8 @@ struct Tally {
     x_cache: BTreeMap<String, u64>,
     /// Latency of successful reads per `x-cache` value.
     tiers: BTreeMap<String, Histogram<u64>>,
+    /// Per `x-cache` value and `server-timing` metric: (sum of ms, answers that carried it).
+    timings: BTreeMap<String, BTreeMap<String, (f64, u64)>>,
     /// Completions per second since the measured window opened.
     per_second: Vec<u64>,
     /// When this connection's last measured request finished.
@@ -125,6 +128,7 @@ impl Tally {
             errors: BTreeMap::new(),
             x_cache: BTreeMap::new(),
             tiers: BTreeMap::new(),
+            timings: BTreeMap::new(),
             per_second: Vec::new(),
             last_done: None,
             exhausted: false,
@@ -154,6 +158,14 @@ impl Tally {
                 .or_insert_with(histogram)
                 .add(&h)
                 .expect("same bounds");
+        }
+        for (tier, metrics) in other.timings {
+            let mine = self.timings.entry(tier).or_default();
+            for (name, (sum, n)) in metrics {
+                let (s, c) = mine.entry(name).or_default();
+                *s += sum;
+                *c += n;
+            }
         }
         if self.per_second.len() < other.per_second.len() {
             self.per_second.resize(other.per_second.len(), 0);
@@ -339,7 +351,11 @@ async fn connection(plan: Arc<Plan>, seed: u64, number: usize) -> Tally {
             continue;
         }
         match outcome {
-            Ok((status, x_cache)) => {
+            Ok(Answered {
+                status,
+                x_cache,
+                timing,
+            }) => {
                 let micros = (done - started).as_micros().clamp(1, 60_000_000) as u64;
                 tally.latency.saturating_record(micros);
                 if write {
@@ -351,6 +367,14 @@ async fn connection(plan: Arc<Plan>, seed: u64, number: usize) -> Tally {
                 if (200..300).contains(&status) {
                     if !write {
                         let tier = x_cache.unwrap_or_else(|| "none".into());
+                        if let Some(timing) = timing {
+                            let metrics = tally.timings.entry(tier.clone()).or_default();
+                            for (name, ms) in parse_server_timing(&timing) {
+                                let (sum, n) = metrics.entry(name.to_string()).or_default();
+                                *sum += ms;
+                                *n += 1;
+                            }
+                        }
                         tally
                             .tiers
                             .entry(tier.clone())
@@ -406,13 +430,21 @@ fn build_request(
     request.expect("a valid request")
 }
 
-/// Sends one request on the connection (opening it first if needed) and reads the whole answer:
-/// `(status, x-cache)`, or the kind of failure (the connection is then dropped).
+/// What one answer said.
+struct Answered {
+    status: u16,
+    x_cache: Option<String>,
+    /// `server-timing`, as sent.
+    timing: Option<String>,
+}
+
+/// Sends one request on the connection (opening it first if needed) and reads the whole answer, or
+/// says the kind of failure (the connection is then dropped).
 async fn send(
     plan: &Plan,
     sender: &mut Option<SendRequest<Full<Bytes>>>,
     request: Request<Full<Bytes>>,
-) -> Result<(u16, Option<String>), String> {
+) -> Result<Answered, String> {
     if sender.as_ref().is_none_or(|s| s.is_closed()) {
         *sender = Some(connect(&plan.host).await.inspect_err(|_| *sender = None)?);
     }
@@ -424,17 +456,24 @@ async fn send(
             .await
             .map_err(|_| "io".to_string())?;
         let status = response.status().as_u16();
-        let x_cache = response
-            .headers()
-            .get("x-cache")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (x_cache, timing) = (header("x-cache"), header("server-timing"));
         response
             .into_body()
             .collect()
             .await
             .map_err(|_| "io".to_string())?;
-        Ok((status, x_cache))
+        Ok(Answered {
+            status,
+            x_cache,
+            timing,
+        })
     }
     .await;
     if result.is_err() {
@@ -514,6 +553,17 @@ fn summarise(t: Tally, elapsed: Duration, concurrency: usize) -> LoadResult {
         } else {
             Vec::new()
         },
+        server_timing_ms: t
+            .timings
+            .into_iter()
+            .map(|(tier, metrics)| {
+                let means = metrics
+                    .into_iter()
+                    .map(|(name, (sum, n))| (name, sum / n.max(1) as f64))
+                    .collect();
+                (tier, means)
+            })
+            .collect(),
         per_second,
         keys_exhausted: t.exhausted,
         concurrency,

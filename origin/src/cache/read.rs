@@ -22,14 +22,7 @@ impl ProfileCache {
             .await;
         match result {
             Err(e) => Lookup::Unavailable(e),
-            Ok(pairs) if pairs.is_empty() => Lookup::Miss,
-            Ok(pairs) => match CacheEntry::from_hash(id, pairs) {
-                Ok(entry) => Lookup::Hit(entry),
-                Err(e) => {
-                    tracing::warn!(%id, error = %e, "malformed profile hash; treating as a miss");
-                    Lookup::Miss
-                }
-            },
+            Ok(pairs) => lookup_of(id, pairs),
         }
     }
 
@@ -57,6 +50,20 @@ impl ProfileCache {
                     Lookup::Miss
                 }
             },
+        }
+    }
+}
+
+/// What a profile hash's `HGETALL` pairs say: a miss when there are none (or they are malformed).
+pub(super) fn lookup_of(id: UserId, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Lookup<CacheEntry> {
+    if pairs.is_empty() {
+        return Lookup::Miss;
+    }
+    match CacheEntry::from_hash(id, pairs) {
+        Ok(entry) => Lookup::Hit(entry),
+        Err(e) => {
+            tracing::warn!(%id, error = %e, "malformed profile hash; treating as a miss");
+            Lookup::Miss
         }
     }
 }

@@ -189,6 +189,17 @@ pub(crate) fn fallback_status(
     }
 }
 
+/// How a read uses Redis ([`ReadThrough::get`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    /// Redis first, PostgreSQL on a miss.
+    Plain,
+    /// A cached copy is refreshed from PostgreSQL (`cache-control: no-cache`).
+    Reload,
+    /// The caller found no entry in Redis just before (`x-aside-redis: miss`): straight to the load.
+    AfterMiss,
+}
+
 /// The read path of one process; cheap to clone (the load's task holds a clone).
 #[derive(Clone)]
 pub struct ReadThrough {
@@ -217,15 +228,26 @@ impl ReadThrough {
         }
     }
 
-    /// Reads profile `id` (projected to `selection`), Redis first; `reload` (`cache-control:
-    /// no-cache`) refreshes a cached copy from PostgreSQL. See the module documentation.
+    /// Reads profile `id` (projected to `selection`), Redis first; [`ReadMode::Reload`]
+    /// (`cache-control: no-cache`) refreshes a cached copy from PostgreSQL; [`ReadMode::AfterMiss`]
+    /// goes straight to the load, whose lease is taken with a look at Redis in one step. See the
+    /// module documentation.
     pub async fn get(
         &self,
         id: UserId,
         selection: Option<&FieldSelection>,
-        reload: bool,
+        mode: ReadMode,
     ) -> Result<Read, ReadError> {
         let mut timing = ServerTiming::new();
+        let reload = mode == ReadMode::Reload;
+        if mode == ReadMode::AfterMiss {
+            // The caller's look a moment ago is this read's: one Redis round trip less. A fill that
+            // landed since is found by the look taken with the lease, and answered.
+            crate::metrics::cache_result("miss");
+            return self
+                .load_uncached(id, selection, Reason::Miss, timing)
+                .await;
+        }
         let started = Instant::now();
         let cached = self.lookup(id, selection).await;
         timing.add("redis", ms_since(started));

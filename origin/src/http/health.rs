@@ -2,14 +2,12 @@
 
 use std::sync::Arc;
 
+use super::AppState;
+use super::openapi::schemas::{BackendState, Health, Readiness};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use serde_json::json;
-
-use super::AppState;
-use super::openapi::schemas::{Health, Readiness};
 
 /// The process is up and serving HTTP.
 #[utoipa::path(
@@ -19,7 +17,9 @@ use super::openapi::schemas::{Health, Readiness};
     responses((status = 200, description = "Serving", body = Health))
 )]
 pub async fn healthz() -> impl IntoResponse {
-    Json(json!({"status": "ok"}))
+    Json(Health {
+        status: "ok".into(),
+    })
 }
 
 /// Ready when PostgreSQL answers (the origin cannot answer a miss without it). Redis is reported but is
@@ -44,10 +44,12 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
     (
         status,
-        Json(json!({"postgres": word(db.is_ok()), "redis": word(redis.is_ok())})),
+        Json(Readiness {
+            postgres: BackendState::of(db.is_ok()),
+            redis: BackendState::of(redis.is_ok()),
+        }),
     )
 }
 

@@ -120,7 +120,8 @@ pub fn api_router(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
-        .routes(routes!(openapi::openapi_json));
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(openapi::edge_openapi_json));
     if !state.admin_tokens.is_empty() {
         api = api.merge(
             OpenApiRouter::new()

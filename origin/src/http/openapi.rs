@@ -76,15 +76,16 @@ impl Modify for SecuritySchemes {
 }
 
 /// The document, rendered once a day (its `BirthDate` schema names the day) and shared by every
-/// `/openapi.json` request of that day.
+/// `/openapi.json` request of that day; with it, the edge's document made from it
+/// ([`aside_shared::openapi::edge`]).
 #[derive(Clone)]
 pub struct Document {
     doc: Arc<utoipa::openapi::OpenApi>,
     rendered: Arc<Mutex<Option<Rendered>>>,
 }
 
-/// The document's text and the day it was rendered for.
-type Rendered = (time::Date, Arc<String>);
+/// The day the documents were rendered for, the origin's and the edge's text.
+type Rendered = (time::Date, Arc<String>, Arc<String>);
 
 impl Document {
     pub fn new(doc: &utoipa::openapi::OpenApi) -> Self {
@@ -96,11 +97,20 @@ impl Document {
 
     /// The document as of `today`: birth dates from 1900-01-01 to `today`, as a write checks them.
     pub fn render(&self, today: time::Date) -> Arc<String> {
+        self.rendered(today).0
+    }
+
+    /// The edge's document as of `today` (what the edge's clients get at its `/openapi.json`).
+    pub fn render_for_edge(&self, today: time::Date) -> Arc<String> {
+        self.rendered(today).1
+    }
+
+    fn rendered(&self, today: time::Date) -> (Arc<String>, Arc<String>) {
         let mut rendered = self.rendered.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((day, text)) = rendered.as_ref()
+        if let Some((day, origin, edge)) = rendered.as_ref()
             && *day == today
         {
-            return Arc::clone(text);
+            return (Arc::clone(origin), Arc::clone(edge));
         }
         let mut doc = (*self.doc).clone();
         if let Some(components) = doc.components.as_mut() {
@@ -109,12 +119,16 @@ impl Document {
                 BirthDate::schema_until(today),
             );
         }
-        let text = Arc::new(
-            doc.to_pretty_json()
-                .expect("an OpenAPI document serialises"),
-        );
-        *rendered = Some((today, Arc::clone(&text)));
-        text
+        let edge = aside_shared::openapi::edge::edge_document(&doc);
+        let text = |doc: &utoipa::openapi::OpenApi| {
+            Arc::new(
+                doc.to_pretty_json()
+                    .expect("an OpenAPI document serialises"),
+            )
+        };
+        let (origin, edge) = (text(&doc), text(&edge));
+        *rendered = Some((today, Arc::clone(&origin), Arc::clone(&edge)));
+        (origin, edge)
     }
 }
 
@@ -137,13 +151,32 @@ pub async fn openapi_json(Extension(doc): Extension<Document>) -> impl IntoRespo
     )
 }
 
+/// The edge's OpenAPI 3 document (the `/users` API as the edge's clients see it: client JWTs, scopes,
+/// the edge's 401/403/429/503), which the edge serves at its own `/openapi.json`.
+#[utoipa::path(
+    get,
+    path = "/openapi/edge.json",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The edge's document (OpenAPI 3.1)", body = Object,
+         content_type = "application/json"),
+    )
+)]
+pub async fn edge_openapi_json(Extension(doc): Extension<Document>) -> impl IntoResponse {
+    let today = time::OffsetDateTime::now_utc().date();
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        doc.render_for_edge(today).as_str().to_owned(),
+    )
+}
+
 /// The bodies the origin alone answers (health, readiness), the GET answer and the shared error
 /// responses. Documentation only: never constructed.
 #[allow(dead_code)]
 pub mod schemas {
     use aside_shared::openapi::ProfileProjection;
     use aside_shared::{ErrorBody, UserProfile};
-    use serde::Deserialize;
+    use serde::{Deserialize, Serialize};
     use utoipa::openapi::schema::{AnyOfBuilder, Schema};
     use utoipa::openapi::{Ref, RefOr};
     use utoipa::{IntoResponses, PartialSchema, ToSchema};
@@ -180,25 +213,31 @@ pub mod schemas {
         }
     }
 
-    /// `GET /healthz`.
-    #[derive(Deserialize, ToSchema)]
+    /// `GET /healthz`: what the handler answers, and its schema.
+    #[derive(Serialize, Deserialize, ToSchema)]
     pub struct Health {
         #[schema(example = "ok")]
         pub status: String,
     }
 
-    /// `GET /readyz`: each backend `ok` or `unavailable`.
-    #[derive(Deserialize, ToSchema)]
+    /// `GET /readyz`: each backend `ok` or `unavailable`; what the handler answers, and its schema.
+    #[derive(Serialize, Deserialize, ToSchema)]
     pub struct Readiness {
         pub postgres: BackendState,
         pub redis: BackendState,
     }
 
-    #[derive(Deserialize, ToSchema)]
+    #[derive(Serialize, Deserialize, ToSchema)]
     #[serde(rename_all = "snake_case")]
     pub enum BackendState {
         Ok,
         Unavailable,
+    }
+
+    impl BackendState {
+        pub fn of(ok: bool) -> Self {
+            if ok { Self::Ok } else { Self::Unavailable }
+        }
     }
 
     /// The bearer token is missing or wrong.

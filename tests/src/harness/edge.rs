@@ -319,6 +319,15 @@ impl Edge {
         }
     }
 
+    /// The component's own stdout/stderr, each line once (Spin also echoes it into its own output,
+    /// which [`Edge::log`] includes); empty under the bundled host.
+    pub fn component_log(&self) -> String {
+        match &self.running {
+            Running::Spin(spin) => spin.component_log(),
+            Running::Bundled(_) => String::new(),
+        }
+    }
+
     /// Stops accepting connections and lets open ones finish (Spin: SIGINT, as Ctrl-C does, then
     /// SIGKILL after 5 s).
     pub async fn shutdown(self) {
@@ -405,6 +414,12 @@ impl SpinUp {
     /// `<state dir>/logs/<component>_std{out,err}.txt`, not to its own output).
     fn log(&self) -> String {
         let mut log = std::fs::read_to_string(self.dir.join("spin.log")).unwrap_or_default();
+        log.push_str(&self.component_log());
+        log
+    }
+
+    fn component_log(&self) -> String {
+        let mut log = String::new();
         let logs = self.dir.join("state").join("logs");
         let mut files: Vec<PathBuf> = std::fs::read_dir(&logs)
             .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
@@ -528,21 +543,85 @@ fn absolute_from(base: &Path, path: &str) -> PathBuf {
     }
 }
 
-/// The value of one Prometheus sample on `GET {base_url}/metrics`, found by the start of its line
-/// (`name` or `name{labels}`); 0 when the series has no sample yet.
-pub async fn metric(base_url: &str, name_and_labels: &str) -> f64 {
-    let text = reqwest::Client::new()
-        .get(format!("{base_url}/metrics"))
+/// The Prometheus text of `GET {url}` (an origin's `/metrics`, an edge's `/edge/metrics`).
+pub async fn scrape_text(url: &str) -> String {
+    reqwest::Client::new()
+        .get(url)
         .timeout(Duration::from_secs(10))
         .send()
         .await
-        .expect("GET /metrics")
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
         .text()
         .await
-        .expect("metrics body");
+        .expect("metrics body")
+}
+
+/// The sum of the samples of `name` in Prometheus `text` whose labels include every one of `labels`
+/// (`key="value"`, as written); 0 when none matches.
+pub fn sum_samples(text: &str, name: &str, labels: &[&str]) -> f64 {
     text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name && labels.iter().all(|label| rest.contains(label)))
+                .then(|| value.parse::<f64>().expect("a numeric sample"))
+        })
+        .sum()
+}
+
+/// The edge's `GET /edge/metrics` from as many of its Spin instances as `scrapes` requests sent at
+/// once reach (each is answered by one instance; its series carry `edge_instance`), merged: one line
+/// per series, the highest value seen (counters only grow). Instances the scrapes did not reach are
+/// missing, so sums over it are at most the process's.
+pub async fn edge_metrics(edge_url: &str, scrapes: usize) -> String {
+    let url = format!("{edge_url}/edge/metrics");
+    let texts = futures::future::join_all((0..scrapes).map(|_| scrape_text(&url))).await;
+    let mut series: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
+    for text in &texts {
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((name, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let value: f64 = value.parse().expect("a numeric sample");
+            let kept = series.entry(name.to_string()).or_insert(value);
+            *kept = kept.max(value);
+        }
+    }
+    series
+        .iter()
+        .map(|(name, value)| format!("{name} {value}\n"))
+        .collect()
+}
+
+/// The distinct `edge_instance` labels in merged [`edge_metrics`] text.
+pub fn edge_instances(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.split_once("edge_instance=\"")?.1;
+            Some(rest.split('"').next()?.to_string())
+        })
+        .collect()
+}
+
+/// The value of one Prometheus sample on `GET {base_url}/metrics`, found by the start of its line
+/// (`name` or `name{labels}`); 0 when the series has no sample yet.
+pub async fn metric(base_url: &str, name_and_labels: &str) -> f64 {
+    scrape_text(&format!("{base_url}/metrics"))
+        .await
+        .lines()
         .find(|l| l.starts_with(name_and_labels))
         .and_then(|l| l.rsplit(' ').next())
         .map(|v| v.parse().expect("a numeric sample"))
         .unwrap_or(0.0)
+}
+
+/// The sum of the samples of `name` with every one of `labels` on `GET {base_url}/metrics` (see
+/// [`sum_samples`]).
+pub async fn metric_sum(base_url: &str, name: &str, labels: &[&str]) -> f64 {
+    sum_samples(
+        &scrape_text(&format!("{base_url}/metrics")).await,
+        name,
+        labels,
+    )
 }

@@ -281,13 +281,25 @@ impl Answer {
     }
 }
 
-/// The duration a `server-timing` value (`l1;dur=0.1, l2;dur=1.2`) gives tier `name`, if it lists it.
+/// The duration a `server-timing` value (`l1;dur=0.1, l2;dur=1.2, origin;dur=9.8;desc="miss"`) gives
+/// tier `name`, if it lists it.
 pub fn tier_ms(server_timing: &str, name: &str) -> Option<f64> {
     server_timing.split(", ").find_map(|metric| {
         metric
             .strip_prefix(name)?
             .strip_prefix(";dur=")?
+            .split(';')
+            .next()?
             .parse()
             .ok()
+    })
+}
+
+/// The `desc` a `server-timing` value gives tier `name` (`origin;dur=9.8;desc="miss"`: `miss`), if any.
+pub fn tier_desc<'a>(server_timing: &'a str, name: &str) -> Option<&'a str> {
+    server_timing.split(", ").find_map(|metric| {
+        let rest = metric.strip_prefix(name)?.strip_prefix(";dur=")?;
+        let desc = rest.split_once(";desc=\"")?.1;
+        desc.strip_suffix('"')
     })
 }

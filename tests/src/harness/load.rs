@@ -86,6 +86,11 @@ impl Sample {
         tier_ms(self.header("server-timing")?, name)
     }
 
+    /// The `desc` of tier `name` in `server-timing` (the origin's: why it was asked).
+    pub fn tier_desc(&self, name: &str) -> Option<&str> {
+        super::http::tier_desc(self.header("server-timing")?, name)
+    }
+
     /// Sends `request` (the load's request number `target`, or any single request a test wants
     /// recorded the same way) and records its answer; `start` is the moment `sent_at` counts from.
     pub async fn record(request: reqwest::RequestBuilder, target: usize, start: Instant) -> Sample {

@@ -27,8 +27,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use edge::{
-    ASIDE_EDGE_RUNTIME, EDGE_WASM, Edge, EdgeOptions, EdgeRuntime, edge_wasm,
-    manifest_with_allowed_hosts, metric,
+    ASIDE_EDGE_RUNTIME, EDGE_WASM, Edge, EdgeOptions, EdgeRuntime, edge_instances, edge_metrics,
+    edge_wasm, manifest_with_allowed_hosts, metric, metric_sum, scrape_text, sum_samples,
 };
 pub use http::{
     Answer, REQUEST_TIMEOUT, TestApp, call_url, get_url, http_client, http_client_with_timeout,
@@ -36,7 +36,7 @@ pub use http::{
 };
 pub use load::{Load, LoadReport, Sample};
 pub use oidc::{JwksMode, OIDC_AUDIENCE, OidcClient, OidcProvider, OidcStats};
-pub use origin::{Origin, OriginOptions};
+pub use origin::{Origin, OriginOptions, origin_binary};
 pub use postgres::PostgresServer;
 pub use process::{ManagedChild, StopSignal, log_to, spawn_managed, temp_dir};
 pub use redis_server::{RedisHa, RedisSentinel, RedisServer, RedisTls, RedisUser, TlsOptions};

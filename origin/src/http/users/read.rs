@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use aside_shared::headers::{CacheStatus, NO_CACHE};
+use aside_shared::headers::{CacheStatus, NO_CACHE, REDIS_MISSED, X_ASIDE_REDIS};
 use aside_shared::{ApiError, ErrorBody, FieldSelection, UserId};
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri, header};
@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::path_id;
 use super::response::{mark, profile_response};
-use crate::cache::read_through::Answer;
+use crate::cache::read_through::{Answer, ReadMode};
 use crate::http::openapi::schemas::{ProfileAnswer, Unauthorized, Unavailable};
 use crate::http::{AppState, Error};
 
@@ -35,6 +35,9 @@ use crate::http::{AppState, Error};
          example = json!(["email", "department"]),
          description = "Comma-separated field names; the answer then has `id` and those fields only \
                         (a `ProfileProjection`)"),
+        ("x-aside-redis" = Option<String>, Header,
+         description = "`miss` (sent by the edge): the caller found no entry in Redis just before, so \
+                        the origin skips its first look; any other value is ignored"),
     ),
     responses(
         (status = 200, description = "The profile (or the chosen fields)", body = ProfileAnswer,
@@ -61,7 +64,7 @@ pub async fn get_user(
     let selection = FieldSelection::from_query(uri.query()).map_err(ApiError::invalid_query)?;
     let read = state
         .reads
-        .get(id, selection.as_ref(), wants_reload(&headers))
+        .get(id, selection.as_ref(), read_mode(&headers))
         .await?;
     match read.answer {
         Answer::Profile(copy) => Ok(profile_response(&state, copy, read.status, &read.timing)),
@@ -75,12 +78,21 @@ pub async fn get_user(
     }
 }
 
-/// Does the request carry `cache-control: no-cache` (reload from PostgreSQL)?
-fn wants_reload(headers: &HeaderMap) -> bool {
-    headers
+/// `cache-control: no-cache` reloads from PostgreSQL; else `x-aside-redis: miss` (the edge found no
+/// entry in Redis just before) skips the first look; else a plain read.
+fn read_mode(headers: &HeaderMap) -> ReadMode {
+    let reload = headers
         .get_all(header::CACHE_CONTROL)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|d| d.trim().eq_ignore_ascii_case(NO_CACHE))
+        .any(|d| d.trim().eq_ignore_ascii_case(NO_CACHE));
+    let missed = headers
+        .get(X_ASIDE_REDIS)
+        .is_some_and(|v| v.as_bytes() == REDIS_MISSED.as_bytes());
+    match (reload, missed) {
+        (true, _) => ReadMode::Reload,
+        (false, true) => ReadMode::AfterMiss,
+        (false, false) => ReadMode::Plain,
+    }
 }
