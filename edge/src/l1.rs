@@ -450,10 +450,17 @@ impl Tier1 {
         };
         let keep_until = soft.saturating_add(window).max(fresh_until);
         let weight = entry.weight();
+        // A copy from the shared tier carries its freshness cut to the TTL, with no load cost: XFetch
+        // would read that as a soft expiry already past once the feed keeps the copy fresh beyond
+        // it, and refresh it from the origin on every hit. Tier 1 never refreshes such a copy early
+        // (the shared tier's own hits decide with the source's soft expiry).
+        let shared = shelf
+            .freshness
+            .filter(|f| shelf.feed_until_ms.is_none() || f.delta_ms > 0);
         let held = Held {
             entry,
             fresh_until,
-            shared: shelf.freshness,
+            shared,
             feed_until: feed_until.max(fresh_until).min(keep_until),
             tag: shelf.tag,
         };
@@ -898,6 +905,26 @@ mod tests {
             assert!(t.get(&id, 150 * MS).is_none(), "{trust:?}");
             assert_eq!(t.stale(&id, 150 * MS).unwrap().version, 5);
         }
+        // A copy from the shared tier (its freshness cut to the TTL, no load cost; the feed's soft
+        // expiry of its own): fresh by the feed past the TTL, and never picked for an early refresh.
+        let mut t = tier1_with_stale(1000);
+        let adopted = Shelf {
+            freshness: Some(Freshness {
+                fresh_until_ms: WALL + 100,
+                delta_ms: 0,
+            }),
+            feed_until_ms: Some(WALL + 10_000),
+            ..tagged(10_000, 3, 40)
+        };
+        assert!(t.fill(profile_at(5, "Sales"), adopted, 0, WALL));
+        t.set_trust(Some(Trust {
+            epoch: 3,
+            since: 40,
+        }));
+        let hit = t
+            .get(&id, 900 * MS)
+            .expect("fresh by the feed past the 100 ms TTL");
+        assert!(hit.shared.is_none(), "no early refresh: {:?}", hit.shared);
         // An untagged copy (taken with no feed) is never trusted.
         let mut t = tier1_with_stale(1000);
         assert!(t.fill(profile_at(5, "Sales"), tagged(10_000, 0, 0), 0, WALL));
