@@ -138,6 +138,8 @@ async fn handle(request: Request) -> http::Response<FullBody<Bytes>> {
     let uri = request.uri();
     let route = routes::route(request.method(), uri.path(), uri.query());
     let protected = routes::is_public_api(uri.path());
+    // What the client check cost (`server-timing: auth`), on the requests it ran for.
+    let admitting = clock::now();
     let caller = if protected {
         match admit(&edge, &request, &route, deadline).await {
             Ok(caller) => caller,
@@ -151,6 +153,7 @@ async fn handle(request: Request) -> http::Response<FullBody<Bytes>> {
     } else {
         None
     };
+    let auth_ms = (protected && edge.auth.is_some()).then(|| clock::millis_since(admitting));
     let reply = match route {
         Route::Health => Reply::json(
             200,
@@ -175,6 +178,7 @@ async fn handle(request: Request) -> http::Response<FullBody<Bytes>> {
     reply
         .edge_timing(started)
         .instance_start(start_ms)
+        .also_timing("auth", auth_ms)
         .breakers(edge.reads.redis().breaker(), edge.origin.breaker())
         .client_cache(&edge.config.auth, protected)
         .into_response()

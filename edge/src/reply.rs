@@ -160,15 +160,20 @@ impl Reply {
     }
 
     /// Adds `start;dur=<ms>` to `server-timing` on a request that waited for the instance's start.
-    pub fn instance_start(mut self, start_ms: Option<f64>) -> Self {
-        let Some(ms) = start_ms else { return self };
+    pub fn instance_start(self, start_ms: Option<f64>) -> Self {
+        self.also_timing("start", start_ms)
+    }
+
+    /// Appends `name;dur=<ms>` to `server-timing` when `ms` is given.
+    pub fn also_timing(mut self, name: &str, ms: Option<f64>) -> Self {
+        let Some(ms) = ms else { return self };
         let mut value = self
             .headers
             .get(SERVER_TIMING)
             .and_then(|v| v.to_str().ok())
             .map(|v| format!("{v}, "))
             .unwrap_or_default();
-        value.push_str(&format!("start;dur={ms:.3}"));
+        value.push_str(&format!("{name};dur={ms:.3}"));
         if let Ok(value) = HeaderValue::from_str(&value) {
             self.headers.insert(SERVER_TIMING, value);
         }

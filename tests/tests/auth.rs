@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use aside_tests::harness::{
     Edge, EdgeOptions, Origin, Stack, TestEnv, TestIssuer, TestKey, generate_secret, http_client,
-    now_secs,
+    now_secs, tier_ms,
 };
 use base64::Engine as _;
 use reqwest::Method;
@@ -285,6 +285,9 @@ async fn a_cached_profile_is_served_only_to_callers_allowed_to_see_it() {
         .await;
     assert_eq!(first.status, 200, "{first:?}");
     assert_eq!(first.header("vary"), Some("authorization"));
+    // What the client check cost is on the answer, beside the tiers'.
+    let timing = first.header("server-timing").unwrap();
+    assert!(tier_ms(timing, "auth").is_some(), "{timing}");
     let control = first.header("cache-control").unwrap();
     assert!(control.starts_with("private, max-age="), "{control}");
     assert!(control.contains("stale-if-error="), "{control}");
