@@ -417,49 +417,30 @@ pub fn compare(runs: &[Run], hgetall: Option<&RoundTrip>) -> Comparison {
         })
     };
     let mut out = Comparison::default();
-    for run in runs {
-        let Some(runtime) = run.runtime.as_deref() else {
-            continue;
-        };
-        if run.scenario == HELLO {
-            continue;
-        }
-        let Some(hello) = find(HELLO, None, runtime) else {
-            continue;
-        };
-        let (r, h) = (&run.result, &hello.result);
-        let Some((rps_ratio, _, p99_ratio)) = ratios(r, h) else {
-            continue;
-        };
-        out.vs_hello.push(VsHello {
+    // `run` against `base`'s run of `keys` (any keys when `None`) under the run's runtime.
+    let against = |run: &Run, base: &str, keys: Option<&str>| {
+        let runtime = run.runtime.as_deref()?;
+        let baseline = &find(base, keys, runtime)?.result;
+        let (rps_ratio, _, p99_ratio) = ratios(&run.result, baseline)?;
+        Some(VsHello {
             scenario: run.scenario.clone(),
             keys: run.keys.clone(),
             runtime: runtime.to_string(),
             rps_ratio,
-            p50_minus_hello_us: r.latency_us.p50 as i64 - h.latency_us.p50 as i64,
+            p50_minus_hello_us: run.result.latency_us.p50 as i64 - baseline.latency_us.p50 as i64,
             p99_ratio,
-        });
-    }
-    for run in runs.iter().filter(|r| r.scenario == "edge-l2") {
-        let Some(runtime) = run.runtime.as_deref() else {
-            continue;
-        };
-        let Some(binding) = find(HELLO_REDIS, Some(&run.keys), runtime) else {
-            continue;
-        };
-        let (r, b) = (&run.result, &binding.result);
-        let Some((rps_ratio, _, p99_ratio)) = ratios(r, b) else {
-            continue;
-        };
-        out.l2_vs_binding.push(VsHello {
-            scenario: run.scenario.clone(),
-            keys: run.keys.clone(),
-            runtime: runtime.to_string(),
-            rps_ratio,
-            p50_minus_hello_us: r.latency_us.p50 as i64 - b.latency_us.p50 as i64,
-            p99_ratio,
-        });
-    }
+        })
+    };
+    out.vs_hello = runs
+        .iter()
+        .filter(|r| r.scenario != HELLO)
+        .filter_map(|r| against(r, HELLO, None))
+        .collect();
+    out.l2_vs_binding = runs
+        .iter()
+        .filter(|r| r.scenario == "edge-l2")
+        .filter_map(|r| against(r, HELLO_REDIS, Some(&r.keys)))
+        .collect();
     for run in runs {
         let Some(runtime) = run.runtime.as_deref() else {
             continue;
