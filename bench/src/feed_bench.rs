@@ -42,14 +42,8 @@ pub const FILE: &str = "report-feed.json";
 const POLL_LIMIT: Duration = Duration::from_secs(5);
 /// Between two polls of one edge.
 const POLL_EVERY: Duration = Duration::from_millis(5);
-const DEPARTMENTS: [&str; 6] = [
-    "Engineering",
-    "Human Resources",
-    "DevOps",
-    "Security",
-    "Sales",
-    "Marketing",
-];
+/// The writes' new departments: the ones the seed draws from, so every write is a valid change.
+const DEPARTMENTS: [&str; 6] = aside_shared::Department::SEEDED;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FeedReport {
@@ -188,23 +182,7 @@ fn ab_run(
     );
     let args = |seconds: f64| {
         let mut args = loader_args(url.clone(), target, stack);
-        args.extend(
-            [
-                "--keys",
-                "zipf",
-                "--ids",
-                &config.rows.to_string(),
-                "--zipf-s",
-                &config.zipf_s.to_string(),
-                "--concurrency",
-                &config.concurrency.to_string(),
-                "--warmup",
-                "0s",
-                "--duration",
-                &format!("{seconds}s"),
-            ]
-            .map(String::from),
-        );
+        args.extend(zipf_reads(config, config.concurrency, seconds));
         args
     };
     if config.warmup > 0.0 {
@@ -272,23 +250,7 @@ fn staleness(config: &Config, stack: &Stack, rt: Rt) -> anyhow::Result<Staleness
     let mut loads = Loads(Vec::new());
     for target in &edges {
         let mut args = loader_args(stack.ports.url(*target), *target, stack);
-        args.extend(
-            [
-                "--keys",
-                "zipf",
-                "--ids",
-                &config.rows.to_string(),
-                "--zipf-s",
-                &config.zipf_s.to_string(),
-                "--concurrency",
-                &per_edge.to_string(),
-                "--warmup",
-                "0s",
-                "--duration",
-                "3600s",
-            ]
-            .map(String::from),
-        );
+        args.extend(zipf_reads(config, per_edge, 3600.0));
         let log = config
             .logs
             .join(format!("load-staleness-{}.log", target.service()));
@@ -630,4 +592,25 @@ pub fn verify_beside(main: &Path) -> anyhow::Result<()> {
         report.staleness.edges.len()
     );
     Ok(())
+}
+
+/// `aside-load` arguments for Zipf reads over every id from `connections` connections for `seconds`,
+/// no warm-up of its own.
+fn zipf_reads(config: &Config, connections: usize, seconds: f64) -> Vec<String> {
+    [
+        "--keys",
+        "zipf",
+        "--ids",
+        &config.rows.to_string(),
+        "--zipf-s",
+        &config.zipf_s.to_string(),
+        "--concurrency",
+        &connections.to_string(),
+        "--warmup",
+        "0s",
+        "--duration",
+        &format!("{seconds}s"),
+    ]
+    .map(String::from)
+    .to_vec()
 }

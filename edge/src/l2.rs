@@ -22,6 +22,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 
 use std::time::Duration;
@@ -333,18 +334,7 @@ impl Redis {
                 break Err(why_not.take().unwrap_or(Failure::Connect));
             };
             let pooled = Rc::clone(&lease.pooled);
-            let args = arguments.clone();
-            // Owns its lease: a late call is left to finish (crate::clock), its connection kept from
-            // other commands until it has.
-            let call = Box::pin(async move {
-                let result = lease.pooled.connection.execute("XREAD", args).await;
-                drop(lease);
-                match result {
-                    Ok(reply) => Ok(Some(reply)),
-                    Err(e) if is_data_error(&e) => Ok(None),
-                    Err(e) => Err(Failure::Command(describe(&e))),
-                }
-            });
+            let call = leased_call(lease, "XREAD", arguments.clone());
             let left =
                 limit.saturating_sub(Duration::from_nanos(clock::now().saturating_sub(started)));
             let result = match clock::race(left, call).await {
@@ -481,19 +471,7 @@ impl Redis {
                 }
             };
             let pooled = Rc::clone(&lease.pooled);
-            let name = command.to_string();
-            let args = arguments.clone();
-            // Owns its lease: a late call is left to finish, never cancelled (crate::clock), and its
-            // connection is not given to another command until it has.
-            let call = Box::pin(async move {
-                let result = lease.pooled.connection.execute(&name, args).await;
-                drop(lease);
-                match result {
-                    Ok(reply) => Ok(Some(reply)),
-                    Err(e) if is_data_error(&e) => Ok(None),
-                    Err(e) => Err(Failure::Command(describe(&e))),
-                }
-            });
+            let call = leased_call(lease, command, arguments.clone());
             let left =
                 limit.saturating_sub(Duration::from_nanos(clock::now().saturating_sub(started)));
             let result = match clock::race(left, call).await {
@@ -776,6 +754,26 @@ fn bytes_of(result: RedisResult) -> Option<Vec<u8>> {
 }
 
 /// A reply about the key's data rather than about Redis: `WRONGTYPE` (a key that is not a hash).
+/// `name args` on the leased connection. The call owns its lease: a late call is left to finish,
+/// never cancelled (crate::clock), and its connection is not given to another command until it has.
+/// `Ok(None)`: Redis answered with something that is not data the edge can use.
+fn leased_call(
+    lease: Lease<Connection>,
+    name: &str,
+    args: Vec<RedisParameter>,
+) -> Pin<Box<impl Future<Output = Result<Option<Vec<RedisResult>>, Failure>> + use<>>> {
+    let name = name.to_string();
+    Box::pin(async move {
+        let result = lease.pooled.connection.execute(&name, args).await;
+        drop(lease);
+        match result {
+            Ok(reply) => Ok(Some(reply)),
+            Err(e) if is_data_error(&e) => Ok(None),
+            Err(e) => Err(Failure::Command(describe(&e))),
+        }
+    })
+}
+
 fn is_data_error(e: &Error) -> bool {
     match e {
         Error::TypeError => true,

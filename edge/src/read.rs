@@ -509,7 +509,7 @@ impl Drop for Refreshing<'_> {
 }
 
 /// How a read asks the origin.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Ask {
     /// Reload from PostgreSQL (`cache-control: no-cache`).
     reload: bool,
