@@ -31,6 +31,7 @@ use xtask::spin::{NotFound, SpinCli};
 use xtask::stack::{self, Secrets, Services};
 
 mod feed_bench;
+mod overload_bench;
 
 /// Set by Ctrl-C / SIGTERM; checked between steps and while a scenario runs.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -97,7 +98,8 @@ struct RunArgs {
     out: Option<PathBuf>,
     /// Only these scenarios (comma-separated), e.g. `--only edge-l1-hot,edge-l2`; `feed`: issue 24's
     /// invalidation-feed scenarios (A/B feed on/off, Redis commands per read, staleness), written to
-    /// report-feed.{json,md}.
+    /// report-feed.{json,md}; `overload`: issue 29's spike (16 → 1,024 → 16 connections on the edge,
+    /// then hello-world), written to report-overload.{json,md}.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// What runs the edges and the hello-world baseline: `spin` (`spin up` of a Spin 4 CLI: `ASIDE_SPIN`,
@@ -291,6 +293,7 @@ fn verify_file(path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("{} is not a benchmark report", path.display()))?;
     report::verify(&report)?;
     feed_bench::verify_beside(path)?;
+    overload_bench::verify_beside(path)?;
     println!(
         "benchmark report {}: {} runs of {} scenarios, all answered and measured what they claim",
         path.display(),
@@ -830,6 +833,20 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    // Issue 29's spike (bench/src/overload_bench.rs): its own report beside this one.
+    let overload =
+        if config.only.is_empty() || config.only.iter().any(|o| o == overload_bench::NAME) {
+            if redis.db_size()? < config.rows {
+                fill_redis(&config, &stack, &mut redis, &ProgressBar::hidden())?;
+            }
+            Some(overload_bench::run(
+                &config,
+                &stack,
+                config.runtimes.list[0],
+            )?)
+        } else {
+            None
+        };
     drop(redis);
     drop(stack);
 
@@ -837,7 +854,8 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
     report.skipped = config.skipped();
     report.finish();
     write_report(&config, &report)?;
-    feed.as_ref().map_or(Ok(()), feed_bench::verify)
+    feed.as_ref().map_or(Ok(()), feed_bench::verify)?;
+    overload.as_ref().map_or(Ok(()), overload_bench::verify)
 }
 
 /// The settings of one run: the command line with its defaults filled in, and where things are.
@@ -960,7 +978,9 @@ impl Config {
             .collect();
         for o in &self.only {
             anyhow::ensure!(
-                report::SCENARIOS.contains(&o.as_str()) || o == feed_bench::NAME,
+                report::SCENARIOS.contains(&o.as_str())
+                    || o == feed_bench::NAME
+                    || o == overload_bench::NAME,
                 "unknown scenario {o:?}; the scenarios are {}",
                 report::SCENARIOS.join(", ")
             );
