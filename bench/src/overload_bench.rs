@@ -28,10 +28,14 @@ use aside_bench::report;
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
-use super::{Config, Rt, Stack, Target, loader_args, run_loader};
+use crate::catalogue::Target;
+use crate::config::Config;
+use crate::run::{loader_args, run_loader};
+use crate::runtime::Rt;
+use crate::stack::Stack;
 
 /// The name `--only` knows this scenario by.
-pub const NAME: &str = "overload";
+pub const NAME: &str = crate::catalogue::OVERLOAD;
 /// The file beside `report.json`.
 pub const FILE: &str = "report-overload.json";
 /// Connections before and after the spike (the "16").
@@ -143,7 +147,7 @@ pub fn run(config: &Config, stack: &Stack, rt: Rt) -> anyhow::Result<OverloadRep
         ("spike", spike, phase_s),
         ("after", CALM, after_s),
     ] {
-        super::check_stop()?;
+        crate::check_stop()?;
         phases.push(phase(
             config,
             stack,
@@ -156,7 +160,7 @@ pub fn run(config: &Config, stack: &Stack, rt: Rt) -> anyhow::Result<OverloadRep
     }
     std::thread::sleep(Duration::from_secs(1));
     for (name, connections) in [("calm", CALM), ("spike", spike)] {
-        super::check_stop()?;
+        crate::check_stop()?;
         phases.push(phase(
             config,
             stack,
