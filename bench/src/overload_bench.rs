@@ -95,7 +95,7 @@ pub struct Phase {
     pub origin_rps: f64,
     /// The runtime's resident memory (its process and children), peak over the phase, in MiB.
     pub rss_peak_mib: f64,
-    /// 2xx answers in each whole second of the phase.
+    /// Answers (any status) and failed requests in each whole second of the phase.
     pub per_second: Vec<u64>,
 }
 
