@@ -10,10 +10,11 @@
 //! requests per instance); at that bound a command shares the connection with the fewest commands in
 //! flight rather than waiting or skipping Redis.
 //!
-//! A failure of any kind (cannot connect, command error, slower than `redis_timeout_ms` or than what is
-//! left of the request's budget) drops the connection and counts towards the breaker ([`crate::backoff`]):
+//! A failure (cannot connect, command error, or a timeout the edge cannot put down to its own saturation,
+//! [`crate::backoff::Verdict`]) drops the connection and counts towards the breaker ([`crate::backoff`]):
 //! after `redis_failure_threshold` consecutive failures the next requests go straight to the origin until
-//! a probe succeeds. A connection that had answered before and now fails (Redis restarted and closed it
+//! a probe succeeds. A request whose call timed out goes to the origin only if Redis turned out silent
+//! ([`crate::backoff::silent`]); otherwise it is shed, never sent to the origin. A connection that had answered before and now fails (Redis restarted and closed it
 //! while it sat in the pool) is dropped with every other idle one, and the command is tried once more on a
 //! new connection within the same time limit: a restart costs no request its Redis read.
 //! A hash that is missing or does not parse is a plain miss: it says nothing about Redis's health.
@@ -432,10 +433,12 @@ impl Redis {
     /// reachable, but nothing to use. The edge's Redis user may only read: write commands fail.
     ///
     /// A command still unanswered at `limit` is judged by [`Verdict::of_timeout`]: a failure of
-    /// Redis counts towards the breaker and the request goes on without Redis (`Failed`); a stall
-    /// put down to the edge's own saturation blames nothing, and the request keeps waiting for the
-    /// same answer until `deadline` (Redis is up: giving its load to the origin would only add work),
-    /// then gives up (`Shed`: answered from a stale copy or with a 503, never through the origin).
+    /// Redis counts towards the breaker at once; a stall put down to the edge's own saturation blames
+    /// nothing. Either way the request keeps waiting for the same answer within its patience (Redis
+    /// may be up: giving its load to the origin would only add work); still unanswered, it goes on
+    /// without Redis (`Failed`, the origin) only if Redis is silent ([`backoff::silent`]: the call
+    /// started on time and nothing of the instance was answered for a whole timeout), else it gives
+    /// up (`Shed`: answered from a stale copy or with a 503, never through the origin).
     /// A late call is never cancelled (crate::clock): it keeps its connection until it ends.
     pub async fn execute(
         &self,
@@ -739,13 +742,21 @@ impl Redis {
                         }
                     }
                 }
-                // One that heard quick answers before: it keeps waiting within the request's
-                // patience, and the end of the wait decides (crate::backoff, `silent`): Redis
-                // silent for a whole timeout (frozen, gone): counted, and the origin; Redis heard
-                // meanwhile: shed. Failing at once here sent every late open of a spike to the
-                // origin (20 of them in one 4 s spike, each `waited 255-299 ms, nothing else
-                // answered`, and most opened late, not never). A frozen Redis still opens the
-                // breaker at once through the commands of the instance's open connections.
+                // One that heard answers before, and already counted a timeout since the last of
+                // them: a second stall with nothing heard in between, so Redis stopped (frozen,
+                // gone). Fail now, so that the breaker opens for the requests after it (its
+                // connections were dropped with the first stall: this open is how it notices).
+                Verdict::Failing(_) if self.counted_timeout.get() > self.last_answer.get() => {
+                    clock::detach(async move {
+                        let _ = pending.await;
+                    });
+                    None
+                }
+                // Otherwise it keeps waiting within the request's patience, and the end of the
+                // wait decides (crate::backoff, `silent`): Redis silent for a whole timeout:
+                // counted, and the origin; Redis heard meanwhile: shed. Failing at once here sent
+                // every late open of a spike to the origin (20 of them in one 4 s spike, each
+                // `waited 255-299 ms, nothing else answered`: opened late, not never).
                 Verdict::Failing(_) => clock::within(patience(deadline), pending).await,
             },
         };
