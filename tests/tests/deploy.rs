@@ -398,3 +398,31 @@ fn kubernetes_manifests_render_with_kustomize_and_validate_against_their_schemas
         }
     }
 }
+
+/// The origin reads exactly the settings `aside_shared::settings::ORIGIN_SETTINGS` names (the list the
+/// launchers of `cargo xtask up`, the bench and the harness check their names against): every
+/// subcommand's `--help` lists its settings' `env`, and together they are that list.
+#[test]
+fn the_origin_reads_exactly_the_settings_the_shared_list_names() {
+    let mut read = BTreeSet::new();
+    for command in ["migrate", "seed", "serve", "cache-stats"] {
+        let help = run(Command::new(origin_binary()).args([command, "--help"]));
+        let help = assert_success(&help, &format!("aside-origin {command} --help"));
+        read.extend(
+            help.split(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+                .filter(|w| w.starts_with("ASIDE_"))
+                .map(str::to_string),
+        );
+    }
+    let listed: BTreeSet<String> = aside_shared::settings::ORIGIN_SETTINGS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let unlisted: Vec<&String> = read.difference(&listed).collect();
+    let unread: Vec<&String> = listed.difference(&read).collect();
+    assert!(
+        unlisted.is_empty() && unread.is_empty(),
+        "the origin reads settings ORIGIN_SETTINGS does not list: {unlisted:?}; ORIGIN_SETTINGS lists \
+         settings the origin does not read: {unread:?}"
+    );
+}
