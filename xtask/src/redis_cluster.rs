@@ -1,7 +1,8 @@
 //! A Redis Cluster as `deploy/` describes it: every node runs `redis.conf`, `replica.conf` and
 //! `cluster.conf`, with the same ACL users (`users.acl.template`, with its `replica` user: replicas log
-//! in to their primary as it), and the cluster is formed with `redis-cli --cluster create`. Shared by
-//! `cargo xtask up --redis-cluster` and the test harness, so both run the committed files.
+//! in to their primary as it), and the cluster is formed with `redis-cli --cluster create`. The test
+//! harness starts its nodes from here, so it runs the committed files (`cargo xtask up` does not start
+//! a cluster yet: the origin and the edge do not run on one).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -9,14 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::local::HaPasswords;
-use crate::redis_server::{RedisNode, Replication};
-use crate::stack::{Secrets, Services};
+use crate::redis_server::RedisNode;
 
-/// Nodes of the local cluster: three primaries, each with one replica.
-pub const NODES: usize = 6;
-/// Replicas per primary (`--cluster-replicas`).
-pub const REPLICAS_PER_PRIMARY: usize = 1;
 /// Redis Cluster's slot count.
 pub const SLOTS: u16 = 16384;
 /// The cluster bus listens this far above a node's client port (Redis's default `cluster-port 0`).
@@ -294,135 +289,6 @@ pub fn describe(ports: &[u16], admin_password: &str) -> String {
         ));
     }
     lines.join("\n")
-}
-
-/// The client ports of the local cluster: `redis_port` and the next five (their cluster buses 10000
-/// above each).
-pub fn local_ports(redis_port: u16) -> anyhow::Result<Vec<u16>> {
-    redis_port
-        .checked_add(NODES as u16 - 1 + BUS_PORT_OFFSET)
-        .context("--redis-port too high for a cluster (its ports + 5 + 10000 must fit)")?;
-    Ok((0..NODES as u16).map(|i| redis_port + i).collect())
-}
-
-/// A started local cluster.
-pub struct LocalCluster {
-    pub ports: Vec<u16>,
-    admin_password: String,
-}
-
-/// Reads secret `name` in `dir`, generating it on first use (mode 0600).
-fn secret(dir: &Path, name: &str) -> anyhow::Result<String> {
-    let path = dir.join(name);
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        return Ok(existing.trim().to_string());
-    }
-    let value = crate::local::generate_secret();
-    crate::local::write_private(&path, &value)?;
-    Ok(value)
-}
-
-/// Starts [`NODES`] cluster nodes as services (`redis-1`...), data under `<state>/redis-cluster/`,
-/// forms the cluster with `redis-cli --cluster create` the first time (a later `up` finds it formed in
-/// the nodes' `nodes.conf`), and waits until every slot is served and every replica in sync.
-pub fn start_local(
-    root: &Path,
-    redis_port: u16,
-    state: &Path,
-    logs: &Path,
-    secrets: &Secrets,
-    services: &mut Services,
-) -> anyhow::Result<LocalCluster> {
-    const NAMES: [&str; NODES] = [
-        "redis-1", "redis-2", "redis-3", "redis-4", "redis-5", "redis-6",
-    ];
-    let ports = local_ports(redis_port)?;
-    let replica_password = secret(&state.join("secrets"), "redis-replica")?;
-    // Sentinel is not part of a cluster; the template's `sentinel` user gets a password no one has.
-    let unused_sentinel = crate::local::generate_secret();
-    let passwords = HaPasswords {
-        replica: &replica_password,
-        sentinel: &unused_sentinel,
-    };
-    let mut formed = true;
-    for (name, &port) in NAMES.into_iter().zip(&ports) {
-        let dir = state.join("redis-cluster").join(format!("node-{port}"));
-        std::fs::create_dir_all(&dir)?;
-        formed &= dir.join("nodes.conf").exists();
-        let node = RedisNode {
-            dir: &dir,
-            port,
-            passwords: secrets.redis_passwords(),
-            replication: Some(Replication {
-                passwords,
-                replica_of: None,
-            }),
-        };
-        start_node(name, &node, root, logs, services)?;
-    }
-    let primaries = NODES / (REPLICAS_PER_PRIMARY + 1);
-    if !formed || cluster_info(ports[0], &secrets.redis_admin, "cluster_slots_assigned")? == "0" {
-        let output = create_command(&ports, &secrets.redis_admin, REPLICAS_PER_PRIMARY)
-            .output()
-            .context("run redis-cli --cluster create (is redis-tools installed?)")?;
-        if !output.status.success() {
-            bail!(
-                "redis-cli --cluster create failed:\n{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-    }
-    wait_ready(
-        &ports,
-        &secrets.redis_admin,
-        primaries,
-        Duration::from_secs(60),
-    )?;
-    Ok(LocalCluster {
-        ports,
-        admin_password: secrets.redis_admin.clone(),
-    })
-}
-
-/// [`crate::stack::start_redis_node`] for a cluster node.
-fn start_node(
-    name: &'static str,
-    node: &RedisNode<'_>,
-    root: &Path,
-    logs: &Path,
-    services: &mut Services,
-) -> anyhow::Result<()> {
-    let log_file = logs.join(format!("{name}.log"));
-    for attempt in 1..=2 {
-        let _ = std::fs::remove_file(&log_file);
-        services.spawn(name, node_command(node, root)?, logs, libc::SIGTERM)?;
-        if services.wait_for_port(node.port, logs).is_ok() {
-            return Ok(());
-        }
-        services.0.pop();
-        let log = std::fs::read_to_string(&log_file).unwrap_or_default();
-        if attempt == 2 || !crate::redis_server::retry_without_defrag(&log) {
-            break;
-        }
-    }
-    bail!("redis-server did not start; see {}", log_file.display())
-}
-
-impl LocalCluster {
-    /// `127.0.0.1:port,...` of every node: the seed list a cluster client starts from.
-    pub fn addresses(&self) -> String {
-        self.ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    /// One line per node: its role and its slots.
-    pub fn describe(&self) -> String {
-        describe(&self.ports, &self.admin_password)
-    }
 }
 
 #[cfg(test)]
