@@ -49,6 +49,10 @@ pub const EDGE_VARIABLES: [&str; 40] = [
     "feed_max_lag_ms",
 ];
 
+/// Spin variables spin.toml declares for its own templates (`allowed_outbound_hosts`) that the component
+/// never reads: the identity provider's origin, which the edge may fetch keys from.
+pub const MANIFEST_VARIABLES: &[&str] = &["auth_provider_origin"];
+
 /// Every environment variable the origin reads (`aside-origin serve` and its other commands). A
 /// `..._FILE` twin reads a secret from a file instead.
 pub const ORIGIN_SETTINGS: &[&str] = &[
@@ -113,9 +117,10 @@ pub const ORIGIN_SETTINGS: &[&str] = &[
     "ASIDE_XFETCH_BETA",
 ];
 
-/// Whether the edge reads a Spin variable of this name.
+/// Whether spin.toml declares a Spin variable of this name for the edge: one it reads, or one of its
+/// manifest's templates.
 pub fn is_edge_variable(name: &str) -> bool {
-    EDGE_VARIABLES.contains(&name)
+    EDGE_VARIABLES.contains(&name) || MANIFEST_VARIABLES.contains(&name)
 }
 
 /// Whether the origin reads an environment variable of this name.
@@ -135,7 +140,10 @@ mod tests {
 
     #[test]
     fn names_are_unique_and_well_formed() {
-        for list in [&EDGE_VARIABLES[..], ORIGIN_SETTINGS] {
+        for list in [
+            &[&EDGE_VARIABLES[..], MANIFEST_VARIABLES].concat()[..],
+            ORIGIN_SETTINGS,
+        ] {
             let mut sorted = list.to_vec();
             sorted.sort_unstable();
             sorted.dedup();
@@ -155,6 +163,7 @@ mod tests {
             "SPIN_VARIABLE_REDIS_ADDRESS"
         );
         assert!(is_edge_variable("feed_poll_ms") && !is_edge_variable("feed_pol_ms"));
+        assert!(is_edge_variable("auth_provider_origin"));
         assert!(is_origin_setting("ASIDE_REDIS_URL") && !is_origin_setting("ASIDE_REDIS_URI"));
     }
 }

@@ -363,6 +363,23 @@ fn kubernetes_manifests_render_with_kustomize_and_validate_against_their_schemas
     // Secret, never as a value.
     let manifest: toml::Value =
         toml::from_str(&std::fs::read_to_string(root.join("spin.toml")).unwrap()).unwrap();
+    // spin.toml declares exactly the edge's variables (aside_shared::settings, which the edge's config
+    // reads and the launchers check names against) and its templates' own.
+    let declared: BTreeSet<&str> = manifest["variables"]
+        .as_table()
+        .expect("spin.toml has [variables]")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let named: BTreeSet<&str> = aside_shared::settings::EDGE_VARIABLES
+        .iter()
+        .chain(aside_shared::settings::MANIFEST_VARIABLES)
+        .copied()
+        .collect();
+    assert_eq!(
+        declared, named,
+        "spin.toml's [variables] and aside_shared::settings differ"
+    );
     let declared = manifest["variables"].as_table().unwrap();
     let spinapp = &kind(&overlay, "SpinApp")[0]["spec"];
     let mut bound = BTreeSet::new();
