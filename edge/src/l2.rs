@@ -292,7 +292,7 @@ impl Redis {
         }
     }
 
-    /// A non-blocking `XREAD COUNT <count> STREAMS aside:feed <after>` of the invalidation feed
+    /// A non-blocking `XREAD COUNT <count> STREAMS aside:{feed} <after>` of the invalidation feed
     /// ([`crate::feed`]): the reply as Spin flattens it, nils as `None` (an empty list when there is
     /// nothing new); at most `limit`. `Err(true)` when Redis answered with a data error (the key is not a
     /// stream), `Err(false)` when the read failed, came late or was not tried.

@@ -38,7 +38,7 @@ fn check_user_id(text: &str) {
         Ok(id) => {
             assert!(canonical, "accepted a non-canonical id {text:?}");
             assert_eq!(id.to_string(), text);
-            assert_eq!(profile_key(id), format!("user:profile:{text}"));
+            assert_eq!(profile_key(id), format!("user:profile:{{{text}}}"));
             let json = serde_json::to_string(&id).expect("an id serialises");
             assert_eq!(json, text);
             assert_eq!(serde_json::from_str::<UserId>(&json).ok(), Some(id));

@@ -1,6 +1,7 @@
 //! Redis key names and the profile <-> hash mapping.
 //!
-//! A profile is cached as one Redis hash, key `user:profile:{id}`, whose fields are the six profile
+//! A profile is cached as one Redis hash, key `user:profile:{<id>}` (the braces are a Redis Cluster
+//! hash tag, see [`profile_key`]), whose fields are the six profile
 //! fields (named as in the JSON API) plus `_`-prefixed metadata. Hashes keep small profiles in the compact
 //! listpack encoding and let a reader fetch only some fields with `HMGET`.
 //!
@@ -49,18 +50,33 @@ pub const DEFAULT_MISSING_TTL_SECS: u64 = 30;
 /// when the row is deleted (fills are bounded by the request timeout, 2 s by default).
 pub const DEFAULT_TOMBSTONE_TTL_SECS: u64 = 60;
 
-/// The Redis key of a profile: `user:profile:{id}`.
+/// The Redis key of a profile: `user:profile:{<id>}`, the id in braces.
+///
+/// The braces are a Redis Cluster hash tag: a cluster places a key by the CRC16 of its tag only, so a
+/// profile's hash and its fill lease ([`lease_key`], which a script touches together with the hash) sit
+/// in the same slot on every cluster, and on a single node or under Sentinel they are just characters.
+/// Earlier versions wrote `user:profile:<id>` (no braces): those keys are never read again (a reader of
+/// this version finds no key under the new name, a miss, never an error) and expire by their TTL; see
+/// docs/operations.md, "Key names", for the upgrade.
 pub fn profile_key(id: UserId) -> String {
-    format!("{PROFILE_KEY_PREFIX}{id}")
+    format!("{PROFILE_KEY_PREFIX}{{{id}}}")
+}
+
+/// The id in a profile key of this version ([`profile_key`]), `None` for anything else (an old-style
+/// `user:profile:<id>` key included).
+pub fn id_of_profile_key(key: &str) -> Option<UserId> {
+    let tag = key.strip_prefix(PROFILE_KEY_PREFIX)?;
+    UserId::parse(tag.strip_prefix('{')?.strip_suffix('}')?).ok()
 }
 
 /// Prefix of the short-lived fill leases (`SET NX PX`): the origin that holds `user:lease:{id}` is the
 /// one that loads `id` from PostgreSQL, so origins filling the same key cost one query.
 pub const LEASE_KEY_PREFIX: &str = "user:lease:";
 
-/// The Redis key of the fill lease for a profile: `user:lease:{id}`.
+/// The Redis key of the fill lease for a profile: `user:lease:{<id>}`, with the same hash tag as the
+/// profile's key, so the script that takes the lease and reads the profile names keys of one slot.
 pub fn lease_key(id: UserId) -> String {
-    format!("{LEASE_KEY_PREFIX}{id}")
+    format!("{LEASE_KEY_PREFIX}{{{id}}}")
 }
 
 /// A profile as stored in Redis: the profile and the metadata the cache keeps beside it.
@@ -500,15 +516,36 @@ mod tests {
     }
 
     #[test]
-    fn key_scheme_is_user_profile_id() {
-        assert_eq!(profile_key(UserId::parse("42").unwrap()), "user:profile:42");
+    fn key_scheme_is_user_profile_id_in_a_hash_tag() {
+        assert_eq!(
+            profile_key(UserId::parse("42").unwrap()),
+            "user:profile:{42}"
+        );
     }
 
     #[test]
     fn lease_keys_sit_beside_profile_keys() {
         let id = UserId::parse("42").unwrap();
-        assert_eq!(lease_key(id), "user:lease:42");
-        assert_eq!(profile_key(id), "user:profile:42");
+        assert_eq!(lease_key(id), "user:lease:{42}");
+        assert_eq!(profile_key(id), "user:profile:{42}");
+    }
+
+    #[test]
+    fn profile_keys_give_back_their_id_and_old_style_keys_none() {
+        let id = UserId::parse("42").unwrap();
+        assert_eq!(id_of_profile_key(&profile_key(id)), Some(id));
+        for other in [
+            "user:profile:42",
+            "user:profile:{42",
+            "user:profile:42}",
+            "user:profile:{}",
+            "user:profile:{x}",
+            "user:profile:{042}",
+            "user:lease:{42}",
+            "aside:{feed}",
+        ] {
+            assert_eq!(id_of_profile_key(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -17,10 +17,12 @@
 //! Spin's Redis binding returns `XREAD`'s nested reply flattened depth-first:
 //! `key, id1, f, v, f, v, ..., id2, f, v, ...`; [`parse_flat_xread`] reads that form.
 
-/// The stream the origin appends to.
-pub const FEED_KEY: &str = "aside:feed";
+/// The stream the origin appends to. With [`FEED_SEQ_KEY`] it shares the hash tag `{feed}`: the
+/// heartbeat script touches both, and on a Redis Cluster they must sit in one slot (so one node holds
+/// the whole feed). Earlier versions named them `aside:feed` and `aside:feed:seq`.
+pub const FEED_KEY: &str = "aside:{feed}";
 /// The counter that numbers the stream's entries.
-pub const FEED_SEQ_KEY: &str = "aside:feed:seq";
+pub const FEED_SEQ_KEY: &str = "aside:{feed}:seq";
 /// The default cap on the stream's length (`XADD MAXLEN ~`).
 pub const DEFAULT_FEED_MAXLEN: u64 = 10_000;
 /// The default interval between heartbeats, in ms.
@@ -156,7 +158,7 @@ mod tests {
     #[test]
     fn a_flattened_reply_parses_into_changes_and_heartbeats() {
         let reply: Vec<_> = [
-            "aside:feed",
+            "aside:{feed}",
             "1700000000000-0",
             "s",
             "41",
@@ -216,13 +218,13 @@ mod tests {
     fn anything_else_is_refused() {
         let cases: Vec<Vec<&str>> = vec![
             vec!["other", "1-0", "s", "1", "k", "h"],
-            vec!["aside:feed", "x-0", "s", "1", "k", "h"],
-            vec!["aside:feed", "1-0", "s", "1"],
-            vec!["aside:feed", "1-0", "s", "1", "k", "z"],
-            vec!["aside:feed", "1-0", "k", "h", "s", "1"],
-            vec!["aside:feed", "1-0", "s", "-1", "k", "h"],
+            vec!["aside:{feed}", "x-0", "s", "1", "k", "h"],
+            vec!["aside:{feed}", "1-0", "s", "1"],
+            vec!["aside:{feed}", "1-0", "s", "1", "k", "z"],
+            vec!["aside:{feed}", "1-0", "k", "h", "s", "1"],
+            vec!["aside:{feed}", "1-0", "s", "-1", "k", "h"],
             vec![
-                "aside:feed",
+                "aside:{feed}",
                 "1-0",
                 "s",
                 "1",
@@ -236,7 +238,7 @@ mod tests {
                 "0",
             ],
             vec![
-                "aside:feed",
+                "aside:{feed}",
                 "1-0",
                 "s",
                 "1",
@@ -249,7 +251,7 @@ mod tests {
                 "r",
                 "1",
             ],
-            vec!["aside:feed", "1-0", "s", "1", "k", "h", "2-0"],
+            vec!["aside:{feed}", "1-0", "s", "1", "k", "h", "2-0"],
         ];
         for case in cases {
             let reply: Vec<_> = case.iter().map(|s| t(s)).collect();

@@ -12,6 +12,7 @@
 //! * [`input`]: write bodies (`ProfileInput`, `ProfilePatch`), parsed with the same rules on both sides.
 //! * [`headers`]: header names and values both sides emit (`x-cache`, `server-timing`).
 //! * [`settings`]: the names of the edge's Spin variables and the origin's environment variables.
+//! * [`slot`]: Redis Cluster key slots (CRC16 and hash tags).
 //! * `openapi` (feature `openapi`, the origin only): the OpenAPI schemas of these types, every limit
 //!   taken from the parsers.
 
@@ -27,6 +28,7 @@ pub mod input;
 pub mod openapi;
 pub mod scopes;
 pub mod settings;
+pub mod slot;
 
 pub use cache::{CacheEntry, CachedProfile, Freshness, HashError};
 pub use domain::{

@@ -64,7 +64,10 @@ async fn row(db: &tokio_postgres::Client, id: i32) -> Option<(Value, i64)> {
 type Redis = redis::aio::MultiplexedConnection;
 
 async fn hash(redis: &mut Redis, id: i64) -> HashMap<String, String> {
-    redis.hgetall(format!("user:profile:{id}")).await.unwrap()
+    redis
+        .hgetall(format!("user:profile:{{{id}}}"))
+        .await
+        .unwrap()
 }
 
 /// The cached hash as the API's JSON plus its version (`None` unless it holds a profile).
@@ -98,7 +101,7 @@ async fn await_hash(
     loop {
         // A Redis that was just restarted may still be loading its data (`LOADING`): not yet.
         let h: Result<HashMap<String, String>, _> =
-            redis.hgetall(format!("user:profile:{id}")).await;
+            redis.hgetall(format!("user:profile:{{{id}}}")).await;
         if h.as_ref().is_ok_and(&check) {
             return started.elapsed();
         }
@@ -249,7 +252,7 @@ async fn delete_answers_204_then_404_and_leaves_a_versioned_tombstone() {
     assert_eq!(h.get("_state").map(String::as_str), Some("deleted"));
     assert_eq!(h.get("_version").map(String::as_str), Some("2"));
     assert!(!h.contains_key("email"), "a tombstone holds no profile");
-    let ttl: i64 = redis.ttl("user:profile:3").await.unwrap();
+    let ttl: i64 = redis.ttl("user:profile:{3}").await.unwrap();
     assert!((1..=45).contains(&ttl), "tombstone TTL {ttl}");
 
     let before = metric(&origin, PROFILE_QUERIES).await;
@@ -529,7 +532,7 @@ async fn an_unknown_id_is_cached_as_missing_and_a_created_row_replaces_the_marke
     let h = hash(&mut redis, 6).await;
     assert_eq!(h.get("_state").map(String::as_str), Some("missing"));
     assert_eq!(h.get("_version").map(String::as_str), Some("0"));
-    let ttl: i64 = redis.ttl("user:profile:6").await.unwrap();
+    let ttl: i64 = redis.ttl("user:profile:{6}").await.unwrap();
     assert!((1..=25).contains(&ttl), "marker TTL {ttl}");
     let before = metric(&origin, PROFILE_QUERIES).await;
     for _ in 0..5 {
@@ -776,7 +779,7 @@ async fn a_bulk_update_of_500_rows_reaches_redis_within_a_second() {
             let mut pipe = redis::pipe();
             for id in 1..=500 {
                 pipe.cmd("HMGET")
-                    .arg(format!("user:profile:{id}"))
+                    .arg(format!("user:profile:{{{id}}}"))
                     .arg("_version")
                     .arg("department");
             }
@@ -1253,7 +1256,7 @@ async fn measure_sql_update_to_redis_delay() {
             .unwrap()
             .get(0);
         let committed = Instant::now();
-        let key = format!("user:profile:{id}");
+        let key = format!("user:profile:{{{id}}}");
         loop {
             let v: Option<String> = redis.hget(&key, "_version").await.unwrap();
             if v.and_then(|v| v.parse::<i64>().ok()) >= Some(version) {

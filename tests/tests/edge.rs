@@ -159,6 +159,77 @@ async fn a_fresh_instance_per_request_is_served_from_tier_two() {
     assert_eq!(metric(&origin.url(), PROFILE_QUERIES).await, 1.0);
 }
 
+/// The key names of earlier versions (`user:profile:<id>`, `user:lease:<id>`, no hash tag) left in
+/// Redis by a running deployment: this version never reads them, so they are misses (never errors),
+/// whatever they hold, and it leaves them to expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_style_key_names_left_by_an_earlier_version_read_as_misses() {
+    let stack = Stack::shared().await;
+    let (env, token, origin) = origin_for(stack, 5).await;
+    let mut redis = stack.redis.admin(env.redis_db).await.unwrap();
+    // An old-style copy of profile 2 that differs from PostgreSQL (another department, a version far
+    // ahead, fresh for an hour): were it read, it would be served and would win every compare-and-set.
+    assert_eq!(origin_get(&origin, &token, "/users/2").await.status, 200);
+    let mut hash: HashMap<String, String> = redis.hgetall("user:profile:{2}").await.unwrap();
+    assert!(!hash.is_empty());
+    hash.insert("department".into(), "Planted".into());
+    hash.insert("_version".into(), "999999".into());
+    let fresh_until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 3_600_000;
+    hash.insert("_fresh_until".into(), fresh_until.to_string());
+    let pairs: Vec<(String, String)> = hash.into_iter().collect();
+    let _: () = redis.hset_multiple("user:profile:2", &pairs).await.unwrap();
+    let _: () = redis.del("user:profile:{2}").await.unwrap();
+    // Old-style keys of the wrong type, and an old-style fill lease held by an "old origin".
+    let _: () = redis.set("user:profile:3", "garbage").await.unwrap();
+    let _: () = redis
+        .set_ex("user:lease:4", "old-origin", 60)
+        .await
+        .unwrap();
+
+    let edge = EdgeOptions::new(stack, &env, &origin.url(), &token)
+        .max_instance_reuse_count(1)
+        .start()
+        .await
+        .unwrap();
+    for id in [2, 3, 4] {
+        let expected = env.profile_json(stack, id).await.unwrap();
+        let path = format!("/users/{id}");
+        let first = get(&edge, &path).await;
+        assert_eq!(
+            (first.status, first.cache()),
+            (200, "MISS"),
+            "{id}: {first:?}"
+        );
+        assert_eq!(
+            first.json(),
+            expected,
+            "{id}: PostgreSQL's row, not the old key's"
+        );
+        // Filled under the new name: the next instance reads it from tier 2.
+        let second = get(&edge, &path).await;
+        assert_eq!(
+            (second.status, second.cache()),
+            (200, "L2"),
+            "{id}: {second:?}"
+        );
+        assert_eq!(second.body, first.body);
+        let projected = get(&edge, &format!("{path}?fields=department")).await;
+        assert_eq!(projected.status, 200, "{id}: {projected:?}");
+        assert_eq!(projected.json()["department"], expected["department"]);
+        let direct = origin_get(&origin, &token, &path).await;
+        assert_eq!(direct.json(), expected, "{id}: the origin's own read");
+    }
+    // The old keys are left as they were (they expire by their own TTLs).
+    let planted: String = redis.hget("user:profile:2", "department").await.unwrap();
+    assert_eq!(planted, "Planted");
+    let garbage: String = redis.get("user:profile:3").await.unwrap();
+    assert_eq!(garbage, "garbage");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fields_projections_are_identical_from_the_origin_tier_two_and_tier_one() {
     let stack = Stack::shared().await;
@@ -416,7 +487,7 @@ async fn the_origin_token_is_enforced_and_a_rejected_edge_caches_nothing() {
     let mut redis = stack.redis.admin(env.redis_db).await.unwrap();
     let mut keys: Vec<String> = redis.keys("*").await.unwrap();
     // (The invalidation feed's heartbeats are the origin's own, not a cached answer.)
-    keys.retain(|k| !k.starts_with("aside:feed"));
+    keys.retain(|k| !k.starts_with("aside:{feed}"));
     assert!(keys.is_empty(), "{keys:?}");
 
     // The edge with the right token ignores whatever authorization a client sends: it speaks for
@@ -441,7 +512,7 @@ async fn a_manifest_that_does_not_allow_redis_gets_no_redis() {
     // Redis has the profile (the origin filled it), so an allowed edge would hit it.
     assert_eq!(origin_get(&origin, &token, "/users/3").await.status, 200);
     let mut redis = stack.redis.admin(env.redis_db).await.unwrap();
-    assert!(redis.exists::<_, bool>("user:profile:3").await.unwrap());
+    assert!(redis.exists::<_, bool>("user:profile:{3}").await.unwrap());
 
     let manifest = manifest_with_allowed_hosts(&["{{ origin_url }}"]).unwrap();
     // Spin checks allowed_outbound_hosts when a connection is made, not at start.

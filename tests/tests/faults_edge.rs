@@ -245,7 +245,7 @@ async fn soft_expire(redis: &RedisServer, env: &TestEnv) {
         .as_millis() as i64
         - 1000;
     for id in 1..=CACHED {
-        let key = format!("user:profile:{id}");
+        let key = format!("user:profile:{{{id}}}");
         let exists: bool = redis::cmd("EXISTS")
             .arg(&key)
             .query_async(&mut admin)
@@ -608,7 +608,7 @@ async fn set_freshness(
         .unwrap()
         .as_millis() as i64;
     let () = redis::cmd("HSET")
-        .arg(format!("user:profile:{id}"))
+        .arg(format!("user:profile:{{{id}}}"))
         .arg("_fresh_until")
         .arg(now + fresh_for_ms)
         .arg("_delta_ms")

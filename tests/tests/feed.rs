@@ -166,7 +166,7 @@ async fn with_the_feed_off_the_origin_announces_nothing() {
     let mut admin = stack.redis.admin(env.redis_db).await.unwrap();
     let exists: bool = admin.exists(FEED_KEY).await.unwrap();
     assert!(!exists, "no stream without a feed");
-    let cached: HashMap<String, String> = admin.hgetall("user:profile:2").await.unwrap();
+    let cached: HashMap<String, String> = admin.hgetall("user:profile:{2}").await.unwrap();
     assert_eq!(
         cached["department"], "Security",
         "the write-through still happens"
@@ -752,7 +752,7 @@ async fn change_behind_the_feed(stack: &Stack, env: &TestEnv, id: i32, history: 
     let mut admin = stack.redis.admin(env.redis_db).await.unwrap();
     let _: () = admin
         .hset_multiple(
-            format!("user:profile:{id}"),
+            format!("user:profile:{{{id}}}"),
             &[
                 ("department", "Human Resources".to_string()),
                 ("_version", version.to_string()),
@@ -964,7 +964,7 @@ async fn a_failing_feed_read_never_opens_the_redis_breaker_nor_sends_reads_to_th
         .unwrap();
     let refused = read_for(4).await;
     let _: () = redis::cmd("ACL")
-        .arg(&["SETUSER", "edge", "(%R~aside:feed +xread)"])
+        .arg(&["SETUSER", "edge", "(%R~aside:{feed} +xread)"])
         .query_async(&mut admin)
         .await
         .unwrap();

@@ -99,7 +99,7 @@ async fn drive_traffic(stack: &Stack, env: &TestEnv, origin: &Origin) {
     // PostgreSQL, and its fill replaces the foreign value with the profile hash.
     let mut admin = stack.redis.admin(env.redis_db).await.unwrap();
     let _: () = redis::cmd("SET")
-        .arg("user:profile:4")
+        .arg("user:profile:{4}")
         .arg("not a hash")
         .query_async(&mut admin)
         .await
@@ -304,7 +304,7 @@ async fn cache_stats_count_this_databases_keys_with_scan_never_keys() {
     for id in 1..=100 {
         let size: u64 = redis::cmd("MEMORY")
             .arg("USAGE")
-            .arg(format!("user:profile:{id}"))
+            .arg(format!("user:profile:{{{id}}}"))
             .query_async(&mut redis)
             .await
             .unwrap();

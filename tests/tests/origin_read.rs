@@ -36,7 +36,7 @@ async fn fill_writes_the_hash_with_a_jittered_ttl_and_a_deleted_key_is_refilled(
     for id in 1..=30 {
         let (status, x_cache, _) = get(&format!("{}/users/{id}", origin.url())).await;
         assert_eq!((status, x_cache.as_deref()), (200, Some("MISS")));
-        let key = format!("user:profile:{id}");
+        let key = format!("user:profile:{{{id}}}");
         let hard_ms: i64 = redis.pttl(&key).await.unwrap();
         let fresh_until: i64 = redis.hget(&key, "_fresh_until").await.unwrap();
         let now = std::time::SystemTime::now()
@@ -63,14 +63,14 @@ async fn fill_writes_the_hash_with_a_jittered_ttl_and_a_deleted_key_is_refilled(
     assert!(distinct.len() > 5, "TTLs are not jittered: {ttls:?}");
 
     let hash: std::collections::HashMap<String, String> =
-        redis.hgetall("user:profile:3").await.unwrap();
+        redis.hgetall("user:profile:{3}").await.unwrap();
     let expected = env.profile_json(stack, 3).await.unwrap();
     assert_eq!(hash["email"], expected["email"].as_str().unwrap());
     assert_eq!(hash["_version"], "1");
     assert!(hash.contains_key("_filled_at"));
     assert!(hash.contains_key("_delta_ms"));
 
-    let _: () = redis.del("user:profile:3").await.unwrap();
+    let _: () = redis.del("user:profile:{3}").await.unwrap();
     let (_, x_cache, body) = get(&format!("{}/users/3", origin.url())).await;
     assert_eq!(x_cache.as_deref(), Some("MISS"));
     assert_eq!(body, expected);
@@ -190,7 +190,7 @@ async fn a_malformed_hash_is_a_miss_and_gets_repaired() {
     let mut redis = stack.redis.admin(env.redis_db).await.unwrap();
     let _: () = redis
         .hset_multiple(
-            "user:profile:1",
+            "user:profile:{1}",
             &[("full_name", "X"), ("gender", "Q"), ("_version", "zz")],
         )
         .await
@@ -327,6 +327,6 @@ async fn redis_down_serves_from_postgres_and_recovers_when_redis_returns() {
     .await;
     assert!(recovered, "no cache hit within 10 s of Redis coming back");
     let mut redis = stack.redis.admin(env.redis_db).await.unwrap();
-    let exists: bool = redis.exists("user:profile:7").await.unwrap();
+    let exists: bool = redis.exists("user:profile:{7}").await.unwrap();
     assert!(exists);
 }

@@ -141,7 +141,7 @@ impl Ha {
             let mut c = self.redis.nodes[n].admin(self.env.redis_db).await.unwrap();
             for (&id, &version) in &versions {
                 let cached: Option<i64> = redis::cmd("HGET")
-                    .arg(format!("user:profile:{id}"))
+                    .arg(format!("user:profile:{{{id}}}"))
                     .arg("_version")
                     .query_async(&mut c)
                     .await

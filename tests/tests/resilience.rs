@@ -60,7 +60,7 @@ async fn breaker_open(origin: &Origin, backend: &str) -> bool {
 /// Makes a cached profile soft-expired (as if its soft TTL had passed) without waiting.
 async fn expire_softly(stack: &Stack, env: &TestEnv, id: i32) {
     let mut redis = stack.redis.admin(env.redis_db).await.unwrap();
-    let key = format!("user:profile:{id}");
+    let key = format!("user:profile:{{{id}}}");
     let exists: bool = redis.exists(&key).await.unwrap();
     assert!(exists, "{key} is not cached");
     let _: () = redis
@@ -316,7 +316,7 @@ async fn a_hot_key_expiring_under_500_requests_on_3_origins_costs_one_query() {
             expire_softly(stack, &env, 1).await;
         } else {
             let mut redis = stack.redis.admin(env.redis_db).await.unwrap();
-            let _: () = redis.del("user:profile:1").await.unwrap();
+            let _: () = redis.del("user:profile:{1}").await.unwrap();
         }
         let before = queries(&all).await;
         let report = Load::new(urls.clone()).burst(500).await;
@@ -385,14 +385,14 @@ async fn the_lease_holder_dying_delays_the_others_only_until_the_lease_expires()
     let mut redis = stack.redis.admin(env.redis_db).await.unwrap();
     let leased = wait_until(Duration::from_secs(5), || {
         let mut redis = redis.clone();
-        async move { redis.exists::<_, bool>("user:lease:2").await.unwrap() }
+        async move { redis.exists::<_, bool>("user:lease:{2}").await.unwrap() }
     })
     .await;
     assert!(leased, "the holder did not take the lease");
     holder.kill();
     let killed = Instant::now();
     let _ = held.await;
-    let lease_left: i64 = redis.pttl("user:lease:2").await.unwrap();
+    let lease_left: i64 = redis.pttl("user:lease:{2}").await.unwrap();
     assert!(lease_left > 0, "the dead holder's lease is still there");
 
     let before = queries(&others.iter().collect::<Vec<_>>()).await;
@@ -423,7 +423,7 @@ async fn the_lease_holder_dying_delays_the_others_only_until_the_lease_expires()
         report.max_latency()
     );
     assert_eq!(made, 1.0, "one of the others loaded, once");
-    let exists: bool = redis.exists("user:lease:2").await.unwrap();
+    let exists: bool = redis.exists("user:lease:{2}").await.unwrap();
     assert!(!exists, "the new holder released its lease");
 }
 
@@ -533,7 +533,7 @@ async fn cache_control_tells_how_long_a_copy_is_fresh_and_usable() {
     // Soft-expired 10 s ago, PostgreSQL down: STALE, max-age=0, ~40 s of stale use left.
     let mut redis = stack.redis.admin(env.redis_db).await.unwrap();
     let _: () = redis
-        .hset("user:profile:2", "_fresh_until", now_ms() - 10_000)
+        .hset("user:profile:{2}", "_fresh_until", now_ms() - 10_000)
         .await
         .unwrap();
     stack.postgres.stop();
@@ -634,12 +634,12 @@ async fn a_redis_restart_keeps_the_cache() {
         let mut admin = admin;
         let mut n = 0;
         for id in range {
-            let ttl: i64 = admin.pttl(format!("user:profile:{id}")).await.unwrap();
+            let ttl: i64 = admin.pttl(format!("user:profile:{{{id}}}")).await.unwrap();
             n += usize::from(ttl > 0);
         }
         n
     };
-    let ttl_before: i64 = admin.pttl("user:profile:5").await.unwrap();
+    let ttl_before: i64 = admin.pttl("user:profile:{5}").await.unwrap();
 
     let started = Instant::now();
     stack.redis.shutdown().await.unwrap();
@@ -647,7 +647,7 @@ async fn a_redis_restart_keeps_the_cache() {
     let admin = loaded_admin(&stack, &env).await;
     let graceful = started.elapsed();
     let kept = count(admin.clone(), 1..=20).await;
-    let ttl_after: i64 = admin.clone().pttl("user:profile:5").await.unwrap();
+    let ttl_after: i64 = admin.clone().pttl("user:profile:{5}").await.unwrap();
     eprintln!(
         "redis graceful restart: {kept}/20 keys kept, restart took {} ms, TTL {ttl_before} → {ttl_after} ms",
         graceful.as_millis()

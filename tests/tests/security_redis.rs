@@ -31,9 +31,9 @@ use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
 
 /// The canary profile hash: the one key both services may touch.
-const PROFILE: &str = "user:profile:1";
+const PROFILE: &str = "user:profile:{1}";
 /// A lease key: the origin's, not the edge's.
-const LEASE: &str = "user:lease:1";
+const LEASE: &str = "user:lease:{1}";
 /// Keys outside both services' prefixes.
 const OTHER: &str = "other:key";
 /// The invalidation feed's stream and counter (the edge reads the stream, the origin's script writes both).
@@ -162,16 +162,16 @@ fn common_cases(db: u32, scripts: &Scripts, dead_port: u16) -> Vec<Case> {
         case("write", &["UNLINK", PROFILE]),
         case("write", &["EXPIRE", PROFILE, "1"]),
         case("write", &["PERSIST", PROFILE]),
-        case("write", &["RENAME", PROFILE, "user:profile:2"]),
-        case("write", &["COPY", PROFILE, "user:profile:2"]),
+        case("write", &["RENAME", PROFILE, "user:profile:{2}"]),
+        case("write", &["COPY", PROFILE, "user:profile:{2}"]),
         case("write", &["GETDEL", LEASE]),
         case("write", &["MSET", PROFILE, "x", OTHER, "y"]),
         case("write", &["APPEND", LEASE, "x"]),
         case("write", &["INCR", LEASE]),
-        case("write", &["SETEX", "user:profile:2", "10", "x"]),
-        case("write", &["LPUSH", "user:profile:3", "x"]),
-        case("write", &["XADD", "user:profile:3", "*", "f", "v"]),
-        case("write", &["RESTORE", "user:profile:2", "0", "garbage"]),
+        case("write", &["SETEX", "user:profile:{2}", "10", "x"]),
+        case("write", &["LPUSH", "user:profile:{3}", "x"]),
+        case("write", &["XADD", "user:profile:{3}", "*", "f", "v"]),
+        case("write", &["RESTORE", "user:profile:{2}", "0", "garbage"]),
         case("write", &["SET", OTHER, "x"]),
         case("write", &["HSET", OTHER_HASH, "f", "v"]),
         case("write", &["DEL", OTHER]),
@@ -691,7 +691,7 @@ async fn the_edge_user_reads_profile_hashes() {
     let one: String = edge.hget(PROFILE, "full_name").await.unwrap();
     assert_eq!(one, "Ana");
     // An absent profile reads as empty, not as a refusal.
-    let none: BTreeMap<String, String> = edge.hgetall("user:profile:404").await.unwrap();
+    let none: BTreeMap<String, String> = edge.hgetall("user:profile:{404}").await.unwrap();
     assert!(none.is_empty());
     // The invalidation feed: a non-blocking XREAD (nothing yet: nil).
     let nothing: redis::Value = redis::cmd("XREAD")
@@ -1027,7 +1027,7 @@ async fn origin_and_edge_use_redis_over_tls() {
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(response.headers()["x-cache"], "MISS");
     let mut admin = server.admin(env.redis_db).await.unwrap();
-    let filled: bool = admin.exists("user:profile:1").await.unwrap();
+    let filled: bool = admin.exists("user:profile:{1}").await.unwrap();
     assert!(
         filled,
         "the origin filled Redis over TLS:\n{}",
@@ -1138,7 +1138,7 @@ async fn a_client_that_does_not_trust_the_ca_is_refused_and_postgres_still_serve
         assert_eq!(origin_get(&origin, 1).await, (200, Some("MISS".into())));
     }
     let mut admin = server.admin(db).await.unwrap();
-    let filled: bool = admin.exists("user:profile:1").await.unwrap();
+    let filled: bool = admin.exists("user:profile:{1}").await.unwrap();
     assert!(
         !filled,
         "nothing reached Redis without a trusted certificate"
@@ -1166,7 +1166,7 @@ async fn a_client_that_does_not_trust_the_ca_is_refused_and_postgres_still_serve
         assert_eq!(response.headers()["x-cache"], expected);
     }
     // (The origin filled the stack's plain Redis; the edge could not read the TLS one.)
-    let filled: bool = stack_admin.exists("user:profile:2").await.unwrap();
+    let filled: bool = stack_admin.exists("user:profile:{2}").await.unwrap();
     assert!(filled);
     edge.shutdown().await;
 }

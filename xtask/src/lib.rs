@@ -5,6 +5,7 @@
 pub mod launch;
 pub mod local;
 pub mod prereq;
+pub mod redis_cluster;
 pub mod redis_ha;
 pub mod redis_server;
 pub mod spin;

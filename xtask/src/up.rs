@@ -429,7 +429,7 @@ Origin (needs the token): {origin_url}\n\
   curl -s -H \"authorization: Bearer $(cat {secrets}/admin-token)\" {origin_url}/admin/cache/stats\n\
 \n\
 Redis: 127.0.0.1:{redis}  (admin password in {secrets}/redis-admin)\n\
-  redis-cli -p {redis} --user admin --pass \"$(cat {secrets}/redis-admin)\" hgetall user:profile:1\n\
+  redis-cli -p {redis} --user admin --pass \"$(cat {secrets}/redis-admin)\" hgetall 'user:profile:{{1}}'\n\
 PostgreSQL: postgres://127.0.0.1:{pg}/aside  as {owner} (owner; password in {secrets}/postgres-owner),\n\
   {app} (the origin's; {secrets}/postgres-app) or aside (superuser; {secrets}/postgres)\n\
 Logs: {logs}\n\

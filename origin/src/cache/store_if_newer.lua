@@ -1,7 +1,7 @@
 -- Compare-and-set for profile hashes: the only way the origin writes to Redis.
 --
--- KEYS: the invalidation feed's stream and its sequence counter (aside:feed, aside:feed:seq), then the
--- hashes to write (user:profile:{id}).
+-- KEYS: the invalidation feed's stream and its sequence counter (aside:{feed}, aside:{feed}:seq), then
+-- the hashes to write (user:profile:{<id>}).
 -- ARGV: the feed's cap (XADD MAXLEN ~; 0: no feed), then for each hash in turn: version, rank, ttl_ms,
 -- only_if_cached (0 or 1), announce (0 or 1), n, then n field/value pairs (the whole new hash).
 --
@@ -61,7 +61,7 @@ for i = 3, #KEYS do
   if announce and maxlen > 0 and rank >= 1 and outcome ~= 2 then
     local n = redis.call('INCR', seq)
     redis.call('XADD', feed, 'MAXLEN', '~', maxlen, '*', 's', n, 'k', 'c',
-      'id', string.sub(key, #'user:profile:' + 1), 'v', version, 'r', rank)
+      'id', string.sub(key, #'user:profile:{' + 1, -2), 'v', version, 'r', rank)
   end
 end
 return written

@@ -39,7 +39,9 @@ pub use oidc::{JwksMode, OIDC_AUDIENCE, OidcClient, OidcProvider, OidcStats};
 pub use origin::{Origin, OriginOptions, origin_binary};
 pub use postgres::PostgresServer;
 pub use process::{ManagedChild, StopSignal, log_to, spawn_managed, temp_dir};
-pub use redis_server::{RedisHa, RedisSentinel, RedisServer, RedisTls, RedisUser, TlsOptions};
+pub use redis_server::{
+    RedisCluster, RedisHa, RedisSentinel, RedisServer, RedisTls, RedisUser, TlsOptions,
+};
 pub use stack::{Stack, TestEnv};
 pub use tls::{CertFiles, TestCa};
 pub use tokens::{TestIssuer, TestKey, now_secs};

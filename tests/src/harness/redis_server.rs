@@ -45,6 +45,8 @@ pub struct RedisServer {
     ha: Option<HaSecrets>,
     /// The primary's port this node replicates from at start.
     replica_of: Option<u16>,
+    /// A node of a Redis Cluster ([`RedisCluster`]): also runs `deploy/cluster.conf`.
+    cluster: bool,
 }
 
 /// The passwords only the nodes of a replicated Redis have.
@@ -150,6 +152,7 @@ impl RedisServer {
             extra_args: Vec::new(),
             ha,
             replica_of: None,
+            cluster: false,
         }
     }
 
@@ -211,11 +214,15 @@ impl RedisServer {
     }
 
     async fn launch_once(&mut self) -> anyhow::Result<()> {
-        let mut command = self.node().command(&workspace_root())?;
-        command
-            .args(["--bind", "127.0.0.1"])
-            // One logical database per test (see Stack).
-            .args(["--databases", "1000"]);
+        let mut command = match self.cluster {
+            true => xtask::redis_cluster::node_command(&self.node(), &workspace_root())?,
+            false => self.node().command(&workspace_root())?,
+        };
+        command.args(["--bind", "127.0.0.1"]);
+        if !self.cluster {
+            // One logical database per test (see Stack); a cluster has database 0 only.
+            command.args(["--databases", "1000"]);
+        }
         if let Some(tls) = &self.tls {
             command
                 .args(["--tls-port", &tls.port.to_string()])
@@ -614,6 +621,112 @@ impl RedisSentinel {
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill_hard();
+        }
+    }
+}
+
+/// A Redis Cluster as `deploy/` describes it, on free ports: every node runs `redis.conf`,
+/// `replica.conf` and `cluster.conf` with the same ACL users, formed by `redis-cli --cluster create`
+/// (three primaries and three replicas with [`RedisCluster::start`]'s defaults). Heavy: a test binary
+/// starts one and its tests share it (database 0 only: tests keep to their own ids).
+pub struct RedisCluster {
+    /// In the order given to `--cluster create`: the first third primaries at first, then replicas.
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// `primaries` primaries with `replicas` replicas each, every slot served and every replica in
+    /// sync.
+    pub async fn start(primaries: usize, replicas: usize) -> anyhow::Result<Self> {
+        let ha = HaSecrets {
+            replica_password: generate_secret(),
+            // Sentinel is not part of a cluster: a password no one is given.
+            sentinel_password: generate_secret(),
+        };
+        let first = RedisServer::new(temp_dir("aside-redis-cluster"), cluster_port(), Some(ha));
+        let mut nodes = vec![first];
+        for _ in 1..primaries * (replicas + 1) {
+            let mut node = RedisServer::new(
+                temp_dir("aside-redis-cluster"),
+                cluster_port(),
+                nodes[0].ha.clone(),
+            );
+            node.origin_password = nodes[0].origin_password.clone();
+            node.edge_password = nodes[0].edge_password.clone();
+            node.admin_password = nodes[0].admin_password.clone();
+            nodes.push(node);
+        }
+        for node in &mut nodes {
+            node.cluster = true;
+            node.launch().await?;
+        }
+        let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+        let admin = nodes[0].admin_password.clone();
+        let output = tokio::task::spawn_blocking({
+            let ports = ports.clone();
+            let admin = admin.clone();
+            move || xtask::redis_cluster::create_command(&ports, &admin, replicas).output()
+        })
+        .await??;
+        anyhow::ensure!(
+            output.status.success(),
+            "redis-cli --cluster create failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        tokio::task::spawn_blocking(move || {
+            xtask::redis_cluster::wait_ready(&ports, &admin, primaries, Duration::from_secs(60))
+        })
+        .await??;
+        Ok(Self { nodes })
+    }
+
+    /// `CLUSTER NODES` as the first node that answers sees it.
+    pub async fn cluster_nodes(&self) -> anyhow::Result<Vec<xtask::redis_cluster::ClusterNode>> {
+        let ports: Vec<u16> = self.nodes.iter().map(|n| n.port).collect();
+        let admin = self.nodes[0].admin_password.clone();
+        tokio::task::spawn_blocking(move || {
+            ports
+                .iter()
+                .find_map(|&p| xtask::redis_cluster::cluster_nodes(p, &admin).ok())
+                .context("no node answers CLUSTER NODES")
+        })
+        .await?
+    }
+
+    /// The node (index in [`Self::nodes`]) that serves `slot` now, as [`Self::cluster_nodes`] says.
+    pub async fn owner_of(&self, slot: u16) -> anyhow::Result<usize> {
+        let view = self.cluster_nodes().await?;
+        let owner = view
+            .iter()
+            .find(|n| {
+                n.primary && !n.failed && n.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot))
+            })
+            .with_context(|| format!("no primary serves slot {slot}"))?;
+        self.nodes
+            .iter()
+            .position(|n| n.port == owner.port)
+            .context("the owner is not one of ours")
+    }
+
+    /// `127.0.0.1:port,...` of every node.
+    pub fn addresses(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// A free port whose cluster bus port (10000 above) is free too.
+fn cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if let Some(bus) = port.checked_add(xtask::redis_cluster::BUS_PORT_OFFSET)
+            && std::net::TcpListener::bind(("127.0.0.1", bus)).is_ok()
+        {
+            return port;
         }
     }
 }
