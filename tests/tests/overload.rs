@@ -256,8 +256,16 @@ async fn a_spike_is_answered_cleanly_and_never_floods_the_origin() {
     // time while Redis was answering (a queue) or that started late in its request's budget is shed,
     // never sent to the origin (docs/operations.md, "Overload"); only a Redis silent for a whole
     // timeout is, and Redis never stops here.
+    //
+    // One case is left, measured and documented (docs/operations.md, "Overload"): a brand-new
+    // instance whose very first Redis connection takes two on-time timeouts has no evidence of its own
+    // to tell a slow Redis from a frozen one, and goes to the origin (0-4 reads a spike in this test on
+    // a loaded machine, 35 in a full-size bench run). So a quarter of a percent of the spike's requests
+    // is tolerated on top: a stampede (every read of a saturated edge going to the origin, hundreds to
+    // thousands a spike before issue 29; 16-89 with the breaker's first fix) still fails.
     let new_ids_misses = 0.0;
-    let allowed = 1.2 * calm_origin + new_ids_misses;
+    let new_instances = (spike.samples.len() as f64 * 0.0025).floor();
+    let allowed = 1.2 * calm_origin + new_ids_misses + new_instances;
     assert!(
         spike_origin <= allowed,
         "the spike sent {spike_origin} reads to the origin (allowed {allowed:.0}), the calm phase \
