@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use aside_shared::feed::{FEED_KEY, FEED_SEQ_KEY};
 use aside_tests::harness::{
-    Edge, EdgeOptions, Origin, Stack, TestApp, TestEnv, generate_secret, wait_until,
+    Edge, EdgeOptions, Origin, RedisHa, RedisServer, Stack, TestApp, TestEnv, generate_secret,
+    scrape_text, sum_samples, wait_until,
 };
 use redis::AsyncCommands as _;
 use serde_json::json;
@@ -225,11 +226,20 @@ impl History {
 
     /// [`History::check`] of the reads that started after `since` (all of them: `None`).
     fn check_since(&self, bound: Duration, since: Option<Instant>) -> (Vec<String>, Vec<String>) {
+        self.check_where(bound, |r| since.is_none_or(|s| r.started > s))
+    }
+
+    /// [`History::check`] of the reads `which` keeps.
+    fn check_where(
+        &self,
+        bound: Duration,
+        which: impl Fn(&Read) -> bool,
+    ) -> (Vec<String>, Vec<String>) {
         let writes = self.writes.lock().unwrap().clone();
         let reads = self.reads.lock().unwrap().clone();
         let mut stale = Vec::new();
         let mut failed = Vec::new();
-        for r in reads.iter().filter(|r| since.is_none_or(|s| r.started > s)) {
+        for r in reads.iter().filter(|r| which(r)) {
             if r.status != 200 {
                 failed.push(format!("{r:?}"));
                 continue;
@@ -622,6 +632,11 @@ async fn under_load(
     token: &str,
 ) -> UnderLoad {
     let edges = three_edges(stack, env, origin, token, FAULT_TTL_MS).await;
+    load_on(edges, writer, token)
+}
+
+/// Readers on `edges` and a writer through `writer`, recorded.
+fn load_on(edges: Vec<Edge>, writer: &Origin, token: &str) -> UnderLoad {
     let history = Arc::new(History::default());
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = start_readers(&edges, 1..=LOAD_IDS, 2, &history, &stop);
@@ -664,8 +679,9 @@ impl UnderLoad {
         let since = Instant::now();
         wait_until(timeout, || {
             let reads = self.history.reads.lock().unwrap().clone();
+            let edges = self.edges.len();
             async move {
-                (0..3).all(|n| {
+                (0..edges).all(|n| {
                     reads
                         .iter()
                         .rev()
@@ -678,6 +694,14 @@ impl UnderLoad {
             }
         })
         .await
+    }
+
+    /// Stops the readers and the writer (the edges keep running).
+    async fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks.drain(..) {
+            t.await.unwrap();
+        }
     }
 
     /// Stops the load and checks the history with the TTL rule's bound (plus slack for a loaded
@@ -693,10 +717,7 @@ impl UnderLoad {
         since: Option<Instant>,
         check_stale: bool,
     ) -> usize {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks.drain(..) {
-            t.await.unwrap();
-        }
+        self.stop().await;
         let bound = Duration::from_millis(FAULT_TTL_MS) + Duration::from_millis(500);
         let (stale, _) = self.history.check_since(bound, since);
         let (_, failed) = self.history.check(bound);
@@ -1018,4 +1039,250 @@ async fn a_failing_feed_read_never_opens_the_redis_breaker_nor_sends_reads_to_th
         "back on the feed: {:?}",
         &back[back.len().saturating_sub(5)..]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A Sentinel failover (`--redis-ha`): each edge process on its own replica.
+// ---------------------------------------------------------------------------------------------
+
+/// Short Sentinel timings: a failover within a few seconds.
+const HA_TIMINGS: xtask::redis_ha::SentinelTimings = xtask::redis_ha::SentinelTimings {
+    down_after_ms: 1000,
+    failover_timeout_ms: 2000,
+};
+
+/// The last entry of the stream on `node`: its stream id and number.
+async fn last_entry(node: &RedisServer, db: u32) -> Option<(String, u64)> {
+    let mut admin = node.admin(db).await.ok()?;
+    let reply: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
+        .arg(FEED_KEY)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut admin)
+        .await
+        .ok()?;
+    let (id, flat) = reply.into_iter().next()?;
+    let seq = flat.chunks(2).find(|kv| kv[0] == "s")?[1].parse().ok()?;
+    Some((id, seq))
+}
+
+/// The edge's `GET /edge/feed` sample `name` (its process-wide state with the shared tier).
+async fn feed_sample(edge: &Edge, name: &str) -> f64 {
+    sum_samples(
+        &scrape_text(&format!("{}/edge/feed", edge.url())).await,
+        name,
+        &[],
+    )
+}
+
+/// A Sentinel failover to a replica that lacks the old primary's last entries (and the cache writes
+/// they announce), under read/write load, with two edge processes each reading its own replica:
+///
+/// * edge A reads node 1, the replica Sentinel promotes. It stopped applying replication half a
+///   second before the primary died, so the new primary's stream lacks the entries the old one took
+///   last. Edge A has the default `feed_max_lag_ms` (1 s): the failover takes longer, so it finds the
+///   feed silent, falls back to the TTL rule and starts over on the new primary.
+/// * edge B reads node 2, which kept up (it had every entry) and may not be promoted
+///   (`replica-priority 0`); after the failover it resynchronises from node 1, so the stream's numbers
+///   go back under edge B. Its `feed_max_lag_ms` (and `l1_ttl_ms`) is 5 s, longer than the failover,
+///   so it is the break in the numbering, not a silence, that it must notice.
+///
+/// Each: 0 failed reads; after Redis is repaired (the origin's replay of the outbox onto the new
+/// primary) and one `l1_ttl_ms` more, no answer staler than the edge's bound; back on the feed after
+/// recovery; and each edge says what it noticed (its log, `server-timing`, `GET /edge/feed`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sentinel_failover_without_the_latest_entries_falls_back_then_recovers() {
+    const B_TTL_MS: u64 = 5_000;
+    let (stack, redis) = tokio::join!(Stack::dedicated(), RedisHa::start(2, 3, HA_TIMINGS));
+    let (stack, mut redis) = (stack.unwrap(), redis.unwrap());
+    let env = stack.env().await.unwrap();
+    env.seed(LOAD_IDS as u64).await.unwrap();
+    let token = generate_secret();
+    let origin = Origin::start(redis.origin_options(&env, &token))
+        .await
+        .unwrap();
+    assert!(
+        env.change_capture_caught_up(&stack, Duration::from_secs(20))
+            .await
+            .unwrap()
+    );
+    let mut node2 = redis.nodes[2].admin(0).await.unwrap();
+    let () = redis::cmd("CONFIG")
+        .arg(&["SET", "replica-priority", "0"])
+        .query_async(&mut node2)
+        .await
+        .unwrap();
+    let edge_a = EdgeOptions::new(&stack, &env, &origin.url(), &token)
+        .redis_server(&redis.nodes[1])
+        .shared_tier()
+        .l1_ttl_ms(FAULT_TTL_MS)
+        .start()
+        .await
+        .unwrap();
+    let edge_b = EdgeOptions::new(&stack, &env, &origin.url(), &token)
+        .redis_server(&redis.nodes[2])
+        .shared_tier()
+        .l1_ttl_ms(B_TTL_MS)
+        .var("feed_max_lag_ms", B_TTL_MS)
+        .start()
+        .await
+        .unwrap();
+    let mut load = load_on(vec![edge_a, edge_b], &origin, &token);
+    assert!(
+        load.all_current(Duration::from_secs(10)).await,
+        "on the feed first"
+    );
+    let mut epochs_before = Vec::new();
+    for edge in &load.edges {
+        epochs_before.push(feed_sample(edge, "aside_edge_feed_epochs_total").await);
+    }
+
+    // Node 1 stops applying replication: `CLIENT PAUSE WRITE` holds its link's commands, and when the
+    // link breaks Redis drops what it had not applied. Then the primary dies.
+    let mut node1 = redis.nodes[1].admin(0).await.unwrap();
+    let () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "2500", "WRITE"])
+        .query_async(&mut node1)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (old_last_id, old_last_seq) = last_entry(&redis.nodes[0], env.redis_db)
+        .await
+        .expect("the old primary's last entry");
+    redis.nodes[0].kill();
+    let killed = Instant::now();
+    let promoted = redis.wait_for_failover(0, Duration::from_secs(20)).await;
+    assert_eq!(promoted, Some(1), "Sentinel promoted node 1");
+    let failover = killed.elapsed();
+    // Repaired: the origin followed and replayed the outbox onto node 1, and change capture caught up.
+    let replayed = wait_until(Duration::from_secs(20), || async {
+        aside_tests::harness::metric(&origin.url(), "aside_origin_outbox_replays_total").await
+            >= 1.0
+    })
+    .await;
+    assert!(
+        replayed,
+        "the origin replayed the outbox onto the new primary"
+    );
+    assert!(
+        env.change_capture_caught_up(&stack, Duration::from_secs(20))
+            .await
+            .unwrap()
+    );
+    let repaired = Instant::now();
+    // The scenario is real: the new primary lacks the old one's last entry (its number was given
+    // again to another entry, or not yet).
+    let mut new_primary = redis.nodes[1].admin(env.redis_db).await.unwrap();
+    let kept: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(FEED_KEY)
+        .arg(&old_last_id)
+        .arg(&old_last_id)
+        .query_async(&mut new_primary)
+        .await
+        .unwrap();
+    assert!(
+        kept.is_empty(),
+        "the new primary holds the old primary's last entry {old_last_id} (number {old_last_seq}): \
+         nothing was lost, the scenario proves nothing"
+    );
+    assert!(
+        load.all_current(Duration::from_secs(20)).await,
+        "back on the feed after the failover"
+    );
+    assert!(redis.wait_synced(Duration::from_secs(10)).await);
+    // A while on the feed after recovery, then the checks.
+    tokio::time::sleep(Duration::from_millis(B_TTL_MS + 1000)).await;
+    load.stop().await;
+
+    let logs: Vec<String> = load.edges.iter().map(Edge::log).collect();
+    let mut epochs_after = Vec::new();
+    for edge in &load.edges {
+        epochs_after.push(feed_sample(edge, "aside_edge_feed_epochs_total").await);
+    }
+    let history = &load.history;
+    let reads = history.reads.lock().unwrap().clone();
+    let during = |edge: usize| {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for r in reads
+            .iter()
+            .filter(|r| r.edge == edge && r.started > killed && r.started < repaired)
+        {
+            *seen.entry(r.feed.clone()).or_default() += 1;
+        }
+        seen
+    };
+    let mut report = Vec::new();
+    let mut failures = Vec::new();
+    for (n, ttl) in [(0, FAULT_TTL_MS), (1, B_TTL_MS)] {
+        let ttl = Duration::from_millis(ttl);
+        let bound = ttl + Duration::from_millis(500);
+        let after = repaired + ttl;
+        let (stale_after, _) = history.check_where(bound, |r| r.edge == n && r.started > after);
+        let (stale_all, _) = history.check_where(bound, |r| r.edge == n);
+        let (stale_failing, _) =
+            history.check_where(bound, |r| r.edge == n && r.started < repaired);
+        let (stale_settling, _) = history.check_where(bound, |r| {
+            r.edge == n && r.started >= repaired && r.started <= after
+        });
+        let (_, failed) = history.check_where(bound, |r| r.edge == n);
+        report.push(format!(
+            "edge {}: {} reads, feed while failing over {:?}, epochs {} -> {}, stale (bound {bound:?}) \
+             {} in all ({} before the repair, {} in the l1_ttl_ms after it), {} after repair + \
+             l1_ttl_ms, failed {}",
+            ["A", "B"][n],
+            reads.iter().filter(|r| r.edge == n).count(),
+            during(n),
+            epochs_before[n],
+            epochs_after[n],
+            stale_all.len(),
+            stale_failing.len(),
+            stale_settling.len(),
+            stale_after.len(),
+            failed.len()
+        ));
+        if !failed.is_empty() {
+            failures.push(format!(
+                "edge {n}: failed reads {:#?}",
+                &failed[..failed.len().min(5)]
+            ));
+        }
+        if !stale_after.is_empty() {
+            failures.push(format!(
+                "edge {n}: stale reads after the repair {:#?}",
+                &stale_after[..stale_after.len().min(5)]
+            ));
+        }
+        if epochs_after[n] <= epochs_before[n] {
+            failures.push(format!("edge {n}: no new epoch"));
+        }
+    }
+    eprintln!(
+        "redis failover: failover {failover:?}, repaired {:?} after the kill, old primary's last entry \
+         {old_last_seq} lost; {}",
+        repaired - killed,
+        report.join("; ")
+    );
+    // Edge A noticed the silence and said so, in its log and in `server-timing`.
+    if !logs[0].contains("invalidation feed silent") && !logs[0].contains("invalidation feed late")
+    {
+        failures.push(format!("edge A did not log the fallback:\n{}", logs[0]));
+    }
+    if !during(0).keys().any(|k| k.starts_with("ttl")) {
+        failures.push(format!(
+            "edge A never answered on the TTL rule: {:?}",
+            during(0)
+        ));
+    }
+    // Edge B noticed the numbers going back.
+    if !logs[1].contains("invalidation feed lost continuity")
+        || !logs[1].contains("the numbers went back")
+    {
+        failures.push(format!("edge B did not log the break:\n{}", logs[1]));
+    }
+    for edge in load.edges.drain(..) {
+        edge.shutdown().await;
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }
