@@ -905,6 +905,199 @@ async fn a_redis_stopped_and_restarted_falls_back_to_the_ttl_then_recovers() {
         .await;
 }
 
+/// Redis replays its AOF as the `default` user and re-checks each `MULTI ... EXEC` block (how it logs the
+/// origin's Lua calls) against that user's ACL (docs/operations.md, "Persistence"). Every change the
+/// origin applies is one such block with the feed's `INCR` and `XADD` in it: unless `default` may run
+/// those on the feed's keys, a restart drops the whole block, the cache write with it, and Redis comes
+/// back with versions older than the ones change capture had already applied (the stale reads after a
+/// restart that issue 24's first report found). With the origin stopped (nothing repairs anything), a
+/// graceful restart keeps every changed hash at PostgreSQL's version, and the feed as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_keeps_every_change_and_the_feed() {
+    let mut stack = Stack::dedicated().await.unwrap();
+    let (env, token, mut origin) = setup(&stack, LOAD_IDS as u64, &[]).await;
+    let api = TestApp::new(origin.url()).with_token(&token);
+    for id in 1..=LOAD_IDS {
+        assert_eq!(api.get(&format!("/users/{id}")).await.status, 200);
+    }
+    // Make the AOF start here (an RDB base), so the changes below live only in its tail.
+    let mut admin = stack.redis.admin(env.redis_db).await.unwrap();
+    let () = redis::cmd("BGREWRITEAOF")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let rewritten = wait_until(Duration::from_secs(10), || {
+        let mut admin = admin.clone();
+        async move {
+            let info: String = redis::cmd("INFO")
+                .arg("persistence")
+                .query_async(&mut admin)
+                .await
+                .unwrap();
+            info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0")
+        }
+    })
+    .await;
+    assert!(rewritten);
+    for round in 0..3 {
+        for id in 1..=LOAD_IDS {
+            let department = ["Sales", "DevOps", "Security"][(round + id as usize) % 3];
+            let a = api
+                .patch(
+                    &format!("/users/{id}"),
+                    &json!({ "department": department }),
+                )
+                .await;
+            assert_eq!(a.status, 200, "{a:?}");
+        }
+    }
+    assert!(
+        env.change_capture_caught_up(&stack, Duration::from_secs(20))
+            .await
+            .unwrap()
+    );
+    origin.kill();
+    let seq_before: u64 = admin.get(FEED_SEQ_KEY).await.unwrap();
+    let entries_before = entries(&mut admin).await;
+    assert!(stale_hashes(&stack, &env).await.is_empty());
+
+    stack.redis.shutdown().await.unwrap();
+    stack.redis.restart().await.unwrap();
+    let loaded = wait_until(Duration::from_secs(20), || async {
+        let Ok(mut admin) = stack.redis.admin(env.redis_db).await else {
+            return false;
+        };
+        let info: Result<String, _> = redis::cmd("INFO")
+            .arg("persistence")
+            .query_async(&mut admin)
+            .await;
+        info.is_ok_and(|i| i.contains("loading:0"))
+    })
+    .await;
+    assert!(loaded, "Redis did not finish loading");
+    let mut admin = stack.redis.admin(env.redis_db).await.unwrap();
+    let stale = stale_hashes(&stack, &env).await;
+    let seq_after: u64 = admin.get(FEED_SEQ_KEY).await.unwrap_or(0);
+    let entries_after = entries(&mut admin).await;
+    eprintln!(
+        "redis restart: {} stale hashes, feed number {seq_before} -> {seq_after}, entries {} -> {}",
+        stale.len(),
+        entries_before.len(),
+        entries_after.len()
+    );
+    assert!(stale.is_empty(), "the restart lost changes: {stale:?}");
+    assert_eq!(seq_after, seq_before, "the feed's counter went back");
+    assert_eq!(entries_after, entries_before, "the feed lost entries");
+}
+
+/// Every profile hash `redis` holds in `env`'s database compared with PostgreSQL: the ones older than
+/// the row (a missing key is not stale: a read fills it).
+async fn stale_hashes(stack: &Stack, env: &TestEnv) -> Vec<String> {
+    let db = stack.postgres.connect(&env.database).await.unwrap();
+    let mut admin = stack.redis.admin(env.redis_db).await.unwrap();
+    let mut stale = Vec::new();
+    for row in db
+        .query("SELECT id, version FROM devops_api.users", &[])
+        .await
+        .unwrap()
+    {
+        let (id, version): (i32, i64) = (row.get(0), row.get(1));
+        let cached: Option<i64> = admin
+            .hget(format!("user:profile:{id}"), "_version")
+            .await
+            .unwrap();
+        if let Some(cached) = cached
+            && cached < version
+        {
+            stale.push(format!("id {id}: {cached} < {version}"));
+        }
+    }
+    stale
+}
+
+/// Redis comes back from an older snapshot (a restore, or a crash that lost its last writes) while the
+/// edges hold newer copies, under read/write load. The writes it lost had already been applied by
+/// change capture, so before the origin noticed, Redis kept serving their older versions until the
+/// hashes' TTL (hours). Now the origin's heartbeat finds the feed's numbers gone back, says so
+/// (`aside_origin_redis_went_back_total`) and replays the outbox over what Redis holds; the edges
+/// notice the break in the feed and fall back to the TTL rule meanwhile. Then: no stale hash, no read
+/// staler than the bound after the repair and one `l1_ttl_ms`, 0 failed reads, back on the feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_back_from_an_older_snapshot_is_repaired_and_the_edges_fall_back_meanwhile() {
+    let mut stack = Stack::dedicated().await.unwrap();
+    let (env, token, origin) = setup(&stack, LOAD_IDS as u64, &[]).await;
+    let load = under_load(&stack, &env, &origin, &origin, &token).await;
+    assert!(load.all_current(Duration::from_secs(10)).await);
+    let mut admin = stack.redis.admin(0).await.unwrap();
+    let dir: Vec<String> = redis::cmd("CONFIG")
+        .arg(&["GET", "dir"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let dir = std::path::PathBuf::from(&dir[1]);
+    // The snapshot, then 2 s of writes (every id changes several times), then Redis dies and comes
+    // back with the snapshot only.
+    let () = redis::cmd("SAVE").query_async(&mut admin).await.unwrap();
+    let snapshot = dir.join("older.rdb");
+    std::fs::copy(dir.join("dump.rdb"), &snapshot).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack.redis.kill();
+    let restarted = Instant::now();
+    std::fs::remove_dir_all(dir.join("appendonlydir")).unwrap();
+    std::fs::rename(&snapshot, dir.join("dump.rdb")).unwrap();
+    stack.redis.restart().await.unwrap();
+    // The origin notices and replays; change capture catches up with what came while Redis was away.
+    let replayed = wait_until(Duration::from_secs(20), || async {
+        aside_tests::harness::metric(&origin.url(), "aside_origin_outbox_replays_total").await
+            >= 1.0
+    })
+    .await;
+    let went_back =
+        aside_tests::harness::metric(&origin.url(), "aside_origin_redis_went_back_total").await;
+    assert!(
+        replayed && went_back >= 1.0,
+        "the origin did not notice that Redis went back (went back {went_back}, replayed {replayed}); \
+         stale hashes: {:?}",
+        stale_hashes(&stack, &env).await
+    );
+    assert!(
+        env.change_capture_caught_up(&stack, Duration::from_secs(20))
+            .await
+            .unwrap()
+    );
+    let repaired = Instant::now();
+    let stale = stale_hashes(&stack, &env).await;
+    assert!(
+        stale.is_empty(),
+        "Redis still holds older versions: {stale:?}"
+    );
+    assert!(
+        load.all_current(Duration::from_secs(15)).await,
+        "back on the feed"
+    );
+    let logs: Vec<String> = load.edges.iter().map(Edge::log).collect();
+    let noticed = logs
+        .iter()
+        .filter(|l| {
+            l.contains("invalidation feed lost continuity")
+                || l.contains("invalidation feed silent")
+                || l.contains("invalidation feed late")
+        })
+        .count();
+    eprintln!(
+        "redis back from an older snapshot: repaired {:?} after the restart began; {noticed} of 3 \
+         edges logged the break or the fallback",
+        repaired - restarted
+    );
+    assert_eq!(noticed, 3, "every edge says what it noticed");
+    load.finish_since(
+        "older snapshot",
+        Some(repaired + Duration::from_millis(FAULT_TTL_MS)),
+        true,
+    )
+    .await;
+}
+
 /// The feed's read is not a profile read: when it is refused (here the `edge` user loses `XREAD` while
 /// profile reads keep working), copies fall back to the TTL rule, the Redis breaker never opens and no
 /// read goes to the origin; when the right comes back, so does the feed. (Under Spin 4.0.2 the refusal
@@ -1086,7 +1279,7 @@ async fn feed_sample(edge: &Edge, name: &str) -> f64 {
 ///   feed silent, falls back to the TTL rule and starts over on the new primary.
 /// * edge B reads node 2, which kept up (it had every entry) and may not be promoted
 ///   (`replica-priority 0`); after the failover it resynchronises from node 1, so the stream's numbers
-///   go back under edge B. Its `feed_max_lag_ms` (and `l1_ttl_ms`) is 5 s, longer than the failover,
+///   go back under edge B. Its `feed_max_lag_ms` (and `l1_ttl_ms`) is 10 s, longer than the failover,
 ///   so it is the break in the numbering, not a silence, that it must notice.
 ///
 /// Each: 0 failed reads; after Redis is repaired (the origin's replay of the outbox onto the new
@@ -1094,7 +1287,7 @@ async fn feed_sample(edge: &Edge, name: &str) -> f64 {
 /// recovery; and each edge says what it noticed (its log, `server-timing`, `GET /edge/feed`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sentinel_failover_without_the_latest_entries_falls_back_then_recovers() {
-    const B_TTL_MS: u64 = 5_000;
+    const B_TTL_MS: u64 = 10_000;
     let (stack, redis) = tokio::join!(Stack::dedicated(), RedisHa::start(2, 3, HA_TIMINGS));
     let (stack, mut redis) = (stack.unwrap(), redis.unwrap());
     let env = stack.env().await.unwrap();
