@@ -83,6 +83,11 @@ struct RunArgs {
     /// Warm-up per run, in seconds [default: 3; quick: 0.5].
     #[arg(long)]
     warmup: Option<f64>,
+    /// Warm-up of each feed A/B run (`--only feed`), in seconds [default: --warmup]: long enough for the
+    /// edge's tiers to reach steady state (issue 24's share at the edge). Its reads are drawn from the
+    /// same Zipf with other draws than the measured run's, so the measured reads are not a replay.
+    #[arg(long)]
+    feed_warmup: Option<f64>,
     /// Measured time per run, in seconds [default: 20; quick: 2].
     #[arg(long)]
     duration: Option<f64>,
@@ -847,6 +852,8 @@ struct Config {
     rows: u64,
     concurrency: usize,
     warmup: f64,
+    /// The feed A/B's warm-up (`--feed-warmup`, else `warmup`).
+    feed_warmup: f64,
     duration: f64,
     zipf_s: f64,
     hot_set: u64,
@@ -880,6 +887,11 @@ impl Config {
         anyhow::ensure!(
             warmup >= 0.0 && duration > 0.0,
             "--warmup must be >= 0 and --duration > 0"
+        );
+        let feed_warmup = args.feed_warmup.unwrap_or(warmup);
+        anyhow::ensure!(
+            feed_warmup.is_finite() && (0.0..=3600.0).contains(&feed_warmup),
+            "--feed-warmup must be 0 to 3600 seconds"
         );
         let bin = args
             .bin_dir
@@ -938,6 +950,7 @@ impl Config {
             rows,
             concurrency,
             warmup,
+            feed_warmup,
             duration,
             zipf_s: args.zipf_s,
             hot_set: args.hot_set,

@@ -746,6 +746,62 @@ impl UnderLoad {
                 "{what}: NOT ASSERTED, stale reads: {:#?}",
                 &stale[..stale.len().min(5)]
             );
+            // What the same edge answered for that id around the first one (ms from it).
+            if let Some(first) = reads
+                .iter()
+                .find(|r| stale[0].starts_with(&format!("{r:?}")))
+            {
+                let around: Vec<String> = reads
+                    .iter()
+                    .filter(|r| r.edge == first.edge && r.id == first.id)
+                    .filter(|r| {
+                        r.started + Duration::from_secs(4) > first.started
+                            && r.started < first.started + Duration::from_secs(1)
+                    })
+                    .map(|r| {
+                        let ms = r
+                            .started
+                            .duration_since(first.started.min(r.started))
+                            .as_millis() as i64
+                            - first
+                                .started
+                                .duration_since(r.started.min(first.started))
+                                .as_millis() as i64;
+                        format!(
+                            "{ms:+} {} {} v{:?} {}",
+                            r.instance, r.cache, r.version, r.feed
+                        )
+                    })
+                    .collect();
+                eprintln!(
+                    "{what}: edge {} id {} around it:\n{}",
+                    first.edge,
+                    first.id,
+                    around.join("\n")
+                );
+                let writes: Vec<String> = self
+                    .history
+                    .writes
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|w| w.id == first.id)
+                    .map(|w| {
+                        format!(
+                            "v{} acked {:+} ms",
+                            w.version,
+                            w.acked
+                                .duration_since(first.started.min(w.acked))
+                                .as_millis() as i64
+                                - first
+                                    .started
+                                    .duration_since(w.acked.min(first.started))
+                                    .as_millis() as i64
+                        )
+                    })
+                    .collect();
+                eprintln!("{what}: writes of id {}: {}", first.id, writes.join(", "));
+            }
         }
         for edge in self.edges {
             edge.shutdown().await;
