@@ -29,13 +29,15 @@ use rand::SeedableRng as _;
 use rand::rngs::SmallRng;
 use serde::{Deserialize, Serialize};
 
-use super::{
-    Config, KEY_SEED, Rt, Stack, Target, check_stop, edge_command, loader_args, run_loader,
-    runs_under,
-};
+use crate::catalogue::{Target, runs_under};
+use crate::check_stop;
+use crate::config::Config;
+use crate::run::{KEY_SEED, loader_args, run_loader};
+use crate::runtime::Rt;
+use crate::stack::{Stack, edge_command};
 
 /// The name `--only` knows these scenarios by.
-pub const NAME: &str = "feed";
+pub const NAME: &str = crate::catalogue::FEED;
 /// The file beside `report.json`.
 pub const FILE: &str = "report-feed.json";
 /// A write some edge still answers the old version of this long after its acknowledgment is "unseen".
@@ -312,7 +314,7 @@ fn staleness(config: &Config, stack: &Stack, rt: Rt) -> anyhow::Result<Staleness
                 let mut rng = SmallRng::seed_from_u64(KEY_SEED + 1 + w as u64);
                 loop {
                     let n = next.fetch_add(1, Ordering::Relaxed);
-                    if n >= planned || super::STOP.load(Ordering::SeqCst) {
+                    if n >= planned || crate::STOP.load(Ordering::SeqCst) {
                         return Ok(());
                     }
                     let id = loop {
