@@ -941,22 +941,80 @@ async fn a_redis_stopped_and_restarted_falls_back_to_the_ttl_then_recovers() {
     // A clean stop (SHUTDOWN: the AOF is complete). After a SIGKILL, Redis may come back without the
     // cache writes of its last second (appendfsync everysec), which nothing repairs before their TTL:
     // a limit of the cache with or without the feed (the report of issue 24), not what this tests.
+    let mut admin = stack.redis.admin(env.redis_db).await.unwrap();
+    let seq_before: u64 = admin.get(FEED_SEQ_KEY).await.unwrap();
     stack.redis.shutdown().await.unwrap();
+    // What the AOF holds: each database a `SELECT` switches to, and how many `MULTI` blocks switch
+    // database inside (Redis re-checks a block's commands against the `default` user at `EXEC` when it
+    // replays them: docs/operations.md, "Persistence").
+    let mut selects: HashMap<String, usize> = HashMap::new();
+    let mut blocks_with_select = 0;
+    for file in std::fs::read_dir(stack.redis.dir.join("appendonlydir")).unwrap() {
+        let path = file.unwrap().path();
+        if path.extension().is_some_and(|e| e == "aof") {
+            let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+            let lines: Vec<&str> = text.lines().map(str::trim).collect();
+            let mut in_multi = false;
+            for (i, l) in lines.iter().enumerate() {
+                match l.to_ascii_uppercase().as_str() {
+                    "MULTI" => in_multi = true,
+                    "EXEC" => in_multi = false,
+                    "SELECT" => {
+                        let db = lines.get(i + 2).copied().unwrap_or("?").to_string();
+                        *selects.entry(db).or_default() += 1;
+                        blocks_with_select += usize::from(in_multi);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    eprintln!(
+        "redis restarted: the AOF's SELECTs by database {selects:?}, {blocks_with_select} inside a \
+         MULTI block (env database {})",
+        env.redis_db
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     stack.redis.restart().await.unwrap();
+    // What Redis came back with, before anyone wrote to it again (as far as the test can tell: the
+    // origin and the edges are running).
+    let back = wait_until(Duration::from_secs(20), || async {
+        let Ok(mut admin) = stack.redis.admin(env.redis_db).await else {
+            return false;
+        };
+        admin.get::<_, Option<u64>>(FEED_SEQ_KEY).await.is_ok()
+    })
+    .await;
+    assert!(back, "Redis did not come back");
+    let mut admin = stack.redis.admin(env.redis_db).await.unwrap();
+    let seq_after: Option<u64> = admin.get(FEED_SEQ_KEY).await.unwrap();
+    let stale_after = stale_hashes(&stack, &env).await;
     assert!(
         env.change_capture_caught_up(&stack, Duration::from_secs(20))
             .await
             .unwrap()
     );
     let caught_up = Instant::now();
+    eprintln!(
+        "redis restarted: feed number {seq_before} before the SHUTDOWN, {seq_after:?} after the \
+         restart; stale hashes right after the restart {stale_after:?}, at catch-up {:?}; origin: \
+         went back {}, replays {}",
+        stale_hashes(&stack, &env).await,
+        aside_tests::harness::metric(&origin.url(), "aside_origin_redis_went_back_total").await,
+        aside_tests::harness::metric(&origin.url(), "aside_origin_outbox_replays_total").await,
+    );
     assert!(
         load.all_current(Duration::from_secs(15)).await,
         "back on the feed"
     );
-    // Staleness is printed, not asserted: after the restart Redis itself was seen serving versions
-    // older than PostgreSQL's for longer than the bound (read as L2, the edges on the TTL fallback),
-    // which the feed does not cause and cannot fix; see the report of issue 24.
+    // Staleness is printed, not asserted. What the prints showed (issue 24, third stop): Redis came
+    // back from this clean SHUTDOWN holding, for most ids, versions older than the ones edges answered
+    // just before it (id 6 at version 2; version 6 acknowledged 2 s before the SHUTDOWN), with the
+    // feed's counter the same before and after (so neither the origin's check nor the edges notice);
+    // no MULTI block of the AOF switches database. Change capture's catch-up overwrites them (0 stale
+    // hashes at catch-up), and the stale reads after catch-up are copies taken from Redis just before
+    // it, served under the TTL rule (at most `l1_ttl_ms` after they were taken). Why the AOF replay
+    // lost those writes is not known yet.
     load.finish_since("redis restarted", Some(caught_up), false)
         .await;
 }
