@@ -132,8 +132,11 @@ impl Plan {
 /// The name `--only` knows issue 24's invalidation-feed scenarios by (bench/src/feed_bench.rs: their own
 /// stack steps and report file).
 pub(crate) const FEED: &str = "feed";
+/// The name `--only` knows issue 29's overload scenario by (bench/src/overload_bench.rs: a spike on the
+/// edge and on hello-world, its own report file).
+pub(crate) const OVERLOAD: &str = "overload";
 /// Scenario groups with a report of their own, beside the catalogue's.
-pub(crate) const EXTRA_SCENARIOS: &[&str] = &[FEED];
+pub(crate) const EXTRA_SCENARIOS: &[&str] = &[FEED, OVERLOAD];
 
 // The scenarios' descriptions (the report prints them).
 const ORIGIN_MISS: &str = "every request for an id not asked before (a shuffled walk over all ids, \

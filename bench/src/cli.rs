@@ -62,7 +62,8 @@ pub(crate) struct RunArgs {
     pub(crate) out: Option<PathBuf>,
     /// Only these scenarios (comma-separated), e.g. `--only edge-l1-hot,edge-l2`; `feed`: issue 24's
     /// invalidation-feed scenarios (A/B feed on/off, Redis commands per read, staleness), written to
-    /// report-feed.{json,md}.
+    /// report-feed.{json,md}; `overload`: issue 29's spike (16 → 1,024 → 16 connections on the edge,
+    /// then hello-world), written to report-overload.{json,md}.
     #[arg(long, value_delimiter = ',')]
     pub(crate) only: Vec<String>,
     /// What runs the edges and the hello-world baseline: `spin` (`spin up` of a Spin 4 CLI: `ASIDE_SPIN`,
@@ -93,18 +94,14 @@ pub(crate) struct RunArgs {
     pub(crate) spin_nodelay: bool,
 }
 
-/// `NAME=VALUE` of `--edge-var`: a spin.toml variable name (lower-case letters, digits, `_`).
+/// `NAME=VALUE` of `--edge-var`: one of the edge's Spin variables (`aside_shared::settings`).
 pub(crate) fn parse_edge_var(text: &str) -> Result<(String, String), String> {
     let (name, value) = text
         .split_once('=')
         .ok_or_else(|| format!("{text:?} is not NAME=VALUE"))?;
-    let valid = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if !valid {
+    if !aside_shared::settings::is_edge_variable(name) {
         return Err(format!(
-            "{name:?} is not a Spin variable name (lower-case letters, digits and _)"
+            "{name:?} is not a Spin variable of the edge (spin.toml lists them)"
         ));
     }
     Ok((name.to_string(), value.to_string()))
@@ -137,7 +134,14 @@ mod tests {
             parse_edge_var("l1_ttl_ms="),
             Ok(("l1_ttl_ms".into(), "".into()))
         );
-        for bad in ["redis_max_connections", "=1", "Redis=1", "a-b=1", "a b=1"] {
+        for bad in [
+            "redis_max_connections",
+            "=1",
+            "Redis=1",
+            "a-b=1",
+            "a b=1",
+            "redis_max_connection=1",
+        ] {
             assert!(parse_edge_var(bad).is_err(), "{bad}");
         }
     }

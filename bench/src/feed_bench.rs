@@ -133,7 +133,9 @@ pub fn run(
                 None => twin.env_remove(key),
             };
         }
-        twin.env("SPIN_VARIABLE_FEED_POLL_MS", "0");
+        xtask::launch::EdgeVariables::new()
+            .set("feed_poll_ms", 0)
+            .apply(&mut twin);
         stack
             .services
             .spawn(name, twin, &config.logs, libc::SIGTERM)?;

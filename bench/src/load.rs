@@ -52,6 +52,16 @@ pub struct LoadResult {
     /// `origin-redis`, `origin-db`), beside [`Self::tier_latency_us`]'s mean as the client saw it.
     #[serde(default)]
     pub server_timing_ms: BTreeMap<String, BTreeMap<String, f64>>,
+    /// How many successful reads carried each `server-timing` metric, per `x-cache` value (the counts
+    /// behind [`Self::server_timing_ms`]'s means; e.g. `start`: answers that waited for a new instance).
+    #[serde(default)]
+    pub server_timing_n: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Every answer (reads and writes, any status) by status code.
+    #[serde(default)]
+    pub statuses: BTreeMap<String, u64>,
+    /// Answers of any status without an `x-cache` header (the edge puts one on every answer it gives).
+    #[serde(default)]
+    pub no_x_cache: u64,
     /// `(quantile, latency in µs)` at each of [`SPECTRUM`].
     pub spectrum: Vec<(f64, u64)>,
     /// Requests per second in each whole second of the measured window.

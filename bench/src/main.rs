@@ -23,6 +23,7 @@ mod catalogue;
 mod cli;
 mod config;
 mod feed_bench;
+mod overload_bench;
 mod run;
 mod runtime;
 mod stack;
@@ -73,6 +74,7 @@ fn verify_file(path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("{} is not a benchmark report", path.display()))?;
     report::verify(&report)?;
     feed_bench::verify_beside(path)?;
+    overload_bench::verify_beside(path)?;
     println!(
         "benchmark report {}: {} runs of {} scenarios, all answered and measured what they claim",
         path.display(),
@@ -128,6 +130,20 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    // Issue 29's spike (bench/src/overload_bench.rs): its own report beside this one.
+    let overload =
+        if config.only.is_empty() || config.only.iter().any(|o| o == overload_bench::NAME) {
+            if redis.db_size()? < config.rows {
+                fill_redis(&config, &stack, &mut redis, &ProgressBar::hidden())?;
+            }
+            Some(overload_bench::run(
+                &config,
+                &stack,
+                config.runtimes.list[0],
+            )?)
+        } else {
+            None
+        };
     drop(redis);
     drop(stack);
 
@@ -135,5 +151,6 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
     report.skipped = config.skipped();
     report.finish();
     write_report(&config, &report)?;
-    feed.as_ref().map_or(Ok(()), feed_bench::verify)
+    feed.as_ref().map_or(Ok(()), feed_bench::verify)?;
+    overload.as_ref().map_or(Ok(()), overload_bench::verify)
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use aside_bench::redis_admin::RedisAdmin;
+use xtask::launch::{EdgeVariables, OriginSettings};
 use xtask::stack::{self, Secrets, Services};
 
 use crate::catalogue::{Target, runs_under};
@@ -313,25 +314,11 @@ pub(crate) fn origin_command(
     (redis, postgres): (u16, u16),
 ) -> Command {
     let secrets = &stack.secrets;
-    let mut origin = Command::new(config.bin.join("aside-origin"));
-    origin
-        .arg("serve")
-        .env("ASIDE_DATABASE_URL", database_url(secrets, postgres))
-        .env(
-            "ASIDE_REDIS_URL",
-            format!("redis://origin:{}@127.0.0.1:{redis}", secrets.redis_origin),
-        )
-        .env("ASIDE_ORIGIN_TOKENS", &secrets.origin_token)
-        .env("ASIDE_LISTEN", format!("127.0.0.1:{port}"))
-        .env(
-            "ASIDE_CACHE",
-            if target == Target::OriginCacheOff {
-                "off"
-            } else {
-                "on"
-            },
-        );
-    origin
+    OriginSettings::new(format!("127.0.0.1:{port}"), database_url(secrets, postgres))
+        .redis(&format!("127.0.0.1:{redis}"), &secrets.redis_origin)
+        .origin_tokens(&[&secrets.origin_token])
+        .cache(target != Target::OriginCacheOff)
+        .serve(&config.bin)
 }
 
 /// The edge runtime serving `target` (an edge or the hello-world component) on `port`; an edge reaches
@@ -355,44 +342,42 @@ pub(crate) fn edge_command(
     let mut edge = config
         .runtimes
         .command(rt, &config.bin, &manifest, port, &state);
-    if matches!(target, Target::HelloRedis(_)) {
+    let redis = format!("127.0.0.1:{redis}");
+    let vars = match target {
+        Target::Hello(_) => EdgeVariables::new(),
         // The edge's Redis user: the same ACL (HGETALL of profile keys) the edge reads with.
-        edge.env("SPIN_VARIABLE_REDIS_ADDRESS", format!("127.0.0.1:{redis}"))
-            .env("SPIN_VARIABLE_REDIS_USER", "edge")
-            .env("SPIN_VARIABLE_REDIS_PASSWORD", &secrets.redis_edge);
-    }
-    if !matches!(target, Target::Hello(_) | Target::HelloRedis(_)) {
+        Target::HelloRedis(_) => EdgeVariables::new().redis(&redis, "edge", &secrets.redis_edge),
         // The address is also the `allowed_outbound_hosts` entry spin.toml templates from it, so a
-        // proxy's port is allowed like Redis's own.
-        edge.env("SPIN_VARIABLE_REDIS_ADDRESS", format!("127.0.0.1:{redis}"))
-            .env("SPIN_VARIABLE_REDIS_PASSWORD", &secrets.redis_edge)
-            .env("SPIN_VARIABLE_ORIGIN_URL", origin_url)
-            .env("SPIN_VARIABLE_ORIGIN_TOKEN", &secrets.origin_token)
-            // Client authentication as users run it (docs/security.md): on, with the local
-            // issuer's key as a static JWKS; aside-load sends a token per connection.
-            .env("SPIN_VARIABLE_AUTH", "on")
-            .env("SPIN_VARIABLE_AUTH_JWKS", &stack.client_auth.jwks)
-            .env("SPIN_VARIABLE_AUTH_ISSUER", xtask::token::ISSUER)
-            .env("SPIN_VARIABLE_AUTH_AUDIENCE", xtask::token::AUDIENCE);
-    }
-    if matches!(target, Target::EdgeAuthOff(_)) {
-        edge.env("SPIN_VARIABLE_AUTH", "off");
-    }
-    if matches!(target, Target::EdgeL1Off(_)) {
-        edge.env("SPIN_VARIABLE_L1_MAX_ENTRIES", "0")
-            .env("SPIN_VARIABLE_L1_TTL_MS", "0");
-    }
-    if matches!(target, Target::EdgeShared(_)) {
-        // The store `default` in memory, shared by every instance of this Spin process.
-        edge.arg("--runtime-config-file")
-            .arg(root.join("runtime-config.toml"))
-            .env("SPIN_VARIABLE_SHARED_TIER_STORE", "default");
-    }
-    if !matches!(target, Target::Hello(_) | Target::HelloRedis(_)) {
-        for (name, value) in &config.edge_vars {
-            edge.env(format!("SPIN_VARIABLE_{}", name.to_uppercase()), value);
+        // proxy's port is allowed like Redis's own. Client authentication as users run it
+        // (docs/security.md): on, with the local issuer's key as a static JWKS; aside-load sends a
+        // token per connection.
+        _ => {
+            let mut vars = EdgeVariables::new()
+                .redis(&redis, "edge", &secrets.redis_edge)
+                .origin(origin_url, &secrets.origin_token)
+                .auth_jwks(
+                    &stack.client_auth.jwks,
+                    xtask::token::ISSUER,
+                    xtask::token::AUDIENCE,
+                );
+            match target {
+                Target::EdgeAuthOff(_) => vars = vars.auth_off(),
+                Target::EdgeL1Off(_) => vars = vars.l1_off(),
+                // The store `default` in memory, shared by every instance of this Spin process.
+                Target::EdgeShared(_) => {
+                    edge.arg("--runtime-config-file")
+                        .arg(root.join("runtime-config.toml"));
+                    vars = vars.shared_tier("default");
+                }
+                _ => {}
+            }
+            for (name, value) in &config.edge_vars {
+                vars = vars.set(name, value);
+            }
+            vars
         }
-    }
+    };
+    vars.apply(&mut edge);
     if let (Some(shim), Rt::Spin) = (&config.nodelay_shim, rt) {
         edge.env("LD_PRELOAD", shim).env(
             "NODELAY_SHIM_LOG",

@@ -14,9 +14,17 @@
 //!
 //! **Overload is not failure** ([`Verdict`]). A call with no answer in time is evidence against the
 //! backend only if the edge could have heard one: an error always counts; a timeout counts only when
-//! the component ran on time when its timer fired (the host was not starved of CPU), the backend
-//! answered no other call of the instance meanwhile, and its recent answers were quick. Otherwise the slowness is the edge's own queue:
-//! the breaker is left alone, so a saturated edge never opens it and sends its load to the origin.
+//! the call started early in its request's budget (less than half of it spent: else the request
+//! waited in the instance), the component ran on time when its timer fired (the host was not starved
+//! of CPU), the backend answered no other call of the instance meanwhile, and its recent answers were
+//! quick. Otherwise the slowness is the edge's own queue: the breaker is left alone, so a saturated
+//! edge never opens it and sends its load to the origin.
+//!
+//! **Only a silent Redis sends a read to the origin** ([`silent`]). A call unanswered through all the
+//! waiting its request allows goes to the origin only if it started on time and Redis has answered
+//! nothing of the instance for a whole `redis_timeout_ms`; otherwise (Redis answered other calls
+//! meanwhile, or the call started late) it is shed: a stale copy or a fast 503, never an origin read.
+//! So an overloaded edge adds no load to the origin, whatever its timers show.
 //! And **overlapping timeouts** count once: a call that was already waiting when another call's
 //! timeout was counted saw the same stall, so a single stall of a busy host, felt by every call in
 //! flight at once, cannot open the breaker by itself; a Redis that stopped answering times out the
@@ -160,6 +168,34 @@ pub struct Stalled {
     pub answered_meanwhile: bool,
     /// How long the instance's recent answered calls took (a moving average), if it has any.
     pub recent_answers: Option<Duration>,
+    /// Whether the call started late in its request's budget ([`started_late`]).
+    pub started_late: bool,
+}
+
+/// Whether a call that started with `left` of its request's `budget` started late: more than half of
+/// the budget was already spent before it, inside the instance (waiting for the instance, for the
+/// client check, for another request's lookup, for a connection). Such a call's timeout is the edge's
+/// own queue ([`Saturated::LateStart`]), whatever else is seen; and the request has too little budget
+/// left to be worth an origin read.
+pub fn started_late(budget: Duration, left: Duration) -> bool {
+    left < budget / 2
+}
+
+/// Whether a call that stayed unanswered through all the waiting its request allows (the timeout,
+/// then the request's patience) points at a *silent* Redis rather than a queue: it did not start late,
+/// and Redis has answered nothing of the instance for at least one whole `timeout` (the configured
+/// `redis_timeout_ms`, not the call's limit, which the budget may have shortened) and for at least
+/// twice what its recent answers took (`recent`): an instance whose answers took a second each is
+/// not silent after 250 ms. Only then does the request go to the origin; otherwise it is shed (a
+/// stale copy or a 503), never an origin read.
+pub fn silent(
+    started_late: bool,
+    quiet_for: Duration,
+    timeout: Duration,
+    recent: Option<Duration>,
+) -> bool {
+    let threshold = timeout.max(recent.map_or(Duration::ZERO, |r| r * 2));
+    !started_late && quiet_for >= threshold
 }
 
 /// What a failed call says, and so what the breaker and the request do.
@@ -186,6 +222,10 @@ pub enum Failing {
 /// Why a slow call is put down to the edge's own load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Saturated {
+    /// The call started with less than half of its request's budget left ([`started_late`]): the
+    /// request had already waited in the instance for most of its time, so the call's short limit
+    /// says nothing about Redis.
+    LateStart,
     /// The component ran late after its timer fired (by more than [`LATE_WAKE_UP`] or a fifth of the
     /// limit, whichever is more): the host had no CPU for it, so the wait says nothing about the
     /// backend.
@@ -204,11 +244,13 @@ pub const LATE_WAKE_UP: Duration = Duration::from_millis(25);
 
 impl Verdict {
     /// The rule (docs/operations.md, "Overload"): an error is a failure; a timeout is a failure only
-    /// if the component ran on time when it fired, the backend answered nothing else meanwhile, and
-    /// its recent answers were quick.
+    /// if the call did not start late in its request's budget, the component ran on time when it
+    /// fired, the backend answered nothing else meanwhile, and its recent answers were quick.
     pub fn of_timeout(stalled: Stalled) -> Verdict {
         let tolerance = (stalled.limit / 5).max(LATE_WAKE_UP);
-        if stalled.waited >= stalled.limit.saturating_add(tolerance) {
+        if stalled.started_late {
+            Verdict::Saturated(Saturated::LateStart)
+        } else if stalled.waited >= stalled.limit.saturating_add(tolerance) {
             Verdict::Saturated(Saturated::LateWakeUp)
         } else if stalled.answered_meanwhile {
             Verdict::Saturated(Saturated::AnsweredOthers)
@@ -222,11 +264,13 @@ impl Verdict {
         }
     }
 
-    /// For logs: `error`, `timeout`, `saturated:late_wake_up`, `saturated:answered_others`.
+    /// For logs and metrics: `error`, `timeout`, `saturated:late_start`, `saturated:late_wake_up`,
+    /// `saturated:answered_others`, `saturated:slow_answers`.
     pub fn cause(self) -> &'static str {
         match self {
             Verdict::Failing(Failing::Error) => "error",
             Verdict::Failing(Failing::Timeout) => "timeout",
+            Verdict::Saturated(Saturated::LateStart) => "saturated:late_start",
             Verdict::Saturated(Saturated::LateWakeUp) => "saturated:late_wake_up",
             Verdict::Saturated(Saturated::AnsweredOthers) => "saturated:answered_others",
             Verdict::Saturated(Saturated::SlowAnswers) => "saturated:slow_answers",
@@ -355,7 +399,44 @@ mod tests {
             waited: Duration::from_millis(waited_ms),
             answered_meanwhile,
             recent_answers: Some(Duration::from_millis(1)),
+            started_late: false,
         }
+    }
+
+    #[test]
+    fn a_call_that_started_late_in_its_budget_blames_the_edge() {
+        assert!(started_late(
+            Duration::from_millis(2000),
+            Duration::from_millis(999)
+        ));
+        assert!(!started_late(
+            Duration::from_millis(2000),
+            Duration::from_millis(1000)
+        ));
+        // Whatever else is seen: on time, nothing answered, recent answers quick.
+        let late = Stalled {
+            started_late: true,
+            ..stalled(90, 90, false)
+        };
+        let verdict = Verdict::of_timeout(late);
+        assert_eq!(verdict, Verdict::Saturated(Saturated::LateStart));
+        assert_eq!(verdict.cause(), "saturated:late_start");
+    }
+
+    #[test]
+    fn only_a_whole_timeout_of_silence_on_a_call_that_started_on_time_is_a_silent_redis() {
+        let timeout = Duration::from_millis(250);
+        let quick = Some(Duration::from_millis(5));
+        assert!(silent(false, Duration::from_millis(250), timeout, quick));
+        assert!(silent(false, Duration::from_millis(250), timeout, None));
+        // Redis answered another call of the instance within the last timeout: a queue.
+        assert!(!silent(false, Duration::from_millis(249), timeout, quick));
+        // A late start never goes to the origin, however long Redis was quiet.
+        assert!(!silent(true, Duration::from_secs(5), timeout, quick));
+        // Answers that took a second each: quiet for twice that before it is silence.
+        let slow = Some(Duration::from_millis(1000));
+        assert!(!silent(false, Duration::from_millis(1999), timeout, slow));
+        assert!(silent(false, Duration::from_millis(2000), timeout, slow));
     }
 
     #[test]

@@ -17,49 +17,9 @@ use crate::budget::BudgetSettings;
 use crate::key_policy::{KeyPolicy, KeySource};
 use crate::ratelimit::WriteLimit;
 
-/// Every Spin variable the edge reads, as declared under `[component.aside-edge.variables]`.
-pub const VARIABLES: [&str; 40] = [
-    "redis_address",
-    "redis_database",
-    "redis_user",
-    "redis_password",
-    "origin_url",
-    "origin_token",
-    "l1_max_entries",
-    "l1_max_bytes",
-    "l1_ttl_ms",
-    "redis_timeout_ms",
-    "redis_backoff_ms",
-    "origin_timeout_ms",
-    "request_budget_ms",
-    "redis_failure_threshold",
-    "origin_failure_threshold",
-    "origin_backoff_ms",
-    "l1_stale_ms",
-    "xfetch_beta",
-    "redis_scheme",
-    "auth",
-    "auth_issuer",
-    "auth_audience",
-    "auth_leeway_s",
-    "auth_user_claim",
-    "auth_jwks",
-    "auth_jwks_url",
-    "auth_keys_min_refresh_s",
-    "auth_keys_max_refresh_s",
-    "auth_keys_max_stale_s",
-    "auth_token_cache_entries",
-    "auth_token_cache_s",
-    "write_rate_per_min",
-    "write_burst",
-    "shared_tier_store",
-    "shared_tier_slots",
-    "origin_budget_per_s",
-    "origin_budget_burst",
-    "redis_max_connections",
-    "feed_poll_ms",
-    "feed_max_lag_ms",
-];
+/// Every Spin variable the edge reads, as declared under `[component.aside-edge.variables]` (defined in
+/// `aside_shared::settings`, where the launchers check their names against it).
+pub use aside_shared::settings::EDGE_VARIABLES as VARIABLES;
 
 /// Subjects the write limit remembers at most per instance (see [`crate::ratelimit`]).
 const MAX_LIMITED_CALLERS: usize = 10_000;

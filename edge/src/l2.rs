@@ -10,10 +10,11 @@
 //! requests per instance); at that bound a command shares the connection with the fewest commands in
 //! flight rather than waiting or skipping Redis.
 //!
-//! A failure of any kind (cannot connect, command error, slower than `redis_timeout_ms` or than what is
-//! left of the request's budget) drops the connection and counts towards the breaker ([`crate::backoff`]):
+//! A failure (cannot connect, command error, or a timeout the edge cannot put down to its own saturation,
+//! [`crate::backoff::Verdict`]) drops the connection and counts towards the breaker ([`crate::backoff`]):
 //! after `redis_failure_threshold` consecutive failures the next requests go straight to the origin until
-//! a probe succeeds. A connection that had answered before and now fails (Redis restarted and closed it
+//! a probe succeeds. A request whose call timed out goes to the origin only if Redis turned out silent
+//! ([`crate::backoff::silent`]); otherwise it is shed, never sent to the origin. A connection that had answered before and now fails (Redis restarted and closed it
 //! while it sat in the pool) is dropped with every other idle one, and the command is tried once more on a
 //! new connection within the same time limit: a restart costs no request its Redis read.
 //! A hash that is missing or does not parse is a plain miss: it says nothing about Redis's health.
@@ -33,7 +34,9 @@ use aside_shared::cache::{
 use aside_shared::{CachedProfile, FieldSelection, UserId};
 use spin_sdk::redis::{Connection, Error, RedisParameter, RedisResult};
 
-use crate::backoff::{Attempt, Breaker, Failing, Stalled, Transition, Verdict, Visible};
+use crate::backoff::{
+    self, Attempt, Breaker, Failing, Saturated, Stalled, Transition, Verdict, Visible,
+};
 use crate::clock::{self, Deadline, Nanos};
 use crate::config::Config;
 use crate::flight::SingleFlight;
@@ -328,7 +331,7 @@ impl Redis {
             let why_not = Cell::new(None);
             let Some(lease) = self
                 .pool
-                .take(|| self.open(limit, started, deadline, &why_not))
+                .take(|| self.open(limit, (started, false), deadline, &why_not))
                 .await
             else {
                 break Err(why_not.take().unwrap_or(Failure::Connect));
@@ -430,10 +433,12 @@ impl Redis {
     /// reachable, but nothing to use. The edge's Redis user may only read: write commands fail.
     ///
     /// A command still unanswered at `limit` is judged by [`Verdict::of_timeout`]: a failure of
-    /// Redis counts towards the breaker and the request goes on without Redis (`Failed`); a stall
-    /// put down to the edge's own saturation blames nothing, and the request keeps waiting for the
-    /// same answer until `deadline` (Redis is up: giving its load to the origin would only add work),
-    /// then gives up (`Shed`: answered from a stale copy or with a 503, never through the origin).
+    /// Redis counts towards the breaker at once; a stall put down to the edge's own saturation blames
+    /// nothing. Either way the request keeps waiting for the same answer within its patience (Redis
+    /// may be up: giving its load to the origin would only add work); still unanswered, it goes on
+    /// without Redis (`Failed`, the origin) only if Redis is silent ([`backoff::silent`]: the call
+    /// started on time and nothing of the instance was answered for a whole timeout), else it gives
+    /// up (`Shed`: answered from a stale copy or with a 503, never through the origin).
     /// A late call is never cancelled (crate::clock): it keeps its connection until it ends.
     pub async fn execute(
         &self,
@@ -449,6 +454,10 @@ impl Redis {
         let Some(permit) = Attempt::start(&self.breaker, started) else {
             return Read::Skipped;
         };
+        // More than half of the request's budget spent before Redis was asked: any timeout of this
+        // call is the instance's queue (crate::backoff, `started_late`).
+        let late =
+            backoff::started_late(self.config.request_budget, deadline.remaining_at(started));
         let mut permit = Some(permit);
         let mut counted = None;
         let mut saturated = None;
@@ -457,7 +466,7 @@ impl Redis {
             let why_not = Cell::new(None);
             let Some(lease) = self
                 .pool
-                .take(|| self.open(limit, started, deadline, &why_not))
+                .take(|| self.open(limit, (started, late), deadline, &why_not))
                 .await
             else {
                 match why_not.take() {
@@ -476,10 +485,10 @@ impl Redis {
                 limit.saturating_sub(Duration::from_nanos(clock::now().saturating_sub(started)));
             let result = match clock::race(left, call).await {
                 Ok(answer) => answer,
-                Err(late) => match self.judge(limit, started) {
+                Err(pending) => match self.judge(limit, started, late) {
                     verdict @ Verdict::Saturated(_) => {
                         saturated = Some(verdict);
-                        clock::within(patience(deadline), late)
+                        clock::within(patience(deadline), pending)
                             .await
                             .unwrap_or(Err(Failure::TimedOut))
                     }
@@ -488,7 +497,7 @@ impl Redis {
                         // this request keeps waiting for the same answer within its budget:
                         // one stall is not yet an outage, and the origin is the costlier path.
                         counted = self.count_timeout(permit.take(), started);
-                        clock::within(patience(deadline), late)
+                        clock::within(patience(deadline), pending)
                             .await
                             .unwrap_or(Err(Failure::TimedOut))
                     }
@@ -527,52 +536,60 @@ impl Redis {
             self.answered(Duration::from_nanos(clock::now().saturating_sub(started)));
         }
 
-        // Waited out the budget's patience too, and Redis has answered nothing of this instance for
-        // a whole timeout: not a queue but a silent Redis. That counts (once per stall, as any
-        // timeout), and the request goes on to the origin with the time it kept for it.
+        // Waited out the budget's patience too with no answer. Only a silent Redis (the call started
+        // on time, and Redis has answered nothing of this instance for a whole `redis_timeout_ms`)
+        // sends the request to the origin; that counts (once per stall, as any timeout). Otherwise
+        // Redis is up and the call was queued in the instance, or the request started it too late to
+        // tell: shed (a stale copy or a 503), never an origin read (crate::backoff, `silent`).
         let quiet_for = Duration::from_nanos(clock::now().saturating_sub(self.last_answer.get()));
-        let silent = saturated.is_some() && attempt.is_err() && quiet_for >= limit;
-        if silent {
-            saturated = None;
-        }
-        if let (Some(verdict), Err(_)) = (saturated, &attempt) {
-            // Not Redis's fault: the breaker hears nothing (a probe's slot is freed), no origin call.
+        // An instance that has never heard Redis has no silence to measure: if its wait was judged
+        // saturated, that is all it knows, and it sheds.
+        let never_heard = self.recent_answers.get().is_none();
+        let silent = backoff::silent(
+            late,
+            quiet_for,
+            self.config.redis_timeout,
+            self.recent_answers.get(),
+        ) && !(never_heard && saturated.is_some());
+        let timed_out = matches!(attempt, Err(Failure::TimedOut));
+        let shed_as = match saturated {
+            Some(verdict) if attempt.is_err() && !silent => Some(verdict),
+            // A timeout counted against Redis whose wait ended with Redis answering others.
+            None if timed_out && !silent => Some(Verdict::Saturated(if late {
+                Saturated::LateStart
+            } else {
+                Saturated::AnsweredOthers
+            })),
+            _ => None,
+        };
+        if let Some(verdict) = shed_as {
+            // No origin call; the breaker hears nothing more (a probe's slot is freed). A timeout
+            // counted earlier stays counted, and its state change is reported.
             drop(permit);
+            self.note(counted);
             let shed = self.shed.get() + 1;
             self.shed.set(shed);
             // The first and then one in 100: an overloaded edge must not spend itself on logging.
             if shed % 100 == 1 {
                 eprintln!(
                     "aside-edge: redis {command} unanswered within the request budget; shedding the \
-                     request (cause: {}; not counted by the redis breaker; shed so far by this \
-                     instance: {shed})",
-                    verdict.cause()
+                     request, not asking the origin (cause: {}; Redis last answered {} ms ago; the \
+                     call started with {} ms of the budget left; shed so far by this instance: \
+                     {shed})",
+                    verdict.cause(),
+                    quiet_for.as_millis(),
+                    deadline.remaining_at(started).as_millis()
                 );
             }
             return Read::Shed;
         }
         let ok = attempt.is_ok();
-        let timed_out = matches!(attempt, Err(Failure::TimedOut));
         let transition = match permit {
             None => counted,
             Some(permit) if timed_out => self.count_timeout(Some(permit), started),
             Some(permit) => permit.finish(ok, clock::now()),
         };
-        if let Some(t) = transition {
-            METRICS.transition(Backend::Redis, t == Transition::Opened);
-        }
-        match transition {
-            Some(Transition::Opened) => eprintln!(
-                "aside-edge: redis breaker open after {} consecutive failure(s): skipping Redis for {} \
-                 ms, then one request probes it",
-                self.breaker.borrow().threshold(),
-                self.config.redis_breaker.backoff.as_millis()
-            ),
-            Some(Transition::Closed) => {
-                eprintln!("aside-edge: redis breaker closed: the probe succeeded")
-            }
-            None => {}
-        }
+        self.note(transition);
         match attempt {
             Ok(Some(reply)) => Read::Hit(reply),
             Ok(None) => Read::Miss,
@@ -614,13 +631,32 @@ impl Redis {
         }
     }
 
-    /// What a command unanswered at `limit` (started at `started`) says: see [`Verdict::of_timeout`].
-    fn judge(&self, limit: Duration, started: Nanos) -> Verdict {
+    /// Reports a breaker state change (metric and log line).
+    fn note(&self, transition: Option<Transition>) {
+        let Some(t) = transition else { return };
+        METRICS.transition(Backend::Redis, t == Transition::Opened);
+        match t {
+            Transition::Opened => eprintln!(
+                "aside-edge: redis breaker open after {} consecutive failure(s): skipping Redis for {} \
+                 ms, then one request probes it",
+                self.breaker.borrow().threshold(),
+                self.config.redis_breaker.backoff.as_millis()
+            ),
+            Transition::Closed => {
+                eprintln!("aside-edge: redis breaker closed: the probe succeeded")
+            }
+        }
+    }
+
+    /// What a command unanswered at `limit` (started at `started`, `late` in its request's budget)
+    /// says: see [`Verdict::of_timeout`].
+    fn judge(&self, limit: Duration, started: Nanos, late: bool) -> Verdict {
         let verdict = Verdict::of_timeout(Stalled {
             limit,
             waited: Duration::from_nanos(clock::now().saturating_sub(started)),
             answered_meanwhile: self.last_answer.get() > started,
             recent_answers: self.recent_answers.get(),
+            started_late: late,
         });
         METRICS.redis_verdict(verdict);
         verdict
@@ -655,7 +691,7 @@ impl Redis {
     async fn open(
         &self,
         limit: Duration,
-        started: Nanos,
+        (started, late): (Nanos, bool),
         deadline: Deadline,
         why_not: &Cell<Option<Failure>>,
     ) -> Option<Connection> {
@@ -664,9 +700,9 @@ impl Redis {
         let open = Box::pin(async move { Connection::open(&url).await });
         let opened = match clock::race(limit, open).await {
             Ok(opened) => Some(opened),
-            Err(late) => match self.judge(limit, started) {
+            Err(pending) => match self.judge(limit, started, late) {
                 verdict @ Verdict::Saturated(_) => {
-                    match clock::within(patience(deadline), late).await {
+                    match clock::within(patience(deadline), pending).await {
                         Some(opened) => Some(opened),
                         None => {
                             why_not.set(Some(Failure::Unheard(verdict)));
@@ -680,18 +716,48 @@ impl Redis {
                 // 250 ms limit). It gets one more `limit` (within the request's patience); still
                 // nothing: a timeout, counted, and the origin. Not the whole patience: each new
                 // instance has its own breaker, so under a frozen Redis every one of them would
-                // wait that long before its breaker could open.
+                // wait that long before its breaker could open. The extra wait is judged like the
+                // first: if the host ran its timer late, the edge is saturated and the request is
+                // shed, not sent to the origin (a spike's new instances did, 14 in one 4 s spike,
+                // each `waited 572-648 ms` for two 250 ms limits).
                 Verdict::Failing(_) if self.recent_answers.get().is_none() => {
-                    clock::within(limit.min(patience(deadline)), late).await
+                    let extra = limit.min(patience(deadline));
+                    let waiting = clock::now();
+                    match clock::within(extra, pending).await {
+                        Some(opened) => Some(opened),
+                        None => {
+                            let verdict = Verdict::of_timeout(Stalled {
+                                limit: extra,
+                                waited: Duration::from_nanos(clock::now().saturating_sub(waiting)),
+                                answered_meanwhile: self.last_answer.get() > started,
+                                recent_answers: None,
+                                started_late: late,
+                            });
+                            if let Verdict::Saturated(_) = verdict {
+                                METRICS.redis_verdict(verdict);
+                                why_not.set(Some(Failure::Unheard(verdict)));
+                                return None;
+                            }
+                            None
+                        }
+                    }
                 }
-                // One that heard quick answers before and now cannot log in: Redis changed (frozen,
-                // gone). Fail now, so that the breaker opens for the requests after it.
-                Verdict::Failing(_) => {
+                // One that heard answers before, and already counted a timeout since the last of
+                // them: a second stall with nothing heard in between, so Redis stopped (frozen,
+                // gone). Fail now, so that the breaker opens for the requests after it (its
+                // connections were dropped with the first stall: this open is how it notices).
+                Verdict::Failing(_) if self.counted_timeout.get() > self.last_answer.get() => {
                     clock::detach(async move {
-                        let _ = late.await;
+                        let _ = pending.await;
                     });
                     None
                 }
+                // Otherwise it keeps waiting within the request's patience, and the end of the
+                // wait decides (crate::backoff, `silent`): Redis silent for a whole timeout:
+                // counted, and the origin; Redis heard meanwhile: shed. Failing at once here sent
+                // every late open of a spike to the origin (20 of them in one 4 s spike, each
+                // `waited 255-299 ms, nothing else answered`: opened late, not never).
+                Verdict::Failing(_) => clock::within(patience(deadline), pending).await,
             },
         };
         match opened {

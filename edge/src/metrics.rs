@@ -116,9 +116,10 @@ impl OriginRead {
 }
 
 /// The verdicts of [`crate::backoff::Verdict`], in the order they are served.
-const VERDICTS: [&str; 5] = [
+const VERDICTS: [&str; 6] = [
     "error",
     "timeout",
+    "saturated:late_start",
     "saturated:late_wake_up",
     "saturated:answered_others",
     "saturated:slow_answers",

@@ -11,6 +11,7 @@
 //! * [`feed`]: the invalidation feed's stream, its entries and how a reader parses them.
 //! * [`input`]: write bodies (`ProfileInput`, `ProfilePatch`), parsed with the same rules on both sides.
 //! * [`headers`]: header names and values both sides emit (`x-cache`, `server-timing`).
+//! * [`settings`]: the names of the edge's Spin variables and the origin's environment variables.
 //! * `openapi` (feature `openapi`, the origin only): the OpenAPI schemas of these types, every limit
 //!   taken from the parsers.
 
@@ -25,6 +26,7 @@ pub mod input;
 #[cfg(feature = "openapi")]
 pub mod openapi;
 pub mod scopes;
+pub mod settings;
 
 pub use cache::{CacheEntry, CachedProfile, Freshness, HashError};
 pub use domain::{

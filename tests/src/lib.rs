@@ -1,3 +1,4 @@
 pub mod harness;
-pub mod host;
+/// The bundled host (its own crate, `host/`), under the name the harness has always used.
+pub use aside_host as host;
 pub mod readme;

@@ -1,7 +1,7 @@
 //! No import circles: within each crate of the workspace, no module depends on a module that depends
 //! back on it, directly or through others.
 //!
-//! Each crate root (`shared`, `edge`, `origin`, `xtask` and `bench`, library and binary, and this crate's
+//! Each crate root (`shared`, `edge`, `origin`, `host`, `xtask` and `bench`, library and binary, and this crate's
 //! library) is parsed with `syn`, following its `mod` declarations to every file. A module depends on
 //! another when its code names it by a path that starts with `crate::` or `super::` (in a `use`, a type,
 //! an expression, or a macro's tokens; `super::` is resolved, re-exports in the crate root are followed
@@ -30,6 +30,8 @@ const ROOTS: &[&str] = &[
     "edge/src/lib.rs",
     "origin/src/lib.rs",
     "origin/src/main.rs",
+    "host/src/lib.rs",
+    "host/src/main.rs",
     "xtask/src/lib.rs",
     "xtask/src/main.rs",
     "bench/src/lib.rs",

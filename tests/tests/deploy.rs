@@ -363,6 +363,23 @@ fn kubernetes_manifests_render_with_kustomize_and_validate_against_their_schemas
     // Secret, never as a value.
     let manifest: toml::Value =
         toml::from_str(&std::fs::read_to_string(root.join("spin.toml")).unwrap()).unwrap();
+    // spin.toml declares exactly the edge's variables (aside_shared::settings, which the edge's config
+    // reads and the launchers check names against) and its templates' own.
+    let declared: BTreeSet<&str> = manifest["variables"]
+        .as_table()
+        .expect("spin.toml has [variables]")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let named: BTreeSet<&str> = aside_shared::settings::EDGE_VARIABLES
+        .iter()
+        .chain(aside_shared::settings::MANIFEST_VARIABLES)
+        .copied()
+        .collect();
+    assert_eq!(
+        declared, named,
+        "spin.toml's [variables] and aside_shared::settings differ"
+    );
     let declared = manifest["variables"].as_table().unwrap();
     let spinapp = &kind(&overlay, "SpinApp")[0]["spec"];
     let mut bound = BTreeSet::new();
@@ -397,4 +414,32 @@ fn kubernetes_manifests_render_with_kustomize_and_validate_against_their_schemas
             );
         }
     }
+}
+
+/// The origin reads exactly the settings `aside_shared::settings::ORIGIN_SETTINGS` names (the list the
+/// launchers of `cargo xtask up`, the bench and the harness check their names against): every
+/// subcommand's `--help` lists its settings' `env`, and together they are that list.
+#[test]
+fn the_origin_reads_exactly_the_settings_the_shared_list_names() {
+    let mut read = BTreeSet::new();
+    for command in ["migrate", "seed", "serve", "cache-stats"] {
+        let help = run(Command::new(origin_binary()).args([command, "--help"]));
+        let help = assert_success(&help, &format!("aside-origin {command} --help"));
+        read.extend(
+            help.split(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+                .filter(|w| w.starts_with("ASIDE_"))
+                .map(str::to_string),
+        );
+    }
+    let listed: BTreeSet<String> = aside_shared::settings::ORIGIN_SETTINGS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let unlisted: Vec<&String> = read.difference(&listed).collect();
+    let unread: Vec<&String> = listed.difference(&read).collect();
+    assert!(
+        unlisted.is_empty() && unread.is_empty(),
+        "the origin reads settings ORIGIN_SETTINGS does not list: {unlisted:?}; ORIGIN_SETTINGS lists \
+         settings the origin does not read: {unread:?}"
+    );
 }

@@ -167,6 +167,25 @@ async fn a_spike_is_answered_cleanly_and_never_floods_the_origin() {
             &[r#"cause="origin_budget""#]
         ),
     );
+    // The Redis verdicts by cause (which path each late call took), after the spike.
+    let verdicts: BTreeMap<&str, f64> = [
+        "error",
+        "timeout",
+        "saturated:late_start",
+        "saturated:late_wake_up",
+        "saturated:answered_others",
+        "saturated:slow_answers",
+    ]
+    .into_iter()
+    .map(|cause| {
+        let label = format!("cause=\"{cause}\"");
+        (
+            cause,
+            sum_samples(&after_spike, "aside_edge_breaker_verdicts_total", &[&label]),
+        )
+    })
+    .collect();
+    eprintln!("overload: redis verdicts after the spike: {verdicts:?}");
     let (after, _) = phase(&edge.url(), &token, &origin, CALM, RECOVERY + PHASE).await;
 
     for (name, report) in [("calm", &calm), ("spike", &spike), ("after", &after)] {
@@ -232,16 +251,18 @@ async fn a_spike_is_answered_cleanly_and_never_floods_the_origin() {
     }
     assert!(calm.with_status(200) > 0 && spike.with_status(200) > 0);
 
-    // No stampede: every id was cached before, so the spike needs no origin read the calm phase did
-    // not. Allowed beyond the issue's bench bound (1.2 × the calm phase's): reads whose Redis call
-    // stalled with no sign of saturation and stayed unanswered for most of their budget, which the
-    // edge cannot tell from a Redis that stopped (docs/operations.md, "Overload"): at most 5 % of the
-    // spike's answers. Before, the breaker sent 93 % of them there.
-    let allowed = 1.2 * calm_origin + 0.05 * spike.sent() as f64;
+    // No stampede (the issue's bound): every id was cached before, so the spike needs no miss, and
+    // the origin gets at most 1.2 × the calm phase's reads. A Redis call the edge could not hear in
+    // time while Redis was answering (a queue) or that started late in its request's budget is shed,
+    // never sent to the origin (docs/operations.md, "Overload"); only a Redis silent for a whole
+    // timeout is, and Redis never stops here.
+    let new_ids_misses = 0.0;
+    let allowed = 1.2 * calm_origin + new_ids_misses;
     assert!(
         spike_origin <= allowed,
         "the spike sent {spike_origin} reads to the origin (allowed {allowed:.0}), the calm phase \
-         {calm_origin}"
+         {calm_origin}; the edge's origin reads by cause after the spike: {now:?}\nedge decisions:\n{}",
+        log_kinds(&log)
     );
 
     // Recovery: RECOVERY after the spike, every answer is a fresh tier hit with no breaker open.
@@ -332,7 +353,8 @@ async fn the_edge_metrics_count_shedding_the_budget_and_origin_reads_under_a_spi
         granted, reads,
         "every granted take is one origin read\n{text}"
     );
-    assert!(shed_budget <= refused, "{text}");
+    // (No bound between `shed_budget` and `refused`: one refused lookup answers every request that
+    // shared it, so one refusal may be several shed answers, and a refusal with a stale copy none.)
     assert!(shed_budget <= client_503, "{text}");
     assert!(answered_5xx >= shed_budget, "{text}");
     assert!(

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aside_tests::harness::{
-    Edge, EdgeOptions, EdgeRuntime, Origin, Stack, TestEnv, generate_secret,
+    Edge, EdgeOptions, EdgeRuntime, Origin, Stack, TestEnv, generate_secret, http_client,
 };
 use reqwest::Method;
 
@@ -53,10 +53,7 @@ struct Seen {
 const VOLATILE: [&str; 3] = ["date", "x-edge-instance", "server-timing"];
 
 async fn send(base: &str, case: &Case) -> Seen {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let client = http_client();
     let mut request = client.request(case.method.clone(), format!("{base}{}", case.path));
     for (name, value) in case.headers {
         request = request.header(*name, *value);

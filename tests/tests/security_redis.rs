@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use aside_tests::harness::{
     EdgeOptions, Origin, OriginOptions, RedisServer, RedisUser, Stack, TestCa, TlsOptions, bin_dir,
-    free_port, generate_secret, metric, temp_dir,
+    free_port, generate_secret, http_client, metric, temp_dir,
 };
 use redis::AsyncCommands as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -914,10 +914,7 @@ async fn normal_operation_needs_no_denied_command_and_the_edge_connects_as_edge(
         .start()
         .await
         .unwrap();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let http = http_client();
     let get = |path: &str| {
         let request = http.get(format!("{}{path}", edge.url()));
         async move {

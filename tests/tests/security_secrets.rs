@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use aside_tests::harness::{
-    Origin, RedisUser, Stack, bin_dir, free_port, generate_secret, wait_until,
+    Origin, RedisUser, Stack, bin_dir, free_port, generate_secret, http_client, wait_until,
 };
 
 /// Everything the test saw, to search for secrets at the end.
@@ -97,10 +97,7 @@ async fn no_secret_reaches_logs_responses_or_the_command_line() {
         stack.redis.port, env.redis_db
     );
     let origin = Origin::start(options).await.unwrap();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let http = http_client();
     let base = origin.url();
     let mut seen = Transcript::default();
 

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aside_tests::harness::{
-    Edge, EdgeOptions, Origin, RedisServer, RedisUser, Stack, TestEnv, generate_secret,
+    Edge, EdgeOptions, Origin, RedisServer, RedisUser, Stack, TestEnv, generate_secret, http_client,
 };
 use serde_json::{Value, json};
 
@@ -40,10 +40,7 @@ async fn send(
     body: Option<Value>,
 ) -> Seen {
     let started = Instant::now();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let client = http_client();
     let mut request = client.request(method, url);
     if let Some(token) = token {
         request = request.bearer_auth(token);

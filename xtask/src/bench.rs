@@ -106,7 +106,7 @@ fn build(quick: bool) -> anyhow::Result<PathBuf> {
         // The same commands as `cargo xtask test`, so after a test run nothing is rebuilt.
         build_test_origin()?;
         if !root.join("target/debug/aside-host").exists() {
-            run_cmd(cargo().args(["build", "-p", "aside-tests", "--bin", "aside-host"]))?;
+            run_cmd(cargo().args(["build", "-p", "aside-host", "--bin", "aside-host"]))?;
         }
         run_cmd(cargo().args(["build", "-p", "aside-bench"]))?;
         Ok(root.join("target/debug"))
@@ -119,7 +119,7 @@ fn build(quick: bool) -> anyhow::Result<PathBuf> {
             "-p",
             "aside-origin",
             "-p",
-            "aside-tests",
+            "aside-host",
             "--bin",
             "aside-origin",
             "--bin",

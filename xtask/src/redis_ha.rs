@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use crate::launch::OriginSettings;
 use crate::local::HaPasswords;
 use crate::redis_server::{RedisNode, Replication};
 use crate::stack::{Secrets, Services};
@@ -188,7 +189,7 @@ pub fn start_local(
 
 impl LocalHa {
     /// The origin's settings for this Redis: the Sentinels instead of ASIDE_REDIS_URL.
-    pub fn origin_env(&self, origin: &mut Command, origin_password: &str) {
+    pub fn origin_settings(&self, origin: OriginSettings, origin_password: &str) -> OriginSettings {
         let sentinels: Vec<String> = self
             .ports
             .sentinels
@@ -196,12 +197,12 @@ impl LocalHa {
             .map(|p| format!("127.0.0.1:{p}"))
             .collect();
         origin
-            .env("ASIDE_REDIS_SENTINELS", sentinels.join(","))
-            .env("ASIDE_REDIS_SENTINEL_MASTER", MASTER_NAME)
-            .env("ASIDE_REDIS_SENTINEL_USERNAME", "origin")
-            .env("ASIDE_REDIS_SENTINEL_PASSWORD", origin_password)
-            .env("ASIDE_REDIS_USERNAME", "origin")
-            .env("ASIDE_REDIS_PASSWORD", origin_password);
+            .set("ASIDE_REDIS_SENTINELS", sentinels.join(","))
+            .set("ASIDE_REDIS_SENTINEL_MASTER", MASTER_NAME)
+            .set("ASIDE_REDIS_SENTINEL_USERNAME", "origin")
+            .set("ASIDE_REDIS_SENTINEL_PASSWORD", origin_password)
+            .set("ASIDE_REDIS_USERNAME", "origin")
+            .set("ASIDE_REDIS_PASSWORD", origin_password)
     }
 
     /// One line per node: its role (asked with `ROLE`) and port.

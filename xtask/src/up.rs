@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
+use xtask::launch::{EdgeVariables, OriginSettings};
 use xtask::local;
 use xtask::stack::{self, Secrets, Services};
 use xtask::supervise::{self, Request, Supervisor};
@@ -314,25 +315,17 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     run_cmd(&mut seed)?;
 
-    let mut origin = Command::new(&origin_bin);
-    match &ha {
-        Some(ha) => ha.origin_env(&mut origin, &secrets.redis_origin),
-        None => {
-            origin.env(
-                "ASIDE_REDIS_URL",
-                format!(
-                    "redis://origin:{}@127.0.0.1:{}",
-                    secrets.redis_origin, args.redis_port
-                ),
-            );
-        }
-    }
-    origin
-        .arg("serve")
-        .env("ASIDE_DATABASE_URL", &app_url)
-        .env("ASIDE_ORIGIN_TOKENS", &secrets.origin_token)
-        .env("ASIDE_ADMIN_TOKENS", &secrets.admin_token)
-        .env("ASIDE_LISTEN", format!("127.0.0.1:{}", args.origin_port));
+    let origin = OriginSettings::new(format!("127.0.0.1:{}", args.origin_port), &app_url)
+        .origin_tokens(&[&secrets.origin_token])
+        .admin_tokens(&[&secrets.admin_token]);
+    let origin = match &ha {
+        Some(ha) => ha.origin_settings(origin, &secrets.redis_origin),
+        None => origin.redis(
+            &format!("127.0.0.1:{}", args.redis_port),
+            &secrets.redis_origin,
+        ),
+    };
+    let origin = origin.serve(&bin);
     services.spawn("origin", origin, &logs, libc::SIGTERM)?;
     services.wait_for_port(args.origin_port, &logs)?;
 
@@ -362,8 +355,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
                 }));
             if args.shared_tier {
                 c.arg("--runtime-config-file")
-                    .arg(root.join("runtime-config.toml"))
-                    .env("SPIN_VARIABLE_SHARED_TIER_STORE", SHARED_TIER_STORE);
+                    .arg(root.join("runtime-config.toml"));
             }
             c
         } else {
@@ -374,19 +366,18 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             c
         };
         let edge_redis = ha.as_ref().map_or(args.redis_port, |ha| ha.ports.replica);
-        edge.env(
-            "SPIN_VARIABLE_REDIS_ADDRESS",
-            format!("127.0.0.1:{edge_redis}"),
-        )
-        .env("SPIN_VARIABLE_REDIS_PASSWORD", &secrets.redis_edge)
-        .env(
-            "SPIN_VARIABLE_ORIGIN_URL",
-            format!("http://127.0.0.1:{}", args.origin_port),
-        )
-        .env("SPIN_VARIABLE_ORIGIN_TOKEN", &secrets.origin_token)
-        .env("SPIN_VARIABLE_AUTH_JWKS", issuer.jwks())
-        .env("SPIN_VARIABLE_AUTH_ISSUER", xtask::token::ISSUER)
-        .env("SPIN_VARIABLE_AUTH_AUDIENCE", xtask::token::AUDIENCE);
+        let mut vars = EdgeVariables::new()
+            .set("redis_address", format!("127.0.0.1:{edge_redis}"))
+            .set("redis_password", &secrets.redis_edge)
+            .origin(
+                &format!("http://127.0.0.1:{}", args.origin_port),
+                &secrets.origin_token,
+            )
+            .auth_jwks(&issuer.jwks(), xtask::token::ISSUER, xtask::token::AUDIENCE);
+        if args.shared_tier && spin.is_some() {
+            vars = vars.shared_tier(SHARED_TIER_STORE);
+        }
+        vars.apply(&mut edge);
         services.spawn(name, edge, &logs, libc::SIGTERM)?;
         services.wait_for_port(port, &logs)?;
     }
@@ -548,7 +539,7 @@ fn build(root: &Path, bin_dir: Option<&Path>, bundled_host: bool) -> anyhow::Res
         "aside-origin",
     ]);
     if bundled_host {
-        command.args(["-p", "aside-tests", "--bin", "aside-host"]);
+        command.args(["-p", "aside-host", "--bin", "aside-host"]);
     }
     run_cmd(&mut command)?;
     Ok(root.join("target/release"))

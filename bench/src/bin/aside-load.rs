@@ -116,6 +116,10 @@ struct Tally {
     tiers: BTreeMap<String, Histogram<u64>>,
     /// Per `x-cache` value and `server-timing` metric: (sum of ms, answers that carried it).
     timings: BTreeMap<String, BTreeMap<String, (f64, u64)>>,
+    /// Every answer by status code.
+    statuses: BTreeMap<String, u64>,
+    /// Answers (any status) without `x-cache`.
+    no_x_cache: u64,
     /// Completions per second since the measured window opened.
     per_second: Vec<u64>,
     /// When this connection's last measured request finished.
@@ -134,6 +138,8 @@ impl Tally {
             x_cache: BTreeMap::new(),
             tiers: BTreeMap::new(),
             timings: BTreeMap::new(),
+            statuses: BTreeMap::new(),
+            no_x_cache: 0,
             per_second: Vec::new(),
             last_done: None,
             exhausted: false,
@@ -172,6 +178,10 @@ impl Tally {
                 *c += n;
             }
         }
+        for (k, v) in other.statuses {
+            *self.statuses.entry(k).or_default() += v;
+        }
+        self.no_x_cache += other.no_x_cache;
         if self.per_second.len() < other.per_second.len() {
             self.per_second.resize(other.per_second.len(), 0);
         }
@@ -364,6 +374,10 @@ async fn connection(plan: Arc<Plan>, seed: u64, number: usize) -> Tally {
             }) => {
                 let micros = (done - started).as_micros().clamp(1, 60_000_000) as u64;
                 tally.latency.saturating_record(micros);
+                *tally.statuses.entry(status.to_string()).or_default() += 1;
+                if x_cache.is_none() {
+                    tally.no_x_cache += 1;
+                }
                 if write {
                     tally.writes += 1;
                     tally.write_latency.saturating_record(micros);
@@ -559,6 +573,19 @@ fn summarise(t: Tally, elapsed: Duration, concurrency: usize) -> LoadResult {
         } else {
             Vec::new()
         },
+        server_timing_n: t
+            .timings
+            .iter()
+            .map(|(tier, metrics)| {
+                let counts = metrics
+                    .iter()
+                    .map(|(name, (_, n))| (name.clone(), *n))
+                    .collect();
+                (tier.clone(), counts)
+            })
+            .collect(),
+        statuses: t.statuses,
+        no_x_cache: t.no_x_cache,
         server_timing_ms: t
             .timings
             .into_iter()

@@ -23,6 +23,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use xtask::launch::EdgeVariables;
 use xtask::spin::SpinCli;
 
 use super::origin::Origin;
@@ -86,17 +87,23 @@ impl EdgeOptions {
             runtime: None,
             runtime_config: None,
         };
-        options
-            .var("redis_address", format!("127.0.0.1:{}", stack.redis.port))
-            .var("redis_database", env.redis_db)
-            .var("redis_user", RedisUser::Edge.name())
-            .var("redis_password", stack.redis.password(RedisUser::Edge))
-            .var("origin_url", origin_url)
-            .var("origin_token", origin_token)
-            .var("auth", "off")
-            .var("auth_jwks", "unused: auth is off")
-            .var("auth_issuer", "unused")
-            .var("auth_audience", "unused")
+        options.vars(
+            &EdgeVariables::new()
+                .redis(
+                    &format!("127.0.0.1:{}", stack.redis.port),
+                    RedisUser::Edge.name(),
+                    stack.redis.password(RedisUser::Edge),
+                )
+                .set("redis_database", env.redis_db)
+                .origin(origin_url, origin_token)
+                .auth_off(),
+        )
+    }
+
+    /// Sets every variable of `vars` (the launchers' typed builder, `xtask::launch`).
+    pub fn vars(self, vars: &EdgeVariables) -> Self {
+        vars.iter()
+            .fold(self, |options, (name, value)| options.var(name, value))
     }
 
     /// Client authentication on, with the keys, issuer and audience of `issuer`.
@@ -106,10 +113,7 @@ impl EdgeOptions {
 
     /// Client authentication on, with this JWKS document, `iss` and `aud`.
     pub fn auth_jwks(self, jwks: &str, issuer: &str, audience: &str) -> Self {
-        self.var("auth", "on")
-            .var("auth_jwks", jwks)
-            .var("auth_issuer", issuer)
-            .var("auth_audience", audience)
+        self.vars(&EdgeVariables::new().auth_jwks(jwks, issuer, audience))
     }
 
     /// Sets a Spin application variable (wins over `SPIN_VARIABLE_*` and the spin.toml default).
@@ -149,7 +153,7 @@ impl EdgeOptions {
         let toml = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
         self.runtime_config(toml)
-            .var("shared_tier_store", "default")
+            .vars(&EdgeVariables::new().shared_tier("default"))
     }
 
     /// Tier-1 time-to-live; 0 turns tier 1 off.
@@ -195,6 +199,20 @@ impl EdgeOptions {
     /// Starts the edge: under `spin up` (a process of its own) when the tests run on Spin, else under
     /// the bundled host (in this process).
     pub async fn start(self) -> anyhow::Result<Edge> {
+        // The repository's manifest takes only the edge's own variables (a misspelt one would be
+        // refused by Spin and ignored by the host): the names defined once in aside_shared::settings.
+        if self.config.manifest == workspace_root().join("spin.toml") {
+            let unknown: Vec<&String> = self
+                .config
+                .variables
+                .keys()
+                .filter(|name| !aside_shared::settings::is_edge_variable(name))
+                .collect();
+            anyhow::ensure!(
+                unknown.is_empty(),
+                "not Spin variables of the edge (aside_shared::settings::EDGE_VARIABLES): {unknown:?}"
+            );
+        }
         let runtime = self
             .runtime
             .clone()

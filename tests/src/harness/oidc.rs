@@ -20,6 +20,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde_json::{Value, json};
 
+// A client per call (http_client()): tests run each on a runtime of its own, and a pooled connection
+// must not outlive the runtime that opened it.
+use super::http::http_client;
 use super::process::{ManagedChild, StopSignal, log_to, spawn_managed, temp_dir};
 use super::{free_port, port_open, wait_until, workspace_root};
 
@@ -78,15 +81,6 @@ pub struct OidcProvider {
     jwks_max_age: u64,
     dir: PathBuf,
     child: Option<ManagedChild>,
-}
-
-/// A client per call: tests run each on a runtime of its own, and a pooled connection must not outlive
-/// the runtime that opened it.
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("an HTTP client")
 }
 
 impl std::fmt::Debug for OidcProvider {
@@ -179,7 +173,7 @@ impl OidcProvider {
             .iter()
             .find(|c| c.id == client_id)
             .with_context(|| format!("no client {client_id}"))?;
-        let answer = http()
+        let answer = http_client()
             .post(format!("{}/token", self.issuer()))
             .basic_auth(&client.id, Some(&client.secret))
             .form(&[
@@ -199,7 +193,7 @@ impl OidcProvider {
     }
 
     async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        let answer = http()
+        let answer = http_client()
             .post(format!("{}{path}", self.issuer()))
             .json(&body)
             .send()
@@ -232,7 +226,7 @@ impl OidcProvider {
 
     /// Requests answered so far.
     pub async fn stats(&self) -> anyhow::Result<OidcStats> {
-        let stats: Value = http()
+        let stats: Value = http_client()
             .get(format!("{}/_test/stats", self.issuer()))
             .send()
             .await?
@@ -246,7 +240,7 @@ impl OidcProvider {
 
     /// Stops the process (SIGKILL: the provider is simply gone), keeping its keys to come back with.
     pub async fn stop(&mut self) -> anyhow::Result<Value> {
-        let keys: Value = http()
+        let keys: Value = http_client()
             .get(format!("{}/_test/keys", self.issuer()))
             .send()
             .await?

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use xtask::launch::OriginSettings;
+
 use super::process::{ManagedChild, StopSignal, log_to, spawn_managed};
 use super::{bin_dir, free_port, port_open, temp_dir, wait_until};
 
@@ -82,14 +84,13 @@ impl Origin {
     }
 
     async fn launch(&mut self) -> anyhow::Result<()> {
-        let mut command = Command::new(origin_binary());
-        command
-            .arg("serve")
-            .env("ASIDE_LISTEN", self.addr.to_string())
-            .env("ASIDE_DATABASE_URL", &self.options.database_url)
-            .env("ASIDE_REDIS_URL", &self.options.redis_url)
-            .env("ASIDE_ORIGIN_TOKENS", self.options.tokens.join(","))
-            .env("RUST_LOG", "info");
+        let tokens: Vec<&str> = self.options.tokens.iter().map(String::as_str).collect();
+        let mut command = OriginSettings::new(self.addr.to_string(), &self.options.database_url)
+            .set("ASIDE_REDIS_URL", &self.options.redis_url)
+            .origin_tokens(&tokens)
+            .serve(&bin_dir());
+        command.env("RUST_LOG", "info");
+        // Test hooks and the settings a test changes (`ASIDE_TEST_*` are the test-hooks build's).
         for (k, v) in &self.options.env {
             command.env(k, v);
         }

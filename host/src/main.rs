@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use aside_tests::host::{
+use aside_host::{
     DEFAULT_MAX_INSTANCE_CONCURRENT_REUSE_COUNT, DEFAULT_MAX_INSTANCE_REUSE_COUNT, Host, HostConfig,
 };
 use clap::Parser;

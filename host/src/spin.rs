@@ -21,7 +21,7 @@ use super::state::InstanceState;
 
 mod bindings {
     wasmtime::component::bindgen!({
-        path: "src/host/wit",
+        path: "src/wit",
         world: "aside:host/spin-imports",
         imports: { default: async | store | trappable },
         with: {

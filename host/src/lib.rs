@@ -6,7 +6,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! use aside_tests::host::{Host, HostConfig};
+//! use aside_host::{Host, HostConfig};
 //! let mut config = HostConfig::new("spin.toml");
 //! config.variables.insert("redis_password".into(), "secret".into());
 //! let host = Host::start(config).await?;

@@ -1,0 +1,746 @@
+//! Issue 29's scenario (docs/benchmarks.md, "Overload"), run after the others on the same stack and
+//! written to `report-overload.{json,md}` beside the main report: a traffic spike through the edge
+//! (client authentication on, as users run it), then the same load on the hello-world baseline.
+//!
+//! * **The edge**: Zipf reads over every profile (Redis holds them all) from 16 connections, then
+//!   from 1,024 at once (the spike), then from 16 again for 5 s (the recovery). Each phase is measured
+//!   from its first request (no warm-up: a spike's first second is part of it): goodput (2xx answers
+//!   a second), the answers by status, answers without `x-cache`, p50/p99, the tier mix, the answers
+//!   that waited for a new instance (`server-timing: start`), and the origin's reads of `/users/{id}`
+//!   by the origin's own `/metrics` (what the phase cost it).
+//! * **Memory**: the resident memory (VmRSS) of the runtime's process and its children, sampled every
+//!   200 ms during each phase (its peak), for the edge and for hello-world under the same spike.
+//!
+//! `--quick` (what the test suite runs) keeps it to a few seconds with a 128-connection spike; `verify`
+//! checks what the scenario claims (every phase answered; no `500` and no answer without `x-cache`
+//! from the edge; the figures present), never a speed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use aside_bench::load::LoadResult;
+use aside_bench::report;
+use indicatif::ProgressBar;
+use serde::{Deserialize, Serialize};
+
+use crate::catalogue::Target;
+use crate::config::Config;
+use crate::run::{loader_args, run_loader};
+use crate::runtime::Rt;
+use crate::stack::Stack;
+
+/// The name `--only` knows this scenario by.
+pub const NAME: &str = crate::catalogue::OVERLOAD;
+/// The file beside `report.json`.
+pub const FILE: &str = "report-overload.json";
+/// Connections before and after the spike (the issue's "16").
+const CALM: usize = 16;
+/// Connections during the spike: the issue's 1,024; fewer in `--quick`.
+const SPIKE: usize = 1024;
+const SPIKE_QUICK: usize = 128;
+/// The issue's recovery bound: the phase after the spike lasts this long.
+const RECOVERY_S: f64 = 5.0;
+/// How often the runtime's memory is read during a phase.
+const RSS_EVERY: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OverloadReport {
+    pub runtime: String,
+    pub mode: String,
+    pub rows: u64,
+    /// The edge's client authentication (the edge target runs with it on).
+    pub auth: String,
+    pub calm_connections: usize,
+    pub spike_connections: usize,
+    /// Length of the calm and spike phases, in seconds.
+    pub phase_s: f64,
+    pub phases: Vec<Phase>,
+    /// The issue's goals, computed from the phases.
+    pub goals: Goals,
+}
+
+/// One phase of the load on one target.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Phase {
+    /// `edge` or `hello`.
+    pub target: String,
+    /// `calm`, `spike` or `after`.
+    pub phase: String,
+    pub connections: usize,
+    pub elapsed_s: f64,
+    /// Answers of any status.
+    pub answers: u64,
+    /// 2xx answers a second.
+    pub goodput: f64,
+    /// Answers by status code.
+    pub statuses: BTreeMap<String, u64>,
+    /// Requests that got no answer: timeouts and connection failures, by kind.
+    pub unanswered: BTreeMap<String, u64>,
+    /// Answers (any status) without `x-cache`.
+    pub no_x_cache: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    /// Successful reads per `x-cache` value.
+    pub x_cache: BTreeMap<String, u64>,
+    /// Successful reads that waited for a new instance (`server-timing: start`) and their mean wait.
+    pub instance_starts: u64,
+    pub instance_start_mean_ms: Option<f64>,
+    /// Reads of `/users/{id}` the origin answered during the phase (its own `/metrics`), and a second.
+    pub origin_reads: f64,
+    pub origin_rps: f64,
+    /// The runtime's resident memory (its process and children), peak over the phase, in MiB.
+    pub rss_peak_mib: f64,
+    /// Answers (any status) and failed requests in each whole second of the phase.
+    pub per_second: Vec<u64>,
+}
+
+/// The issue's goals, as measured (a ratio is `None` when its denominator is 0).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Goals {
+    /// Edge goodput during the spike ÷ at 16 connections (goal ≥ 0.85).
+    pub goodput_ratio: f64,
+    /// The same for hello-world (what the runtime itself keeps).
+    pub hello_goodput_ratio: Option<f64>,
+    /// Edge answers `500` in all phases (goal 0).
+    pub answers_500: u64,
+    /// Edge answers without `x-cache` in all phases (goal 0).
+    pub answers_without_x_cache: u64,
+    /// Origin reads a second during the spike and at 16 connections (goal: spike ≤ 1.2 × calm).
+    pub origin_rps_calm: f64,
+    pub origin_rps_spike: f64,
+    /// The runtime's peak RSS during the spike: the edge's, hello-world's and their ratio (goal ≤ 2).
+    pub edge_rss_spike_mib: f64,
+    pub hello_rss_spike_mib: Option<f64>,
+    pub rss_ratio: Option<f64>,
+    /// Recovery: p50/p99 and the share of reads answered from tier 1 in the 5 s after the spike,
+    /// against the calm phase before it.
+    pub p50_before_us: u64,
+    pub p50_after_us: u64,
+    pub p99_before_us: u64,
+    pub p99_after_us: u64,
+    pub l1_share_before: f64,
+    pub l1_share_after: f64,
+}
+
+/// Runs the spike on the edge and on hello-world under `rt`, and writes `report-overload.{json,md}`.
+pub fn run(config: &Config, stack: &Stack, rt: Rt) -> anyhow::Result<OverloadReport> {
+    let bar = ProgressBar::hidden();
+    let spike = if config.quick { SPIKE_QUICK } else { SPIKE };
+    let phase_s = if config.quick { 2.0 } else { 10.0 };
+    let after_s = if config.quick { 2.0 } else { RECOVERY_S };
+    let origin_port = stack.ports.port(Target::Origin);
+    let edge = Target::Edge(rt);
+    let hello = Target::Hello(rt);
+
+    // Warm the edge's instances and tier 1 (unmeasured), as before any other scenario.
+    if config.warmup > 0.0 {
+        load(config, stack, edge, "warmup", CALM, config.warmup, &bar)?;
+    }
+    let mut phases = Vec::new();
+    for (name, connections, seconds) in [
+        ("calm", CALM, phase_s),
+        ("spike", spike, phase_s),
+        ("after", CALM, after_s),
+    ] {
+        crate::check_stop()?;
+        phases.push(phase(
+            config,
+            stack,
+            (edge, "edge", name),
+            connections,
+            seconds,
+            origin_port,
+            &bar,
+        )?);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    for (name, connections) in [("calm", CALM), ("spike", spike)] {
+        crate::check_stop()?;
+        phases.push(phase(
+            config,
+            stack,
+            (hello, "hello", name),
+            connections,
+            phase_s,
+            origin_port,
+            &bar,
+        )?);
+    }
+    let report = OverloadReport {
+        runtime: rt.name().to_string(),
+        mode: if config.quick { "quick" } else { "full" }.into(),
+        rows: config.rows,
+        auth: "on".into(),
+        calm_connections: CALM,
+        spike_connections: spike,
+        phase_s,
+        goals: Goals::of(&phases),
+        phases,
+    };
+    std::fs::write(
+        config.out.join(FILE),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    std::fs::write(config.out.join("report-overload.md"), report.markdown())?;
+    println!("{}", report.markdown());
+    Ok(report)
+}
+
+/// One `aside-load` run of Zipf reads through `target` (no warm-up of its own).
+fn load(
+    config: &Config,
+    stack: &Stack,
+    target: Target,
+    label: &str,
+    connections: usize,
+    seconds: f64,
+    bar: &ProgressBar,
+) -> anyhow::Result<LoadResult> {
+    let mut args = loader_args(stack.ports.url(target), target, stack);
+    args.extend(
+        [
+            "--keys",
+            "zipf",
+            "--ids",
+            &config.rows.to_string(),
+            "--zipf-s",
+            &config.zipf_s.to_string(),
+            "--concurrency",
+            &connections.to_string(),
+            "--warmup",
+            "0s",
+            "--duration",
+            &format!("{seconds}s"),
+            // Longer than the edge's request budget (2 s) and Spin's queue under the spike: an answer
+            // that comes is counted as the answer it is, not as a timeout.
+            "--timeout",
+            "20s",
+        ]
+        .map(String::from),
+    );
+    let log = config
+        .logs
+        .join(format!("load-overload-{}-{label}.log", target.service()));
+    run_loader(&config.bin, &args, &log, Some(seconds), bar)
+}
+
+/// One measured phase: the load, the origin's reads around it and the runtime's memory during it.
+fn phase(
+    config: &Config,
+    stack: &Stack,
+    (target, who, name): (Target, &str, &str),
+    connections: usize,
+    seconds: f64,
+    origin_port: u16,
+    bar: &ProgressBar,
+) -> anyhow::Result<Phase> {
+    let pid = stack
+        .services
+        .0
+        .iter()
+        .find(|s| s.name == target.service())
+        .map(|s| s.child.id())
+        .with_context(|| format!("{} is not running", target.service()))?;
+    let before = origin_reads(origin_port)?;
+    let sampling = AtomicBool::new(true);
+    let peak_kib = AtomicU64::new(0);
+    let result = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while sampling.load(Ordering::Relaxed) {
+                peak_kib.fetch_max(tree_rss_kib(pid), Ordering::Relaxed);
+                std::thread::sleep(RSS_EVERY);
+            }
+        });
+        let result = load(config, stack, target, name, connections, seconds, bar);
+        sampling.store(false, Ordering::Relaxed);
+        result
+    })?;
+    let origin = origin_reads(origin_port)? - before;
+    let ok: u64 = result
+        .statuses
+        .iter()
+        .filter(|(s, _)| s.starts_with('2'))
+        .map(|(_, n)| n)
+        .sum();
+    let elapsed = result.elapsed_s.max(f64::EPSILON);
+    let (starts, start_sum) = result
+        .server_timing_n
+        .iter()
+        .filter_map(|(tier, counts)| {
+            let n = *counts.get("start")?;
+            let mean = result.server_timing_ms.get(tier)?.get("start")?;
+            Some((n, mean * n as f64))
+        })
+        .fold((0, 0.0), |(n, sum), (k, s)| (n + k, sum + s));
+    let phase = Phase {
+        target: who.to_string(),
+        phase: name.to_string(),
+        connections,
+        elapsed_s: result.elapsed_s,
+        answers: result.requests,
+        goodput: ok as f64 / elapsed,
+        statuses: result.statuses.clone(),
+        unanswered: result
+            .error_kinds
+            .iter()
+            .filter(|(k, _)| !k.starts_with("status_"))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
+        no_x_cache: result.no_x_cache,
+        p50_us: result.latency_us.p50,
+        p99_us: result.latency_us.p99,
+        x_cache: result.x_cache.clone(),
+        instance_starts: starts,
+        instance_start_mean_ms: (starts > 0).then(|| start_sum / starts as f64),
+        origin_reads: origin,
+        origin_rps: origin / elapsed,
+        rss_peak_mib: peak_kib.load(Ordering::Relaxed) as f64 / 1024.0,
+        per_second: result.per_second.clone(),
+    };
+    eprintln!(
+        "overload {who:<5} {name:<5} {connections:>5} conns: goodput {:>7.0}/s  p50 {:>7} ms  p99 {:>7} ms  \
+         statuses {:?}  no x-cache {}  origin reads {}  RSS peak {:.0} MiB",
+        phase.goodput,
+        report::ms(phase.p50_us),
+        report::ms(phase.p99_us),
+        phase.statuses,
+        phase.no_x_cache,
+        phase.origin_reads,
+        phase.rss_peak_mib
+    );
+    Ok(phase)
+}
+
+/// The origin's answered reads of `/users/{id}` so far (every status), from its `/metrics`.
+fn origin_reads(port: u16) -> anyhow::Result<f64> {
+    let text = get_text(port, "/metrics")?;
+    Ok(sum_samples(
+        &text,
+        "aside_origin_http_requests_total",
+        &[r#"route="/users/{id}""#, r#"method="GET""#],
+    ))
+}
+
+/// The sum of the samples of `name` whose labels contain every one of `labels`.
+fn sum_samples(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `GET path` on `127.0.0.1:port` (HTTP/1.1, a new connection): the body of a `200`.
+fn get_text(port: u16, path: &str) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\n\r\n")
+            .as_bytes(),
+    )?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("not an HTTP answer from port {port}"))?;
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.1 200"),
+        "GET {path} on port {port}: {}",
+        head.lines().next().unwrap_or_default()
+    );
+    anyhow::ensure!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "GET {path} on port {port} answered chunked"
+    );
+    Ok(body.to_string())
+}
+
+/// VmRSS of `root` and every process below it, in KiB (0 for processes gone meanwhile).
+fn tree_rss_kib(root: u32) -> u64 {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(ppid) = parent_of(pid) {
+                children.entry(ppid).or_default().push(pid);
+            }
+        }
+    }
+    let mut total = 0;
+    let mut todo = vec![root];
+    while let Some(pid) = todo.pop() {
+        total += rss_kib(pid);
+        todo.extend(children.get(&pid).into_iter().flatten());
+    }
+    total
+}
+
+/// The parent of `pid` (from `/proc/<pid>/stat`, after the command's closing parenthesis).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+impl Goals {
+    fn of(phases: &[Phase]) -> Self {
+        let get = |target: &str, phase: &str| {
+            phases
+                .iter()
+                .find(|p| p.target == target && p.phase == phase)
+        };
+        let ratio = |a: f64, b: f64| (b > 0.0).then(|| a / b);
+        let (calm, spike, after) = (
+            get("edge", "calm"),
+            get("edge", "spike"),
+            get("edge", "after"),
+        );
+        let (hello_calm, hello_spike) = (get("hello", "calm"), get("hello", "spike"));
+        let edge = phases.iter().filter(|p| p.target == "edge");
+        let l1 = |p: Option<&Phase>| {
+            p.map_or(0.0, |p| {
+                let all: u64 = p.x_cache.values().sum();
+                p.x_cache.get("L1").copied().unwrap_or(0) as f64 / all.max(1) as f64
+            })
+        };
+        let edge_rss = spike.map_or(0.0, |p| p.rss_peak_mib);
+        let hello_rss = hello_spike.map(|p| p.rss_peak_mib);
+        Self {
+            goodput_ratio: ratio(
+                spike.map_or(0.0, |p| p.goodput),
+                calm.map_or(0.0, |p| p.goodput),
+            )
+            .unwrap_or(0.0),
+            hello_goodput_ratio: hello_spike
+                .zip(hello_calm)
+                .and_then(|(s, c)| ratio(s.goodput, c.goodput)),
+            answers_500: edge
+                .clone()
+                .map(|p| p.statuses.get("500").copied().unwrap_or(0))
+                .sum(),
+            answers_without_x_cache: edge.map(|p| p.no_x_cache).sum(),
+            origin_rps_calm: calm.map_or(0.0, |p| p.origin_rps),
+            origin_rps_spike: spike.map_or(0.0, |p| p.origin_rps),
+            edge_rss_spike_mib: edge_rss,
+            hello_rss_spike_mib: hello_rss,
+            rss_ratio: hello_rss.and_then(|h| ratio(edge_rss, h)),
+            p50_before_us: calm.map_or(0, |p| p.p50_us),
+            p50_after_us: after.map_or(0, |p| p.p50_us),
+            p99_before_us: calm.map_or(0, |p| p.p99_us),
+            p99_after_us: after.map_or(0, |p| p.p99_us),
+            l1_share_before: l1(calm),
+            l1_share_after: l1(after),
+        }
+    }
+}
+
+impl OverloadReport {
+    pub fn markdown(&self) -> String {
+        let mut out = format!(
+            "## Overload ({}, {} run: {} profiles, Zipf reads, client authentication {}; {} → {} → {} \
+             connections, {} s per phase, {} s after)\n\n\
+             | target | phase | connections | goodput (2xx/s) | answers by status | no x-cache | unanswered \
+             | p50 ms | p99 ms | tiers | instance starts (mean ms) | origin reads (/s) | RSS peak MiB |\n\
+             | --- | --- | ---: | ---: | --- | ---: | --- | ---: | ---: | --- | ---: | ---: | ---: |\n",
+            self.runtime,
+            self.mode,
+            self.rows,
+            self.auth,
+            self.calm_connections,
+            self.spike_connections,
+            self.calm_connections,
+            self.phase_s,
+            self.phases
+                .iter()
+                .find(|p| p.phase == "after")
+                .map_or(0.0, |p| p.elapsed_s.round()),
+        );
+        let list = |m: &BTreeMap<String, u64>| {
+            if m.is_empty() {
+                "-".to_string()
+            } else {
+                m.iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        for p in &self.phases {
+            out.push_str(&format!(
+                "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {:.0} ({:.1}) | {:.0} |\n",
+                p.target,
+                p.phase,
+                p.connections,
+                p.goodput,
+                list(&p.statuses),
+                p.no_x_cache,
+                list(&p.unanswered),
+                report::ms(p.p50_us),
+                report::ms(p.p99_us),
+                list(&p.x_cache),
+                match p.instance_start_mean_ms {
+                    Some(ms) => format!("{} ({ms:.1})", p.instance_starts),
+                    None => "0".into(),
+                },
+                p.origin_reads,
+                p.origin_rps,
+                p.rss_peak_mib
+            ));
+        }
+        let g = &self.goals;
+        let opt =
+            |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
+        out.push_str(&format!(
+            "\nGoals (issue 29): goodput spike ÷ calm {:.2} (goal ≥ 0.85; hello-world {}); answers 500: {} \
+             (goal 0); answers without x-cache: {} (goal 0); origin reads/s calm {:.1}, spike {:.1} (goal \
+             ≤ 1.2 × calm); RSS during the spike: edge {:.0} MiB, hello-world {} MiB, ratio {} (goal ≤ 2); \
+             recovery (the {} s after the spike vs before): p50 {} → {} ms, p99 {} → {} ms, L1 share \
+             {:.1} % → {:.1} %.\n",
+            g.goodput_ratio,
+            opt(g.hello_goodput_ratio, 2),
+            g.answers_500,
+            g.answers_without_x_cache,
+            g.origin_rps_calm,
+            g.origin_rps_spike,
+            g.edge_rss_spike_mib,
+            opt(g.hello_rss_spike_mib, 0),
+            opt(g.rss_ratio, 2),
+            self.phases
+                .iter()
+                .find(|p| p.phase == "after")
+                .map_or(0.0, |p| p.elapsed_s.round()),
+            report::ms(g.p50_before_us),
+            report::ms(g.p50_after_us),
+            report::ms(g.p99_before_us),
+            report::ms(g.p99_after_us),
+            g.l1_share_before * 100.0,
+            g.l1_share_after * 100.0,
+        ));
+        out
+    }
+}
+
+/// What the scenario claims, checked (behaviour, not speed): every phase of the edge (calm, spike,
+/// after) and hello-world's spike answered; the edge answered no `500`, nothing but 200/503/429, and
+/// `x-cache` on every answer; the origin's reads and the memory were measured.
+pub fn verify(report: &OverloadReport) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    for (target, phase) in [
+        ("edge", "calm"),
+        ("edge", "spike"),
+        ("edge", "after"),
+        ("hello", "spike"),
+    ] {
+        match report
+            .phases
+            .iter()
+            .find(|p| p.target == target && p.phase == phase)
+        {
+            None => problems.push(format!("no {target} {phase} phase")),
+            Some(p) if p.answers == 0 => problems.push(format!("{target} {phase}: no answers")),
+            Some(p) if p.rss_peak_mib <= 0.0 => problems.push(format!(
+                "{target} {phase}: the runtime's memory was not read"
+            )),
+            Some(_) => {}
+        }
+    }
+    for p in report.phases.iter().filter(|p| p.target == "edge") {
+        let label = format!("edge {}", p.phase);
+        let others: Vec<_> = p
+            .statuses
+            .iter()
+            .filter(|(s, _)| !matches!(s.as_str(), "200" | "503" | "429"))
+            .collect();
+        if !others.is_empty() {
+            problems.push(format!(
+                "{label}: answers other than 200/503/429: {others:?}"
+            ));
+        }
+        if p.no_x_cache > 0 {
+            problems.push(format!("{label}: {} answers without x-cache", p.no_x_cache));
+        }
+        if p.statuses.get("200").copied().unwrap_or(0) == 0 {
+            problems.push(format!("{label}: no 200"));
+        }
+        if !p.origin_reads.is_finite() || p.origin_reads < 0.0 {
+            problems.push(format!("{label}: the origin's reads were not measured"));
+        }
+    }
+    if report.spike_connections <= report.calm_connections {
+        problems.push(format!(
+            "the spike ({} connections) is no more than the calm phase ({})",
+            report.spike_connections, report.calm_connections
+        ));
+    }
+    anyhow::ensure!(
+        problems.is_empty(),
+        "the overload scenario did not measure what it claims:\n  {}",
+        problems.join("\n  ")
+    );
+    Ok(())
+}
+
+/// `verify` of the `report-overload.json` beside `main` (a report of a whole run must have one).
+pub fn verify_beside(main: &Path) -> anyhow::Result<()> {
+    let path = main.with_file_name(FILE);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("no overload report at {}", path.display()))?;
+    let report: OverloadReport = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not an overload report", path.display()))?;
+    verify(&report)?;
+    println!(
+        "overload report {}: {} phases, goodput spike ÷ calm {:.2}, {} answers 500, {} without x-cache",
+        path.display(),
+        report.phases.len(),
+        report.goals.goodput_ratio,
+        report.goals.answers_500,
+        report.goals.answers_without_x_cache
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phase(target: &str, name: &str, statuses: &[(&str, u64)], no_x_cache: u64) -> Phase {
+        Phase {
+            target: target.into(),
+            phase: name.into(),
+            connections: if name == "spike" { 128 } else { 16 },
+            elapsed_s: 2.0,
+            answers: statuses.iter().map(|(_, n)| n).sum(),
+            goodput: statuses
+                .iter()
+                .filter(|(s, _)| s.starts_with('2'))
+                .map(|(_, n)| *n as f64 / 2.0)
+                .sum(),
+            statuses: statuses.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
+            unanswered: BTreeMap::new(),
+            no_x_cache,
+            p50_us: 1000,
+            p99_us: 5000,
+            x_cache: [("L1".to_string(), 90), ("L2".to_string(), 10)].into(),
+            instance_starts: 0,
+            instance_start_mean_ms: None,
+            origin_reads: 0.0,
+            origin_rps: 0.0,
+            rss_peak_mib: 100.0,
+            per_second: vec![],
+        }
+    }
+
+    fn report(phases: Vec<Phase>) -> OverloadReport {
+        OverloadReport {
+            runtime: "spin".into(),
+            mode: "quick".into(),
+            rows: 100,
+            auth: "on".into(),
+            calm_connections: 16,
+            spike_connections: 128,
+            phase_s: 2.0,
+            goals: Goals::of(&phases),
+            phases,
+        }
+    }
+
+    fn clean() -> Vec<Phase> {
+        vec![
+            phase("edge", "calm", &[("200", 1000)], 0),
+            phase("edge", "spike", &[("200", 900), ("503", 10)], 0),
+            phase("edge", "after", &[("200", 1000)], 0),
+            phase("hello", "calm", &[("200", 3000)], 3000),
+            phase("hello", "spike", &[("200", 2700)], 2700),
+        ]
+    }
+
+    #[test]
+    fn a_clean_spike_passes_and_its_goals_are_computed() {
+        let r = report(clean());
+        verify(&r).unwrap();
+        assert_eq!(r.goals.goodput_ratio, 0.9);
+        assert_eq!(r.goals.hello_goodput_ratio, Some(0.9));
+        assert_eq!(r.goals.answers_500, 0);
+        // hello-world sets no x-cache: only the edge's answers are counted.
+        assert_eq!(r.goals.answers_without_x_cache, 0);
+        assert_eq!(r.goals.rss_ratio, Some(1.0));
+        assert_eq!(r.goals.l1_share_before, 0.9);
+        assert!(
+            r.markdown()
+                .contains("| edge | spike | 128 | 450 | 200 900, 503 10 |")
+        );
+    }
+
+    #[test]
+    fn a_500_an_answer_without_x_cache_or_a_missing_phase_fails() {
+        let mut phases = clean();
+        phases[1] = phase("edge", "spike", &[("200", 900), ("500", 3)], 2);
+        let r = report(phases);
+        assert_eq!(r.goals.answers_500, 3);
+        let e = verify(&r).unwrap_err().to_string();
+        assert!(e.contains("answers other than 200/503/429"), "{e}");
+        assert!(e.contains("2 answers without x-cache"), "{e}");
+
+        let mut phases = clean();
+        phases.remove(2);
+        let e = verify(&report(phases)).unwrap_err().to_string();
+        assert!(e.contains("no edge after phase"), "{e}");
+    }
+
+    #[test]
+    fn samples_are_summed_by_name_and_labels() {
+        let text = "# HELP x\n\
+                    aside_origin_http_requests_total{method=\"GET\",route=\"/users/{id}\",status=\"200\"} 7\n\
+                    aside_origin_http_requests_total{method=\"GET\",route=\"/users/{id}\",status=\"404\"} 2\n\
+                    aside_origin_http_requests_total{method=\"PATCH\",route=\"/users/{id}\",status=\"200\"} 5\n\
+                    aside_origin_http_requests_total_other{method=\"GET\",route=\"/users/{id}\"} 100\n";
+        assert_eq!(
+            sum_samples(
+                text,
+                "aside_origin_http_requests_total",
+                &[r#"route="/users/{id}""#, r#"method="GET""#]
+            ),
+            9.0
+        );
+    }
+
+    #[test]
+    fn the_memory_of_this_process_is_read() {
+        let me = std::process::id();
+        assert!(tree_rss_kib(me) > 0);
+        assert_eq!(parent_of(me), Some(std::os::unix::process::parent_id()));
+    }
+}
