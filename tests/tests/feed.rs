@@ -1117,7 +1117,12 @@ async fn stale_hashes(stack: &Stack, env: &TestEnv) -> Vec<String> {
     {
         let (id, version): (i32, i64) = (row.get(0), row.get(1));
         let cached: Option<i64> = admin
-            .hget(format!("user:profile:{id}"), "_version")
+            .hget(
+                aside_shared::cache::profile_key(
+                    aside_shared::UserId::try_from(i64::from(id)).unwrap(),
+                ),
+                "_version",
+            )
             .await
             .unwrap();
         if let Some(cached) = cached
