@@ -43,6 +43,11 @@ pub(crate) struct RunArgs {
     /// Warm-up per run, in seconds [default: 3; quick: 0.5].
     #[arg(long)]
     pub(crate) warmup: Option<f64>,
+    /// Warm-up of each feed A/B run (`--only feed`), in seconds [default: --warmup]: long enough for the
+    /// edge's tiers to reach steady state (issue 24's share at the edge). Its reads are drawn from the
+    /// same Zipf with other draws than the measured run's, so the measured reads are not a replay.
+    #[arg(long)]
+    pub(crate) feed_warmup: Option<f64>,
     /// Measured time per run, in seconds [default: 20; quick: 2].
     #[arg(long)]
     pub(crate) duration: Option<f64>,

@@ -18,6 +18,8 @@ pub(crate) struct Config {
     pub(crate) rows: u64,
     pub(crate) concurrency: usize,
     pub(crate) warmup: f64,
+    /// The feed A/B's warm-up (`--feed-warmup`, else `warmup`).
+    pub(crate) feed_warmup: f64,
     pub(crate) duration: f64,
     pub(crate) zipf_s: f64,
     pub(crate) hot_set: u64,
@@ -51,6 +53,11 @@ impl Config {
         anyhow::ensure!(
             warmup >= 0.0 && duration > 0.0,
             "--warmup must be >= 0 and --duration > 0"
+        );
+        let feed_warmup = args.feed_warmup.unwrap_or(warmup);
+        anyhow::ensure!(
+            feed_warmup.is_finite() && (0.0..=3600.0).contains(&feed_warmup),
+            "--feed-warmup must be 0 to 3600 seconds"
         );
         let bin = args
             .bin_dir
@@ -88,6 +95,7 @@ impl Config {
             rows,
             concurrency,
             warmup,
+            feed_warmup,
             duration,
             zipf_s: args.zipf_s,
             hot_set: args.hot_set,

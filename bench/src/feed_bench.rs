@@ -44,6 +44,8 @@ pub const FILE: &str = "report-feed.json";
 const POLL_LIMIT: Duration = Duration::from_secs(5);
 /// Between two polls of one edge.
 const POLL_EVERY: Duration = Duration::from_millis(5);
+/// The draw seed of the A/B's warm-ups (aside-load's `--draw-seed`; the measured runs keep the default).
+const WARMUP_DRAW_SEED: u64 = 0x5eed_f33d;
 /// The writes' new departments: the ones the seed draws from, so every write is a valid change.
 const DEPARTMENTS: [&str; 6] = aside_shared::Department::SEEDED;
 
@@ -54,6 +56,9 @@ pub struct FeedReport {
     pub rows: u64,
     pub connections: usize,
     pub duration_s: f64,
+    /// The warm-up before each A/B run (`--feed-warmup`).
+    #[serde(default)]
+    pub warmup_s: f64,
     pub ab: Vec<AbRun>,
     pub staleness: Staleness,
 }
@@ -157,6 +162,7 @@ pub fn run(
         rows: config.rows,
         connections: config.concurrency,
         duration_s: config.duration,
+        warmup_s: config.feed_warmup,
         ab,
         staleness,
     };
@@ -189,15 +195,14 @@ fn ab_run(
         args.extend(zipf_reads(config, config.concurrency, seconds));
         args
     };
-    if config.warmup > 0.0 {
+    let warmup = config.feed_warmup;
+    if warmup > 0.0 {
+        // Other draws than the measured run's: with the same ones, a warm-up as long as the run would
+        // send every measured read's id beforehand, in the same order.
+        let mut warmup_args = args(warmup);
+        warmup_args.extend(["--draw-seed".to_string(), WARMUP_DRAW_SEED.to_string()]);
         let log = config.logs.join(format!("load-{label}-warmup.log"));
-        run_loader(
-            &config.bin,
-            &args(config.warmup),
-            &log,
-            Some(config.warmup),
-            bar,
-        )?;
+        run_loader(&config.bin, &warmup_args, &log, Some(warmup), bar)?;
     }
     let before = redis.command_calls()?;
     let log = config.logs.join(format!("load-{label}.log"));
@@ -479,10 +484,10 @@ fn free_port() -> anyhow::Result<u16> {
 impl FeedReport {
     pub fn markdown(&self) -> String {
         let mut out = format!(
-            "## The invalidation feed ({}, {} run: {} profiles, Zipf {} connections, {} s per run)\n\n\
+            "## The invalidation feed ({}, {} run: {} profiles, Zipf {} connections, {} s warm-up + {} s per run)\n\n\
              | edge | feed | reads | at the edge (L1, SHARED) | p50 ms | p99 ms | Redis commands / read | errors |\n\
              | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
-            self.runtime, self.mode, self.rows, self.connections, self.duration_s
+            self.runtime, self.mode, self.rows, self.connections, self.warmup_s, self.duration_s
         );
         for r in &self.ab {
             out.push_str(&format!(

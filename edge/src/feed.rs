@@ -101,26 +101,27 @@ pub struct FeedState {
 impl FeedState {
     /// Takes in what one read returned at `now_ms`. `restart`: the read was from a point in time
     /// rather than from the position, so a new epoch starts at its first entry. `draw` gives new epochs.
+    /// Returns the first break in the numbering it found, if any: `(last number held, number read)`.
     pub fn absorb(
         &mut self,
         entries: &[FeedEntry],
         restart: bool,
         now_ms: i64,
         draw: &mut impl FnMut() -> u64,
-    ) {
+    ) -> Option<(u64, u64)> {
         self.read_at_ms = now_ms;
         self.reads += 1;
-        let Some(first) = entries.first() else {
-            return;
-        };
+        let first = entries.first()?;
         self.beat_at_ms = now_ms;
         if restart {
             self.new_epoch(first.seq.saturating_sub(1), draw);
         }
+        let mut break_found = None;
         for entry in entries {
             if entry.seq != self.seq.wrapping_add(1) {
                 // Entries were lost (trimmed, deleted) or the numbers went back (a restart or a
                 // failover without them): nothing before this entry can be vouched for.
+                break_found.get_or_insert((self.seq, entry.seq));
                 self.new_epoch(entry.seq.saturating_sub(1), draw);
             }
             self.seq = entry.seq;
@@ -135,6 +136,7 @@ impl FeedState {
                 }
             }
         }
+        break_found
     }
 
     fn new_epoch(&mut self, seq: u64, draw: &mut impl FnMut() -> u64) {
@@ -618,7 +620,20 @@ impl Feed {
                     return;
                 }
             };
-            state.absorb(&entries, restart && round == 0, now_ms, &mut draw_nonzero);
+            let restart = restart && round == 0;
+            if let Some((held, read)) = state.absorb(&entries, restart, now_ms, &mut draw_nonzero) {
+                // Said once per break (per process with the shared tier: only the reader sees it).
+                eprintln!(
+                    "aside-edge: invalidation feed lost continuity: entry {read} came after entry \
+                     {held} ({}); a new epoch, copies taken before it fall back to the l1_ttl_ms rule",
+                    if read <= held {
+                        "the numbers went back: Redis restarted or failed over without the latest entries"
+                    } else {
+                        "entries were lost: the stream was trimmed or deleted past this position, or \
+                         Redis restarted or failed over without them"
+                    }
+                );
+            }
             if entries.len() < READ_COUNT {
                 return;
             }
@@ -759,15 +774,20 @@ mod tests {
     fn a_gap_or_numbers_going_back_start_a_new_epoch() {
         let mut draw = counter();
         let mut s = FeedState::default();
-        s.absorb(&[beat(10, 5)], true, 1_000, &mut draw);
+        assert_eq!(s.absorb(&[beat(10, 5)], true, 1_000, &mut draw), None);
         let first = s.epoch;
-        // Trimmed past the position: 11..=19 lost.
-        s.absorb(&[change(20, 9, 1, 2)], false, 1_100, &mut draw);
+        assert_eq!(s.absorb(&[beat(11, 6)], false, 1_050, &mut draw), None);
+        assert_eq!(s.epoch, first);
+        // Trimmed past the position: 12..=19 lost.
+        let gap = s.absorb(&[change(20, 9, 1, 2)], false, 1_100, &mut draw);
+        assert_eq!(gap, Some((11, 20)), "the break is reported");
         let second = s.epoch;
         assert_ne!(second, first);
         assert_eq!((s.ring_from, s.seq), (19, 20));
-        // A restart without persistence: numbers start over.
-        s.absorb(&[beat(1, 12)], false, 1_200, &mut draw);
+        // A restart without persistence, or a failover to a replica without the latest entries:
+        // the numbers go back.
+        let back = s.absorb(&[beat(1, 12)], false, 1_200, &mut draw);
+        assert_eq!(back, Some((20, 1)), "the numbers went back");
         assert_ne!(s.epoch, second);
         assert_eq!(s.epochs, 3);
         assert!(s.ring.is_empty());

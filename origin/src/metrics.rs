@@ -339,7 +339,12 @@ fn describe_ha() {
     );
     metrics::describe_counter!(
         "aside_origin_outbox_replays_total",
-        "Outbox replays onto a new Redis primary after a failover"
+        "Outbox replays onto Redis after a failover, or after Redis was found holding an older state"
+    );
+    metrics::describe_counter!(
+        "aside_origin_redis_went_back_total",
+        "Times Redis was found holding an older state than before (the feed's numbers went back: a \
+         restart that lost data); each starts an outbox replay"
     );
 }
 
@@ -359,6 +364,11 @@ pub fn redis_primary_reachable(reachable: bool) {
 pub fn redis_failovers(n: u64) {
     describe_ha_once();
     metrics::counter!("aside_origin_redis_failovers_total").increment(n);
+}
+
+pub fn redis_went_back() {
+    describe_ha_once();
+    metrics::counter!("aside_origin_redis_went_back_total").increment(1);
 }
 
 pub fn outbox_replay() {

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use aside_shared::feed::{FEED_KEY, FEED_SEQ_KEY};
 use aside_tests::harness::{
-    Edge, EdgeOptions, Origin, Stack, TestApp, TestEnv, generate_secret, wait_until,
+    Edge, EdgeOptions, Origin, RedisHa, RedisServer, Stack, TestApp, TestEnv, generate_secret,
+    scrape_text, sum_samples, wait_until,
 };
 use redis::AsyncCommands as _;
 use serde_json::json;
@@ -225,11 +226,20 @@ impl History {
 
     /// [`History::check`] of the reads that started after `since` (all of them: `None`).
     fn check_since(&self, bound: Duration, since: Option<Instant>) -> (Vec<String>, Vec<String>) {
+        self.check_where(bound, |r| since.is_none_or(|s| r.started > s))
+    }
+
+    /// [`History::check`] of the reads `which` keeps.
+    fn check_where(
+        &self,
+        bound: Duration,
+        which: impl Fn(&Read) -> bool,
+    ) -> (Vec<String>, Vec<String>) {
         let writes = self.writes.lock().unwrap().clone();
         let reads = self.reads.lock().unwrap().clone();
         let mut stale = Vec::new();
         let mut failed = Vec::new();
-        for r in reads.iter().filter(|r| since.is_none_or(|s| r.started > s)) {
+        for r in reads.iter().filter(|r| which(r)) {
             if r.status != 200 {
                 failed.push(format!("{r:?}"));
                 continue;
@@ -622,6 +632,11 @@ async fn under_load(
     token: &str,
 ) -> UnderLoad {
     let edges = three_edges(stack, env, origin, token, FAULT_TTL_MS).await;
+    load_on(edges, writer, token)
+}
+
+/// Readers on `edges` and a writer through `writer`, recorded.
+fn load_on(edges: Vec<Edge>, writer: &Origin, token: &str) -> UnderLoad {
     let history = Arc::new(History::default());
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = start_readers(&edges, 1..=LOAD_IDS, 2, &history, &stop);
@@ -664,8 +679,9 @@ impl UnderLoad {
         let since = Instant::now();
         wait_until(timeout, || {
             let reads = self.history.reads.lock().unwrap().clone();
+            let edges = self.edges.len();
             async move {
-                (0..3).all(|n| {
+                (0..edges).all(|n| {
                     reads
                         .iter()
                         .rev()
@@ -678,6 +694,14 @@ impl UnderLoad {
             }
         })
         .await
+    }
+
+    /// Stops the readers and the writer (the edges keep running).
+    async fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks.drain(..) {
+            t.await.unwrap();
+        }
     }
 
     /// Stops the load and checks the history with the TTL rule's bound (plus slack for a loaded
@@ -693,10 +717,7 @@ impl UnderLoad {
         since: Option<Instant>,
         check_stale: bool,
     ) -> usize {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks.drain(..) {
-            t.await.unwrap();
-        }
+        self.stop().await;
         let bound = Duration::from_millis(FAULT_TTL_MS) + Duration::from_millis(500);
         let (stale, _) = self.history.check_since(bound, since);
         let (_, failed) = self.history.check(bound);
@@ -725,6 +746,62 @@ impl UnderLoad {
                 "{what}: NOT ASSERTED, stale reads: {:#?}",
                 &stale[..stale.len().min(5)]
             );
+            // What the same edge answered for that id around the first one (ms from it).
+            if let Some(first) = reads
+                .iter()
+                .find(|r| stale[0].starts_with(&format!("{r:?}")))
+            {
+                let around: Vec<String> = reads
+                    .iter()
+                    .filter(|r| r.edge == first.edge && r.id == first.id)
+                    .filter(|r| {
+                        r.started + Duration::from_secs(4) > first.started
+                            && r.started < first.started + Duration::from_secs(1)
+                    })
+                    .map(|r| {
+                        let ms = r
+                            .started
+                            .duration_since(first.started.min(r.started))
+                            .as_millis() as i64
+                            - first
+                                .started
+                                .duration_since(r.started.min(first.started))
+                                .as_millis() as i64;
+                        format!(
+                            "{ms:+} {} {} v{:?} {}",
+                            r.instance, r.cache, r.version, r.feed
+                        )
+                    })
+                    .collect();
+                eprintln!(
+                    "{what}: edge {} id {} around it:\n{}",
+                    first.edge,
+                    first.id,
+                    around.join("\n")
+                );
+                let writes: Vec<String> = self
+                    .history
+                    .writes
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|w| w.id == first.id)
+                    .map(|w| {
+                        format!(
+                            "v{} acked {:+} ms",
+                            w.version,
+                            w.acked
+                                .duration_since(first.started.min(w.acked))
+                                .as_millis() as i64
+                                - first
+                                    .started
+                                    .duration_since(w.acked.min(first.started))
+                                    .as_millis() as i64
+                        )
+                    })
+                    .collect();
+                eprintln!("{what}: writes of id {}: {}", first.id, writes.join(", "));
+            }
         }
         for edge in self.edges {
             edge.shutdown().await;
@@ -864,24 +941,297 @@ async fn a_redis_stopped_and_restarted_falls_back_to_the_ttl_then_recovers() {
     // A clean stop (SHUTDOWN: the AOF is complete). After a SIGKILL, Redis may come back without the
     // cache writes of its last second (appendfsync everysec), which nothing repairs before their TTL:
     // a limit of the cache with or without the feed (the report of issue 24), not what this tests.
+    let mut admin = stack.redis.admin(env.redis_db).await.unwrap();
+    let seq_before: u64 = admin.get(FEED_SEQ_KEY).await.unwrap();
     stack.redis.shutdown().await.unwrap();
+    // What the AOF holds: each database a `SELECT` switches to, and how many `MULTI` blocks switch
+    // database inside (Redis re-checks a block's commands against the `default` user at `EXEC` when it
+    // replays them: docs/operations.md, "Persistence").
+    let mut selects: HashMap<String, usize> = HashMap::new();
+    let mut blocks_with_select = 0;
+    for file in std::fs::read_dir(stack.redis.dir.join("appendonlydir")).unwrap() {
+        let path = file.unwrap().path();
+        if path.extension().is_some_and(|e| e == "aof") {
+            let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+            let lines: Vec<&str> = text.lines().map(str::trim).collect();
+            let mut in_multi = false;
+            for (i, l) in lines.iter().enumerate() {
+                match l.to_ascii_uppercase().as_str() {
+                    "MULTI" => in_multi = true,
+                    "EXEC" => in_multi = false,
+                    "SELECT" => {
+                        let db = lines.get(i + 2).copied().unwrap_or("?").to_string();
+                        *selects.entry(db).or_default() += 1;
+                        blocks_with_select += usize::from(in_multi);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    eprintln!(
+        "redis restarted: the AOF's SELECTs by database {selects:?}, {blocks_with_select} inside a \
+         MULTI block (env database {})",
+        env.redis_db
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     stack.redis.restart().await.unwrap();
+    // What Redis came back with, before anyone wrote to it again (as far as the test can tell: the
+    // origin and the edges are running).
+    let back = wait_until(Duration::from_secs(20), || async {
+        let Ok(mut admin) = stack.redis.admin(env.redis_db).await else {
+            return false;
+        };
+        admin.get::<_, Option<u64>>(FEED_SEQ_KEY).await.is_ok()
+    })
+    .await;
+    assert!(back, "Redis did not come back");
+    let mut admin = stack.redis.admin(env.redis_db).await.unwrap();
+    let seq_after: Option<u64> = admin.get(FEED_SEQ_KEY).await.unwrap();
+    let stale_after = stale_hashes(&stack, &env).await;
     assert!(
         env.change_capture_caught_up(&stack, Duration::from_secs(20))
             .await
             .unwrap()
     );
     let caught_up = Instant::now();
+    eprintln!(
+        "redis restarted: feed number {seq_before} before the SHUTDOWN, {seq_after:?} after the \
+         restart; stale hashes right after the restart {stale_after:?}, at catch-up {:?}; origin: \
+         went back {}, replays {}",
+        stale_hashes(&stack, &env).await,
+        aside_tests::harness::metric(&origin.url(), "aside_origin_redis_went_back_total").await,
+        aside_tests::harness::metric(&origin.url(), "aside_origin_outbox_replays_total").await,
+    );
     assert!(
         load.all_current(Duration::from_secs(15)).await,
         "back on the feed"
     );
-    // Staleness is printed, not asserted: after the restart Redis itself was seen serving versions
-    // older than PostgreSQL's for longer than the bound (read as L2, the edges on the TTL fallback),
-    // which the feed does not cause and cannot fix; see the report of issue 24.
+    // Staleness is printed, not asserted. What the prints showed (issue 24, third stop): Redis came
+    // back from this clean SHUTDOWN holding, for most ids, versions older than the ones edges answered
+    // just before it (id 6 at version 2; version 6 acknowledged 2 s before the SHUTDOWN), with the
+    // feed's counter the same before and after (so neither the origin's check nor the edges notice);
+    // no MULTI block of the AOF switches database. Change capture's catch-up overwrites them (0 stale
+    // hashes at catch-up), and the stale reads after catch-up are copies taken from Redis just before
+    // it, served under the TTL rule (at most `l1_ttl_ms` after they were taken). Why the AOF replay
+    // lost those writes is not known yet.
     load.finish_since("redis restarted", Some(caught_up), false)
         .await;
+}
+
+/// Redis replays its AOF as the `default` user and re-checks each `MULTI ... EXEC` block (how it logs the
+/// origin's Lua calls) against that user's ACL (docs/operations.md, "Persistence"). Every change the
+/// origin applies is one such block with the feed's `INCR` and `XADD` in it: unless `default` may run
+/// those on the feed's keys, a restart drops the whole block, the cache write with it, and Redis comes
+/// back with versions older than the ones change capture had already applied (the stale reads after a
+/// restart that issue 24's first report found). With the origin stopped (nothing repairs anything), a
+/// graceful restart keeps every changed hash at PostgreSQL's version, and the feed as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_keeps_every_change_and_the_feed() {
+    let mut stack = Stack::dedicated().await.unwrap();
+    let (env, token, mut origin) = setup(&stack, LOAD_IDS as u64, &[]).await;
+    let api = TestApp::new(origin.url()).with_token(&token);
+    for id in 1..=LOAD_IDS {
+        assert_eq!(api.get(&format!("/users/{id}")).await.status, 200);
+    }
+    // Make the AOF start here (an RDB base), so the changes below live only in its tail.
+    let mut admin = stack.redis.admin(env.redis_db).await.unwrap();
+    let () = redis::cmd("BGREWRITEAOF")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let rewritten = wait_until(Duration::from_secs(10), || {
+        let mut admin = admin.clone();
+        async move {
+            let info: String = redis::cmd("INFO")
+                .arg("persistence")
+                .query_async(&mut admin)
+                .await
+                .unwrap();
+            info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0")
+        }
+    })
+    .await;
+    assert!(rewritten);
+    for round in 0..3 {
+        for id in 1..=LOAD_IDS {
+            let department = ["Sales", "DevOps", "Security"][(round + id as usize) % 3];
+            let a = api
+                .patch(
+                    &format!("/users/{id}"),
+                    &json!({ "department": department }),
+                )
+                .await;
+            assert_eq!(a.status, 200, "{a:?}");
+        }
+    }
+    assert!(
+        env.change_capture_caught_up(&stack, Duration::from_secs(20))
+            .await
+            .unwrap()
+    );
+    origin.kill();
+    let seq_before: u64 = admin.get(FEED_SEQ_KEY).await.unwrap();
+    let entries_before = entries(&mut admin).await;
+    assert!(stale_hashes(&stack, &env).await.is_empty());
+
+    stack.redis.shutdown().await.unwrap();
+    stack.redis.restart().await.unwrap();
+    let loaded = wait_until(Duration::from_secs(20), || async {
+        let Ok(mut admin) = stack.redis.admin(env.redis_db).await else {
+            return false;
+        };
+        let info: Result<String, _> = redis::cmd("INFO")
+            .arg("persistence")
+            .query_async(&mut admin)
+            .await;
+        info.is_ok_and(|i| i.contains("loading:0"))
+    })
+    .await;
+    assert!(loaded, "Redis did not finish loading");
+    let mut admin = stack.redis.admin(env.redis_db).await.unwrap();
+    let stale = stale_hashes(&stack, &env).await;
+    let seq_after: u64 = admin.get(FEED_SEQ_KEY).await.unwrap_or(0);
+    let entries_after = entries(&mut admin).await;
+    eprintln!(
+        "redis restart: {} stale hashes, feed number {seq_before} -> {seq_after}, entries {} -> {}",
+        stale.len(),
+        entries_before.len(),
+        entries_after.len()
+    );
+    assert!(stale.is_empty(), "the restart lost changes: {stale:?}");
+    assert_eq!(seq_after, seq_before, "the feed's counter went back");
+    assert_eq!(entries_after, entries_before, "the feed lost entries");
+}
+
+/// Every profile hash `redis` holds in `env`'s database compared with PostgreSQL: the ones older than
+/// the row (a missing key is not stale: a read fills it).
+async fn stale_hashes(stack: &Stack, env: &TestEnv) -> Vec<String> {
+    let db = stack.postgres.connect(&env.database).await.unwrap();
+    let mut admin = stack.redis.admin(env.redis_db).await.unwrap();
+    let mut stale = Vec::new();
+    for row in db
+        .query("SELECT id, version FROM devops_api.users", &[])
+        .await
+        .unwrap()
+    {
+        let (id, version): (i32, i64) = (row.get(0), row.get(1));
+        let cached: Option<i64> = admin
+            .hget(
+                aside_shared::cache::profile_key(
+                    aside_shared::UserId::try_from(i64::from(id)).unwrap(),
+                ),
+                "_version",
+            )
+            .await
+            .unwrap();
+        if let Some(cached) = cached
+            && cached < version
+        {
+            stale.push(format!("id {id}: {cached} < {version}"));
+        }
+    }
+    stale
+}
+
+/// Redis comes back from an older snapshot (a restore, or a crash that lost its last writes) while the
+/// edges hold newer copies, under read/write load. The writes it lost had already been applied by
+/// change capture, so before the origin noticed, Redis kept serving their older versions until the
+/// hashes' TTL (hours). Now the origin's heartbeat finds the feed's numbers gone back, says so
+/// (`aside_origin_redis_went_back_total`) and replays the outbox over what Redis holds; the edges
+/// notice the break in the feed and fall back to the TTL rule meanwhile. Then: no stale hash, no read
+/// staler than the bound after the repair and one `l1_ttl_ms`, 0 failed reads, back on the feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_back_from_an_older_snapshot_is_repaired_and_the_edges_fall_back_meanwhile() {
+    let mut stack = Stack::dedicated().await.unwrap();
+    let (env, token, origin) = setup(&stack, LOAD_IDS as u64, &[]).await;
+    let load = under_load(&stack, &env, &origin, &origin, &token).await;
+    assert!(load.all_current(Duration::from_secs(10)).await);
+    let mut admin = stack.redis.admin(0).await.unwrap();
+    let dir: Vec<String> = redis::cmd("CONFIG")
+        .arg(&["GET", "dir"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let dir = std::path::PathBuf::from(&dir[1]);
+    let mut epochs_before = Vec::new();
+    for edge in &load.edges {
+        epochs_before.push(feed_sample(edge, "aside_edge_feed_epochs_total").await);
+    }
+    // The snapshot, then 2 s of writes (every id changes several times), then Redis dies and comes
+    // back with the snapshot only.
+    let () = redis::cmd("SAVE").query_async(&mut admin).await.unwrap();
+    let snapshot = dir.join("older.rdb");
+    std::fs::copy(dir.join("dump.rdb"), &snapshot).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack.redis.kill();
+    let restarted = Instant::now();
+    std::fs::remove_dir_all(dir.join("appendonlydir")).unwrap();
+    std::fs::rename(&snapshot, dir.join("dump.rdb")).unwrap();
+    stack.redis.restart().await.unwrap();
+    // The origin notices and replays; change capture catches up with what came while Redis was away.
+    let replayed = wait_until(Duration::from_secs(20), || async {
+        aside_tests::harness::metric(&origin.url(), "aside_origin_outbox_replays_total").await
+            >= 1.0
+    })
+    .await;
+    let went_back =
+        aside_tests::harness::metric(&origin.url(), "aside_origin_redis_went_back_total").await;
+    assert!(
+        replayed && went_back >= 1.0,
+        "the origin did not notice that Redis went back (went back {went_back}, replayed {replayed}); \
+         stale hashes: {:?}",
+        stale_hashes(&stack, &env).await
+    );
+    assert!(
+        env.change_capture_caught_up(&stack, Duration::from_secs(20))
+            .await
+            .unwrap()
+    );
+    let repaired = Instant::now();
+    let stale = stale_hashes(&stack, &env).await;
+    assert!(
+        stale.is_empty(),
+        "Redis still holds older versions: {stale:?}"
+    );
+    assert!(
+        load.all_current(Duration::from_secs(15)).await,
+        "back on the feed"
+    );
+    // Each edge noticed: a new epoch on `GET /edge/feed` (the break, or a restart after a silence),
+    // and the log says why (the component's lines reach Spin's output with a delay on a busy machine,
+    // so the log is a figure, the metric the check).
+    let logs: Vec<String> = load.edges.iter().map(Edge::log).collect();
+    let logged = logs
+        .iter()
+        .filter(|l| {
+            l.contains("invalidation feed lost continuity")
+                || l.contains("invalidation feed silent")
+                || l.contains("invalidation feed late")
+        })
+        .count();
+    let mut epochs_after = Vec::new();
+    for edge in &load.edges {
+        epochs_after.push(feed_sample(edge, "aside_edge_feed_epochs_total").await);
+    }
+    eprintln!(
+        "redis back from an older snapshot: repaired {:?} after the restart began; epochs {epochs_before:?} \
+         -> {epochs_after:?}; {logged} of 3 edges' logs say the break or the fallback",
+        repaired - restarted
+    );
+    for (n, (before, after)) in epochs_before.iter().zip(&epochs_after).enumerate() {
+        assert!(
+            after > before,
+            "edge {n} started no new epoch: {before} -> {after}"
+        );
+    }
+    assert!(logged >= 1, "no edge logged the break or the fallback");
+    load.finish_since(
+        "older snapshot",
+        Some(repaired + Duration::from_millis(FAULT_TTL_MS)),
+        true,
+    )
+    .await;
 }
 
 /// The feed's read is not a profile read: when it is refused (here the `edge` user loses `XREAD` while
@@ -1018,4 +1368,250 @@ async fn a_failing_feed_read_never_opens_the_redis_breaker_nor_sends_reads_to_th
         "back on the feed: {:?}",
         &back[back.len().saturating_sub(5)..]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A Sentinel failover (`--redis-ha`): each edge process on its own replica.
+// ---------------------------------------------------------------------------------------------
+
+/// Short Sentinel timings: a failover within a few seconds.
+const HA_TIMINGS: xtask::redis_ha::SentinelTimings = xtask::redis_ha::SentinelTimings {
+    down_after_ms: 1000,
+    failover_timeout_ms: 2000,
+};
+
+/// The last entry of the stream on `node`: its stream id and number.
+async fn last_entry(node: &RedisServer, db: u32) -> Option<(String, u64)> {
+    let mut admin = node.admin(db).await.ok()?;
+    let reply: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
+        .arg(FEED_KEY)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut admin)
+        .await
+        .ok()?;
+    let (id, flat) = reply.into_iter().next()?;
+    let seq = flat.chunks(2).find(|kv| kv[0] == "s")?[1].parse().ok()?;
+    Some((id, seq))
+}
+
+/// The edge's `GET /edge/feed` sample `name` (its process-wide state with the shared tier).
+async fn feed_sample(edge: &Edge, name: &str) -> f64 {
+    sum_samples(
+        &scrape_text(&format!("{}/edge/feed", edge.url())).await,
+        name,
+        &[],
+    )
+}
+
+/// A Sentinel failover to a replica that lacks the old primary's last entries (and the cache writes
+/// they announce), under read/write load, with two edge processes each reading its own replica:
+///
+/// * edge A reads node 1, the replica Sentinel promotes. It stopped applying replication half a
+///   second before the primary died, so the new primary's stream lacks the entries the old one took
+///   last. Edge A has the default `feed_max_lag_ms` (1 s): the failover takes longer, so it finds the
+///   feed silent, falls back to the TTL rule and starts over on the new primary.
+/// * edge B reads node 2, which kept up (it had every entry) and may not be promoted
+///   (`replica-priority 0`); after the failover it resynchronises from node 1, so the stream's numbers
+///   go back under edge B. Its `feed_max_lag_ms` (and `l1_ttl_ms`) is 10 s, longer than the failover,
+///   so it is the break in the numbering, not a silence, that it must notice.
+///
+/// Each: 0 failed reads; after Redis is repaired (the origin's replay of the outbox onto the new
+/// primary) and one `l1_ttl_ms` more, no answer staler than the edge's bound; back on the feed after
+/// recovery; and each edge says what it noticed (its log, `server-timing`, `GET /edge/feed`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sentinel_failover_without_the_latest_entries_falls_back_then_recovers() {
+    const B_TTL_MS: u64 = 10_000;
+    let (stack, redis) = tokio::join!(Stack::dedicated(), RedisHa::start(2, 3, HA_TIMINGS));
+    let (stack, mut redis) = (stack.unwrap(), redis.unwrap());
+    let env = stack.env().await.unwrap();
+    env.seed(LOAD_IDS as u64).await.unwrap();
+    let token = generate_secret();
+    let origin = Origin::start(redis.origin_options(&env, &token))
+        .await
+        .unwrap();
+    assert!(
+        env.change_capture_caught_up(&stack, Duration::from_secs(20))
+            .await
+            .unwrap()
+    );
+    let mut node2 = redis.nodes[2].admin(0).await.unwrap();
+    let () = redis::cmd("CONFIG")
+        .arg(&["SET", "replica-priority", "0"])
+        .query_async(&mut node2)
+        .await
+        .unwrap();
+    let edge_a = EdgeOptions::new(&stack, &env, &origin.url(), &token)
+        .redis_server(&redis.nodes[1])
+        .shared_tier()
+        .l1_ttl_ms(FAULT_TTL_MS)
+        .start()
+        .await
+        .unwrap();
+    let edge_b = EdgeOptions::new(&stack, &env, &origin.url(), &token)
+        .redis_server(&redis.nodes[2])
+        .shared_tier()
+        .l1_ttl_ms(B_TTL_MS)
+        .var("feed_max_lag_ms", B_TTL_MS)
+        .start()
+        .await
+        .unwrap();
+    let mut load = load_on(vec![edge_a, edge_b], &origin, &token);
+    assert!(
+        load.all_current(Duration::from_secs(10)).await,
+        "on the feed first"
+    );
+    let mut epochs_before = Vec::new();
+    for edge in &load.edges {
+        epochs_before.push(feed_sample(edge, "aside_edge_feed_epochs_total").await);
+    }
+
+    // Node 1 stops applying replication: `CLIENT PAUSE WRITE` holds its link's commands, and when the
+    // link breaks Redis drops what it had not applied. Then the primary dies.
+    let mut node1 = redis.nodes[1].admin(0).await.unwrap();
+    let () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "2500", "WRITE"])
+        .query_async(&mut node1)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (old_last_id, old_last_seq) = last_entry(&redis.nodes[0], env.redis_db)
+        .await
+        .expect("the old primary's last entry");
+    redis.nodes[0].kill();
+    let killed = Instant::now();
+    let promoted = redis.wait_for_failover(0, Duration::from_secs(20)).await;
+    assert_eq!(promoted, Some(1), "Sentinel promoted node 1");
+    let failover = killed.elapsed();
+    // Repaired: the origin followed and replayed the outbox onto node 1, and change capture caught up.
+    let replayed = wait_until(Duration::from_secs(20), || async {
+        aside_tests::harness::metric(&origin.url(), "aside_origin_outbox_replays_total").await
+            >= 1.0
+    })
+    .await;
+    assert!(
+        replayed,
+        "the origin replayed the outbox onto the new primary"
+    );
+    assert!(
+        env.change_capture_caught_up(&stack, Duration::from_secs(20))
+            .await
+            .unwrap()
+    );
+    let repaired = Instant::now();
+    // The scenario is real: the new primary lacks the old one's last entry (its number was given
+    // again to another entry, or not yet).
+    let mut new_primary = redis.nodes[1].admin(env.redis_db).await.unwrap();
+    let kept: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(FEED_KEY)
+        .arg(&old_last_id)
+        .arg(&old_last_id)
+        .query_async(&mut new_primary)
+        .await
+        .unwrap();
+    assert!(
+        kept.is_empty(),
+        "the new primary holds the old primary's last entry {old_last_id} (number {old_last_seq}): \
+         nothing was lost, the scenario proves nothing"
+    );
+    assert!(
+        load.all_current(Duration::from_secs(20)).await,
+        "back on the feed after the failover"
+    );
+    assert!(redis.wait_synced(Duration::from_secs(10)).await);
+    // A while on the feed after recovery, then the checks.
+    tokio::time::sleep(Duration::from_millis(B_TTL_MS + 1000)).await;
+    load.stop().await;
+
+    let logs: Vec<String> = load.edges.iter().map(Edge::log).collect();
+    let mut epochs_after = Vec::new();
+    for edge in &load.edges {
+        epochs_after.push(feed_sample(edge, "aside_edge_feed_epochs_total").await);
+    }
+    let history = &load.history;
+    let reads = history.reads.lock().unwrap().clone();
+    let during = |edge: usize| {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for r in reads
+            .iter()
+            .filter(|r| r.edge == edge && r.started > killed && r.started < repaired)
+        {
+            *seen.entry(r.feed.clone()).or_default() += 1;
+        }
+        seen
+    };
+    let mut report = Vec::new();
+    let mut failures = Vec::new();
+    for (n, ttl) in [(0, FAULT_TTL_MS), (1, B_TTL_MS)] {
+        let ttl = Duration::from_millis(ttl);
+        let bound = ttl + Duration::from_millis(500);
+        let after = repaired + ttl;
+        let (stale_after, _) = history.check_where(bound, |r| r.edge == n && r.started > after);
+        let (stale_all, _) = history.check_where(bound, |r| r.edge == n);
+        let (stale_failing, _) =
+            history.check_where(bound, |r| r.edge == n && r.started < repaired);
+        let (stale_settling, _) = history.check_where(bound, |r| {
+            r.edge == n && r.started >= repaired && r.started <= after
+        });
+        let (_, failed) = history.check_where(bound, |r| r.edge == n);
+        report.push(format!(
+            "edge {}: {} reads, feed while failing over {:?}, epochs {} -> {}, stale (bound {bound:?}) \
+             {} in all ({} before the repair, {} in the l1_ttl_ms after it), {} after repair + \
+             l1_ttl_ms, failed {}",
+            ["A", "B"][n],
+            reads.iter().filter(|r| r.edge == n).count(),
+            during(n),
+            epochs_before[n],
+            epochs_after[n],
+            stale_all.len(),
+            stale_failing.len(),
+            stale_settling.len(),
+            stale_after.len(),
+            failed.len()
+        ));
+        if !failed.is_empty() {
+            failures.push(format!(
+                "edge {n}: failed reads {:#?}",
+                &failed[..failed.len().min(5)]
+            ));
+        }
+        if !stale_after.is_empty() {
+            failures.push(format!(
+                "edge {n}: stale reads after the repair {:#?}",
+                &stale_after[..stale_after.len().min(5)]
+            ));
+        }
+        if epochs_after[n] <= epochs_before[n] {
+            failures.push(format!("edge {n}: no new epoch"));
+        }
+    }
+    eprintln!(
+        "redis failover: failover {failover:?}, repaired {:?} after the kill, old primary's last entry \
+         {old_last_seq} lost; {}",
+        repaired - killed,
+        report.join("; ")
+    );
+    // Edge A noticed the silence and said so, in its log and in `server-timing`.
+    if !logs[0].contains("invalidation feed silent") && !logs[0].contains("invalidation feed late")
+    {
+        failures.push(format!("edge A did not log the fallback:\n{}", logs[0]));
+    }
+    if !during(0).keys().any(|k| k.starts_with("ttl")) {
+        failures.push(format!(
+            "edge A never answered on the TTL rule: {:?}",
+            during(0)
+        ));
+    }
+    // Edge B noticed the numbers going back.
+    if !logs[1].contains("invalidation feed lost continuity")
+        || !logs[1].contains("the numbers went back")
+    {
+        failures.push(format!("edge B did not log the break:\n{}", logs[1]));
+    }
+    for edge in load.edges.drain(..) {
+        edge.shutdown().await;
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }

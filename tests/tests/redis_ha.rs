@@ -13,10 +13,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use aside_tests::harness::{
-    Edge, EdgeOptions, Load, LoadReport, Origin, OriginOptions, RedisHa, RedisUser, Sample, Stack,
-    TestEnv, generate_secret,
+    Edge, EdgeOptions, Load, LoadReport, Origin, OriginOptions, RedisHa, Sample, Stack, TestEnv,
+    generate_secret,
 };
-use xtask::redis_ha::{MASTER_NAME, SentinelTimings};
+use xtask::redis_ha::SentinelTimings;
 
 /// Seeded rows, all read by the load.
 const ROWS: i32 = 40;
@@ -90,20 +90,7 @@ async fn setup(replicas: usize, edge_node: usize) -> Ha {
 
 /// The origin on the Sentinels: no ASIDE_REDIS_URL.
 fn origin_options(redis: &RedisHa, env: &TestEnv, token: &str) -> OriginOptions {
-    let password = redis.nodes[0].password(RedisUser::Origin);
-    let mut options = OriginOptions::new(env.app_database_url.clone(), "")
-        .env("ASIDE_REDIS_SENTINELS", redis.sentinel_addresses())
-        .env("ASIDE_REDIS_SENTINEL_MASTER", MASTER_NAME)
-        .env("ASIDE_REDIS_SENTINEL_USERNAME", "origin")
-        .env("ASIDE_REDIS_SENTINEL_PASSWORD", password)
-        .env("ASIDE_REDIS_USERNAME", "origin")
-        .env("ASIDE_REDIS_PASSWORD", password)
-        .env("ASIDE_REDIS_DB", env.redis_db)
-        .env("ASIDE_REDIS_SENTINEL_POLL_MS", 500)
-        .env("ASIDE_REDIS_BACKOFF_MS", 200)
-        .env("ASIDE_REDIS_BACKOFF_MAX_MS", 500);
-    options.tokens = vec![token.to_string()];
-    options
+    redis.origin_options(env, token)
 }
 
 impl Ha {

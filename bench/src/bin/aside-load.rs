@@ -73,6 +73,11 @@ struct Args {
     /// Seed of the id order (the same in every process of one benchmark).
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Seed of the draws from that order [default: --seed]. Two runs with the same draw seed send the
+    /// same ids in the same order per connection; a warm-up that must not be the measured run's first
+    /// part gives another one.
+    #[arg(long)]
+    draw_seed: Option<u64>,
     /// A request that takes longer than this is a timeout (and its connection is replaced).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     timeout: Duration,
@@ -280,7 +285,8 @@ async fn run(args: Args) -> anyhow::Result<LoadResult> {
     for worker in 0..args.concurrency {
         let plan = Arc::clone(&plan);
         let seed = args
-            .seed
+            .draw_seed
+            .unwrap_or(args.seed)
             .wrapping_mul(1_000_003)
             .wrapping_add(worker as u64 + 1);
         tasks.push(tokio::spawn(connection(plan, seed, worker)));

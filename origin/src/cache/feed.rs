@@ -91,6 +91,13 @@ impl ProfileCache {
 
 /// Sends a heartbeat every `interval` until the task is dropped (nothing when the feed is off). A
 /// failure (Redis down) is counted and retried at the next tick: readers see the gap in heartbeats.
+///
+/// The numbers double as Redis's memory: the counter only grows while Redis keeps what it took, so a
+/// heartbeat numbered at or below this origin's previous one means Redis now holds an older state (it
+/// restarted without persistence or from an older snapshot, or failed over to a replica without the
+/// latest writes). The cache writes it lost would otherwise stay lost until their TTL (hours), since
+/// change capture had already applied them: the origin says so and has change capture replay the
+/// outbox over what Redis holds ([`super::topology::Topology::lost_writes`]).
 pub async fn run_heartbeat(cache: std::sync::Arc<ProfileCache>, interval: Duration) {
     if cache.feed().max_len == 0 || cache.is_disabled() {
         return;
@@ -98,11 +105,28 @@ pub async fn run_heartbeat(cache: std::sync::Arc<ProfileCache>, interval: Durati
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
+    let mut last: Option<u64> = None;
+    let mut failovers = cache.topology().epoch();
     loop {
         ticks.tick().await;
         match cache.heartbeat().await {
-            Ok(_) => {
+            Ok(n) => {
                 crate::metrics::feed_heartbeat("sent");
+                // A failover followed since the previous heartbeat has its own replay.
+                let followed = failovers.has_changed().unwrap_or(false);
+                failovers.borrow_and_update();
+                if !followed && went_back(last, n) {
+                    tracing::warn!(
+                        previous = last.unwrap_or_default(),
+                        now = n,
+                        "the feed's numbers went back: Redis lost writes (a restart without \
+                         persistence or from an older snapshot, or a failover without them); \
+                         replaying the outbox over what it holds"
+                    );
+                    cache.topology().lost_writes();
+                    failovers.borrow_and_update();
+                }
+                last = Some(n);
                 if failing {
                     tracing::info!("feed heartbeats are reaching Redis again");
                     failing = false;
@@ -119,9 +143,26 @@ pub async fn run_heartbeat(cache: std::sync::Arc<ProfileCache>, interval: Durati
     }
 }
 
+/// Whether heartbeat number `now` says Redis went back since this origin's previous one, `last`.
+fn went_back(last: Option<u64>, now: u64) -> bool {
+    last.is_some_and(|last| now <= last)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_number_at_or_below_the_previous_one_means_redis_went_back() {
+        assert!(!went_back(None, 1), "the first heartbeat");
+        assert!(!went_back(Some(7), 8));
+        assert!(
+            !went_back(Some(7), 300),
+            "other origins' entries in between"
+        );
+        assert!(went_back(Some(7), 7));
+        assert!(went_back(Some(300), 1), "a restart without persistence");
+    }
 
     #[test]
     fn the_heartbeat_script_is_loaded_by_hash() {

@@ -13,7 +13,8 @@
 //!
 //! Each switch to a new primary (not the first one found) bumps the [`Topology::epoch`], which change
 //! capture watches to replay the outbox onto the new primary: with asynchronous replication the
-//! promoted replica may lack the old primary's last writes.
+//! promoted replica may lack the old primary's last writes. So does Redis found holding an older state
+//! than before ([`Topology::lost_writes`], with a fixed URL too: a restart that lost data).
 //!
 //! The compare-and-set script is loaded per node: `redis::Script` sends `EVALSHA`, and on a `NOSCRIPT`
 //! (a new primary that never saw it) `SCRIPT LOAD`s it and sends `EVALSHA` again, so nothing needs
@@ -122,6 +123,15 @@ impl Topology {
     /// Primary changes followed: a receiver sees each new epoch.
     pub fn epoch(&self) -> watch::Receiver<u64> {
         self.epoch.subscribe()
+    }
+
+    /// Redis holds an older state than it did: the feed's numbers went back (a restart without
+    /// persistence or from an older snapshot, or a failover to a replica without the latest writes; see
+    /// [`crate::cache::feed::run_heartbeat`]). Bumps the epoch, so change capture replays the outbox
+    /// over what Redis holds, as after a failover: the writes Redis lost are written again.
+    pub fn lost_writes(&self) {
+        self.epoch.send_modify(|e| *e += 1);
+        crate::metrics::redis_went_back();
     }
 
     /// Whether the primary comes from Sentinels.

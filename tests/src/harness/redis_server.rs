@@ -421,6 +421,26 @@ impl RedisHa {
         Ok(ha)
     }
 
+    /// Options for an origin that finds the primary through the Sentinels (no `ASIDE_REDIS_URL`), on
+    /// `env`'s database and Redis logical database, accepting `token`; short Sentinel poll and Redis
+    /// backoff, so a test's failover is followed within a second.
+    pub fn origin_options(&self, env: &super::TestEnv, token: &str) -> super::OriginOptions {
+        let password = self.nodes[0].password(RedisUser::Origin);
+        let mut options = super::OriginOptions::new(env.app_database_url.clone(), "")
+            .env("ASIDE_REDIS_SENTINELS", self.sentinel_addresses())
+            .env("ASIDE_REDIS_SENTINEL_MASTER", xtask::redis_ha::MASTER_NAME)
+            .env("ASIDE_REDIS_SENTINEL_USERNAME", "origin")
+            .env("ASIDE_REDIS_SENTINEL_PASSWORD", password)
+            .env("ASIDE_REDIS_USERNAME", "origin")
+            .env("ASIDE_REDIS_PASSWORD", password)
+            .env("ASIDE_REDIS_DB", env.redis_db)
+            .env("ASIDE_REDIS_SENTINEL_POLL_MS", 500)
+            .env("ASIDE_REDIS_BACKOFF_MS", 200)
+            .env("ASIDE_REDIS_BACKOFF_MAX_MS", 500);
+        options.tokens = vec![token.to_string()];
+        options
+    }
+
     /// `host:port,...` of the Sentinels (ASIDE_REDIS_SENTINELS).
     pub fn sentinel_addresses(&self) -> String {
         self.sentinels
