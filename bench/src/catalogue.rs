@@ -69,6 +69,21 @@ impl Target {
         }
     }
 
+    /// Every edge and baseline target the bench stack serves under `rt` (the shared tier only where
+    /// `rt` has a key-value store).
+    pub(crate) fn served_under(rt: Rt) -> impl Iterator<Item = Target> {
+        [
+            Target::Edge(rt),
+            Target::EdgeL1Off(rt),
+            Target::EdgeShared(rt),
+            Target::EdgeAuthOff(rt),
+            Target::Hello(rt),
+            Target::HelloRedis(rt),
+        ]
+        .into_iter()
+        .filter(move |t| runs_under(*t, rt))
+    }
+
     /// The service's name (and its log file's).
     pub(crate) fn service(self) -> &'static str {
         match self {

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalogue::{Target, runs_under};
 use crate::check_stop;
 use crate::config::Config;
-use crate::run::{KEY_SEED, loader_args, run_loader};
+use crate::run::{KEY_SEED, loader_args, read_beside, run_loader};
 use crate::runtime::Rt;
 use crate::stack::{Stack, edge_command};
 
@@ -587,11 +587,7 @@ pub fn verify(report: &FeedReport) -> anyhow::Result<()> {
 
 /// `verify` of the `report-feed.json` beside `main` (a report of a whole run must have one).
 pub fn verify_beside(main: &Path) -> anyhow::Result<()> {
-    let path = main.with_file_name(FILE);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("no feed report at {}", path.display()))?;
-    let report: FeedReport = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a feed report", path.display()))?;
+    let (path, report): (_, FeedReport) = read_beside(main, FILE, "feed")?;
     verify(&report)?;
     println!(
         "feed report {}: {} A/B runs, {} writes seen by {} edge processes",

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalogue::Target;
 use crate::config::Config;
-use crate::run::{loader_args, run_loader};
+use crate::run::{loader_args, read_beside, run_loader};
 use crate::runtime::Rt;
 use crate::stack::Stack;
 
@@ -615,11 +615,7 @@ pub fn verify(report: &OverloadReport) -> anyhow::Result<()> {
 
 /// `verify` of the `report-overload.json` beside `main` (a report of a whole run must have one).
 pub fn verify_beside(main: &Path) -> anyhow::Result<()> {
-    let path = main.with_file_name(FILE);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("no overload report at {}", path.display()))?;
-    let report: OverloadReport = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not an overload report", path.display()))?;
+    let (path, report): (_, OverloadReport) = read_beside(main, FILE, "overload")?;
     verify(&report)?;
     println!(
         "overload report {}: {} phases, goodput spike ÷ calm {:.2}, {} answers 500, {} without x-cache",

@@ -430,3 +430,17 @@ pub(crate) fn run_loader(
     serde_json::from_str(text.trim())
         .with_context(|| format!("aside-load printed something else than its result: {text:?}"))
 }
+
+/// The report `file` beside `main` (`report.json`), read as a `what` report: its path and contents.
+pub(crate) fn read_beside<T: serde::de::DeserializeOwned>(
+    main: &Path,
+    file: &str,
+    what: &str,
+) -> anyhow::Result<(std::path::PathBuf, T)> {
+    let path = main.with_file_name(file);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("no {what} report at {}", path.display()))?;
+    let report = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a report of the {what} scenarios", path.display()))?;
+    Ok((path, report))
+}

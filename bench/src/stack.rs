@@ -9,7 +9,7 @@ use aside_bench::redis_admin::RedisAdmin;
 use xtask::launch::{EdgeVariables, OriginSettings};
 use xtask::stack::{self, Secrets, Services};
 
-use crate::catalogue::{Target, runs_under};
+use crate::catalogue::Target;
 use crate::config::Config;
 use crate::runtime::Rt;
 use crate::{check_stop, workspace_root};
@@ -34,18 +34,7 @@ impl Ports {
     pub(crate) fn pick(runtimes: &[Rt], proxies: usize) -> anyhow::Result<Self> {
         let mut targets = vec![Target::Origin, Target::OriginCacheOff];
         for rt in runtimes {
-            targets.extend(
-                [
-                    Target::Edge(*rt),
-                    Target::EdgeL1Off(*rt),
-                    Target::EdgeShared(*rt),
-                    Target::EdgeAuthOff(*rt),
-                    Target::Hello(*rt),
-                    Target::HelloRedis(*rt),
-                ]
-                .into_iter()
-                .filter(|t| runs_under(*t, *rt)),
-            );
+            targets.extend(Target::served_under(*rt));
         }
         // Hold every listener until all are picked, so no two are the same.
         let listeners: Vec<std::net::TcpListener> = (0..targets.len() + 2 + proxies)
@@ -281,17 +270,7 @@ pub(crate) fn start_servers(config: &Config, stack: &mut Stack) -> anyhow::Resul
     let upstreams = (ports.redis, ports.url(Target::Origin));
     let mut listening = Vec::new();
     for rt in &config.runtimes.list {
-        for target in [
-            Target::Edge(*rt),
-            Target::EdgeL1Off(*rt),
-            Target::EdgeShared(*rt),
-            Target::EdgeAuthOff(*rt),
-            Target::Hello(*rt),
-            Target::HelloRedis(*rt),
-        ]
-        .into_iter()
-        .filter(|t| runs_under(*t, *rt))
-        {
+        for target in Target::served_under(*rt) {
             let port = ports.port(target);
             let edge = edge_command(config, stack, target, port, &upstreams);
             // SIGTERM to its process group: `spin up` and its trigger (a child process) both stop.

@@ -1036,23 +1036,7 @@ async fn a_redis_restart_keeps_every_change_and_the_feed() {
     }
     // Make the AOF start here (an RDB base), so the changes below live only in its tail.
     let mut admin = stack.redis.admin(env.redis_db).await.unwrap();
-    let () = redis::cmd("BGREWRITEAOF")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
-    let rewritten = wait_until(Duration::from_secs(10), || {
-        let mut admin = admin.clone();
-        async move {
-            let info: String = redis::cmd("INFO")
-                .arg("persistence")
-                .query_async(&mut admin)
-                .await
-                .unwrap();
-            info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0")
-        }
-    })
-    .await;
-    assert!(rewritten);
+    assert!(stack.redis.rewrite_aof().await.unwrap());
     for round in 0..3 {
         for id in 1..=LOAD_IDS {
             let department = ["Sales", "DevOps", "Security"][(round + id as usize) % 3];

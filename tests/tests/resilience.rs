@@ -595,23 +595,7 @@ async fn a_redis_restart_keeps_the_cache() {
         .unwrap();
     assert!(info.contains("aof_enabled:1"), "{info}");
     // A rewrite starts the AOF with an RDB snapshot (the "preamble"): the base file is an .rdb.
-    let _: () = redis::cmd("BGREWRITEAOF")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
-    let rewritten = wait_until(Duration::from_secs(10), || {
-        let mut admin = admin.clone();
-        async move {
-            let info: String = redis::cmd("INFO")
-                .arg("persistence")
-                .query_async(&mut admin)
-                .await
-                .unwrap();
-            info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0")
-        }
-    })
-    .await;
-    assert!(rewritten);
+    assert!(stack.redis.rewrite_aof().await.unwrap());
     let aof_dir = stack.redis.dir.join("appendonlydir");
     let files: Vec<String> = std::fs::read_dir(&aof_dir)
         .unwrap()

@@ -316,6 +316,26 @@ impl RedisServer {
         Ok(client.get_multiplexed_async_connection().await?)
     }
 
+    /// `BGREWRITEAOF`, waited for (at most 10 s): the append-only file starts again from an RDB base (the
+    /// "preamble"), so the changes after it live only in its tail. False if it did not finish in time.
+    pub async fn rewrite_aof(&self) -> anyhow::Result<bool> {
+        let mut admin = self.admin(0).await?;
+        let () = redis::cmd("BGREWRITEAOF").query_async(&mut admin).await?;
+        Ok(wait_until(Duration::from_secs(10), || {
+            let mut admin = admin.clone();
+            async move {
+                let info: String = redis::cmd("INFO")
+                    .arg("persistence")
+                    .query_async(&mut admin)
+                    .await
+                    .unwrap_or_default();
+                info.contains("aof_rewrite_in_progress:0")
+                    && info.contains("aof_rewrite_scheduled:0")
+            }
+        })
+        .await)
+    }
+
     /// SIGKILL: no goodbye, no final AOF flush beyond what `appendfsync everysec` already did.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
