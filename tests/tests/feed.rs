@@ -1203,12 +1203,27 @@ async fn redis_back_from_an_older_snapshot_is_repaired_and_the_edges_fall_back_m
          -> {epochs_after:?}; {logged} of 3 edges' logs say the break or the fallback",
         repaired - restarted
     );
-    for (n, (before, after)) in epochs_before.iter().zip(&epochs_after).enumerate() {
+    // Each edge noticed: a new epoch, or (seen once in a quiet run: an edge whose position was not past
+    // the snapshot's last entry sees no break in the numbering) its own log says it fell back. What
+    // it then serves is checked below: nothing staler than the bound after the repair.
+    for (n, ((before, after), log)) in epochs_before
+        .iter()
+        .zip(&epochs_after)
+        .zip(&logs)
+        .enumerate()
+    {
+        let fell_back = log.contains("invalidation feed lost continuity")
+            || log.contains("invalidation feed silent")
+            || log.contains("invalidation feed late");
         assert!(
-            after > before,
-            "edge {n} started no new epoch: {before} -> {after}"
+            after > before || fell_back,
+            "edge {n} started no new epoch ({before} -> {after}) and did not log a fallback"
         );
     }
+    assert!(
+        epochs_after.iter().zip(&epochs_before).any(|(a, b)| a > b),
+        "no edge started a new epoch"
+    );
     assert!(logged >= 1, "no edge logged the break or the fallback");
     load.finish_since(
         "older snapshot",
