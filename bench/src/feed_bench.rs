@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalogue::{Target, runs_under};
 use crate::check_stop;
 use crate::config::Config;
-use crate::run::{KEY_SEED, loader_args, read_beside, run_loader};
+use crate::run::{KEY_SEED, loader_args, read_beside, run_loader, zipf_reads};
 use crate::runtime::Rt;
 use crate::stack::{Stack, edge_command};
 
@@ -597,25 +597,4 @@ pub fn verify_beside(main: &Path) -> anyhow::Result<()> {
         report.staleness.edges.len()
     );
     Ok(())
-}
-
-/// `aside-load` arguments for Zipf reads over every id from `connections` connections for `seconds`,
-/// no warm-up of its own.
-fn zipf_reads(config: &Config, connections: usize, seconds: f64) -> Vec<String> {
-    [
-        "--keys",
-        "zipf",
-        "--ids",
-        &config.rows.to_string(),
-        "--zipf-s",
-        &config.zipf_s.to_string(),
-        "--concurrency",
-        &connections.to_string(),
-        "--warmup",
-        "0s",
-        "--duration",
-        &format!("{seconds}s"),
-    ]
-    .map(String::from)
-    .to_vec()
 }

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalogue::Target;
 use crate::config::Config;
-use crate::run::{loader_args, read_beside, run_loader};
+use crate::run::{loader_args, read_beside, run_loader, zipf_reads};
 use crate::runtime::Rt;
 use crate::stack::Stack;
 
@@ -202,20 +202,9 @@ fn load(
     bar: &ProgressBar,
 ) -> anyhow::Result<LoadResult> {
     let mut args = loader_args(stack.ports.url(target), target, stack);
+    args.extend(zipf_reads(config, connections, seconds));
     args.extend(
         [
-            "--keys",
-            "zipf",
-            "--ids",
-            &config.rows.to_string(),
-            "--zipf-s",
-            &config.zipf_s.to_string(),
-            "--concurrency",
-            &connections.to_string(),
-            "--warmup",
-            "0s",
-            "--duration",
-            &format!("{seconds}s"),
             // Longer than the edge's request budget (2 s) and Spin's queue under the spike: an answer
             // that comes is counted as the answer it is, not as a timeout.
             "--timeout",

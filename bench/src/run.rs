@@ -444,3 +444,24 @@ pub(crate) fn read_beside<T: serde::de::DeserializeOwned>(
         .with_context(|| format!("{} is not a report of the {what} scenarios", path.display()))?;
     Ok((path, report))
 }
+
+/// `aside-load` arguments for Zipf reads over every id from `connections` connections for `seconds`,
+/// no warm-up of its own.
+pub(crate) fn zipf_reads(config: &Config, connections: usize, seconds: f64) -> Vec<String> {
+    [
+        "--keys",
+        "zipf",
+        "--ids",
+        &config.rows.to_string(),
+        "--zipf-s",
+        &config.zipf_s.to_string(),
+        "--concurrency",
+        &connections.to_string(),
+        "--warmup",
+        "0s",
+        "--duration",
+        &format!("{seconds}s"),
+    ]
+    .map(String::from)
+    .to_vec()
+}

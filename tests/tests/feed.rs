@@ -1061,19 +1061,11 @@ async fn a_redis_restart_keeps_every_change_and_the_feed() {
 
     stack.redis.shutdown().await.unwrap();
     stack.redis.restart().await.unwrap();
-    let loaded = wait_until(Duration::from_secs(20), || async {
-        let Ok(mut admin) = stack.redis.admin(env.redis_db).await else {
-            return false;
-        };
-        let info: Result<String, _> = redis::cmd("INFO")
-            .arg("persistence")
-            .query_async(&mut admin)
-            .await;
-        info.is_ok_and(|i| i.contains("loading:0"))
-    })
-    .await;
-    assert!(loaded, "Redis did not finish loading");
-    let mut admin = stack.redis.admin(env.redis_db).await.unwrap();
+    let mut admin = stack
+        .redis
+        .admin_when_loaded(env.redis_db)
+        .await
+        .expect("Redis did not finish loading");
     let stale = stale_hashes(&stack, &env).await;
     let seq_after: u64 = admin.get(FEED_SEQ_KEY).await.unwrap_or(0);
     let entries_after = entries(&mut admin).await;

@@ -558,22 +558,10 @@ async fn cache_control_tells_how_long_a_copy_is_fresh_and_usable() {
     assert_eq!(projected.json().as_object().unwrap().len(), 3);
 }
 
-/// An admin connection to the env's logical database once Redis has loaded its data (it accepts
-/// connections while it replays the AOF, answering `LOADING`).
+/// An admin connection to the env's logical database once Redis has loaded its data.
 async fn loaded_admin(stack: &Stack, env: &TestEnv) -> redis::aio::MultiplexedConnection {
-    let ready = wait_until(Duration::from_secs(20), || async {
-        let Ok(mut admin) = stack.redis.admin(env.redis_db).await else {
-            return false;
-        };
-        let info: Result<String, _> = redis::cmd("INFO")
-            .arg("persistence")
-            .query_async(&mut admin)
-            .await;
-        info.is_ok_and(|i| i.contains("loading:0"))
-    })
-    .await;
-    assert!(ready, "Redis did not finish loading");
-    stack.redis.admin(env.redis_db).await.unwrap()
+    let admin = stack.redis.admin_when_loaded(env.redis_db).await;
+    admin.expect("Redis did not finish loading")
 }
 
 /// `deploy/redis.conf` persists the cache: AOF with an RDB preamble, fsynced every second. Keys (and

@@ -316,6 +316,28 @@ impl RedisServer {
         Ok(client.get_multiplexed_async_connection().await?)
     }
 
+    /// An admin connection to logical database `db` once Redis has loaded its data (after a restart it
+    /// accepts connections while it replays the AOF, answering `LOADING`); `None` after 20 s.
+    pub async fn admin_when_loaded(&self, db: u32) -> Option<redis::aio::MultiplexedConnection> {
+        let loaded = wait_until(Duration::from_secs(20), || async {
+            let Ok(mut admin) = self.admin(db).await else {
+                return false;
+            };
+            // A data command, not only `INFO` (which answers while loading): `LOADING` is an error.
+            let size: Result<u64, _> = redis::cmd("DBSIZE").query_async(&mut admin).await;
+            let info: Result<String, _> = redis::cmd("INFO")
+                .arg("persistence")
+                .query_async(&mut admin)
+                .await;
+            size.is_ok() && info.is_ok_and(|i| i.contains("loading:0"))
+        })
+        .await;
+        if !loaded {
+            return None;
+        }
+        self.admin(db).await.ok()
+    }
+
     /// `BGREWRITEAOF`, waited for (at most 10 s): the append-only file starts again from an RDB base (the
     /// "preamble"), so the changes after it live only in its tail. False if it did not finish in time.
     pub async fn rewrite_aof(&self) -> anyhow::Result<bool> {
