@@ -18,8 +18,6 @@
 //! from the edge; the figures present), never a speed.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -317,7 +315,7 @@ fn phase(
 
 /// The origin's answered reads of `/users/{id}` so far (every status), from its `/metrics`.
 fn origin_reads(port: u16) -> anyhow::Result<f64> {
-    let text = get_text(port, "/metrics")?;
+    let text = crate::http::get_ok(&crate::http::agent(), port, "/metrics")?;
     Ok(sum_samples(
         &text,
         "aside_origin_http_requests_total",
@@ -336,34 +334,6 @@ fn sum_samples(text: &str, name: &str, labels: &[&str]) -> f64 {
         .filter(|l| labels.iter().all(|label| l.contains(label)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-/// `GET path` on `127.0.0.1:port` (HTTP/1.1, a new connection): the body of a `200`.
-fn get_text(port: u16, path: &str) -> anyhow::Result<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.write_all(
-        format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\n\r\n")
-            .as_bytes(),
-    )?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer)?;
-    let text = String::from_utf8_lossy(&answer);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("not an HTTP answer from port {port}"))?;
-    anyhow::ensure!(
-        head.starts_with("HTTP/1.1 200"),
-        "GET {path} on port {port}: {}",
-        head.lines().next().unwrap_or_default()
-    );
-    anyhow::ensure!(
-        !head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked"),
-        "GET {path} on port {port} answered chunked"
-    );
-    Ok(body.to_string())
 }
 
 /// VmRSS of `root` and every process below it, in KiB (0 for processes gone meanwhile).
