@@ -14,18 +14,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aside_bench::client::{Answer, Conn, Outgoing};
 use aside_bench::keys::{KeyDist, Keys};
 use aside_bench::load::{Latency, LoadResult, SPECTRUM};
 use aside_shared::Department;
 use aside_shared::headers::parse_server_timing;
-use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt as _, Full};
-use hyper::Request;
-use hyper::client::conn::http1::SendRequest;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
-use hyper_util::rt::TokioIo;
+use hyper::Method;
 use rand::rngs::SmallRng;
 use rand::{RngExt as _, SeedableRng as _};
 
@@ -231,7 +227,6 @@ impl Tally {
 /// Settings every connection shares.
 struct Plan {
     host: String,
-    authority: String,
     /// `Bearer <token>` values; connection `n` sends number `n mod len`.
     bearers: Vec<String>,
     keys: Keys,
@@ -280,7 +275,7 @@ async fn run(args: Args) -> anyhow::Result<LoadResult> {
         (0.0..=100.0).contains(&args.write_percent),
         "--write-percent must be from 0 to 100"
     );
-    let url = url_parts(&args.url)?;
+    let host = url_host(&args.url)?;
     let bearers: Vec<String> = match &args.bearer_file {
         Some(path) => std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
@@ -306,8 +301,7 @@ async fn run(args: Args) -> anyhow::Result<LoadResult> {
         ),
     };
     let plan = Arc::new(Plan {
-        host: url.0,
-        authority: url.1,
+        host,
         bearers,
         keys,
         write_percent: args.write_percent,
@@ -342,22 +336,14 @@ async fn run(args: Args) -> anyhow::Result<LoadResult> {
     Ok(summarise(total, elapsed, args.concurrency))
 }
 
-/// `(host:port to connect to, Host header)` of an `http://host:port` URL.
-fn url_parts(url: &str) -> anyhow::Result<(String, String)> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow::anyhow!("only http:// URLs are supported: {url}"))?
-        .trim_end_matches('/');
+/// The address to connect to, from a base URL without a path.
+fn url_host(url: &str) -> anyhow::Result<String> {
+    let (host, path) = aside_bench::client::split_url(url).map_err(anyhow::Error::msg)?;
     anyhow::ensure!(
-        !rest.is_empty() && !rest.contains('/'),
-        "the URL must be scheme://host:port with no path: {url}"
+        path == "/",
+        "the URL must be http://host:port with no path: {url}"
     );
-    let connect = if rest.contains(':') {
-        rest.to_string()
-    } else {
-        format!("{rest}:80")
-    };
-    Ok((connect, rest.to_string()))
+    Ok(host)
 }
 
 /// One closed-loop connection: request, whole answer, next request.
@@ -366,7 +352,7 @@ async fn connection(plan: Arc<Plan>, seed: u64, number: usize) -> Tally {
         (!plan.bearers.is_empty()).then(|| plan.bearers[number % plan.bearers.len()].as_str());
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut tally = Tally::new();
-    let mut sender: Option<SendRequest<Full<Bytes>>> = None;
+    let mut conn = Conn::new(plan.host.as_str());
     loop {
         if plan.end.is_some_and(|end| Instant::now() >= end) {
             break;
@@ -386,18 +372,15 @@ async fn connection(plan: Arc<Plan>, seed: u64, number: usize) -> Tally {
             break;
         };
         let write = plan.write_percent > 0.0 && rng.random_range(0.0..100.0) < plan.write_percent;
-        let request = build_request(&plan, bearer, id, write, &mut rng);
+        let request = build_request(bearer, id, write, &mut rng);
         let started = Instant::now();
-        let outcome = tokio::time::timeout(plan.timeout, send(&plan, &mut sender, request)).await;
+        let outcome = conn
+            .send(&request, plan.timeout)
+            .await
+            .map(Answered::from)
+            .map_err(|failure| failure.as_str());
         let done = Instant::now();
         let measured = started >= plan.measure_from;
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                sender = None;
-                Err("timeout".to_string())
-            }
-        };
         if !measured {
             continue;
         }
@@ -463,32 +446,24 @@ async fn connection(plan: Arc<Plan>, seed: u64, number: usize) -> Tally {
     tally
 }
 
-fn build_request(
-    plan: &Plan,
-    bearer: Option<&str>,
-    id: u64,
-    write: bool,
-    rng: &mut SmallRng,
-) -> Request<Full<Bytes>> {
+fn build_request(bearer: Option<&str>, id: u64, write: bool, rng: &mut SmallRng) -> Outgoing {
     let path = format!("/users/{id}");
-    let mut builder = Request::builder()
-        .uri(path)
-        .header(HOST, plan.authority.as_str());
-    if let Some(bearer) = bearer {
-        builder = builder.header(AUTHORIZATION, bearer);
-    }
     let request = if write {
         let department = Department::SEEDED[rng.random_range(0..Department::SEEDED.len())];
-        builder
-            .method("PATCH")
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(format!(
-                r#"{{"department":"{department}"}}"#
-            ))))
+        Outgoing::json(
+            Method::PATCH,
+            path,
+            &serde_json::json!({ "department": department }),
+        )
     } else {
-        builder.method("GET").body(Full::new(Bytes::new()))
+        Outgoing::get(path)
     };
-    request.expect("a valid request")
+    match bearer {
+        Some(bearer) => request
+            .header("authorization", bearer)
+            .expect("a bearer token is a valid header value"),
+        None => request,
+    }
 }
 
 /// What one answer said.
@@ -499,62 +474,14 @@ struct Answered {
     timing: Option<String>,
 }
 
-/// Sends one request on the connection (opening it first if needed) and reads the whole answer, or
-/// says the kind of failure (the connection is then dropped).
-async fn send(
-    plan: &Plan,
-    sender: &mut Option<SendRequest<Full<Bytes>>>,
-    request: Request<Full<Bytes>>,
-) -> Result<Answered, String> {
-    if sender.as_ref().is_none_or(|s| s.is_closed()) {
-        *sender = Some(connect(&plan.host).await.inspect_err(|_| *sender = None)?);
+impl From<Answer> for Answered {
+    fn from(answer: Answer) -> Self {
+        Self {
+            status: answer.status,
+            x_cache: answer.header("x-cache").map(str::to_string),
+            timing: answer.header("server-timing").map(str::to_string),
+        }
     }
-    let s = sender.as_mut().expect("connected");
-    let result = async {
-        s.ready().await.map_err(|_| "io".to_string())?;
-        let response = s
-            .send_request(request)
-            .await
-            .map_err(|_| "io".to_string())?;
-        let status = response.status().as_u16();
-        let header = |name| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let (x_cache, timing) = (header("x-cache"), header("server-timing"));
-        response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|_| "io".to_string())?;
-        Ok(Answered {
-            status,
-            x_cache,
-            timing,
-        })
-    }
-    .await;
-    if result.is_err() {
-        *sender = None;
-    }
-    result
-}
-
-async fn connect(host: &str) -> Result<SendRequest<Full<Bytes>>, String> {
-    let stream = tokio::net::TcpStream::connect(host)
-        .await
-        .map_err(|_| "connect".to_string())?;
-    let _ = stream.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|_| "connect".to_string())?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
 }
 
 /// A histogram of latencies in µs, 1 µs to 60 s, 3 significant digits.
@@ -689,10 +616,10 @@ mod tests {
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert!(parse_duration("2h").is_err());
         assert_eq!(
-            url_parts("http://127.0.0.1:3000/").unwrap(),
-            ("127.0.0.1:3000".into(), "127.0.0.1:3000".into())
+            url_host("http://127.0.0.1:3000/").unwrap(),
+            "127.0.0.1:3000"
         );
-        assert!(url_parts("https://x:1").is_err());
-        assert!(url_parts("http://x:1/api").is_err());
+        assert!(url_host("https://x:1").is_err());
+        assert!(url_host("http://x:1/api").is_err());
     }
 }
