@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use aside_bench::client::{Answer, Conn, Failure, Method, Outgoing, split_url};
+use aside_bench::client::{Answer, Conn, Method, Outgoing, split_url};
 use reqwest::header::HeaderMap;
 
 use super::http::tier_ms;
@@ -100,7 +100,7 @@ impl Sample {
         target: usize,
         sent_at: Duration,
         began: Instant,
-        outcome: Result<Answer, Failure>,
+        outcome: Result<Answer, String>,
     ) -> Sample {
         let answered = Instant::now();
         let mut sample = Sample {
@@ -130,7 +130,7 @@ impl Sample {
                 sample.headers = answer.headers;
                 sample.body = answer.body;
             }
-            Err(failure) => sample.error = Some(failure.to_string()),
+            Err(why) => sample.error = Some(why),
         }
         sample
     }
@@ -140,50 +140,21 @@ impl Sample {
     pub async fn record(request: reqwest::RequestBuilder, target: usize, start: Instant) -> Sample {
         let sent_at = start.elapsed();
         let began = Instant::now();
-        let mut sample = Sample {
-            target,
-            sent_at,
-            latency: Duration::ZERO,
-            answered: began,
-            status: 0,
-            x_cache: None,
-            retry_after: None,
-            body: bytes::Bytes::new(),
-            write: false,
-            version: None,
-            instance: None,
-            headers: HeaderMap::new(),
-            error: None,
-        };
-        match request.send().await {
+        let outcome = match request.send().await {
             Ok(response) => {
-                let header = |name: &str| {
-                    response
-                        .headers()
-                        .get(name)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string)
-                };
-                sample.x_cache = header("x-cache");
-                sample.retry_after = header("retry-after");
-                sample.instance = header("x-edge-instance");
-                sample.version = header("etag")
-                    .and_then(|e| e.trim_start_matches("W/").trim_matches('"').parse().ok());
-                sample.headers = response.headers().clone();
-                let response_status = response.status().as_u16();
+                let (status, headers) = (response.status().as_u16(), response.headers().clone());
                 match response.bytes().await {
-                    Ok(body) => {
-                        sample.status = response_status;
-                        sample.body = body;
-                    }
-                    Err(e) => sample.error = Some(e.to_string()),
+                    Ok(body) => Ok(Answer {
+                        status,
+                        headers,
+                        body,
+                    }),
+                    Err(e) => Err(e.to_string()),
                 }
             }
-            Err(e) => sample.error = Some(e.to_string()),
-        }
-        sample.latency = began.elapsed();
-        sample.answered = Instant::now();
-        sample
+            Err(e) => Err(e.to_string()),
+        };
+        Sample::of_outcome(target, sent_at, began, outcome)
     }
 }
 
@@ -434,7 +405,11 @@ impl Load {
         }
         let sent_at = start.elapsed();
         let began = Instant::now();
-        let outcome = conns.to(&host).send(&request, self.client_timeout).await;
+        let outcome = conns
+            .to(&host)
+            .send(&request, self.client_timeout)
+            .await
+            .map_err(|failure| failure.to_string());
         let mut sample = Sample::of_outcome(target, sent_at, began, outcome);
         sample.write = write;
         sample
