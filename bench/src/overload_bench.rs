@@ -1,6 +1,8 @@
 //! Issue 29's scenario (docs/benchmarks.md, "Overload"), run after the others on the same stack and
 //! written to `report-overload.{json,md}` beside the main report: a traffic spike through the edge
-//! (client authentication on, as users run it), then the same load on the hello-world baseline.
+//! (client authentication on, as users run it), then the same load on two baselines: hello-world (the
+//! runtime alone) and hello-redis (the runtime and one `HGETALL` through its Redis binding per request:
+//! what any component that reads Redis pays under the same spike).
 //!
 //! * **The edge**: Zipf reads over every profile (Redis holds them all) from 16 connections, then
 //!   from 1,024 at once (the spike), then from 16 again for 5 s (the recovery). Each phase is measured
@@ -106,6 +108,9 @@ pub struct Goals {
     pub goodput_ratio: f64,
     /// The same for hello-world (what the runtime itself keeps).
     pub hello_goodput_ratio: Option<f64>,
+    /// The same for hello-redis (the runtime and one `HGETALL` through its Redis binding per request).
+    #[serde(default)]
+    pub hello_redis_goodput_ratio: Option<f64>,
     /// Edge answers `500` in all phases (goal 0).
     pub answers_500: u64,
     /// Edge answers without `x-cache` in all phases (goal 0).
@@ -127,7 +132,7 @@ pub struct Goals {
     pub l1_share_after: f64,
 }
 
-/// Runs the spike on the edge and on hello-world under `rt`, and writes `report-overload.{json,md}`.
+/// Runs the spike on the edge, hello-world and hello-redis under `rt`, and writes `report-overload.{json,md}`.
 pub fn run(config: &Config, stack: &Stack, rt: Rt) -> anyhow::Result<OverloadReport> {
     let bar = ProgressBar::hidden();
     let spike = if config.quick { SPIKE_QUICK } else { SPIKE };
@@ -136,6 +141,7 @@ pub fn run(config: &Config, stack: &Stack, rt: Rt) -> anyhow::Result<OverloadRep
     let origin_port = stack.ports.port(Target::Origin);
     let edge = Target::Edge(rt);
     let hello = Target::Hello(rt);
+    let hello_redis = Target::HelloRedis(rt);
 
     // Warm the edge's instances and tier 1 (unmeasured), as before any other scenario.
     if config.warmup > 0.0 {
@@ -158,18 +164,22 @@ pub fn run(config: &Config, stack: &Stack, rt: Rt) -> anyhow::Result<OverloadRep
             &bar,
         )?);
     }
-    std::thread::sleep(Duration::from_secs(1));
-    for (name, connections) in [("calm", CALM), ("spike", spike)] {
-        crate::check_stop()?;
-        phases.push(phase(
-            config,
-            stack,
-            (hello, "hello", name),
-            connections,
-            phase_s,
-            origin_port,
-            &bar,
-        )?);
+    // The baselines under the same load: hello-world (the runtime alone) and hello-redis (the runtime
+    // and one `HGETALL` through its Redis binding per request, which is what an L2 hit cannot avoid).
+    for (baseline, who) in [(hello, "hello"), (hello_redis, "hello-redis")] {
+        std::thread::sleep(Duration::from_secs(1));
+        for (name, connections) in [("calm", CALM), ("spike", spike)] {
+            crate::check_stop()?;
+            phases.push(phase(
+                config,
+                stack,
+                (baseline, who, name),
+                connections,
+                phase_s,
+                origin_port,
+                &bar,
+            )?);
+        }
     }
     let report = OverloadReport {
         runtime: rt.name().to_string(),
@@ -418,6 +428,8 @@ impl Goals {
             get("edge", "after"),
         );
         let (hello_calm, hello_spike) = (get("hello", "calm"), get("hello", "spike"));
+        let (hello_redis_calm, hello_redis_spike) =
+            (get("hello-redis", "calm"), get("hello-redis", "spike"));
         let edge = phases.iter().filter(|p| p.target == "edge");
         let l1 = |p: Option<&Phase>| {
             p.map_or(0.0, |p| {
@@ -435,6 +447,9 @@ impl Goals {
             .unwrap_or(0.0),
             hello_goodput_ratio: hello_spike
                 .zip(hello_calm)
+                .and_then(|(s, c)| ratio(s.goodput, c.goodput)),
+            hello_redis_goodput_ratio: hello_redis_spike
+                .zip(hello_redis_calm)
                 .and_then(|(s, c)| ratio(s.goodput, c.goodput)),
             answers_500: edge
                 .clone()
@@ -513,13 +528,14 @@ impl OverloadReport {
         let opt =
             |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
         out.push_str(&format!(
-            "\nGoals (issue 29): goodput spike ÷ calm {:.2} (goal ≥ 0.85; hello-world {}); answers 500: {} \
+            "\nGoals (issue 29): goodput spike ÷ calm {:.2} (goal ≥ 0.85; hello-world {}, hello-redis {}); answers 500: {} \
              (goal 0); answers without x-cache: {} (goal 0); origin reads/s calm {:.1}, spike {:.1} (goal \
              ≤ 1.2 × calm); RSS during the spike: edge {:.0} MiB, hello-world {} MiB, ratio {} (goal ≤ 2); \
              recovery (the {} s after the spike vs before): p50 {} → {} ms, p99 {} → {} ms, L1 share \
              {:.1} % → {:.1} %.\n",
             g.goodput_ratio,
             opt(g.hello_goodput_ratio, 2),
+            opt(g.hello_redis_goodput_ratio, 2),
             g.answers_500,
             g.answers_without_x_cache,
             g.origin_rps_calm,
@@ -669,6 +685,8 @@ mod tests {
             phase("edge", "after", &[("200", 1000)], 0),
             phase("hello", "calm", &[("200", 3000)], 3000),
             phase("hello", "spike", &[("200", 2700)], 2700),
+            phase("hello-redis", "calm", &[("200", 2000)], 2000),
+            phase("hello-redis", "spike", &[("200", 1000)], 1000),
         ]
     }
 
@@ -678,6 +696,7 @@ mod tests {
         verify(&r).unwrap();
         assert_eq!(r.goals.goodput_ratio, 0.9);
         assert_eq!(r.goals.hello_goodput_ratio, Some(0.9));
+        assert_eq!(r.goals.hello_redis_goodput_ratio, Some(0.5));
         assert_eq!(r.goals.answers_500, 0);
         // hello-world sets no x-cache: only the edge's answers are counted.
         assert_eq!(r.goals.answers_without_x_cache, 0);
