@@ -737,6 +737,48 @@ mod tests {
     }
 
     #[test]
+    fn redis_mode_is_single_by_default_and_cluster_reads_database_0_on_any_node() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.redis_mode, RedisMode::Single);
+        assert_eq!(c.redis_address, "127.0.0.1:6379");
+        let c = with(&[
+            ("redis_mode", Some(" cluster ")),
+            ("redis_address", Some("10.0.3.7:6379")),
+        ])
+        .unwrap();
+        assert_eq!(c.redis_mode, RedisMode::Cluster);
+        assert_eq!(c.redis_url, "redis://edge:p%40ss%3Aw%2Frd@10.0.3.7:6379/0");
+        assert_eq!(
+            c.redis_url_of("10.0.3.9:7001"),
+            "redis://edge:p%40ss%3Aw%2Frd@10.0.3.9:7001/0"
+        );
+        assert!(!format!("{c:?}").contains("p%40ss"), "{c:?}");
+        // A cluster has database 0 only; an unknown mode is refused, naming the variable.
+        assert!(matches!(
+            with(&[
+                ("redis_mode", Some("cluster")),
+                ("redis_database", Some("3"))
+            ]),
+            Err(ConfigError::Malformed {
+                name: "redis_database",
+                ..
+            })
+        ));
+        for bad in ["", "sentinel", "Cluster"] {
+            assert!(
+                matches!(
+                    with(&[("redis_mode", Some(bad))]),
+                    Err(ConfigError::Malformed {
+                        name: "redis_mode",
+                        ..
+                    })
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn the_shared_tier_is_off_by_default_and_names_a_store_label() {
         let c = with(&[]).unwrap();
         assert_eq!(

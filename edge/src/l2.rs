@@ -752,8 +752,16 @@ impl Redis {
             match self.call(&address, "CLUSTER", slots, left, false).await {
                 Ok(Some(reply)) => match SlotMap::from_cluster_slots(&reply) {
                     Some(map) => {
-                        let known = self.slots.borrow().as_ref().map(|m| m.primaries().to_vec());
-                        if known.as_deref() != Some(map.primaries()) {
+                        // Logged when the primaries change, not when an instance learns the map
+                        // (every new instance does, once).
+                        let mut before: Option<Vec<String>> =
+                            self.slots.borrow().as_ref().map(|m| m.primaries().to_vec());
+                        let mut now = map.primaries().to_vec();
+                        if let Some(before) = before.as_mut() {
+                            before.sort();
+                        }
+                        now.sort();
+                        if before.is_some_and(|b| b != now) {
                             eprintln!(
                                 "aside-edge: redis cluster slot map from {address}: {} of 16384 \
                                  slots served by {} primaries ({})",
