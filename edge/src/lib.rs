@@ -32,6 +32,7 @@ pub mod auth;
 pub mod backoff;
 pub mod budget;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod feed;
 pub mod feed_tag;
