@@ -470,6 +470,34 @@ async fn the_origin_on_the_cluster(cluster: &RedisCluster) {
         (used - per_node).abs() < per_node * 0.2,
         "used_memory {used} vs the primaries' {per_node}"
     );
+    // ... and each primary is reported on its own, with the cluster's slot coverage.
+    let nodes = metrics
+        .lines()
+        .filter(|l| l.starts_with("aside_origin_redis_node_used_memory_bytes{"))
+        .count();
+    assert_eq!(nodes, 3, "{metrics}");
+    assert_eq!(
+        sum_samples(
+            &metrics,
+            "aside_origin_redis_cluster_slots",
+            &["state=\"ok\""]
+        ),
+        16384.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sum_samples(
+            &metrics,
+            "aside_origin_redis_cluster_primaries_unreachable",
+            &[]
+        ),
+        0.0,
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("aside_origin_redis_cluster_node_memory_used_ratio_max "),
+        "{metrics}"
+    );
 
     // The statistics walk every primary: every id's key (profiles and the tombstone) is counted.
     let stats: serde_json::Value = reqwest::Client::new()

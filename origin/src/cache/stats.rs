@@ -249,6 +249,36 @@ impl ProfileCache {
         Ok(out)
     }
 
+    /// What `/metrics` reports of a cluster: each primary's `INFO memory stats` (`None` for one that
+    /// did not answer) and the slots by state from `CLUSTER INFO`. Empty when not on a cluster.
+    pub async fn cluster_figures(&self) -> Result<Vec<(String, Option<ServerInfo>)>, CacheError> {
+        let mut out = Vec::new();
+        for node in self.nodes().await?.into_iter().flatten() {
+            let address = node.clone();
+            let info = self
+                .call("info", |mut c| async move {
+                    let mut cmd = redis::cmd("INFO");
+                    cmd.arg("memory").arg("stats");
+                    c.on_node::<String>(cmd, Some(&address)).await
+                })
+                .await
+                .ok()
+                .map(|text| ServerInfo::parse(&text));
+            out.push((node, info));
+        }
+        Ok(out)
+    }
+
+    /// `CLUSTER INFO`'s slots by state (ok, pfail, fail), from any node.
+    pub async fn cluster_slots(&self) -> Result<(u64, u64, u64), CacheError> {
+        let text: String = self
+            .call("cluster_info", |mut c| async move {
+                redis::cmd("CLUSTER").arg("INFO").query_async(&mut c).await
+            })
+            .await?;
+        parse_cluster_info(&text).ok_or(CacheError::UnexpectedReply)
+    }
+
     /// The nodes a walk or an `INFO` covers: `[None]` (the one node) unless on a cluster, where it is
     /// each primary's `host:port`, as the slot map says (read now if the follower has not yet).
     pub async fn nodes(&self) -> Result<Vec<Option<String>>, CacheError> {
@@ -387,6 +417,20 @@ impl ProfileCache {
     }
 }
 
+/// `cluster_slots_ok`, `cluster_slots_pfail` and `cluster_slots_fail` of `CLUSTER INFO`'s text.
+fn parse_cluster_info(text: &str) -> Option<(u64, u64, u64)> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.trim_end().strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.parse().ok())
+    };
+    Some((
+        field("cluster_slots_ok")?,
+        field("cluster_slots_pfail")?,
+        field("cluster_slots_fail")?,
+    ))
+}
+
 /// The statistics as a table for people (`aside-origin cache-stats`).
 pub fn table(stats: &CacheStats) -> String {
     let d = &stats.database;
@@ -510,6 +554,14 @@ mod tests {
         assert_eq!(s.maxmemory_policy.as_deref(), Some("volatile-lfu"));
         assert_eq!((s.evicted_keys, s.expired_keys), (Some(2), Some(4)));
         assert_eq!(s.hit_ratio, Some(0.9));
+    }
+
+    #[test]
+    fn cluster_info_slots_are_read() {
+        let text = "cluster_state:ok\r\ncluster_slots_assigned:16384\r\ncluster_slots_ok:16000\r\n\
+                    cluster_slots_pfail:384\r\ncluster_slots_fail:0\r\ncluster_known_nodes:6\r\n";
+        assert_eq!(parse_cluster_info(text), Some((16000, 384, 0)));
+        assert_eq!(parse_cluster_info("cluster_state:fail\r\n"), None);
     }
 
     #[test]
