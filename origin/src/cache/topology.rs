@@ -245,7 +245,7 @@ impl Topology {
         );
         let topology = Arc::new(Self {
             current: RwLock::new(Some(Primary {
-                address: String::new(),
+                address: "redis cluster".to_string(),
                 conn: RedisConn::Cluster(conn),
             })),
             epoch: watch::Sender::new(0),
@@ -349,7 +349,8 @@ impl Topology {
             .map(|p| p.conn.clone())
     }
 
-    /// `host:port` of the current primary (empty with a fixed URL, or before one is known).
+    /// `host:port` of the current primary (empty with a fixed URL, or before one is known; `redis
+    /// cluster` on a cluster).
     pub fn primary_address(&self) -> String {
         self.current
             .read()
@@ -608,7 +609,13 @@ pub fn parse_cluster_slots(reply: &Value) -> Option<Vec<SlotRange>> {
             start: u16::try_from(int(parts.first()?)?).ok()?,
             end: u16::try_from(int(parts.get(1)?)?).ok()?,
             primary: node(parts.get(2)?)?,
-            replicas: parts[3..].iter().filter_map(node).collect(),
+            replicas: {
+                // Nodes list a range's replicas in their own order: sorted, two views compare equal.
+                let mut replicas: Vec<ClusterNodeRef> =
+                    parts[3..].iter().filter_map(node).collect();
+                replicas.sort_by(|a, b| a.id.cmp(&b.id));
+                replicas
+            },
         });
     }
     map.sort_by_key(|r| r.start);
