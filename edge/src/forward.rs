@@ -31,7 +31,7 @@ use crate::backoff::{Attempt, Breaker, Transition, Visible};
 use crate::clock::{self, Deadline};
 use crate::config::Config;
 use crate::metrics::{Backend, METRICS};
-use crate::shared_tier::{BreakerMark, SharedTier};
+use crate::process_tier::{BreakerMark, ProcessTier};
 
 /// The origin's headers the edge passes back to the client; the edge sets its own `x-cache`,
 /// `server-timing` and `x-edge-instance`, and the transport headers are the host's business. `etag` is
@@ -144,9 +144,9 @@ impl<'a> OriginRequest<'a> {
 pub struct Origin {
     config: Rc<Config>,
     breaker: RefCell<Breaker>,
-    /// Where the breaker's open-until is kept for the process's other instances, when the shared tier
+    /// Where the breaker's open-until is kept for the process's other instances, when the process-wide tier
     /// is on.
-    shared: Option<Rc<SharedTier>>,
+    shared: Option<Rc<ProcessTier>>,
 }
 
 impl Origin {
@@ -162,7 +162,7 @@ impl Origin {
     /// Shares the breaker through the process-wide tier: when it opens, every instance started before
     /// the back-off ends skips the origin too ([`Origin::restore`]), instead of spending its own request
     /// budget finding out that the origin is frozen.
-    pub fn sharing(self, shared: Rc<SharedTier>) -> Self {
+    pub fn sharing(self, shared: Rc<ProcessTier>) -> Self {
         Self {
             shared: Some(shared).filter(|s| s.is_on()),
             ..self

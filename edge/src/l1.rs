@@ -290,7 +290,7 @@ pub struct Shelf {
     /// vouches for it, the copy is fresh until its soft expiry instead of tier 1's TTL.
     pub tag: FeedTag,
     /// The soft expiry that holds while the feed vouches for the copy, when it is not `freshness`'s
-    /// (a copy from the shared tier, whose `freshness` is already cut to the TTL).
+    /// (a copy from the process-wide tier, whose `freshness` is already cut to the TTL).
     pub feed_until_ms: Option<i64>,
 }
 
@@ -450,10 +450,10 @@ impl Tier1 {
         };
         let keep_until = soft.saturating_add(window).max(fresh_until);
         let weight = entry.weight();
-        // A copy from the shared tier carries its freshness cut to the TTL, with no load cost: XFetch
+        // A copy from the process-wide tier carries its freshness cut to the TTL, with no load cost: XFetch
         // would read that as a soft expiry already past once the feed keeps the copy fresh beyond
         // it, and refresh it from the origin on every hit. Tier 1 never refreshes such a copy early
-        // (the shared tier's own hits decide with the source's soft expiry).
+        // (the process-wide tier's own hits decide with the source's soft expiry).
         let shared = shelf
             .freshness
             .filter(|f| shelf.feed_until_ms.is_none() || f.delta_ms > 0);
@@ -905,7 +905,7 @@ mod tests {
             assert!(t.get(&id, 150 * MS).is_none(), "{trust:?}");
             assert_eq!(t.stale(&id, 150 * MS).unwrap().version, 5);
         }
-        // A copy from the shared tier (its freshness cut to the TTL, no load cost; the feed's soft
+        // A copy from the process-wide tier (its freshness cut to the TTL, no load cost; the feed's soft
         // expiry of its own): fresh by the feed past the TTL, and never picked for an early refresh.
         let mut t = tier1_with_stale(1000);
         let adopted = Shelf {

@@ -10,7 +10,8 @@
 //! * [`plan`]: the read plan (what to ask, in which order, what to accept), pure.
 //! * [`read`]: the tiered read path carrying the plan out, and the one writer of tier 1.
 //! * [`l1`]: tier 1, an LRU bounded by count, bytes and TTL.
-//! * [`shared_tier`]: the process-wide tier in Spin's key-value store (optional), slots bounded by count.
+//! * [`process_tier`]: the process-wide tier in Spin's key-value store (optional), slots bounded by count
+//!   (`shared_tier_*` settings): its store access, byte format and policy.
 //! * [`l2`]: tier 2, Redis reads through Spin's Redis binding.
 //! * [`feed`]: the invalidation feed, read by requests; it decides how long copies stay fresh.
 //!   [`feed_tag`]: the feed position a copy carries (the value the tiers keep).
@@ -44,9 +45,9 @@ pub mod l1;
 pub mod l2;
 pub mod metrics;
 pub mod plan;
+pub mod process_tier;
 pub mod ratelimit;
 pub mod read;
 pub mod reply;
 pub mod routes;
-pub mod shared_tier;
 pub mod tokens;

@@ -8,7 +8,7 @@
 //! profiles: a full Redis hit, or a `200` full-profile origin answer that parses as a profile.
 //! A projection is answered from a tier-1 full entry when there is one, but never fills tier 1. Every
 //! write of tier 1, by a read or by a write forwarded through this instance, goes through
-//! [`ReadPath::keep`], which also writes the process-wide tier when it is on ([`crate::shared_tier`]:
+//! [`ReadPath::keep`], which also writes the process-wide tier when it is on ([`crate::process_tier`]:
 //! read by a lookup before Redis, `x-cache: SHARED`).
 //!
 //! Freshness. A copy is *fresh* until its soft expiry (the hash's `_fresh_until`, or the origin's
@@ -60,9 +60,9 @@ use crate::plan::{
     Answer, Asked, Body, Cached, Effect, Env, FlightKey, Keep, LookupPlan, LookupStep, ReadPlan,
     ReadStep,
 };
+use crate::process_tier::{ProcessTier, SlotValue};
 use crate::reply::{Reply, origin_unavailable};
 use crate::routes::fields_query;
-use crate::shared_tier::{SharedTier, SlotValue};
 
 /// Slack added to the longest a lookup can take (Redis then origin timeouts) for the tier-1 version
 /// floors: the host may be slow to run a request whose answer has arrived.
@@ -87,7 +87,7 @@ pub struct ReadPath {
     config: Rc<Config>,
     tier1: RefCell<Tier1>,
     /// The process-wide tier (off unless `shared_tier_store` names a store).
-    shared: Rc<SharedTier>,
+    process_tier: Rc<ProcessTier>,
     redis: Redis,
     flights: Rc<SingleFlight<FlightKey, Rc<Fetched>>>,
     /// Ids being refreshed early (XFetch) by a request of this instance.
@@ -96,7 +96,7 @@ pub struct ReadPath {
     budget: RefCell<OriginBudget>,
     /// The invalidation feed: how long copies stay fresh.
     feed: Feed,
-    /// How long after it was taken a shared-tier copy may be trusted by the feed: as long as the
+    /// How long after it was taken a process-tier copy may be trusted by the feed: as long as the
     /// instances' version floors outlive a lookup that raced an invalidation (see `SlotValue::new`).
     feed_window: Duration,
 }
@@ -119,8 +119,8 @@ impl Env for Host {
 }
 
 impl ReadPath {
-    /// `shared`: the process-wide tier (which may be off).
-    pub fn new(config: Rc<Config>, shared: Rc<SharedTier>) -> Self {
+    /// `process_tier`: the process-wide tier (which may be off).
+    pub fn new(config: Rc<Config>, process_tier: Rc<ProcessTier>) -> Self {
         let longest_lookup = config.redis_timeout + config.origin_timeout + FLOOR_SLACK;
         // Floors also outlive a lagging Redis replica (the edge's `redis_address` may be one): as long
         // as the instance keeps stale copies, it keeps the versions it answered, so a replica that is
@@ -128,7 +128,7 @@ impl ReadPath {
         let floor_ttl = longest_lookup.max(config.l1_stale);
         Self {
             tier1: RefCell::new(Tier1::new(config.l1, config.l1_stale, floor_ttl)),
-            shared,
+            process_tier,
             redis: Redis::new(Rc::clone(&config)),
             flights: Rc::default(),
             refreshing: RefCell::default(),
@@ -152,10 +152,11 @@ impl ReadPath {
     /// `GET /edge/feed`: brings the instance up to date with the feed, then its state as Prometheus text.
     pub async fn feed_metrics(&self, deadline: Deadline) -> Reply {
         let verdict = self.follow_feed(deadline).await;
-        let text =
-            self.feed
-                .state()
-                .prometheus(clock::wall_ms(), verdict.fallback, self.shared.is_on());
+        let text = self.feed.state().prometheus(
+            clock::wall_ms(),
+            verdict.fallback,
+            self.process_tier.is_on(),
+        );
         Reply::text(200, text, "text/plain; version=0.0.4")
     }
 
@@ -165,7 +166,7 @@ impl ReadPath {
         let limit = deadline.cap(self.config.redis_timeout);
         let verdict = self
             .feed
-            .refresh(&self.redis, &self.shared, &self.tier1, limit)
+            .refresh(&self.redis, &self.process_tier, &self.tier1, limit)
             .await;
         self.tier1.borrow_mut().set_trust(verdict.trust);
         verdict
@@ -252,7 +253,7 @@ impl ReadPath {
     }
 
     /// A write of tier 1 or a log line the plan asked for; `seen` is the version of the id the lookup
-    /// found in the shared tier, `tag` the feed position before the copy was asked for.
+    /// found in the process-wide tier, `tag` the feed position before the copy was asked for.
     async fn carry_out(&self, effect: Effect, seen: Option<i64>, tag: FeedTag, deadline: Deadline) {
         match effect {
             Effect::Keep(keep) => self.keep(keep, seen, tag, deadline).await,
@@ -260,7 +261,7 @@ impl ReadPath {
         }
     }
 
-    /// Writes tier 1: the one place that does. When the shared tier is on, what tier 1 accepted goes
+    /// Writes tier 1: the one place that does. When the process-wide tier is on, what tier 1 accepted goes
     /// there too (unless that lookup saw a newer version of the id there: `seen`), and what tier 1
     /// drops leaves it, within `redis_timeout_ms` and what is left of the budget.
     ///
@@ -292,7 +293,7 @@ impl ReadPath {
                 }
             }
         };
-        let Some(share) = share.filter(|_| self.shared.is_on()) else {
+        let Some(share) = share.filter(|_| self.process_tier.is_on()) else {
             return;
         };
         let limit = deadline.cap(self.config.redis_timeout);
@@ -300,9 +301,9 @@ impl ReadPath {
             Ok((entry, shelf)) => {
                 let (ttl, stale) = (self.config.l1.ttl, self.config.l1_stale);
                 let value = SlotValue::new(&entry, shelf, now_ms, ttl, stale, self.feed_window);
-                self.shared.put(&value, seen, limit).await;
+                self.process_tier.put(&value, seen, limit).await;
             }
-            Err(id) => self.shared.forget(id, limit).await,
+            Err(id) => self.process_tier.forget(id, limit).await,
         }
     }
 
@@ -321,8 +322,8 @@ impl ReadPath {
         let at_start = self.feed.verdict(None);
         let tag = at_start.tag;
         let mut plan = LookupPlan::new(&key, self.config.xfetch_beta);
-        if self.shared.is_on() {
-            plan = plan.with_shared_tier();
+        if self.process_tier.is_on() {
+            plan = plan.with_process_tier();
         }
         let mut shared_ms = None;
         let mut seen = None;
@@ -336,13 +337,13 @@ impl ReadPath {
         let mut step = plan.start();
         loop {
             step = match step {
-                LookupStep::Shared => {
+                LookupStep::ProcessTier => {
                     let started = clock::now();
                     let limit = deadline.cap(self.config.redis_timeout);
-                    let found = self.shared.get(id, at_start.trust, limit).await;
+                    let found = self.process_tier.get(id, at_start.trust, limit).await;
                     shared_ms = found.visited().then(|| clock::millis_since(started));
                     seen = found.version();
-                    plan.shared(found, &host)
+                    plan.process_tier(found, &host)
                 }
                 LookupStep::Tier2 => {
                     let started = clock::now();
