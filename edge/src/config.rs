@@ -35,7 +35,7 @@ const USERINFO: &AsciiSet = &NON_ALPHANUMERIC
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct L1Limits {
     pub max_entries: usize,
-    /// Approximate: see `l1::ProfileEntry::weight`.
+    /// Approximate: see `copy::ProfileEntry::weight`.
     pub max_bytes: usize,
     /// How long an entry may be served after it was filled: the staleness bound of the edge.
     pub ttl: Duration,

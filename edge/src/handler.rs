@@ -27,7 +27,6 @@ use crate::config::{self, Auth, Config, ConfigError};
 use crate::flight::SingleFlight;
 use crate::forward::{self, Origin, OriginRequest};
 use crate::metrics::METRICS;
-use crate::plan;
 use crate::process_tier::ProcessTier;
 use crate::ratelimit::WriteLimiter;
 use crate::read::ReadPath;
@@ -294,9 +293,9 @@ async fn pass_through(
     match result {
         Ok(answer) => {
             // Read-your-writes: tier 1 keeps what this instance wrote.
-            if let Some(keep) = plan::after_write(&parts.method, parts.uri.path(), &answer) {
-                edge.reads.keep(keep, None, tag, deadline).await;
-            }
+            edge.reads
+                .written(&parts.method, parts.uri.path(), &answer, tag, deadline)
+                .await;
             Reply::from_origin(&answer, CacheStatus::Bypass).timing(timing)
         }
         Err(why) => Reply::error(

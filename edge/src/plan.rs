@@ -30,10 +30,8 @@ use aside_shared::{Field, FieldSelection, UserId, UserProfile};
 use bytes::Bytes;
 use http::{Method, StatusCode};
 
-use crate::forward::{OriginAnswer, Unavailable};
-use crate::l1::{Hit, Observed, ProfileEntry, Shelf};
-use crate::l2::Read;
-use crate::process_tier::Found;
+use crate::copy::{Hit, Observed, ProfileEntry, Shelf, Stored};
+use crate::outcome::{Found, OriginAnswer, Read, Unavailable};
 use crate::routes;
 
 /// How many lookups one request makes at most when each comes back older than what this instance
@@ -490,10 +488,13 @@ impl LookupPlan {
     /// is kept for the case the origin cannot answer; then tier 2.
     pub fn process_tier(&mut self, found: Found, env: &impl Env) -> LookupStep {
         match found {
-            Found::Fresh(value) => {
-                let (entry, shelf) = value.to_tier1();
+            Found::Fresh(Stored {
+                entry,
+                shelf,
+                shared,
+            }) => {
                 let body = Body::Full(entry.clone());
-                let next = if xfetch_picks(self.xfetch_beta, value.shared, env) {
+                let next = if xfetch_picks(self.xfetch_beta, shared, env) {
                     self.state = LookupState::Refreshing {
                         held: body,
                         source: CacheStatus::Shared,
@@ -504,8 +505,8 @@ impl LookupPlan {
                 };
                 self.after(Some(Effect::Keep(Keep::Adopt(entry, shelf))), next)
             }
-            Found::Stale(value) => {
-                self.process_stale = Some(Body::Full(value.to_tier1().0));
+            Found::Stale(stored) => {
+                self.process_stale = Some(Body::Full(stored.entry));
                 LookupStep::Tier2
             }
             Found::Miss | Found::Skipped => LookupStep::Tier2,
@@ -1561,7 +1562,10 @@ mod tests {
     #[test]
     fn a_fresh_shared_copy_is_answered_and_adopted_by_tier_one_no_fresher_than_it_is() {
         let mut plan = shared_lookup();
-        let step = plan.process_tier(Found::Fresh(slot(5, "Sales", true, fresh())), &CALM);
+        let step = plan.process_tier(
+            Found::Fresh(slot(5, "Sales", true, fresh()).stored()),
+            &CALM,
+        );
         let LookupStep::Effect(Effect::Keep(Keep::Adopt(entry, shelf))) = step else {
             panic!("{step:?}");
         };
@@ -1572,7 +1576,7 @@ mod tests {
         // A projection is cut from it: the body is the full profile.
         let mut plan = LookupPlan::new(&fields_key(), 1.0).with_process_tier();
         plan.start();
-        plan.process_tier(Found::Fresh(slot(5, "Sales", true, None)), &CALM);
+        plan.process_tier(Found::Fresh(slot(5, "Sales", true, None).stored()), &CALM);
         assert!(matches!(
             plan.resume(),
             LookupStep::Done(Answer::Body(Body::Full(_), CacheStatus::Shared))
@@ -1582,7 +1586,10 @@ mod tests {
     #[test]
     fn xfetch_refreshes_a_shared_copy_by_its_shared_soft_expiry_and_falls_back_to_it() {
         let mut plan = shared_lookup();
-        plan.process_tier(Found::Fresh(slot(5, "Sales", true, fresh())), &PICKY);
+        plan.process_tier(
+            Found::Fresh(slot(5, "Sales", true, fresh()).stored()),
+            &PICKY,
+        );
         assert!(matches!(plan.resume(), LookupStep::Refresh));
         assert_eq!(
             done_body(&plan.refreshed(None, &PICKY)),
@@ -1590,7 +1597,7 @@ mod tests {
         );
         // Without a shared soft expiry (or a cost), never early.
         let mut plan = shared_lookup();
-        plan.process_tier(Found::Fresh(slot(5, "Sales", true, None)), &PICKY);
+        plan.process_tier(Found::Fresh(slot(5, "Sales", true, None).stored()), &PICKY);
         assert_eq!(done_body(&plan.resume()), Some((5, CacheStatus::Shared)));
     }
 
@@ -1603,7 +1610,7 @@ mod tests {
             (4, None, "Shared"),
         ] {
             let mut plan = shared_lookup();
-            let stale = Found::Stale(slot(shared, "Shared", false, None));
+            let stale = Found::Stale(slot(shared, "Shared", false, None).stored());
             assert!(matches!(plan.process_tier(stale, &CALM), LookupStep::Tier2));
             let read = match redis {
                 Some(v) => redis_hit(Body::Full(entry_in(v, "Redis")), expired()),

@@ -8,55 +8,52 @@ use aside_shared::UserId;
 use aside_shared::cache::Freshness;
 
 use super::format::{BreakerMark, SlotValue};
+use crate::copy::{Deadlines, Keeping, ProfileEntry, Shelf, Stored};
 use crate::feed_tag::Trust;
-use crate::l1::{ProfileEntry, Shelf};
+pub use crate::outcome::Found;
 
 impl SlotValue {
-    /// The copy of `entry` to keep, as tier 1 keeps it (see `Tier1::fill`): fresh until its soft expiry
-    /// or `ttl` from now, whichever comes first, kept until its soft expiry plus the stale window
-    /// (`stale`, or the source's shorter `stale-if-error`).
+    /// The copy of `entry` to keep, by the rule every tier keeps copies by ([`Deadlines::of`]), with
+    /// tier 1's TTL and stale window (`keeping`).
     ///
     /// While the feed vouches for the copy's tag, it is fresh until its soft expiry, but never longer than
-    /// `feed_window` after now: the instances' version floors, which keep a copy that raced an
+    /// `keeping.feed_window` after now: the instances' version floors, which keep a copy that raced an
     /// invalidation from being used, live that long (see `ReadPath::new`).
-    pub fn new(
-        entry: &ProfileEntry,
-        shelf: Shelf,
-        now_ms: i64,
-        ttl: Duration,
-        stale: Duration,
-        feed_window: Duration,
-    ) -> Self {
-        let own = now_ms.saturating_add(millis(ttl));
-        let soft = shelf.freshness.map_or(own, |f| f.fresh_until_ms);
-        let window = millis(shelf.stale_if_error.map_or(stale, |w| w.min(stale)));
-        let fresh_until_ms = soft.min(own);
-        let keep_until_ms = soft.saturating_add(window).max(fresh_until_ms);
-        let feed_until_ms = if shelf.tag.epoch == 0 {
-            fresh_until_ms
-        } else {
-            shelf
-                .feed_until_ms
-                .unwrap_or(soft)
-                .min(now_ms.saturating_add(millis(feed_window)))
-                .min(keep_until_ms)
-                .max(fresh_until_ms)
-        };
+    pub fn new(entry: &ProfileEntry, shelf: Shelf, now_ms: i64, keeping: Keeping) -> Self {
+        let deadlines = Deadlines::of(&shelf, now_ms, keeping);
         Self {
             profile: (*entry.profile).clone(),
             version: entry.version,
-            fresh_until_ms,
-            keep_until_ms,
+            fresh_until_ms: deadlines.fresh_until_ms,
+            keep_until_ms: deadlines.keep_until_ms,
             shared: shelf.freshness,
             tag: shelf.tag,
-            feed_until_ms,
+            feed_until_ms: deadlines.feed_until_ms,
+        }
+    }
+
+    /// The copy in tier 1's terms, with the source's shared soft expiry.
+    pub fn stored(&self) -> Stored {
+        let (entry, shelf) = self.to_tier1();
+        Stored {
+            entry,
+            shelf,
+            shared: self.shared,
+        }
+    }
+
+    /// The copy's deadlines, as stored.
+    pub fn deadlines(&self) -> Deadlines {
+        Deadlines {
+            fresh_until_ms: self.fresh_until_ms,
+            keep_until_ms: self.keep_until_ms,
+            feed_until_ms: self.feed_until_ms,
         }
     }
 
     /// Fresh at `now_ms` by the TTL rule, or by the feed while it vouches for the copy (`trust`).
     pub fn is_fresh(&self, now_ms: i64, trust: Option<Trust>) -> bool {
-        now_ms < self.fresh_until_ms
-            || (Trust::covers(trust, self.tag) && now_ms < self.feed_until_ms)
+        self.deadlines().is_fresh(now_ms, trust, self.tag)
     }
 
     /// The tier-1 copy of this one, and how tier 1 keeps it: never fresh longer than here (so a copy
@@ -81,10 +78,6 @@ impl SlotValue {
     }
 }
 
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 impl BreakerMark {
     /// How long the origin is still to be skipped at `now_ms` (`None` once the mark has passed).
     pub fn remaining(&self, now_ms: i64) -> Option<Duration> {
@@ -96,39 +89,11 @@ impl BreakerMark {
     }
 }
 
-/// What a lookup in the tier found.
-#[derive(Debug)]
-pub enum Found {
-    /// A fresh copy of the id.
-    Fresh(SlotValue),
-    /// A copy of the id past its soft expiry, kept as a stale-if-error fallback.
-    Stale(SlotValue),
-    /// Nothing usable (empty slot, another id, a corrupt value, expired).
-    Miss,
-    /// The tier was not asked: off, unavailable, skipped after failures, or no budget left.
-    Skipped,
-}
-
-impl Found {
-    /// Whether the store was visited (for `server-timing`).
-    pub fn visited(&self) -> bool {
-        !matches!(self, Found::Skipped)
-    }
-
-    /// The version of the id this lookup saw in its slot, fresh or not.
-    pub fn version(&self) -> Option<i64> {
-        match self {
-            Found::Fresh(v) | Found::Stale(v) => Some(v.version),
-            Found::Miss | Found::Skipped => None,
-        }
-    }
-}
-
 /// What the bytes of `id`'s slot (`None`: an empty slot) hold for it at `now_ms`.
 pub(super) fn found(bytes: Option<&[u8]>, id: UserId, now_ms: i64, trust: Option<Trust>) -> Found {
     match bytes.and_then(SlotValue::decode) {
-        Some(v) if v.profile.id == id && v.is_fresh(now_ms, trust) => Found::Fresh(v),
-        Some(v) if v.profile.id == id && now_ms < v.keep_until_ms => Found::Stale(v),
+        Some(v) if v.profile.id == id && v.is_fresh(now_ms, trust) => Found::Fresh(v.stored()),
+        Some(v) if v.profile.id == id && now_ms < v.keep_until_ms => Found::Stale(v.stored()),
         _ => Found::Miss,
     }
 }
@@ -151,8 +116,13 @@ mod tests {
         let now = 1_700_000_000_000;
         let ttl = Duration::from_millis(2000);
         let stale = Duration::from_secs(600);
+        let keeping = Keeping {
+            ttl,
+            stale,
+            feed_window: Some(Duration::ZERO),
+        };
         // No shared soft expiry: the TTL alone; kept the stale window after it.
-        let v = SlotValue::new(&entry, Shelf::default(), now, ttl, stale, Duration::ZERO);
+        let v = SlotValue::new(&entry, Shelf::default(), now, keeping);
         assert_eq!(
             (v.fresh_until_ms, v.keep_until_ms),
             (now + 2000, now + 602_000)
@@ -166,7 +136,7 @@ mod tests {
             stale_if_error: Some(Duration::from_secs(60)),
             ..Shelf::default()
         };
-        let v = SlotValue::new(&entry, far, now, ttl, stale, Duration::ZERO);
+        let v = SlotValue::new(&entry, far, now, keeping);
         assert_eq!(
             (v.fresh_until_ms, v.keep_until_ms),
             (now + 2000, now + 90_000)
@@ -182,7 +152,7 @@ mod tests {
             ..Shelf::default()
         };
         assert_eq!(
-            SlotValue::new(&entry, soon, now, ttl, stale, Duration::ZERO).fresh_until_ms,
+            SlotValue::new(&entry, soon, now, keeping).fresh_until_ms,
             now + 500
         );
         let gone = Shelf {
@@ -193,7 +163,7 @@ mod tests {
             stale_if_error: None,
             ..Shelf::default()
         };
-        assert!(!SlotValue::new(&entry, gone, now, ttl, stale, Duration::ZERO).is_fresh(now, None));
+        assert!(!SlotValue::new(&entry, gone, now, keeping).is_fresh(now, None));
     }
 
     #[test]
