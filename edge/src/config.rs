@@ -665,7 +665,7 @@ mod tests {
             "write_rate_per_min" => "60",
             "write_burst" => "10",
             "shared_tier_store" => "",
-            "shared_tier_slots" => "16384",
+            "shared_tier_slots" => "131072",
             "origin_budget_per_s" => "500",
             "origin_budget_burst" => "500",
             "redis_max_connections" => "16",
@@ -695,7 +695,7 @@ mod tests {
             c.shared_tier,
             SharedTierSettings {
                 store: String::new(),
-                slots: 16_384
+                slots: 131_072
             }
         );
         let on = with(&[

@@ -135,7 +135,7 @@ fn new_profile(n: u32) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_refuses_missing_and_bad_tokens_before_any_tier_and_changes_nothing() {
-    let idp = TestIssuer::new();
+    let idp = TestIssuer::throwaway();
     let (stack, env, _, _origin, edge) = stack_with_auth(10, &idp, |o| o).await;
     let app = edge.app();
     let before = env.profile_json(stack, 4).await.unwrap();
@@ -193,7 +193,7 @@ async fn every_route_refuses_missing_and_bad_tokens_before_any_tier_and_changes_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scopes_and_ownership_decide_each_route() {
-    let idp = TestIssuer::new();
+    let idp = TestIssuer::throwaway();
     let (stack, env, _, _origin, edge) =
         stack_with_auth(10, &idp, |o| o.var("write_rate_per_min", 0)).await;
     let app = edge.app();
@@ -271,7 +271,7 @@ async fn scopes_and_ownership_decide_each_route() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_profile_is_served_only_to_callers_allowed_to_see_it() {
-    let idp = TestIssuer::new();
+    let idp = TestIssuer::throwaway();
     // The TTL rule alone (no invalidation feed, which would keep the copy fresh past the TTL).
     let (_stack, _env, _, _origin, edge) =
         stack_with_auth(10, &idp, |o| o.l1_ttl_ms(300).var("feed_poll_ms", 0)).await;
@@ -356,7 +356,7 @@ async fn a_cached_profile_is_served_only_to_callers_allowed_to_see_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_rotate_through_the_jwks() {
-    let idp = TestIssuer::new();
+    let idp = TestIssuer::throwaway();
     let stack = Stack::shared().await;
     let env = stack.env().await.unwrap();
     env.seed(3).await.unwrap();
@@ -412,7 +412,7 @@ async fn keys_rotate_through_the_jwks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_origin_records_who_changed_what() {
-    let idp = TestIssuer::new();
+    let idp = TestIssuer::throwaway();
     let (stack, env, secret, origin, edge) = stack_with_auth(5, &idp, |o| o).await;
     let app = edge.app();
     let admin = idp.token("ed", &idp.claims("ops:ana", "profiles:admin"));
@@ -476,7 +476,7 @@ async fn the_origin_records_who_changed_what() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_over_the_per_caller_rate_get_429_with_retry_after() {
-    let idp = TestIssuer::new();
+    let idp = TestIssuer::throwaway();
     let (_stack, _env, _, _origin, edge) = stack_with_auth(5, &idp, |o| {
         o.var("write_rate_per_min", 1).var("write_burst", 2)
     })
@@ -546,7 +546,7 @@ async fn authentication_is_on_unless_turned_off_and_off_says_so() {
     assert!(answer.body.contains("auth_issuer"), "{answer:?}");
 
     // A JWKS with a private key is refused by the edge, naming the variable and never the key.
-    let idp = TestIssuer::new();
+    let idp = TestIssuer::throwaway();
     let mut private = idp.key("ed").jwk.clone();
     private["d"] = json!("c2VjcmV0LWtleS1tYXRlcmlhbA");
     let bad = EdgeOptions::new(stack, &env, &origin.url(), &secret)

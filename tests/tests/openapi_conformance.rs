@@ -358,7 +358,7 @@ async fn edge_document(edge_url: &str) -> Value {
 #[tokio::test]
 async fn the_edge_answers_as_its_document_says() {
     let (stack, env, origin, origin_token) = origin().await;
-    let issuer = TestIssuer::new();
+    let issuer = TestIssuer::throwaway();
     let edge = edge(stack, &env, &origin, &origin_token, &issuer).await;
     let served = edge_document(&edge.url()).await;
     // The client's scheme and scopes, none of the origin's tokens or operational routes.
@@ -477,7 +477,7 @@ async fn a_loosened_document_is_caught() {
 #[tokio::test]
 async fn a_loosened_edge_document_is_caught() {
     let (stack, env, origin, origin_token) = origin().await;
-    let issuer = TestIssuer::new();
+    let issuer = TestIssuer::throwaway();
     let edge = edge(stack, &env, &origin, &origin_token, &issuer).await;
     let served = edge_document(&edge.url()).await;
     let without = |status: &str| {

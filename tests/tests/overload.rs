@@ -123,7 +123,7 @@ async fn a_spike_is_answered_cleanly_and_never_floods_the_origin() {
     env.seed(ROWS as u64).await.unwrap();
     let origin_token = generate_secret();
     let origin = env.origin_with_token(stack, &origin_token).await.unwrap();
-    let issuer = TestIssuer::new();
+    let issuer = TestIssuer::throwaway();
     let edge = EdgeOptions::new(stack, &env, &origin.url(), &origin_token)
         .auth(&issuer)
         .start()
@@ -302,7 +302,7 @@ async fn the_edge_metrics_count_shedding_the_budget_and_origin_reads_under_a_spi
     env.seed(NEW_IDS as u64).await.unwrap();
     let origin_token = generate_secret();
     let origin = env.origin_with_token(stack, &origin_token).await.unwrap();
-    let issuer = TestIssuer::new();
+    let issuer = TestIssuer::throwaway();
     let edge = EdgeOptions::new(stack, &env, &origin.url(), &origin_token)
         .auth(&issuer)
         .var("origin_budget_per_s", 1)

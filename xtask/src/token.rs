@@ -1,6 +1,9 @@
-//! The local identity provider of `cargo xtask up`: one Ed25519 signing key in the state folder's
-//! secrets (`auth-signing-key`, mode 0600, never printed), its public JWKS for the edge's `auth_jwks`,
-//! and tokens signed with it (`cargo xtask token`, and the ready ones `up` writes next to the key).
+//! The project's one token issuer ([`SigningKey`], [`Issuer`], jsonwebtoken underneath), and the local
+//! identity provider of `cargo xtask up` built on it ([`LocalIssuer`]): one Ed25519 signing key in the
+//! state folder's secrets (`auth-signing-key`, mode 0600, never printed), its public JWKS for the edge's
+//! `auth_jwks`, and tokens signed with it (`cargo xtask token`, the ready ones `up` writes next to the
+//! key, the bench's clients). The test harness's throwaway provider is [`Issuer::throwaway`] (feature
+//! `test-keys`, which adds RSA and P-256 keys).
 //!
 //! Only for a local stack: a deployment points the edge at its real identity provider's JWKS (README,
 //! "Deploying the edge to Spin").
@@ -10,7 +13,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use base64::Engine as _;
 use clap::Args;
-use ed25519_dalek::{Signer as _, SigningKey};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
 
 use crate::local;
 
@@ -20,10 +24,18 @@ pub const ISSUER: &str = "aside-local";
 pub const AUDIENCE: &str = "aside";
 const KID: &str = "aside-local-1";
 /// How long a local token is valid.
-const LIFETIME_SECS: u64 = 7 * 24 * 3600;
+const LIFETIME_SECS: i64 = 7 * 24 * 3600;
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
 }
 
 /// The ready tokens `up` writes to its secrets folder, for the curl lines it prints: (file, sub, scope).
@@ -37,10 +49,170 @@ pub const READY_TOKENS: [(&str, &str, &str); 3] = [
     ("token-reader", "reader", "profiles:read"),
 ];
 
-/// The local signing key. (Signing is a few lines of RFC 7515 over ed25519-dalek, so that xtask needs
-/// no JWT library; the edge verifies with jsonwebtoken.)
+/// One signing key and its public JWK: the project's one way to sign client tokens (`up`'s local
+/// issuer, the bench's clients and the tests' throwaway identity provider), with jsonwebtoken.
+pub struct SigningKey {
+    pub kid: String,
+    pub algorithm: Algorithm,
+    encoding: EncodingKey,
+    /// The public JWK (with `kid`, `alg` and `use`).
+    pub jwk: Value,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .finish()
+    }
+}
+
+impl SigningKey {
+    /// The Ed25519 key of this 32-byte seed, for EdDSA. (jsonwebtoken reads the private key as
+    /// PKCS#8; the public JWK is written from the raw public key, which it cannot derive from it.)
+    pub fn ed25519(kid: &str, seed: &[u8; 32]) -> Self {
+        use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+        let key = ed25519_dalek::SigningKey::from_bytes(seed);
+        let der = key
+            .to_pkcs8_der()
+            .expect("an Ed25519 key encodes as PKCS#8");
+        let x = b64(key.verifying_key().as_bytes());
+        Self {
+            kid: kid.to_string(),
+            algorithm: Algorithm::EdDSA,
+            encoding: EncodingKey::from_ed_der(der.as_bytes()),
+            jwk: json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid, "x": x}),
+        }
+    }
+
+    /// A fresh Ed25519 key for EdDSA.
+    pub fn ed(kid: &str) -> Self {
+        let mut seed = [0u8; 32];
+        // SAFETY: getrandom writes at most `len` bytes into the buffer we own.
+        let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+        assert_eq!(n, 32, "getrandom failed");
+        Self::ed25519(kid, &seed)
+    }
+
+    /// A fresh RSA-2048 key for RS256.
+    #[cfg(feature = "test-keys")]
+    pub fn rsa(kid: &str) -> Self {
+        use rsa::pkcs1::EncodeRsaPrivateKey as _;
+        let key = rsa::PrivateKey::new(&mut rand::rng(), 2048).expect("RSA key generation");
+        let der = key.to_pkcs1_der().expect("PKCS#1 DER");
+        Self::with_derived_jwk(
+            kid,
+            Algorithm::RS256,
+            EncodingKey::from_rsa_der(der.as_bytes()),
+        )
+    }
+
+    /// A fresh P-256 key for ES256.
+    #[cfg(feature = "test-keys")]
+    pub fn ec(kid: &str) -> Self {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("P-256 key");
+        Self::with_derived_jwk(
+            kid,
+            Algorithm::ES256,
+            EncodingKey::from_ec_der(&key.serialize_der()),
+        )
+    }
+
+    #[cfg(feature = "test-keys")]
+    fn with_derived_jwk(kid: &str, algorithm: Algorithm, encoding: EncodingKey) -> Self {
+        let mut jwk =
+            jsonwebtoken::jwk::Jwk::from_encoding_key(&encoding, algorithm).expect("public JWK");
+        jwk.common.key_id = Some(kid.to_string());
+        jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
+        Self {
+            kid: kid.to_string(),
+            algorithm,
+            encoding,
+            jwk: serde_json::to_value(jwk).expect("JWK serialises"),
+        }
+    }
+
+    /// `claims` signed with this key (`kid` in the header).
+    pub fn sign(&self, claims: &Value) -> String {
+        let mut header = Header::new(self.algorithm);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding).expect("signing")
+    }
+}
+
+/// An identity provider's signing side: its `iss`, the `aud` its tokens name, its keys, and how long
+/// a token it issues is valid.
+#[derive(Debug)]
+pub struct Issuer {
+    pub issuer: String,
+    pub audience: String,
+    pub keys: Vec<SigningKey>,
+    /// Lifetime of the tokens [`Issuer::claims`] makes, in seconds.
+    pub lifetime_secs: i64,
+}
+
+impl Issuer {
+    /// The tests' throwaway provider: three fresh keys, `rs` (RS256), `es` (ES256) and `ed` (EdDSA),
+    /// tokens valid for 5 minutes. Nothing is written to disk.
+    #[cfg(feature = "test-keys")]
+    pub fn throwaway() -> Self {
+        Self {
+            issuer: "https://id.aside.test/".to_string(),
+            audience: "aside-edge".to_string(),
+            keys: vec![
+                SigningKey::rsa("rs"),
+                SigningKey::ec("es"),
+                SigningKey::ed("ed"),
+            ],
+            lifetime_secs: 300,
+        }
+    }
+
+    /// The key with this `kid`.
+    pub fn key(&self, kid: &str) -> &SigningKey {
+        self.keys
+            .iter()
+            .find(|k| k.kid == kid)
+            .unwrap_or_else(|| panic!("no signing key {kid}"))
+    }
+
+    /// The public JWKS of every key (for the edge's `auth_jwks`).
+    pub fn jwks(&self) -> String {
+        self.jwks_of(&self.keys.iter().map(|k| k.kid.as_str()).collect::<Vec<_>>())
+    }
+
+    /// The public JWKS of the keys named.
+    pub fn jwks_of(&self, kids: &[&str]) -> String {
+        let keys: Vec<&Value> = kids.iter().map(|kid| &self.key(kid).jwk).collect();
+        json!({ "keys": keys }).to_string()
+    }
+
+    /// Valid claims for `sub` with `scope` (space-separated): this issuer and audience, valid from 5 s
+    /// ago (clock skew) for the issuer's lifetime.
+    pub fn claims(&self, sub: &str, scope: &str) -> Value {
+        let now = now_secs();
+        json!({
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": sub,
+            "scope": scope,
+            "iat": now - 5,
+            "nbf": now - 5,
+            "exp": now + self.lifetime_secs,
+        })
+    }
+
+    /// `claims` signed with key `kid`.
+    pub fn token(&self, kid: &str, claims: &Value) -> String {
+        self.key(kid).sign(claims)
+    }
+}
+
+/// The local issuer of `cargo xtask up` and the bench: one Ed25519 key kept in the state folder.
+#[derive(Debug)]
 pub struct LocalIssuer {
-    key: SigningKey,
+    issuer: Issuer,
 }
 
 impl LocalIssuer {
@@ -70,36 +242,23 @@ impl LocalIssuer {
                 )
             })?;
         Ok(Self {
-            key: SigningKey::from_bytes(&seed),
+            issuer: Issuer {
+                issuer: ISSUER.to_string(),
+                audience: AUDIENCE.to_string(),
+                keys: vec![SigningKey::ed25519(KID, &seed)],
+                lifetime_secs: LIFETIME_SECS,
+            },
         })
     }
 
     /// The public JWKS (one key) for the edge's `auth_jwks`.
     pub fn jwks(&self) -> String {
-        serde_json::json!({"keys": [{
-            "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": KID,
-            "x": b64(self.key.verifying_key().as_bytes()),
-        }]})
-        .to_string()
+        self.issuer.jwks()
     }
 
     /// A token for `sub` with `scope` (space-separated), valid for a week.
-    pub fn token(&self, sub: &str, scope: &str) -> anyhow::Result<String> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs();
-        let claims = serde_json::json!({
-            "iss": ISSUER, "aud": AUDIENCE, "sub": sub, "scope": scope,
-            "iat": now, "nbf": now, "exp": now + LIFETIME_SECS,
-        });
-        let header = serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": KID});
-        let signing_input = format!(
-            "{}.{}",
-            b64(header.to_string().as_bytes()),
-            b64(claims.to_string().as_bytes())
-        );
-        let signature = self.key.sign(signing_input.as_bytes());
-        Ok(format!("{signing_input}.{}", b64(&signature.to_bytes())))
+    pub fn token(&self, sub: &str, scope: &str) -> String {
+        self.issuer.token(KID, &self.issuer.claims(sub, scope))
     }
 
     /// Writes [`READY_TOKENS`] into `secrets` (mode 0600) and returns their paths.
@@ -108,7 +267,7 @@ impl LocalIssuer {
             .iter()
             .map(|(file, sub, scope)| {
                 let path = secrets.join(file);
-                local::write_private(&path, &self.token(sub, scope)?)?;
+                local::write_private(&path, &self.token(sub, scope))?;
                 Ok(path)
             })
             .collect()
@@ -140,7 +299,7 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
     };
     let issuer = LocalIssuer::load_or_generate(&state.join("secrets"))?;
     let scope = args.scope.replace(',', " ");
-    println!("{}", issuer.token(&args.sub, scope.trim())?);
+    println!("{}", issuer.token(&args.sub, scope.trim()));
     Ok(())
 }
 
@@ -158,7 +317,7 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let token = issuer.token("7", "profiles:read").unwrap();
+        let token = issuer.token("7", "profiles:read");
         let (input, signature) = token.rsplit_once('.').unwrap();
         let jwks: serde_json::Value = serde_json::from_str(&issuer.jwks()).unwrap();
         let x = base64::engine::general_purpose::URL_SAFE_NO_PAD

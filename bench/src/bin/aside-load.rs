@@ -122,6 +122,11 @@ struct Tally {
     no_x_cache: u64,
     /// Completions per second since the measured window opened.
     per_second: Vec<u64>,
+    /// Latencies (µs) of the answers of each second.
+    per_second_latency: Vec<Vec<u32>>,
+    /// Successful reads, and those answered from tier 1, of each second.
+    per_second_reads: Vec<u64>,
+    per_second_l1: Vec<u64>,
     /// When this connection's last measured request finished.
     last_done: Option<Instant>,
     exhausted: bool,
@@ -141,8 +146,34 @@ impl Tally {
             statuses: BTreeMap::new(),
             no_x_cache: 0,
             per_second: Vec::new(),
+            per_second_latency: Vec::new(),
+            per_second_reads: Vec::new(),
+            per_second_l1: Vec::new(),
             last_done: None,
             exhausted: false,
+        }
+    }
+
+    /// Counts an answer that took `micros` into second `second` of the window (`read`: a successful
+    /// read, `l1`: answered from tier 1).
+    fn second(&mut self, second: usize, micros: Option<u64>, read: bool, l1: bool) {
+        for series in [
+            &mut self.per_second,
+            &mut self.per_second_reads,
+            &mut self.per_second_l1,
+        ] {
+            if series.len() <= second {
+                series.resize(second + 1, 0);
+            }
+        }
+        self.per_second[second] += 1;
+        self.per_second_reads[second] += u64::from(read);
+        self.per_second_l1[second] += u64::from(l1);
+        if let Some(micros) = micros {
+            if self.per_second_latency.len() <= second {
+                self.per_second_latency.resize_with(second + 1, Vec::new);
+            }
+            self.per_second_latency[second].push(micros.min(u64::from(u32::MAX)) as u32);
         }
     }
 
@@ -182,11 +213,15 @@ impl Tally {
             *self.statuses.entry(k).or_default() += v;
         }
         self.no_x_cache += other.no_x_cache;
-        if self.per_second.len() < other.per_second.len() {
-            self.per_second.resize(other.per_second.len(), 0);
+        add_series(&mut self.per_second, other.per_second);
+        add_series(&mut self.per_second_reads, other.per_second_reads);
+        add_series(&mut self.per_second_l1, other.per_second_l1);
+        if self.per_second_latency.len() < other.per_second_latency.len() {
+            self.per_second_latency
+                .resize_with(other.per_second_latency.len(), Vec::new);
         }
-        for (i, v) in other.per_second.into_iter().enumerate() {
-            self.per_second[i] += v;
+        for (i, v) in other.per_second_latency.into_iter().enumerate() {
+            self.per_second_latency[i].extend(v);
         }
         self.last_done = self.last_done.max(other.last_done);
         self.exhausted |= other.exhausted;
@@ -366,6 +401,8 @@ async fn connection(plan: Arc<Plan>, seed: u64, number: usize) -> Tally {
         if !measured {
             continue;
         }
+        // For the per-second series: the answer's latency, a successful read, from tier 1.
+        let (mut answered, mut read_ok, mut l1) = (None, false, false);
         match outcome {
             Ok(Answered {
                 status,
@@ -373,6 +410,7 @@ async fn connection(plan: Arc<Plan>, seed: u64, number: usize) -> Tally {
                 timing,
             }) => {
                 let micros = (done - started).as_micros().clamp(1, 60_000_000) as u64;
+                answered = Some(micros);
                 tally.latency.saturating_record(micros);
                 *tally.statuses.entry(status.to_string()).or_default() += 1;
                 if x_cache.is_none() {
@@ -387,6 +425,8 @@ async fn connection(plan: Arc<Plan>, seed: u64, number: usize) -> Tally {
                 if (200..300).contains(&status) {
                     if !write {
                         let tier = x_cache.unwrap_or_else(|| "none".into());
+                        read_ok = true;
+                        l1 = tier == "L1";
                         if let Some(timing) = timing {
                             let metrics = tally.timings.entry(tier.clone()).or_default();
                             for (name, ms) in parse_server_timing(&timing) {
@@ -412,11 +452,12 @@ async fn connection(plan: Arc<Plan>, seed: u64, number: usize) -> Tally {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
-        let second = (done - plan.measure_from).as_secs() as usize;
-        if tally.per_second.len() <= second {
-            tally.per_second.resize(second + 1, 0);
-        }
-        tally.per_second[second] += 1;
+        tally.second(
+            (done - plan.measure_from).as_secs() as usize,
+            answered,
+            read_ok,
+            l1,
+        );
         tally.last_done = Some(done);
     }
     tally
@@ -539,8 +580,28 @@ fn summarise(t: Tally, elapsed: Duration, concurrency: usize) -> LoadResult {
     let errors: u64 = t.errors.values().sum();
     let secs = elapsed.as_secs_f64();
     // Only whole seconds of the window are kept in the per-second series.
+    let whole = secs.floor() as usize;
     let mut per_second = t.per_second;
-    per_second.truncate(secs.floor() as usize);
+    per_second.truncate(whole);
+    let mut per_second_latency = t.per_second_latency;
+    per_second_latency.resize_with(whole, Vec::new);
+    let quantile = |q: f64| -> Vec<u64> {
+        per_second_latency
+            .iter()
+            .map(|v| {
+                let mut v = v.clone();
+                v.sort_unstable();
+                match v.len() {
+                    0 => 0,
+                    n => u64::from(v[((n as f64 * q).ceil() as usize).clamp(1, n) - 1]),
+                }
+            })
+            .collect()
+    };
+    let (per_second_p50_us, per_second_p99_us) = (quantile(0.5), quantile(0.99));
+    let (mut per_second_reads, mut per_second_l1) = (t.per_second_reads, t.per_second_l1);
+    per_second_reads.resize(whole, 0);
+    per_second_l1.resize(whole, 0);
     LoadResult {
         requests,
         reads: t.reads,
@@ -598,8 +659,22 @@ fn summarise(t: Tally, elapsed: Duration, concurrency: usize) -> LoadResult {
             })
             .collect(),
         per_second,
+        per_second_p50_us,
+        per_second_p99_us,
+        per_second_l1,
+        per_second_reads,
         keys_exhausted: t.exhausted,
         concurrency,
+    }
+}
+
+/// Adds `other` into `series`, element by element.
+fn add_series(series: &mut Vec<u64>, other: Vec<u64>) {
+    if series.len() < other.len() {
+        series.resize(other.len(), 0);
+    }
+    for (i, v) in other.into_iter().enumerate() {
+        series[i] += v;
     }
 }
 
