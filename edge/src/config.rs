@@ -219,6 +219,9 @@ pub enum Lookup {
 
 impl Config {
     /// Parses every variable through `lookup` (called once per name in [`VARIABLES`]).
+    ///
+    /// Long on purpose: one flat list of every variable, parsed in the order of [`VARIABLES`], so that a
+    /// setting and its checks are found in one place.
     pub fn from_lookup(
         mut lookup: impl FnMut(&'static str) -> Lookup,
     ) -> Result<Self, ConfigError> {

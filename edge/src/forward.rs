@@ -178,6 +178,9 @@ pub fn origin_uri(origin_url: &str, path_and_query: &str) -> String {
 }
 
 /// Sends the request to the origin and reads the whole answer, within `limit`.
+///
+/// Long (about 100 lines) on purpose: the request's headers, the send and the answer's headers are one
+/// exchange read top to bottom, each step a few lines under one time limit.
 async fn send(
     config: &Config,
     origin_request: OriginRequest<'_>,

@@ -21,6 +21,12 @@
 //! fresh copy is answered and kept in tier 1 through a [`Keep`], a stale one remembered like tier 2's
 //! for the fallback, a miss goes on to tier 2), and an arm in the executor's loop in `read.rs`. What a
 //! lookup keeps reaches every tier through `ReadPath::keep`.
+//!
+//! A write forwarded through this instance is planned here too ([`after_write`]: what it leaves in the
+//! tiers) and carried out by the same executor (`ReadPath::written`).
+//!
+//! Layering: the plan takes and gives plain values ([`crate::copy`], [`crate::outcome`]) and names none of
+//! the modules that do I/O (`tests/tests/architecture.rs` checks it).
 
 use std::fmt;
 
