@@ -135,6 +135,12 @@ async fn load<T>(
     (samples, out)
 }
 
+/// Each scenario measures timing (a request's wait against the Redis timeout, a recovery within
+/// seconds) on a machine of two cores: run side by side, six edges and their loads measure each other
+/// (the frozen-Redis scenario's breaker counted 0-5 skipped reads of 15-24 twice in five runs of the
+/// whole file at load 7-10, and passed alone). They take turns.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The figures every scenario prints.
 struct Figures<'a> {
     scenario: &'a str,
@@ -278,6 +284,7 @@ fn answered_by_postgres(s: &Sample) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_during_reads_costs_no_request_and_l2_hits_resume_after_restart() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let mut stack = Stack::dedicated().await.unwrap();
     // Tier 1 off: every read goes to Redis, so Redis's death and return show in every answer.
     let (env, _origin, edge) = setup(&stack, |o| o.l1_ttl_ms(0)).await;
@@ -320,6 +327,7 @@ async fn redis_killed_during_reads_costs_no_request_and_l2_hits_resume_after_res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stopped_cached_ids_are_served_uncached_get_503_and_it_recovers() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let mut stack = Stack::dedicated().await.unwrap();
     // Both breakers back off at most 1 s here (defaults: the origin's PostgreSQL breaker doubles up to
     // 5 s, the edge's origin breaker waits 2 s), so recovery shows within the few seconds of load.
@@ -382,6 +390,7 @@ async fn postgres_stopped_cached_ids_are_served_uncached_get_503_and_it_recovers
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn origin_killed_the_edge_serves_what_it_holds_uncached_get_503_and_it_recovers() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let stack = Stack::dedicated().await.unwrap();
     let (env, mut origin, edge) = setup(&stack, |o| o).await;
     warm(&edge).await;
@@ -465,6 +474,7 @@ async fn origin_killed_the_edge_serves_what_it_holds_uncached_get_503_and_it_rec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_redis_trips_the_breaker_instead_of_piling_up_requests() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let stack = Stack::dedicated().await.unwrap();
     let (env, _origin, edge) = setup(&stack, |o| o.l1_ttl_ms(0)).await;
     warm_and_soft_expire(&edge, &stack.redis, &env).await;
@@ -528,6 +538,7 @@ async fn a_frozen_redis_trips_the_breaker_instead_of_piling_up_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_origin_costs_a_request_its_budget_then_the_breaker_answers_at_once() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let stack = Stack::dedicated().await.unwrap();
     // A budget below origin_timeout_ms (2000): only the budget can end a wait for the frozen origin
     // before 2 s.
@@ -640,6 +651,7 @@ async fn set_freshness(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hit_near_its_soft_expiry_is_refreshed_early_and_never_served_stale() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let stack = Stack::shared().await;
     let (env, token, origin, edge) = setup_with_token(stack, |o| o.l1_ttl_ms(0)).await;
     let another_edge = |configure: fn(EdgeOptions) -> EdgeOptions| {
