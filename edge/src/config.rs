@@ -35,7 +35,7 @@ const USERINFO: &AsciiSet = &NON_ALPHANUMERIC
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct L1Limits {
     pub max_entries: usize,
-    /// Approximate: see `l1::ProfileEntry::weight`.
+    /// Approximate: see `copy::ProfileEntry::weight`.
     pub max_bytes: usize,
     /// How long an entry may be served after it was filled: the staleness bound of the edge.
     pub ttl: Duration,
@@ -108,6 +108,13 @@ pub struct Config {
     /// `redis://user:password@host:port/db` (`rediss://` for TLS), user and password percent-encoded.
     /// Secret.
     pub redis_url: String,
+    /// `redis_mode`: one Redis (or the primary Sentinel names) at `redis_address`, or a Redis Cluster
+    /// whose seed node is `redis_address` (crate::cluster).
+    pub redis_mode: RedisMode,
+    /// `redis_address`: `host:port` of Redis, or of the cluster's seed node.
+    pub redis_address: String,
+    /// `scheme://user:password@` of every Redis URL (percent-encoded). Secret.
+    redis_url_prefix: String,
     /// The raw password, kept only to scrub it from error text before logging.
     redis_password: String,
     /// `scheme://authority` of the origin, without a trailing slash.
@@ -149,6 +156,8 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("redis_url", &"<secret>")
+            .field("redis_mode", &self.redis_mode)
+            .field("redis_address", &self.redis_address)
             .field("origin_url", &self.origin_url)
             .field("origin_token", &"<secret>")
             .field("l1", &self.l1)
@@ -167,6 +176,16 @@ impl fmt::Debug for Config {
             .field("feed", &self.feed)
             .finish()
     }
+}
+
+/// How the edge reaches tier 2 (`redis_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisMode {
+    /// `single`: every command goes to `redis_address`.
+    Single,
+    /// `cluster`: each key's command goes to the node that serves its slot, as the slot map learnt
+    /// from the cluster says (crate::cluster); `redis_address` is only where the map is first asked.
+    Cluster,
 }
 
 /// Why the configuration cannot be used. The message names the variable, never its value.
@@ -219,6 +238,9 @@ pub enum Lookup {
 
 impl Config {
     /// Parses every variable through `lookup` (called once per name in [`VARIABLES`]).
+    ///
+    /// Long on purpose: one flat list of every variable, parsed in the order of [`VARIABLES`], so that a
+    /// setting and its checks are found in one place.
     pub fn from_lookup(
         mut lookup: impl FnMut(&'static str) -> Lookup,
     ) -> Result<Self, ConfigError> {
@@ -229,7 +251,12 @@ impl Config {
         };
 
         let redis_address = parse_redis_address(get("redis_address")?)?;
+        let redis_mode = parse_redis_mode(get("redis_mode")?)?;
         let redis_database = parse_number(get("redis_database")?, 0, i32::MAX as u64, DB)?;
+        if redis_mode == RedisMode::Cluster && redis_database != 0 {
+            // A cluster has database 0 only: refuse rather than read an empty database.
+            return Err(malformed("redis_database", DB_CLUSTER));
+        }
         let redis_user = parse_non_empty(get("redis_user")?)?;
         let redis_password = parse_non_empty(get("redis_password")?)?;
         let origin_url = parse_origin_url(get("origin_url")?)?;
@@ -367,13 +394,17 @@ impl Config {
             max_lag: feed_max_lag.min(l1.ttl).max(feed_poll),
         };
 
-        let redis_url = format!(
-            "{redis_scheme}://{}:{}@{redis_address}/{redis_database}",
+        let redis_url_prefix = format!(
+            "{redis_scheme}://{}:{}@",
             utf8_percent_encode(&redis_user, USERINFO),
             utf8_percent_encode(&redis_password, USERINFO),
         );
+        let redis_url = format!("{redis_url_prefix}{redis_address}/{redis_database}");
         Ok(Config {
             redis_url,
+            redis_mode,
+            redis_address,
+            redis_url_prefix,
             redis_password,
             origin_url,
             origin_token,
@@ -394,6 +425,12 @@ impl Config {
         })
     }
 
+    /// The Redis URL of the cluster node at `address` (`host:port`, as the cluster names it), with
+    /// the same scheme and user as `redis_url` (a cluster has database 0 only).
+    pub fn redis_url_of(&self, address: &str) -> String {
+        format!("{}{address}/0", self.redis_url_prefix)
+    }
+
     /// `text` with the Redis password (raw and encoded) and the origin token replaced, so an error
     /// message from a backend can be logged.
     pub fn scrub(&self, text: &str) -> String {
@@ -409,6 +446,7 @@ impl Config {
 }
 
 const DB: &str = "a Redis logical database number from 0 to 2147483647";
+const DB_CLUSTER: &str = "0 with redis_mode = cluster (a Redis Cluster has database 0 only)";
 const COUNT: &str = "a whole number from 0 to 10000000";
 const BYTES: &str = "a whole number of bytes from 0 to 1073741824";
 const MS_DAY: &str = "a whole number of milliseconds from 0 to 86400000";
@@ -535,6 +573,18 @@ fn parse_redis_address((name, value): (&'static str, String)) -> Result<String, 
     }
 }
 
+/// `single` or `cluster` ([`RedisMode`]).
+fn parse_redis_mode((name, value): (&'static str, String)) -> Result<RedisMode, ConfigError> {
+    match value.trim() {
+        "single" => Ok(RedisMode::Single),
+        "cluster" => Ok(RedisMode::Cluster),
+        _ => Err(malformed(
+            name,
+            "single (one Redis, or Sentinel's primary) or cluster (a Redis Cluster)",
+        )),
+    }
+}
+
 /// `redis` (plain TCP) or `rediss` (TLS: Spin verifies the server's certificate and host name against
 /// its trust store). A scheme rather than a yes/no switch because `spin.toml` builds the
 /// `allowed_outbound_hosts` entry `{{ redis_scheme }}://{{ redis_address }}` from it: the component may
@@ -633,6 +683,7 @@ mod tests {
         Some(match name {
             "redis_address" => "127.0.0.1:6379",
             "redis_database" => "0",
+            "redis_mode" => "single",
             "redis_user" => "edge",
             "redis_password" => "p@ss:w/rd",
             "origin_url" => "http://127.0.0.1:8080",
@@ -686,6 +737,48 @@ mod tests {
                 .map_or(defaults(name), |(_, v)| *v);
             value.map_or(Lookup::Missing, |v| Lookup::Value(v.to_string()))
         })
+    }
+
+    #[test]
+    fn redis_mode_is_single_by_default_and_cluster_reads_database_0_on_any_node() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.redis_mode, RedisMode::Single);
+        assert_eq!(c.redis_address, "127.0.0.1:6379");
+        let c = with(&[
+            ("redis_mode", Some(" cluster ")),
+            ("redis_address", Some("10.0.3.7:6379")),
+        ])
+        .unwrap();
+        assert_eq!(c.redis_mode, RedisMode::Cluster);
+        assert_eq!(c.redis_url, "redis://edge:p%40ss%3Aw%2Frd@10.0.3.7:6379/0");
+        assert_eq!(
+            c.redis_url_of("10.0.3.9:7001"),
+            "redis://edge:p%40ss%3Aw%2Frd@10.0.3.9:7001/0"
+        );
+        assert!(!format!("{c:?}").contains("p%40ss"), "{c:?}");
+        // A cluster has database 0 only; an unknown mode is refused, naming the variable.
+        assert!(matches!(
+            with(&[
+                ("redis_mode", Some("cluster")),
+                ("redis_database", Some("3"))
+            ]),
+            Err(ConfigError::Malformed {
+                name: "redis_database",
+                ..
+            })
+        ));
+        for bad in ["", "sentinel", "Cluster"] {
+            assert!(
+                matches!(
+                    with(&[("redis_mode", Some(bad))]),
+                    Err(ConfigError::Malformed {
+                        name: "redis_mode",
+                        ..
+                    })
+                ),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -20,6 +20,17 @@
 //! A hash that is missing or does not parse is a plain miss: it says nothing about Redis's health.
 //! The invalidation feed's `XREAD` ([`Redis::read_feed`]) is the exception: it shares the connections
 //! but not the breaker or the timeout verdicts; when it fails or is late, only the feed is late.
+//!
+//! **On a Redis Cluster** (`redis_mode = cluster`, [`crate::cluster`]) each command goes to the primary
+//! that serves its key's slot, with a pool per node (opened lazily, each bounded by
+//! `redis_max_connections`). The slot map is asked with `CLUSTER SLOTS` (first of `redis_address`, then
+//! of the primaries already known) before the instance's first command, and again (at most every
+//! [`SLOT_MAP_REFRESH`]) after a `MOVED` or after a node failed. A `MOVED` answer corrects the map for
+//! its slot and the command is sent once more, to the node named; an `ASK` answer sends it once more to
+//! the node named, after `ASKING` on the same connection. A second redirection is not followed: the read
+//! is a miss (the origin answers it) and never an error. A redirection is an answer: it counts towards
+//! nothing in the breaker and keeps its connection. One breaker per instance covers every node: a node
+//! that fails opens it like a single Redis would (reads go to the origin until a probe succeeds).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -31,6 +42,7 @@ use std::time::Duration;
 use aside_shared::cache::{
     CacheEntry, Freshness, Projection, hmget_fields, profile_key, projection_from_hmget,
 };
+use aside_shared::slot::key_slot;
 use aside_shared::{CachedProfile, FieldSelection, UserId};
 use spin_sdk::redis::{Connection, Error, RedisParameter, RedisResult};
 
@@ -38,50 +50,32 @@ use crate::backoff::{
     self, Attempt, Breaker, Failing, Saturated, Stalled, Transition, Verdict, Visible,
 };
 use crate::clock::{self, Deadline, Nanos};
-use crate::config::Config;
+use crate::cluster::{Redirect, SlotMap};
+use crate::config::{Config, RedisMode};
 use crate::flight::SingleFlight;
-use crate::metrics::{Backend, METRICS};
+use crate::metrics::{Backend, METRICS, RedirectKind};
 
-/// The outcome of one tier-2 read.
-#[derive(Debug)]
-pub enum Read<T> {
-    Hit(T),
-    /// Not cached, or cached in a shape the edge cannot use.
-    Miss,
-    /// Redis says the id has no profile: a "missing" marker or a tombstone (answered 404).
-    Absent,
-    /// Redis was not asked (breaker open, or no budget left).
-    Skipped,
-    /// Redis failed or was too slow; the back-off has started.
-    Failed,
-    /// No answer within the request's budget while the edge was saturated (see
-    /// [`crate::backoff::Verdict`]): Redis is not blamed, and the request is not passed to the origin.
-    Shed,
-}
+/// On a cluster, the slot map is asked again at most this often per instance (after a `MOVED`, a
+/// failed node, or while none could be learnt).
+pub const SLOT_MAP_REFRESH: Duration = Duration::from_millis(250);
 
-impl<T> Read<T> {
-    /// Whether Redis was visited (for `server-timing`).
-    pub fn visited(&self) -> bool {
-        !matches!(self, Read::Skipped)
-    }
-
-    /// The same outcome with the hit's value mapped by `f`.
-    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Read<U> {
-        match self {
-            Read::Hit(value) => Read::Hit(f(value)),
-            Read::Miss => Read::Miss,
-            Read::Absent => Read::Absent,
-            Read::Skipped => Read::Skipped,
-            Read::Failed => Read::Failed,
-            Read::Shed => Read::Shed,
-        }
-    }
-}
+pub use crate::outcome::Read;
 
 /// The instance's Redis client state.
 pub struct Redis {
     config: Rc<Config>,
-    pool: Pool<Connection>,
+    /// A pool per node, by `host:port`: one (`redis_address`) in single mode.
+    pools: RefCell<Vec<(String, Rc<Pool<Connection>>)>>,
+    /// On a cluster: which primary serves which slot, once learnt.
+    slots: RefCell<Option<SlotMap>>,
+    /// On a cluster: the map should be asked again (a `MOVED`, a node failed).
+    slots_stale: Cell<bool>,
+    /// When the map was last asked for (0: never).
+    slots_asked: Cell<Nanos>,
+    /// Concurrent commands share one `CLUSTER SLOTS`.
+    slots_refresh: Rc<SingleFlight<(), ()>>,
+    /// Redirections followed or not, by kind (for the log: the first and then one in 100).
+    redirects: Cell<[u64; 3]>,
     breaker: RefCell<Breaker>,
     /// When Redis last answered a command of this instance: evidence that it is up while another
     /// command waits (see [`Verdict::of_timeout`]).
@@ -240,13 +234,20 @@ enum Failure {
     Connect,
     Command(String),
     TimedOut,
+    /// A cluster node answered that the key's slot is served elsewhere ([`crate::cluster`]).
+    Redirected(Redirect),
 }
 
 impl Redis {
     pub fn new(config: Rc<Config>) -> Self {
         let settings = config.redis_breaker;
         Self {
-            pool: Pool::new(config.redis_max_connections),
+            pools: RefCell::default(),
+            slots: RefCell::default(),
+            slots_stale: Cell::new(false),
+            slots_asked: Cell::new(0),
+            slots_refresh: Rc::default(),
+            redirects: Cell::new([0; 3]),
             config,
             breaker: RefCell::new(Breaker::new(settings.threshold, settings.backoff)),
             last_answer: Cell::new(0),
@@ -324,65 +325,39 @@ impl Redis {
         .map(RedisParameter::Binary)
         .collect();
         let started = clock::now();
-        // A connection's open is bounded by the same limit (no patience: `deadline` is the limit).
-        let deadline = Deadline::after(started, limit);
-        let mut retried = false;
+        let mut address = self
+            .node_for(Some(aside_shared::feed::FEED_KEY.as_bytes()), limit / 2)
+            .await;
+        let mut asking = false;
+        let mut redirected = false;
         let outcome = loop {
-            let why_not = Cell::new(None);
-            let Some(lease) = self
-                .pool
-                .take(|| self.open(limit, (started, false), deadline, &why_not))
-                .await
-            else {
-                break Err(why_not.take().unwrap_or(Failure::Connect));
-            };
-            let pooled = Rc::clone(&lease.pooled);
-            let call = leased_call(lease, "XREAD", arguments.clone());
             let left =
                 limit.saturating_sub(Duration::from_nanos(clock::now().saturating_sub(started)));
-            let result = match clock::race(left, call).await {
-                Ok(answer) => answer,
-                Err(late) => {
-                    clock::detach(async move {
-                        let _ = late.await;
-                    });
-                    Err(Failure::TimedOut)
+            match self
+                .call(&address, "XREAD", arguments.clone(), left, asking)
+                .await
+            {
+                Err(Failure::Redirected(redirect)) if !redirected => {
+                    redirected = true;
+                    asking = self.follow(&redirect, "XREAD");
+                    address = redirect.address().to_string();
                 }
-            };
-            match &result {
-                Ok(_) => pooled.answered.set(true),
-                Err(failure) => {
-                    // A connection that failed is not trusted again; a late one is dropped from
-                    // the pool too (closed once its call ends).
-                    self.pool.discard(&pooled);
-                    if matches!(failure, Failure::Command(_)) && pooled.answered.get() && !retried {
-                        // It may have died idle (Redis restarted): once more on a new connection.
-                        self.pool.discard_idle();
-                        retried = true;
-                        continue;
-                    }
+                Err(Failure::Redirected(redirect)) => {
+                    self.unresolved(&redirect, "XREAD");
+                    break Err(Failure::Redirected(redirect));
                 }
+                outcome => break outcome,
             }
-            break result;
         };
         match outcome {
-            Ok(Some(reply)) => {
-                self.answered(Duration::from_nanos(clock::now().saturating_sub(started)));
-                Ok(reply.into_iter().map(bytes_of).collect())
-            }
+            Ok(Some(reply)) => Ok(reply.into_iter().map(bytes_of).collect()),
             Ok(None) => Err(true),
             Err(failure) => {
                 let failures = self.feed_failures.get() + 1;
                 self.feed_failures.set(failures);
                 // The first and then one in 100 (the feed logs its own changes of state).
                 if failures % 100 == 1 {
-                    let why = match failure {
-                        Failure::Connect => "cannot connect".to_string(),
-                        Failure::Command(e) => format!("failed: {}", self.config.scrub(&e)),
-                        Failure::TimedOut | Failure::Unheard(_) => {
-                            format!("took longer than {} ms", limit.as_millis())
-                        }
-                    };
+                    let why = self.describe_failure(&failure, limit);
                     eprintln!(
                         "aside-edge: redis XREAD of the feed {why}: the feed is late (not counted by \
                          the redis breaker; no read goes to the origin for it; failed feed reads so \
@@ -462,11 +437,19 @@ impl Redis {
         let mut counted = None;
         let mut saturated = None;
         let mut retried = false;
+        let key = match arguments.first() {
+            Some(RedisParameter::Binary(key)) => Some(key.as_slice()),
+            _ => None,
+        };
+        let mut address = self.node_for(key, limit / 2).await;
+        let mut asking = false;
+        let mut redirected = false;
         let attempt = loop {
             let why_not = Cell::new(None);
-            let Some(lease) = self
-                .pool
-                .take(|| self.open(limit, (started, late), deadline, &why_not))
+            let pool = self.pool_of(&address);
+            let url = self.url_of(&address);
+            let Some(lease) = pool
+                .take(|| self.open(&url, limit, (started, late), deadline, &why_not))
                 .await
             else {
                 match why_not.take() {
@@ -480,7 +463,13 @@ impl Redis {
                 }
             };
             let pooled = Rc::clone(&lease.pooled);
-            let call = leased_call(lease, command, arguments.clone());
+            let call = leased_call(
+                lease,
+                self.redirectable(&address),
+                command,
+                arguments.clone(),
+                asking,
+            );
             let left =
                 limit.saturating_sub(Duration::from_nanos(clock::now().saturating_sub(started)));
             let result = match clock::race(left, call).await {
@@ -503,11 +492,26 @@ impl Redis {
                     }
                 },
             };
+            if let Err(Failure::Redirected(redirect)) = &result {
+                // An answer: the connection is fine, and so is the node.
+                pooled.answered.set(true);
+                let redirect = redirect.clone();
+                if !redirected {
+                    redirected = true;
+                    asking = self.follow(&redirect, command);
+                    address = redirect.address().to_string();
+                    continue;
+                }
+                // Redirected again: the slot is moving under us. The origin answers this one.
+                self.unresolved(&redirect, command);
+                break Ok(None);
+            }
             match &result {
                 Ok(_) => pooled.answered.set(true),
                 Err(failure) => {
                     // Whatever state the connection is in, it is not trusted again.
-                    self.pool.discard(&pooled);
+                    pool.discard(&pooled);
+                    self.node_failed();
                     let retry = matches!(failure, Failure::Command(_))
                         && pooled.answered.get()
                         && !retried
@@ -516,7 +520,7 @@ impl Redis {
                     if retry {
                         // It worked before: it may have died idle (Redis restarted). So may the
                         // other idle ones; try once more on a new connection, within the same limit.
-                        self.pool.discard_idle();
+                        pool.discard_idle();
                         retried = true;
                         eprintln!(
                             "aside-edge: redis {command} failed on a pooled connection ({}); \
@@ -606,6 +610,11 @@ impl Redis {
                             Failing::Error,
                         )
                     }
+                    // Not reached: a redirection is followed once, then a miss.
+                    Failure::Redirected(r) => (
+                        format!("{command} redirected to {}", r.address()),
+                        Failing::Error,
+                    ),
                     Failure::TimedOut | Failure::Unheard(_) => (
                         format!(
                             "{command} took longer than {} ms (waited {} ms{}; recent answers {} ms)",
@@ -628,6 +637,260 @@ impl Redis {
                 );
                 Read::Failed
             }
+        }
+    }
+
+    /// The pool of the node at `address` (`host:port`), made on first use.
+    fn pool_of(&self, address: &str) -> Rc<Pool<Connection>> {
+        if let Some((_, pool)) = self.pools.borrow().iter().find(|(a, _)| a == address) {
+            return Rc::clone(pool);
+        }
+        let pool = Rc::new(Pool::new(self.config.redis_max_connections));
+        self.pools
+            .borrow_mut()
+            .push((address.to_string(), Rc::clone(&pool)));
+        pool
+    }
+
+    /// The Redis URL of the node at `address`.
+    fn url_of(&self, address: &str) -> String {
+        match self.config.redis_mode {
+            RedisMode::Single => self.config.redis_url.clone(),
+            RedisMode::Cluster => self.config.redis_url_of(address),
+        }
+    }
+
+    /// On a cluster, `address` (redirections from it are followed); in single mode `None` (a `MOVED`
+    /// there is a misconfiguration, a failed command like any other).
+    fn redirectable(&self, address: &str) -> Option<String> {
+        (self.config.redis_mode == RedisMode::Cluster).then(|| address.to_string())
+    }
+
+    /// The node a command on `key` goes to: in single mode `redis_address`; on a cluster the primary
+    /// serving the key's slot, once the slot map is known (learnt or refreshed first when due, within
+    /// `limit`), else `redis_address` (whose redirection then names the owner).
+    async fn node_for(&self, key: Option<&[u8]>, limit: Duration) -> String {
+        if self.config.redis_mode == RedisMode::Single {
+            return self.config.redis_address.clone();
+        }
+        let due = self.slots_stale.get() || self.slots.borrow().is_none();
+        let asked = self.slots_asked.get();
+        if due
+            && (asked == 0
+                || clock::now().saturating_sub(asked) >= SLOT_MAP_REFRESH.as_nanos() as u64)
+        {
+            let flight = Rc::clone(&self.slots_refresh);
+            flight.run((), || self.refresh_slots(limit)).await;
+        }
+        key.and_then(|key| {
+            self.slots
+                .borrow()
+                .as_ref()?
+                .owner(key_slot(key))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| self.config.redis_address.clone())
+    }
+
+    /// Asks `CLUSTER SLOTS` of `redis_address`, then of each primary already known, until one answers
+    /// with a map; within `limit` in all. Outside the breaker: a node that cannot answer shows in the
+    /// command that follows.
+    async fn refresh_slots(&self, limit: Duration) {
+        let started = clock::now();
+        self.slots_asked.set(started);
+        let mut candidates = vec![self.config.redis_address.clone()];
+        if let Some(map) = self.slots.borrow().as_ref() {
+            for primary in map.primaries() {
+                if !candidates.contains(primary) {
+                    candidates.push(primary.clone());
+                }
+            }
+        }
+        let mut why = String::new();
+        for address in candidates {
+            let left =
+                limit.saturating_sub(Duration::from_nanos(clock::now().saturating_sub(started)));
+            if left.is_zero() {
+                why = format!("no time left within {} ms", limit.as_millis());
+                break;
+            }
+            let slots = vec![RedisParameter::Binary(b"SLOTS".to_vec())];
+            match self.call(&address, "CLUSTER", slots, left, false).await {
+                Ok(Some(reply)) => match SlotMap::from_cluster_slots(&reply) {
+                    Some(map) => {
+                        // Logged when the primaries change, not when an instance learns the map
+                        // (every new instance does, once).
+                        let mut before: Option<Vec<String>> =
+                            self.slots.borrow().as_ref().map(|m| m.primaries().to_vec());
+                        let mut now = map.primaries().to_vec();
+                        if let Some(before) = before.as_mut() {
+                            before.sort();
+                        }
+                        now.sort();
+                        if before.is_some_and(|b| b != now) {
+                            eprintln!(
+                                "aside-edge: redis cluster slot map from {address}: {} of 16384 \
+                                 slots served by {} primaries ({})",
+                                map.served(),
+                                map.primaries().len(),
+                                map.primaries().join(", ")
+                            );
+                        }
+                        METRICS.slot_map_refreshed();
+                        *self.slots.borrow_mut() = Some(map);
+                        self.slots_stale.set(false);
+                        return;
+                    }
+                    None => why = format!("{address} answered CLUSTER SLOTS with no slot map"),
+                },
+                Ok(None) => why = format!("{address} answered CLUSTER SLOTS with an error"),
+                Err(failure) => {
+                    why = format!("{address}: {}", self.describe_failure(&failure, left))
+                }
+            }
+        }
+        eprintln!(
+            "aside-edge: redis cluster slot map not learnt ({why}); reads go to the nodes the last \
+             map or redirections name, or to redis_address; asked again in {} ms at the earliest",
+            SLOT_MAP_REFRESH.as_millis()
+        );
+    }
+
+    /// Follows a redirection of `command` (the caller sends it once more to the node named): a
+    /// `MOVED` corrects the map for its slot and makes the whole map due for a refresh. `true` for an
+    /// `ASK` (the command must follow `ASKING`).
+    fn follow(&self, redirect: &Redirect, command: &str) -> bool {
+        let (kind, asking) = match redirect {
+            Redirect::Moved { slot, address } => {
+                if let Some(map) = self.slots.borrow_mut().as_mut() {
+                    map.assign(*slot, address);
+                }
+                self.slots_stale.set(true);
+                (RedirectKind::Moved, false)
+            }
+            Redirect::Ask { .. } => (RedirectKind::Ask, true),
+        };
+        self.note_redirect(kind, redirect, command);
+        asking
+    }
+
+    /// A redirection not followed (the command was redirected already): the map is due for a refresh.
+    fn unresolved(&self, redirect: &Redirect, command: &str) {
+        self.slots_stale.set(true);
+        self.note_redirect(RedirectKind::Unresolved, redirect, command);
+    }
+
+    fn note_redirect(&self, kind: RedirectKind, redirect: &Redirect, command: &str) {
+        METRICS.redis_redirect(kind);
+        let mut counts = self.redirects.get();
+        counts[kind as usize] += 1;
+        self.redirects.set(counts);
+        // The first and then one in 100 of each kind: a resharding redirects many reads.
+        if counts[kind as usize] % 100 == 1 {
+            let (what, slot) = match redirect {
+                Redirect::Moved { slot, .. } => ("MOVED", slot),
+                Redirect::Ask { slot, .. } => ("ASK", slot),
+            };
+            let then = match kind {
+                RedirectKind::Moved => "slot map corrected; sent once more there",
+                RedirectKind::Ask => "sent once more there after ASKING",
+                RedirectKind::Unresolved => {
+                    "redirected twice: not followed, read as a miss (origin)"
+                }
+            };
+            eprintln!(
+                "aside-edge: redis cluster {what} {slot} {} for {command}: {then} ({} so far by this \
+                 instance: {})",
+                redirect.address(),
+                kind.as_str(),
+                counts[kind as usize]
+            );
+        }
+    }
+
+    /// A node failed a command: on a cluster its slots may have moved (a failover), so the map is
+    /// due for a refresh.
+    fn node_failed(&self) {
+        if self.config.redis_mode == RedisMode::Cluster {
+            self.slots_stale.set(true);
+        }
+    }
+
+    fn describe_failure(&self, failure: &Failure, limit: Duration) -> String {
+        match failure {
+            Failure::Connect => "cannot connect".to_string(),
+            Failure::Command(e) => format!("failed: {}", self.config.scrub(e)),
+            Failure::TimedOut | Failure::Unheard(_) => {
+                format!("took longer than {} ms", limit.as_millis())
+            }
+            Failure::Redirected(r) => format!("redirected to {}", r.address()),
+        }
+    }
+
+    /// `command arguments` on the node at `address`, outside the breaker and the timeout verdicts
+    /// (the feed's read and the slot map's): at most `limit`, a late call left to finish. A pooled
+    /// connection that fails is dropped; one that had answered before is replaced once (Redis may
+    /// have restarted while it sat idle).
+    async fn call(
+        &self,
+        address: &str,
+        command: &str,
+        arguments: Vec<RedisParameter>,
+        limit: Duration,
+        asking: bool,
+    ) -> Result<Option<Vec<RedisResult>>, Failure> {
+        let started = clock::now();
+        // A connection's open is bounded by the same limit (no patience: `deadline` is the limit).
+        let deadline = Deadline::after(started, limit);
+        let pool = self.pool_of(address);
+        let url = self.url_of(address);
+        let mut retried = false;
+        loop {
+            let why_not = Cell::new(None);
+            let Some(lease) = pool
+                .take(|| self.open(&url, limit, (started, false), deadline, &why_not))
+                .await
+            else {
+                return Err(why_not.take().unwrap_or(Failure::Connect));
+            };
+            let pooled = Rc::clone(&lease.pooled);
+            let call = leased_call(
+                lease,
+                self.redirectable(address),
+                command,
+                arguments.clone(),
+                asking,
+            );
+            let left =
+                limit.saturating_sub(Duration::from_nanos(clock::now().saturating_sub(started)));
+            let result = match clock::race(left, call).await {
+                Ok(answer) => answer,
+                Err(late) => {
+                    clock::detach(async move {
+                        let _ = late.await;
+                    });
+                    Err(Failure::TimedOut)
+                }
+            };
+            match &result {
+                Ok(_) | Err(Failure::Redirected(_)) => {
+                    pooled.answered.set(true);
+                    self.answered(Duration::from_nanos(clock::now().saturating_sub(started)));
+                }
+                Err(failure) => {
+                    // A connection that failed is not trusted again; a late one is dropped from
+                    // the pool too (closed once its call ends).
+                    pool.discard(&pooled);
+                    self.node_failed();
+                    if matches!(failure, Failure::Command(_)) && pooled.answered.get() && !retried {
+                        // It may have died idle (Redis restarted): once more on a new connection.
+                        pool.discard_idle();
+                        retried = true;
+                        continue;
+                    }
+                }
+            }
+            return result;
         }
     }
 
@@ -690,12 +953,13 @@ impl Redis {
     /// saturated ([`Verdict::of_timeout`]), until `deadline`. `None` says why in `why_not`.
     async fn open(
         &self,
+        url: &str,
         limit: Duration,
         (started, late): (Nanos, bool),
         deadline: Deadline,
         why_not: &Cell<Option<Failure>>,
     ) -> Option<Connection> {
-        let url = self.config.redis_url.clone();
+        let url = url.to_string();
         let opening = clock::now();
         let open = Box::pin(async move { Connection::open(&url).await });
         let opened = match clock::race(limit, open).await {
@@ -823,18 +1087,37 @@ fn bytes_of(result: RedisResult) -> Option<Vec<u8>> {
 /// `name args` on the leased connection. The call owns its lease: a late call is left to finish,
 /// never cancelled (crate::clock), and its connection is not given to another command until it has.
 /// `Ok(None)`: Redis answered with something that is not data the edge can use.
+/// `asked`: on a cluster, the node's `host:port`, and a `MOVED` or `ASK` answer is
+/// [`Failure::Redirected`]; `asking`: `ASKING` first, on the same connection (an `ASK` redirection).
 fn leased_call(
     lease: Lease<Connection>,
+    asked: Option<String>,
     name: &str,
     args: Vec<RedisParameter>,
+    asking: bool,
 ) -> Pin<Box<impl Future<Output = Result<Option<Vec<RedisResult>>, Failure>> + use<>>> {
     let name = name.to_string();
     Box::pin(async move {
-        let result = lease.pooled.connection.execute(&name, args).await;
+        let asked_first = if asking {
+            lease.pooled.connection.execute("ASKING", Vec::new()).await
+        } else {
+            Ok(Vec::new())
+        };
+        let result = match asked_first {
+            Ok(_) => lease.pooled.connection.execute(&name, args).await,
+            Err(e) => Err(e),
+        };
         drop(lease);
         match result {
             Ok(reply) => Ok(Some(reply)),
             Err(e) if is_data_error(&e) => Ok(None),
+            Err(Error::Other(message))
+                if let Some(redirect) = asked
+                    .as_deref()
+                    .and_then(|asked| Redirect::parse(&message, asked)) =>
+            {
+                Err(Failure::Redirected(redirect))
+            }
             Err(e) => Err(Failure::Command(describe(&e))),
         }
     })

@@ -125,6 +125,33 @@ const VERDICTS: [&str; 6] = [
     "saturated:slow_answers",
 ];
 
+/// What became of a cluster node's redirection (crate::cluster).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedirectKind {
+    /// `MOVED`: followed, and the slot map corrected.
+    Moved,
+    /// `ASK`: followed after `ASKING`.
+    Ask,
+    /// A second redirection of the same read: not followed; the read is a miss (the origin).
+    Unresolved,
+}
+
+impl RedirectKind {
+    const ALL: [RedirectKind; 3] = [
+        RedirectKind::Moved,
+        RedirectKind::Ask,
+        RedirectKind::Unresolved,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedirectKind::Moved => "moved",
+            RedirectKind::Ask => "ask",
+            RedirectKind::Unresolved => "unresolved",
+        }
+    }
+}
+
 /// The backends with a breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -147,6 +174,9 @@ pub struct Metrics {
     redis_verdicts: [Counter; VERDICTS.len()],
     /// Opened, closed; Redis then the origin.
     transitions: [[Counter; 2]; 2],
+    /// On a Redis Cluster: redirections by [`RedirectKind`], and slot maps learnt.
+    redirects: [Counter; RedirectKind::ALL.len()],
+    slot_maps: Counter,
 }
 
 impl Metrics {
@@ -160,6 +190,8 @@ impl Metrics {
             origin_reads: [const { Counter::new() }; OriginRead::ALL.len()],
             redis_verdicts: [const { Counter::new() }; VERDICTS.len()],
             transitions: [const { [const { Counter::new() }; 2] }; 2],
+            redirects: [const { Counter::new() }; RedirectKind::ALL.len()],
+            slot_maps: Counter::new(),
         }
     }
 
@@ -197,6 +229,16 @@ impl Metrics {
         }
     }
 
+    /// A cluster node's redirection, and what became of it.
+    pub fn redis_redirect(&self, kind: RedirectKind) {
+        self.redirects[kind as usize].inc();
+    }
+
+    /// A Redis Cluster slot map learnt (`CLUSTER SLOTS`).
+    pub fn slot_map_refreshed(&self) {
+        self.slot_maps.inc();
+    }
+
     /// A breaker state change: `opened` (else closed).
     pub fn transition(&self, backend: Backend, opened: bool) {
         self.transitions[backend as usize][usize::from(!opened)].inc();
@@ -204,6 +246,8 @@ impl Metrics {
 
     /// The counters as Prometheus text, labelled with `instance` (`x-edge-instance`), with the budget's
     /// tokens left now.
+    ///
+    /// Long on purpose: one block per metric (help, type, samples), in the order the text lists them.
     pub fn prometheus(&self, instance: &str, budget_tokens: Option<f64>) -> String {
         let mut out = String::new();
         let head = |out: &mut String, name: &str, kind: &str, help: &str| {
@@ -338,6 +382,33 @@ impl Metrics {
                 );
             }
         }
+        head(
+            &mut out,
+            "aside_edge_redis_redirects_total",
+            "counter",
+            "Redis Cluster redirections of this instance's reads: moved and ask (followed once), \
+             unresolved (redirected again: read as a miss through the origin)",
+        );
+        for (kind, c) in RedirectKind::ALL.iter().zip(&self.redirects) {
+            sample(
+                &mut out,
+                "aside_edge_redis_redirects_total",
+                &format!("kind=\"{}\"", kind.as_str()),
+                c.get().to_string(),
+            );
+        }
+        head(
+            &mut out,
+            "aside_edge_redis_slot_maps_total",
+            "counter",
+            "Redis Cluster slot maps this instance learnt (CLUSTER SLOTS)",
+        );
+        sample(
+            &mut out,
+            "aside_edge_redis_slot_maps_total",
+            "",
+            self.slot_maps.get().to_string(),
+        );
         out
     }
 }

@@ -6,8 +6,9 @@
 
 /// Every Spin variable the edge reads, as declared under `[component.aside-edge.variables]` in
 /// spin.toml. Spin takes a variable's value from `SPIN_VARIABLE_<NAME in upper case>`.
-pub const EDGE_VARIABLES: [&str; 40] = [
+pub const EDGE_VARIABLES: [&str; 41] = [
     "redis_address",
+    "redis_mode",
     "redis_database",
     "redis_user",
     "redis_password",
@@ -50,8 +51,9 @@ pub const EDGE_VARIABLES: [&str; 40] = [
 ];
 
 /// Spin variables spin.toml declares for its own templates (`allowed_outbound_hosts`) that the component
-/// never reads: the identity provider's origin, which the edge may fetch keys from.
-pub const MANIFEST_VARIABLES: &[&str] = &["auth_provider_origin"];
+/// never reads: the identity provider's origin, which the edge may fetch keys from, and the cluster's nodes it may
+/// reach with `redis_mode = cluster`.
+pub const MANIFEST_VARIABLES: &[&str] = &["auth_provider_origin", "redis_cluster_hosts"];
 
 /// Every environment variable the origin reads (`aside-origin serve` and its other commands). A
 /// `..._FILE` twin reads a secret from a file instead.
