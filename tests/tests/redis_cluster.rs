@@ -7,7 +7,7 @@
 //! primary, and scripts that name keys of one slot run while one that mixes the feed and a profile is
 //! refused, as a cluster refuses it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aside_shared::UserId;
 use aside_shared::cache::{lease_key, profile_key};
@@ -16,8 +16,8 @@ use aside_shared::slot::key_slot;
 use std::time::Duration;
 
 use aside_tests::harness::{
-    Origin, OriginOptions, RedisCluster, RedisUser, Stack, TestApp, generate_secret, sum_samples,
-    wait_until,
+    Load, LoadReport, Origin, OriginOptions, RedisCluster, RedisUser, Sample, Stack, TestApp,
+    generate_secret, sum_samples, wait_until,
 };
 use serde_json::json;
 
@@ -173,7 +173,8 @@ async fn the_project_s_cluster_serves_every_slot_and_keeps_each_script_s_keys_in
     }
     assert_eq!(refused, 3, "a cross-slot script runs nowhere");
 
-    the_origin_on_the_cluster(&cluster).await;
+    let on_cluster = the_origin_on_the_cluster(&cluster).await;
+    under_load(&cluster, &on_cluster).await;
 }
 
 /// Seeded rows, read through the origin: enough for every primary to hold some.
@@ -307,7 +308,7 @@ async fn move_slot(cluster: &RedisCluster, slot: u16) -> usize {
 /// leases, write-through, a delete's tombstone and change capture land on each key's owner and are
 /// announced on the feed's node; the statistics cover every primary; a slot moved under the origin
 /// (`MOVED`) costs it nothing.
-async fn the_origin_on_the_cluster(cluster: &RedisCluster) {
+async fn the_origin_on_the_cluster(cluster: &RedisCluster) -> OnCluster {
     // What the checks above left: id 7's hand-written hash (version 3, no profile) and its lease.
     let seven = profile_key(id(7));
     let owner = cluster.owner_of(key_slot(seven.as_bytes())).await.unwrap();
@@ -580,4 +581,223 @@ async fn the_origin_on_the_cluster(cluster: &RedisCluster) {
     })
     .await;
     assert!(announced, "id {n} v{vn}: {}", origin.log());
+    drop(db);
+    OnCluster {
+        stack,
+        env,
+        token,
+        origin,
+    }
+}
+
+/// The origin on the cluster, and what it serves.
+struct OnCluster {
+    stack: Stack,
+    env: aside_tests::harness::TestEnv,
+    token: String,
+    origin: Origin,
+}
+
+/// The ids the load reads and writes: every seeded row but 4, which an earlier check deleted.
+fn loaded_ids() -> Vec<i32> {
+    (1..=ROWS).filter(|&n| n != 4).collect()
+}
+
+/// The edge's request budget; no read through the origin may take longer (slack for a busy machine).
+const BUDGET: Duration = Duration::from_millis(2500);
+
+impl OnCluster {
+    /// 95 % reads, 5 % writes over every id, through the origin.
+    fn load(&self, duration: Duration) -> Load {
+        let urls: Vec<String> = loaded_ids()
+            .iter()
+            .map(|n| format!("{}/users/{n}", self.origin.url()))
+            .collect();
+        Load::new(urls)
+            .concurrency(6)
+            .duration(duration)
+            .writes(5)
+            .header("authorization", &format!("Bearer {}", self.token))
+    }
+
+    /// Each row's version in PostgreSQL.
+    async fn versions(&self) -> BTreeMap<i32, i64> {
+        let db = self
+            .stack
+            .postgres
+            .connect(&self.env.database)
+            .await
+            .unwrap();
+        db.query("SELECT id, version FROM devops_api.users", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1)))
+            .collect()
+    }
+
+    /// Every profile hash on the primary that owns it now, against PostgreSQL, until none is older
+    /// (or `timeout`): (hashes compared, stale ones).
+    async fn settle(&self, cluster: &RedisCluster, timeout: Duration) -> (usize, Vec<String>) {
+        let until = std::time::Instant::now() + timeout;
+        loop {
+            let versions = self.versions().await;
+            let (mut compared, mut stale) = (0, Vec::new());
+            for (&n, &version) in &versions {
+                if let Some(cached) = cached(cluster, n, "_version").await {
+                    compared += 1;
+                    let cached: i64 = cached.parse().unwrap();
+                    if cached < version {
+                        stale.push(format!("id {n}: {cached} < {version}"));
+                    }
+                }
+            }
+            if stale.is_empty() || std::time::Instant::now() > until {
+                return (compared, stale);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Checks a load's report: no read failed or overran the budget, every acknowledged write is in
+    /// PostgreSQL, and after settling no hash on any primary is older than its row. Prints the figures.
+    async fn check(
+        &self,
+        cluster: &RedisCluster,
+        scenario: &str,
+        report: &LoadReport,
+        extra: &str,
+    ) {
+        let failed: Vec<&Sample> = report
+            .samples
+            .iter()
+            .filter(|s| !s.write && (s.status != 200 || s.latency > BUDGET))
+            .collect();
+        let versions = self.versions().await;
+        let (mut acknowledged, mut lost) = (0, Vec::new());
+        for s in report.samples.iter().filter(|s| s.write) {
+            if let (200..=299, Some(version)) = (s.status, s.version) {
+                acknowledged += 1;
+                let n = loaded_ids()[s.target];
+                if versions.get(&n).copied().unwrap_or(0) < version {
+                    lost.push(format!("id {n} version {version}"));
+                }
+            }
+        }
+        let (compared, stale) = self.settle(cluster, Duration::from_secs(15)).await;
+        eprintln!(
+            "redis_cluster {scenario}: requests {} (writes {}, acknowledged {acknowledged}), failed \
+             reads {}, writes lost {}, stale hashes after settle {} of {compared}, {extra}; {}",
+            report.sent(),
+            report.samples.iter().filter(|s| s.write).count(),
+            failed.len(),
+            lost.len(),
+            stale.len(),
+            report.summary("origin")
+        );
+        assert!(
+            failed.is_empty(),
+            "{scenario}: {:#?}",
+            &failed[..failed.len().min(5)]
+        );
+        assert!(lost.is_empty(), "{scenario}: {lost:?}");
+        assert!(acknowledged > 0, "{scenario}: no write acknowledged");
+        assert!(stale.is_empty(), "{scenario}: {stale:?}");
+        assert!(
+            compared >= ROWS as usize / 2,
+            "{scenario}: {compared} hashes compared"
+        );
+    }
+}
+
+/// Until `done` says so, runs the load in slices of `slice` and gathers their samples.
+async fn load_until(on: &OnCluster, slice: Duration, done: impl Fn() -> bool) -> LoadReport {
+    let mut all: Option<LoadReport> = None;
+    loop {
+        let report = on.load(slice).run().await;
+        all = Some(match all {
+            None => report,
+            Some(mut so_far) => {
+                let offset = so_far.elapsed;
+                so_far
+                    .samples
+                    .extend(report.samples.into_iter().map(|mut s| {
+                        s.sent_at += offset;
+                        s
+                    }));
+                so_far.elapsed += report.elapsed;
+                so_far
+            }
+        });
+        if done() {
+            return all.unwrap();
+        }
+    }
+}
+
+/// 95 % reads / 5 % writes over 200 ids through the origin on the cluster: steady, and during an online
+/// resharding of a third of the slots (`redis-cli --cluster reshard`).
+async fn under_load(cluster: &RedisCluster, on: &OnCluster) {
+    // Steady: the ids on all three primaries.
+    let report = on.load(Duration::from_secs(3)).run().await;
+    on.check(cluster, "steady", &report, "3 primaries").await;
+
+    // Online resharding: a third of the slots from one primary to another, under the load.
+    let view = cluster.cluster_nodes().await.unwrap();
+    // From the primary with the most slots, never all of them: a primary left without slots becomes
+    // a replica (replica migration), and two primaries are no majority to fail one over later.
+    let mut primaries: Vec<_> = view.iter().filter(|n| n.primary && !n.failed).collect();
+    primaries.sort_by_key(|n| std::cmp::Reverse(n.slot_count()));
+    let (from, to) = (primaries[0], primaries[1]);
+    let slots = (u32::from(xtask::redis_cluster::SLOTS) / 3).min(from.slot_count() - 1);
+    let (from_id, to_id, port) = (from.id.clone(), to.id.clone(), cluster.nodes[0].port);
+    let admin = cluster.nodes[0].password(RedisUser::Admin).to_string();
+    let started = std::time::Instant::now();
+    let reshard = std::thread::spawn(move || {
+        std::process::Command::new("redis-cli")
+            .env("REDISCLI_AUTH", admin)
+            .args([
+                "--user",
+                "admin",
+                "--no-auth-warning",
+                "--cluster",
+                "reshard",
+            ])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["--cluster-from", &from_id, "--cluster-to", &to_id])
+            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    });
+    let report = load_until(on, Duration::from_secs(2), || reshard.is_finished()).await;
+    let output = reshard.join().unwrap();
+    let took = started.elapsed();
+    assert!(
+        output.status.success(),
+        "reshard: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let moved = cluster
+        .cluster_nodes()
+        .await
+        .unwrap()
+        .iter()
+        .find(|n| n.id == to.id)
+        .unwrap()
+        .slot_count();
+    assert!(
+        moved >= to.slot_count() + slots,
+        "{moved} slots on the target"
+    );
+    on.check(
+        cluster,
+        "reshard",
+        &report,
+        &format!("{slots} slots moved in {took:?}"),
+    )
+    .await;
+    // Not here yet: a primary SIGKILLed under the load (see the report of #26: after the promotion
+    // the origin kept missing Redis in one run of four; not traced).
 }

@@ -344,6 +344,13 @@ impl LocalCluster {
             .join(",")
     }
 
+    /// The edge's `redis_cluster_hosts`: every node's port on 127.0.0.1 (Spin's range excludes its end).
+    pub fn allowed_hosts(&self) -> String {
+        let low = self.ports.iter().min().copied().unwrap_or_default();
+        let high = self.ports.iter().max().copied().unwrap_or_default();
+        format!("127.0.0.1:{low}..{}", u32::from(high) + 1)
+    }
+
     /// One line per node: its port, role and slots (see [`describe`]).
     pub fn describe(&self) -> String {
         describe(&self.ports, &self.admin_password)

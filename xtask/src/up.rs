@@ -92,8 +92,8 @@ pub struct UpArgs {
     redis_ha: bool,
     /// A Redis Cluster instead of one node: three primaries and three replicas on --redis-port and the
     /// next five ports (cluster bus 10000 above each), formed with `redis-cli --cluster create`; the
-    /// origin uses the `redis` crate's cluster client. The edge reads the first node for now (keys on
-    /// other primaries are misses it reads through the origin) until its slot routing lands.
+    /// origin uses the `redis` crate's cluster client; the edges run with `redis_mode = cluster`, the
+    /// first node as their seed.
     #[arg(long)]
     redis_cluster: bool,
     /// Give the edge the process-wide tier: Spin's key-value store `default`, kept in memory by the
@@ -396,6 +396,12 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         if args.shared_tier && spin.is_some() {
             vars = vars.shared_tier(SHARED_TIER_STORE);
         }
+        if let Some(cluster) = &cluster {
+            // The first node is the seed; the edge may reach every node's port and no other.
+            vars = vars
+                .set("redis_mode", "cluster")
+                .set("redis_cluster_hosts", cluster.allowed_hosts());
+        }
         vars.apply(&mut edge);
         services.spawn(name, edge, &logs, libc::SIGTERM)?;
         services.wait_for_port(port, &logs)?;
@@ -493,9 +499,8 @@ Press Ctrl-C (or run `cargo xtask stop`) to stop everything.",
     }
     if let Some(cluster) = &cluster {
         println!(
-            "\nRedis Cluster (the origin: ASIDE_REDIS_CLUSTER_NODES={}; the edge reads 127.0.0.1:{} \
-             only, until its slot routing lands: keys on the other primaries answer MOVED, which it \
-             reads through the origin, and its Redis breaker may then skip tier 2 altogether):\n{}\n  \
+            "\nRedis Cluster (the origin: ASIDE_REDIS_CLUSTER_NODES={}; the edges: redis_mode cluster \
+             with 127.0.0.1:{} as their seed, each read sent to its key's primary):\n{}\n  \
              redis-cli -c -p {} --user admin --pass \"$(cat {}/redis-admin)\" cluster shards\n  \
              The nodes are services redis-1 .. redis-6 (`cargo xtask status`); a crashed one is \
              restarted within seconds, before the cluster fails it over: to see a failover, freeze a \

@@ -756,6 +756,17 @@ impl RedisCluster {
         .await?
     }
 
+    /// `CLUSTER NODES` as node `i` (index in [`Self::nodes`]) sees it.
+    pub async fn cluster_nodes_from(
+        &self,
+        i: usize,
+    ) -> anyhow::Result<Vec<xtask::redis_cluster::ClusterNode>> {
+        let port = self.nodes[i].port;
+        let admin = self.nodes[0].admin_password.clone();
+        tokio::task::spawn_blocking(move || xtask::redis_cluster::cluster_nodes(port, &admin))
+            .await?
+    }
+
     /// The node (index in [`Self::nodes`]) that serves `slot` now, as [`Self::cluster_nodes`] says.
     pub async fn owner_of(&self, slot: u16) -> anyhow::Result<usize> {
         let view = self.cluster_nodes().await?;
