@@ -12,8 +12,6 @@
 //!   The time from the acknowledgment until the last edge did is the write's staleness.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalogue::{Target, runs_under};
 use crate::check_stop;
 use crate::config::Config;
+use crate::http;
 use crate::run::{KEY_SEED, loader_args, read_beside, run_loader, zipf_reads};
 use crate::runtime::Rt;
 use crate::stack::{Stack, edge_command};
@@ -312,6 +311,7 @@ fn staleness(config: &Config, stack: &Stack, rt: Rt) -> anyhow::Result<Staleness
                 Arc::clone(&results),
             );
             let (polled, origin) = (polled.clone(), origin.clone());
+            let agent = http::agent();
             std::thread::spawn(move || -> anyhow::Result<()> {
                 let mut rng = SmallRng::seed_from_u64(KEY_SEED + 1 + w as u64);
                 loop {
@@ -325,7 +325,7 @@ fn staleness(config: &Config, stack: &Stack, rt: Rt) -> anyhow::Result<Staleness
                             break id;
                         }
                     };
-                    let outcome = write_and_poll(&origin, &polled, id, n);
+                    let outcome = write_and_poll(&agent, &origin, &polled, id, n);
                     busy.lock().unwrap().remove(&id);
                     results.lock().unwrap().push(outcome?);
                 }
@@ -386,6 +386,7 @@ impl Drop for Loads {
 /// newer one): the time from the acknowledgment until the last edge did (`POLL_LIMIT` if one never
 /// did); `None` when the origin did not acknowledge the write.
 fn write_and_poll(
+    agent: &ureq::Agent,
     (origin, token): &(u16, String),
     edges: &[(String, u16, Option<String>)],
     id: u64,
@@ -395,14 +396,8 @@ fn write_and_poll(
         r#"{{"department":"{}"}}"#,
         DEPARTMENTS[n % DEPARTMENTS.len()]
     );
-    let (status, version) = http(
-        *origin,
-        "PATCH",
-        &format!("/users/{id}"),
-        Some(token),
-        Some(&body),
-    )?;
-    let (200, Some(written)) = (status, version) else {
+    let written = http::patch_json(agent, *origin, &format!("/users/{id}"), token, &body)?;
+    let (200, Some(written)) = (written.status, written.version) else {
         return Ok(None);
     };
     let acknowledged = Instant::now();
@@ -413,14 +408,9 @@ fn write_and_poll(
         }
         let mut still = Vec::new();
         for edge in waiting {
-            let (status, version) = http(
-                edge.1,
-                "GET",
-                &format!("/users/{id}"),
-                edge.2.as_deref(),
-                None,
-            )
-            .unwrap_or((0, None));
+            let (status, version) =
+                http::get(agent, edge.1, &format!("/users/{id}"), edge.2.as_deref())
+                    .map_or((0, None), |a| (a.status, a.version));
             if status != 200 || version.is_none_or(|v| v < written) {
                 still.push(edge);
             }
@@ -431,48 +421,6 @@ fn write_and_poll(
         }
     }
     Ok(Some(acknowledged.elapsed()))
-}
-
-/// One HTTP/1.1 request on a new connection to `127.0.0.1:port`: the status and the `etag`'s version.
-fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    bearer: Option<&str>,
-    body: Option<&str>,
-) -> anyhow::Result<(u16, Option<i64>)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.set_nodelay(true)?;
-    let mut request =
-        format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\n");
-    if let Some(token) = bearer {
-        request.push_str(&format!("authorization: Bearer {token}\r\n"));
-    }
-    if let Some(body) = body {
-        request.push_str(&format!(
-            "content-type: application/json\r\ncontent-length: {}\r\n",
-            body.len()
-        ));
-    }
-    request.push_str("\r\n");
-    request.push_str(body.unwrap_or_default());
-    stream.write_all(request.as_bytes())?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer)?;
-    let text = String::from_utf8_lossy(&answer);
-    let head = text.split("\r\n\r\n").next().unwrap_or_default();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("not an HTTP answer from port {port}: {head:?}"))?;
-    let version = lines
-        .filter_map(|l| l.split_once(':'))
-        .find(|(name, _)| name.eq_ignore_ascii_case("etag"))
-        .and_then(|(_, value)| aside_shared::headers::parse_etag(value.trim()));
-    Ok((status, version))
 }
 
 fn free_port() -> anyhow::Result<u16> {

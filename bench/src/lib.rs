@@ -2,6 +2,7 @@
 //! scenarios run by a separate load-generator process (`aside-load`), and a report (JSON, Markdown,
 //! charts, a table).
 //!
+//! * [`client`]: the one load client connection, used by `aside-load` and the test harness's `Load`.
 //! * [`load`]: what `aside-load` measures and prints (JSON on stdout), and how it picks keys.
 //! * [`report`]: the whole run's results, `report.json` / `report.md`, the terminal table, and the check
 //!   the test suite runs on a quick report.
@@ -11,6 +12,7 @@
 //! * [`redis_admin`]: the few admin commands the bench sends to Redis (flush, key count, a timed `HGETALL`).
 
 pub mod charts;
+pub mod client;
 pub mod delay;
 pub mod keys;
 pub mod load;

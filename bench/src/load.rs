@@ -66,6 +66,19 @@ pub struct LoadResult {
     pub spectrum: Vec<(f64, u64)>,
     /// Requests per second in each whole second of the measured window.
     pub per_second: Vec<u64>,
+    /// The p50 and p99 (µs) of the answers (any status) that finished in each whole second of the
+    /// measured window, 0 for a second without one: how latency moved over the run (e.g. how fast it
+    /// came back after a spike).
+    #[serde(default)]
+    pub per_second_p50_us: Vec<u64>,
+    #[serde(default)]
+    pub per_second_p99_us: Vec<u64>,
+    /// Successful reads answered from tier 1 (`x-cache: L1`) in each whole second.
+    #[serde(default)]
+    pub per_second_l1: Vec<u64>,
+    /// Successful reads in each whole second (the denominator of [`Self::per_second_l1`]).
+    #[serde(default)]
+    pub per_second_reads: Vec<u64>,
     /// A key walk ran out of ids before the time was up (the window is then shorter).
     pub keys_exhausted: bool,
     pub concurrency: usize,

@@ -23,6 +23,7 @@ mod catalogue;
 mod cli;
 mod config;
 mod feed_bench;
+mod http;
 mod overload_bench;
 mod run;
 mod runtime;

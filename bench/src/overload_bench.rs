@@ -18,8 +18,6 @@
 //! from the edge; the figures present), never a speed.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -46,7 +44,7 @@ const CALM: usize = 16;
 const SPIKE: usize = 1024;
 const SPIKE_QUICK: usize = 128;
 /// The issue's recovery bound: the phase after the spike lasts this long.
-const RECOVERY_S: f64 = 5.0;
+const RECOVERY_S: f64 = 10.0;
 /// How often the runtime's memory is read during a phase.
 const RSS_EVERY: Duration = Duration::from_millis(200);
 
@@ -99,6 +97,11 @@ pub struct Phase {
     pub rss_peak_mib: f64,
     /// Answers (any status) and failed requests in each whole second of the phase.
     pub per_second: Vec<u64>,
+    /// The p50 (µs) of each whole second's answers, and its share of successful reads from tier 1.
+    #[serde(default)]
+    pub per_second_p50_us: Vec<u64>,
+    #[serde(default)]
+    pub per_second_l1_share: Vec<f64>,
 }
 
 /// The issue's goals, as measured (a ratio is `None` when its denominator is 0).
@@ -130,6 +133,34 @@ pub struct Goals {
     pub p99_after_us: u64,
     pub l1_share_before: f64,
     pub l1_share_after: f64,
+    /// The first second of the phase after the spike from which every second is back within what the
+    /// calm phase before it showed second by second (p50 no higher than its slowest second's, tier-1
+    /// share no lower than its lowest): 0 if it never left that band, `None` if it did not come back
+    /// within the phase (goal: ≤ 5).
+    #[serde(default)]
+    pub recovered_after_s: Option<u64>,
+}
+
+/// See [`Goals::recovered_after_s`].
+fn recovery_second(calm: &Phase, after: &Phase) -> Option<u64> {
+    let slowest = calm.per_second_p50_us.iter().copied().max()?;
+    let lowest_l1 = calm
+        .per_second_l1_share
+        .iter()
+        .copied()
+        .min_by(f64::total_cmp)?;
+    let normal = |second: usize| {
+        let p50 = after.per_second_p50_us.get(second).copied().unwrap_or(0);
+        let l1 = after
+            .per_second_l1_share
+            .get(second)
+            .copied()
+            .unwrap_or(0.0);
+        p50 > 0 && p50 <= slowest && l1 >= lowest_l1
+    };
+    let seconds = after.per_second_p50_us.len();
+    let first_of_last_run = (0..seconds).rev().take_while(|s| normal(*s)).last()?;
+    Some(first_of_last_run as u64)
 }
 
 /// Runs the spike on the edge, hello-world and hello-redis under `rt`, and writes `report-overload.{json,md}`.
@@ -300,6 +331,13 @@ fn phase(
         origin_rps: origin / elapsed,
         rss_peak_mib: peak_kib.load(Ordering::Relaxed) as f64 / 1024.0,
         per_second: result.per_second.clone(),
+        per_second_p50_us: result.per_second_p50_us.clone(),
+        per_second_l1_share: result
+            .per_second_l1
+            .iter()
+            .zip(&result.per_second_reads)
+            .map(|(l1, reads)| *l1 as f64 / (*reads).max(1) as f64)
+            .collect(),
     };
     eprintln!(
         "overload {who:<5} {name:<5} {connections:>5} conns: goodput {:>7.0}/s  p50 {:>7} ms  p99 {:>7} ms  \
@@ -317,7 +355,7 @@ fn phase(
 
 /// The origin's answered reads of `/users/{id}` so far (every status), from its `/metrics`.
 fn origin_reads(port: u16) -> anyhow::Result<f64> {
-    let text = get_text(port, "/metrics")?;
+    let text = crate::http::get_ok(&crate::http::agent(), port, "/metrics")?;
     Ok(sum_samples(
         &text,
         "aside_origin_http_requests_total",
@@ -336,34 +374,6 @@ fn sum_samples(text: &str, name: &str, labels: &[&str]) -> f64 {
         .filter(|l| labels.iter().all(|label| l.contains(label)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-/// `GET path` on `127.0.0.1:port` (HTTP/1.1, a new connection): the body of a `200`.
-fn get_text(port: u16, path: &str) -> anyhow::Result<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.write_all(
-        format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\n\r\n")
-            .as_bytes(),
-    )?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer)?;
-    let text = String::from_utf8_lossy(&answer);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("not an HTTP answer from port {port}"))?;
-    anyhow::ensure!(
-        head.starts_with("HTTP/1.1 200"),
-        "GET {path} on port {port}: {}",
-        head.lines().next().unwrap_or_default()
-    );
-    anyhow::ensure!(
-        !head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked"),
-        "GET {path} on port {port} answered chunked"
-    );
-    Ok(body.to_string())
 }
 
 /// VmRSS of `root` and every process below it, in KiB (0 for processes gone meanwhile).
@@ -467,6 +477,7 @@ impl Goals {
             p99_after_us: after.map_or(0, |p| p.p99_us),
             l1_share_before: l1(calm),
             l1_share_after: l1(after),
+            recovered_after_s: calm.zip(after).and_then(|(c, a)| recovery_second(c, a)),
         }
     }
 }
@@ -532,7 +543,7 @@ impl OverloadReport {
              (goal 0); answers without x-cache: {} (goal 0); origin reads/s calm {:.1}, spike {:.1} (goal \
              ≤ 1.2 × calm); RSS during the spike: edge {:.0} MiB, hello-world {} MiB, ratio {} (goal ≤ 2); \
              recovery (the {} s after the spike vs before): p50 {} → {} ms, p99 {} → {} ms, L1 share \
-             {:.1} % → {:.1} %.\n",
+             {:.1} % → {:.1} %; back within the calm phase's second-by-second band {} (goal ≤ 5 s).\n",
             g.goodput_ratio,
             opt(g.hello_goodput_ratio, 2),
             opt(g.hello_redis_goodput_ratio, 2),
@@ -553,6 +564,11 @@ impl OverloadReport {
             report::ms(g.p99_after_us),
             g.l1_share_before * 100.0,
             g.l1_share_after * 100.0,
+            match g.recovered_after_s {
+                Some(0) => "throughout".to_string(),
+                Some(s) => format!("from second {s} on"),
+                None => "not within the phase".to_string(),
+            },
         ));
         out
     }
@@ -661,7 +677,40 @@ mod tests {
             origin_rps: 0.0,
             rss_peak_mib: 100.0,
             per_second: vec![],
+            per_second_p50_us: vec![],
+            per_second_l1_share: vec![],
         }
+    }
+
+    fn seconds(mut p: Phase, p50_ms: &[u64], l1: &[f64]) -> Phase {
+        p.per_second_p50_us = p50_ms.iter().map(|ms| ms * 1000).collect();
+        p.per_second_l1_share = l1.to_vec();
+        p
+    }
+
+    #[test]
+    fn recovery_is_the_first_second_from_which_every_second_is_back_in_the_calm_band() {
+        let calm = seconds(
+            phase("edge", "calm", &[("200", 1)], 0),
+            &[3, 4, 3],
+            &[0.3, 0.25, 0.3],
+        );
+        let after = |p50: &[u64], l1: &[f64]| seconds(phase("edge", "after", &[], 0), p50, l1);
+        // Slow for two seconds, then within the band.
+        let a = after(&[40, 9, 4, 3, 4], &[0.0, 0.1, 0.26, 0.3, 0.3]);
+        assert_eq!(recovery_second(&calm, &a), Some(2));
+        // Back, then out again at the end: only the last run counts.
+        let a = after(&[3, 3, 9], &[0.3, 0.3, 0.3]);
+        assert_eq!(recovery_second(&calm, &a), None);
+        // Fast but tier 1 still empty is not back.
+        let a = after(&[3, 3, 3], &[0.3, 0.1, 0.3]);
+        assert_eq!(recovery_second(&calm, &a), Some(2));
+        // Never left.
+        let a = after(&[3, 4], &[0.3, 0.3]);
+        assert_eq!(recovery_second(&calm, &a), Some(0));
+        // A second without answers is not normal.
+        let a = after(&[3, 0, 3], &[0.3, 0.3, 0.3]);
+        assert_eq!(recovery_second(&calm, &a), Some(2));
     }
 
     fn report(phases: Vec<Phase>) -> OverloadReport {

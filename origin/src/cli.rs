@@ -150,7 +150,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 async fn cache_stats(args: CacheStatsArgs) -> anyhow::Result<()> {
-    let url = args.redis.url()?;
+    // A cluster's seed nodes (ASIDE_REDIS_CLUSTER_NODES), else the one node's URL.
+    let cluster = match args.redis.target() {
+        Ok(RedisTarget::Cluster(cluster)) => Some(cluster),
+        _ => None,
+    };
+    let url = match &cluster {
+        Some(_) => crate::secret::Secret::new(""),
+        None => args.redis.url()?,
+    };
     // The TTLs are only used by writes, which this command never makes.
     let ttls = crate::cache::Ttls {
         profile: Duration::from_secs(aside_shared::cache::DEFAULT_TTL_SECS),
@@ -165,19 +173,23 @@ async fn cache_stats(args: CacheStatsArgs) -> anyhow::Result<()> {
         backoff: Duration::from_millis(args.redis.redis_backoff_ms),
         max_backoff: Duration::from_millis(args.redis.redis_backoff_ms),
     };
-    let target = RedisTarget::Url(url.clone());
+    let (target, described) = match cluster {
+        Some(cluster) => {
+            let described = format!("the Redis Cluster of {} seed node(s)", cluster.nodes.len());
+            (RedisTarget::Cluster(cluster), described)
+        }
+        None => (RedisTarget::Url(url.clone()), redact_url(url.expose())),
+    };
     let cache = crate::cache::ProfileCache::new(&target, &args.redis, ttls, breaker)?;
     let limits = crate::cache::stats::StatsLimits {
         max_keys: usize::try_from(args.max_keys).unwrap_or(usize::MAX),
         budget: Duration::from_millis(args.budget_ms),
         ..Default::default()
     };
-    let stats = cache.stats(limits).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot read statistics from Redis at {}: {e}",
-            redact_url(url.expose())
-        )
-    })?;
+    let stats = cache
+        .stats(limits)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read statistics from Redis at {described}: {e}"))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&stats)?);
     } else {
@@ -257,6 +269,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 "sentinel master {:?} via {} sentinel(s)",
                 s.master,
                 s.sentinels.len()
+            ),
+            RedisTarget::Cluster(c) => format!(
+                "cluster via {} seed node(s): {}",
+                c.nodes.len(),
+                c.nodes
+                    .iter()
+                    .map(|(host, port)| format!("{host}:{port}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
             ),
         },
         "aside-origin serving"

@@ -397,6 +397,78 @@ pub fn redis_replication(replicas: &[ReplicaLag]) {
     }
 }
 
+/// What an origin on a Redis Cluster reports of it at each scrape (docs/operations.md, "Redis Cluster").
+#[derive(Debug, Clone, Default)]
+pub struct RedisClusterFigures {
+    /// Each primary of the slot map (`host:port`) with its `used_memory` and `maxmemory`, or `None`
+    /// when it did not answer `INFO`.
+    pub primaries: Vec<(String, Option<(u64, u64)>)>,
+    /// `CLUSTER INFO`'s `cluster_slots_ok`, `_pfail`, `_fail`, when a node answered it.
+    pub slots: Option<(u64, u64, u64)>,
+}
+
+impl RedisClusterFigures {
+    /// The highest `used_memory / maxmemory` among the primaries with a limit (0 when none has one).
+    pub fn memory_used_ratio_max(&self) -> f64 {
+        self.primaries
+            .iter()
+            .filter_map(|(_, figures)| *figures)
+            .filter(|(_, max)| *max > 0)
+            .map(|(used, max)| used as f64 / max as f64)
+            .fold(0.0, f64::max)
+    }
+
+    /// Primaries of the slot map that did not answer.
+    pub fn unreachable(&self) -> usize {
+        self.primaries.iter().filter(|(_, f)| f.is_none()).count()
+    }
+}
+
+pub fn redis_cluster(figures: &RedisClusterFigures) {
+    static DESCRIBED: std::sync::Once = std::sync::Once::new();
+    DESCRIBED.call_once(|| {
+        metrics::describe_gauge!(
+            "aside_origin_redis_node_used_memory_bytes",
+            metrics::Unit::Bytes,
+            "Redis Cluster: used_memory of each primary (label node)"
+        );
+        metrics::describe_gauge!(
+            "aside_origin_redis_node_maxmemory_bytes",
+            metrics::Unit::Bytes,
+            "Redis Cluster: maxmemory of each primary (label node; 0: no limit)"
+        );
+        metrics::describe_gauge!(
+            "aside_origin_redis_cluster_node_memory_used_ratio_max",
+            "Redis Cluster: the highest used_memory / maxmemory among the primaries"
+        );
+        metrics::describe_gauge!(
+            "aside_origin_redis_cluster_primaries_unreachable",
+            "Redis Cluster: primaries of the slot map that did not answer INFO at the last scrape"
+        );
+        metrics::describe_gauge!(
+            "aside_origin_redis_cluster_slots",
+            "Redis Cluster: hash slots by state (ok, pfail, fail) as CLUSTER INFO reports them"
+        );
+    });
+    for (node, figures) in &figures.primaries {
+        if let Some((used, max)) = figures {
+            metrics::gauge!("aside_origin_redis_node_used_memory_bytes", "node" => node.clone())
+                .set(*used as f64);
+            metrics::gauge!("aside_origin_redis_node_maxmemory_bytes", "node" => node.clone())
+                .set(*max as f64);
+        }
+    }
+    metrics::gauge!("aside_origin_redis_cluster_node_memory_used_ratio_max")
+        .set(figures.memory_used_ratio_max());
+    metrics::gauge!("aside_origin_redis_cluster_primaries_unreachable")
+        .set(figures.unreachable() as f64);
+    if let Some((ok, pfail, fail)) = figures.slots {
+        for (state, n) in [("ok", ok), ("pfail", pfail), ("fail", fail)] {
+            metrics::gauge!("aside_origin_redis_cluster_slots", "state" => state).set(n as f64);
+        }
+    }
+}
+
 fn describe_ha_once() {
     static DESCRIBED: std::sync::Once = std::sync::Once::new();
     DESCRIBED.call_once(describe_ha);
@@ -405,6 +477,22 @@ fn describe_ha_once() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fullest_primary_and_the_silent_ones_are_counted() {
+        let figures = RedisClusterFigures {
+            primaries: vec![
+                ("a:1".into(), Some((50, 100))),
+                ("b:2".into(), Some((90, 100))),
+                ("c:3".into(), Some((500, 0))),
+                ("d:4".into(), None),
+            ],
+            slots: Some((16384, 0, 0)),
+        };
+        assert_eq!(figures.memory_used_ratio_max(), 0.9);
+        assert_eq!(figures.unreachable(), 1);
+        assert_eq!(RedisClusterFigures::default().memory_used_ratio_max(), 0.0);
+    }
 
     #[test]
     fn followed_totals_grow_by_the_difference_and_survive_a_reset() {

@@ -388,7 +388,10 @@ async fn origin_killed_the_edge_serves_what_it_holds_uncached_get_503_and_it_rec
     let ids = IdPool::new(1..=CACHED, CACHED + 1..=ROWS);
 
     let origin_ref = &mut origin;
-    let (samples, restarted_at) = load(&edge, &ids, 6, Duration::from_secs(6), async {
+    // 9 s: the origin is back after 3 s plus its restart (1-2 s on a busy machine), and the edge's
+    // breaker may hold misses back for its 2 s back-off after that: the load must outlast both by the
+    // 4 s the recovery is allowed (with 6 s, a slow restart left less than the back-off to see it in).
+    let (samples, restarted_at) = load(&edge, &ids, 6, Duration::from_secs(9), async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         origin_ref.kill();
         soft_expire(&stack.redis, &env).await;
@@ -410,6 +413,23 @@ async fn origin_killed_the_edge_serves_what_it_holds_uncached_get_503_and_it_rec
         !answered || !within_budget(s) || (s.is_stale() && !SOFT_EXPIRED.contains(&id(s)))
     };
     let recovered = recovery(&samples, restarted_at, answered_by_postgres);
+    eprintln!(
+        "faults_edge[origin_killed]: {} answers after the origin was back ({:?})",
+        samples
+            .iter()
+            .filter(|s| s.answered >= restarted_at)
+            .count(),
+        samples
+            .iter()
+            .filter(|s| s.answered >= restarted_at && !is_cached(id(s)))
+            .take(3)
+            .map(|s| (
+                s.status,
+                s.cache().to_string(),
+                s.header("x-edge-breaker").map(str::to_string)
+            ))
+            .collect::<Vec<_>>()
+    );
     let figures = Figures {
         scenario: "origin_killed",
         samples: &samples,

@@ -13,7 +13,13 @@ use aside_shared::UserId;
 use aside_shared::cache::{lease_key, profile_key};
 use aside_shared::feed::{FEED_KEY, FEED_SEQ_KEY};
 use aside_shared::slot::key_slot;
-use aside_tests::harness::{RedisCluster, RedisUser};
+use std::time::Duration;
+
+use aside_tests::harness::{
+    Origin, OriginOptions, RedisCluster, RedisUser, Stack, TestApp, generate_secret, sum_samples,
+    wait_until,
+};
+use serde_json::json;
 
 async fn keyslot(cluster: &RedisCluster, key: &str) -> u16 {
     let mut c = cluster.nodes[0].admin(0).await.unwrap();
@@ -166,4 +172,412 @@ async fn the_project_s_cluster_serves_every_slot_and_keeps_each_script_s_keys_in
         }
     }
     assert_eq!(refused, 3, "a cross-slot script runs nowhere");
+
+    the_origin_on_the_cluster(&cluster).await;
+}
+
+/// Seeded rows, read through the origin: enough for every primary to hold some.
+const ROWS: i32 = 200;
+
+/// `HGET <profile key of id> <field>` on the node that owns the key now, as the admin.
+async fn cached(cluster: &RedisCluster, n: i32, field: &str) -> Option<String> {
+    let key = profile_key(id(n));
+    let owner = cluster.owner_of(key_slot(key.as_bytes())).await.unwrap();
+    let mut c = cluster.nodes[owner].admin(0).await.unwrap();
+    redis::cmd("HGET")
+        .arg(&key)
+        .arg(field)
+        .query_async(&mut c)
+        .await
+        .unwrap()
+}
+
+/// The feed's change entries (id, version, rank), from the node that owns the feed's slot.
+async fn feed_changes(cluster: &RedisCluster) -> Vec<(i32, i64, u8)> {
+    let owner = cluster
+        .owner_of(key_slot(FEED_KEY.as_bytes()))
+        .await
+        .unwrap();
+    let mut c = cluster.nodes[owner].admin(0).await.unwrap();
+    let reply: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(FEED_KEY)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    reply
+        .into_iter()
+        .filter_map(|(_, flat)| {
+            let fields: std::collections::HashMap<&str, &str> = flat
+                .chunks(2)
+                .map(|kv| (kv[0].as_str(), kv[1].as_str()))
+                .collect();
+            (fields.get("k") == Some(&"c")).then(|| {
+                (
+                    fields["id"].parse().unwrap(),
+                    fields["v"].parse().unwrap(),
+                    fields["r"].parse().unwrap(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Moves `slot` from its owner to another primary as `redis-cli --cluster reshard` does (importing,
+/// migrating, `MIGRATE` of its keys, then the new owner everywhere). Returns the new owner's index.
+async fn move_slot(cluster: &RedisCluster, slot: u16) -> usize {
+    let view = cluster.cluster_nodes().await.unwrap();
+    let from = cluster.owner_of(slot).await.unwrap();
+    let from_id = view
+        .iter()
+        .find(|n| n.port == cluster.nodes[from].port)
+        .unwrap()
+        .id
+        .clone();
+    let to_node = view
+        .iter()
+        .find(|n| n.primary && !n.failed && n.port != cluster.nodes[from].port)
+        .unwrap();
+    let to = cluster
+        .nodes
+        .iter()
+        .position(|n| n.port == to_node.port)
+        .unwrap();
+    let mut source = cluster.nodes[from].admin(0).await.unwrap();
+    let mut target = cluster.nodes[to].admin(0).await.unwrap();
+    let setslot = |state: &str, node: &str| {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SETSLOT").arg(slot).arg(state).arg(node);
+        cmd
+    };
+    let _: () = setslot("IMPORTING", &from_id)
+        .query_async(&mut target)
+        .await
+        .unwrap();
+    let _: () = setslot("MIGRATING", &to_node.id)
+        .query_async(&mut source)
+        .await
+        .unwrap();
+    loop {
+        let keys: Vec<String> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(100)
+            .query_async(&mut source)
+            .await
+            .unwrap();
+        if keys.is_empty() {
+            break;
+        }
+        let _: () = redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(cluster.nodes[to].port)
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("AUTH2")
+            .arg("admin")
+            .arg(cluster.nodes[0].password(RedisUser::Admin))
+            .arg("KEYS")
+            .arg(&keys)
+            .query_async(&mut source)
+            .await
+            .unwrap();
+    }
+    // The new owner first, then the old one, then the other primaries (replicas learn it by gossip).
+    let mut primaries = vec![to, from];
+    primaries.extend(
+        view.iter()
+            .filter(|n| n.primary && !n.failed)
+            .filter_map(|n| cluster.nodes.iter().position(|x| x.port == n.port))
+            .filter(|i| *i != to && *i != from),
+    );
+    for i in primaries {
+        let mut c = cluster.nodes[i].admin(0).await.unwrap();
+        let _: () = setslot("NODE", &to_node.id)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    to
+}
+
+/// The origin on the cluster (ASIDE_REDIS_CLUSTER_NODES, the `redis` crate's cluster client): fills,
+/// leases, write-through, a delete's tombstone and change capture land on each key's owner and are
+/// announced on the feed's node; the statistics cover every primary; a slot moved under the origin
+/// (`MOVED`) costs it nothing.
+async fn the_origin_on_the_cluster(cluster: &RedisCluster) {
+    // What the checks above left: id 7's hand-written hash (version 3, no profile) and its lease.
+    let seven = profile_key(id(7));
+    let owner = cluster.owner_of(key_slot(seven.as_bytes())).await.unwrap();
+    let mut c = cluster.nodes[owner].admin(0).await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&seven)
+        .arg(lease_key(id(7)))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let stack = Stack::dedicated().await.unwrap();
+    let env = stack.env().await.unwrap();
+    env.seed(ROWS as u64).await.unwrap();
+    let token = generate_secret();
+    let admin_token = generate_secret();
+    let mut options = OriginOptions::new(env.app_database_url.clone(), "")
+        .env("ASIDE_REDIS_CLUSTER_NODES", cluster.addresses())
+        .env(
+            "ASIDE_REDIS_PASSWORD",
+            cluster.nodes[0].password(RedisUser::Origin),
+        )
+        .env("ASIDE_REDIS_CLUSTER_POLL_MS", 200)
+        .env("ASIDE_ADMIN_TOKENS", &admin_token);
+    options.tokens = vec![token.clone()];
+    let origin = Origin::start(options).await.unwrap();
+    assert!(
+        env.change_capture_caught_up(&stack, Duration::from_secs(20))
+            .await
+            .unwrap(),
+        "{}",
+        origin.log()
+    );
+    let api = TestApp::new(origin.url()).with_token(&token);
+    let db = stack.postgres.connect(&env.database).await.unwrap();
+    let version_of = |n: i32| {
+        let db = &db;
+        async move {
+            db.query_one("SELECT version FROM devops_api.users WHERE id = $1", &[&n])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+
+    // Fills: a miss, then a hit, every id on its slot's owner; the ids span every primary.
+    for n in 1..=ROWS {
+        let first = api.get(&format!("/users/{n}")).await;
+        assert_eq!((first.status, first.cache()), (200, "MISS"), "id {n}");
+    }
+    let mut owners = BTreeSet::new();
+    for n in 1..=ROWS {
+        let again = api.get(&format!("/users/{n}")).await;
+        assert_eq!((again.status, again.cache()), (200, "HIT"), "id {n}");
+        let version = version_of(n).await;
+        assert_eq!(again.version(), version, "id {n}");
+        assert_eq!(
+            cached(cluster, n, "_version").await,
+            Some(version.to_string()),
+            "id {n}"
+        );
+        owners.insert(
+            cluster
+                .owner_of(key_slot(profile_key(id(n)).as_bytes()))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(owners.len(), 3, "{owners:?}");
+
+    // Write-through and a delete's tombstone, each announced on the feed's node after the write.
+    let patched = api
+        .patch("/users/3", &json!({"department": "Security"}))
+        .await;
+    assert_eq!(patched.status, 200);
+    let v3 = version_of(3).await;
+    assert_eq!(cached(cluster, 3, "_version").await, Some(v3.to_string()));
+    assert_eq!(api.get("/users/3").await.cache(), "HIT");
+    assert_eq!(api.delete("/users/4").await.status, 204);
+    assert_eq!(
+        cached(cluster, 4, "_state").await.as_deref(),
+        Some("deleted")
+    );
+    assert_eq!(api.get("/users/4").await.status, 404);
+    // Change capture of a change made in SQL, out of band.
+    let v5: i64 = db
+        .query_one(
+            "UPDATE devops_api.users SET department = 'Sales' WHERE id = 5 RETURNING version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let applied = wait_until(Duration::from_secs(10), || async {
+        cached(cluster, 5, "_version").await == Some(v5.to_string())
+    })
+    .await;
+    assert!(applied, "change capture: {}", origin.log());
+    let announced = wait_until(Duration::from_secs(10), || async {
+        let changes = feed_changes(cluster).await;
+        changes.contains(&(3, v3, 1))
+            && changes.contains(&(5, v5, 1))
+            && changes.iter().any(|&(n, _, rank)| n == 4 && rank == 2)
+    })
+    .await;
+    assert!(announced, "{:?}", feed_changes(cluster).await);
+
+    // Leases taken on each id's own slot, and no Redis call failed.
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", origin.url()))
+        .bearer_auth(&admin_token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        sum_samples(
+            &metrics,
+            "aside_origin_cache_leases_total",
+            &["outcome=\"acquired\""]
+        ) >= ROWS as f64,
+        "{metrics}"
+    );
+    assert_eq!(
+        sum_samples(&metrics, "aside_origin_redis_errors_total", &[]),
+        0.0,
+        "{metrics}"
+    );
+    // Redis's own figures add up every primary.
+    let used = sum_samples(&metrics, "aside_origin_redis_used_memory_bytes", &[]);
+    let mut per_node = 0.0;
+    for node in cluster
+        .cluster_nodes()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|n| n.primary)
+    {
+        let i = cluster
+            .nodes
+            .iter()
+            .position(|x| x.port == node.port)
+            .unwrap();
+        let mut c = cluster.nodes[i].admin(0).await.unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        per_node += info
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .unwrap()
+            .trim()
+            .parse::<f64>()
+            .unwrap();
+    }
+    assert!(
+        (used - per_node).abs() < per_node * 0.2,
+        "used_memory {used} vs the primaries' {per_node}"
+    );
+    // ... and each primary is reported on its own, with the cluster's slot coverage.
+    let nodes = metrics
+        .lines()
+        .filter(|l| l.starts_with("aside_origin_redis_node_used_memory_bytes{"))
+        .count();
+    assert_eq!(nodes, 3, "{metrics}");
+    assert_eq!(
+        sum_samples(
+            &metrics,
+            "aside_origin_redis_cluster_slots",
+            &["state=\"ok\""]
+        ),
+        16384.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sum_samples(
+            &metrics,
+            "aside_origin_redis_cluster_primaries_unreachable",
+            &[]
+        ),
+        0.0,
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("aside_origin_redis_cluster_node_memory_used_ratio_max "),
+        "{metrics}"
+    );
+
+    // The statistics walk every primary: every id's key (profiles and the tombstone) is counted.
+    let stats: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/admin/cache/stats", origin.url()))
+        .bearer_auth(&admin_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["database"]["complete"], true, "{stats}");
+    assert_eq!(stats["database"]["keys"], ROWS, "{stats}");
+
+    // A slot moved to another primary under the origin: it follows MOVED, reads and writes there.
+    let slot = key_slot(profile_key(id(7)).as_bytes());
+    let before = cluster.owner_of(slot).await.unwrap();
+    let after = move_slot(cluster, slot).await;
+    assert_ne!(before, after);
+    let read = api.get("/users/7").await;
+    assert_eq!((read.status, read.cache()), (200, "HIT"));
+    let patched = api.patch("/users/7", &json!({"department": "Legal"})).await;
+    assert_eq!(patched.status, 200);
+    let v7 = version_of(7).await;
+    let mut on_new_owner = cluster.nodes[after].admin(0).await.unwrap();
+    let moved: Option<String> = redis::cmd("HGET")
+        .arg(profile_key(id(7)))
+        .arg("_version")
+        .query_async(&mut on_new_owner)
+        .await
+        .unwrap();
+    assert_eq!(moved, Some(v7.to_string()));
+    let again = api.get("/users/7").await;
+    assert_eq!(
+        (again.status, again.cache(), again.version()),
+        (200, "HIT", v7)
+    );
+
+    // The write comes before its announcement, and a change whose announcement failed (here: the feed's
+    // node refuses the origin, as if it had died between the two steps) is announced by change capture
+    // once the feed's node takes it again.
+    let feed_owner = cluster
+        .owner_of(key_slot(FEED_KEY.as_bytes()))
+        .await
+        .unwrap();
+    let mut n = 8;
+    while cluster
+        .owner_of(key_slot(profile_key(id(n)).as_bytes()))
+        .await
+        .unwrap()
+        == feed_owner
+    {
+        n += 1;
+    }
+    let mut feed_admin = cluster.nodes[feed_owner].admin(0).await.unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("origin")
+        .arg("clearselectors")
+        .query_async(&mut feed_admin)
+        .await
+        .unwrap();
+    let patched = api
+        .patch(&format!("/users/{n}"), &json!({"department": "Finance"}))
+        .await;
+    assert_eq!(
+        patched.status, 200,
+        "the write is committed whatever the feed"
+    );
+    let vn = version_of(n).await;
+    assert_eq!(cached(cluster, n, "_version").await, Some(vn.to_string()));
+    assert!(!feed_changes(cluster).await.contains(&(n, vn, 1)));
+    let _: () = redis::cmd("ACL")
+        .arg("LOAD")
+        .query_async(&mut feed_admin)
+        .await
+        .unwrap();
+    let announced = wait_until(Duration::from_secs(10), || async {
+        feed_changes(cluster).await.contains(&(n, vn, 1))
+    })
+    .await;
+    assert!(announced, "id {n} v{vn}: {}", origin.log());
 }

@@ -1,8 +1,8 @@
 //! A Redis Cluster as `deploy/` describes it: every node runs `redis.conf`, `replica.conf` and
 //! `cluster.conf`, with the same ACL users (`users.acl.template`, with its `replica` user: replicas log
 //! in to their primary as it), and the cluster is formed with `redis-cli --cluster create`. The test
-//! harness starts its nodes from here, so it runs the committed files (`cargo xtask up` does not start
-//! a cluster yet: the origin and the edge do not run on one).
+//! harness and `cargo xtask up --redis-cluster` ([`start_local`]) start their nodes from here, so they
+//! run the committed files.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::redis_server::RedisNode;
+use crate::launch::OriginSettings;
+use crate::local::HaPasswords;
+use crate::redis_server::{RedisNode, Replication};
+use crate::stack::{Secrets, Services};
 
 /// Redis Cluster's slot count.
 pub const SLOTS: u16 = 16384;
@@ -238,6 +241,113 @@ pub fn wait_ready(
         "the Redis Cluster on ports {ports:?} is not ready after {timeout:?}:\n{}",
         describe(ports, admin_password)
     )
+}
+
+/// The cluster of `cargo xtask up --redis-cluster`: three primaries and three replicas on consecutive
+/// ports.
+pub struct LocalCluster {
+    pub ports: Vec<u16>,
+    admin_password: String,
+}
+
+/// Primaries of the local cluster, each with one replica.
+pub const LOCAL_PRIMARIES: usize = 3;
+
+/// Starts six nodes on `first_port` and the next five as services (data under
+/// `<state>/redis-cluster/node-<port>/`, with its `nodes.conf`), forms the cluster with `redis-cli
+/// --cluster create` on the first start (a later `up` finds it formed from the nodes' `nodes.conf`),
+/// and waits until every slot is served and every replica in sync.
+pub fn start_local(
+    root: &Path,
+    first_port: u16,
+    state: &Path,
+    logs: &Path,
+    secrets: &Secrets,
+    services: &mut Services,
+) -> anyhow::Result<LocalCluster> {
+    let replica_password = crate::redis_ha::secret(&state.join("secrets"), "redis-replica")?;
+    // Sentinel is not part of a cluster: a password no one is given.
+    let sentinel_password = crate::redis_ha::secret(&state.join("secrets"), "redis-sentinel")?;
+    let passwords = HaPasswords {
+        replica: &replica_password,
+        sentinel: &sentinel_password,
+    };
+    let count = LOCAL_PRIMARIES * 2;
+    let ports: Vec<u16> = (0..count)
+        .map(|i| {
+            first_port
+                .checked_add(i as u16)
+                .filter(|p| p.checked_add(BUS_PORT_OFFSET).is_some())
+                .context("--redis-port is too high for six cluster nodes and their bus ports")
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut formed = false;
+    for (i, &port) in ports.iter().enumerate() {
+        let dir = state.join("redis-cluster").join(format!("node-{port}"));
+        std::fs::create_dir_all(&dir)?;
+        formed |= dir.join("nodes.conf").exists();
+        let node = RedisNode {
+            dir: &dir,
+            port,
+            passwords: secrets.redis_passwords(),
+            replication: Some(Replication {
+                passwords,
+                replica_of: None,
+            }),
+        };
+        let name: &'static str = Box::leak(format!("redis-{}", i + 1).into_boxed_str());
+        crate::stack::start_node_with(name, port, || node_command(&node, root), logs, services)?;
+    }
+    let known = cluster_info(ports[0], &secrets.redis_admin, "cluster_known_nodes")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    if !formed || known < count {
+        let output = create_command(&ports, &secrets.redis_admin, 1)
+            .output()
+            .context("run redis-cli --cluster create")?;
+        if !output.status.success() {
+            bail!(
+                "redis-cli --cluster create failed:\n{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+    wait_ready(
+        &ports,
+        &secrets.redis_admin,
+        LOCAL_PRIMARIES,
+        Duration::from_secs(60),
+    )?;
+    Ok(LocalCluster {
+        ports,
+        admin_password: secrets.redis_admin.clone(),
+    })
+}
+
+impl LocalCluster {
+    /// The origin's settings for this cluster: its nodes instead of ASIDE_REDIS_URL.
+    pub fn origin_settings(&self, origin: OriginSettings, origin_password: &str) -> OriginSettings {
+        origin
+            .set("ASIDE_REDIS_CLUSTER_NODES", self.seed_nodes())
+            .set("ASIDE_REDIS_USERNAME", "origin")
+            .set("ASIDE_REDIS_PASSWORD", origin_password)
+    }
+
+    /// `127.0.0.1:port,...` of every node.
+    pub fn seed_nodes(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// One line per node: its port, role and slots (see [`describe`]).
+    pub fn describe(&self) -> String {
+        describe(&self.ports, &self.admin_password)
+    }
 }
 
 /// One line per node: its port, role, and slots (a primary) or primary (a replica), as the first node

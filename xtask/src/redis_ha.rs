@@ -115,7 +115,7 @@ pub struct LocalHa {
 }
 
 /// Reads secret `name` in `dir`, generating it on first use (mode 0600).
-fn secret(dir: &Path, name: &str) -> anyhow::Result<String> {
+pub(crate) fn secret(dir: &Path, name: &str) -> anyhow::Result<String> {
     let path = dir.join(name);
     if let Ok(existing) = std::fs::read_to_string(&path) {
         return Ok(existing.trim().to_string());

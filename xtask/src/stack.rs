@@ -370,11 +370,22 @@ pub fn start_redis_node(
     logs: &Path,
     services: &mut Services,
 ) -> anyhow::Result<()> {
+    start_node_with(name, node.port, || node.command(root), logs, services)
+}
+
+/// [`start_redis_node`] for a command `make` renders (again for the second attempt).
+pub fn start_node_with(
+    name: &'static str,
+    port: u16,
+    make: impl Fn() -> anyhow::Result<Command>,
+    logs: &Path,
+    services: &mut Services,
+) -> anyhow::Result<()> {
     let log_file = logs.join(format!("{name}.log"));
     for attempt in 1..=2 {
         let _ = std::fs::remove_file(&log_file);
-        services.spawn(name, node.command(root)?, logs, libc::SIGTERM)?;
-        if services.wait_for_port(node.port, logs).is_ok() {
+        services.spawn(name, make()?, logs, libc::SIGTERM)?;
+        if services.wait_for_port(port, logs).is_ok() {
             return Ok(());
         }
         services.0.pop();

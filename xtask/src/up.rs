@@ -88,8 +88,14 @@ pub struct UpArgs {
     /// A replicated Redis instead of one node: a primary (--redis-port), a replica (the next port) and
     /// three Sentinels (20000 above); the origin finds the primary through the Sentinels, the edge reads
     /// the replica.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "redis_cluster")]
     redis_ha: bool,
+    /// A Redis Cluster instead of one node: three primaries and three replicas on --redis-port and the
+    /// next five ports (cluster bus 10000 above each), formed with `redis-cli --cluster create`; the
+    /// origin uses the `redis` crate's cluster client. The edge reads the first node for now (keys on
+    /// other primaries are misses it reads through the origin) until its slot routing lands.
+    #[arg(long)]
+    redis_cluster: bool,
     /// Give the edge the process-wide tier: Spin's key-value store `default`, kept in memory by the
     /// repository's runtime-config.toml and shared by every instance of the Spin process
     /// (`x-cache: SHARED`). Needs Spin (the bundled host has no key-value store).
@@ -250,7 +256,19 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     })?;
 
     let mut services = Services::new();
+    let cluster = match args.redis_cluster {
+        true => Some(xtask::redis_cluster::start_local(
+            &root,
+            args.redis_port,
+            &state,
+            &logs,
+            &secrets,
+            &mut services,
+        )?),
+        false => None,
+    };
     let ha = match args.redis_ha {
+        _ if cluster.is_some() => None,
         true => Some(xtask::redis_ha::start_local(
             &root,
             xtask::redis_ha::LocalPorts::from_redis_port(args.redis_port),
@@ -318,9 +336,10 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     let origin = OriginSettings::new(format!("127.0.0.1:{}", args.origin_port), &app_url)
         .origin_tokens(&[&secrets.origin_token])
         .admin_tokens(&[&secrets.admin_token]);
-    let origin = match &ha {
-        Some(ha) => ha.origin_settings(origin, &secrets.redis_origin),
-        None => origin.redis(
+    let origin = match (&ha, &cluster) {
+        (Some(ha), _) => ha.origin_settings(origin, &secrets.redis_origin),
+        (None, Some(cluster)) => cluster.origin_settings(origin, &secrets.redis_origin),
+        (None, None) => origin.redis(
             &format!("127.0.0.1:{}", args.redis_port),
             &secrets.redis_origin,
         ),
@@ -391,7 +410,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
                 .to_string()
         }
     };
-    write_env_file(&state, &bin, &owner_url, &args, &secrets)?;
+    write_env_file(&state, &bin, &owner_url, &args, &secrets, cluster.as_ref())?;
     let edge_redis = ha.as_ref().map_or(args.redis_port, |ha| ha.ports.replica);
     let shared_tier = match args.shared_tier {
         true => format!(
@@ -470,6 +489,22 @@ Press Ctrl-C (or run `cargo xtask stop`) to stop everything.",
         println!(
             "\nReplicated Redis (the edge reads the replica):\n{}",
             ha.describe()
+        );
+    }
+    if let Some(cluster) = &cluster {
+        println!(
+            "\nRedis Cluster (the origin: ASIDE_REDIS_CLUSTER_NODES={}; the edge reads 127.0.0.1:{} \
+             only, until its slot routing lands: keys on the other primaries answer MOVED, which it \
+             reads through the origin, and its Redis breaker may then skip tier 2 altogether):\n{}\n  \
+             redis-cli -c -p {} --user admin --pass \"$(cat {}/redis-admin)\" cluster shards\n  \
+             The nodes are services redis-1 .. redis-6 (`cargo xtask status`); a crashed one is \
+             restarted within seconds, before the cluster fails it over: to see a failover, freeze a \
+             primary for longer than cluster-node-timeout (5 s): kill -STOP <pid>, later kill -CONT.",
+            cluster.seed_nodes(),
+            args.redis_port,
+            cluster.describe(),
+            args.redis_port,
+            state.join("secrets").display(),
         );
     }
     let _ = std::io::stdout().flush();
@@ -553,6 +588,7 @@ fn write_env_file(
     owner_url: &str,
     args: &UpArgs,
     secrets: &Secrets,
+    cluster: Option<&xtask::redis_cluster::LocalCluster>,
 ) -> anyhow::Result<()> {
     let exports = [
         (
@@ -564,20 +600,28 @@ fn write_env_file(
             format!("http://127.0.0.1:{}", args.origin_port),
         ),
         ("ASIDE_DATABASE_URL", owner_url.to_string()),
-        (
+        ("ASIDE_STATE_DIR", state.display().to_string()),
+    ];
+    // Where the origin's Redis is: the cluster's nodes, or the one node.
+    let redis: Vec<(&str, String)> = match cluster {
+        Some(cluster) => vec![
+            ("ASIDE_REDIS_CLUSTER_NODES", cluster.seed_nodes()),
+            ("ASIDE_REDIS_USERNAME", "origin".to_string()),
+            ("ASIDE_REDIS_PASSWORD", secrets.redis_origin.clone()),
+        ],
+        None => vec![(
             "ASIDE_REDIS_URL",
             format!(
                 "redis://origin:{}@127.0.0.1:{}",
                 secrets.redis_origin, args.redis_port
             ),
-        ),
-        ("ASIDE_STATE_DIR", state.display().to_string()),
-    ];
+        )],
+    };
     let mut text = String::from(
         "# Written by `cargo xtask up`: this stack's settings for a shell (`. .aside/env`). It holds\n\
          # passwords: keep it private.\n",
     );
-    for (name, value) in exports {
+    for (name, value) in exports.into_iter().chain(redis) {
         text.push_str(&format!("export {name}={}\n", shell_quote(&value)));
     }
     text.push_str(&format!(

@@ -14,18 +14,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aside_bench::client::{Answer, Conn, Outgoing};
 use aside_bench::keys::{KeyDist, Keys};
 use aside_bench::load::{Latency, LoadResult, SPECTRUM};
 use aside_shared::Department;
 use aside_shared::headers::parse_server_timing;
-use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt as _, Full};
-use hyper::Request;
-use hyper::client::conn::http1::SendRequest;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
-use hyper_util::rt::TokioIo;
+use hyper::Method;
 use rand::rngs::SmallRng;
 use rand::{RngExt as _, SeedableRng as _};
 
@@ -122,6 +118,11 @@ struct Tally {
     no_x_cache: u64,
     /// Completions per second since the measured window opened.
     per_second: Vec<u64>,
+    /// Latencies (µs) of the answers of each second.
+    per_second_latency: Vec<Vec<u32>>,
+    /// Successful reads, and those answered from tier 1, of each second.
+    per_second_reads: Vec<u64>,
+    per_second_l1: Vec<u64>,
     /// When this connection's last measured request finished.
     last_done: Option<Instant>,
     exhausted: bool,
@@ -141,8 +142,34 @@ impl Tally {
             statuses: BTreeMap::new(),
             no_x_cache: 0,
             per_second: Vec::new(),
+            per_second_latency: Vec::new(),
+            per_second_reads: Vec::new(),
+            per_second_l1: Vec::new(),
             last_done: None,
             exhausted: false,
+        }
+    }
+
+    /// Counts an answer that took `micros` into second `second` of the window (`read`: a successful
+    /// read, `l1`: answered from tier 1).
+    fn second(&mut self, second: usize, micros: Option<u64>, read: bool, l1: bool) {
+        for series in [
+            &mut self.per_second,
+            &mut self.per_second_reads,
+            &mut self.per_second_l1,
+        ] {
+            if series.len() <= second {
+                series.resize(second + 1, 0);
+            }
+        }
+        self.per_second[second] += 1;
+        self.per_second_reads[second] += u64::from(read);
+        self.per_second_l1[second] += u64::from(l1);
+        if let Some(micros) = micros {
+            if self.per_second_latency.len() <= second {
+                self.per_second_latency.resize_with(second + 1, Vec::new);
+            }
+            self.per_second_latency[second].push(micros.min(u64::from(u32::MAX)) as u32);
         }
     }
 
@@ -182,11 +209,15 @@ impl Tally {
             *self.statuses.entry(k).or_default() += v;
         }
         self.no_x_cache += other.no_x_cache;
-        if self.per_second.len() < other.per_second.len() {
-            self.per_second.resize(other.per_second.len(), 0);
+        add_series(&mut self.per_second, other.per_second);
+        add_series(&mut self.per_second_reads, other.per_second_reads);
+        add_series(&mut self.per_second_l1, other.per_second_l1);
+        if self.per_second_latency.len() < other.per_second_latency.len() {
+            self.per_second_latency
+                .resize_with(other.per_second_latency.len(), Vec::new);
         }
-        for (i, v) in other.per_second.into_iter().enumerate() {
-            self.per_second[i] += v;
+        for (i, v) in other.per_second_latency.into_iter().enumerate() {
+            self.per_second_latency[i].extend(v);
         }
         self.last_done = self.last_done.max(other.last_done);
         self.exhausted |= other.exhausted;
@@ -196,7 +227,6 @@ impl Tally {
 /// Settings every connection shares.
 struct Plan {
     host: String,
-    authority: String,
     /// `Bearer <token>` values; connection `n` sends number `n mod len`.
     bearers: Vec<String>,
     keys: Keys,
@@ -245,7 +275,7 @@ async fn run(args: Args) -> anyhow::Result<LoadResult> {
         (0.0..=100.0).contains(&args.write_percent),
         "--write-percent must be from 0 to 100"
     );
-    let url = url_parts(&args.url)?;
+    let host = url_host(&args.url)?;
     let bearers: Vec<String> = match &args.bearer_file {
         Some(path) => std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
@@ -271,8 +301,7 @@ async fn run(args: Args) -> anyhow::Result<LoadResult> {
         ),
     };
     let plan = Arc::new(Plan {
-        host: url.0,
-        authority: url.1,
+        host,
         bearers,
         keys,
         write_percent: args.write_percent,
@@ -307,22 +336,14 @@ async fn run(args: Args) -> anyhow::Result<LoadResult> {
     Ok(summarise(total, elapsed, args.concurrency))
 }
 
-/// `(host:port to connect to, Host header)` of an `http://host:port` URL.
-fn url_parts(url: &str) -> anyhow::Result<(String, String)> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow::anyhow!("only http:// URLs are supported: {url}"))?
-        .trim_end_matches('/');
+/// The address to connect to, from a base URL without a path.
+fn url_host(url: &str) -> anyhow::Result<String> {
+    let (host, path) = aside_bench::client::split_url(url).map_err(anyhow::Error::msg)?;
     anyhow::ensure!(
-        !rest.is_empty() && !rest.contains('/'),
-        "the URL must be scheme://host:port with no path: {url}"
+        path == "/",
+        "the URL must be http://host:port with no path: {url}"
     );
-    let connect = if rest.contains(':') {
-        rest.to_string()
-    } else {
-        format!("{rest}:80")
-    };
-    Ok((connect, rest.to_string()))
+    Ok(host)
 }
 
 /// One closed-loop connection: request, whole answer, next request.
@@ -331,7 +352,7 @@ async fn connection(plan: Arc<Plan>, seed: u64, number: usize) -> Tally {
         (!plan.bearers.is_empty()).then(|| plan.bearers[number % plan.bearers.len()].as_str());
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut tally = Tally::new();
-    let mut sender: Option<SendRequest<Full<Bytes>>> = None;
+    let mut conn = Conn::new(plan.host.as_str());
     loop {
         if plan.end.is_some_and(|end| Instant::now() >= end) {
             break;
@@ -351,21 +372,20 @@ async fn connection(plan: Arc<Plan>, seed: u64, number: usize) -> Tally {
             break;
         };
         let write = plan.write_percent > 0.0 && rng.random_range(0.0..100.0) < plan.write_percent;
-        let request = build_request(&plan, bearer, id, write, &mut rng);
+        let request = build_request(bearer, id, write, &mut rng);
         let started = Instant::now();
-        let outcome = tokio::time::timeout(plan.timeout, send(&plan, &mut sender, request)).await;
+        let outcome = conn
+            .send(&request, plan.timeout)
+            .await
+            .map(Answered::from)
+            .map_err(|failure| failure.as_str());
         let done = Instant::now();
         let measured = started >= plan.measure_from;
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                sender = None;
-                Err("timeout".to_string())
-            }
-        };
         if !measured {
             continue;
         }
+        // For the per-second series: the answer's latency, a successful read, from tier 1.
+        let (mut answered, mut read_ok, mut l1) = (None, false, false);
         match outcome {
             Ok(Answered {
                 status,
@@ -373,6 +393,7 @@ async fn connection(plan: Arc<Plan>, seed: u64, number: usize) -> Tally {
                 timing,
             }) => {
                 let micros = (done - started).as_micros().clamp(1, 60_000_000) as u64;
+                answered = Some(micros);
                 tally.latency.saturating_record(micros);
                 *tally.statuses.entry(status.to_string()).or_default() += 1;
                 if x_cache.is_none() {
@@ -387,6 +408,8 @@ async fn connection(plan: Arc<Plan>, seed: u64, number: usize) -> Tally {
                 if (200..300).contains(&status) {
                     if !write {
                         let tier = x_cache.unwrap_or_else(|| "none".into());
+                        read_ok = true;
+                        l1 = tier == "L1";
                         if let Some(timing) = timing {
                             let metrics = tally.timings.entry(tier.clone()).or_default();
                             for (name, ms) in parse_server_timing(&timing) {
@@ -412,42 +435,35 @@ async fn connection(plan: Arc<Plan>, seed: u64, number: usize) -> Tally {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
-        let second = (done - plan.measure_from).as_secs() as usize;
-        if tally.per_second.len() <= second {
-            tally.per_second.resize(second + 1, 0);
-        }
-        tally.per_second[second] += 1;
+        tally.second(
+            (done - plan.measure_from).as_secs() as usize,
+            answered,
+            read_ok,
+            l1,
+        );
         tally.last_done = Some(done);
     }
     tally
 }
 
-fn build_request(
-    plan: &Plan,
-    bearer: Option<&str>,
-    id: u64,
-    write: bool,
-    rng: &mut SmallRng,
-) -> Request<Full<Bytes>> {
+fn build_request(bearer: Option<&str>, id: u64, write: bool, rng: &mut SmallRng) -> Outgoing {
     let path = format!("/users/{id}");
-    let mut builder = Request::builder()
-        .uri(path)
-        .header(HOST, plan.authority.as_str());
-    if let Some(bearer) = bearer {
-        builder = builder.header(AUTHORIZATION, bearer);
-    }
     let request = if write {
         let department = Department::SEEDED[rng.random_range(0..Department::SEEDED.len())];
-        builder
-            .method("PATCH")
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(format!(
-                r#"{{"department":"{department}"}}"#
-            ))))
+        Outgoing::json(
+            Method::PATCH,
+            path,
+            &serde_json::json!({ "department": department }),
+        )
     } else {
-        builder.method("GET").body(Full::new(Bytes::new()))
+        Outgoing::get(path)
     };
-    request.expect("a valid request")
+    match bearer {
+        Some(bearer) => request
+            .header("authorization", bearer)
+            .expect("a bearer token is a valid header value"),
+        None => request,
+    }
 }
 
 /// What one answer said.
@@ -458,62 +474,14 @@ struct Answered {
     timing: Option<String>,
 }
 
-/// Sends one request on the connection (opening it first if needed) and reads the whole answer, or
-/// says the kind of failure (the connection is then dropped).
-async fn send(
-    plan: &Plan,
-    sender: &mut Option<SendRequest<Full<Bytes>>>,
-    request: Request<Full<Bytes>>,
-) -> Result<Answered, String> {
-    if sender.as_ref().is_none_or(|s| s.is_closed()) {
-        *sender = Some(connect(&plan.host).await.inspect_err(|_| *sender = None)?);
+impl From<Answer> for Answered {
+    fn from(answer: Answer) -> Self {
+        Self {
+            status: answer.status,
+            x_cache: answer.header("x-cache").map(str::to_string),
+            timing: answer.header("server-timing").map(str::to_string),
+        }
     }
-    let s = sender.as_mut().expect("connected");
-    let result = async {
-        s.ready().await.map_err(|_| "io".to_string())?;
-        let response = s
-            .send_request(request)
-            .await
-            .map_err(|_| "io".to_string())?;
-        let status = response.status().as_u16();
-        let header = |name| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let (x_cache, timing) = (header("x-cache"), header("server-timing"));
-        response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|_| "io".to_string())?;
-        Ok(Answered {
-            status,
-            x_cache,
-            timing,
-        })
-    }
-    .await;
-    if result.is_err() {
-        *sender = None;
-    }
-    result
-}
-
-async fn connect(host: &str) -> Result<SendRequest<Full<Bytes>>, String> {
-    let stream = tokio::net::TcpStream::connect(host)
-        .await
-        .map_err(|_| "connect".to_string())?;
-    let _ = stream.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|_| "connect".to_string())?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
 }
 
 /// A histogram of latencies in µs, 1 µs to 60 s, 3 significant digits.
@@ -539,8 +507,28 @@ fn summarise(t: Tally, elapsed: Duration, concurrency: usize) -> LoadResult {
     let errors: u64 = t.errors.values().sum();
     let secs = elapsed.as_secs_f64();
     // Only whole seconds of the window are kept in the per-second series.
+    let whole = secs.floor() as usize;
     let mut per_second = t.per_second;
-    per_second.truncate(secs.floor() as usize);
+    per_second.truncate(whole);
+    let mut per_second_latency = t.per_second_latency;
+    per_second_latency.resize_with(whole, Vec::new);
+    let quantile = |q: f64| -> Vec<u64> {
+        per_second_latency
+            .iter()
+            .map(|v| {
+                let mut v = v.clone();
+                v.sort_unstable();
+                match v.len() {
+                    0 => 0,
+                    n => u64::from(v[((n as f64 * q).ceil() as usize).clamp(1, n) - 1]),
+                }
+            })
+            .collect()
+    };
+    let (per_second_p50_us, per_second_p99_us) = (quantile(0.5), quantile(0.99));
+    let (mut per_second_reads, mut per_second_l1) = (t.per_second_reads, t.per_second_l1);
+    per_second_reads.resize(whole, 0);
+    per_second_l1.resize(whole, 0);
     LoadResult {
         requests,
         reads: t.reads,
@@ -598,8 +586,22 @@ fn summarise(t: Tally, elapsed: Duration, concurrency: usize) -> LoadResult {
             })
             .collect(),
         per_second,
+        per_second_p50_us,
+        per_second_p99_us,
+        per_second_l1,
+        per_second_reads,
         keys_exhausted: t.exhausted,
         concurrency,
+    }
+}
+
+/// Adds `other` into `series`, element by element.
+fn add_series(series: &mut Vec<u64>, other: Vec<u64>) {
+    if series.len() < other.len() {
+        series.resize(other.len(), 0);
+    }
+    for (i, v) in other.into_iter().enumerate() {
+        series[i] += v;
     }
 }
 
@@ -614,10 +616,10 @@ mod tests {
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert!(parse_duration("2h").is_err());
         assert_eq!(
-            url_parts("http://127.0.0.1:3000/").unwrap(),
-            ("127.0.0.1:3000".into(), "127.0.0.1:3000".into())
+            url_host("http://127.0.0.1:3000/").unwrap(),
+            "127.0.0.1:3000"
         );
-        assert!(url_parts("https://x:1").is_err());
-        assert!(url_parts("http://x:1/api").is_err());
+        assert!(url_host("https://x:1").is_err());
+        assert!(url_host("http://x:1/api").is_err());
     }
 }

@@ -7,6 +7,19 @@
 //!
 //! A change (write-through, change capture, the replay after a failover) is also announced on the
 //! invalidation feed in the same script call ([`super::feed`]); a read-path fill is not.
+//!
+//! **On a Redis Cluster** one script call cannot name the feed (slot of `{feed}`) and the profiles
+//! (each id's slot), so a write becomes two steps: the hashes, one call per slot (concurrently), then
+//! the announcement of what was written or kept, one call on the feed's slot (`feed_announce.lua`).
+//! Writing first keeps the rule readers rely on: an announcement never comes before the entry it
+//! announces, so an edge that drops its copy on an announcement and re-reads tier 2 finds the new
+//! entry. What the split costs: an origin that dies (or loses the feed's node) between the two steps
+//! leaves a change in the cache that the feed did not announce, so edges keep older copies until
+//! the change is announced again. It is: every change, made through the API or in SQL, is in the
+//! outbox, and change capture writes it (announcing it) and moves its watermark only after both steps
+//! succeeded, so another origin takes over and announces it again (at-least-once; a reader treats an
+//! announcement of a version it has as a no-op). The window is the change capture lag (about a
+//! second, more while no origin holds the lock).
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -19,6 +32,9 @@ use super::{CacheError, ProfileCache};
 
 static STORE_IF_NEWER: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("store_if_newer.lua")));
+
+static FEED_ANNOUNCE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("feed_announce.lua")));
 
 /// The most entries written by one script call: keeps each call well within the command timeout and
 /// Redis's other clients from waiting behind a long script.
@@ -150,54 +166,21 @@ impl ProfileCache {
             })
             .collect();
         let now = crate::clock::now_ms();
+        let cluster = self.topology.is_cluster();
         for chunk in requests.chunks(MAX_ENTRIES_PER_CALL) {
-            let mut invocation = STORE_IF_NEWER.prepare_invoke();
-            invocation
-                .key(FEED_KEY)
-                .key(FEED_SEQ_KEY)
-                .arg(self.feed.max_len);
-            for StoreRequest {
-                id,
-                entry,
-                condition,
-                announce,
-            } in chunk
-            {
-                let fields = entry.to_hash_fields();
-                invocation
-                    .key(profile_key(*id))
-                    .arg(entry.version())
-                    .arg(entry.rank())
-                    .arg(self.ttl_of(entry, now).as_millis().max(1) as u64)
-                    .arg(u8::from(*condition == Condition::OnlyIfCached))
-                    .arg(u8::from(*announce))
-                    .arg(fields.len());
-                for (name, value) in fields {
-                    invocation.arg(name).arg(value);
-                }
-            }
-            let result = self
-                .call("store_if_newer", |mut c| async move {
-                    invocation.invoke_async::<Vec<i64>>(&mut c).await
-                })
-                .await;
-            let written = match result {
-                Ok(written) if written.len() == chunk.len() => written,
-                Ok(_) => {
-                    crate::metrics::cache_store("error");
-                    return Err(CacheError::UnexpectedReply);
-                }
+            let written = if cluster {
+                self.store_on_cluster(chunk, now).await
+            } else {
+                self.store_chunk(chunk, true, now).await
+            };
+            let written = match written {
+                Ok(written) => written,
                 Err(e) => {
                     crate::metrics::cache_store("error");
                     return Err(e);
                 }
             };
-            for w in written {
-                let stored = match w {
-                    1 => Stored::Written,
-                    2 => Stored::NotCached,
-                    _ => Stored::KeptNewer,
-                };
+            for stored in written {
                 crate::metrics::cache_store(match stored {
                     Stored::Written => "written",
                     Stored::KeptNewer => "kept_newer",
@@ -208,6 +191,126 @@ impl ProfileCache {
         }
         Ok(outcomes)
     }
+}
+
+impl ProfileCache {
+    /// One call of `store_if_newer.lua` for `chunk`, naming the feed (and announcing in the same step)
+    /// when `with_feed`; on a cluster every key of `chunk` must share a slot and `with_feed` be false.
+    async fn store_chunk(
+        &self,
+        chunk: &[StoreRequest],
+        with_feed: bool,
+        now: i64,
+    ) -> Result<Vec<Stored>, CacheError> {
+        let mut invocation = STORE_IF_NEWER.prepare_invoke();
+        if with_feed {
+            invocation.key(FEED_KEY).key(FEED_SEQ_KEY);
+        }
+        invocation
+            .arg(self.feed.max_len)
+            .arg(if with_feed { 2 } else { 0 });
+        for StoreRequest {
+            id,
+            entry,
+            condition,
+            announce,
+        } in chunk
+        {
+            let fields = entry.to_hash_fields();
+            invocation
+                .key(profile_key(*id))
+                .arg(entry.version())
+                .arg(entry.rank())
+                .arg(self.ttl_of(entry, now).as_millis().max(1) as u64)
+                .arg(u8::from(*condition == Condition::OnlyIfCached))
+                .arg(u8::from(*announce))
+                .arg(fields.len());
+            for (name, value) in fields {
+                invocation.arg(name).arg(value);
+            }
+        }
+        let written = self
+            .call("store_if_newer", |mut c| async move {
+                invocation.invoke_async::<Vec<i64>>(&mut c).await
+            })
+            .await?;
+        if written.len() != chunk.len() {
+            return Err(CacheError::UnexpectedReply);
+        }
+        Ok(written
+            .into_iter()
+            .map(|w| match w {
+                1 => Stored::Written,
+                2 => Stored::NotCached,
+                _ => Stored::KeptNewer,
+            })
+            .collect())
+    }
+
+    /// `chunk` on a Redis Cluster: the hashes, one call per slot (concurrently), then the
+    /// announcement of the changes among them on the feed's slot (see the module's documentation).
+    async fn store_on_cluster(
+        &self,
+        chunk: &[StoreRequest],
+        now: i64,
+    ) -> Result<Vec<Stored>, CacheError> {
+        let groups = by_slot(chunk);
+        let calls = groups.iter().map(|positions| {
+            let requests: Vec<StoreRequest> = positions.iter().map(|&i| chunk[i].clone()).collect();
+            async move { self.store_chunk(&requests, false, now).await }
+        });
+        let results = futures::future::join_all(calls).await;
+        let mut outcomes = vec![Stored::KeptNewer; chunk.len()];
+        for (positions, result) in groups.iter().zip(results) {
+            for (&i, stored) in positions.iter().zip(result?) {
+                outcomes[i] = stored;
+            }
+        }
+        let changes: Vec<(&StoreRequest, Stored)> = chunk
+            .iter()
+            .zip(outcomes.iter().copied())
+            .filter(|(r, stored)| announced(self.feed.max_len, r, *stored))
+            .collect();
+        if !changes.is_empty() {
+            let mut invocation = FEED_ANNOUNCE.prepare_invoke();
+            invocation
+                .key(FEED_KEY)
+                .key(FEED_SEQ_KEY)
+                .arg(self.feed.max_len);
+            for (r, _) in &changes {
+                invocation
+                    .arg(r.id.to_string())
+                    .arg(r.entry.version())
+                    .arg(r.entry.rank());
+            }
+            self.call("feed_announce", |mut c| async move {
+                invocation.invoke_async::<i64>(&mut c).await
+            })
+            .await?;
+        }
+        Ok(outcomes)
+    }
+}
+
+/// Whether the write of `request`, which came out as `stored`, is announced on the feed: a change (not
+/// a read-path fill) of a profile or a tombstone (not a "missing" marker), written or kept newer but
+/// not skipped for want of a cached key; the rule `store_if_newer.lua` applies on one node.
+fn announced(max_len: u64, request: &StoreRequest, stored: Stored) -> bool {
+    max_len > 0 && request.announce && request.entry.rank() >= 1 && stored != Stored::NotCached
+}
+
+/// The positions of `chunk`'s requests grouped by their key's cluster slot, in order of first
+/// appearance.
+fn by_slot(chunk: &[StoreRequest]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+    for (i, request) in chunk.iter().enumerate() {
+        let slot = aside_shared::slot::key_slot(profile_key(request.id).as_bytes());
+        match groups.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, positions)) => positions.push(i),
+            None => groups.push((slot, vec![i])),
+        }
+    }
+    groups.into_iter().map(|(_, positions)| positions).collect()
 }
 
 /// A profile's Redis TTL: until its soft expiry, plus the stale window. A copy without freshness
@@ -270,5 +373,46 @@ mod tests {
     fn the_script_is_loaded_by_hash() {
         // EVALSHA needs the SHA1 of the exact text; a stable, non-empty hash proves it is computed.
         assert_eq!(STORE_IF_NEWER.get_hash().len(), 40);
+        assert_eq!(FEED_ANNOUNCE.get_hash().len(), 40);
+    }
+
+    fn request(id: i64, entry: CacheEntry, announce: bool) -> StoreRequest {
+        StoreRequest {
+            id: UserId::parse(&id.to_string()).unwrap(),
+            entry,
+            condition: Condition::Always,
+            announce,
+        }
+    }
+
+    #[test]
+    fn a_cluster_write_is_grouped_by_slot_in_order() {
+        let chunk: Vec<StoreRequest> = (1..=60)
+            .map(|id| request(id, CacheEntry::deleted(1, 0), true))
+            .collect();
+        let groups = by_slot(&chunk);
+        let mut seen: Vec<usize> = groups.iter().flatten().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..60).collect::<Vec<_>>(), "every request once");
+        assert!(groups.len() > 1);
+        for positions in &groups {
+            let slots: std::collections::BTreeSet<u16> = positions
+                .iter()
+                .map(|&i| aside_shared::slot::key_slot(profile_key(chunk[i].id).as_bytes()))
+                .collect();
+            assert_eq!(slots.len(), 1, "one slot per call");
+            assert!(positions.windows(2).all(|w| w[0] < w[1]), "in order");
+        }
+    }
+
+    #[test]
+    fn only_changes_of_profiles_and_tombstones_that_reached_a_key_are_announced() {
+        let tombstone = request(1, CacheEntry::deleted(3, 0), true);
+        assert!(announced(1000, &tombstone, Stored::Written));
+        assert!(announced(1000, &tombstone, Stored::KeptNewer));
+        assert!(!announced(1000, &tombstone, Stored::NotCached));
+        assert!(!announced(0, &tombstone, Stored::Written), "no feed");
+        let fill = request(1, CacheEntry::deleted(3, 0), false);
+        assert!(!announced(1000, &fill, Stored::Written), "a read-path fill");
     }
 }

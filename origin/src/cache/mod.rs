@@ -33,7 +33,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::breaker::{Breaker, BreakerSettings};
 use settings::{RedisArgs, RedisTarget};
-use topology::Topology;
+use topology::{RedisConn, Topology};
 
 /// Why a Redis operation gave no answer. Always recoverable by falling back to PostgreSQL.
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +161,14 @@ impl ProfileCache {
                 Topology::follow_sentinels(sentinels.clone(), config)?,
                 sentinels.db,
             ),
+            RedisTarget::Cluster(cluster) => (
+                Topology::cluster(
+                    cluster.clone(),
+                    Duration::from_millis(args.redis_connect_timeout_ms),
+                    command_timeout,
+                )?,
+                0,
+            ),
         };
         Ok(Self {
             topology,
@@ -195,7 +203,7 @@ impl ProfileCache {
     /// Runs one Redis operation through the breaker and the command timeout.
     async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, CacheError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(RedisConn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         self.call_with_timeout(op, self.command_timeout, f).await
@@ -209,7 +217,7 @@ impl ProfileCache {
         f: F,
     ) -> Result<T, CacheError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(RedisConn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         if self.disabled {
@@ -232,7 +240,7 @@ impl ProfileCache {
                 crate::metrics::redis_error(op);
                 if e.is_outage() {
                     tracing::debug!(op, error = %e, "Redis failed");
-                    // With Sentinels, a failover may explain it: ask them now.
+                    // With Sentinels or a cluster, a failover may explain it: look now.
                     self.topology.suspect();
                     permit.failure();
                 } else {

@@ -69,16 +69,16 @@ pub struct RedisArgs {
     #[arg(long, env = "ASIDE_REDIS_SENTINEL_PASSWORD_FILE")]
     pub redis_sentinel_password_file: Option<PathBuf>,
 
-    /// With Sentinels: the ACL user the origin logs in to the Redis nodes as.
+    /// With Sentinels or a cluster: the ACL user the origin logs in to the Redis nodes as.
     #[arg(long, env = "ASIDE_REDIS_USERNAME", default_value = "origin")]
     pub redis_username: String,
 
-    /// With Sentinels: the password of --redis-username on the Redis nodes. Never logged; prefer
+    /// With Sentinels or a cluster: the password of --redis-username on the Redis nodes. Never logged; prefer
     /// --redis-password-file.
     #[arg(long, env = "ASIDE_REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<Secret>,
 
-    /// File holding the Redis password (with Sentinels).
+    /// File holding the Redis password (with Sentinels or a cluster).
     #[arg(long, env = "ASIDE_REDIS_PASSWORD_FILE")]
     pub redis_password_file: Option<PathBuf>,
 
@@ -97,6 +97,19 @@ pub struct RedisArgs {
     /// failover, in ms (a `+switch-master` event, a `READONLY` reply or a failure asks at once).
     #[arg(long, env = "ASIDE_REDIS_SENTINEL_POLL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..))]
     pub redis_sentinel_poll_ms: u64,
+
+    /// Redis Cluster: some of its nodes (`host:port,host:port,...`; any nodes, primaries or replicas)
+    /// to learn the slot map from, instead of ASIDE_REDIS_URL or ASIDE_REDIS_SENTINELS. The origin logs
+    /// in as --redis-username with --redis-password on every node, and follows `MOVED`/`ASK`
+    /// redirections, resharding and failovers by itself (the `redis` crate's cluster client).
+    #[arg(long, env = "ASIDE_REDIS_CLUSTER_NODES", value_delimiter = ',')]
+    pub redis_cluster_nodes: Vec<String>,
+
+    /// Redis Cluster: how often the origin reads the slot map (`CLUSTER SLOTS`) to notice a failover
+    /// (a replica promoted, which may lack its old primary's last writes: change capture replays the
+    /// outbox), in ms. A failed call reads it at once.
+    #[arg(long, env = "ASIDE_REDIS_CLUSTER_POLL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..))]
+    pub redis_cluster_poll_ms: u64,
 }
 
 /// Where the origin's Redis is.
@@ -106,6 +119,18 @@ pub enum RedisTarget {
     Url(Secret),
     /// The primary Sentinel names (ASIDE_REDIS_SENTINELS).
     Sentinel(SentinelTarget),
+    /// A Redis Cluster (ASIDE_REDIS_CLUSTER_NODES).
+    Cluster(ClusterTarget),
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterTarget {
+    /// `host:port` of each seed node.
+    pub nodes: Vec<(String, u16)>,
+    pub username: String,
+    pub password: Option<Secret>,
+    /// How often the slot map is read.
+    pub poll: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -122,7 +147,7 @@ pub struct SentinelTarget {
 }
 
 impl RedisArgs {
-    /// The Redis URL, or the Sentinels: one of the two.
+    /// The Redis URL, the Sentinels or the cluster's nodes: one of the three.
     pub fn target(&self) -> anyhow::Result<RedisTarget> {
         let url = secret_from(
             self.redis_url.as_ref(),
@@ -134,13 +159,50 @@ impl RedisArgs {
             .iter()
             .filter(|s| !s.trim().is_empty())
             .collect();
+        let cluster: Vec<&String> = self
+            .redis_cluster_nodes
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .collect();
+        if !cluster.is_empty() {
+            anyhow::ensure!(
+                url.is_none() && sentinels.is_empty(),
+                "ASIDE_REDIS_CLUSTER_NODES is set with ASIDE_REDIS_URL or ASIDE_REDIS_SENTINELS: give one \
+                 (a cluster's nodes name the others)"
+            );
+            anyhow::ensure!(
+                self.redis_ca_file.is_none() && self.redis_client_cert_file.is_none(),
+                "TLS to Redis (ASIDE_REDIS_CA_FILE, ASIDE_REDIS_CLIENT_CERT_FILE) is not supported \
+                 with ASIDE_REDIS_CLUSTER_NODES yet"
+            );
+            anyhow::ensure!(
+                self.redis_db == 0,
+                "ASIDE_REDIS_DB is {}: Redis Cluster has only database 0",
+                self.redis_db
+            );
+            let nodes = cluster
+                .into_iter()
+                .map(|s| parse_host_port(s.trim(), "ASIDE_REDIS_CLUSTER_NODES"))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            return Ok(RedisTarget::Cluster(ClusterTarget {
+                nodes,
+                username: self.redis_username.clone(),
+                password: secret_from(
+                    self.redis_password.as_ref(),
+                    self.redis_password_file.as_ref(),
+                    "the Redis password",
+                )?,
+                poll: Duration::from_millis(self.redis_cluster_poll_ms),
+            }));
+        }
         match (url, sentinels.is_empty()) {
             (Some(_), false) => anyhow::bail!(
                 "both ASIDE_REDIS_URL and ASIDE_REDIS_SENTINELS are set: give one (the Sentinels find the primary)"
             ),
             (Some(url), true) => Ok(RedisTarget::Url(url)),
             (None, true) => anyhow::bail!(
-                "no Redis configured: set ASIDE_REDIS_URL (or ASIDE_REDIS_URL_FILE), or ASIDE_REDIS_SENTINELS"
+                "no Redis configured: set ASIDE_REDIS_URL (or ASIDE_REDIS_URL_FILE), ASIDE_REDIS_SENTINELS \
+                 or ASIDE_REDIS_CLUSTER_NODES"
             ),
             (None, false) => {
                 anyhow::ensure!(
@@ -154,7 +216,7 @@ impl RedisArgs {
                 );
                 let sentinels = sentinels
                     .into_iter()
-                    .map(|s| parse_host_port(s.trim()))
+                    .map(|s| parse_host_port(s.trim(), "ASIDE_REDIS_SENTINELS"))
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 Ok(RedisTarget::Sentinel(SentinelTarget {
                     sentinels,
@@ -191,18 +253,19 @@ impl RedisArgs {
     }
 }
 
-/// `host:port` (a Sentinel's address); the error quotes it (it holds no secret).
-fn parse_host_port(s: &str) -> anyhow::Result<(String, u16)> {
+/// `host:port` (a Sentinel's or a cluster node's address, from `setting`); the error quotes it (it holds
+/// no secret).
+fn parse_host_port(s: &str, setting: &str) -> anyhow::Result<(String, u16)> {
     let (host, port) = s
         .rsplit_once(':')
-        .with_context(|| format!("ASIDE_REDIS_SENTINELS: {s:?} is not host:port"))?;
+        .with_context(|| format!("{setting}: {s:?} is not host:port"))?;
     let port: u16 = port
         .parse()
         .ok()
         .filter(|p| *p != 0)
-        .with_context(|| format!("ASIDE_REDIS_SENTINELS: {s:?} has no valid port"))?;
+        .with_context(|| format!("{setting}: {s:?} has no valid port"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    anyhow::ensure!(!host.is_empty(), "ASIDE_REDIS_SENTINELS: {s:?} has no host");
+    anyhow::ensure!(!host.is_empty(), "{setting}: {s:?} has no host");
     Ok((host.to_string(), port))
 }
 
@@ -268,5 +331,47 @@ mod tests {
             .target()
             .unwrap();
         assert!(matches!(url, RedisTarget::Url(_)));
+    }
+
+    #[test]
+    fn cluster_nodes_alone_with_database_0() {
+        let target = redis_args(&[
+            "--redis-cluster-nodes",
+            "10.0.0.1:7000,[::1]:7001",
+            "--redis-password",
+            "node-secret-7",
+        ])
+        .target()
+        .unwrap();
+        let RedisTarget::Cluster(c) = target else {
+            panic!("cluster")
+        };
+        assert_eq!(
+            c.nodes,
+            vec![("10.0.0.1".to_string(), 7000), ("::1".to_string(), 7001)]
+        );
+        assert_eq!(c.username, "origin");
+        assert_eq!(c.password.unwrap().expose(), "node-secret-7");
+        assert_eq!(c.poll, Duration::from_millis(1000));
+        for (extra, says) in [
+            (&["--redis-url", "redis://h:1"][..], "give one"),
+            (&["--redis-sentinels", "s:2"][..], "give one"),
+            (&["--redis-db", "2"][..], "only database 0"),
+            (&["--redis-ca-file", "/ca.pem"][..], "TLS"),
+        ] {
+            let mut argv = vec!["--redis-cluster-nodes", "h:7000"];
+            argv.extend_from_slice(extra);
+            let e = redis_args(&argv).target().unwrap_err();
+            assert!(format!("{e:#}").contains(says), "{extra:?}: {e:#}");
+        }
+        for bad in ["nohost", "h:0", ":7000"] {
+            let e = redis_args(&["--redis-cluster-nodes", bad])
+                .target()
+                .unwrap_err();
+            assert!(
+                format!("{e:#}").contains("ASIDE_REDIS_CLUSTER_NODES"),
+                "{bad}: {e:#}"
+            );
+        }
     }
 }

@@ -10,6 +10,9 @@
 //!   missing users and tombstones are profile keys too (`user:profile:{id}` hashes).
 //! * **server**: `INFO memory` and `INFO stats`, which Redis keeps for the whole server: every
 //!   database, every client (the edge's reads included), since its start or `CONFIG RESETSTAT`.
+//!
+//! On a Redis Cluster both cover every primary: the walk runs on each primary in turn (within the
+//! same limits), and the server figures are the primaries' sums (ratios recomputed from them).
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -128,6 +131,48 @@ impl ServerInfo {
         }
     }
 
+    /// The figures of several servers together (a cluster's primaries): counts and bytes added, the
+    /// ratios recomputed from the sums, the policy of the first that reports one.
+    pub fn sum<'a>(infos: impl IntoIterator<Item = &'a ServerInfo>) -> Self {
+        fn add(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+            match (a, b) {
+                (Some(a), Some(b)) => Some(a + b),
+                (a, b) => a.or(b),
+            }
+        }
+        let mut s = ServerInfo {
+            scope: "server".into(),
+            ..Default::default()
+        };
+        let mut count = 0;
+        for info in infos {
+            count += 1;
+            s.used_memory_bytes = add(s.used_memory_bytes, info.used_memory_bytes);
+            s.used_memory_rss_bytes = add(s.used_memory_rss_bytes, info.used_memory_rss_bytes);
+            s.maxmemory_bytes = add(s.maxmemory_bytes, info.maxmemory_bytes);
+            s.evicted_keys = add(s.evicted_keys, info.evicted_keys);
+            s.expired_keys = add(s.expired_keys, info.expired_keys);
+            s.keyspace_hits = add(s.keyspace_hits, info.keyspace_hits);
+            s.keyspace_misses = add(s.keyspace_misses, info.keyspace_misses);
+            if s.maxmemory_policy.is_none() {
+                s.maxmemory_policy.clone_from(&info.maxmemory_policy);
+            }
+            s.mem_fragmentation_ratio = info.mem_fragmentation_ratio;
+        }
+        if count > 1 {
+            s.mem_fragmentation_ratio = match (s.used_memory_rss_bytes, s.used_memory_bytes) {
+                (Some(rss), Some(used)) if used > 0 => Some(rss as f64 / used as f64),
+                _ => None,
+            };
+        }
+        if let (Some(hits), Some(misses)) = (s.keyspace_hits, s.keyspace_misses)
+            && hits + misses > 0
+        {
+            s.hit_ratio = Some(hits as f64 / (hits + misses) as f64);
+        }
+        s
+    }
+
     /// Reads the fields aside reports from the text of `INFO` (`name:value` lines).
     pub fn parse(info: &str) -> Self {
         let mut s = ServerInfo {
@@ -180,18 +225,82 @@ impl ProfileCache {
         Ok(CacheStats { database, server })
     }
 
-    /// `INFO memory stats`, parsed.
+    /// `INFO memory stats`, parsed; on a cluster, the sum over every primary.
     pub async fn server_info(&self) -> Result<ServerInfo, CacheError> {
+        let nodes = self.server_info_per_node().await?;
+        Ok(ServerInfo::sum(nodes.iter().map(|(_, info)| info)))
+    }
+
+    /// `INFO memory stats` of each node the origin writes to: the one node (with an empty name), or
+    /// each primary of a cluster (by `host:port`).
+    pub async fn server_info_per_node(&self) -> Result<Vec<(String, ServerInfo)>, CacheError> {
+        let mut out = Vec::new();
+        for node in self.nodes().await? {
+            let address = node.clone();
+            let text: String = self
+                .call("info", |mut c| async move {
+                    let mut cmd = redis::cmd("INFO");
+                    cmd.arg("memory").arg("stats");
+                    c.on_node(cmd, address.as_deref()).await
+                })
+                .await?;
+            out.push((node.unwrap_or_default(), ServerInfo::parse(&text)));
+        }
+        Ok(out)
+    }
+
+    /// What `/metrics` reports of a cluster: each primary's `INFO memory stats` (`None` for one that
+    /// did not answer) and the slots by state from `CLUSTER INFO`. Empty when not on a cluster.
+    pub async fn cluster_figures(&self) -> Result<Vec<(String, Option<ServerInfo>)>, CacheError> {
+        let mut out = Vec::new();
+        for node in self.nodes().await?.into_iter().flatten() {
+            let address = node.clone();
+            let info = self
+                .call("info", |mut c| async move {
+                    let mut cmd = redis::cmd("INFO");
+                    cmd.arg("memory").arg("stats");
+                    c.on_node::<String>(cmd, Some(&address)).await
+                })
+                .await
+                .ok()
+                .map(|text| ServerInfo::parse(&text));
+            out.push((node, info));
+        }
+        Ok(out)
+    }
+
+    /// `CLUSTER INFO`'s slots by state (ok, pfail, fail), from any node.
+    pub async fn cluster_slots(&self) -> Result<(u64, u64, u64), CacheError> {
         let text: String = self
-            .call("info", |mut c| async move {
-                redis::cmd("INFO")
-                    .arg("memory")
-                    .arg("stats")
-                    .query_async(&mut c)
-                    .await
+            .call("cluster_info", |mut c| async move {
+                redis::cmd("CLUSTER").arg("INFO").query_async(&mut c).await
             })
             .await?;
-        Ok(ServerInfo::parse(&text))
+        parse_cluster_info(&text).ok_or(CacheError::UnexpectedReply)
+    }
+
+    /// The nodes a walk or an `INFO` covers: `[None]` (the one node) unless on a cluster, where it is
+    /// each primary's `host:port`, as the slot map says (read now if the follower has not yet).
+    pub async fn nodes(&self) -> Result<Vec<Option<String>>, CacheError> {
+        if !self.topology.is_cluster() {
+            return Ok(vec![None]);
+        }
+        let mut primaries = self.topology.cluster_primaries();
+        if primaries.is_empty() {
+            let reply: redis::Value = self
+                .call("cluster_slots", |mut c| async move {
+                    let mut cmd = redis::cmd("CLUSTER");
+                    cmd.arg("SLOTS");
+                    cmd.query_async(&mut c).await
+                })
+                .await?;
+            let map =
+                super::topology::parse_cluster_slots(&reply).ok_or(CacheError::UnexpectedReply)?;
+            primaries = map.iter().map(|r| r.primary.address()).collect();
+            primaries.sort();
+            primaries.dedup();
+        }
+        Ok(primaries.into_iter().map(Some).collect())
     }
 
     /// Counts and weighs this database's profile keys with `SCAN` and pipelined `MEMORY USAGE`, within
@@ -205,19 +314,61 @@ impl ProfileCache {
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         let mut keys = 0_u64;
         let mut memory_bytes = 0_u64;
+        let nodes = self.nodes().await?;
+        let mut stopped_by = None;
+        for node in &nodes {
+            stopped_by = self
+                .walk_node(
+                    node.as_deref(),
+                    limits,
+                    started,
+                    &mut seen,
+                    &mut keys,
+                    &mut memory_bytes,
+                )
+                .await?;
+            if stopped_by.is_some() {
+                break;
+            }
+        }
+        Ok(DatabaseStats {
+            scope: "database".into(),
+            db: self.db,
+            pattern: PATTERN.into(),
+            keys,
+            memory_bytes,
+            average_bytes: (keys > 0).then(|| memory_bytes as f64 / keys as f64),
+            complete: stopped_by.is_none(),
+            stopped_by: stopped_by.map(str::to_string),
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            max_keys: limits.max_keys,
+            budget_ms: limits.budget.as_millis() as u64,
+        })
+    }
+
+    /// The walk of one node (`None`: the one node), adding to `keys` and `memory_bytes`; what stopped
+    /// it early, if anything.
+    async fn walk_node(
+        &self,
+        node: Option<&str>,
+        limits: StatsLimits,
+        started: Instant,
+        seen: &mut HashSet<Vec<u8>>,
+        keys: &mut u64,
+        memory_bytes: &mut u64,
+    ) -> Result<Option<&'static str>, CacheError> {
         let mut cursor = 0_u64;
         let stopped_by = loop {
             let count = limits.scan_count.max(1);
             let (next, batch): (u64, Vec<Vec<u8>>) = self
                 .call("scan", |mut c| async move {
-                    redis::cmd("SCAN")
-                        .arg(cursor)
+                    let mut cmd = redis::cmd("SCAN");
+                    cmd.arg(cursor)
                         .arg("MATCH")
                         .arg(PATTERN)
                         .arg("COUNT")
-                        .arg(count)
-                        .query_async(&mut c)
-                        .await
+                        .arg(count);
+                    c.on_node(cmd, node).await
                 })
                 .await?;
             cursor = next;
@@ -244,12 +395,12 @@ impl ProfileCache {
                 // A key that expired since the SCAN step answers nil and is not counted.
                 let sizes: Vec<Option<u64>> = self
                     .call("memory_usage", |mut c| async move {
-                        pipe.query_async(&mut c).await
+                        c.pipeline_on_node(pipe, node).await
                     })
                     .await?;
                 for size in sizes.into_iter().flatten() {
-                    keys += 1;
-                    memory_bytes += size;
+                    *keys += 1;
+                    *memory_bytes += size;
                 }
             }
             if truncated || (cursor != 0 && seen.len() >= limits.max_keys) {
@@ -262,20 +413,22 @@ impl ProfileCache {
                 break Some("time_budget");
             }
         };
-        Ok(DatabaseStats {
-            scope: "database".into(),
-            db: self.db,
-            pattern: PATTERN.into(),
-            keys,
-            memory_bytes,
-            average_bytes: (keys > 0).then(|| memory_bytes as f64 / keys as f64),
-            complete: stopped_by.is_none(),
-            stopped_by: stopped_by.map(str::to_string),
-            elapsed_ms: started.elapsed().as_millis() as u64,
-            max_keys: limits.max_keys,
-            budget_ms: limits.budget.as_millis() as u64,
-        })
+        Ok(stopped_by)
     }
+}
+
+/// `cluster_slots_ok`, `cluster_slots_pfail` and `cluster_slots_fail` of `CLUSTER INFO`'s text.
+fn parse_cluster_info(text: &str) -> Option<(u64, u64, u64)> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.trim_end().strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.parse().ok())
+    };
+    Some((
+        field("cluster_slots_ok")?,
+        field("cluster_slots_pfail")?,
+        field("cluster_slots_fail")?,
+    ))
 }
 
 /// The statistics as a table for people (`aside-origin cache-stats`).
@@ -401,6 +554,34 @@ mod tests {
         assert_eq!(s.maxmemory_policy.as_deref(), Some("volatile-lfu"));
         assert_eq!((s.evicted_keys, s.expired_keys), (Some(2), Some(4)));
         assert_eq!(s.hit_ratio, Some(0.9));
+    }
+
+    #[test]
+    fn cluster_info_slots_are_read() {
+        let text = "cluster_state:ok\r\ncluster_slots_assigned:16384\r\ncluster_slots_ok:16000\r\n\
+                    cluster_slots_pfail:384\r\ncluster_slots_fail:0\r\ncluster_known_nodes:6\r\n";
+        assert_eq!(parse_cluster_info(text), Some((16000, 384, 0)));
+        assert_eq!(parse_cluster_info("cluster_state:fail\r\n"), None);
+    }
+
+    #[test]
+    fn a_cluster_s_primaries_add_up() {
+        let a = ServerInfo::parse(
+            "used_memory:1000\nused_memory_rss:2000\nmaxmemory:4000\nmaxmemory_policy:volatile-lfu\n\
+             keyspace_hits:30\nkeyspace_misses:10\nevicted_keys:1\n",
+        );
+        let b = ServerInfo::parse(
+            "used_memory:3000\nused_memory_rss:4000\nmaxmemory:4000\nkeyspace_hits:50\nkeyspace_misses:10\n",
+        );
+        let s = ServerInfo::sum([&a, &b]);
+        assert_eq!(s.used_memory_bytes, Some(4000));
+        assert_eq!(s.maxmemory_bytes, Some(8000));
+        assert_eq!(s.mem_fragmentation_ratio, Some(1.5));
+        assert_eq!(s.hit_ratio, Some(0.8));
+        assert_eq!(s.evicted_keys, Some(1));
+        assert_eq!(s.maxmemory_policy.as_deref(), Some("volatile-lfu"));
+        let one = ServerInfo::sum([&a]);
+        assert_eq!(one.mem_fragmentation_ratio, a.mem_fragmentation_ratio);
     }
 
     #[test]

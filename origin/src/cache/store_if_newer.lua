@@ -1,9 +1,11 @@
 -- Compare-and-set for profile hashes: the only way the origin writes to Redis.
 --
--- KEYS: the invalidation feed's stream and its sequence counter (aside:{feed}, aside:{feed}:seq), then
--- the hashes to write (user:profile:{<id>}).
--- ARGV: the feed's cap (XADD MAXLEN ~; 0: no feed), then for each hash in turn: version, rank, ttl_ms,
--- only_if_cached (0 or 1), announce (0 or 1), n, then n field/value pairs (the whole new hash).
+-- KEYS: the invalidation feed's stream and its sequence counter (aside:{feed}, aside:{feed}:seq) unless
+-- ARGV[2] is 0, then the hashes to write (user:profile:{<id>}).
+-- ARGV: the feed's cap (XADD MAXLEN ~; 0: no feed), the number of feed keys (2, or 0 on a Redis Cluster,
+-- where the feed lives in another slot than the hashes and the origin announces the changes itself
+-- after this call: see fill.rs), then for each hash in turn: version, rank, ttl_ms, only_if_cached (0 or
+-- 1), announce (0 or 1), n, then n field/value pairs (the whole new hash).
 --
 -- Each new entry replaces the key's current one unless the current one is newer, that is has a larger
 -- (version, rank): rank 0 is a "missing" marker, 1 a profile, 2 a tombstone (see aside_shared::cache).
@@ -20,10 +22,14 @@
 -- only_if_cached was set and the key did not exist.
 local ranks = { missing = 0, deleted = 2 }
 local written = {}
-local feed, seq = KEYS[1], KEYS[2]
 local maxlen = tonumber(ARGV[1])
-local a = 2
-for i = 3, #KEYS do
+local feed_keys = tonumber(ARGV[2])
+local feed, seq = KEYS[1], KEYS[2]
+if feed_keys == 0 then
+  maxlen = 0
+end
+local a = 3
+for i = 1 + feed_keys, #KEYS do
   local key = KEYS[i]
   local version = tonumber(ARGV[a])
   local rank = tonumber(ARGV[a + 1])
@@ -57,7 +63,7 @@ for i = 3, #KEYS do
     redis.call('PEXPIRE', key, ttl_ms)
     outcome = 1
   end
-  written[i - 2] = outcome
+  written[i - feed_keys] = outcome
   if announce and maxlen > 0 and rank >= 1 and outcome ~= 2 then
     local n = redis.call('INCR', seq)
     redis.call('XADD', feed, 'MAXLEN', '~', maxlen, '*', 's', n, 'k', 'c',

@@ -16,6 +16,13 @@
 //! promoted replica may lack the old primary's last writes. So does Redis found holding an older state
 //! than before ([`Topology::lost_writes`], with a fixed URL too: a restart that lost data).
 //!
+//! On a Redis Cluster (`ASIDE_REDIS_CLUSTER_NODES`) the connection is the `redis` crate's cluster
+//! client, which routes each command to the node owning its key's slot and follows `MOVED`/`ASK` by
+//! itself. A task ([`follow_cluster`]) reads the slot map (`CLUSTER SLOTS`) every
+//! `ASIDE_REDIS_CLUSTER_POLL_MS` (at once after a failed call): when a slot's new owner is a node that
+//! was its replica, a failover happened, and the epoch is bumped as with Sentinel. A slot moved to
+//! another primary (resharding) is not a failover: `MIGRATE` loses nothing.
+//!
 //! The compare-and-set script is loaded per node: `redis::Script` sends `EVALSHA`, and on a `NOSCRIPT`
 //! (a new primary that never saw it) `SCRIPT LOAD`s it and sends `EVALSHA` again, so nothing needs
 //! reloading by hand after a switch.
@@ -24,12 +31,15 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo as _, RedisConnectionInfo};
 use tokio::sync::{Notify, watch};
 
-use super::settings::SentinelTarget;
+use super::settings::{ClusterTarget, SentinelTarget};
 
 /// Shortest time between two questions to the Sentinels, however many failures ask for one.
 const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
@@ -46,11 +56,135 @@ pub struct Topology {
     /// Woken when a call suggests the primary moved (only with Sentinels).
     suspect: Arc<Notify>,
     following: bool,
+    /// The cluster's slot map as last read (empty unless on a cluster, or before the first read).
+    slots: RwLock<Vec<SlotRange>>,
 }
 
 struct Primary {
     address: String,
-    conn: ConnectionManager,
+    conn: RedisConn,
+}
+
+/// The origin's connection: to one node (a URL, or the primary Sentinel names), or to a cluster.
+/// Either runs any command; the cluster one routes it by its keys.
+#[derive(Clone)]
+pub enum RedisConn {
+    Node(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl RedisConn {
+    /// The cluster connection, if this is one.
+    pub fn cluster(&self) -> Option<&ClusterConnection> {
+        match self {
+            RedisConn::Cluster(c) => Some(c),
+            RedisConn::Node(_) => None,
+        }
+    }
+}
+
+impl RedisConn {
+    /// `cmd` on the cluster node at `address` (`host:port`); on one node, on that node.
+    pub async fn on_node<T: redis::FromRedisValue>(
+        &mut self,
+        cmd: Cmd,
+        address: Option<&str>,
+    ) -> redis::RedisResult<T> {
+        match (self, address) {
+            (RedisConn::Cluster(c), Some(address)) => {
+                let value = c.route_command(cmd, by_address(address)?).await?;
+                redis::from_redis_value(value).map_err(Into::into)
+            }
+            (conn, _) => cmd.query_async(conn).await,
+        }
+    }
+
+    /// `pipe` on the cluster node at `address`; on one node, on that node.
+    pub async fn pipeline_on_node<T: redis::FromRedisValue>(
+        &mut self,
+        pipe: Pipeline,
+        address: Option<&str>,
+    ) -> redis::RedisResult<T> {
+        match (self, address) {
+            (RedisConn::Cluster(c), Some(address)) => {
+                let RoutingInfo::SingleNode(route) = by_address(address)? else {
+                    unreachable!("one node")
+                };
+                let count = pipe.len();
+                let values = c.route_pipeline(pipe, 0, count, route).await?;
+                redis::from_redis_value(Value::Array(values)).map_err(Into::into)
+            }
+            (conn, _) => pipe.query_async(conn).await,
+        }
+    }
+}
+
+/// The route to the node at `host:port`.
+fn by_address(address: &str) -> redis::RedisResult<RoutingInfo> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_string(), p.parse().ok()?)))
+        .ok_or_else(|| {
+            redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "not a host:port cluster node address",
+            ))
+        })?;
+    Ok(RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+        host,
+        port,
+    }))
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Node(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Node(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Node(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// One range of slots in the cluster's map, with its primary and replicas (`CLUSTER SLOTS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotRange {
+    pub start: u16,
+    pub end: u16,
+    /// `host:port` and node id of the primary.
+    pub primary: ClusterNodeRef,
+    pub replicas: Vec<ClusterNodeRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterNodeRef {
+    pub host: String,
+    pub port: u16,
+    pub id: String,
+}
+
+impl ClusterNodeRef {
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
 }
 
 impl Topology {
@@ -59,12 +193,116 @@ impl Topology {
         Self {
             current: RwLock::new(Some(Primary {
                 address: String::new(),
-                conn,
+                conn: RedisConn::Node(conn),
             })),
             epoch: watch::Sender::new(0),
             suspect: Arc::new(Notify::new()),
             following: false,
+            slots: RwLock::new(Vec::new()),
         }
+    }
+
+    /// A Redis Cluster through the `redis` crate's cluster client, its slot map followed by a task on
+    /// the current Tokio runtime until the topology is dropped. Connects lazily: the origin starts
+    /// while the cluster is down.
+    pub fn cluster(
+        target: ClusterTarget,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+    ) -> anyhow::Result<Arc<Self>> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| anyhow::anyhow!("a Redis Cluster connection needs a Tokio runtime"))?;
+        let nodes: Vec<ConnectionInfo> = target
+            .nodes
+            .iter()
+            .map(|(host, port)| {
+                ConnectionAddr::Tcp(host.clone(), *port)
+                    .into_connection_info()
+                    .map(|info| info.set_tcp_settings(super::connect::tcp_settings()))
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|_| anyhow::anyhow!("ASIDE_REDIS_CLUSTER_NODES holds an invalid address"))?;
+        let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
+            .username(&target.username)
+            .connection_timeout(connect_timeout)
+            .response_timeout(command_timeout)
+            .tcp_settings(super::connect::tcp_settings())
+            // A redirection (MOVED, ASK, TRYAGAIN during a migration) is followed within the
+            // command's budget; the origin's own timeout bounds the whole call.
+            .retries(3)
+            .min_retry_wait(10)
+            .max_retry_wait(100);
+        if let Some(password) = &target.password {
+            builder = builder.password(password.expose());
+        }
+        let client = builder
+            .build()
+            .map_err(|e| anyhow::anyhow!("the Redis Cluster settings cannot be used: {e}"))?;
+        let conn = client.get_pending_async_connection_with_config(
+            redis::cluster::ClusterConfig::new()
+                .set_connection_timeout(connect_timeout)
+                .set_response_timeout(command_timeout),
+        );
+        let topology = Arc::new(Self {
+            current: RwLock::new(Some(Primary {
+                address: "redis cluster".to_string(),
+                conn: RedisConn::Cluster(conn),
+            })),
+            epoch: watch::Sender::new(0),
+            suspect: Arc::new(Notify::new()),
+            following: false,
+            slots: RwLock::new(Vec::new()),
+        });
+        crate::metrics::redis_failovers(0);
+        runtime.spawn(follow_cluster(Arc::downgrade(&topology), target.poll));
+        Ok(topology)
+    }
+
+    /// Whether the origin is on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.connection().is_some_and(|c| c.cluster().is_some())
+    }
+
+    /// The cluster's slot map as last read (empty when not on a cluster or not read yet).
+    pub fn slot_map(&self) -> Vec<SlotRange> {
+        self.slots.read().expect("not poisoned").clone()
+    }
+
+    /// The cluster's primaries (`host:port`, sorted, each once) as the slot map last read says.
+    pub fn cluster_primaries(&self) -> Vec<String> {
+        let mut primaries: Vec<String> = self
+            .slots
+            .read()
+            .expect("not poisoned")
+            .iter()
+            .map(|r| r.primary.address())
+            .collect();
+        primaries.sort();
+        primaries.dedup();
+        primaries
+    }
+
+    /// Takes a newly read slot map; bumps the epoch when a slot's new owner was its replica (a
+    /// failover). Returns whether it did.
+    fn use_slot_map(&self, new: Vec<SlotRange>) -> bool {
+        let mut current = self.slots.write().expect("not poisoned");
+        let promoted = failed_over(&current, &new);
+        let changed = *current != new;
+        *current = new;
+        drop(current);
+        if !promoted.is_empty() {
+            self.epoch.send_modify(|e| *e += 1);
+            crate::metrics::redis_failovers(1);
+            tracing::warn!(
+                promoted = %promoted.join(","),
+                "a Redis Cluster replica was promoted (a failover); change capture replays the outbox"
+            );
+            return true;
+        }
+        if changed {
+            tracing::info!("the Redis Cluster's slot map changed");
+        }
+        false
     }
 
     /// The primary named by the Sentinels of `target`, followed by a task on the current Tokio runtime
@@ -82,6 +320,7 @@ impl Topology {
             epoch: watch::Sender::new(0),
             suspect: Arc::new(Notify::new()),
             following: true,
+            slots: RwLock::new(Vec::new()),
         });
         crate::metrics::redis_primary_reachable(false);
         crate::metrics::redis_failovers(0);
@@ -102,7 +341,7 @@ impl Topology {
     }
 
     /// The connection to the current primary, if one is known.
-    pub fn connection(&self) -> Option<ConnectionManager> {
+    pub fn connection(&self) -> Option<RedisConn> {
         self.current
             .read()
             .expect("not poisoned")
@@ -110,7 +349,8 @@ impl Topology {
             .map(|p| p.conn.clone())
     }
 
-    /// `host:port` of the current primary (empty with a fixed URL, or before one is known).
+    /// `host:port` of the current primary (empty with a fixed URL, or before one is known; `redis
+    /// cluster` on a cluster).
     pub fn primary_address(&self) -> String {
         self.current
             .read()
@@ -139,11 +379,9 @@ impl Topology {
         self.following
     }
 
-    /// A call failed in a way that a failover explains: ask the Sentinels now.
+    /// A call failed in a way that a failover explains: ask the Sentinels (or the cluster) now.
     pub fn suspect(&self) {
-        if self.following {
-            self.suspect.notify_one();
-        }
+        self.suspect.notify_one();
     }
 
     /// Switches to `client`'s node if it is not the current primary. Returns whether it switched.
@@ -162,7 +400,7 @@ impl Topology {
         };
         let previous = current.replace(Primary {
             address: address.clone(),
-            conn,
+            conn: RedisConn::Node(conn),
         });
         drop(current);
         crate::metrics::redis_primary(&address, true);
@@ -316,6 +554,138 @@ async fn watch_switch_master(topology: Weak<Topology>, node: ConnectionInfo, mas
     }
 }
 
+/// The slots whose new owner was, in `old`, a replica of their owner: the promoted nodes' `host:port`.
+fn failed_over(old: &[SlotRange], new: &[SlotRange]) -> Vec<String> {
+    let mut promoted = Vec::new();
+    for range in new {
+        for old_range in old {
+            let overlaps = old_range.start <= range.end && range.start <= old_range.end;
+            if overlaps
+                && old_range.primary.id != range.primary.id
+                && old_range.replicas.iter().any(|r| r.id == range.primary.id)
+            {
+                let address = range.primary.address();
+                if !promoted.contains(&address) {
+                    promoted.push(address);
+                }
+            }
+        }
+    }
+    promoted
+}
+
+/// `CLUSTER SLOTS`'s reply: `[[start, end, [host, port, id, ...], [replica host, port, id, ...], ...], ...]`.
+pub fn parse_cluster_slots(reply: &Value) -> Option<Vec<SlotRange>> {
+    fn int(v: &Value) -> Option<i64> {
+        match v {
+            Value::Int(n) => Some(*n),
+            _ => None,
+        }
+    }
+    fn text(v: &Value) -> Option<String> {
+        match v {
+            Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+            Value::SimpleString(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+    fn node(v: &Value) -> Option<ClusterNodeRef> {
+        let Value::Array(fields) = v else { return None };
+        Some(ClusterNodeRef {
+            host: text(fields.first()?)?,
+            port: u16::try_from(int(fields.get(1)?)?).ok()?,
+            id: fields.get(2).and_then(text).unwrap_or_default(),
+        })
+    }
+    let Value::Array(ranges) = reply else {
+        return None;
+    };
+    let mut map = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        let Value::Array(parts) = range else {
+            return None;
+        };
+        map.push(SlotRange {
+            start: u16::try_from(int(parts.first()?)?).ok()?,
+            end: u16::try_from(int(parts.get(1)?)?).ok()?,
+            primary: node(parts.get(2)?)?,
+            replicas: {
+                // Nodes list a range's replicas in their own order: sorted, two views compare equal.
+                let mut replicas: Vec<ClusterNodeRef> =
+                    parts[3..].iter().filter_map(node).collect();
+                replicas.sort_by(|a, b| a.id.cmp(&b.id));
+                replicas
+            },
+        });
+    }
+    map.sort_by_key(|r| r.start);
+    Some(map)
+}
+
+/// Reads the cluster's slot map every `poll` (and at once after a failed call) until the topology is
+/// dropped; see [`Topology::use_slot_map`].
+async fn follow_cluster(topology: Weak<Topology>, poll: Duration) {
+    let Some(suspect) = topology.upgrade().map(|t| Arc::clone(&t.suspect)) else {
+        return;
+    };
+    let mut reported_failure = false;
+    loop {
+        let started = Instant::now();
+        let Some(conn) = topology.upgrade().and_then(|t| t.connection()) else {
+            return;
+        };
+        let RedisConn::Cluster(mut conn) = conn else {
+            return;
+        };
+        let answer = tokio::time::timeout(
+            CHECK_TIMEOUT,
+            conn.route_command(
+                redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            ),
+        )
+        .await;
+        let Some(topology_now) = topology.upgrade() else {
+            return;
+        };
+        match answer.map(|r| r.map(|v| parse_cluster_slots(&v))) {
+            Ok(Ok(Some(map))) if !map.is_empty() => {
+                topology_now.use_slot_map(map);
+                crate::metrics::redis_primary_reachable(true);
+                if reported_failure {
+                    tracing::info!("the Redis Cluster's slot map is readable again");
+                }
+                reported_failure = false;
+            }
+            outcome => {
+                crate::metrics::redis_primary_reachable(false);
+                let why = match outcome {
+                    Ok(Err(e)) => e.to_string(),
+                    Ok(Ok(_)) => "an empty or unreadable CLUSTER SLOTS reply".to_string(),
+                    Err(_) => "no answer in time".to_string(),
+                };
+                if !reported_failure {
+                    tracing::warn!(error = %why, "cannot read the Redis Cluster's slot map");
+                    reported_failure = true;
+                } else {
+                    tracing::debug!(error = %why, "still cannot read the Redis Cluster's slot map");
+                }
+            }
+        }
+        drop(topology_now);
+        let wait = if reported_failure {
+            MIN_CHECK_INTERVAL.max(poll / 4)
+        } else {
+            poll
+        };
+        let _ = tokio::time::timeout(wait, suspect.notified()).await;
+        let since = started.elapsed();
+        if since < MIN_CHECK_INTERVAL {
+            tokio::time::sleep(MIN_CHECK_INTERVAL - since).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,5 +722,77 @@ mod tests {
             primary.contains("nodelay: true"),
             "the primary's TCP_NODELAY is off: {primary}"
         );
+    }
+
+    fn node(port: u16, id: &str) -> ClusterNodeRef {
+        ClusterNodeRef {
+            host: "127.0.0.1".into(),
+            port,
+            id: id.into(),
+        }
+    }
+
+    fn range(start: u16, end: u16, primary: ClusterNodeRef, replica: ClusterNodeRef) -> SlotRange {
+        SlotRange {
+            start,
+            end,
+            primary,
+            replicas: vec![replica],
+        }
+    }
+
+    #[test]
+    fn a_replica_taking_its_primary_s_slots_is_a_failover_and_resharding_is_not() {
+        let (a, a2, b, b2) = (node(1, "a"), node(2, "a2"), node(3, "b"), node(4, "b2"));
+        let before = vec![
+            range(0, 8191, a.clone(), a2.clone()),
+            range(8192, 16383, b.clone(), b2.clone()),
+        ];
+        // Slots 0-999 resharded from a to b: no failover.
+        let resharded = vec![
+            range(0, 999, b.clone(), b2.clone()),
+            range(1000, 8191, a.clone(), a2.clone()),
+            range(8192, 16383, b.clone(), b2.clone()),
+        ];
+        assert!(failed_over(&before, &resharded).is_empty());
+        assert!(failed_over(&before, &before).is_empty());
+        // a2 promoted over a's slots (a gone or now its replica).
+        let promoted = vec![
+            range(0, 8191, a2.clone(), a.clone()),
+            range(8192, 16383, b.clone(), b2.clone()),
+        ];
+        assert_eq!(failed_over(&before, &promoted), vec!["127.0.0.1:2"]);
+        assert!(failed_over(&[], &promoted).is_empty(), "the first map read");
+    }
+
+    #[test]
+    fn cluster_slots_replies_are_read() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(5461),
+                Value::Int(10922),
+                Value::Array(vec![bulk("127.0.0.1"), Value::Int(7001), bulk("id-b")]),
+                Value::Array(vec![
+                    bulk("127.0.0.1"),
+                    Value::Int(7004),
+                    bulk("id-b2"),
+                    Value::Array(vec![]),
+                ]),
+            ]),
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                Value::Array(vec![bulk("127.0.0.1"), Value::Int(7000), bulk("id-a")]),
+            ]),
+        ]);
+        let map = parse_cluster_slots(&reply).unwrap();
+        assert_eq!(map.len(), 2);
+        assert_eq!((map[0].start, map[0].end), (0, 5460), "sorted by slot");
+        assert_eq!(map[0].primary.address(), "127.0.0.1:7000");
+        assert!(map[0].replicas.is_empty());
+        assert_eq!(map[1].primary.id, "id-b");
+        assert_eq!(map[1].replicas, vec![node(7004, "id-b2")]);
+        assert_eq!(parse_cluster_slots(&Value::Int(3)), None);
     }
 }

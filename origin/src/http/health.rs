@@ -65,9 +65,42 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 )]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     crate::metrics::db_pool(state.pool.status());
-    match state.cache.server_info().await {
-        Ok(info) => crate::metrics::redis_server(&info.figures()),
-        Err(e) => tracing::debug!(error = %e, "Redis INFO for /metrics failed"),
+    if state.cache.topology().is_cluster() {
+        // Every primary's INFO once: the sums for the server-wide figures, each for the per-node ones.
+        match state.cache.cluster_figures().await {
+            Ok(nodes) => {
+                let answered = nodes.iter().filter_map(|(_, info)| info.as_ref());
+                if nodes.iter().any(|(_, info)| info.is_some()) {
+                    let sum = crate::cache::stats::ServerInfo::sum(answered);
+                    crate::metrics::redis_server(&sum.figures());
+                }
+                let primaries = nodes
+                    .iter()
+                    .map(|(node, info)| {
+                        let figures = info.as_ref().map(|i| {
+                            (
+                                i.used_memory_bytes.unwrap_or(0),
+                                i.maxmemory_bytes.unwrap_or(0),
+                            )
+                        });
+                        (node.clone(), figures)
+                    })
+                    .collect();
+                let slots = state.cache.cluster_slots().await.ok();
+                crate::metrics::redis_cluster(&crate::metrics::RedisClusterFigures {
+                    primaries,
+                    slots,
+                });
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "the Redis Cluster's figures for /metrics failed")
+            }
+        }
+    } else {
+        match state.cache.server_info().await {
+            Ok(info) => crate::metrics::redis_server(&info.figures()),
+            Err(e) => tracing::debug!(error = %e, "Redis INFO for /metrics failed"),
+        }
     }
     // Replica lag: only where there is more than one node to speak of.
     if state.cache.topology().is_following() {

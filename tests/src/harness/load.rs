@@ -1,6 +1,8 @@
-//! A small load generator for fault-injection tests: tasks looping GET requests over a set of URLs for
-//! a while ([`Load::run`], [`Load::spawn`]), or one burst of concurrent requests ([`Load::burst`]),
-//! recording each answer's status, `x-cache`, `retry-after`, body and latency.
+//! The fault-injection tests' load: tasks looping GET requests over a set of URLs for a while
+//! ([`Load::run`], [`Load::spawn`]), or one burst of concurrent requests ([`Load::burst`]), recording
+//! each answer's status, `x-cache`, `retry-after`, body and latency. Each task is one client with its
+//! own keep-alive connection per host: the bench's load client (`aside_bench::client::Conn`, the one
+//! `aside-load` uses), so the fault tests and the benchmarks load the services the same way.
 //!
 //! [`Load::picking`] chooses each request's URL with a function instead (e.g. ids drawn at random from
 //! a pool a test widens once its fault is in place).
@@ -19,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use aside_bench::client::{Answer, Conn, Method, Outgoing, split_url};
 use reqwest::header::HeaderMap;
 
 use super::http::tier_ms;
@@ -91,16 +94,20 @@ impl Sample {
         super::http::tier_desc(self.header("server-timing")?, name)
     }
 
-    /// Sends `request` (the load's request number `target`, or any single request a test wants
-    /// recorded the same way) and records its answer; `start` is the moment `sent_at` counts from.
-    pub async fn record(request: reqwest::RequestBuilder, target: usize, start: Instant) -> Sample {
-        let sent_at = start.elapsed();
-        let began = Instant::now();
+    /// The sample of a load's request number `target`, sent at `began` (`sent_at` from the load's
+    /// start), whose outcome is `outcome`.
+    fn of_outcome(
+        target: usize,
+        sent_at: Duration,
+        began: Instant,
+        outcome: Result<Answer, String>,
+    ) -> Sample {
+        let answered = Instant::now();
         let mut sample = Sample {
             target,
             sent_at,
-            latency: Duration::ZERO,
-            answered: began,
+            latency: answered - began,
+            answered,
             status: 0,
             x_cache: None,
             retry_after: None,
@@ -111,35 +118,43 @@ impl Sample {
             headers: HeaderMap::new(),
             error: None,
         };
-        match request.send().await {
-            Ok(response) => {
-                let header = |name: &str| {
-                    response
-                        .headers()
-                        .get(name)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string)
-                };
+        match outcome {
+            Ok(answer) => {
+                let header = |name: &str| answer.header(name).map(str::to_string);
                 sample.x_cache = header("x-cache");
                 sample.retry_after = header("retry-after");
                 sample.instance = header("x-edge-instance");
                 sample.version = header("etag")
                     .and_then(|e| e.trim_start_matches("W/").trim_matches('"').parse().ok());
-                sample.headers = response.headers().clone();
-                let response_status = response.status().as_u16();
+                sample.status = answer.status;
+                sample.headers = answer.headers;
+                sample.body = answer.body;
+            }
+            Err(why) => sample.error = Some(why),
+        }
+        sample
+    }
+
+    /// Sends `request` (any single request a test wants recorded the way the load records its own)
+    /// and records its answer; `start` is the moment `sent_at` counts from.
+    pub async fn record(request: reqwest::RequestBuilder, target: usize, start: Instant) -> Sample {
+        let sent_at = start.elapsed();
+        let began = Instant::now();
+        let outcome = match request.send().await {
+            Ok(response) => {
+                let (status, headers) = (response.status().as_u16(), response.headers().clone());
                 match response.bytes().await {
-                    Ok(body) => {
-                        sample.status = response_status;
-                        sample.body = body;
-                    }
-                    Err(e) => sample.error = Some(e.to_string()),
+                    Ok(body) => Ok(Answer {
+                        status,
+                        headers,
+                        body,
+                    }),
+                    Err(e) => Err(e.to_string()),
                 }
             }
-            Err(e) => sample.error = Some(e.to_string()),
-        }
-        sample.latency = began.elapsed();
-        sample.answered = Instant::now();
-        sample
+            Err(e) => Err(e.to_string()),
+        };
+        Sample::of_outcome(target, sent_at, began, outcome)
     }
 }
 
@@ -301,29 +316,20 @@ impl Load {
         self
     }
 
-    fn client(&self) -> reqwest::Client {
-        reqwest::Client::builder()
-            .timeout(self.client_timeout)
-            .pool_max_idle_per_host(1024)
-            .build()
-            .expect("HTTP client")
-    }
-
     /// `concurrency` tasks send requests back to back, over the targets in turn, for `duration`.
     pub async fn run(self) -> LoadReport {
-        let client = self.client();
         let next = Arc::new(AtomicUsize::new(0));
         let start = Instant::now();
         let tasks: Vec<_> = (0..self.concurrency)
             .map(|_| {
                 let load = self.clone();
-                let client = client.clone();
                 let next = Arc::clone(&next);
                 tokio::spawn(async move {
+                    let mut conns = Conns::default();
                     let mut samples = Vec::new();
                     while start.elapsed() < load.duration {
                         let n = next.fetch_add(1, Ordering::Relaxed);
-                        samples.push(load.one(&client, n, start).await);
+                        samples.push(load.one(&mut conns, n, start).await);
                     }
                     samples
                 })
@@ -344,16 +350,15 @@ impl Load {
         tokio::spawn(self.run())
     }
 
-    /// `requests` requests sent at once (over the targets in turn), each once.
+    /// `requests` requests sent at once (over the targets in turn), each once, each by a client of
+    /// its own.
     pub async fn burst(self, requests: usize) -> LoadReport {
-        let client = self.client();
         let start = Instant::now();
         let load = Arc::new(self);
         let tasks: Vec<_> = (0..requests)
             .map(|i| {
                 let load = Arc::clone(&load);
-                let client = client.clone();
-                tokio::spawn(async move { load.one(&client, i, start).await })
+                tokio::spawn(async move { load.one(&mut Conns::default(), i, start).await })
             })
             .collect();
         let mut samples = Vec::with_capacity(requests);
@@ -368,7 +373,7 @@ impl Load {
 
     /// Request number `n`: a write if `n` is a multiple of `write_every` (the writes go over the targets
     /// in turn too, not always to the same few), else a read of target `n % targets`.
-    async fn one(&self, client: &reqwest::Client, n: usize, start: Instant) -> Sample {
+    async fn one(&self, conns: &mut Conns, n: usize, start: Instant) -> Sample {
         let write = self.write_every > 0 && n % self.write_every == self.write_every - 1;
         let (target, url) = match &self.targets {
             Targets::Pick(pick) => pick(n),
@@ -380,20 +385,49 @@ impl Load {
                 (target, urls[target].clone())
             }
         };
+        let (host, path) = split_url(&url)
+            .unwrap_or_else(|e| panic!("a load's URL is http://host:port/path: {e}"));
         let mut request = if write {
             let seeded = aside_shared::Department::SEEDED;
             let department = seeded[(n / self.write_every) % seeded.len()];
-            client
-                .patch(url)
-                .json(&serde_json::json!({ "department": department }))
+            Outgoing::json(
+                Method::PATCH,
+                path,
+                &serde_json::json!({ "department": department }),
+            )
         } else {
-            client.get(url)
+            Outgoing::get(path)
         };
         for (name, value) in &self.headers {
-            request = request.header(name, value);
+            request = request
+                .header(name, value)
+                .unwrap_or_else(|e| panic!("a load's header: {e}"));
         }
-        let mut sample = Sample::record(request, target, start).await;
+        let sent_at = start.elapsed();
+        let began = Instant::now();
+        let outcome = conns
+            .to(&host)
+            .send(&request, self.client_timeout)
+            .await
+            .map_err(|failure| failure.to_string());
+        let mut sample = Sample::of_outcome(target, sent_at, began, outcome);
         sample.write = write;
         sample
+    }
+}
+
+/// One task's client connections, one per host it has sent to.
+#[derive(Default)]
+struct Conns(Vec<Conn>);
+
+impl Conns {
+    fn to(&mut self, host: &str) -> &mut Conn {
+        match self.0.iter().position(|c| c.host() == host) {
+            Some(i) => &mut self.0[i],
+            None => {
+                self.0.push(Conn::new(host));
+                self.0.last_mut().expect("just pushed")
+            }
+        }
     }
 }
