@@ -9,8 +9,8 @@
 pub const EDGE_VARIABLES: [&str; 42] = [
     "redis_address",
     "redis_mode",
-    "redis_read_from",
     "redis_database",
+    "redis_read_from",
     "redis_user",
     "redis_password",
     "origin_url",
