@@ -80,7 +80,7 @@ impl Breaker {
     }
 
     /// Opens the breaker for `left`, what is left of a back-off another instance started (see
-    /// `crate::shared_tier::BreakerMark`); see [`breaker::Breaker::open_for`].
+    /// `crate::process_tier::BreakerMark`); see [`breaker::Breaker::open_for`].
     pub fn open_for(&mut self, left: Duration, now: Nanos) {
         self.0.open_for(left, Duration::from_nanos(now));
     }

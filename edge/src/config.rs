@@ -35,7 +35,7 @@ const USERINFO: &AsciiSet = &NON_ALPHANUMERIC
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct L1Limits {
     pub max_entries: usize,
-    /// Approximate: see `l1::ProfileEntry::weight`.
+    /// Approximate: see `copy::ProfileEntry::weight`.
     pub max_bytes: usize,
     /// How long an entry may be served after it was filled: the staleness bound of the edge.
     pub ttl: Duration,
@@ -241,6 +241,9 @@ pub enum Lookup {
 
 impl Config {
     /// Parses every variable through `lookup` (called once per name in [`VARIABLES`]).
+    ///
+    /// Long on purpose: one flat list of every variable, parsed in the order of [`VARIABLES`], so that a
+    /// setting and its checks are found in one place.
     pub fn from_lookup(
         mut lookup: impl FnMut(&'static str) -> Lookup,
     ) -> Result<Self, ConfigError> {

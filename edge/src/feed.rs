@@ -34,9 +34,9 @@ use crate::config::Config;
 pub use crate::feed_tag::{FeedTag, Trust};
 use crate::l1::Tier1;
 use crate::l2::Redis;
-use crate::shared_tier::SharedTier;
+use crate::process_tier::ProcessTier;
 
-/// The key of the process-wide feed state in the shared tier's store.
+/// The key of the process-wide feed state in the process-wide tier's store.
 pub const STATE_KEY: &str = "aside:feed:state";
 /// The key of the reader's lease.
 pub const LEASE_KEY: &str = "aside:feed:lease";
@@ -72,7 +72,7 @@ impl Fallback {
     }
 }
 
-/// The reader's state: in the shared tier's store (one per process), or the instance's own.
+/// The reader's state: in the process-wide tier's store (one per process), or the instance's own.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FeedState {
     /// 0: no feed yet. Changes whenever continuity is lost.
@@ -88,7 +88,7 @@ pub struct FeedState {
     /// Every change numbered after this, up to `seq`, is in `ring`.
     pub ring_from: u64,
     pub ring: VecDeque<(u64, Change)>,
-    /// Counters, process-wide with the shared tier (for `GET /edge/feed`).
+    /// Counters, process-wide with the process-wide tier (for `GET /edge/feed`).
     pub reads: u64,
     pub invalidations: u64,
     pub epochs: u64,
@@ -479,7 +479,7 @@ impl Feed {
     pub async fn refresh(
         &self,
         redis: &Redis,
-        shared: &SharedTier,
+        shared: &ProcessTier,
         tier1: &RefCell<Tier1>,
         limit: Duration,
     ) -> Verdict {
@@ -539,9 +539,9 @@ impl Feed {
         }
     }
 
-    /// The current state: from the store when the shared tier is on (reading the stream when it is
+    /// The current state: from the store when the process-wide tier is on (reading the stream when it is
     /// older than `feed_poll_ms` and no other instance holds the lease), else the instance's own.
-    async fn poll(&self, redis: &Redis, shared: &SharedTier, limit: Duration) -> FeedState {
+    async fn poll(&self, redis: &Redis, shared: &ProcessTier, limit: Duration) -> FeedState {
         let poll_ms = millis(self.config.feed.poll);
         let max_lag = self.config.feed.max_lag;
         let now_ms = clock::wall_ms();
@@ -622,7 +622,7 @@ impl Feed {
             };
             let restart = restart && round == 0;
             if let Some((held, read)) = state.absorb(&entries, restart, now_ms, &mut draw_nonzero) {
-                // Said once per break (per process with the shared tier: only the reader sees it).
+                // Said once per break (per process with the process-wide tier: only the reader sees it).
                 eprintln!(
                     "aside-edge: invalidation feed lost continuity: entry {read} came after entry \
                      {held} ({}); a new epoch, copies taken before it fall back to the l1_ttl_ms rule",
@@ -642,7 +642,7 @@ impl Feed {
     }
 }
 
-/// Logs the reader's verdict when it changed (once per change per process with the shared tier).
+/// Logs the reader's verdict when it changed (once per change per process with the process-wide tier).
 fn log_change(
     before: Result<(), Fallback>,
     state: &mut FeedState,

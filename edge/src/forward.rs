@@ -23,7 +23,7 @@ use bytes::Bytes;
 use http::header::{
     ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, ETAG, LOCATION, RETRY_AFTER,
 };
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use spin_sdk::http::FullBody;
 use spin_sdk::http::body::IncomingBodyExt;
 
@@ -31,7 +31,8 @@ use crate::backoff::{Attempt, Breaker, Transition, Visible};
 use crate::clock::{self, Deadline};
 use crate::config::Config;
 use crate::metrics::{Backend, METRICS};
-use crate::shared_tier::{BreakerMark, SharedTier};
+pub use crate::outcome::{OriginAnswer, Unavailable};
+use crate::process_tier::{BreakerMark, ProcessTier};
 
 /// The origin's headers the edge passes back to the client; the edge sets its own `x-cache`,
 /// `server-timing` and `x-edge-instance`, and the transport headers are the host's business. `etag` is
@@ -40,75 +41,6 @@ pub const PASSED_BACK: [HeaderName; 5] = [CONTENT_TYPE, LOCATION, RETRY_AFTER, A
 
 /// The longest origin `server-timing` value the edge reads (the origin sends about 40 bytes).
 const MAX_ORIGIN_TIMING: usize = 512;
-
-/// A complete answer from the origin.
-#[derive(Debug, Clone)]
-pub struct OriginAnswer {
-    pub status: StatusCode,
-    /// Only the [`PASSED_BACK`] headers.
-    pub headers: HeaderMap,
-    pub body: Bytes,
-    /// The origin's `cache-control` on a profile answer (`max-age`, `stale-if-error`), if it sent one.
-    pub cache_control: Option<CacheControl>,
-    /// The origin answered with a soft-expired copy (`x-cache: STALE`: PostgreSQL could not answer).
-    pub stale: bool,
-    /// The origin's own `server-timing` (its Redis and PostgreSQL time), which the edge passes on with
-    /// each metric prefixed `origin-` ([`ServerTiming::add_prefixed`]): where a miss's time went.
-    ///
-    /// [`ServerTiming::add_prefixed`]: aside_shared::headers::ServerTiming::add_prefixed
-    pub timing: Option<String>,
-}
-
-impl OriginAnswer {
-    /// The row version the origin's `etag` says, if it sent one aside writes.
-    pub fn version(&self) -> Option<i64> {
-        self.headers
-            .get(ETAG)
-            .and_then(|v| v.to_str().ok())
-            .and_then(aside_shared::headers::parse_etag)
-    }
-}
-
-impl OriginAnswer {
-    /// Whether this answer counts as a failure of the origin (for the breaker, and for serving a stale
-    /// copy instead): the statuses that mean "cannot answer now". A 404 or a 4xx is an answer.
-    pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self.status,
-            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
-        )
-    }
-}
-
-/// Why there is no answer: the caller serves a stale copy or answers 503.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unavailable {
-    /// Connection refused, reset, DNS, TLS, a broken body, ...
-    Unreachable,
-    TimedOut,
-    /// The breaker is open (or another request is probing): not asked. `Retry-After` is this long.
-    BreakerOpen(Duration),
-    /// The origin budget for misses is spent (see [`crate::budget`]): not asked. `Retry-After` is the
-    /// time until the next request may go.
-    BudgetSpent(Duration),
-    /// Not asked: the edge is saturated and the request could not be answered within its budget
-    /// (see [`crate::backoff::Verdict`]).
-    Overloaded,
-}
-
-impl Unavailable {
-    /// The `Retry-After` of the 503 answered instead, in whole seconds (at least 1).
-    pub fn retry_after_secs(&self) -> u32 {
-        match self {
-            Unavailable::BreakerOpen(left) | Unavailable::BudgetSpent(left) => {
-                u32::try_from(left.as_millis().div_ceil(1000))
-                    .unwrap_or(u32::MAX)
-                    .max(1)
-            }
-            Unavailable::Unreachable | Unavailable::TimedOut | Unavailable::Overloaded => 1,
-        }
-    }
-}
 
 /// One call to the origin.
 pub struct OriginRequest<'a> {
@@ -144,9 +76,9 @@ impl<'a> OriginRequest<'a> {
 pub struct Origin {
     config: Rc<Config>,
     breaker: RefCell<Breaker>,
-    /// Where the breaker's open-until is kept for the process's other instances, when the shared tier
+    /// Where the breaker's open-until is kept for the process's other instances, when the process-wide tier
     /// is on.
-    shared: Option<Rc<SharedTier>>,
+    shared: Option<Rc<ProcessTier>>,
 }
 
 impl Origin {
@@ -162,7 +94,7 @@ impl Origin {
     /// Shares the breaker through the process-wide tier: when it opens, every instance started before
     /// the back-off ends skips the origin too ([`Origin::restore`]), instead of spending its own request
     /// budget finding out that the origin is frozen.
-    pub fn sharing(self, shared: Rc<SharedTier>) -> Self {
+    pub fn sharing(self, shared: Rc<ProcessTier>) -> Self {
         Self {
             shared: Some(shared).filter(|s| s.is_on()),
             ..self
@@ -246,6 +178,9 @@ pub fn origin_uri(origin_url: &str, path_and_query: &str) -> String {
 }
 
 /// Sends the request to the origin and reads the whole answer, within `limit`.
+///
+/// Long (about 100 lines) on purpose: the request's headers, the send and the answer's headers are one
+/// exchange read top to bottom, each step a few lines under one time limit.
 async fn send(
     config: &Config,
     origin_request: OriginRequest<'_>,
@@ -371,42 +306,6 @@ fn host_timeouts(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_after_is_the_breaker_s_remaining_back_off_rounded_up() {
-        assert_eq!(Unavailable::TimedOut.retry_after_secs(), 1);
-        assert_eq!(Unavailable::Unreachable.retry_after_secs(), 1);
-        assert_eq!(
-            Unavailable::BreakerOpen(Duration::ZERO).retry_after_secs(),
-            1
-        );
-        assert_eq!(
-            Unavailable::BreakerOpen(Duration::from_millis(1001)).retry_after_secs(),
-            2
-        );
-        assert_eq!(
-            Unavailable::BreakerOpen(Duration::from_secs(30)).retry_after_secs(),
-            30
-        );
-    }
-
-    #[test]
-    fn only_gateway_statuses_count_as_the_origin_being_unavailable() {
-        let answer = |status: u16| OriginAnswer {
-            status: StatusCode::from_u16(status).unwrap(),
-            headers: HeaderMap::new(),
-            body: Bytes::new(),
-            cache_control: None,
-            stale: false,
-            timing: None,
-        };
-        for status in [502, 503, 504] {
-            assert!(answer(status).is_unavailable(), "{status}");
-        }
-        for status in [200, 404, 400, 422, 500] {
-            assert!(!answer(status).is_unavailable(), "{status}");
-        }
-    }
 
     #[test]
     fn the_origin_url_is_base_then_path_and_query() {

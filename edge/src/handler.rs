@@ -27,12 +27,11 @@ use crate::config::{self, Auth, Config, ConfigError};
 use crate::flight::SingleFlight;
 use crate::forward::{self, Origin, OriginRequest};
 use crate::metrics::METRICS;
-use crate::plan;
+use crate::process_tier::ProcessTier;
 use crate::ratelimit::WriteLimiter;
 use crate::read::ReadPath;
 use crate::reply::{self, Reply, origin_unavailable};
 use crate::routes::{self, Route};
-use crate::shared_tier::SharedTier;
 use crate::tokens::{Authenticator, Refusal};
 
 /// The largest request body the edge passes to the origin. Far above anything the API accepts (the
@@ -54,7 +53,7 @@ pub struct Edge {
 impl Edge {
     fn new(config: Config) -> Self {
         let config = Rc::new(config);
-        let shared = Rc::new(SharedTier::new(Rc::clone(&config)));
+        let shared = Rc::new(ProcessTier::new(Rc::clone(&config)));
         let auth = match &config.auth {
             Auth::Jwt(settings) => {
                 Some(Authenticator::new(Rc::clone(settings), Rc::clone(&shared)))
@@ -294,9 +293,9 @@ async fn pass_through(
     match result {
         Ok(answer) => {
             // Read-your-writes: tier 1 keeps what this instance wrote.
-            if let Some(keep) = plan::after_write(&parts.method, parts.uri.path(), &answer) {
-                edge.reads.keep(keep, None, tag, deadline).await;
-            }
+            edge.reads
+                .written(&parts.method, parts.uri.path(), &answer, tag, deadline)
+                .await;
             Reply::from_origin(&answer, CacheStatus::Bypass).timing(timing)
         }
         Err(why) => Reply::error(

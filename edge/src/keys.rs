@@ -33,7 +33,7 @@ use crate::auth::{Expectations, Verifier};
 use crate::clock::{self, Deadline};
 use crate::flight::SingleFlight;
 pub use crate::key_policy::{DEFAULT_MAX_AGE, KeyPolicy, KeySource, max_age};
-use crate::shared_tier::SharedTier;
+use crate::process_tier::ProcessTier;
 
 /// The key-value key of the process's current key set.
 pub const JWKS_KEY: &str = "aside:jwks";
@@ -176,7 +176,7 @@ pub struct Keys {
     source: KeySource,
     policy: KeyPolicy,
     expectations: Expectations,
-    shared: Option<Rc<SharedTier>>,
+    shared: Option<Rc<ProcessTier>>,
     current: RefCell<Option<Current>>,
     last_attempt_ms: Cell<Option<i64>>,
     /// When the instance last looked at the store's set (wall-clock milliseconds).
@@ -193,7 +193,7 @@ impl Keys {
         source: KeySource,
         policy: KeyPolicy,
         expectations: Expectations,
-        shared: Option<Rc<SharedTier>>,
+        shared: Option<Rc<ProcessTier>>,
     ) -> Self {
         Self {
             source,
@@ -360,7 +360,7 @@ impl Keys {
         own.max(stored)
     }
 
-    async fn stored_claim(&self, shared: &SharedTier, deadline: Deadline) -> Option<Claim> {
+    async fn stored_claim(&self, shared: &ProcessTier, deadline: Deadline) -> Option<Claim> {
         shared
             .get_raw(ATTEMPT_KEY, deadline.cap(FETCH_TIMEOUT))
             .await
@@ -375,7 +375,7 @@ impl Keys {
     /// of the old attempt and its write of the claim are more than `CLAIM_SETTLE` apart (a stalled
     /// instance); the count is then two, never more than the instances so stalled. A store that does
     /// not answer: this instance fetches (the interval then holds per instance).
-    async fn claim(&self, shared: &SharedTier, at_ms: i64, deadline: Deadline) -> Option<i64> {
+    async fn claim(&self, shared: &ProcessTier, at_ms: i64, deadline: Deadline) -> Option<i64> {
         let mine = Claim {
             at_ms,
             owner: self.owner,

@@ -17,15 +17,14 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::rc::Rc;
 use std::time::Duration;
 
+use aside_shared::UserId;
 use aside_shared::cache::Freshness;
-use aside_shared::{UserId, UserProfile};
-use bytes::Bytes;
 
 use crate::clock::Nanos;
 use crate::config::L1Limits;
+use crate::copy::{Deadlines, Hit, Keeping, Observed, ProfileEntry, Shelf};
 use crate::feed_tag::{FeedTag, Trust};
 use aside_shared::feed::Change;
 
@@ -210,34 +209,6 @@ impl<K: Hash + Eq + Clone, V> TtlLru<K, V> {
     }
 }
 
-/// What tier 1 keeps per user: the profile (to answer `?fields` by projection), its serialised JSON
-/// (to answer a full read without serialising again) and its row version. Clones are cheap.
-#[derive(Debug, Clone)]
-pub struct ProfileEntry {
-    pub profile: Rc<UserProfile>,
-    pub json: Bytes,
-    pub version: i64,
-}
-
-impl ProfileEntry {
-    /// Bookkeeping per entry on top of the strings: slot, index entry, `Rc` and `Bytes` headers.
-    const OVERHEAD: usize = 192;
-
-    pub fn new(profile: UserProfile, version: i64) -> Self {
-        let json = serde_json::to_vec(&profile).expect("profiles serialise");
-        Self {
-            profile: Rc::new(profile),
-            json: Bytes::from(json),
-            version,
-        }
-    }
-
-    /// Approximate memory held: the JSON, about as much again for the parsed strings, and the overhead.
-    pub fn weight(&self) -> usize {
-        2 * self.json.len() + Self::OVERHEAD
-    }
-}
-
 /// The newest thing an instance knows about one id: a row version it answered with or wrote, or the
 /// version a delete through this instance removed. Ordered like the origin's cache entries: by version,
 /// then a deletion after the row it deleted.
@@ -263,44 +234,6 @@ impl Floor {
     }
 }
 
-/// What [`Tier1::observe`] says about an answer at some version.
-#[derive(Debug, Clone)]
-pub enum Observed {
-    /// Not older than anything this instance knows: serve it (the floor now includes it).
-    Current,
-    /// Older than what this instance answered or wrote before: serve this newer entry instead.
-    Newer(ProfileEntry),
-    /// The row was deleted through this instance at or after that version: answer 404.
-    Deleted,
-    /// Older, and this instance has no newer body at hand (it expired, or only a `?fields` answer was
-    /// seen): look again.
-    Stale,
-}
-
-/// How long a copy may be used, as its source said: what tier 1 needs to know to keep it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Shelf {
-    /// The shared soft expiry and load cost: the hash's `_fresh_until`/`_delta_ms`, or the origin's
-    /// `max-age` (with the origin call's duration as the cost). `None` when the source did not say (a
-    /// hash from an older writer, an origin without `cache-control`): then tier 1's own TTL is all.
-    pub freshness: Option<Freshness>,
-    /// The source's `stale-if-error` window, when it said one.
-    pub stale_if_error: Option<Duration>,
-    /// The invalidation feed's position the copy was taken at (see [`crate::feed`]): while the feed
-    /// vouches for it, the copy is fresh until its soft expiry instead of tier 1's TTL.
-    pub tag: FeedTag,
-    /// The soft expiry that holds while the feed vouches for the copy, when it is not `freshness`'s
-    /// (a copy from the shared tier, whose `freshness` is already cut to the TTL).
-    pub feed_until_ms: Option<i64>,
-}
-
-/// A fresh tier-1 copy, and the shared freshness XFetch decides on.
-#[derive(Debug, Clone)]
-pub struct Hit {
-    pub entry: ProfileEntry,
-    pub shared: Option<Freshness>,
-}
-
 /// A stored copy: fresh until `fresh_until`, then kept (only to answer with when the origin cannot)
 /// until the LRU deadline, its hard expiry.
 #[derive(Debug, Clone)]
@@ -323,14 +256,10 @@ impl Held {
 pub struct Tier1 {
     profiles: TtlLru<UserId, Held>,
     floors: TtlLru<UserId, Floor>,
-    ttl: Nanos,
-    stale: Nanos,
+    /// The TTL and the stale window copies are kept by (no feed window: floors outlive them here).
+    keeping: Keeping,
     /// What the invalidation feed vouches for now (`None`: the TTL rule alone).
     trust: Option<Trust>,
-}
-
-fn nanos(d: Duration) -> Nanos {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Tier1 {
@@ -347,8 +276,11 @@ impl Tier1 {
                 max_bytes: limits.max_entries,
                 ttl: floor_ttl.max(limits.ttl),
             }),
-            ttl: nanos(limits.ttl),
-            stale: nanos(stale),
+            keeping: Keeping {
+                ttl: limits.ttl,
+                stale,
+                feed_window: None,
+            },
             trust: None,
         }
     }
@@ -411,9 +343,8 @@ impl Tier1 {
     /// Stores a full profile under its own id unless this instance knows a newer version of it, or its
     /// deletion; returns whether it was stored. An equal version is stored again (a fresh TTL).
     ///
-    /// The copy is fresh until its soft expiry (the shared one in `shelf`, `now_ms` being the wall
-    /// clock) or tier 1's TTL, whichever comes first, and kept until its soft expiry plus the stale
-    /// window (`l1_stale_ms`, or the source's shorter `stale-if-error`). A copy past its soft expiry is
+    /// The copy is fresh and kept by the rule of [`Deadlines::of`] (`now_ms` being the wall clock),
+    /// with tier 1's TTL and stale window (`l1_ttl_ms`, `l1_stale_ms`). A copy past its soft expiry is
     /// kept only as a stale fallback.
     pub fn fill(&mut self, entry: ProfileEntry, shelf: Shelf, now: Nanos, now_ms: i64) -> bool {
         let id = entry.profile.id;
@@ -429,31 +360,19 @@ impl Tier1 {
             return false;
         }
         self.raise(id, incoming, now);
-        let own = now.saturating_add(self.ttl);
-        let soft = match shelf.freshness {
-            Some(f) => {
-                let left_ms = f.fresh_until_ms.saturating_sub(now_ms).max(0) as u64;
-                now.saturating_add(left_ms.saturating_mul(1_000_000))
-            }
-            None => own,
+        // The one rule for a copy's deadlines (wall clock), read on this instance's monotonic clock.
+        let deadlines = Deadlines::of(&shelf, now_ms, self.keeping);
+        let at = |ms: i64| {
+            let left_ms = ms.saturating_sub(now_ms).max(0) as u64;
+            now.saturating_add(left_ms.saturating_mul(1_000_000))
         };
-        let window = shelf
-            .stale_if_error
-            .map_or(self.stale, |w| nanos(w).min(self.stale));
-        let fresh_until = soft.min(own);
-        let feed_until = match shelf.feed_until_ms {
-            Some(ms) => {
-                let left_ms = ms.saturating_sub(now_ms).max(0) as u64;
-                now.saturating_add(left_ms.saturating_mul(1_000_000))
-            }
-            None => soft,
-        };
-        let keep_until = soft.saturating_add(window).max(fresh_until);
+        let fresh_until = at(deadlines.fresh_until_ms);
+        let keep_until = at(deadlines.keep_until_ms);
         let weight = entry.weight();
-        // A copy from the shared tier carries its freshness cut to the TTL, with no load cost: XFetch
+        // A copy from the process-wide tier carries its freshness cut to the TTL, with no load cost: XFetch
         // would read that as a soft expiry already past once the feed keeps the copy fresh beyond
         // it, and refresh it from the origin on every hit. Tier 1 never refreshes such a copy early
-        // (the shared tier's own hits decide with the source's soft expiry).
+        // (the process-wide tier's own hits decide with the source's soft expiry).
         let shared = shelf
             .freshness
             .filter(|f| shelf.feed_until_ms.is_none() || f.delta_ms > 0);
@@ -461,7 +380,7 @@ impl Tier1 {
             entry,
             fresh_until,
             shared,
-            feed_until: feed_until.max(fresh_until).min(keep_until),
+            feed_until: at(deadlines.feed_until_ms),
             tag: shelf.tag,
         };
         self.profiles
@@ -525,6 +444,8 @@ impl Tier1 {
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use aside_shared::UserProfile;
 
     use super::*;
 
@@ -905,7 +826,7 @@ mod tests {
             assert!(t.get(&id, 150 * MS).is_none(), "{trust:?}");
             assert_eq!(t.stale(&id, 150 * MS).unwrap().version, 5);
         }
-        // A copy from the shared tier (its freshness cut to the TTL, no load cost; the feed's soft
+        // A copy from the process-wide tier (its freshness cut to the TTL, no load cost; the feed's soft
         // expiry of its own): fresh by the feed past the TTL, and never picked for an early refresh.
         let mut t = tier1_with_stale(1000);
         let adopted = Shelf {

@@ -59,41 +59,7 @@ use crate::metrics::{Backend, METRICS, RedirectKind};
 /// failed node, or while none could be learnt).
 pub const SLOT_MAP_REFRESH: Duration = Duration::from_millis(250);
 
-/// The outcome of one tier-2 read.
-#[derive(Debug)]
-pub enum Read<T> {
-    Hit(T),
-    /// Not cached, or cached in a shape the edge cannot use.
-    Miss,
-    /// Redis says the id has no profile: a "missing" marker or a tombstone (answered 404).
-    Absent,
-    /// Redis was not asked (breaker open, or no budget left).
-    Skipped,
-    /// Redis failed or was too slow; the back-off has started.
-    Failed,
-    /// No answer within the request's budget while the edge was saturated (see
-    /// [`crate::backoff::Verdict`]): Redis is not blamed, and the request is not passed to the origin.
-    Shed,
-}
-
-impl<T> Read<T> {
-    /// Whether Redis was visited (for `server-timing`).
-    pub fn visited(&self) -> bool {
-        !matches!(self, Read::Skipped)
-    }
-
-    /// The same outcome with the hit's value mapped by `f`.
-    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Read<U> {
-        match self {
-            Read::Hit(value) => Read::Hit(f(value)),
-            Read::Miss => Read::Miss,
-            Read::Absent => Read::Absent,
-            Read::Skipped => Read::Skipped,
-            Read::Failed => Read::Failed,
-            Read::Shed => Read::Shed,
-        }
-    }
-}
+pub use crate::outcome::Read;
 
 /// The instance's Redis client state.
 pub struct Redis {

@@ -9,12 +9,17 @@
 //! * [`routes`]: which requests the edge answers and which it forwards.
 //! * [`plan`]: the read plan (what to ask, in which order, what to accept), pure.
 //! * [`read`]: the tiered read path carrying the plan out, and the one writer of tier 1.
+//! * [`copy`]: a copy of a profile as every tier keeps it (entry, shelf) and the one rule for its
+//!   deadlines: the value types at the bottom, below the tiers and the plan.
 //! * [`l1`]: tier 1, an LRU bounded by count, bytes and TTL.
-//! * [`shared_tier`]: the process-wide tier in Spin's key-value store (optional), slots bounded by count.
+//! * [`process_tier`]: the process-wide tier in Spin's key-value store (optional), slots bounded by count
+//!   (`shared_tier_*` settings): its store access, byte format and policy.
 //! * [`l2`]: tier 2, Redis reads through Spin's Redis binding.
 //! * [`feed`]: the invalidation feed, read by requests; it decides how long copies stay fresh.
 //!   [`feed_tag`]: the feed position a copy carries (the value the tiers keep).
 //! * [`forward`]: the origin client.
+//! * [`outcome`]: what the I/O modules hand back (an origin answer, a tier-2 read, a process-wide tier
+//!   lookup), as plain values the plan takes.
 //! * [`flight`], [`backoff`], [`clock`]: single-flight, the circuit breakers (Redis, origin), timeouts
 //!   and the request budget.
 //! * [`budget`]: the instance's budget of origin reads.
@@ -34,6 +39,7 @@ pub mod budget;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod copy;
 pub mod feed;
 pub mod feed_tag;
 pub mod flight;
@@ -44,10 +50,11 @@ pub mod keys;
 pub mod l1;
 pub mod l2;
 pub mod metrics;
+pub mod outcome;
 pub mod plan;
+pub mod process_tier;
 pub mod ratelimit;
 pub mod read;
 pub mod reply;
 pub mod routes;
-pub mod shared_tier;
 pub mod tokens;

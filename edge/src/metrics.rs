@@ -246,6 +246,8 @@ impl Metrics {
 
     /// The counters as Prometheus text, labelled with `instance` (`x-edge-instance`), with the budget's
     /// tokens left now.
+    ///
+    /// Long on purpose: one block per metric (help, type, samples), in the order the text lists them.
     pub fn prometheus(&self, instance: &str, budget_tokens: Option<f64>) -> String {
         let mut out = String::new();
         let head = |out: &mut String, name: &str, kind: &str, help: &str| {

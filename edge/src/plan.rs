@@ -21,6 +21,12 @@
 //! fresh copy is answered and kept in tier 1 through a [`Keep`], a stale one remembered like tier 2's
 //! for the fallback, a miss goes on to tier 2), and an arm in the executor's loop in `read.rs`. What a
 //! lookup keeps reaches every tier through `ReadPath::keep`.
+//!
+//! A write forwarded through this instance is planned here too ([`after_write`]: what it leaves in the
+//! tiers) and carried out by the same executor (`ReadPath::written`).
+//!
+//! Layering: the plan takes and gives plain values ([`crate::copy`], [`crate::outcome`]) and names none of
+//! the modules that do I/O (`tests/tests/architecture.rs` checks it).
 
 use std::fmt;
 
@@ -30,11 +36,9 @@ use aside_shared::{Field, FieldSelection, UserId, UserProfile};
 use bytes::Bytes;
 use http::{Method, StatusCode};
 
-use crate::forward::{OriginAnswer, Unavailable};
-use crate::l1::{Hit, Observed, ProfileEntry, Shelf};
-use crate::l2::Read;
+use crate::copy::{Hit, Observed, ProfileEntry, Shelf, Stored};
+use crate::outcome::{Found, OriginAnswer, Read, Unavailable};
 use crate::routes;
-use crate::shared_tier::Found;
 
 /// How many lookups one request makes at most when each comes back older than what this instance
 /// served before. A lookup that starts after a version was served finds it or a newer one (Redis and
@@ -140,14 +144,14 @@ pub enum Effect {
     Note(Note),
 }
 
-/// A write of tier 1 (and of the shared tier, when it is on). The executor carries every one out in one
+/// A write of tier 1 (and of the process-wide tier, when it is on). The executor carries every one out in one
 /// place.
 #[derive(Debug)]
 pub enum Keep {
     /// Store a full profile, fresh and kept as the shelf says (refused if older than the floor); the
-    /// shared tier gets it too.
+    /// process-wide tier gets it too.
     Fill(ProfileEntry, Shelf),
-    /// Store a copy read from the shared tier in tier 1 only (the shared tier has it).
+    /// Store a copy read from the process-wide tier in tier 1 only (the process-wide tier has it).
     Adopt(ProfileEntry, Shelf),
     /// Drop the profile of the id (its floor stays).
     Forget(UserId),
@@ -221,8 +225,8 @@ pub enum ReadStep {
 /// The next thing a shared lookup does.
 #[derive(Debug)]
 pub enum LookupStep {
-    /// Read the process-wide tier: [`LookupPlan::shared`].
-    Shared,
+    /// Read the process-wide tier: [`LookupPlan::process_tier`].
+    ProcessTier,
     /// Read tier 2 (the profile, or the projection): [`LookupPlan::tier2`].
     Tier2,
     /// Refresh tier 2's fresh copy early (as [`ReadStep::Refresh`]): [`LookupPlan::refreshed`].
@@ -412,10 +416,10 @@ pub struct LookupPlan {
     full: bool,
     reload: bool,
     xfetch_beta: f64,
-    /// Whether the process-wide tier is read first ([`LookupPlan::with_shared_tier`]).
-    shared_tier: bool,
-    /// The shared tier's soft-expired copy, answered only if the origin cannot answer.
-    shared_stale: Option<Body>,
+    /// Whether the process-wide tier is read first ([`LookupPlan::with_process_tier`]).
+    reads_process_tier: bool,
+    /// The process-wide tier's soft-expired copy, answered only if the origin cannot answer.
+    process_stale: Option<Body>,
     state: LookupState,
     /// The step after an [`Effect`].
     then: Option<LookupStep>,
@@ -424,7 +428,7 @@ pub struct LookupPlan {
 #[derive(Debug)]
 enum LookupState {
     Start,
-    /// XFetch picked the fresh copy `held` (of tier 2, or the shared tier: `source`); the refresh is
+    /// XFetch picked the fresh copy `held` (of tier 2, or the process-wide tier: `source`); the refresh is
     /// out.
     Refreshing {
         held: Body,
@@ -457,43 +461,46 @@ impl LookupPlan {
             full: key.is_full(),
             reload: key.reload,
             xfetch_beta,
-            shared_tier: false,
-            shared_stale: None,
+            reads_process_tier: false,
+            process_stale: None,
             state: LookupState::Start,
             then: None,
         }
     }
 
     /// The lookup reads the process-wide tier before tier 2.
-    pub fn with_shared_tier(self) -> Self {
+    pub fn with_process_tier(self) -> Self {
         Self {
-            shared_tier: true,
+            reads_process_tier: true,
             ..self
         }
     }
 
-    /// The shared tier (when on), then tier 2, unless the lookup is a reload (a cache gave an old
+    /// The process-wide tier (when on), then tier 2, unless the lookup is a reload (a cache gave an old
     /// version before).
     pub fn start(&mut self) -> LookupStep {
         if self.reload {
             self.state = LookupState::Asking { stale: None };
             return LookupStep::Origin { reload: true };
         }
-        if self.shared_tier {
-            return LookupStep::Shared;
+        if self.reads_process_tier {
+            return LookupStep::ProcessTier;
         }
         LookupStep::Tier2
     }
 
-    /// The shared tier's read. A fresh copy is answered (`SHARED`), or refreshed early if XFetch picks
+    /// The process-wide tier's read. A fresh copy is answered (`SHARED`), or refreshed early if XFetch picks
     /// it by its shared soft expiry, and goes to tier 1 no fresher than it is there; a soft-expired one
     /// is kept for the case the origin cannot answer; then tier 2.
-    pub fn shared(&mut self, found: Found, env: &impl Env) -> LookupStep {
+    pub fn process_tier(&mut self, found: Found, env: &impl Env) -> LookupStep {
         match found {
-            Found::Fresh(value) => {
-                let (entry, shelf) = value.to_tier1();
+            Found::Fresh(Stored {
+                entry,
+                shelf,
+                shared,
+            }) => {
                 let body = Body::Full(entry.clone());
-                let next = if xfetch_picks(self.xfetch_beta, value.shared, env) {
+                let next = if xfetch_picks(self.xfetch_beta, shared, env) {
                     self.state = LookupState::Refreshing {
                         held: body,
                         source: CacheStatus::Shared,
@@ -504,8 +511,8 @@ impl LookupPlan {
                 };
                 self.after(Some(Effect::Keep(Keep::Adopt(entry, shelf))), next)
             }
-            Found::Stale(value) => {
-                self.shared_stale = Some(Body::Full(value.to_tier1().0));
+            Found::Stale(stored) => {
+                self.process_stale = Some(Body::Full(stored.entry));
                 LookupStep::Tier2
             }
             Found::Miss | Found::Skipped => LookupStep::Tier2,
@@ -521,10 +528,10 @@ impl LookupPlan {
             Read::Absent => return LookupStep::Done(Answer::NotFound(CacheStatus::L2)),
             Read::Miss | Read::Skipped | Read::Failed => return self.ask_origin(None),
             // Redis is up but this edge could not hear it within the budget: no origin call (that
-            // would add load to an overload); a copy tier 1 or the shared tier holds, or a 503.
+            // would add load to an overload); a copy tier 1 or the process-wide tier holds, or a 503.
             Read::Shed => {
                 self.state = LookupState::FallingBack {
-                    stale: self.shared_stale.take(),
+                    stale: self.process_stale.take(),
                     failure: Failure::Unavailable(Unavailable::Overloaded),
                 };
                 return LookupStep::Fallback;
@@ -652,10 +659,10 @@ impl LookupPlan {
             .expect("LookupPlan::resume follows LookupStep::Effect")
     }
 
-    /// Asks the origin; `stale` (tier 2's soft-expired copy) or the shared tier's, the newer (tier
+    /// Asks the origin; `stale` (tier 2's soft-expired copy) or the process-wide tier's, the newer (tier
     /// 2's on a tie), is the fallback.
     fn ask_origin(&mut self, stale: Option<Body>) -> LookupStep {
-        let stale = match (stale, self.shared_stale.take()) {
+        let stale = match (stale, self.process_stale.take()) {
             (Some(redis), Some(shared)) if shared.version() > redis.version() => Some(shared),
             (redis, shared) => redis.or(shared),
         };
@@ -823,7 +830,7 @@ mod tests {
     use http::{HeaderMap, HeaderValue};
 
     use super::*;
-    use crate::shared_tier::SlotValue;
+    use crate::process_tier::SlotValue;
 
     const WALL: i64 = 1_700_000_000_000;
 
@@ -1517,7 +1524,7 @@ mod tests {
 
     // ---- LookupPlan with the process-wide tier ----
 
-    /// A copy in the shared tier at `version`: fresh for 1 s more unless `fresh` is false (then soft-
+    /// A copy in the process-wide tier at `version`: fresh for 1 s more unless `fresh` is false (then soft-
     /// expired, still kept); its shared soft expiry is `shared`.
     fn slot(version: i64, department: &str, fresh: bool, shared: Option<Freshness>) -> SlotValue {
         let fresh_until_ms = if fresh { WALL + 1_000 } else { WALL - 1_000 };
@@ -1533,8 +1540,8 @@ mod tests {
     }
 
     fn shared_lookup() -> LookupPlan {
-        let mut plan = LookupPlan::new(&full_key(), 1.0).with_shared_tier();
-        assert!(matches!(plan.start(), LookupStep::Shared));
+        let mut plan = LookupPlan::new(&full_key(), 1.0).with_process_tier();
+        assert!(matches!(plan.start(), LookupStep::ProcessTier));
         plan
     }
 
@@ -1547,21 +1554,24 @@ mod tests {
             },
             1.0,
         )
-        .with_shared_tier();
+        .with_process_tier();
         assert!(matches!(
             reload.start(),
             LookupStep::Origin { reload: true }
         ));
         for found in [Found::Miss, Found::Skipped] {
             let mut plan = shared_lookup();
-            assert!(matches!(plan.shared(found, &CALM), LookupStep::Tier2));
+            assert!(matches!(plan.process_tier(found, &CALM), LookupStep::Tier2));
         }
     }
 
     #[test]
     fn a_fresh_shared_copy_is_answered_and_adopted_by_tier_one_no_fresher_than_it_is() {
         let mut plan = shared_lookup();
-        let step = plan.shared(Found::Fresh(slot(5, "Sales", true, fresh())), &CALM);
+        let step = plan.process_tier(
+            Found::Fresh(slot(5, "Sales", true, fresh()).stored()),
+            &CALM,
+        );
         let LookupStep::Effect(Effect::Keep(Keep::Adopt(entry, shelf))) = step else {
             panic!("{step:?}");
         };
@@ -1570,9 +1580,9 @@ mod tests {
         assert_eq!((f.fresh_until_ms, f.delta_ms), (WALL + 1_000, 0));
         assert_eq!(done_body(&plan.resume()), Some((5, CacheStatus::Shared)));
         // A projection is cut from it: the body is the full profile.
-        let mut plan = LookupPlan::new(&fields_key(), 1.0).with_shared_tier();
+        let mut plan = LookupPlan::new(&fields_key(), 1.0).with_process_tier();
         plan.start();
-        plan.shared(Found::Fresh(slot(5, "Sales", true, None)), &CALM);
+        plan.process_tier(Found::Fresh(slot(5, "Sales", true, None).stored()), &CALM);
         assert!(matches!(
             plan.resume(),
             LookupStep::Done(Answer::Body(Body::Full(_), CacheStatus::Shared))
@@ -1582,7 +1592,10 @@ mod tests {
     #[test]
     fn xfetch_refreshes_a_shared_copy_by_its_shared_soft_expiry_and_falls_back_to_it() {
         let mut plan = shared_lookup();
-        plan.shared(Found::Fresh(slot(5, "Sales", true, fresh())), &PICKY);
+        plan.process_tier(
+            Found::Fresh(slot(5, "Sales", true, fresh()).stored()),
+            &PICKY,
+        );
         assert!(matches!(plan.resume(), LookupStep::Refresh));
         assert_eq!(
             done_body(&plan.refreshed(None, &PICKY)),
@@ -1590,7 +1603,7 @@ mod tests {
         );
         // Without a shared soft expiry (or a cost), never early.
         let mut plan = shared_lookup();
-        plan.shared(Found::Fresh(slot(5, "Sales", true, None)), &PICKY);
+        plan.process_tier(Found::Fresh(slot(5, "Sales", true, None).stored()), &PICKY);
         assert_eq!(done_body(&plan.resume()), Some((5, CacheStatus::Shared)));
     }
 
@@ -1603,8 +1616,8 @@ mod tests {
             (4, None, "Shared"),
         ] {
             let mut plan = shared_lookup();
-            let stale = Found::Stale(slot(shared, "Shared", false, None));
-            assert!(matches!(plan.shared(stale, &CALM), LookupStep::Tier2));
+            let stale = Found::Stale(slot(shared, "Shared", false, None).stored());
+            assert!(matches!(plan.process_tier(stale, &CALM), LookupStep::Tier2));
             let read = match redis {
                 Some(v) => redis_hit(Body::Full(entry_in(v, "Redis")), expired()),
                 None => Read::Miss,

@@ -8,7 +8,7 @@
 //! profiles: a full Redis hit, or a `200` full-profile origin answer that parses as a profile.
 //! A projection is answered from a tier-1 full entry when there is one, but never fills tier 1. Every
 //! write of tier 1, by a read or by a write forwarded through this instance, goes through
-//! [`ReadPath::keep`], which also writes the process-wide tier when it is on ([`crate::shared_tier`]:
+//! [`ReadPath::keep`], which also writes the process-wide tier when it is on ([`crate::process_tier`]:
 //! read by a lookup before Redis, `x-cache: SHARED`).
 //!
 //! Freshness. A copy is *fresh* until its soft expiry (the hash's `_fresh_until`, or the origin's
@@ -46,23 +46,25 @@ use std::time::Duration;
 use aside_shared::headers::{CacheStatus, ServerTiming};
 use aside_shared::{ApiError, FieldSelection, UserId};
 use bytes::Bytes;
+use http::Method;
 
 use crate::budget::OriginBudget;
-use crate::clock::{self, Deadline};
+use crate::clock::{self, Deadline, Nanos};
 use crate::config::Config;
+use crate::copy::{Keeping, ProfileEntry, Shelf};
 use crate::feed::{Fallback, Feed, FeedTag, Verdict};
 use crate::flight::SingleFlight;
-use crate::forward::{Origin, OriginRequest, Unavailable};
-use crate::l1::{ProfileEntry, Shelf, Tier1};
+use crate::forward::{Origin, OriginAnswer, OriginRequest, Unavailable};
+use crate::l1::Tier1;
 use crate::l2::{Read, Redis};
 use crate::metrics::{METRICS, OriginRead, Shed};
 use crate::plan::{
     Answer, Asked, Body, Cached, Effect, Env, FlightKey, Keep, LookupPlan, LookupStep, ReadPlan,
-    ReadStep,
+    ReadStep, after_write,
 };
+use crate::process_tier::{ProcessTier, SlotValue};
 use crate::reply::{Reply, origin_unavailable};
 use crate::routes::fields_query;
-use crate::shared_tier::{SharedTier, SlotValue};
 
 /// Slack added to the longest a lookup can take (Redis then origin timeouts) for the tier-1 version
 /// floors: the host may be slow to run a request whose answer has arrived.
@@ -71,14 +73,67 @@ const FLOOR_SLACK: Duration = Duration::from_secs(1);
 /// What one shared lookup found, with the time each tier took.
 #[derive(Debug)]
 pub struct Fetched {
+    tally: Tally,
+    answer: Answer,
+}
+
+/// What a lookup measured and learnt on its way, besides its answer.
+#[derive(Debug)]
+struct Tally {
     shared_ms: Option<f64>,
     l2_ms: Option<f64>,
     origin_ms: Option<f64>,
-    /// Why the origin was asked (`server-timing: origin;desc=...`).
+    /// Why the origin was asked (`server-timing: origin;desc=...`): what tier 2 said (no tier-2 read: a
+    /// miss), or a refresh or reload.
     origin_why: OriginRead,
     /// The origin's own `server-timing`, when it answered.
     origin_timing: Option<String>,
-    answer: Answer,
+    /// The version of the id the lookup saw in the process-wide tier (a fill never replaces a newer one).
+    seen: Option<i64>,
+    /// Redis had no entry for the id (not: Redis was skipped or failed): the origin may skip its look.
+    redis_missed: bool,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            shared_ms: None,
+            l2_ms: None,
+            origin_ms: None,
+            origin_why: OriginRead::Miss,
+            origin_timing: None,
+            seen: None,
+            redis_missed: false,
+        }
+    }
+
+    /// Tier 2's read, which took since `started`.
+    fn tier2<T>(&mut self, read: &Read<T>, started: Nanos) {
+        self.origin_why = match read {
+            Read::Skipped => OriginRead::RedisSkipped,
+            Read::Failed => OriginRead::RedisFailed,
+            Read::Hit(_) => OriginRead::Expired,
+            Read::Miss | Read::Absent | Read::Shed => OriginRead::Miss,
+        };
+        self.l2_ms = read.visited().then(|| clock::millis_since(started));
+        self.redis_missed = matches!(read, Read::Miss);
+    }
+
+    /// The tiers' times in `server-timing` (a follower reports those of the lookup it shared).
+    fn report(&self, timing: &mut ServerTiming) {
+        if let Some(ms) = self.shared_ms {
+            timing.add("shared", ms);
+        }
+        if let Some(ms) = self.l2_ms {
+            timing.add("l2", ms);
+        }
+        if let Some(ms) = self.origin_ms {
+            timing.add_described("origin", ms, self.origin_why.as_str());
+        }
+        if let Some(upstream) = &self.origin_timing {
+            timing.add_prefixed("origin", upstream);
+        }
+    }
 }
 
 /// What the read path keeps between the requests of an instance: tier 1, the Redis client, the lookups
@@ -87,7 +142,7 @@ pub struct ReadPath {
     config: Rc<Config>,
     tier1: RefCell<Tier1>,
     /// The process-wide tier (off unless `shared_tier_store` names a store).
-    shared: Rc<SharedTier>,
+    process_tier: Rc<ProcessTier>,
     redis: Redis,
     flights: Rc<SingleFlight<FlightKey, Rc<Fetched>>>,
     /// Ids being refreshed early (XFetch) by a request of this instance.
@@ -96,7 +151,7 @@ pub struct ReadPath {
     budget: RefCell<OriginBudget>,
     /// The invalidation feed: how long copies stay fresh.
     feed: Feed,
-    /// How long after it was taken a shared-tier copy may be trusted by the feed: as long as the
+    /// How long after it was taken a process-tier copy may be trusted by the feed: as long as the
     /// instances' version floors outlive a lookup that raced an invalidation (see `SlotValue::new`).
     feed_window: Duration,
 }
@@ -119,8 +174,8 @@ impl Env for Host {
 }
 
 impl ReadPath {
-    /// `shared`: the process-wide tier (which may be off).
-    pub fn new(config: Rc<Config>, shared: Rc<SharedTier>) -> Self {
+    /// `process_tier`: the process-wide tier (which may be off).
+    pub fn new(config: Rc<Config>, process_tier: Rc<ProcessTier>) -> Self {
         let longest_lookup = config.redis_timeout + config.origin_timeout + FLOOR_SLACK;
         // Floors also outlive a lagging Redis replica (the edge's `redis_address` may be one): as long
         // as the instance keeps stale copies, it keeps the versions it answered, so a replica that is
@@ -128,7 +183,7 @@ impl ReadPath {
         let floor_ttl = longest_lookup.max(config.l1_stale);
         Self {
             tier1: RefCell::new(Tier1::new(config.l1, config.l1_stale, floor_ttl)),
-            shared,
+            process_tier,
             redis: Redis::new(Rc::clone(&config)),
             flights: Rc::default(),
             refreshing: RefCell::default(),
@@ -152,10 +207,11 @@ impl ReadPath {
     /// `GET /edge/feed`: brings the instance up to date with the feed, then its state as Prometheus text.
     pub async fn feed_metrics(&self, deadline: Deadline) -> Reply {
         let verdict = self.follow_feed(deadline).await;
-        let text =
-            self.feed
-                .state()
-                .prometheus(clock::wall_ms(), verdict.fallback, self.shared.is_on());
+        let text = self.feed.state().prometheus(
+            clock::wall_ms(),
+            verdict.fallback,
+            self.process_tier.is_on(),
+        );
         Reply::text(200, text, "text/plain; version=0.0.4")
     }
 
@@ -165,7 +221,7 @@ impl ReadPath {
         let limit = deadline.cap(self.config.redis_timeout);
         let verdict = self
             .feed
-            .refresh(&self.redis, &self.shared, &self.tier1, limit)
+            .refresh(&self.redis, &self.process_tier, &self.tier1, limit)
             .await;
         self.tier1.borrow_mut().set_trust(verdict.trust);
         verdict
@@ -217,19 +273,7 @@ impl ReadPath {
                             self.lookup(origin, key, selection, deadline)
                         })
                         .await;
-                    // A follower reports the tiers of the lookup it shared.
-                    if let Some(ms) = found.shared_ms {
-                        timing.add("shared", ms);
-                    }
-                    if let Some(ms) = found.l2_ms {
-                        timing.add("l2", ms);
-                    }
-                    if let Some(ms) = found.origin_ms {
-                        timing.add_described("origin", ms, found.origin_why.as_str());
-                    }
-                    if let Some(upstream) = &found.origin_timing {
-                        timing.add_prefixed("origin", upstream);
-                    }
+                    found.tally.report(&mut timing);
                     let version = found.answer.version();
                     fetched = Some(found);
                     plan.looked(version)
@@ -252,7 +296,7 @@ impl ReadPath {
     }
 
     /// A write of tier 1 or a log line the plan asked for; `seen` is the version of the id the lookup
-    /// found in the shared tier, `tag` the feed position before the copy was asked for.
+    /// found in the process-wide tier, `tag` the feed position before the copy was asked for.
     async fn carry_out(&self, effect: Effect, seen: Option<i64>, tag: FeedTag, deadline: Deadline) {
         match effect {
             Effect::Keep(keep) => self.keep(keep, seen, tag, deadline).await,
@@ -260,13 +304,30 @@ impl ReadPath {
         }
     }
 
-    /// Writes tier 1: the one place that does. When the shared tier is on, what tier 1 accepted goes
+    /// A write this instance forwarded came back with `answer`: what the tiers keep of it for
+    /// read-your-writes, as the plan decides ([`crate::plan::after_write`]), carried out like a read's
+    /// keep. `tag` is the feed position taken before the write was forwarded.
+    pub async fn written(
+        &self,
+        method: &Method,
+        path: &str,
+        answer: &OriginAnswer,
+        tag: FeedTag,
+        deadline: Deadline,
+    ) {
+        if let Some(keep) = after_write(method, path, answer) {
+            self.carry_out(Effect::Keep(keep), None, tag, deadline)
+                .await;
+        }
+    }
+
+    /// Writes tier 1: the one place that does. When the process-wide tier is on, what tier 1 accepted goes
     /// there too (unless that lookup saw a newer version of the id there: `seen`), and what tier 1
     /// drops leaves it, within `redis_timeout_ms` and what is left of the budget.
     ///
     /// `tag` is the feed position taken before the copy was asked for (a copy adopted from the shared
     /// tier keeps its own): the feed vouches for the copy only from there on.
-    pub async fn keep(&self, keep: Keep, seen: Option<i64>, tag: FeedTag, deadline: Deadline) {
+    async fn keep(&self, keep: Keep, seen: Option<i64>, tag: FeedTag, deadline: Deadline) {
         let now = clock::now();
         let now_ms = clock::wall_ms();
         let share = {
@@ -292,17 +353,21 @@ impl ReadPath {
                 }
             }
         };
-        let Some(share) = share.filter(|_| self.shared.is_on()) else {
+        let Some(share) = share.filter(|_| self.process_tier.is_on()) else {
             return;
         };
         let limit = deadline.cap(self.config.redis_timeout);
         match share {
             Ok((entry, shelf)) => {
-                let (ttl, stale) = (self.config.l1.ttl, self.config.l1_stale);
-                let value = SlotValue::new(&entry, shelf, now_ms, ttl, stale, self.feed_window);
-                self.shared.put(&value, seen, limit).await;
+                let keeping = Keeping {
+                    ttl: self.config.l1.ttl,
+                    stale: self.config.l1_stale,
+                    feed_window: Some(self.feed_window),
+                };
+                let value = SlotValue::new(&entry, shelf, now_ms, keeping);
+                self.process_tier.put(&value, seen, limit).await;
             }
-            Err(id) => self.shared.forget(id, limit).await,
+            Err(id) => self.process_tier.forget(id, limit).await,
         }
     }
 
@@ -321,61 +386,47 @@ impl ReadPath {
         let at_start = self.feed.verdict(None);
         let tag = at_start.tag;
         let mut plan = LookupPlan::new(&key, self.config.xfetch_beta);
-        if self.shared.is_on() {
-            plan = plan.with_shared_tier();
+        if self.process_tier.is_on() {
+            plan = plan.with_process_tier();
         }
-        let mut shared_ms = None;
-        let mut seen = None;
-        let mut l2_ms = None;
-        let mut origin_ms = None;
-        // Why the origin is asked, if it is: what tier 2 said (no tier-2 read: a miss).
-        let mut origin_why = OriginRead::Miss;
-        let mut origin_timing = None;
-        // Redis had no entry for the id (not: Redis was skipped or failed): the origin may skip its look.
-        let mut redis_missed = false;
+        let mut tally = Tally::new();
         let mut step = plan.start();
         loop {
             step = match step {
-                LookupStep::Shared => {
+                LookupStep::ProcessTier => {
                     let started = clock::now();
                     let limit = deadline.cap(self.config.redis_timeout);
-                    let found = self.shared.get(id, at_start.trust, limit).await;
-                    shared_ms = found.visited().then(|| clock::millis_since(started));
-                    seen = found.version();
-                    plan.shared(found, &host)
+                    let found = self.process_tier.get(id, at_start.trust, limit).await;
+                    tally.shared_ms = found.visited().then(|| clock::millis_since(started));
+                    tally.seen = found.version();
+                    plan.process_tier(found, &host)
                 }
                 LookupStep::Tier2 => {
                     let started = clock::now();
                     let read = self.read_tier2(id, selection, deadline).await;
-                    origin_why = match &read {
-                        Read::Skipped => OriginRead::RedisSkipped,
-                        Read::Failed => OriginRead::RedisFailed,
-                        Read::Hit(_) => OriginRead::Expired,
-                        Read::Miss | Read::Absent | Read::Shed => OriginRead::Miss,
-                    };
-                    l2_ms = read.visited().then(|| clock::millis_since(started));
-                    redis_missed = matches!(read, Read::Miss);
+                    tally.tier2(&read, started);
                     plan.tier2(read, &host)
                 }
                 LookupStep::Refresh => {
                     let asked = self.refresh(origin, id, deadline).await;
-                    origin_why = OriginRead::Refresh;
-                    origin_ms = asked.as_ref().and_then(|a| a.ms);
+                    tally.origin_why = OriginRead::Refresh;
+                    tally.origin_ms = asked.as_ref().and_then(|a| a.ms);
                     plan.refreshed(asked, &host)
                 }
                 LookupStep::Origin { reload } => {
                     if reload {
-                        origin_why = OriginRead::Reload;
+                        tally.origin_why = OriginRead::Reload;
                     }
                     let ask = Ask {
                         reload,
-                        redis_missed,
+                        redis_missed: tally.redis_missed,
                     };
+                    let why = tally.origin_why;
                     let asked = self
-                        .ask_origin(origin, id, selection, ask, origin_why, deadline)
+                        .ask_origin(origin, id, selection, ask, why, deadline)
                         .await;
-                    origin_ms = asked.ms;
-                    origin_timing = asked.result.as_ref().ok().and_then(|a| a.timing.clone());
+                    tally.origin_ms = asked.ms;
+                    tally.origin_timing = asked.result.as_ref().ok().and_then(|a| a.timing.clone());
                     plan.answered(asked, &host)
                 }
                 LookupStep::Fallback => {
@@ -387,19 +438,10 @@ impl ReadPath {
                     plan.fallback(fresh, kept)
                 }
                 LookupStep::Effect(effect) => {
-                    self.carry_out(effect, seen, tag, deadline).await;
+                    self.carry_out(effect, tally.seen, tag, deadline).await;
                     plan.resume()
                 }
-                LookupStep::Done(answer) => {
-                    return Rc::new(Fetched {
-                        shared_ms,
-                        l2_ms,
-                        origin_ms,
-                        origin_why,
-                        origin_timing,
-                        answer,
-                    });
-                }
+                LookupStep::Done(answer) => return Rc::new(Fetched { tally, answer }),
             }
         }
     }

@@ -30,7 +30,7 @@ use crate::auth::{Caller, Invalid, MAX_TOKEN_BYTES, Rejected, Scopes};
 use crate::clock::{self, Deadline};
 use crate::config::AuthSettings;
 use crate::keys::{Keys, KeysUnavailable};
-use crate::shared_tier::SharedTier;
+use crate::process_tier::ProcessTier;
 
 /// The longest a look-up of a remembered token in the key-value store may take.
 const STORE_LIMIT: Duration = Duration::from_millis(100);
@@ -68,11 +68,11 @@ pub struct Authenticator {
     settings: Rc<AuthSettings>,
     keys: Keys,
     memory: RefCell<TokenCache>,
-    shared: Option<Rc<SharedTier>>,
+    shared: Option<Rc<ProcessTier>>,
 }
 
 impl Authenticator {
-    pub fn new(settings: Rc<AuthSettings>, shared: Rc<SharedTier>) -> Self {
+    pub fn new(settings: Rc<AuthSettings>, shared: Rc<ProcessTier>) -> Self {
         let shared = Some(shared).filter(|s| s.is_on());
         Self {
             keys: Keys::new(

@@ -12,6 +12,9 @@
 //! The graph of each level is split into strongly connected components; every component of two or more
 //! modules is a circle. The test fails on a circle that is not in [`KNOWN_CIRCLES`], naming its modules
 //! and the imports that close it, and on a listed circle that is gone, so that the list only shrinks.
+//! The edge's layering is checked on the same graph: the read plan and the value types under it name none
+//! of the modules that do I/O or carry the plan out ([`EDGE_PURE`], [`EDGE_ABOVE`]).
+//!
 //! No servers: it reads source files.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,6 +41,58 @@ const ROOTS: &[&str] = &[
     "bench/src/main.rs",
     "tests/src/lib.rs",
 ];
+
+/// The edge's modules below the I/O: the read plan and the values it takes and gives.
+const EDGE_PURE: &[&str] = &["plan", "copy", "outcome", "feed_tag"];
+
+/// The edge's modules that do I/O (the tiers, Redis, the origin, the feed, the key-value store, the
+/// clocks) or carry the plan out: none of [`EDGE_PURE`] may name one of them (test code aside).
+const EDGE_ABOVE: &[&str] = &[
+    "l1",
+    "l2",
+    "forward",
+    "process_tier",
+    "feed",
+    "read",
+    "handler",
+    "flight",
+    "keys",
+    "tokens",
+    "clock",
+    "budget",
+    "backoff",
+];
+
+#[test]
+fn the_edge_plan_and_its_values_sit_below_the_io_modules() {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace root");
+    let read = |path: &Path| std::fs::read_to_string(workspace.join(path)).ok();
+    let graph = ModuleGraph::of_crate(Path::new("edge/src/lib.rs"), &read)
+        .unwrap_or_else(|e| panic!("cannot read the edge crate: {e}"));
+    for module in EDGE_PURE.iter().chain(EDGE_ABOVE) {
+        assert!(
+            graph.modules.contains(&vec![module.to_string()]),
+            "`{module}` is not a module of the edge: update the lists"
+        );
+    }
+    let wrong: Vec<String> = graph
+        .edges
+        .iter()
+        .filter(|((parent, from, to), _)| {
+            parent.is_empty()
+                && EDGE_PURE.contains(&from.as_str())
+                && EDGE_ABOVE.contains(&to.as_str())
+        })
+        .map(|((_, from, to), at)| format!("{from} -> {to} ({at})"))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "the edge's plan and value types name modules above them:\n{}",
+        wrong.join("\n")
+    );
+}
 
 #[test]
 fn no_module_imports_one_that_imports_it_back() {

@@ -1,4 +1,4 @@
-//! The process-wide tier (`edge/src/shared_tier.rs`) under real `spin up`: copies in Spin's key-value
+//! The process-wide tier (`edge/src/process_tier/`) under real `spin up`: copies in Spin's key-value
 //! store, shared by every instance of the process. `--max-instance-reuse-count 1` gives every request
 //! a fresh instance, so tier 1 (instance memory) never answers and what one request left is seen by the
 //! next only through the store.
