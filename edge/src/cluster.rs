@@ -85,6 +85,18 @@ impl SlotMap {
         self.primaries.get(usize::from(index)).map(String::as_str)
     }
 
+    /// A replica of the primary serving `slot`, the `pick`-th (modulo their number), if it has one.
+    pub fn replica(&self, slot: u16, pick: usize) -> Option<&str> {
+        let index = *self.owners.get(usize::from(slot))?;
+        let replicas = self.replicas.get(usize::from(index))?;
+        (!replicas.is_empty()).then(|| replicas[pick % replicas.len()].as_str())
+    }
+
+    /// Whether `address` is a replica in the map.
+    pub fn is_replica(&self, address: &str) -> bool {
+        self.replicas.iter().flatten().any(|r| r == address)
+    }
+
     /// Every primary the map names.
     pub fn primaries(&self) -> &[String] {
         &self.primaries
@@ -244,6 +256,10 @@ mod tests {
         assert_eq!(map.served(), 16384);
         assert_eq!(map.replicas[1], ["127.0.0.1:7005"]);
         assert!(map.replicas[2].is_empty());
+        assert_eq!(map.replica(6000, 3), Some("127.0.0.1:7005"));
+        assert_eq!(map.replica(16000, 0), None, "no replica: the primary");
+        assert!(map.is_replica("127.0.0.1:7004"));
+        assert!(!map.is_replica("127.0.0.1:7000"));
     }
 
     #[test]

@@ -111,6 +111,8 @@ pub struct Config {
     /// `redis_mode`: one Redis (or the primary Sentinel names) at `redis_address`, or a Redis Cluster
     /// whose seed node is `redis_address` (crate::cluster).
     pub redis_mode: RedisMode,
+    /// `redis_read_from = replica`: on a cluster, reads go to a replica of the slot's primary.
+    pub redis_read_replicas: bool,
     /// `redis_address`: `host:port` of Redis, or of the cluster's seed node.
     pub redis_address: String,
     /// `scheme://user:password@` of every Redis URL (percent-encoded). Secret.
@@ -157,6 +159,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("redis_url", &"<secret>")
             .field("redis_mode", &self.redis_mode)
+            .field("redis_read_replicas", &self.redis_read_replicas)
             .field("redis_address", &self.redis_address)
             .field("origin_url", &self.origin_url)
             .field("origin_token", &"<secret>")
@@ -253,6 +256,11 @@ impl Config {
         let redis_address = parse_redis_address(get("redis_address")?)?;
         let redis_mode = parse_redis_mode(get("redis_mode")?)?;
         let redis_database = parse_number(get("redis_database")?, 0, i32::MAX as u64, DB)?;
+        let redis_read_replicas = parse_read_from(get("redis_read_from")?)?;
+        if redis_read_replicas && redis_mode != RedisMode::Cluster {
+            // One node: point redis_address at the replica itself (as `up --redis-ha` does).
+            return Err(malformed("redis_read_from", READ_FROM_SINGLE));
+        }
         if redis_mode == RedisMode::Cluster && redis_database != 0 {
             // A cluster has database 0 only: refuse rather than read an empty database.
             return Err(malformed("redis_database", DB_CLUSTER));
@@ -403,6 +411,7 @@ impl Config {
         Ok(Config {
             redis_url,
             redis_mode,
+            redis_read_replicas,
             redis_address,
             redis_url_prefix,
             redis_password,
@@ -446,6 +455,8 @@ impl Config {
 }
 
 const DB: &str = "a Redis logical database number from 0 to 2147483647";
+const READ_FROM_SINGLE: &str =
+    "primary with redis_mode = single (to read a replica there, make redis_address the replica's)";
 const DB_CLUSTER: &str = "0 with redis_mode = cluster (a Redis Cluster has database 0 only)";
 const COUNT: &str = "a whole number from 0 to 10000000";
 const BYTES: &str = "a whole number of bytes from 0 to 1073741824";
@@ -585,6 +596,15 @@ fn parse_redis_mode((name, value): (&'static str, String)) -> Result<RedisMode, 
     }
 }
 
+/// `primary` or `replica`: whether a cluster's reads go to a replica.
+fn parse_read_from((name, value): (&'static str, String)) -> Result<bool, ConfigError> {
+    match value.trim() {
+        "primary" => Ok(false),
+        "replica" => Ok(true),
+        _ => Err(malformed(name, "primary or replica")),
+    }
+}
+
 /// `redis` (plain TCP) or `rediss` (TLS: Spin verifies the server's certificate and host name against
 /// its trust store). A scheme rather than a yes/no switch because `spin.toml` builds the
 /// `allowed_outbound_hosts` entry `{{ redis_scheme }}://{{ redis_address }}` from it: the component may
@@ -684,6 +704,7 @@ mod tests {
             "redis_address" => "127.0.0.1:6379",
             "redis_database" => "0",
             "redis_mode" => "single",
+            "redis_read_from" => "primary",
             "redis_user" => "edge",
             "redis_password" => "p@ss:w/rd",
             "origin_url" => "http://127.0.0.1:8080",
@@ -764,6 +785,30 @@ mod tests {
             ]),
             Err(ConfigError::Malformed {
                 name: "redis_database",
+                ..
+            })
+        ));
+        let replicas = with(&[
+            ("redis_mode", Some("cluster")),
+            ("redis_read_from", Some("replica")),
+        ])
+        .unwrap();
+        assert!(replicas.redis_read_replicas);
+        assert!(!with(&[]).unwrap().redis_read_replicas);
+        assert!(matches!(
+            with(&[("redis_read_from", Some("replica"))]),
+            Err(ConfigError::Malformed {
+                name: "redis_read_from",
+                ..
+            })
+        ));
+        assert!(matches!(
+            with(&[
+                ("redis_mode", Some("cluster")),
+                ("redis_read_from", Some("any"))
+            ]),
+            Err(ConfigError::Malformed {
+                name: "redis_read_from",
                 ..
             })
         ));

@@ -76,6 +76,9 @@ pub struct Redis {
     slots_refresh: Rc<SingleFlight<(), ()>>,
     /// Redirections followed or not, by kind (for the log: the first and then one in 100).
     redirects: Cell<[u64; 3]>,
+    /// With `redis_read_from = replica`: which of a primary's replicas this instance reads (instances
+    /// spread over them).
+    replica_pick: usize,
     breaker: RefCell<Breaker>,
     /// When Redis last answered a command of this instance: evidence that it is up while another
     /// command waits (see [`Verdict::of_timeout`]).
@@ -248,6 +251,7 @@ impl Redis {
             slots_asked: Cell::new(0),
             slots_refresh: Rc::default(),
             redirects: Cell::new([0; 3]),
+            replica_pick: clock::now() as usize / 1000,
             config,
             breaker: RefCell::new(Breaker::new(settings.threshold, settings.backoff)),
             last_answer: Cell::new(0),
@@ -449,7 +453,15 @@ impl Redis {
             let pool = self.pool_of(&address);
             let url = self.url_of(&address);
             let Some(lease) = pool
-                .take(|| self.open(&url, limit, (started, late), deadline, &why_not))
+                .take(|| {
+                    self.open(
+                        (&url, self.is_replica(&address)),
+                        limit,
+                        (started, late),
+                        deadline,
+                        &why_not,
+                    )
+                })
                 .await
             else {
                 match why_not.take() {
@@ -660,6 +672,16 @@ impl Redis {
         }
     }
 
+    /// Whether `address` is a replica this instance reads from (its connections say `READONLY`).
+    fn is_replica(&self, address: &str) -> bool {
+        self.config.redis_read_replicas
+            && self
+                .slots
+                .borrow()
+                .as_ref()
+                .is_some_and(|map| map.is_replica(address))
+    }
+
     /// On a cluster, `address` (redirections from it are followed); in single mode `None` (a `MOVED`
     /// there is a misconfiguration, a failed command like any other).
     fn redirectable(&self, address: &str) -> Option<String> {
@@ -683,11 +705,15 @@ impl Redis {
             flight.run((), || self.refresh_slots(limit)).await;
         }
         key.and_then(|key| {
-            self.slots
-                .borrow()
-                .as_ref()?
-                .owner(key_slot(key))
-                .map(str::to_string)
+            let slots = self.slots.borrow();
+            let map = slots.as_ref()?;
+            let slot = key_slot(key);
+            let replica = if self.config.redis_read_replicas {
+                map.replica(slot, self.replica_pick)
+            } else {
+                None
+            };
+            replica.or_else(|| map.owner(slot)).map(str::to_string)
         })
         .unwrap_or_else(|| self.config.redis_address.clone())
     }
@@ -848,7 +874,15 @@ impl Redis {
         loop {
             let why_not = Cell::new(None);
             let Some(lease) = pool
-                .take(|| self.open(&url, limit, (started, false), deadline, &why_not))
+                .take(|| {
+                    self.open(
+                        (&url, self.is_replica(address)),
+                        limit,
+                        (started, false),
+                        deadline,
+                        &why_not,
+                    )
+                })
                 .await
             else {
                 return Err(why_not.take().unwrap_or(Failure::Connect));
@@ -953,7 +987,7 @@ impl Redis {
     /// saturated ([`Verdict::of_timeout`]), until `deadline`. `None` says why in `why_not`.
     async fn open(
         &self,
-        url: &str,
+        (url, readonly): (&str, bool),
         limit: Duration,
         (started, late): (Nanos, bool),
         deadline: Deadline,
@@ -961,7 +995,14 @@ impl Redis {
     ) -> Option<Connection> {
         let url = url.to_string();
         let opening = clock::now();
-        let open = Box::pin(async move { Connection::open(&url).await });
+        let open = Box::pin(async move {
+            let connection = Connection::open(&url).await?;
+            if readonly {
+                // A replica serves its primary's slots only to a connection that said READONLY.
+                connection.execute("READONLY", Vec::new()).await?;
+            }
+            Ok::<Connection, Error>(connection)
+        });
         let opened = match clock::race(limit, open).await {
             Ok(opened) => Some(opened),
             Err(pending) => match self.judge(limit, started, late) {

@@ -6,10 +6,11 @@
 
 /// Every Spin variable the edge reads, as declared under `[component.aside-edge.variables]` in
 /// spin.toml. Spin takes a variable's value from `SPIN_VARIABLE_<NAME in upper case>`.
-pub const EDGE_VARIABLES: [&str; 41] = [
+pub const EDGE_VARIABLES: [&str; 42] = [
     "redis_address",
     "redis_mode",
     "redis_database",
+    "redis_read_from",
     "redis_user",
     "redis_password",
     "origin_url",

@@ -118,6 +118,31 @@ async fn setslot(cluster: &RedisCluster, at: usize, slot: u16, how: &[&str]) {
         .unwrap_or_else(|e| panic!("CLUSTER SETSLOT {slot} {how:?} on node {at}: {e}"));
 }
 
+/// `HGETALL` calls the cluster's replicas have served (`INFO commandstats`).
+async fn replica_reads(cluster: &RedisCluster) -> u64 {
+    let view = cluster.cluster_nodes().await.unwrap();
+    let mut calls = 0;
+    for node in view.iter().filter(|n| !n.primary && !n.failed) {
+        let at = cluster
+            .nodes
+            .iter()
+            .position(|n| n.port == node.port)
+            .unwrap();
+        let mut c = cluster.nodes[at].admin(0).await.unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        calls += info
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_hgetall:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse::<u64>().unwrap());
+    }
+    calls
+}
+
 /// `p50 .. p99 ..` of `took` (a figure printed for the report, never asserted).
 fn percentiles(took: &mut [Duration]) -> String {
     took.sort();
@@ -332,7 +357,7 @@ async fn the_edge_reads_each_key_from_its_node_and_follows_slots_that_move() {
             .unwrap();
     }
     // Tier 1 on (the feed keeps its copies fresh; with tier 1 off there is no feed to read).
-    let feed_edge = on_cluster.start().await.unwrap();
+    let feed_edge = on_cluster.clone().start().await.unwrap();
     let read = wait_until(Duration::from_secs(10), || async {
         let _ = get(&feed_edge, "/users/1").await;
         let state = feed_edge.app().get("/edge/feed").await;
@@ -340,6 +365,27 @@ async fn the_edge_reads_each_key_from_its_node_and_follows_slots_that_move() {
     })
     .await;
     assert!(read, "the feed read from its node up to entry {last}");
+
+    // Reads from replicas (`redis_read_from = replica`): every id still answered from the cluster, each
+    // by a replica (its connections said READONLY; a replica without it would answer MOVED).
+    let replica_edge = on_cluster
+        .clone()
+        .var("redis_read_from", "replica")
+        .l1_ttl_ms(0)
+        .start()
+        .await
+        .unwrap();
+    let before = replica_reads(&cluster).await;
+    for n in 1..=IDS {
+        let answer = get(&replica_edge, &format!("/users/{n}")).await;
+        assert!(from_cluster(&answer), "from a replica, {n}: {answer:?}");
+    }
+    // A replica answers a read only on a READONLY connection (otherwise MOVED, not counted). An
+    // instance that could not learn the map within its read's time reads through redis_address and
+    // redirections until its next try (at most 250 ms later), so not every read need be a replica's.
+    let served = replica_reads(&cluster).await - before;
+    eprintln!("replica reads: the replicas served {served} of {IDS} reads");
+    assert!(served > 0, "the replicas served {served} of {IDS} reads");
 
     // A primary killed: its ids go through the origin (200, never an error) until the cluster promotes
     // its replica; then the edge finds the new primary and answers from the cluster again.
