@@ -123,17 +123,7 @@ async fn replica_reads(cluster: &RedisCluster) -> u64 {
     let view = cluster.cluster_nodes().await.unwrap();
     let mut calls = 0;
     for node in view.iter().filter(|n| !n.primary && !n.failed) {
-        let at = cluster
-            .nodes
-            .iter()
-            .position(|n| n.port == node.port)
-            .unwrap();
-        let mut c = cluster.nodes[at].admin(0).await.unwrap();
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query_async(&mut c)
-            .await
-            .unwrap();
+        let info = cluster.node_info(node.port, "commandstats").await.unwrap();
         calls += info
             .lines()
             .find_map(|l| l.strip_prefix("cmdstat_hgetall:calls="))

@@ -448,17 +448,7 @@ async fn the_origin_on_the_cluster(cluster: &RedisCluster) -> OnCluster {
         .iter()
         .filter(|n| n.primary)
     {
-        let i = cluster
-            .nodes
-            .iter()
-            .position(|x| x.port == node.port)
-            .unwrap();
-        let mut c = cluster.nodes[i].admin(0).await.unwrap();
-        let info: String = redis::cmd("INFO")
-            .arg("memory")
-            .query_async(&mut c)
-            .await
-            .unwrap();
+        let info = cluster.node_info(node.port, "memory").await.unwrap();
         per_node += info
             .lines()
             .find_map(|l| l.strip_prefix("used_memory:"))

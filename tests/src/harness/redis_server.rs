@@ -697,6 +697,20 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
+    /// `INFO section` of the node on `port`, read as the admin user.
+    pub async fn node_info(&self, port: u16, section: &str) -> anyhow::Result<String> {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.port == port)
+            .ok_or_else(|| anyhow::anyhow!("no node of this cluster on port {port}"))?;
+        let mut admin = node.admin(0).await?;
+        Ok(redis::cmd("INFO")
+            .arg(section)
+            .query_async(&mut admin)
+            .await?)
+    }
+
     /// `primaries` primaries with `replicas` replicas each, every slot served and every replica in
     /// sync.
     pub async fn start(primaries: usize, replicas: usize) -> anyhow::Result<Self> {
