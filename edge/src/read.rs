@@ -1,7 +1,9 @@
 //! The read path of `GET /users/{id}`: tier 1, then tier 2, then the origin, then a stale copy.
 //!
 //! What to ask and what to accept is decided by [`crate::plan`]; this module carries its steps out
-//! (tier 1, Redis, the origin, the single-flight) and measures them for `server-timing`.
+//! (tier 1, the process-wide tier, Redis, the origin, the single-flight, the writes of the tiers) and
+//! measures them for `server-timing`, in one executor loop, `ReadPath::run`, for every plan: a
+//! request's, the shared lookup it leads or joins, and a forwarded write's.
 //!
 //! Tier 1 is checked by every request. Requests that miss it and want the same thing (same id, same
 //! projection) share one tier-2/origin lookup ([`crate::flight`]). Tier 1 is filled only with full
