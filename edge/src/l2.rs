@@ -910,8 +910,11 @@ impl Redis {
             let result = match clock::race(left, call).await {
                 Ok(answer) => answer,
                 Err(late) => {
+                    let (pool, pooled) = (Rc::clone(&pool), Rc::clone(&pooled));
                     clock::detach(async move {
-                        let _ = late.await;
+                        if let Err(Failure::Command(_) | Failure::Connect) = late.await {
+                            pool.discard(&pooled);
+                        }
                     });
                     Err(Failure::TimedOut)
                 }
@@ -921,9 +924,13 @@ impl Redis {
                     pooled.answered.set(true);
                     self.answered(Duration::from_nanos(clock::now().saturating_sub(started)));
                 }
+                // A late call keeps its connection: the call goes on in the background and gives
+                // the connection back when it ends (an error then drops it, in the background).
+                // Dropping it here cost a new connection (connect, AUTH) for every late feed read
+                // under a spike (docs/operations.md, "Overload").
+                Err(Failure::TimedOut) => self.node_failed(),
                 Err(failure) => {
-                    // A connection that failed is not trusted again; a late one is dropped from
-                    // the pool too (closed once its call ends).
+                    // A connection that failed is not trusted again.
                     pool.discard(&pooled);
                     self.node_failed();
                     if matches!(failure, Failure::Command(_)) && pooled.answered.get() && !retried {

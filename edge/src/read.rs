@@ -206,7 +206,7 @@ impl ReadPath {
 
     /// `GET /edge/feed`: brings the instance up to date with the feed, then its state as Prometheus text.
     pub async fn feed_metrics(&self, deadline: Deadline) -> Reply {
-        let verdict = self.follow_feed(deadline).await;
+        let verdict = self.follow_feed(deadline, None).await;
         let text = self.feed.state().prometheus(
             clock::wall_ms(),
             verdict.fallback,
@@ -216,13 +216,22 @@ impl ReadPath {
     }
 
     /// Brings the instance up to date with the invalidation feed when it is due (see
-    /// [`Feed::refresh`]), and sets what tier 1 may trust.
-    async fn follow_feed(&self, deadline: Deadline) -> Verdict {
-        let limit = deadline.cap(self.config.redis_timeout);
-        let verdict = self
-            .feed
-            .refresh(&self.redis, &self.process_tier, &self.tier1, limit)
-            .await;
+    /// [`Feed::refresh`]), and sets what tier 1 may trust. A read of `id` that tier 1 holds no copy
+    /// of (and no process-wide tier could answer) does not read the feed: nothing it serves depends on
+    /// it (a copy it takes is tagged with the position last read, and the changes after it are applied
+    /// by the next read that does), so the feed is read only for the reads it decides.
+    async fn follow_feed(&self, deadline: Deadline, id: Option<UserId>) -> Verdict {
+        let needed = id.is_none_or(|id| {
+            self.process_tier.is_on() || self.tier1.borrow().holds(&id, clock::now())
+        });
+        let verdict = if needed {
+            let limit = deadline.cap(self.config.redis_timeout);
+            self.feed
+                .refresh(&self.redis, &self.process_tier, &self.tier1, limit)
+                .await
+        } else {
+            self.feed.verdict(None)
+        };
         self.tier1.borrow_mut().set_trust(verdict.trust);
         verdict
     }
@@ -244,7 +253,7 @@ impl ReadPath {
         let selection = selection.as_ref();
         let mut plan = ReadPlan::new(id, selection, self.config.xfetch_beta);
         let mut timing = ServerTiming::new();
-        let verdict = self.follow_feed(deadline).await;
+        let verdict = self.follow_feed(deadline, Some(id)).await;
         if verdict.fallback != Some(Fallback::Off) {
             timing.add_described("feed", verdict.spent_ms.unwrap_or(0.0), verdict.describe());
         }
