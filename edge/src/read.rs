@@ -219,10 +219,15 @@ impl ReadPath {
     /// [`Feed::refresh`]), and sets what tier 1 may trust. A read of `id` that tier 1 holds no copy
     /// of (and no process-wide tier could answer) does not read the feed: nothing it serves depends on
     /// it (a copy it takes is tagged with the position last read, and the changes after it are applied
-    /// by the next read that does), so the feed is read only for the reads it decides.
+    /// by the next read that does), so the feed is read only for the reads it decides. Except a new
+    /// instance's first read: its feed read is also its first answer from Redis, the evidence that
+    /// tells its later timeouts (a queue) from a silent Redis (crate::backoff); without it, a spike's
+    /// new instances sent their first reads to the origin (21 in one spike test, 14 allowed).
     async fn follow_feed(&self, deadline: Deadline, id: Option<UserId>) -> Verdict {
         let needed = id.is_none_or(|id| {
-            self.process_tier.is_on() || self.tier1.borrow().holds(&id, clock::now())
+            self.process_tier.is_on()
+                || self.feed.never_checked()
+                || self.tier1.borrow().holds(&id, clock::now())
         });
         let verdict = if needed {
             let limit = deadline.cap(self.config.redis_timeout);
