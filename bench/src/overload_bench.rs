@@ -273,6 +273,7 @@ fn load(
 }
 
 /// One measured phase: the load, the origin's reads around it and the runtime's memory during it.
+/// (Long: the phase's record, built field by field from what was measured.)
 fn phase(
     config: &Config,
     stack: &Stack,
@@ -293,19 +294,10 @@ fn phase(
     let mut redis = RedisAdmin::connect(stack.ports.redis, &stack.secrets.redis_admin)?;
     let calls_before = redis.command_calls()?;
     let cpu_before = tree_cpu_ticks(pid);
-    let sampling = AtomicBool::new(true);
-    let peak_kib = AtomicU64::new(0);
-    let result = std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while sampling.load(Ordering::Relaxed) {
-                peak_kib.fetch_max(tree_rss_kib(pid), Ordering::Relaxed);
-                std::thread::sleep(RSS_EVERY);
-            }
-        });
-        let result = load(config, stack, target, name, connections, seconds, bar);
-        sampling.store(false, Ordering::Relaxed);
-        result
-    })?;
+    let (result, peak_kib) = with_peak_rss(pid, || {
+        load(config, stack, target, name, connections, seconds, bar)
+    });
+    let result = result?;
     let origin = origin_reads(origin_port)? - before;
     let cpu_ticks = tree_cpu_ticks(pid).saturating_sub(cpu_before);
     let calls_after = redis.command_calls()?;
@@ -317,23 +309,7 @@ fn phase(
             (ran > 0).then(|| (name.clone(), ran as f64 * per_1k))
         })
         .collect();
-    let mut server_timing: BTreeMap<String, (u64, f64)> = BTreeMap::new();
-    for (tier, counts) in &result.server_timing_n {
-        for (metric, n) in counts {
-            let mean = result
-                .server_timing_ms
-                .get(tier)
-                .and_then(|m| m.get(metric))
-                .copied()
-                .unwrap_or(0.0);
-            let (total_n, total_ms) = server_timing.entry(metric.clone()).or_default();
-            *total_ms += mean * *n as f64;
-            *total_n += n;
-        }
-    }
-    for (n, total_ms) in server_timing.values_mut() {
-        *total_ms /= (*n).max(1) as f64;
-    }
+    let server_timing = timing_over_tiers(&result);
     let ok: u64 = result
         .statuses
         .iter()
@@ -341,15 +317,9 @@ fn phase(
         .map(|(_, n)| n)
         .sum();
     let elapsed = result.elapsed_s.max(f64::EPSILON);
-    let (starts, start_sum) = result
-        .server_timing_n
-        .iter()
-        .filter_map(|(tier, counts)| {
-            let n = *counts.get("start")?;
-            let mean = result.server_timing_ms.get(tier)?.get("start")?;
-            Some((n, mean * n as f64))
-        })
-        .fold((0, 0.0), |(n, sum), (k, s)| (n + k, sum + s));
+    let (starts, start_mean_ms) = server_timing
+        .get("start")
+        .map_or((0, None), |(n, mean)| (*n, Some(*mean)));
     let phase = Phase {
         target: who.to_string(),
         phase: name.to_string(),
@@ -369,10 +339,10 @@ fn phase(
         p99_us: result.latency_us.p99,
         x_cache: result.x_cache.clone(),
         instance_starts: starts,
-        instance_start_mean_ms: (starts > 0).then(|| start_sum / starts as f64),
+        instance_start_mean_ms: start_mean_ms.filter(|_| starts > 0),
         origin_reads: origin,
         origin_rps: origin / elapsed,
-        rss_peak_mib: peak_kib.load(Ordering::Relaxed) as f64 / 1024.0,
+        rss_peak_mib: peak_kib as f64 / 1024.0,
         per_second: result.per_second.clone(),
         per_second_p50_us: result.per_second_p50_us.clone(),
         per_second_l1_share: result
@@ -398,6 +368,47 @@ fn phase(
         phase.rss_peak_mib
     );
     Ok(phase)
+}
+
+/// Runs `work` while reading the resident memory of `pid`'s process tree every [`RSS_EVERY`]; its
+/// result and the peak (KiB).
+fn with_peak_rss<T: Send>(pid: u32, work: impl FnOnce() -> T) -> (T, u64) {
+    let sampling = AtomicBool::new(true);
+    let peak_kib = AtomicU64::new(0);
+    let result = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while sampling.load(Ordering::Relaxed) {
+                peak_kib.fetch_max(tree_rss_kib(pid), Ordering::Relaxed);
+                std::thread::sleep(RSS_EVERY);
+            }
+        });
+        let result = work();
+        sampling.store(false, Ordering::Relaxed);
+        result
+    });
+    (result, peak_kib.load(Ordering::Relaxed))
+}
+
+/// Every `server-timing` metric over all tiers: how many answers carried it, and its mean (ms).
+fn timing_over_tiers(result: &LoadResult) -> BTreeMap<String, (u64, f64)> {
+    let mut server_timing: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+    for (tier, counts) in &result.server_timing_n {
+        for (metric, n) in counts {
+            let mean = result
+                .server_timing_ms
+                .get(tier)
+                .and_then(|m| m.get(metric))
+                .copied()
+                .unwrap_or(0.0);
+            let (total_n, total_ms) = server_timing.entry(metric.clone()).or_default();
+            *total_ms += mean * *n as f64;
+            *total_n += n;
+        }
+    }
+    for (n, total_ms) in server_timing.values_mut() {
+        *total_ms /= (*n).max(1) as f64;
+    }
+    server_timing
 }
 
 /// The origin's answered reads of `/users/{id}` so far (every status), from its `/metrics`.
@@ -581,6 +592,22 @@ impl Goals {
 
 impl OverloadReport {
     pub fn markdown(&self) -> String {
+        let mut out = self.phases_table();
+        out.push_str(&self.goals_line());
+        out.push_str(&self.where_time_goes());
+        out
+    }
+
+    /// The seconds of the phase after the spike.
+    fn after_s(&self) -> f64 {
+        self.phases
+            .iter()
+            .find(|p| p.phase == "after")
+            .map_or(0.0, |p| p.elapsed_s.round())
+    }
+
+    /// The heading and one row per phase.
+    fn phases_table(&self) -> String {
         let mut out = format!(
             "## Overload ({}, {} run: {} profiles, Zipf reads, client authentication {}; {} → {} → {} \
              connections, {} s per phase, {} s after)\n\n\
@@ -595,10 +622,7 @@ impl OverloadReport {
             self.spike_connections,
             self.calm_connections,
             self.phase_s,
-            self.phases
-                .iter()
-                .find(|p| p.phase == "after")
-                .map_or(0.0, |p| p.elapsed_s.round()),
+            self.after_s(),
         );
         let list = |m: &BTreeMap<String, u64>| {
             if m.is_empty() {
@@ -632,10 +656,15 @@ impl OverloadReport {
                 p.rss_peak_mib
             ));
         }
+        out
+    }
+
+    /// The issue's goals, computed.
+    fn goals_line(&self) -> String {
         let g = &self.goals;
         let opt =
             |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
-        out.push_str(&format!(
+        format!(
             "\nGoals (issue 29): goodput spike ÷ calm {:.2} (goal ≥ 0.85; hello-world {}, hello-redis {}); answers 500: {} \
              (goal 0); answers without x-cache: {} (goal 0); origin reads/s calm {:.1}, spike {:.1} (goal \
              ≤ 1.2 × calm); RSS during the spike: edge {:.0} MiB, hello-world {} MiB, ratio {} (goal ≤ 2); \
@@ -651,10 +680,7 @@ impl OverloadReport {
             g.edge_rss_spike_mib,
             opt(g.hello_rss_spike_mib, 0),
             opt(g.rss_ratio, 2),
-            self.phases
-                .iter()
-                .find(|p| p.phase == "after")
-                .map_or(0.0, |p| p.elapsed_s.round()),
+            self.after_s(),
             report::ms(g.p50_before_us),
             report::ms(g.p50_after_us),
             report::ms(g.p99_before_us),
@@ -666,7 +692,14 @@ impl OverloadReport {
                 Some(s) => format!("from second {s} on"),
                 None => "not within the phase".to_string(),
             },
-        ));
+        )
+    }
+
+    /// Per phase: CPU per answer, Redis commands per 1,000 answers, server-timing.
+    fn where_time_goes(&self) -> String {
+        let opt =
+            |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
+        let mut out = String::new();
         out.push_str(
             "\nWhere the time goes, per phase: the runtime's CPU (user + system, its whole process tree) \
              per answer; Redis commands per 1,000 answers (`auth`: one per connection opened); the \
