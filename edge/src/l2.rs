@@ -244,6 +244,21 @@ enum Failure {
     Redirected(Redirect),
 }
 
+/// One command's call through [`Redis::execute`]: its breaker permit and what its waits showed.
+struct Call<'a> {
+    /// The breaker's permit, until the outcome (or a timeout counted early) is reported.
+    permit: Option<Attempt<'a>>,
+    /// A timeout already counted against Redis (its state change, to report).
+    counted: Option<Transition>,
+    /// A wait judged to be the edge's own saturation.
+    saturated: Option<Verdict>,
+    started: Nanos,
+    /// Started with less than half of the request's budget left.
+    late: bool,
+    limit: Duration,
+    deadline: Deadline,
+}
+
 impl Redis {
     /// One connection opened since the last call, and how long its opening took (ms): what an answer
     /// reports as `server-timing: redis_open` (docs/operations.md, "Overload": the instance's start).
@@ -443,22 +458,41 @@ impl Redis {
         let Some(permit) = Attempt::start(&self.breaker, started) else {
             return Read::Skipped;
         };
-        // More than half of the request's budget spent before Redis was asked: any timeout of this
-        // call is the instance's queue (crate::backoff, `started_late`).
-        let late =
-            backoff::started_late(self.config.request_budget, deadline.remaining_at(started));
-        let mut permit = Some(permit);
-        let mut counted = None;
-        let mut saturated = None;
-        let mut retried = false;
+        let mut call = Call {
+            permit: Some(permit),
+            counted: None,
+            saturated: None,
+            started,
+            // More than half of the request's budget spent before Redis was asked: any timeout of
+            // this call is the instance's queue (crate::backoff, `started_late`).
+            late: backoff::started_late(self.config.request_budget, deadline.remaining_at(started)),
+            limit,
+            deadline,
+        };
+        let attempt = self.attempt(command, arguments, &mut call).await;
+        if attempt.is_ok() {
+            self.answered(Duration::from_nanos(clock::now().saturating_sub(started)));
+        }
+        self.conclude(command, attempt, call)
+    }
+
+    /// Sends `command` (to the node that owns its key, following one redirection, and once more on a
+    /// new connection when a pooled one that had answered fails) until an answer, a failure, or the
+    /// end of its patience. `Ok(None)`: no usable reply (a data error, or redirected twice).
+    async fn attempt(
+        &self,
+        command: &str,
+        arguments: Vec<RedisParameter>,
+        call: &mut Call<'_>,
+    ) -> Result<Option<Vec<RedisResult>>, Failure> {
+        let (limit, started, late, deadline) = (call.limit, call.started, call.late, call.deadline);
         let key = match arguments.first() {
             Some(RedisParameter::Binary(key)) => Some(key.as_slice()),
             _ => None,
         };
         let mut address = self.node_for(key, limit / 2).await;
-        let mut asking = false;
-        let mut redirected = false;
-        let attempt = loop {
+        let (mut asking, mut redirected, mut retried) = (false, false, false);
+        loop {
             let why_not = Cell::new(None);
             let pool = self.pool_of(&address);
             let url = self.url_of(&address);
@@ -474,99 +508,121 @@ impl Redis {
                 })
                 .await
             else {
-                match why_not.take() {
+                return Err(match why_not.take() {
                     Some(Failure::Unheard(verdict)) => {
-                        saturated = Some(verdict);
-                        break Err(Failure::TimedOut);
+                        call.saturated = Some(verdict);
+                        Failure::TimedOut
                     }
-                    Some(failure) => break Err(failure),
+                    Some(failure) => failure,
                     // Joined another request's open, which failed.
-                    None => break Err(Failure::Connect),
-                }
+                    None => Failure::Connect,
+                });
             };
             let pooled = Rc::clone(&lease.pooled);
-            let call = leased_call(
+            let sent = leased_call(
                 lease,
                 self.redirectable(&address),
                 command,
                 arguments.clone(),
                 asking,
             );
-            let left =
-                limit.saturating_sub(Duration::from_nanos(clock::now().saturating_sub(started)));
-            let result = match clock::race(left, call).await {
-                Ok(answer) => answer,
-                Err(pending) => match self.judge(limit, started, late) {
-                    verdict @ Verdict::Saturated(_) => {
-                        saturated = Some(verdict);
-                        clock::within(patience(deadline), pending)
-                            .await
-                            .unwrap_or(Err(Failure::TimedOut))
-                    }
-                    Verdict::Failing(_) => {
-                        // Counted now (the breaker may open for the requests after it), but
-                        // this request keeps waiting for the same answer within its budget:
-                        // one stall is not yet an outage, and the origin is the costlier path.
-                        counted = self.count_timeout(permit.take(), started);
-                        clock::within(patience(deadline), pending)
-                            .await
-                            .unwrap_or(Err(Failure::TimedOut))
-                    }
-                },
-            };
+            let result = self.await_answer(sent, call).await;
             if let Err(Failure::Redirected(redirect)) = &result {
                 // An answer: the connection is fine, and so is the node.
                 pooled.answered.set(true);
-                let redirect = redirect.clone();
-                if !redirected {
-                    redirected = true;
-                    asking = self.follow(&redirect, command);
-                    address = redirect.address().to_string();
-                    continue;
+                if redirected {
+                    // Redirected again: the slot is moving under us. The origin answers this one.
+                    self.unresolved(redirect, command);
+                    return Ok(None);
                 }
-                // Redirected again: the slot is moving under us. The origin answers this one.
-                self.unresolved(&redirect, command);
-                break Ok(None);
+                redirected = true;
+                asking = self.follow(redirect, command);
+                address = redirect.address().to_string();
+                continue;
             }
-            match &result {
-                Ok(_) => pooled.answered.set(true),
-                Err(failure) => {
-                    // Whatever state the connection is in, it is not trusted again.
-                    pool.discard(&pooled);
-                    self.node_failed();
-                    let retry = matches!(failure, Failure::Command(_))
-                        && pooled.answered.get()
-                        && !retried
-                        && saturated.is_none()
-                        && permit.is_some();
-                    if retry {
-                        // It worked before: it may have died idle (Redis restarted). So may the
-                        // other idle ones; try once more on a new connection, within the same limit.
-                        pool.discard_idle();
-                        retried = true;
-                        eprintln!(
-                            "aside-edge: redis {command} failed on a pooled connection ({}); \
-                             retrying on a new one",
-                            match failure {
-                                Failure::Command(e) => self.config.scrub(e),
-                                _ => String::new(),
-                            }
-                        );
-                        continue;
-                    }
+            let Err(failure) = &result else {
+                pooled.answered.set(true);
+                return result;
+            };
+            // Whatever state the connection is in, it is not trusted again.
+            pool.discard(&pooled);
+            self.node_failed();
+            let retry = matches!(failure, Failure::Command(_))
+                && pooled.answered.get()
+                && !retried
+                && call.saturated.is_none()
+                && call.permit.is_some();
+            if !retry {
+                return result;
+            }
+            // It worked before: it may have died idle (Redis restarted). So may the other idle
+            // ones; try once more on a new connection, within the same limit.
+            pool.discard_idle();
+            retried = true;
+            eprintln!(
+                "aside-edge: redis {command} failed on a pooled connection ({}); retrying on a new one",
+                match failure {
+                    Failure::Command(e) => self.config.scrub(e),
+                    _ => String::new(),
                 }
-            }
-            break result;
-        };
-        if attempt.is_ok() {
-            self.answered(Duration::from_nanos(clock::now().saturating_sub(started)));
+            );
         }
+    }
 
-        // Waited out the budget's patience too with no answer. Only a silent Redis (the call started
-        // on time, and Redis has answered nothing of this instance for a whole `redis_timeout_ms`)
-        // sends the request to the origin; that counts (once per stall, as any timeout). Otherwise
-        // Redis is up and the call was queued in the instance, or the request started it too late to
-        // tell: shed (a stale copy or a 503), never an origin read (crate::backoff, `silent`).
+    /// The answer to a command sent, within the call's limit; past it, judged ([`Verdict::of_timeout`])
+    /// and waited for within the request's patience.
+    async fn await_answer<F>(
+        &self,
+        sent: Pin<Box<F>>,
+        call: &mut Call<'_>,
+    ) -> Result<Option<Vec<RedisResult>>, Failure>
+    where
+        F: Future<Output = Result<Option<Vec<RedisResult>>, Failure>> + 'static,
+    {
+        let left = call.limit.saturating_sub(Duration::from_nanos(
+            clock::now().saturating_sub(call.started),
+        ));
+        let pending = match clock::race(left, sent).await {
+            Ok(answer) => return answer,
+            Err(pending) => pending,
+        };
+        match self.judge(call.limit, call.started, call.late) {
+            verdict @ Verdict::Saturated(_) => call.saturated = Some(verdict),
+            // Counted now (the breaker may open for the requests after it), but this request keeps
+            // waiting for the same answer within its budget: one stall is not yet an outage, and the
+            // origin is the costlier path.
+            Verdict::Failing(_) => {
+                call.counted = self.count_timeout(call.permit.take(), call.started);
+            }
+        }
+        clock::within(patience(call.deadline), pending)
+            .await
+            .unwrap_or(Err(Failure::TimedOut))
+    }
+
+    /// What an attempt comes to: its reply, a shed request, or a failure that sends the request to the
+    /// origin; the breaker hears of it.
+    ///
+    /// Waited out the budget's patience too with no answer: only a silent Redis (the call started on
+    /// time, and Redis has answered nothing of this instance for a whole `redis_timeout_ms`) sends the
+    /// request to the origin; that counts (once per stall, as any timeout). Otherwise Redis is up and
+    /// the call was queued in the instance, or the request started it too late to tell: shed (a stale
+    /// copy or a 503), never an origin read (crate::backoff, `silent`).
+    fn conclude(
+        &self,
+        command: &str,
+        attempt: Result<Option<Vec<RedisResult>>, Failure>,
+        call: Call<'_>,
+    ) -> Read<Vec<RedisResult>> {
+        let Call {
+            permit,
+            counted,
+            saturated,
+            started,
+            late,
+            limit,
+            deadline,
+        } = call;
         let quiet_for = Duration::from_nanos(clock::now().saturating_sub(self.last_answer.get()));
         // An instance that has never heard Redis has no silence to measure: if its wait was judged
         // saturated, that is all it knows, and it sheds.
@@ -593,73 +649,95 @@ impl Redis {
             // counted earlier stays counted, and its state change is reported.
             drop(permit);
             self.note(counted);
-            let shed = self.shed.get() + 1;
-            self.shed.set(shed);
-            // The first and then one in 100: an overloaded edge must not spend itself on logging.
-            if shed % 100 == 1 {
-                eprintln!(
-                    "aside-edge: redis {command} unanswered within the request budget; shedding the \
-                     request, not asking the origin (cause: {}; Redis last answered {} ms ago; the \
-                     call started with {} ms of the budget left; shed so far by this instance: \
-                     {shed})",
-                    verdict.cause(),
-                    quiet_for.as_millis(),
-                    deadline.remaining_at(started).as_millis()
-                );
-            }
+            self.count_shed(command, verdict, quiet_for, deadline.remaining_at(started));
             return Read::Shed;
         }
-        let ok = attempt.is_ok();
         let transition = match permit {
             None => counted,
             Some(permit) if timed_out => self.count_timeout(Some(permit), started),
-            Some(permit) => permit.finish(ok, clock::now()),
+            Some(permit) => permit.finish(attempt.is_ok(), clock::now()),
         };
         self.note(transition);
         match attempt {
             Ok(Some(reply)) => Read::Hit(reply),
             Ok(None) => Read::Miss,
             Err(failure) => {
-                let (why, cause) = match failure {
-                    Failure::Connect => {
-                        METRICS.redis_verdict(Verdict::Failing(Failing::Error));
-                        ("cannot connect".to_string(), Failing::Error)
-                    }
-                    Failure::Command(e) => {
-                        METRICS.redis_verdict(Verdict::Failing(Failing::Error));
-                        (
-                            format!("{command} failed: {}", self.config.scrub(&e)),
-                            Failing::Error,
-                        )
-                    }
-                    // Not reached: a redirection is followed once, then a miss.
-                    Failure::Redirected(r) => (
-                        format!("{command} redirected to {}", r.address()),
-                        Failing::Error,
-                    ),
-                    Failure::TimedOut | Failure::Unheard(_) => (
-                        format!(
-                            "{command} took longer than {} ms (waited {} ms{}; recent answers {} ms)",
-                            limit.as_millis(),
-                            clock::now().saturating_sub(started) / 1_000_000,
-                            if silent {
-                                ", nothing else answered"
-                            } else {
-                                ""
-                            },
-                            self.recent_answers.get().map_or(0, |d| d.as_millis())
-                        ),
-                        Failing::Timeout,
-                    ),
-                };
-                eprintln!(
-                    "aside-edge: redis {why}; going to the origin (cause: {}; redis breaker: {})",
-                    Verdict::Failing(cause).cause(),
-                    self.breaker.borrow().visible().as_str()
-                );
+                let waited = Duration::from_nanos(clock::now().saturating_sub(started));
+                self.failed(command, failure, (limit, waited), silent);
                 Read::Failed
             }
         }
+    }
+
+    /// Counts a shed request and logs the first and then one in 100 (an overloaded edge must not
+    /// spend itself on logging).
+    fn count_shed(
+        &self,
+        command: &str,
+        verdict: Verdict,
+        quiet_for: Duration,
+        left_at_start: Duration,
+    ) {
+        let shed = self.shed.get() + 1;
+        self.shed.set(shed);
+        if shed % 100 == 1 {
+            eprintln!(
+                "aside-edge: redis {command} unanswered within the request budget; shedding the \
+                 request, not asking the origin (cause: {}; Redis last answered {} ms ago; the \
+                 call started with {} ms of the budget left; shed so far by this instance: \
+                 {shed})",
+                verdict.cause(),
+                quiet_for.as_millis(),
+                left_at_start.as_millis()
+            );
+        }
+    }
+
+    /// Reports a failure that sends the request to the origin: its metric and one log line.
+    fn failed(
+        &self,
+        command: &str,
+        failure: Failure,
+        (limit, waited): (Duration, Duration),
+        silent: bool,
+    ) {
+        let (why, cause) = match failure {
+            Failure::Connect => {
+                METRICS.redis_verdict(Verdict::Failing(Failing::Error));
+                ("cannot connect".to_string(), Failing::Error)
+            }
+            Failure::Command(e) => {
+                METRICS.redis_verdict(Verdict::Failing(Failing::Error));
+                (
+                    format!("{command} failed: {}", self.config.scrub(&e)),
+                    Failing::Error,
+                )
+            }
+            // Not reached: a redirection is followed once, then a miss.
+            Failure::Redirected(r) => (
+                format!("{command} redirected to {}", r.address()),
+                Failing::Error,
+            ),
+            Failure::TimedOut | Failure::Unheard(_) => (
+                format!(
+                    "{command} took longer than {} ms (waited {} ms{}; recent answers {} ms)",
+                    limit.as_millis(),
+                    waited.as_millis(),
+                    if silent {
+                        ", nothing else answered"
+                    } else {
+                        ""
+                    },
+                    self.recent_answers.get().map_or(0, |d| d.as_millis())
+                ),
+                Failing::Timeout,
+            ),
+        };
+        eprintln!(
+            "aside-edge: redis {why}; going to the origin (cause: {}; redis breaker: {})",
+            Verdict::Failing(cause).cause(),
+            self.breaker.borrow().visible().as_str()
+        );
     }
 
     /// The pool of the node at `address` (`host:port`), made on first use.
