@@ -175,6 +175,8 @@ async fn the_project_s_cluster_serves_every_slot_and_keeps_each_script_s_keys_in
 
     let on_cluster = the_origin_on_the_cluster(&cluster).await;
     under_load(&cluster, &on_cluster).await;
+    node_added(&mut cluster, &on_cluster).await;
+    primary_paused(&cluster, &on_cluster).await;
     primary_killed(&mut cluster, &on_cluster).await;
 }
 
@@ -832,18 +834,141 @@ async fn under_load(cluster: &RedisCluster, on: &OnCluster) {
     .await;
 }
 
+/// The primary with the most slots among those with a live replica.
+fn fullest_with_replica(
+    view: &[xtask::redis_cluster::ClusterNode],
+) -> xtask::redis_cluster::ClusterNode {
+    view.iter()
+        .filter(|n| n.primary && !n.failed)
+        .filter(|p| {
+            view.iter()
+                .any(|r| !r.failed && r.primary_id.as_deref() == Some(p.id.as_str()))
+        })
+        .max_by_key(|n| n.slot_count())
+        .unwrap_or_else(|| panic!("no primary with a replica: {view:?}"))
+        .clone()
+}
+
+/// A fourth primary added under the load (`redis-cli --cluster add-node`) and the slots rebalanced
+/// onto it (`--cluster rebalance --cluster-use-empty-masters`, the new node weighted a quarter so the
+/// load lasts seconds, not half a minute): keys move by `MIGRATE`, the origin
+/// follows `ASK` and `MOVED`. The node stays (a primary without a replica) for the scenarios after.
+async fn node_added(cluster: &mut RedisCluster, on: &OnCluster) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = load_in_background(on, Duration::from_secs(1), std::sync::Arc::clone(&stop));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = std::time::Instant::now();
+    let added = cluster.add_node().await.unwrap();
+    let added_id = cluster
+        .cluster_nodes()
+        .await
+        .unwrap()
+        .iter()
+        .find(|n| n.port == cluster.nodes[added].port)
+        .unwrap()
+        .id
+        .clone();
+    // A quarter of an old primary's weight: about 1,260 slots move (all of a fair share, 4,096,
+    // takes some 30 s here; the moves are the same, only fewer).
+    let output = cluster
+        .redis_cli(&[
+            "rebalance".to_string(),
+            format!("127.0.0.1:{}", cluster.nodes[0].port),
+            "--cluster-use-empty-masters".to_string(),
+            "--cluster-weight".to_string(),
+            format!("{added_id}=0.25"),
+        ])
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let report = load.await.unwrap();
+    assert!(
+        output.status.success(),
+        "rebalance: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let view = cluster.cluster_nodes().await.unwrap();
+    let on_added = view
+        .iter()
+        .find(|n| n.port == cluster.nodes[added].port)
+        .unwrap()
+        .slot_count();
+    assert!(on_added > 0, "no slot on the added node: {view:?}");
+    on.check(
+        cluster,
+        "node_added",
+        &report,
+        &format!("add-node and rebalance took {took:?}, {on_added} slots on the added node"),
+    )
+    .await;
+}
+
+/// A primary paused (SIGSTOP: it keeps its sockets and answers nothing, as behind a partition) beyond
+/// `cluster-node-timeout` under the load: the others fail it over to its replica; resumed, it learns
+/// it lost its slots and follows the new primary.
+async fn primary_paused(cluster: &RedisCluster, on: &OnCluster) {
+    let view = cluster.cluster_nodes().await.unwrap();
+    let victim = fullest_with_replica(&view);
+    let victim_index = cluster
+        .nodes
+        .iter()
+        .position(|n| n.port == victim.port)
+        .unwrap();
+    let survivor = (0..cluster.nodes.len())
+        .find(|&i| i != victim_index)
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = load_in_background(on, Duration::from_secs(1), std::sync::Arc::clone(&stop));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let paused = std::time::Instant::now();
+    cluster.nodes[victim_index].pause(true);
+    let served = wait_until(Duration::from_secs(60), || async {
+        every_slot_served(cluster, survivor, &victim.id).await
+    })
+    .await;
+    let failover = paused.elapsed();
+    cluster.nodes[victim_index].pause(false);
+    // Resumed, it turns into a replica of the promoted node and syncs from it.
+    let rejoined = wait_until(Duration::from_secs(60), || async {
+        cluster
+            .node_info(victim.port, "replication")
+            .await
+            .is_ok_and(|info| info.contains("role:slave") && info.contains("master_link_status:up"))
+    })
+    .await;
+    let back = paused.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let report = load.await.unwrap();
+    assert!(served, "no failover of the paused {}", victim.port);
+    assert!(
+        rejoined,
+        "the resumed {} did not follow the new primary: {:?}",
+        victim.port,
+        cluster.node_info(victim.port, "replication").await
+    );
+    on.check(
+        cluster,
+        "primary_paused",
+        &report,
+        &format!(
+            "{} slots on the paused primary, every slot served again {failover:?} after the pause, \
+             resumed and a replica again {back:?} after it",
+            victim.slot_count()
+        ),
+    )
+    .await;
+}
+
 /// A primary SIGKILLed under the load: the cluster promotes its replica (after `cluster-node-timeout`
 /// and the election); the origin answers from PostgreSQL meanwhile, follows the promotion and replays
 /// the outbox onto the new primary.
 async fn primary_killed(cluster: &mut RedisCluster, on: &OnCluster) {
     let view = cluster.cluster_nodes().await.unwrap();
-    // The primary with the most slots (after the reshard: the one that received a third).
-    let victim = view
-        .iter()
-        .filter(|n| n.primary && !n.failed)
-        .max_by_key(|n| n.slot_count())
-        .unwrap()
-        .clone();
+    let victim = fullest_with_replica(&view);
     let victim_index = cluster
         .nodes
         .iter()
