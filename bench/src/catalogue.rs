@@ -150,8 +150,11 @@ pub(crate) const FEED: &str = "feed";
 /// The name `--only` knows issue 29's overload scenario by (bench/src/overload_bench.rs: a spike on the
 /// edge and on hello-world, its own report file).
 pub(crate) const OVERLOAD: &str = "overload";
+/// The name `--only` knows issue 26's scenario by (bench/src/cluster_bench.rs: the edge's L2 and the
+/// origin's hit on a 3-primary Redis Cluster against the single node, its own report file).
+pub(crate) const CLUSTER: &str = "cluster";
 /// Scenario groups with a report of their own, beside the catalogue's.
-pub(crate) const EXTRA_SCENARIOS: &[&str] = &[FEED, OVERLOAD];
+pub(crate) const EXTRA_SCENARIOS: &[&str] = &[FEED, OVERLOAD, CLUSTER];
 
 // The scenarios' descriptions (the report prints them).
 const ORIGIN_MISS: &str = "every request for an id not asked before (a shuffled walk over all ids, \

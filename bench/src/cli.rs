@@ -63,7 +63,9 @@ pub(crate) struct RunArgs {
     /// Only these scenarios (comma-separated), e.g. `--only edge-l1-hot,edge-l2`; `feed`: issue 24's
     /// invalidation-feed scenarios (A/B feed on/off, Redis commands per read, staleness), written to
     /// report-feed.{json,md}; `overload`: issue 29's spike (16 → 1,024 → 16 connections on the edge,
-    /// then hello-world), written to report-overload.{json,md}.
+    /// then hello-world), written to report-overload.{json,md}; `cluster`: issue 26's comparison (the
+    /// edge's L2 and the origin's hit on a 3-primary Redis Cluster against the single node), written
+    /// to report-cluster.{json,md}.
     #[arg(long, value_delimiter = ',')]
     pub(crate) only: Vec<String>,
     /// What runs the edges and the hello-world baseline: `spin` (`spin up` of a Spin 4 CLI: `ASIDE_SPIN`,

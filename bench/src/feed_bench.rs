@@ -33,7 +33,7 @@ use crate::config::Config;
 use crate::http;
 use crate::run::{KEY_SEED, loader_args, read_beside, run_loader, zipf_reads};
 use crate::runtime::Rt;
-use crate::stack::{Stack, edge_command};
+use crate::stack::{Stack, edge_command, twin};
 
 /// The name `--only` knows these scenarios by.
 pub const NAME: &str = crate::catalogue::FEED;
@@ -119,19 +119,7 @@ pub fn run(
             _ => "edge-feed-off",
         };
         let base = edge_command(config, stack, target, port, &upstreams);
-        let mut twin = Command::new(base.get_program());
-        let state = config.logs.join(format!("{name}-state"));
-        let mut args: Vec<_> = base.get_args().map(|a| a.to_os_string()).collect();
-        if let Some(i) = args.iter().position(|a| a == "--state-dir") {
-            args[i + 1] = state.into_os_string();
-        }
-        twin.args(args);
-        for (key, value) in base.get_envs() {
-            match value {
-                Some(value) => twin.env(key, value),
-                None => twin.env_remove(key),
-            };
-        }
+        let mut twin = twin(&base, &config.logs.join(format!("{name}-state")));
         xtask::launch::EdgeVariables::new()
             .set("feed_poll_ms", 0)
             .apply(&mut twin);

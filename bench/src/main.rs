@@ -21,6 +21,7 @@ use clap::Parser as _;
 
 mod catalogue;
 mod cli;
+mod cluster_bench;
 mod config;
 mod feed_bench;
 mod http;
@@ -76,6 +77,7 @@ fn verify_file(path: &Path) -> anyhow::Result<()> {
     report::verify(&report)?;
     feed_bench::verify_beside(path)?;
     overload_bench::verify_beside(path)?;
+    cluster_bench::verify_beside(path)?;
     println!(
         "benchmark report {}: {} runs of {} scenarios, all answered and measured what they claim",
         path.display(),
@@ -145,6 +147,20 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
         } else {
             None
         };
+    // Issue 26's comparison (bench/src/cluster_bench.rs): its own cluster and report.
+    let cluster = if config.only.is_empty() || config.only.iter().any(|o| o == cluster_bench::NAME)
+    {
+        if redis.db_size()? < config.rows {
+            fill_redis(&config, &stack, &mut redis, &ProgressBar::hidden())?;
+        }
+        Some(cluster_bench::run(
+            &config,
+            &mut stack,
+            config.runtimes.list[0],
+        )?)
+    } else {
+        None
+    };
     drop(redis);
     drop(stack);
 
@@ -153,5 +169,6 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
     report.finish();
     write_report(&config, &report)?;
     feed.as_ref().map_or(Ok(()), feed_bench::verify)?;
-    overload.as_ref().map_or(Ok(()), overload_bench::verify)
+    overload.as_ref().map_or(Ok(()), overload_bench::verify)?;
+    cluster.as_ref().map_or(Ok(()), cluster_bench::verify)
 }

@@ -95,36 +95,12 @@ pub(crate) fn fill_redis(
 ) -> anyhow::Result<()> {
     bar.set_message("filling Redis with every profile");
     let fill = Instant::now();
-    let rows = config.rows;
-    let args = loader_args(stack.ports.url(Target::Origin), Target::Origin, stack)
-        .into_iter()
-        .chain([
-            "--keys".into(),
-            "walk".into(),
-            "--ids".into(),
-            rows.to_string(),
-            "--requests".into(),
-            rows.to_string(),
-            "--concurrency".into(),
-            config.concurrency.to_string(),
-        ])
-        .collect::<Vec<_>>();
-    let result = run_loader(
-        &config.bin,
-        &args,
-        &config.logs.join("load-fill.log"),
-        None,
-        bar,
-    )?;
-    anyhow::ensure!(
-        result.errors == 0,
-        "filling Redis failed: {:?}",
-        result.error_kinds
-    );
+    fill_through(config, stack, stack.ports.url(Target::Origin), "fill", bar)?;
     let keys = redis.db_size()?;
     anyhow::ensure!(
-        keys >= rows,
-        "Redis holds {keys} keys after the fill, expected {rows}"
+        keys >= config.rows,
+        "Redis holds {keys} keys after the fill, expected {}",
+        config.rows
     );
     bar.suspend(|| {
         eprintln!(
@@ -133,6 +109,39 @@ pub(crate) fn fill_redis(
         )
     });
     Ok(())
+}
+
+/// Reads every profile once through the origin at `origin_url` (a walk over all ids), every answer a
+/// success; `label` names the loader's log (`load-{label}.log`).
+pub(crate) fn fill_through(
+    config: &Config,
+    stack: &Stack,
+    origin_url: String,
+    label: &str,
+    bar: &ProgressBar,
+) -> anyhow::Result<LoadResult> {
+    let rows = config.rows.to_string();
+    let args = loader_args(origin_url, Target::Origin, stack)
+        .into_iter()
+        .chain([
+            "--keys".into(),
+            "walk".into(),
+            "--ids".into(),
+            rows.clone(),
+            "--requests".into(),
+            rows,
+            "--concurrency".into(),
+            config.concurrency.to_string(),
+        ])
+        .collect::<Vec<_>>();
+    let log = config.logs.join(format!("load-{label}.log"));
+    let result = run_loader(&config.bin, &args, &log, None, bar)?;
+    anyhow::ensure!(
+        result.errors == 0,
+        "{label}: reading every profile through the origin failed: {:?}",
+        result.error_kinds
+    );
+    Ok(result)
 }
 
 /// What one L2 hit costs in Redis, to read the edge-l2 runs against.

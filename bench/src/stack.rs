@@ -114,6 +114,8 @@ pub(crate) struct Stack {
     /// Declared first, so dropped before the folders they use.
     pub(crate) services: Services,
     pub(crate) _dirs: TempDirs,
+    /// The private state folder (removed with the stack): Redis's data, secrets, a scenario's extras.
+    pub(crate) state: PathBuf,
     pub(crate) secrets: Secrets,
     /// The origin's bearer token, for `aside-load --bearer-file`.
     pub(crate) token_file: PathBuf,
@@ -183,6 +185,7 @@ pub(crate) fn start_stack(config: &Config, runs: usize, proxies: usize) -> anyho
     Ok(Stack {
         services,
         _dirs: dirs,
+        state,
         secrets,
         token_file,
         client_auth,
@@ -281,6 +284,24 @@ pub(crate) fn start_servers(config: &Config, stack: &mut Stack) -> anyhow::Resul
         }
     }
     wait_for_ports(&mut stack.services, &listening, logs, EDGE_START_TIMEOUT)
+}
+
+/// A second process of `base`'s runtime command (same manifest, arguments and variables) with its own
+/// `--state-dir`, so two processes of one target never share Spin's state (the key-value store).
+pub(crate) fn twin(base: &Command, state: &Path) -> Command {
+    let mut twin = Command::new(base.get_program());
+    let mut args: Vec<_> = base.get_args().map(|a| a.to_os_string()).collect();
+    if let Some(i) = args.iter().position(|a| a == "--state-dir") {
+        args[i + 1] = state.as_os_str().to_os_string();
+    }
+    twin.args(args);
+    for (key, value) in base.get_envs() {
+        match value {
+            Some(value) => twin.env(key, value),
+            None => twin.env_remove(key),
+        };
+    }
+    twin
 }
 
 /// `aside-origin serve` for `target` (an origin, its cache on or off) on `port`, reaching Redis and

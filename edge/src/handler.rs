@@ -291,13 +291,19 @@ async fn pass_through(
         timing.add_prefixed("origin", upstream);
     }
     match result {
-        Ok(answer) => {
-            // Read-your-writes: tier 1 keeps what this instance wrote.
-            edge.reads
-                .written(&parts.method, parts.uri.path(), &answer, tag, deadline)
-                .await;
-            Reply::from_origin(&answer, CacheStatus::Bypass).timing(timing)
-        }
+        // Read-your-writes: the tiers keep what this instance wrote, then the answer is passed on.
+        Ok(answer) => edge
+            .reads
+            .written(
+                &edge.origin,
+                &parts.method,
+                parts.uri.path(),
+                answer,
+                tag,
+                deadline,
+            )
+            .await
+            .timing(timing),
         Err(why) => Reply::error(
             &origin_unavailable(why.retry_after_secs()),
             CacheStatus::Bypass,

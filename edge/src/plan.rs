@@ -1,29 +1,31 @@
-//! The read plan of `GET /users/{id}[?fields]`: what to ask, in which order, and what to accept. No
-//! I/O: [`crate::read`] carries each step out and hands back what it found, so every branch of the read
-//! path is tested here natively, with a fixed clock and a fixed random draw ([`Env`]).
+//! The plan of `GET /users/{id}[?fields]`, and of what a write forwarded through this instance leaves in
+//! the tiers: what to ask, in which order, and what to accept. No I/O: [`crate::read`] carries each step
+//! out and hands back what it found, so every branch of the read path is tested here natively, with a
+//! fixed clock and a fixed random draw ([`Env`]).
 //!
-//! A read is two plans, because requests that miss tier 1 share the work past it:
+//! One [`Plan`] type and one [`Step`] enum, in three roles:
 //!
-//! * [`ReadPlan`], one per request: tier 1; on a fresh hit, maybe an early refresh (XFetch); on a miss,
-//!   the shared lookup, whose answer tier 1 then checks against the newest version this instance served
-//!   (the version floor), looking up again (from PostgreSQL) when it is older.
-//! * [`LookupPlan`], one per [`FlightKey`], shared by every request that wants the same thing: the
-//!   process-wide tier when it is on ([`crate::shared_tier`]), then tier 2; on a fresh copy, maybe an
-//!   early refresh; else the origin; when the origin cannot answer, the newest stale copy.
+//! * a request ([`Plan::read`]): tier 1; on a fresh hit, maybe an early refresh (XFetch); on a miss,
+//!   the shared lookup ([`Step::Lookup`]), whose answer tier 1 then checks against the newest version
+//!   this instance served (the version floor), looking up again (from PostgreSQL) when it is older.
+//! * a shared lookup ([`Plan::lookup`]), one per [`FlightKey`], run once for every request that wants
+//!   the same thing: the executor answers a request's [`Step::Lookup`] by joining the lookup in flight
+//!   or leading it, running this sub-plan through the same loop. The process-wide tier when it is on
+//!   ([`crate::process_tier`]), then tier 2; on a fresh copy, maybe an early refresh; else the origin;
+//!   when the origin cannot answer, the newest stale copy.
+//! * a forwarded write ([`Plan::write`]): what it leaves in the tiers ([`after_write`]), then its
+//!   answer, passed on.
 //!
-//! Each plan is driven by its executor: it returns a step, the executor does it and calls the method
-//! named after the step with what it found, which returns the next step, until an answer. A write of
-//! tier 1 ([`Keep`], which the executor carries out in one function) and a log line ([`Note`]) are an
-//! [`Effect`] step, after which the executor calls `resume`.
+//! The executor (`ReadPath::run` in `read.rs`, one loop) starts a plan, does the step it returns and
+//! calls the method named after the step with what it found, which returns the next step, until an
+//! answer. A write of the tiers ([`Keep`], which the executor carries out in one function) and a log
+//! line ([`Note`]) are an [`Effect`] step, after which the executor calls [`Plan::resume`].
 //!
-//! Another tier between tier 1 and Redis is one more step of [`LookupPlan`]: a [`LookupStep`] variant
-//! that [`LookupPlan::start`] returns before [`LookupStep::Tier2`], a method taking what it found (a
-//! fresh copy is answered and kept in tier 1 through a [`Keep`], a stale one remembered like tier 2's
-//! for the fallback, a miss goes on to tier 2), and an arm in the executor's loop in `read.rs`. What a
-//! lookup keeps reaches every tier through `ReadPath::keep`.
-//!
-//! A write forwarded through this instance is planned here too ([`after_write`]: what it leaves in the
-//! tiers) and carried out by the same executor (`ReadPath::written`).
+//! Another tier between tier 1 and Redis is one more step of a lookup: a [`Step`] variant that
+//! [`Plan::start`] returns before [`Step::Tier2`], a method taking what it found (a fresh copy is
+//! answered and kept in tier 1 through a [`Keep`], a stale one remembered like tier 2's for the
+//! fallback, a miss goes on to tier 2), and an arm in the executor's loop in `read.rs`. What a lookup
+//! keeps reaches every tier through `ReadPath::keep`.
 //!
 //! Layering: the plan takes and gives plain values ([`crate::copy`], [`crate::outcome`]) and names none of
 //! the modules that do I/O (`tests/tests/architecture.rs` checks it).
@@ -201,243 +203,88 @@ pub struct Asked {
     pub ms: Option<f64>,
 }
 
-/// The next thing a request does.
+/// The next thing a plan does: the executor does it and calls the method named after it with what it
+/// found, which returns the next step.
 #[derive(Debug)]
-pub enum ReadStep {
-    /// Look in tier 1: [`ReadPlan::tier1`].
+pub enum Step {
+    /// Look in tier 1: [`Plan::tier1`].
     Tier1,
-    /// Refresh the tier-1 hit early: ask the origin to reload the full profile from PostgreSQL, unless
-    /// a refresh of the id is already running in this instance: [`ReadPlan::refreshed`].
+    /// Refresh the fresh copy early (of tier 1, the process-wide tier or tier 2): ask the origin to reload
+    /// the full profile from PostgreSQL, unless a refresh of the id is already running in this
+    /// instance: [`Plan::refreshed`].
     Refresh,
-    /// The lookup past tier 1 that requests with this key share: [`ReadPlan::looked`].
+    /// The lookup past tier 1 that requests with this key share: the executor joins the one in flight
+    /// or leads it, running [`Plan::lookup`] for the key; then [`Plan::looked`].
     Lookup(FlightKey),
     /// Check this version against tier 1's floor ([`crate::l1::Tier1::observe`]):
-    /// [`ReadPlan::observed`].
+    /// [`Plan::observed`].
     Observe(i64),
-    /// Write tier 1 or log, then [`ReadPlan::resume`].
+    /// Read the process-wide tier: [`Plan::process_tier`].
+    ProcessTier,
+    /// Read tier 2 (the profile, or the projection): [`Plan::tier2`].
+    Tier2,
+    /// Ask the origin for what the request asked for; `reload`: from PostgreSQL
+    /// (`cache-control: no-cache`): [`Plan::answered`].
+    Origin { reload: bool },
+    /// The origin could not answer: read tier 1's copies, fresh or kept: [`Plan::fallback`].
+    Fallback,
+    /// Write the tiers or log, then [`Plan::resume`].
     Effect(Effect),
-    /// Answer with this.
+    /// Answer with this (a shared lookup: its answer, for every request that waits for it).
     Answer(Answer),
-    /// Answer with what the lookup found.
+    /// Answer with what the last shared lookup found.
     AnswerLookup,
 }
 
-/// The next thing a shared lookup does.
-#[derive(Debug)]
-pub enum LookupStep {
-    /// Read the process-wide tier: [`LookupPlan::process_tier`].
-    ProcessTier,
-    /// Read tier 2 (the profile, or the projection): [`LookupPlan::tier2`].
-    Tier2,
-    /// Refresh tier 2's fresh copy early (as [`ReadStep::Refresh`]): [`LookupPlan::refreshed`].
-    Refresh,
-    /// Ask the origin for what the request asked for; `reload`: from PostgreSQL
-    /// (`cache-control: no-cache`): [`LookupPlan::answered`].
-    Origin { reload: bool },
-    /// The origin could not answer: read tier 1's copies, fresh or kept: [`LookupPlan::fallback`].
-    Fallback,
-    /// Write tier 1 or log, then [`LookupPlan::resume`].
-    Effect(Effect),
-    /// The lookup's answer.
-    Done(Answer),
+/// What a plan is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// One request: tier 1; on a miss the shared lookup, whose answer tier 1 checks against the version
+    /// floor.
+    Request,
+    /// One shared lookup: the process-wide tier (when on), tier 2, the origin, a stale copy.
+    Lookup,
+    /// A write forwarded through this instance: what it leaves in the tiers, then its answer.
+    Write,
 }
 
-/// One request's plan.
+/// One request's, one shared lookup's or one forwarded write's plan.
 #[derive(Debug)]
-pub struct ReadPlan<'a> {
-    id: UserId,
-    selection: Option<&'a FieldSelection>,
+pub struct Plan {
+    role: Role,
+    /// What is read (`None` for a write, which reads nothing): the id, the projection and, for a
+    /// lookup, whether it reloads from PostgreSQL.
+    key: Option<FlightKey>,
     xfetch_beta: f64,
-    state: ReadState,
-    /// The step after an [`Effect`].
-    then: Option<ReadStep>,
-}
-
-#[derive(Debug)]
-enum ReadState {
-    Start,
-    /// XFetch picked the fresh tier-1 copy `held`; the refresh is out.
-    Refreshing {
-        held: ProfileEntry,
-    },
-    /// The refresh brought `new`; tier 1 checks its version.
-    CheckingRefresh {
-        held: ProfileEntry,
-        new: ProfileEntry,
-    },
-    /// Lookup number `lookups` is out.
-    Looking {
-        lookups: u32,
-    },
-    /// Tier 1 checks the `version` lookup number `lookups` found.
-    CheckingLookup {
-        lookups: u32,
-        version: i64,
-    },
-}
-
-impl<'a> ReadPlan<'a> {
-    pub fn new(id: UserId, selection: Option<&'a FieldSelection>, xfetch_beta: f64) -> Self {
-        Self {
-            id,
-            selection,
-            xfetch_beta,
-            state: ReadState::Start,
-            then: None,
-        }
-    }
-
-    /// Every read starts in tier 1.
-    pub fn start(&self) -> ReadStep {
-        ReadStep::Tier1
-    }
-
-    /// Tier 1's fresh copy, or `None`.
-    pub fn tier1(&mut self, hit: Option<Hit>, env: &impl Env) -> ReadStep {
-        let Some(hit) = hit else {
-            return self.lookup(1, false);
-        };
-        if xfetch_picks(self.xfetch_beta, hit.shared, env) {
-            self.state = ReadState::Refreshing { held: hit.entry };
-            return ReadStep::Refresh;
-        }
-        ReadStep::Answer(Answer::Body(Body::Full(hit.entry), CacheStatus::L1))
-    }
-
-    /// What the early refresh brought (`None`: another request of this instance is refreshing the id).
-    /// A new profile is kept and answered (`MISS`) if tier 1 accepts its version; a 404 is passed on
-    /// and the copy dropped; anything else answers the held copy.
-    pub fn refreshed(&mut self, asked: Option<Asked>, env: &impl Env) -> ReadStep {
-        let ReadState::Refreshing { held } = std::mem::replace(&mut self.state, ReadState::Start)
-        else {
-            unreachable!("ReadPlan::refreshed follows ReadStep::Refresh");
-        };
-        match refresh_outcome(self.id, asked, env) {
-            Refreshed::Profile(entry, shelf) => {
-                let version = entry.version;
-                self.state = ReadState::CheckingRefresh {
-                    held,
-                    new: entry.clone(),
-                };
-                self.after(
-                    Some(Effect::Keep(Keep::Fill(entry, shelf))),
-                    ReadStep::Observe(version),
-                )
-            }
-            Refreshed::Gone(answer) => {
-                let answer = ReadStep::Answer(Answer::Origin(answer, CacheStatus::Miss));
-                self.after(Some(Effect::Keep(Keep::Forget(self.id))), answer)
-            }
-            Refreshed::Nothing(note) => {
-                let answer = ReadStep::Answer(Answer::Body(Body::Full(held), CacheStatus::L1));
-                self.after(note.map(Effect::Note), answer)
-            }
-        }
-    }
-
-    /// The version of the lookup's answer, when it is a `200` profile.
-    pub fn looked(&mut self, version: Option<i64>) -> ReadStep {
-        let ReadState::Looking { lookups } = self.state else {
-            unreachable!("ReadPlan::looked follows ReadStep::Lookup");
-        };
-        match version {
-            Some(version) => {
-                self.state = ReadState::CheckingLookup { lookups, version };
-                ReadStep::Observe(version)
-            }
-            None => ReadStep::AnswerLookup,
-        }
-    }
-
-    /// What tier 1 says about the version being answered.
-    pub fn observed(&mut self, observed: Observed, env: &impl Env) -> ReadStep {
-        match (
-            std::mem::replace(&mut self.state, ReadState::Start),
-            observed,
-        ) {
-            (_, Observed::Newer(entry)) => {
-                ReadStep::Answer(Answer::Body(Body::Full(entry), CacheStatus::L1))
-            }
-            (_, Observed::Deleted) => ReadStep::Answer(Answer::NotFound(CacheStatus::L1)),
-            (ReadState::CheckingRefresh { new, .. }, Observed::Current) => {
-                ReadStep::Answer(Answer::Body(Body::Full(new), CacheStatus::Miss))
-            }
-            (ReadState::CheckingRefresh { held, .. }, Observed::Stale) => {
-                ReadStep::Answer(Answer::Body(Body::Full(held), CacheStatus::L1))
-            }
-            (ReadState::CheckingLookup { .. }, Observed::Current) => ReadStep::AnswerLookup,
-            (ReadState::CheckingLookup { lookups, version }, Observed::Stale) => {
-                if lookups < MAX_LOOKUPS && !env.out_of_time() {
-                    // Tier 2 (a lagging replica) or a slow lookup gave an old version: ask
-                    // PostgreSQL through the origin, which only moves forward.
-                    self.lookup(lookups + 1, true)
-                } else {
-                    let note = Note::OlderThanServed {
-                        id: self.id,
-                        lookups,
-                        version,
-                    };
-                    self.after(Some(Effect::Note(note)), ReadStep::AnswerLookup)
-                }
-            }
-            (ReadState::Start | ReadState::Refreshing { .. } | ReadState::Looking { .. }, _) => {
-                unreachable!("ReadPlan::observed follows ReadStep::Observe")
-            }
-        }
-    }
-
-    /// The step after a [`ReadStep::Effect`].
-    pub fn resume(&mut self) -> ReadStep {
-        self.then
-            .take()
-            .expect("ReadPlan::resume follows ReadStep::Effect")
-    }
-
-    fn lookup(&mut self, lookups: u32, reload: bool) -> ReadStep {
-        self.state = ReadState::Looking { lookups };
-        ReadStep::Lookup(FlightKey {
-            reload,
-            ..FlightKey::new(self.id, self.selection)
-        })
-    }
-
-    /// `then`, after `effect` if there is one.
-    fn after(&mut self, effect: Option<Effect>, then: ReadStep) -> ReadStep {
-        let Some(effect) = effect else { return then };
-        self.then = Some(then);
-        ReadStep::Effect(effect)
-    }
-}
-
-/// One shared lookup's plan.
-#[derive(Debug)]
-pub struct LookupPlan {
-    id: UserId,
-    full: bool,
-    reload: bool,
-    xfetch_beta: f64,
-    /// Whether the process-wide tier is read first ([`LookupPlan::with_process_tier`]).
+    /// Whether a lookup reads the process-wide tier first ([`Plan::with_process_tier`]).
     reads_process_tier: bool,
     /// The process-wide tier's soft-expired copy, answered only if the origin cannot answer.
     process_stale: Option<Body>,
-    state: LookupState,
+    state: State,
     /// The step after an [`Effect`].
-    then: Option<LookupStep>,
+    then: Option<Step>,
 }
 
 #[derive(Debug)]
-enum LookupState {
+enum State {
+    /// Before the first step, or between a step and its method.
     Start,
-    /// XFetch picked the fresh copy `held` (of tier 2, or the process-wide tier: `source`); the refresh is
-    /// out.
-    Refreshing {
-        held: Body,
-        source: CacheStatus,
+    /// A write's plan, before it starts: what the write leaves in the tiers, and its answer.
+    Writing {
+        keep: Option<Keep>,
+        answer: OriginAnswer,
     },
-    /// The origin is asked; `stale` is tier 2's soft-expired copy, answered only if it cannot answer.
-    Asking {
-        stale: Option<Body>,
-    },
+    /// XFetch picked the fresh copy `held` (of tier 1, the process-wide tier or tier 2: `source`); the
+    /// refresh is out.
+    Refreshing { held: Body, source: CacheStatus },
+    /// A request's refresh brought `new`; tier 1 checks its version.
+    CheckingRefresh { held: Body, new: ProfileEntry },
+    /// A request's lookup number `lookups` is out.
+    Looking { lookups: u32 },
+    /// Tier 1 checks the `version` the request's lookup number `lookups` found.
+    CheckingLookup { lookups: u32, version: i64 },
+    /// A lookup asks the origin; `stale` is the soft-expired copy answered only if it cannot answer.
+    Asking { stale: Option<Body> },
     /// The origin could not answer; tier 1 is read for a copy.
     FallingBack {
         stale: Option<Body>,
@@ -454,21 +301,38 @@ enum Failure {
     Unavailable(Unavailable),
 }
 
-impl LookupPlan {
-    pub fn new(key: &FlightKey, xfetch_beta: f64) -> Self {
+impl Plan {
+    fn new(role: Role, key: Option<FlightKey>, xfetch_beta: f64, state: State) -> Self {
         Self {
-            id: key.id,
-            full: key.is_full(),
-            reload: key.reload,
+            role,
+            key,
             xfetch_beta,
             reads_process_tier: false,
             process_stale: None,
-            state: LookupState::Start,
+            state,
             then: None,
         }
     }
 
-    /// The lookup reads the process-wide tier before tier 2.
+    /// One request's plan: tier 1 first.
+    pub fn read(id: UserId, selection: Option<&FieldSelection>, xfetch_beta: f64) -> Self {
+        let key = FlightKey::new(id, selection);
+        Self::new(Role::Request, Some(key), xfetch_beta, State::Start)
+    }
+
+    /// One shared lookup's plan, run once for every request waiting on `key`.
+    pub fn lookup(key: &FlightKey, xfetch_beta: f64) -> Self {
+        Self::new(Role::Lookup, Some(key.clone()), xfetch_beta, State::Start)
+    }
+
+    /// A forwarded write's plan: what the write that came back with `answer` leaves in the tiers
+    /// ([`after_write`]), then `answer` passed on (`BYPASS`).
+    pub fn write(method: &Method, path: &str, answer: OriginAnswer) -> Self {
+        let keep = after_write(method, path, &answer);
+        Self::new(Role::Write, None, 0.0, State::Writing { keep, answer })
+    }
+
+    /// A lookup reads the process-wide tier before tier 2.
     pub fn with_process_tier(self) -> Self {
         Self {
             reads_process_tier: true,
@@ -476,23 +340,56 @@ impl LookupPlan {
         }
     }
 
-    /// The process-wide tier (when on), then tier 2, unless the lookup is a reload (a cache gave an old
-    /// version before).
-    pub fn start(&mut self) -> LookupStep {
-        if self.reload {
-            self.state = LookupState::Asking { stale: None };
-            return LookupStep::Origin { reload: true };
-        }
-        if self.reads_process_tier {
-            return LookupStep::ProcessTier;
-        }
-        LookupStep::Tier2
+    /// The id read (not for a write's plan, which starts with its effect and ends with its answer).
+    pub fn id(&self) -> UserId {
+        self.key().id
     }
 
-    /// The process-wide tier's read. A fresh copy is answered (`SHARED`), or refreshed early if XFetch picks
-    /// it by its shared soft expiry, and goes to tier 1 no fresher than it is there; a soft-expired one
-    /// is kept for the case the origin cannot answer; then tier 2.
-    pub fn process_tier(&mut self, found: Found, env: &impl Env) -> LookupStep {
+    fn key(&self) -> &FlightKey {
+        self.key
+            .as_ref()
+            .expect("a read or a lookup names what it reads")
+    }
+
+    /// The first step. A request starts in tier 1. A lookup reads the process-wide tier (when on),
+    /// then tier 2, unless it is a reload (a cache gave an old version before). A write keeps what it
+    /// wrote, then answers.
+    pub fn start(&mut self) -> Step {
+        match (self.role, std::mem::replace(&mut self.state, State::Start)) {
+            (Role::Request, _) => Step::Tier1,
+            (Role::Lookup, _) if self.key().reload => {
+                self.state = State::Asking { stale: None };
+                Step::Origin { reload: true }
+            }
+            (Role::Lookup, _) if self.reads_process_tier => Step::ProcessTier,
+            (Role::Lookup, _) => Step::Tier2,
+            (Role::Write, State::Writing { keep, answer }) => {
+                let answer = Step::Answer(Answer::Origin(answer, CacheStatus::Bypass));
+                self.after(keep.map(Effect::Keep), answer)
+            }
+            (Role::Write, _) => unreachable!("a write's plan starts once"),
+        }
+    }
+
+    /// Tier 1's fresh copy, or `None`.
+    pub fn tier1(&mut self, hit: Option<Hit>, env: &impl Env) -> Step {
+        let Some(hit) = hit else {
+            return self.lookup_next(1, false);
+        };
+        if xfetch_picks(self.xfetch_beta, hit.shared, env) {
+            self.state = State::Refreshing {
+                held: Body::Full(hit.entry),
+                source: CacheStatus::L1,
+            };
+            return Step::Refresh;
+        }
+        Step::Answer(Answer::Body(Body::Full(hit.entry), CacheStatus::L1))
+    }
+
+    /// The process-wide tier's read. A fresh copy is answered (`SHARED`), or refreshed early if XFetch
+    /// picks it by its shared soft expiry, and goes to tier 1 no fresher than it is there; a
+    /// soft-expired one is kept for the case the origin cannot answer; then tier 2.
+    pub fn process_tier(&mut self, found: Found, env: &impl Env) -> Step {
         match found {
             Found::Fresh(Stored {
                 entry,
@@ -501,40 +398,40 @@ impl LookupPlan {
             }) => {
                 let body = Body::Full(entry.clone());
                 let next = if xfetch_picks(self.xfetch_beta, shared, env) {
-                    self.state = LookupState::Refreshing {
+                    self.state = State::Refreshing {
                         held: body,
                         source: CacheStatus::Shared,
                     };
-                    LookupStep::Refresh
+                    Step::Refresh
                 } else {
-                    LookupStep::Done(Answer::Body(body, CacheStatus::Shared))
+                    Step::Answer(Answer::Body(body, CacheStatus::Shared))
                 };
                 self.after(Some(Effect::Keep(Keep::Adopt(entry, shelf))), next)
             }
             Found::Stale(stored) => {
                 self.process_stale = Some(Body::Full(stored.entry));
-                LookupStep::Tier2
+                Step::Tier2
             }
-            Found::Miss | Found::Skipped => LookupStep::Tier2,
+            Found::Miss | Found::Skipped => Step::Tier2,
         }
     }
 
     /// Tier 2's read. A fresh copy is answered (`L2`), or refreshed early if XFetch picks it; a
     /// soft-expired one is kept for the case the origin cannot answer. A full profile goes to tier 1
     /// either way (a soft-expired one as a stale fallback only).
-    pub fn tier2(&mut self, read: Read<Cached>, env: &impl Env) -> LookupStep {
+    pub fn tier2(&mut self, read: Read<Cached>, env: &impl Env) -> Step {
         let Cached { body, freshness } = match read {
             Read::Hit(cached) => cached,
-            Read::Absent => return LookupStep::Done(Answer::NotFound(CacheStatus::L2)),
+            Read::Absent => return Step::Answer(Answer::NotFound(CacheStatus::L2)),
             Read::Miss | Read::Skipped | Read::Failed => return self.ask_origin(None),
             // Redis is up but this edge could not hear it within the budget: no origin call (that
             // would add load to an overload); a copy tier 1 or the process-wide tier holds, or a 503.
             Read::Shed => {
-                self.state = LookupState::FallingBack {
+                self.state = State::FallingBack {
                     stale: self.process_stale.take(),
                     failure: Failure::Unavailable(Unavailable::Overloaded),
                 };
-                return LookupStep::Fallback;
+                return Step::Fallback;
             }
         };
         let keep = match &body {
@@ -549,13 +446,13 @@ impl LookupPlan {
         };
         let next = if freshness.is_none_or(|f| f.is_fresh(env.wall_ms())) {
             if xfetch_picks(self.xfetch_beta, freshness, env) {
-                self.state = LookupState::Refreshing {
+                self.state = State::Refreshing {
                     held: body,
                     source: CacheStatus::L2,
                 };
-                LookupStep::Refresh
+                Step::Refresh
             } else {
-                LookupStep::Done(Answer::Body(body, CacheStatus::L2))
+                Step::Answer(Answer::Body(body, CacheStatus::L2))
             }
         } else {
             self.ask_origin(Some(body))
@@ -564,58 +461,114 @@ impl LookupPlan {
     }
 
     /// What the early refresh brought (`None`: another request of this instance is refreshing the
-    /// id): a new profile is kept and answered (`MISS`); a 404 is passed on and tier 1's copy dropped;
-    /// anything else answers the cached copy.
-    pub fn refreshed(&mut self, asked: Option<Asked>, env: &impl Env) -> LookupStep {
-        let LookupState::Refreshing { held, source } =
-            std::mem::replace(&mut self.state, LookupState::Start)
+    /// id). A new profile is kept and answered (`MISS`), by a request only if tier 1 accepts its
+    /// version; a 404 is passed on and tier 1's copy dropped; anything else answers the held copy.
+    pub fn refreshed(&mut self, asked: Option<Asked>, env: &impl Env) -> Step {
+        let State::Refreshing { held, source } = std::mem::replace(&mut self.state, State::Start)
         else {
-            unreachable!("LookupPlan::refreshed follows LookupStep::Refresh");
+            unreachable!("Plan::refreshed follows Step::Refresh");
         };
-        match refresh_outcome(self.id, asked, env) {
+        let id = self.id();
+        match refresh_outcome(id, asked, env) {
             Refreshed::Profile(entry, shelf) => {
-                let answer = Answer::Body(Body::Full(entry.clone()), CacheStatus::Miss);
-                self.after(
-                    Some(Effect::Keep(Keep::Fill(entry, shelf))),
-                    LookupStep::Done(answer),
-                )
+                let next = if self.role == Role::Request {
+                    let version = entry.version;
+                    self.state = State::CheckingRefresh {
+                        held,
+                        new: entry.clone(),
+                    };
+                    Step::Observe(version)
+                } else {
+                    Step::Answer(Answer::Body(Body::Full(entry.clone()), CacheStatus::Miss))
+                };
+                self.after(Some(Effect::Keep(Keep::Fill(entry, shelf))), next)
             }
             Refreshed::Gone(answer) => {
-                let source = passed_on_as(&answer);
-                let done = LookupStep::Done(Answer::Origin(answer, source));
-                self.after(Some(Effect::Keep(Keep::Forget(self.id))), done)
+                // A lookup passes the origin's own `STALE` on; a request answers the 404 as `MISS`.
+                let source = match self.role {
+                    Role::Request => CacheStatus::Miss,
+                    Role::Lookup | Role::Write => passed_on_as(&answer),
+                };
+                let answer = Step::Answer(Answer::Origin(answer, source));
+                self.after(Some(Effect::Keep(Keep::Forget(id))), answer)
             }
-            Refreshed::Nothing(note) => {
-                let done = LookupStep::Done(Answer::Body(held, source));
-                self.after(note.map(Effect::Note), done)
-            }
+            Refreshed::Nothing(note) => self.after(
+                note.map(Effect::Note),
+                Step::Answer(Answer::Body(held, source)),
+            ),
         }
     }
 
-    /// The origin's answer to the request: passed on (a fresh full profile also goes to tier 1), or,
-    /// when it could not answer, tier 1 is read for a copy.
-    pub fn answered(&mut self, asked: Asked, env: &impl Env) -> LookupStep {
-        let LookupState::Asking { stale } = std::mem::replace(&mut self.state, LookupState::Start)
-        else {
-            unreachable!("LookupPlan::answered follows LookupStep::Origin");
+    /// The version of the shared lookup's answer, when it is a `200` profile.
+    pub fn looked(&mut self, version: Option<i64>) -> Step {
+        let State::Looking { lookups } = self.state else {
+            unreachable!("Plan::looked follows Step::Lookup");
         };
-        match from_origin(self.id, self.full, asked, env) {
+        match version {
+            Some(version) => {
+                self.state = State::CheckingLookup { lookups, version };
+                Step::Observe(version)
+            }
+            None => Step::AnswerLookup,
+        }
+    }
+
+    /// What tier 1 says about the version being answered.
+    pub fn observed(&mut self, observed: Observed, env: &impl Env) -> Step {
+        match (std::mem::replace(&mut self.state, State::Start), observed) {
+            (_, Observed::Newer(entry)) => {
+                Step::Answer(Answer::Body(Body::Full(entry), CacheStatus::L1))
+            }
+            (_, Observed::Deleted) => Step::Answer(Answer::NotFound(CacheStatus::L1)),
+            (State::CheckingRefresh { new, .. }, Observed::Current) => {
+                Step::Answer(Answer::Body(Body::Full(new), CacheStatus::Miss))
+            }
+            (State::CheckingRefresh { held, .. }, Observed::Stale) => {
+                Step::Answer(Answer::Body(held, CacheStatus::L1))
+            }
+            (State::CheckingLookup { .. }, Observed::Current) => Step::AnswerLookup,
+            (State::CheckingLookup { lookups, version }, Observed::Stale) => {
+                if lookups < MAX_LOOKUPS && !env.out_of_time() {
+                    // Tier 2 (a lagging replica) or a slow lookup gave an old version: ask
+                    // PostgreSQL through the origin, which only moves forward.
+                    self.lookup_next(lookups + 1, true)
+                } else {
+                    let note = Note::OlderThanServed {
+                        id: self.id(),
+                        lookups,
+                        version,
+                    };
+                    self.after(Some(Effect::Note(note)), Step::AnswerLookup)
+                }
+            }
+            (_, _) => unreachable!("Plan::observed follows Step::Observe"),
+        }
+    }
+
+    /// The origin's answer to the lookup: passed on (a fresh full profile also goes to tier 1), or,
+    /// when it could not answer, tier 1 is read for a copy.
+    pub fn answered(&mut self, asked: Asked, env: &impl Env) -> Step {
+        let State::Asking { stale } = std::mem::replace(&mut self.state, State::Start) else {
+            unreachable!("Plan::answered follows Step::Origin");
+        };
+        let key = self.key();
+        match from_origin(key.id, key.is_full(), asked, env) {
             FromOrigin::Profile {
                 answer,
                 entry,
                 shelf,
             } => {
-                let done = LookupStep::Done(Answer::Origin(answer, CacheStatus::Miss));
+                let done = Step::Answer(Answer::Origin(answer, CacheStatus::Miss));
                 self.after(Some(Effect::Keep(Keep::Fill(entry, shelf))), done)
             }
             FromOrigin::Answer(answer, note) => {
                 let source = passed_on_as(&answer);
-                let done = LookupStep::Done(Answer::Origin(answer, source));
+                let done = Step::Answer(Answer::Origin(answer, source));
                 self.after(note.map(Effect::Note), done)
             }
             FromOrigin::Failed(failure) => {
-                self.state = LookupState::FallingBack { stale, failure };
-                LookupStep::Fallback
+                self.state = State::FallingBack { stale, failure };
+                Step::Fallback
             }
         }
     }
@@ -623,18 +576,14 @@ impl LookupPlan {
     /// Tier 1's copies once the origin could not answer: a fresh one (arrived meanwhile) is answered
     /// (`L1`); else the newer of tier 2's soft-expired copy and tier 1's kept one (`STALE`; tier 1's
     /// on a tie); else the origin's 5xx, or a 503.
-    pub fn fallback(
-        &mut self,
-        fresh: Option<ProfileEntry>,
-        kept: Option<ProfileEntry>,
-    ) -> LookupStep {
-        let LookupState::FallingBack { stale, failure } =
-            std::mem::replace(&mut self.state, LookupState::Start)
+    pub fn fallback(&mut self, fresh: Option<ProfileEntry>, kept: Option<ProfileEntry>) -> Step {
+        let State::FallingBack { stale, failure } =
+            std::mem::replace(&mut self.state, State::Start)
         else {
-            unreachable!("LookupPlan::fallback follows LookupStep::Fallback");
+            unreachable!("Plan::fallback follows Step::Fallback");
         };
         if let Some(entry) = fresh {
-            return LookupStep::Done(Answer::Body(Body::Full(entry), CacheStatus::L1));
+            return Step::Answer(Answer::Body(Body::Full(entry), CacheStatus::L1));
         }
         let kept = kept.map(Body::Full);
         let best = match (stale, kept) {
@@ -642,7 +591,7 @@ impl LookupPlan {
             (Some(redis), _) => Some(redis),
             (None, kept) => kept,
         };
-        LookupStep::Done(match (best, failure) {
+        Step::Answer(match (best, failure) {
             (Some(body), _) => Answer::Body(body, CacheStatus::Stale),
             (None, Failure::Status(answer)) => {
                 let source = passed_on_as(&answer);
@@ -652,29 +601,36 @@ impl LookupPlan {
         })
     }
 
-    /// The step after a [`LookupStep::Effect`].
-    pub fn resume(&mut self) -> LookupStep {
-        self.then
-            .take()
-            .expect("LookupPlan::resume follows LookupStep::Effect")
+    /// The step after a [`Step::Effect`].
+    pub fn resume(&mut self) -> Step {
+        self.then.take().expect("Plan::resume follows Step::Effect")
     }
 
-    /// Asks the origin; `stale` (tier 2's soft-expired copy) or the process-wide tier's, the newer (tier
-    /// 2's on a tie), is the fallback.
-    fn ask_origin(&mut self, stale: Option<Body>) -> LookupStep {
+    /// A request's lookup number `lookups` (`reload`: from PostgreSQL).
+    fn lookup_next(&mut self, lookups: u32, reload: bool) -> Step {
+        self.state = State::Looking { lookups };
+        Step::Lookup(FlightKey {
+            reload,
+            ..self.key().clone()
+        })
+    }
+
+    /// Asks the origin; `stale` (tier 2's soft-expired copy) or the process-wide tier's, the newer
+    /// (tier 2's on a tie), is the fallback.
+    fn ask_origin(&mut self, stale: Option<Body>) -> Step {
         let stale = match (stale, self.process_stale.take()) {
             (Some(redis), Some(shared)) if shared.version() > redis.version() => Some(shared),
             (redis, shared) => redis.or(shared),
         };
-        self.state = LookupState::Asking { stale };
-        LookupStep::Origin { reload: false }
+        self.state = State::Asking { stale };
+        Step::Origin { reload: false }
     }
 
     /// `then`, after `effect` if there is one.
-    fn after(&mut self, effect: Option<Effect>, then: LookupStep) -> LookupStep {
+    fn after(&mut self, effect: Option<Effect>, then: Step) -> Step {
         let Some(effect) = effect else { return then };
         self.then = Some(then);
-        LookupStep::Effect(effect)
+        Step::Effect(effect)
     }
 }
 
@@ -949,38 +905,31 @@ mod tests {
     }
 
     /// The version and `x-cache` of a profile answer, `None` for any other.
-    fn body_of(step: &ReadStep) -> Option<(i64, CacheStatus)> {
+    fn body_of(step: &Step) -> Option<(i64, CacheStatus)> {
         match step {
-            ReadStep::Answer(Answer::Body(body, source)) => Some((body.version(), *source)),
+            Step::Answer(Answer::Body(body, source)) => Some((body.version(), *source)),
             _ => None,
         }
     }
 
-    fn done_body(step: &LookupStep) -> Option<(i64, CacheStatus)> {
-        match step {
-            LookupStep::Done(Answer::Body(body, source)) => Some((body.version(), *source)),
-            _ => None,
-        }
-    }
-
-    // ---- ReadPlan: one request ----
+    // ---- A request's plan ----
 
     #[test]
     fn a_fresh_tier_one_hit_is_answered_as_l1_whatever_the_projection() {
         let selection = FieldSelection::parse("email").unwrap();
         for sel in [None, Some(&selection)] {
-            let mut plan = ReadPlan::new(id(), sel, 1.0);
-            assert!(matches!(plan.start(), ReadStep::Tier1));
+            let mut plan = Plan::read(id(), sel, 1.0);
+            assert!(matches!(plan.start(), Step::Tier1));
             let step = plan.tier1(hit(5, fresh()), &CALM);
             assert_eq!(body_of(&step), Some((5, CacheStatus::L1)));
         }
         // Without a shared soft expiry, or with XFetch off, nothing is refreshed early.
-        let mut plan = ReadPlan::new(id(), None, 1.0);
+        let mut plan = Plan::read(id(), None, 1.0);
         assert_eq!(
             body_of(&plan.tier1(hit(5, None), &PICKY)),
             Some((5, CacheStatus::L1))
         );
-        let mut plan = ReadPlan::new(id(), None, 0.0);
+        let mut plan = Plan::read(id(), None, 0.0);
         assert_eq!(
             body_of(&plan.tier1(hit(5, fresh()), &PICKY)),
             Some((5, CacheStatus::L1))
@@ -989,13 +938,10 @@ mod tests {
 
     #[test]
     fn xfetch_refreshes_a_tier_one_hit_and_answers_the_reload_as_miss() {
-        let mut plan = ReadPlan::new(id(), None, 1.0);
-        assert!(matches!(
-            plan.tier1(hit(5, fresh()), &PICKY),
-            ReadStep::Refresh
-        ));
+        let mut plan = Plan::read(id(), None, 1.0);
+        assert!(matches!(plan.tier1(hit(5, fresh()), &PICKY), Step::Refresh));
         let step = plan.refreshed(Some(origin_profile(6)), &CALM);
-        let ReadStep::Effect(Effect::Keep(Keep::Fill(kept, shelf))) = &step else {
+        let Step::Effect(Effect::Keep(Keep::Fill(kept, shelf))) = &step else {
             panic!("{step:?}");
         };
         assert_eq!(kept.version, 6);
@@ -1009,7 +955,7 @@ mod tests {
             })
         );
         assert_eq!(shelf.stale_if_error, Some(Duration::from_secs(60)));
-        assert!(matches!(plan.resume(), ReadStep::Observe(6)));
+        assert!(matches!(plan.resume(), Step::Observe(6)));
         let step = plan.observed(Observed::Current, &CALM);
         assert_eq!(body_of(&step), Some((6, CacheStatus::Miss)));
     }
@@ -1017,7 +963,7 @@ mod tests {
     #[test]
     fn a_refreshed_version_tier_one_refuses_gives_way_to_what_it_holds() {
         let refreshed_then = |observed: Observed| {
-            let mut plan = ReadPlan::new(id(), None, 1.0);
+            let mut plan = Plan::read(id(), None, 1.0);
             plan.tier1(hit(5, fresh()), &PICKY);
             plan.refreshed(Some(origin_profile(6)), &CALM);
             plan.resume();
@@ -1030,7 +976,7 @@ mod tests {
         let step = refreshed_then(Observed::Deleted);
         assert!(matches!(
             step,
-            ReadStep::Answer(Answer::NotFound(CacheStatus::L1))
+            Step::Answer(Answer::NotFound(CacheStatus::L1))
         ));
     }
 
@@ -1046,30 +992,30 @@ mod tests {
             Some(answered(origin(400, "{}", None))),
             Some(answered(stale)),
         ] {
-            let mut plan = ReadPlan::new(id(), None, 1.0);
+            let mut plan = Plan::read(id(), None, 1.0);
             plan.tier1(hit(5, fresh()), &PICKY);
             let step = plan.refreshed(asked, &CALM);
             assert_eq!(body_of(&step), Some((5, CacheStatus::L1)), "{step:?}");
         }
         // One that is not a profile is logged first.
-        let mut plan = ReadPlan::new(id(), None, 1.0);
+        let mut plan = Plan::read(id(), None, 1.0);
         plan.tier1(hit(5, fresh()), &PICKY);
         let step = plan.refreshed(Some(answered(broken)), &CALM);
         assert!(matches!(
             step,
-            ReadStep::Effect(Effect::Note(Note::NotAProfile(_)))
+            Step::Effect(Effect::Note(Note::NotAProfile(_)))
         ));
         assert_eq!(body_of(&plan.resume()), Some((5, CacheStatus::L1)));
     }
 
     #[test]
     fn a_refresh_that_finds_the_row_gone_drops_the_copy_and_passes_the_404_on() {
-        let mut plan = ReadPlan::new(id(), None, 1.0);
+        let mut plan = Plan::read(id(), None, 1.0);
         plan.tier1(hit(5, fresh()), &PICKY);
         let step = plan.refreshed(Some(answered(origin(404, "{}", None))), &CALM);
-        assert!(matches!(step, ReadStep::Effect(Effect::Keep(Keep::Forget(i))) if i == id()));
+        assert!(matches!(step, Step::Effect(Effect::Keep(Keep::Forget(i))) if i == id()));
         let step = plan.resume();
-        let ReadStep::Answer(Answer::Origin(answer, CacheStatus::Miss)) = &step else {
+        let Step::Answer(Answer::Origin(answer, CacheStatus::Miss)) = &step else {
             panic!("{step:?}");
         };
         assert_eq!(answer.status, StatusCode::NOT_FOUND);
@@ -1078,29 +1024,29 @@ mod tests {
     #[test]
     fn a_tier_one_miss_shares_a_lookup_keyed_by_the_projection() {
         let selection = FieldSelection::parse("gender,email").unwrap();
-        let mut plan = ReadPlan::new(id(), Some(&selection), 1.0);
+        let mut plan = Plan::read(id(), Some(&selection), 1.0);
         let step = plan.tier1(None, &CALM);
-        let ReadStep::Lookup(key) = step else {
+        let Step::Lookup(key) = step else {
             panic!("{step:?}");
         };
         assert_eq!(key, FlightKey::new(id(), Some(&selection)));
         assert!(!key.reload && !key.is_full());
         // An answer without a version (a 404, an error) is answered as it is.
-        assert!(matches!(plan.looked(None), ReadStep::AnswerLookup));
+        assert!(matches!(plan.looked(None), Step::AnswerLookup));
     }
 
     #[test]
     fn the_version_floor_accepts_replaces_or_looks_up_again_from_postgresql() {
-        let mut plan = ReadPlan::new(id(), None, 1.0);
+        let mut plan = Plan::read(id(), None, 1.0);
         plan.tier1(None, &CALM);
-        assert!(matches!(plan.looked(Some(4)), ReadStep::Observe(4)));
+        assert!(matches!(plan.looked(Some(4)), Step::Observe(4)));
         assert!(matches!(
             plan.observed(Observed::Current, &CALM),
-            ReadStep::AnswerLookup
+            Step::AnswerLookup
         ));
 
         let looked_then = |observed: Observed| {
-            let mut plan = ReadPlan::new(id(), None, 1.0);
+            let mut plan = Plan::read(id(), None, 1.0);
             plan.tier1(None, &CALM);
             plan.looked(Some(4));
             plan.observed(observed, &CALM)
@@ -1111,16 +1057,16 @@ mod tests {
         );
         assert!(matches!(
             looked_then(Observed::Deleted),
-            ReadStep::Answer(Answer::NotFound(CacheStatus::L1))
+            Step::Answer(Answer::NotFound(CacheStatus::L1))
         ));
 
         // Older than what was served: again, skipping tier 2, at most MAX_LOOKUPS in all.
-        let mut plan = ReadPlan::new(id(), None, 1.0);
+        let mut plan = Plan::read(id(), None, 1.0);
         plan.tier1(None, &CALM);
         for lookup in 2..=MAX_LOOKUPS {
             plan.looked(Some(4));
             let step = plan.observed(Observed::Stale, &CALM);
-            let ReadStep::Lookup(key) = step else {
+            let Step::Lookup(key) = step else {
                 panic!("lookup {lookup}: {step:?}");
             };
             assert!(key.reload);
@@ -1129,29 +1075,29 @@ mod tests {
         let step = plan.observed(Observed::Stale, &CALM);
         assert!(matches!(
             step,
-            ReadStep::Effect(Effect::Note(Note::OlderThanServed {
+            Step::Effect(Effect::Note(Note::OlderThanServed {
                 lookups: MAX_LOOKUPS,
                 version: 4,
                 ..
             }))
         ));
-        assert!(matches!(plan.resume(), ReadStep::AnswerLookup));
+        assert!(matches!(plan.resume(), Step::AnswerLookup));
 
         // No budget left: no second lookup.
         let spent = Fixed {
             out_of_time: true,
             ..CALM
         };
-        let mut plan = ReadPlan::new(id(), None, 1.0);
+        let mut plan = Plan::read(id(), None, 1.0);
         plan.tier1(None, &CALM);
         plan.looked(Some(4));
         assert!(matches!(
             plan.observed(Observed::Stale, &spent),
-            ReadStep::Effect(Effect::Note(Note::OlderThanServed { lookups: 1, .. }))
+            Step::Effect(Effect::Note(Note::OlderThanServed { lookups: 1, .. }))
         ));
     }
 
-    // ---- LookupPlan: one shared lookup ----
+    // ---- A shared lookup's plan ----
 
     fn full_key() -> FlightKey {
         FlightKey::new(id(), None)
@@ -1176,45 +1122,43 @@ mod tests {
     #[test]
     fn a_lookup_reads_tier_two_first_and_a_reload_goes_straight_to_the_origin() {
         assert!(matches!(
-            LookupPlan::new(&full_key(), 1.0).start(),
-            LookupStep::Tier2
+            Plan::lookup(&full_key(), 1.0).start(),
+            Step::Tier2
         ));
         let reload = FlightKey {
             reload: true,
             ..full_key()
         };
-        let mut plan = LookupPlan::new(&reload, 1.0);
-        assert!(matches!(plan.start(), LookupStep::Origin { reload: true }));
+        let mut plan = Plan::lookup(&reload, 1.0);
+        assert!(matches!(plan.start(), Step::Origin { reload: true }));
         let step = plan.answered(origin_profile(9), &CALM);
-        assert!(
-            matches!(step, LookupStep::Effect(Effect::Keep(Keep::Fill(ref e, _))) if e.version == 9)
-        );
+        assert!(matches!(step, Step::Effect(Effect::Keep(Keep::Fill(ref e, _))) if e.version == 9));
     }
 
     #[test]
     fn a_fresh_tier_two_profile_fills_tier_one_and_is_answered_as_l2() {
-        let mut plan = LookupPlan::new(&full_key(), 1.0);
+        let mut plan = Plan::lookup(&full_key(), 1.0);
         plan.start();
         let step = plan.tier2(redis_hit(Body::Full(entry(5)), fresh()), &CALM);
-        let LookupStep::Effect(Effect::Keep(Keep::Fill(kept, shelf))) = step else {
+        let Step::Effect(Effect::Keep(Keep::Fill(kept, shelf))) = step else {
             panic!("{step:?}");
         };
         assert_eq!(kept.version, 5);
         assert_eq!(shelf.freshness, fresh());
         assert_eq!(shelf.stale_if_error, None);
-        assert_eq!(done_body(&plan.resume()), Some((5, CacheStatus::L2)));
+        assert_eq!(body_of(&plan.resume()), Some((5, CacheStatus::L2)));
         // A copy from an older writer (no soft expiry) counts as fresh.
-        let mut plan = LookupPlan::new(&full_key(), 1.0);
+        let mut plan = Plan::lookup(&full_key(), 1.0);
         plan.tier2(redis_hit(Body::Full(entry(5)), None), &PICKY);
-        assert_eq!(done_body(&plan.resume()), Some((5, CacheStatus::L2)));
+        assert_eq!(body_of(&plan.resume()), Some((5, CacheStatus::L2)));
     }
 
     #[test]
     fn a_fresh_tier_two_projection_is_answered_as_l2_and_never_fills_tier_one() {
-        let mut plan = LookupPlan::new(&fields_key(), 1.0);
+        let mut plan = Plan::lookup(&fields_key(), 1.0);
         plan.start();
         let step = plan.tier2(redis_hit(fields(r#"{"email":"a@b"}"#, 5), fresh()), &CALM);
-        let LookupStep::Done(Answer::Body(Body::Fields { json, version }, CacheStatus::L2)) = step
+        let Step::Answer(Answer::Body(Body::Fields { json, version }, CacheStatus::L2)) = step
         else {
             panic!("{step:?}");
         };
@@ -1223,74 +1167,66 @@ mod tests {
 
     #[test]
     fn redis_s_missing_marker_is_a_404_without_the_origin() {
-        let mut plan = LookupPlan::new(&full_key(), 1.0);
+        let mut plan = Plan::lookup(&full_key(), 1.0);
         plan.start();
         assert!(matches!(
             plan.tier2(Read::Absent, &CALM),
-            LookupStep::Done(Answer::NotFound(CacheStatus::L2))
+            Step::Answer(Answer::NotFound(CacheStatus::L2))
         ));
     }
 
     #[test]
     fn xfetch_refreshes_a_tier_two_copy_profile_or_projection() {
         // Full: the reload is kept and answered as MISS.
-        let mut plan = LookupPlan::new(&full_key(), 1.0);
+        let mut plan = Plan::lookup(&full_key(), 1.0);
         plan.start();
         plan.tier2(redis_hit(Body::Full(entry(5)), fresh()), &PICKY);
-        assert!(matches!(plan.resume(), LookupStep::Refresh));
+        assert!(matches!(plan.resume(), Step::Refresh));
         let step = plan.refreshed(Some(origin_profile(6)), &CALM);
-        assert!(
-            matches!(step, LookupStep::Effect(Effect::Keep(Keep::Fill(ref e, _))) if e.version == 6)
-        );
-        assert_eq!(done_body(&plan.resume()), Some((6, CacheStatus::Miss)));
+        assert!(matches!(step, Step::Effect(Effect::Keep(Keep::Fill(ref e, _))) if e.version == 6));
+        assert_eq!(body_of(&plan.resume()), Some((6, CacheStatus::Miss)));
 
         // A projection: refreshed with the full profile too; nothing back answers Redis's copy.
         for asked in [None, Some(unavailable(Unavailable::Unreachable))] {
-            let mut plan = LookupPlan::new(&fields_key(), 1.0);
+            let mut plan = Plan::lookup(&fields_key(), 1.0);
             plan.start();
             let step = plan.tier2(redis_hit(fields("{}", 5), fresh()), &PICKY);
-            assert!(matches!(step, LookupStep::Refresh));
+            assert!(matches!(step, Step::Refresh));
             let step = plan.refreshed(asked, &CALM);
             assert!(matches!(
                 step,
-                LookupStep::Done(Answer::Body(Body::Fields { .. }, CacheStatus::L2))
+                Step::Answer(Answer::Body(Body::Fields { .. }, CacheStatus::L2))
             ));
         }
 
         // Gone meanwhile: tier 1's copy goes, the 404 is passed on.
-        let mut plan = LookupPlan::new(&full_key(), 1.0);
+        let mut plan = Plan::lookup(&full_key(), 1.0);
         plan.start();
         plan.tier2(redis_hit(Body::Full(entry(5)), fresh()), &PICKY);
         plan.resume();
         let step = plan.refreshed(Some(answered(origin(404, "{}", None))), &CALM);
-        assert!(matches!(
-            step,
-            LookupStep::Effect(Effect::Keep(Keep::Forget(_)))
-        ));
+        assert!(matches!(step, Step::Effect(Effect::Keep(Keep::Forget(_)))));
         assert!(matches!(
             plan.resume(),
-            LookupStep::Done(Answer::Origin(ref a, CacheStatus::Miss)) if a.status == 404
+            Step::Answer(Answer::Origin(ref a, CacheStatus::Miss)) if a.status == 404
         ));
     }
 
     #[test]
     fn a_stale_tier_two_copy_is_kept_as_a_fallback_and_the_origin_asked() {
-        let mut plan = LookupPlan::new(&full_key(), 1.0);
+        let mut plan = Plan::lookup(&full_key(), 1.0);
         plan.start();
         let step = plan.tier2(redis_hit(Body::Full(entry(5)), expired()), &CALM);
         assert!(
-            matches!(step, LookupStep::Effect(Effect::Keep(Keep::Fill(_, _)))),
+            matches!(step, Step::Effect(Effect::Keep(Keep::Fill(_, _)))),
             "as a stale fallback"
         );
-        assert!(matches!(
-            plan.resume(),
-            LookupStep::Origin { reload: false }
-        ));
+        assert!(matches!(plan.resume(), Step::Origin { reload: false }));
         let step = plan.answered(origin_profile(6), &CALM);
-        let LookupStep::Effect(Effect::Keep(Keep::Fill(kept, _))) = step else {
+        let Step::Effect(Effect::Keep(Keep::Fill(kept, _))) = step else {
             panic!("{step:?}");
         };
-        let LookupStep::Done(Answer::Origin(answer, CacheStatus::Miss)) = plan.resume() else {
+        let Step::Answer(Answer::Origin(answer, CacheStatus::Miss)) = plan.resume() else {
             panic!();
         };
         // The answer carries tier 1's bytes for the profile, whatever order the origin wrote.
@@ -1311,42 +1247,39 @@ mod tests {
             ),
         ];
         for (key, answer, source) in cases {
-            let mut plan = LookupPlan::new(&key, 1.0);
+            let mut plan = Plan::lookup(&key, 1.0);
             plan.start();
             assert!(matches!(
                 plan.tier2(Read::Miss, &CALM),
-                LookupStep::Origin { reload: false }
+                Step::Origin { reload: false }
             ));
             let status = answer.status;
             let step = plan.answered(answered(answer), &CALM);
             assert!(
-                matches!(step, LookupStep::Done(Answer::Origin(ref a, s)) if a.status == status && s == source),
+                matches!(step, Step::Answer(Answer::Origin(ref a, s)) if a.status == status && s == source),
                 "{step:?}"
             );
         }
         // A full `200` that is not the profile is logged and passed on.
-        let mut plan = LookupPlan::new(&full_key(), 1.0);
+        let mut plan = Plan::lookup(&full_key(), 1.0);
         plan.start();
         plan.tier2(Read::Failed, &CALM);
         let step = plan.answered(answered(origin(200, &profile_json("x"), None)), &CALM);
         assert!(matches!(
             step,
-            LookupStep::Effect(Effect::Note(Note::NotAProfile(_)))
+            Step::Effect(Effect::Note(Note::NotAProfile(_)))
         ));
-        assert!(matches!(
-            plan.resume(),
-            LookupStep::Done(Answer::Origin(..))
-        ));
+        assert!(matches!(plan.resume(), Step::Answer(Answer::Origin(..))));
     }
 
     /// A lookup whose tier-2 read gave `redis` and whose origin then failed as `asked` says.
-    fn failed_lookup(redis: Read<Cached>, asked: Asked) -> LookupPlan {
-        let mut plan = LookupPlan::new(&full_key(), 1.0);
+    fn failed_lookup(redis: Read<Cached>, asked: Asked) -> Plan {
+        let mut plan = Plan::lookup(&full_key(), 1.0);
         plan.start();
-        if let LookupStep::Effect(Effect::Keep(_)) = plan.tier2(redis, &CALM) {
+        if let Step::Effect(Effect::Keep(_)) = plan.tier2(redis, &CALM) {
             plan.resume();
         }
-        assert!(matches!(plan.answered(asked, &CALM), LookupStep::Fallback));
+        assert!(matches!(plan.answered(asked, &CALM), Step::Fallback));
         plan
     }
 
@@ -1357,29 +1290,29 @@ mod tests {
         // A fresh tier-1 copy that arrived meanwhile wins.
         let mut plan = failed_lookup(redis_stale(5), down());
         let step = plan.fallback(Some(entry(6)), None);
-        assert_eq!(done_body(&step), Some((6, CacheStatus::L1)));
+        assert_eq!(body_of(&step), Some((6, CacheStatus::L1)));
         // Else the newer of Redis's and tier 1's stale copies; tier 1's on a tie.
         for (redis, kept, expected) in [(5, 4, "Redis"), (4, 5, "Tier1"), (5, 5, "Tier1")] {
             let from_redis = redis_hit(Body::Full(entry_in(redis, "Redis")), expired());
             let mut plan = failed_lookup(from_redis, down());
             let step = plan.fallback(None, Some(entry_in(kept, "Tier1")));
-            let LookupStep::Done(Answer::Body(Body::Full(e), CacheStatus::Stale)) = step else {
+            let Step::Answer(Answer::Body(Body::Full(e), CacheStatus::Stale)) = step else {
                 panic!("{step:?}");
             };
             assert_eq!(e.profile.department.as_str(), expected);
         }
         let mut plan = failed_lookup(Read::Miss, down());
         assert_eq!(
-            done_body(&plan.fallback(None, Some(entry(3)))),
+            body_of(&plan.fallback(None, Some(entry(3)))),
             Some((3, CacheStatus::Stale))
         );
         // A stale projection from Redis counts too.
-        let mut plan = LookupPlan::new(&fields_key(), 1.0);
+        let mut plan = Plan::lookup(&fields_key(), 1.0);
         plan.start();
         plan.tier2(redis_hit(fields("{}", 5), expired()), &CALM);
         plan.answered(answered(origin(502, "{}", None)), &CALM);
         assert_eq!(
-            done_body(&plan.fallback(None, None)),
+            body_of(&plan.fallback(None, None)),
             Some((5, CacheStatus::Stale))
         );
     }
@@ -1389,45 +1322,39 @@ mod tests {
         let mut plan = failed_lookup(Read::Skipped, answered(origin(500, "{}", None)));
         assert!(matches!(
             plan.fallback(None, None),
-            LookupStep::Done(Answer::Origin(ref a, CacheStatus::Miss)) if a.status == 500
+            Step::Answer(Answer::Origin(ref a, CacheStatus::Miss)) if a.status == 500
         ));
         let open = unavailable(Unavailable::BreakerOpen(Duration::from_millis(2_500)));
         let mut plan = failed_lookup(Read::Failed, open);
         assert!(matches!(
             plan.fallback(None, None),
-            LookupStep::Done(Answer::Unavailable(why)) if why.retry_after_secs() == 3
+            Step::Answer(Answer::Unavailable(why)) if why.retry_after_secs() == 3
         ));
     }
 
     #[test]
     fn a_shed_tier_2_read_never_asks_the_origin() {
         // With a kept copy: answered STALE; without: a 503 with Retry-After 1 (no origin step).
-        let mut plan = LookupPlan::new(&full_key(), 1.0);
+        let mut plan = Plan::lookup(&full_key(), 1.0);
         plan.start();
-        assert!(matches!(
-            plan.tier2(Read::Shed, &CALM),
-            LookupStep::Fallback
-        ));
+        assert!(matches!(plan.tier2(Read::Shed, &CALM), Step::Fallback));
         assert_eq!(
-            done_body(&plan.fallback(None, Some(entry(3)))),
+            body_of(&plan.fallback(None, Some(entry(3)))),
             Some((3, CacheStatus::Stale))
         );
-        let mut plan = LookupPlan::new(&full_key(), 1.0);
+        let mut plan = Plan::lookup(&full_key(), 1.0);
         plan.start();
-        assert!(matches!(
-            plan.tier2(Read::Shed, &CALM),
-            LookupStep::Fallback
-        ));
+        assert!(matches!(plan.tier2(Read::Shed, &CALM), Step::Fallback));
         assert!(matches!(
             plan.fallback(None, None),
-            LookupStep::Done(Answer::Unavailable(Unavailable::Overloaded))
+            Step::Answer(Answer::Unavailable(Unavailable::Overloaded))
         ));
         // A spent origin budget is a 503 with the wait until the next token.
         let spent = unavailable(Unavailable::BudgetSpent(Duration::from_millis(1_200)));
         let mut plan = failed_lookup(Read::Miss, spent);
         assert!(matches!(
             plan.fallback(None, None),
-            LookupStep::Done(Answer::Unavailable(why @ Unavailable::BudgetSpent(_)))
+            Step::Answer(Answer::Unavailable(why @ Unavailable::BudgetSpent(_)))
                 if why.retry_after_secs() == 2
         ));
     }
@@ -1489,6 +1416,31 @@ mod tests {
         assert!(after_write(&Method::POST, "/users/7", &written).is_none());
     }
 
+    #[test]
+    fn a_write_s_plan_keeps_what_the_write_leaves_then_passes_its_answer_on_as_bypass() {
+        let mut plan = Plan::write(
+            &Method::PUT,
+            "/users/7",
+            origin(200, &profile_json("DevOps"), Some(8)),
+        );
+        let step = plan.start();
+        assert!(
+            matches!(step, Step::Effect(Effect::Keep(Keep::Fill(ref e, _))) if e.version == 8),
+            "{step:?}"
+        );
+        let step = plan.resume();
+        assert!(
+            matches!(step, Step::Answer(Answer::Origin(ref a, CacheStatus::Bypass)) if a.version() == Some(8)),
+            "{step:?}"
+        );
+        // A failed write leaves nothing: its answer at once.
+        let mut plan = Plan::write(&Method::PUT, "/users/7", origin(500, "{}", None));
+        assert!(matches!(
+            plan.start(),
+            Step::Answer(Answer::Origin(ref a, CacheStatus::Bypass)) if a.status == 500
+        ));
+    }
+
     // ---- Moved from read.rs ----
 
     #[test]
@@ -1522,7 +1474,7 @@ mod tests {
         assert_ne!(full, FlightKey::new(UserId::parse("6").unwrap(), None));
     }
 
-    // ---- LookupPlan with the process-wide tier ----
+    // ---- A shared lookup with the process-wide tier ----
 
     /// A copy in the process-wide tier at `version`: fresh for 1 s more unless `fresh` is false (then soft-
     /// expired, still kept); its shared soft expiry is `shared`.
@@ -1539,15 +1491,15 @@ mod tests {
         }
     }
 
-    fn shared_lookup() -> LookupPlan {
-        let mut plan = LookupPlan::new(&full_key(), 1.0).with_process_tier();
-        assert!(matches!(plan.start(), LookupStep::ProcessTier));
+    fn shared_lookup() -> Plan {
+        let mut plan = Plan::lookup(&full_key(), 1.0).with_process_tier();
+        assert!(matches!(plan.start(), Step::ProcessTier));
         plan
     }
 
     #[test]
     fn with_the_shared_tier_a_lookup_reads_it_before_tier_two_but_a_reload_does_not() {
-        let mut reload = LookupPlan::new(
+        let mut reload = Plan::lookup(
             &FlightKey {
                 reload: true,
                 ..full_key()
@@ -1555,13 +1507,10 @@ mod tests {
             1.0,
         )
         .with_process_tier();
-        assert!(matches!(
-            reload.start(),
-            LookupStep::Origin { reload: true }
-        ));
+        assert!(matches!(reload.start(), Step::Origin { reload: true }));
         for found in [Found::Miss, Found::Skipped] {
             let mut plan = shared_lookup();
-            assert!(matches!(plan.process_tier(found, &CALM), LookupStep::Tier2));
+            assert!(matches!(plan.process_tier(found, &CALM), Step::Tier2));
         }
     }
 
@@ -1572,20 +1521,20 @@ mod tests {
             Found::Fresh(slot(5, "Sales", true, fresh()).stored()),
             &CALM,
         );
-        let LookupStep::Effect(Effect::Keep(Keep::Adopt(entry, shelf))) = step else {
+        let Step::Effect(Effect::Keep(Keep::Adopt(entry, shelf))) = step else {
             panic!("{step:?}");
         };
         assert_eq!(entry.version, 5);
         let f = shelf.freshness.unwrap();
         assert_eq!((f.fresh_until_ms, f.delta_ms), (WALL + 1_000, 0));
-        assert_eq!(done_body(&plan.resume()), Some((5, CacheStatus::Shared)));
+        assert_eq!(body_of(&plan.resume()), Some((5, CacheStatus::Shared)));
         // A projection is cut from it: the body is the full profile.
-        let mut plan = LookupPlan::new(&fields_key(), 1.0).with_process_tier();
+        let mut plan = Plan::lookup(&fields_key(), 1.0).with_process_tier();
         plan.start();
         plan.process_tier(Found::Fresh(slot(5, "Sales", true, None).stored()), &CALM);
         assert!(matches!(
             plan.resume(),
-            LookupStep::Done(Answer::Body(Body::Full(_), CacheStatus::Shared))
+            Step::Answer(Answer::Body(Body::Full(_), CacheStatus::Shared))
         ));
     }
 
@@ -1596,15 +1545,15 @@ mod tests {
             Found::Fresh(slot(5, "Sales", true, fresh()).stored()),
             &PICKY,
         );
-        assert!(matches!(plan.resume(), LookupStep::Refresh));
+        assert!(matches!(plan.resume(), Step::Refresh));
         assert_eq!(
-            done_body(&plan.refreshed(None, &PICKY)),
+            body_of(&plan.refreshed(None, &PICKY)),
             Some((5, CacheStatus::Shared))
         );
         // Without a shared soft expiry (or a cost), never early.
         let mut plan = shared_lookup();
         plan.process_tier(Found::Fresh(slot(5, "Sales", true, None).stored()), &PICKY);
-        assert_eq!(done_body(&plan.resume()), Some((5, CacheStatus::Shared)));
+        assert_eq!(body_of(&plan.resume()), Some((5, CacheStatus::Shared)));
     }
 
     #[test]
@@ -1617,17 +1566,17 @@ mod tests {
         ] {
             let mut plan = shared_lookup();
             let stale = Found::Stale(slot(shared, "Shared", false, None).stored());
-            assert!(matches!(plan.process_tier(stale, &CALM), LookupStep::Tier2));
+            assert!(matches!(plan.process_tier(stale, &CALM), Step::Tier2));
             let read = match redis {
                 Some(v) => redis_hit(Body::Full(entry_in(v, "Redis")), expired()),
                 None => Read::Miss,
             };
-            if let LookupStep::Effect(_) = plan.tier2(read, &CALM) {
+            if let Step::Effect(_) = plan.tier2(read, &CALM) {
                 plan.resume();
             }
-            assert!(matches!(plan.answered(down(), &CALM), LookupStep::Fallback));
+            assert!(matches!(plan.answered(down(), &CALM), Step::Fallback));
             let step = plan.fallback(None, None);
-            let LookupStep::Done(Answer::Body(Body::Full(e), CacheStatus::Stale)) = step else {
+            let Step::Answer(Answer::Body(Body::Full(e), CacheStatus::Stale)) = step else {
                 panic!("{step:?}");
             };
             assert_eq!(

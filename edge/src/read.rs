@@ -1,7 +1,9 @@
 //! The read path of `GET /users/{id}`: tier 1, then tier 2, then the origin, then a stale copy.
 //!
 //! What to ask and what to accept is decided by [`crate::plan`]; this module carries its steps out
-//! (tier 1, Redis, the origin, the single-flight) and measures them for `server-timing`.
+//! (tier 1, the process-wide tier, Redis, the origin, the single-flight, the writes of the tiers) and
+//! measures them for `server-timing`, in one executor loop, `ReadPath::run`, for every plan: a
+//! request's, the shared lookup it leads or joins, and a forwarded write's.
 //!
 //! Tier 1 is checked by every request. Requests that miss it and want the same thing (same id, same
 //! projection) share one tier-2/origin lookup ([`crate::flight`]). Tier 1 is filled only with full
@@ -40,6 +42,8 @@
 
 use std::cell::RefCell;
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -52,16 +56,13 @@ use crate::budget::OriginBudget;
 use crate::clock::{self, Deadline, Nanos};
 use crate::config::Config;
 use crate::copy::{Keeping, ProfileEntry, Shelf};
-use crate::feed::{Fallback, Feed, FeedTag, Verdict};
+use crate::feed::{Fallback, Feed, FeedTag, Trust, Verdict};
 use crate::flight::SingleFlight;
 use crate::forward::{Origin, OriginAnswer, OriginRequest, Unavailable};
 use crate::l1::Tier1;
 use crate::l2::{Read, Redis};
 use crate::metrics::{METRICS, OriginRead, Shed};
-use crate::plan::{
-    Answer, Asked, Body, Cached, Effect, Env, FlightKey, Keep, LookupPlan, LookupStep, ReadPlan,
-    ReadStep, after_write,
-};
+use crate::plan::{Answer, Asked, Body, Cached, Effect, Env, FlightKey, Keep, Plan, Step};
 use crate::process_tier::{ProcessTier, SlotValue};
 use crate::reply::{Reply, origin_unavailable};
 use crate::routes::fields_query;
@@ -70,40 +71,58 @@ use crate::routes::fields_query;
 /// floors: the host may be slow to run a request whose answer has arrived.
 const FLOOR_SLACK: Duration = Duration::from_secs(1);
 
-/// What one shared lookup found, with the time each tier took.
+/// What one shared lookup found, and its tiers' times (`server-timing`), which every request that
+/// waited for it reports.
 #[derive(Debug)]
 pub struct Fetched {
-    tally: Tally,
+    timing: ServerTiming,
     answer: Answer,
 }
 
-/// What a lookup measured and learnt on its way, besides its answer.
-#[derive(Debug)]
-struct Tally {
-    shared_ms: Option<f64>,
-    l2_ms: Option<f64>,
-    origin_ms: Option<f64>,
-    /// Why the origin was asked (`server-timing: origin;desc=...`): what tier 2 said (no tier-2 read: a
-    /// miss), or a refresh or reload.
+/// One run of a plan by [`ReadPath::run`] (a request, a shared lookup or a forwarded write): what it
+/// was given, and what it measured and learnt on its way.
+struct Run<'r> {
+    origin: &'r Origin,
+    /// The projection asked for (`None`: the full profile).
+    selection: Option<&'r FieldSelection>,
+    deadline: Deadline,
+    /// The feed position before the copies were asked for: the feed vouches for what the run keeps
+    /// from there on.
+    tag: FeedTag,
+    /// The process-wide tier's copies the feed lets the run trust.
+    trust: Option<Trust>,
+    /// The tiers' times, in the order visited (a request adds those of the lookups it shared).
+    timing: ServerTiming,
+    /// Why the origin is asked (`server-timing: origin;desc=...`): what tier 2 said (no tier-2 read: a
+    /// miss), or a reload.
     origin_why: OriginRead,
-    /// The origin's own `server-timing`, when it answered.
-    origin_timing: Option<String>,
     /// The version of the id the lookup saw in the process-wide tier (a fill never replaces a newer one).
     seen: Option<i64>,
     /// Redis had no entry for the id (not: Redis was skipped or failed): the origin may skip its look.
     redis_missed: bool,
+    /// The shared lookup the request waited for last.
+    fetched: Option<Rc<Fetched>>,
 }
 
-impl Tally {
-    fn new() -> Self {
+impl<'r> Run<'r> {
+    fn new(
+        origin: &'r Origin,
+        selection: Option<&'r FieldSelection>,
+        deadline: Deadline,
+        tag: FeedTag,
+        trust: Option<Trust>,
+    ) -> Self {
         Self {
-            shared_ms: None,
-            l2_ms: None,
-            origin_ms: None,
+            origin,
+            selection,
+            deadline,
+            tag,
+            trust,
+            timing: ServerTiming::new(),
             origin_why: OriginRead::Miss,
-            origin_timing: None,
             seen: None,
             redis_missed: false,
+            fetched: None,
         }
     }
 
@@ -115,25 +134,19 @@ impl Tally {
             Read::Hit(_) => OriginRead::Expired,
             Read::Miss | Read::Absent | Read::Shed => OriginRead::Miss,
         };
-        self.l2_ms = read.visited().then(|| clock::millis_since(started));
+        if read.visited() {
+            self.timing.add("l2", clock::millis_since(started));
+        }
         self.redis_missed = matches!(read, Read::Miss);
     }
+}
 
-    /// The tiers' times in `server-timing` (a follower reports those of the lookup it shared).
-    fn report(&self, timing: &mut ServerTiming) {
-        if let Some(ms) = self.shared_ms {
-            timing.add("shared", ms);
-        }
-        if let Some(ms) = self.l2_ms {
-            timing.add("l2", ms);
-        }
-        if let Some(ms) = self.origin_ms {
-            timing.add_described("origin", ms, self.origin_why.as_str());
-        }
-        if let Some(upstream) = &self.origin_timing {
-            timing.add_prefixed("origin", upstream);
-        }
-    }
+/// How a run ended.
+enum Ended {
+    /// With an answer of its own.
+    Answer(Answer),
+    /// With what the shared lookup it waited for found.
+    Shared(Rc<Fetched>),
 }
 
 /// What the read path keeps between the requests of an instance: tier 1, the Redis client, the lookups
@@ -240,56 +253,120 @@ impl ReadPath {
         selection: Option<FieldSelection>,
         deadline: Deadline,
     ) -> Reply {
-        let host = Host(deadline);
         let selection = selection.as_ref();
-        let mut plan = ReadPlan::new(id, selection, self.config.xfetch_beta);
-        let mut timing = ServerTiming::new();
         let verdict = self.follow_feed(deadline).await;
+        let mut run = Run::new(origin, selection, deadline, verdict.tag, verdict.trust);
         if verdict.fallback != Some(Fallback::Off) {
-            timing.add_described("feed", verdict.spent_ms.unwrap_or(0.0), verdict.describe());
+            let spent = verdict.spent_ms.unwrap_or(0.0);
+            run.timing.add_described("feed", spent, verdict.describe());
         }
-        let tag = verdict.tag;
-        let mut fetched: Option<Rc<Fetched>> = None;
+        let plan = Plan::read(id, selection, self.config.xfetch_beta);
+        let ended = self.run(plan, &mut run).await;
+        let timing = std::mem::take(&mut run.timing);
+        match ended {
+            Ended::Answer(answer) => reply(&answer, id, selection, timing),
+            Ended::Shared(found) => reply(&found.answer, id, selection, timing),
+        }
+    }
+
+    /// A write this instance forwarded came back with `answer`: the tiers keep what the plan decides
+    /// for read-your-writes ([`Plan::write`]), carried out by the same executor as a read's, and the
+    /// answer is passed on (`x-cache: BYPASS`). `tag` is the feed position taken before the write was
+    /// forwarded.
+    pub async fn written(
+        &self,
+        origin: &Origin,
+        method: &Method,
+        path: &str,
+        answer: OriginAnswer,
+        tag: FeedTag,
+        deadline: Deadline,
+    ) -> Reply {
+        let mut run = Run::new(origin, None, deadline, tag, None);
+        match self.run(Plan::write(method, path, answer), &mut run).await {
+            Ended::Answer(Answer::Origin(answer, source)) => Reply::from_origin(&answer, source),
+            Ended::Answer(_) | Ended::Shared(_) => {
+                unreachable!("a write's plan answers with the origin's answer")
+            }
+        }
+    }
+
+    /// Carries `plan` out: the edge's one executor loop, for a request, a shared lookup and a forwarded
+    /// write alike. It does each step the plan returns (tier 1, the process-wide tier, tier 2, the
+    /// origin, the shared lookup, the writes of the tiers) and hands what it found to the plan, until
+    /// an answer.
+    async fn run(&self, mut plan: Plan, run: &mut Run<'_>) -> Ended {
+        let host = Host(run.deadline);
         let mut step = plan.start();
         loop {
             step = match step {
-                ReadStep::Tier1 => {
+                Step::Tier1 => {
                     let started = clock::now();
-                    let hit = self.tier1.borrow_mut().get(&id, started);
-                    timing.add("l1", clock::millis_since(started));
+                    let hit = self.tier1.borrow_mut().get(&plan.id(), started);
+                    run.timing.add("l1", clock::millis_since(started));
                     plan.tier1(hit, &host)
                 }
-                ReadStep::Refresh => {
-                    let asked = self.refresh(origin, id, deadline).await;
+                Step::Refresh => {
+                    let asked = self.refresh(run.origin, plan.id(), run.deadline).await;
                     if let Some(ms) = asked.as_ref().and_then(|a| a.ms) {
-                        timing.add_described("origin", ms, OriginRead::Refresh.as_str());
+                        let why = OriginRead::Refresh.as_str();
+                        run.timing.add_described("origin", ms, why);
                     }
                     plan.refreshed(asked, &host)
                 }
-                ReadStep::Lookup(key) => {
-                    let (found, _role) = self
-                        .flights
-                        .run(key.clone(), || {
-                            self.lookup(origin, key, selection, deadline)
-                        })
-                        .await;
-                    found.tally.report(&mut timing);
+                Step::Lookup(key) => {
+                    let found = self.shared_lookup(run, key).await;
+                    run.timing.append(&found.timing);
                     let version = found.answer.version();
-                    fetched = Some(found);
+                    run.fetched = Some(found);
                     plan.looked(version)
                 }
-                ReadStep::Observe(version) => {
-                    let observed = self.tier1.borrow_mut().observe(id, version, clock::now());
+                Step::Observe(version) => {
+                    let observed =
+                        self.tier1
+                            .borrow_mut()
+                            .observe(plan.id(), version, clock::now());
                     plan.observed(observed, &host)
                 }
-                ReadStep::Effect(effect) => {
-                    self.carry_out(effect, None, tag, deadline).await;
+                Step::ProcessTier => {
+                    let started = clock::now();
+                    let limit = run.deadline.cap(self.config.redis_timeout);
+                    let found = self.process_tier.get(plan.id(), run.trust, limit).await;
+                    if found.visited() {
+                        run.timing.add("shared", clock::millis_since(started));
+                    }
+                    run.seen = found.version();
+                    plan.process_tier(found, &host)
+                }
+                Step::Tier2 => {
+                    let started = clock::now();
+                    let read = self
+                        .read_tier2(plan.id(), run.selection, run.deadline)
+                        .await;
+                    run.tier2(&read, started);
+                    plan.tier2(read, &host)
+                }
+                Step::Origin { reload } => {
+                    let asked = self.origin_step(run, plan.id(), reload).await;
+                    plan.answered(asked, &host)
+                }
+                Step::Fallback => {
+                    let now = clock::now();
+                    let mut tier1 = self.tier1.borrow_mut();
+                    let fresh = tier1.get(&plan.id(), now).map(|hit| hit.entry);
+                    let kept = tier1.stale(&plan.id(), now);
+                    drop(tier1);
+                    plan.fallback(fresh, kept)
+                }
+                Step::Effect(effect) => {
+                    self.carry_out(effect, run.seen, run.tag, run.deadline)
+                        .await;
                     plan.resume()
                 }
-                ReadStep::Answer(answer) => return reply(&answer, id, selection, timing),
-                ReadStep::AnswerLookup => {
-                    let found = fetched.expect("a lookup precedes its answer");
-                    return reply(&found.answer, id, selection, timing);
+                Step::Answer(answer) => return Ended::Answer(answer),
+                Step::AnswerLookup => {
+                    let found = run.fetched.take().expect("a lookup precedes its answer");
+                    return Ended::Shared(found);
                 }
             }
         }
@@ -301,23 +378,6 @@ impl ReadPath {
         match effect {
             Effect::Keep(keep) => self.keep(keep, seen, tag, deadline).await,
             Effect::Note(note) => eprintln!("aside-edge: {note}"),
-        }
-    }
-
-    /// A write this instance forwarded came back with `answer`: what the tiers keep of it for
-    /// read-your-writes, as the plan decides ([`crate::plan::after_write`]), carried out like a read's
-    /// keep. `tag` is the feed position taken before the write was forwarded.
-    pub async fn written(
-        &self,
-        method: &Method,
-        path: &str,
-        answer: &OriginAnswer,
-        tag: FeedTag,
-        deadline: Deadline,
-    ) {
-        if let Some(keep) = after_write(method, path, answer) {
-            self.carry_out(Effect::Keep(keep), None, tag, deadline)
-                .await;
         }
     }
 
@@ -371,79 +431,63 @@ impl ReadPath {
         }
     }
 
-    /// One lookup past tier 1, shared by every request with the same [`FlightKey`]; `selection` is the
-    /// one the key was made from.
-    async fn lookup(
-        &self,
-        origin: &Origin,
+    /// The lookup past tier 1 for `key`, shared by every request with the same key: joined if one is
+    /// in flight in this instance, else led by this request.
+    async fn shared_lookup(&self, run: &Run<'_>, key: FlightKey) -> Rc<Fetched> {
+        let (origin, selection, deadline) = (run.origin, run.selection, run.deadline);
+        let lookup = || self.lookup(origin, key.clone(), selection, deadline);
+        let (found, _role) = self.flights.run(key.clone(), lookup).await;
+        found
+    }
+
+    /// One lookup past tier 1: the lookup's plan ([`Plan::lookup`]) run by the same executor as the
+    /// request that leads it (boxed: the executor runs itself); `selection` is the one the key was
+    /// made from.
+    fn lookup<'a>(
+        &'a self,
+        origin: &'a Origin,
         key: FlightKey,
-        selection: Option<&FieldSelection>,
+        selection: Option<&'a FieldSelection>,
         deadline: Deadline,
-    ) -> Rc<Fetched> {
-        let host = Host(deadline);
-        let id = key.id;
-        // Taken before any tier is asked: the feed vouches for what this lookup brings from here on.
-        let at_start = self.feed.verdict(None);
-        let tag = at_start.tag;
-        let mut plan = LookupPlan::new(&key, self.config.xfetch_beta);
-        if self.process_tier.is_on() {
-            plan = plan.with_process_tier();
-        }
-        let mut tally = Tally::new();
-        let mut step = plan.start();
-        loop {
-            step = match step {
-                LookupStep::ProcessTier => {
-                    let started = clock::now();
-                    let limit = deadline.cap(self.config.redis_timeout);
-                    let found = self.process_tier.get(id, at_start.trust, limit).await;
-                    tally.shared_ms = found.visited().then(|| clock::millis_since(started));
-                    tally.seen = found.version();
-                    plan.process_tier(found, &host)
-                }
-                LookupStep::Tier2 => {
-                    let started = clock::now();
-                    let read = self.read_tier2(id, selection, deadline).await;
-                    tally.tier2(&read, started);
-                    plan.tier2(read, &host)
-                }
-                LookupStep::Refresh => {
-                    let asked = self.refresh(origin, id, deadline).await;
-                    tally.origin_why = OriginRead::Refresh;
-                    tally.origin_ms = asked.as_ref().and_then(|a| a.ms);
-                    plan.refreshed(asked, &host)
-                }
-                LookupStep::Origin { reload } => {
-                    if reload {
-                        tally.origin_why = OriginRead::Reload;
-                    }
-                    let ask = Ask {
-                        reload,
-                        redis_missed: tally.redis_missed,
-                    };
-                    let why = tally.origin_why;
-                    let asked = self
-                        .ask_origin(origin, id, selection, ask, why, deadline)
-                        .await;
-                    tally.origin_ms = asked.ms;
-                    tally.origin_timing = asked.result.as_ref().ok().and_then(|a| a.timing.clone());
-                    plan.answered(asked, &host)
-                }
-                LookupStep::Fallback => {
-                    let now = clock::now();
-                    let mut tier1 = self.tier1.borrow_mut();
-                    let fresh = tier1.get(&id, now).map(|hit| hit.entry);
-                    let kept = tier1.stale(&id, now);
-                    drop(tier1);
-                    plan.fallback(fresh, kept)
-                }
-                LookupStep::Effect(effect) => {
-                    self.carry_out(effect, tally.seen, tag, deadline).await;
-                    plan.resume()
-                }
-                LookupStep::Done(answer) => return Rc::new(Fetched { tally, answer }),
+    ) -> Pin<Box<dyn Future<Output = Rc<Fetched>> + 'a>> {
+        Box::pin(async move {
+            // Taken before any tier is asked: the feed vouches for what this lookup brings from here on.
+            let at_start = self.feed.verdict(None);
+            let mut plan = Plan::lookup(&key, self.config.xfetch_beta);
+            if self.process_tier.is_on() {
+                plan = plan.with_process_tier();
             }
+            let mut run = Run::new(origin, selection, deadline, at_start.tag, at_start.trust);
+            match self.run(plan, &mut run).await {
+                Ended::Answer(answer) => Rc::new(Fetched {
+                    timing: run.timing,
+                    answer,
+                }),
+                Ended::Shared(_) => unreachable!("a lookup's plan waits for no other lookup"),
+            }
+        })
+    }
+
+    /// A lookup's origin call, with its time (and the origin's own `server-timing`) in the run's.
+    async fn origin_step(&self, run: &mut Run<'_>, id: UserId, reload: bool) -> Asked {
+        if reload {
+            run.origin_why = OriginRead::Reload;
         }
+        let ask = Ask {
+            reload,
+            redis_missed: run.redis_missed,
+        };
+        let (origin, selection, why) = (run.origin, run.selection, run.origin_why);
+        let asked = self
+            .ask_origin(origin, id, selection, ask, why, run.deadline)
+            .await;
+        if let Some(ms) = asked.ms {
+            run.timing.add_described("origin", ms, why.as_str());
+        }
+        if let Some(upstream) = asked.result.as_ref().ok().and_then(|a| a.timing.as_deref()) {
+            run.timing.add_prefixed("origin", upstream);
+        }
+        asked
     }
 
     /// Tier 2's copy of the profile (`HGETALL`) or of the projection (`HMGET`), within

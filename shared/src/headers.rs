@@ -267,6 +267,17 @@ impl ServerTiming {
         self
     }
 
+    /// Adds every metric of `other`, as they are (e.g. those of a lookup this request shared).
+    pub fn append(&mut self, other: &ServerTiming) -> &mut Self {
+        if !other.value.is_empty() {
+            if !self.value.is_empty() {
+                self.value.push_str(", ");
+            }
+            self.value.push_str(&other.value);
+        }
+        self
+    }
+
     pub fn is_empty(&self) -> bool {
         self.value.is_empty()
     }
@@ -318,6 +329,23 @@ mod tests {
         assert_eq!(t.as_str(), "l1;dur=0.012, l2;dur=1.500, origin;dur=0.000");
         t.add_described("feed", 0.25, "ttl-late");
         assert!(t.as_str().ends_with(", feed;dur=0.250;desc=\"ttl-late\""));
+    }
+
+    #[test]
+    fn a_shared_lookup_s_timing_is_appended_as_it_is() {
+        let mut lookup = ServerTiming::new();
+        lookup.add("l2", 1.0).add_described("origin", 2.0, "miss");
+        let mut t = ServerTiming::new();
+        t.append(&lookup);
+        assert_eq!(t.as_str(), lookup.as_str());
+        t.add("l1", 0.5)
+            .append(&ServerTiming::new())
+            .append(&lookup);
+        assert_eq!(
+            t.as_str(),
+            "l2;dur=1.000, origin;dur=2.000;desc=\"miss\", l1;dur=0.500, l2;dur=1.000, \
+             origin;dur=2.000;desc=\"miss\""
+        );
     }
 
     #[test]

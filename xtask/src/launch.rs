@@ -3,11 +3,14 @@
 //!
 //! The names come from [`aside_shared::settings`], defined once; a builder refuses any other name (a
 //! misspelt setting would otherwise be ignored by the service and the run would measure the default).
-//! Redis and PostgreSQL are started by [`crate::stack`] and [`crate::redis_ha`].
+//! PostgreSQL's server is [`PostgresLaunch`]; Redis nodes are [`crate::redis_server::RedisNode`]
+//! (Sentinel: [`crate::redis_ha`], Cluster: [`crate::redis_cluster`]).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use anyhow::{Context as _, bail};
 
 use aside_shared::settings::{is_edge_variable, is_origin_setting, spin_variable_env};
 
@@ -221,5 +224,125 @@ mod tests {
     #[should_panic(expected = "feed_pol_ms is not a Spin variable of the edge")]
     fn a_misspelt_edge_variable_is_refused() {
         let _ = EdgeVariables::new().set("feed_pol_ms", 10);
+    }
+}
+
+/// One PostgreSQL server of the project: its folder (the cluster in `<dir>/data`, the Unix socket in
+/// `<dir>`), its port and its settings. `cargo xtask up`, the benchmark and the test harness create and
+/// start PostgreSQL through it: password (SCRAM) logins on loopback TCP only ([`crate::local::PG_HBA`],
+/// rewritten before every start), run as the `postgres` system user when started as root.
+#[derive(Debug, Clone)]
+pub struct PostgresLaunch {
+    pg_bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    owner: Option<(u32, u32)>,
+    throwaway: bool,
+    settings: Vec<(&'static str, String)>,
+}
+
+impl PostgresLaunch {
+    /// A server in `dir` on `127.0.0.1:port`, from [`crate::local::pg_bin_dir`]'s binaries.
+    pub fn new(dir: &Path, port: u16) -> anyhow::Result<Self> {
+        let pg_bin = crate::local::pg_bin_dir().context(
+            "PostgreSQL server binaries not found (set ASIDE_PG_BIN or install postgresql)",
+        )?;
+        Ok(Self {
+            pg_bin,
+            dir: dir.to_path_buf(),
+            port,
+            owner: crate::local::postgres_owner(),
+            throwaway: false,
+            settings: Vec::new(),
+        })
+    }
+
+    /// A cluster the tests throw away: created without syncing to disk and run without `fsync` or full
+    /// page writes (the OS keeps what was written, which is all a killed postmaster needs;
+    /// `synchronous_commit` stays on, so an acknowledged commit survives a kill), with room for the
+    /// suite's connections.
+    pub fn throwaway(mut self) -> Self {
+        self.throwaway = true;
+        self.setting("max_connections", "300")
+            .setting("shared_buffers", "128MB")
+            .setting("fsync", "off")
+            .setting("full_page_writes", "off")
+    }
+
+    /// A server setting (`postgres -c name=value`).
+    pub fn setting(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.settings.push((name, value.into()));
+        self
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pg_bin(&self) -> &Path {
+        &self.pg_bin
+    }
+
+    /// The system user (uid, gid) the server runs as, if not this process's.
+    pub fn owner(&self) -> Option<(u32, u32)> {
+        self.owner
+    }
+
+    /// Whether the cluster exists.
+    pub fn is_created(&self) -> bool {
+        self.dir.join("data/PG_VERSION").exists()
+    }
+
+    /// Creates the cluster with `superuser` and its password (handed to `initdb` in a private file,
+    /// removed afterwards; never on a command line).
+    pub fn create(&self, superuser: &str, password: &str) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let pwfile = self.dir.join("pwfile");
+        crate::local::write_private(&pwfile, password)?;
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(&self.dir, Some(uid), Some(gid))?;
+            std::os::unix::fs::chown(&pwfile, Some(uid), Some(gid))?;
+        }
+        let mut initdb =
+            crate::local::initdb_command(&self.pg_bin, &self.dir.join("data"), superuser, &pwfile);
+        if self.throwaway {
+            initdb.arg("--no-sync");
+        }
+        crate::local::run_as(&mut initdb, self.owner);
+        let output = initdb.output();
+        let _ = std::fs::remove_file(&pwfile);
+        let output =
+            output.with_context(|| format!("cannot run initdb from {}", self.pg_bin.display()))?;
+        if !output.status.success() {
+            bail!(
+                "initdb failed: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// The postmaster's command, after rewriting `pg_hba.conf` (so a cluster made by an older version
+    /// loses any looser rule). It does not switch user: spawn it with [`PostgresLaunch::owner`] (e.g.
+    /// [`crate::local::run_as`]).
+    pub fn command(&self) -> anyhow::Result<Command> {
+        crate::local::write_pg_hba(&self.dir.join("data"), self.owner)?;
+        let mut command = Command::new(self.pg_bin.join("postgres"));
+        command
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-p", &self.port.to_string()])
+            .arg("-k")
+            .arg(&self.dir)
+            .args(["-c", "listen_addresses=127.0.0.1"]);
+        for (name, value) in &self.settings {
+            command.arg("-c").arg(format!("{name}={value}"));
+        }
+        Ok(command)
     }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+use crate::launch::PostgresLaunch;
 use crate::local::{self, RedisPasswords};
 use crate::redis_server::{self, RedisNode};
 
@@ -423,11 +424,9 @@ pub fn start_postgres(
     secrets: &Secrets,
     services: &mut Services,
 ) -> anyhow::Result<()> {
-    let pg_bin = local::pg_bin_dir().context("PostgreSQL server binaries not found")?;
-    let owner = local::postgres_owner();
-    let data = dir.join("data");
+    let launch = PostgresLaunch::new(dir, port)?;
     let marker = dir.join(STACK_ID_FILE);
-    if data.join("PG_VERSION").exists() {
+    if launch.is_created() {
         // A cluster of another stack is never started, let alone provisioned with this stack's passwords.
         // A cluster without the file (made before it existed) is checked by its login below.
         if let Ok(id) = std::fs::read_to_string(&marker)
@@ -444,44 +443,21 @@ pub fn start_postgres(
     } else {
         eprintln!(
             "xtask: creating the PostgreSQL cluster in {}",
-            data.display()
+            dir.join("data").display()
         );
-        std::fs::create_dir_all(dir)?;
-        let pwfile = dir.join("pwfile");
-        local::write_private(&pwfile, &secrets.postgres)?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
-            std::os::unix::fs::chown(&pwfile, Some(uid), Some(gid))?;
-        }
-        let mut initdb = local::initdb_command(&pg_bin, &data, "aside", &pwfile);
-        local::run_as(&mut initdb, owner);
-        let output = initdb.output().context("run initdb")?;
-        let _ = std::fs::remove_file(&pwfile);
-        if !output.status.success() {
-            bail!("initdb failed: {}", String::from_utf8_lossy(&output.stderr));
-        }
+        launch.create("aside", &secrets.postgres)?;
         std::fs::write(&marker, format!("{}\n", secrets.stack_id))?;
     }
-    // Rewritten on every start, so a cluster made by an older version loses any looser rules too.
-    local::write_pg_hba(&data, owner)?;
-    let mut command = Command::new(pg_bin.join("postgres"));
-    command
-        .arg("-D")
-        .arg(&data)
-        .args(["-p", &port.to_string()])
-        .arg("-k")
-        .arg(dir)
-        .args(["-c", "listen_addresses=127.0.0.1"]);
     // SIGINT is PostgreSQL's "fast" shutdown: roll back open transactions, checkpoint, exit.
     services.spawn_recipe(
         "postgres",
-        Recipe::of(&command).run_as(owner),
+        Recipe::of(&launch.command()?).run_as(launch.owner()),
         logs,
         libc::SIGINT,
     )?;
     services.wait_for_port(port, logs)?;
     let provisioning = local::Provisioning {
-        pg_bin: &pg_bin,
+        pg_bin: launch.pg_bin(),
         port,
         superuser: "aside",
         superuser_password: &secrets.postgres,

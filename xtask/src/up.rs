@@ -207,21 +207,44 @@ enum Event {
     Control(supervise::Incoming),
 }
 
-pub fn run(args: UpArgs) -> anyhow::Result<()> {
-    xtask::prereq::ensure_all()?;
-    for (what, port) in [
-        ("Redis", args.redis_port),
-        ("PostgreSQL", args.postgres_port),
-        ("the origin", args.origin_port),
-        ("the edge", args.edge_port),
-    ] {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            bail!(
-                "port {port} for {what} is already in use (another `cargo xtask up`?); pick another with the flags of `cargo xtask up --help`"
-            );
+/// The Redis `up` started: which mode, and what the origin and the edges are given for it.
+enum Redis {
+    /// One node on `--redis-port`.
+    Single(u16),
+    /// A primary, a replica and three Sentinels (`--redis-ha`).
+    Ha(xtask::redis_ha::LocalHa),
+    /// Three primaries and three replicas (`--redis-cluster`).
+    Cluster(xtask::redis_cluster::LocalCluster),
+}
+
+impl Redis {
+    /// The node the edges read: the node itself, the replica, or the cluster's seed.
+    fn edge_port(&self, redis_port: u16) -> u16 {
+        match self {
+            Redis::Ha(ha) => ha.ports.replica,
+            Redis::Single(_) | Redis::Cluster(_) => redis_port,
         }
     }
 
+    fn cluster(&self) -> Option<&xtask::redis_cluster::LocalCluster> {
+        match self {
+            Redis::Cluster(cluster) => Some(cluster),
+            _ => None,
+        }
+    }
+}
+
+/// What `up` has started, for the banner.
+struct Started {
+    state: PathBuf,
+    logs: PathBuf,
+    spin: Option<PathBuf>,
+    redis: Redis,
+}
+
+pub fn run(args: UpArgs) -> anyhow::Result<()> {
+    xtask::prereq::ensure_all()?;
+    check_ports_free(&args)?;
     let root = workspace_root();
     let spin = if args.bundled_host { None } else { spin_cli()? };
     if args.shared_tier && spin.is_none() {
@@ -256,45 +279,102 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     })?;
 
     let mut services = Services::new();
-    let cluster = match args.redis_cluster {
-        true => Some(xtask::redis_cluster::start_local(
-            &root,
-            args.redis_port,
-            &state,
-            &logs,
-            &secrets,
+    let redis = start_redis(&args, &root, &state, &logs, &secrets, &mut services)?;
+    start_postgres(&args, &state, &logs, &secrets, &mut services)?;
+    let owner_url = migrate_and_seed(&args, &bin, &secrets)?;
+    start_origin(&args, &bin, &logs, &secrets, &redis, &mut services)?;
+    for n in 0..args.edges {
+        start_edge(
+            &args,
+            n,
+            (&root, &bin, &state, &logs),
+            spin.as_deref(),
+            (&secrets, &issuer),
+            &redis,
             &mut services,
-        )?),
-        false => None,
-    };
-    let ha = match args.redis_ha {
-        _ if cluster.is_some() => None,
-        true => Some(xtask::redis_ha::start_local(
-            &root,
-            xtask::redis_ha::LocalPorts::from_redis_port(args.redis_port),
-            &state,
-            &logs,
-            &secrets,
-            &mut services,
-        )?),
-        false => {
-            stack::start_redis(
-                &root,
-                args.redis_port,
-                &state,
-                &logs,
-                &secrets,
-                &mut services,
-            )?;
-            None
+        )?;
+    }
+    write_env_file(&state, &bin, &owner_url, &args, &secrets, redis.cluster())?;
+    print_banner(
+        &args,
+        &Started {
+            state,
+            logs: logs.clone(),
+            spin,
+            redis,
+        },
+    );
+    serve(
+        Supervisor::new(services, &logs, !args.no_restart),
+        &incoming,
+    );
+    Ok(())
+}
+
+/// Refuses to start when a port `up` would listen on is taken.
+fn check_ports_free(args: &UpArgs) -> anyhow::Result<()> {
+    for (what, port) in [
+        ("Redis", args.redis_port),
+        ("PostgreSQL", args.postgres_port),
+        ("the origin", args.origin_port),
+        ("the edge", args.edge_port),
+    ] {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            bail!(
+                "port {port} for {what} is already in use (another `cargo xtask up`?); pick another with the flags of `cargo xtask up --help`"
+            );
         }
-    };
+    }
+    Ok(())
+}
+
+/// Redis in the mode the flags ask for.
+fn start_redis(
+    args: &UpArgs,
+    root: &Path,
+    state: &Path,
+    logs: &Path,
+    secrets: &Secrets,
+    services: &mut Services,
+) -> anyhow::Result<Redis> {
+    Ok(if args.redis_cluster {
+        Redis::Cluster(xtask::redis_cluster::start_local(
+            root,
+            args.redis_port,
+            state,
+            logs,
+            secrets,
+            services,
+        )?)
+    } else if args.redis_ha {
+        Redis::Ha(xtask::redis_ha::start_local(
+            root,
+            xtask::redis_ha::LocalPorts::from_redis_port(args.redis_port),
+            state,
+            logs,
+            secrets,
+            services,
+        )?)
+    } else {
+        stack::start_redis(root, args.redis_port, state, logs, secrets, services)?;
+        Redis::Single(args.redis_port)
+    })
+}
+
+/// PostgreSQL with the stack's cluster; a cluster of another state folder is refused, naming the flag.
+fn start_postgres(
+    args: &UpArgs,
+    state: &Path,
+    logs: &Path,
+    secrets: &Secrets,
+    services: &mut Services,
+) -> anyhow::Result<()> {
     stack::start_postgres(
         args.postgres_port,
-        &stack::postgres_dir(&state),
-        &logs,
-        &secrets,
-        &mut services,
+        &stack::postgres_dir(state),
+        logs,
+        secrets,
+        services,
     )
     .map_err(|e| match e.downcast::<stack::ForeignCluster>() {
         Ok(foreign) => anyhow::anyhow!(
@@ -305,20 +385,20 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             }
         ),
         Err(e) => e,
-    })?;
+    })
+}
 
-    // The owner migrates and seeds; the origin serves as the application role (docs/security.md).
-    let owner_url = format!(
-        "postgres://{}:{}@127.0.0.1:{}/aside",
+fn database_url(role: &str, password: &str, port: u16) -> String {
+    format!("postgres://{role}:{password}@127.0.0.1:{port}/aside")
+}
+
+/// The owner migrates and seeds (the origin serves as the application role, docs/security.md); returns
+/// the owner's URL.
+fn migrate_and_seed(args: &UpArgs, bin: &Path, secrets: &Secrets) -> anyhow::Result<String> {
+    let owner_url = database_url(
         local::OWNER_ROLE,
-        secrets.postgres_owner,
-        args.postgres_port
-    );
-    let app_url = format!(
-        "postgres://{}:{}@127.0.0.1:{}/aside",
-        local::APP_ROLE,
-        secrets.postgres_app,
-        args.postgres_port
+        &secrets.postgres_owner,
+        args.postgres_port,
     );
     let origin_bin = bin.join("aside-origin");
     run_cmd(
@@ -332,81 +412,109 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         seed.args(["--count", &count.to_string()]);
     }
     run_cmd(&mut seed)?;
+    Ok(owner_url)
+}
 
+/// The origin, serving as the application role, on the Redis of `redis`'s mode.
+fn start_origin(
+    args: &UpArgs,
+    bin: &Path,
+    logs: &Path,
+    secrets: &Secrets,
+    redis: &Redis,
+    services: &mut Services,
+) -> anyhow::Result<()> {
+    let app_url = database_url(local::APP_ROLE, &secrets.postgres_app, args.postgres_port);
     let origin = OriginSettings::new(format!("127.0.0.1:{}", args.origin_port), &app_url)
         .origin_tokens(&[&secrets.origin_token])
         .admin_tokens(&[&secrets.admin_token]);
-    let origin = match (&ha, &cluster) {
-        (Some(ha), _) => ha.origin_settings(origin, &secrets.redis_origin),
-        (None, Some(cluster)) => cluster.origin_settings(origin, &secrets.redis_origin),
-        (None, None) => origin.redis(
-            &format!("127.0.0.1:{}", args.redis_port),
-            &secrets.redis_origin,
-        ),
+    let origin = match redis {
+        Redis::Ha(ha) => ha.origin_settings(origin, &secrets.redis_origin),
+        Redis::Cluster(cluster) => cluster.origin_settings(origin, &secrets.redis_origin),
+        Redis::Single(port) => origin.redis(&format!("127.0.0.1:{port}"), &secrets.redis_origin),
     };
-    let origin = origin.serve(&bin);
-    services.spawn("origin", origin, &logs, libc::SIGTERM)?;
-    services.wait_for_port(args.origin_port, &logs)?;
+    services.spawn("origin", origin.serve(bin), logs, libc::SIGTERM)?;
+    services.wait_for_port(args.origin_port, logs)
+}
 
-    for n in 0..args.edges {
-        let port = args
-            .edge_port
-            .checked_add(n)
-            .context("--edge-port + --edges is past 65535")?;
-        // The first edge is `edge` (`cargo xtask stop edge`); the others `edge-2`, `edge-3`, ...
-        // (Leaked: a handful of names that live as long as `up`.)
-        let name: &'static str = if n == 0 {
-            "edge"
-        } else {
-            Box::leak(format!("edge-{}", n + 1).into_boxed_str())
-        };
-        let mut edge = if let Some(spin) = &spin {
-            let mut c = Command::new(spin);
-            c.args(["up", "--from"])
-                .arg(root.join("spin.toml"))
-                .args(["--listen", &format!("127.0.0.1:{port}")])
-                // Spin's logs and stores in the state folder, not in a `.spin/` beside spin.toml.
-                .arg("--state-dir")
-                .arg(state.join(if n == 0 {
-                    "spin".to_string()
-                } else {
-                    format!("spin-{}", n + 1)
-                }));
-            if args.shared_tier {
-                c.arg("--runtime-config-file")
-                    .arg(root.join("runtime-config.toml"));
-            }
-            c
-        } else {
-            let mut c = Command::new(bin.join("aside-host"));
-            c.arg("--from")
-                .arg(root.join("spin.toml"))
-                .args(["--listen", &format!("127.0.0.1:{port}")]);
-            c
-        };
-        let edge_redis = ha.as_ref().map_or(args.redis_port, |ha| ha.ports.replica);
-        let mut vars = EdgeVariables::new()
-            .set("redis_address", format!("127.0.0.1:{edge_redis}"))
-            .set("redis_password", &secrets.redis_edge)
-            .origin(
-                &format!("http://127.0.0.1:{}", args.origin_port),
-                &secrets.origin_token,
-            )
-            .auth_jwks(&issuer.jwks(), xtask::token::ISSUER, xtask::token::AUDIENCE);
-        if args.shared_tier && spin.is_some() {
-            vars = vars.shared_tier(SHARED_TIER_STORE);
+/// Edge `n` (0: `edge` on `--edge-port`; then `edge-2`, `edge-3`, ... on the next ports) under Spin, or
+/// the bundled host when `spin` is `None`.
+fn start_edge(
+    args: &UpArgs,
+    n: u16,
+    (root, bin, state, logs): (&Path, &Path, &Path, &Path),
+    spin: Option<&Path>,
+    (secrets, issuer): (&Secrets, &xtask::token::LocalIssuer),
+    redis: &Redis,
+    services: &mut Services,
+) -> anyhow::Result<()> {
+    let port = args
+        .edge_port
+        .checked_add(n)
+        .context("--edge-port + --edges is past 65535")?;
+    // (Leaked: a handful of names that live as long as `up`.)
+    let name: &'static str = if n == 0 {
+        "edge"
+    } else {
+        Box::leak(format!("edge-{}", n + 1).into_boxed_str())
+    };
+    let mut edge = if let Some(spin) = spin {
+        let mut c = Command::new(spin);
+        c.args(["up", "--from"])
+            .arg(root.join("spin.toml"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            // Spin's logs and stores in the state folder, not in a `.spin/` beside spin.toml.
+            .arg("--state-dir")
+            .arg(state.join(if n == 0 {
+                "spin".to_string()
+            } else {
+                format!("spin-{}", n + 1)
+            }));
+        if args.shared_tier {
+            c.arg("--runtime-config-file")
+                .arg(root.join("runtime-config.toml"));
         }
-        if let Some(cluster) = &cluster {
-            // The first node is the seed; the edge may reach every node's port and no other.
-            vars = vars
-                .set("redis_mode", "cluster")
-                .set("redis_cluster_hosts", cluster.allowed_hosts());
-        }
-        vars.apply(&mut edge);
-        services.spawn(name, edge, &logs, libc::SIGTERM)?;
-        services.wait_for_port(port, &logs)?;
+        c
+    } else {
+        let mut c = Command::new(bin.join("aside-host"));
+        c.arg("--from")
+            .arg(root.join("spin.toml"))
+            .args(["--listen", &format!("127.0.0.1:{port}")]);
+        c
+    };
+    let mut vars = EdgeVariables::new()
+        .set(
+            "redis_address",
+            format!("127.0.0.1:{}", redis.edge_port(args.redis_port)),
+        )
+        .set("redis_password", &secrets.redis_edge)
+        .origin(
+            &format!("http://127.0.0.1:{}", args.origin_port),
+            &secrets.origin_token,
+        )
+        .auth_jwks(&issuer.jwks(), xtask::token::ISSUER, xtask::token::AUDIENCE);
+    if args.shared_tier && spin.is_some() {
+        vars = vars.shared_tier(SHARED_TIER_STORE);
     }
+    if let Redis::Cluster(cluster) = redis {
+        // The first node is the seed; the edge may reach every node's port and no other.
+        vars = vars
+            .set("redis_mode", "cluster")
+            .set("redis_cluster_hosts", cluster.allowed_hosts());
+    }
+    vars.apply(&mut edge);
+    services.spawn(name, edge, logs, libc::SIGTERM)?;
+    services.wait_for_port(port, logs)
+}
 
+/// What is up, where, and what to try. (Long: one text, kept whole so that it reads as it prints.)
+fn print_banner(args: &UpArgs, started: &Started) {
+    let Started {
+        state,
+        logs,
+        spin,
+        redis,
+    } = started;
     let edge_url = format!("http://127.0.0.1:{}", args.edge_port);
     let origin_url = format!("http://127.0.0.1:{}", args.origin_port);
     let runtime = match &spin {
@@ -416,8 +524,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
                 .to_string()
         }
     };
-    write_env_file(&state, &bin, &owner_url, &args, &secrets, cluster.as_ref())?;
-    let edge_redis = ha.as_ref().map_or(args.redis_port, |ha| ha.ports.replica);
+    let edge_redis = redis.edge_port(args.redis_port);
     let shared_tier = match args.shared_tier {
         true => format!(
             "process-wide (Spin's key-value store `{SHARED_TIER_STORE}`, in memory: runtime-config.toml), "
@@ -491,13 +598,13 @@ Press Ctrl-C (or run `cargo xtask stop`) to stop everything.",
         app = local::APP_ROLE,
         logs = logs.display(),
     );
-    if let Some(ha) = &ha {
+    if let Redis::Ha(ha) = redis {
         println!(
             "\nReplicated Redis (the edge reads the replica):\n{}",
             ha.describe()
         );
     }
-    if let Some(cluster) = &cluster {
+    if let Redis::Cluster(cluster) = redis {
         println!(
             "\nRedis Cluster (the origin: ASIDE_REDIS_CLUSTER_NODES={}; the edges: redis_mode cluster \
              with 127.0.0.1:{} as their seed, each read sent to its key's primary):\n{}\n  \
@@ -513,9 +620,10 @@ Press Ctrl-C (or run `cargo xtask stop`) to stop everything.",
         );
     }
     let _ = std::io::stdout().flush();
+}
 
-    // Serve until Ctrl-C or `cargo xtask stop`; meanwhile keep the services up (see xtask::supervise).
-    let mut supervisor = Supervisor::new(services, &logs, !args.no_restart);
+/// Serves until Ctrl-C or `cargo xtask stop`; meanwhile keeps the services up (see xtask::supervise).
+fn serve(mut supervisor: Supervisor, incoming: &mpsc::Receiver<Event>) {
     loop {
         match incoming.recv_timeout(Duration::from_millis(200)) {
             Ok(Event::Signal) | Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -541,7 +649,6 @@ Press Ctrl-C (or run `cargo xtask stop`) to stop everything.",
         supervisor.tick();
     }
     drop(supervisor);
-    Ok(())
 }
 
 /// Builds what `up` runs and returns the folder of the native binaries: the edge component (always

@@ -8,20 +8,18 @@
 //! as), each with its own generated password.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
+
+use xtask::launch::PostgresLaunch;
 
 use super::process::{ManagedChild, StopSignal, log_to, spawn_managed};
 use super::{free_port, generate_secret, temp_dir, wait_until};
 
-/// The PostgreSQL server binaries (see [`xtask::local::pg_bin_dir`]).
-pub fn pg_bin_dir() -> PathBuf {
-    xtask::local::pg_bin_dir().unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
-}
-
 pub struct PostgresServer {
     pub port: u16,
     pub dir: PathBuf,
+    /// How this server is created and started (the project's one PostgreSQL launcher).
+    launch: PostgresLaunch,
     /// The superuser (`aside_admin`) password.
     password: String,
     /// The owner role's ([`OWNER_ROLE`]) password.
@@ -45,32 +43,13 @@ impl PostgresServer {
     }
 
     pub async fn init_and_start(dir: &Path, port: u16) -> anyhow::Result<Self> {
+        let launch = PostgresLaunch::new(dir, port)?.throwaway();
         let password = generate_secret();
-        let data = dir.join("data");
-        let pwfile = dir.join("pwfile");
-        std::fs::write(&pwfile, &password)?;
-        let owner = run_as();
-        if let Some((uid, gid)) = owner {
-            chown(dir, uid, gid)?;
-            chown(&pwfile, uid, gid)?;
-        }
-        let mut initdb = xtask::local::initdb_command(&pg_bin_dir(), &data, SUPERUSER, &pwfile);
-        initdb.arg("--no-sync");
-        as_owner(&mut initdb, owner);
-        log_to(&mut initdb, dir, "initdb");
-        let status = initdb.status().map_err(|e| {
-            anyhow::anyhow!("cannot run initdb from {}: {e}", pg_bin_dir().display())
-        })?;
-        anyhow::ensure!(
-            status.success(),
-            "initdb failed; see {}",
-            dir.join("initdb.log").display()
-        );
-        std::fs::remove_file(&pwfile)?;
-        xtask::local::write_pg_hba(&data, owner)?;
+        launch.create(SUPERUSER, &password)?;
         let mut server = Self {
             port,
             dir: dir.to_path_buf(),
+            launch,
             password,
             owner_password: generate_secret(),
             app_password: generate_secret(),
@@ -88,22 +67,8 @@ impl PostgresServer {
     }
 
     async fn launch(&mut self) -> anyhow::Result<()> {
-        let mut command = Command::new(pg_bin_dir().join("postgres"));
-        command
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .args(["-p", &self.port.to_string()])
-            .arg("-k")
-            .arg(&self.dir)
-            .args(["-c", "listen_addresses=127.0.0.1"])
-            .args(["-c", "max_connections=300"])
-            .args(["-c", "shared_buffers=128MB"])
-            // Test clusters are thrown away: no fsync (the OS keeps what was written, which is all a
-            // killed postmaster needs). synchronous_commit stays on: tests kill PostgreSQL and expect
-            // every acknowledged commit to be there after the restart.
-            .args(["-c", "fsync=off"])
-            .args(["-c", "full_page_writes=off"]);
-        as_owner(&mut command, run_as());
+        let mut command = self.launch.command()?;
+        xtask::local::run_as(&mut command, self.launch.owner());
         log_to(&mut command, &self.dir, "postgres");
         self.child = Some(spawn_managed(command, StopSignal::Quit)?);
         let url = self.url("postgres");
@@ -249,17 +214,4 @@ fn children_of(parent: u32) -> Vec<u32> {
                 == Some(parent)
         })
         .collect()
-}
-
-fn run_as() -> Option<(u32, u32)> {
-    xtask::local::postgres_owner()
-}
-
-fn as_owner(command: &mut Command, owner: Option<(u32, u32)>) {
-    xtask::local::run_as(command, owner);
-}
-
-fn chown(path: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
-    std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
-    Ok(())
 }
