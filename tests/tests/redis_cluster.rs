@@ -2,6 +2,11 @@
 //! `cluster.conf` and the ACL users), formed by `redis-cli --cluster create`: three primaries, three
 //! replicas. One cluster for the whole binary (it is heavy), so everything is checked in one test.
 //!
+//! Under a 95 % read / 5 % write load through the origin (and, in the reshard and SIGKILL scenarios,
+//! through an edge under real Spin as well): steady, online resharding, a node added and rebalanced, a
+//! primary paused beyond `cluster-node-timeout`, a primary SIGKILLed; each reports requests, failed
+//! reads, writes lost, stale hashes after settle and the time until every slot is served.
+//!
 //! What is checked is what the key names promise (docs/operations.md, "Key names and Redis Cluster
 //! slots"): a record's keys share a slot (the one `aside_shared::slot` computes), the feed's keys share a slot, profiles spread over every
 //! primary, and scripts that name keys of one slot run while one that mixes the feed and a profile is
@@ -16,10 +21,11 @@ use aside_shared::slot::key_slot;
 use std::time::Duration;
 
 use aside_tests::harness::{
-    Load, LoadReport, Origin, OriginOptions, RedisCluster, RedisUser, Sample, Stack, TestApp,
-    generate_secret, sum_samples, wait_until,
+    Edge, EdgeOptions, Load, LoadReport, Origin, OriginOptions, RedisCluster, RedisUser, Sample,
+    Stack, TestApp, generate_secret, sum_samples, wait_until,
 };
 use serde_json::json;
+use xtask::launch::EdgeVariables;
 
 async fn keyslot(cluster: &RedisCluster, key: &str) -> u16 {
     let mut c = cluster.nodes[0].admin(0).await.unwrap();
@@ -575,12 +581,33 @@ async fn the_origin_on_the_cluster(cluster: &RedisCluster) -> OnCluster {
     .await;
     assert!(announced, "id {n} v{vn}: {}", origin.log());
     drop(db);
+    // An edge on the cluster (`redis_mode = cluster`), allowed every port of the cluster's nodes and
+    // those after (a node added later), tier 1 off so that every read asks the cluster.
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+    let (low, high) = (*ports.iter().min().unwrap(), *ports.iter().max().unwrap());
+    let edge = EdgeOptions::new(&stack, &env, &origin.url(), &token)
+        .vars(&EdgeVariables::new().redis(
+            &format!("127.0.0.1:{}", cluster.nodes[0].port),
+            RedisUser::Edge.name(),
+            cluster.nodes[0].password(RedisUser::Edge),
+        ))
+        .var("redis_database", 0)
+        .var("redis_mode", "cluster")
+        .var(
+            "redis_cluster_hosts",
+            format!("127.0.0.1:{low}..{}", high + 1),
+        )
+        .l1_ttl_ms(0)
+        .start()
+        .await
+        .unwrap();
     OnCluster {
         stack,
         env,
         token,
         admin_token,
         origin,
+        edge,
     }
 }
 
@@ -591,6 +618,8 @@ struct OnCluster {
     token: String,
     admin_token: String,
     origin: Origin,
+    /// An edge (real Spin) reading tier 2 from the cluster, in front of `origin`.
+    edge: Edge,
 }
 
 /// The ids the load reads and writes: every seeded row but 4, which an earlier check deleted.
@@ -602,6 +631,61 @@ fn loaded_ids() -> Vec<i32> {
 const BUDGET: Duration = Duration::from_millis(2500);
 
 impl OnCluster {
+    /// 95 % reads, 5 % writes over every id, through the edge (3 clients).
+    fn edge_load(&self, duration: Duration) -> Load {
+        let urls: Vec<String> = loaded_ids()
+            .iter()
+            .map(|n| format!("{}/users/{n}", self.edge.url()))
+            .collect();
+        Load::new(urls)
+            .concurrency(3)
+            .duration(duration)
+            .writes(5)
+            .header("authorization", &format!("Bearer {}", self.token))
+    }
+
+    /// Checks the edge's share of a scenario: no read failed (non-200), every write it acknowledged
+    /// is in PostgreSQL; prints the figures.
+    async fn check_edge(&self, scenario: &str, report: &LoadReport) {
+        let failed: Vec<&Sample> = report
+            .samples
+            .iter()
+            .filter(|s| !s.write && s.status != 200)
+            .collect();
+        let versions = self.versions().await;
+        let (mut acknowledged, mut lost) = (0, Vec::new());
+        for s in report.samples.iter().filter(|s| s.write) {
+            if let (200..=299, Some(version)) = (s.status, s.version) {
+                acknowledged += 1;
+                let n = loaded_ids()[s.target];
+                if versions.get(&n).copied().unwrap_or(0) < version {
+                    lost.push(format!("id {n} version {version}"));
+                }
+            }
+        }
+        let mut by_cache: BTreeMap<&str, usize> = BTreeMap::new();
+        for s in report.samples.iter().filter(|s| !s.write) {
+            *by_cache.entry(s.cache()).or_default() += 1;
+        }
+        eprintln!(
+            "redis_cluster {scenario} at the edge: requests {} (writes {}, acknowledged \
+             {acknowledged}), failed reads {}, writes lost {}, reads by x-cache {by_cache:?}; {}",
+            report.sent(),
+            report.samples.iter().filter(|s| s.write).count(),
+            failed.len(),
+            lost.len(),
+            report.summary("edge")
+        );
+        assert!(lost.is_empty(), "{scenario} at the edge: {lost:?}");
+        assert!(
+            failed.is_empty(),
+            "{scenario} at the edge: {:#?}\n{}",
+            &failed[..failed.len().min(5)],
+            self.edge.component_log()
+        );
+        assert!(report.sent() > 0, "{scenario}: no request through the edge");
+    }
+
     /// 95 % reads, 5 % writes over every id, through the origin.
     fn load(&self, duration: Duration) -> Load {
         let urls: Vec<String> = loaded_ids()
@@ -733,7 +817,14 @@ fn load_in_background(
     slice: Duration,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> tokio::task::JoinHandle<LoadReport> {
-    let load = on.load(slice);
+    in_background(on.load(slice), stop)
+}
+
+/// `load` in slices on a task of its own until `stop` is set.
+fn in_background(
+    load: Load,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<LoadReport> {
     tokio::spawn(async move {
         let mut all = LoadReport::default();
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -804,7 +895,14 @@ async fn under_load(cluster: &RedisCluster, on: &OnCluster) {
             .output()
             .unwrap()
     });
+    let stop_edge = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let at_edge = in_background(
+        on.edge_load(Duration::from_secs(1)),
+        std::sync::Arc::clone(&stop_edge),
+    );
     let report = load_until(on, Duration::from_secs(2), || reshard.is_finished()).await;
+    stop_edge.store(true, std::sync::atomic::Ordering::Relaxed);
+    let at_edge = at_edge.await.unwrap();
     let output = reshard.join().unwrap();
     let took = started.elapsed();
     assert!(
@@ -832,6 +930,7 @@ async fn under_load(cluster: &RedisCluster, on: &OnCluster) {
         &format!("{slots} slots moved in {took:?}"),
     )
     .await;
+    on.check_edge("reshard", &at_edge).await;
 }
 
 /// The primary with the most slots among those with a live replica.
@@ -988,6 +1087,10 @@ async fn primary_killed(cluster: &mut RedisCluster, on: &OnCluster) {
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = load_in_background(on, Duration::from_secs(1), std::sync::Arc::clone(&stop));
+    let at_edge = in_background(
+        on.edge_load(Duration::from_secs(1)),
+        std::sync::Arc::clone(&stop),
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let killed = std::time::Instant::now();
     cluster.nodes[victim_index].kill();
@@ -1000,6 +1103,7 @@ async fn primary_killed(cluster: &mut RedisCluster, on: &OnCluster) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let report = load.await.unwrap();
+    let at_edge = at_edge.await.unwrap();
     let after = cluster.cluster_nodes_from(survivor).await.unwrap();
     assert!(
         served
@@ -1021,6 +1125,7 @@ async fn primary_killed(cluster: &mut RedisCluster, on: &OnCluster) {
         ),
     )
     .await;
+    on.check_edge("primary_killed", &at_edge).await;
     // The origin saw the promotion and replayed the outbox onto the new primary (change capture
     // waits for that before applying new changes, so a settled cache implies it; checked anyway).
     let failovers = origin_metric(on, "aside_origin_redis_failovers_total", &[]).await;
