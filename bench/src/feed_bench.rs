@@ -14,8 +14,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -242,92 +242,12 @@ fn staleness(config: &Config, stack: &Stack, rt: Rt) -> anyhow::Result<Staleness
     }
     edges.push(Target::EdgeAuthOff(rt));
     let per_edge = (config.concurrency / edges.len()).max(2);
-    // The background reads: one aside-load per edge, stopped when the writes are done.
-    let mut loads = Loads(Vec::new());
-    for target in &edges {
-        let mut args = loader_args(stack.ports.url(*target), *target, stack);
-        args.extend(zipf_reads(config, per_edge, 3600.0));
-        let log = config
-            .logs
-            .join(format!("load-staleness-{}.log", target.service()));
-        loads.0.push(
-            Command::new(config.bin.join("aside-load"))
-                .args(&args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(std::fs::File::create(&log)?))
-                .spawn()
-                .context("start aside-load")?,
-        );
-    }
+    let loads = background_reads(config, stack, &edges, per_edge)?;
     std::thread::sleep(Duration::from_secs_f64(config.warmup.max(1.0)));
-
     let planned = if config.quick { 40 } else { 1000 };
-    let writers = 4;
-    let client_token = std::fs::read_to_string(&stack.client_auth.tokens_file)?
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    let polled: Vec<(String, u16, Option<String>)> = edges
-        .iter()
-        .map(|t| {
-            let bearer = (!matches!(t, Target::EdgeAuthOff(_))).then(|| client_token.clone());
-            (t.service().to_string(), stack.ports.port(*t), bearer)
-        })
-        .collect();
-    let origin = (
-        stack.ports.port(Target::Origin),
-        stack.secrets.origin_token.clone(),
-    );
-    let keys = Arc::new(Keys::new(
-        config.rows,
-        KeyDist::Zipf,
-        config.zipf_s,
-        None,
-        KEY_SEED,
-    )?);
-    let next = Arc::new(AtomicUsize::new(0));
-    let busy = Arc::new(Mutex::new(HashSet::new()));
-    let results = Arc::new(Mutex::new(Vec::new()));
-    let threads: Vec<_> = (0..writers)
-        .map(|w| {
-            let (keys, next, busy, results) = (
-                Arc::clone(&keys),
-                Arc::clone(&next),
-                Arc::clone(&busy),
-                Arc::clone(&results),
-            );
-            let (polled, origin) = (polled.clone(), origin.clone());
-            let agent = http::agent();
-            std::thread::spawn(move || -> anyhow::Result<()> {
-                let mut rng = SmallRng::seed_from_u64(KEY_SEED + 1 + w as u64);
-                loop {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
-                    if n >= planned || crate::STOP.load(Ordering::SeqCst) {
-                        return Ok(());
-                    }
-                    let id = loop {
-                        let id = keys.pick(&mut rng).expect("zipf always picks");
-                        if busy.lock().unwrap().insert(id) {
-                            break id;
-                        }
-                    };
-                    let outcome = write_and_poll(&agent, &origin, &polled, id, n);
-                    busy.lock().unwrap().remove(&id);
-                    results.lock().unwrap().push(outcome?);
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join()
-            .map_err(|_| anyhow::anyhow!("a writer panicked"))??;
-    }
+    let writes = write_all(config, stack, &edges, planned)?;
     drop(loads);
     check_stop()?;
-    let results = results.lock().unwrap().clone();
-    let writes: Vec<Duration> = results.iter().flatten().copied().collect();
     let unseen = writes.iter().filter(|d| **d >= POLL_LIMIT).count();
     let mut ms: Vec<f64> = writes.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
     ms.sort_by(f64::total_cmp);
@@ -356,6 +276,102 @@ fn staleness(config: &Config, stack: &Stack, rt: Rt) -> anyhow::Result<Staleness
         staleness.unseen
     );
     Ok(staleness)
+}
+
+/// Zipf reads on each of `edges` from `per_edge` connections (one `aside-load` each), until dropped.
+fn background_reads(
+    config: &Config,
+    stack: &Stack,
+    edges: &[Target],
+    per_edge: usize,
+) -> anyhow::Result<Loads> {
+    let mut loads = Loads(Vec::new());
+    for target in edges {
+        let mut args = loader_args(stack.ports.url(*target), *target, stack);
+        args.extend(zipf_reads(config, per_edge, 3600.0));
+        let log = config
+            .logs
+            .join(format!("load-staleness-{}.log", target.service()));
+        loads.0.push(
+            Command::new(config.bin.join("aside-load"))
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(std::fs::File::create(&log)?))
+                .spawn()
+                .context("start aside-load")?,
+        );
+    }
+    Ok(loads)
+}
+
+/// `planned` writes through the origin from four writer threads (ids drawn from the reads' Zipf, one
+/// write per id in flight), each followed by polling every edge: each acknowledged write's staleness.
+fn write_all(
+    config: &Config,
+    stack: &Stack,
+    edges: &[Target],
+    planned: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    const WRITERS: u64 = 4;
+    let client_token = std::fs::read_to_string(&stack.client_auth.tokens_file)?
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let polled: Vec<(String, u16, Option<String>)> = edges
+        .iter()
+        .map(|t| {
+            let bearer = (!matches!(t, Target::EdgeAuthOff(_))).then(|| client_token.clone());
+            (t.service().to_string(), stack.ports.port(*t), bearer)
+        })
+        .collect();
+    let origin = (
+        stack.ports.port(Target::Origin),
+        stack.secrets.origin_token.clone(),
+    );
+    let keys = Keys::new(config.rows, KeyDist::Zipf, config.zipf_s, None, KEY_SEED)?;
+    let next = AtomicUsize::new(0);
+    let busy = Mutex::new(HashSet::new());
+    let results = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let (keys, next, busy, results) = (&keys, &next, &busy, &results);
+                let (polled, origin) = (&polled, &origin);
+                scope.spawn(move || -> anyhow::Result<()> {
+                    let agent = http::agent();
+                    let mut rng = SmallRng::seed_from_u64(KEY_SEED + 1 + w);
+                    loop {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        if n >= planned || crate::STOP.load(Ordering::SeqCst) {
+                            return Ok(());
+                        }
+                        let id = loop {
+                            let id = keys.pick(&mut rng).expect("zipf always picks");
+                            if busy.lock().unwrap().insert(id) {
+                                break id;
+                            }
+                        };
+                        let outcome = write_and_poll(&agent, origin, polled, id, n);
+                        busy.lock().unwrap().remove(&id);
+                        results.lock().unwrap().push(outcome?);
+                    }
+                })
+            })
+            .collect();
+        writers.into_iter().try_for_each(|writer| {
+            writer
+                .join()
+                .map_err(|_| anyhow::anyhow!("a writer panicked"))?
+        })
+    })?;
+    Ok(results
+        .into_inner()
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .collect())
 }
 
 /// Background load processes, stopped when dropped.

@@ -33,6 +33,7 @@ use crate::config::Config;
 use crate::run::{loader_args, read_beside, run_loader, zipf_reads};
 use crate::runtime::Rt;
 use crate::stack::Stack;
+use aside_bench::redis_admin::RedisAdmin;
 
 /// The name `--only` knows this scenario by.
 pub const NAME: &str = crate::catalogue::OVERLOAD;
@@ -102,6 +103,18 @@ pub struct Phase {
     pub per_second_p50_us: Vec<u64>,
     #[serde(default)]
     pub per_second_l1_share: Vec<f64>,
+    /// CPU time (user + system) of the runtime's process tree during the phase, in ms per answer.
+    #[serde(default)]
+    pub cpu_ms_per_answer: Option<f64>,
+    /// Commands Redis ran during the phase (`INFO commandstats`), by name, a thousand answers:
+    /// `auth` is one per connection opened.
+    #[serde(default)]
+    pub redis_calls_per_1k: BTreeMap<String, f64>,
+    /// Every `server-timing` metric of the phase's successful reads: how many carried it, and its
+    /// mean (ms). The instance's start by part (`start_vars`, `start_parse`, `start_setup`), Redis
+    /// connections opened (`redis_open`), signatures checked (`auth_verify`).
+    #[serde(default)]
+    pub server_timing: BTreeMap<String, (u64, f64)>,
 }
 
 /// The issue's goals, as measured (a ratio is `None` when its denominator is 0).
@@ -277,6 +290,9 @@ fn phase(
         .map(|s| s.child.id())
         .with_context(|| format!("{} is not running", target.service()))?;
     let before = origin_reads(origin_port)?;
+    let mut redis = RedisAdmin::connect(stack.ports.redis, &stack.secrets.redis_admin)?;
+    let calls_before = redis.command_calls()?;
+    let cpu_before = tree_cpu_ticks(pid);
     let sampling = AtomicBool::new(true);
     let peak_kib = AtomicU64::new(0);
     let result = std::thread::scope(|scope| {
@@ -291,6 +307,33 @@ fn phase(
         result
     })?;
     let origin = origin_reads(origin_port)? - before;
+    let cpu_ticks = tree_cpu_ticks(pid).saturating_sub(cpu_before);
+    let calls_after = redis.command_calls()?;
+    let per_1k = 1000.0 / (result.requests.max(1) as f64);
+    let redis_calls_per_1k = calls_after
+        .iter()
+        .filter_map(|(name, n)| {
+            let ran = n.saturating_sub(calls_before.get(name).copied().unwrap_or(0));
+            (ran > 0).then(|| (name.clone(), ran as f64 * per_1k))
+        })
+        .collect();
+    let mut server_timing: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+    for (tier, counts) in &result.server_timing_n {
+        for (metric, n) in counts {
+            let mean = result
+                .server_timing_ms
+                .get(tier)
+                .and_then(|m| m.get(metric))
+                .copied()
+                .unwrap_or(0.0);
+            let (total_n, total_ms) = server_timing.entry(metric.clone()).or_default();
+            *total_ms += mean * *n as f64;
+            *total_n += n;
+        }
+    }
+    for (n, total_ms) in server_timing.values_mut() {
+        *total_ms /= (*n).max(1) as f64;
+    }
     let ok: u64 = result
         .statuses
         .iter()
@@ -338,6 +381,10 @@ fn phase(
             .zip(&result.per_second_reads)
             .map(|(l1, reads)| *l1 as f64 / (*reads).max(1) as f64)
             .collect(),
+        cpu_ms_per_answer: (result.requests > 0)
+            .then(|| cpu_ticks as f64 * 1000.0 / clock_ticks_per_s() / result.requests as f64),
+        redis_calls_per_1k,
+        server_timing,
     };
     eprintln!(
         "overload {who:<5} {name:<5} {connections:>5} conns: goodput {:>7.0}/s  p50 {:>7} ms  p99 {:>7} ms  \
@@ -400,6 +447,56 @@ fn tree_rss_kib(root: u32) -> u64 {
         todo.extend(children.get(&pid).into_iter().flatten());
     }
     total
+}
+
+/// CPU time (user + system, in clock ticks) of `root` and every process below it, including the
+/// children they have waited for.
+fn tree_cpu_ticks(root: u32) -> u64 {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(ppid) = parent_of(pid) {
+                children.entry(ppid).or_default().push(pid);
+            }
+        }
+    }
+    let mut total = 0;
+    let mut todo = vec![root];
+    while let Some(pid) = todo.pop() {
+        total += cpu_ticks(pid);
+        todo.extend(children.get(&pid).into_iter().flatten());
+    }
+    total
+}
+
+/// utime + stime + cutime + cstime of `pid` (fields 14-17 of `/proc/<pid>/stat`), 0 if gone.
+fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let fields: Vec<u64> = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .skip(11)
+                .take(4)
+                .map(|f| f.parse().unwrap_or(0))
+                .collect();
+            Some(fields.iter().sum())
+        })
+        .unwrap_or(0)
+}
+
+/// The kernel's clock ticks a second (`USER_HZ`): 100 on Linux.
+fn clock_ticks_per_s() -> f64 {
+    100.0
 }
 
 /// The parent of `pid` (from `/proc/<pid>/stat`, after the command's closing parenthesis).
@@ -570,6 +667,39 @@ impl OverloadReport {
                 None => "not within the phase".to_string(),
             },
         ));
+        out.push_str(
+            "\nWhere the time goes, per phase: the runtime's CPU (user + system, its whole process tree) \
+             per answer; Redis commands per 1,000 answers (`auth`: one per connection opened); the \
+             `server-timing` metrics of the successful reads (answers that carried it, mean ms).\n\n\
+             | target | phase | CPU ms/answer | Redis calls per 1k answers | server-timing (n, mean ms) |\n\
+             | --- | --- | ---: | --- | --- |\n",
+        );
+        for p in &self.phases {
+            let calls = p
+                .redis_calls_per_1k
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.1}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let timing = p
+                .server_timing
+                .iter()
+                .map(|(k, (n, ms))| format!("{k} {n} ({ms:.2})"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} |\n",
+                p.target,
+                p.phase,
+                opt(p.cpu_ms_per_answer, 3),
+                if calls.is_empty() { "-".into() } else { calls },
+                if timing.is_empty() {
+                    "-".into()
+                } else {
+                    timing
+                },
+            ));
+        }
         out
     }
 }
@@ -679,6 +809,9 @@ mod tests {
             per_second: vec![],
             per_second_p50_us: vec![],
             per_second_l1_share: vec![],
+            cpu_ms_per_answer: None,
+            redis_calls_per_1k: BTreeMap::new(),
+            server_timing: BTreeMap::new(),
         }
     }
 

@@ -468,6 +468,11 @@ impl Feed {
         self.config.feed.is_on()
     }
 
+    /// Whether this instance has not looked at the feed yet (a new instance).
+    pub fn never_checked(&self) -> bool {
+        self.checked_at.get().is_none()
+    }
+
     /// The state as this instance last saw it (for `GET /edge/feed`).
     pub fn state(&self) -> FeedState {
         self.state.borrow().clone()

@@ -76,6 +76,9 @@ thread_local! {
     /// The load of the configuration in progress: the first requests of a new instance (up to 16 arrive
     /// at once under load) share one, instead of each reading every variable from the host.
     static LOADING: Rc<SingleFlight<(), Result<Rc<Edge>, ConfigError>>> = Rc::default();
+    /// What the instance's start cost, by part (ms): the variables read from the host, their parsing
+    /// (a static JWKS included), and setting up the tiers (the process-wide breaker mark read).
+    static START: std::cell::Cell<[f64; 3]> = const { std::cell::Cell::new([0.0; 3]) };
 }
 
 /// The instance's state, created on first use by one load that concurrent first requests share. A
@@ -88,10 +91,13 @@ async fn edge() -> Result<Rc<Edge>, ConfigError> {
     let loading = LOADING.with(Rc::clone);
     let (loaded, _) = loading
         .run((), || async {
-            let loaded = config::load().await.map(|c| Rc::new(Edge::new(c)));
+            let (loaded, cost) = config::load().await;
+            let setting_up = clock::now();
+            let loaded = loaded.map(|c| Rc::new(Edge::new(c)));
             if let Ok(edge) = &loaded {
                 edge.origin.restore().await;
             }
+            START.with(|s| s.set([cost.vars_ms, cost.parse_ms, clock::millis_since(setting_up)]));
             match &loaded {
                 Err(e) if e.is_transient() => {
                     eprintln!("aside-edge: {e}; will retry on the next request");
@@ -133,6 +139,7 @@ async fn handle(request: Request) -> http::Response<FullBody<Bytes>> {
     // The instance's start (its configuration and keys), on the requests that waited for it: what a
     // new instance costs (`server-timing: start`; docs/operations.md, "Overload").
     let start_ms = fresh_instance.then(|| clock::millis_since(started));
+    let [vars_ms, parse_ms, setup_ms] = START.with(|s| s.get());
     let deadline = Deadline::after(started, edge.config.request_budget);
     let uri = request.uri();
     let route = routes::route(request.method(), uri.path(), uri.query());
@@ -177,7 +184,15 @@ async fn handle(request: Request) -> http::Response<FullBody<Bytes>> {
     reply
         .edge_timing(started)
         .instance_start(start_ms)
+        .also_timing("start_vars", start_ms.map(|_| vars_ms))
+        .also_timing("start_parse", start_ms.map(|_| parse_ms))
+        .also_timing("start_setup", start_ms.map(|_| setup_ms))
         .also_timing("auth", auth_ms)
+        .also_timing(
+            "auth_verify",
+            edge.auth.as_ref().and_then(|a| a.take_verified()),
+        )
+        .also_timing("redis_open", edge.reads.redis().take_open())
         .breakers(edge.reads.redis().breaker(), edge.origin.breaker())
         .client_cache(&edge.config.auth, protected)
         .into_response()

@@ -323,6 +323,11 @@ impl Tier1 {
             })
     }
 
+    /// Whether tier 1 holds a copy of `id`, fresh or kept past its freshness.
+    pub fn holds(&self, id: &UserId, now: Nanos) -> bool {
+        self.profiles.peek(id, now).is_some()
+    }
+
     /// The copy of `id` kept past its freshness (never a fresh one), to answer with `x-cache: STALE`
     /// when the origin cannot answer.
     pub fn stale(&self, id: &UserId, now: Nanos) -> Option<ProfileEntry> {

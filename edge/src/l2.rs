@@ -91,6 +91,9 @@ pub struct Redis {
     shed: Cell<u64>,
     /// Reads of the invalidation feed that failed or came late (for the log).
     feed_failures: Cell<u64>,
+    /// How long each connection opened since the last answer took (connect, `AUTH`, `SELECT`), in ms:
+    /// the next answers of the instance report one each (`server-timing: redis_open`).
+    opens: RefCell<Vec<f64>>,
 }
 
 /// One pooled connection and how many commands are in flight on it (more than one only at the bound).
@@ -242,6 +245,12 @@ enum Failure {
 }
 
 impl Redis {
+    /// One connection opened since the last call, and how long its opening took (ms): what an answer
+    /// reports as `server-timing: redis_open` (docs/operations.md, "Overload": the instance's start).
+    pub fn take_open(&self) -> Option<f64> {
+        self.opens.borrow_mut().pop()
+    }
+
     pub fn new(config: Rc<Config>) -> Self {
         let settings = config.redis_breaker;
         Self {
@@ -259,6 +268,7 @@ impl Redis {
             counted_timeout: Cell::new(0),
             shed: Cell::new(0),
             feed_failures: Cell::new(0),
+            opens: RefCell::default(),
         }
     }
 
@@ -900,8 +910,11 @@ impl Redis {
             let result = match clock::race(left, call).await {
                 Ok(answer) => answer,
                 Err(late) => {
+                    let (pool, pooled) = (Rc::clone(&pool), Rc::clone(&pooled));
                     clock::detach(async move {
-                        let _ = late.await;
+                        if let Err(Failure::Command(_) | Failure::Connect) = late.await {
+                            pool.discard(&pooled);
+                        }
                     });
                     Err(Failure::TimedOut)
                 }
@@ -911,9 +924,13 @@ impl Redis {
                     pooled.answered.set(true);
                     self.answered(Duration::from_nanos(clock::now().saturating_sub(started)));
                 }
+                // A late call keeps its connection: the call goes on in the background and gives
+                // the connection back when it ends (an error then drops it, in the background).
+                // Dropping it here cost a new connection (connect, AUTH) for every late feed read
+                // under a spike (docs/operations.md, "Overload").
+                Err(Failure::TimedOut) => self.node_failed(),
                 Err(failure) => {
-                    // A connection that failed is not trusted again; a late one is dropped from
-                    // the pool too (closed once its call ends).
+                    // A connection that failed is not trusted again.
                     pool.discard(&pooled);
                     self.node_failed();
                     if matches!(failure, Failure::Command(_)) && pooled.answered.get() && !retried {
@@ -1068,7 +1085,13 @@ impl Redis {
         match opened {
             Some(Ok(connection)) => {
                 // Opening logs in (AUTH, SELECT): Redis answered.
-                self.answered(Duration::from_nanos(clock::now().saturating_sub(opening)));
+                let took = Duration::from_nanos(clock::now().saturating_sub(opening));
+                self.answered(took);
+                let mut opens = self.opens.borrow_mut();
+                // Bounded: an instance whose answers stopped reporting them keeps only the last few.
+                if opens.len() < 64 {
+                    opens.push(took.as_secs_f64() * 1000.0);
+                }
                 Some(connection)
             }
             Some(Err(e)) => {

@@ -225,6 +225,33 @@ async fn a_spike_is_answered_cleanly_and_never_floods_the_origin() {
             starts[starts.len() / 2]
         );
     }
+    // The start's parts beside it, and what a new instance pays later on the answers that paid it
+    // (docs/operations.md, "Overload": instance start, by part): a fresh edge opens Redis connections
+    // and checks tokens' signatures, so both show.
+    let answers: Vec<&Sample> = [&warm, &calm, &spike, &after]
+        .iter()
+        .flat_map(|r| r.samples.iter())
+        .collect();
+    for s in answers.iter().filter(|s| s.tier_ms("start").is_some()) {
+        for part in ["start_vars", "start_parse", "start_setup"] {
+            assert!(s.tier_ms(part).is_some(), "no {part} beside start: {s:?}");
+        }
+    }
+    let opened = answers
+        .iter()
+        .filter(|s| s.tier_ms("redis_open").is_some())
+        .count();
+    let verified = answers
+        .iter()
+        .filter(|s| s.tier_ms("auth_verify").is_some())
+        .count();
+    eprintln!(
+        "overload: answers reporting a Redis connection opened: {opened}, a signature checked: {verified}"
+    );
+    assert!(
+        opened > 0 && verified > 0,
+        "server-timing reported {opened} connections opened and {verified} signatures checked"
+    );
     let log = edge.log();
     eprintln!("overload: the edge's decisions:\n{}", log_kinds(&log));
     for line in log

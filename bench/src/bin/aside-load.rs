@@ -173,6 +173,50 @@ impl Tally {
         }
     }
 
+    /// Counts one answer that took `micros`: its status, `x-cache` and, for a successful read, its
+    /// tier's latency and `server-timing`. Returns whether it was a successful read, and from tier 1.
+    fn answered(&mut self, answer: Answered, write: bool, micros: u64) -> (bool, bool) {
+        let Answered {
+            status,
+            x_cache,
+            timing,
+        } = answer;
+        self.latency.saturating_record(micros);
+        *self.statuses.entry(status.to_string()).or_default() += 1;
+        if x_cache.is_none() {
+            self.no_x_cache += 1;
+        }
+        if write {
+            self.writes += 1;
+            self.write_latency.saturating_record(micros);
+        } else {
+            self.reads += 1;
+        }
+        if !(200..300).contains(&status) {
+            self.error(format!("status_{status}"));
+            return (false, false);
+        }
+        if write {
+            return (false, false);
+        }
+        let tier = x_cache.unwrap_or_else(|| "none".into());
+        if let Some(timing) = timing {
+            let metrics = self.timings.entry(tier.clone()).or_default();
+            for (name, ms) in parse_server_timing(&timing) {
+                let (sum, n) = metrics.entry(name.to_string()).or_default();
+                *sum += ms;
+                *n += 1;
+            }
+        }
+        self.tiers
+            .entry(tier.clone())
+            .or_insert_with(histogram)
+            .saturating_record(micros);
+        let l1 = tier == "L1";
+        *self.x_cache.entry(tier).or_default() += 1;
+        (true, l1)
+    }
+
     fn error(&mut self, kind: impl Into<String>) {
         *self.errors.entry(kind.into()).or_default() += 1;
     }
@@ -385,56 +429,19 @@ async fn connection(plan: Arc<Plan>, seed: u64, number: usize) -> Tally {
             continue;
         }
         // For the per-second series: the answer's latency, a successful read, from tier 1.
-        let (mut answered, mut read_ok, mut l1) = (None, false, false);
-        match outcome {
-            Ok(Answered {
-                status,
-                x_cache,
-                timing,
-            }) => {
+        let (answered, read_ok, l1) = match outcome {
+            Ok(answer) => {
                 let micros = (done - started).as_micros().clamp(1, 60_000_000) as u64;
-                answered = Some(micros);
-                tally.latency.saturating_record(micros);
-                *tally.statuses.entry(status.to_string()).or_default() += 1;
-                if x_cache.is_none() {
-                    tally.no_x_cache += 1;
-                }
-                if write {
-                    tally.writes += 1;
-                    tally.write_latency.saturating_record(micros);
-                } else {
-                    tally.reads += 1;
-                }
-                if (200..300).contains(&status) {
-                    if !write {
-                        let tier = x_cache.unwrap_or_else(|| "none".into());
-                        read_ok = true;
-                        l1 = tier == "L1";
-                        if let Some(timing) = timing {
-                            let metrics = tally.timings.entry(tier.clone()).or_default();
-                            for (name, ms) in parse_server_timing(&timing) {
-                                let (sum, n) = metrics.entry(name.to_string()).or_default();
-                                *sum += ms;
-                                *n += 1;
-                            }
-                        }
-                        tally
-                            .tiers
-                            .entry(tier.clone())
-                            .or_insert_with(histogram)
-                            .saturating_record(micros);
-                        *tally.x_cache.entry(tier).or_default() += 1;
-                    }
-                } else {
-                    tally.error(format!("status_{status}"));
-                }
+                let (read_ok, l1) = tally.answered(answer, write, micros);
+                (Some(micros), read_ok, l1)
             }
             Err(kind) => {
                 tally.error(kind);
                 // A refused connection must not turn into a busy loop.
                 tokio::time::sleep(Duration::from_millis(10)).await;
+                (None, false, false)
             }
-        }
+        };
         tally.second(
             (done - plan.measure_from).as_secs() as usize,
             answered,
@@ -501,34 +508,13 @@ fn latency(h: &Histogram<u64>) -> Latency {
     }
 }
 
-fn summarise(t: Tally, elapsed: Duration, concurrency: usize) -> LoadResult {
+fn summarise(mut t: Tally, elapsed: Duration, concurrency: usize) -> LoadResult {
     // Timeouts and connection failures got no answer: they are in `errors`, not in `requests`.
     let requests = t.latency.len();
     let errors: u64 = t.errors.values().sum();
     let secs = elapsed.as_secs_f64();
-    // Only whole seconds of the window are kept in the per-second series.
-    let whole = secs.floor() as usize;
-    let mut per_second = t.per_second;
-    per_second.truncate(whole);
-    let mut per_second_latency = t.per_second_latency;
-    per_second_latency.resize_with(whole, Vec::new);
-    let quantile = |q: f64| -> Vec<u64> {
-        per_second_latency
-            .iter()
-            .map(|v| {
-                let mut v = v.clone();
-                v.sort_unstable();
-                match v.len() {
-                    0 => 0,
-                    n => u64::from(v[((n as f64 * q).ceil() as usize).clamp(1, n) - 1]),
-                }
-            })
-            .collect()
-    };
-    let (per_second_p50_us, per_second_p99_us) = (quantile(0.5), quantile(0.99));
-    let (mut per_second_reads, mut per_second_l1) = (t.per_second_reads, t.per_second_l1);
-    per_second_reads.resize(whole, 0);
-    per_second_l1.resize(whole, 0);
+    let series = PerSecond::of(&mut t, secs.floor() as usize);
+    let (server_timing_n, server_timing_ms) = server_timing(std::mem::take(&mut t.timings));
     LoadResult {
         requests,
         reads: t.reads,
@@ -561,38 +547,92 @@ fn summarise(t: Tally, elapsed: Duration, concurrency: usize) -> LoadResult {
         } else {
             Vec::new()
         },
-        server_timing_n: t
-            .timings
-            .iter()
-            .map(|(tier, metrics)| {
-                let counts = metrics
-                    .iter()
-                    .map(|(name, (_, n))| (name.clone(), *n))
-                    .collect();
-                (tier.clone(), counts)
-            })
-            .collect(),
+        server_timing_n,
         statuses: t.statuses,
         no_x_cache: t.no_x_cache,
-        server_timing_ms: t
-            .timings
-            .into_iter()
-            .map(|(tier, metrics)| {
-                let means = metrics
-                    .into_iter()
-                    .map(|(name, (sum, n))| (name, sum / n.max(1) as f64))
-                    .collect();
-                (tier, means)
-            })
-            .collect(),
-        per_second,
-        per_second_p50_us,
-        per_second_p99_us,
-        per_second_l1,
-        per_second_reads,
+        server_timing_ms,
+        per_second: series.answers,
+        per_second_p50_us: series.p50_us,
+        per_second_p99_us: series.p99_us,
+        per_second_l1: series.l1,
+        per_second_reads: series.reads,
         keys_exhausted: t.exhausted,
         concurrency,
     }
+}
+
+/// The per-second series of a run, over its whole seconds only.
+struct PerSecond {
+    answers: Vec<u64>,
+    p50_us: Vec<u64>,
+    p99_us: Vec<u64>,
+    reads: Vec<u64>,
+    l1: Vec<u64>,
+}
+
+impl PerSecond {
+    /// Takes `t`'s series, cut or padded to `whole` seconds.
+    fn of(t: &mut Tally, whole: usize) -> Self {
+        let mut answers = std::mem::take(&mut t.per_second);
+        answers.truncate(whole);
+        let mut latency = std::mem::take(&mut t.per_second_latency);
+        latency.resize_with(whole, Vec::new);
+        for second in &mut latency {
+            second.sort_unstable();
+        }
+        let quantile = |q: f64| -> Vec<u64> {
+            latency
+                .iter()
+                .map(|v| match v.len() {
+                    0 => 0,
+                    n => u64::from(v[((n as f64 * q).ceil() as usize).clamp(1, n) - 1]),
+                })
+                .collect()
+        };
+        let (mut reads, mut l1) = (
+            std::mem::take(&mut t.per_second_reads),
+            std::mem::take(&mut t.per_second_l1),
+        );
+        reads.resize(whole, 0);
+        l1.resize(whole, 0);
+        Self {
+            answers,
+            p50_us: quantile(0.5),
+            p99_us: quantile(0.99),
+            reads,
+            l1,
+        }
+    }
+}
+
+/// Per tier, how many answers carried each `server-timing` metric, and its mean (ms).
+type TimingCounts = BTreeMap<String, BTreeMap<String, u64>>;
+type TimingMeans = BTreeMap<String, BTreeMap<String, f64>>;
+
+fn server_timing(
+    timings: BTreeMap<String, BTreeMap<String, (f64, u64)>>,
+) -> (TimingCounts, TimingMeans) {
+    let counts = timings
+        .iter()
+        .map(|(tier, metrics)| {
+            let counts = metrics
+                .iter()
+                .map(|(name, (_, n))| (name.clone(), *n))
+                .collect();
+            (tier.clone(), counts)
+        })
+        .collect();
+    let means = timings
+        .into_iter()
+        .map(|(tier, metrics)| {
+            let means = metrics
+                .into_iter()
+                .map(|(name, (sum, n))| (name, sum / n.max(1) as f64))
+                .collect();
+            (tier, means)
+        })
+        .collect();
+    (counts, means)
 }
 
 /// Adds `other` into `series`, element by element.
