@@ -338,6 +338,10 @@ fn describe_ha() {
         "INFO replication connected_slaves of the primary"
     );
     metrics::describe_counter!(
+        "aside_origin_redis_cluster_client_rebuilds_total",
+        "Redis Cluster clients replaced because they stopped answering while the cluster's nodes answered"
+    );
+    metrics::describe_counter!(
         "aside_origin_outbox_replays_total",
         "Outbox replays onto Redis after a failover, or after Redis was found holding an older state"
     );
@@ -364,6 +368,13 @@ pub fn redis_primary_reachable(reachable: bool) {
 pub fn redis_failovers(n: u64) {
     describe_ha_once();
     metrics::counter!("aside_origin_redis_failovers_total").increment(n);
+}
+
+/// The origin replaced its Redis Cluster client, which had stopped answering (see
+/// `cache::topology::follow_cluster`).
+pub fn redis_cluster_client_rebuilds(n: u64) {
+    describe_ha_once();
+    metrics::counter!("aside_origin_redis_cluster_client_rebuilds_total").increment(n);
 }
 
 pub fn redis_went_back() {

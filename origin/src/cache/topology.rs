@@ -47,6 +47,11 @@ const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Wait before subscribing again after the `+switch-master` subscription broke.
 const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
+/// Failed slot-map reads in a row after which the cluster's nodes are asked directly, each on a
+/// connection of its own (see [`follow_cluster`]).
+const CLUSTER_STREAK_BEFORE_PROBE: u32 = 2;
+/// Shortest time between two replacements of the cluster client.
+const MIN_REBUILD_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The connection to the node the origin writes to, and what tells change capture it changed.
 pub struct Topology {
@@ -58,6 +63,23 @@ pub struct Topology {
     following: bool,
     /// The cluster's slot map as last read (empty unless on a cluster, or before the first read).
     slots: RwLock<Vec<SlotRange>>,
+    /// What a new cluster connection is made from, when the current one stops answering.
+    cluster: Option<ClusterSetup>,
+}
+
+/// The cluster client and its settings, kept to replace a connection that stopped answering.
+struct ClusterSetup {
+    client: redis::cluster::ClusterClient,
+    config: redis::cluster::ClusterConfig,
+    target: ClusterTarget,
+    connect_timeout: Duration,
+}
+
+impl ClusterSetup {
+    fn connect(&self) -> ClusterConnection {
+        self.client
+            .get_pending_async_connection_with_config(self.config.clone())
+    }
 }
 
 struct Primary {
@@ -199,6 +221,7 @@ impl Topology {
             suspect: Arc::new(Notify::new()),
             following: false,
             slots: RwLock::new(Vec::new()),
+            cluster: None,
         }
     }
 
@@ -238,11 +261,15 @@ impl Topology {
         let client = builder
             .build()
             .map_err(|e| anyhow::anyhow!("the Redis Cluster settings cannot be used: {e}"))?;
-        let conn = client.get_pending_async_connection_with_config(
-            redis::cluster::ClusterConfig::new()
+        let setup = ClusterSetup {
+            client,
+            config: redis::cluster::ClusterConfig::new()
                 .set_connection_timeout(connect_timeout)
                 .set_response_timeout(command_timeout),
-        );
+            target: target.clone(),
+            connect_timeout,
+        };
+        let conn = setup.connect();
         let topology = Arc::new(Self {
             current: RwLock::new(Some(Primary {
                 address: "redis cluster".to_string(),
@@ -252,8 +279,10 @@ impl Topology {
             suspect: Arc::new(Notify::new()),
             following: false,
             slots: RwLock::new(Vec::new()),
+            cluster: Some(setup),
         });
         crate::metrics::redis_failovers(0);
+        crate::metrics::redis_cluster_client_rebuilds(0);
         runtime.spawn(follow_cluster(Arc::downgrade(&topology), target.poll));
         Ok(topology)
     }
@@ -305,6 +334,17 @@ impl Topology {
         false
     }
 
+    /// Replaces the cluster connection by a new one from the same client (it connects lazily, from the
+    /// seed nodes). For a connection that stopped answering while the cluster answers others.
+    fn rebuild_cluster_connection(&self) {
+        let Some(setup) = &self.cluster else { return };
+        let conn = setup.connect();
+        if let Some(current) = self.current.write().expect("not poisoned").as_mut() {
+            current.conn = RedisConn::Cluster(conn);
+        }
+        crate::metrics::redis_cluster_client_rebuilds(1);
+    }
+
     /// The primary named by the Sentinels of `target`, followed by a task on the current Tokio runtime
     /// until the topology is dropped. No primary is known until the first answer.
     pub fn follow_sentinels(
@@ -321,6 +361,7 @@ impl Topology {
             suspect: Arc::new(Notify::new()),
             following: true,
             slots: RwLock::new(Vec::new()),
+            cluster: None,
         });
         crate::metrics::redis_primary_reachable(false);
         crate::metrics::redis_failovers(0);
@@ -622,13 +663,63 @@ pub fn parse_cluster_slots(reply: &Value) -> Option<Vec<SlotRange>> {
     Some(map)
 }
 
+/// `CLUSTER SLOTS` from the first node that answers on a connection of its own (the primaries of the
+/// last map read, then the seed nodes), with the origin's credentials: the node and its map.
+async fn read_slots_directly(
+    setup: &ClusterSetup,
+    topology: &Topology,
+) -> Option<(String, Vec<SlotRange>)> {
+    let mut candidates: Vec<(String, u16)> = topology
+        .slot_map()
+        .iter()
+        .flat_map(|r| std::iter::once(&r.primary).chain(&r.replicas))
+        .map(|n| (n.host.clone(), n.port))
+        .collect();
+    candidates.extend(setup.target.nodes.iter().cloned());
+    let mut seen = std::collections::HashSet::new();
+    candidates.retain(|c| seen.insert(c.clone()));
+    let mut settings = RedisConnectionInfo::default()
+        .set_skip_set_lib_name()
+        .set_username(&setup.target.username);
+    if let Some(password) = &setup.target.password {
+        settings = settings.set_password(password.expose());
+    }
+    for (host, port) in candidates {
+        let Ok(info) = ConnectionAddr::Tcp(host.clone(), port).into_connection_info() else {
+            continue;
+        };
+        let info = info
+            .set_redis_settings(settings.clone())
+            .set_tcp_settings(super::connect::tcp_settings());
+        let asked = async {
+            let client = redis::Client::open(info)?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query_async::<Value>(&mut conn)
+                .await
+        };
+        let budget = setup.connect_timeout.max(Duration::from_millis(500));
+        if let Ok(Ok(reply)) = tokio::time::timeout(budget, asked).await
+            && let Some(map) = parse_cluster_slots(&reply).filter(|m| !m.is_empty())
+        {
+            return Some((format!("{host}:{port}"), map));
+        }
+    }
+    None
+}
+
 /// Reads the cluster's slot map every `poll` (and at once after a failed call) until the topology is
-/// dropped; see [`Topology::use_slot_map`].
+/// dropped; see [`Topology::use_slot_map`]. Replaces the cluster client when it stops answering
+/// while the cluster's nodes answer connections of their own.
 async fn follow_cluster(topology: Weak<Topology>, poll: Duration) {
     let Some(suspect) = topology.upgrade().map(|t| Arc::clone(&t.suspect)) else {
         return;
     };
     let mut reported_failure = false;
+    // Failed reads in a row, and when the client was last replaced.
+    let mut streak = 0u32;
+    let mut rebuilt_at: Option<Instant> = None;
     loop {
         let started = Instant::now();
         let Some(conn) = topology.upgrade().and_then(|t| t.connection()) else {
@@ -656,8 +747,30 @@ async fn follow_cluster(topology: Weak<Topology>, poll: Duration) {
                     tracing::info!("the Redis Cluster's slot map is readable again");
                 }
                 reported_failure = false;
+                streak = 0;
             }
             outcome => {
+                streak += 1;
+                // The client asks one node of its choice, so a read may fail while a node is down.
+                // Failing in a row while some node answers a connection of its own means the client
+                // itself is stuck (seen with redis 1.8 after a primary was killed: its slot refresh
+                // waited forever on its own lock, and every command timed out): replace it.
+                if streak >= CLUSTER_STREAK_BEFORE_PROBE
+                    && rebuilt_at.is_none_or(|at| at.elapsed() >= MIN_REBUILD_INTERVAL)
+                    && let Some(setup) = &topology_now.cluster
+                    && let Some((node, map)) = read_slots_directly(setup, &topology_now).await
+                {
+                    tracing::warn!(
+                        node = %node,
+                        failed_reads = streak,
+                        "the Redis Cluster answers a new connection but not the origin's cluster \
+                         client; replacing the client"
+                    );
+                    topology_now.rebuild_cluster_connection();
+                    topology_now.use_slot_map(map);
+                    rebuilt_at = Some(Instant::now());
+                    streak = 0;
+                }
                 crate::metrics::redis_primary_reachable(false);
                 let why = match outcome {
                     Ok(Err(e)) => e.to_string(),

@@ -757,6 +757,65 @@ impl RedisCluster {
         Ok(Self { nodes })
     }
 
+    /// A node started like the others (same files, users and passwords) and joined to the cluster as
+    /// an empty primary with `redis-cli --cluster add-node`; it serves no slot until slots are moved to
+    /// it (`--cluster rebalance --cluster-use-empty-masters`). Returns its index in [`Self::nodes`].
+    pub async fn add_node(&mut self) -> anyhow::Result<usize> {
+        let mut node = RedisServer::new(
+            temp_dir("aside-redis-cluster"),
+            cluster_port(),
+            self.nodes[0].ha.clone(),
+        );
+        node.origin_password = self.nodes[0].origin_password.clone();
+        node.edge_password = self.nodes[0].edge_password.clone();
+        node.admin_password = self.nodes[0].admin_password.clone();
+        node.cluster = true;
+        node.launch().await?;
+        let (new, existing) = (node.port, self.nodes[0].port);
+        self.nodes.push(node);
+        let output = self
+            .redis_cli(&[
+                "add-node".to_string(),
+                format!("127.0.0.1:{new}"),
+                format!("127.0.0.1:{existing}"),
+            ])
+            .await?;
+        anyhow::ensure!(
+            output.status.success(),
+            "redis-cli --cluster add-node failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // Joined when every node that answers knows it.
+        let known = wait_until(Duration::from_secs(30), || async {
+            let mut everywhere = true;
+            for i in 0..self.nodes.len() {
+                if let Ok(view) = self.cluster_nodes_from(i).await {
+                    everywhere &= view.iter().any(|n| n.port == new && n.primary);
+                }
+            }
+            everywhere
+        })
+        .await;
+        anyhow::ensure!(known, "the added node on {new} is not known to every node");
+        Ok(self.nodes.len() - 1)
+    }
+
+    /// `redis-cli --cluster <args>` as the admin user (on a blocking thread); its output.
+    pub async fn redis_cli(&self, args: &[String]) -> anyhow::Result<std::process::Output> {
+        let admin = self.nodes[0].admin_password.clone();
+        let args = args.to_vec();
+        Ok(tokio::task::spawn_blocking(move || {
+            std::process::Command::new("redis-cli")
+                .env("REDISCLI_AUTH", admin)
+                .args(["--user", "admin", "--no-auth-warning", "--cluster"])
+                .args(&args)
+                .stdin(std::process::Stdio::null())
+                .output()
+        })
+        .await??)
+    }
+
     /// `CLUSTER NODES` as the first node that answers sees it.
     pub async fn cluster_nodes(&self) -> anyhow::Result<Vec<xtask::redis_cluster::ClusterNode>> {
         let ports: Vec<u16> = self.nodes.iter().map(|n| n.port).collect();
