@@ -29,7 +29,7 @@ use xtask::redis_cluster::{self, LocalCluster};
 
 use crate::catalogue::Target;
 use crate::config::Config;
-use crate::run::{fill_through, loader_args, read_beside, run_loader, zipf_reads};
+use crate::run::{fill_through, loader_args, read_beside, run_loader, write_beside, zipf_reads};
 use crate::runtime::Rt;
 use crate::stack::{Stack, database_url, edge_command, twin};
 use crate::{check_stop, workspace_root};
@@ -148,12 +148,7 @@ pub fn run(config: &Config, stack: &mut Stack, rt: Rt) -> anyhow::Result<Cluster
         keys_per_primary,
         runs,
     };
-    std::fs::write(
-        config.out.join(FILE),
-        serde_json::to_string_pretty(&report)?,
-    )?;
-    std::fs::write(config.out.join("report-cluster.md"), report.markdown())?;
-    println!("{}", report.markdown());
+    write_beside(config, FILE, &report, &report.markdown())?;
     Ok(report)
 }
 

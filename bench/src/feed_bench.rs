@@ -31,7 +31,7 @@ use crate::catalogue::{Target, runs_under};
 use crate::check_stop;
 use crate::config::Config;
 use crate::http;
-use crate::run::{KEY_SEED, loader_args, read_beside, run_loader, zipf_reads};
+use crate::run::{KEY_SEED, loader_args, read_beside, run_loader, write_beside, zipf_reads};
 use crate::runtime::Rt;
 use crate::stack::{Stack, edge_command, twin};
 
@@ -153,12 +153,7 @@ pub fn run(
         ab,
         staleness,
     };
-    std::fs::write(
-        config.out.join(FILE),
-        serde_json::to_string_pretty(&report)?,
-    )?;
-    std::fs::write(config.out.join("report-feed.md"), report.markdown())?;
-    println!("{}", report.markdown());
+    write_beside(config, FILE, &report, &report.markdown())?;
     Ok(report)
 }
 

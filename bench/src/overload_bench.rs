@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalogue::Target;
 use crate::config::Config;
-use crate::run::{loader_args, read_beside, run_loader, zipf_reads};
+use crate::run::{loader_args, read_beside, run_loader, write_beside, zipf_reads};
 use crate::runtime::Rt;
 use crate::stack::Stack;
 use aside_bench::redis_admin::RedisAdmin;
@@ -236,12 +236,7 @@ pub fn run(config: &Config, stack: &Stack, rt: Rt) -> anyhow::Result<OverloadRep
         goals: Goals::of(&phases),
         phases,
     };
-    std::fs::write(
-        config.out.join(FILE),
-        serde_json::to_string_pretty(&report)?,
-    )?;
-    std::fs::write(config.out.join("report-overload.md"), report.markdown())?;
-    println!("{}", report.markdown());
+    write_beside(config, FILE, &report, &report.markdown())?;
     Ok(report)
 }
 
@@ -436,33 +431,17 @@ fn sum_samples(text: &str, name: &str, labels: &[&str]) -> f64 {
 
 /// VmRSS of `root` and every process below it, in KiB (0 for processes gone meanwhile).
 fn tree_rss_kib(root: u32) -> u64 {
-    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if let Some(ppid) = parent_of(pid) {
-                children.entry(ppid).or_default().push(pid);
-            }
-        }
-    }
-    let mut total = 0;
-    let mut todo = vec![root];
-    while let Some(pid) = todo.pop() {
-        total += rss_kib(pid);
-        todo.extend(children.get(&pid).into_iter().flatten());
-    }
-    total
+    tree_sum(root, rss_kib)
 }
 
 /// CPU time (user + system, in clock ticks) of `root` and every process below it, including the
 /// children they have waited for.
 fn tree_cpu_ticks(root: u32) -> u64 {
+    tree_sum(root, cpu_ticks)
+}
+
+/// `of(pid)` summed over `root` and every process below it (from `/proc`'s parent links).
+fn tree_sum(root: u32, of: fn(u32) -> u64) -> u64 {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
@@ -481,7 +460,7 @@ fn tree_cpu_ticks(root: u32) -> u64 {
     let mut total = 0;
     let mut todo = vec![root];
     while let Some(pid) = todo.pop() {
-        total += cpu_ticks(pid);
+        total += of(pid);
         todo.extend(children.get(&pid).into_iter().flatten());
     }
     total

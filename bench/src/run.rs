@@ -440,6 +440,21 @@ pub(crate) fn run_loader(
         .with_context(|| format!("aside-load printed something else than its result: {text:?}"))
 }
 
+/// Writes a scenario group's report beside the main one: `<out>/<file>` (JSON) and the same name with
+/// `.md`, whose text is also printed.
+pub(crate) fn write_beside<T: serde::Serialize>(
+    config: &Config,
+    file: &str,
+    report: &T,
+    markdown: &str,
+) -> anyhow::Result<()> {
+    let path = config.out.join(file);
+    std::fs::write(&path, serde_json::to_string_pretty(report)?)?;
+    std::fs::write(path.with_extension("md"), markdown)?;
+    println!("{markdown}");
+    Ok(())
+}
+
 /// The report `file` beside `main` (`report.json`), read as a `what` report: its path and contents.
 pub(crate) fn read_beside<T: serde::de::DeserializeOwned>(
     main: &Path,
