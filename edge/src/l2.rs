@@ -513,9 +513,15 @@ impl Redis {
                         call.saturated = Some(verdict);
                         Failure::TimedOut
                     }
-                    Some(failure) => failure,
-                    // Joined another request's open, which failed.
-                    None => Failure::Connect,
+                    failed => {
+                        // The node cannot be reached: on a cluster it may have failed over, so the
+                        // map is due for a refresh (at most every SLOT_MAP_REFRESH). Without this an
+                        // instance whose pooled connections to a killed primary were gone kept
+                        // sending its slots there after the promotion, until Spin retired it.
+                        self.node_failed();
+                        // None: joined another request's open, which failed.
+                        failed.unwrap_or(Failure::Connect)
+                    }
                 });
             };
             let pooled = Rc::clone(&lease.pooled);

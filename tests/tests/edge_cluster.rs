@@ -169,8 +169,19 @@ async fn the_edge_reads_each_key_from_its_node_and_follows_slots_that_move() {
             "redis_cluster_hosts",
             format!("127.0.0.1:{low}..{}", high + 1),
         );
-    // Tier 1 off: every read asks tier 2, so each one shows which node answered.
-    let edge = on_cluster.clone().l1_ttl_ms(0).start().await.unwrap();
+    // Tier 1 off: every read asks tier 2, so each one shows which node answered. One instance for the
+    // whole test (no reuse limit, no idle timeout within it): the requests are sequential, so Spin keeps
+    // reusing it, and it still holds the map learnt before the slot moved when the move is read. With
+    // Spin's defaults (1 s idle timeout, 128 requests) a slow step let a fresh instance learn the new
+    // owner from CLUSTER SLOTS first, and the MOVED path was not taken (seen once in CI).
+    let edge = on_cluster
+        .clone()
+        .l1_ttl_ms(0)
+        .max_instance_reuse_count(1_000_000)
+        .idle_instance_timeout(Duration::from_secs(600))
+        .start()
+        .await
+        .unwrap();
     assert!(
         edge.is_spin(),
         "this test is about Spin's Redis binding: run it under real Spin (cargo xtask test)"
