@@ -20,7 +20,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use aside_bench::load::LoadResult;
-use aside_bench::redis_admin::RedisAdmin;
+use aside_bench::redis_admin::{RedisAdmin, calls_since};
 use aside_bench::report;
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
@@ -266,11 +266,7 @@ fn measure(
         bar,
     )?;
     let after = command_calls(&mut mode.primaries)?;
-    let redis_calls: BTreeMap<String, u64> = after
-        .iter()
-        .map(|(name, n)| (name.clone(), n - before.get(name).copied().unwrap_or(0)))
-        .filter(|(_, n)| *n > 0)
-        .collect();
+    let redis_calls = calls_since(&before, &after);
     let total: u64 = redis_calls.values().sum();
     let run = ModeRun {
         redis: mode.label.to_string(),

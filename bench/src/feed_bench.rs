@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use aside_bench::keys::{KeyDist, Keys};
-use aside_bench::redis_admin::RedisAdmin;
+use aside_bench::redis_admin::{RedisAdmin, calls_since};
 use aside_bench::report;
 use indicatif::ProgressBar;
 use rand::SeedableRng as _;
@@ -196,11 +196,7 @@ fn ab_run(
         bar,
     )?;
     let after = redis.command_calls()?;
-    let redis_calls: BTreeMap<String, u64> = after
-        .iter()
-        .map(|(name, n)| (name.clone(), n - before.get(name).copied().unwrap_or(0)))
-        .filter(|(_, n)| *n > 0)
-        .collect();
+    let redis_calls = calls_since(&before, &after);
     let total: u64 = redis_calls.values().sum();
     let run = AbRun {
         edge: edge.to_string(),

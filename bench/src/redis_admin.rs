@@ -116,3 +116,20 @@ impl RedisAdmin {
             .collect())
     }
 }
+
+/// The commands run between two [`RedisAdmin::command_calls`] readings, by name (those that ran).
+pub fn calls_since(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+) -> std::collections::BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(name, n)| {
+            (
+                name.clone(),
+                n.saturating_sub(before.get(name).copied().unwrap_or(0)),
+            )
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
