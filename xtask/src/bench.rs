@@ -16,7 +16,9 @@ use std::process::Command;
 
 use clap::Args;
 
-use crate::cmd::{build_components, build_test_origin, cargo, run_cmd, workspace_root};
+use crate::cmd::{
+    build_components, build_debug_bins, build_test_origin, cargo, run_cmd, workspace_root,
+};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -105,10 +107,7 @@ fn build(quick: bool) -> anyhow::Result<PathBuf> {
     if quick {
         // The same commands as `cargo xtask test`, so after a test run nothing is rebuilt.
         build_test_origin()?;
-        if !root.join("target/debug/aside-host").exists() {
-            run_cmd(cargo().args(["build", "-p", "aside-host", "--bin", "aside-host"]))?;
-        }
-        run_cmd(cargo().args(["build", "-p", "aside-bench"]))?;
+        build_debug_bins(&["aside-host", "aside-bench", "aside-load", "aside-delay"])?;
         Ok(root.join("target/debug"))
     } else {
         eprintln!("xtask: building (release)");

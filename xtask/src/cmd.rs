@@ -45,5 +45,19 @@ pub fn build_components(packages: &[&str]) -> anyhow::Result<()> {
 
 /// The debug origin with [`TEST_FEATURES`]: what the test harness and the quick benchmark run.
 pub fn build_test_origin() -> anyhow::Result<()> {
-    run_cmd(cargo().args(["build", "-p", "aside-origin", "--features", TEST_FEATURES]))
+    build_debug_bins(&["aside-origin"])
+}
+
+/// `cargo build` of the binaries `bins` (debug), with the features of `cargo test --workspace
+/// --features` [`TEST_FEATURES`]: the same feature resolution as the test run, so neither build
+/// recompiles what the other compiled (a `-p` build resolves its own features: after the tests, the
+/// quick benchmark's `-p aside-host` and `-p aside-bench` rebuilt wasmtime-wasi, redis, tokio and
+/// rustls, 6.5 minutes of a cold CI run).
+pub fn build_debug_bins(bins: &[&str]) -> anyhow::Result<()> {
+    let mut command = cargo();
+    command.args(["build", "--workspace", "--features", TEST_FEATURES]);
+    for bin in bins {
+        command.args(["--bin", bin]);
+    }
+    run_cmd(&mut command)
 }
