@@ -16,9 +16,7 @@ use std::process::Command;
 
 use clap::Args;
 
-use crate::cmd::{
-    build_components, build_debug_bins, build_test_origin, cargo, run_cmd, workspace_root,
-};
+use crate::cmd::{build_components, build_test_bins, cargo, run_cmd, workspace_root};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -106,8 +104,7 @@ fn build(quick: bool) -> anyhow::Result<PathBuf> {
     build_components(&["aside-edge", "aside-hello", "aside-hello-redis"])?;
     if quick {
         // The same commands as `cargo xtask test`, so after a test run nothing is rebuilt.
-        build_test_origin()?;
-        build_debug_bins(&["aside-host", "aside-bench", "aside-load", "aside-delay"])?;
+        build_test_bins()?;
         Ok(root.join("target/debug"))
     } else {
         eprintln!("xtask: building (release)");

@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use crate::cmd::{TEST_FEATURES, build_components, build_test_origin, cargo, run_cmd};
+use crate::cmd::{TEST_FEATURES, build_components, build_test_bins, cargo, run_cmd};
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
@@ -62,7 +62,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     xtask::prereq::oidc_provider(&target)?;
     // The edge component the host runs in the tests, and the origin binary the harness starts.
     build_components(&["aside-edge", "aside-wait"])?;
-    build_test_origin()?;
+    build_test_bins()?;
     let runtime = edge_runtime()?;
     // The README test (tests/tests/readme.rs) runs `cargo xtask up` with this very xtask.
     run_cmd(
