@@ -680,23 +680,17 @@ pub struct LoadCost {
 }
 
 /// Reads every variable from Spin and parses them.
+///
+/// One host call first: `wasi:config/store`'s `get-all` resolves every variable of the component at
+/// once (Spin links it for every component). Only when that fails (a variables provider failed, or a
+/// variable cannot be resolved) are the variables read one by one, so that the error names the variable
+/// exactly as before.
 pub async fn load() -> (Result<Config, ConfigError>, LoadCost) {
-    use spin_sdk::variables::{Error, get};
-
     let reading = crate::clock::now();
-
-    // All at once: the host resolves them concurrently, and an instance's first request waits for one
-    // round of host calls instead of one per variable.
-    let values: Vec<(&str, Lookup)> =
-        futures::future::join_all(VARIABLES.iter().map(|name| async move {
-            let value = match get(name).await {
-                Ok(v) => Lookup::Value(v),
-                Err(Error::Undefined(_)) | Err(Error::InvalidName(_)) => Lookup::Missing,
-                Err(Error::Provider(_)) | Err(Error::Other(_)) => Lookup::ProviderFailed,
-            };
-            (*name, value)
-        }))
-        .await;
+    let values = match read_all() {
+        Some(values) => values,
+        None => read_each().await,
+    };
     let parsing = crate::clock::now();
     let config = Config::from_lookup(|name| {
         values
@@ -709,6 +703,49 @@ pub async fn load() -> (Result<Config, ConfigError>, LoadCost) {
         parse_ms: crate::clock::millis_since(parsing),
     };
     (config, cost)
+}
+
+/// Every variable in one host call (`wasi:config/store.get-all`), or `None` when the host refuses it.
+#[cfg(target_arch = "wasm32")]
+fn read_all() -> Option<Vec<(&'static str, Lookup)>> {
+    use spin_sdk::experimental::wasi::config::store::get_all;
+    let all = get_all().ok()?;
+    Some(from_all(all))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn read_all() -> Option<Vec<(&'static str, Lookup)>> {
+    None
+}
+
+/// The variables the edge reads, out of every pair `get-all` answered; a name it did not answer is
+/// missing (as `get` would say).
+fn from_all(all: Vec<(String, String)>) -> Vec<(&'static str, Lookup)> {
+    let mut all = all;
+    VARIABLES
+        .iter()
+        .map(|name| {
+            let value = all
+                .iter()
+                .position(|(n, _)| n == name)
+                .map_or(Lookup::Missing, |i| Lookup::Value(all.swap_remove(i).1));
+            (*name, value)
+        })
+        .collect()
+}
+
+/// Every variable, one host call each (all at once): the host resolves them concurrently.
+async fn read_each() -> Vec<(&'static str, Lookup)> {
+    use spin_sdk::variables::{Error, get};
+    futures::future::join_all(VARIABLES.iter().map(|name| async move {
+        let value = match get(name).await {
+            Ok(v) => Lookup::Value(v),
+            Err(Error::Undefined(_)) | Err(Error::InvalidName(_)) => Lookup::Missing,
+            Err(Error::Provider(_)) | Err(Error::Other(_)) => Lookup::ProviderFailed,
+        };
+        (*name, value)
+    }))
+    .await
 }
 
 #[cfg(test)]
@@ -1163,6 +1200,44 @@ mod tests {
         })
         .unwrap();
         assert_eq!(seen, VARIABLES);
+    }
+
+    /// `get-all` answers every variable of the component, in any order, possibly with names the edge
+    /// does not read: each of ours is taken by name, one it lacks is missing (as `get` says).
+    #[test]
+    fn get_all_pairs_are_taken_by_name_and_a_name_it_lacks_is_missing() {
+        let mut all: Vec<(String, String)> = VARIABLES
+            .iter()
+            .rev()
+            .filter(|name| **name != "origin_token")
+            .map(|name| (name.to_string(), defaults(name).unwrap().to_string()))
+            .collect();
+        all.push(("not_ours".to_string(), "x".to_string()));
+        let values = from_all(all.clone());
+        assert_eq!(values.len(), VARIABLES.len());
+        for (name, value) in &values {
+            match *name {
+                "origin_token" => assert_eq!(*value, Lookup::Missing),
+                _ => assert_eq!(*value, Lookup::Value(defaults(name).unwrap().to_string())),
+            }
+        }
+        let lookup = |values: Vec<(&'static str, Lookup)>| {
+            move |name| {
+                values
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map_or(Lookup::Missing, |(_, v)| v.clone())
+            }
+        };
+        assert_eq!(
+            Config::from_lookup(lookup(values)).unwrap_err(),
+            ConfigError::Missing("origin_token")
+        );
+        all.push((
+            "origin_token".to_string(),
+            defaults("origin_token").unwrap().to_string(),
+        ));
+        assert!(Config::from_lookup(lookup(from_all(all))).is_ok());
     }
 
     #[test]

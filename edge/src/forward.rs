@@ -32,7 +32,7 @@ use crate::clock::{self, Deadline};
 use crate::config::Config;
 use crate::metrics::{Backend, METRICS};
 pub use crate::outcome::{OriginAnswer, Unavailable};
-use crate::process_tier::{BreakerMark, ProcessTier};
+use crate::process_tier::{BreakerMark, ORIGIN_BREAKER_KEY, ProcessTier};
 
 /// The origin's headers the edge passes back to the client; the edge sets its own `x-cache`,
 /// `server-timing` and `x-edge-instance`, and the transport headers are the host's business. `etag` is
@@ -105,7 +105,9 @@ impl Origin {
     /// started, if one is running.
     pub async fn restore(&self) {
         let Some(shared) = &self.shared else { return };
-        let mark = shared.breaker_mark(self.config.redis_timeout).await;
+        let mark = shared
+            .breaker_mark(ORIGIN_BREAKER_KEY, self.config.redis_timeout)
+            .await;
         if let Some(left) = mark.and_then(|m| m.remaining(clock::wall_ms())) {
             self.breaker.borrow_mut().open_for(left, clock::now());
             eprintln!(
@@ -161,7 +163,9 @@ impl Origin {
                 ),
             });
             let limit = deadline.cap(self.config.redis_timeout);
-            shared.set_breaker_mark(mark, limit).await;
+            shared
+                .set_breaker_mark(ORIGIN_BREAKER_KEY, mark, limit)
+                .await;
         }
         result
     }

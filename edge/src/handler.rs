@@ -95,7 +95,8 @@ async fn edge() -> Result<Rc<Edge>, ConfigError> {
             let setting_up = clock::now();
             let loaded = loaded.map(|c| Rc::new(Edge::new(c)));
             if let Ok(edge) = &loaded {
-                edge.origin.restore().await;
+                // Both breakers' marks at once (two reads of the process-wide store, when it is on).
+                futures::join!(edge.origin.restore(), edge.reads.redis().restore());
             }
             START.with(|s| s.set([cost.vars_ms, cost.parse_ms, clock::millis_since(setting_up)]));
             match &loaded {

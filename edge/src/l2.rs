@@ -54,6 +54,7 @@ use crate::cluster::{Redirect, SlotMap};
 use crate::config::{Config, RedisMode};
 use crate::flight::SingleFlight;
 use crate::metrics::{Backend, METRICS, RedirectKind};
+use crate::process_tier::{BreakerMark, ProcessTier, REDIS_BREAKER_KEY};
 
 /// On a cluster, the slot map is asked again at most this often per instance (after a `MOVED`, a
 /// failed node, or while none could be learnt).
@@ -94,6 +95,10 @@ pub struct Redis {
     /// How long each connection opened since the last answer took (connect, `AUTH`, `SELECT`), in ms:
     /// the next answers of the instance report one each (`server-timing: redis_open`).
     opens: RefCell<Vec<f64>>,
+    /// The process-wide tier, when it is on: where the breaker's mark is shared ([`Redis::sharing`]).
+    shared: Option<Rc<ProcessTier>>,
+    /// A state change of the breaker not yet written to the process-wide tier.
+    unpublished: Cell<Option<Transition>>,
 }
 
 /// One pooled connection and how many commands are in flight on it (more than one only at the bound).
@@ -284,7 +289,54 @@ impl Redis {
             shed: Cell::new(0),
             feed_failures: Cell::new(0),
             opens: RefCell::default(),
+            shared: None,
+            unpublished: Cell::new(None),
         }
+    }
+
+    /// Shares the breaker through the process-wide tier (when it is on): when it opens (Redis failing,
+    /// never the edge's own saturation: a saturated wait counts towards nothing), it leaves a mark until
+    /// the end of its back-off, and every instance started before then starts with its breaker open
+    /// for what is left ([`Redis::restore`]) instead of each paying its first reads' Redis timeouts to
+    /// find out. A probe that succeeds clears the mark.
+    pub fn sharing(self, shared: Rc<ProcessTier>) -> Self {
+        Self {
+            shared: Some(shared).filter(|s| s.is_on()),
+            ..self
+        }
+    }
+
+    /// A new instance's breaker: open for what is left of the back-off another instance of the process
+    /// started, if one is running.
+    pub async fn restore(&self) {
+        let Some(shared) = &self.shared else { return };
+        let mark = shared
+            .breaker_mark(REDIS_BREAKER_KEY, self.config.redis_timeout)
+            .await;
+        if let Some(left) = mark.and_then(|m| m.remaining(clock::wall_ms())) {
+            self.breaker.borrow_mut().open_for(left, clock::now());
+            eprintln!(
+                "aside-edge: redis breaker open for {} ms more: another instance found Redis failing; \
+                 reads skip Redis until then, then one request probes it",
+                left.as_millis()
+            );
+        }
+    }
+
+    /// Writes the breaker's last state change to the process-wide tier: a mark until the end of the
+    /// back-off when it opened, none when it closed; within `limit`.
+    async fn publish(&self, limit: Duration) {
+        let (Some(shared), Some(transition)) = (&self.shared, self.unpublished.take()) else {
+            return;
+        };
+        let mark = (transition == Transition::Opened).then(|| BreakerMark {
+            open_until_ms: clock::wall_ms().saturating_add(
+                i64::try_from(self.config.redis_breaker.backoff.as_millis()).unwrap_or(i64::MAX),
+            ),
+        });
+        shared
+            .set_breaker_mark(REDIS_BREAKER_KEY, mark, limit)
+            .await;
     }
 
     /// The breaker's state, for `x-edge-breaker`.
@@ -473,7 +525,9 @@ impl Redis {
         if attempt.is_ok() {
             self.answered(Duration::from_nanos(clock::now().saturating_sub(started)));
         }
-        self.conclude(command, attempt, call)
+        let read = self.conclude(command, attempt, call);
+        self.publish(deadline.cap(self.config.redis_timeout)).await;
+        read
     }
 
     /// Sends `command` (to the node that owns its key, following one redirection, and once more on a
@@ -1029,9 +1083,11 @@ impl Redis {
         }
     }
 
-    /// Reports a breaker state change (metric and log line).
+    /// Reports a breaker state change (metric and log line; written to the process-wide tier by
+    /// [`Redis::publish`]).
     fn note(&self, transition: Option<Transition>) {
         let Some(t) = transition else { return };
+        self.unpublished.set(Some(t));
         METRICS.transition(Backend::Redis, t == Transition::Opened);
         match t {
             Transition::Opened => eprintln!(

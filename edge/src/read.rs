@@ -196,8 +196,8 @@ impl ReadPath {
         let floor_ttl = longest_lookup.max(config.l1_stale);
         Self {
             tier1: RefCell::new(Tier1::new(config.l1, config.l1_stale, floor_ttl)),
+            redis: Redis::new(Rc::clone(&config)).sharing(Rc::clone(&process_tier)),
             process_tier,
-            redis: Redis::new(Rc::clone(&config)),
             flights: Rc::default(),
             refreshing: RefCell::default(),
             budget: RefCell::new(OriginBudget::new(config.origin_budget)),

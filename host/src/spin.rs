@@ -1,6 +1,7 @@
 //! `spin:redis/redis@3.0.0` (on the `redis` crate's multiplexed tokio connection),
-//! `spin:variables/variables@3.0.0` and `spin:key-value/key-value@3.0.0`, with the WIT copied from
-//! spin-sdk 6.0.0 into `wit/`.
+//! `spin:variables/variables@3.0.0`, `wasi:config/store@0.2.0-draft-2024-09-27` (the same variables,
+//! all at once with `get-all`) and `spin:key-value/key-value@3.0.0`, with the WIT copied from spin-sdk
+//! 6.0.0 into `wit/`.
 //!
 //! This host has no key-value store: opening any label answers `no-such-store`, as Spin does for a
 //! label no runtime config defines, so a component that uses a store optionally (the edge's shared
@@ -23,7 +24,13 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "src/wit",
         world: "aside:host/spin-imports",
-        imports: { default: async | store | trappable },
+        // `wasi:config/store` is a WASIp2 interface (sync functions): no access to the store across
+        // await points, as a sync lowering needs.
+        imports: {
+            "wasi:config/store.get": async | trappable,
+            "wasi:config/store.get-all": async | trappable,
+            default: async | store | trappable,
+        },
         with: {
             "spin:redis/redis.connection": super::RedisConnection,
             "spin:key-value/key-value.store": super::KeyValueStore,
@@ -32,6 +39,7 @@ mod bindings {
             "spin:redis/redis.error" => super::RedisError,
             "spin:variables/variables.error" => super::VariablesError,
             "spin:key-value/key-value.error" => super::KeyValueError,
+            "wasi:config/store.error" => super::ConfigError,
         },
     });
 }
@@ -39,10 +47,12 @@ mod bindings {
 use bindings::spin::key_value::key_value as kv;
 use bindings::spin::redis::redis as r;
 use bindings::spin::variables::variables as v;
+use bindings::wasi::config::store as c;
 
 pub(crate) type RedisError = r::Error;
 pub(crate) type VariablesError = v::Error;
 pub(crate) type KeyValueError = kv::Error;
+pub(crate) type ConfigError = c::Error;
 
 /// A key-value store resource: never created, since this host has no store to open.
 pub enum KeyValueStore {}
@@ -59,11 +69,12 @@ impl HasData for Spin {
     type Data<'a> = &'a mut InstanceState;
 }
 
-/// Adds `spin:redis` and `spin:variables` to `linker`.
+/// Adds `spin:redis`, `spin:variables`, `wasi:config/store` and `spin:key-value` to `linker`.
 pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
     r::add_to_linker::<_, Spin>(linker, |s| s)?;
     v::add_to_linker::<_, Spin>(linker, |s| s)?;
     kv::add_to_linker::<_, Spin>(linker, |s| s)?;
+    c::add_to_linker::<_, Spin>(linker, |s| s)?;
     Ok(())
 }
 
@@ -292,6 +303,30 @@ impl v::HostWithStore for Spin {
                 .map(|v| v.value.clone())
                 .ok_or_else(|| v::Error::Undefined(format!("no variable for {name:?}")))
         })
+    }
+}
+
+/// As Spin: `get` is `spin:variables`' `get` with "not set" and a bad name as `none`; `get-all` is every
+/// variable of the component.
+impl c::Host for InstanceState {
+    async fn get(&mut self, name: String) -> Result<Option<String>, c::Error> {
+        if validate_name(&name).is_err() {
+            return Ok(None);
+        }
+        Ok(self.component.variables.get(&name).map(|v| v.value.clone()))
+    }
+
+    async fn get_all(&mut self) -> Result<Vec<(String, String)>, c::Error> {
+        Ok(self
+            .component
+            .variables
+            .iter()
+            .map(|(name, v)| (name.clone(), v.value.clone()))
+            .collect())
+    }
+
+    fn convert_error(&mut self, err: c::Error) -> wasmtime::Result<c::Error> {
+        Ok(err)
     }
 }
 

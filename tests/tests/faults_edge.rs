@@ -583,6 +583,119 @@ async fn a_frozen_redis_trips_the_breaker_instead_of_piling_up_requests() {
     );
 }
 
+/// With the process-wide tier on, the Redis breaker is shared by the instances of the process: the
+/// instance whose breaker opens (Redis failing) leaves a mark until the end of its back-off, and every
+/// instance started before then starts with its breaker open, so its reads skip Redis at once instead
+/// of each waiting for the Redis timeout first (what the frozen-Redis test above sees in the instances
+/// Spin starts during the freeze). `--max-instance-reuse-count 1` gives every request a new instance:
+/// nothing but the mark can carry the breaker from one to the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_opens_the_redis_breaker_of_instances_started_after_it_with_the_shared_tier()
+{
+    const BACKOFF: Duration = Duration::from_secs(8);
+    const AFTER_THE_MARK: i32 = 6;
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let stack = Stack::dedicated().await.unwrap();
+    let (_env, _origin, edge) = setup(&stack, |o| {
+        // Tier 1's TTL 0: no copy in the process-wide tier is fresh either, so reads ask Redis.
+        o.shared_tier()
+            .l1_ttl_ms(0)
+            .max_instance_reuse_count(1)
+            .var("redis_failure_threshold", 1)
+            .redis_backoff_ms(BACKOFF.as_millis() as u64)
+    })
+    .await;
+    if !edge.is_spin() {
+        eprintln!(
+            "faults_edge[redis_breaker_shared]: SKIPPED: the process-wide tier needs Spin's key-value \
+             store; the bundled host has none"
+        );
+        return;
+    }
+    warm(&edge).await;
+    let client = http_client_with_timeout(CLIENT_TIMEOUT);
+    let base = edge.url();
+    let redis_open = |s: &Sample| {
+        s.header("x-edge-breaker")
+            .is_some_and(|b| b.contains("redis=open"))
+    };
+    let before = get(&client, &base, 1, false).await;
+    assert_eq!((before.status, before.cache()), (200, "L2"), "{before:?}");
+    assert!(!redis_open(&before), "{before:?}");
+
+    stack.redis.pause(true);
+    // The first reads meet the frozen Redis: one of them (the first, unless the machine is so busy
+    // that its wait is put down to the edge's saturation, which opens nothing) waits for the Redis
+    // timeout, and its instance's breaker opens (threshold 1) and leaves the mark.
+    let mut met_it = Vec::new();
+    let opener = loop {
+        let s = get(&client, &base, 2 + met_it.len() as i32, false).await;
+        if redis_open(&s) {
+            break s;
+        }
+        met_it.push(s);
+        assert!(
+            met_it.len() < 5,
+            "no read opened the Redis breaker: {met_it:#?}"
+        );
+    };
+    let marked_at = Instant::now();
+    assert_eq!(opener.status, 200, "{opener:?}");
+    assert!(
+        opener.tier_ms("l2").is_some(),
+        "the opener asked Redis: {opener:?}"
+    );
+
+    // Every read after it comes to a new instance, which starts with its Redis breaker open: it skips
+    // Redis (no `l2` in server-timing) and says so, and the origin answers.
+    let mut instances = std::collections::BTreeSet::new();
+    instances.extend(opener.instance.clone());
+    instances.extend(met_it.iter().filter_map(|s| s.instance.clone()));
+    let mut after = Vec::new();
+    for id in 10..10 + AFTER_THE_MARK {
+        let s = get(&client, &base, id, false).await;
+        assert_eq!(s.status, 200, "{s:?}");
+        let instance = s.instance.clone().expect("x-edge-instance");
+        assert!(
+            instances.insert(instance),
+            "reuse count 1: a new instance each time: {s:?}"
+        );
+        assert!(redis_open(&s), "an instance started after the mark: {s:?}");
+        assert!(s.tier_ms("l2").is_none(), "skipped Redis: {s:?}");
+        after.push(s);
+    }
+    let sent_for = marked_at.elapsed();
+    assert!(
+        sent_for < BACKOFF,
+        "the reads after the mark took {sent_for:?}, longer than the back-off: nothing was shown"
+    );
+    stack.redis.pause(false);
+
+    // Once the back-off has passed, the mark is gone: a new instance reads Redis again.
+    tokio::time::sleep(BACKOFF.saturating_sub(marked_at.elapsed()) + Duration::from_millis(500))
+        .await;
+    let healed = get(&client, &base, 3, false).await;
+    assert_eq!((healed.status, healed.cache()), (200, "L2"), "{healed:?}");
+    assert!(!redis_open(&healed), "{healed:?}");
+    let mean = |v: &[Sample]| {
+        v.iter()
+            .map(|s| s.latency.as_secs_f64() * 1000.0)
+            .sum::<f64>()
+            / v.len().max(1) as f64
+    };
+    eprintln!(
+        "faults_edge[redis_breaker_shared]: the opener waited {:.0} ms for Redis (answer {} ms, {} \
+         read(s) before it shed or waited), {AFTER_THE_MARK} reads by new instances after the mark: all \
+         skipped Redis, mean answer {:.0} ms; after the back-off: {} in {} ms",
+        opener.tier_ms("l2").unwrap_or(0.0),
+        opener.latency.as_millis(),
+        met_it.len(),
+        mean(&after),
+        healed.cache(),
+        healed.latency.as_millis(),
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_origin_costs_a_request_its_budget_then_the_breaker_answers_at_once() {
     let _turn = ONE_AT_A_TIME.lock().await;

@@ -14,6 +14,8 @@ const MAGIC: &[u8; 4] = b"asT2";
 const HEADER: usize = 4 + 4 + 8 + 8 + 8 + 1 + 8 + 4 + 8 + 8 + 8;
 /// The key of the origin breaker's mark.
 pub const ORIGIN_BREAKER_KEY: &str = "aside:breaker:origin";
+/// The key of the Redis breaker's mark (same format).
+pub const REDIS_BREAKER_KEY: &str = "aside:breaker:redis";
 const BREAKER_MAGIC: &[u8; 4] = b"asB1";
 
 /// The key of the slot `id` lives in.
@@ -115,7 +117,8 @@ impl Reader<'_> {
     }
 }
 
-/// Until when (wall clock) the origin's breaker is open, as the instance that opened it wrote it.
+/// Until when (wall clock) a breaker (the origin's or Redis's) is open, as the instance that opened it
+/// wrote it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BreakerMark {
     pub open_until_ms: i64,

@@ -25,8 +25,9 @@
 //! as without it.
 //!
 //! The same store keeps what an instance must not forget when it retires (see [`BreakerMark`]): until when
-//! the origin's breaker is open, so that a fresh instance does not spend a whole request budget finding out
-//! that the origin is frozen.
+//! the origin's breaker and the Redis breaker are open, so that a fresh instance does not spend a whole
+//! request budget finding out that the origin is frozen, nor its first reads' Redis timeouts finding out
+//! that Redis is.
 //!
 //! Three parts: [`store`] (the handle on the key-value store: opening, time limits, the tier's breaker),
 //! [`format`] (the bytes of a slot and of the breaker mark) and [`policy`] (how long a copy is fresh and
@@ -36,6 +37,6 @@ pub mod format;
 pub mod policy;
 pub mod store;
 
-pub use format::{BreakerMark, ORIGIN_BREAKER_KEY, SlotValue, slot_key};
+pub use format::{BreakerMark, ORIGIN_BREAKER_KEY, REDIS_BREAKER_KEY, SlotValue, slot_key};
 pub use policy::Found;
 pub use store::ProcessTier;

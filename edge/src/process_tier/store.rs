@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use aside_shared::UserId;
 
-use super::format::{BreakerMark, ORIGIN_BREAKER_KEY, SlotValue, slot_key};
+use super::format::{BreakerMark, SlotValue, slot_key};
 use super::policy::{self, Found};
 use crate::backoff::{Attempt, Breaker};
 use crate::clock;
@@ -109,32 +109,31 @@ impl ProcessTier {
             .await;
     }
 
-    /// The origin breaker's mark, if one is set and not yet passed; at most `limit`.
-    pub async fn breaker_mark(&self, limit: Duration) -> Option<BreakerMark> {
+    /// The breaker mark at `key` (`ORIGIN_BREAKER_KEY`, `REDIS_BREAKER_KEY`), if one is set and not yet
+    /// passed; at most `limit`.
+    pub async fn breaker_mark(&self, key: &'static str, limit: Duration) -> Option<BreakerMark> {
         let bytes = self
-            .call(
-                limit,
-                |store| async move { store.get(ORIGIN_BREAKER_KEY).await },
-            )
+            .call(limit, |store| async move { store.get(key).await })
             .await??;
         BreakerMark::decode(&bytes).filter(|m| m.remaining(clock::wall_ms()).is_some())
     }
 
-    /// Sets (or, with `None`, clears) the origin breaker's mark; at most `limit`.
-    pub async fn set_breaker_mark(&self, mark: Option<BreakerMark>, limit: Duration) {
+    /// Sets (or, with `None`, clears) the breaker mark at `key`; at most `limit`.
+    pub async fn set_breaker_mark(
+        &self,
+        key: &'static str,
+        mark: Option<BreakerMark>,
+        limit: Duration,
+    ) {
         match mark {
             Some(mark) => {
                 let bytes = mark.encode();
-                self.call(limit, |store| async move {
-                    store.set(ORIGIN_BREAKER_KEY, &bytes).await
-                })
-                .await;
+                self.call(limit, |store| async move { store.set(key, &bytes).await })
+                    .await;
             }
             None => {
-                self.call(limit, |store| async move {
-                    store.delete(ORIGIN_BREAKER_KEY).await
-                })
-                .await;
+                self.call(limit, |store| async move { store.delete(key).await })
+                    .await;
             }
         }
     }
