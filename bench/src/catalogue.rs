@@ -205,6 +205,9 @@ const TOPO_EDGE_SHARED: &str = "the same reads through an edge with the shared t
     edge→Redis.";
 const TOPO_EDGE_ONE: &str = "the edge's Zipf reads from one connection, one request at a time: an L2 \
     hit's cost with nothing else in flight, beside the same reads from every connection.";
+const TOPO_HELLO_REDIS: &str = "the hello-redis component (one HGETALL through Spin's Redis binding, \
+    nothing else) behind the same client→edge and edge→Redis hops, from every connection and from one: \
+    what Spin and the network cost an L2 hit before the edge adds anything.";
 
 /// A catalogue row: `scenario` with `keys` against `target` on `cache`, no writes, `--concurrency`
 /// connections; `expect` is the `x-cache` classes and the share of reads they must answer.
@@ -439,8 +442,9 @@ pub(crate) fn runs_under(target: Target, rt: Rt) -> bool {
 }
 
 /// The runs of one topology: misses through the origin (a walk on an emptied Redis), then the edge
-/// with every profile in Redis (and, with `shared_tier`, the edge with the shared tier on), then the
-/// same reads with no cache.
+/// with every profile in Redis (Zipf and uniform from every connection, Zipf from one), hello-redis
+/// behind the same hops (from every connection and from one: Spin's share of an L2 hit; and, with
+/// `shared_tier`, the edge with the shared tier on), then the same reads with no cache.
 pub(crate) fn topology_plans(rt: Rt, shared_tier: bool) -> Vec<Plan> {
     let edge = Target::Edge(rt);
     let shared = Target::EdgeShared(rt);
@@ -479,6 +483,25 @@ pub(crate) fn topology_plans(rt: Rt, shared_tier: bool) -> Vec<Plan> {
         )
         .connections(1),
     ];
+    plans.extend([
+        row(
+            topology::HELLO_REDIS,
+            Zipf,
+            Target::HelloRedis(rt),
+            Cache::Full,
+            TOPO_HELLO_REDIS,
+            (NONE, 0.99),
+        ),
+        row(
+            topology::HELLO_REDIS_ONE,
+            Zipf,
+            Target::HelloRedis(rt),
+            Cache::Full,
+            TOPO_HELLO_REDIS,
+            (NONE, 0.99),
+        )
+        .connections(1),
+    ]);
     if shared_tier {
         plans.extend([Zipf, Uniform].map(|keys| {
             row(

@@ -10,6 +10,9 @@
 //!   a second), the answers by status, answers without `x-cache`, p50/p99, the tier mix, the answers
 //!   that waited for a new instance (`server-timing: start`), and the origin's reads of `/users/{id}`
 //!   by the origin's own `/metrics` (what the phase cost it).
+//! * **The edge with the shared tier on** (full runs under a runtime with a key-value store: Spin): the
+//!   same three phases on the edge whose instances share Spin's in-memory key-value store, which the
+//!   spike's new instances find warm; its goals on their own line (recovery by p50 alone).
 //! * **Memory**: the resident memory (VmRSS) of the runtime's process and its children, sampled every
 //!   200 ms during each phase (its peak), for the edge and for hello-world under the same spike.
 //!
@@ -46,6 +49,9 @@ const SPIKE: usize = 1024;
 const SPIKE_QUICK: usize = 128;
 /// The issue's recovery bound: the phase after the spike lasts this long.
 const RECOVERY_S: f64 = 10.0;
+/// The phases' target names: the edge as users run it by default, and with the shared tier on.
+const EDGE: &str = "edge";
+const EDGE_SHARED: &str = "edge-shared";
 /// How often the runtime's memory is read during a phase.
 const RSS_EVERY: Duration = Duration::from_millis(200);
 
@@ -152,16 +158,41 @@ pub struct Goals {
     /// within the phase (goal: ≤ 5).
     #[serde(default)]
     pub recovered_after_s: Option<u64>,
+    /// The same spike on the edge with the shared tier on (full runs under Spin), when it ran.
+    #[serde(default)]
+    pub edge_shared: Option<SharedTierGoals>,
 }
 
-/// See [`Goals::recovered_after_s`].
-fn recovery_second(calm: &Phase, after: &Phase) -> Option<u64> {
+/// The goals for the edge with the shared tier on: what it changes under the same spike.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SharedTierGoals {
+    pub goodput_ratio: f64,
+    pub answers_500: u64,
+    pub answers_without_x_cache: u64,
+    pub origin_rps_calm: f64,
+    pub origin_rps_spike: f64,
+    pub rss_spike_mib: f64,
+    pub p50_before_us: u64,
+    pub p50_after_us: u64,
+    /// The share of reads answered at the edge (tier 1 or the shared tier), before and after.
+    pub edge_share_before: f64,
+    pub edge_share_after: f64,
+    /// As [`Goals::recovered_after_s`], by p50 alone (a new instance's tier 1 is cold whatever the
+    /// shared tier holds, so tier 1's share says less here).
+    pub recovered_after_s: Option<u64>,
+}
+
+/// See [`Goals::recovered_after_s`]; `by_tier`: tier 1's share counts too (else p50 alone).
+fn recovery_second(calm: &Phase, after: &Phase, by_tier: bool) -> Option<u64> {
     let slowest = calm.per_second_p50_us.iter().copied().max()?;
-    let lowest_l1 = calm
-        .per_second_l1_share
-        .iter()
-        .copied()
-        .min_by(f64::total_cmp)?;
+    let lowest_l1 = if by_tier {
+        calm.per_second_l1_share
+            .iter()
+            .copied()
+            .min_by(f64::total_cmp)?
+    } else {
+        0.0
+    };
     let normal = |second: usize| {
         let p50 = after.per_second_p50_us.get(second).copied().unwrap_or(0);
         let l1 = after
@@ -187,26 +218,36 @@ pub fn run(config: &Config, stack: &Stack, rt: Rt) -> anyhow::Result<OverloadRep
     let hello = Target::Hello(rt);
     let hello_redis = Target::HelloRedis(rt);
 
-    // Warm the edge's instances and tier 1 (unmeasured), as before any other scenario.
-    if config.warmup > 0.0 {
-        load(config, stack, edge, "warmup", CALM, config.warmup, &bar)?;
+    // The edge as users run it by default; in full runs under a runtime with a key-value store, then
+    // the edge with the shared tier on (the store in memory): the tier every instance of the process
+    // reads, which a spike's new instances find warm.
+    let mut edges = vec![(edge, EDGE)];
+    if !config.quick && rt.has_key_value_store() {
+        edges.push((Target::EdgeShared(rt), EDGE_SHARED));
     }
     let mut phases = Vec::new();
-    for (name, connections, seconds) in [
-        ("calm", CALM, phase_s),
-        ("spike", spike, phase_s),
-        ("after", CALM, after_s),
-    ] {
-        crate::check_stop()?;
-        phases.push(phase(
-            config,
-            stack,
-            (edge, "edge", name),
-            connections,
-            seconds,
-            origin_port,
-            &bar,
-        )?);
+    for (target, who) in edges {
+        std::thread::sleep(Duration::from_secs(u64::from(!phases.is_empty())));
+        // Warm the edge's instances and tier 1 (unmeasured), as before any other scenario.
+        if config.warmup > 0.0 {
+            load(config, stack, target, "warmup", CALM, config.warmup, &bar)?;
+        }
+        for (name, connections, seconds) in [
+            ("calm", CALM, phase_s),
+            ("spike", spike, phase_s),
+            ("after", CALM, after_s),
+        ] {
+            crate::check_stop()?;
+            phases.push(phase(
+                config,
+                stack,
+                (target, who, name),
+                connections,
+                seconds,
+                origin_port,
+                &bar,
+            )?);
+        }
     }
     // The baselines under the same load: hello-world (the runtime alone) and hello-redis (the runtime
     // and one `HGETALL` through its Redis binding per request, which is what an L2 hit cannot avoid).
@@ -564,8 +605,51 @@ impl Goals {
             p99_after_us: after.map_or(0, |p| p.p99_us),
             l1_share_before: l1(calm),
             l1_share_after: l1(after),
-            recovered_after_s: calm.zip(after).and_then(|(c, a)| recovery_second(c, a)),
+            recovered_after_s: calm
+                .zip(after)
+                .and_then(|(c, a)| recovery_second(c, a, true)),
+            edge_shared: SharedTierGoals::of(phases),
         }
+    }
+}
+
+impl SharedTierGoals {
+    fn of(phases: &[Phase]) -> Option<Self> {
+        let get = |phase: &str| {
+            phases
+                .iter()
+                .find(|p| p.target == EDGE_SHARED && p.phase == phase)
+        };
+        let (calm, spike, after) = (get("calm")?, get("spike")?, get("after")?);
+        let all = phases.iter().filter(|p| p.target == EDGE_SHARED);
+        let at_edge = |p: &Phase| {
+            let total: u64 = p.x_cache.values().sum();
+            let edge: u64 = ["L1", "SHARED"]
+                .iter()
+                .filter_map(|t| p.x_cache.get(*t))
+                .sum();
+            edge as f64 / total.max(1) as f64
+        };
+        Some(Self {
+            goodput_ratio: if calm.goodput > 0.0 {
+                spike.goodput / calm.goodput
+            } else {
+                0.0
+            },
+            answers_500: all
+                .clone()
+                .map(|p| p.statuses.get("500").copied().unwrap_or(0))
+                .sum(),
+            answers_without_x_cache: all.map(|p| p.no_x_cache).sum(),
+            origin_rps_calm: calm.origin_rps,
+            origin_rps_spike: spike.origin_rps,
+            rss_spike_mib: spike.rss_peak_mib,
+            p50_before_us: calm.p50_us,
+            p50_after_us: after.p50_us,
+            edge_share_before: at_edge(calm),
+            edge_share_after: at_edge(after),
+            recovered_after_s: recovery_second(calm, after, false),
+        })
     }
 }
 
@@ -573,6 +657,7 @@ impl OverloadReport {
     pub fn markdown(&self) -> String {
         let mut out = self.phases_table();
         out.push_str(&self.goals_line());
+        out.push_str(&self.shared_tier_line());
         out.push_str(&self.where_time_goes());
         out
     }
@@ -674,6 +759,35 @@ impl OverloadReport {
         )
     }
 
+    /// The edge with the shared tier on, under the same spike (when it ran).
+    fn shared_tier_line(&self) -> String {
+        let Some(g) = &self.goals.edge_shared else {
+            return String::new();
+        };
+        format!(
+            "\nThe edge with the shared tier on (Spin's key-value store in memory), the same spike: \
+             goodput spike ÷ calm {:.2}; answers 500: {}; answers without x-cache: {}; origin reads/s \
+             calm {:.1}, spike {:.1}; RSS during the spike {:.0} MiB; recovery: p50 {} → {} ms, reads \
+             answered at the edge (L1 or SHARED) {:.1} % → {:.1} %; p50 back within the calm phase's \
+             band {}.\n",
+            g.goodput_ratio,
+            g.answers_500,
+            g.answers_without_x_cache,
+            g.origin_rps_calm,
+            g.origin_rps_spike,
+            g.rss_spike_mib,
+            report::ms(g.p50_before_us),
+            report::ms(g.p50_after_us),
+            g.edge_share_before * 100.0,
+            g.edge_share_after * 100.0,
+            match g.recovered_after_s {
+                Some(0) => "throughout".to_string(),
+                Some(s) => format!("from second {s} on"),
+                None => "not within the phase".to_string(),
+            },
+        )
+    }
+
     /// Per phase: CPU per answer, Redis commands per 1,000 answers, server-timing.
     fn where_time_goes(&self) -> String {
         let opt =
@@ -740,8 +854,12 @@ pub fn verify(report: &OverloadReport) -> anyhow::Result<()> {
             Some(_) => {}
         }
     }
-    for p in report.phases.iter().filter(|p| p.target == "edge") {
-        let label = format!("edge {}", p.phase);
+    for p in report
+        .phases
+        .iter()
+        .filter(|p| [EDGE, EDGE_SHARED].contains(&p.target.as_str()))
+    {
+        let label = format!("{} {}", p.target, p.phase);
         let others: Vec<_> = p
             .statuses
             .iter()
@@ -843,19 +961,57 @@ mod tests {
         let after = |p50: &[u64], l1: &[f64]| seconds(phase("edge", "after", &[], 0), p50, l1);
         // Slow for two seconds, then within the band.
         let a = after(&[40, 9, 4, 3, 4], &[0.0, 0.1, 0.26, 0.3, 0.3]);
-        assert_eq!(recovery_second(&calm, &a), Some(2));
+        assert_eq!(recovery_second(&calm, &a, true), Some(2));
         // Back, then out again at the end: only the last run counts.
         let a = after(&[3, 3, 9], &[0.3, 0.3, 0.3]);
-        assert_eq!(recovery_second(&calm, &a), None);
+        assert_eq!(recovery_second(&calm, &a, true), None);
         // Fast but tier 1 still empty is not back.
         let a = after(&[3, 3, 3], &[0.3, 0.1, 0.3]);
-        assert_eq!(recovery_second(&calm, &a), Some(2));
+        assert_eq!(recovery_second(&calm, &a, true), Some(2));
         // Never left.
         let a = after(&[3, 4], &[0.3, 0.3]);
-        assert_eq!(recovery_second(&calm, &a), Some(0));
+        assert_eq!(recovery_second(&calm, &a, true), Some(0));
         // A second without answers is not normal.
         let a = after(&[3, 0, 3], &[0.3, 0.3, 0.3]);
-        assert_eq!(recovery_second(&calm, &a), Some(2));
+        assert_eq!(recovery_second(&calm, &a, true), Some(2));
+        // By p50 alone (the shared tier's edge), a cold tier 1 does not keep it out of the band.
+        let a = after(&[3, 3, 3], &[0.3, 0.1, 0.3]);
+        assert_eq!(recovery_second(&calm, &a, false), Some(0));
+        let a = after(&[40, 3, 3], &[0.3, 0.3, 0.3]);
+        assert_eq!(recovery_second(&calm, &a, false), Some(1));
+    }
+
+    #[test]
+    fn the_shared_tier_edge_has_its_own_goals_when_it_ran() {
+        assert!(Goals::of(&clean()).edge_shared.is_none());
+        let mut phases = clean();
+        let mut shared = |phase_name: &str, statuses: &[(&str, u64)], tiers: &[(&str, u64)]| {
+            let mut p = phase(EDGE_SHARED, phase_name, statuses, 0);
+            p.x_cache = tiers.iter().map(|(t, n)| (t.to_string(), *n)).collect();
+            phases.push(p);
+        };
+        shared(
+            "calm",
+            &[("200", 1000)],
+            &[("L1", 50), ("SHARED", 40), ("L2", 10)],
+        );
+        shared(
+            "spike",
+            &[("200", 500), ("500", 2)],
+            &[("SHARED", 60), ("L2", 40)],
+        );
+        shared(
+            "after",
+            &[("200", 1000)],
+            &[("L1", 20), ("SHARED", 60), ("L2", 20)],
+        );
+        let goals = Goals::of(&phases);
+        let shared = goals.edge_shared.expect("edge-shared ran");
+        assert_eq!(shared.answers_500, 2);
+        assert!((shared.edge_share_before - 0.9).abs() < 1e-9);
+        assert!((shared.edge_share_after - 0.8).abs() < 1e-9);
+        // The default edge's goals are its own.
+        assert_eq!(goals.answers_500, 0);
     }
 
     fn report(phases: Vec<Phase>) -> OverloadReport {

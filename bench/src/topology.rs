@@ -126,6 +126,10 @@ pub const EDGE_SHARED: &str = crate::report::EDGE_SHARED;
 pub const EDGE_MISS: &str = "edge-miss";
 /// The edge's Zipf reads from one connection (an L2 hit with nothing else in flight).
 pub const EDGE_ONE: &str = "edge-1conn";
+/// The hello-redis component behind the same hops (one `HGETALL` through Spin's binding), from every
+/// connection and from one: Spin's and the network's share of an L2 hit.
+pub const HELLO_REDIS: &str = crate::report::HELLO_REDIS;
+pub const HELLO_REDIS_ONE: &str = "hello-redis-1conn";
 pub const NO_CACHE: &str = "no-cache";
 
 /// The runs of one topology.
@@ -301,12 +305,20 @@ impl TopologyReport {
                 format!("{} / {}", ms(t.p50_us), ms(t.p99_us))
             })
         };
+        // hello-redis: the whole request (it has no tiers), the same hops and keys.
+        let hello = |t: &TopologyRuns, scenario| {
+            t.run(scenario, "zipf")
+                .map(|r| TierLatency::from(&r.latency_us))
+        };
         let many = format!("L2 hit, {} connections", self.settings.concurrency);
+        let hello_many = format!("hello-redis, {} connections", self.settings.concurrency);
         let header = [
             "topology",
             "edge→Redis round trip ms",
             "L2 hit, 1 connection",
             many.as_str(),
+            "hello-redis, 1 connection",
+            hello_many.as_str(),
         ];
         let rows = self.topologies.iter().map(|t| {
             let round_trip = 2.0
@@ -319,6 +331,8 @@ impl TopologyReport {
                 format!("{round_trip}"),
                 cell(l2(t, EDGE_ONE)),
                 cell(l2(t, EDGE)),
+                cell(hello(t, HELLO_REDIS_ONE)),
+                cell(hello(t, HELLO_REDIS)),
             ]
         });
         Some(md_table(&header, |i| i > 0, rows))

@@ -36,10 +36,13 @@ pub(crate) struct Proxies {
     pub(crate) client_side: [Proxy; 2],
     /// With `--shared-tier on`: in front of the edge with the shared tier on.
     pub(crate) client_shared: Option<Proxy>,
+    /// In front of the hello-redis component (which reads Redis through `edge_side`'s first proxy).
+    pub(crate) client_hello_redis: Proxy,
 }
 
-/// How many proxy ports a topology run needs (the last one only with `--shared-tier on`).
-pub(crate) const PROXY_COUNT: usize = 8;
+/// How many proxy ports a topology run needs (the one at [`SHARED_PROXY`] only with `--shared-tier on`).
+pub(crate) const PROXY_COUNT: usize = 9;
+const SHARED_PROXY: usize = 7;
 
 impl Proxies {
     pub(crate) fn new(ports: &Ports, rt: Rt, shared_tier: bool) -> Self {
@@ -88,10 +91,16 @@ impl Proxies {
                 proxy(
                     "delay-client-edge-shared",
                     Hop::ClientEdge,
-                    7,
+                    SHARED_PROXY,
                     ports.port(Target::EdgeShared(rt)),
                 )
             }),
+            client_hello_redis: proxy(
+                "delay-client-hello-redis",
+                Hop::ClientEdge,
+                8,
+                ports.port(Target::HelloRedis(rt)),
+            ),
         }
     }
 
@@ -101,6 +110,7 @@ impl Proxies {
         let port = match (target, &self.client_shared) {
             (Target::OriginCacheOff, _) => no_cache.port,
             (Target::EdgeShared(_), Some(shared)) => shared.port,
+            (Target::HelloRedis(_), _) => self.client_hello_redis.port,
             _ => edge.port,
         };
         format!("http://127.0.0.1:{port}")
@@ -258,6 +268,7 @@ pub(crate) fn start_topology(
             .client_shared
             .as_ref()
             .map(|_| Target::EdgeShared(rt)),
+        Some(Target::HelloRedis(rt)),
     ];
     for target in edges.into_iter().flatten() {
         let port = stack.ports.port(target);
@@ -271,6 +282,7 @@ pub(crate) fn start_topology(
     wait_for_ports(&mut stack.services, &listening, logs, EDGE_START_TIMEOUT)?;
     start_proxies(stack, &proxies.client_side)?;
     start_proxies(stack, proxies.client_shared.as_slice())?;
+    start_proxies(stack, std::slice::from_ref(&proxies.client_hello_redis))?;
     names.extend(started);
     Ok(names)
 }
@@ -284,19 +296,39 @@ mod tests {
     #[test]
     fn topology_runs_add_the_shared_tier_only_when_asked() {
         let off = topology_plans(Rt::Spin, false);
-        assert_eq!(off.len(), 6);
-        // One run reads from one connection (an L2 hit alone), the others from `--concurrency`.
-        let single: Vec<&Plan> = off.iter().filter(|p| p.connections.is_some()).collect();
-        assert_eq!(single.len(), 1);
-        assert_eq!(single[0].scenario, topology::EDGE_ONE);
-        assert_eq!(single[0].connections, Some(1));
-        assert_eq!(single[0].target, Target::Edge(Rt::Spin));
+        assert_eq!(off.len(), 8);
+        // Two runs read from one connection (an L2 hit alone, and hello-redis's HGETALL alone), the
+        // others from `--concurrency`.
+        let single: Vec<(&str, Target)> = off
+            .iter()
+            .filter(|p| p.connections.is_some())
+            .inspect(|p| assert_eq!(p.connections, Some(1)))
+            .map(|p| (p.scenario, p.target))
+            .collect();
+        assert_eq!(
+            single,
+            [
+                (topology::EDGE_ONE, Target::Edge(Rt::Spin)),
+                (topology::HELLO_REDIS_ONE, Target::HelloRedis(Rt::Spin))
+            ]
+        );
+        // hello-redis reaches Redis through the edge's proxy and is reached through its own.
+        let ports = Ports::pick(&[Rt::Spin], PROXY_COUNT).unwrap();
+        let proxies = Proxies::new(&ports, Rt::Spin, false);
+        assert_eq!(
+            proxies.route(Target::HelloRedis(Rt::Spin)),
+            format!("http://127.0.0.1:{}", proxies.client_hello_redis.port)
+        );
+        assert_eq!(
+            proxies.client_hello_redis.upstream,
+            ports.port(Target::HelloRedis(Rt::Spin))
+        );
         assert!(
             off.iter()
                 .all(|p| !matches!(p.target, Target::EdgeShared(_)))
         );
         let on = topology_plans(Rt::Spin, true);
-        assert_eq!(on.len(), 8);
+        assert_eq!(on.len(), 10);
         let shared: Vec<&Plan> = on
             .iter()
             .filter(|p| p.scenario == topology::EDGE_SHARED)
