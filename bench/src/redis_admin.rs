@@ -115,6 +115,30 @@ impl RedisAdmin {
             .filter(|(name, _)| name != "info")
             .collect())
     }
+
+    /// Error replies sent since Redis started, by their first word (`INFO errorstats`:
+    /// `errorstat_MOVED:count=N`): e.g. how many `MOVED` and `ASK` redirections a resharding caused.
+    pub fn error_counts(&mut self) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+        let text: String = self
+            .query(redis::cmd("INFO").arg("errorstats"))
+            .context("Redis refused INFO errorstats")?;
+        Ok(parse_error_counts(&text))
+    }
+}
+
+/// `errorstat_<PREFIX>:count=N` lines of `INFO errorstats`, by prefix.
+fn parse_error_counts(text: &str) -> std::collections::BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|line| {
+            let (name, stats) = line.trim().strip_prefix("errorstat_")?.split_once(':')?;
+            let count = stats
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("count="))?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), count))
+        })
+        .collect()
 }
 
 /// The commands run between two [`RedisAdmin::command_calls`] readings, by name (those that ran).
@@ -132,4 +156,18 @@ pub fn calls_since(
         })
         .filter(|(_, n)| *n > 0)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_counts_are_read_by_prefix_and_other_lines_are_skipped() {
+        let text = "# Errorstats\r\nerrorstat_ASK:count=12\r\nerrorstat_MOVED:count=3405\r\n\
+                    errorstat_NOPERM:count=x\r\n";
+        let counts = super::parse_error_counts(text);
+        assert_eq!(
+            counts,
+            std::collections::BTreeMap::from([("ASK".into(), 12), ("MOVED".into(), 3405)])
+        );
+    }
 }

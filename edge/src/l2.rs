@@ -843,10 +843,15 @@ impl Redis {
         if self.config.redis_mode == RedisMode::Single {
             return self.config.redis_address.clone();
         }
-        let due = self.slots_stale.get() || self.slots.borrow().is_none();
+        let unknown = self.slots.borrow().is_none();
+        let due = self.slots_stale.get() || unknown;
         let asked = self.slots_asked.get();
+        // Without a map, a request joins a refresh in progress rather than guess `redis_address`:
+        // a new instance's concurrent first reads otherwise went there and two in three met a MOVED
+        // (the bench's cluster scenario: about one MOVED per instance started, in a steady run).
         if due
             && (asked == 0
+                || (unknown && !self.slots_refresh.is_empty())
                 || clock::now().saturating_sub(asked) >= SLOT_MAP_REFRESH.as_nanos() as u64)
         {
             let flight = Rc::clone(&self.slots_refresh);

@@ -80,6 +80,11 @@ struct Args {
     /// Runtime threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// End the measured window early once this file exists (looked for every 10 ms): a phase whose
+    /// length another process decides (the cluster scenario's resharding). Requests in flight then
+    /// finish and count; no new one starts.
+    #[arg(long)]
+    stop_file: Option<PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -281,6 +286,8 @@ struct Plan {
     end: Option<Instant>,
     /// Request-bounded runs: how many requests in all.
     budget: Option<std::sync::atomic::AtomicU64>,
+    /// When `--stop-file` appeared, once it has.
+    stopped: std::sync::OnceLock<Instant>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -353,6 +360,16 @@ async fn run(args: Args) -> anyhow::Result<LoadResult> {
         measure_from,
         end,
         budget,
+        stopped: std::sync::OnceLock::new(),
+    });
+    let watcher = args.stop_file.clone().map(|file| {
+        let plan = Arc::clone(&plan);
+        tokio::spawn(async move {
+            while !file.exists() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let _ = plan.stopped.set(Instant::now());
+        })
     });
     let mut tasks = Vec::with_capacity(args.concurrency);
     for worker in 0..args.concurrency {
@@ -368,9 +385,13 @@ async fn run(args: Args) -> anyhow::Result<LoadResult> {
     for task in tasks {
         total.merge(task.await?);
     }
-    // A timed run is measured to its end (or its last answer, if later); a walk that ran out of ids and
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
+    // A timed run is measured to its end or its stop file (or its last answer, if later); a walk that ran out of ids and
     // a request-bounded run, to their last answer.
-    let window_end = match (plan.end, total.last_done) {
+    let end = plan.stopped.get().copied().or(plan.end);
+    let window_end = match (end, total.last_done) {
         (Some(end), Some(last)) if !total.exhausted => end.max(last),
         (_, Some(last)) => last,
         (Some(end), None) => end,
@@ -398,7 +419,7 @@ async fn connection(plan: Arc<Plan>, seed: u64, number: usize) -> Tally {
     let mut tally = Tally::new();
     let mut conn = Conn::new(plan.host.as_str());
     loop {
-        if plan.end.is_some_and(|end| Instant::now() >= end) {
+        if plan.end.is_some_and(|end| Instant::now() >= end) || plan.stopped.get().is_some() {
             break;
         }
         if let Some(budget) = &plan.budget {
