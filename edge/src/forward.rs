@@ -32,7 +32,7 @@ use crate::clock::{self, Deadline};
 use crate::config::Config;
 use crate::metrics::{Backend, METRICS};
 pub use crate::outcome::{OriginAnswer, Unavailable};
-use crate::process_tier::{BreakerMark, ORIGIN_BREAKER_KEY, ProcessTier};
+use crate::process_tier::{ORIGIN_BREAKER_KEY, ProcessTier};
 
 /// The origin's headers the edge passes back to the client; the edge sets its own `x-cache`,
 /// `server-timing` and `x-edge-instance`, and the transport headers are the host's business. `etag` is
@@ -105,10 +105,10 @@ impl Origin {
     /// started, if one is running.
     pub async fn restore(&self) {
         let Some(shared) = &self.shared else { return };
-        let mark = shared
-            .breaker_mark(ORIGIN_BREAKER_KEY, self.config.redis_timeout)
-            .await;
-        if let Some(left) = mark.and_then(|m| m.remaining(clock::wall_ms())) {
+        if let Some(left) = shared
+            .breaker_left(ORIGIN_BREAKER_KEY, self.config.redis_timeout)
+            .await
+        {
             self.breaker.borrow_mut().open_for(left, clock::now());
             eprintln!(
                 "aside-edge: origin breaker open for {} ms more: another instance found the origin down",
@@ -156,15 +156,14 @@ impl Origin {
             None => {}
         }
         if let (Some(shared), Some(transition)) = (&self.shared, transition) {
-            let mark = (transition == Transition::Opened).then(|| BreakerMark {
-                open_until_ms: clock::wall_ms().saturating_add(
-                    i64::try_from(self.config.origin_breaker.backoff.as_millis())
-                        .unwrap_or(i64::MAX),
-                ),
-            });
             let limit = deadline.cap(self.config.redis_timeout);
             shared
-                .set_breaker_mark(ORIGIN_BREAKER_KEY, mark, limit)
+                .publish_breaker(
+                    ORIGIN_BREAKER_KEY,
+                    transition == Transition::Opened,
+                    self.config.origin_breaker.backoff,
+                    limit,
+                )
                 .await;
         }
         result

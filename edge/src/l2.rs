@@ -54,7 +54,7 @@ use crate::cluster::{Redirect, SlotMap};
 use crate::config::{Config, RedisMode};
 use crate::flight::SingleFlight;
 use crate::metrics::{Backend, METRICS, RedirectKind};
-use crate::process_tier::{BreakerMark, ProcessTier, REDIS_BREAKER_KEY};
+use crate::process_tier::{ProcessTier, REDIS_BREAKER_KEY};
 
 /// On a cluster, the slot map is asked again at most this often per instance (after a `MOVED`, a
 /// failed node, or while none could be learnt).
@@ -310,10 +310,10 @@ impl Redis {
     /// started, if one is running.
     pub async fn restore(&self) {
         let Some(shared) = &self.shared else { return };
-        let mark = shared
-            .breaker_mark(REDIS_BREAKER_KEY, self.config.redis_timeout)
-            .await;
-        if let Some(left) = mark.and_then(|m| m.remaining(clock::wall_ms())) {
+        if let Some(left) = shared
+            .breaker_left(REDIS_BREAKER_KEY, self.config.redis_timeout)
+            .await
+        {
             self.breaker.borrow_mut().open_for(left, clock::now());
             eprintln!(
                 "aside-edge: redis breaker open for {} ms more: another instance found Redis failing; \
@@ -329,13 +329,13 @@ impl Redis {
         let (Some(shared), Some(transition)) = (&self.shared, self.unpublished.take()) else {
             return;
         };
-        let mark = (transition == Transition::Opened).then(|| BreakerMark {
-            open_until_ms: clock::wall_ms().saturating_add(
-                i64::try_from(self.config.redis_breaker.backoff.as_millis()).unwrap_or(i64::MAX),
-            ),
-        });
         shared
-            .set_breaker_mark(REDIS_BREAKER_KEY, mark, limit)
+            .publish_breaker(
+                REDIS_BREAKER_KEY,
+                transition == Transition::Opened,
+                self.config.redis_breaker.backoff,
+                limit,
+            )
             .await;
     }
 

@@ -109,32 +109,35 @@ impl ProcessTier {
             .await;
     }
 
-    /// The breaker mark at `key` (`ORIGIN_BREAKER_KEY`, `REDIS_BREAKER_KEY`), if one is set and not yet
-    /// passed; at most `limit`.
-    pub async fn breaker_mark(&self, key: &'static str, limit: Duration) -> Option<BreakerMark> {
+    /// What is left of the back-off another instance published at `key` (`ORIGIN_BREAKER_KEY`,
+    /// `REDIS_BREAKER_KEY`), if a mark is set and not yet passed; at most `limit`.
+    pub async fn breaker_left(&self, key: &'static str, limit: Duration) -> Option<Duration> {
         let bytes = self
             .call(limit, |store| async move { store.get(key).await })
             .await??;
-        BreakerMark::decode(&bytes).filter(|m| m.remaining(clock::wall_ms()).is_some())
+        BreakerMark::decode(&bytes)?.remaining(clock::wall_ms())
     }
 
-    /// Sets (or, with `None`, clears) the breaker mark at `key`; at most `limit`.
-    pub async fn set_breaker_mark(
+    /// Publishes a breaker's state change at `key`: opened, a mark until `backoff` from now; closed, the
+    /// mark cleared. At most `limit`.
+    pub async fn publish_breaker(
         &self,
         key: &'static str,
-        mark: Option<BreakerMark>,
+        opened: bool,
+        backoff: Duration,
         limit: Duration,
     ) {
-        match mark {
-            Some(mark) => {
-                let bytes = mark.encode();
-                self.call(limit, |store| async move { store.set(key, &bytes).await })
-                    .await;
+        if opened {
+            let bytes = BreakerMark {
+                open_until_ms: clock::wall_ms()
+                    .saturating_add(i64::try_from(backoff.as_millis()).unwrap_or(i64::MAX)),
             }
-            None => {
-                self.call(limit, |store| async move { store.delete(key).await })
-                    .await;
-            }
+            .encode();
+            self.call(limit, |store| async move { store.set(key, &bytes).await })
+                .await;
+        } else {
+            self.call(limit, |store| async move { store.delete(key).await })
+                .await;
         }
     }
 
