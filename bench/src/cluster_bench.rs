@@ -516,19 +516,7 @@ fn reshard(
     slots: u32,
 ) -> anyhow::Result<()> {
     let log = config.logs.join("cluster-reshard.log");
-    let output = std::process::Command::new("redis-cli")
-        .env("REDISCLI_AUTH", admin)
-        .args([
-            "--user",
-            "admin",
-            "--no-auth-warning",
-            "--cluster",
-            "reshard",
-        ])
-        .arg(format!("127.0.0.1:{port}"))
-        .args(["--cluster-from", from, "--cluster-to", to])
-        .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
-        .stdin(std::process::Stdio::null())
+    let output = xtask::redis_cluster::reshard_command(port, admin, (from, to), slots)
         .output()
         .context("start redis-cli --cluster reshard")?;
     std::fs::write(&log, [&output.stdout[..], &output.stderr[..]].concat())?;

@@ -301,23 +301,16 @@ async fn the_edge_reads_each_key_from_its_node_and_follows_slots_that_move() {
 
     // Online resharding with redis-cli while the edge reads: every answer 200 (from the cluster, or
     // through the origin when a key was redirected twice), none an error.
-    let reshard = std::process::Command::new("redis-cli")
-        .env("REDISCLI_AUTH", cluster.nodes[0].password(RedisUser::Admin))
-        .args([
-            "--user",
-            "admin",
-            "--no-auth-warning",
-            "--cluster",
-            "reshard",
-        ])
-        .arg(format!("127.0.0.1:{}", cluster.nodes[from].port))
-        .args(["--cluster-from", &from_id, "--cluster-to", &to_id])
-        .args(["--cluster-slots", "1000", "--cluster-yes"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let reshard = xtask::redis_cluster::reshard_command(
+        cluster.nodes[from].port,
+        cluster.nodes[0].password(RedisUser::Admin),
+        (&from_id, &to_id),
+        1000,
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let resharding = tokio::task::spawn_blocking(move || reshard.wait_with_output());
     let (mut reads, mut from_l2, mut through_origin) = (0, 0, 0);
     let mut n = 0;

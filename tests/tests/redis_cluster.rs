@@ -880,19 +880,7 @@ async fn under_load(cluster: &RedisCluster, on: &OnCluster) {
     let admin = cluster.nodes[0].password(RedisUser::Admin).to_string();
     let started = std::time::Instant::now();
     let reshard = std::thread::spawn(move || {
-        std::process::Command::new("redis-cli")
-            .env("REDISCLI_AUTH", admin)
-            .args([
-                "--user",
-                "admin",
-                "--no-auth-warning",
-                "--cluster",
-                "reshard",
-            ])
-            .arg(format!("127.0.0.1:{port}"))
-            .args(["--cluster-from", &from_id, "--cluster-to", &to_id])
-            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
-            .stdin(std::process::Stdio::null())
+        xtask::redis_cluster::reshard_command(port, &admin, (&from_id, &to_id), slots)
             .output()
             .unwrap()
     });

@@ -83,6 +83,32 @@ pub fn create_command(ports: &[u16], admin_password: &str, replicas: usize) -> C
     command
 }
 
+/// `redis-cli --cluster reshard` through the node on `port` (127.0.0.1), moving `slots` slots from the
+/// primary `from` to the primary `to` (node ids), logged in as `admin` like [`create_command`]; stdin
+/// closed, no question asked.
+pub fn reshard_command(
+    port: u16,
+    admin_password: &str,
+    (from, to): (&str, &str),
+    slots: u32,
+) -> Command {
+    let mut command = Command::new("redis-cli");
+    command
+        .env("REDISCLI_AUTH", admin_password)
+        .args([
+            "--user",
+            "admin",
+            "--no-auth-warning",
+            "--cluster",
+            "reshard",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["--cluster-from", from, "--cluster-to", to])
+        .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+        .stdin(Stdio::null());
+    command
+}
+
 /// One line of `CLUSTER NODES`: a node, its role and (a primary) its slots.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterNode {
