@@ -77,6 +77,12 @@ fn describe() {
         "aside_origin_redis_errors_total",
         "Redis commands that failed or timed out"
     );
+    metrics::describe_counter!(
+        "aside_origin_redis_refusals_total",
+        "Redis commands Redis answered with an error reply that is not an outage (NOPERM, CROSSSLOT, \
+         WRONGTYPE...): a command or permission the origin got wrong; also counted in \
+         aside_origin_redis_errors_total"
+    );
     metrics::describe_histogram!(
         "aside_origin_http_request_duration_seconds",
         metrics::Unit::Seconds,
@@ -121,6 +127,10 @@ pub fn coalesced() {
 
 pub fn redis_error(op: &'static str) {
     metrics::counter!("aside_origin_redis_errors_total", "op" => op).increment(1);
+}
+
+pub fn redis_refusal(op: &'static str) {
+    metrics::counter!("aside_origin_redis_refusals_total", "op" => op).increment(1);
 }
 
 fn describe_resilience() {

@@ -143,6 +143,7 @@ async fn metrics_expose_every_family_and_move_with_traffic() {
         "aside_origin_db_pool_max_connections",
         "aside_origin_db_pool_waiting_requests",
         "aside_origin_redis_errors_total",
+        "aside_origin_redis_refusals_total",
         "aside_origin_redis_keyspace_hits_total",
         "aside_origin_redis_keyspace_misses_total",
         "aside_origin_redis_evicted_keys_total",
@@ -189,6 +190,11 @@ async fn metrics_expose_every_family_and_move_with_traffic() {
     );
     assert_eq!(
         moved(r#"aside_origin_redis_errors_total{op="hgetall"}"#),
+        1.0
+    );
+    // WRONGTYPE is Redis answering, not an outage: a refusal as well.
+    assert_eq!(
+        moved(r#"aside_origin_redis_refusals_total{op="hgetall"}"#),
         1.0
     );
     assert_eq!(

@@ -245,6 +245,7 @@ impl ProfileCache {
                     permit.failure();
                 } else {
                     // Redis answered (an error reply such as NOPERM): it is up, the call was wrong.
+                    crate::metrics::redis_refusal(op);
                     tracing::warn!(op, error = %e, "Redis refused a command");
                     permit.success();
                 }
