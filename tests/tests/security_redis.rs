@@ -1029,6 +1029,7 @@ async fn origin_and_edge_use_redis_over_tls() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(response.headers()["x-cache"], "MISS");
+    origin.fills_settled().await;
     let mut admin = server.admin(env.redis_db).await.unwrap();
     let filled: bool = admin.exists("user:profile:{1}").await.unwrap();
     assert!(
@@ -1140,6 +1141,8 @@ async fn a_client_that_does_not_trust_the_ca_is_refused_and_postgres_still_serve
     for _ in 0..2 {
         assert_eq!(origin_get(&origin, 1).await, (200, Some("MISS".into())));
     }
+    // The fills (which fail) follow the answers.
+    origin.fills_settled().await;
     let mut admin = server.admin(db).await.unwrap();
     let filled: bool = admin.exists("user:profile:{1}").await.unwrap();
     assert!(
@@ -1169,6 +1172,7 @@ async fn a_client_that_does_not_trust_the_ca_is_refused_and_postgres_still_serve
         assert_eq!(response.headers()["x-cache"], expected);
     }
     // (The origin filled the stack's plain Redis; the edge could not read the TLS one.)
+    origin.fills_settled().await;
     let filled: bool = stack_admin.exists("user:profile:{2}").await.unwrap();
     assert!(filled);
     edge.shutdown().await;
@@ -1211,6 +1215,7 @@ async fn redis_can_require_client_certificates_and_the_origin_presents_one() {
     .await
     .unwrap();
     assert_eq!(origin_get(&origin, 1).await, (200, Some("MISS".into())));
+    origin.fills_settled().await;
     assert_eq!(origin_get(&origin, 1).await, (200, Some("HIT".into())));
 }
 
