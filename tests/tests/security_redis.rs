@@ -1071,9 +1071,19 @@ async fn origin_and_edge_use_redis_over_tls() {
         on_tls.contains(&"origin") && on_tls.contains(&"edge"),
         "clients on the TLS port: {on_tls:?}\n{clients:#?}"
     );
+    let errors = metric(&origin.url(), "aside_origin_redis_errors_total").await;
     assert_eq!(
-        metric(&origin.url(), "aside_origin_redis_errors_total").await,
-        0.0
+        errors,
+        0.0,
+        "Redis errors at the origin:\n{}",
+        aside_tests::harness::scrape_text(&format!("{}/metrics", origin.url()))
+            .await
+            .lines()
+            .filter(|l| l.contains("redis_errors") || l.contains("cache_fills"))
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
+            + &origin.log()
     );
     edge.shutdown().await;
 }
