@@ -2,8 +2,8 @@
 //! `cluster.conf` and the ACL users), formed by `redis-cli --cluster create`: three primaries, three
 //! replicas. One cluster for the whole binary (it is heavy), so everything is checked in one test.
 //!
-//! Under a 95 % read / 5 % write load through the origin (and, in the reshard and SIGKILL scenarios,
-//! through an edge under real Spin as well): steady, online resharding, a node added and rebalanced, a
+//! Under a 95 % read / 5 % write load through the origin and, at the same time, through an edge under
+//! real Spin: steady, online resharding, a node added and rebalanced, a
 //! primary paused beyond `cluster-node-timeout`, a primary SIGKILLed; each reports requests, failed
 //! reads, writes lost, stale hashes after settle and the time until every slot is served.
 //!
@@ -864,9 +864,24 @@ async fn origin_metric(on: &OnCluster, name: &str, labels: &[&str]) -> f64 {
 /// 95 % reads / 5 % writes over 200 ids through the origin on the cluster: steady, and during an online
 /// resharding of a third of the slots (`redis-cli --cluster reshard`).
 async fn under_load(cluster: &RedisCluster, on: &OnCluster) {
-    // Steady: the ids on all three primaries.
-    let report = on.load(Duration::from_secs(3)).run().await;
+    // Steady: the ids on all three primaries, through the origin and the edge at once.
+    let (report, at_edge) = tokio::join!(
+        on.load(Duration::from_secs(3)).run(),
+        on.edge_load(Duration::from_secs(3)).run()
+    );
     on.check(cluster, "steady", &report, "3 primaries").await;
+    on.check_edge("steady", &at_edge).await;
+    // The edge read tier 2 from the cluster (its tier 1 is off): most reads are L2 hits.
+    let reads = at_edge.samples.iter().filter(|s| !s.write).count();
+    let l2 = at_edge
+        .samples
+        .iter()
+        .filter(|s| !s.write && s.cache() == "L2")
+        .count();
+    assert!(
+        l2 * 2 > reads,
+        "steady at the edge: {l2} of {reads} reads from the cluster"
+    );
 
     // Online resharding: a third of the slots from one primary to another, under the load.
     let view = cluster.cluster_nodes().await.unwrap();
@@ -944,6 +959,10 @@ fn fullest_with_replica(
 async fn node_added(cluster: &mut RedisCluster, on: &OnCluster) {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = load_in_background(on, Duration::from_secs(1), std::sync::Arc::clone(&stop));
+    let at_edge = in_background(
+        on.edge_load(Duration::from_secs(1)),
+        std::sync::Arc::clone(&stop),
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let started = std::time::Instant::now();
     let added = cluster.add_node().await.unwrap();
@@ -972,6 +991,7 @@ async fn node_added(cluster: &mut RedisCluster, on: &OnCluster) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let report = load.await.unwrap();
+    let at_edge = at_edge.await.unwrap();
     assert!(
         output.status.success(),
         "rebalance: {}{}",
@@ -992,6 +1012,7 @@ async fn node_added(cluster: &mut RedisCluster, on: &OnCluster) {
         &format!("add-node and rebalance took {took:?}, {on_added} slots on the added node"),
     )
     .await;
+    on.check_edge("node_added", &at_edge).await;
 }
 
 /// A primary paused (SIGSTOP: it keeps its sockets and answers nothing, as behind a partition) beyond
@@ -1010,6 +1031,10 @@ async fn primary_paused(cluster: &RedisCluster, on: &OnCluster) {
         .unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = load_in_background(on, Duration::from_secs(1), std::sync::Arc::clone(&stop));
+    let at_edge = in_background(
+        on.edge_load(Duration::from_secs(1)),
+        std::sync::Arc::clone(&stop),
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let paused = std::time::Instant::now();
     cluster.nodes[victim_index].pause(true);
@@ -1031,6 +1056,7 @@ async fn primary_paused(cluster: &RedisCluster, on: &OnCluster) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let report = load.await.unwrap();
+    let at_edge = at_edge.await.unwrap();
     assert!(served, "no failover of the paused {}", victim.port);
     assert!(
         rejoined,
@@ -1049,6 +1075,7 @@ async fn primary_paused(cluster: &RedisCluster, on: &OnCluster) {
         ),
     )
     .await;
+    on.check_edge("primary_paused", &at_edge).await;
 }
 
 /// A primary SIGKILLed under the load: the cluster promotes its replica (after `cluster-node-timeout`
