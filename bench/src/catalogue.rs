@@ -604,17 +604,23 @@ mod tests {
         // The baseline needs no cache and reads no x-cache.
         let hello = host.iter().find(|p| p.scenario == report::HELLO).unwrap();
         assert_eq!((hello.cache, hello.expect.0), (Cache::Any, &["none"][..]));
-        // Every target has its own port and service name.
+        // Every target has its own port and service name (hello-origin too, which only a topology
+        // run starts).
         let ports = Ports::pick(&[Rt::Spin, Rt::Host], 0).unwrap();
         let mut seen: Vec<u16> = ports.targets.iter().map(|(_, p)| *p).collect();
         seen.extend([ports.redis, ports.postgres]);
         seen.sort_unstable();
         seen.dedup();
-        assert_eq!(seen.len(), 13 + 2);
+        assert_eq!(seen.len(), 15 + 2);
         let mut names: Vec<&str> = ports.targets.iter().map(|(t, _)| t.service()).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), 13);
+        assert_eq!(names.len(), 15);
+        assert!(names.contains(&"hello-origin-spin"));
+        assert!(
+            Target::served_under(Rt::Spin).all(|t| !matches!(t, Target::HelloOrigin(_))),
+            "the loopback stack does not start hello-origin"
+        );
         assert!(!names.contains(&"edge-shared-host"));
     }
 }

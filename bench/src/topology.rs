@@ -764,7 +764,7 @@ mod tests {
         // `edge`: 2 ms to Redis and 50 ms to the origin per round trip.
         assert!(
             table.contains(
-                "| edge | 2 / 50 | 52.00 / 56.00 | 55.50 / 58.00 | 60.00 / 70.00 | +3.50 | +4.50 | +8.00 |"
+                "| edge | 2 / 50 | 52.0 / 56.0 | 55.5 / 58.0 | 60.0 / 70.0 | +3.50 | +4.50 | +8.00 |"
             ),
             "{table}"
         );
