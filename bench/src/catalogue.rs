@@ -23,6 +23,10 @@ pub(crate) enum Target {
     /// The hello-redis component (bench/hello-redis): one `HGETALL` through the runtime's Redis binding
     /// per request, nothing else: what an L2 hit costs before the edge adds anything.
     HelloRedis(Rt),
+    /// The hello-origin component (bench/hello-origin): each GET forwarded to the origin through the
+    /// runtime's outbound HTTP, nothing else: what a miss through the edge costs before the edge adds
+    /// anything. Only in `--topology` runs, in front of the cache-off origin.
+    HelloOrigin(Rt),
     /// The origin, directly, with its bearer token.
     Origin,
     /// An origin started with `ASIDE_CACHE=off`: every read is a PostgreSQL query.
@@ -38,6 +42,7 @@ impl Target {
             Target::EdgeAuthOff(_) => "edge with client authentication off",
             Target::Hello(_) => "hello-world component",
             Target::HelloRedis(_) => "hello-redis component",
+            Target::HelloOrigin(_) => "hello-origin component",
             Target::Origin => "origin",
             Target::OriginCacheOff => "origin with ASIDE_CACHE=off",
         }
@@ -51,7 +56,8 @@ impl Target {
             | Target::EdgeShared(rt)
             | Target::EdgeAuthOff(rt)
             | Target::Hello(rt)
-            | Target::HelloRedis(rt) => Some(rt),
+            | Target::HelloRedis(rt)
+            | Target::HelloOrigin(rt) => Some(rt),
             Target::Origin | Target::OriginCacheOff => None,
         }
     }
@@ -65,12 +71,13 @@ impl Target {
             Target::EdgeAuthOff(_) => Target::EdgeAuthOff(rt),
             Target::Hello(_) => Target::Hello(rt),
             Target::HelloRedis(_) => Target::HelloRedis(rt),
+            Target::HelloOrigin(_) => Target::HelloOrigin(rt),
             origin => origin,
         }
     }
 
     /// Every edge and baseline target the bench stack serves under `rt` (the shared tier only where
-    /// `rt` has a key-value store).
+    /// `rt` has a key-value store). Not hello-origin, which only a topology run starts.
     pub(crate) fn served_under(rt: Rt) -> impl Iterator<Item = Target> {
         [
             Target::Edge(rt),
@@ -99,6 +106,8 @@ impl Target {
             Target::Hello(Rt::Host) => "hello-host",
             Target::HelloRedis(Rt::Spin) => "hello-redis-spin",
             Target::HelloRedis(Rt::Host) => "hello-redis-host",
+            Target::HelloOrigin(Rt::Spin) => "hello-origin-spin",
+            Target::HelloOrigin(Rt::Host) => "hello-origin-host",
             Target::Origin => "origin",
             Target::OriginCacheOff => "origin-cache-off",
         }
@@ -208,6 +217,11 @@ const TOPO_EDGE_ONE: &str = "the edge's Zipf reads from one connection, one requ
 const TOPO_HELLO_REDIS: &str = "the hello-redis component (one HGETALL through Spin's Redis binding, \
     nothing else) behind the same client→edge and edge→Redis hops, from every connection and from one: \
     what Spin and the network cost an L2 hit before the edge adds anything.";
+const TOPO_HELLO_ORIGIN: &str = "the hello-origin component (each GET forwarded through Spin's \
+    outbound HTTP to the origin with ASIDE_CACHE=off, nothing else: no Redis, no tiers, no client \
+    authentication) behind the same client→edge and edge→origin hops as the edge, the walk's keys: \
+    what Spin's HTTP server, its HTTP client and the extra hop cost a miss before the edge adds \
+    anything.";
 
 /// A catalogue row: `scenario` with `keys` against `target` on `cache`, no writes, `--concurrency`
 /// connections; `expect` is the `x-cache` classes and the share of reads they must answer.
@@ -444,7 +458,8 @@ pub(crate) fn runs_under(target: Target, rt: Rt) -> bool {
 /// The runs of one topology: misses through the origin (a walk on an emptied Redis), then the edge
 /// with every profile in Redis (Zipf and uniform from every connection, Zipf from one), hello-redis
 /// behind the same hops (from every connection and from one: Spin's share of an L2 hit; and, with
-/// `shared_tier`, the edge with the shared tier on), then the same reads with no cache.
+/// `shared_tier`, the edge with the shared tier on), then the same reads with no cache, and
+/// hello-origin's walk in front of the cache-off origin (Spin's share of a miss).
 pub(crate) fn topology_plans(rt: Rt, shared_tier: bool) -> Vec<Plan> {
     let edge = Target::Edge(rt);
     let shared = Target::EdgeShared(rt);
@@ -524,6 +539,14 @@ pub(crate) fn topology_plans(rt: Rt, shared_tier: bool) -> Vec<Plan> {
             (MISS, 0.9),
         )
     }));
+    plans.push(row(
+        topology::HELLO_ORIGIN,
+        Walk,
+        Target::HelloOrigin(rt),
+        Cache::Any,
+        TOPO_HELLO_ORIGIN,
+        (NONE, 0.99),
+    ));
     plans
 }
 
@@ -581,17 +604,23 @@ mod tests {
         // The baseline needs no cache and reads no x-cache.
         let hello = host.iter().find(|p| p.scenario == report::HELLO).unwrap();
         assert_eq!((hello.cache, hello.expect.0), (Cache::Any, &["none"][..]));
-        // Every target has its own port and service name.
+        // Every target has its own port and service name (hello-origin too, which only a topology
+        // run starts).
         let ports = Ports::pick(&[Rt::Spin, Rt::Host], 0).unwrap();
         let mut seen: Vec<u16> = ports.targets.iter().map(|(_, p)| *p).collect();
         seen.extend([ports.redis, ports.postgres]);
         seen.sort_unstable();
         seen.dedup();
-        assert_eq!(seen.len(), 13 + 2);
+        assert_eq!(seen.len(), 15 + 2);
         let mut names: Vec<&str> = ports.targets.iter().map(|(t, _)| t.service()).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), 13);
+        assert_eq!(names.len(), 15);
+        assert!(names.contains(&"hello-origin-spin"));
+        assert!(
+            Target::served_under(Rt::Spin).all(|t| !matches!(t, Target::HelloOrigin(_))),
+            "the loopback stack does not start hello-origin"
+        );
         assert!(!names.contains(&"edge-shared-host"));
     }
 }

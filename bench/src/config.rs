@@ -185,6 +185,7 @@ fn check_built(root: &Path, bin: &Path, runtimes: &Runtimes) -> anyhow::Result<(
         wasm.join("aside_edge.wasm"),
         wasm.join("aside_hello.wasm"),
         wasm.join("aside_hello_redis.wasm"),
+        wasm.join("aside_hello_origin.wasm"),
     ]
     .into_iter()
     .chain(

@@ -337,7 +337,11 @@ pub(crate) fn loader_args(url: String, target: Target, stack: &Stack) -> Vec<Str
         Target::Edge(_) | Target::EdgeL1Off(_) | Target::EdgeShared(_) => {
             Some(&stack.client_auth.tokens_file)
         }
-        Target::EdgeAuthOff(_) | Target::Hello(_) | Target::HelloRedis(_) => None,
+        // hello-origin sends the origin's token itself.
+        Target::EdgeAuthOff(_)
+        | Target::Hello(_)
+        | Target::HelloRedis(_)
+        | Target::HelloOrigin(_) => None,
     };
     if let Some(file) = bearer {
         args.extend(["--bearer-file".to_string(), file.display().to_string()]);

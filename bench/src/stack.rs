@@ -35,6 +35,8 @@ impl Ports {
         let mut targets = vec![Target::Origin, Target::OriginCacheOff];
         for rt in runtimes {
             targets.extend(Target::served_under(*rt));
+            // Started by topology runs only.
+            targets.push(Target::HelloOrigin(*rt));
         }
         // Hold every listener until all are picked, so no two are the same.
         let listeners: Vec<std::net::TcpListener> = (0..targets.len() + 2 + proxies)
@@ -336,6 +338,7 @@ pub(crate) fn edge_command(
     let manifest = match target {
         Target::Hello(_) => root.join("bench/hello/spin.toml"),
         Target::HelloRedis(_) => root.join("bench/hello-redis/spin.toml"),
+        Target::HelloOrigin(_) => root.join("bench/hello-origin/spin.toml"),
         _ => root.join("spin.toml"),
     };
     let state = config.logs.join(format!("{}-state", target.service()));
@@ -347,6 +350,8 @@ pub(crate) fn edge_command(
         Target::Hello(_) => EdgeVariables::new(),
         // The edge's Redis user: the same ACL (HGETALL of profile keys) the edge reads with.
         Target::HelloRedis(_) => EdgeVariables::new().redis(&redis, "edge", &secrets.redis_edge),
+        // The origin at `origin_url` (a topology run gives the cache-off origin's) with its token.
+        Target::HelloOrigin(_) => EdgeVariables::new().origin(origin_url, &secrets.origin_token),
         // The address is also the `allowed_outbound_hosts` entry spin.toml templates from it, so a
         // proxy's port is allowed like Redis's own. Client authentication as users run it
         // (docs/security.md): on, with the local issuer's key as a static JWKS; aside-load sends a

@@ -131,6 +131,9 @@ pub const EDGE_ONE: &str = "edge-1conn";
 pub const HELLO_REDIS: &str = crate::report::HELLO_REDIS;
 pub const HELLO_REDIS_ONE: &str = "hello-redis-1conn";
 pub const NO_CACHE: &str = "no-cache";
+/// The hello-origin component in front of the cache-off origin, across the same client→edge and
+/// edge→origin hops (a walk from every connection): Spin's and the network's share of a miss.
+pub const HELLO_ORIGIN: &str = "hello-origin";
 
 /// The runs of one topology.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -376,7 +379,7 @@ impl TopologyReport {
             "edge: Redis miss",
             "edge: origin request",
             "origin: Redis",
-            "origin: PostgreSQL + fill",
+            "origin: lease + PostgreSQL",
             "origin request − origin's work",
             "client's wait − edge tiers",
             "no cache (Zipf)",
@@ -392,6 +395,74 @@ impl TopologyReport {
             let mut row = vec![t.name.clone(), format!("{round_trip}")];
             row.extend(cells.map(|c| c.map_or("–".into(), |ms| format!("{ms:.2}"))));
             Some(row)
+        });
+        Some(md_table(&header, |i| i > 0, rows))
+    }
+
+    /// A miss through the edge against its two baselines, per topology, p50 / p99 in ms: no cache
+    /// (the client calls the cache-off origin across client→edge and edge→origin), hello-origin (the
+    /// same call through a Spin component that only forwards it: Spin's HTTP server and client, and
+    /// the hop through it), and the edge's miss (the walk on an emptied Redis); then the differences
+    /// at p50: what Spin and the extra hop add to no cache, and what the edge adds to that. `None`
+    /// when no topology ran [`HELLO_ORIGIN`].
+    pub fn miss_baselines_table(&self) -> Option<String> {
+        let whole = |t: &TopologyRuns, scenario, keys| {
+            t.run(scenario, keys)
+                .filter(|r| r.requests > 0)
+                .map(|r| TierLatency::from(&r.latency_us))
+        };
+        let miss = |t: &TopologyRuns| {
+            t.run(EDGE_MISS, "walk")
+                .and_then(|r| r.tier_latency_us.get("MISS"))
+                .map(TierLatency::from)
+        };
+        if self
+            .topologies
+            .iter()
+            .all(|t| whole(t, HELLO_ORIGIN, "walk").is_none())
+        {
+            return None;
+        }
+        let cell = |t: Option<TierLatency>| {
+            t.map_or("–".into(), |t| {
+                format!("{} / {}", ms(t.p50_us), ms(t.p99_us))
+            })
+        };
+        let gap = |a: Option<TierLatency>, b: Option<TierLatency>| match (a, b) {
+            (Some(a), Some(b)) => format!("{:+.2}", (a.p50_us as f64 - b.p50_us as f64) / 1000.0),
+            _ => "–".into(),
+        };
+        let header = [
+            "topology",
+            "edge→Redis / edge→origin round trip ms",
+            "no cache (uniform)",
+            "hello-origin",
+            "miss via the edge",
+            "hello-origin − no cache, p50",
+            "miss − hello-origin, p50",
+            "miss − no cache, p50",
+        ];
+        let rows = self.topologies.iter().map(|t| {
+            let round_trip = |hop: Hop| 2.0 * t.delays_ms.get(hop.name()).copied().unwrap_or(0.0);
+            let (none, hello, miss) = (
+                whole(t, NO_CACHE, "uniform"),
+                whole(t, HELLO_ORIGIN, "walk"),
+                miss(t),
+            );
+            vec![
+                t.name.clone(),
+                format!(
+                    "{} / {}",
+                    round_trip(Hop::EdgeRedis),
+                    round_trip(Hop::EdgeOrigin)
+                ),
+                cell(none),
+                cell(hello),
+                cell(miss),
+                gap(hello, none),
+                gap(miss, hello),
+                gap(miss, none),
+            ]
         });
         Some(md_table(&header, |i| i > 0, rows))
     }
@@ -419,6 +490,14 @@ impl TopologyReport {
             let _ = writeln!(
                 out,
                 "\nL2 hits (Zipf) from one connection and from every connection, p50 / p99 in ms:\n"
+            );
+            out.push_str(&table);
+        }
+        if let Some(table) = self.miss_baselines_table() {
+            let _ = writeln!(
+                out,
+                "\nA miss through the edge against no cache and against hello-origin (a Spin component \
+                 that only forwards the read to the same cache-off origin), p50 / p99 in ms:\n"
             );
             out.push_str(&table);
         }
@@ -660,6 +739,38 @@ mod tests {
             ),
             "{table}"
         );
+    }
+
+    #[test]
+    fn a_miss_sits_beside_no_cache_and_hello_origin() {
+        let latency = |(p50, p99)| Latency {
+            p50,
+            p99,
+            ..Default::default()
+        };
+        let miss = run(EDGE_MISS, "walk", &[("MISS", 100, (60_000, 70_000))]);
+        let mut no_cache = run(NO_CACHE, "uniform", &[("MISS", 100, (52_000, 60_000))]);
+        no_cache.result.latency_us = latency((52_000, 56_000));
+        assert!(
+            report(vec![miss.clone(), no_cache.clone()])
+                .miss_baselines_table()
+                .is_none(),
+            "no hello-origin run, no table"
+        );
+        let mut hello = run(HELLO_ORIGIN, "walk", &[]);
+        hello.result.latency_us = latency((55_500, 58_000));
+        let r = report(vec![miss, no_cache, hello]);
+        let table = r.miss_baselines_table().unwrap();
+        // `edge`: 2 ms to Redis and 50 ms to the origin per round trip.
+        assert!(
+            table.contains(
+                "| edge | 2 / 50 | 52.0 / 56.0 | 55.5 / 58.0 | 60.0 / 70.0 | +3.50 | +4.50 | +8.00 |"
+            ),
+            "{table}"
+        );
+        assert!(r.markdown().contains(&table));
+        // hello-origin adds no line to the main table.
+        assert!(!r.markdown_table().contains(HELLO_ORIGIN));
     }
 
     #[test]

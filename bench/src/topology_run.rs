@@ -38,10 +38,13 @@ pub(crate) struct Proxies {
     pub(crate) client_shared: Option<Proxy>,
     /// In front of the hello-redis component (which reads Redis through `edge_side`'s first proxy).
     pub(crate) client_hello_redis: Proxy,
+    /// In front of the hello-origin component (which reaches the cache-off origin through
+    /// `edge_side`'s last proxy).
+    pub(crate) client_hello_origin: Proxy,
 }
 
 /// How many proxy ports a topology run needs (the one at [`SHARED_PROXY`] only with `--shared-tier on`).
-pub(crate) const PROXY_COUNT: usize = 9;
+pub(crate) const PROXY_COUNT: usize = 10;
 const SHARED_PROXY: usize = 7;
 
 impl Proxies {
@@ -101,6 +104,12 @@ impl Proxies {
                 8,
                 ports.port(Target::HelloRedis(rt)),
             ),
+            client_hello_origin: proxy(
+                "delay-client-hello-origin",
+                Hop::ClientEdge,
+                9,
+                ports.port(Target::HelloOrigin(rt)),
+            ),
         }
     }
 
@@ -111,6 +120,7 @@ impl Proxies {
             (Target::OriginCacheOff, _) => no_cache.port,
             (Target::EdgeShared(_), Some(shared)) => shared.port,
             (Target::HelloRedis(_), _) => self.client_hello_redis.port,
+            (Target::HelloOrigin(_), _) => self.client_hello_origin.port,
             _ => edge.port,
         };
         format!("http://127.0.0.1:{port}")
@@ -196,6 +206,9 @@ fn write_topology_report(config: &Config, report: &TopologyReport) -> anyhow::Re
     if let Some(table) = report.l2_by_connections_table() {
         println!("L2 hits (Zipf), 1 connection and every connection:\n{table}");
     }
+    if let Some(table) = report.miss_baselines_table() {
+        println!("A miss, its baselines (p50 / p99, ms):\n{table}");
+    }
     if let Some(table) = report.miss_breakdown_table() {
         println!("Where a miss through the edge spends its time (means, ms):\n{table}");
     }
@@ -258,8 +271,13 @@ pub(crate) fn start_topology(
         stack.services.wait_for_port(port, logs)?;
     }
     start_proxies(stack, &proxies.edge_side)?;
-    let [redis, origin, _] = &proxies.edge_side;
+    let [redis, origin, no_cache_origin] = &proxies.edge_side;
     let upstreams = (redis.port, format!("http://127.0.0.1:{}", origin.port));
+    // hello-origin forwards to the cache-off origin across the same edge→origin hop as no cache's reads.
+    let no_cache_upstreams = (
+        redis.port,
+        format!("http://127.0.0.1:{}", no_cache_origin.port),
+    );
     let mut names = vec![Target::Origin.service(), Target::OriginCacheOff.service()];
     let mut listening = Vec::new();
     let edges = [
@@ -269,10 +287,15 @@ pub(crate) fn start_topology(
             .as_ref()
             .map(|_| Target::EdgeShared(rt)),
         Some(Target::HelloRedis(rt)),
+        Some(Target::HelloOrigin(rt)),
     ];
     for target in edges.into_iter().flatten() {
         let port = stack.ports.port(target);
-        let edge = edge_command(config, stack, target, port, &upstreams);
+        let upstreams = match target {
+            Target::HelloOrigin(_) => &no_cache_upstreams,
+            _ => &upstreams,
+        };
+        let edge = edge_command(config, stack, target, port, upstreams);
         stack
             .services
             .spawn(target.service(), edge, logs, libc::SIGTERM)?;
@@ -283,6 +306,7 @@ pub(crate) fn start_topology(
     start_proxies(stack, &proxies.client_side)?;
     start_proxies(stack, proxies.client_shared.as_slice())?;
     start_proxies(stack, std::slice::from_ref(&proxies.client_hello_redis))?;
+    start_proxies(stack, std::slice::from_ref(&proxies.client_hello_origin))?;
     names.extend(started);
     Ok(names)
 }
@@ -296,7 +320,7 @@ mod tests {
     #[test]
     fn topology_runs_add_the_shared_tier_only_when_asked() {
         let off = topology_plans(Rt::Spin, false);
-        assert_eq!(off.len(), 8);
+        assert_eq!(off.len(), 9);
         // Two runs read from one connection (an L2 hit alone, and hello-redis's HGETALL alone), the
         // others from `--concurrency`.
         let single: Vec<(&str, Target)> = off
@@ -323,12 +347,28 @@ mod tests {
             proxies.client_hello_redis.upstream,
             ports.port(Target::HelloRedis(Rt::Spin))
         );
+        // hello-origin: one walk from every connection, reached through its own client-side proxy.
+        let hello_origin: Vec<&Plan> = off
+            .iter()
+            .filter(|p| p.target == Target::HelloOrigin(Rt::Spin))
+            .collect();
+        assert_eq!(hello_origin.len(), 1);
+        assert_eq!(hello_origin[0].scenario, topology::HELLO_ORIGIN);
+        assert_eq!(hello_origin[0].connections, None);
+        assert_eq!(
+            proxies.route(Target::HelloOrigin(Rt::Spin)),
+            format!("http://127.0.0.1:{}", proxies.client_hello_origin.port)
+        );
+        assert_eq!(
+            proxies.client_hello_origin.upstream,
+            ports.port(Target::HelloOrigin(Rt::Spin))
+        );
         assert!(
             off.iter()
                 .all(|p| !matches!(p.target, Target::EdgeShared(_)))
         );
         let on = topology_plans(Rt::Spin, true);
-        assert_eq!(on.len(), 10);
+        assert_eq!(on.len(), 11);
         let shared: Vec<&Plan> = on
             .iter()
             .filter(|p| p.scenario == topology::EDGE_SHARED)

@@ -160,6 +160,10 @@ fn describe_observability() {
         "aside_origin_cache_fills_total",
         "Read-path fills of Redis after a PostgreSQL load, by outcome (written, kept_newer, error)"
     );
+    metrics::describe_gauge!(
+        "aside_origin_cache_fills_pending",
+        "Read-path fills (with their re-check and lease release) still running after their answer went out"
+    );
     metrics::describe_counter!(
         "aside_origin_write_throughs_total",
         "Write-throughs to Redis after a committed API write, by outcome (written, kept_newer, error)"
@@ -228,6 +232,23 @@ pub fn http_request(route: &str, method: &'static str, status: u16, seconds: f64
 
 pub fn cache_fill(outcome: &'static str) {
     metrics::counter!("aside_origin_cache_fills_total", "outcome" => outcome).increment(1);
+}
+
+/// One read-path fill running after its answer: counted in `aside_origin_cache_fills_pending` from
+/// before the answer goes out until dropped.
+pub struct PendingFill(());
+
+impl PendingFill {
+    pub fn start() -> Self {
+        metrics::gauge!("aside_origin_cache_fills_pending").increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for PendingFill {
+    fn drop(&mut self) {
+        metrics::gauge!("aside_origin_cache_fills_pending").decrement(1.0);
+    }
 }
 
 pub fn write_through(outcome: &'static str) {

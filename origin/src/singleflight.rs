@@ -3,6 +3,11 @@
 //! The first caller (the leader) starts the work on its own task, so that the work finishes and every
 //! waiter gets the result even if the leader's request is cancelled; later callers for the same key await
 //! the same shared future. The key is forgotten as soon as the work ends: the next caller starts afresh.
+//!
+//! Work may also leave a *tail* ([`SingleFlight::run_with_tail`]): something to do after its result is
+//! known (the read path's cache fill). Every waiter gets the result as soon as the work returns it; the
+//! key stays in flight until the tail has run too, so a call arriving meanwhile shares the result it
+//! would otherwise have found in the cache, instead of starting the work again.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -44,25 +49,48 @@ where
         F: FnOnce() -> Fut,
         Fut: Future<Output = V> + Send + 'static,
     {
+        self.run_with_tail(key, move || {
+            let fut = work();
+            async move { (fut.await, std::future::ready(())) }
+        })
+        .await
+    }
+
+    /// Like [`SingleFlight::run`], for work that returns its result and a tail: the result goes to every
+    /// waiter at once, the tail runs after it on the same task, and the key is forgotten only when the
+    /// tail has ended (or the task was dropped, e.g. at shutdown).
+    pub async fn run_with_tail<F, Fut, T>(&self, key: K, work: F) -> (V, Role)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = (V, T)> + Send + 'static,
+        T: Future<Output = ()> + Send + 'static,
+    {
         let (shared, role) = {
             let mut inflight = self.inflight.lock().expect("single-flight lock poisoned");
             if let Some(existing) = inflight.get(&key) {
                 (existing.clone(), Role::Follower)
             } else {
                 let fut = work();
-                let map = Arc::clone(&self.inflight);
-                let task_key = key.clone();
+                let (result, answered) = tokio::sync::oneshot::channel();
+                // Forgets the key when the task ends, however it ends (a panic, a dropped runtime).
+                let forget = Forget {
+                    map: Arc::clone(&self.inflight),
+                    key: Some(key.clone()),
+                };
                 let task = tokio::spawn(async move {
-                    let value = fut.await;
-                    map.lock()
-                        .expect("single-flight lock poisoned")
-                        .remove(&task_key);
-                    value
+                    let _forget = forget;
+                    let (value, tail) = fut.await;
+                    let _ = result.send(value);
+                    tail.await;
                 });
                 let shared = async move {
-                    match task.await {
+                    match answered.await {
                         Ok(value) => value,
-                        Err(e) => std::panic::resume_unwind(e.into_panic()),
+                        // The work ended without a result: it panicked.
+                        Err(_) => match task.await {
+                            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                            _ => panic!("single-flight work ended without a result"),
+                        },
                     }
                 }
                 .boxed()
@@ -72,6 +100,21 @@ where
             }
         };
         (shared.await, role)
+    }
+}
+
+/// Removes a run's key from the in-flight map when dropped. The run's task cannot remove it before the
+/// leader has inserted it: both hold the map's lock.
+struct Forget<K: Eq + Hash, V> {
+    map: Arc<Mutex<HashMap<K, Shared<BoxFuture<'static, V>>>>>,
+    key: Option<K>,
+}
+
+impl<K: Eq + Hash, V> Drop for Forget<K, V> {
+    fn drop(&mut self) {
+        if let (Some(key), Ok(mut map)) = (self.key.take(), self.map.lock()) {
+            map.remove(&key);
+        }
     }
 }
 
@@ -141,5 +184,69 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(5)).await;
         leader.abort();
         assert_eq!(follower.await.unwrap(), (9, Role::Follower));
+    }
+
+    #[tokio::test]
+    async fn the_result_comes_before_the_tail_and_the_key_stays_in_flight_until_it_ends() {
+        let flight = Arc::new(SingleFlight::<u32, u32>::default());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (release_tail, tail_released) = tokio::sync::oneshot::channel::<()>();
+        let (tail_done, tail_finished) = tokio::sync::oneshot::channel::<()>();
+        let counted = Arc::clone(&runs);
+        let (first, role) = flight
+            .run_with_tail(3, move || async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let tail = async move {
+                    let _ = tail_released.await;
+                    let _ = tail_done.send(());
+                };
+                (30, tail)
+            })
+            .await;
+        assert_eq!(
+            (first, role),
+            (30, Role::Leader),
+            "answered while the tail waits"
+        );
+        // The tail is still running: a new call shares the result without running the work.
+        let counted = Arc::clone(&runs);
+        let (second, role) = flight
+            .run(3, move || async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                31
+            })
+            .await;
+        assert_eq!((second, role), (30, Role::Follower));
+        release_tail.send(()).unwrap();
+        tail_finished.await.unwrap();
+        // The tail has ended: the key is forgotten (the task drops it right after the tail).
+        let mut third = (0, Role::Follower);
+        for _ in 0..100 {
+            let counted = Arc::clone(&runs);
+            third = flight
+                .run(3, move || async move {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    32
+                })
+                .await;
+            if third.1 == Role::Leader {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(third, (32, Role::Leader));
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_run_reaches_its_waiters_and_is_forgotten() {
+        let flight = SingleFlight::<u32, u32>::default();
+        let panicked = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+            flight.run(4, || async { panic!("boom") }),
+        ))
+        .await;
+        assert!(panicked.is_err());
+        let (value, role) = flight.run(4, || async { 8 }).await;
+        assert_eq!((value, role), (8, Role::Leader));
     }
 }

@@ -529,6 +529,8 @@ async fn an_unknown_id_is_cached_as_missing_and_a_created_row_replaces_the_marke
     // 404 from PostgreSQL, then from Redis without a query.
     let miss = get(&origin, 6).await;
     assert_eq!((miss.status, miss.header("x-cache")), (404, Some("MISS")));
+    // The marker is filled (and PostgreSQL re-read) after the answer.
+    origin.fills_settled().await;
     let h = hash(&mut redis, 6).await;
     assert_eq!(h.get("_state").map(String::as_str), Some("missing"));
     assert_eq!(h.get("_version").map(String::as_str), Some("0"));
@@ -561,6 +563,7 @@ async fn an_unknown_id_is_cached_as_missing_and_a_created_row_replaces_the_marke
 
     // Created in PostgreSQL with an explicit id over a cached marker: change capture replaces it.
     assert_eq!(get(&origin, 500).await.status, 404);
+    origin.fills_settled().await;
     assert!(state_is("missing")(&hash(&mut redis, 500).await));
     let db = psql(stack, &env).await;
     db.execute(
@@ -632,7 +635,8 @@ async fn a_delayed_fill_of_the_old_row_does_not_overwrite_a_newer_write_through(
     let read = reader.await.unwrap();
     assert_eq!((read.status, read.header("x-cache")), (200, Some("MISS")));
     assert_eq!(read.json(), old, "the reader did read the old row");
-    // Its late fill of version 1 was refused: the cache holds version 2.
+    // Its late fill of version 1 (after the answer) was refused: the cache holds version 2.
+    origin.fills_settled().await;
     let h = hash(&mut redis, 1).await;
     let (cached, version) = hash_profile(1, &h).expect("a profile");
     assert_eq!(version, 2);
@@ -668,6 +672,7 @@ async fn a_delayed_fill_loses_to_a_delete_tombstone_and_to_an_out_of_band_update
         .unwrap();
     assert_eq!(deleted.status().as_u16(), 204);
     assert_eq!(reader.await.unwrap().status, 200, "read before the delete");
+    origin.fills_settled().await;
     assert!(state_is("deleted")(&hash(&mut redis, 2).await));
     assert_eq!(get(&origin, 2).await.status, 404);
 
@@ -684,6 +689,7 @@ async fn a_delayed_fill_loses_to_a_delete_tombstone_and_to_an_out_of_band_update
     .unwrap();
     await_hash(&mut redis, 3, CDC_DEADLINE, "version 2", version_is(2)).await;
     assert_eq!(reader.await.unwrap().status, 200);
+    origin.fills_settled().await;
     let h = hash(&mut redis, 3).await;
     assert!(version_is(2)(&h), "late fill overwrote the update: {h:?}");
     assert_eq!(h["department"], "Marketing");
@@ -720,6 +726,147 @@ async fn a_row_created_while_a_missing_marker_is_pending_is_not_hidden() {
     )
     .await;
     assert_eq!(get(&origin, 40).await.status, 200);
+}
+
+/// An origin whose read-path fills, which follow their answers, wait `lag_ms` first (test hook).
+async fn origin_with_lagging_fills(stack: &Stack, env: &TestEnv, lag_ms: u64) -> Origin {
+    let options = env
+        .origin_options(stack)
+        .env("ASIDE_TEST_FILL_LAG_MS", lag_ms);
+    let origin = Origin::start(options).await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            origin.log().contains("test hooks compiled in")
+        })
+        .await,
+        "the origin was built without test hooks: run `cargo build -p aside-origin --features test-hooks` \
+         (cargo xtask test does)"
+    );
+    origin
+}
+
+const FILLS_PENDING: &str = "aside_origin_cache_fills_pending";
+
+/// A miss is answered before its fill: the answer comes while Redis has no copy yet (the hook holds the
+/// fill for 3 s after the answer), then the copy lands. A write that commits between the answer and the
+/// fill is never overwritten by that older fill: a PATCH (newer version) and a DELETE (tombstone).
+#[tokio::test]
+async fn a_miss_is_answered_before_its_fill_and_a_write_in_between_is_not_overwritten() {
+    let stack = Stack::shared().await;
+    let env = stack.env().await.unwrap();
+    env.seed(5).await.unwrap();
+    let origin = origin_with_lagging_fills(stack, &env, 3_000).await;
+    let mut redis = stack.redis.admin(env.redis_db).await.unwrap();
+    let db = psql(stack, &env).await;
+
+    // Answered; the copy is not in Redis yet, the fill is counted as pending; then it lands.
+    let (row1, _) = row(&db, 1).await.unwrap();
+    let read = get(&origin, 1).await;
+    assert_eq!((read.status, read.header("x-cache")), (200, Some("MISS")));
+    assert_eq!(read.json(), row1);
+    assert!(
+        hash(&mut redis, 1).await.is_empty(),
+        "the answer waited for the fill"
+    );
+    assert!(metric(&origin, FILLS_PENDING).await >= 1.0);
+    await_hash(
+        &mut redis,
+        1,
+        Duration::from_secs(10),
+        "the fill",
+        version_is(1),
+    )
+    .await;
+    origin.fills_settled().await;
+    assert_eq!(hash_profile(1, &hash(&mut redis, 1).await), Some((row1, 1)));
+
+    // A PATCH between the answer and the fill: the fill of version 1 is refused.
+    let kept_newer = "aside_origin_cache_fills_total{outcome=\"kept_newer\"}";
+    let refused_before = metric(&origin, kept_newer).await;
+    let (old, _) = row(&db, 2).await.unwrap();
+    let read = get(&origin, 2).await;
+    assert_eq!((read.status, read.json()), (200, old));
+    let patch = call_url(
+        Method::PATCH,
+        &format!("{}/users/2", origin.url()),
+        Some(&json!({"department": "Human Resources"})),
+    )
+    .await;
+    assert_eq!(patch.status, 200);
+    assert!(
+        metric(&origin, FILLS_PENDING).await >= 1.0,
+        "the fill had landed before the write: the test proves nothing"
+    );
+    origin.fills_settled().await;
+    assert_eq!(metric(&origin, kept_newer).await, refused_before + 1.0);
+    let h = hash(&mut redis, 2).await;
+    let (cached, version) = hash_profile(2, &h).expect("a profile");
+    assert_eq!(
+        (version, cached["department"].as_str()),
+        (2, Some("Human Resources"))
+    );
+    let read = get(&origin, 2).await;
+    assert_eq!((read.header("x-cache"), read.version()), (Some("HIT"), 2));
+
+    // A DELETE between the answer and the fill: the tombstone stays.
+    assert_eq!(get(&origin, 3).await.status, 200);
+    let deleted = http_client()
+        .delete(format!("{}/users/3", origin.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status().as_u16(), 204);
+    assert!(metric(&origin, FILLS_PENDING).await >= 1.0);
+    origin.fills_settled().await;
+    assert!(state_is("deleted")(&hash(&mut redis, 3).await));
+    assert_eq!(get(&origin, 3).await.status, 404);
+}
+
+/// While a miss's fill is still running after its answer, the fill lease stays held: a read of the
+/// same id on this origin shares the answer (no second query), and another origin waits for the fill
+/// and answers it (no query of its own) rather than loading too; the lease is released after the fill.
+#[tokio::test]
+async fn reads_arriving_before_the_fill_lands_share_it_here_and_wait_for_it_elsewhere() {
+    let stack = Stack::shared().await;
+    let env = stack.env().await.unwrap();
+    env.seed(5).await.unwrap();
+    let holder = origin_with_lagging_fills(stack, &env, 800).await;
+    // Waits for a lease holder's fill up to 1.8 s (the request timeout is 2 s).
+    let waiter = env.origin_options(stack).env("ASIDE_LEASE_WAIT_MS", 1_800);
+    let waiter = Origin::start(waiter).await.unwrap();
+    let mut redis = stack.redis.admin(env.redis_db).await.unwrap();
+    let (expected, _) = row(&psql(stack, &env).await, 4).await.unwrap();
+
+    let holder_queries = metric(&holder, PROFILE_QUERIES).await;
+    let waiter_queries = metric(&waiter, PROFILE_QUERIES).await;
+    let first = get(&holder, 4).await;
+    assert_eq!((first.status, first.header("x-cache")), (200, Some("MISS")));
+    let lease_held: bool = redis.exists("user:lease:{4}").await.unwrap();
+    assert!(lease_held, "the lease was released before the fill");
+    let again = get(&holder, 4).await;
+    let elsewhere = get(&waiter, 4).await;
+    assert_eq!((again.status, again.json()), (200, expected.clone()));
+    assert_eq!(
+        (elsewhere.status, elsewhere.json()),
+        (200, expected.clone())
+    );
+    assert_eq!(
+        metric(&holder, PROFILE_QUERIES).await,
+        holder_queries + 1.0,
+        "one query for both reads of the holder"
+    );
+    assert_eq!(
+        metric(&waiter, PROFILE_QUERIES).await,
+        waiter_queries,
+        "the other origin loaded instead of waiting for the fill"
+    );
+    holder.fills_settled().await;
+    let lease_left: bool = redis.exists("user:lease:{4}").await.unwrap();
+    assert!(!lease_left, "the lease outlived its fill");
+    assert_eq!(
+        hash_profile(4, &hash(&mut redis, 4).await),
+        Some((expected, 1))
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -763,6 +910,7 @@ async fn a_bulk_update_of_500_rows_reaches_redis_within_a_second() {
     for id in [1, 250, 500] {
         assert_eq!(get(&origin, id).await.status, 200);
     }
+    origin.fills_settled().await;
 
     let started = Instant::now();
     let updated = db
@@ -858,6 +1006,7 @@ async fn changes_made_while_the_origin_was_stopped_are_applied_when_it_restarts(
     for id in 1..=3 {
         assert_eq!(get(&origin, id).await.status, 200);
     }
+    origin.fills_settled().await;
 
     origin.kill();
     db.execute(
@@ -922,6 +1071,7 @@ async fn changes_made_while_redis_was_down_are_applied_when_it_is_back() {
     for id in 1..=3 {
         assert_eq!(get(&origin, id).await.status, 200);
     }
+    origin.fills_settled().await;
     // Let the append-only file take the fills (appendfsync everysec), so Redis comes back with them.
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
@@ -1023,6 +1173,7 @@ async fn uncommitted_and_rolled_back_changes_are_neither_lost_nor_applied() {
     for id in 1..=3 {
         assert_eq!(get(&origin, id).await.status, 200);
     }
+    origin.fills_settled().await;
     let mut slow = psql(stack, &env).await;
     let mut aborted = psql(stack, &env).await;
     let db = psql(stack, &env).await;

@@ -68,13 +68,15 @@ async fn first_read_misses_then_hits_tier_one_then_tier_two_after_the_ttl() {
         timing.contains("l1;dur=") && timing.contains("l2;dur=") && timing.contains("origin;dur="),
         "{timing}"
     );
-    // The origin's own time is passed on, prefixed: its load (the lease with a look at Redis,
-    // PostgreSQL, the fill), and no first look of its own: the edge told it Redis had no entry.
+    // The origin's own time is passed on, prefixed: its load (the lease with a look at Redis and
+    // PostgreSQL; its fill follows the answer), and no first look of its own: the edge told it Redis
+    // had no entry.
     assert!(
         tier_ms(timing, "origin-db").is_some() && tier_ms(timing, "origin-redis").is_none(),
         "{timing}"
     );
 
+    origin.fills_settled().await;
     // The instance that answered keeps the profile: the next request it serves is an L1 hit. (Spin's
     // handler may start a second instance when the first is busy for a moment, e.g. on a loaded
     // machine; that one reads Redis, which the origin filled, and then has it in its tier 1 too.)
@@ -146,6 +148,7 @@ async fn a_fresh_instance_per_request_is_served_from_tier_two() {
     let first = get(&edge, "/users/3").await;
     assert_eq!((first.status, first.cache()), (200, "MISS"), "{first:?}");
     assert_eq!(first.json(), expected);
+    origin.fills_settled().await;
     for _ in 0..5 {
         let answer = get(&edge, "/users/3").await;
         assert_eq!((answer.status, answer.cache()), (200, "L2"), "{answer:?}");
@@ -209,6 +212,7 @@ async fn old_style_key_names_left_by_an_earlier_version_read_as_misses() {
             expected,
             "{id}: PostgreSQL's row, not the old key's"
         );
+        origin.fills_settled().await;
         // Filled under the new name: the next instance reads it from tier 2.
         let second = get(&edge, &path).await;
         assert_eq!(
@@ -253,6 +257,7 @@ async fn fields_projections_are_identical_from_the_origin_tier_two_and_tier_one(
     let miss = get(&edge, path).await;
     assert_eq!((miss.status, miss.cache()), (200, "MISS"), "{miss:?}");
     assert_eq!(miss.json(), expected);
+    origin.fills_settled().await;
     // An instance without the profile in memory reads the fields from Redis (HMGET).
     let l2 = get(&no_l1, path).await;
     assert_eq!((l2.status, l2.cache()), (200, "L2"), "{l2:?}");
@@ -286,6 +291,7 @@ async fn fields_projections_are_identical_from_the_origin_tier_two_and_tier_one(
     // A full profile, too, has one body at the edge, whichever tier answers it.
     let cold = get(&edge, "/users/7").await;
     assert_eq!(cold.cache(), "MISS");
+    origin.fills_settled().await;
     let from_redis = get(&no_l1, "/users/7").await;
     assert_eq!(from_redis.cache(), "L2");
     assert_eq!(
@@ -365,6 +371,7 @@ async fn errors_are_the_origin_s_errors() {
             "{what}: {code}"
         );
     }
+    origin.fills_settled().await;
     // Only the unknown ids reached PostgreSQL (once each, from the origin's own direct call or
     // the edge's forwarded one: whichever came first).
     let queries = metric(&origin.url(), PROFILE_QUERIES).await - queries_before;
@@ -388,6 +395,7 @@ async fn with_redis_down_the_edge_answers_through_the_origin_and_recovers() {
         .await
         .unwrap();
     assert_eq!(get(&edge, "/users/1").await.cache(), "MISS");
+    origin.fills_settled().await;
     assert_eq!(get(&edge, "/users/1").await.cache(), "L2");
 
     stack.redis.kill();
@@ -511,6 +519,7 @@ async fn a_manifest_that_does_not_allow_redis_gets_no_redis() {
     let (env, token, origin) = origin_for(stack, 5).await;
     // Redis has the profile (the origin filled it), so an allowed edge would hit it.
     assert_eq!(origin_get(&origin, &token, "/users/3").await.status, 200);
+    origin.fills_settled().await;
     let mut redis = stack.redis.admin(env.redis_db).await.unwrap();
     assert!(redis.exists::<_, bool>("user:profile:{3}").await.unwrap());
 
@@ -546,6 +555,7 @@ async fn a_manifest_that_does_not_allow_the_origin_gets_503_from_the_edge() {
     let stack = Stack::shared().await;
     let (env, token, origin) = origin_for(stack, 5).await;
     assert_eq!(origin_get(&origin, &token, "/users/3").await.status, 200);
+    origin.fills_settled().await;
     let queries_before = metric(&origin.url(), PROFILE_QUERIES).await;
 
     let manifest = manifest_with_allowed_hosts(&["redis://{{ redis_address }}"]).unwrap();
@@ -724,6 +734,7 @@ async fn every_profile_answer_carries_its_version_as_an_etag() {
         let direct = origin_get(&origin, &token, path).await;
         assert_eq!(direct.header("etag"), Some("\"1\""), "origin {path}");
     }
+    origin.fills_settled().await;
     // The edge, from every tier (L2 now: the origin filled Redis; then L1).
     let seen = Observed::default();
     let body = env.profile_json(stack, 3).await.unwrap();

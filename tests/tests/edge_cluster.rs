@@ -81,6 +81,7 @@ async fn fill(
             .get(&format!("/users/{n}"))
             .await;
         assert_eq!(answer.status, 200, "{n}: {answer:?}");
+        origin.fills_settled().await;
         let key = profile_key(id(n));
         let mut hash: HashMap<String, String> = single.hgetall(&key).await.unwrap();
         assert!(hash.contains_key("_version"), "{n}: {hash:?}");

@@ -227,18 +227,20 @@ async fn setup_with(
 
 /// Reads ids `1..=CACHED` through the edge (the origin fills Redis), then moves the soft expiry of
 /// [`SOFT_EXPIRED`] into the past in Redis, as if their fresh period had ended.
-async fn warm_and_soft_expire(edge: &Edge, redis: &RedisServer, env: &TestEnv) {
-    warm(edge).await;
+async fn warm_and_soft_expire(edge: &Edge, origin: &Origin, redis: &RedisServer, env: &TestEnv) {
+    warm(edge, origin).await;
     soft_expire(redis, env).await;
 }
 
-/// Reads ids `1..=CACHED` through the edge, so the origin fills Redis with them.
-async fn warm(edge: &Edge) {
+/// Reads ids `1..=CACHED` through the edge, so the origin fills Redis with them (its fills follow its
+/// answers: waits for them to land).
+async fn warm(edge: &Edge, origin: &Origin) {
     let client = http_client_with_timeout(CLIENT_TIMEOUT);
     for id in 1..=CACHED {
         let s = get(&client, &edge.url(), id, false).await;
         assert_eq!(s.status, 200, "warming id {id}: {s:?}");
     }
+    origin.fills_settled().await;
 }
 
 /// Moves the soft expiry of [`SOFT_EXPIRED`] into the past in Redis, as if their fresh period had
@@ -287,8 +289,8 @@ async fn redis_killed_during_reads_costs_no_request_and_l2_hits_resume_after_res
     let _turn = ONE_AT_A_TIME.lock().await;
     let mut stack = Stack::dedicated().await.unwrap();
     // Tier 1 off: every read goes to Redis, so Redis's death and return show in every answer.
-    let (env, _origin, edge) = setup(&stack, |o| o.l1_ttl_ms(0)).await;
-    warm_and_soft_expire(&edge, &stack.redis, &env).await;
+    let (env, origin, edge) = setup(&stack, |o| o.l1_ttl_ms(0)).await;
+    warm_and_soft_expire(&edge, &origin, &stack.redis, &env).await;
     let ids = IdPool::fixed(1..=ROWS);
 
     let redis = &mut stack.redis;
@@ -331,13 +333,13 @@ async fn postgres_stopped_cached_ids_are_served_uncached_get_503_and_it_recovers
     let mut stack = Stack::dedicated().await.unwrap();
     // Both breakers back off at most 1 s here (defaults: the origin's PostgreSQL breaker doubles up to
     // 5 s, the edge's origin breaker waits 2 s), so recovery shows within the few seconds of load.
-    let (env, _token, _origin, edge) = setup_with(
+    let (env, _token, origin, edge) = setup_with(
         &stack,
         |o| o.env("ASIDE_DB_BACKOFF_MAX_MS", 1000),
         |e| e.var("origin_backoff_ms", 1000),
     )
     .await;
-    warm(&edge).await;
+    warm(&edge, &origin).await;
     let ids = IdPool::new(1..=CACHED, CACHED + 1..=ROWS);
 
     let postgres = &mut stack.postgres;
@@ -393,7 +395,7 @@ async fn origin_killed_the_edge_serves_what_it_holds_uncached_get_503_and_it_rec
     let _turn = ONE_AT_A_TIME.lock().await;
     let stack = Stack::dedicated().await.unwrap();
     let (env, mut origin, edge) = setup(&stack, |o| o).await;
-    warm(&edge).await;
+    warm(&edge, &origin).await;
     let ids = IdPool::new(1..=CACHED, CACHED + 1..=ROWS);
 
     let origin_ref = &mut origin;
@@ -476,8 +478,8 @@ async fn origin_killed_the_edge_serves_what_it_holds_uncached_get_503_and_it_rec
 async fn a_frozen_redis_trips_the_breaker_instead_of_piling_up_requests() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let stack = Stack::dedicated().await.unwrap();
-    let (env, _origin, edge) = setup(&stack, |o| o.l1_ttl_ms(0)).await;
-    warm_and_soft_expire(&edge, &stack.redis, &env).await;
+    let (env, origin, edge) = setup(&stack, |o| o.l1_ttl_ms(0)).await;
+    warm_and_soft_expire(&edge, &origin, &stack.redis, &env).await;
     let ids = IdPool::fixed(1..=CACHED);
 
     let redis = &stack.redis;
@@ -596,7 +598,7 @@ async fn a_frozen_redis_opens_the_redis_breaker_of_instances_started_after_it_wi
     const AFTER_THE_MARK: i32 = 6;
     let _turn = ONE_AT_A_TIME.lock().await;
     let stack = Stack::dedicated().await.unwrap();
-    let (_env, _origin, edge) = setup(&stack, |o| {
+    let (_env, origin, edge) = setup(&stack, |o| {
         // Tier 1's TTL 0: no copy in the process-wide tier is fresh either, so reads ask Redis.
         o.shared_tier()
             .l1_ttl_ms(0)
@@ -612,7 +614,7 @@ async fn a_frozen_redis_opens_the_redis_breaker_of_instances_started_after_it_wi
         );
         return;
     }
-    warm(&edge).await;
+    warm(&edge, &origin).await;
     let client = http_client_with_timeout(CLIENT_TIMEOUT);
     let base = edge.url();
     let redis_open = |s: &Sample| {
@@ -714,7 +716,7 @@ async fn a_frozen_origin_costs_a_request_its_budget_then_the_breaker_answers_at_
             .var("feed_poll_ms", 0)
     })
     .await;
-    warm_and_soft_expire(&edge, &stack.redis, &env).await;
+    warm_and_soft_expire(&edge, &origin, &stack.redis, &env).await;
     let client = http_client_with_timeout(CLIENT_TIMEOUT);
     let base = edge.url();
 
@@ -825,6 +827,7 @@ async fn a_hit_near_its_soft_expiry_is_refreshed_early_and_never_served_stale() 
     let client = http_client_with_timeout(CLIENT_TIMEOUT);
     let first = get(&client, &edge.url(), 1, false).await;
     assert_eq!((first.status, first.cache()), (200, "MISS"));
+    origin.fills_settled().await;
 
     // Fresh for another minute, but a reload is said to cost 1000 s: XFetch (default beta 1) refreshes
     // it early with probability exp(-60 / 1000) = 94 % per request, so the test asks until one has.
@@ -846,6 +849,8 @@ async fn a_hit_near_its_soft_expiry_is_refreshed_early_and_never_served_stale() 
     }
     eprintln!("faults_edge[xfetch]: answers until the early refresh: {seen:?}");
     assert_eq!(seen.last().map(String::as_str), Some("MISS"), "{seen:?}");
+    // The refresh's fill follows its answer: let it land before the copy's freshness is set again.
+    origin.fills_settled().await;
 
     // Off (beta 0), or far from expiry with a cheap reload: a plain L2 hit.
     let off = another_edge(|o| o.l1_ttl_ms(0).var("xfetch_beta", 0))

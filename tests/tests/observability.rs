@@ -73,6 +73,8 @@ async fn drive_traffic(stack: &Stack, env: &TestEnv, origin: &Origin) {
         async move { c.get(path).send().await.unwrap().status().as_u16() }
     };
     assert_eq!(get(format!("{base}/users/1")).await, 200);
+    // A miss's fill follows its answer: the second read is a hit once it has landed.
+    origin.fills_settled().await;
     assert_eq!(get(format!("{base}/users/1")).await, 200);
     let concurrent =
         futures::future::join_all((0..8).map(|_| get(format!("{base}/users/2")))).await;
@@ -105,6 +107,7 @@ async fn drive_traffic(stack: &Stack, env: &TestEnv, origin: &Origin) {
         .await
         .unwrap();
     assert_eq!(get(format!("{base}/users/4")).await, 200);
+    origin.fills_settled().await;
 }
 
 #[tokio::test]
@@ -130,6 +133,7 @@ async fn metrics_expose_every_family_and_move_with_traffic() {
         "aside_origin_http_request_duration_seconds_count",
         "aside_origin_cache_requests_total",
         "aside_origin_cache_fills_total",
+        "aside_origin_cache_fills_pending",
         "aside_origin_cache_stores_total",
         "aside_origin_coalesced_requests_total",
         "aside_origin_writes_total",
@@ -294,6 +298,7 @@ async fn cache_stats_count_this_databases_keys_with_scan_never_keys() {
             .status();
         assert_eq!(status, 200);
     }
+    origin.fills_settled().await;
 
     let (status, body) = stats(&origin, &admin_token, "").await;
     assert_eq!(status, 200, "{body}");

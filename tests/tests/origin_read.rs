@@ -18,6 +18,8 @@ async fn first_read_misses_then_hits_with_the_row_from_postgres() {
     let (status, x_cache, body) = get(&format!("{}/users/5", origin.url())).await;
     assert_eq!((status, x_cache.as_deref()), (200, Some("MISS")));
     assert_eq!(body, expected);
+    // The fill follows the answer.
+    origin.fills_settled().await;
 
     let (status, x_cache, body) = get(&format!("{}/users/5", origin.url())).await;
     assert_eq!((status, x_cache.as_deref()), (200, Some("HIT")));
@@ -36,6 +38,7 @@ async fn fill_writes_the_hash_with_a_jittered_ttl_and_a_deleted_key_is_refilled(
     for id in 1..=30 {
         let (status, x_cache, _) = get(&format!("{}/users/{id}", origin.url())).await;
         assert_eq!((status, x_cache.as_deref()), (200, Some("MISS")));
+        origin.fills_settled().await;
         let key = format!("user:profile:{{{id}}}");
         let hard_ms: i64 = redis.pttl(&key).await.unwrap();
         let fresh_until: i64 = redis.hget(&key, "_fresh_until").await.unwrap();
@@ -74,6 +77,7 @@ async fn fill_writes_the_hash_with_a_jittered_ttl_and_a_deleted_key_is_refilled(
     let (_, x_cache, body) = get(&format!("{}/users/3", origin.url())).await;
     assert_eq!(x_cache.as_deref(), Some("MISS"));
     assert_eq!(body, expected);
+    origin.fills_settled().await;
     let (_, x_cache, _) = get(&format!("{}/users/3", origin.url())).await;
     assert_eq!(x_cache.as_deref(), Some("HIT"));
 }
@@ -92,6 +96,7 @@ async fn fields_projection_is_the_same_on_a_miss_and_on_a_hit() {
     let (status, x_cache, miss) = get(&url).await;
     assert_eq!((status, x_cache.as_deref()), (200, Some("MISS")));
     assert_eq!(miss, expected);
+    origin.fills_settled().await;
     let (status, x_cache, hit) = get(&url).await;
     assert_eq!((status, x_cache.as_deref()), (200, Some("HIT")));
     assert_eq!(hit, expected);
@@ -112,6 +117,8 @@ async fn unknown_and_malformed_ids_get_json_errors_without_touching_the_database
     assert_eq!(status, 404);
     let body: ErrorBody = serde_json::from_value(body).unwrap();
     assert_eq!(body.error.code, aside_shared::ErrorCode::NotFound);
+    // The "missing" marker's fill re-reads PostgreSQL after the answer: let it end before counting.
+    origin.fills_settled().await;
 
     let queries_before = metric(&origin.url(), "aside_origin_db_queries_total").await;
     for bad in [
@@ -199,6 +206,7 @@ async fn a_malformed_hash_is_a_miss_and_gets_repaired() {
     let (status, x_cache, body) = get(&format!("{}/users/1", origin.url())).await;
     assert_eq!((status, x_cache.as_deref()), (200, Some("MISS")));
     assert_eq!(body, env.profile_json(stack, 1).await.unwrap());
+    origin.fills_settled().await;
     let (_, x_cache, _) = get(&format!("{}/users/1", origin.url())).await;
     assert_eq!(x_cache.as_deref(), Some("HIT"));
 }
@@ -251,6 +259,7 @@ async fn postgres_down_gives_a_quick_503_for_uncached_ids_and_hits_for_cached_on
     let origin = env.origin(&stack).await.unwrap();
     let (_, x_cache, cached) = get(&format!("{}/users/1", origin.url())).await;
     assert_eq!(x_cache.as_deref(), Some("MISS"));
+    origin.fills_settled().await;
 
     stack.postgres.stop();
     let started = Instant::now();

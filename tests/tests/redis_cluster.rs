@@ -368,6 +368,8 @@ async fn the_origin_on_the_cluster(cluster: &RedisCluster) -> OnCluster {
         let first = api.get(&format!("/users/{n}")).await;
         assert_eq!((first.status, first.cache()), (200, "MISS"), "id {n}");
     }
+    // The fills follow the answers.
+    origin.fills_settled().await;
     let mut owners = BTreeSet::new();
     for n in 1..=ROWS {
         let again = api.get(&format!("/users/{n}")).await;

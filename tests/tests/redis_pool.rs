@@ -64,6 +64,7 @@ async fn setup(stack: &Stack, bound: usize) -> (TestEnv, Origin, Edge) {
         let answer = edge.app().get(&format!("/users/{id}")).await;
         assert_eq!(answer.status, 200, "warming {id}: {}", answer.body);
     }
+    origin.fills_settled().await;
     (env, origin, edge)
 }
 

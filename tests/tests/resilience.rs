@@ -141,6 +141,8 @@ async fn warm(origin: &Origin, n: i32) -> Vec<Value> {
         assert_eq!(a.status, 200, "{url}");
         bodies.push(a.json());
     }
+    // The fills follow the answers: cached means in Redis.
+    origin.fills_settled().await;
     bodies
 }
 
@@ -306,6 +308,7 @@ async fn a_hot_key_expiring_under_500_requests_on_3_origins_costs_one_query() {
         get(&format!("{}/users/1", origins[0].url())).await.status,
         200
     );
+    origins[0].fills_settled().await;
     let urls: Vec<String> = origins
         .iter()
         .map(|o| format!("{}/users/1", o.url()))
@@ -320,6 +323,10 @@ async fn a_hot_key_expiring_under_500_requests_on_3_origins_costs_one_query() {
         }
         let before = queries(&all).await;
         let report = Load::new(urls.clone()).burst(500).await;
+        // The refresh's fill follows its answers: let it land before the next phase removes the key.
+        for origin in &origins {
+            origin.fills_settled().await;
+        }
         let made = queries(&all).await - before;
         eprintln!(
             "{} → {made} PostgreSQL queries",
@@ -423,6 +430,10 @@ async fn the_lease_holder_dying_delays_the_others_only_until_the_lease_expires()
         report.max_latency()
     );
     assert_eq!(made, 1.0, "one of the others loaded, once");
+    // Released after its fill, which follows the answer.
+    for origin in &others {
+        origin.fills_settled().await;
+    }
     let exists: bool = redis.exists("user:lease:{2}").await.unwrap();
     assert!(!exists, "the new holder released its lease");
 }
@@ -453,6 +464,7 @@ async fn xfetch_refreshes_a_hot_key_before_it_expires() {
         control.starts_with("max-age=1") || control.starts_with("max-age=2"),
         "{control}"
     );
+    origin.fills_settled().await;
 
     let fills = "aside_origin_cache_stores_total{outcome=\"written\"}";
     let (fills_before, early_before) = (
@@ -510,6 +522,7 @@ async fn cache_control_tells_how_long_a_copy_is_fresh_and_usable() {
         "{:?}",
         miss.header("cache-control")
     );
+    origin.fills_settled().await;
     let fields = get(&format!("{url}?fields=email")).await;
     assert_eq!(fields.header("x-cache"), Some("HIT"));
     assert!(
@@ -529,6 +542,8 @@ async fn cache_control_tells_how_long_a_copy_is_fresh_and_usable() {
         .unwrap();
     assert_eq!(reloaded.headers()["x-cache"], "MISS");
     assert_eq!(metric(&origin.url(), PROFILE_QUERIES).await - before, 1.0);
+    // Its fill follows the answer; let it land before the copy is aged below.
+    origin.fills_settled().await;
 
     // Soft-expired 10 s ago, PostgreSQL down: STALE, max-age=0, ~40 s of stale use left.
     let mut redis = stack.redis.admin(env.redis_db).await.unwrap();
@@ -601,6 +616,7 @@ async fn a_redis_restart_keeps_the_cache() {
             200
         );
     }
+    origin.fills_settled().await;
 
     let count = |admin: redis::aio::MultiplexedConnection, range: std::ops::RangeInclusive<i32>| async move {
         let mut admin = admin;
@@ -652,6 +668,7 @@ async fn a_redis_restart_keeps_the_cache() {
         let a = get(&format!("{}/users/{id}", origin.url())).await;
         assert_eq!(a.status, 200);
     }
+    origin.fills_settled().await;
     assert_eq!(count(admin.clone(), 21..=30).await, 10, "filled");
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     stack.redis.kill();

@@ -1029,6 +1029,7 @@ async fn origin_and_edge_use_redis_over_tls() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(response.headers()["x-cache"], "MISS");
+    origin.fills_settled().await;
     let mut admin = server.admin(env.redis_db).await.unwrap();
     let filled: bool = admin.exists("user:profile:{1}").await.unwrap();
     assert!(
@@ -1070,9 +1071,19 @@ async fn origin_and_edge_use_redis_over_tls() {
         on_tls.contains(&"origin") && on_tls.contains(&"edge"),
         "clients on the TLS port: {on_tls:?}\n{clients:#?}"
     );
+    let errors = metric(&origin.url(), "aside_origin_redis_errors_total").await;
     assert_eq!(
-        metric(&origin.url(), "aside_origin_redis_errors_total").await,
-        0.0
+        errors,
+        0.0,
+        "Redis errors at the origin:\n{}",
+        aside_tests::harness::scrape_text(&format!("{}/metrics", origin.url()))
+            .await
+            .lines()
+            .filter(|l| l.contains("redis_errors") || l.contains("cache_fills"))
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
+            + &origin.log()
     );
     edge.shutdown().await;
 }
@@ -1140,6 +1151,8 @@ async fn a_client_that_does_not_trust_the_ca_is_refused_and_postgres_still_serve
     for _ in 0..2 {
         assert_eq!(origin_get(&origin, 1).await, (200, Some("MISS".into())));
     }
+    // The fills (which fail) follow the answers.
+    origin.fills_settled().await;
     let mut admin = server.admin(db).await.unwrap();
     let filled: bool = admin.exists("user:profile:{1}").await.unwrap();
     assert!(
@@ -1169,6 +1182,7 @@ async fn a_client_that_does_not_trust_the_ca_is_refused_and_postgres_still_serve
         assert_eq!(response.headers()["x-cache"], expected);
     }
     // (The origin filled the stack's plain Redis; the edge could not read the TLS one.)
+    origin.fills_settled().await;
     let filled: bool = stack_admin.exists("user:profile:{2}").await.unwrap();
     assert!(filled);
     edge.shutdown().await;
@@ -1211,6 +1225,7 @@ async fn redis_can_require_client_certificates_and_the_origin_presents_one() {
     .await
     .unwrap();
     assert_eq!(origin_get(&origin, 1).await, (200, Some("MISS".into())));
+    origin.fills_settled().await;
     assert_eq!(origin_get(&origin, 1).await, (200, Some("HIT".into())));
 }
 

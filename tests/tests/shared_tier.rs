@@ -403,13 +403,15 @@ async fn a_write_behind_the_edge_is_seen_within_the_ttl_and_versions_never_go_ba
 
 /// Reads `id` twice through `edge` (every request a fresh instance) and checks they are answered as
 /// without the tier: the origin, then Redis.
-async fn answered_as_without_the_tier(edge: &Edge, id: u32) {
+async fn answered_as_without_the_tier(edge: &Edge, origin: &Origin, id: u32) {
     let first = get(edge, &format!("/users/{id}")).await;
     assert_eq!(
         (first.status, first.cache.as_str()),
         (200, "MISS"),
         "{first:?}"
     );
+    // The origin's fill follows its answer.
+    origin.fills_settled().await;
     let second = get(edge, &format!("/users/{id}")).await;
     assert_eq!(
         (second.status, second.cache.as_str()),
@@ -422,7 +424,7 @@ async fn answered_as_without_the_tier(edge: &Edge, id: u32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_usable_store_the_edge_works_as_before() {
     let stack = Stack::shared().await;
-    let (_env, _token, _origin, options) = setup(stack, 5).await;
+    let (_env, _token, origin, options) = setup(stack, 5).await;
     // Off (the default), and a label the component may not use (not in its key_value_stores).
     for (what, options) in [
         ("off", options.clone()),
@@ -436,7 +438,7 @@ async fn without_a_usable_store_the_edge_works_as_before() {
     ] {
         let edge = options.max_instance_reuse_count(1).start().await.unwrap();
         eprintln!("{what}");
-        answered_as_without_the_tier(&edge, if what == "off" { 1 } else { 2 }).await;
+        answered_as_without_the_tier(&edge, &origin, if what == "off" { 1 } else { 2 }).await;
         edge.shutdown().await;
     }
 }

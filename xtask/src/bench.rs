@@ -101,7 +101,12 @@ fn bench_command(bin: &std::path::Path, quick: bool, edge_runtime: Option<&str>)
 /// origin, the host and the benchmark's own binaries; returns the folder they are in.
 fn build(quick: bool) -> anyhow::Result<PathBuf> {
     let root = workspace_root();
-    build_components(&["aside-edge", "aside-hello", "aside-hello-redis"])?;
+    build_components(&[
+        "aside-edge",
+        "aside-hello",
+        "aside-hello-redis",
+        "aside-hello-origin",
+    ])?;
     if quick {
         // The same commands as `cargo xtask test`, so after a test run nothing is rebuilt.
         build_test_bins()?;

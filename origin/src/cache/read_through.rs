@@ -12,7 +12,7 @@
 //! * A cached "missing" marker or tombstone: absent, `HIT`, without PostgreSQL.
 //!
 //! Every load is coalesced per id in the origin ([`crate::singleflight`]) and, through the fill lease,
-//! across origins ([`load`]). A failed load is logged once, where it fails ([`ReadThrough::failure`]),
+//! across origins ([`load`]); its fill runs after its answer, off the request's path. A failed load is logged once, where it fails ([`ReadThrough::failure`]),
 //! and every read is counted by its result ([`crate::metrics::cache_result`]) where it is decided.
 
 mod load;
@@ -407,13 +407,14 @@ impl ReadThrough {
         })
     }
 
-    /// The id's load, shared by every concurrent read of this origin (see [`load`]).
+    /// The id's load, shared by every concurrent read of this origin (see [`load`]): answered as soon as
+    /// PostgreSQL has, while its fill still runs (a read arriving before the fill ends shares it too).
     async fn coalesced_load(&self, id: UserId, seen: Seen, via_redis: bool) -> Loaded {
         let this = self.clone();
         let (loaded, role) = self
             .inner
             .loads
-            .run(
+            .run_with_tail(
                 id,
                 move || async move { this.load(id, seen, via_redis).await },
             )

@@ -36,7 +36,7 @@ pub use http::{
 };
 pub use load::{Load, LoadReport, Sample};
 pub use oidc::{JwksMode, OIDC_AUDIENCE, OidcClient, OidcProvider, OidcStats};
-pub use origin::{Origin, OriginOptions, origin_binary};
+pub use origin::{FILL_DEADLINE, Origin, OriginOptions, fills_settled, origin_binary};
 pub use postgres::PostgresServer;
 pub use process::{ManagedChild, StopSignal, log_to, spawn_managed, temp_dir};
 pub use redis_server::{

@@ -8,7 +8,25 @@ use std::time::Duration;
 use xtask::launch::OriginSettings;
 
 use super::process::{ManagedChild, StopSignal, log_to, spawn_managed};
-use super::{bin_dir, free_port, port_open, temp_dir, wait_until};
+use super::{bin_dir, free_port, metric, port_open, temp_dir, wait_until};
+
+/// How long [`fills_settled`] waits for an origin's read-path fills.
+pub const FILL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Waits until the origin at `base_url` has no read-path fill running (a miss is answered before its
+/// fill lands: the gauge `aside_origin_cache_fills_pending` counts each from before its answer until it
+/// ends), so that what a test reads next (Redis, or the next read's `x-cache`) sees every fill of the
+/// requests it has been answered. Fails the test after [`FILL_DEADLINE`].
+pub async fn fills_settled(base_url: &str) {
+    let settled = wait_until(FILL_DEADLINE, || async {
+        metric(base_url, "aside_origin_cache_fills_pending").await == 0.0
+    })
+    .await;
+    assert!(
+        settled,
+        "{base_url}: read-path fills still pending after {FILL_DEADLINE:?}"
+    );
+}
 
 /// How to start an origin.
 #[derive(Debug, Clone)]
@@ -105,6 +123,11 @@ impl Origin {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Waits for this origin's read-path fills to land (see [`fills_settled`]).
+    pub async fn fills_settled(&self) {
+        fills_settled(&self.url()).await;
     }
 
     /// The origin as a client sees it, without a token ([`super::TestApp::with_token`] adds one).

@@ -4,7 +4,7 @@
 //! origins, the run first takes the id's fill lease (`user:lease:{id}`, see [`crate::cache::lease`]):
 //!
 //! * lease taken: look in Redis once more (another origin may have filled the key just before), else
-//!   query PostgreSQL, fill, release the lease;
+//!   query PostgreSQL, answer, then fill and release the lease ([`Tail`]);
 //! * lease held elsewhere: poll Redis every `lease_poll` for the holder's fill, and try the lease again
 //!   each time (it is free again when the holder finished without filling, or died and the lease
 //!   expired); after `lease_wait` without either, query PostgreSQL directly;
@@ -14,11 +14,23 @@
 //! Whatever the path, what is answered is either a PostgreSQL read or an entry found in Redis that is
 //! newer than what the request had seen ([`supersedes`]), so a refresh never answers the stale copy it
 //! was started to replace.
+//!
+//! **The fill is not on the request's path.** A load answers as soon as PostgreSQL has, and leaves the
+//! fill, the "missing" marker's re-check and the lease's release, in that order, to its tail, which the
+//! single-flight runs on the load's task right after handing out the answer; the id stays in flight until
+//! the tail ends, so a read of this origin arriving meanwhile shares the answer rather than waiting for
+//! the lease. Nothing else changes: the fill is the same versioned compare-and-set (an older fill never
+//! replaces a newer version or a tombstone, whenever it lands), the lease is still released only after the
+//! fill (other origins polling for the holder's fill still find it), and a failed fill is still only
+//! logged and counted (`aside_origin_cache_fills_total`). A tail cut short by the process's exit loses its
+//! fill: a later read misses and loads again; the lease, if held, expires after `lease_ttl`.
 
 use std::time::Instant;
 
 use aside_shared::UserId;
 use aside_shared::cache::{CacheEntry, CachedProfile};
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
 
 use super::{Loaded, ReadThrough};
 use crate::cache::Lookup;
@@ -65,6 +77,14 @@ pub(crate) fn supersedes(candidate: &CacheEntry, seen: Seen, now_ms: i64) -> boo
     }
 }
 
+/// What a load leaves to do after its answer (the fill, its re-check, the lease's release): see the
+/// module documentation.
+pub(super) type Tail = BoxFuture<'static, ()>;
+
+fn no_tail() -> Tail {
+    std::future::ready(()).boxed()
+}
+
 /// How the lease step ended.
 enum Leased {
     /// An entry to answer, found in Redis.
@@ -77,35 +97,52 @@ enum Leased {
 
 impl ReadThrough {
     /// The single-flight work for `id`: see the module documentation. `via_redis` is false when the
-    /// request's own Redis read failed (no lease is tried then).
-    pub(super) async fn load(&self, id: UserId, seen: Seen, via_redis: bool) -> Loaded {
+    /// request's own Redis read failed (no lease is tried then). Returns the answer and the tail to run
+    /// after it.
+    pub(super) async fn load(&self, id: UserId, seen: Seen, via_redis: bool) -> (Loaded, Tail) {
         let inner = &*self.inner;
         // While PostgreSQL's breaker is open there is nothing to coordinate: the query is refused (or
         // is the breaker's probe), so skip the lease's round trips.
+        let mut lease = None;
         if via_redis && !inner.db.is_open() {
             match self.lease_or_wait(id, seen).await {
-                Leased::Found(entry) => return Ok(answer_of(entry)),
-                Leased::Holder(lease) => {
-                    let loaded = self.query_and_fill(id).await;
-                    self.release_later(lease);
-                    return loaded;
-                }
+                Leased::Found(entry) => return (Ok(answer_of(entry)), no_tail()),
+                Leased::Holder(held) => lease = Some(held),
                 Leased::Direct => {}
             }
         }
-        self.query_and_fill(id).await
+        let (loaded, fill) = self.query(id).await;
+        if fill.is_none() && lease.is_none() {
+            return (loaded, no_tail());
+        }
+        // Counted before the answer goes out, so "no fill pending" after an answer means it landed.
+        let pending = crate::metrics::PendingFill::start();
+        let this = self.clone();
+        let tail = async move {
+            let _pending = pending;
+            if let Some(entry) = fill {
+                this.fill(id, entry).await;
+            }
+            // Only after the fill: an origin polling for it finds it before it could take the lease.
+            if let Some(lease) = lease {
+                this.release(lease).await;
+            }
+        };
+        (loaded, tail.boxed())
     }
 
     /// Releases `lease` after the answer has gone: the readers waiting for it look for the fill in
     /// Redis and find it without the lease being released, so the release is not on the request's
     /// path (one round trip less per miss). A release that fails leaves the lease to expire.
     fn release_later(&self, lease: Lease) {
-        let cache = self.inner.cache.clone();
-        tokio::spawn(async move {
-            if let Err(e) = cache.release(&lease).await {
-                tracing::debug!(id = %lease.id, error = %e, "lease release failed; it expires by itself");
-            }
-        });
+        let this = self.clone();
+        tokio::spawn(async move { this.release(lease).await });
+    }
+
+    async fn release(&self, lease: Lease) {
+        if let Err(e) = self.inner.cache.release(&lease).await {
+            tracing::debug!(id = %lease.id, error = %e, "lease release failed; it expires by itself");
+        }
     }
 
     async fn lease_or_wait(&self, id: UserId, seen: Seen) -> Leased {
@@ -156,10 +193,10 @@ impl ReadThrough {
         }
     }
 
-    /// One PostgreSQL read for `id`, then the fill: the row (with its freshness: a jittered soft TTL from
-    /// now, and the read's duration as XFetch's delta), or a "missing" marker. A failed fill is logged and
-    /// counted, never returned: the reader still gets its answer.
-    async fn query_and_fill(&self, id: UserId) -> Loaded {
+    /// One PostgreSQL read for `id`: the answer, and the entry to fill with it (the row with its
+    /// freshness: a jittered soft TTL from now, and the read's duration as XFetch's delta; or a "missing"
+    /// marker), none when the read failed.
+    async fn query(&self, id: UserId) -> (Loaded, Option<CacheEntry>) {
         let inner = &*self.inner;
         let started = Instant::now();
         let row = match inner
@@ -168,8 +205,9 @@ impl ReadThrough {
             .await
         {
             Ok(row) => row,
-            Err(e) => return Err(self.failure(id, &e)),
+            Err(e) => return (Err(self.failure(id, &e)), None),
         };
+        // Delays the answer and the fill alike (the fill comes after the answer).
         #[cfg(feature = "test-hooks")]
         if let Some(delay) = crate::test_hooks::fill_delay() {
             tokio::time::sleep(delay).await;
@@ -179,14 +217,25 @@ impl ReadThrough {
             Some(cached) => CacheEntry::Present(cached.clone()),
             None => CacheEntry::missing(crate::clock::now_ms()),
         };
-        let stored = inner.cache.store_if_newer(id, &entry).await;
+        (Ok(row), Some(entry))
+    }
+
+    /// The fill of a load's `entry`, after its answer. A failed fill is logged and counted, never
+    /// returned: the reader already has its answer. After a "missing" marker, the re-check.
+    async fn fill(&self, id: UserId, entry: CacheEntry) {
+        #[cfg(feature = "test-hooks")]
+        if let Some(lag) = crate::test_hooks::fill_lag() {
+            tokio::time::sleep(lag).await;
+        }
+        let stored = self.inner.cache.store_if_newer(id, &entry).await;
         crate::metrics::cache_fill(Stored::label(&stored));
         match stored {
-            Ok(Stored::Written) if row.is_none() => self.recheck_after_missing(id).await,
+            Ok(Stored::Written) if matches!(entry, CacheEntry::Missing(_)) => {
+                self.recheck_after_missing(id).await
+            }
             Ok(_) => {}
             Err(e) => tracing::debug!(%id, error = %e, "cache fill skipped"),
         }
-        Ok(row)
     }
 
     /// Closes the race between caching "missing" and a row created meanwhile outside the API: change
