@@ -590,11 +590,19 @@ async fn an_unknown_id_is_cached_as_missing_and_a_created_row_replaces_the_marke
 // The stale-set race
 // ---------------------------------------------------------------------------------------------------
 
-/// An origin whose read-path fills wait `delay_ms` after reading PostgreSQL (test hook).
+/// An origin whose read-path answers and fills wait `delay_ms` after reading PostgreSQL (test hook).
 async fn origin_with_slow_fills(stack: &Stack, env: &TestEnv, delay_ms: u64) -> Origin {
-    let options = env
-        .origin_options(stack)
-        .env("ASIDE_TEST_FILL_DELAY_MS", delay_ms);
+    origin_with_hook(stack, env, "ASIDE_TEST_FILL_DELAY_MS", delay_ms).await
+}
+
+/// An origin whose read-path fills, which follow their answers, wait `lag_ms` first (test hook).
+async fn origin_with_lagging_fills(stack: &Stack, env: &TestEnv, lag_ms: u64) -> Origin {
+    origin_with_hook(stack, env, "ASIDE_TEST_FILL_LAG_MS", lag_ms).await
+}
+
+/// An origin with the test hook `hook` set to `ms`; fails if the binary has no test hooks.
+async fn origin_with_hook(stack: &Stack, env: &TestEnv, hook: &str, ms: u64) -> Origin {
+    let options = env.origin_options(stack).env(hook, ms);
     let origin = Origin::start(options).await.unwrap();
     assert!(
         wait_until(Duration::from_secs(5), || async {
@@ -726,23 +734,6 @@ async fn a_row_created_while_a_missing_marker_is_pending_is_not_hidden() {
     )
     .await;
     assert_eq!(get(&origin, 40).await.status, 200);
-}
-
-/// An origin whose read-path fills, which follow their answers, wait `lag_ms` first (test hook).
-async fn origin_with_lagging_fills(stack: &Stack, env: &TestEnv, lag_ms: u64) -> Origin {
-    let options = env
-        .origin_options(stack)
-        .env("ASIDE_TEST_FILL_LAG_MS", lag_ms);
-    let origin = Origin::start(options).await.unwrap();
-    assert!(
-        wait_until(Duration::from_secs(5), || async {
-            origin.log().contains("test hooks compiled in")
-        })
-        .await,
-        "the origin was built without test hooks: run `cargo build -p aside-origin --features test-hooks` \
-         (cargo xtask test does)"
-    );
-    origin
 }
 
 const FILLS_PENDING: &str = "aside_origin_cache_fills_pending";

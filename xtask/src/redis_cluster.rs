@@ -67,16 +67,8 @@ pub fn node_command(node: &RedisNode<'_>, root: &Path) -> anyhow::Result<Command
 /// in as `admin` (the password in `REDISCLI_AUTH`, not on the command line). Primaries are the first
 /// `ports.len() / (replicas + 1)` ports, in order.
 pub fn create_command(ports: &[u16], admin_password: &str, replicas: usize) -> Command {
-    let mut command = Command::new("redis-cli");
+    let mut command = cluster_cli(admin_password, "create");
     command
-        .env("REDISCLI_AUTH", admin_password)
-        .args([
-            "--user",
-            "admin",
-            "--no-auth-warning",
-            "--cluster",
-            "create",
-        ])
         .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
         .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
         .stdin(Stdio::null());
@@ -92,20 +84,26 @@ pub fn reshard_command(
     (from, to): (&str, &str),
     slots: u32,
 ) -> Command {
-    let mut command = Command::new("redis-cli");
+    let mut command = cluster_cli(admin_password, "reshard");
     command
-        .env("REDISCLI_AUTH", admin_password)
-        .args([
-            "--user",
-            "admin",
-            "--no-auth-warning",
-            "--cluster",
-            "reshard",
-        ])
         .arg(format!("127.0.0.1:{port}"))
         .args(["--cluster-from", from, "--cluster-to", to])
         .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
         .stdin(Stdio::null());
+    command
+}
+
+/// `redis-cli --user admin --cluster <subcommand>`, the password in `REDISCLI_AUTH` (never on the
+/// command line); the caller adds the subcommand's arguments.
+pub fn cluster_cli(admin_password: &str, subcommand: &str) -> Command {
+    let mut command = Command::new("redis-cli");
+    command.env("REDISCLI_AUTH", admin_password).args([
+        "--user",
+        "admin",
+        "--no-auth-warning",
+        "--cluster",
+        subcommand,
+    ]);
     command
 }
 

@@ -803,17 +803,13 @@ impl RedisCluster {
 
     /// `redis-cli --cluster <args>` as the admin user (on a blocking thread); its output.
     pub async fn redis_cli(&self, args: &[String]) -> anyhow::Result<std::process::Output> {
-        let admin = self.nodes[0].admin_password.clone();
-        let args = args.to_vec();
-        Ok(tokio::task::spawn_blocking(move || {
-            std::process::Command::new("redis-cli")
-                .env("REDISCLI_AUTH", admin)
-                .args(["--user", "admin", "--no-auth-warning", "--cluster"])
-                .args(&args)
-                .stdin(std::process::Stdio::null())
-                .output()
-        })
-        .await??)
+        let admin = &self.nodes[0].admin_password;
+        let (subcommand, rest) = args
+            .split_first()
+            .context("redis-cli --cluster needs a subcommand")?;
+        let mut command = xtask::redis_cluster::cluster_cli(admin, subcommand);
+        command.args(rest).stdin(std::process::Stdio::null());
+        Ok(tokio::task::spawn_blocking(move || command.output()).await??)
     }
 
     /// `CLUSTER NODES` as the first node that answers sees it.
