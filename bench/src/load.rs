@@ -79,6 +79,17 @@ pub struct LoadResult {
     /// Successful reads in each whole second (the denominator of [`Self::per_second_l1`]).
     #[serde(default)]
     pub per_second_reads: Vec<u64>,
+    /// Distinct edge instances (`x-edge-instance`) that answered in each whole second, and in the
+    /// whole run: how many instances share the load (0 for a target that sends no such header).
+    #[serde(default)]
+    pub per_second_instances: Vec<u64>,
+    #[serde(default)]
+    pub instances: u64,
+    /// CPU time (user + system) the load generator itself used over its whole run, in ms (Linux:
+    /// `/proc/self/stat`; `None` elsewhere): on a machine it shares with the target, what the load
+    /// cost beside what it measured.
+    #[serde(default)]
+    pub cpu_ms: Option<f64>,
     /// A key walk ran out of ids before the time was up (the window is then shorter).
     pub keys_exhausted: bool,
     pub concurrency: usize,

@@ -109,9 +109,21 @@ pub struct Phase {
     pub per_second_p50_us: Vec<u64>,
     #[serde(default)]
     pub per_second_l1_share: Vec<f64>,
+    /// Distinct instances (`x-edge-instance`) that answered during the phase, and in each whole
+    /// second of it (none for a target without the header): how many instances share the load.
+    #[serde(default)]
+    pub instances: u64,
+    #[serde(default)]
+    pub per_second_instances: Vec<u64>,
     /// CPU time (user + system) of the runtime's process tree during the phase, in ms per answer.
     #[serde(default)]
     pub cpu_ms_per_answer: Option<f64>,
+    /// The same for the load generator (its own process), and how busy the machine's cores were
+    /// with the two together (100 % = every core for the whole phase).
+    #[serde(default)]
+    pub loader_cpu_ms_per_answer: Option<f64>,
+    #[serde(default)]
+    pub cores_busy: Option<f64>,
     /// Commands Redis ran during the phase (`INFO commandstats`), by name, a thousand answers:
     /// `auth` is one per connection opened.
     #[serde(default)]
@@ -158,6 +170,11 @@ pub struct Goals {
     /// within the phase (goal: ≤ 5).
     #[serde(default)]
     pub recovered_after_s: Option<u64>,
+    /// The baselines' recovery after the same spike, by p50 alone (as [`Goals::recovered_after_s`]),
+    /// by target (`hello`, `hello-redis`), for each whose phase after the spike ran: what the runtime
+    /// itself takes to come back.
+    #[serde(default)]
+    pub baseline_recovered_after_s: BTreeMap<String, Option<u64>>,
     /// The same spike on the edge with the shared tier on (full runs under Spin), when it ran.
     #[serde(default)]
     pub edge_shared: Option<SharedTierGoals>,
@@ -207,6 +224,15 @@ fn recovery_second(calm: &Phase, after: &Phase, by_tier: bool) -> Option<u64> {
     Some(first_of_last_run as u64)
 }
 
+/// A recovery second in words.
+fn recovery_words(second: Option<u64>) -> String {
+    match second {
+        Some(0) => "throughout".to_string(),
+        Some(s) => format!("from second {s} on"),
+        None => "not within the phase".to_string(),
+    }
+}
+
 /// Runs the spike on the edge, hello-world and hello-redis under `rt`, and writes `report-overload.{json,md}`.
 pub fn run(config: &Config, stack: &Stack, rt: Rt) -> anyhow::Result<OverloadReport> {
     let bar = ProgressBar::hidden();
@@ -253,14 +279,18 @@ pub fn run(config: &Config, stack: &Stack, rt: Rt) -> anyhow::Result<OverloadRep
     // and one `HGETALL` through its Redis binding per request, which is what an L2 hit cannot avoid).
     for (baseline, who) in [(hello, "hello"), (hello_redis, "hello-redis")] {
         std::thread::sleep(Duration::from_secs(1));
-        for (name, connections) in [("calm", CALM), ("spike", spike)] {
+        for (name, connections, seconds) in [
+            ("calm", CALM, phase_s),
+            ("spike", spike, phase_s),
+            ("after", CALM, after_s),
+        ] {
             crate::check_stop()?;
             phases.push(phase(
                 config,
                 stack,
                 (baseline, who, name),
                 connections,
-                phase_s,
+                seconds,
                 origin_port,
                 &bar,
             )?);
@@ -387,8 +417,18 @@ fn phase(
             .zip(&result.per_second_reads)
             .map(|(l1, reads)| *l1 as f64 / (*reads).max(1) as f64)
             .collect(),
+        instances: result.instances,
+        per_second_instances: result.per_second_instances.clone(),
         cpu_ms_per_answer: (result.requests > 0)
             .then(|| cpu_ticks as f64 * 1000.0 / clock_ticks_per_s() / result.requests as f64),
+        loader_cpu_ms_per_answer: result
+            .cpu_ms
+            .filter(|_| result.requests > 0)
+            .map(|ms| ms / result.requests as f64),
+        cores_busy: result.cpu_ms.map(|loader_ms| {
+            let runtime_ms = cpu_ticks as f64 * 1000.0 / clock_ticks_per_s();
+            (runtime_ms + loader_ms) / (elapsed * 1000.0 * cores())
+        }),
         redis_calls_per_1k,
         server_timing,
     };
@@ -525,6 +565,11 @@ fn cpu_ticks(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The cores this process may run on.
+fn cores() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+}
+
 /// The kernel's clock ticks a second (`USER_HZ`): 100 on Linux.
 fn clock_ticks_per_s() -> f64 {
     100.0
@@ -608,6 +653,13 @@ impl Goals {
             recovered_after_s: calm
                 .zip(after)
                 .and_then(|(c, a)| recovery_second(c, a, true)),
+            baseline_recovered_after_s: ["hello", "hello-redis"]
+                .into_iter()
+                .filter_map(|target| {
+                    let (c, a) = (get(target, "calm")?, get(target, "after")?);
+                    Some((target.to_string(), recovery_second(c, a, false)))
+                })
+                .collect(),
             edge_shared: SharedTierGoals::of(phases),
         }
     }
@@ -656,6 +708,7 @@ impl SharedTierGoals {
 impl OverloadReport {
     pub fn markdown(&self) -> String {
         let mut out = self.phases_table();
+        out.push_str(&self.instances_table());
         out.push_str(&self.goals_line());
         out.push_str(&self.shared_tier_line());
         out.push_str(&self.where_time_goes());
@@ -723,6 +776,46 @@ impl OverloadReport {
         out
     }
 
+    /// Per phase of each target whose answers name their instance: how many instances answered,
+    /// in all and second by second, with the p50 and tier-1 share of the same seconds.
+    fn instances_table(&self) -> String {
+        let named: Vec<&Phase> = self.phases.iter().filter(|p| p.instances > 0).collect();
+        if named.is_empty() {
+            return String::new();
+        }
+        let mut out = String::from(
+            "\nInstances that answered (`x-edge-instance`), in the phase and second by second, beside each \
+             second's p50 (ms) and tier-1 share: Spin hands each request to the instance that has waited \
+             longest for one, so after a spike the calm load is spread over every instance the spike \
+             started until they reach their reuse count.\n\n\
+             | target | phase | instances | per second | p50 ms per second | L1 share per second |\n\
+             | --- | --- | ---: | --- | --- | --- |\n",
+        );
+        let join = |v: Vec<String>| v.join(" · ");
+        for p in named {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} |\n",
+                p.target,
+                p.phase,
+                p.instances,
+                join(p.per_second_instances.iter().map(u64::to_string).collect()),
+                join(
+                    p.per_second_p50_us
+                        .iter()
+                        .map(|us| report::ms(*us))
+                        .collect()
+                ),
+                join(
+                    p.per_second_l1_share
+                        .iter()
+                        .map(|s| format!("{:.0} %", s * 100.0))
+                        .collect()
+                ),
+            ));
+        }
+        out
+    }
+
     /// The issue's goals, computed.
     fn goals_line(&self) -> String {
         let g = &self.goals;
@@ -733,7 +826,7 @@ impl OverloadReport {
              (goal 0); answers without x-cache: {} (goal 0); origin reads/s calm {:.1}, spike {:.1} (goal \
              ≤ 1.2 × calm); RSS during the spike: edge {:.0} MiB, hello-world {} MiB, ratio {} (goal ≤ 2); \
              recovery (the {} s after the spike vs before): p50 {} → {} ms, p99 {} → {} ms, L1 share \
-             {:.1} % → {:.1} %; back within the calm phase's second-by-second band {} (goal ≤ 5 s).\n",
+             {:.1} % → {:.1} %; back within the calm phase's second-by-second band {} (goal ≤ 5 s){}.\n",
             g.goodput_ratio,
             opt(g.hello_goodput_ratio, 2),
             opt(g.hello_redis_goodput_ratio, 2),
@@ -751,10 +844,18 @@ impl OverloadReport {
             report::ms(g.p99_after_us),
             g.l1_share_before * 100.0,
             g.l1_share_after * 100.0,
-            match g.recovered_after_s {
-                Some(0) => "throughout".to_string(),
-                Some(s) => format!("from second {s} on"),
-                None => "not within the phase".to_string(),
+            recovery_words(g.recovered_after_s),
+            if g.baseline_recovered_after_s.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; the baselines after the same spike, p50 back within their own calm band: {}",
+                    g.baseline_recovered_after_s
+                        .iter()
+                        .map(|(target, s)| format!("{target} {}", recovery_words(*s)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
             },
         )
     }
@@ -780,11 +881,7 @@ impl OverloadReport {
             report::ms(g.p50_after_us),
             g.edge_share_before * 100.0,
             g.edge_share_after * 100.0,
-            match g.recovered_after_s {
-                Some(0) => "throughout".to_string(),
-                Some(s) => format!("from second {s} on"),
-                None => "not within the phase".to_string(),
-            },
+            recovery_words(g.recovered_after_s),
         )
     }
 
@@ -795,10 +892,13 @@ impl OverloadReport {
         let mut out = String::new();
         out.push_str(
             "\nWhere the time goes, per phase: the runtime's CPU (user + system, its whole process tree) \
-             per answer; Redis commands per 1,000 answers (`auth`: one per connection opened); the \
-             `server-timing` metrics of the successful reads (answers that carried it, mean ms).\n\n\
-             | target | phase | CPU ms/answer | Redis calls per 1k answers | server-timing (n, mean ms) |\n\
-             | --- | --- | ---: | --- | --- |\n",
+             per answer, the load generator's, and how busy the machine's cores were with both (when \
+             they were all busy in both phases, goodput spike ÷ calm is about the calm phase's CPU per \
+             answer ÷ the spike's); Redis commands per 1,000 answers (`auth`: one per connection \
+             opened); the `server-timing` metrics of the successful reads (answers that carried it, \
+             mean ms).\n\n\
+             | target | phase | CPU ms/answer: runtime | load generator | cores busy | Redis calls per 1k answers | server-timing (n, mean ms) |\n\
+             | --- | --- | ---: | ---: | ---: | --- | --- |\n",
         );
         for p in &self.phases {
             let calls = p
@@ -814,10 +914,13 @@ impl OverloadReport {
                 .collect::<Vec<_>>()
                 .join(", ");
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} |\n",
                 p.target,
                 p.phase,
                 opt(p.cpu_ms_per_answer, 3),
+                opt(p.loader_cpu_ms_per_answer, 3),
+                p.cores_busy
+                    .map_or("-".to_string(), |b| format!("{:.0} %", b * 100.0)),
                 if calls.is_empty() { "-".into() } else { calls },
                 if timing.is_empty() {
                     "-".into()
@@ -840,6 +943,7 @@ pub fn verify(report: &OverloadReport) -> anyhow::Result<()> {
         ("edge", "spike"),
         ("edge", "after"),
         ("hello", "spike"),
+        ("hello", "after"),
     ] {
         match report
             .phases
@@ -872,6 +976,11 @@ pub fn verify(report: &OverloadReport) -> anyhow::Result<()> {
         }
         if p.no_x_cache > 0 {
             problems.push(format!("{label}: {} answers without x-cache", p.no_x_cache));
+        }
+        if p.answers > 0 && p.instances == 0 {
+            problems.push(format!(
+                "{label}: no answer named its instance (x-edge-instance)"
+            ));
         }
         if p.statuses.get("200").copied().unwrap_or(0) == 0 {
             problems.push(format!("{label}: no 200"));
@@ -939,7 +1048,12 @@ mod tests {
             per_second: vec![],
             per_second_p50_us: vec![],
             per_second_l1_share: vec![],
+            // The edge's answers name their instance.
+            instances: if target.starts_with("edge") { 3 } else { 0 },
+            per_second_instances: vec![],
             cpu_ms_per_answer: None,
+            loader_cpu_ms_per_answer: None,
+            cores_busy: None,
             redis_calls_per_1k: BTreeMap::new(),
             server_timing: BTreeMap::new(),
         }
@@ -979,6 +1093,52 @@ mod tests {
         assert_eq!(recovery_second(&calm, &a, false), Some(0));
         let a = after(&[40, 3, 3], &[0.3, 0.3, 0.3]);
         assert_eq!(recovery_second(&calm, &a, false), Some(1));
+    }
+
+    #[test]
+    fn the_instances_table_shows_each_second_only_for_targets_that_name_their_instance() {
+        let mut none = clean();
+        for p in &mut none {
+            p.instances = 0;
+        }
+        assert!(report(none).instances_table().is_empty());
+        let mut phases = clean();
+        phases[2] = seconds(phases[2].clone(), &[9, 4], &[0.1, 0.5]);
+        phases[2].instances = 412;
+        phases[2].per_second_instances = vec![400, 12];
+        let table = report(phases).instances_table();
+        assert!(
+            table.contains("| edge | after | 412 | 400 · 12 | 9.00 · 4.00 | 10 % · 50 % |"),
+            "{table}"
+        );
+        // A phase whose answers named no instance: no row.
+        assert!(!table.contains("| hello |"), "{table}");
+    }
+
+    #[test]
+    fn the_baselines_recovery_is_reported_only_for_those_whose_after_phase_ran() {
+        let mut phases = clean();
+        phases.retain(|p| p.phase != "after" || p.target == "edge");
+        assert!(Goals::of(&phases).baseline_recovered_after_s.is_empty());
+        let calm = phases
+            .iter()
+            .position(|p| p.target == "hello" && p.phase == "calm");
+        let calm = calm.expect("hello calm");
+        phases[calm] = seconds(phases[calm].clone(), &[1, 1], &[0.0, 0.0]);
+        phases.push(seconds(
+            phase("hello", "after", &[("200", 10)], 10),
+            &[30, 1, 1],
+            &[0.0; 3],
+        ));
+        let goals = Goals::of(&phases);
+        assert_eq!(
+            goals.baseline_recovered_after_s,
+            [("hello".to_string(), Some(1))].into()
+        );
+        assert!(
+            report(phases).markdown().contains("hello from second 1 on"),
+            "the goals line names the baseline's recovery"
+        );
     }
 
     #[test]
@@ -1035,6 +1195,7 @@ mod tests {
             phase("edge", "after", &[("200", 1000)], 0),
             phase("hello", "calm", &[("200", 3000)], 3000),
             phase("hello", "spike", &[("200", 2700)], 2700),
+            phase("hello", "after", &[("200", 3000)], 3000),
             phase("hello-redis", "calm", &[("200", 2000)], 2000),
             phase("hello-redis", "spike", &[("200", 1000)], 1000),
         ]

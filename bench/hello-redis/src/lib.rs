@@ -8,9 +8,11 @@
 //! own: an idle one, else a new one, so concurrent requests never queue on one socket.
 
 use std::cell::RefCell;
+use std::sync::OnceLock;
 
 use aside_shared::UserId;
 use aside_shared::cache::profile_key;
+use aside_shared::headers::{X_EDGE_INSTANCE, format_instance_id};
 use bytes::Bytes;
 use spin_sdk::http::{FullBody, Request};
 use spin_sdk::redis::{Connection, RedisParameter, RedisResult};
@@ -60,10 +62,17 @@ async fn hgetall(id: UserId) -> Result<(usize, usize), String> {
     Ok((reply.len() / 2, bytes))
 }
 
+/// This instance's `x-edge-instance` value (as the edge's: the bench counts instances by it).
+fn instance_id() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| format_instance_id(spin_sdk::wasip3::random::random::get_random_u64()))
+}
+
 fn answer(status: u16, body: impl Into<Bytes>) -> http::Response<FullBody<Bytes>> {
     http::Response::builder()
         .status(status)
         .header("content-type", "text/plain")
+        .header(X_EDGE_INSTANCE, instance_id())
         .body(FullBody::new(body.into()))
         .expect("a plain response is valid")
 }

@@ -1,6 +1,10 @@
 //! Hello, world: a spin-sdk 6 (WASIp3) HTTP component that answers every request with a fixed body of
 //! about the size of a profile, and does nothing else. `cargo xtask bench` runs it under the same
 //! runtime and load as the edge, so each edge scenario reads as a ratio of what the runtime allows.
+//! Like the edge, each answer names the instance that gave it (`x-edge-instance`, drawn once per
+//! instance), so the bench counts the runtime's instances for the baseline too.
+
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 use spin_sdk::http::{FullBody, Request};
@@ -14,6 +18,18 @@ async fn handle(_request: Request) -> http::Response<FullBody<Bytes>> {
     http::Response::builder()
         .status(200)
         .header("content-type", "application/json")
+        .header("x-edge-instance", instance_id())
         .body(FullBody::new(Bytes::from_static(BODY)))
         .expect("a static response is valid")
+}
+
+/// This instance's id, 16 hex digits from the host's `wasi:random` on first use (as the edge's).
+fn instance_id() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| {
+        format!(
+            "{:016x}",
+            spin_sdk::wasip3::random::random::get_random_u64()
+        )
+    })
 }

@@ -9,7 +9,7 @@
 //! It runs as its own process so that the servers it measures never share its runtime, and on one
 //! thread by default, to leave the (few) cores to the servers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use aside_bench::client::{Answer, Conn, Outgoing};
 use aside_bench::keys::{KeyDist, Keys};
 use aside_bench::load::{Latency, LoadResult, SPECTRUM};
 use aside_shared::Department;
-use aside_shared::headers::parse_server_timing;
+use aside_shared::headers::{X_EDGE_INSTANCE, parse_server_timing};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use hyper::Method;
@@ -128,6 +128,9 @@ struct Tally {
     /// Successful reads, and those answered from tier 1, of each second.
     per_second_reads: Vec<u64>,
     per_second_l1: Vec<u64>,
+    /// The instances (`x-edge-instance`) that gave the answers of each second, and of the whole run.
+    per_second_instances: Vec<HashSet<String>>,
+    instances: HashSet<String>,
     /// When this connection's last measured request finished.
     last_done: Option<Instant>,
     exhausted: bool,
@@ -150,14 +153,23 @@ impl Tally {
             per_second_latency: Vec::new(),
             per_second_reads: Vec::new(),
             per_second_l1: Vec::new(),
+            per_second_instances: Vec::new(),
+            instances: HashSet::new(),
             last_done: None,
             exhausted: false,
         }
     }
 
     /// Counts an answer that took `micros` into second `second` of the window (`read`: a successful
-    /// read, `l1`: answered from tier 1).
-    fn second(&mut self, second: usize, micros: Option<u64>, read: bool, l1: bool) {
+    /// read, `l1`: answered from tier 1, `instance`: the `x-edge-instance` that gave it).
+    fn second(
+        &mut self,
+        second: usize,
+        micros: Option<u64>,
+        read: bool,
+        l1: bool,
+        instance: Option<String>,
+    ) {
         for series in [
             &mut self.per_second,
             &mut self.per_second_reads,
@@ -170,6 +182,14 @@ impl Tally {
         self.per_second[second] += 1;
         self.per_second_reads[second] += u64::from(read);
         self.per_second_l1[second] += u64::from(l1);
+        if let Some(instance) = instance {
+            if self.per_second_instances.len() <= second {
+                self.per_second_instances
+                    .resize_with(second + 1, HashSet::new);
+            }
+            self.instances.insert(instance.clone());
+            self.per_second_instances[second].insert(instance);
+        }
         if let Some(micros) = micros {
             if self.per_second_latency.len() <= second {
                 self.per_second_latency.resize_with(second + 1, Vec::new);
@@ -185,6 +205,7 @@ impl Tally {
             status,
             x_cache,
             timing,
+            instance: _,
         } = answer;
         self.latency.saturating_record(micros);
         *self.statuses.entry(status.to_string()).or_default() += 1;
@@ -261,6 +282,18 @@ impl Tally {
         add_series(&mut self.per_second, other.per_second);
         add_series(&mut self.per_second_reads, other.per_second_reads);
         add_series(&mut self.per_second_l1, other.per_second_l1);
+        if self.per_second_instances.len() < other.per_second_instances.len() {
+            self.per_second_instances
+                .resize_with(other.per_second_instances.len(), HashSet::new);
+        }
+        for (mine, theirs) in self
+            .per_second_instances
+            .iter_mut()
+            .zip(other.per_second_instances)
+        {
+            mine.extend(theirs);
+        }
+        self.instances.extend(other.instances);
         if self.per_second_latency.len() < other.per_second_latency.len() {
             self.per_second_latency
                 .resize_with(other.per_second_latency.len(), Vec::new);
@@ -450,17 +483,18 @@ async fn connection(plan: Arc<Plan>, seed: u64, number: usize) -> Tally {
             continue;
         }
         // For the per-second series: the answer's latency, a successful read, from tier 1.
-        let (answered, read_ok, l1) = match outcome {
-            Ok(answer) => {
+        let (answered, read_ok, l1, instance) = match outcome {
+            Ok(mut answer) => {
                 let micros = (done - started).as_micros().clamp(1, 60_000_000) as u64;
+                let instance = answer.instance.take();
                 let (read_ok, l1) = tally.answered(answer, write, micros);
-                (Some(micros), read_ok, l1)
+                (Some(micros), read_ok, l1, instance)
             }
             Err(kind) => {
                 tally.error(kind);
                 // A refused connection must not turn into a busy loop.
                 tokio::time::sleep(Duration::from_millis(10)).await;
-                (None, false, false)
+                (None, false, false, None)
             }
         };
         tally.second(
@@ -468,6 +502,7 @@ async fn connection(plan: Arc<Plan>, seed: u64, number: usize) -> Tally {
             answered,
             read_ok,
             l1,
+            instance,
         );
         tally.last_done = Some(done);
     }
@@ -500,6 +535,8 @@ struct Answered {
     x_cache: Option<String>,
     /// `server-timing`, as sent.
     timing: Option<String>,
+    /// `x-edge-instance`: which of the edge's instances answered.
+    instance: Option<String>,
 }
 
 impl From<Answer> for Answered {
@@ -508,6 +545,7 @@ impl From<Answer> for Answered {
             status: answer.status,
             x_cache: answer.header("x-cache").map(str::to_string),
             timing: answer.header("server-timing").map(str::to_string),
+            instance: answer.header(X_EDGE_INSTANCE).map(str::to_string),
         }
     }
 }
@@ -577,9 +615,27 @@ fn summarise(mut t: Tally, elapsed: Duration, concurrency: usize) -> LoadResult 
         per_second_p99_us: series.p99_us,
         per_second_l1: series.l1,
         per_second_reads: series.reads,
+        per_second_instances: series.instances,
+        instances: t.instances.len() as u64,
+        cpu_ms: own_cpu_ms(),
         keys_exhausted: t.exhausted,
         concurrency,
     }
+}
+
+/// The CPU time (user + system) this process has used so far, in ms, from `/proc/self/stat` (fields
+/// 14 and 15, in clock ticks of 1/100 s on Linux); `None` where there is no such file.
+fn own_cpu_ms() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let ticks: u64 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|f| f.parse::<u64>().unwrap_or(0))
+        .sum();
+    Some(ticks as f64 * 10.0)
 }
 
 /// The per-second series of a run, over its whole seconds only.
@@ -589,6 +645,8 @@ struct PerSecond {
     p99_us: Vec<u64>,
     reads: Vec<u64>,
     l1: Vec<u64>,
+    /// Distinct instances that answered in each second.
+    instances: Vec<u64>,
 }
 
 impl PerSecond {
@@ -616,12 +674,18 @@ impl PerSecond {
         );
         reads.resize(whole, 0);
         l1.resize(whole, 0);
+        let mut instances: Vec<u64> = std::mem::take(&mut t.per_second_instances)
+            .iter()
+            .map(|set| set.len() as u64)
+            .collect();
+        instances.resize(whole, 0);
         Self {
             answers,
             p50_us: quantile(0.5),
             p99_us: quantile(0.99),
             reads,
             l1,
+            instances,
         }
     }
 }
