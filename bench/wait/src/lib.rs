@@ -1,7 +1,8 @@
 //! The smallest component that waits: a spin-sdk 6 (WASIp3) HTTP component that answers `200` after
 //! waiting on a host timer for `?ms=N` milliseconds (a p3 `wait-for`, as the edge's Redis and origin
 //! calls wait on the host), after burning `?cpu_ms=N` milliseconds of CPU in the guest, and/or after
-//! `?races=N` races of two host timers of `?race_ms=M` (default 1) milliseconds where the loser is
+//! `?races=N` races of two host timers of `?race_ms=M` (default 1) and `?loser_ms=L` (default M)
+//! milliseconds where the loser is
 //! dropped, i.e. cancelled, the way the edge's timeouts used to drop the timer or the call that lost
 //! (or, with `?detach=1`, left to finish on its own, as they do now) (each also from `WAIT_MS`, `WAIT_CPU_MS`, `WAIT_RACES`, `WAIT_RACE_MS` in the component's
 //! environment). Nothing else: no variables, no outbound connection. `tests/tests/overload.rs` runs it under real Spin with
@@ -27,10 +28,16 @@ async fn handle(request: Request) -> http::Response<FullBody<Bytes>> {
         spin_sdk::time::sleep(Duration::from_millis(wait)).await;
     }
     let race = Duration::from_millis(param(query, "race_ms").max(1));
+    // `?loser_ms=N`: the second timer's length (default: `race_ms`), e.g. a 250 ms timeout racing a
+    // 1 ms call, as each of the edge's Redis commands does.
+    let loser = match param(query, "loser_ms") {
+        0 => race,
+        ms => Duration::from_millis(ms),
+    };
     let detach = param(query, "detach") > 0;
     for _ in 0..param(query, "races") {
         let a = Box::pin(spin_sdk::time::sleep(race));
-        let b = Box::pin(spin_sdk::time::sleep(race));
+        let b = Box::pin(spin_sdk::time::sleep(loser));
         match futures::future::select(a, b).await {
             // `detach=1`: the loser is left to finish on its own, after the answer if need be.
             Either::Left((_, loser)) | Either::Right((_, loser)) if detach => {

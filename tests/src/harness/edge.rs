@@ -27,10 +27,12 @@ use xtask::launch::EdgeVariables;
 use xtask::spin::SpinCli;
 
 use super::origin::Origin;
-use super::process::{ManagedChild, StopSignal, log_to, spawn_managed};
+use super::process::{
+    ManagedChild, START_ATTEMPTS, StopSignal, listens_on, log_to, port_was_taken, spawn_managed,
+};
 use super::redis_server::{RedisServer, RedisUser};
 use super::stack::{Stack, TestEnv};
-use super::{free_port, port_open, temp_dir, wait_until, workspace_root};
+use super::{free_port, temp_dir, wait_until, workspace_root};
 use crate::host::manifest::env_var_name;
 use crate::host::{
     DEFAULT_IDLE_INSTANCE_TIMEOUT, DEFAULT_MAX_INSTANCE_CONCURRENT_REUSE_COUNT,
@@ -369,11 +371,44 @@ impl SpinUp {
     /// folder, and the CA for `rediss://` through `SSL_CERT_FILE` (Spin's Redis client uses the
     /// platform's TLS, which reads it), and `runtime_config` as `--runtime-config-file`. Waits until it
     /// accepts connections.
+    /// `spin up` on a free port; on another one if that port was taken before Spin bound it (a few
+    /// times at most: [`START_ATTEMPTS`]).
     async fn start(
         cli: &SpinCli,
         config: &HostConfig,
         runtime_config: Option<&str>,
     ) -> anyhow::Result<SpinUp> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(cli, config, runtime_config).await {
+                Err((e, log)) if attempt < START_ATTEMPTS && port_was_taken(&log) => {
+                    eprintln!("spin up: its port was taken ({e:#}); another one");
+                    attempt += 1;
+                }
+                result => return result.map_err(|(e, _)| e),
+            }
+        }
+    }
+
+    /// One start; on failure, the error and Spin's log.
+    async fn start_once(
+        cli: &SpinCli,
+        config: &HostConfig,
+        runtime_config: Option<&str>,
+    ) -> Result<SpinUp, (anyhow::Error, String)> {
+        Self::start_on(cli, config, runtime_config)
+            .await
+            .map_err(|(e, spin)| {
+                let log = spin.as_ref().map(SpinUp::log).unwrap_or_default();
+                (e, log)
+            })
+    }
+
+    async fn start_on(
+        cli: &SpinCli,
+        config: &HostConfig,
+        runtime_config: Option<&str>,
+    ) -> Result<SpinUp, (anyhow::Error, Option<SpinUp>)> {
         let dir = temp_dir("aside-spin");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut command = Command::new(&cli.path);
@@ -389,7 +424,8 @@ impl SpinUp {
         if let Some(toml) = runtime_config {
             let file = dir.join("runtime-config.toml");
             std::fs::write(&file, toml)
-                .with_context(|| format!("cannot write {}", file.display()))?;
+                .with_context(|| format!("cannot write {}", file.display()))
+                .map_err(|e| (e, None))?;
             command.arg("--runtime-config-file").arg(file);
         }
         // Only what the test says: no SPIN_* setting of the developer's shell leaks in, nor the
@@ -408,22 +444,33 @@ impl SpinUp {
         }
         log_to(&mut command, &dir, "spin");
         let mut child = spawn_managed(command, StopSignal::TermGroup)
-            .with_context(|| format!("cannot run {}", cli.path.display()))?;
+            .with_context(|| format!("cannot run {}", cli.path.display()))
+            .map_err(|e| (e, None))?;
+        // Listening means `spin up` (or the trigger it starts) holds the port, not just that
+        // something answers on it.
+        let pid = child.id();
         let up = wait_until(SPIN_START_TIMEOUT, || {
-            let exited = child.has_exited();
-            async move { exited || port_open(addr.port()).await }
+            let done = child.has_exited() || listens_on(pid, addr.port());
+            async move { done }
         })
         .await;
         let mut spin = SpinUp { addr, dir, child };
         if spin.child.has_exited() {
-            anyhow::bail!("`spin up` exited before serving:\n{}", spin.log());
+            let log = spin.log();
+            return Err((
+                anyhow::anyhow!("`spin up` exited before serving:\n{log}"),
+                Some(spin),
+            ));
         }
         if !up {
-            anyhow::bail!(
-                "`spin up` did not listen on {addr} within {} s:\n{}",
-                SPIN_START_TIMEOUT.as_secs(),
-                spin.log()
-            );
+            let log = spin.log();
+            return Err((
+                anyhow::anyhow!(
+                    "`spin up` did not listen on {addr} within {} s:\n{log}",
+                    SPIN_START_TIMEOUT.as_secs(),
+                ),
+                Some(spin),
+            ));
         }
         Ok(spin)
     }

@@ -38,7 +38,9 @@ pub use load::{Load, LoadReport, Sample};
 pub use oidc::{JwksMode, OIDC_AUDIENCE, OidcClient, OidcProvider, OidcStats};
 pub use origin::{FILL_DEADLINE, Origin, OriginOptions, fills_settled, origin_binary};
 pub use postgres::PostgresServer;
-pub use process::{ManagedChild, StopSignal, log_to, spawn_managed, temp_dir};
+pub use process::{
+    ManagedChild, StopSignal, listens_on, log_to, port_was_taken, spawn_managed, temp_dir,
+};
 pub use redis_server::{
     RedisCluster, RedisHa, RedisSentinel, RedisServer, RedisTls, RedisUser, TlsOptions,
 };

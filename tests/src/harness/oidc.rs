@@ -23,8 +23,8 @@ use serde_json::{Value, json};
 // A client per call (http_client()): tests run each on a runtime of its own, and a pooled connection
 // must not outlive the runtime that opened it.
 use super::http::http_client;
-use super::process::{ManagedChild, StopSignal, log_to, spawn_managed, temp_dir};
-use super::{free_port, port_open, wait_until, workspace_root};
+use super::process::{ManagedChild, StopSignal, listens_on, log_to, spawn_managed, temp_dir};
+use super::{free_port, wait_until, workspace_root};
 
 /// The `aud` of the provider's tokens (its one resource server): the edge's `auth_audience`.
 pub const OIDC_AUDIENCE: &str = "https://aside.test/api";
@@ -145,11 +145,12 @@ impl OidcProvider {
         log_to(&mut command, &self.dir, "oidc-provider");
         let mut child =
             spawn_managed(command, StopSignal::Kill).context("cannot run node (Node.js 20+)")?;
-        let port = self.port;
-        let up = wait_until(
-            Duration::from_secs(30),
-            || async move { port_open(port).await },
-        )
+        let (port, pid) = (self.port, child.id());
+        // Listening means this provider holds the port, not just that something answers there.
+        let up = wait_until(Duration::from_secs(30), || {
+            let done = child.has_exited() || listens_on(pid, port);
+            async move { done }
+        })
         .await;
         if !up || child.has_exited() {
             anyhow::bail!(

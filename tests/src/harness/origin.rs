@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use xtask::launch::OriginSettings;
 
-use super::process::{ManagedChild, StopSignal, log_to, spawn_managed};
-use super::{bin_dir, free_port, metric, port_open, temp_dir, wait_until};
+use super::process::{
+    ManagedChild, START_ATTEMPTS, StopSignal, listens_on, log_to, port_was_taken, spawn_managed,
+};
+use super::{bin_dir, free_port, metric, temp_dir, wait_until};
 
 /// How long [`fills_settled`] waits for an origin's read-path fills.
 pub const FILL_DEADLINE: Duration = Duration::from_secs(10);
@@ -97,7 +99,20 @@ impl Origin {
             options,
             child: None,
         };
-        origin.launch().await?;
+        // A free port can be handed to another server of the run before this one binds it: then
+        // this one cannot bind, and it starts again on another port (a few times at most).
+        for attempt in 1.. {
+            match origin.launch().await {
+                Ok(()) => break,
+                Err(e) if attempt < START_ATTEMPTS && port_was_taken(&origin.log()) => {
+                    eprintln!("aside-origin: port {} was taken ({e:#}); another one", origin.addr);
+                    origin.kill();
+                    origin.addr.set_port(free_port());
+                    origin.log_dir = temp_dir("aside-origin");
+                }
+                Err(e) => return Err(e),
+            }
+        }
         Ok(origin)
     }
 
@@ -113,10 +128,20 @@ impl Origin {
             command.env(k, v);
         }
         log_to(&mut command, &self.log_dir, "origin");
-        self.child = Some(spawn_managed(command, StopSignal::Kill)?);
-        let port = self.addr.port();
-        if !wait_until(Duration::from_secs(20), || port_open(port)).await {
-            anyhow::bail!("aside-origin did not start:\n{}", self.log());
+        let child = spawn_managed(command, StopSignal::Kill)?;
+        let (pid, port) = (child.id(), self.addr.port());
+        self.child = Some(child);
+        // Listening means this process holds the port, not just that something answers on it.
+        let child = self.child.as_mut().expect("just set");
+        let mut exited = false;
+        let up = wait_until(Duration::from_secs(20), || {
+            exited = exited || child.has_exited();
+            let done = exited || listens_on(pid, port);
+            async move { done }
+        })
+        .await;
+        if !up || exited {
+            anyhow::bail!("aside-origin did not start on {}:\n{}", self.addr, self.log());
         }
         Ok(())
     }

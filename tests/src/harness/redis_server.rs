@@ -8,9 +8,9 @@ use anyhow::Context as _;
 use xtask::local::{HaPasswords, RedisPasswords};
 use xtask::redis_server::{RedisNode, Replication};
 
-use super::process::{ManagedChild, StopSignal, log_to, spawn_managed};
+use super::process::{ManagedChild, StopSignal, listens_on, log_to, spawn_managed};
 use super::tls::{CertFiles, TestCa};
-use super::{free_port, generate_secret, port_open, temp_dir, wait_until, workspace_root};
+use super::{free_port, generate_secret, temp_dir, wait_until, workspace_root};
 
 /// The ACL users of `deploy/users.acl.template`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,17 +252,14 @@ impl RedisServer {
         let port = self.port;
         let tls_port = self.tls.as_ref().map(|t| t.port);
         let child = self.child.as_mut().expect("just set");
+        let pid = child.id();
         let mut exited = false;
+        // Listening means this redis-server holds the port(s), not just that something answers there.
         let up = wait_until(Duration::from_secs(20), || {
             exited = exited || child.has_exited();
-            let done = exited;
-            async move {
-                done || (port_open(port).await
-                    && match tls_port {
-                        Some(p) => port_open(p).await,
-                        None => true,
-                    })
-            }
+            let done = exited
+                || (listens_on(pid, port) && tls_port.is_none_or(|p| listens_on(pid, p)));
+            async move { done }
         })
         .await;
         if !up || exited {
@@ -649,8 +646,9 @@ impl RedisSentinel {
             password: ha.sentinel_password.clone(),
             child: Some(child),
         };
+        let pid = sentinel.child.as_ref().map_or(0, ManagedChild::id);
         anyhow::ensure!(
-            wait_until(Duration::from_secs(20), || port_open(port)).await,
+            wait_until(Duration::from_secs(20), || async move { listens_on(pid, port) }).await,
             "redis-server --sentinel did not start on port {port}:\n{}",
             std::fs::read_to_string(sentinel.dir.join("sentinel.log")).unwrap_or_default()
         );
