@@ -105,7 +105,10 @@ impl Origin {
             match origin.launch().await {
                 Ok(()) => break,
                 Err(e) if attempt < START_ATTEMPTS && port_was_taken(&origin.log()) => {
-                    eprintln!("aside-origin: port {} was taken ({e:#}); another one", origin.addr);
+                    eprintln!(
+                        "aside-origin: port {} was taken ({e:#}); another one",
+                        origin.addr
+                    );
                     origin.kill();
                     origin.addr.set_port(free_port());
                     origin.log_dir = temp_dir("aside-origin");
@@ -141,7 +144,11 @@ impl Origin {
         })
         .await;
         if !up || exited {
-            anyhow::bail!("aside-origin did not start on {}:\n{}", self.addr, self.log());
+            anyhow::bail!(
+                "aside-origin did not start on {}:\n{}",
+                self.addr,
+                self.log()
+            );
         }
         Ok(())
     }

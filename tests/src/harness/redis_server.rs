@@ -257,8 +257,8 @@ impl RedisServer {
         // Listening means this redis-server holds the port(s), not just that something answers there.
         let up = wait_until(Duration::from_secs(20), || {
             exited = exited || child.has_exited();
-            let done = exited
-                || (listens_on(pid, port) && tls_port.is_none_or(|p| listens_on(pid, p)));
+            let done =
+                exited || (listens_on(pid, port) && tls_port.is_none_or(|p| listens_on(pid, p)));
             async move { done }
         })
         .await;
@@ -648,7 +648,11 @@ impl RedisSentinel {
         };
         let pid = sentinel.child.as_ref().map_or(0, ManagedChild::id);
         anyhow::ensure!(
-            wait_until(Duration::from_secs(20), || async move { listens_on(pid, port) }).await,
+            wait_until(
+                Duration::from_secs(20),
+                || async move { listens_on(pid, port) }
+            )
+            .await,
             "redis-server --sentinel did not start on port {port}:\n{}",
             std::fs::read_to_string(sentinel.dir.join("sentinel.log")).unwrap_or_default()
         );
