@@ -5,7 +5,7 @@
 //! shutdown happens in order; each also gets `PR_SET_PDEATHSIG`, so a driver that is killed outright
 //! takes its children with it.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -254,12 +254,14 @@ pub fn spawn_logged(name: &str, recipe: &Recipe, logs: &Path) -> anyhow::Result<
         .with_context(|| format!("cannot start {name}"))
 }
 
-/// Waits until `service` accepts connections on `port`, failing if it exits first or takes over 30 s.
+/// Waits until `service` (or a child of it) listens on `port` ([`listens_on`]: another process that
+/// holds the port does not count), failing if it exits first or takes over 30 s.
 pub fn wait_for_port(service: &mut Service, port: u16, logs: &Path) -> anyhow::Result<()> {
     let name = service.name;
+    let pid = service.child.id();
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if listens_on(pid, port) {
             return Ok(());
         }
         if !matches!(service.child.try_wait(), Ok(None)) {
@@ -271,6 +273,69 @@ pub fn wait_for_port(service: &mut Service, port: u16, logs: &Path) -> anyhow::R
         "{name} did not open port {port}; see {}/{name}.log",
         logs.display()
     )
+}
+
+/// Whether TCP port `port` on the loopback (or every) address is listened on by process `pid` or one
+/// of its descendants, read from `/proc`.
+///
+/// The readiness check of the stack's services and of the test harness's servers, rather than "something accepts connections on the port":
+/// a free port (bind to port 0, read it, close) is one nobody holds *at that moment*, and two
+/// services of one run can be handed the same one before either binds it. The second then fails to bind and exits,
+/// while a bare port check passes on the first, and the test talks to another test's server (seen
+/// once as an origin answering with another test's TTL).
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    use procfs::net::TcpState;
+    use procfs::process::FDTarget;
+
+    let listening: std::collections::HashSet<u64> = [procfs::net::tcp(), procfs::net::tcp6()]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.state == TcpState::Listen
+                && e.local_address.port() == port
+                && (e.local_address.ip().is_loopback() || e.local_address.ip().is_unspecified())
+        })
+        .map(|e| e.inode)
+        .collect();
+    if listening.is_empty() {
+        return false;
+    }
+    descendants_and_self(pid).into_iter().any(|p| {
+        procfs::process::Process::new(p as i32)
+            .and_then(|process| process.fd())
+            .map(|fds| {
+                fds.flatten().any(
+                    |fd| matches!(fd.target, FDTarget::Socket(inode) if listening.contains(&inode)),
+                )
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// `pid` and every process below it (from each process's parent in `/proc/<pid>/stat`).
+fn descendants_and_self(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = procfs::process::all_processes()
+        .map(|all| {
+            all.flatten()
+                .filter_map(|p| p.stat().ok())
+                .map(|s| (s.pid as u32, s.ppid as u32))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut found = vec![pid];
+    let mut next = 0;
+    while next < found.len() {
+        let parent = found[next];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, ppid)| *ppid == parent)
+                .map(|(child, _)| *child),
+        );
+        next += 1;
+    }
+    found
 }
 
 /// Stops a child started by [`spawn_logged`] and everything in its process group (Spin, for one, runs
@@ -499,4 +564,23 @@ fn short_hash(s: &str) -> String {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod listen_tests {
+    use super::*;
+
+    #[test]
+    fn a_port_counts_as_listened_on_only_by_the_process_that_holds_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(listens_on(std::process::id(), port));
+        // Another process does not hold it, nor does anyone hold a closed port.
+        let mut other = Command::new("sleep").arg("5").spawn().unwrap();
+        assert!(!listens_on(other.id(), port));
+        other.kill().unwrap();
+        other.wait().unwrap();
+        drop(listener);
+        assert!(!listens_on(std::process::id(), port));
+    }
 }

@@ -4,8 +4,10 @@ use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
+
 use std::sync::{Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
+pub use xtask::stack::listens_on;
 
 /// What to send a child to stop it quickly but cleanly (PostgreSQL wants SIGQUIT to clean up its shared
 /// memory; `spin up` wants SIGTERM, which it passes on to the trigger process it starts; the others are
@@ -273,69 +275,6 @@ pub fn log_to(command: &mut Command, dir: &Path, name: &str) {
         .stderr(Stdio::from(err));
 }
 
-/// Whether TCP port `port` on the loopback (or every) address is listened on by process `pid` or one
-/// of its descendants, read from `/proc`.
-///
-/// This is the harness's readiness check, rather than "something accepts connections on the port":
-/// [`super::free_port`] hands out a port nobody holds *at that moment*, and two services of one test
-/// run can be handed the same one before either binds it. The second then fails to bind and exits,
-/// while a bare port check passes on the first, and the test talks to another test's server (seen
-/// once as an origin answering with another test's TTL).
-pub fn listens_on(pid: u32, port: u16) -> bool {
-    use procfs::net::TcpState;
-    use procfs::process::FDTarget;
-
-    let listening: std::collections::HashSet<u64> = [procfs::net::tcp(), procfs::net::tcp6()]
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            e.state == TcpState::Listen
-                && e.local_address.port() == port
-                && (e.local_address.ip().is_loopback() || e.local_address.ip().is_unspecified())
-        })
-        .map(|e| e.inode)
-        .collect();
-    if listening.is_empty() {
-        return false;
-    }
-    descendants_and_self(pid).into_iter().any(|p| {
-        procfs::process::Process::new(p as i32)
-            .and_then(|process| process.fd())
-            .map(|fds| {
-                fds.flatten().any(
-                    |fd| matches!(fd.target, FDTarget::Socket(inode) if listening.contains(&inode)),
-                )
-            })
-            .unwrap_or(false)
-    })
-}
-
-/// `pid` and every process below it (from each process's parent in `/proc/<pid>/stat`).
-fn descendants_and_self(pid: u32) -> Vec<u32> {
-    let parents: Vec<(u32, u32)> = procfs::process::all_processes()
-        .map(|all| {
-            all.flatten()
-                .filter_map(|p| p.stat().ok())
-                .map(|s| (s.pid as u32, s.ppid as u32))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut found = vec![pid];
-    let mut next = 0;
-    while next < found.len() {
-        let parent = found[next];
-        found.extend(
-            parents
-                .iter()
-                .filter(|(_, ppid)| *ppid == parent)
-                .map(|(child, _)| *child),
-        );
-        next += 1;
-    }
-    found
-}
-
 /// How many times a server is started on a fresh port when the one it was given was taken.
 pub const START_ATTEMPTS: u32 = 3;
 
@@ -348,20 +287,6 @@ pub fn port_was_taken(log: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_port_counts_as_listened_on_only_by_the_process_that_holds_it() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        assert!(listens_on(std::process::id(), port));
-        // Another process does not hold it, nor does anyone hold a closed port.
-        let mut other = Command::new("sleep").arg("5").spawn().unwrap();
-        assert!(!listens_on(other.id(), port));
-        other.kill().unwrap();
-        other.wait().unwrap();
-        drop(listener);
-        assert!(!listens_on(std::process::id(), port));
-    }
 
     #[test]
     fn only_a_taken_port_is_worth_another_try() {
