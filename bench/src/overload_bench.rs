@@ -383,6 +383,7 @@ fn phase(
         .map(|(_, n)| n)
         .sum();
     let elapsed = result.elapsed_s.max(f64::EPSILON);
+    let runtime_cpu_ms = cpu_ticks as f64 * 1000.0 / clock_ticks_per_s();
     let (starts, start_mean_ms) = server_timing
         .get("start")
         .map_or((0, None), |(n, mean)| (*n, Some(*mean)));
@@ -419,16 +420,14 @@ fn phase(
             .collect(),
         instances: result.instances,
         per_second_instances: result.per_second_instances.clone(),
-        cpu_ms_per_answer: (result.requests > 0)
-            .then(|| cpu_ticks as f64 * 1000.0 / clock_ticks_per_s() / result.requests as f64),
+        cpu_ms_per_answer: (result.requests > 0).then(|| runtime_cpu_ms / result.requests as f64),
         loader_cpu_ms_per_answer: result
             .cpu_ms
             .filter(|_| result.requests > 0)
             .map(|ms| ms / result.requests as f64),
-        cores_busy: result.cpu_ms.map(|loader_ms| {
-            let runtime_ms = cpu_ticks as f64 * 1000.0 / clock_ticks_per_s();
-            (runtime_ms + loader_ms) / (elapsed * 1000.0 * cores())
-        }),
+        cores_busy: result
+            .cpu_ms
+            .map(|loader_ms| (runtime_cpu_ms + loader_ms) / (elapsed * 1000.0 * cores())),
         redis_calls_per_1k,
         server_timing,
     };

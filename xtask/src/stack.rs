@@ -278,11 +278,11 @@ pub fn wait_for_port(service: &mut Service, port: u16, logs: &Path) -> anyhow::R
 /// Whether TCP port `port` on the loopback (or every) address is listened on by process `pid` or one
 /// of its descendants, read from `/proc`.
 ///
-/// The readiness check of the stack's services and of the test harness's servers, rather than "something accepts connections on the port":
-/// a free port (bind to port 0, read it, close) is one nobody holds *at that moment*, and two
-/// services of one run can be handed the same one before either binds it. The second then fails to bind and exits,
-/// while a bare port check passes on the first, and the test talks to another test's server (seen
-/// once as an origin answering with another test's TTL).
+/// The readiness check of the stack's services and of the test harness's servers, rather than
+/// "something accepts connections on the port": a free port (bind to port 0, read it, close) is one
+/// nobody holds *at that moment*, and two services of one run can be handed the same one before
+/// either binds it. The second then fails to bind and exits, while a bare port check passes on the
+/// first, and its caller talks to the other's server.
 pub fn listens_on(pid: u32, port: u16) -> bool {
     use procfs::net::TcpState;
     use procfs::process::FDTarget;

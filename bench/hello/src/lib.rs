@@ -6,6 +6,7 @@
 
 use std::sync::OnceLock;
 
+use aside_shared::headers::{X_EDGE_INSTANCE, format_instance_id};
 use bytes::Bytes;
 use spin_sdk::http::{FullBody, Request};
 
@@ -18,18 +19,13 @@ async fn handle(_request: Request) -> http::Response<FullBody<Bytes>> {
     http::Response::builder()
         .status(200)
         .header("content-type", "application/json")
-        .header("x-edge-instance", instance_id())
+        .header(X_EDGE_INSTANCE, instance_id())
         .body(FullBody::new(Bytes::from_static(BODY)))
         .expect("a static response is valid")
 }
 
-/// This instance's id, 16 hex digits from the host's `wasi:random` on first use (as the edge's).
+/// This instance's id, from the host's `wasi:random` on first use (as the edge's).
 fn instance_id() -> &'static str {
     static ID: OnceLock<String> = OnceLock::new();
-    ID.get_or_init(|| {
-        format!(
-            "{:016x}",
-            spin_sdk::wasip3::random::random::get_random_u64()
-        )
-    })
+    ID.get_or_init(|| format_instance_id(spin_sdk::wasip3::random::random::get_random_u64()))
 }

@@ -390,25 +390,12 @@ impl SpinUp {
         }
     }
 
-    /// One start; on failure, the error and Spin's log.
+    /// One start on a free port; on failure, the error and Spin's log (empty if it never ran).
     async fn start_once(
         cli: &SpinCli,
         config: &HostConfig,
         runtime_config: Option<&str>,
     ) -> Result<SpinUp, (anyhow::Error, String)> {
-        Self::start_on(cli, config, runtime_config)
-            .await
-            .map_err(|(e, spin)| {
-                let log = spin.as_ref().map(SpinUp::log).unwrap_or_default();
-                (e, log)
-            })
-    }
-
-    async fn start_on(
-        cli: &SpinCli,
-        config: &HostConfig,
-        runtime_config: Option<&str>,
-    ) -> Result<SpinUp, (anyhow::Error, Option<SpinUp>)> {
         let dir = temp_dir("aside-spin");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut command = Command::new(&cli.path);
@@ -425,7 +412,7 @@ impl SpinUp {
             let file = dir.join("runtime-config.toml");
             std::fs::write(&file, toml)
                 .with_context(|| format!("cannot write {}", file.display()))
-                .map_err(|e| (e, None))?;
+                .map_err(|e| (e, String::new()))?;
             command.arg("--runtime-config-file").arg(file);
         }
         // Only what the test says: no SPIN_* setting of the developer's shell leaks in, nor the
@@ -445,7 +432,7 @@ impl SpinUp {
         log_to(&mut command, &dir, "spin");
         let mut child = spawn_managed(command, StopSignal::TermGroup)
             .with_context(|| format!("cannot run {}", cli.path.display()))
-            .map_err(|e| (e, None))?;
+            .map_err(|e| (e, String::new()))?;
         // Listening means `spin up` (or the trigger it starts) holds the port, not just that
         // something answers on it.
         let pid = child.id();
@@ -455,24 +442,18 @@ impl SpinUp {
         })
         .await;
         let mut spin = SpinUp { addr, dir, child };
-        if spin.child.has_exited() {
-            let log = spin.log();
-            return Err((
-                anyhow::anyhow!("`spin up` exited before serving:\n{log}"),
-                Some(spin),
-            ));
-        }
-        if !up {
-            let log = spin.log();
-            return Err((
-                anyhow::anyhow!(
-                    "`spin up` did not listen on {addr} within {} s:\n{log}",
-                    SPIN_START_TIMEOUT.as_secs(),
-                ),
-                Some(spin),
-            ));
-        }
-        Ok(spin)
+        let failed = if spin.child.has_exited() {
+            "exited before serving".to_string()
+        } else if !up {
+            format!(
+                "did not listen on {addr} within {} s",
+                SPIN_START_TIMEOUT.as_secs()
+            )
+        } else {
+            return Ok(spin);
+        };
+        let log = spin.log();
+        Err((anyhow::anyhow!("`spin up` {failed}:\n{log}"), log))
     }
 
     /// Spin's own output, then the component's stdout and stderr (Spin writes those to

@@ -4,9 +4,9 @@ use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-
 use std::sync::{Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
+
 pub use xtask::stack::listens_on;
 
 /// What to send a child to stop it quickly but cleanly (PostgreSQL wants SIGQUIT to clean up its shared

@@ -640,13 +640,13 @@ impl RedisSentinel {
         log_to(&mut command, &dir, "sentinel");
         let child = spawn_managed(command, StopSignal::Kill)
             .map_err(|e| anyhow::anyhow!("cannot start redis-server --sentinel: {e}"))?;
+        let pid = child.id();
         let sentinel = Self {
             port,
             dir,
             password: ha.sentinel_password.clone(),
             child: Some(child),
         };
-        let pid = sentinel.child.as_ref().map_or(0, ManagedChild::id);
         anyhow::ensure!(
             wait_until(
                 Duration::from_secs(20),
