@@ -128,9 +128,8 @@ struct Tally {
     /// Successful reads, and those answered from tier 1, of each second.
     per_second_reads: Vec<u64>,
     per_second_l1: Vec<u64>,
-    /// The instances (`x-edge-instance`) that gave the answers of each second, and of the whole run.
+    /// The instances (`x-edge-instance`) that gave the answers of each second.
     per_second_instances: Vec<HashSet<String>>,
-    instances: HashSet<String>,
     /// When this connection's last measured request finished.
     last_done: Option<Instant>,
     exhausted: bool,
@@ -154,7 +153,6 @@ impl Tally {
             per_second_reads: Vec::new(),
             per_second_l1: Vec::new(),
             per_second_instances: Vec::new(),
-            instances: HashSet::new(),
             last_done: None,
             exhausted: false,
         }
@@ -187,7 +185,6 @@ impl Tally {
                 self.per_second_instances
                     .resize_with(second + 1, HashSet::new);
             }
-            self.instances.insert(instance.clone());
             self.per_second_instances[second].insert(instance);
         }
         if let Some(micros) = micros {
@@ -293,7 +290,6 @@ impl Tally {
         {
             mine.extend(theirs);
         }
-        self.instances.extend(other.instances);
         if self.per_second_latency.len() < other.per_second_latency.len() {
             self.per_second_latency
                 .resize_with(other.per_second_latency.len(), Vec::new);
@@ -572,6 +568,13 @@ fn summarise(mut t: Tally, elapsed: Duration, concurrency: usize) -> LoadResult 
     let requests = t.latency.len();
     let errors: u64 = t.errors.values().sum();
     let secs = elapsed.as_secs_f64();
+    // Every instance of the run, partial seconds included (before the series are cut to whole ones).
+    let instances = t
+        .per_second_instances
+        .iter()
+        .flatten()
+        .collect::<HashSet<_>>()
+        .len() as u64;
     let series = PerSecond::of(&mut t, secs.floor() as usize);
     let (server_timing_n, server_timing_ms) = server_timing(std::mem::take(&mut t.timings));
     LoadResult {
@@ -616,7 +619,7 @@ fn summarise(mut t: Tally, elapsed: Duration, concurrency: usize) -> LoadResult 
         per_second_l1: series.l1,
         per_second_reads: series.reads,
         per_second_instances: series.instances,
-        instances: t.instances.len() as u64,
+        instances,
         cpu_ms: own_cpu_ms(),
         keys_exhausted: t.exhausted,
         concurrency,
