@@ -173,8 +173,10 @@ async fn old_style_key_names_left_by_an_earlier_version_read_as_misses() {
     // An old-style copy of profile 2 that differs from PostgreSQL (another department, a version far
     // ahead, fresh for an hour): were it read, it would be served and would win every compare-and-set.
     assert_eq!(origin_get(&origin, &token, "/users/2").await.status, 200);
+    // The origin fills Redis after it answers: wait for the fill before reading it.
+    origin.fills_settled().await;
     let mut hash: HashMap<String, String> = redis.hgetall("user:profile:{2}").await.unwrap();
-    assert!(!hash.is_empty());
+    assert!(!hash.is_empty(), "the origin's fill of profile 2 is in Redis");
     hash.insert("department".into(), "Planted".into());
     hash.insert("_version".into(), "999999".into());
     let fresh_until = std::time::SystemTime::now()
