@@ -176,7 +176,10 @@ async fn old_style_key_names_left_by_an_earlier_version_read_as_misses() {
     // The origin fills Redis after it answers: wait for the fill before reading it.
     origin.fills_settled().await;
     let mut hash: HashMap<String, String> = redis.hgetall("user:profile:{2}").await.unwrap();
-    assert!(!hash.is_empty(), "the origin's fill of profile 2 is in Redis");
+    assert!(
+        !hash.is_empty(),
+        "the origin's fill of profile 2 is in Redis"
+    );
     hash.insert("department".into(), "Planted".into());
     hash.insert("_version".into(), "999999".into());
     let fresh_until = std::time::SystemTime::now()

@@ -105,11 +105,12 @@ impl Prometheus {
     }
 }
 
-/// One miss and then three hits of each id.
+/// One miss and then three hits of each id (the hits wait for the miss's fill, which follows its
+/// answer).
 async fn read_miss_then_hits(origin: &Origin, ids: std::ops::RangeInclusive<i32>) {
     let client = reqwest::Client::new();
     for id in ids {
-        for _ in 0..4 {
+        for read in 0..4 {
             let status = client
                 .get(format!("{}/users/{id}", origin.url()))
                 .send()
@@ -117,6 +118,9 @@ async fn read_miss_then_hits(origin: &Origin, ids: std::ops::RangeInclusive<i32>
                 .unwrap()
                 .status();
             assert_eq!(status, 200, "users/{id}");
+            if read == 0 {
+                origin.fills_settled().await;
+            }
         }
     }
 }

@@ -312,7 +312,8 @@ async fn primary_killed_sentinel_fails_over_no_read_fails_no_write_is_lost_nothi
         first_hit.is_some(),
         "the origin never hit Redis after the failover"
     );
-    assert!(went_backwards(&report, &urls).is_empty());
+    let backwards = went_backwards(&report, &urls);
+    assert!(backwards.is_empty(), "{backwards:#?}");
     // The origin followed, and says so.
     let metrics = reqwest::get(format!("{}/metrics", ha.origin.url()))
         .await

@@ -931,6 +931,8 @@ async fn normal_operation_needs_no_denied_command_and_the_edge_connects_as_edge(
     };
 
     assert_eq!(get("/users/1").await, (200, Some("MISS".into())));
+    // The origin fills Redis after it answers.
+    origin.fills_settled().await;
     assert_eq!(get("/users/1").await, (200, Some("L2".into())));
     assert_eq!(get("/users/999999").await.0, 404);
     let patch = http
