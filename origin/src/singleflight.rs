@@ -8,10 +8,16 @@
 //! known (the read path's cache fill). Every waiter gets the result as soon as the work returns it; the
 //! key stays in flight until the tail has run too, so a call arriving meanwhile shares the result it
 //! would otherwise have found in the cache, instead of starting the work again.
+//!
+//! A call that must not be answered with a result computed before it arrived ([`Join::Unanswered`]: the
+//! read path's reload, asked for because the caller has already seen something newer) joins only a run
+//! that has not produced its result yet; a run already in its tail is left to finish, and the call
+//! starts a new run that takes the key over.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::FutureExt as _;
@@ -19,15 +25,35 @@ use futures::future::{BoxFuture, Shared};
 
 /// Groups concurrent calls by key.
 pub struct SingleFlight<K, V> {
-    inflight: Arc<Mutex<HashMap<K, Shared<BoxFuture<'static, V>>>>>,
+    inflight: Arc<Mutex<HashMap<K, Run<V>>>>,
+    /// Numbers the runs, so that a run taken over by a newer one does not forget the newer one's key.
+    runs: AtomicU64,
+}
+
+/// A run in flight: its shared result, whether it has produced it (its tail may still run), and its
+/// number.
+struct Run<V> {
+    shared: Shared<BoxFuture<'static, V>>,
+    answered: Arc<AtomicBool>,
+    number: u64,
 }
 
 impl<K, V> Default for SingleFlight<K, V> {
     fn default() -> Self {
         Self {
             inflight: Arc::default(),
+            runs: AtomicU64::new(0),
         }
     }
+}
+
+/// Which run in flight a call may share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Join {
+    /// Any: its result, or the result of a run whose tail is still running.
+    Any,
+    /// Only a run that has not produced its result yet.
+    Unanswered,
 }
 
 /// Whether a call ran the work itself or shared another call's.
@@ -65,21 +91,40 @@ where
         Fut: Future<Output = (V, T)> + Send + 'static,
         T: Future<Output = ()> + Send + 'static,
     {
+        self.run_joining(key, Join::Any, work).await
+    }
+
+    /// [`SingleFlight::run_with_tail`], sharing only the runs `join` allows.
+    pub async fn run_joining<F, Fut, T>(&self, key: K, join: Join, work: F) -> (V, Role)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = (V, T)> + Send + 'static,
+        T: Future<Output = ()> + Send + 'static,
+    {
         let (shared, role) = {
             let mut inflight = self.inflight.lock().expect("single-flight lock poisoned");
-            if let Some(existing) = inflight.get(&key) {
-                (existing.clone(), Role::Follower)
+            let joinable = inflight
+                .get(&key)
+                .filter(|run| join == Join::Any || !run.answered.load(Ordering::Acquire));
+            if let Some(existing) = joinable {
+                (existing.shared.clone(), Role::Follower)
             } else {
                 let fut = work();
                 let (result, answered) = tokio::sync::oneshot::channel();
-                // Forgets the key when the task ends, however it ends (a panic, a dropped runtime).
+                let number = self.runs.fetch_add(1, Ordering::Relaxed);
+                let produced = Arc::new(AtomicBool::new(false));
+                // Forgets the key when the task ends, however it ends (a panic, a dropped runtime),
+                // unless a newer run has taken it over.
                 let forget = Forget {
                     map: Arc::clone(&self.inflight),
                     key: Some(key.clone()),
+                    number,
                 };
+                let flag = Arc::clone(&produced);
                 let task = tokio::spawn(async move {
                     let _forget = forget;
                     let (value, tail) = fut.await;
+                    flag.store(true, Ordering::Release);
                     let _ = result.send(value);
                     tail.await;
                 });
@@ -95,7 +140,14 @@ where
                 }
                 .boxed()
                 .shared();
-                inflight.insert(key, shared.clone());
+                inflight.insert(
+                    key,
+                    Run {
+                        shared: shared.clone(),
+                        answered: produced,
+                        number,
+                    },
+                );
                 (shared, Role::Leader)
             }
         };
@@ -106,13 +158,16 @@ where
 /// Removes a run's key from the in-flight map when dropped. The run's task cannot remove it before the
 /// leader has inserted it: both hold the map's lock.
 struct Forget<K: Eq + Hash, V> {
-    map: Arc<Mutex<HashMap<K, Shared<BoxFuture<'static, V>>>>>,
+    map: Arc<Mutex<HashMap<K, Run<V>>>>,
     key: Option<K>,
+    number: u64,
 }
 
 impl<K: Eq + Hash, V> Drop for Forget<K, V> {
     fn drop(&mut self) {
-        if let (Some(key), Ok(mut map)) = (self.key.take(), self.map.lock()) {
+        if let (Some(key), Ok(mut map)) = (self.key.take(), self.map.lock())
+            && map.get(&key).is_some_and(|run| run.number == self.number)
+        {
             map.remove(&key);
         }
     }
@@ -236,6 +291,59 @@ mod tests {
         }
         assert_eq!(third, (32, Role::Leader));
         assert_eq!(runs.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_only_call_skips_a_run_in_its_tail_and_takes_the_key_over() {
+        let flight = Arc::new(SingleFlight::<u32, u32>::default());
+        // A run answered 40 and is in its tail.
+        let (release_old_tail, old_tail_released) = tokio::sync::oneshot::channel::<()>();
+        let (old_done, old_finished) = tokio::sync::oneshot::channel::<()>();
+        let (old, _) = flight
+            .run_with_tail(8, move || async move {
+                let tail = async move {
+                    let _ = old_tail_released.await;
+                    let _ = old_done.send(());
+                };
+                (40, tail)
+            })
+            .await;
+        assert_eq!(old, 40);
+        // A call that must see a result computed after it arrived runs the work again, and while
+        // its run has not answered, a second such call shares it.
+        let (release_new, new_released) = tokio::sync::oneshot::channel::<()>();
+        let fresh = {
+            let flight = Arc::clone(&flight);
+            tokio::spawn(async move {
+                flight
+                    .run_joining(8, Join::Unanswered, move || async move {
+                        let _ = new_released.await;
+                        (41, std::future::ready(()))
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let joined = {
+            let flight = Arc::clone(&flight);
+            tokio::spawn(async move {
+                flight
+                    .run_joining(8, Join::Unanswered, || async {
+                        (0, std::future::ready(()))
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        release_new.send(()).unwrap();
+        assert_eq!(fresh.await.unwrap(), (41, Role::Leader));
+        assert_eq!(joined.await.unwrap(), (41, Role::Follower));
+        // The old run's tail ends after the new run took the key over: it does not forget the new
+        // run's key (a plain call still shares the new run while its task is alive, or leads).
+        release_old_tail.send(()).unwrap();
+        old_finished.await.unwrap();
+        let (after, _) = flight.run(8, || async { 42 }).await;
+        assert!(after == 41 || after == 42, "{after}");
     }
 
     #[tokio::test]

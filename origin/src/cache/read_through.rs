@@ -29,7 +29,7 @@ use super::{Lookup, ProfileCache};
 use crate::clock::now_ms;
 use crate::db::DbError;
 use crate::db::guard::DbGuard;
-use crate::singleflight::{Role, SingleFlight};
+use crate::singleflight::{Join, Role, SingleFlight};
 use load::Seen;
 
 /// The read path's settings (the flags are `ResilienceArgs` in `config`).
@@ -166,6 +166,16 @@ pub(crate) fn decide(
     }
 }
 
+/// Which load in flight a refresh for `reason` may share: a reload only one that has not answered yet
+/// (see [`ReadThrough::coalesced_load`]).
+fn join_for(reason: Reason) -> Join {
+    if reason == Reason::Reload {
+        Join::Unanswered
+    } else {
+        Join::Any
+    }
+}
+
 /// The status (and the `cache_result` label) of an answer refreshed from PostgreSQL: an early refresh
 /// of a fresh copy is still a `HIT`.
 pub(crate) fn refreshed_status(reason: Reason) -> (CacheStatus, &'static str) {
@@ -240,12 +250,13 @@ impl ReadThrough {
     ) -> Result<Read, ReadError> {
         let mut timing = ServerTiming::new();
         let reload = mode == ReadMode::Reload;
+        let join = if reload { Join::Unanswered } else { Join::Any };
         if mode == ReadMode::AfterMiss {
             // The caller's look a moment ago is this read's: one Redis round trip less. A fill that
             // landed since is found by the look taken with the lease, and answered.
             crate::metrics::cache_result("miss");
             return self
-                .load_uncached(id, selection, Reason::Miss, timing)
+                .load_uncached(id, selection, Reason::Miss, timing, Join::Any)
                 .await;
         }
         let started = Instant::now();
@@ -291,13 +302,13 @@ impl ReadThrough {
             Lookup::Miss => {
                 crate::metrics::cache_result("miss");
                 return self
-                    .load_uncached(id, selection, Reason::Miss, timing)
+                    .load_uncached(id, selection, Reason::Miss, timing, join)
                     .await;
             }
             Lookup::Unavailable(_) => {
                 crate::metrics::cache_result("error");
                 return self
-                    .load_uncached(id, selection, Reason::NoRedis, timing)
+                    .load_uncached(id, selection, Reason::NoRedis, timing, join)
                     .await;
             }
         };
@@ -347,7 +358,7 @@ impl ReadThrough {
         let started = Instant::now();
         let refreshed = tokio::time::timeout(
             self.inner.settings.refresh_wait,
-            self.coalesced_load(id, seen, true),
+            self.coalesced_load(id, seen, true, join_for(reason)),
         )
         .await;
         timing.add("db", ms_since(started));
@@ -386,6 +397,7 @@ impl ReadThrough {
         selection: Option<&FieldSelection>,
         reason: Reason,
         mut timing: ServerTiming,
+        join: Join,
     ) -> Result<Read, ReadError> {
         if self.inner.db.rejects_now() {
             let skipped = DbError::Unavailable(crate::db::guard::SKIPPED.into());
@@ -393,7 +405,7 @@ impl ReadThrough {
         }
         let started = Instant::now();
         let loaded = self
-            .coalesced_load(id, Seen::Nothing, reason != Reason::NoRedis)
+            .coalesced_load(id, Seen::Nothing, reason != Reason::NoRedis, join)
             .await;
         timing.add("db", ms_since(started));
         let answer = match loaded? {
@@ -409,15 +421,18 @@ impl ReadThrough {
 
     /// The id's load, shared by every concurrent read of this origin (see [`load`]): answered as soon as
     /// PostgreSQL has, while its fill still runs (a read arriving before the fill ends shares it too).
-    async fn coalesced_load(&self, id: UserId, seen: Seen, via_redis: bool) -> Loaded {
+    ///
+    /// `join`: a reload ([`Join::Unanswered`]) never shares a load that has already answered and is
+    /// only filling: its PostgreSQL read may predate a write the caller has already seen (an edge
+    /// asks for a reload when a tier gave it a version older than one it served).
+    async fn coalesced_load(&self, id: UserId, seen: Seen, via_redis: bool, join: Join) -> Loaded {
         let this = self.clone();
         let (loaded, role) = self
             .inner
             .loads
-            .run_with_tail(
-                id,
-                move || async move { this.load(id, seen, via_redis).await },
-            )
+            .run_joining(id, join, move || async move {
+                this.load(id, seen, via_redis).await
+            })
             .await;
         if role == Role::Follower {
             crate::metrics::coalesced();

@@ -19,7 +19,7 @@
 //! fill, the "missing" marker's re-check and the lease's release, in that order, to its tail, which the
 //! single-flight runs on the load's task right after handing out the answer; the id stays in flight until
 //! the tail ends, so a read of this origin arriving meanwhile shares the answer rather than waiting for
-//! the lease. Nothing else changes: the fill is the same versioned compare-and-set (an older fill never
+//! the lease (a reload does not: it shares only a load that has not answered yet). Nothing else changes: the fill is the same versioned compare-and-set (an older fill never
 //! replaces a newer version or a tombstone, whenever it lands), the lease is still released only after the
 //! fill (other origins polling for the holder's fill still find it), and a failed fill is still only
 //! logged and counted (`aside_origin_cache_fills_total`). A tail cut short by the process's exit loses its
@@ -112,6 +112,9 @@ impl ReadThrough {
             }
         }
         let (loaded, fill) = self.query(id).await;
+        // With the cache off there is nothing to fill: no tail, so the next read of the id queries
+        // PostgreSQL again instead of sharing this load while a fill that cannot happen runs.
+        let fill = fill.filter(|_| !inner.cache.is_disabled());
         if fill.is_none() && lease.is_none() {
             return (loaded, no_tail());
         }
