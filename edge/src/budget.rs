@@ -7,9 +7,11 @@
 //! to an origin that the edge's own overload would otherwise flood. Writes are not counted (they are
 //! limited per caller, [`crate::ratelimit`]).
 //!
-//! The budget is **per instance**: Spin runs several instances per process, each with its own bucket,
-//! so a process sends at most `instances × rate` (see docs/operations.md, "Overload", for why it is not
-//! process-wide). 0 turns it off.
+//! By default the budget is **per instance**: Spin runs several instances per process, each with its
+//! own bucket, so a process sends at most `instances × rate`. With `origin_budget_store` naming a
+//! key-value store the budget is **per process**: every instance takes from one bucket kept in that
+//! store ([`SharedBucket`], updated by compare-and-swap, [`crate::process_budget`]), and an instance
+//! falls back to its own bucket only while the store cannot be used. 0 turns it off.
 
 use std::time::Duration;
 
@@ -58,7 +60,6 @@ impl OriginBudget {
             self.tokens -= 1.0;
             Ok(())
         } else {
-            self.refused += 1;
             let wait = (1.0 - self.tokens) / per_nano;
             Err(Duration::from_nanos(wait.ceil() as u64))
         }
@@ -75,10 +76,111 @@ impl OriginBudget {
         Some((self.tokens + elapsed * per_nano).min(burst))
     }
 
-    /// Reads refused since the instance started.
-    pub fn refused(&self) -> u64 {
+    /// Counts a refusal (by this bucket or by the process's) and returns the instance's count so far.
+    pub fn note_refused(&mut self) -> u64 {
+        self.refused += 1;
         self.refused
     }
+}
+
+/// The process-wide bucket's state, as kept in the key-value store: the generic cell rate algorithm's
+/// theoretical arrival time (GCRA, the "virtual scheduling" form of a token bucket), so that the whole
+/// bucket is one number that a compare-and-swap can replace. A read at `now` is granted when the
+/// arrival time is at most `(burst - 1) × interval` ahead of `now`, and moves it one `interval`
+/// (`1 / origin_budget_per_s`) later; time passing is tokens coming back, up to `burst`.
+///
+/// Times are wall-clock microseconds since the Unix epoch (every instance of a process reads the same
+/// clock; the monotonic clock of an instance starts at its own creation and cannot be compared).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedBucket {
+    /// The theoretical arrival time of the next read, µs.
+    pub arrival_us: i64,
+}
+
+/// The 4-byte tag of a [`SharedBucket`] value (a version: a different layout gets another tag).
+const BUCKET_TAG: &[u8; 4] = b"asB1";
+
+impl SharedBucket {
+    /// The value's bytes: the tag, then the arrival time (little-endian).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(12);
+        bytes.extend_from_slice(BUCKET_TAG);
+        bytes.extend_from_slice(&self.arrival_us.to_le_bytes());
+        bytes
+    }
+
+    /// The state in `bytes`; `None` for anything that is not an encoded bucket.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let rest = bytes.strip_prefix(BUCKET_TAG)?;
+        let arrival_us = i64::from_le_bytes(rest.try_into().ok()?);
+        Some(Self { arrival_us })
+    }
+
+    /// One take at `now_us` from the bucket whose stored state is `stored` (`None`: absent or not a
+    /// bucket, so full): the state to store when granted, or the wait until a token is back.
+    ///
+    /// A stored arrival time further ahead than a full bucket's worth of takes can put it, by more than
+    /// [`CLOCK_SLACK_US`] (the wall clock stepped back, or the settings shrank), is not trusted: the
+    /// bucket starts full again rather than refusing every read until the clock catches up. (Within
+    /// the slack it is trusted: an instance whose `now` was read a moment before another's take sees
+    /// that take's arrival time a little further ahead, and must not read that as a reset.)
+    pub fn take(
+        stored: Option<Self>,
+        now_us: i64,
+        settings: BudgetSettings,
+    ) -> Result<Self, Duration> {
+        let (interval, tolerance) = gcra_steps(settings);
+        let arrival =
+            trusted(stored, now_us, interval, tolerance).map_or(now_us, |t| t.max(now_us));
+        let ahead = arrival - now_us;
+        if ahead > tolerance {
+            let wait_us = u64::try_from(ahead - tolerance).unwrap_or(0);
+            return Err(Duration::from_micros(wait_us));
+        }
+        Ok(Self {
+            arrival_us: arrival.saturating_add(interval),
+        })
+    }
+
+    /// Reads the bucket would grant at once at `now_us` (between 0 and the burst).
+    pub fn tokens_at(stored: Option<Self>, now_us: i64, settings: BudgetSettings) -> f64 {
+        let (interval, tolerance) = gcra_steps(settings);
+        let burst = f64::from(settings.burst.max(1));
+        let Some(arrival) = trusted(stored, now_us, interval, tolerance) else {
+            return burst;
+        };
+        let ahead = arrival.saturating_sub(now_us).max(0);
+        // A full bucket has its arrival time at or before now; each take moves it one interval on.
+        ((tolerance + interval - ahead) as f64 / interval as f64).clamp(0.0, burst)
+    }
+}
+
+/// How far past a drained bucket's arrival time a stored one may be and still be trusted: clock reads
+/// of instances racing each other, not a clock step.
+pub const CLOCK_SLACK_US: i64 = 1_000_000;
+
+/// The stored arrival time, unless it is further ahead of `now_us` than a drained bucket's plus
+/// [`CLOCK_SLACK_US`].
+fn trusted(
+    stored: Option<SharedBucket>,
+    now_us: i64,
+    interval: i64,
+    tolerance: i64,
+) -> Option<i64> {
+    let limit = tolerance
+        .saturating_add(interval)
+        .saturating_add(CLOCK_SLACK_US);
+    stored
+        .map(|s| s.arrival_us)
+        .filter(|&t| t.saturating_sub(now_us) <= limit)
+}
+
+/// The emission interval (µs per read, at least 1) and the tolerance (`(burst - 1)` intervals) of
+/// `settings` (a non-zero rate).
+fn gcra_steps(settings: BudgetSettings) -> (i64, i64) {
+    let interval = (1_000_000 / i64::from(settings.per_second.max(1))).max(1);
+    let tolerance = interval.saturating_mul(i64::from(settings.burst.max(1)) - 1);
+    (interval, tolerance)
 }
 
 #[cfg(test)]
@@ -100,7 +202,6 @@ mod tests {
         assert_eq!(wait, Duration::from_millis(100));
         assert_eq!(b.tokens_at(0), Some(0.0));
         assert_eq!(b.tokens_at(S / 20), Some(0.5));
-        assert_eq!(b.refused(), 1);
         // A tenth of a second brings one token back, not more.
         assert!(b.take(S / 10).is_ok());
         assert!(b.take(S / 10).is_err());
@@ -109,7 +210,6 @@ mod tests {
             assert!(b.take(100 * S).is_ok());
         }
         assert!(b.take(100 * S).is_err());
-        assert_eq!(b.refused(), 3);
     }
 
     #[test]
@@ -121,7 +221,6 @@ mod tests {
         for _ in 0..10_000 {
             assert!(b.take(0).is_ok());
         }
-        assert_eq!(b.refused(), 0);
         assert_eq!(b.tokens_at(0), None);
     }
 
@@ -133,5 +232,71 @@ mod tests {
         });
         assert!(b.take(10 * S).is_ok());
         assert!(b.take(5 * S).is_err());
+    }
+    const US: i64 = 1_000_000;
+
+    #[test]
+    fn the_shared_bucket_grants_its_burst_then_its_rate() {
+        let settings = BudgetSettings {
+            per_second: 10,
+            burst: 3,
+        };
+        let t0 = 1_700_000_000 * US;
+        let mut state = None;
+        for _ in 0..3 {
+            state = Some(SharedBucket::take(state, t0, settings).unwrap());
+        }
+        assert_eq!(SharedBucket::tokens_at(state, t0, settings), 0.0);
+        let wait = SharedBucket::take(state, t0, settings).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(100));
+        // Half an interval: half a token; a whole interval: one read, not two.
+        assert_eq!(SharedBucket::tokens_at(state, t0 + US / 20, settings), 0.5);
+        state = Some(SharedBucket::take(state, t0 + US / 10, settings).unwrap());
+        assert!(SharedBucket::take(state, t0 + US / 10, settings).is_err());
+        // A long pause refills up to the burst only.
+        let later = t0 + 100 * US;
+        assert_eq!(SharedBucket::tokens_at(state, later, settings), 3.0);
+        for _ in 0..3 {
+            state = Some(SharedBucket::take(state, later, settings).unwrap());
+        }
+        assert!(SharedBucket::take(state, later, settings).is_err());
+    }
+
+    #[test]
+    fn the_shared_bucket_round_trips_and_refuses_foreign_bytes() {
+        let b = SharedBucket {
+            arrival_us: 1_733_000_000_123_456,
+        };
+        assert_eq!(SharedBucket::decode(&b.encode()), Some(b));
+        assert_eq!(SharedBucket::decode(b"asB1"), None);
+        assert_eq!(SharedBucket::decode(b"asB2\0\0\0\0\0\0\0\0"), None);
+        assert_eq!(SharedBucket::decode(&7i64.to_le_bytes()), None);
+    }
+
+    #[test]
+    fn a_shared_bucket_far_in_the_future_starts_full_again() {
+        let settings = BudgetSettings {
+            per_second: 1,
+            burst: 2,
+        };
+        let now = 1_700_000_000 * US;
+        // One take's worth ahead of a drained bucket is the most a take can leave: trusted.
+        let drained = SharedBucket {
+            arrival_us: now + 2 * US,
+        };
+        assert!(SharedBucket::take(Some(drained), now, settings).is_err());
+        // A take by another instance whose clock read came a moment later: trusted, still drained.
+        let raced = SharedBucket {
+            arrival_us: now + 2 * US + US / 2,
+        };
+        assert!(SharedBucket::take(Some(raced), now, settings).is_err());
+        assert_eq!(SharedBucket::tokens_at(Some(raced), now, settings), 0.0);
+        // An hour ahead (the clock went back an hour): not trusted, the bucket is full.
+        let ahead = SharedBucket {
+            arrival_us: now + 3_600 * US,
+        };
+        assert_eq!(SharedBucket::tokens_at(Some(ahead), now, settings), 2.0);
+        let granted = SharedBucket::take(Some(ahead), now, settings).unwrap();
+        assert_eq!(granted.arrival_us, now + US);
     }
 }

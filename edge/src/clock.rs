@@ -87,6 +87,15 @@ pub fn wall_ms() -> i64 {
         .saturating_add(i64::from(now.nanoseconds / 1_000_000))
 }
 
+/// Now, on the wall clock, in microseconds since the Unix epoch: the unit of the process-wide origin
+/// budget ([`crate::budget::SharedBucket`]), which instances compare with each other.
+pub fn wall_us() -> i64 {
+    let now = spin_sdk::wasip3::clocks::system_clock::now();
+    now.seconds
+        .saturating_mul(1_000_000)
+        .saturating_add(i64::from(now.nanoseconds / 1_000))
+}
+
 /// A number drawn uniformly from (0, 1], from the host's `wasi:random`: XFetch's `u`.
 pub fn unit_random() -> f64 {
     let bits = spin_sdk::wasip3::random::random::get_random_u64() >> 11;

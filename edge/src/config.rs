@@ -147,9 +147,11 @@ pub struct Config {
     pub write_limit: WriteLimit,
     /// The process-wide tier: `shared_tier_store`, `shared_tier_slots`.
     pub shared_tier: SharedTierSettings,
-    /// Reads sent to the origin per instance: `origin_budget_per_s` (0: no budget),
-    /// `origin_budget_burst`.
+    /// Reads sent to the origin: `origin_budget_per_s` (0: no budget), `origin_budget_burst`.
     pub origin_budget: BudgetSettings,
+    /// Where the budget is kept per process (`origin_budget_store`, a key-value store's label); empty:
+    /// per instance.
+    pub origin_budget_store: String,
     /// The invalidation feed: `feed_poll_ms`, `feed_max_lag_ms`.
     pub feed: FeedSettings,
 }
@@ -176,6 +178,7 @@ impl fmt::Debug for Config {
             .field("write_limit", &self.write_limit)
             .field("shared_tier", &self.shared_tier)
             .field("origin_budget", &self.origin_budget)
+            .field("origin_budget_store", &self.origin_budget_store)
             .field("feed", &self.feed)
             .finish()
     }
@@ -382,6 +385,7 @@ impl Config {
                 as u32,
             burst: parse_number(get("origin_budget_burst")?, 1, 1_000_000, BUDGET_BURST)? as u32,
         };
+        let origin_budget_store = parse_store_label(get("origin_budget_store")?)?;
         let redis_max_connections =
             parse_number(get("redis_max_connections")?, 1, 64, CONNECTIONS)? as usize;
         let feed_poll = millis(parse_number(get("feed_poll_ms")?, 0, 60_000, MS_POLL)?);
@@ -430,6 +434,7 @@ impl Config {
             write_limit,
             shared_tier,
             origin_budget,
+            origin_budget_store,
             feed,
         })
     }
@@ -793,6 +798,7 @@ mod tests {
             "shared_tier_slots" => "131072",
             "origin_budget_per_s" => "500",
             "origin_budget_burst" => "500",
+            "origin_budget_store" => "",
             "redis_max_connections" => "16",
             "feed_poll_ms" => "100",
             "feed_max_lag_ms" => "1000",
@@ -883,6 +889,12 @@ mod tests {
     fn the_shared_tier_is_off_by_default_and_names_a_store_label() {
         let c = with(&[]).unwrap();
         assert_eq!(
+            c.origin_budget_store, "",
+            "the origin budget is per instance by default"
+        );
+        let per_process = with(&[("origin_budget_store", Some("default"))]).unwrap();
+        assert_eq!(per_process.origin_budget_store, "default");
+        assert_eq!(
             c.shared_tier,
             SharedTierSettings {
                 store: String::new(),
@@ -902,6 +914,8 @@ mod tests {
             ("shared_tier_store", "Default"),
             ("shared_tier_store", "a b"),
             ("shared_tier_store", "x:y"),
+            ("origin_budget_store", "Default"),
+            ("origin_budget_store", "a/b"),
             ("shared_tier_slots", "0"),
             ("shared_tier_slots", "1000001"),
         ] {

@@ -52,6 +52,7 @@ pub mod l2;
 pub mod metrics;
 pub mod outcome;
 pub mod plan;
+pub mod process_budget;
 pub mod process_tier;
 pub mod ratelimit;
 pub mod read;

@@ -4,10 +4,10 @@
 //!
 //! **Per instance**, labelled `edge_instance` (the answer's `x-edge-instance`): Spin runs several
 //! instances per process, each with its own memory, and a scrape is answered by whichever instance
-//! Spin picks. A process-wide count would need an atomic increment in the key-value store, which
-//! spin-sdk 6 does not have (the same reason the origin budget is per instance, docs/operations.md,
-//! "Overload"); the label keeps each instance's counters one series, so a scrape answered by another
-//! instance is not read by Prometheus as a counter reset. An instance's counters start at 0 and end
+//! Spin picks. A process-wide count would cost an atomic increment in the key-value store
+//! (`wasi:keyvalue/atomics`) per counted event, on every answer; the label keeps each instance's
+//! counters one series instead, so a scrape answered by another instance is not read by Prometheus as
+//! a counter reset. An instance's counters start at 0 and end
 //! with it. Sum across instances (`sum(rate(...))`): a ratio of two such sums (shed ÷ answers) is
 //! right whichever instances the scrapes reached, since both sides are sampled alike.
 //!
@@ -168,6 +168,8 @@ pub struct Metrics {
     shed: [Counter; Shed::ALL.len()],
     budget_granted: Counter,
     budget_refused: Counter,
+    /// Takes the process's bucket could not decide (the instance's own did).
+    budget_fallbacks: Counter,
     origin_reads: [Counter; OriginRead::ALL.len()],
     /// Redis verdicts (`VERDICTS`) and state changes; the origin's breaker has no verdicts (every
     /// failure counts: no answer in time, cannot connect, a 502/503/504).
@@ -187,6 +189,7 @@ impl Metrics {
             shed: [const { Counter::new() }; Shed::ALL.len()],
             budget_granted: Counter::new(),
             budget_refused: Counter::new(),
+            budget_fallbacks: Counter::new(),
             origin_reads: [const { Counter::new() }; OriginRead::ALL.len()],
             redis_verdicts: [const { Counter::new() }; VERDICTS.len()],
             transitions: [const { [const { Counter::new() }; 2] }; 2],
@@ -216,6 +219,11 @@ impl Metrics {
         } else {
             self.budget_refused.inc();
         }
+    }
+
+    /// A take the process's bucket (`origin_budget_store`) could not decide: the instance's did.
+    pub fn budget_fallback(&self) {
+        self.budget_fallbacks.inc();
     }
 
     pub fn origin_read(&self, why: OriginRead) {
@@ -304,7 +312,8 @@ impl Metrics {
             &mut out,
             "aside_edge_origin_budget_total",
             "counter",
-            "Takes from the instance's origin budget, granted or refused",
+            "Takes from the origin budget (the instance's, or the process's with origin_budget_store), \
+             granted or refused",
         );
         for (outcome, c) in [
             ("granted", &self.budget_granted),
@@ -317,12 +326,26 @@ impl Metrics {
                 c.get().to_string(),
             );
         }
+        head(
+            &mut out,
+            "aside_edge_origin_budget_fallbacks_total",
+            "counter",
+            "Takes the process's origin budget could not decide (store failed or contended): the \
+             instance's own bucket did",
+        );
+        sample(
+            &mut out,
+            "aside_edge_origin_budget_fallbacks_total",
+            "",
+            self.budget_fallbacks.get().to_string(),
+        );
         if let Some(tokens) = budget_tokens {
             head(
                 &mut out,
                 "aside_edge_origin_budget_tokens",
                 "gauge",
-                "Origin reads the instance's budget would grant at once now",
+                "Origin reads the budget would grant at once now (the process's with \
+                 origin_budget_store)",
             );
             sample(
                 &mut out,
@@ -441,6 +464,7 @@ mod tests {
         m.shed(Shed::OriginBudget);
         m.budget(true);
         m.budget(false);
+        m.budget_fallback();
         m.origin_read(OriginRead::RedisFailed);
         m.redis_verdict(Verdict::Saturated(Saturated::LateWakeUp));
         m.redis_verdict(Verdict::Failing(Failing::Error));
@@ -483,6 +507,10 @@ mod tests {
             at(&format!(
                 "aside_edge_origin_budget_total{{{i},outcome=\"refused\"}}"
             )),
+            1
+        );
+        assert_eq!(
+            at(&format!("aside_edge_origin_budget_fallbacks_total{{{i}}}")),
             1
         );
         assert_eq!(

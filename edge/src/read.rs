@@ -63,6 +63,7 @@ use crate::l1::Tier1;
 use crate::l2::{Read, Redis};
 use crate::metrics::{METRICS, OriginRead, Shed};
 use crate::plan::{Answer, Asked, Body, Cached, Effect, Env, FlightKey, Keep, Plan, Step};
+use crate::process_budget::{ProcessBudget, Take};
 use crate::process_tier::{ProcessTier, SlotValue};
 use crate::reply::{Reply, origin_unavailable};
 use crate::routes::fields_query;
@@ -160,8 +161,10 @@ pub struct ReadPath {
     flights: Rc<SingleFlight<FlightKey, Rc<Fetched>>>,
     /// Ids being refreshed early (XFetch) by a request of this instance.
     refreshing: RefCell<HashSet<UserId>>,
-    /// The instance's budget of origin reads.
+    /// The instance's budget of origin reads (the only one, or the fallback of the process's).
     budget: RefCell<OriginBudget>,
+    /// The process's budget of origin reads (`origin_budget_store`), if configured.
+    process_budget: Option<ProcessBudget>,
     /// The invalidation feed: how long copies stay fresh.
     feed: Feed,
     /// How long after it was taken a process-tier copy may be trusted by the feed: as long as the
@@ -201,6 +204,7 @@ impl ReadPath {
             flights: Rc::default(),
             refreshing: RefCell::default(),
             budget: RefCell::new(OriginBudget::new(config.origin_budget)),
+            process_budget: ProcessBudget::new(&config.origin_budget_store, config.origin_budget),
             feed: Feed::new(Rc::clone(&config)),
             feed_window: floor_ttl.saturating_sub(longest_lookup),
             config,
@@ -535,9 +539,26 @@ impl ReadPath {
         }
     }
 
-    /// Origin reads the instance's budget would grant at once now (`None`: no budget).
+    /// Origin reads the budget would grant at once now (`None`: no budget): the process's when it is
+    /// kept in a store that answers, else the instance's.
     pub fn budget_tokens(&self) -> Option<f64> {
-        self.budget.borrow().tokens_at(clock::now())
+        self.process_budget
+            .as_ref()
+            .and_then(|p| p.tokens_at(clock::wall_us()))
+            .or_else(|| self.budget.borrow().tokens_at(clock::now()))
+    }
+
+    /// One take from the origin budget: the process's if configured and it can decide, else the
+    /// instance's.
+    fn take_budget(&self) -> Result<(), Duration> {
+        if let Some(process) = &self.process_budget {
+            match process.take(clock::wall_us) {
+                Take::Granted => return Ok(()),
+                Take::Refused(wait) => return Err(wait),
+                Take::Unavailable => METRICS.budget_fallback(),
+            }
+        }
+        self.budget.borrow_mut().take(clock::now())
     }
 
     /// A read's origin call (`why`: for the metrics), taken from the instance's origin budget.
@@ -550,17 +571,23 @@ impl ReadPath {
         why: OriginRead,
         deadline: Deadline,
     ) -> Asked {
-        let taken = self.budget.borrow_mut().take(clock::now());
+        let taken = self.take_budget();
         METRICS.budget(taken.is_ok());
         if let Err(wait) = taken {
-            let refused = self.budget.borrow().refused();
+            let refused = self.budget.borrow_mut().note_refused();
             // One line for the first refusal and then one per 1,000: a spent budget under a flood would
             // otherwise log every request.
             if refused % 1000 == 1 {
                 eprintln!(
-                    "aside-edge: origin budget spent ({} reads/s, burst {}): reads the tiers cannot \
-                     answer get a stale copy or 503 (refused so far by this instance: {refused})",
-                    self.config.origin_budget.per_second, self.config.origin_budget.burst
+                    "aside-edge: origin budget spent ({} reads/s, burst {}, per {}): reads the tiers \
+                     cannot answer get a stale copy or 503 (refused so far by this instance: {refused})",
+                    self.config.origin_budget.per_second,
+                    self.config.origin_budget.burst,
+                    if self.process_budget.is_some() {
+                        "process"
+                    } else {
+                        "instance"
+                    }
                 );
             }
             return Asked {

@@ -1,11 +1,11 @@
 //! `spin:redis/redis@3.0.0` (on the `redis` crate's multiplexed tokio connection),
 //! `spin:variables/variables@3.0.0`, `wasi:config/store@0.2.0-draft-2024-09-27` (the same variables,
-//! all at once with `get-all`) and `spin:key-value/key-value@3.0.0`, with the WIT copied from spin-sdk
-//! 6.0.0 into `wit/`.
+//! all at once with `get-all`), `spin:key-value/key-value@3.0.0` and `wasi:keyvalue/store` and `atomics`
+//! (`@0.2.0-draft2`), with the WIT copied from spin-sdk 6.0.0 into `wit/`.
 //!
 //! This host has no key-value store: opening any label answers `no-such-store`, as Spin does for a
 //! label no runtime config defines, so a component that uses a store optionally (the edge's shared
-//! tier) instantiates and runs without it.
+//! tier, its process-wide origin budget) instantiates and runs without it.
 //!
 //! The functions are WIT `async func`s, so they are generated with access to the store through an
 //! `Accessor`: the connection lives in the instance's resource table (a reused instance keeps its
@@ -29,17 +29,23 @@ mod bindings {
         imports: {
             "wasi:config/store.get": async | trappable,
             "wasi:config/store.get-all": async | trappable,
+            // `wasi:keyvalue` (draft 2) is sync too, and never reaches a store here.
+            "wasi:keyvalue/store": trappable,
+            "wasi:keyvalue/atomics": trappable,
             default: async | store | trappable,
         },
         with: {
             "spin:redis/redis.connection": super::RedisConnection,
             "spin:key-value/key-value.store": super::KeyValueStore,
+            "wasi:keyvalue/store.bucket": super::Bucket,
+            "wasi:keyvalue/atomics.cas": super::Cas,
         },
         trappable_error_type: {
             "spin:redis/redis.error" => super::RedisError,
             "spin:variables/variables.error" => super::VariablesError,
             "spin:key-value/key-value.error" => super::KeyValueError,
             "wasi:config/store.error" => super::ConfigError,
+            "wasi:keyvalue/store.error" => super::BucketError,
         },
     });
 }
@@ -48,14 +54,21 @@ use bindings::spin::key_value::key_value as kv;
 use bindings::spin::redis::redis as r;
 use bindings::spin::variables::variables as v;
 use bindings::wasi::config::store as c;
+use bindings::wasi::keyvalue::atomics as ka;
+use bindings::wasi::keyvalue::store as ks;
 
 pub(crate) type RedisError = r::Error;
 pub(crate) type VariablesError = v::Error;
 pub(crate) type KeyValueError = kv::Error;
 pub(crate) type ConfigError = c::Error;
+pub(crate) type BucketError = ks::Error;
 
 /// A key-value store resource: never created, since this host has no store to open.
 pub enum KeyValueStore {}
+
+/// `wasi:keyvalue`'s bucket and compare-and-swap handle: never created either.
+pub enum Bucket {}
+pub enum Cas {}
 
 /// A guest-opened Redis connection (a handle to a multiplexed connection).
 pub struct RedisConnection {
@@ -75,6 +88,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
     v::add_to_linker::<_, Spin>(linker, |s| s)?;
     kv::add_to_linker::<_, Spin>(linker, |s| s)?;
     c::add_to_linker::<_, Spin>(linker, |s| s)?;
+    ks::add_to_linker::<_, Spin>(linker, |s| s)?;
+    ka::add_to_linker::<_, Spin>(linker, |s| s)?;
     Ok(())
 }
 
@@ -400,4 +415,87 @@ impl kv::HostStoreWithStore for Spin {
 /// No store is ever opened, so no store resource can reach a method.
 fn no_store<V>(_store: Resource<KeyValueStore>) -> Result<V, kv::Error> {
     Err(kv::Error::Other("this host has no key-value store".into()))
+}
+
+/// `wasi:keyvalue/store` as `spin:key-value` above: no store to open (`no-such-store`, as Spin answers for
+/// a label no runtime config defines), so the edge's process-wide origin budget falls back to its
+/// instance's bucket here.
+impl ks::Host for InstanceState {
+    fn open(&mut self, _identifier: String) -> Result<Resource<Bucket>, ks::Error> {
+        Err(ks::Error::NoSuchStore)
+    }
+
+    fn convert_error(&mut self, err: ks::Error) -> wasmtime::Result<ks::Error> {
+        Ok(err)
+    }
+}
+
+impl ks::HostBucket for InstanceState {
+    fn get(&mut self, b: Resource<Bucket>, _key: String) -> Result<Option<Vec<u8>>, ks::Error> {
+        no_bucket(b)
+    }
+
+    fn set(&mut self, b: Resource<Bucket>, _key: String, _value: Vec<u8>) -> Result<(), ks::Error> {
+        no_bucket(b)
+    }
+
+    fn delete(&mut self, b: Resource<Bucket>, _key: String) -> Result<(), ks::Error> {
+        no_bucket(b)
+    }
+
+    fn exists(&mut self, b: Resource<Bucket>, _key: String) -> Result<bool, ks::Error> {
+        no_bucket(b)
+    }
+
+    fn list_keys(
+        &mut self,
+        b: Resource<Bucket>,
+        _cursor: Option<String>,
+    ) -> Result<ks::KeyResponse, ks::Error> {
+        no_bucket(b)
+    }
+
+    fn drop(&mut self, _rep: Resource<Bucket>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+impl ka::Host for InstanceState {
+    fn increment(
+        &mut self,
+        b: Resource<Bucket>,
+        _key: String,
+        _delta: i64,
+    ) -> Result<i64, ks::Error> {
+        no_bucket(b)
+    }
+
+    fn swap(
+        &mut self,
+        _cas: Resource<Cas>,
+        _value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), ka::CasError>> {
+        Ok(Err(ka::CasError::StoreError(ks::Error::Other(
+            "this host has no key-value store".into(),
+        ))))
+    }
+}
+
+impl ka::HostCas for InstanceState {
+    fn new(&mut self, b: Resource<Bucket>, _key: String) -> Result<Resource<Cas>, ks::Error> {
+        no_bucket(b)
+    }
+
+    fn current(&mut self, _cas: Resource<Cas>) -> Result<Option<Vec<u8>>, ks::Error> {
+        Err(ks::Error::Other("this host has no key-value store".into()))
+    }
+
+    fn drop(&mut self, _rep: Resource<Cas>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+/// No bucket is ever opened, so none can reach a method.
+fn no_bucket<V>(_bucket: Resource<Bucket>) -> Result<V, ks::Error> {
+    Err(ks::Error::Other("this host has no key-value store".into()))
 }

@@ -6,7 +6,7 @@
 
 /// Every Spin variable the edge reads, as declared under `[component.aside-edge.variables]` in
 /// spin.toml. Spin takes a variable's value from `SPIN_VARIABLE_<NAME in upper case>`.
-pub const EDGE_VARIABLES: [&str; 42] = [
+pub const EDGE_VARIABLES: [&str; 43] = [
     "redis_address",
     "redis_mode",
     "redis_database",
@@ -46,6 +46,7 @@ pub const EDGE_VARIABLES: [&str; 42] = [
     "shared_tier_slots",
     "origin_budget_per_s",
     "origin_budget_burst",
+    "origin_budget_store",
     "redis_max_connections",
     "feed_poll_ms",
     "feed_max_lag_ms",

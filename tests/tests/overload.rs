@@ -22,8 +22,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use aside_tests::harness::{
-    EdgeOptions, EdgeRuntime, Load, LoadReport, Origin, Sample, Stack, TestIssuer, edge_instances,
-    edge_metrics, generate_secret, metric_sum, sum_samples, workspace_root,
+    Edge, EdgeOptions, EdgeRuntime, Load, LoadReport, Origin, Sample, Stack, TestIssuer,
+    edge_instances, edge_metrics, generate_secret, metric_sum, sum_samples, workspace_root,
 };
 
 /// Seeded rows, every one read once before the spike (so Redis holds them all).
@@ -400,6 +400,153 @@ async fn the_edge_metrics_count_shedding_the_budget_and_origin_reads_under_a_spi
     assert!(
         answered_2xx <= (report.with_status(200) + SCRAPES * 2) as f64,
         "{text}"
+    );
+    edge.shutdown().await;
+}
+
+/// How many never-read ids each load of the origin-budget test picks from (one range per edge).
+const BUDGET_IDS: usize = 2_000;
+
+/// One load of never-read ids (`first..first + BUDGET_IDS`) through `edge`: 64 connections for 2 s,
+/// after one read that creates the process's bucket (instances racing to create it each take from a
+/// full one; see edge/src/process_budget.rs). The report, and the origin reads it caused.
+async fn budget_load(edge: &Edge, origin: &Origin, first: usize) -> (LoadReport, f64) {
+    let before = origin_reads(origin).await;
+    let warm = Load::new([format!("{}/users/{first}", edge.url())])
+        .burst(1)
+        .await;
+    assert_eq!(warm.with_status(200), 1, "{}", warm.summary("first read"));
+    let base = edge.url();
+    let report = Load::picking(move |_| {
+        let id = first + rand::random::<u32>() as usize % BUDGET_IDS;
+        (id, format!("{base}/users/{id}"))
+    })
+    .concurrency(64)
+    .duration(Duration::from_secs(2))
+    .client_timeout(Duration::from_secs(30))
+    .run()
+    .await;
+    (report, origin_reads(origin).await - before)
+}
+
+/// The origin budget per process (`origin_budget_store`): every instance of the Spin process takes
+/// from one bucket kept in Spin's key-value store, so the instances a load starts cannot multiply it
+/// (per instance, each brings a full bucket: the control). And a store the runtime does not have
+/// leaves the budget per instance, said once in the log, every read still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_origin_budget_per_process_is_one_bucket_for_every_instance() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let stack = Stack::shared().await;
+    let env = stack.env().await.unwrap();
+    env.seed(3 * BUDGET_IDS as u64).await.unwrap();
+    let origin_token = generate_secret();
+    let origin = env.origin_with_token(stack, &origin_token).await.unwrap();
+    const RATE: u32 = 5;
+    const BURST: u32 = 5;
+    let in_memory = std::fs::read_to_string(workspace_root().join("runtime-config.toml")).unwrap();
+    let options = || {
+        EdgeOptions::new(stack, &env, &origin.url(), &origin_token)
+            .runtime_config(in_memory.clone())
+            .var("origin_budget_per_s", RATE)
+            .var("origin_budget_burst", BURST)
+    };
+
+    let edge = options()
+        .var("origin_budget_store", "default")
+        .start()
+        .await
+        .unwrap();
+    if !edge.is_spin() {
+        eprintln!(
+            "origin budget per process: SKIPPED: it needs Spin's key-value store; the bundled host has none"
+        );
+        edge.shutdown().await;
+        return;
+    }
+    let (per_process, process_reads) = budget_load(&edge, &origin, 1).await;
+    let text = edge_metrics(&edge.url(), SCRAPES).await;
+    let fallbacks = sum_samples(&text, "aside_edge_origin_budget_fallbacks_total", &[]);
+    let process_instances = per_process
+        .samples
+        .iter()
+        .filter_map(|s| s.instance.clone())
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    edge.shutdown().await;
+
+    let edge = options().start().await.unwrap();
+    let (per_instance, instance_reads) = budget_load(&edge, &origin, 1 + BUDGET_IDS).await;
+    edge.shutdown().await;
+
+    // The bound of one bucket over the load: the burst, the rate over its time, and the first read.
+    let bound = f64::from(BURST) + f64::from(RATE) * per_process.elapsed.as_secs_f64() + 2.0;
+    eprintln!(
+        "overload[budget]: per process: {} from {process_instances} instances, {process_reads} origin \
+         reads (one bucket's bound {bound:.1}), {fallbacks} fallbacks; per instance: {}, {instance_reads} \
+         origin reads",
+        per_process.summary("per process"),
+        per_instance.summary("per instance")
+    );
+    // Per process: one bucket, whatever the instances, and every refusal a 503 with Retry-After.
+    assert!(process_instances > 1, "the load ran on one instance only");
+    assert!(
+        process_reads <= bound,
+        "{process_reads} origin reads > {bound:.1}"
+    );
+    assert_eq!(
+        fallbacks, 0.0,
+        "every take was the process's bucket's\n{text}"
+    );
+    let refused: Vec<&Sample> = per_process
+        .samples
+        .iter()
+        .filter(|s| s.status == 503)
+        .collect();
+    assert!(
+        !refused.is_empty(),
+        "{}",
+        per_process.summary("per process")
+    );
+    assert!(
+        refused
+            .iter()
+            .all(|s| s.retry_after.is_some() && s.x_cache.is_some())
+    );
+    assert_eq!(
+        per_process.with_status(200) + refused.len(),
+        per_process.sent(),
+        "{}",
+        per_process.summary("per process")
+    );
+    // Per instance (the control): the instances multiply the budget past one bucket's bound.
+    assert!(
+        instance_reads > bound,
+        "per instance {instance_reads} origin reads: the control did not exceed one bucket ({bound:.1})"
+    );
+
+    // A store the component may not use: per instance, logged, every read answered.
+    let edge = options()
+        .var("origin_budget_store", "nope")
+        .start()
+        .await
+        .unwrap();
+    let first = 1 + 2 * BUDGET_IDS;
+    let report = Load::new((first..first + 3).map(|id| format!("{}/users/{id}", edge.url())))
+        .burst(3)
+        .await;
+    assert_eq!(
+        report.with_status(200),
+        3,
+        "{}",
+        report.summary("store refused")
+    );
+    let log = edge.log();
+    assert!(
+        log.contains(
+            "origin budget per instance, not per process: cannot open key-value store `nope`"
+        ),
+        "{}",
+        tail(&log)
     );
     edge.shutdown().await;
 }
