@@ -230,6 +230,15 @@ fn went_backwards(report: &LoadReport, urls: &[String]) -> Vec<String> {
     violations
 }
 
+/// The edge's notes of answers older than one its instance served (its lookups, reloads included,
+/// found nothing newer), for a failure's message.
+fn older_than_served(log: &str) -> String {
+    log.lines()
+        .filter(|l| l.contains("older than one this instance served"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// When the first answer matching `is` came, after `after`, counted from `after`.
 fn first_after(
     report: &LoadReport,
@@ -313,7 +322,11 @@ async fn primary_killed_sentinel_fails_over_no_read_fails_no_write_is_lost_nothi
         "the origin never hit Redis after the failover"
     );
     let backwards = went_backwards(&report, &urls);
-    assert!(backwards.is_empty(), "{backwards:#?}");
+    assert!(
+        backwards.is_empty(),
+        "{backwards:#?}\n{}",
+        older_than_served(&ha.edge.log())
+    );
     // The origin followed, and says so.
     let metrics = reqwest::get(format!("{}/metrics", ha.origin.url()))
         .await
@@ -384,7 +397,11 @@ async fn a_frozen_primary_is_failed_over_and_comes_back_demoted_without_its_old_
     assert!(failed.is_empty(), "{:#?}", &failed[..failed.len().min(5)]);
     assert!(lost.is_empty(), "{lost:?}");
     assert!(stale.is_empty(), "{stale:?}");
-    assert!(backwards.is_empty(), "{backwards:#?}");
+    assert!(
+        backwards.is_empty(),
+        "{backwards:#?}\n{}",
+        older_than_served(&ha.edge.log())
+    );
     // Reads after the old primary is back still carry PostgreSQL's versions.
     let after = ha.load(Duration::from_secs(1)).writes(0).run().await;
     let versions = ha.versions().await;
@@ -493,7 +510,11 @@ async fn a_lagging_replica_never_moves_an_edge_instance_back() {
         !behind.is_empty(),
         "the replica did not lag; the scenario proves nothing"
     );
-    assert!(backwards.is_empty(), "{backwards:#?}");
+    assert!(
+        backwards.is_empty(),
+        "{backwards:#?}\n{}",
+        older_than_served(&ha.edge.log())
+    );
     assert!(failed.is_empty(), "{:#?}", &failed[..failed.len().min(5)]);
     assert!(stale.is_empty(), "{stale:?}");
 }
