@@ -365,15 +365,22 @@ pub(crate) fn edge_command(
                     xtask::token::ISSUER,
                     xtask::token::AUDIENCE,
                 );
+            // The store `default` in memory, shared by every instance of this Spin process: for the
+            // shared tier's edge, and for any edge an `--edge-var` gives the process-wide origin
+            // budget (`origin_budget_store`) under Spin, which must not be Spin's default SQLite file
+            // (the bundled host has no store: there the budget stays per instance).
+            let budget_store = config
+                .edge_vars
+                .iter()
+                .any(|(name, value)| name == "origin_budget_store" && !value.is_empty());
+            if matches!(target, Target::EdgeShared(_)) || (budget_store && matches!(rt, Rt::Spin)) {
+                edge.arg("--runtime-config-file")
+                    .arg(root.join("runtime-config.toml"));
+            }
             match target {
                 Target::EdgeAuthOff(_) => vars = vars.auth_off(),
                 Target::EdgeL1Off(_) => vars = vars.l1_off(),
-                // The store `default` in memory, shared by every instance of this Spin process.
-                Target::EdgeShared(_) => {
-                    edge.arg("--runtime-config-file")
-                        .arg(root.join("runtime-config.toml"));
-                    vars = vars.shared_tier("default");
-                }
+                Target::EdgeShared(_) => vars = vars.shared_tier("default"),
                 _ => {}
             }
             for (name, value) in &config.edge_vars {

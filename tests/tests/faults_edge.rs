@@ -483,15 +483,20 @@ async fn a_frozen_redis_trips_the_breaker_instead_of_piling_up_requests() {
     let ids = IdPool::fixed(1..=CACHED);
 
     let redis = &stack.redis;
-    let (samples, (paused_at, thawed_at)) = load(&edge, &ids, 8, Duration::from_secs(6), async {
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-        redis.pause(true);
-        let paused_at = Instant::now();
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        redis.pause(false);
-        (paused_at, Instant::now())
-    })
-    .await;
+    // Frozen for 4 s: a breaker opens only after its instance's second stall, and with 8 clients an
+    // instance may get its second read only a second or two into the freeze (a 2.5 s freeze once saw
+    // one instance open its breaker at the very end, and no read reach it after). 4 s after the
+    // earliest opening spans at most two back-off windows (redis_backoff_ms, 2 s).
+    let (samples, (paused_at, thawed_at)) =
+        load(&edge, &ids, 8, Duration::from_millis(7500), async {
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            redis.pause(true);
+            let paused_at = Instant::now();
+            tokio::time::sleep(Duration::from_millis(4000)).await;
+            redis.pause(false);
+            (paused_at, Instant::now())
+        })
+        .await;
 
     // Every read is answered 200 within the budget (the origin stands in for Redis).
     let failed = |s: &Sample| s.status != 200 || !within_budget(s);
@@ -510,8 +515,8 @@ async fn a_frozen_redis_trips_the_breaker_instead_of_piling_up_requests() {
     // (10 of 48 waited in a quiet run, 21 of 40 in a CI run). What the breaker promises is per instance:
     // once an answer of an instance showed its Redis breaker open, the reads sent to that instance
     // afterwards skip Redis (no `l2` in server-timing), except the probe that each back-off window lets
-    // through (one at a time; the freeze spans at most two windows, and a probe judged saturated frees
-    // its slot for one more).
+    // through (one at a time; the freeze spans two windows after an opening, and a probe judged
+    // saturated frees its slot for one more).
     let frozen: Vec<&Sample> = samples
         .iter()
         .filter(|s| s.answered > paused_at && s.answered < thawed_at)
@@ -558,7 +563,10 @@ async fn a_frozen_redis_trips_the_breaker_instead_of_piling_up_requests() {
         opened.len(),
         after_open.values().collect::<Vec<_>>()
     );
-    const PROBES_PER_INSTANCE: usize = 3;
+    // Each back-off window (redis_backoff_ms, 2 s) lets one probe through, and one more when a probe
+    // is judged saturated; the 4 s freeze spans two windows after a breaker opens.
+    const WINDOWS: usize = 2;
+    const PROBES_PER_INSTANCE: usize = 2 * WINDOWS;
     for (instance, (sent, waited)) in &after_open {
         assert!(
             *waited <= PROBES_PER_INSTANCE,
