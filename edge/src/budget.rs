@@ -16,6 +16,7 @@
 use std::time::Duration;
 
 use crate::clock::Nanos;
+use crate::process_tier::format::{tagged_i64, untag_i64};
 
 /// The budget's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,22 +99,17 @@ pub struct SharedBucket {
 }
 
 /// The 4-byte tag of a [`SharedBucket`] value (a version: a different layout gets another tag).
-const BUCKET_TAG: &[u8; 4] = b"asB1";
+const BUCKET_TAG: &[u8; 4] = b"asG1";
 
 impl SharedBucket {
     /// The value's bytes: the tag, then the arrival time (little-endian).
     pub fn encode(&self) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(12);
-        bytes.extend_from_slice(BUCKET_TAG);
-        bytes.extend_from_slice(&self.arrival_us.to_le_bytes());
-        bytes
+        tagged_i64(BUCKET_TAG, self.arrival_us)
     }
 
     /// The state in `bytes`; `None` for anything that is not an encoded bucket.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        let rest = bytes.strip_prefix(BUCKET_TAG)?;
-        let arrival_us = i64::from_le_bytes(rest.try_into().ok()?);
-        Some(Self { arrival_us })
+        untag_i64(BUCKET_TAG, bytes).map(|arrival_us| Self { arrival_us })
     }
 
     /// One take at `now_us` from the bucket whose stored state is `stored` (`None`: absent or not a
@@ -233,6 +229,7 @@ mod tests {
         assert!(b.take(10 * S).is_ok());
         assert!(b.take(5 * S).is_err());
     }
+
     const US: i64 = 1_000_000;
 
     #[test]
@@ -268,8 +265,10 @@ mod tests {
             arrival_us: 1_733_000_000_123_456,
         };
         assert_eq!(SharedBucket::decode(&b.encode()), Some(b));
-        assert_eq!(SharedBucket::decode(b"asB1"), None);
-        assert_eq!(SharedBucket::decode(b"asB2\0\0\0\0\0\0\0\0"), None);
+        assert_eq!(SharedBucket::decode(b"asG1"), None);
+        // A breaker mark (another tag) is not a bucket.
+        let mark = crate::process_tier::BreakerMark { open_until_ms: 5 };
+        assert_eq!(SharedBucket::decode(&mark.encode()), None);
         assert_eq!(SharedBucket::decode(&7i64.to_le_bytes()), None);
     }
 

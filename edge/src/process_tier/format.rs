@@ -126,16 +126,27 @@ pub struct BreakerMark {
 
 impl BreakerMark {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = BREAKER_MAGIC.to_vec();
-        out.extend_from_slice(&self.open_until_ms.to_le_bytes());
-        out
+        tagged_i64(BREAKER_MAGIC, self.open_until_ms)
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        let rest = bytes.strip_prefix(BREAKER_MAGIC)?;
-        let open_until_ms = i64::from_le_bytes(rest.try_into().ok()?);
-        Some(Self { open_until_ms })
+        untag_i64(BREAKER_MAGIC, bytes).map(|open_until_ms| Self { open_until_ms })
     }
+}
+
+/// A one-number value of the store: a 4-byte tag (what it is, and its version), then the number
+/// (little-endian). The breaker marks' and the origin budget's format.
+pub fn tagged_i64(tag: &[u8; 4], value: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12);
+    out.extend_from_slice(tag);
+    out.extend_from_slice(&value.to_le_bytes());
+    out
+}
+
+/// The number of a [`tagged_i64`] value with `tag`; `None` for anything else.
+pub fn untag_i64(tag: &[u8; 4], bytes: &[u8]) -> Option<i64> {
+    let rest = bytes.strip_prefix(tag)?;
+    Some(i64::from_le_bytes(rest.try_into().ok()?))
 }
 
 #[cfg(test)]
