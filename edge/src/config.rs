@@ -725,6 +725,7 @@ fn read_all() -> Option<Vec<(&'static str, Lookup)>> {
 
 /// The variables the edge reads, out of every pair `get-all` answered; a name it did not answer is
 /// missing (as `get` would say).
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 fn from_all(all: Vec<(String, String)>) -> Vec<(&'static str, Lookup)> {
     let mut all = all;
     VARIABLES
