@@ -6,7 +6,8 @@
 //! A take reads the bucket, reads the clock, decides, and swaps the new state in only if nobody else
 //! swapped since the read; when someone did, it decides again on what they wrote, up to [`ATTEMPTS`]
 //! times, and if every swap was lost (other instances were taking at that moment) it refuses, as an
-//! empty bucket would. Refusals write nothing. So the process sends at most `origin_budget_burst`
+//! empty bucket would. Refusals write nothing, and an instance that has already seen the bucket
+//! drained past a take refuses it without asking the store (the arrival time only moves forward). So the process sends at most `origin_budget_burst`
 //! reads at once and `origin_budget_per_s` a second, whatever the number of instances; two exceptions,
 //! both small: Spin's in-memory store creates an absent key without comparing, so instances that race
 //! to create the bucket each take from a full one (once per process), and an instance that cannot use
@@ -21,7 +22,7 @@
 //! take is three calls of a few microseconds; with a store over the network (Redis, a cloud store)
 //! every origin read would wait its round trips, so keep this store local.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
 use crate::budget::{BudgetSettings, SharedBucket};
@@ -49,6 +50,10 @@ pub struct ProcessBudget {
     bucket: RefCell<Handle>,
     /// Takes that fell back so far (for the log's rate).
     fallbacks: RefCell<u64>,
+    /// The latest state of the bucket this instance read or wrote. The arrival time only moves forward,
+    /// so a take this state already refuses is refused without asking the store: while the bucket is
+    /// drained (a spike of misses), refusals cost no host call.
+    seen: Cell<Option<SharedBucket>>,
 }
 
 enum Handle {
@@ -69,6 +74,7 @@ impl ProcessBudget {
             settings,
             bucket: RefCell::new(Handle::Closed),
             fallbacks: RefCell::new(0),
+            seen: Cell::new(None),
         })
     }
 
@@ -77,9 +83,17 @@ impl ProcessBudget {
     /// `now_us` reads the wall clock, once per attempt and after the bucket's state: a clock read
     /// taken before another instance's take would see that take's arrival time ahead of it.
     pub fn take(&self, now_us: impl Fn() -> i64) -> Take {
+        if let Some(seen) = self.seen.get()
+            && let Err(wait) = SharedBucket::take(Some(seen), now_us(), self.settings)
+        {
+            return Take::Refused(wait);
+        }
         let taken = self.with_bucket(|bucket| host::take(bucket, &now_us, self.settings));
         match taken {
-            Some(Ok(take)) => take,
+            Some(Ok((take, state))) => {
+                self.note(state);
+                take
+            }
             Some(Err(why)) => {
                 self.fell_back(&why);
                 Take::Unavailable
@@ -93,6 +107,18 @@ impl ProcessBudget {
         self.with_bucket(host::stored)?
             .ok()
             .map(|stored| SharedBucket::tokens_at(stored, now_us, self.settings))
+    }
+
+    /// Keeps `state` if it is later than the one kept (a newer read or write of the bucket).
+    fn note(&self, state: Option<SharedBucket>) {
+        let later = match (self.seen.get(), state) {
+            (Some(kept), Some(new)) => new.arrival_us > kept.arrival_us,
+            (None, Some(_)) => true,
+            (_, None) => false,
+        };
+        if later {
+            self.seen.set(state);
+        }
     }
 
     /// Takes that fell back to the instance's bucket so far.
@@ -168,26 +194,28 @@ mod host {
         bucket: &Bucket,
         now_us: &dyn Fn() -> i64,
         settings: BudgetSettings,
-    ) -> Result<Take, String> {
+    ) -> Result<(Take, Option<SharedBucket>), String> {
         let mut cas = atomics::Cas::new(bucket, BUDGET_KEY).map_err(|e| format!("{e:?}"))?;
+        let mut stored = None;
         for _ in 0..ATTEMPTS {
             let current = cas.current().map_err(|e| format!("{e:?}"))?;
-            let stored = current.as_deref().and_then(SharedBucket::decode);
+            stored = current.as_deref().and_then(SharedBucket::decode);
             let next = match SharedBucket::take(stored, now_us(), settings) {
                 Ok(next) => next,
-                Err(wait) => return Ok(Take::Refused(wait)),
+                Err(wait) => return Ok((Take::Refused(wait), stored)),
             };
             match atomics::swap(cas, &next.encode()) {
-                Ok(()) => return Ok(Take::Granted),
+                Ok(()) => return Ok((Take::Granted, Some(next))),
                 Err(atomics::CasError::CasFailed(again)) => cas = again,
                 Err(atomics::CasError::StoreError(e)) => return Err(format!("{e:?}")),
             }
         }
         // Other instances took at every attempt: the bucket is being spent right now.
         let interval = 1_000_000 / u64::from(settings.per_second.max(1));
-        Ok(Take::Refused(std::time::Duration::from_micros(
-            interval.max(1),
-        )))
+        Ok((
+            Take::Refused(std::time::Duration::from_micros(interval.max(1))),
+            stored,
+        ))
     }
 }
 
@@ -203,7 +231,7 @@ mod host {
         bucket: &Bucket,
         _now_us: &dyn Fn() -> i64,
         _settings: BudgetSettings,
-    ) -> Result<Take, String> {
+    ) -> Result<(Take, Option<SharedBucket>), String> {
         match *bucket {}
     }
 
@@ -233,5 +261,28 @@ mod tests {
         assert_eq!(budget.take(|| 0), Take::Unavailable);
         assert_eq!(budget.tokens_at(0), None);
         assert_eq!(budget.fallbacks(), 0);
+    }
+
+    #[test]
+    fn a_drained_state_already_seen_refuses_without_the_store() {
+        let settings = BudgetSettings {
+            per_second: 10,
+            burst: 2,
+        };
+        let budget = ProcessBudget::new("default", settings).unwrap();
+        let now = 1_700_000_000_000_000;
+        // Seen drained (two takes at `now`): refused at once, with the wait until a token is back.
+        budget.note(Some(SharedBucket {
+            arrival_us: now + 200_000,
+        }));
+        assert_eq!(
+            budget.take(|| now),
+            Take::Refused(Duration::from_millis(100))
+        );
+        // An older state does not replace a newer one.
+        budget.note(Some(SharedBucket { arrival_us: now }));
+        assert!(matches!(budget.take(|| now + 50_000), Take::Refused(_)));
+        // Once the state seen would grant, the store decides (off the host: there is none).
+        assert_eq!(budget.take(|| now + 100_000), Take::Unavailable);
     }
 }
