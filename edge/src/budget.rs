@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use crate::clock::Nanos;
-use crate::process_tier::format::{tagged_i64, untag_i64};
+use crate::tagged::{tagged_i64, untag_i64};
 
 /// The budget's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

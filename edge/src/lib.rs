@@ -58,4 +58,5 @@ pub mod ratelimit;
 pub mod read;
 pub mod reply;
 pub mod routes;
+pub mod tagged;
 pub mod tokens;

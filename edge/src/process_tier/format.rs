@@ -6,6 +6,7 @@ use aside_shared::cache::Freshness;
 use aside_shared::{UserId, UserProfile};
 
 use crate::feed_tag::FeedTag;
+use crate::tagged::{tagged_i64, untag_i64};
 
 /// The first bytes of every value aside writes: a format tag, so a foreign or older value is a miss.
 const MAGIC: &[u8; 4] = b"asT2";
@@ -132,21 +133,6 @@ impl BreakerMark {
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         untag_i64(BREAKER_MAGIC, bytes).map(|open_until_ms| Self { open_until_ms })
     }
-}
-
-/// A one-number value of the store: a 4-byte tag (what it is, and its version), then the number
-/// (little-endian). The breaker marks' and the origin budget's format.
-pub fn tagged_i64(tag: &[u8; 4], value: i64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(12);
-    out.extend_from_slice(tag);
-    out.extend_from_slice(&value.to_le_bytes());
-    out
-}
-
-/// The number of a [`tagged_i64`] value with `tag`; `None` for anything else.
-pub fn untag_i64(tag: &[u8; 4], bytes: &[u8]) -> Option<i64> {
-    let rest = bytes.strip_prefix(tag)?;
-    Some(i64::from_le_bytes(rest.try_into().ok()?))
 }
 
 #[cfg(test)]
