@@ -330,8 +330,8 @@ impl Metrics {
             &mut out,
             "aside_edge_origin_budget_fallbacks_total",
             "counter",
-            "Takes the process's origin budget could not decide (store failed or contended): the \
-             instance's own bucket did",
+            "Takes the process's origin budget could not decide (its store failed or could not be \
+             opened): the instance's own bucket did",
         );
         sample(
             &mut out,
