@@ -166,16 +166,6 @@ pub(crate) fn decide(
     }
 }
 
-/// Which load in flight a refresh for `reason` may share: a reload only one that has not answered yet
-/// (see [`ReadThrough::coalesced_load`]).
-fn join_for(reason: Reason) -> Join {
-    if reason == Reason::Reload {
-        Join::Unanswered
-    } else {
-        Join::Any
-    }
-}
-
 /// The status (and the `cache_result` label) of an answer refreshed from PostgreSQL: an early refresh
 /// of a fresh copy is still a `HIT`.
 pub(crate) fn refreshed_status(reason: Reason) -> (CacheStatus, &'static str) {
@@ -312,7 +302,7 @@ impl ReadThrough {
                     .await;
             }
         };
-        Ok(self.refresh(id, selection, reason, copy, timing).await)
+        Ok(self.refresh(id, selection, reason, copy, timing, join).await)
     }
 
     /// The Redis read: `HGETALL` for the whole profile, `HMGET` of the selected fields for `?fields`.
@@ -337,7 +327,8 @@ impl ReadThrough {
         }
     }
 
-    /// A copy in hand: refresh it, waiting only `refresh_wait` for the load, else answer the copy.
+    /// A copy in hand: refresh it, waiting only `refresh_wait` for the load (which loads in flight it
+    /// may share: `join`), else answer the copy.
     async fn refresh(
         &self,
         id: UserId,
@@ -345,6 +336,7 @@ impl ReadThrough {
         reason: Reason,
         copy: ProfileCopy,
         mut timing: ServerTiming,
+        join: Join,
     ) -> Read {
         // PostgreSQL's breaker is open: answer the copy now rather than wait behind a load that
         // started before it opened.
@@ -358,7 +350,7 @@ impl ReadThrough {
         let started = Instant::now();
         let refreshed = tokio::time::timeout(
             self.inner.settings.refresh_wait,
-            self.coalesced_load(id, seen, true, join_for(reason)),
+            self.coalesced_load(id, seen, true, join),
         )
         .await;
         timing.add("db", ms_since(started));
