@@ -27,12 +27,12 @@ pub struct BudgetSettings {
     pub burst: u32,
 }
 
-/// One instance's bucket.
+/// One instance's bucket: the same algorithm as the process's ([`SharedBucket`]), its state kept in the
+/// instance and its time the instance's monotonic clock.
 #[derive(Debug, Clone)]
 pub struct OriginBudget {
     settings: BudgetSettings,
-    tokens: f64,
-    updated: Option<Nanos>,
+    state: Option<SharedBucket>,
     /// Reads refused so far, for the log line that reports them.
     refused: u64,
 }
@@ -41,8 +41,7 @@ impl OriginBudget {
     pub fn new(settings: BudgetSettings) -> Self {
         Self {
             settings,
-            tokens: f64::from(settings.burst.max(1)),
-            updated: None,
+            state: None,
             refused: 0,
         }
     }
@@ -52,29 +51,15 @@ impl OriginBudget {
         if self.settings.per_second == 0 {
             return Ok(());
         }
-        let burst = f64::from(self.settings.burst.max(1));
-        let per_nano = f64::from(self.settings.per_second) / 1e9;
-        let elapsed = self.updated.map_or(0, |t| now.saturating_sub(t)) as f64;
-        self.tokens = (self.tokens + elapsed * per_nano).min(burst);
-        self.updated = Some(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            let wait = (1.0 - self.tokens) / per_nano;
-            Err(Duration::from_nanos(wait.ceil() as u64))
-        }
+        let next = SharedBucket::take(self.state, micros(now), self.settings)?;
+        self.state = Some(next);
+        Ok(())
     }
 
     /// Reads the bucket would grant at once at `now` (`None`: no budget); changes nothing.
     pub fn tokens_at(&self, now: Nanos) -> Option<f64> {
-        if self.settings.per_second == 0 {
-            return None;
-        }
-        let burst = f64::from(self.settings.burst.max(1));
-        let per_nano = f64::from(self.settings.per_second) / 1e9;
-        let elapsed = self.updated.map_or(0, |t| now.saturating_sub(t)) as f64;
-        Some((self.tokens + elapsed * per_nano).min(burst))
+        (self.settings.per_second > 0)
+            .then(|| SharedBucket::tokens_at(self.state, micros(now), self.settings))
     }
 
     /// Counts a refusal (by this bucket or by the process's) and returns the instance's count so far.
@@ -84,14 +69,15 @@ impl OriginBudget {
     }
 }
 
-/// The process-wide bucket's state, as kept in the key-value store: the generic cell rate algorithm's
-/// theoretical arrival time (GCRA, the "virtual scheduling" form of a token bucket), so that the whole
-/// bucket is one number that a compare-and-swap can replace. A read at `now` is granted when the
+/// A bucket's state: the generic cell rate algorithm's theoretical arrival time (GCRA, the "virtual
+/// scheduling" form of a token bucket), so that the whole bucket is one number, which the process's
+/// bucket keeps in the key-value store and replaces by compare-and-swap. A read at `now` is granted when the
 /// arrival time is at most `(burst - 1) × interval` ahead of `now`, and moves it one `interval`
 /// (`1 / origin_budget_per_s`) later; time passing is tokens coming back, up to `burst`.
 ///
-/// Times are wall-clock microseconds since the Unix epoch (every instance of a process reads the same
-/// clock; the monotonic clock of an instance starts at its own creation and cannot be compared).
+/// Times are microseconds: for the process's bucket on the wall clock, since the Unix epoch (every
+/// instance of a process reads the same clock; the monotonic clock of an instance starts at its own
+/// creation and cannot be compared), for an instance's on its monotonic clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SharedBucket {
     /// The theoretical arrival time of the next read, µs.
@@ -112,22 +98,15 @@ impl SharedBucket {
         untag_i64(BUCKET_TAG, bytes).map(|arrival_us| Self { arrival_us })
     }
 
-    /// One take at `now_us` from the bucket whose stored state is `stored` (`None`: absent or not a
-    /// bucket, so full): the state to store when granted, or the wait until a token is back.
-    ///
-    /// A stored arrival time further ahead than a full bucket's worth of takes can put it, by more than
-    /// [`CLOCK_SLACK_US`] (the wall clock stepped back, or the settings shrank), is not trusted: the
-    /// bucket starts full again rather than refusing every read until the clock catches up. (Within
-    /// the slack it is trusted: an instance whose `now` was read a moment before another's take sees
-    /// that take's arrival time a little further ahead, and must not read that as a reset.)
+    /// One take at `now_us` from the bucket whose state is `stored` (`None`: full): the state to keep
+    /// when granted, or the wait until a token is back.
     pub fn take(
         stored: Option<Self>,
         now_us: i64,
         settings: BudgetSettings,
     ) -> Result<Self, Duration> {
         let (interval, tolerance) = gcra_steps(settings);
-        let arrival =
-            trusted(stored, now_us, interval, tolerance).map_or(now_us, |t| t.max(now_us));
+        let arrival = stored.map_or(now_us, |s| s.arrival_us.max(now_us));
         let ahead = arrival - now_us;
         if ahead > tolerance {
             let wait_us = u64::try_from(ahead - tolerance).unwrap_or(0);
@@ -142,7 +121,7 @@ impl SharedBucket {
     pub fn tokens_at(stored: Option<Self>, now_us: i64, settings: BudgetSettings) -> f64 {
         let (interval, tolerance) = gcra_steps(settings);
         let burst = f64::from(settings.burst.max(1));
-        let Some(arrival) = trusted(stored, now_us, interval, tolerance) else {
+        let Some(arrival) = stored.map(|s| s.arrival_us) else {
             return burst;
         };
         let ahead = arrival.saturating_sub(now_us).max(0);
@@ -155,20 +134,25 @@ impl SharedBucket {
 /// of instances racing each other, not a clock step.
 pub const CLOCK_SLACK_US: i64 = 1_000_000;
 
-/// The stored arrival time, unless it is further ahead of `now_us` than a drained bucket's plus
-/// [`CLOCK_SLACK_US`].
-fn trusted(
-    stored: Option<SharedBucket>,
-    now_us: i64,
-    interval: i64,
-    tolerance: i64,
-) -> Option<i64> {
-    let limit = tolerance
-        .saturating_add(interval)
-        .saturating_add(CLOCK_SLACK_US);
-    stored
-        .map(|s| s.arrival_us)
-        .filter(|&t| t.saturating_sub(now_us) <= limit)
+impl SharedBucket {
+    /// `stored` read from the store, unless it is further ahead of `now_us` than a drained bucket's
+    /// arrival time by more than [`CLOCK_SLACK_US`] (the wall clock stepped back, or the settings
+    /// shrank): then `None`, a full bucket, rather than refusing every read until the clock catches
+    /// up. Within the slack it is kept: an instance whose `now` was read a moment before another's
+    /// take sees that take's arrival time a little further ahead, and must not read that as a reset.
+    /// (An instance's own bucket needs none of this: its monotonic clock never steps back.)
+    pub fn trusted(stored: Option<Self>, now_us: i64, settings: BudgetSettings) -> Option<Self> {
+        let (interval, tolerance) = gcra_steps(settings);
+        let limit = tolerance
+            .saturating_add(interval)
+            .saturating_add(CLOCK_SLACK_US);
+        stored.filter(|s| s.arrival_us.saturating_sub(now_us) <= limit)
+    }
+}
+
+/// Monotonic nanoseconds as the microseconds a [`SharedBucket`] counts in.
+fn micros(now: Nanos) -> i64 {
+    i64::try_from(now / 1_000).unwrap_or(i64::MAX)
 }
 
 /// The emission interval (µs per read, at least 1) and the tolerance (`(burst - 1)` intervals) of
@@ -283,19 +267,20 @@ mod tests {
         let drained = SharedBucket {
             arrival_us: now + 2 * US,
         };
-        assert!(SharedBucket::take(Some(drained), now, settings).is_err());
+        let read = |stored: SharedBucket| SharedBucket::trusted(Some(stored), now, settings);
+        assert!(SharedBucket::take(read(drained), now, settings).is_err());
         // A take by another instance whose clock read came a moment later: trusted, still drained.
         let raced = SharedBucket {
             arrival_us: now + 2 * US + US / 2,
         };
-        assert!(SharedBucket::take(Some(raced), now, settings).is_err());
-        assert_eq!(SharedBucket::tokens_at(Some(raced), now, settings), 0.0);
+        assert!(SharedBucket::take(read(raced), now, settings).is_err());
+        assert_eq!(SharedBucket::tokens_at(read(raced), now, settings), 0.0);
         // An hour ahead (the clock went back an hour): not trusted, the bucket is full.
         let ahead = SharedBucket {
             arrival_us: now + 3_600 * US,
         };
-        assert_eq!(SharedBucket::tokens_at(Some(ahead), now, settings), 2.0);
-        let granted = SharedBucket::take(Some(ahead), now, settings).unwrap();
+        assert_eq!(SharedBucket::tokens_at(read(ahead), now, settings), 2.0);
+        let granted = SharedBucket::take(read(ahead), now, settings).unwrap();
         assert_eq!(granted.arrival_us, now + US);
     }
 }

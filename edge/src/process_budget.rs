@@ -84,7 +84,7 @@ impl ProcessBudget {
     /// taken before another instance's take would see that take's arrival time ahead of it.
     pub fn take(&self, now_us: impl Fn() -> i64) -> Take {
         if let Some(seen) = self.seen.get()
-            && let Err(wait) = SharedBucket::take(Some(seen), now_us(), self.settings)
+            && let Err(wait) = take_from(Some(seen), now_us(), self.settings)
         {
             return Take::Refused(wait);
         }
@@ -104,9 +104,10 @@ impl ProcessBudget {
 
     /// Reads the process's bucket would grant at once at `now_us`; `None` when the store cannot say.
     pub fn tokens_at(&self, now_us: i64) -> Option<f64> {
-        self.with_bucket(host::stored)?
-            .ok()
-            .map(|stored| SharedBucket::tokens_at(stored, now_us, self.settings))
+        self.with_bucket(host::stored)?.ok().map(|stored| {
+            let stored = SharedBucket::trusted(stored, now_us, self.settings);
+            SharedBucket::tokens_at(stored, now_us, self.settings)
+        })
     }
 
     /// Keeps `state` if it is later than the one kept (a newer read or write of the bucket).
@@ -170,6 +171,20 @@ impl ProcessBudget {
     }
 }
 
+/// A take from the process's bucket as read from the store (or last seen) at `now_us`: its state
+/// checked against a clock step first ([`SharedBucket::trusted`]).
+fn take_from(
+    stored: Option<SharedBucket>,
+    now_us: i64,
+    settings: BudgetSettings,
+) -> Result<SharedBucket, Duration> {
+    SharedBucket::take(
+        SharedBucket::trusted(stored, now_us, settings),
+        now_us,
+        settings,
+    )
+}
+
 #[cfg(target_arch = "wasm32")]
 mod host {
     use spin_sdk::experimental::wasi::keyvalue::{atomics, store};
@@ -200,7 +215,7 @@ mod host {
         for _ in 0..ATTEMPTS {
             let current = cas.current().map_err(|e| format!("{e:?}"))?;
             stored = current.as_deref().and_then(SharedBucket::decode);
-            let next = match SharedBucket::take(stored, now_us(), settings) {
+            let next = match super::take_from(stored, now_us(), settings) {
                 Ok(next) => next,
                 Err(wait) => return Ok((Take::Refused(wait), stored)),
             };

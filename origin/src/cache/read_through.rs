@@ -302,7 +302,9 @@ impl ReadThrough {
                     .await;
             }
         };
-        Ok(self.refresh(id, selection, reason, copy, timing, join).await)
+        Ok(self
+            .refresh(id, selection, reason, copy, timing, join)
+            .await)
     }
 
     /// The Redis read: `HGETALL` for the whole profile, `HMGET` of the selected fields for `?fields`.
