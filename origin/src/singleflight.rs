@@ -312,13 +312,17 @@ mod tests {
         // A call that must see a result computed after it arrived runs the work again, and while
         // its run has not answered, a second such call shares it.
         let (release_new, new_released) = tokio::sync::oneshot::channel::<()>();
+        let (release_new_tail, new_tail_released) = tokio::sync::oneshot::channel::<()>();
         let fresh = {
             let flight = Arc::clone(&flight);
             tokio::spawn(async move {
                 flight
                     .run_joining(8, Join::Unanswered, move || async move {
                         let _ = new_released.await;
-                        (41, std::future::ready(()))
+                        let tail = async move {
+                            let _ = new_tail_released.await;
+                        };
+                        (41, tail)
                     })
                     .await
             })
@@ -338,12 +342,13 @@ mod tests {
         release_new.send(()).unwrap();
         assert_eq!(fresh.await.unwrap(), (41, Role::Leader));
         assert_eq!(joined.await.unwrap(), (41, Role::Follower));
-        // The old run's tail ends after the new run took the key over: it does not forget the new
-        // run's key (a plain call still shares the new run while its task is alive, or leads).
+        // The old run's task ends while the new run, which took the key over, is still in its tail:
+        // the old one does not forget the new run's key, so a plain call shares the new run.
         release_old_tail.send(()).unwrap();
         old_finished.await.unwrap();
-        let (after, _) = flight.run(8, || async { 42 }).await;
-        assert!(after == 41 || after == 42, "{after}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(flight.run(8, || async { 42 }).await, (41, Role::Follower));
+        release_new_tail.send(()).unwrap();
     }
 
     #[tokio::test]
